@@ -1,0 +1,1 @@
+//! Training compiled into plain ONNX graphs (work in progress).
