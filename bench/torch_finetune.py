@@ -1,0 +1,222 @@
+#!/usr/bin/env python3
+"""PyTorch + transformers baseline: GPT-Neo sequence-classification fine-tuning throughput.
+
+The reference that pipe's ONNX Runtime training step is measured against (DESIGN §8):
+GPTNeoForSequenceClassification, fp32, eager attention, torch.set_num_threads(2),
+random init from a config (nothing downloaded), random token ids (fixed seed),
+every row full length (attention_mask all ones), 4 labels.
+
+One timed step = zero_grad + forward with labels (cross-entropy) + backward
++ clip_grad_norm_(1.0) + AdamW step (lr 5e-5, weight_decay 0.01), i.e. the same
+work as one pipe step. Warm-up steps are run first and not timed.
+
+Configs:
+  tiny  hidden 256, 4 layers, 8 heads, intermediate 1024, max positions 128,
+        window 256, global/local alternating, vocab 8192; batch 16 x 64 tokens
+  125m  GPT-Neo 125M shape: hidden 768, 12 layers, 12 heads, intermediate 3072,
+        vocab 50257, max positions 2048, window 256, global/local alternating;
+        batch 8 x 64 tokens
+
+Each config runs in a fresh subprocess so that peak RSS (getrusage ru_maxrss)
+belongs to that config alone; peak RSS includes the Python interpreter, torch
+and transformers themselves.
+
+Usage:
+  python3 bench/torch_finetune.py [--config tiny|125m|all] [--steps N] [--warmup N] [--threads N] [--json]
+--json prints one JSON object per config on stdout (nothing else on stdout).
+Needs: python3 -m pip install torch transformers
+"""
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+CONFIGS = {
+    "tiny": dict(
+        model=dict(
+            vocab_size=8192,
+            hidden_size=256,
+            num_layers=4,
+            num_heads=8,
+            intermediate_size=1024,
+            max_position_embeddings=128,
+            window_size=256,
+            attention_types=[[["global", "local"], 2]],
+        ),
+        batch=16,
+        seq=64,
+        steps=20,
+        warmup=3,
+    ),
+    "125m": dict(
+        model=dict(
+            vocab_size=50257,
+            hidden_size=768,
+            num_layers=12,
+            num_heads=12,
+            intermediate_size=3072,
+            max_position_embeddings=2048,
+            window_size=256,
+            attention_types=[[["global", "local"], 6]],
+        ),
+        batch=8,
+        seq=64,
+        steps=5,
+        warmup=2,
+    ),
+}
+NUM_LABELS = 4
+SEED = 0
+
+
+def worker(name, steps, warmup, threads):
+    import torch
+    import transformers
+    from transformers import GPTNeoConfig, GPTNeoForSequenceClassification
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(SEED)
+    spec = CONFIGS[name]
+    vocab = spec["model"]["vocab_size"]
+    cfg = GPTNeoConfig(
+        **spec["model"],
+        activation_function="gelu_new",
+        embed_dropout=0.0,
+        attention_dropout=0.0,
+        resid_dropout=0.0,
+        layer_norm_epsilon=1e-5,
+        num_labels=NUM_LABELS,
+        pad_token_id=vocab - 1,  # never drawn below, so pooling is at the last position
+        bos_token_id=None,  # unused for classification; 50256 would be out of the tiny vocab
+        eos_token_id=None,
+        use_cache=False,
+        problem_type="single_label_classification",
+    )
+    cfg._attn_implementation = "eager"
+    t0 = time.perf_counter()
+    model = GPTNeoForSequenceClassification._from_config(cfg, attn_implementation="eager", dtype=torch.float32)
+    init_s = time.perf_counter() - t0
+    assert model.config._attn_implementation == "eager"
+    model.train()
+    n_params = sum(p.numel() for p in model.parameters())
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-5, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
+
+    B, T = spec["batch"], spec["seq"]
+    g = torch.Generator().manual_seed(SEED)
+    batches = [
+        (
+            torch.randint(0, vocab - 1, (B, T), generator=g),
+            torch.randint(0, NUM_LABELS, (B,), generator=g),
+        )
+        for _ in range(warmup + steps)
+    ]
+    mask = torch.ones((B, T), dtype=torch.long)
+
+    def step(ids, labels):
+        opt.zero_grad(set_to_none=True)
+        out = model(input_ids=ids, attention_mask=mask, labels=labels, use_cache=False)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)
+        opt.step()
+        return out.loss.item()
+
+    load_before = os.getloadavg()[0]
+    for ids, labels in batches[:warmup]:
+        step(ids, labels)
+    times, losses = [], []
+    for ids, labels in batches[warmup:]:
+        t0 = time.perf_counter()
+        losses.append(step(ids, labels))
+        times.append(time.perf_counter() - t0)
+
+    mean = statistics.fmean(times)
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return {
+        "bench": "torch_finetune",
+        "config": name,
+        "params": n_params,
+        "batch": B,
+        "seq": T,
+        "threads": threads,
+        "warmup_steps": warmup,
+        "steps": steps,
+        "step_s_mean": round(mean, 5),
+        "step_s_median": round(statistics.median(times), 5),
+        "step_s_min": round(min(times), 5),
+        "tokens_per_s": round(B * T / mean, 1),
+        "peak_rss_bytes": peak_kb * 1024,
+        "peak_rss_gb": round(peak_kb * 1024 / 1e9, 3),
+        "init_s": round(init_s, 3),
+        # 1-minute load average before warm-up and after the timed steps: the numbers are
+        # only meaningful when nothing else was using the cores (load ~ threads)
+        "loadavg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "final_loss": round(losses[-1], 5),
+        "dtype": "float32",
+        "attn_implementation": "eager",
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+        },
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", choices=["tiny", "125m", "all"], default="all")
+    ap.add_argument("--steps", type=int, default=None, help="timed steps (default 20 tiny, 5 125m)")
+    ap.add_argument("--warmup", type=int, default=None, help="untimed warm-up steps (default 3 tiny, 2 125m)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", action="store_true", help="one JSON object per config on stdout")
+    ap.add_argument("--worker", choices=list(CONFIGS), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+
+    if args.worker:
+        spec = CONFIGS[args.worker]
+        res = worker(
+            args.worker,
+            args.steps if args.steps is not None else spec["steps"],
+            args.warmup if args.warmup is not None else spec["warmup"],
+            args.threads,
+        )
+        print(json.dumps(res), flush=True)
+        return 0
+
+    names = list(CONFIGS) if args.config == "all" else [args.config]
+    rc = 0
+    for name in names:
+        cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, "--threads", str(args.threads)]
+        if args.steps is not None:
+            cmd += ["--steps", str(args.steps)]
+        if args.warmup is not None:
+            cmd += ["--warmup", str(args.warmup)]
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+        lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
+        if proc.returncode != 0 or not lines:
+            print(f"torch_finetune: config {name} failed (exit {proc.returncode})", file=sys.stderr)
+            rc = 1
+            continue
+        res = json.loads(lines[-1])
+        if args.json:
+            print(json.dumps(res), flush=True)
+        else:
+            print(
+                f"{name:5s} params {res['params'] / 1e6:6.1f}M  batch {res['batch']}x{res['seq']}  "
+                f"threads {res['threads']}  step {res['step_s_mean']:.3f} s (median {res['step_s_median']:.3f})  "
+                f"{res['tokens_per_s']:,.0f} tokens/s  peak RSS {res['peak_rss_gb']:.2f} GB  "
+                f"load {res['loadavg_1m'][0]}->{res['loadavg_1m'][1]}  "
+                f"[{res['steps']} timed steps after {res['warmup_steps']} warm-up; "
+                f"torch {res['versions']['torch']}, transformers {res['versions']['transformers']}]",
+                flush=True,
+            )
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
