@@ -1,0 +1,212 @@
+//! Turning a recorded [`Graph`] into an ONNX `ModelProto`.
+
+use std::path::Path;
+
+use prost::Message;
+
+use super::{Attr, Dim, Graph, OPSET, Tensor};
+use crate::proto::{self, attribute_type};
+use crate::{Error, Result};
+
+/// IR version 9 goes with opset 20 (ONNX 1.15).
+const IR_VERSION: i64 = 9;
+
+/// A finished ONNX model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Model {
+    proto: proto::ModelProto,
+}
+
+impl Model {
+    /// The protobuf message.
+    pub fn proto(&self) -> &proto::ModelProto {
+        &self.proto
+    }
+
+    /// Serialised bytes: deterministic, the same graph always gives the same bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.proto.encode_to_vec()
+    }
+
+    /// Writes the model to `path`. Initializers larger than `external_threshold` bytes (when
+    /// given) go to `<file name>.data` beside it, as ONNX external data, which models over
+    /// 2 GB need (protobuf's limit).
+    pub fn save(&self, path: &Path, external_threshold: Option<usize>) -> Result<()> {
+        let io = |context, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| Error::Io { context, path, source }
+        };
+        let Some(threshold) = external_threshold else {
+            return std::fs::write(path, self.to_bytes()).map_err(io("failed to write model", path));
+        };
+        let file_name = path
+            .file_name()
+            .ok_or_else(|| Error::Data(format!("`{}` has no file name", path.display())))?;
+        let data_name = format!("{}.data", file_name.to_string_lossy());
+        let data_path = path.with_file_name(&data_name);
+        let mut proto = self.proto.clone();
+        let mut blob = Vec::new();
+        if let Some(graph) = proto.graph.as_mut() {
+            for t in &mut graph.initializer {
+                let Some(raw) = t.raw_data.as_ref().filter(|r| r.len() > threshold) else {
+                    continue;
+                };
+                // Align each tensor to 4 KiB so the runtime can map it.
+                blob.resize(blob.len().next_multiple_of(4096), 0);
+                let offset = blob.len();
+                blob.extend_from_slice(raw);
+                let entry = |k: &str, v: String| proto::StringStringEntryProto {
+                    key: Some(k.into()),
+                    value: Some(v),
+                };
+                t.external_data = vec![
+                    entry("location", data_name.clone()),
+                    entry("offset", offset.to_string()),
+                    entry("length", raw.len().to_string()),
+                ];
+                t.data_location = Some(proto::DATA_LOCATION_EXTERNAL);
+                t.raw_data = None;
+            }
+        }
+        if !blob.is_empty() {
+            std::fs::write(&data_path, &blob).map_err(io("failed to write external data", &data_path))?;
+        }
+        std::fs::write(path, proto.encode_to_vec()).map_err(io("failed to write model", path))
+    }
+}
+
+fn dim_proto(d: &Dim) -> proto::Dimension {
+    let value = match d {
+        Dim::Fixed(n) => Some(proto::DimensionValue::DimValue(*n)),
+        d if d.is_unknown() => None,
+        Dim::Sym(s) => Some(proto::DimensionValue::DimParam(s.clone())),
+    };
+    proto::Dimension { value, denotation: None }
+}
+
+fn attr_proto(name: &str, a: &Attr) -> proto::AttributeProto {
+    let mut p = proto::AttributeProto {
+        name: Some(name.to_string()),
+        ..Default::default()
+    };
+    match a {
+        Attr::Int(i) => {
+            p.i = Some(*i);
+            p.r#type = Some(attribute_type::INT);
+        }
+        Attr::Float(f) => {
+            p.f = Some(*f);
+            p.r#type = Some(attribute_type::FLOAT);
+        }
+        Attr::Ints(v) => {
+            p.ints = v.clone();
+            p.r#type = Some(attribute_type::INTS);
+        }
+        Attr::String(s) => {
+            p.s = Some(s.as_bytes().to_vec());
+            p.r#type = Some(attribute_type::STRING);
+        }
+        Attr::Tensor(t) => {
+            p.t = Some(t.to_proto(None));
+            p.r#type = Some(attribute_type::TENSOR);
+        }
+    }
+    p
+}
+
+impl Graph {
+    fn value_info(&self, t: Tensor) -> proto::ValueInfoProto {
+        let v = &self.values[t.index()];
+        proto::ValueInfoProto {
+            name: Some(v.name.clone()),
+            r#type: Some(proto::TypeProto {
+                tensor_type: Some(proto::TypeProtoTensor {
+                    elem_type: Some(t.dtype().onnx_code()),
+                    shape: Some(proto::TensorShapeProto {
+                        dim: v.shape.iter().map(dim_proto).collect(),
+                    }),
+                }),
+                denotation: None,
+            }),
+            doc_string: None,
+        }
+    }
+
+    /// Which nodes the outputs need, walking back from them.
+    fn live_nodes(&self) -> Vec<bool> {
+        let mut live = vec![false; self.nodes.len()];
+        let mut stack: Vec<Tensor> = self.outputs().to_vec();
+        let mut seen = vec![false; self.values.len()];
+        while let Some(t) = stack.pop() {
+            if std::mem::replace(&mut seen[t.index()], true) {
+                continue;
+            }
+            if let Some(p) = self.values[t.index()].producer
+                && !std::mem::replace(&mut live[p], true)
+            {
+                stack.extend(self.nodes[p].inputs.iter().flatten());
+            }
+        }
+        live
+    }
+
+    /// Finishes the graph: nodes no output depends on are dropped, and the result is an ONNX
+    /// model (opset 20, domain `ai.onnx`) whose every output carries its type and rank.
+    pub fn build(&self) -> Result<Model> {
+        if self.outputs().is_empty() {
+            return Err(Error::Build {
+                node: self.name.clone(),
+                message: "the graph has no outputs".into(),
+            });
+        }
+        let live = self.live_nodes();
+        let node = self
+            .nodes
+            .iter()
+            .zip(&live)
+            .filter(|(_, l)| **l)
+            .map(|(n, _)| proto::NodeProto {
+                input: n
+                    .inputs
+                    .iter()
+                    .map(|i| i.map_or_else(String::new, |t| self.name(t).to_string()))
+                    .collect(),
+                output: n.outputs.iter().map(|&t| self.name(t).to_string()).collect(),
+                name: Some(n.name.clone()),
+                op_type: Some(n.op.to_string()),
+                attribute: n.attrs.iter().map(|(k, a)| attr_proto(k, a)).collect(),
+                doc_string: None,
+                domain: None,
+            })
+            .collect();
+        let graph = proto::GraphProto {
+            node,
+            name: Some(self.name.clone()),
+            initializer: self
+                .initializers
+                .iter()
+                .map(|(t, d)| d.to_proto(Some(self.name(*t).to_string())))
+                .collect(),
+            doc_string: None,
+            input: self.inputs().iter().map(|&t| self.value_info(t)).collect(),
+            output: self.outputs().iter().map(|&t| self.value_info(t)).collect(),
+            value_info: vec![],
+        };
+        Ok(Model {
+            proto: proto::ModelProto {
+                ir_version: Some(IR_VERSION),
+                producer_name: Some("pipe-onnx".into()),
+                producer_version: Some(env!("CARGO_PKG_VERSION").into()),
+                domain: None,
+                model_version: None,
+                doc_string: None,
+                graph: Some(graph),
+                opset_import: vec![proto::OperatorSetIdProto {
+                    domain: Some(String::new()),
+                    version: Some(OPSET),
+                }],
+                metadata_props: vec![],
+            },
+        })
+    }
+}
