@@ -1,0 +1,142 @@
+//! Located errors in a manifest, collected so one pass reports them all.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use crate::yaml::Span;
+
+/// One problem in a manifest, with its place and, when there is one, the fix.
+#[derive(Debug, Clone)]
+pub struct Diagnostic {
+    /// The manifest file.
+    pub file: PathBuf,
+    /// Line and column, when the problem has a place.
+    pub span: Option<Span>,
+    /// What is wrong (a short lowercase phrase).
+    pub message: String,
+    /// What to do about it.
+    pub help: Option<String>,
+}
+
+impl Diagnostic {
+    /// A diagnostic at `span` in `file`.
+    pub fn at(file: impl Into<PathBuf>, span: Span, message: impl Into<String>) -> Self {
+        Diagnostic {
+            file: file.into(),
+            span: Some(span),
+            message: message.into(),
+            help: None,
+        }
+    }
+
+    /// Adds a hint.
+    pub fn help(mut self, help: impl Into<String>) -> Self {
+        self.help = Some(help.into());
+        self
+    }
+
+    /// `file:line:col`, or just the file.
+    pub fn location(&self) -> String {
+        match self.span {
+            Some(s) => format!("{}:{}:{}", self.file.display(), s.line, s.col),
+            None => self.file.display().to_string(),
+        }
+    }
+
+    /// The diagnostic as a few lines: location and message, the source line
+    /// with a caret under the column (when `source` is given), and the hint.
+    pub fn render(&self, source: Option<&str>) -> String {
+        let mut out = format!("{}: {}", self.location(), self.message);
+        if let (Some(span), Some(source)) = (self.span, source) {
+            if let Some(line) = source.lines().nth(span.line.saturating_sub(1)) {
+                let gutter = span.line.to_string();
+                let pad = " ".repeat(gutter.len());
+                let caret_pad: String = line
+                    .chars()
+                    .take(span.col.saturating_sub(1))
+                    .map(|c| if c == '\t' { '\t' } else { ' ' })
+                    .collect();
+                out.push_str(&format!(
+                    "\n{pad} |\n{gutter} | {line}\n{pad} | {caret_pad}^"
+                ));
+            }
+        }
+        if let Some(help) = &self.help {
+            out.push_str(&format!("\n  help: {help}"));
+        }
+        out
+    }
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.render(None))
+    }
+}
+
+/// Every problem found in one manifest.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ManifestError {
+    /// The problems, in source order.
+    pub diagnostics: Vec<Diagnostic>,
+    /// The manifest's text, for rendering source lines.
+    pub source_text: Option<String>,
+}
+
+impl ManifestError {
+    /// A single diagnostic.
+    pub fn single(diagnostic: Diagnostic, source_text: Option<String>) -> Self {
+        ManifestError {
+            diagnostics: vec![diagnostic],
+            source_text,
+        }
+    }
+}
+
+impl fmt::Display for ManifestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let rendered: Vec<String> = self
+            .diagnostics
+            .iter()
+            .map(|d| d.render(self.source_text.as_deref()))
+            .collect();
+        f.write_str(&rendered.join("\n\nerror: "))
+    }
+}
+
+/// The closest of `candidates` to `word`, when it is close enough to be a likely typo.
+pub fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .into_iter()
+        .map(|c| (strsim::damerau_levenshtein(word, c), c))
+        .filter(|(d, c)| *d <= 3.max(word.len().min(c.len()) / 3) && *d < word.len().max(1))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+/// `; did you mean 'x'?` when a close candidate exists, else the empty string.
+pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> String {
+    closest(word, candidates)
+        .map(|c| format!("; did you mean '{c}'?"))
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggests_close_names_only() {
+        let known = ["learning_rate", "epochs", "batch_size"];
+        assert_eq!(closest("lerning_rate", known), Some("learning_rate"));
+        assert_eq!(closest("epoch", known), Some("epochs"));
+        assert_eq!(closest("zzz", known), None);
+    }
+
+    #[test]
+    fn renders_a_caret_under_the_column() {
+        let d = Diagnostic::at("a.yaml", Span { line: 2, col: 3 }, "bad").help("fix it");
+        let text = d.render(Some("x: 1\n  y: 2\n"));
+        assert_eq!(text, "a.yaml:2:3: bad\n  |\n2 |   y: 2\n  |   ^\n  help: fix it");
+    }
+}

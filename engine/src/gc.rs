@@ -1,0 +1,148 @@
+//! `pipe gc`: removes stage records and objects no lockfile references.
+//!
+//! Kept: every record whose key a lockfile in the project references, every
+//! object those records' outputs need (folders through their trees), and
+//! anything younger than the grace period (a run in another checkout may be
+//! about to reference it). Everything else under `stages/`, `objects/` and
+//! `scratch/` is removed.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use serde::Serialize;
+
+use crate::hash::{Digest, EntryKind};
+use crate::lockfile::LockFile;
+use crate::store::{Store, remove_any};
+
+/// What a collection removed (or, in a dry run, would remove).
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct GcReport {
+    /// Lockfiles that were read.
+    pub lockfiles: Vec<PathBuf>,
+    /// Records removed.
+    pub records: usize,
+    /// Objects removed.
+    pub objects: usize,
+    /// Checkpoint folders removed.
+    pub scratch: usize,
+    /// Bytes freed.
+    pub bytes: u64,
+}
+
+/// Every pipe lockfile under `project` (skipping `.git`, `.pipe`, `target` and
+/// `node_modules`). Files ending in `.lock` that are not pipe lockfiles are ignored.
+pub fn find_lockfiles(project: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![project.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let Ok(kind) = entry.file_type() else { continue };
+            if kind.is_dir() {
+                if ![".git", ".pipe", "target", "node_modules"].contains(&name.as_ref()) {
+                    stack.push(path);
+                }
+            } else if name.ends_with(".lock") && LockFile::load(&path).is_ok_and(|l| !l.pipeline.is_empty()) {
+                found.push(path);
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// Collects garbage in `store`, keeping what `lockfiles` reference and anything younger than `grace`.
+pub fn collect(store: &Store, lockfiles: &[PathBuf], grace: Duration, dry_run: bool) -> anyhow::Result<GcReport> {
+    let mut report = GcReport { lockfiles: lockfiles.to_vec(), ..Default::default() };
+    let cutoff = SystemTime::now().checked_sub(grace).unwrap_or(SystemTime::UNIX_EPOCH);
+    let young = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).is_ok_and(|t| t > cutoff);
+
+    let mut keep_keys: BTreeSet<Digest> = BTreeSet::new();
+    for path in lockfiles {
+        let lock = LockFile::load(path)?;
+        keep_keys.extend(lock.referenced().map(|(k, _)| *k));
+    }
+    let stages_dir = store.root().join("stages");
+    let mut keep_objects: BTreeSet<Digest> = BTreeSet::new();
+    for entry in std::fs::read_dir(&stages_dir).with_context(|| format!("cannot list `{}`", stages_dir.display()))? {
+        let path = entry?.path();
+        let key: Option<Digest> = path.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse().ok());
+        let keep = key.is_some_and(|k| keep_keys.contains(&k)) || young(&path);
+        match key.and_then(|k| store.record(&k)) {
+            Some(record) if keep => {
+                for output in record.outputs.values() {
+                    mark(store, output.kind, &output.hash, &mut keep_objects);
+                }
+            }
+            _ if keep => {}
+            _ => {
+                report.records += 1;
+                report.bytes += size_of(&path);
+                if !dry_run {
+                    remove_any(&path)?;
+                }
+            }
+        }
+    }
+    let objects_dir = store.root().join("objects");
+    for shard in std::fs::read_dir(&objects_dir)?.flatten() {
+        for entry in std::fs::read_dir(shard.path())?.flatten() {
+            let path = entry.path();
+            let digest: Option<Digest> = format!("{}{}", shard.file_name().to_string_lossy(), entry.file_name().to_string_lossy())
+                .parse()
+                .ok();
+            if digest.is_some_and(|d| keep_objects.contains(&d)) || young(&path) {
+                continue;
+            }
+            report.objects += 1;
+            report.bytes += size_of(&path);
+            if !dry_run {
+                remove_any(&path)?;
+            }
+        }
+    }
+    let scratch_dir = store.root().join("scratch");
+    for entry in std::fs::read_dir(&scratch_dir)?.flatten() {
+        let path = entry.path();
+        let key: Option<Digest> = entry.file_name().to_str().and_then(|s| s.parse().ok());
+        if key.is_some_and(|k| keep_keys.contains(&k)) || young(&path) {
+            continue;
+        }
+        report.scratch += 1;
+        report.bytes += size_of(&path);
+        if !dry_run {
+            remove_any(&path)?;
+        }
+    }
+    Ok(report)
+}
+
+/// Marks an output's objects (a folder's tree and everything under it) as kept.
+fn mark(store: &Store, kind: EntryKind, digest: &Digest, keep: &mut BTreeSet<Digest>) {
+    if !keep.insert(*digest) {
+        return;
+    }
+    if kind == EntryKind::Dir {
+        if let Ok(tree) = store.read_tree(digest) {
+            for entry in &tree.entries {
+                mark(store, entry.kind, &entry.hash, keep);
+            }
+        }
+    }
+}
+
+fn size_of(path: &Path) -> u64 {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => std::fs::read_dir(path)
+            .map(|entries| entries.flatten().map(|e| size_of(&e.path())).sum())
+            .unwrap_or(0),
+        Ok(m) => m.len(),
+        Err(_) => 0,
+    }
+}

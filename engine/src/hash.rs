@@ -1,0 +1,366 @@
+//! Content hashes of files and folders.
+//!
+//! A file's hash is BLAKE3 of its bytes. A folder's hash is BLAKE3 of its
+//! [`Tree`]: the sorted list of (name, kind, hash) of its entries, encoded as
+//! canonical JSON, so it is a Merkle hash that does not depend on the order
+//! the filesystem lists entries in. Large files are hashed memory-mapped on
+//! all cores (BLAKE3's tree mode), which runs near memory bandwidth.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Mutex;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use crate::atomic;
+
+/// Files at least this large are hashed memory-mapped, in parallel.
+const MMAP_THRESHOLD: u64 = 1 << 20;
+
+/// A BLAKE3 digest, shown as 64 lowercase hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Digest(pub [u8; 32]);
+
+impl Digest {
+    /// BLAKE3 of `bytes`.
+    pub fn of(bytes: &[u8]) -> Digest {
+        Digest(*blake3::hash(bytes).as_bytes())
+    }
+
+    /// The first 12 hex digits, for display.
+    pub fn short(&self) -> String {
+        self.to_string()[..12].to_string()
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Digest({})", self.short())
+    }
+}
+
+impl FromStr for Digest {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bytes = blake3::Hash::from_hex(s).map_err(|e| format!("bad digest `{s}`: {e}"))?;
+        Ok(Digest(*bytes.as_bytes()))
+    }
+}
+
+impl Serialize for Digest {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Digest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// What an entry of a [`Tree`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryKind {
+    /// A regular file (`hash` is its content hash).
+    File,
+    /// An executable regular file.
+    Executable,
+    /// A folder (`hash` is its tree's hash).
+    Dir,
+}
+
+/// One entry of a folder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TreeEntry {
+    /// File or folder name (one path component).
+    pub name: String,
+    /// What it is.
+    pub kind: EntryKind,
+    /// Its hash.
+    pub hash: Digest,
+    /// Size in bytes (files: their length; folders: the sum of their files).
+    pub size: u64,
+}
+
+/// A folder's listing, sorted by name; its canonical JSON is what a folder hash hashes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tree {
+    /// Entries sorted by name.
+    pub entries: Vec<TreeEntry>,
+}
+
+impl Tree {
+    /// The canonical bytes of the tree (stored as an object in the store).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a tree always serializes")
+    }
+
+    /// The tree's hash.
+    pub fn digest(&self) -> Digest {
+        Digest::of(&self.to_bytes())
+    }
+
+    /// Total size of the files under this tree.
+    pub fn size(&self) -> u64 {
+        self.entries.iter().map(|e| e.size).sum()
+    }
+}
+
+/// A hashed file or folder. Folders carry their sub-trees.
+#[derive(Debug, Clone)]
+pub enum Hashed {
+    /// A file.
+    File {
+        /// Content hash.
+        hash: Digest,
+        /// Length.
+        size: u64,
+        /// Executable bit set.
+        executable: bool,
+    },
+    /// A folder, with every sub-folder's tree (by hash) so a store can keep them.
+    Dir {
+        /// This folder's tree.
+        tree: Tree,
+        /// Trees of all sub-folders, including this one.
+        trees: Vec<Tree>,
+    },
+}
+
+impl Hashed {
+    /// The file's or folder's hash.
+    pub fn digest(&self) -> Digest {
+        match self {
+            Hashed::File { hash, .. } => *hash,
+            Hashed::Dir { tree, .. } => tree.digest(),
+        }
+    }
+
+    /// Bytes of file content.
+    pub fn size(&self) -> u64 {
+        match self {
+            Hashed::File { size, .. } => *size,
+            Hashed::Dir { tree, .. } => tree.size(),
+        }
+    }
+
+    /// The tree entry for this value under `name`.
+    pub fn entry(&self, name: &str) -> TreeEntry {
+        let kind = match self {
+            Hashed::File { executable: true, .. } => EntryKind::Executable,
+            Hashed::File { .. } => EntryKind::File,
+            Hashed::Dir { .. } => EntryKind::Dir,
+        };
+        TreeEntry {
+            name: name.to_string(),
+            kind,
+            hash: self.digest(),
+            size: self.size(),
+        }
+    }
+}
+
+/// BLAKE3 of a file's content.
+pub fn hash_file(path: &Path) -> io::Result<Digest> {
+    let mut hasher = blake3::Hasher::new();
+    let len = std::fs::metadata(path)?.len();
+    if len >= MMAP_THRESHOLD {
+        hasher.update_mmap_rayon(path)?;
+    } else {
+        hasher.update_reader(std::fs::File::open(path)?)?;
+    }
+    Ok(Digest(*hasher.finalize().as_bytes()))
+}
+
+/// Hashes a file or folder (folders recursively, as a Merkle tree).
+/// Symlinks are followed; a dangling one is an error.
+pub fn hash_path(path: &Path) -> anyhow::Result<Hashed> {
+    hash_path_with(path, &|p| hash_file(p))
+}
+
+/// [`hash_path`] with a custom file hasher (e.g. one backed by a [`StatCache`]).
+pub fn hash_path_with(path: &Path, file_hash: &dyn Fn(&Path) -> io::Result<Digest>) -> anyhow::Result<Hashed> {
+    let meta = std::fs::metadata(path).with_context(|| format!("cannot read `{}`", path.display()))?;
+    if meta.is_dir() {
+        let mut names: Vec<(String, PathBuf)> = Vec::new();
+        for entry in std::fs::read_dir(path).with_context(|| format!("cannot list `{}`", path.display()))? {
+            let entry = entry.with_context(|| format!("cannot list `{}`", path.display()))?;
+            let name = entry.file_name().into_string().map_err(|n| {
+                anyhow::anyhow!("file name {n:?} in `{}` is not UTF-8; rename it", path.display())
+            })?;
+            names.push((name, entry.path()));
+        }
+        names.sort();
+        let mut entries = Vec::with_capacity(names.len());
+        let mut trees = Vec::new();
+        for (name, child) in names {
+            let hashed = hash_path_with(&child, file_hash)?;
+            entries.push(hashed.entry(&name));
+            if let Hashed::Dir { trees: sub, .. } = hashed {
+                trees.extend(sub);
+            }
+        }
+        let tree = Tree { entries };
+        trees.push(tree.clone());
+        Ok(Hashed::Dir { tree, trees })
+    } else {
+        let hash = file_hash(path).with_context(|| format!("cannot read `{}`", path.display()))?;
+        Ok(Hashed::File {
+            hash,
+            size: meta.len(),
+            executable: meta.permissions().mode() & 0o111 != 0,
+        })
+    }
+}
+
+/// What a stat cache remembers of a file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct StatEntry {
+    size: u64,
+    mtime_ns: i128,
+    inode: u64,
+    hash: Digest,
+}
+
+/// Remembers the hash of workspace files by (path, size, mtime, inode), so an
+/// unchanged 1 GB source file is not read again. Saved in the store as JSON.
+///
+/// A file modified within the same timestamp tick as it was hashed could be
+/// missed; to avoid that, files whose mtime is less than two seconds old are
+/// never cached (the same "racily clean" rule git uses).
+#[derive(Debug, Default)]
+pub struct StatCache {
+    entries: Mutex<BTreeMap<PathBuf, StatEntry>>,
+    dirty: Mutex<bool>,
+}
+
+impl StatCache {
+    /// Loads the cache from `path`; a missing or unreadable cache starts empty.
+    pub fn load(path: &Path) -> StatCache {
+        let entries = std::fs::read(path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default();
+        StatCache {
+            entries: Mutex::new(entries),
+            dirty: Mutex::new(false),
+        }
+    }
+
+    /// Writes the cache to `path` (atomically) if it changed.
+    pub fn save(&self, path: &Path) -> anyhow::Result<()> {
+        let mut dirty = self.dirty.lock().expect("stat cache lock poisoned");
+        if !*dirty {
+            return Ok(());
+        }
+        let entries = self.entries.lock().expect("stat cache lock poisoned");
+        atomic::write(path, &serde_json::to_vec(&*entries)?, false)?;
+        *dirty = false;
+        Ok(())
+    }
+
+    /// The hash of the file at `path`, from the cache when its stat is unchanged.
+    pub fn hash_file(&self, path: &Path) -> io::Result<Digest> {
+        let meta = std::fs::metadata(path)?;
+        let mtime_ns = meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128;
+        let key = std::path::absolute(path)?;
+        {
+            let entries = self.entries.lock().expect("stat cache lock poisoned");
+            if let Some(e) = entries.get(&key) {
+                if e.size == meta.len() && e.mtime_ns == mtime_ns && e.inode == meta.ino() {
+                    return Ok(e.hash);
+                }
+            }
+        }
+        let hash = hash_file(path)?;
+        let now_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i128)
+            .unwrap_or(0);
+        if now_ns - mtime_ns > 2_000_000_000 {
+            let entry = StatEntry {
+                size: meta.len(),
+                mtime_ns,
+                inode: meta.ino(),
+                hash,
+            };
+            self.entries.lock().expect("stat cache lock poisoned").insert(key, entry);
+            *self.dirty.lock().expect("stat cache lock poisoned") = true;
+        }
+        Ok(hash)
+    }
+
+    /// Hashes a file or folder through the cache.
+    pub fn hash_path(&self, path: &Path) -> anyhow::Result<Hashed> {
+        hash_path_with(path, &|p| self.hash_file(p))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_digest() {
+        // BLAKE3 of the empty input, from the BLAKE3 test vectors.
+        assert_eq!(
+            Digest::of(b"").to_string(),
+            "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
+        );
+    }
+
+    #[test]
+    fn folder_hash_depends_on_content_and_names_not_creation_order() {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        std::fs::create_dir(a.path().join("sub")).unwrap();
+        std::fs::write(a.path().join("sub/x"), "1").unwrap();
+        std::fs::write(a.path().join("y"), "2").unwrap();
+        std::fs::write(b.path().join("y"), "2").unwrap();
+        std::fs::create_dir(b.path().join("sub")).unwrap();
+        std::fs::write(b.path().join("sub/x"), "1").unwrap();
+        let ha = hash_path(a.path()).unwrap().digest();
+        assert_eq!(ha, hash_path(b.path()).unwrap().digest());
+        std::fs::write(b.path().join("sub/x"), "3").unwrap();
+        assert_ne!(ha, hash_path(b.path()).unwrap().digest());
+        std::fs::rename(b.path().join("sub/x"), b.path().join("sub/z")).unwrap();
+        std::fs::write(b.path().join("sub/z"), "1").unwrap();
+        assert_ne!(ha, hash_path(b.path()).unwrap().digest());
+    }
+
+    #[test]
+    fn large_files_hash_the_same_as_small_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(dir.path().join("big"), &data).unwrap();
+        assert_eq!(hash_file(&dir.path().join("big")).unwrap(), Digest::of(&data));
+    }
+
+    #[test]
+    fn stat_cache_notices_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, "one").unwrap();
+        let cache = StatCache::default();
+        assert_eq!(cache.hash_file(&file).unwrap(), Digest::of(b"one"));
+        std::fs::write(&file, "two!").unwrap();
+        assert_eq!(cache.hash_file(&file).unwrap(), Digest::of(b"two!"));
+    }
+}

@@ -1,0 +1,70 @@
+//! The `pipe` engine: it reads a YAML manifest, checks it against the stage
+//! kinds it is given, builds the DAG, and brings stages up to date through a
+//! content-addressed store, running only those whose inputs really changed.
+//!
+//! It knows nothing about machine learning: stage kinds come in through the
+//! [`Stage`] trait and a [`Registry`].
+//!
+//! The main types:
+//! - [`Manifest`]: a parsed manifest; [`plan()`] checks it into a [`Pipeline`].
+//! - [`Store`]: the `.pipe/` folder (objects, stage records, outputs).
+//! - [`run()`]: executes a pipeline and returns a [`RunReport`].
+//!
+//! ```no_run
+//! # fn kinds() -> pipe_engine::Registry { pipe_engine::Registry::new() }
+//! use pipe_engine::{Manifest, PlanOptions, Printer, RunOptions, Store, ColorChoice, Force, plan, run};
+//! let registry = kinds();
+//! let manifest = Manifest::load("pipelines/student.yaml".as_ref())?;
+//! let pipeline = plan(manifest, &registry, PlanOptions::default())?;
+//! let store = Store::open(&pipeline.manifest.dir.join(".pipe"))?;
+//! let printer = Printer::new(ColorChoice::Auto, false, false);
+//! let _lock = store.lock(true, |_| {})?;
+//! let options = RunOptions { targets: vec![], force: Force::None, dry_run: false, jobs: 2, print_stages: true };
+//! let report = run(&pipeline, &store, &options, &printer)?;
+//! assert!(report.ok);
+//! # Ok::<(), anyhow::Error>(())
+//! ```
+
+#![deny(missing_docs)]
+
+pub mod atomic;
+pub mod diag;
+mod exec;
+pub mod gc;
+pub mod hash;
+mod job;
+pub mod key;
+pub mod lockfile;
+pub mod manifest;
+pub mod paths;
+pub mod plan;
+pub mod printer;
+pub mod report;
+pub mod schema;
+pub mod stage;
+pub mod store;
+pub mod yaml;
+
+pub use diag::{Diagnostic, ManifestError};
+pub use exec::{Force, RunOptions, run};
+pub use hash::Digest;
+pub use job::output_paths;
+pub use manifest::Manifest;
+pub use plan::{PlanOptions, Pipeline, plan};
+pub use printer::{ColorChoice, Printer, Tone};
+pub use report::{RunReport, StageReport, Status};
+pub use stage::{Checked, Input, Outcome, ParamError, Registry, Reporter, RunContext, Stage, parse_params};
+pub use store::{StageRecord, Store, StoreBusy};
+
+/// A mistake in how `pipe` was called (exit code 2), as opposed to a stage failing.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// The store folder for a manifest folder: `PIPE_STORE` when set, else `.pipe/` beside the manifest.
+pub fn store_dir(manifest_dir: &std::path::Path) -> std::path::PathBuf {
+    match std::env::var_os("PIPE_STORE") {
+        Some(dir) if !dir.is_empty() => std::path::PathBuf::from(dir),
+        _ => manifest_dir.join(".pipe"),
+    }
+}

@@ -1,0 +1,168 @@
+//! The lockfile, `<manifest stem>.lock` beside the manifest.
+//!
+//! It records, per stage, what the stage last ran (or was restored) with:
+//! its key, the full [`KeyRecord`] (kind, version, canonical parameters,
+//! input hashes), its output hashes and its metrics. Commit it: `git diff`
+//! then shows results changing with code and data, `pipe status` explains
+//! what changed since, and `pipe gc` keeps what any lockfile references.
+//!
+//! Format (YAML, keys sorted, so diffs are small and stable):
+//!
+//! ```yaml
+//! pipeline: student
+//! stages:
+//!   split:
+//!     key: 3f1c…
+//!     kind: split
+//!     kind_version: 1
+//!     params: {seed: 42, test: 0.2, …}
+//!     inputs: {from:ingest: 9a0e…}
+//!     outputs: {split: …, test: …, train: …}
+//!     metrics: {…}
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use yaml_rust2::Yaml;
+
+use crate::atomic;
+use crate::hash::Digest;
+use crate::key::{KeyRecord, canonical_json};
+use crate::yaml;
+
+/// The lockfile of one manifest.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LockFile {
+    /// The pipeline's name.
+    pub pipeline: String,
+    /// Stage name → what it last ran with.
+    #[serde(default)]
+    pub stages: BTreeMap<String, LockEntry>,
+}
+
+/// One stage in the lockfile.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LockEntry {
+    /// The stage key.
+    pub key: Digest,
+    /// What the key was computed from.
+    #[serde(flatten)]
+    pub record: KeyRecord,
+    /// Output name → hash.
+    #[serde(default)]
+    pub outputs: BTreeMap<String, Digest>,
+    /// Metrics of that run.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub metrics: serde_json::Map<String, Value>,
+}
+
+/// Where the lockfile of `manifest` lives.
+pub fn lock_path(manifest: &Path) -> PathBuf {
+    manifest.with_extension("lock")
+}
+
+impl LockFile {
+    /// Reads a lockfile; a missing one is empty. A corrupt one is an error
+    /// naming the file (delete it to start over: it is rebuilt by the next run).
+    pub fn load(path: &Path) -> anyhow::Result<LockFile> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(LockFile::default()),
+            Err(e) => return Err(e).with_context(|| format!("cannot read `{}`", path.display())),
+        };
+        let node = yaml::parse(&text).map_err(|e| {
+            anyhow::anyhow!(
+                "{}:{}:{}: {}; delete the lockfile and run again to rebuild it",
+                path.display(),
+                e.span.line,
+                e.span.col,
+                e.message
+            )
+        })?;
+        serde_json::from_value(node.to_json()).with_context(|| {
+            format!("`{}` is not a pipe lockfile; delete it and run again to rebuild it", path.display())
+        })
+    }
+
+    /// Writes the lockfile atomically.
+    pub fn save(&self, path: &Path) -> anyhow::Result<()> {
+        let value = serde_json::to_value(self)?;
+        let mut text = String::from("# Written by `pipe run`: what each stage last ran with. Commit it.\n");
+        let mut emitter = yaml_rust2::YamlEmitter::new(&mut text);
+        emitter.dump(&to_yaml(&value)).context("cannot write the lockfile as YAML")?;
+        text = text.replacen("---\n", "", 1);
+        text.push('\n');
+        atomic::write(path, text.as_bytes(), false)
+    }
+
+    /// Every stage key and output hash this lockfile references.
+    pub fn referenced(&self) -> impl Iterator<Item = (&Digest, &BTreeMap<String, Digest>)> {
+        self.stages.values().map(|e| (&e.key, &e.outputs))
+    }
+}
+
+/// JSON → YAML with object keys sorted.
+fn to_yaml(value: &Value) -> Yaml {
+    match value {
+        Value::Null => Yaml::Null,
+        Value::Bool(b) => Yaml::Boolean(*b),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => Yaml::Integer(i),
+            None => Yaml::Real(canonical_json(value)),
+        },
+        Value::String(s) => Yaml::String(s.clone()),
+        Value::Array(items) => Yaml::Array(items.iter().map(to_yaml).collect()),
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            let mut hash = yaml_rust2::yaml::Hash::new();
+            for k in keys {
+                hash.insert(Yaml::String(k.clone()), to_yaml(&map[k]));
+            }
+            Yaml::Hash(hash)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_through_yaml() {
+        let record = KeyRecord {
+            kind: "finetune".into(),
+            kind_version: 1,
+            params: serde_json::json!({"learning_rate": 0.0005, "epochs": 3, "name": "123", "flag": true}),
+            run: None,
+            outs: vec![],
+            inputs: BTreeMap::from([("from:tokenize".into(), Digest::of(b"x"))]),
+        };
+        let lock = LockFile {
+            pipeline: "student".into(),
+            stages: BTreeMap::from([(
+                "finetune".into(),
+                LockEntry {
+                    key: record.key(),
+                    record: record.clone(),
+                    outputs: BTreeMap::from([("model".into(), Digest::of(b"m"))]),
+                    metrics: serde_json::json!({"loss": 0.25}).as_object().unwrap().clone(),
+                },
+            )]),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("student.lock");
+        lock.save(&path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("learning_rate: 0.0005"), "{text}");
+        let back = LockFile::load(&path).unwrap();
+        let entry = &back.stages["finetune"];
+        assert_eq!(entry.record, record);
+        assert_eq!(entry.record.key(), entry.key);
+        assert_eq!(entry.metrics["loss"], serde_json::json!(0.25));
+    }
+}

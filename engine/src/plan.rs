@@ -1,0 +1,427 @@
+//! Checking a manifest against the known stage kinds and building its DAG.
+//!
+//! [`plan`] resolves each stage's kind, checks its parameters (unknown keys
+//! get the closest known one as a suggestion), resolves `from:` references,
+//! normalises and confines workspace paths, adds an edge wherever one stage
+//! reads a path another declares in `outs`, and rejects cycles by printing
+//! their path. Every problem found is reported, not just the first.
+
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::cmp::Reverse;
+
+use petgraph::graph::{DiGraph, NodeIndex};
+use serde_json::Value;
+
+use crate::diag::{Diagnostic, ManifestError, did_you_mean};
+use crate::manifest::{Manifest, StageSpec};
+use crate::paths;
+use crate::stage::{Checked, ParamError, Registry, Stage};
+use crate::yaml::Span;
+
+/// Options that change what a manifest may do.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PlanOptions {
+    /// Allow workspace paths outside the manifest's folder.
+    pub allow_outside: bool,
+}
+
+/// A checked manifest: stages with their kinds, checked parameters and edges.
+pub struct Pipeline<'r> {
+    /// The manifest it came from.
+    pub manifest: Manifest,
+    /// Stages in file order; a stage's index is its id.
+    pub stages: Vec<PlannedStage<'r>>,
+    /// Stage ids in a topological order (file order among independent stages).
+    pub order: Vec<usize>,
+    /// The DAG: one node per stage (node index = stage id), edges upstream → downstream.
+    pub graph: DiGraph<usize, ()>,
+}
+
+/// One stage, checked.
+pub struct PlannedStage<'r> {
+    /// The stage's name.
+    pub name: String,
+    /// Its kind.
+    pub kind: &'r dyn Stage,
+    /// The manifest entry.
+    pub spec: StageSpec,
+    /// What the kind made of the parameters.
+    pub checked: Checked,
+    /// Resolved `from:` entries.
+    pub inputs: Vec<ResolvedInput>,
+    /// Workspace paths read (normalised): `deps:` and the kind's own.
+    pub deps: Vec<String>,
+    /// Workspace paths written (normalised): `outs:`.
+    pub outs: Vec<String>,
+    /// Ids of the stages this one needs (from `from:` and from paths).
+    pub upstream: BTreeSet<usize>,
+}
+
+/// A `from:` entry resolved to a stage id.
+#[derive(Debug, Clone)]
+pub struct ResolvedInput {
+    /// The input's name.
+    pub name: String,
+    /// The upstream stage's id.
+    pub stage: usize,
+    /// One of its outputs, or all.
+    pub output: Option<String>,
+}
+
+impl Pipeline<'_> {
+    /// The id of the stage called `name`.
+    pub fn id(&self, name: &str) -> Option<usize> {
+        self.stages.iter().position(|s| s.name == name)
+    }
+
+    /// The ids of `targets` and everything they need, in topological order.
+    pub fn closure(&self, targets: &[usize]) -> Vec<usize> {
+        let mut wanted: BTreeSet<usize> = BTreeSet::new();
+        let mut stack: Vec<usize> = targets.to_vec();
+        while let Some(id) = stack.pop() {
+            if wanted.insert(id) {
+                stack.extend(self.stages[id].upstream.iter().copied());
+            }
+        }
+        self.order.iter().copied().filter(|id| wanted.contains(id)).collect()
+    }
+
+    /// Ids of every stage downstream of `id` (not including it).
+    pub fn descendants(&self, id: usize) -> BTreeSet<usize> {
+        let mut seen = BTreeSet::new();
+        let mut stack = vec![id];
+        while let Some(current) = stack.pop() {
+            for next in self.graph.neighbors(NodeIndex::new(current)) {
+                if seen.insert(next.index()) {
+                    stack.push(next.index());
+                }
+            }
+        }
+        seen
+    }
+}
+
+/// Checks `manifest` against `registry` and builds its DAG.
+pub fn plan<'r>(manifest: Manifest, registry: &'r Registry, options: PlanOptions) -> Result<Pipeline<'r>, ManifestError> {
+    let mut errors: Vec<Diagnostic> = Vec::new();
+    let file = manifest.path.clone();
+    let names: Vec<&str> = manifest.stages.iter().map(|s| s.name.as_str()).collect();
+    let mut stages = Vec::new();
+    for spec in &manifest.stages {
+        let before = errors.len();
+        let Some(kind) = resolve_kind(spec, registry, &file, &mut errors) else {
+            continue;
+        };
+        check_reserved_for_kind(spec, kind, &file, &mut errors);
+        let checked = check_params(spec, kind, &file, &mut errors);
+        let inputs = resolve_inputs(spec, &names, &file, &mut errors);
+        let mut deps = Vec::new();
+        for dep in &spec.deps {
+            match paths::normalize(&manifest.dir, &dep.path, options.allow_outside) {
+                Ok(p) => deps.push(p),
+                Err(e) => errors.push(path_error(&file, dep.span, e)),
+            }
+        }
+        for written in checked.as_ref().map(|c| c.workspace_deps.as_slice()).unwrap_or_default() {
+            match paths::normalize(&manifest.dir, written, options.allow_outside) {
+                Ok(p) => deps.push(p),
+                Err(e) => {
+                    let path = find_string(&spec.params, written).unwrap_or_default();
+                    errors.push(path_error(&file, spec.node.locate(&path), e));
+                }
+            }
+        }
+        let mut outs = Vec::new();
+        for out in &spec.outs {
+            match paths::normalize(&manifest.dir, &out.path, options.allow_outside) {
+                Ok(p) => outs.push(p),
+                Err(e) => errors.push(path_error(&file, out.span, e)),
+            }
+        }
+        if errors.len() > before {
+            continue;
+        }
+        stages.push(PlannedStage {
+            name: spec.name.clone(),
+            kind,
+            spec: spec.clone(),
+            checked: checked.unwrap_or_default(),
+            inputs,
+            deps,
+            outs,
+            upstream: BTreeSet::new(),
+        });
+    }
+    if !errors.is_empty() {
+        return Err(ManifestError { diagnostics: errors, source_text: Some(manifest.source) });
+    }
+    add_edges(&mut stages, &file, &mut errors);
+    let graph = build_graph(&stages);
+    let order = match topological_order(&stages) {
+        Ok(order) => order,
+        Err(cycle) => {
+            let first = &stages[cycle[0]];
+            let path: Vec<&str> = cycle.iter().chain(std::iter::once(&cycle[0])).map(|&i| stages[i].name.as_str()).collect();
+            errors.push(
+                Diagnostic::at(&file, first.spec.span, format!("cycle: {}", path.join(" → ")))
+                    .help("a stage cannot depend on itself, directly or through others: remove one of these `from:` entries or paths"),
+            );
+            Vec::new()
+        }
+    };
+    if !errors.is_empty() {
+        return Err(ManifestError { diagnostics: errors, source_text: Some(manifest.source) });
+    }
+    Ok(Pipeline { manifest, stages, order, graph })
+}
+
+fn path_error(file: &std::path::Path, span: Span, message: String) -> Diagnostic {
+    Diagnostic::at(file, span, message).help(
+        "keep data inside the manifest's folder, or pass `--allow-outside` if this is intended",
+    )
+}
+
+fn resolve_kind<'r>(spec: &StageSpec, registry: &'r Registry, file: &std::path::Path, errors: &mut Vec<Diagnostic>) -> Option<&'r dyn Stage> {
+    let kinds = registry.names();
+    if let Some((uses, span)) = &spec.uses {
+        return match registry.get(uses) {
+            Some(kind) => Some(kind),
+            None => {
+                errors.push(
+                    Diagnostic::at(file, *span, format!("unknown stage kind '{uses}'{}", did_you_mean(uses, kinds.iter().copied())))
+                        .help(format!("the known kinds are: {}", kinds.join(", "))),
+                );
+                None
+            }
+        };
+    }
+    if let Some(kind) = registry.get(&spec.name) {
+        return Some(kind);
+    }
+    if spec.run.is_some() {
+        if let Some(kind) = registry.iter().find(|k| k.takes_run()) {
+            return Some(kind);
+        }
+    }
+    errors.push(
+        Diagnostic::at(
+            file,
+            spec.span,
+            format!("stage '{}' has no kind{}", spec.name, did_you_mean(&spec.name, kinds.iter().copied())),
+        )
+        .help(format!(
+            "name the stage after a kind ({}), add `uses: <kind>`, or give it a `run:` command",
+            kinds.join(", ")
+        )),
+    );
+    None
+}
+
+fn check_reserved_for_kind(spec: &StageSpec, kind: &dyn Stage, file: &std::path::Path, errors: &mut Vec<Diagnostic>) {
+    let key_span = |key: &str| spec.node.get(key).map(|(k, _)| k.span).unwrap_or(spec.span);
+    if kind.takes_run() {
+        if spec.run.as_deref().is_none_or(|r| r.trim().is_empty()) {
+            errors.push(
+                Diagnostic::at(file, spec.span, format!("stage '{}' of kind {} needs a `run:` command", spec.name, kind.kind()))
+                    .help("add `run: <shell command>`"),
+            );
+        }
+    } else {
+        if spec.run.is_some() {
+            errors.push(
+                Diagnostic::at(file, key_span("run"), format!("`run` is only for command stages, and '{}' is of kind {}", spec.name, kind.kind()))
+                    .help("remove `run:`, or rename the stage and drop `uses:` to make it a command stage"),
+            );
+        }
+        if !spec.outs.is_empty() {
+            errors.push(
+                Diagnostic::at(file, key_span("outs"), format!("`outs` is only for command stages; {} writes its outputs into the store", kind.kind()))
+                    .help("read this stage's outputs with `pipe show` or from a downstream stage's `from:`"),
+            );
+        }
+    }
+}
+
+fn check_params(spec: &StageSpec, kind: &dyn Stage, file: &std::path::Path, errors: &mut Vec<Diagnostic>) -> Option<Checked> {
+    let schema = kind.params_schema();
+    let known: Vec<&str> = schema
+        .get("properties")
+        .and_then(Value::as_object)
+        .map(|p| p.keys().map(String::as_str).collect())
+        .unwrap_or_default();
+    let mut ok = true;
+    if let Some(params) = spec.params.as_object() {
+        for key in params.keys() {
+            if !known.contains(&key.as_str()) {
+                ok = false;
+                let listed = if known.is_empty() { "none".to_string() } else { known.join(", ") };
+                errors.push(
+                    Diagnostic::at(
+                        file,
+                        spec.node.locate_key(std::slice::from_ref(key)),
+                        format!("unknown parameter '{key}' for {}{}", kind.kind(), did_you_mean(key, known.iter().copied())),
+                    )
+                    .help(format!("{} takes: {listed}", kind.kind())),
+                );
+            }
+        }
+    }
+    if !ok {
+        return None;
+    }
+    match kind.check(&spec.params) {
+        Ok(checked) => Some(checked),
+        Err(e) => {
+            errors.push(param_diagnostic(spec, kind, file, e));
+            None
+        }
+    }
+}
+
+fn param_diagnostic(spec: &StageSpec, kind: &dyn Stage, file: &std::path::Path, error: ParamError) -> Diagnostic {
+    let unknown_field = error
+        .message
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split('`').next())
+        .map(str::to_string);
+    let span = match &unknown_field {
+        Some(field) => {
+            let mut path = error.path.clone();
+            path.push(field.clone());
+            spec.node.locate_key(&path)
+        }
+        None if error.path.is_empty() => spec.span,
+        None => spec.node.locate(&error.path),
+    };
+    let at = if error.path.is_empty() { String::new() } else { format!(" `{}`", error.path.join(".")) };
+    let mut d = Diagnostic::at(file, span, format!("{} parameter{at}: {}", kind.kind(), error.message));
+    d.help = error.help;
+    d
+}
+
+fn resolve_inputs(spec: &StageSpec, names: &[&str], file: &std::path::Path, errors: &mut Vec<Diagnostic>) -> Vec<ResolvedInput> {
+    let mut inputs = Vec::new();
+    for from in &spec.from {
+        match names.iter().position(|n| *n == from.stage) {
+            Some(stage) => inputs.push(ResolvedInput { name: from.input.clone(), stage, output: from.output.clone() }),
+            None => errors.push(
+                Diagnostic::at(
+                    file,
+                    from.span,
+                    format!("unknown stage '{}' in `from`{}", from.stage, did_you_mean(&from.stage, names.iter().copied())),
+                )
+                .help(format!("the stages of this manifest are: {}", names.join(", "))),
+            ),
+        }
+    }
+    inputs
+}
+
+/// Adds `from:` edges and path edges (a stage reading a path another declares in `outs`).
+fn add_edges(stages: &mut [PlannedStage<'_>], file: &std::path::Path, errors: &mut Vec<Diagnostic>) {
+    let mut producers: BTreeMap<&str, usize> = BTreeMap::new();
+    let outs: Vec<(usize, String, Span)> = stages
+        .iter()
+        .enumerate()
+        .flat_map(|(i, s)| s.outs.iter().zip(&s.spec.outs).map(move |(o, r)| (i, o.clone(), r.span)))
+        .collect();
+    for (i, out, span) in &outs {
+        if let Some((&other_path, &other)) = producers.iter().find(|(p, _)| paths::is_within(out, p) || paths::is_within(p, out)) {
+            errors.push(
+                Diagnostic::at(file, *span, format!("`{out}` is also written by stage '{}' (`{other_path}`)", stages[other].name))
+                    .help("each path may be produced by one stage only"),
+            );
+        } else {
+            producers.insert(out, *i);
+        }
+    }
+    let mut edges = Vec::new();
+    for (id, stage) in stages.iter().enumerate() {
+        for input in &stage.inputs {
+            edges.push((input.stage, id));
+        }
+        for dep in &stage.deps {
+            for (&out, &producer) in &producers {
+                if producer != id && (paths::is_within(dep, out) || paths::is_within(out, dep)) {
+                    edges.push((producer, id));
+                }
+            }
+        }
+    }
+    for (from, to) in edges {
+        stages[to].upstream.insert(from);
+    }
+}
+
+fn build_graph(stages: &[PlannedStage<'_>]) -> DiGraph<usize, ()> {
+    let mut graph = DiGraph::new();
+    for id in 0..stages.len() {
+        graph.add_node(id);
+    }
+    for (id, stage) in stages.iter().enumerate() {
+        for &up in &stage.upstream {
+            graph.add_edge(NodeIndex::new(up), NodeIndex::new(id), ());
+        }
+    }
+    graph
+}
+
+/// Kahn's algorithm, taking the lowest file index first so the order is stable.
+/// On a cycle, returns the cycle's stage ids in order.
+fn topological_order(stages: &[PlannedStage<'_>]) -> Result<Vec<usize>, Vec<usize>> {
+    let mut remaining: Vec<usize> = stages.iter().map(|s| s.upstream.len()).collect();
+    let mut ready: BinaryHeap<Reverse<usize>> = (0..stages.len()).filter(|&i| remaining[i] == 0).map(Reverse).collect();
+    let mut order = Vec::with_capacity(stages.len());
+    while let Some(Reverse(id)) = ready.pop() {
+        order.push(id);
+        for (next, stage) in stages.iter().enumerate() {
+            if stage.upstream.contains(&id) {
+                remaining[next] -= 1;
+                if remaining[next] == 0 {
+                    ready.push(Reverse(next));
+                }
+            }
+        }
+    }
+    if order.len() == stages.len() {
+        return Ok(order);
+    }
+    // Walk upstream from a stage left over until a stage repeats: that loop is a cycle.
+    let start = (0..stages.len()).find(|&i| remaining[i] > 0).expect("a stage is left when the order is short");
+    let mut path = vec![start];
+    let mut current = start;
+    loop {
+        let next = *stages[current]
+            .upstream
+            .iter()
+            .find(|&&u| remaining[u] > 0)
+            .expect("a stage in a cycle has an unfinished upstream");
+        if let Some(pos) = path.iter().position(|&p| p == next) {
+            let mut cycle: Vec<usize> = path[pos..].to_vec();
+            cycle.reverse();
+            return Err(cycle);
+        }
+        path.push(next);
+        current = next;
+    }
+}
+
+/// The JSON path of the first string equal to `needle` inside `value`.
+fn find_string(value: &Value, needle: &str) -> Option<Vec<String>> {
+    match value {
+        Value::String(s) if s == needle => Some(Vec::new()),
+        Value::Object(map) => map.iter().find_map(|(k, v)| {
+            find_string(v, needle).map(|mut p| {
+                p.insert(0, k.clone());
+                p
+            })
+        }),
+        Value::Array(items) => items.iter().enumerate().find_map(|(i, v)| {
+            find_string(v, needle).map(|mut p| {
+                p.insert(0, i.to_string());
+                p
+            })
+        }),
+        _ => None,
+    }
+}
