@@ -13,6 +13,9 @@ pub(super) fn vjp(g: &mut Graph, node: &Node, gy: &[Option<Tensor>], need: &[boo
         op: node.op.to_string(),
         node: node.name.clone(),
     };
+    if node.op == "Split" {
+        return split(g, node, gy);
+    }
     let Some(gy0) = gy[0] else {
         // Only secondary outputs (LayerNormalization's statistics, the loss's log_prob) carry a
         // gradient; those are handled in the rules that have them.
@@ -184,18 +187,6 @@ pub(super) fn vjp(g: &mut Graph, node: &Node, gy: &[Option<Tensor>], need: &[boo
             let parts = g.split(gy0, &sizes, axis)?;
             return Ok(parts.into_iter().map(Some).collect());
         }
-        // Split: concatenate the pieces' gradients (zeros for unused pieces).
-        "Split" => {
-            let axis = node.attr_int("axis").ok_or_else(no_rule)?;
-            let mut parts = Vec::with_capacity(gy.len());
-            for (o, gi) in node.outputs.iter().zip(gy) {
-                parts.push(match gi {
-                    Some(t) => *t,
-                    None => g.zeros_like(*o)?,
-                });
-            }
-            out[0] = Some(g.concat(&parts, axis)?);
-        }
         "Slice" => out[0] = Some(slice(g, node, gy0).map_err(|_| no_rule())?),
         // Expand is a broadcast: sum back.
         "Expand" => out[0] = Some(unb(g, gy0, x0())?),
@@ -268,6 +259,19 @@ pub(super) fn vjp(g: &mut Graph, node: &Node, gy: &[Option<Tensor>], need: &[boo
         _ => return Err(no_rule()),
     }
     Ok(out)
+}
+
+/// `Split`: the input's gradient is the pieces' gradients concatenated (zeros for unused pieces).
+fn split(g: &mut Graph, node: &Node, gy: &[Option<Tensor>]) -> Result<Grads> {
+    let axis = node.attr_int("axis").unwrap_or(0);
+    let mut parts = Vec::with_capacity(gy.len());
+    for (o, gi) in node.outputs.iter().zip(gy) {
+        parts.push(match gi {
+            Some(t) => *t,
+            None => g.zeros_like(*o)?,
+        });
+    }
+    Ok(vec![Some(g.concat(&parts, axis)?), None])
 }
 
 /// `Gelu`.
@@ -528,7 +532,10 @@ fn sce(g: &mut Graph, node: &Node, gy: Option<Tensor>, glp: Option<Tensor>) -> R
     let s = g.shape(scores).to_vec();
     let mut total: Option<Tensor> = None;
     if let Some(gy) = gy {
-        let e = g.one_hot(labels, &s[1], dt, 0.0, 1.0)?;
+        // OneHot's CPU kernel has float outputs and int64 indices; cast around it.
+        let labels = if labels.dtype() == DType::I64 { labels } else { g.cast(labels, DType::I64)? };
+        let e = g.one_hot(labels, &s[1], DType::F32, 0.0, 1.0)?;
+        let e = if dt == DType::F32 { e } else { g.cast(e, dt)? };
         let d = g.sub(p, e)?;
         let n = g.dim_value(&s[0])?;
         let n = g.cast(n, dt)?;

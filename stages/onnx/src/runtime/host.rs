@@ -1,0 +1,170 @@
+//! Tensors in host memory, the currency between callers and ONNX Runtime.
+
+use ort::value::{DynValue, Tensor as OrtTensor, TensorElementType, TensorValueTypeMarker, Value, ValueType};
+
+use crate::error::OrtContext;
+use crate::{DType, Error, Result};
+
+/// The elements of a [`HostTensor`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum HostData {
+    /// `float`.
+    F32(Vec<f32>),
+    /// `double`.
+    F64(Vec<f64>),
+    /// `int64`.
+    I64(Vec<i64>),
+    /// `int32`.
+    I32(Vec<i32>),
+    /// `bool`.
+    Bool(Vec<bool>),
+}
+
+impl HostData {
+    fn len(&self) -> usize {
+        match self {
+            HostData::F32(v) => v.len(),
+            HostData::F64(v) => v.len(),
+            HostData::I64(v) => v.len(),
+            HostData::I32(v) => v.len(),
+            HostData::Bool(v) => v.len(),
+        }
+    }
+}
+
+/// A tensor in host memory: shape and row-major data.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostTensor {
+    shape: Vec<i64>,
+    data: HostData,
+}
+
+macro_rules! ctor_and_view {
+    ($ctor:ident, $view:ident, $t:ty, $variant:ident) => {
+        #[doc = concat!("A `", stringify!($t), "` tensor; fails when `shape` does not hold `data.len()` elements.")]
+        pub fn $ctor(shape: &[i64], data: Vec<$t>) -> Result<Self> {
+            Self::new(shape, HostData::$variant(data))
+        }
+
+        #[doc = concat!("The elements, when the tensor holds `", stringify!($t), "`.")]
+        pub fn $view(&self) -> Option<&[$t]> {
+            match &self.data {
+                HostData::$variant(v) => Some(v),
+                _ => None,
+            }
+        }
+    };
+}
+
+impl HostTensor {
+    ctor_and_view!(f32, as_f32, f32, F32);
+    ctor_and_view!(f64, as_f64, f64, F64);
+    ctor_and_view!(i64, as_i64, i64, I64);
+    ctor_and_view!(i32, as_i32, i32, I32);
+    ctor_and_view!(bool, as_bool, bool, Bool);
+
+    /// A tensor from shape and data.
+    pub fn new(shape: &[i64], data: HostData) -> Result<Self> {
+        let n: i64 = shape.iter().product();
+        if shape.iter().any(|&d| d < 0) || usize::try_from(n).ok() != Some(data.len()) {
+            return Err(Error::Data(format!(
+                "shape {shape:?} does not hold {} elements",
+                data.len()
+            )));
+        }
+        Ok(HostTensor {
+            shape: shape.to_vec(),
+            data,
+        })
+    }
+
+    /// A rank-0 `f32` tensor.
+    pub fn scalar_f32(v: f32) -> Self {
+        HostTensor {
+            shape: vec![],
+            data: HostData::F32(vec![v]),
+        }
+    }
+
+    /// Zeros of the given type and shape.
+    pub fn zeros(dtype: DType, shape: &[i64]) -> Result<Self> {
+        let n = usize::try_from(shape.iter().product::<i64>())
+            .map_err(|_| Error::Data(format!("bad shape {shape:?}")))?;
+        let data = match dtype {
+            DType::F32 => HostData::F32(vec![0.0; n]),
+            DType::F64 => HostData::F64(vec![0.0; n]),
+            DType::I64 => HostData::I64(vec![0; n]),
+            DType::I32 => HostData::I32(vec![0; n]),
+            DType::Bool => HostData::Bool(vec![false; n]),
+        };
+        Self::new(shape, data)
+    }
+
+    /// Shape.
+    pub fn shape(&self) -> &[i64] {
+        &self.shape
+    }
+
+    /// Elements.
+    pub fn data(&self) -> &HostData {
+        &self.data
+    }
+
+    /// Element type.
+    pub fn dtype(&self) -> DType {
+        match self.data {
+            HostData::F32(_) => DType::F32,
+            HostData::F64(_) => DType::F64,
+            HostData::I64(_) => DType::I64,
+            HostData::I32(_) => DType::I32,
+            HostData::Bool(_) => DType::Bool,
+        }
+    }
+
+    /// The elements as `f64` (floats and integers; bools as 0/1).
+    pub fn to_f64_vec(&self) -> Vec<f64> {
+        match &self.data {
+            HostData::F32(v) => v.iter().map(|&x| f64::from(x)).collect(),
+            HostData::F64(v) => v.clone(),
+            HostData::I64(v) => v.iter().map(|&x| x as f64).collect(),
+            HostData::I32(v) => v.iter().map(|&x| f64::from(x)).collect(),
+            HostData::Bool(v) => v.iter().map(|&x| f64::from(u8::from(x))).collect(),
+        }
+    }
+
+    /// An owned ONNX Runtime value with a copy of the data.
+    pub fn to_value(&self) -> Result<DynValue> {
+        let shape = self.shape.clone();
+        let ctx = || format!("failed to create a tensor of shape {:?}", self.shape);
+        Ok(match &self.data {
+            HostData::F32(v) => OrtTensor::from_array((shape, v.clone())).ort_context(ctx)?.into_dyn(),
+            HostData::F64(v) => OrtTensor::from_array((shape, v.clone())).ort_context(ctx)?.into_dyn(),
+            HostData::I64(v) => OrtTensor::from_array((shape, v.clone())).ort_context(ctx)?.into_dyn(),
+            HostData::I32(v) => OrtTensor::from_array((shape, v.clone())).ort_context(ctx)?.into_dyn(),
+            HostData::Bool(v) => OrtTensor::from_array((shape, v.clone())).ort_context(ctx)?.into_dyn(),
+        })
+    }
+
+    /// Copies an ONNX Runtime tensor (in CPU memory) to the host.
+    pub fn from_value<T: TensorValueTypeMarker + ?Sized>(v: &Value<T>) -> Result<Self> {
+        let ty = match v.dtype() {
+            ValueType::Tensor { ty, .. } => *ty,
+            other => return Err(Error::Data(format!("expected a tensor, got {other:?}"))),
+        };
+        let ctx = || "failed to read a tensor".to_string();
+        macro_rules! read {
+            ($t:ty, $variant:ident) => {{
+                let (shape, data) = v.try_extract_tensor::<$t>().ort_context(ctx)?;
+                HostTensor::new(&shape.to_vec(), HostData::$variant(data.to_vec()))?
+            }};
+        }
+        Ok(match ty {
+            TensorElementType::Float32 => read!(f32, F32),
+            TensorElementType::Float64 => read!(f64, F64),
+            TensorElementType::Int64 => read!(i64, I64),
+            TensorElementType::Int32 => read!(i32, I32),
+            TensorElementType::Bool => read!(bool, Bool),
+            other => return Err(Error::Data(format!("unsupported element type {other:?}"))),
+        })
+    }
+}

@@ -1,0 +1,7 @@
+//! Integration tests of `pipe-onnx`, one module per area. They run graphs in the ONNX Runtime
+//! library found by `runtime::locate_library` (run `scripts/fetch-onnxruntime.sh` first).
+
+mod util;
+
+/// Backward rules against finite differences.
+mod grad;
