@@ -121,7 +121,10 @@ impl AdamW {
                 }
             }
         }
-        let loss_out = if g.outputs().contains(&loss) { loss } else { g.output(loss, "loss")? };
+        let loss_out = match g.output_for(loss) {
+            Some(o) => o,
+            None => g.output(loss, "loss")?,
+        };
         let wrt: Vec<Tensor> = params.iter().map(|p| p.tensor).collect();
         let mut grads = gradients(g, loss, &wrt)?;
 

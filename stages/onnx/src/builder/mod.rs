@@ -237,6 +237,16 @@ impl Graph {
         Ok(out)
     }
 
+    /// The graph output that carries `t`: `t` itself or the `Identity` [`Graph::output`] added.
+    pub fn output_for(&self, t: Tensor) -> Option<Tensor> {
+        self.outputs.iter().copied().find(|&o| {
+            o == t
+                || self.values[o.index()]
+                    .producer
+                    .is_some_and(|p| self.nodes[p].op == "Identity" && self.nodes[p].inputs[0] == Some(t))
+        })
+    }
+
     /// Adds an initializer: a named value stored in the model file. The forward graph exported
     /// for inference keeps its weights this way; training graphs take parameters as inputs.
     pub fn initializer(&mut self, name: &str, data: TensorData) -> Result<Tensor> {

@@ -5,3 +5,9 @@ mod util;
 
 /// Backward rules against finite differences.
 mod grad;
+
+/// AdamW step graph against a plain-Rust reference.
+mod optim;
+
+/// MLP training end to end; IoBinding against plain runs.
+mod mlp;
