@@ -11,3 +11,9 @@ mod optim;
 
 /// MLP training end to end; IoBinding against plain runs.
 mod mlp;
+
+/// Whole models: symbolic shapes, the onnx checker, determinism, export.
+mod models;
+
+/// Runtime loading, devices, error messages.
+mod runtime;
