@@ -15,7 +15,9 @@ pub enum Error {
         message: String,
     },
     /// Autodiff met an operator with no backward rule on the path to the loss.
-    #[error("no gradient rule for operator `{op}` (node `{node}`) on the path from the parameters to the loss")]
+    #[error(
+        "no gradient rule for operator `{op}` (node `{node}`) on the path from the parameters to the loss"
+    )]
     NoGradient {
         /// ONNX operator type.
         op: String,
@@ -32,7 +34,9 @@ pub enum Error {
         searched: Vec<PathBuf>,
     },
     /// A device was asked for that this ONNX Runtime build cannot use.
-    #[error("{device} is unavailable in this ONNX Runtime build (available execution providers: {available})")]
+    #[error(
+        "{device} is unavailable in this ONNX Runtime build (available execution providers: {available})"
+    )]
     DeviceUnavailable {
         /// The device asked for, e.g. `cuda:0`.
         device: String,

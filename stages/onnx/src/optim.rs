@@ -100,23 +100,37 @@ pub struct StepSignature {
 impl AdamW {
     /// Adds gradients of `loss` and the AdamW update of `params` to `g`; see the module docs
     /// for the inputs and outputs it declares.
-    pub fn build_step(&self, g: &mut Graph, loss: Tensor, params: &[TrainParam]) -> Result<StepSignature> {
+    pub fn build_step(
+        &self,
+        g: &mut Graph,
+        loss: Tensor,
+        params: &[TrainParam],
+    ) -> Result<StepSignature> {
         let outer = g.set_scope("optimizer");
         let r = self.build_step_inner(g, loss, params);
         g.set_scope(outer);
         r
     }
 
-    fn build_step_inner(&self, g: &mut Graph, loss: Tensor, params: &[TrainParam]) -> Result<StepSignature> {
+    fn build_step_inner(
+        &self,
+        g: &mut Graph,
+        loss: Tensor,
+        params: &[TrainParam],
+    ) -> Result<StepSignature> {
         let mut shapes = Vec::with_capacity(params.len());
         for p in params {
             let fixed: Option<Vec<i64>> = g.shape(p.tensor).iter().map(Dim::fixed).collect();
             match fixed {
-                Some(s) if p.tensor.dtype().is_float() && g.inputs().contains(&p.tensor) => shapes.push(s),
+                Some(s) if p.tensor.dtype().is_float() && g.inputs().contains(&p.tensor) => {
+                    shapes.push(s)
+                }
                 _ => {
                     return Err(Error::Build {
                         node: g.name(p.tensor).to_string(),
-                        message: "a trained parameter must be a float graph input with a fixed shape".into(),
+                        message:
+                            "a trained parameter must be a float graph input with a fixed shape"
+                                .into(),
                     });
                 }
             }

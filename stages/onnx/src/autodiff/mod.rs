@@ -36,7 +36,10 @@ pub fn gradients(g: &mut Graph, loss: Tensor, wrt: &[Tensor]) -> Result<Vec<Tens
         if !w.dtype().is_float() {
             return Err(Error::Build {
                 node: g.name(w).to_string(),
-                message: format!("cannot differentiate with respect to a {} tensor", w.dtype()),
+                message: format!(
+                    "cannot differentiate with respect to a {} tensor",
+                    w.dtype()
+                ),
             });
         }
         needs[w.index()] = true;
@@ -67,7 +70,11 @@ pub fn gradients(g: &mut Graph, loss: Tensor, wrt: &[Tensor]) -> Result<Vec<Tens
         if !node.outputs.iter().any(|o| grads.contains_key(&o.index())) {
             continue;
         }
-        let need: Vec<bool> = node.inputs.iter().map(|i| i.is_some_and(|t| needs[t.index()])).collect();
+        let need: Vec<bool> = node
+            .inputs
+            .iter()
+            .map(|i| i.is_some_and(|t| needs[t.index()]))
+            .collect();
         if !need.contains(&true) {
             continue;
         }

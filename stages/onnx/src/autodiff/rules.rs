@@ -8,7 +8,12 @@ use crate::{Error, Result};
 type Grads = Vec<Option<Tensor>>;
 
 /// The gradients of a node's inputs given those of its outputs (`None` = not needed / zero).
-pub(super) fn vjp(g: &mut Graph, node: &Node, gy: &[Option<Tensor>], need: &[bool]) -> Result<Grads> {
+pub(super) fn vjp(
+    g: &mut Graph,
+    node: &Node,
+    gy: &[Option<Tensor>],
+    need: &[bool],
+) -> Result<Grads> {
     let no_rule = || Error::NoGradient {
         op: node.op.to_string(),
         node: node.name.clone(),
@@ -150,7 +155,11 @@ pub(super) fn vjp(g: &mut Graph, node: &Node, gy: &[Option<Tensor>], need: &[boo
             if !x.dtype().is_float() {
                 return Err(no_rule());
             }
-            out[0] = Some(if x.dtype() == y.dtype() { gy0 } else { g.cast(gy0, x.dtype())? });
+            out[0] = Some(if x.dtype() == y.dtype() {
+                gy0
+            } else {
+                g.cast(gy0, x.dtype())?
+            });
         }
         // d/da where(c, a, b) = [c], d/db = [!c]
         "Where" => {
@@ -183,7 +192,12 @@ pub(super) fn vjp(g: &mut Graph, node: &Node, gy: &[Option<Tensor>], need: &[boo
             let axis = node.attr_int("axis").ok_or_else(no_rule)?;
             let rank = g.rank(y);
             let ax = crate::builder::norm_axis(axis, rank).ok_or_else(no_rule)?;
-            let sizes: Vec<_> = node.inputs.iter().flatten().map(|&t| g.shape(t)[ax].clone()).collect();
+            let sizes: Vec<_> = node
+                .inputs
+                .iter()
+                .flatten()
+                .map(|&t| g.shape(t)[ax].clone())
+                .collect();
             let parts = g.split(gy0, &sizes, axis)?;
             return Ok(parts.into_iter().map(Some).collect());
         }
@@ -196,7 +210,11 @@ pub(super) fn vjp(g: &mut Graph, node: &Node, gy: &[Option<Tensor>], need: &[boo
                 return Err(no_rule());
             }
             let (data, idx) = (node.input(0), node.input(1));
-            let idx = if idx.dtype() == DType::I64 { idx } else { g.cast(idx, DType::I64)? };
+            let idx = if idx.dtype() == DType::I64 {
+                idx
+            } else {
+                g.cast(idx, DType::I64)?
+            };
             let idx = g.unsqueeze(idx, &[-1])?;
             let zeros = g.zeros_like(data)?;
             out[0] = Some(g.scatter_nd(zeros, idx, gy0, Reduction::Add)?);
@@ -487,7 +505,13 @@ fn layer_norm(g: &mut Graph, node: &Node, gy: Tensor, need: &[bool]) -> Result<G
         node: node.name.clone(),
     })?;
     let dt = x.dtype();
-    let as_dt = |g: &mut Graph, t: Tensor| if t.dtype() == dt { Ok(t) } else { g.cast(t, dt) };
+    let as_dt = |g: &mut Graph, t: Tensor| {
+        if t.dtype() == dt {
+            Ok(t)
+        } else {
+            g.cast(t, dt)
+        }
+    };
     let mean = as_dt(g, node.outputs[1])?;
     let inv = as_dt(g, node.outputs[2])?;
     let xc = g.sub(x, mean)?;
@@ -505,7 +529,13 @@ fn layer_norm(g: &mut Graph, node: &Node, gy: Tensor, need: &[bool]) -> Result<G
         let d = g.sub(d, t)?;
         out[0] = Some(g.mul(inv, d)?);
     }
-    let sum_lead = |g: &mut Graph, t: Tensor| if lead.is_empty() { Ok(t) } else { g.reduce_sum(t, &lead, false) };
+    let sum_lead = |g: &mut Graph, t: Tensor| {
+        if lead.is_empty() {
+            Ok(t)
+        } else {
+            g.reduce_sum(t, &lead, false)
+        }
+    };
     if need[1] {
         let t = g.mul(gy, xhat)?;
         out[1] = Some(sum_lead(g, t)?);
@@ -533,7 +563,11 @@ fn sce(g: &mut Graph, node: &Node, gy: Option<Tensor>, glp: Option<Tensor>) -> R
     let mut total: Option<Tensor> = None;
     if let Some(gy) = gy {
         // OneHot's CPU kernel has float outputs and int64 indices; cast around it.
-        let labels = if labels.dtype() == DType::I64 { labels } else { g.cast(labels, DType::I64)? };
+        let labels = if labels.dtype() == DType::I64 {
+            labels
+        } else {
+            g.cast(labels, DType::I64)?
+        };
         let e = g.one_hot(labels, &s[1], DType::F32, 0.0, 1.0)?;
         let e = if dt == DType::F32 { e } else { g.cast(e, dt)? };
         let d = g.sub(p, e)?;

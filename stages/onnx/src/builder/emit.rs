@@ -34,10 +34,15 @@ impl Model {
     pub fn save(&self, path: &Path, external_threshold: Option<usize>) -> Result<()> {
         let io = |context, path: &Path| {
             let path = path.to_path_buf();
-            move |source| Error::Io { context, path, source }
+            move |source| Error::Io {
+                context,
+                path,
+                source,
+            }
         };
         let Some(threshold) = external_threshold else {
-            return std::fs::write(path, self.to_bytes()).map_err(io("failed to write model", path));
+            return std::fs::write(path, self.to_bytes())
+                .map_err(io("failed to write model", path));
         };
         let file_name = path
             .file_name()
@@ -69,7 +74,8 @@ impl Model {
             }
         }
         if !blob.is_empty() {
-            std::fs::write(&data_path, &blob).map_err(io("failed to write external data", &data_path))?;
+            std::fs::write(&data_path, &blob)
+                .map_err(io("failed to write external data", &data_path))?;
         }
         std::fs::write(path, proto.encode_to_vec()).map_err(io("failed to write model", path))
     }
@@ -81,7 +87,10 @@ fn dim_proto(d: &Dim) -> proto::Dimension {
         d if d.is_unknown() => None,
         Dim::Sym(s) => Some(proto::DimensionValue::DimParam(s.clone())),
     };
-    proto::Dimension { value, denotation: None }
+    proto::Dimension {
+        value,
+        denotation: None,
+    }
 }
 
 fn attr_proto(name: &str, a: &Attr) -> proto::AttributeProto {
@@ -171,7 +180,11 @@ impl Graph {
                     .iter()
                     .map(|i| i.map_or_else(String::new, |t| self.name(t).to_string()))
                     .collect(),
-                output: n.outputs.iter().map(|&t| self.name(t).to_string()).collect(),
+                output: n
+                    .outputs
+                    .iter()
+                    .map(|&t| self.name(t).to_string())
+                    .collect(),
                 name: Some(n.name.clone()),
                 op_type: Some(n.op.to_string()),
                 attribute: n.attrs.iter().map(|(k, a)| attr_proto(k, a)).collect(),

@@ -241,9 +241,9 @@ impl Graph {
     pub fn output_for(&self, t: Tensor) -> Option<Tensor> {
         self.outputs.iter().copied().find(|&o| {
             o == t
-                || self.values[o.index()]
-                    .producer
-                    .is_some_and(|p| self.nodes[p].op == "Identity" && self.nodes[p].inputs[0] == Some(t))
+                || self.values[o.index()].producer.is_some_and(|p| {
+                    self.nodes[p].op == "Identity" && self.nodes[p].inputs[0] == Some(t)
+                })
         })
     }
 
@@ -291,7 +291,8 @@ impl Graph {
 
     /// A rank-1 `int64` constant (axes, shapes, starts…).
     pub fn const_i64s(&mut self, values: &[i64]) -> Tensor {
-        let data = TensorData::i64(&[values.len() as i64], values).expect("dims match a slice's length");
+        let data =
+            TensorData::i64(&[values.len() as i64], values).expect("dims match a slice's length");
         self.constant(data)
     }
 
@@ -316,7 +317,8 @@ impl Graph {
                             Some(a) => self.mul(a, v)?,
                         });
                     }
-                    return acc.ok_or_else(|| self.err("Shape", format!("empty dim name `{name}`")));
+                    return acc
+                        .ok_or_else(|| self.err("Shape", format!("empty dim name `{name}`")));
                 }
                 Err(self.err(
                     "Shape",
@@ -331,7 +333,10 @@ impl Graph {
         if let Some(fixed) = shape.iter().map(Dim::fixed).collect::<Option<Vec<_>>>() {
             return Ok(self.const_i64s(&fixed));
         }
-        let parts = shape.iter().map(|d| self.dim_value(d)).collect::<Result<Vec<_>>>()?;
+        let parts = shape
+            .iter()
+            .map(|d| self.dim_value(d))
+            .collect::<Result<Vec<_>>>()?;
         self.concat(&parts, 0)
     }
 

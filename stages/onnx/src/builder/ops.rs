@@ -10,8 +10,16 @@ pub(crate) fn broadcast_shapes(a: &[Dim], b: &[Dim]) -> Option<Vec<Dim>> {
     let one = Dim::Fixed(1);
     (0..rank)
         .map(|i| {
-            let da = if i + a.len() >= rank { &a[i + a.len() - rank] } else { &one };
-            let db = if i + b.len() >= rank { &b[i + b.len() - rank] } else { &one };
+            let da = if i + a.len() >= rank {
+                &a[i + a.len() - rank]
+            } else {
+                &one
+            };
+            let db = if i + b.len() >= rank {
+                &b[i + b.len() - rank]
+            } else {
+                &one
+            };
             if da == db || *db == one {
                 Some(da.clone())
             } else if *da == one {
@@ -32,7 +40,8 @@ pub(crate) fn norm_axis(axis: i64, rank: usize) -> Option<usize> {
 
 impl Graph {
     fn check_axis(&self, op: &str, axis: i64, rank: usize) -> Result<usize> {
-        norm_axis(axis, rank).ok_or_else(|| self.err(op, format!("axis {axis} is out of range for rank {rank}")))
+        norm_axis(axis, rank)
+            .ok_or_else(|| self.err(op, format!("axis {axis} is out of range for rank {rank}")))
     }
 
     pub(crate) fn check_axes(&self, op: &str, axes: &[i64], rank: usize) -> Result<Vec<usize>> {
@@ -53,16 +62,30 @@ impl Graph {
         }
     }
 
-    fn unary(&mut self, op: &'static str, x: Tensor, attrs: Vec<(&'static str, Attr)>) -> Result<Tensor> {
+    fn unary(
+        &mut self,
+        op: &'static str,
+        x: Tensor,
+        attrs: Vec<(&'static str, Attr)>,
+    ) -> Result<Tensor> {
         self.require_float(op, x)?;
         let shape = self.shape(x).to_vec();
         Ok(self.push1(op, &[x], attrs, x.dtype(), shape))
     }
 
     /// A broadcasting binary op whose output has `out` as element type (or the inputs' type).
-    fn binary(&mut self, op: &'static str, a: Tensor, b: Tensor, out: Option<DType>) -> Result<Tensor> {
+    fn binary(
+        &mut self,
+        op: &'static str,
+        a: Tensor,
+        b: Tensor,
+        out: Option<DType>,
+    ) -> Result<Tensor> {
         if a.dtype() != b.dtype() {
-            return Err(self.err(op, format!("element types differ: {} and {}", a.dtype(), b.dtype())));
+            return Err(self.err(
+                op,
+                format!("element types differ: {} and {}", a.dtype(), b.dtype()),
+            ));
         }
         let shape = broadcast_shapes(self.shape(a), self.shape(b)).ok_or_else(|| {
             self.err(
@@ -143,7 +166,10 @@ impl Graph {
     /// `Where(cond, a, b)`: `a` where `cond` holds, else `b`, all three broadcast.
     pub fn where_(&mut self, cond: Tensor, a: Tensor, b: Tensor) -> Result<Tensor> {
         if cond.dtype() != DType::Bool || a.dtype() != b.dtype() {
-            return Err(self.err("Where", "expects a bool condition and two values of one type"));
+            return Err(self.err(
+                "Where",
+                "expects a bool condition and two values of one type",
+            ));
         }
         let ab = broadcast_shapes(self.shape(a), self.shape(b));
         let shape = ab
@@ -204,7 +230,11 @@ impl Graph {
     /// `NewGELUActivation`).
     pub fn gelu(&mut self, x: Tensor, tanh_approximation: bool) -> Result<Tensor> {
         let approx = if tanh_approximation { "tanh" } else { "none" };
-        self.unary("Gelu", x, vec![("approximate", Attr::String(approx.into()))])
+        self.unary(
+            "Gelu",
+            x,
+            vec![("approximate", Attr::String(approx.into()))],
+        )
     }
     /// `Identity`.
     pub fn identity(&mut self, x: Tensor) -> Result<Tensor> {
@@ -214,7 +244,13 @@ impl Graph {
     /// `Cast` to `to`.
     pub fn cast(&mut self, x: Tensor, to: DType) -> Result<Tensor> {
         let shape = self.shape(x).to_vec();
-        Ok(self.push1("Cast", &[x], vec![("to", Attr::Int(i64::from(to.onnx_code())))], to, shape))
+        Ok(self.push1(
+            "Cast",
+            &[x],
+            vec![("to", Attr::Int(i64::from(to.onnx_code())))],
+            to,
+            shape,
+        ))
     }
 
     // ---- matrix products --------------------------------------------------------------------
@@ -229,13 +265,25 @@ impl Graph {
         if sa.is_empty() || sb.is_empty() {
             return Err(self.err("MatMul", "operands must have rank 1 or more"));
         }
-        let a2 = if sa.len() == 1 { vec![Dim::Fixed(1), sa[0].clone()] } else { sa.clone() };
-        let b2 = if sb.len() == 1 { vec![sb[0].clone(), Dim::Fixed(1)] } else { sb.clone() };
+        let a2 = if sa.len() == 1 {
+            vec![Dim::Fixed(1), sa[0].clone()]
+        } else {
+            sa.clone()
+        };
+        let b2 = if sb.len() == 1 {
+            vec![sb[0].clone(), Dim::Fixed(1)]
+        } else {
+            sb.clone()
+        };
         let (ra, rb) = (a2.len(), b2.len());
         if a2[ra - 1] != b2[rb - 2] {
             return Err(self.err(
                 "MatMul",
-                format!("inner dims differ: {} @ {}", shape_string(&sa), shape_string(&sb)),
+                format!(
+                    "inner dims differ: {} @ {}",
+                    shape_string(&sa),
+                    shape_string(&sb)
+                ),
             ));
         }
         let batch = broadcast_shapes(&a2[..ra - 2], &b2[..rb - 2])
@@ -267,8 +315,16 @@ impl Graph {
         if sa.len() != 2 || sb.len() != 2 {
             return Err(self.err("Gemm", "A and B must be matrices"));
         }
-        let (m, ka) = if trans_a { (&sa[1], &sa[0]) } else { (&sa[0], &sa[1]) };
-        let (kb, n) = if trans_b { (&sb[1], &sb[0]) } else { (&sb[0], &sb[1]) };
+        let (m, ka) = if trans_a {
+            (&sa[1], &sa[0])
+        } else {
+            (&sa[0], &sa[1])
+        };
+        let (kb, n) = if trans_b {
+            (&sb[1], &sb[0])
+        } else {
+            (&sb[0], &sb[1])
+        };
         if ka != kb {
             return Err(self.err("Gemm", format!("inner dims differ: {ka} and {kb}")));
         }
@@ -290,11 +346,20 @@ impl Graph {
 
     // ---- reductions -------------------------------------------------------------------------
 
-    fn reduce(&mut self, op: &'static str, x: Tensor, axes: &[i64], keepdims: bool) -> Result<Tensor> {
+    fn reduce(
+        &mut self,
+        op: &'static str,
+        x: Tensor,
+        axes: &[i64],
+        keepdims: bool,
+    ) -> Result<Tensor> {
         let rank = self.rank(x);
         let ax = self.check_axes(op, axes, rank)?;
         if ax.is_empty() {
-            return Err(self.err(op, "give at least one axis (empty axes would reduce everything)"));
+            return Err(self.err(
+                op,
+                "give at least one axis (empty axes would reduce everything)",
+            ));
         }
         let shape: Vec<Dim> = self
             .shape(x)
@@ -307,7 +372,13 @@ impl Graph {
             })
             .collect();
         let axes_t = self.const_i64s(&ax.iter().map(|&a| a as i64).collect::<Vec<_>>());
-        Ok(self.push1(op, &[x, axes_t], vec![("keepdims", Attr::Int(i64::from(keepdims)))], x.dtype(), shape))
+        Ok(self.push1(
+            op,
+            &[x, axes_t],
+            vec![("keepdims", Attr::Int(i64::from(keepdims)))],
+            x.dtype(),
+            shape,
+        ))
     }
 
     /// `ReduceSum` over `axes` (given as an input tensor, as ONNX wants since opset 13).
@@ -366,10 +437,14 @@ impl Graph {
         let rank = self.rank(x);
         let ax = self.check_axis("LayerNormalization", axis, rank)?;
         let shape = self.shape(x).to_vec();
-        if self.shape(scale) != &shape[ax..] || bias.is_some_and(|b| self.shape(b) != &shape[ax..]) {
+        if self.shape(scale) != &shape[ax..] || bias.is_some_and(|b| self.shape(b) != &shape[ax..])
+        {
             return Err(self.err(
                 "LayerNormalization",
-                format!("scale and bias must have shape {}", shape_string(&shape[ax..])),
+                format!(
+                    "scale and bias must have shape {}",
+                    shape_string(&shape[ax..])
+                ),
             ));
         }
         let stats: Vec<Dim> = shape
@@ -398,7 +473,10 @@ impl Graph {
     pub fn softmax_cross_entropy_loss(&mut self, scores: Tensor, labels: Tensor) -> Result<Tensor> {
         self.require_float("SoftmaxCrossEntropyLoss", scores)?;
         let s = self.shape(scores).to_vec();
-        if s.len() != 2 || self.shape(labels) != &s[..1] || !matches!(labels.dtype(), DType::I64 | DType::I32) {
+        if s.len() != 2
+            || self.shape(labels) != &s[..1]
+            || !matches!(labels.dtype(), DType::I64 | DType::I32)
+        {
             return Err(self.err(
                 "SoftmaxCrossEntropyLoss",
                 "expects scores [N, C] and integer labels [N]",

@@ -42,10 +42,15 @@ impl Graph {
     /// read at run time. An inferred product of symbolic dims is named `a*b`.
     pub fn reshape(&mut self, x: Tensor, shape: &[Dim]) -> Result<Tensor> {
         let xs = self.shape(x).to_vec();
-        if shape.iter().any(|d| matches!(d, Dim::Fixed(n) if *n == 0 || *n < -1))
+        if shape
+            .iter()
+            .any(|d| matches!(d, Dim::Fixed(n) if *n == 0 || *n < -1))
             || shape.iter().filter(|d| **d == Dim::Fixed(-1)).count() > 1
         {
-            return Err(self.err("Reshape", format!("bad target shape {}", shape_string(shape))));
+            return Err(self.err(
+                "Reshape",
+                format!("bad target shape {}", shape_string(shape)),
+            ));
         }
         let (mut pin, mut sin) = (1, Vec::new());
         xs.iter().for_each(|d| factors(d, &mut pin, &mut sin));
@@ -80,7 +85,11 @@ impl Graph {
         } else if sin.is_empty() && sout.is_empty() && pin != pout {
             return Err(self.err(
                 "Reshape",
-                format!("cannot reshape {} into {}", shape_string(&xs), shape_string(shape)),
+                format!(
+                    "cannot reshape {} into {}",
+                    shape_string(&xs),
+                    shape_string(shape)
+                ),
             ));
         }
         let target = self.shape_value(shape)?;
@@ -93,18 +102,35 @@ impl Graph {
         let mut seen = vec![false; xs.len()];
         let mut shape = Vec::with_capacity(xs.len());
         for &p in perm {
-            match usize::try_from(p).ok().filter(|&p| p < xs.len() && !seen[p]) {
+            match usize::try_from(p)
+                .ok()
+                .filter(|&p| p < xs.len() && !seen[p])
+            {
                 Some(p) => {
                     seen[p] = true;
                     shape.push(xs[p].clone());
                 }
-                None => return Err(self.err("Transpose", format!("bad perm {perm:?} for rank {}", xs.len()))),
+                None => {
+                    return Err(self.err(
+                        "Transpose",
+                        format!("bad perm {perm:?} for rank {}", xs.len()),
+                    ));
+                }
             }
         }
         if shape.len() != xs.len() {
-            return Err(self.err("Transpose", format!("perm {perm:?} does not cover rank {}", xs.len())));
+            return Err(self.err(
+                "Transpose",
+                format!("perm {perm:?} does not cover rank {}", xs.len()),
+            ));
         }
-        Ok(self.push1("Transpose", &[x], vec![("perm", Attr::Ints(perm.to_vec()))], x.dtype(), shape))
+        Ok(self.push1(
+            "Transpose",
+            &[x],
+            vec![("perm", Attr::Ints(perm.to_vec()))],
+            x.dtype(),
+            shape,
+        ))
     }
 
     /// `Unsqueeze`: inserts size-1 axes at `axes` (positions in the output).
@@ -117,7 +143,13 @@ impl Graph {
         }
         let mut it = xs.into_iter();
         let shape = (0..rank)
-            .map(|i| if ax.contains(&i) { Dim::Fixed(1) } else { it.next().expect("rank counts match") })
+            .map(|i| {
+                if ax.contains(&i) {
+                    Dim::Fixed(1)
+                } else {
+                    it.next().expect("rank counts match")
+                }
+            })
             .collect();
         let axes_t = self.const_i64s(&ax.iter().map(|&a| a as i64).collect::<Vec<_>>());
         Ok(self.push1("Unsqueeze", &[x, axes_t], vec![], x.dtype(), shape))
@@ -128,7 +160,10 @@ impl Graph {
         let xs = self.shape(x).to_vec();
         let ax = self.check_axes("Squeeze", axes, xs.len())?;
         if ax.iter().any(|&a| xs[a] != Dim::Fixed(1)) {
-            return Err(self.err("Squeeze", format!("axes {axes:?} of {} are not all 1", shape_string(&xs))));
+            return Err(self.err(
+                "Squeeze",
+                format!("axes {axes:?} of {} are not all 1", shape_string(&xs)),
+            ));
         }
         let shape = xs
             .iter()
@@ -144,14 +179,18 @@ impl Graph {
     pub fn concat(&mut self, xs: &[Tensor], axis: i64) -> Result<Tensor> {
         let first = *xs.first().ok_or_else(|| self.err("Concat", "no inputs"))?;
         let rank = self.rank(first);
-        let ax = norm_axis(axis, rank).ok_or_else(|| self.err("Concat", format!("axis {axis} out of range")))?;
+        let ax = norm_axis(axis, rank)
+            .ok_or_else(|| self.err("Concat", format!("axis {axis} out of range")))?;
         let mut shape = self.shape(first).to_vec();
         let mut total = Some(0i64);
         for &x in xs {
             let s = self.shape(x);
             if x.dtype() != first.dtype()
                 || s.len() != rank
-                || s.iter().zip(&shape).enumerate().any(|(i, (a, b))| i != ax && a != b)
+                || s.iter()
+                    .zip(&shape)
+                    .enumerate()
+                    .any(|(i, (a, b))| i != ax && a != b)
             {
                 return Err(self.err("Concat", "inputs differ in type, rank or a non-concat dim"));
             }
@@ -162,13 +201,20 @@ impl Graph {
             None if xs.len() == 1 => shape[ax].clone(),
             None => self.unknown_dim(),
         };
-        Ok(self.push1("Concat", xs, vec![("axis", Attr::Int(axis))], first.dtype(), shape))
+        Ok(self.push1(
+            "Concat",
+            xs,
+            vec![("axis", Attr::Int(axis))],
+            first.dtype(),
+            shape,
+        ))
     }
 
     /// `Split` along `axis` into pieces of the given sizes.
     pub fn split(&mut self, x: Tensor, sizes: &[Dim], axis: i64) -> Result<Vec<Tensor>> {
         let xs = self.shape(x).to_vec();
-        let ax = norm_axis(axis, xs.len()).ok_or_else(|| self.err("Split", format!("axis {axis} out of range")))?;
+        let ax = norm_axis(axis, xs.len())
+            .ok_or_else(|| self.err("Split", format!("axis {axis} out of range")))?;
         let split = self.shape_value(sizes)?;
         let outs = sizes
             .iter()
@@ -178,20 +224,44 @@ impl Graph {
                 (x.dtype(), s)
             })
             .collect();
-        Ok(self.push_node("Split", vec![Some(x), Some(split)], vec![("axis", Attr::Int(axis))], outs))
+        Ok(self.push_node(
+            "Split",
+            vec![Some(x), Some(split)],
+            vec![("axis", Attr::Int(axis))],
+            outs,
+        ))
     }
 
     /// `Slice` with fixed `starts`, `ends` as dims (a symbolic end is read at run time, e.g.
     /// `x[:, :seq]`), `axes` and `steps` (empty = all 1). `i64::MAX` as an end means "to the end".
-    pub fn slice(&mut self, x: Tensor, starts: &[i64], ends: &[Dim], axes: &[i64], steps: &[i64]) -> Result<Tensor> {
+    pub fn slice(
+        &mut self,
+        x: Tensor,
+        starts: &[i64],
+        ends: &[Dim],
+        axes: &[i64],
+        steps: &[i64],
+    ) -> Result<Tensor> {
         let xs = self.shape(x).to_vec();
-        let steps = if steps.is_empty() { vec![1; axes.len()] } else { steps.to_vec() };
-        if starts.len() != axes.len() || ends.len() != axes.len() || steps.len() != axes.len() || steps.contains(&0) {
-            return Err(self.err("Slice", "starts, ends, axes and steps must have one entry per axis"));
+        let steps = if steps.is_empty() {
+            vec![1; axes.len()]
+        } else {
+            steps.to_vec()
+        };
+        if starts.len() != axes.len()
+            || ends.len() != axes.len()
+            || steps.len() != axes.len()
+            || steps.contains(&0)
+        {
+            return Err(self.err(
+                "Slice",
+                "starts, ends, axes and steps must have one entry per axis",
+            ));
         }
         let mut shape = xs.clone();
         for i in 0..axes.len() {
-            let a = norm_axis(axes[i], xs.len()).ok_or_else(|| self.err("Slice", "axis out of range"))?;
+            let a = norm_axis(axes[i], xs.len())
+                .ok_or_else(|| self.err("Slice", "axis out of range"))?;
             let (s, e, st) = (starts[i], &ends[i], steps[i]);
             shape[a] = match (&xs[a], e) {
                 (Dim::Fixed(n), Dim::Fixed(e)) => {
@@ -202,7 +272,11 @@ impl Graph {
                     } else {
                         (clamp(norm(s), -1, n - 1), clamp(norm(*e), -1, n - 1))
                     };
-                    let len = if st > 0 { (e - s + st - 1) / st } else { (s - e - st - 1) / -st };
+                    let len = if st > 0 {
+                        (e - s + st - 1) / st
+                    } else {
+                        (s - e - st - 1) / -st
+                    };
                     Dim::Fixed(len.max(0))
                 }
                 (_, Dim::Sym(_)) if s == 0 && st == 1 => e.clone(),
@@ -214,7 +288,13 @@ impl Graph {
         let ends_t = self.shape_value(ends)?;
         let axes_t = self.const_i64s(axes);
         let steps_t = self.const_i64s(&steps);
-        Ok(self.push1("Slice", &[x, starts_t, ends_t, axes_t, steps_t], vec![], x.dtype(), shape))
+        Ok(self.push1(
+            "Slice",
+            &[x, starts_t, ends_t, axes_t, steps_t],
+            vec![],
+            x.dtype(),
+            shape,
+        ))
     }
 
     /// `Expand`: broadcasts `x` to `shape` (numpy rules).
@@ -222,7 +302,11 @@ impl Graph {
         let out = broadcast_shapes(self.shape(x), shape).ok_or_else(|| {
             self.err(
                 "Expand",
-                format!("{} does not broadcast to {}", shape_string(self.shape(x)), shape_string(shape)),
+                format!(
+                    "{} does not broadcast to {}",
+                    shape_string(self.shape(x)),
+                    shape_string(shape)
+                ),
             )
         })?;
         let target = self.shape_value(shape)?;
@@ -232,23 +316,39 @@ impl Graph {
     /// `Gather` along `axis` (embedding lookup with `axis = 0`).
     pub fn gather(&mut self, data: Tensor, indices: Tensor, axis: i64) -> Result<Tensor> {
         let ds = self.shape(data).to_vec();
-        let ax = norm_axis(axis, ds.len()).ok_or_else(|| self.err("Gather", "axis out of range"))?;
+        let ax =
+            norm_axis(axis, ds.len()).ok_or_else(|| self.err("Gather", "axis out of range"))?;
         if !matches!(indices.dtype(), DType::I64 | DType::I32) {
             return Err(self.err("Gather", "indices must be int64 or int32"));
         }
         let mut shape = ds[..ax].to_vec();
         shape.extend_from_slice(self.shape(indices));
         shape.extend_from_slice(&ds[ax + 1..]);
-        Ok(self.push1("Gather", &[data, indices], vec![("axis", Attr::Int(axis))], data.dtype(), shape))
+        Ok(self.push1(
+            "Gather",
+            &[data, indices],
+            vec![("axis", Attr::Int(axis))],
+            data.dtype(),
+            shape,
+        ))
     }
 
     /// `GatherElements` along `axis`; the output has the shape of `indices`.
     pub fn gather_elements(&mut self, data: Tensor, indices: Tensor, axis: i64) -> Result<Tensor> {
         if self.rank(data) != self.rank(indices) || norm_axis(axis, self.rank(data)).is_none() {
-            return Err(self.err("GatherElements", "data and indices must have one rank; axis in range"));
+            return Err(self.err(
+                "GatherElements",
+                "data and indices must have one rank; axis in range",
+            ));
         }
         let shape = self.shape(indices).to_vec();
-        Ok(self.push1("GatherElements", &[data, indices], vec![("axis", Attr::Int(axis))], data.dtype(), shape))
+        Ok(self.push1(
+            "GatherElements",
+            &[data, indices],
+            vec![("axis", Attr::Int(axis))],
+            data.dtype(),
+            shape,
+        ))
     }
 
     /// `GatherND` (`batch_dims = 0`): `indices` `[..., k]` pick slices of `data`.
@@ -267,7 +367,13 @@ impl Graph {
     }
 
     /// `ScatterND` of `updates` into `data` at `indices` (`[..., k]`).
-    pub fn scatter_nd(&mut self, data: Tensor, indices: Tensor, updates: Tensor, reduction: Reduction) -> Result<Tensor> {
+    pub fn scatter_nd(
+        &mut self,
+        data: Tensor,
+        indices: Tensor,
+        updates: Tensor,
+        reduction: Reduction,
+    ) -> Result<Tensor> {
         let shape = self.shape(data).to_vec();
         Ok(self.push1(
             "ScatterND",
@@ -288,7 +394,10 @@ impl Graph {
         reduction: Reduction,
     ) -> Result<Tensor> {
         if self.rank(data) != self.rank(indices) || self.shape(indices) != self.shape(updates) {
-            return Err(self.err("ScatterElements", "indices and updates must match and have data's rank"));
+            return Err(self.err(
+                "ScatterElements",
+                "indices and updates must match and have data's rank",
+            ));
         }
         let shape = self.shape(data).to_vec();
         Ok(self.push1(
@@ -305,7 +414,14 @@ impl Graph {
 
     /// `OneHot` of integer `indices` with `depth` classes as a new last axis; `off`/`on` values
     /// of type `dtype`.
-    pub fn one_hot(&mut self, indices: Tensor, depth: &Dim, dtype: DType, off: f64, on: f64) -> Result<Tensor> {
+    pub fn one_hot(
+        &mut self,
+        indices: Tensor,
+        depth: &Dim,
+        dtype: DType,
+        off: f64,
+        on: f64,
+    ) -> Result<Tensor> {
         let depth_t = self.dim_value(depth)?;
         let values = match dtype {
             DType::F32 => TensorData::f32(&[2], &[off as f32, on as f32])?,
@@ -317,7 +433,13 @@ impl Graph {
         let values_t = self.constant(values);
         let mut shape = self.shape(indices).to_vec();
         shape.push(depth.clone());
-        Ok(self.push1("OneHot", &[indices, depth_t, values_t], vec![("axis", Attr::Int(-1))], dtype, shape))
+        Ok(self.push1(
+            "OneHot",
+            &[indices, depth_t, values_t],
+            vec![("axis", Attr::Int(-1))],
+            dtype,
+            shape,
+        ))
     }
 
     /// `Trilu`: keeps the upper (`upper = true`) or lower triangle of the last two axes,
@@ -328,7 +450,13 @@ impl Graph {
         }
         let k_t = self.scalar(DType::I64, k as f64);
         let shape = self.shape(x).to_vec();
-        Ok(self.push1("Trilu", &[x, k_t], vec![("upper", Attr::Int(i64::from(upper)))], x.dtype(), shape))
+        Ok(self.push1(
+            "Trilu",
+            &[x, k_t],
+            vec![("upper", Attr::Int(i64::from(upper)))],
+            x.dtype(),
+            shape,
+        ))
     }
 
     /// `Range(0, n, 1)` of type `dtype` (int64, int32 or a float type): positions `0..n`.
@@ -340,10 +468,20 @@ impl Graph {
             d => {
                 let v = self.dim_value(d)?;
                 let s = self.squeeze(v, &[0])?;
-                if dtype == DType::I64 { s } else { self.cast(s, dtype)? }
+                if dtype == DType::I64 {
+                    s
+                } else {
+                    self.cast(s, dtype)?
+                }
             }
         };
-        Ok(self.push1("Range", &[start, limit, delta], vec![], dtype, vec![n.clone()]))
+        Ok(self.push1(
+            "Range",
+            &[start, limit, delta],
+            vec![],
+            dtype,
+            vec![n.clone()],
+        ))
     }
 
     /// `Shape` of `x` (optionally the axes `start..end`): a rank-1 `int64` tensor.
@@ -358,7 +496,13 @@ impl Graph {
         if let Some(e) = end {
             attrs.push(("end", Attr::Int(e)));
         }
-        Ok(self.push1("Shape", &[x], attrs, DType::I64, vec![Dim::Fixed((e - s).max(0))]))
+        Ok(self.push1(
+            "Shape",
+            &[x],
+            attrs,
+            DType::I64,
+            vec![Dim::Fixed((e - s).max(0))],
+        ))
     }
 
     /// `Size`: number of elements of `x`, as an `int64` scalar.
@@ -371,15 +515,31 @@ impl Graph {
         let s = self.shape_value(shape)?;
         let mut v = TensorData::scalar(dtype, value);
         v = TensorData::from_bytes(dtype, &[1], v.bytes().to_vec())?;
-        Ok(self.push1("ConstantOfShape", &[s], vec![("value", Attr::Tensor(v))], dtype, shape.to_vec()))
+        Ok(self.push1(
+            "ConstantOfShape",
+            &[s],
+            vec![("value", Attr::Tensor(v))],
+            dtype,
+            shape.to_vec(),
+        ))
     }
 
     /// Zeros with the run-time shape of `x` (read with `Shape`, so unknown dims are fine).
     pub fn zeros_like(&mut self, x: Tensor) -> Result<Tensor> {
         let s = self.shape_op(x, None, None)?;
-        let v = TensorData::from_bytes(x.dtype(), &[1], TensorData::scalar(x.dtype(), 0.0).bytes().to_vec())?;
+        let v = TensorData::from_bytes(
+            x.dtype(),
+            &[1],
+            TensorData::scalar(x.dtype(), 0.0).bytes().to_vec(),
+        )?;
         let shape = self.shape(x).to_vec();
-        Ok(self.push1("ConstantOfShape", &[s], vec![("value", Attr::Tensor(v))], x.dtype(), shape))
+        Ok(self.push1(
+            "ConstantOfShape",
+            &[s],
+            vec![("value", Attr::Tensor(v))],
+            x.dtype(),
+            shape,
+        ))
     }
 
     /// `Reshape` of `x` to the run-time shape of `like` (whose static shape the result takes).
@@ -397,8 +557,20 @@ impl Graph {
     }
 
     /// `Pad` with run-time `pads` (`[begin…, end…]` for `axes`), constant zero.
-    pub(crate) fn pad_zero(&mut self, x: Tensor, pads: Tensor, axes: Tensor, shape: Vec<Dim>) -> Result<Tensor> {
+    pub(crate) fn pad_zero(
+        &mut self,
+        x: Tensor,
+        pads: Tensor,
+        axes: Tensor,
+        shape: Vec<Dim>,
+    ) -> Result<Tensor> {
         let zero = self.scalar(x.dtype(), 0.0);
-        Ok(self.push1("Pad", &[x, pads, zero, axes], vec![("mode", Attr::String("constant".into()))], x.dtype(), shape))
+        Ok(self.push1(
+            "Pad",
+            &[x, pads, zero, axes],
+            vec![("mode", Attr::String("constant".into()))],
+            x.dtype(),
+            shape,
+        ))
     }
 }

@@ -167,13 +167,19 @@ impl TensorData {
 
     /// A tensor of booleans.
     pub fn bool(dims: &[i64], values: &[bool]) -> crate::Result<Self> {
-        Self::from_bytes(DType::Bool, dims, values.iter().map(|&b| u8::from(b)).collect())
+        Self::from_bytes(
+            DType::Bool,
+            dims,
+            values.iter().map(|&b| u8::from(b)).collect(),
+        )
     }
 
     /// A tensor from raw little-endian bytes.
     pub fn from_bytes(dtype: DType, dims: &[i64], bytes: Vec<u8>) -> crate::Result<Self> {
         let count: i64 = dims.iter().product();
-        if dims.iter().any(|&d| d < 0) || usize::try_from(count).ok().map(|c| c * dtype.size()) != Some(bytes.len()) {
+        if dims.iter().any(|&d| d < 0)
+            || usize::try_from(count).ok().map(|c| c * dtype.size()) != Some(bytes.len())
+        {
             return Err(crate::Error::Data(format!(
                 "tensor data of {} bytes does not fit dims {dims:?} of {dtype}",
                 bytes.len()

@@ -1,6 +1,8 @@
 //! Tensors in host memory, the currency between callers and ONNX Runtime.
 
-use ort::value::{DynValue, Tensor as OrtTensor, TensorElementType, TensorValueTypeMarker, Value, ValueType};
+use ort::value::{
+    DynValue, Tensor as OrtTensor, TensorElementType, TensorValueTypeMarker, Value, ValueType,
+};
 
 use crate::error::OrtContext;
 use crate::{DType, Error, Result};
@@ -137,11 +139,21 @@ impl HostTensor {
         let shape = self.shape.clone();
         let ctx = || format!("failed to create a tensor of shape {:?}", self.shape);
         Ok(match &self.data {
-            HostData::F32(v) => OrtTensor::from_array((shape, v.clone())).ort_context(ctx)?.into_dyn(),
-            HostData::F64(v) => OrtTensor::from_array((shape, v.clone())).ort_context(ctx)?.into_dyn(),
-            HostData::I64(v) => OrtTensor::from_array((shape, v.clone())).ort_context(ctx)?.into_dyn(),
-            HostData::I32(v) => OrtTensor::from_array((shape, v.clone())).ort_context(ctx)?.into_dyn(),
-            HostData::Bool(v) => OrtTensor::from_array((shape, v.clone())).ort_context(ctx)?.into_dyn(),
+            HostData::F32(v) => OrtTensor::from_array((shape, v.clone()))
+                .ort_context(ctx)?
+                .into_dyn(),
+            HostData::F64(v) => OrtTensor::from_array((shape, v.clone()))
+                .ort_context(ctx)?
+                .into_dyn(),
+            HostData::I64(v) => OrtTensor::from_array((shape, v.clone()))
+                .ort_context(ctx)?
+                .into_dyn(),
+            HostData::I32(v) => OrtTensor::from_array((shape, v.clone()))
+                .ort_context(ctx)?
+                .into_dyn(),
+            HostData::Bool(v) => OrtTensor::from_array((shape, v.clone()))
+                .ort_context(ctx)?
+                .into_dyn(),
         })
     }
 

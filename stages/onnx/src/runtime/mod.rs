@@ -131,7 +131,12 @@ pub fn runtime_info() -> Result<RuntimeInfo> {
 
 /// The version string the library reports (`OrtGetApiBase()->GetVersionString()`).
 fn library_version(path: &Path) -> Result<String> {
-    let fail = |m: String| Error::Data(format!("cannot read the version of `{}`: {m}", path.display()));
+    let fail = |m: String| {
+        Error::Data(format!(
+            "cannot read the version of `{}`: {m}",
+            path.display()
+        ))
+    };
     // SAFETY: this is the library ONNX Runtime was already loaded from, so opening it again only
     // takes another reference; `OrtGetApiBase` has this signature in every ORT release, and
     // `GetVersionString` returns a static NUL-terminated string.
@@ -160,9 +165,13 @@ pub fn available_providers() -> Result<Vec<String>> {
     unsafe {
         let status = (api.GetAvailableProviders)(&mut list, &mut n);
         if !status.0.is_null() {
-            let msg = CStr::from_ptr((api.GetErrorMessage)(status.0)).to_string_lossy().into_owned();
+            let msg = CStr::from_ptr((api.GetErrorMessage)(status.0))
+                .to_string_lossy()
+                .into_owned();
             (api.ReleaseStatus)(status.0);
-            return Err(Error::Data(format!("cannot list execution providers: {msg}")));
+            return Err(Error::Data(format!(
+                "cannot list execution providers: {msg}"
+            )));
         }
         let count = usize::try_from(n).unwrap_or(0);
         let names = (0..count)
@@ -207,7 +216,11 @@ impl FromStr for Device {
                 .strip_prefix("cuda:")
                 .and_then(|n| n.parse().ok())
                 .map(Device::Cuda)
-                .ok_or_else(|| Error::Data(format!("unknown device `{s}`; expected cpu, cuda or cuda:N"))),
+                .ok_or_else(|| {
+                    Error::Data(format!(
+                        "unknown device `{s}`; expected cpu, cuda or cuda:N"
+                    ))
+                }),
         }
     }
 }
@@ -232,7 +245,9 @@ pub struct Session {
 
 impl fmt::Debug for Session {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Session").field("device", &self.device).finish_non_exhaustive()
+        f.debug_struct("Session")
+            .field("device", &self.device)
+            .finish_non_exhaustive()
     }
 }
 
@@ -240,14 +255,19 @@ impl fmt::Debug for Session {
 fn cache_model(dir: &Path, bytes: &[u8]) -> Result<PathBuf> {
     let io = |context, path: &Path| {
         let path = path.to_path_buf();
-        move |source| Error::Io { context, path, source }
+        move |source| Error::Io {
+            context,
+            path,
+            source,
+        }
     };
     std::fs::create_dir_all(dir).map_err(io("failed to create graph cache", dir))?;
     let path = dir.join(format!("{}.onnx", blake3::hash(bytes).to_hex()));
     if !path.is_file() {
         let tmp = dir.join(format!(".{}.tmp", std::process::id()));
         std::fs::write(&tmp, bytes).map_err(io("failed to write cached graph", &tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io("failed to move cached graph into place", &path))?;
+        std::fs::rename(&tmp, &path)
+            .map_err(io("failed to move cached graph into place", &path))?;
     }
     Ok(path)
 }
@@ -267,7 +287,9 @@ impl Session {
                 b.commit_from_file(&path)
                     .ort_context(|| format!("failed to load model `{}`", path.display()))?
             }
-            None => b.commit_from_memory(bytes).ort_context(|| "failed to load model".into())?,
+            None => b
+                .commit_from_memory(bytes)
+                .ort_context(|| "failed to load model".into())?,
         };
         Ok(Session {
             inner,
@@ -288,7 +310,8 @@ impl Session {
 
     fn builder(opts: &SessionOptions) -> Result<ort::session::builder::SessionBuilder> {
         let rt = runtime()?;
-        let mut b = ort::session::Session::builder(&rt.env).ort_context(|| "failed to create a session builder".into())?;
+        let mut b = ort::session::Session::builder(&rt.env)
+            .ort_context(|| "failed to create a session builder".into())?;
         if let Some(n) = opts.intra_threads {
             b = b
                 .with_intra_threads(n)
@@ -313,12 +336,20 @@ impl Session {
 
     /// Names of the model's inputs, in order.
     pub fn input_names(&self) -> Vec<String> {
-        self.inner.inputs().iter().map(|o| o.name().to_string()).collect()
+        self.inner
+            .inputs()
+            .iter()
+            .map(|o| o.name().to_string())
+            .collect()
     }
 
     /// Names of the model's outputs, in order.
     pub fn output_names(&self) -> Vec<String> {
-        self.inner.outputs().iter().map(|o| o.name().to_string()).collect()
+        self.inner
+            .outputs()
+            .iter()
+            .map(|o| o.name().to_string())
+            .collect()
     }
 
     /// Runs the model on host data; returns every output by name.
@@ -327,7 +358,10 @@ impl Session {
         for (name, t) in feeds {
             inputs.push((name.to_string(), t.to_value()?));
         }
-        let outputs = self.inner.run(inputs).ort_context(|| "failed to run model".into())?;
+        let outputs = self
+            .inner
+            .run(inputs)
+            .ort_context(|| "failed to run model".into())?;
         let mut out = BTreeMap::new();
         for (name, v) in outputs.iter() {
             out.insert(name.to_string(), HostTensor::from_value(&v)?);

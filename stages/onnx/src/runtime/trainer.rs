@@ -76,7 +76,11 @@ fn write(buf: &mut DynTensor, data: &HostData, name: &str) -> Result<()> {
         ($t:ty, $v:expr) => {{
             let (_, dst) = buf.try_extract_tensor_mut::<$t>().ort_context(ctx)?;
             if dst.len() != $v.len() {
-                return Err(Error::Data(format!("`{name}` has {} elements, {} given", dst.len(), $v.len())));
+                return Err(Error::Data(format!(
+                    "`{name}` has {} elements, {} given",
+                    dst.len(),
+                    $v.len()
+                )));
             }
             dst.copy_from_slice($v);
         }};
@@ -94,7 +98,11 @@ fn write(buf: &mut DynTensor, data: &HostData, name: &str) -> Result<()> {
 impl Trainer {
     /// Allocates the state for the step graph loaded in `session`, with parameters from `params`
     /// (by input name, any missing one is an error) and zero moments. The step count starts at 0.
-    pub fn new(session: Session, sig: StepSignature, params: &BTreeMap<String, HostTensor>) -> Result<Self> {
+    pub fn new(
+        session: Session,
+        sig: StepSignature,
+        params: &BTreeMap<String, HostTensor>,
+    ) -> Result<Self> {
         let allocator = session.inner.allocator();
         let mut slots = Vec::with_capacity(sig.state.len());
         for s in &sig.state {
@@ -105,9 +113,9 @@ impl Trainer {
             let mut bufs = [new_buf()?, new_buf()?];
             let init = match s.kind {
                 StateKind::Param => {
-                    let p = params
-                        .get(&s.input)
-                        .ok_or_else(|| Error::Data(format!("no initial value for parameter `{}`", s.input)))?;
+                    let p = params.get(&s.input).ok_or_else(|| {
+                        Error::Data(format!("no initial value for parameter `{}`", s.input))
+                    })?;
                     if p.shape() != s.shape.as_slice() || p.dtype() != s.dtype {
                         return Err(Error::Data(format!(
                             "parameter `{}`: expected {} {:?}, got {} {:?}",
@@ -137,8 +145,13 @@ impl Trainer {
             .into_iter()
             .filter(|n| !state_outputs.contains(&n.as_str()))
             .collect();
-        let output_memory = MemoryInfo::new(AllocationDevice::CPU, 0, AllocatorType::Device, MemoryType::Default)
-            .ort_context(|| "failed to describe CPU memory".into())?;
+        let output_memory = MemoryInfo::new(
+            AllocationDevice::CPU,
+            0,
+            AllocatorType::Device,
+            MemoryType::Default,
+        )
+        .ort_context(|| "failed to describe CPU memory".into())?;
         Ok(Trainer {
             session,
             sig,
@@ -166,10 +179,16 @@ impl Trainer {
             binding.bind_input(*name, &t.to_value()?).map_err(bind)?;
         }
         binding
-            .bind_input(self.sig.lr.as_str(), &HostTensor::scalar_f32(lr).to_value()?)
+            .bind_input(
+                self.sig.lr.as_str(),
+                &HostTensor::scalar_f32(lr).to_value()?,
+            )
             .map_err(bind)?;
         binding
-            .bind_input(self.sig.step.as_str(), &HostTensor::scalar_f32(step).to_value()?)
+            .bind_input(
+                self.sig.step.as_str(),
+                &HostTensor::scalar_f32(step).to_value()?,
+            )
             .map_err(bind)?;
         let (cur, next) = (self.current, 1 - self.current);
         for s in &mut self.slots {
@@ -240,7 +259,9 @@ impl Trainer {
     pub fn param(&self, name: &str) -> Result<Vec<f32>> {
         let s = self.slot(name)?;
         if s.kind != StateKind::Param {
-            return Err(Error::Data(format!("`{name}` is optimizer state, not a parameter")));
+            return Err(Error::Data(format!(
+                "`{name}` is optimizer state, not a parameter"
+            )));
         }
         let h = self.state(name)?;
         Ok(match h.data() {
@@ -275,7 +296,11 @@ impl Trainer {
             .find(|s| s.input == name)
             .ok_or_else(|| Error::Data(format!("no training state named `{name}`")))?;
         if value.dtype() != slot.dtype {
-            return Err(Error::Data(format!("`{name}` holds {}, got {}", slot.dtype, value.dtype())));
+            return Err(Error::Data(format!(
+                "`{name}` holds {}, got {}",
+                slot.dtype,
+                value.dtype()
+            )));
         }
         write(&mut slot.bufs[cur], value.data(), name)
     }
@@ -283,7 +308,9 @@ impl Trainer {
     /// Overwrites a parameter from `f32` values.
     pub fn set_param(&mut self, name: &str, values: &[f32]) -> Result<()> {
         let s = self.slot(name)?;
-        let shape = HostTensor::from_value(&s.bufs[self.current])?.shape().to_vec();
+        let shape = HostTensor::from_value(&s.bufs[self.current])?
+            .shape()
+            .to_vec();
         let t = match s.dtype {
             DType::F32 => HostTensor::f32(&shape, values.to_vec())?,
             DType::F64 => HostTensor::f64(&shape, values.iter().map(|&v| f64::from(v)).collect())?,

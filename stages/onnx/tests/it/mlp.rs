@@ -3,7 +3,10 @@
 
 use std::collections::BTreeMap;
 
-use pipe_onnx::{AdamW, DType, Dim, Graph, HostTensor, Session, SessionOptions, StepSignature, Tensor, Trainer, TrainParam};
+use pipe_onnx::{
+    AdamW, DType, Dim, Graph, HostTensor, Session, SessionOptions, StepSignature, Tensor,
+    TrainParam, Trainer,
+};
 
 use crate::util::{Rng, run, session};
 
@@ -25,10 +28,19 @@ pub fn param_shapes() -> Vec<(&'static str, Vec<i64>)> {
 /// x [batch, F] → Linear → LayerNorm → Gelu(tanh) → Linear (no bias) → logits [batch, C].
 pub fn forward(g: &mut Graph) -> (Tensor, Vec<Tensor>) {
     let batch = Dim::from("batch");
-    let x = g.input("x", DType::F32, &[batch, Dim::from(FEATURES)]).unwrap();
+    let x = g
+        .input("x", DType::F32, &[batch, Dim::from(FEATURES)])
+        .unwrap();
     let params: Vec<Tensor> = param_shapes()
         .iter()
-        .map(|(n, s)| g.input(n, DType::F32, &s.iter().map(|&d| Dim::Fixed(d)).collect::<Vec<_>>()).unwrap())
+        .map(|(n, s)| {
+            g.input(
+                n,
+                DType::F32,
+                &s.iter().map(|&d| Dim::Fixed(d)).collect::<Vec<_>>(),
+            )
+            .unwrap()
+        })
         .collect();
     let logits = g
         .with_scope("mlp", |g| {
@@ -36,7 +48,9 @@ pub fn forward(g: &mut Graph) -> (Tensor, Vec<Tensor>) {
                 let h = g.matmul(x, params[0])?;
                 g.add(h, params[1])
             })?;
-            let h = g.with_scope("norm", |g| g.layer_normalization(h, params[2], Some(params[3]), -1, 1e-5))?;
+            let h = g.with_scope("norm", |g| {
+                g.layer_normalization(h, params[2], Some(params[3]), -1, 1e-5)
+            })?;
             let h = g.gelu(h, true)?;
             g.with_scope("fc2", |g| g.matmul(h, params[4]))
         })
@@ -48,7 +62,9 @@ pub fn forward(g: &mut Graph) -> (Tensor, Vec<Tensor>) {
 pub fn step_graph(opt: &AdamW) -> (Graph, StepSignature) {
     let mut g = Graph::new("mlp_step");
     let (logits, params) = forward(&mut g);
-    let labels = g.input("labels", DType::I64, &[Dim::from("batch")]).unwrap();
+    let labels = g
+        .input("labels", DType::I64, &[Dim::from("batch")])
+        .unwrap();
     let loss = g.softmax_cross_entropy_loss(logits, labels).unwrap();
     g.output(loss, "loss").unwrap();
     g.output(logits, "logits").unwrap();
@@ -56,7 +72,10 @@ pub fn step_graph(opt: &AdamW) -> (Graph, StepSignature) {
         .iter()
         .enumerate()
         // weight decay on the matrices only, as Hugging Face exempts biases and norms
-        .map(|(i, &t)| TrainParam { tensor: t, weight_decay: i == 0 || i == 4 })
+        .map(|(i, &t)| TrainParam {
+            tensor: t,
+            weight_decay: i == 0 || i == 4,
+        })
         .collect();
     let sig = opt.build_step(&mut g, loss, &train).unwrap();
     (g, sig)
@@ -79,7 +98,9 @@ pub fn dataset(n: usize, seed: u64) -> (HostTensor, HostTensor) {
         if sorted[CLASSES - 1] - sorted[CLASSES - 2] < 0.2 {
             continue;
         }
-        let label = (0..CLASSES).max_by(|&i, &j| scores[i].total_cmp(&scores[j])).unwrap();
+        let label = (0..CLASSES)
+            .max_by(|&i, &j| scores[i].total_cmp(&scores[j]))
+            .unwrap();
         xs.extend(x.iter().map(|&v| v as f32));
         ys.push(label as i64);
     }
@@ -98,7 +119,11 @@ pub fn init_params(seed: u64) -> BTreeMap<String, HostTensor> {
             let v: Vec<f32> = match n {
                 "norm.weight" => vec![1.0; count],
                 "norm.bias" | "fc1.bias" => vec![0.0; count],
-                _ => rng.vec(count, -0.5, 0.5).into_iter().map(|x| x as f32).collect(),
+                _ => rng
+                    .vec(count, -0.5, 0.5)
+                    .into_iter()
+                    .map(|x| x as f32)
+                    .collect(),
             };
             (n.to_string(), HostTensor::f32(&s, v).unwrap())
         })
@@ -113,7 +138,9 @@ fn accuracy(logits: &HostTensor, labels: &HostTensor) -> f64 {
         .enumerate()
         .filter(|&(i, &label)| {
             let row = &l[i * CLASSES..(i + 1) * CLASSES];
-            let pred = (0..CLASSES).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap();
+            let pred = (0..CLASSES)
+                .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+                .unwrap();
             pred as i64 == label
         })
         .count();
@@ -122,7 +149,11 @@ fn accuracy(logits: &HostTensor, labels: &HostTensor) -> f64 {
 
 #[test]
 fn mlp_learns_a_separable_problem() {
-    let opt = AdamW { weight_decay: 0.01, max_grad_norm: 1.0, ..AdamW::default() };
+    let opt = AdamW {
+        weight_decay: 0.01,
+        max_grad_norm: 1.0,
+        ..AdamW::default()
+    };
     let (g, sig) = step_graph(&opt);
     let s = Session::from_model(&g.build().unwrap(), &SessionOptions::default()).unwrap();
     let mut trainer = Trainer::new(s, sig, &init_params(7)).unwrap();
@@ -136,7 +167,12 @@ fn mlp_learns_a_separable_problem() {
         losses.push(r.loss);
     }
     assert!(losses[0] > 0.5, "initial loss {}", losses[0]);
-    assert!(losses[149] < 0.25 * losses[0], "loss went from {} to {}", losses[0], losses[149]);
+    assert!(
+        losses[149] < 0.25 * losses[0],
+        "loss went from {} to {}",
+        losses[0],
+        losses[149]
+    );
 
     // Evaluate the trained parameters with a separate forward graph.
     let mut fg = Graph::new("mlp_forward");
@@ -153,7 +189,11 @@ fn mlp_learns_a_separable_problem() {
 
 #[test]
 fn io_binding_matches_plain_run() {
-    let opt = AdamW { weight_decay: 0.1, max_grad_norm: 0.5, ..AdamW::default() };
+    let opt = AdamW {
+        weight_decay: 0.1,
+        max_grad_norm: 0.5,
+        ..AdamW::default()
+    };
     let (g, sig) = step_graph(&opt);
     let model = g.build().unwrap();
     let (x, y) = dataset(32, 5);
@@ -164,23 +204,37 @@ fn io_binding_matches_plain_run() {
     let mut trainer = Trainer::new(s, sig.clone(), &init).unwrap();
     let mut bound_losses = Vec::new();
     for i in 0..steps {
-        bound_losses.push(trainer.step(&[("x", &x), ("labels", &y)], 0.01 + 0.001 * i as f32).unwrap().loss);
+        bound_losses.push(
+            trainer
+                .step(&[("x", &x), ("labels", &y)], 0.01 + 0.001 * i as f32)
+                .unwrap()
+                .loss,
+        );
     }
 
     let mut plain = Session::from_model(&model, &SessionOptions::default()).unwrap();
     let mut feeds: BTreeMap<String, HostTensor> = BTreeMap::new();
     for slot in &sig.state {
-        let v = init.get(&slot.input).cloned().unwrap_or_else(|| HostTensor::zeros(slot.dtype, &slot.shape).unwrap());
+        let v = init
+            .get(&slot.input)
+            .cloned()
+            .unwrap_or_else(|| HostTensor::zeros(slot.dtype, &slot.shape).unwrap());
         feeds.insert(slot.input.clone(), v);
     }
     feeds.insert("x".into(), x.clone());
     feeds.insert("labels".into(), y.clone());
-    for i in 0..steps {
-        feeds.insert(sig.lr.clone(), HostTensor::scalar_f32(0.01 + 0.001 * i as f32));
+    for (i, &bound) in bound_losses.iter().enumerate() {
+        feeds.insert(
+            sig.lr.clone(),
+            HostTensor::scalar_f32(0.01 + 0.001 * i as f32),
+        );
         feeds.insert(sig.step.clone(), HostTensor::scalar_f32((i + 1) as f32));
         let out = run(&mut plain, &feeds);
         let loss = out["loss"].to_f64_vec()[0] as f32;
-        assert!((loss - bound_losses[i]).abs() <= 1e-6 * loss.abs().max(1.0), "step {i}: {loss} vs {}", bound_losses[i]);
+        assert!(
+            (loss - bound).abs() <= 1e-6 * loss.abs().max(1.0),
+            "step {i}: {loss} vs {bound}"
+        );
         for slot in &sig.state {
             feeds.insert(slot.input.clone(), out[&slot.output].clone());
         }
@@ -189,7 +243,11 @@ fn io_binding_matches_plain_run() {
         let bound = trainer.state(&slot.input).unwrap().to_f64_vec();
         let plain = feeds[&slot.input].to_f64_vec();
         for (k, (a, b)) in bound.iter().zip(&plain).enumerate() {
-            assert!((a - b).abs() <= 1e-6 * b.abs().max(1.0), "{}[{k}]: bound {a} vs plain {b}", slot.input);
+            assert!(
+                (a - b).abs() <= 1e-6 * b.abs().max(1.0),
+                "{}[{k}]: bound {a} vs plain {b}",
+                slot.input
+            );
         }
     }
     // Parameters read back and written again round-trip.

@@ -5,7 +5,10 @@
 use std::collections::BTreeMap;
 use std::process::Command;
 
-use pipe_onnx::{AdamW, DType, Dim, Graph, HostTensor, Model, Result, Session, SessionOptions, Tensor, TensorData, TrainParam};
+use pipe_onnx::{
+    AdamW, DType, Dim, Graph, HostTensor, Model, Result, Session, SessionOptions, Tensor,
+    TensorData, TrainParam,
+};
 
 use crate::util::{In, Rng, check_grad, fixed, run, session};
 
@@ -40,11 +43,16 @@ fn classifier(g: &mut Graph, ids: Tensor, lengths: Tensor, p: &[Tensor]) -> Resu
     let pos = g.range(&s, DType::I64)?; // [s]
     let pe = g.gather(p[1], pos, 0)?; // [s, H]
     let x = g.add(tok, pe)?;
-    let h = g.with_scope("h.0.ln_1", |g| g.layer_normalization(x, p[2], Some(p[3]), -1, 1e-5))?;
+    let h = g.with_scope("h.0.ln_1", |g| {
+        g.layer_normalization(x, p[2], Some(p[3]), -1, 1e-5)
+    })?;
     let attn = g.with_scope("h.0.attn", |g| {
         let heads = |g: &mut Graph, w: Tensor| -> Result<Tensor> {
             let t = g.matmul(h, w)?; // [b, s, H]
-            let t = g.reshape(t, &[b.clone(), s.clone(), Dim::Fixed(HEADS), Dim::Fixed(hd)])?;
+            let t = g.reshape(
+                t,
+                &[b.clone(), s.clone(), Dim::Fixed(HEADS), Dim::Fixed(hd)],
+            )?;
             g.transpose(t, &[0, 2, 1, 3]) // [b, heads, s, hd]
         };
         let (q, k, v) = (heads(g, p[4])?, heads(g, p[5])?, heads(g, p[6])?);
@@ -84,8 +92,16 @@ fn classifier(g: &mut Graph, ids: Tensor, lengths: Tensor, p: &[Tensor]) -> Resu
 }
 
 fn declare(g: &mut Graph) -> (Tensor, Tensor, Vec<Tensor>) {
-    let ids = g.input("input_ids", DType::I64, &[Dim::from("batch"), Dim::from("seq")]).unwrap();
-    let lengths = g.input("lengths", DType::I64, &[Dim::from("batch")]).unwrap();
+    let ids = g
+        .input(
+            "input_ids",
+            DType::I64,
+            &[Dim::from("batch"), Dim::from("seq")],
+        )
+        .unwrap();
+    let lengths = g
+        .input("lengths", DType::I64, &[Dim::from("batch")])
+        .unwrap();
     let params = param_shapes()
         .iter()
         .map(|(n, s)| g.input(n, DType::F32, &fixed(s)).unwrap())
@@ -106,11 +122,24 @@ fn forward_graph() -> Graph {
 fn step_graph() -> Graph {
     let mut g = Graph::new("tiny_classifier_step");
     let (ids, lengths, p) = declare(&mut g);
-    let labels = g.input("labels", DType::I64, &[Dim::from("batch")]).unwrap();
+    let labels = g
+        .input("labels", DType::I64, &[Dim::from("batch")])
+        .unwrap();
     let logits = classifier(&mut g, ids, lengths, &p).unwrap();
     let loss = g.softmax_cross_entropy_loss(logits, labels).unwrap();
-    let params: Vec<TrainParam> = p.iter().map(|&t| TrainParam { tensor: t, weight_decay: true }).collect();
-    AdamW { max_grad_norm: 1.0, ..AdamW::default() }.build_step(&mut g, loss, &params).unwrap();
+    let params: Vec<TrainParam> = p
+        .iter()
+        .map(|&t| TrainParam {
+            tensor: t,
+            weight_decay: true,
+        })
+        .collect();
+    AdamW {
+        max_grad_norm: 1.0,
+        ..AdamW::default()
+    }
+    .build_step(&mut g, loss, &params)
+    .unwrap();
     g
 }
 
@@ -120,7 +149,11 @@ fn random_params(seed: u64) -> BTreeMap<String, HostTensor> {
         .into_iter()
         .map(|(n, s)| {
             let c = s.iter().product::<i64>() as usize;
-            let v = rng.vec(c, -0.5, 0.5).into_iter().map(|x| x as f32).collect();
+            let v = rng
+                .vec(c, -0.5, 0.5)
+                .into_iter()
+                .map(|x| x as f32)
+                .collect();
             (n.to_string(), HostTensor::f32(&s, v).unwrap())
         })
         .collect()
@@ -130,7 +163,10 @@ fn batch(b: i64, s: i64, seed: u64) -> (HostTensor, HostTensor) {
     let mut rng = Rng::new(seed);
     let ids = (0..b * s).map(|_| rng.below(VOCAB as u64) as i64).collect();
     let lengths = (0..b).map(|_| 1 + rng.below(s as u64) as i64).collect();
-    (HostTensor::i64(&[b, s], ids).unwrap(), HostTensor::i64(&[b], lengths).unwrap())
+    (
+        HostTensor::i64(&[b, s], ids).unwrap(),
+        HostTensor::i64(&[b], lengths).unwrap(),
+    )
 }
 
 #[test]
@@ -156,13 +192,19 @@ fn step_graph_runs_at_several_sizes() {
         let mut feeds = random_params(8);
         for (n, shape) in param_shapes() {
             for suffix in [".exp_avg", ".exp_avg_sq"] {
-                feeds.insert(format!("{n}{suffix}"), HostTensor::zeros(DType::F32, &shape).unwrap());
+                feeds.insert(
+                    format!("{n}{suffix}"),
+                    HostTensor::zeros(DType::F32, &shape).unwrap(),
+                );
             }
         }
         let (ids, lengths) = batch(b, len, seed);
         feeds.insert("input_ids".into(), ids);
         feeds.insert("lengths".into(), lengths);
-        feeds.insert("labels".into(), HostTensor::i64(&[b], (0..b).map(|i| i % CLASSES).collect()).unwrap());
+        feeds.insert(
+            "labels".into(),
+            HostTensor::i64(&[b], (0..b).map(|i| i % CLASSES).collect()).unwrap(),
+        );
         feeds.insert("lr".into(), HostTensor::scalar_f32(1e-3));
         feeds.insert("step".into(), HostTensor::scalar_f32(1.0));
         let out = run(&mut s, &feeds);
@@ -177,22 +219,42 @@ fn whole_classifier_gradients_match_finite_differences() {
     // Every parameter of the miniature model at once, in f32 (Gelu has no double kernel).
     let (ids, lengths) = batch(2, 4, 21);
     let mut inputs = vec![In::Fixed(ids), In::Fixed(lengths)];
-    inputs.extend(param_shapes().into_iter().map(|(_, s)| In::Float(s, -0.5, 0.5)));
-    check_grad("classifier", DType::F32, 22, inputs, |g, x| classifier(g, x[0], x[1], &x[2..]));
+    inputs.extend(
+        param_shapes()
+            .into_iter()
+            .map(|(_, s)| In::Float(s, -0.5, 0.5)),
+    );
+    check_grad("classifier", DType::F32, 22, inputs, |g, x| {
+        classifier(g, x[0], x[1], &x[2..])
+    });
 }
 
 #[test]
 fn same_graph_gives_same_bytes() {
-    assert_eq!(step_graph().build().unwrap().to_bytes(), step_graph().build().unwrap().to_bytes());
-    assert_eq!(forward_graph().build().unwrap().to_bytes(), forward_graph().build().unwrap().to_bytes());
+    assert_eq!(
+        step_graph().build().unwrap().to_bytes(),
+        step_graph().build().unwrap().to_bytes()
+    );
+    assert_eq!(
+        forward_graph().build().unwrap().to_bytes(),
+        forward_graph().build().unwrap().to_bytes()
+    );
 }
 
 /// The inference export: weights as initializers, here in an external data file.
 fn export_graph() -> (Model, BTreeMap<String, HostTensor>) {
     let params = random_params(3);
     let mut g = Graph::new("tiny_export");
-    let ids = g.input("input_ids", DType::I64, &[Dim::from("batch"), Dim::from("seq")]).unwrap();
-    let lengths = g.input("lengths", DType::I64, &[Dim::from("batch")]).unwrap();
+    let ids = g
+        .input(
+            "input_ids",
+            DType::I64,
+            &[Dim::from("batch"), Dim::from("seq")],
+        )
+        .unwrap();
+    let lengths = g
+        .input("lengths", DType::I64, &[Dim::from("batch")])
+        .unwrap();
     let p: Vec<Tensor> = param_shapes()
         .iter()
         .map(|(n, s)| {
@@ -214,7 +276,9 @@ fn external_data_export_matches_inputs_version() {
     assert!(dir.path().join("model.onnx.data").is_file());
     let mut exported = Session::from_file(&path, &SessionOptions::default()).unwrap();
     let (ids, lengths) = batch(2, 6, 30);
-    let a = exported.run(&[("input_ids", &ids), ("lengths", &lengths)]).unwrap();
+    let a = exported
+        .run(&[("input_ids", &ids), ("lengths", &lengths)])
+        .unwrap();
 
     let mut fwd = session(&forward_graph());
     let mut feeds = params;
@@ -227,14 +291,20 @@ fn external_data_export_matches_inputs_version() {
 #[test]
 fn graph_cache_writes_model_once_by_hash() {
     let dir = tempfile::tempdir().unwrap();
-    let opts = SessionOptions { graph_cache_dir: Some(dir.path().to_path_buf()), ..Default::default() };
+    let opts = SessionOptions {
+        graph_cache_dir: Some(dir.path().to_path_buf()),
+        ..Default::default()
+    };
     let bytes = forward_graph().build().unwrap().to_bytes();
     Session::from_bytes(&bytes, &opts).unwrap();
     Session::from_bytes(&bytes, &opts).unwrap();
     let files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert_eq!(files.len(), 1);
     let name = files[0].as_ref().unwrap().file_name();
-    assert_eq!(name.to_string_lossy(), format!("{}.onnx", blake3::hash(&bytes).to_hex()));
+    assert_eq!(
+        name.to_string_lossy(),
+        format!("{}.onnx", blake3::hash(&bytes).to_hex())
+    );
 }
 
 /// Runs the official checker (`pip install onnx`) with `full_check=True` (shape inference too).
@@ -247,14 +317,19 @@ fn onnx_checker_accepts_generated_models() {
             "the onnx checker test needs the Python package `onnx`: run `pip install onnx`\n{}",
             String::from_utf8_lossy(&o.stderr)
         ),
-        Err(e) => panic!("the onnx checker test needs python3 with `onnx` (`pip install onnx`): {e}"),
+        Err(e) => {
+            panic!("the onnx checker test needs python3 with `onnx` (`pip install onnx`): {e}")
+        }
     }
     let dir = tempfile::tempdir().unwrap();
     let (export, _) = export_graph();
     let mut models = vec![
         ("forward.onnx", forward_graph().build().unwrap()),
         ("step.onnx", step_graph().build().unwrap()),
-        ("mlp_step.onnx", crate::mlp::step_graph(&AdamW::default()).0.build().unwrap()),
+        (
+            "mlp_step.onnx",
+            crate::mlp::step_graph(&AdamW::default()).0.build().unwrap(),
+        ),
     ];
     let mut paths = Vec::new();
     for (name, m) in models.drain(..) {
@@ -267,7 +342,11 @@ fn onnx_checker_accepts_generated_models() {
     paths.push(p);
     for p in paths {
         let script = "import sys, onnx; onnx.checker.check_model(sys.argv[1], full_check=True)";
-        let out = Command::new("python3").args(["-c", script]).arg(&p).output().unwrap();
+        let out = Command::new("python3")
+            .args(["-c", script])
+            .arg(&p)
+            .output()
+            .unwrap();
         assert!(
             out.status.success(),
             "onnx checker rejected {}:\n{}",

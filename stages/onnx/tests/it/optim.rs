@@ -25,8 +25,14 @@ fn build(dtype: DType, opt: &AdamW) -> (Graph, StepSignature) {
     let d2 = g.mul(d, d).unwrap();
     let loss = g.reduce_mean_all(d2).unwrap();
     let params = [
-        TrainParam { tensor: w, weight_decay: true },
-        TrainParam { tensor: b, weight_decay: false },
+        TrainParam {
+            tensor: w,
+            weight_decay: true,
+        },
+        TrainParam {
+            tensor: b,
+            weight_decay: false,
+        },
     ];
     let sig = opt.build_step(&mut g, loss, &params).unwrap();
     (g, sig)
@@ -64,15 +70,16 @@ struct RefState {
 /// torch.optim.AdamW, one parameter, gradient already clipped.
 fn reference_step(s: &mut RefState, g: &[f64], lr: f64, t: f64, opt: &AdamW, decay: bool) {
     if decay {
-        s.p.iter_mut().for_each(|p| *p *= 1.0 - lr * opt.weight_decay);
+        s.p.iter_mut()
+            .for_each(|p| *p *= 1.0 - lr * opt.weight_decay);
     }
     let bc1 = 1.0 - opt.beta1.powf(t);
     let bc2 = 1.0 - opt.beta2.powf(t);
-    for k in 0..s.p.len() {
-        s.m[k] = opt.beta1 * s.m[k] + (1.0 - opt.beta1) * g[k];
-        s.v[k] = opt.beta2 * s.v[k] + (1.0 - opt.beta2) * g[k] * g[k];
-        let denom = s.v[k].sqrt() / bc2.sqrt() + opt.eps;
-        s.p[k] -= lr / bc1 * s.m[k] / denom;
+    for (((p, m), v), &g) in s.p.iter_mut().zip(&mut s.m).zip(&mut s.v).zip(g) {
+        *m = opt.beta1 * *m + (1.0 - opt.beta1) * g;
+        *v = opt.beta2 * *v + (1.0 - opt.beta2) * g * g;
+        let denom = v.sqrt() / bc2.sqrt() + opt.eps;
+        *p -= lr / bc1 * *m / denom;
     }
 }
 
@@ -86,12 +93,26 @@ fn check(opt: AdamW, dtype: DType, rtol: f64, seed: u64) {
     let mut rng = Rng::new(seed);
     let x = rng.vec(N * I, -1.0, 1.0);
     let t = rng.vec(N * O, -1.0, 1.0);
-    let mut w = RefState { p: rng.vec(I * O, -1.0, 1.0), m: vec![0.0; I * O], v: vec![0.0; I * O] };
-    let mut b = RefState { p: rng.vec(O, -1.0, 1.0), m: vec![0.0; O], v: vec![0.0; O] };
+    let mut w = RefState {
+        p: rng.vec(I * O, -1.0, 1.0),
+        m: vec![0.0; I * O],
+        v: vec![0.0; I * O],
+    };
+    let mut b = RefState {
+        p: rng.vec(O, -1.0, 1.0),
+        m: vec![0.0; O],
+        v: vec![0.0; O],
+    };
     // Graph state, fed back output → input each step.
     let mut feeds: BTreeMap<String, HostTensor> = BTreeMap::new();
-    feeds.insert("x".into(), float_tensor(dtype, &[N as i64, I as i64], x.clone()));
-    feeds.insert("t".into(), float_tensor(dtype, &[N as i64, O as i64], t.clone()));
+    feeds.insert(
+        "x".into(),
+        float_tensor(dtype, &[N as i64, I as i64], x.clone()),
+    );
+    feeds.insert(
+        "t".into(),
+        float_tensor(dtype, &[N as i64, O as i64], t.clone()),
+    );
     for slot in &sig.state {
         let init = match slot.input.as_str() {
             "w" => w.p.clone(),
@@ -113,20 +134,30 @@ fn check(opt: AdamW, dtype: DType, rtol: f64, seed: u64) {
         if opt.max_grad_norm > 0.0 {
             let coef = (opt.max_grad_norm / (norm + 1e-6)).min(1.0);
             gw.iter_mut().chain(gb.iter_mut()).for_each(|g| *g *= coef);
-            let got = out[sig.grad_norm.as_ref().expect("clipping outputs grad_norm")].to_f64_vec()[0];
-            assert!(close(got, norm, rtol.max(1e-6)), "step {step}: grad norm {got} vs {norm}");
+            let got =
+                out[sig.grad_norm.as_ref().expect("clipping outputs grad_norm")].to_f64_vec()[0];
+            assert!(
+                close(got, norm, rtol.max(1e-6)),
+                "step {step}: grad norm {got} vs {norm}"
+            );
         }
         reference_step(&mut w, &gw, lr, step as f64, &opt, true);
         reference_step(&mut b, &gb, lr, step as f64, &opt, false);
 
         let got_loss = out[&sig.loss].to_f64_vec()[0];
-        assert!(close(got_loss, loss, rtol), "step {step}: loss {got_loss} vs {loss}");
+        assert!(
+            close(got_loss, loss, rtol),
+            "step {step}: loss {got_loss} vs {loss}"
+        );
         for (name, r) in [("w", &w), ("b", &b)] {
             for (suffix, want) in [("", &r.p), (".exp_avg", &r.m), (".exp_avg_sq", &r.v)] {
                 let key = format!("{name}{suffix}.updated");
                 let got = out[&key].to_f64_vec();
                 for (k, (a, e)) in got.iter().zip(want.iter()).enumerate() {
-                    assert!(close(*a, *e, rtol), "step {step}: {key}[{k}] = {a}, reference {e} ({opt:?})");
+                    assert!(
+                        close(*a, *e, rtol),
+                        "step {step}: {key}[{k}] = {a}, reference {e} ({opt:?})"
+                    );
                 }
             }
         }
@@ -144,19 +175,31 @@ fn adamw_matches_torch_formula_in_f64() {
 #[test]
 fn adamw_with_weight_decay_and_clipping() {
     // max norm 0.05 is well below the gradient norm, so clipping is active every step.
-    let opt = AdamW { weight_decay: 0.1, max_grad_norm: 0.05, ..AdamW::default() };
+    let opt = AdamW {
+        weight_decay: 0.1,
+        max_grad_norm: 0.05,
+        ..AdamW::default()
+    };
     check(opt, DType::F64, 1e-6, 2);
 }
 
 #[test]
 fn adamw_without_weight_decay_and_inactive_clipping() {
-    let opt = AdamW { weight_decay: 0.0, max_grad_norm: 1e3, ..AdamW::default() };
+    let opt = AdamW {
+        weight_decay: 0.0,
+        max_grad_norm: 1e3,
+        ..AdamW::default()
+    };
     check(opt, DType::F64, 1e-6, 3);
 }
 
 #[test]
 fn adamw_in_f32() {
     // f32 arithmetic against the f64 reference: agreement to f32 rounding accumulated over 5 steps.
-    let opt = AdamW { weight_decay: 0.05, max_grad_norm: 0.05, ..AdamW::default() };
+    let opt = AdamW {
+        weight_decay: 0.05,
+        max_grad_norm: 0.05,
+        ..AdamW::default()
+    };
     check(opt, DType::F32, 1e-4, 4);
 }

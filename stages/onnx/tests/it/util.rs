@@ -90,7 +90,10 @@ pub fn check_grad(
         match inp {
             In::Float(shape, lo, hi) => {
                 let t = g.input(&n, dtype, &fixed(shape)).unwrap();
-                feeds.insert(n.clone(), float_tensor(dtype, shape, rng.vec(numel(shape), *lo, *hi)));
+                feeds.insert(
+                    n.clone(),
+                    float_tensor(dtype, shape, rng.vec(numel(shape), *lo, *hi)),
+                );
                 wrt.push((t, n.clone(), shape.clone()));
                 xs.push(t);
             }
@@ -105,15 +108,22 @@ pub fn check_grad(
     let yshape: Vec<i64> = g
         .shape(y)
         .iter()
-        .map(|d| d.fixed().unwrap_or_else(|| panic!("{name}: output shape must be fixed, got {d}")))
+        .map(|d| {
+            d.fixed()
+                .unwrap_or_else(|| panic!("{name}: output shape must be fixed, got {d}"))
+        })
         .collect();
     let r = g.input("r", y.dtype(), &fixed(&yshape)).unwrap();
-    feeds.insert("r".into(), float_tensor(y.dtype(), &yshape, rng.vec(numel(&yshape), -1.0, 1.0)));
+    feeds.insert(
+        "r".into(),
+        float_tensor(y.dtype(), &yshape, rng.vec(numel(&yshape), -1.0, 1.0)),
+    );
     let yr = g.mul(y, r).unwrap();
     let loss = g.reduce_sum_all(yr).unwrap();
     g.output(loss, "loss").unwrap();
     let wrt_t: Vec<Tensor> = wrt.iter().map(|w| w.0).collect();
-    let grads = pipe_onnx::gradients(&mut g, loss, &wrt_t).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let grads =
+        pipe_onnx::gradients(&mut g, loss, &wrt_t).unwrap_or_else(|e| panic!("{name}: {e}"));
     for (i, gr) in grads.iter().enumerate() {
         g.output(*gr, &format!("grad{i}")).unwrap();
     }
@@ -123,10 +133,16 @@ pub fn check_grad(
         DType::F64 => (1e-6, 1e-7, 1e-5),
         _ => (1e-2, 5e-3, 2e-2),
     };
-    let loss_at = |s: &mut Session, feeds: &BTreeMap<String, HostTensor>| run(s, feeds)["loss"].to_f64_vec()[0];
+    let loss_at = |s: &mut Session, feeds: &BTreeMap<String, HostTensor>| {
+        run(s, feeds)["loss"].to_f64_vec()[0]
+    };
     for (i, (_, n, shape)) in wrt.iter().enumerate() {
         let analytic = out[&format!("grad{i}")].to_f64_vec();
-        assert_eq!(analytic.len(), numel(shape), "{name}: gradient {i} has the input's size");
+        assert_eq!(
+            analytic.len(),
+            numel(shape),
+            "{name}: gradient {i} has the input's size"
+        );
         let base = feeds[n].to_f64_vec();
         for k in 0..base.len() {
             let mut f = feeds.clone();
