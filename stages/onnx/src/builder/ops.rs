@@ -471,6 +471,18 @@ impl Graph {
     /// `SoftmaxCrossEntropyLoss` of `scores` `[N, C]` against integer `labels` `[N]`, averaged
     /// (`reduction="mean"`) like `torch.nn.CrossEntropyLoss`. Returns the scalar loss.
     pub fn softmax_cross_entropy_loss(&mut self, scores: Tensor, labels: Tensor) -> Result<Tensor> {
+        Ok(self
+            .softmax_cross_entropy_loss_with_log_prob(scores, labels)?
+            .0)
+    }
+
+    /// [`Graph::softmax_cross_entropy_loss`] that also returns the node's `log_prob` output
+    /// (log-softmax of `scores`, `[N, C]`).
+    pub fn softmax_cross_entropy_loss_with_log_prob(
+        &mut self,
+        scores: Tensor,
+        labels: Tensor,
+    ) -> Result<(Tensor, Tensor)> {
         self.require_float("SoftmaxCrossEntropyLoss", scores)?;
         let s = self.shape(scores).to_vec();
         if s.len() != 2
@@ -488,7 +500,7 @@ impl Graph {
             vec![("reduction", Attr::String("mean".into()))],
             vec![(scores.dtype(), vec![]), (scores.dtype(), s)],
         );
-        Ok(outs[0])
+        Ok((outs[0], outs[1]))
     }
 
     /// Binary cross-entropy with logits, averaged over every element, like
@@ -506,5 +518,53 @@ impl Graph {
         let d = self.sub(relu, xy)?;
         let l = self.add(d, sp)?;
         self.reduce_mean_all(l)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dims;
+
+    #[test]
+    fn broadcasting_follows_numpy() {
+        let b = |a: Vec<Dim>, c: Vec<Dim>| broadcast_shapes(&a, &c);
+        assert_eq!(
+            b(dims!["batch", 1, 4], dims![3, 1]),
+            Some(dims!["batch", 3, 4])
+        );
+        assert_eq!(b(dims!["seq"], dims!["seq"]), Some(dims!["seq"]));
+        assert_eq!(b(dims!["seq"], dims!["batch"]), None);
+        assert_eq!(b(dims![2, 3], dims![4, 3]), None);
+        assert_eq!(b(dims![], dims![2]), Some(dims![2]));
+    }
+
+    #[test]
+    fn matmul_and_reductions_infer_shapes() {
+        let mut g = Graph::new("t");
+        let a = g.input("a", DType::F32, &dims!["batch", "seq", 8]).unwrap();
+        let w = g.input("w", DType::F32, &dims![8, 3]).unwrap();
+        let y = g.matmul(a, w).unwrap();
+        assert_eq!(g.shape(y), dims!["batch", "seq", 3].as_slice());
+        let s = g.reduce_sum(y, &[1], false).unwrap();
+        assert_eq!(g.shape(s), dims!["batch", 3].as_slice());
+        let m = g.reduce_mean(y, &[-1], true).unwrap();
+        assert_eq!(g.shape(m), dims!["batch", "seq", 1].as_slice());
+        let v = g.input("v", DType::F32, &dims![8]).unwrap();
+        let mv = g.matmul(a, v).unwrap();
+        assert_eq!(g.shape(mv), dims!["batch", "seq"].as_slice());
+    }
+
+    #[test]
+    fn node_names_carry_the_scope_and_stay_unique() {
+        let mut g = Graph::new("t");
+        let x = g.input("x", DType::F32, &dims![2]).unwrap();
+        let a = g
+            .with_scope("transformer", |g| g.with_scope("h.3", |g| g.tanh(x)))
+            .unwrap();
+        let b = g.with_scope("transformer.h.3", |g| g.tanh(x)).unwrap();
+        assert_eq!(g.name(a), "transformer.h.3/Tanh");
+        assert_eq!(g.name(b), "transformer.h.3/Tanh_2");
+        assert_eq!(g.scope(), "");
     }
 }

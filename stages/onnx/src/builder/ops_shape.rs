@@ -82,7 +82,12 @@ impl Graph {
             } else {
                 self.unknown_dim()
             };
-        } else if sin.is_empty() && sout.is_empty() && pin != pout {
+        } else if pin != pout && {
+            let (mut a, mut b) = (sin.clone(), sout.clone());
+            a.sort();
+            b.sort();
+            a == b
+        } {
             return Err(self.err(
                 "Reshape",
                 format!(
@@ -572,5 +577,60 @@ impl Graph {
             x.dtype(),
             shape,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::dims;
+    use crate::{DType, Dim, Graph};
+
+    #[test]
+    fn reshape_infers_products_of_symbolic_dims() {
+        let mut g = Graph::new("t");
+        let x = g
+            .input("x", DType::F32, &dims!["batch", "seq", 4, 8])
+            .unwrap();
+        let flat = g.reshape(x, &[Dim::Fixed(-1), Dim::Fixed(32)]).unwrap();
+        assert_eq!(g.shape(flat), dims!["batch*seq", 32].as_slice());
+        let back = g.reshape(flat, &dims!["batch", "seq", -1]).unwrap();
+        assert_eq!(g.shape(back), dims!["batch", "seq", 32].as_slice());
+        let heads = g.reshape(x, &dims!["batch", -1, 8]).unwrap();
+        assert_eq!(g.shape(heads), dims!["batch", "4*seq", 8].as_slice());
+        assert!(g.reshape(x, &dims!["seq", "batch", 5]).is_err());
+    }
+
+    #[test]
+    fn shape_ops_infer_shapes() {
+        let mut g = Graph::new("t");
+        let x = g.input("x", DType::F32, &dims!["batch", "seq", 6]).unwrap();
+        let t = g.transpose(x, &[2, 0, 1]).unwrap();
+        assert_eq!(g.shape(t), dims![6, "batch", "seq"].as_slice());
+        let u = g.unsqueeze(x, &[1, -1]).unwrap();
+        assert_eq!(g.shape(u), dims!["batch", 1, "seq", 6, 1].as_slice());
+        let s = g.squeeze(u, &[1, 4]).unwrap();
+        assert_eq!(g.shape(s), g.shape(x));
+        let c = g.concat(&[x, x], -1).unwrap();
+        assert_eq!(g.shape(c), dims!["batch", "seq", 12].as_slice());
+        let sl = g.slice(x, &[1], &[Dim::Fixed(-1)], &[2], &[]).unwrap();
+        assert_eq!(g.shape(sl), dims!["batch", "seq", 4].as_slice());
+        let ids = g.input("ids", DType::I64, &dims!["batch", "seq"]).unwrap();
+        let table = g.input("table", DType::F32, &dims![100, 6]).unwrap();
+        let e = g.gather(table, ids, 0).unwrap();
+        assert_eq!(g.shape(e), g.shape(x));
+        let r = g.range(&Dim::from("seq"), DType::I64).unwrap();
+        assert_eq!(g.shape(r), dims!["seq"].as_slice());
+        let oh = g
+            .one_hot(ids, &Dim::Fixed(5), DType::F32, 0.0, 1.0)
+            .unwrap();
+        assert_eq!(g.shape(oh), dims!["batch", "seq", 5].as_slice());
+    }
+
+    #[test]
+    fn symbolic_dims_are_read_from_a_tensor_that_has_them() {
+        let mut g = Graph::new("t");
+        g.input("x", DType::F32, &dims!["batch", 3]).unwrap();
+        assert!(g.dim_value(&Dim::from("batch")).is_ok());
+        assert!(g.dim_value(&Dim::from("nowhere")).is_err());
     }
 }

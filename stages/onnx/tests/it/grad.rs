@@ -298,6 +298,17 @@ fn losses() {
         vec![f(&[4, 5]), ids(&[4], vec![0, 4, 2, 2])],
         |g, x| g.softmax_cross_entropy_loss(x[0], x[1]),
     );
+    // the log_prob output's gradient: g_lp - softmax · Σ g_lp, added to the loss's
+    check_grad(
+        "softmax_cross_entropy_log_prob",
+        F64,
+        112,
+        vec![f(&[4, 5]), ids(&[4], vec![1, 0, 3, 2])],
+        |g, x| {
+            let (loss, log_prob) = g.softmax_cross_entropy_loss_with_log_prob(x[0], x[1])?;
+            g.add(log_prob, loss)
+        },
+    );
     let targets = HostTensor::f64(
         &[3, 4],
         vec![1., 0., 1., 0., 0., 0., 1., 1., 0.5, 0., 1., 0.],

@@ -195,11 +195,12 @@ fn adamw_without_weight_decay_and_inactive_clipping() {
 
 #[test]
 fn adamw_in_f32() {
-    // f32 arithmetic against the f64 reference: agreement to f32 rounding accumulated over 5 steps.
+    // f32 arithmetic against the f64 reference: agreement to f32 rounding accumulated over 5
+    // steps (the f64 tests above hold the formula to 1e-6).
     let opt = AdamW {
         weight_decay: 0.05,
         max_grad_norm: 0.05,
         ..AdamW::default()
     };
-    check(opt, DType::F32, 1e-4, 4);
+    check(opt, DType::F32, 1e-5, 4);
 }
