@@ -129,10 +129,10 @@ impl fmt::Display for Dim {
     }
 }
 
-/// Builds a `Vec<Dim>` from a mix of numbers and names: `dims!["batch", 16]`.
+/// Builds an array of [`Dim`]s from a mix of numbers and names: `&dims!["batch", 16]`.
 #[macro_export]
 macro_rules! dims {
-    ($($d:expr),* $(,)?) => { vec![$($crate::Dim::from($d)),*] };
+    ($($d:expr),* $(,)?) => { [$($crate::Dim::from($d)),*] };
 }
 
 /// Formats a shape as `[batch, 16]`.
