@@ -262,6 +262,33 @@ impl Graph {
         Ok(t)
     }
 
+    /// Turns the graph input `t` into an initializer holding `data`: the same forward code that
+    /// takes parameters as inputs for training then exports with its trained weights inside.
+    pub fn freeze_input(&mut self, t: Tensor, data: TensorData) -> Result<()> {
+        let Some(pos) = self.inputs.iter().position(|&i| i == t) else {
+            return Err(Error::Build {
+                node: self.name(t).to_string(),
+                message: "only a graph input can be frozen into an initializer".into(),
+            });
+        };
+        let dims: Vec<Dim> = data.dims().iter().map(|&d| Dim::Fixed(d)).collect();
+        if data.dtype() != t.dtype() || dims != self.values[t.index()].shape {
+            return Err(Error::Build {
+                node: self.name(t).to_string(),
+                message: format!(
+                    "input is {} {}, data is {} {}",
+                    t.dtype(),
+                    shape_string(self.shape(t)),
+                    data.dtype(),
+                    shape_string(&dims)
+                ),
+            });
+        }
+        self.inputs.remove(pos);
+        self.initializers.push((t, data));
+        Ok(())
+    }
+
     /// A constant (emitted as a `Constant` node; identical constants are shared).
     pub fn constant(&mut self, data: TensorData) -> Tensor {
         let key = (data.dtype(), data.dims().to_vec(), data.bytes().to_vec());

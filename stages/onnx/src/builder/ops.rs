@@ -298,6 +298,20 @@ impl Graph {
         Ok(self.push1("MatMul", &[a, b], vec![], a.dtype(), shape))
     }
 
+    /// `torch.nn.Linear`: `x @ weightᵀ + bias` with `weight` `[out, in]` as Hugging Face stores
+    /// it; `x` may have any number of leading dims. Emits `Transpose`, `MatMul` and `Add`.
+    pub fn linear(&mut self, x: Tensor, weight: Tensor, bias: Option<Tensor>) -> Result<Tensor> {
+        if self.rank(weight) != 2 {
+            return Err(self.err("MatMul", "a linear weight must be [out, in]"));
+        }
+        let wt = self.transpose(weight, &[1, 0])?;
+        let y = self.matmul(x, wt)?;
+        match bias {
+            Some(b) => self.add(y, b),
+            None => Ok(y),
+        }
+    }
+
     /// `Gemm`: `alpha * A' @ B' + beta * C` on matrices, `'` = optional transpose; `c` broadcasts.
     #[allow(clippy::too_many_arguments)]
     pub fn gemm(

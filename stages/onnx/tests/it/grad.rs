@@ -152,6 +152,14 @@ fn matmul_and_gemm() {
         vec![f(&[2, 1, 3, 4]), f(&[1, 2, 4, 2])],
         |g, x| g.matmul(x[0], x[1]),
     );
+    // torch.nn.Linear: x Wᵀ + b with W [out, in]
+    check_grad(
+        "linear",
+        F64,
+        58,
+        vec![f(&[2, 3, 4]), f(&[5, 4]), f(&[5])],
+        |g, x| g.linear(x[0], x[1], Some(x[2])),
+    );
     for (i, (ta, tb)) in [(false, false), (true, false), (false, true), (true, true)]
         .into_iter()
         .enumerate()

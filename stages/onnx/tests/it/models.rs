@@ -289,6 +289,36 @@ fn external_data_export_matches_inputs_version() {
 }
 
 #[test]
+fn frozen_inputs_export_like_initializers() {
+    // The training forward graph, with its parameter inputs frozen into initializers.
+    let params = random_params(3);
+    let mut g = Graph::new("frozen");
+    let (ids, lengths, p) = declare(&mut g);
+    let logits = classifier(&mut g, ids, lengths, &p).unwrap();
+    g.output(logits, "logits").unwrap();
+    for (t, (name, shape)) in p.iter().zip(param_shapes()) {
+        let data = TensorData::f32(&shape, params[name].as_f32().unwrap()).unwrap();
+        g.freeze_input(*t, data).unwrap();
+    }
+    assert_eq!(g.inputs().len(), 2);
+    let (export, _) = export_graph();
+    let (ids, lengths) = batch(3, 4, 40);
+    let mut a = session(&g);
+    let mut b = Session::from_model(&export, &SessionOptions::default()).unwrap();
+    let feeds = [("input_ids", &ids), ("lengths", &lengths)];
+    assert_eq!(
+        a.run(&feeds).unwrap()["logits"],
+        b.run(&feeds).unwrap()["logits"]
+    );
+    let wrong = TensorData::f32(&[1], &[0.0]).unwrap();
+    assert!(g.freeze_input(ids_tensor(&g), wrong).is_err());
+}
+
+fn ids_tensor(g: &Graph) -> Tensor {
+    g.inputs()[0]
+}
+
+#[test]
 fn graph_cache_writes_model_once_by_hash() {
     let dir = tempfile::tempdir().unwrap();
     let opts = SessionOptions {
