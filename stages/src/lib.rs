@@ -4,12 +4,22 @@
 #![deny(missing_docs)]
 
 mod command;
+mod ingest;
+mod runtime_report;
+pub mod init;
+mod split;
+mod table;
+pub mod tokenize;
 
 use pipe_engine::Registry;
+pub use runtime_report::{RuntimeReport, runtime_report};
 
 /// Every stage kind this build of `pipe` knows.
 pub fn registry() -> Registry {
     let mut registry = Registry::new();
     registry.register(command::Command);
+    registry.register(ingest::Ingest);
+    registry.register(split::Split);
+    registry.register(tokenize::Tokenize::default());
     registry
 }

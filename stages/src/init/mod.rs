@@ -1,0 +1,344 @@
+//! The library half of `pipe init`: inspect a data file, ask how to use it,
+//! write a manifest.
+//!
+//! [`init`] reads the first rows of the file with ingest's own reader and
+//! column detection, shows the columns with sample values, asks (through a
+//! [`Prompter`]) which column holds the text and which the label, whether a
+//! label cell can hold several labels, whether to split (with a validation
+//! set? shuffled? what test fraction?), then writes a commented manifest:
+//! ingest → split → tokenize with a trained tokenizer, and the later stages
+//! commented out. Every question can be answered ahead by a field of
+//! [`InitOptions`], and `yes` takes the default for the rest, so it also runs
+//! without a terminal.
+//!
+//! ```no_run
+//! use pipe_stages::init::{InitOptions, TerminalPrompter, init};
+//!
+//! let options = InitOptions { from: Some("data/questions.csv".into()), yes: true, ..Default::default() };
+//! let manifest = init(options, &mut TerminalPrompter::stdio())?;
+//! println!("wrote {}", manifest.display());
+//! # anyhow::Ok(())
+//! ```
+
+mod manifest;
+mod prompt;
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+
+use crate::ingest::detect::{Inspection, find_column, inspect};
+use crate::ingest::read::ReadOptions;
+use manifest::Answers;
+pub use prompt::{Prompter, TerminalPrompter};
+
+/// The manifest written when [`InitOptions::output`] is left out.
+pub const DEFAULT_MANIFEST: &str = "pipeline.yaml";
+
+/// The answers `pipe init` may be given up front (one per flag); a field left
+/// `None` is asked, or takes its default under `yes`.
+#[derive(Debug, Clone, Default)]
+pub struct InitOptions {
+    /// The data file to inspect (`--from FILE`).
+    pub from: Option<PathBuf>,
+    /// Where to write the manifest (`-o MANIFEST`); [`DEFAULT_MANIFEST`] by default.
+    pub output: Option<PathBuf>,
+    /// The text column (`--text`); detected by default.
+    pub text: Option<String>,
+    /// The label column (`--label`); detected by default.
+    pub label: Option<String>,
+    /// Whether a label cell can hold several labels (`--multi-label`);
+    /// by default guessed from the label cells.
+    pub multi_label: Option<bool>,
+    /// The test fraction (`--test 0.2`); 0 means no split. Default 0.2.
+    pub test: Option<f64>,
+    /// The validation fraction (`--validation 0.1`); 0 (the default) means none.
+    pub validation: Option<f64>,
+    /// Whether to shuffle before splitting (`--shuffle`); default no.
+    pub shuffle: Option<bool>,
+    /// Take the default answer to every question not answered above (`--yes`).
+    pub yes: bool,
+    /// Overwrite an existing manifest (`--force`).
+    pub force: bool,
+}
+
+/// Inspects the data file, asks what is not in `options`, writes the
+/// manifest atomically and returns its path. Refuses to overwrite an existing
+/// file unless `options.force`.
+pub fn init(options: InitOptions, prompter: &mut dyn Prompter) -> anyhow::Result<PathBuf> {
+    let output = options
+        .output
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_MANIFEST));
+    if output.exists() && !options.force {
+        bail!(
+            "{} already exists; pass --force to overwrite it",
+            output.display()
+        );
+    }
+    let mut ask = Asker {
+        options: &options,
+        prompter,
+    };
+    let from = match &options.from {
+        Some(from) => from.clone(),
+        None if options.yes => bail!("which data file? pass it with --from FILE"),
+        None => PathBuf::from(
+            ask.prompter
+                .input("Which data file should the pipeline read?", "")?,
+        ),
+    };
+    let shown = from.display().to_string();
+    let inspection = inspect(&from, &shown, &ReadOptions::default())?;
+    ask.prompter.show(&describe(&inspection, &shown))?;
+
+    let names: Vec<String> = inspection.columns.iter().map(|c| c.name.clone()).collect();
+    let text = ask.column(
+        &options.text,
+        &names,
+        &shown,
+        "Which column holds the text?",
+        || inspection.text_column(None).ok(),
+    )?;
+    let label = ask.column(
+        &options.label,
+        &names,
+        &shown,
+        "Which column holds the label?",
+        || inspection.label_column(text).ok(),
+    )?;
+    if text == label {
+        bail!(
+            "the text and the label must be different columns (both are `{}`)",
+            names[text]
+        );
+    }
+    let label_column = &inspection.columns[label];
+    ask.prompter.show(&label_counts(label_column))?;
+    let separator = label_column.label_separator();
+    let multi_label = ask.confirm(
+        options.multi_label,
+        "Can a label cell hold several labels (like `a;b`)?",
+        label_column.has_lists || separator.is_some(),
+    )?;
+    let split = match options.test {
+        Some(test) => test > 0.0,
+        None => ask.confirm(None, "Split the rows into train and test sets?", true)?,
+    };
+    let (mut test, mut validation, mut shuffle) = (0.0, 0.0, false);
+    if split {
+        validation = match options.validation {
+            Some(v) => v,
+            None if ask.confirm(None, "Also keep a validation set?", false)? => {
+                ask.fraction("Fraction of rows for validation", 0.1)?
+            }
+            None => 0.0,
+        };
+        shuffle = ask.confirm(options.shuffle, "Shuffle the rows before splitting?", false)?;
+        test = match options.test {
+            Some(t) => t,
+            None => ask.fraction("Fraction of rows for testing", 0.2)?,
+        };
+        if !(test > 0.0
+            && test < 1.0
+            && (0.0..1.0).contains(&validation)
+            && test + validation < 1.0)
+        {
+            bail!("test {test} and validation {validation} must be fractions whose sum is below 1");
+        }
+    }
+
+    let source = relative_to(&from, output.parent().unwrap_or(Path::new("")))?;
+    let answers = Answers {
+        name: pipeline_name(&from),
+        from: shown,
+        source,
+        text: names[text].clone(),
+        label: names[label].clone(),
+        multi_label,
+        separator: multi_label
+            .then(|| separator.unwrap_or(';'))
+            .filter(|_| !label_column.has_lists),
+        split: split.then_some((test, validation, shuffle)),
+    };
+    write_atomically(&output, &manifest::render(&answers), options.force)?;
+    Ok(output)
+}
+
+/// Asks questions unless an option or `yes` answers them.
+struct Asker<'a> {
+    options: &'a InitOptions,
+    prompter: &'a mut dyn Prompter,
+}
+
+impl Asker<'_> {
+    fn column(
+        &mut self,
+        given: &Option<String>,
+        names: &[String],
+        shown: &str,
+        question: &str,
+        detect: impl FnOnce() -> Option<usize>,
+    ) -> anyhow::Result<usize> {
+        if let Some(name) = given {
+            return find_column(names, name, shown);
+        }
+        let detected = detect();
+        match (detected, self.options.yes) {
+            (Some(i), true) => Ok(i),
+            (None, true) => bail!("{question} it could not be detected; name it with a flag"),
+            (default, false) => self.prompter.select(question, names, default.unwrap_or(0)),
+        }
+    }
+
+    fn confirm(
+        &mut self,
+        given: Option<bool>,
+        question: &str,
+        default: bool,
+    ) -> anyhow::Result<bool> {
+        match given {
+            Some(answer) => Ok(answer),
+            None if self.options.yes => Ok(default),
+            None => self.prompter.confirm(question, default),
+        }
+    }
+
+    fn fraction(&mut self, question: &str, default: f64) -> anyhow::Result<f64> {
+        if self.options.yes {
+            return Ok(default);
+        }
+        loop {
+            let answer = self.prompter.input(question, &default.to_string())?;
+            match answer.parse::<f64>() {
+                Ok(f) if (0.0..1.0).contains(&f) => return Ok(f),
+                _ => self
+                    .prompter
+                    .show(&format!("  `{answer}` is not a fraction from 0 to below 1"))?,
+            }
+        }
+    }
+}
+
+/// The columns of the file, with how full they are and a few values.
+fn describe(inspection: &Inspection, shown: &str) -> String {
+    let delimiter = match inspection.delimiter {
+        Some(b'\t') => ", tab-separated".to_string(),
+        Some(d) => format!(", separated by `{}`", d as char),
+        None => String::new(),
+    };
+    let mut text = format!(
+        "{shown} ({}{delimiter}): {} columns; in the first {} rows:\n",
+        inspection.format.name(),
+        inspection.columns.len(),
+        inspection.rows
+    );
+    for column in &inspection.columns {
+        let samples: Vec<String> = column.samples(3).map(|s| clip(s, 40)).collect();
+        let _ = writeln!(
+            text,
+            "  {:<20} {} distinct of {} filled; e.g. {}",
+            column.name,
+            column.values.len(),
+            column.filled,
+            samples.join(" | ")
+        );
+    }
+    text
+}
+
+/// The most frequent values of the label column.
+fn label_counts(column: &crate::ingest::detect::ColumnSummary) -> String {
+    let mut text = format!("values of `{}`:\n", column.name);
+    for (value, count) in column.values.iter().take(10) {
+        let _ = writeln!(text, "  {:>6}  {}", count, clip(value, 60));
+    }
+    if column.values.len() > 10 {
+        let _ = writeln!(text, "  … and {} more", column.values.len() - 10);
+    }
+    text
+}
+
+fn clip(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((end, _)) => format!("{}…", &s[..end]),
+        None => s.to_string(),
+    }
+}
+
+/// A pipeline name from the data file's name: lowercase letters, digits, `-` and `_`.
+fn pipeline_name(from: &Path) -> String {
+    let stem = from
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("pipeline");
+    let name: String = stem
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if name.is_empty() {
+        "pipeline".to_string()
+    } else {
+        name
+    }
+}
+
+/// `path` relative to folder `base`, with `/` separators (as the manifest wants).
+fn relative_to(path: &Path, base: &Path) -> anyhow::Result<String> {
+    let path = std::path::absolute(path)?;
+    let base = std::path::absolute(if base.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        base
+    })?;
+    let path: Vec<_> = path.components().collect();
+    let base: Vec<_> = base
+        .components()
+        .filter(|c| *c != std::path::Component::CurDir)
+        .collect();
+    let common = path.iter().zip(&base).take_while(|(a, b)| a == b).count();
+    let mut parts: Vec<String> = vec!["..".to_string(); base.len() - common];
+    parts.extend(
+        path[common..]
+            .iter()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned()),
+    );
+    Ok(parts.join("/"))
+}
+
+/// Writes `text` to `path` through a temporary file in the same folder, so a
+/// crash leaves either the old file or the new one.
+fn write_atomically(path: &Path, text: &str, force: bool) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let mut temp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("cannot create a file in {}", dir.display()))?;
+    temp.write_all(text.as_bytes())?;
+    temp.as_file().sync_all()?;
+    let persisted = if force {
+        temp.persist(path)
+    } else {
+        temp.persist_noclobber(path)
+    };
+    persisted.map_err(|e| {
+        if e.error.kind() == std::io::ErrorKind::AlreadyExists {
+            anyhow::anyhow!(
+                "{} already exists; pass --force to overwrite it",
+                path.display()
+            )
+        } else {
+            anyhow::anyhow!("cannot write {}: {}", path.display(), e.error)
+        }
+    })?;
+    Ok(())
+}

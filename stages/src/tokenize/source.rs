@@ -1,0 +1,170 @@
+//! Where a tokenizer comes from: a file or folder of the workspace, the local
+//! Hugging Face cache, or training on the train split.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::models::TrainerWrapper;
+use tokenizers::models::bpe::{BPE, BpeTrainerBuilder};
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::{AddedToken, Tokenizer};
+
+/// GPT-2's end-of-text token, which GPT-Neo also uses as its only special token.
+const END_OF_TEXT: &str = "<|endoftext|>";
+
+/// Where the tokenizer comes from (exactly one key).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum TokenizerSource {
+    /// A `tokenizer.json`, a `vocab.json` (with `merges.txt` beside it), or a
+    /// folder holding either; relative to the manifest's folder.
+    Path(String),
+    /// A Hugging Face repository id (e.g. `EleutherAI/gpt-neo-125m`), read
+    /// from the local Hugging Face cache; nothing is downloaded.
+    Hub(String),
+    /// A byte-level BPE trained on the train split.
+    Train(TrainOptions),
+}
+
+/// How to train a byte-level BPE.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub struct TrainOptions {
+    /// The vocabulary size, the 256 byte tokens and `<|endoftext|>` included.
+    #[serde(default = "default_vocab_size")]
+    pub vocab_size: usize,
+    /// How often a pair must occur to be merged.
+    #[serde(default = "default_min_frequency")]
+    pub min_frequency: u64,
+}
+
+fn default_vocab_size() -> usize {
+    8192
+}
+
+fn default_min_frequency() -> u64 {
+    2
+}
+
+/// Loads a tokenizer from a `tokenizer.json`, a `vocab.json` + `merges.txt`
+/// pair, or a folder holding either. `shown` names `path` in errors.
+pub(crate) fn load_path(path: &Path, shown: &str) -> anyhow::Result<Tokenizer> {
+    if path.is_dir() {
+        let json = path.join("tokenizer.json");
+        if json.is_file() {
+            return from_json(&json, &format!("{shown}/tokenizer.json"));
+        }
+        let vocab = path.join("vocab.json");
+        if vocab.is_file() {
+            return byte_level_bpe(&vocab, &path.join("merges.txt"), shown);
+        }
+        bail!("{shown} holds neither `tokenizer.json` nor `vocab.json` + `merges.txt`");
+    }
+    if !path.exists() {
+        bail!("tokenizer {shown} does not exist");
+    }
+    if path.file_name().is_some_and(|n| n == "vocab.json") {
+        let merges = path.with_file_name("merges.txt");
+        return byte_level_bpe(path, &merges, shown);
+    }
+    from_json(path, shown)
+}
+
+fn from_json(path: &Path, shown: &str) -> anyhow::Result<Tokenizer> {
+    Tokenizer::from_file(path)
+        .map_err(|e| anyhow::anyhow!("{shown} is not a valid tokenizer.json: {e}"))
+}
+
+/// A GPT-2 style byte-level BPE from its `vocab.json` and `merges.txt`,
+/// configured as GPT-2's `tokenizer.json` is: no prefix space, GPT-2's split
+/// regex, `<|endoftext|>` special when the vocabulary has it.
+fn byte_level_bpe(vocab: &Path, merges: &Path, shown: &str) -> anyhow::Result<Tokenizer> {
+    if !merges.is_file() {
+        bail!("{shown}: `vocab.json` needs `merges.txt` beside it, and there is none");
+    }
+    let (Some(vocab_str), Some(merges_str)) = (vocab.to_str(), merges.to_str()) else {
+        bail!("{shown}: the path is not valid UTF-8");
+    };
+    let model = BPE::from_file(vocab_str, merges_str)
+        .build()
+        .map_err(|e| anyhow::anyhow!("{shown}: cannot read vocab.json + merges.txt: {e}"))?;
+    let has_end_of_text = tokenizers::Model::token_to_id(&model, END_OF_TEXT).is_some();
+    let mut tokenizer = byte_level_pipeline(model);
+    if has_end_of_text {
+        tokenizer
+            .add_special_tokens([AddedToken::from(END_OF_TEXT, true)])
+            .map_err(|e| anyhow::anyhow!("{shown}: {e}"))?;
+    }
+    Ok(tokenizer)
+}
+
+/// A tokenizer around `model` with GPT-2's byte-level pre-tokenizer,
+/// post-processor and decoder.
+fn byte_level_pipeline(model: BPE) -> Tokenizer {
+    let mut tokenizer = Tokenizer::new(model);
+    tokenizer
+        .with_pre_tokenizer(Some(ByteLevel::new(false, true, true)))
+        .with_post_processor(Some(ByteLevel::new(false, false, true)))
+        .with_decoder(Some(ByteLevelDecoder::default()));
+    tokenizer
+}
+
+/// The Hugging Face cache folder: `HF_HUB_CACHE`, else `HF_HOME/hub`, else
+/// `~/.cache/huggingface/hub` (the order `huggingface_hub` uses).
+pub(crate) fn default_hub_cache() -> PathBuf {
+    match std::env::var_os("HF_HUB_CACHE") {
+        Some(path) => PathBuf::from(path),
+        None => hf_hub::Cache::from_env().path().clone(),
+    }
+}
+
+/// The commit the cache's `main` ref points to for `repo`, if it is cached.
+pub(crate) fn hub_commit(cache: &Path, repo: &str) -> Option<String> {
+    let folder = hf_hub::Repo::model(repo.to_string()).folder_name();
+    let commit = std::fs::read_to_string(cache.join(folder).join("refs").join("main")).ok()?;
+    Some(commit.trim().to_string())
+}
+
+/// Loads the tokenizer of hub repository `repo` from the local cache.
+pub(crate) fn load_hub(cache: &Path, repo: &str) -> anyhow::Result<Tokenizer> {
+    let cached = hf_hub::Cache::new(cache.to_path_buf()).model(repo.to_string());
+    if let Some(json) = cached.get("tokenizer.json") {
+        return from_json(&json, &format!("{repo}/tokenizer.json"));
+    }
+    if let (Some(vocab), Some(merges)) = (cached.get("vocab.json"), cached.get("merges.txt")) {
+        return byte_level_bpe(&vocab, &merges, repo);
+    }
+    bail!(
+        "the tokenizer of `{repo}` is not in the Hugging Face cache ({}); download it with \
+         `hf download {repo} tokenizer.json` (or `huggingface-cli download {repo} tokenizer.json`), \
+         or point `tokenizer: {{ path: ... }}` at a local copy",
+        cache.display()
+    )
+}
+
+/// Trains a byte-level BPE on `texts`. The result depends only on the texts
+/// and their order, not on thread scheduling: the trainer's merges are
+/// ordered by count, then by token ids.
+pub(crate) fn train<'a>(
+    options: &TrainOptions,
+    texts: impl Iterator<Item = &'a str> + Send,
+) -> anyhow::Result<Tokenizer> {
+    let mut trainer = TrainerWrapper::BpeTrainer(
+        BpeTrainerBuilder::new()
+            .vocab_size(options.vocab_size)
+            .min_frequency(options.min_frequency)
+            .show_progress(false)
+            .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+            .special_tokens(vec![AddedToken::from(END_OF_TEXT, true)])
+            .build(),
+    );
+    let mut tokenizer = byte_level_pipeline(BPE::default());
+    tokenizer
+        .train(&mut trainer, texts)
+        .map_err(|e| anyhow::anyhow!("cannot train the tokenizer: {e}"))
+        .context("training a byte-level BPE on the train split")?;
+    Ok(tokenizer)
+}

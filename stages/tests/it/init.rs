@@ -1,0 +1,218 @@
+//! `pipe init` (library half), driven by a scripted prompter.
+
+use std::collections::VecDeque;
+use std::path::Path;
+
+use pipe_stages::init::{InitOptions, Prompter, TerminalPrompter, init};
+use serde_json::json;
+
+use crate::util::{Workspace, labelled_csv, message};
+
+/// Answers questions from a script, and records what it was shown and asked.
+#[derive(Default)]
+struct Scripted {
+    answers: VecDeque<&'static str>,
+    asked: Vec<String>,
+    shown: String,
+}
+
+impl Scripted {
+    fn new(answers: &[&'static str]) -> Self {
+        Scripted {
+            answers: answers.iter().copied().collect(),
+            ..Default::default()
+        }
+    }
+
+    fn next(&mut self, question: &str) -> anyhow::Result<&'static str> {
+        self.asked.push(question.to_string());
+        self.answers
+            .pop_front()
+            .ok_or_else(|| anyhow::anyhow!("unexpected question: {question}"))
+    }
+}
+
+impl Prompter for Scripted {
+    fn show(&mut self, text: &str) -> anyhow::Result<()> {
+        self.shown.push_str(text);
+        Ok(())
+    }
+
+    fn select(
+        &mut self,
+        question: &str,
+        choices: &[String],
+        default: usize,
+    ) -> anyhow::Result<usize> {
+        match self.next(question)? {
+            "" => Ok(default),
+            name => Ok(choices
+                .iter()
+                .position(|c| c == name)
+                .expect("a listed choice")),
+        }
+    }
+
+    fn confirm(&mut self, question: &str, default: bool) -> anyhow::Result<bool> {
+        Ok(match self.next(question)? {
+            "" => default,
+            answer => answer == "y",
+        })
+    }
+
+    fn input(&mut self, question: &str, default: &str) -> anyhow::Result<String> {
+        Ok(match self.next(question)? {
+            "" => default.to_string(),
+            answer => answer.to_string(),
+        })
+    }
+}
+
+/// Parses a manifest and returns the params of stage `name` as JSON.
+fn stage_params(manifest: &Path, name: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(manifest).unwrap();
+    let docs = yaml_rust2::YamlLoader::load_from_str(&text).unwrap();
+    let stage = &docs[0]["stages"][name];
+    assert!(!stage.is_badvalue(), "no stage {name} in:\n{text}");
+    fn to_json(y: &yaml_rust2::Yaml) -> serde_json::Value {
+        use yaml_rust2::Yaml;
+        match y {
+            Yaml::String(s) => json!(s),
+            Yaml::Integer(i) => json!(i),
+            Yaml::Real(r) => json!(r.parse::<f64>().unwrap()),
+            Yaml::Boolean(b) => json!(b),
+            Yaml::Hash(h) => serde_json::Value::Object(
+                h.iter()
+                    .map(|(k, v)| (k.as_str().unwrap().to_string(), to_json(v)))
+                    .collect(),
+            ),
+            Yaml::Array(a) => json!(a.iter().map(to_json).collect::<Vec<_>>()),
+            _ => serde_json::Value::Null,
+        }
+    }
+    let mut params = to_json(stage);
+    params.as_object_mut().unwrap().remove("from");
+    params
+}
+
+fn questions_csv(ws: &Workspace) {
+    let mut csv = String::from("id,question,topic\n");
+    for i in 0..30 {
+        let topic = ["math", "physics"][i % 2];
+        csv.push_str(&format!(
+            "{i},what is the meaning of item {i} in {topic}?,{topic}\n"
+        ));
+    }
+    ws.file("data/questions.csv", csv);
+}
+
+#[test]
+fn asks_every_question_and_writes_a_manifest_that_runs() {
+    let ws = Workspace::new();
+    questions_csv(&ws);
+    let output = ws.path().join("pipeline.yaml");
+    let options = InitOptions {
+        from: Some(ws.path().join("data/questions.csv")),
+        output: Some(output.clone()),
+        ..Default::default()
+    };
+    // text (default), label, multi-label?, split?, validation?, fraction, shuffle?, test fraction.
+    let mut prompter = Scripted::new(&["", "topic", "n", "y", "y", "0.1", "y", "0.25"]);
+    let written = init(options, &mut prompter).unwrap();
+    assert_eq!(written, output);
+    assert!(
+        prompter.answers.is_empty(),
+        "unanswered: {:?}",
+        prompter.answers
+    );
+    assert!(prompter.shown.contains("question"), "{}", prompter.shown);
+    assert!(
+        prompter.shown.contains("values of `topic`"),
+        "{}",
+        prompter.shown
+    );
+
+    let text = std::fs::read_to_string(&output).unwrap();
+    assert!(text.contains("# finetune:"), "{text}");
+    let ingest = stage_params(&output, "ingest");
+    assert_eq!(ingest["source"], "data/questions.csv");
+    assert_eq!(ingest["text"], "question");
+    assert_eq!(ingest["label"], "topic");
+    let split = stage_params(&output, "split");
+    assert_eq!(split["test"], 0.25);
+    assert_eq!(split["validation"], 0.1);
+    assert_eq!(split["shuffle"], true);
+
+    // The manifest's stages run as written.
+    let ran = ws.run("ingest", ingest, &[]).unwrap();
+    let split = ws.run("split", split, &[ran.input("ingest")]).unwrap();
+    let mut tokenize = stage_params(&output, "tokenize");
+    tokenize["tokenizer"]["train"]["vocab_size"] = json!(300);
+    ws.run("tokenize", tokenize, &[split.input("split")])
+        .unwrap();
+}
+
+#[test]
+fn flags_and_yes_answer_everything() {
+    let ws = Workspace::new();
+    ws.file("d.csv", labelled_csv(20, &["a", "b"]));
+    let output = ws.path().join("sub/p.yaml");
+    std::fs::create_dir_all(ws.path().join("sub")).unwrap();
+    let options = InitOptions {
+        from: Some(ws.path().join("d.csv")),
+        output: Some(output.clone()),
+        label: Some("label".into()),
+        test: Some(0.3),
+        shuffle: Some(true),
+        yes: true,
+        ..Default::default()
+    };
+    init(options.clone(), &mut Scripted::new(&[])).unwrap();
+    assert_eq!(stage_params(&output, "ingest")["source"], "../d.csv");
+    assert_eq!(stage_params(&output, "split")["test"], 0.3);
+    assert_eq!(stage_params(&output, "split")["validation"], 0);
+
+    let err = message(init(options.clone(), &mut Scripted::new(&[])).unwrap_err());
+    assert!(err.contains("already exists; pass --force"), "{err}");
+    let no_split = InitOptions {
+        test: Some(0.0),
+        force: true,
+        ..options
+    };
+    init(no_split, &mut Scripted::new(&[])).unwrap();
+    let text = std::fs::read_to_string(&output).unwrap();
+    assert!(!text.contains("  split:"), "{text}");
+    assert!(text.contains("from: ingest"), "{text}");
+}
+
+#[test]
+fn an_unknown_column_flag_suggests_the_closest() {
+    let ws = Workspace::new();
+    questions_csv(&ws);
+    let options = InitOptions {
+        from: Some(ws.path().join("data/questions.csv")),
+        output: Some(ws.path().join("p.yaml")),
+        text: Some("questoin".into()),
+        yes: true,
+        ..Default::default()
+    };
+    let err = message(init(options, &mut Scripted::new(&[])).unwrap_err());
+    assert!(err.contains("did you mean `question`?"), "{err}");
+}
+
+#[test]
+fn the_terminal_prompter_reads_numbers_names_and_defaults() {
+    let input = b"2\n\nmaybe\nn\n0.3\n".as_slice();
+    let mut output = Vec::new();
+    let mut prompter = TerminalPrompter::new(input, &mut output);
+    let choices = vec!["id".to_string(), "question".to_string()];
+    assert_eq!(prompter.select("Which?", &choices, 0).unwrap(), 1);
+    assert!(prompter.confirm("Split?", true).unwrap());
+    assert!(!prompter.confirm("Shuffle?", true).unwrap());
+    assert_eq!(prompter.input("Fraction?", "0.2").unwrap(), "0.3");
+    let err = message(prompter.input("More?", "x").unwrap_err());
+    assert!(err.contains("input closed"), "{err}");
+    let shown = String::from_utf8(output).unwrap();
+    assert!(shown.contains("  2) question"), "{shown}");
+    assert!(shown.contains("answer y or n"), "{shown}");
+}

@@ -1,0 +1,10 @@
+//! Integration tests of pipe-stages: each stage kind driven through `check`
+//! and `run` on fixture files built in a fresh temporary folder.
+
+mod util;
+
+// Data stages.
+mod ingest;
+mod init;
+mod split;
+mod tokenize;
