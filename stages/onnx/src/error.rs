@@ -84,3 +84,18 @@ impl<T, E: Into<ort::Error>> OrtContext<T> for std::result::Result<T, E> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn library_not_found_lists_paths_and_the_fix() {
+        let e = Error::LibraryNotFound {
+            searched: vec![PathBuf::from("/a/lib.so"), PathBuf::from("/b/lib.so")],
+        };
+        let msg = e.to_string();
+        assert!(msg.contains("  /a/lib.so\n  /b/lib.so"), "{msg}");
+        assert!(msg.contains("scripts/fetch-onnxruntime.sh"), "{msg}");
+    }
+}

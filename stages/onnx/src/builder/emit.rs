@@ -23,7 +23,18 @@ impl Model {
         &self.proto
     }
 
-    /// Serialised bytes: deterministic, the same graph always gives the same bytes.
+    /// Total bytes of initializer data: above 2 GB (protobuf's limit) save with external data.
+    pub fn initializer_bytes(&self) -> usize {
+        self.proto.graph.as_ref().map_or(0, |g| {
+            g.initializer
+                .iter()
+                .map(|t| t.raw_data.as_ref().map_or(0, Vec::len))
+                .sum()
+        })
+    }
+
+    /// Serialised bytes: deterministic, the same graph always gives the same bytes. Models
+    /// whose initializers pass 2 GB cannot be parsed back: use [`Model::save`] with a threshold.
     pub fn to_bytes(&self) -> Vec<u8> {
         self.proto.encode_to_vec()
     }

@@ -27,6 +27,9 @@ use crate::{Error, Result};
 pub const OPSET: i64 = 20;
 
 /// Handle to a value in a [`Graph`]: a graph input, a constant, an initializer or a node output.
+///
+/// A handle belongs to the graph that made it; using it with another graph is a bug (it
+/// indexes that graph's values).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Tensor {
     id: u32,

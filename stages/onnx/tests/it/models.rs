@@ -272,6 +272,7 @@ fn external_data_export_matches_inputs_version() {
     let dir = tempfile::tempdir().unwrap();
     let (model, params) = export_graph();
     let path = dir.path().join("model.onnx");
+    assert!(model.initializer_bytes() > 64);
     model.save(&path, Some(64)).unwrap();
     assert!(dir.path().join("model.onnx.data").is_file());
     let mut exported = Session::from_file(&path, &SessionOptions::default()).unwrap();
