@@ -103,6 +103,27 @@ impl Trainer {
         sig: StepSignature,
         params: &BTreeMap<String, HostTensor>,
     ) -> Result<Self> {
+        let (inputs, outputs) = (session.input_names(), session.output_names());
+        let missing: Vec<&str> = sig
+            .state
+            .iter()
+            .map(|s| s.input.as_str())
+            .chain([sig.lr.as_str(), sig.step.as_str()])
+            .filter(|n| !inputs.iter().any(|i| i == n))
+            .chain(
+                sig.state
+                    .iter()
+                    .map(|s| s.output.as_str())
+                    .chain([sig.loss.as_str()])
+                    .filter(|n| !outputs.iter().any(|o| o == n)),
+            )
+            .collect();
+        if !missing.is_empty() {
+            return Err(Error::Data(format!(
+                "the session is not this step graph: it lacks {}",
+                missing.join(", ")
+            )));
+        }
         let allocator = session.inner.allocator();
         let mut slots = Vec::with_capacity(sig.state.len());
         for s in &sig.state {

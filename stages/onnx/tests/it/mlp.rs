@@ -250,6 +250,18 @@ fn io_binding_matches_plain_run() {
             );
         }
     }
+    // A session of another graph is refused with the names it lacks.
+    let mut fg = Graph::new("mlp_forward");
+    let (logits, _) = forward(&mut fg);
+    fg.output(logits, "logits").unwrap();
+    let other = Session::from_model(&fg.build().unwrap(), &SessionOptions::default()).unwrap();
+    let err = Trainer::new(other, sig.clone(), &init)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("fc1.weight.exp_avg") && err.contains("lr"),
+        "{err}"
+    );
     // Parameters read back and written again round-trip.
     let w = trainer.param("fc1.weight").unwrap();
     trainer.set_param("fc1.weight", &w).unwrap();
