@@ -3,7 +3,7 @@
 //! [`gradients`] walks the recorded nodes backwards from the loss and, for each operator on the
 //! path from the requested tensors, emits its vector-Jacobian product as more standard ONNX nodes
 //! (the stock ONNX Runtime build has no gradient operators). The rules, one per operator with
-//! its derivative in a comment, live in [`rules`].
+//! its derivative in a comment, live in `autodiff/rules.rs`.
 //!
 //! - Only float tensors carry gradients: ids, masks, lengths and shapes are skipped.
 //! - A value used several times gets the sum of its gradients.
