@@ -69,6 +69,38 @@ impl TableWriter {
     }
 }
 
+/// Runs `produce` while a second thread writes the batches it emits to
+/// `path`, so that encoding and compressing Parquet overlaps with making the
+/// next batch. At most two batches wait between the threads. An error of the
+/// writer wins over the producer's (which then only says the writer stopped).
+pub(crate) fn write_in_background<R>(
+    path: &Path,
+    schema: SchemaRef,
+    produce: impl FnOnce(&mut dyn FnMut(RecordBatch) -> anyhow::Result<()>) -> anyhow::Result<R>,
+) -> anyhow::Result<R> {
+    std::thread::scope(|scope| {
+        let (sender, receiver) = std::sync::mpsc::sync_channel::<RecordBatch>(2);
+        let writer = scope.spawn(move || -> anyhow::Result<()> {
+            let mut writer = TableWriter::create(path, schema)?;
+            for batch in receiver {
+                writer.write(&batch)?;
+            }
+            writer.finish()
+        });
+        let mut emit = |batch: RecordBatch| {
+            sender
+                .send(batch)
+                .map_err(|_| anyhow::anyhow!("the Parquet writer stopped"))
+        };
+        let produced = produce(&mut emit);
+        drop(sender);
+        let written = writer
+            .join()
+            .map_err(|_| anyhow::anyhow!("internal error: the Parquet writer thread panicked"))?;
+        written.and(produced)
+    })
+}
+
 /// Writes `batch` as the whole content of `path`.
 pub(crate) fn write_table(path: &Path, batch: &RecordBatch) -> anyhow::Result<()> {
     let mut writer = TableWriter::create(path, batch.schema())?;
@@ -131,11 +163,6 @@ impl DatasetBuilder {
             text: StringBuilder::new(),
             labels,
         }
-    }
-
-    /// The schema of the batches this builder makes.
-    pub(crate) fn schema(&self) -> SchemaRef {
-        self.schema.clone()
     }
 
     /// Adds a row. Single-label builders take exactly one label.

@@ -42,12 +42,15 @@ pub(crate) mod read;
 use std::collections::HashSet;
 
 use anyhow::bail;
+use arrow::array::RecordBatch;
 use pipe_engine::{Checked, Outcome, ParamError, RunContext, Stage, parse_params};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::table::{DatasetBuilder, ROW_GROUP_ROWS, TableWriter, write_json};
+use crate::table::{
+    DatasetBuilder, ROW_GROUP_ROWS, dataset_schema, write_in_background, write_json,
+};
 use detect::{Inspection, find_column, inspect};
 use profile::{DropReason, Profile};
 use read::{Cell, Format, Malformed, ReadOptions, Record, Table};
@@ -171,7 +174,7 @@ impl Stage for Ingest {
         let path = ctx.workspace.join(&params.source);
         let shown = params.source.as_str();
         let options = params.read_options();
-        let mut table = Table::open(&path, shown, &options)?;
+        let table = Table::open(&path, shown, &options)?;
         let columns = Columns::choose(ctx, &params, &table, || inspect(&path, shown, &options))?;
 
         let mut profile = Profile::new(params.source.clone(), table.format());
@@ -181,74 +184,18 @@ impl Stage for Ingest {
         profile.multi_label = params.multi_label;
         profile.separator = columns.separator.clone();
 
-        let out = ctx.out_dir.join("dataset.parquet");
-        let mut builder = DatasetBuilder::new(params.multi_label);
-        let mut writer = TableWriter::create(&out, builder.schema())?;
-        let mut seen: HashSet<u128> = HashSet::new();
         let (_, total) = table.progress();
         let bar = ctx.reporter.progress(total, table.progress_unit());
-        let wanted = [columns.text, columns.label];
-        let row_word = if table.format() == Format::Parquet {
-            "row"
-        } else {
-            "line"
+        let out = ctx.out_dir.join("dataset.parquet");
+        let schema = dataset_schema(params.multi_label);
+        let mut reading = Reading {
+            table,
+            columns: &columns,
+            params: &params,
+            profile: &mut profile,
+            bar: &bar,
         };
-        while let Some(record) = table.next(&wanted)? {
-            profile.rows_read += 1;
-            if profile.rows_read.is_multiple_of(4096) {
-                bar.set_position(table.progress().0);
-            }
-            let (row, cells) = match record {
-                Record::Row { row, cells } => (row, cells),
-                Record::Malformed(bad) => {
-                    malformed(&mut profile, params.on_error, shown, row_word, bad)?;
-                    continue;
-                }
-            };
-            let [text, label] = <[Cell; 2]>::try_from(cells).map_err(|_| {
-                anyhow::anyhow!("internal error: a reader returned the wrong number of cells")
-            })?;
-            let text = match text {
-                Cell::Missing => String::new(),
-                Cell::Text(text) => text,
-                Cell::List(_) => {
-                    let bad = Malformed {
-                        row,
-                        column: Some(profile.text.clone()),
-                        reason: "holds a list, not text".to_string(),
-                    };
-                    malformed(&mut profile, params.on_error, shown, row_word, bad)?;
-                    continue;
-                }
-            };
-            let labels = match split_labels(label, columns.separator.as_deref()) {
-                Ok(labels) => labels,
-                Err(reason) => {
-                    let bad = Malformed {
-                        row,
-                        column: Some(profile.label.clone()),
-                        reason,
-                    };
-                    malformed(&mut profile, params.on_error, shown, row_word, bad)?;
-                    continue;
-                }
-            };
-            if text.trim().is_empty() {
-                profile.drop_row(DropReason::EmptyText, row);
-            } else if labels.is_empty() {
-                profile.drop_row(DropReason::MissingLabel, row);
-            } else if !seen.insert(row_hash(&text, &labels)) {
-                profile.drop_row(DropReason::Duplicate, row);
-            } else {
-                profile.keep_row(&text, &labels);
-                builder.push(&text, &labels);
-                if builder.len() >= ROW_GROUP_ROWS {
-                    writer.write(&builder.finish()?)?;
-                }
-            }
-        }
-        writer.write(&builder.finish()?)?;
-        writer.finish()?;
+        write_in_background(&out, schema, |emit| reading.rows(emit))?;
         bar.finish_and_clear();
         profile.finish();
         check_result(&profile, shown)?;
@@ -367,6 +314,89 @@ impl Columns {
             label,
             separator,
         })
+    }
+}
+
+/// The main pass: reads every record, cleans and counts it, and emits the
+/// kept rows in batches of [`ROW_GROUP_ROWS`].
+struct Reading<'a> {
+    table: Table,
+    columns: &'a Columns,
+    params: &'a Params,
+    profile: &'a mut Profile,
+    bar: &'a indicatif::ProgressBar,
+}
+
+impl Reading<'_> {
+    fn rows(
+        &mut self,
+        emit: &mut dyn FnMut(RecordBatch) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let shown = self.params.source.as_str();
+        let mut builder = DatasetBuilder::new(self.params.multi_label);
+        let mut seen: HashSet<u128> = HashSet::new();
+        let wanted = [self.columns.text, self.columns.label];
+        let row_word = if self.table.format() == Format::Parquet {
+            "row"
+        } else {
+            "line"
+        };
+        while let Some(record) = self.table.next(&wanted)? {
+            self.profile.rows_read += 1;
+            if self.profile.rows_read.is_multiple_of(4096) {
+                self.bar.set_position(self.table.progress().0);
+            }
+            let (row, cells) = match record {
+                Record::Row { row, cells } => (row, cells),
+                Record::Malformed(bad) => {
+                    malformed(self.profile, self.params.on_error, shown, row_word, bad)?;
+                    continue;
+                }
+            };
+            let [text, label] = <[Cell; 2]>::try_from(cells).map_err(|_| {
+                anyhow::anyhow!("internal error: a reader returned the wrong number of cells")
+            })?;
+            let text = match text {
+                Cell::Missing => String::new(),
+                Cell::Text(text) => text,
+                Cell::List(_) => {
+                    let bad = Malformed {
+                        row,
+                        column: Some(self.profile.text.clone()),
+                        reason: "holds a list, not text".to_string(),
+                    };
+                    malformed(self.profile, self.params.on_error, shown, row_word, bad)?;
+                    continue;
+                }
+            };
+            let labels = match split_labels(label, self.columns.separator.as_deref()) {
+                Ok(labels) => labels,
+                Err(reason) => {
+                    let bad = Malformed {
+                        row,
+                        column: Some(self.profile.label.clone()),
+                        reason,
+                    };
+                    malformed(self.profile, self.params.on_error, shown, row_word, bad)?;
+                    continue;
+                }
+            };
+            if text.trim().is_empty() {
+                self.profile.drop_row(DropReason::EmptyText, row);
+            } else if labels.is_empty() {
+                self.profile.drop_row(DropReason::MissingLabel, row);
+            } else if !seen.insert(row_hash(&text, &labels)) {
+                self.profile.drop_row(DropReason::Duplicate, row);
+            } else {
+                self.profile.keep_row(&text, &labels);
+                builder.push(&text, &labels);
+                if builder.len() >= ROW_GROUP_ROWS {
+                    emit(builder.finish()?)?;
+                }
+            }
+        }
+        emit(builder.finish()?)?;
+        Ok(())
     }
 }
 
