@@ -10,7 +10,8 @@
 #    ingest rows/s, then tokenize texts/s with an 8k byte-level BPE trained on
 #    the train split (timed again with the trained tokenizer given, to time
 #    encoding alone);
-# 3. if `pip install pyarrow tokenizers` works: pyarrow.csv.read_csv +
+# 3. if a Python with pyarrow and tokenizers is at hand ($BENCH_PYTHON, or
+#    `pip install pyarrow tokenizers` into a virtualenv works): pyarrow.csv.read_csv +
 #    pyarrow.parquet.write_table on the same CSV, and Tokenizer.encode_batch
 #    with the same tokenizer.json on the same texts; prints the ratios.
 set -euo pipefail
@@ -28,8 +29,17 @@ cargo build --release -q -p pipe-stages --example ingest_tokenize
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/ingest_tokenize"
 "$BIN" "$WORK/questions.csv" "$WORK/pipe" | tee "$WORK/pipe.jsonl"
 
-PY="$WORK/venv/bin/python"
-if python3 -m venv "$WORK/venv" >/dev/null 2>&1 && "$WORK/venv/bin/pip" install -q pyarrow tokenizers >/dev/null 2>&1; then
+# A Python with pyarrow and tokenizers: $BENCH_PYTHON, python3 if it has them,
+# else a fresh virtualenv.
+PY=${BENCH_PYTHON:-}
+if [ -z "$PY" ]; then
+  if python3 -c "import pyarrow, tokenizers" 2>/dev/null; then
+    PY=python3
+  elif python3 -m venv "$WORK/venv" >/dev/null 2>&1 && "$WORK/venv/bin/pip" install -q pyarrow tokenizers >/dev/null 2>&1; then
+    PY="$WORK/venv/bin/python"
+  fi
+fi
+if [ -n "$PY" ]; then
   "$PY" - "$WORK" <<'PYEOF'
 import json, os, sys, time
 import pyarrow.csv as pacsv, pyarrow.parquet as pq

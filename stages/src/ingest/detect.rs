@@ -231,8 +231,8 @@ impl Inspection {
 }
 
 /// The index of column `name` among `columns`, or an error listing them and
-/// suggesting the closest.
-pub fn find_column(columns: &[String], name: &str, shown: &str) -> anyhow::Result<usize> {
+/// suggesting the closest. Callers add the file name as context.
+pub fn find_column(columns: &[String], name: &str) -> anyhow::Result<usize> {
     if let Some(i) = columns.iter().position(|c| c == name) {
         return Ok(i);
     }
@@ -251,7 +251,7 @@ pub fn find_column(columns: &[String], name: &str, shown: &str) -> anyhow::Resul
         None => String::new(),
     };
     bail!(
-        "{shown} has no column `{name}` (its columns are: {}){hint}",
+        "there is no column `{name}` (the columns are: {}){hint}",
         columns.join(", ")
     )
 }

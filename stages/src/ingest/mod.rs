@@ -41,7 +41,7 @@ pub(crate) mod read;
 
 use std::collections::HashSet;
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use arrow::array::RecordBatch;
 use pipe_engine::{Checked, Outcome, ParamError, RunContext, Stage, parse_params};
 use schemars::JsonSchema;
@@ -175,7 +175,8 @@ impl Stage for Ingest {
         let shown = params.source.as_str();
         let options = params.read_options();
         let table = Table::open(&path, shown, &options)?;
-        let columns = Columns::choose(ctx, &params, &table, || inspect(&path, shown, &options))?;
+        let columns = Columns::choose(ctx, &params, &table, || inspect(&path, shown, &options))
+            .with_context(|| format!("{shown}: choosing the text and label columns"))?;
 
         let mut profile = Profile::new(params.source.clone(), table.format());
         profile.delimiter = table.delimiter().map(|d| (d as char).to_string());
@@ -248,8 +249,7 @@ impl Columns {
         table: &Table,
         inspect: impl FnOnce() -> anyhow::Result<Inspection>,
     ) -> anyhow::Result<Columns> {
-        let shown = params.source.as_str();
-        let find = |name: &String| find_column(table.columns(), name, shown);
+        let find = |name: &String| find_column(table.columns(), name);
         let text = params.text.as_ref().map(find).transpose()?;
         let label = params.label.as_ref().map(find).transpose()?;
         if let (Some(t), Some(l)) = (text, label)

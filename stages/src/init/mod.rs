@@ -182,7 +182,7 @@ impl Asker<'_> {
         detect: impl FnOnce() -> Option<usize>,
     ) -> anyhow::Result<usize> {
         if let Some(name) = given {
-            return find_column(names, name, shown);
+            return find_column(names, name).with_context(|| format!("{shown}: {question}"));
         }
         let detected = detect();
         match (detected, self.options.yes) {

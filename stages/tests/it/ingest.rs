@@ -323,7 +323,11 @@ fn an_unknown_column_lists_columns_and_suggests_the_closest() {
             .unwrap(),
     );
     assert!(
-        err.contains("d.csv has no column `txt` (its columns are: text, label)"),
+        err.starts_with("d.csv: choosing the text and label columns"),
+        "{err}"
+    );
+    assert!(
+        err.contains("no column `txt` (the columns are: text, label)"),
         "{err}"
     );
     assert!(err.contains("did you mean `text`?"), "{err}");
