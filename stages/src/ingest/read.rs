@@ -311,7 +311,12 @@ impl Table {
                 if buf.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
-                return Ok(Some(json_record(buf, *line, &self.columns, wanted)));
+                return Ok(Some(json_record(
+                    strip_bom(buf),
+                    *line,
+                    &self.columns,
+                    wanted,
+                )));
             },
             Inner::Parquet(rows) => rows.next(wanted),
         }
@@ -363,7 +368,7 @@ fn jsonl_columns(reader: &mut BufReader<File>) -> anyhow::Result<Vec<String>> {
         if reader.read_until(b'\n', &mut buf)? == 0 {
             break;
         }
-        if let Ok(serde_json::Value::Object(map)) = serde_json::from_slice(&buf) {
+        if let Ok(serde_json::Value::Object(map)) = serde_json::from_slice(strip_bom(&buf)) {
             objects += 1;
             for key in map.keys() {
                 if seen.insert(key.clone()) {
@@ -373,6 +378,11 @@ fn jsonl_columns(reader: &mut BufReader<File>) -> anyhow::Result<Vec<String>> {
         }
     }
     Ok(columns)
+}
+
+/// `line` without a leading UTF-8 byte order mark.
+fn strip_bom(line: &[u8]) -> &[u8] {
+    line.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(line)
 }
 
 fn json_record(line: &[u8], row: u64, columns: &[String], wanted: &[usize]) -> Record {

@@ -129,8 +129,8 @@ fn reads_json_lines_with_label_lists() {
     ws.file(
         "d.jsonl",
         concat!(
-            "{\"text\": \"a long question\", \"tags\": [\"math\", \"physics\"]}\n",
-            "\n",
+            "\u{feff}{\"text\": \"a long question\", \"tags\": [\"math\", \"physics\"]}\r\n",
+            "\r\n",
             "{\"text\": \"another question\", \"tags\": [\"math\"], \"extra\": 1}\n",
             "{\"text\": \"third question\", \"tags\": [\"biology\", \" math \", \"math\"]}\n",
         ),
