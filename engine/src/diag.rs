@@ -137,6 +137,9 @@ mod tests {
     fn renders_a_caret_under_the_column() {
         let d = Diagnostic::at("a.yaml", Span { line: 2, col: 3 }, "bad").help("fix it");
         let text = d.render(Some("x: 1\n  y: 2\n"));
-        assert_eq!(text, "a.yaml:2:3: bad\n  |\n2 |   y: 2\n  |   ^\n  help: fix it");
+        assert_eq!(
+            text,
+            "a.yaml:2:3: bad\n  |\n2 |   y: 2\n  |   ^\n  help: fix it"
+        );
     }
 }

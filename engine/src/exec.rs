@@ -42,7 +42,12 @@ pub struct RunOptions {
 
 /// Brings the selected stages up to date and returns what happened.
 /// The caller holds the store lock (except for a dry run, which writes nothing).
-pub fn run(pipeline: &Pipeline<'_>, store: &Store, options: &RunOptions, printer: &Printer) -> anyhow::Result<RunReport> {
+pub fn run(
+    pipeline: &Pipeline<'_>,
+    store: &Store,
+    options: &RunOptions,
+    printer: &Printer,
+) -> anyhow::Result<RunReport> {
     let lock_file_path = lock_path(&pipeline.manifest.path);
     let mut lock = LockFile::load(&lock_file_path)?;
     let stat_cache_path = store.root().join("stat-cache.json");
@@ -58,12 +63,24 @@ pub fn run(pipeline: &Pipeline<'_>, store: &Store, options: &RunOptions, printer
     };
     if let Force::Stages(names) = &options.force {
         for name in names {
-            pipeline.id(name).ok_or_else(|| unknown_stage(pipeline, name))?;
+            pipeline
+                .id(name)
+                .ok_or_else(|| unknown_stage(pipeline, name))?;
         }
     }
     let selected = pipeline.closure(&targets);
-    let env = JobEnv { pipeline, store, stat_cache: &stat_cache, printer, dry_run: options.dry_run };
-    let name_width = selected.iter().map(|&i| pipeline.stages[i].name.len()).max().unwrap_or(0);
+    let env = JobEnv {
+        pipeline,
+        store,
+        stat_cache: &stat_cache,
+        printer,
+        dry_run: options.dry_run,
+    };
+    let name_width = selected
+        .iter()
+        .map(|&i| pipeline.stages[i].name.len())
+        .max()
+        .unwrap_or(0);
     let results = schedule(&env, &selected, &lock, options, |id, result| {
         if options.print_stages {
             RunReport::print_stage(printer, &stage_report(pipeline, id, result), name_width);
@@ -71,8 +88,13 @@ pub fn run(pipeline: &Pipeline<'_>, store: &Store, options: &RunOptions, printer
     });
     let report = RunReport {
         pipeline: pipeline.manifest.name.clone(),
-        ok: results.iter().all(|(_, r)| r.status != Status::Failed && r.status != Status::Skipped),
-        stages: results.iter().map(|(id, r)| stage_report(pipeline, *id, r)).collect(),
+        ok: results
+            .iter()
+            .all(|(_, r)| r.status != Status::Failed && r.status != Status::Skipped),
+        stages: results
+            .iter()
+            .map(|(id, r)| stage_report(pipeline, *id, r))
+            .collect(),
     };
     if !options.dry_run {
         for (id, result) in &results {
@@ -94,8 +116,9 @@ pub fn run(pipeline: &Pipeline<'_>, store: &Store, options: &RunOptions, printer
         lock.stages.retain(|name, _| names.contains(name.as_str()));
         lock.pipeline = pipeline.manifest.name.clone();
         lock.save(&lock_file_path)?;
-        stat_cache.save(&stat_cache_path)?;
     }
+    // Only a cache: saving it after a dry run too makes the next `pipe status` fast.
+    stat_cache.save(&stat_cache_path)?;
     Ok(report)
 }
 
@@ -155,7 +178,10 @@ fn schedule(
                     continue;
                 }
                 started.insert(id);
-                if let Some(&bad) = ups.iter().find(|u| matches!(results[u].status, Status::Failed | Status::Skipped)) {
+                if let Some(&bad) = ups
+                    .iter()
+                    .find(|u| matches!(results[u].status, Status::Failed | Status::Skipped))
+                {
                     let result = JobResult {
                         status: Status::Skipped,
                         key: None,
@@ -172,7 +198,10 @@ fn schedule(
                     finished.push((id, result));
                     continue;
                 }
-                let upstream: BTreeMap<usize, _> = ups.iter().map(|&u| (u, results[&u].outputs.clone())).collect();
+                let upstream: BTreeMap<usize, _> = ups
+                    .iter()
+                    .map(|&u| (u, results[&u].outputs.clone()))
+                    .collect();
                 let locked = lock.stages.get(&pipeline.stages[id].name).cloned();
                 let force = forced(id);
                 let tx = tx.clone();

@@ -38,17 +38,23 @@ pub fn find_lockfiles(project: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();
     let mut stack = vec![project.to_path_buf()];
     while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
         for entry in entries.flatten() {
             let path = entry.path();
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            let Ok(kind) = entry.file_type() else { continue };
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
             if kind.is_dir() {
                 if ![".git", ".pipe", "target", "node_modules"].contains(&name.as_ref()) {
                     stack.push(path);
                 }
-            } else if name.ends_with(".lock") && LockFile::load(&path).is_ok_and(|l| !l.pipeline.is_empty()) {
+            } else if name.ends_with(".lock")
+                && LockFile::load(&path).is_ok_and(|l| !l.pipeline.is_empty())
+            {
                 found.push(path);
             }
         }
@@ -58,10 +64,24 @@ pub fn find_lockfiles(project: &Path) -> Vec<PathBuf> {
 }
 
 /// Collects garbage in `store`, keeping what `lockfiles` reference and anything younger than `grace`.
-pub fn collect(store: &Store, lockfiles: &[PathBuf], grace: Duration, dry_run: bool) -> anyhow::Result<GcReport> {
-    let mut report = GcReport { lockfiles: lockfiles.to_vec(), ..Default::default() };
-    let cutoff = SystemTime::now().checked_sub(grace).unwrap_or(SystemTime::UNIX_EPOCH);
-    let young = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).is_ok_and(|t| t > cutoff);
+pub fn collect(
+    store: &Store,
+    lockfiles: &[PathBuf],
+    grace: Duration,
+    dry_run: bool,
+) -> anyhow::Result<GcReport> {
+    let mut report = GcReport {
+        lockfiles: lockfiles.to_vec(),
+        ..Default::default()
+    };
+    let cutoff = SystemTime::now()
+        .checked_sub(grace)
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    let young = |path: &Path| {
+        std::fs::metadata(path)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t > cutoff)
+    };
 
     let mut keep_keys: BTreeSet<Digest> = BTreeSet::new();
     for path in lockfiles {
@@ -70,9 +90,14 @@ pub fn collect(store: &Store, lockfiles: &[PathBuf], grace: Duration, dry_run: b
     }
     let stages_dir = store.root().join("stages");
     let mut keep_objects: BTreeSet<Digest> = BTreeSet::new();
-    for entry in std::fs::read_dir(&stages_dir).with_context(|| format!("cannot list `{}`", stages_dir.display()))? {
+    for entry in std::fs::read_dir(&stages_dir)
+        .with_context(|| format!("cannot list `{}`", stages_dir.display()))?
+    {
         let path = entry?.path();
-        let key: Option<Digest> = path.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse().ok());
+        let key: Option<Digest> = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .and_then(|s| s.parse().ok());
         let keep = key.is_some_and(|k| keep_keys.contains(&k)) || young(&path);
         match key.and_then(|k| store.record(&k)) {
             Some(record) if keep => {
@@ -94,9 +119,13 @@ pub fn collect(store: &Store, lockfiles: &[PathBuf], grace: Duration, dry_run: b
     for shard in std::fs::read_dir(&objects_dir)?.flatten() {
         for entry in std::fs::read_dir(shard.path())?.flatten() {
             let path = entry.path();
-            let digest: Option<Digest> = format!("{}{}", shard.file_name().to_string_lossy(), entry.file_name().to_string_lossy())
-                .parse()
-                .ok();
+            let digest: Option<Digest> = format!(
+                "{}{}",
+                shard.file_name().to_string_lossy(),
+                entry.file_name().to_string_lossy()
+            )
+            .parse()
+            .ok();
             if digest.is_some_and(|d| keep_objects.contains(&d)) || young(&path) {
                 continue;
             }

@@ -164,7 +164,9 @@ impl Hashed {
     /// The tree entry for this value under `name`.
     pub fn entry(&self, name: &str) -> TreeEntry {
         let kind = match self {
-            Hashed::File { executable: true, .. } => EntryKind::Executable,
+            Hashed::File {
+                executable: true, ..
+            } => EntryKind::Executable,
             Hashed::File { .. } => EntryKind::File,
             Hashed::Dir { .. } => EntryKind::Dir,
         };
@@ -196,14 +198,23 @@ pub fn hash_path(path: &Path) -> anyhow::Result<Hashed> {
 }
 
 /// [`hash_path`] with a custom file hasher (e.g. one backed by a [`StatCache`]).
-pub fn hash_path_with(path: &Path, file_hash: &dyn Fn(&Path) -> io::Result<Digest>) -> anyhow::Result<Hashed> {
-    let meta = std::fs::metadata(path).with_context(|| format!("cannot read `{}`", path.display()))?;
+pub fn hash_path_with(
+    path: &Path,
+    file_hash: &dyn Fn(&Path) -> io::Result<Digest>,
+) -> anyhow::Result<Hashed> {
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("cannot read `{}`", path.display()))?;
     if meta.is_dir() {
         let mut names: Vec<(String, PathBuf)> = Vec::new();
-        for entry in std::fs::read_dir(path).with_context(|| format!("cannot list `{}`", path.display()))? {
+        for entry in
+            std::fs::read_dir(path).with_context(|| format!("cannot list `{}`", path.display()))?
+        {
             let entry = entry.with_context(|| format!("cannot list `{}`", path.display()))?;
             let name = entry.file_name().into_string().map_err(|n| {
-                anyhow::anyhow!("file name {n:?} in `{}` is not UTF-8; rename it", path.display())
+                anyhow::anyhow!(
+                    "file name {n:?} in `{}` is not UTF-8; rename it",
+                    path.display()
+                )
             })?;
             names.push((name, entry.path()));
         }
@@ -301,7 +312,10 @@ impl StatCache {
                 inode: meta.ino(),
                 hash,
             };
-            self.entries.lock().expect("stat cache lock poisoned").insert(key, entry);
+            self.entries
+                .lock()
+                .expect("stat cache lock poisoned")
+                .insert(key, entry);
             *self.dirty.lock().expect("stat cache lock poisoned") = true;
         }
         Ok(hash)
@@ -350,7 +364,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
         std::fs::write(dir.path().join("big"), &data).unwrap();
-        assert_eq!(hash_file(&dir.path().join("big")).unwrap(), Digest::of(&data));
+        assert_eq!(
+            hash_file(&dir.path().join("big")).unwrap(),
+            Digest::of(&data)
+        );
     }
 
     #[test]

@@ -83,7 +83,10 @@ pub fn run_job(
     if let Some((&up, _)) = upstream.iter().find(|(_, outputs)| outputs.is_none()) {
         return JobResult {
             status: Status::WouldRun,
-            reason: Some(format!("upstream {} will run", env.pipeline.stages[up].name)),
+            reason: Some(format!(
+                "upstream {} will run",
+                env.pipeline.stages[up].name
+            )),
             ..JobResult::failed(None, String::new(), started)
         }
         .without_error();
@@ -104,14 +107,20 @@ pub fn run_job(
         }
     };
     if let Some(found) = cached {
-        match check_cached(env, &found) {
+        match check_cached(env, &found, locked) {
             Ok(true) => {
                 if env.dry_run {
                     return cached_result(found, key, record, locked, started);
                 }
                 match restore(env, stage, &found) {
                     Ok(()) => return cached_result(found, key, record, locked, started),
-                    Err(e) => return JobResult::failed(Some(key), format!("cannot restore from the cache: {e:#}"), started),
+                    Err(e) => {
+                        return JobResult::failed(
+                            Some(key),
+                            format!("cannot restore from the cache: {e:#}"),
+                            started,
+                        );
+                    }
                 }
             }
             Ok(false) => {}
@@ -146,7 +155,10 @@ pub fn run_job(
             if let Some(tail) = log_tail(&log, 12) {
                 message.push_str(&format!("\nlast lines of {}:\n{tail}", log.display()));
             }
-            JobResult { reason: Some(reason.to_string()), ..JobResult::failed(Some(key), message, started) }
+            JobResult {
+                reason: Some(reason.to_string()),
+                ..JobResult::failed(Some(key), message, started)
+            }
         }
     }
 }
@@ -158,7 +170,13 @@ impl JobResult {
     }
 }
 
-fn cached_result(found: StageRecord, key: Digest, record: KeyRecord, locked: Option<&LockEntry>, started: Instant) -> JobResult {
+fn cached_result(
+    found: StageRecord,
+    key: Digest,
+    record: KeyRecord,
+    locked: Option<&LockEntry>,
+    started: Instant,
+) -> JobResult {
     let restored_from_history = locked.is_some_and(|l| l.key != key);
     JobResult {
         status: Status::Cached,
@@ -220,19 +238,30 @@ fn key_record(
 }
 
 /// Whether a cached record can be used: `Ok(true)` when every object is
-/// there and no declared out was edited by hand; `Err` explains an edited out.
-fn check_cached(env: &JobEnv<'_>, found: &StageRecord) -> Result<bool, MissReason> {
-    for output in found.outputs.values() {
+/// there and no declared out was edited by hand. A declared out that differs
+/// from the record but matches what `pipe` last wrote there (the lockfile's
+/// hash) is the output of another key and is simply replaced; one that
+/// matches neither was edited by hand (`Err`), so the stage reruns.
+fn check_cached(
+    env: &JobEnv<'_>,
+    found: &StageRecord,
+    locked: Option<&LockEntry>,
+) -> Result<bool, MissReason> {
+    for (name, output) in &found.outputs {
         if !env.store.output_complete(output.kind, &output.hash) {
             return Ok(false);
         }
         if output.workspace {
             let path = env.pipeline.manifest.dir.join(&output.path);
-            if path.exists() {
-                match env.stat_cache.hash_path(&path) {
-                    Ok(h) if h.digest() == output.hash => {}
-                    _ => return Err(MissReason::OutputModified { path: output.path.clone() }),
-                }
+            if !path.exists() {
+                continue;
+            }
+            let current = env.stat_cache.hash_path(&path).map(|h| h.digest()).ok();
+            let written_by_pipe = locked.and_then(|l| l.outputs.get(name)).copied();
+            if current != Some(output.hash) && current != written_by_pipe {
+                return Err(MissReason::OutputModified {
+                    path: output.path.clone(),
+                });
             }
         }
     }
@@ -243,32 +272,54 @@ fn check_cached(env: &JobEnv<'_>, found: &StageRecord) -> Result<bool, MissReaso
 fn restore(env: &JobEnv<'_>, stage: &PlannedStage<'_>, found: &StageRecord) -> anyhow::Result<()> {
     for output in found.outputs.values().filter(|o| o.workspace) {
         let path = env.pipeline.manifest.dir.join(&output.path);
-        if !path.exists() {
-            env.store.materialize(output.kind, &output.hash, &path, true)?;
+        let current = path
+            .exists()
+            .then(|| env.stat_cache.hash_path(&path).map(|h| h.digest()).ok())
+            .flatten();
+        if current != Some(output.hash) {
+            env.store
+                .materialize(output.kind, &output.hash, &path, true)?;
         }
     }
     publish(env, &stage.name, &found.outputs)
 }
 
 /// Makes `out/<pipeline>/<stage>/` hold exactly the stage's store outputs.
-fn publish(env: &JobEnv<'_>, stage: &str, outputs: &BTreeMap<String, OutputEntry>) -> anyhow::Result<()> {
+fn publish(
+    env: &JobEnv<'_>,
+    stage: &str,
+    outputs: &BTreeMap<String, OutputEntry>,
+) -> anyhow::Result<()> {
     let dir = env.store.out_dir(&env.pipeline.manifest.name, stage);
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create `{}`", dir.display()))?;
-    let wanted: Vec<&str> = outputs.values().filter(|o| !o.workspace).map(|o| o.path.as_str()).collect();
+    let wanted: Vec<&str> = outputs
+        .values()
+        .filter(|o| !o.workspace)
+        .map(|o| o.path.as_str())
+        .collect();
     for entry in std::fs::read_dir(&dir)? {
         let entry = entry?;
-        if !wanted.iter().any(|w| std::ffi::OsStr::new(w) == entry.file_name()) {
+        if !wanted
+            .iter()
+            .any(|w| std::ffi::OsStr::new(w) == entry.file_name())
+        {
             remove_any(&entry.path())?;
         }
     }
     for output in outputs.values().filter(|o| !o.workspace) {
-        env.store.materialize(output.kind, &output.hash, &dir.join(&output.path), false)?;
+        env.store
+            .materialize(output.kind, &output.hash, &dir.join(&output.path), false)?;
     }
     Ok(())
 }
 
 /// Where a stage's outputs are on disk, for the stages downstream of it.
-pub fn output_paths(store: &Store, pipeline: &Pipeline<'_>, stage: usize, outputs: &BTreeMap<String, OutputEntry>) -> BTreeMap<String, PathBuf> {
+pub fn output_paths(
+    store: &Store,
+    pipeline: &Pipeline<'_>,
+    stage: usize,
+    outputs: &BTreeMap<String, OutputEntry>,
+) -> BTreeMap<String, PathBuf> {
     let name = &pipeline.stages[stage].name;
     outputs
         .iter()
@@ -297,29 +348,38 @@ fn execute(
     let out_dir = tmp.path().join("out");
     std::fs::create_dir_all(&out_dir)?;
     let scratch = env.store.scratch_dir(&key);
-    std::fs::create_dir_all(&scratch).with_context(|| format!("cannot create `{}`", scratch.display()))?;
+    std::fs::create_dir_all(&scratch)
+        .with_context(|| format!("cannot create `{}`", scratch.display()))?;
     let log = env.store.log_path(&env.pipeline.manifest.name, &stage.name);
     if let Some(parent) = log.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    std::fs::write(&log, b"").with_context(|| format!("cannot create the log `{}`", log.display()))?;
+    std::fs::write(&log, b"")
+        .with_context(|| format!("cannot create the log `{}`", log.display()))?;
     for out in &stage.outs {
         let path = workspace.join(out);
         remove_any(&path)?;
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).with_context(|| format!("cannot create `{}`", parent.display()))?;
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create `{}`", parent.display()))?;
         }
     }
     let inputs: Vec<Input> = stage
         .inputs
         .iter()
         .map(|input| {
-            let outputs = upstream[&input.stage].as_ref().expect("upstream outputs are known when a stage runs");
+            let outputs = upstream[&input.stage]
+                .as_ref()
+                .expect("upstream outputs are known when a stage runs");
             let mut paths = output_paths(env.store, env.pipeline, input.stage, outputs);
             if let Some(only) = &input.output {
                 paths.retain(|k, _| k == only);
             }
-            Input { name: input.name.clone(), stage: env.pipeline.stages[input.stage].name.clone(), outputs: paths }
+            Input {
+                name: input.name.clone(),
+                stage: env.pipeline.stages[input.stage].name.clone(),
+                outputs: paths,
+            }
         })
         .collect();
     let reporter = env.printer.reporter(&stage.name);
@@ -335,17 +395,21 @@ fn execute(
         log_path: &log,
         reporter: &reporter,
     };
-    let outcome = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stage.kind.run(&ctx))) {
-        Ok(result) => result?,
-        Err(panic) => {
-            let what = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default();
-            anyhow::bail!("the {} stage crashed ({what}); this is a bug in pipe, please report it", stage.kind.kind());
-        }
-    };
+    let outcome =
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stage.kind.run(&ctx))) {
+            Ok(result) => result?,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                anyhow::bail!(
+                    "the {} stage crashed ({what}); this is a bug in pipe, please report it",
+                    stage.kind.kind()
+                );
+            }
+        };
     let outputs = commit_outputs(env, stage, &out_dir)?;
     let stage_record = StageRecord {
         key,
@@ -370,7 +434,11 @@ fn execute(
 
 /// Hashes and stores what the stage wrote: entries of its out folder (by
 /// move) and its declared workspace outs (by copy).
-fn commit_outputs(env: &JobEnv<'_>, stage: &PlannedStage<'_>, out_dir: &Path) -> anyhow::Result<BTreeMap<String, OutputEntry>> {
+fn commit_outputs(
+    env: &JobEnv<'_>,
+    stage: &PlannedStage<'_>,
+    out_dir: &Path,
+) -> anyhow::Result<BTreeMap<String, OutputEntry>> {
     let mut outputs = BTreeMap::new();
     let mut entries: Vec<_> = std::fs::read_dir(out_dir)?.collect::<Result<_, _>>()?;
     entries.sort_by_key(|e| e.file_name());
@@ -390,19 +458,30 @@ fn commit_outputs(env: &JobEnv<'_>, stage: &PlannedStage<'_>, out_dir: &Path) ->
             workspace: false,
         };
         if outputs.insert(name.clone(), output).is_some() {
-            anyhow::bail!("stage wrote two outputs named `{name}` (internal error in the {} kind)", stage.kind.kind());
+            anyhow::bail!(
+                "stage wrote two outputs named `{name}` (internal error in the {} kind)",
+                stage.kind.kind()
+            );
         }
     }
     for out in &stage.outs {
         let path = env.pipeline.manifest.dir.join(out);
         if !path.exists() {
-            anyhow::bail!("the command finished but did not write its declared out `{out}`; fix the command or the `outs:` list");
+            anyhow::bail!(
+                "the command finished but did not write its declared out `{out}`; fix the command or the `outs:` list"
+            );
         }
         let hashed = env.stat_cache.hash_path(&path)?;
         env.store.import(&path, &hashed, Import::Copy)?;
         outputs.insert(
             out.clone(),
-            OutputEntry { path: out.clone(), kind: hashed.entry(out).kind, hash: hashed.digest(), size: hashed.size(), workspace: true },
+            OutputEntry {
+                path: out.clone(),
+                kind: hashed.entry(out).kind,
+                hash: hashed.digest(),
+                size: hashed.size(),
+                workspace: true,
+            },
         );
     }
     Ok(outputs)
@@ -415,5 +494,11 @@ fn log_tail(path: &Path, lines: usize) -> Option<String> {
     if all.is_empty() {
         return None;
     }
-    Some(all[all.len().saturating_sub(lines)..].iter().map(|l| format!("  | {l}")).collect::<Vec<_>>().join("\n"))
+    Some(
+        all[all.len().saturating_sub(lines)..]
+            .iter()
+            .map(|l| format!("  | {l}"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    )
 }

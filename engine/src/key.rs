@@ -56,7 +56,10 @@ impl KeyRecord {
     /// The stage key.
     pub fn key(&self) -> Digest {
         let mut bytes = KEY_DOMAIN.as_bytes().to_vec();
-        bytes.extend(canonical_json(&serde_json::to_value(self).expect("a key record serializes")).as_bytes());
+        bytes.extend(
+            canonical_json(&serde_json::to_value(self).expect("a key record serializes"))
+                .as_bytes(),
+        );
         Digest::of(&bytes)
     }
 }
@@ -68,7 +71,12 @@ pub fn canonical_json(value: &Value) -> String {
             Value::Object(map) => {
                 let mut entries: Vec<(&String, &Value)> = map.iter().collect();
                 entries.sort_by(|a, b| a.0.cmp(b.0));
-                Value::Object(entries.into_iter().map(|(k, v)| (k.clone(), sorted(v))).collect())
+                Value::Object(
+                    entries
+                        .into_iter()
+                        .map(|(k, v)| (k.clone(), sorted(v)))
+                        .collect(),
+                )
             }
             Value::Array(items) => Value::Array(items.iter().map(sorted).collect()),
             Value::Number(n) => match (n.as_i64(), n.as_f64()) {
@@ -132,7 +140,9 @@ impl std::fmt::Display for MissReason {
         match self {
             MissReason::New => write!(f, "new stage"),
             MissReason::Forced => write!(f, "forced"),
-            MissReason::KindVersion { old, new } => write!(f, "kind implementation changed (v{old} → v{new})"),
+            MissReason::KindVersion { old, new } => {
+                write!(f, "kind implementation changed (v{old} → v{new})")
+            }
             MissReason::ParamChanged { name, old, new } => {
                 write!(f, "parameter {name} changed {} → {}", show(old), show(new))
             }
@@ -154,7 +164,10 @@ pub fn explain(old: &KeyRecord, new: &KeyRecord) -> MissReason {
         };
     }
     if old.kind_version != new.kind_version {
-        return MissReason::KindVersion { old: old.kind_version, new: new.kind_version };
+        return MissReason::KindVersion {
+            old: old.kind_version,
+            new: new.kind_version,
+        };
     }
     if let Some(reason) = diff_params("", &old.params, &new.params) {
         return reason;
@@ -169,7 +182,8 @@ pub fn explain(old: &KeyRecord, new: &KeyRecord) -> MissReason {
             new: Some(serde_json::json!(new.outs)),
         };
     }
-    let names: std::collections::BTreeSet<&String> = old.inputs.keys().chain(new.inputs.keys()).collect();
+    let names: std::collections::BTreeSet<&String> =
+        old.inputs.keys().chain(new.inputs.keys()).collect();
     for name in names {
         if old.inputs.get(name) != new.inputs.get(name) {
             let input = match name.split_once(':') {
@@ -190,19 +204,33 @@ fn diff_params(prefix: &str, old: &Value, new: &Value) -> Option<MissReason> {
     if let (Value::Object(a), Value::Object(b)) = (old, new) {
         let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
         for k in keys {
-            let name = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+            let name = if prefix.is_empty() {
+                k.clone()
+            } else {
+                format!("{prefix}.{k}")
+            };
             match (a.get(k), b.get(k)) {
                 (Some(x), Some(y)) => {
                     if let Some(r) = diff_params(&name, x, y) {
                         return Some(r);
                     }
                 }
-                (x, y) => return Some(MissReason::ParamChanged { name, old: x.cloned(), new: y.cloned() }),
+                (x, y) => {
+                    return Some(MissReason::ParamChanged {
+                        name,
+                        old: x.cloned(),
+                        new: y.cloned(),
+                    });
+                }
             }
         }
     }
     Some(MissReason::ParamChanged {
-        name: if prefix.is_empty() { "parameters".into() } else { prefix.to_string() },
+        name: if prefix.is_empty() {
+            "parameters".into()
+        } else {
+            prefix.to_string()
+        },
         old: Some(old.clone()),
         new: Some(new.clone()),
     })
@@ -257,7 +285,9 @@ mod tests {
         other.kind_version = 2;
         assert_ne!(base.key(), other.key());
         let mut other = base.clone();
-        other.inputs.insert("from:ingest".into(), Digest::of(b"other"));
+        other
+            .inputs
+            .insert("from:ingest".into(), Digest::of(b"other"));
         assert_ne!(base.key(), other.key());
         let mut other = base.clone();
         other.run = Some("true".into());
@@ -268,12 +298,23 @@ mod tests {
     fn explains_the_first_difference() {
         let old = record(json!({"learning_rate": 0.0005}));
         let new = record(json!({"learning_rate": 0.0003}));
-        assert_eq!(explain(&old, &new).to_string(), "parameter learning_rate changed 0.0005 → 0.0003");
+        assert_eq!(
+            explain(&old, &new).to_string(),
+            "parameter learning_rate changed 0.0005 → 0.0003"
+        );
         let mut moved = old.clone();
-        moved.inputs.insert("dep:data/raw.csv".into(), Digest::of(b"x"));
-        assert_eq!(explain(&old, &moved).to_string(), "input data/raw.csv changed");
+        moved
+            .inputs
+            .insert("dep:data/raw.csv".into(), Digest::of(b"x"));
+        assert_eq!(
+            explain(&old, &moved).to_string(),
+            "input data/raw.csv changed"
+        );
         let nested_old = record(json!({"model": {"config": "tiny"}}));
         let nested_new = record(json!({"model": {"config": "small"}}));
-        assert_eq!(explain(&nested_old, &nested_new).to_string(), "parameter model.config changed tiny → small");
+        assert_eq!(
+            explain(&nested_old, &nested_new).to_string(),
+            "parameter model.config changed tiny → small"
+        );
     }
 }

@@ -50,10 +50,12 @@ pub use exec::{Force, RunOptions, run};
 pub use hash::Digest;
 pub use job::output_paths;
 pub use manifest::Manifest;
-pub use plan::{PlanOptions, Pipeline, plan};
+pub use plan::{Pipeline, PlanOptions, plan};
 pub use printer::{ColorChoice, Printer, Tone};
 pub use report::{RunReport, StageReport, Status};
-pub use stage::{Checked, Input, Outcome, ParamError, Registry, Reporter, RunContext, Stage, parse_params};
+pub use stage::{
+    Checked, Input, Outcome, ParamError, Registry, Reporter, RunContext, Stage, parse_params,
+};
 pub use store::{StageRecord, Store, StoreBusy};
 
 /// A mistake in how `pipe` was called (exit code 2), as opposed to a stage failing.

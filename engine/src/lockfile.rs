@@ -84,16 +84,22 @@ impl LockFile {
             )
         })?;
         serde_json::from_value(node.to_json()).with_context(|| {
-            format!("`{}` is not a pipe lockfile; delete it and run again to rebuild it", path.display())
+            format!(
+                "`{}` is not a pipe lockfile; delete it and run again to rebuild it",
+                path.display()
+            )
         })
     }
 
     /// Writes the lockfile atomically.
     pub fn save(&self, path: &Path) -> anyhow::Result<()> {
         let value = serde_json::to_value(self)?;
-        let mut text = String::from("# Written by `pipe run`: what each stage last ran with. Commit it.\n");
+        let mut text =
+            String::from("# Written by `pipe run`: what each stage last ran with. Commit it.\n");
         let mut emitter = yaml_rust2::YamlEmitter::new(&mut text);
-        emitter.dump(&to_yaml(&value)).context("cannot write the lockfile as YAML")?;
+        emitter
+            .dump(&to_yaml(&value))
+            .context("cannot write the lockfile as YAML")?;
         text = text.replacen("---\n", "", 1);
         text.push('\n');
         atomic::write(path, text.as_bytes(), false)
@@ -150,7 +156,10 @@ mod tests {
                     key: record.key(),
                     record: record.clone(),
                     outputs: BTreeMap::from([("model".into(), Digest::of(b"m"))]),
-                    metrics: serde_json::json!({"loss": 0.25}).as_object().unwrap().clone(),
+                    metrics: serde_json::json!({"loss": 0.25})
+                        .as_object()
+                        .unwrap()
+                        .clone(),
                 },
             )]),
         };

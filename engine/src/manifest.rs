@@ -13,7 +13,15 @@ use crate::diag::{Diagnostic, ManifestError, did_you_mean};
 use crate::yaml::{self, Node, NodeKind, Span};
 
 /// Keys of a stage that the engine reads itself; all others are parameters.
-pub const RESERVED_KEYS: &[&str] = &["uses", "from", "run", "deps", "outs", "matrix", "description"];
+pub const RESERVED_KEYS: &[&str] = &[
+    "uses",
+    "from",
+    "run",
+    "deps",
+    "outs",
+    "matrix",
+    "description",
+];
 
 /// Top-level keys of a manifest.
 pub const TOP_LEVEL_KEYS: &[&str] = &["pipeline", "description", "stages"];
@@ -124,8 +132,11 @@ impl Manifest {
             }
         };
         let Some(entries) = root.as_map() else {
-            let d = diag(root.span, format!("a manifest is a mapping, but this is {}", root.type_name()))
-                .help("start with `pipeline: <name>` and `stages:`");
+            let d = diag(
+                root.span,
+                format!("a manifest is a mapping, but this is {}", root.type_name()),
+            )
+            .help("start with `pipeline: <name>` and `stages:`");
             return Err(ManifestError::single(d, Some(source)));
         };
         for (key, key_node, _) in entries {
@@ -138,7 +149,10 @@ impl Manifest {
                             did_you_mean(key, TOP_LEVEL_KEYS.iter().copied())
                         ),
                     )
-                    .help(format!("a manifest's top-level keys are: {}", TOP_LEVEL_KEYS.join(", "))),
+                    .help(format!(
+                        "a manifest's top-level keys are: {}",
+                        TOP_LEVEL_KEYS.join(", ")
+                    )),
                 );
             }
         }
@@ -168,10 +182,18 @@ impl Manifest {
             ),
             Some((_, node)) => match node.as_map() {
                 Some([]) | None if !matches!(node.kind, NodeKind::Map(_)) => errors.push(
-                    diag(node.span, format!("`stages` must be a mapping of stage names to stages, not {}", node.type_name()))
-                        .help("write each stage as `name:` followed by its keys, indented"),
+                    diag(
+                        node.span,
+                        format!(
+                            "`stages` must be a mapping of stage names to stages, not {}",
+                            node.type_name()
+                        ),
+                    )
+                    .help("write each stage as `name:` followed by its keys, indented"),
                 ),
-                Some([]) => errors.push(diag(node.span, "`stages` is empty".into()).help("add at least one stage")),
+                Some([]) => errors.push(
+                    diag(node.span, "`stages` is empty".into()).help("add at least one stage"),
+                ),
                 Some(entries) => {
                     for (name, key, body) in entries {
                         if let Some(stage) = parse_stage(path, name, key.span, body, &mut errors) {
@@ -204,7 +226,12 @@ impl Manifest {
     }
 }
 
-fn string_field(node: &Node, key: &str, file: &Path, errors: &mut Vec<Diagnostic>) -> Option<String> {
+fn string_field(
+    node: &Node,
+    key: &str,
+    file: &Path,
+    errors: &mut Vec<Diagnostic>,
+) -> Option<String> {
     let (_, value) = node.get(key)?;
     match value.as_str() {
         Some(s) => Some(s.to_string()),
@@ -239,8 +266,15 @@ fn parse_stage(
         NodeKind::Scalar { text, .. } if text.is_empty() => &empty,
         _ => {
             errors.push(
-                Diagnostic::at(file, body.span, format!("stage '{name}' must be a mapping of keys, not {}", body.type_name()))
-                    .help("write the stage's keys indented under its name"),
+                Diagnostic::at(
+                    file,
+                    body.span,
+                    format!(
+                        "stage '{name}' must be a mapping of keys, not {}",
+                        body.type_name()
+                    ),
+                )
+                .help("write the stage's keys indented under its name"),
             );
             return None;
         }
@@ -248,7 +282,11 @@ fn parse_stage(
     let uses = body.get("uses").and_then(|(_, v)| match v.as_str() {
         Some(s) => Some((s.to_string(), v.span)),
         None => {
-            errors.push(Diagnostic::at(file, v.span, format!("`uses` must be a stage kind name, not {}", v.type_name())));
+            errors.push(Diagnostic::at(
+                file,
+                v.span,
+                format!("`uses` must be a stage kind name, not {}", v.type_name()),
+            ));
             None
         }
     });
@@ -257,8 +295,14 @@ fn parse_stage(
         .map(|(_, v)| parse_from(file, v, errors))
         .unwrap_or_default();
     let run = string_field(body, "run", file, errors);
-    let deps = body.get("deps").map(|(_, v)| parse_paths(file, "deps", v, errors)).unwrap_or_default();
-    let outs = body.get("outs").map(|(_, v)| parse_paths(file, "outs", v, errors)).unwrap_or_default();
+    let deps = body
+        .get("deps")
+        .map(|(_, v)| parse_paths(file, "deps", v, errors))
+        .unwrap_or_default();
+    let outs = body
+        .get("outs")
+        .map(|(_, v)| parse_paths(file, "outs", v, errors))
+        .unwrap_or_default();
     let description = string_field(body, "description", file, errors);
     if let Some((key, _)) = body.get("matrix") {
         errors.push(
@@ -293,7 +337,8 @@ fn parse_stage(
 /// `from: a`, `from: a.out`, `from: [a, b]`, `from: { name: a, other: b.out }`.
 fn parse_from(file: &Path, node: &Node, errors: &mut Vec<Diagnostic>) -> Vec<FromRef> {
     let mut refs = Vec::new();
-    let mut one = |input: Option<&str>, value: &Node, errors: &mut Vec<Diagnostic>| match value.as_str() {
+    let mut one = |input: Option<&str>, value: &Node, errors: &mut Vec<Diagnostic>| {
+        match value.as_str() {
         Some(text) => {
             let (stage, output) = match text.split_once('.') {
                 Some((s, o)) => (s, Some(o.to_string())),
@@ -310,6 +355,7 @@ fn parse_from(file: &Path, node: &Node, errors: &mut Vec<Diagnostic>) -> Vec<Fro
             Diagnostic::at(file, value.span, format!("`from` entries name stages, but this is {}", value.type_name()))
                 .help("write `from: <stage>`, `from: <stage>.<output>`, a list of those, or a mapping `input: <stage>`"),
         ),
+    }
     };
     match &node.kind {
         NodeKind::Scalar { .. } => one(None, node, errors),
@@ -320,8 +366,12 @@ fn parse_from(file: &Path, node: &Node, errors: &mut Vec<Diagnostic>) -> Vec<Fro
     for r in &refs {
         if !seen.insert(r.input.clone()) {
             errors.push(
-                Diagnostic::at(file, r.span, format!("input '{}' is named twice in `from`", r.input))
-                    .help("give each input its own name with the mapping form: `from: { a: x, b: y }`"),
+                Diagnostic::at(
+                    file,
+                    r.span,
+                    format!("input '{}' is named twice in `from`", r.input),
+                )
+                .help("give each input its own name with the mapping form: `from: { a: x, b: y }`"),
             );
         }
     }
@@ -334,8 +384,12 @@ fn parse_paths(file: &Path, key: &str, node: &Node, errors: &mut Vec<Diagnostic>
         NodeKind::Scalar { .. } => vec![node],
         NodeKind::Map(_) => {
             errors.push(
-                Diagnostic::at(file, node.span, format!("`{key}` must be a list of paths, not a mapping"))
-                    .help(format!("write `{key}: [path/one, path/two]`")),
+                Diagnostic::at(
+                    file,
+                    node.span,
+                    format!("`{key}` must be a list of paths, not a mapping"),
+                )
+                .help(format!("write `{key}: [path/one, path/two]`")),
             );
             return Vec::new();
         }
@@ -351,7 +405,10 @@ fn parse_paths(file: &Path, key: &str, node: &Node, errors: &mut Vec<Diagnostic>
                 errors.push(Diagnostic::at(
                     file,
                     item.span,
-                    format!("`{key}` entries must be non-empty paths, not {}", item.type_name()),
+                    format!(
+                        "`{key}` entries must be non-empty paths, not {}",
+                        item.type_name()
+                    ),
                 ));
                 None
             }

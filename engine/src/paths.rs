@@ -13,7 +13,9 @@ pub fn normalize(workspace: &Path, written: &str, allow_outside: bool) -> Result
         if allow_outside {
             return Ok(written.to_string());
         }
-        return Err(format!("absolute path `{written}` is outside the workspace"));
+        return Err(format!(
+            "absolute path `{written}` is outside the workspace"
+        ));
     }
     let mut parts: Vec<String> = Vec::new();
     for component in path.components() {
@@ -34,7 +36,9 @@ pub fn normalize(workspace: &Path, written: &str, allow_outside: bool) -> Result
         }
     }
     if parts.is_empty() {
-        return Err(format!("path `{written}` names the manifest's folder itself"));
+        return Err(format!(
+            "path `{written}` names the manifest's folder itself"
+        ));
     }
     let relative = parts.join("/");
     if !allow_outside {
@@ -66,7 +70,10 @@ fn check_symlinks(workspace: &Path, relative: &str) -> Result<(), String> {
 
 /// Whether workspace path `inner` is `outer` or lies inside it.
 pub fn is_within(inner: &str, outer: &str) -> bool {
-    inner == outer || inner.strip_prefix(outer).is_some_and(|rest| rest.starts_with('/'))
+    inner == outer
+        || inner
+            .strip_prefix(outer)
+            .is_some_and(|rest| rest.starts_with('/'))
 }
 
 #[cfg(test)]
@@ -77,9 +84,16 @@ mod tests {
     fn normalises_and_confines() {
         let dir = tempfile::tempdir().unwrap();
         let ws = dir.path();
-        assert_eq!(normalize(ws, "./data/../data/x.csv", false).unwrap(), "data/x.csv");
+        assert_eq!(
+            normalize(ws, "./data/../data/x.csv", false).unwrap(),
+            "data/x.csv"
+        );
         assert!(normalize(ws, "../x", false).unwrap_err().contains("leaves"));
-        assert!(normalize(ws, "/etc/passwd", false).unwrap_err().contains("absolute"));
+        assert!(
+            normalize(ws, "/etc/passwd", false)
+                .unwrap_err()
+                .contains("absolute")
+        );
         assert_eq!(normalize(ws, "../x", true).unwrap(), "../x");
         assert!(normalize(ws, ".", false).is_err());
     }

@@ -6,8 +6,8 @@
 //! reads a path another declares in `outs`, and rejects cycles by printing
 //! their path. Every problem found is reported, not just the first.
 
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
 use petgraph::graph::{DiGraph, NodeIndex};
 use serde_json::Value;
@@ -83,7 +83,11 @@ impl Pipeline<'_> {
                 stack.extend(self.stages[id].upstream.iter().copied());
             }
         }
-        self.order.iter().copied().filter(|id| wanted.contains(id)).collect()
+        self.order
+            .iter()
+            .copied()
+            .filter(|id| wanted.contains(id))
+            .collect()
     }
 
     /// Ids of every stage downstream of `id` (not including it).
@@ -102,7 +106,11 @@ impl Pipeline<'_> {
 }
 
 /// Checks `manifest` against `registry` and builds its DAG.
-pub fn plan<'r>(manifest: Manifest, registry: &'r Registry, options: PlanOptions) -> Result<Pipeline<'r>, ManifestError> {
+pub fn plan<'r>(
+    manifest: Manifest,
+    registry: &'r Registry,
+    options: PlanOptions,
+) -> Result<Pipeline<'r>, ManifestError> {
     let mut errors: Vec<Diagnostic> = Vec::new();
     let file = manifest.path.clone();
     let names: Vec<&str> = manifest.stages.iter().map(|s| s.name.as_str()).collect();
@@ -122,7 +130,11 @@ pub fn plan<'r>(manifest: Manifest, registry: &'r Registry, options: PlanOptions
                 Err(e) => errors.push(path_error(&file, dep.span, e)),
             }
         }
-        for written in checked.as_ref().map(|c| c.workspace_deps.as_slice()).unwrap_or_default() {
+        for written in checked
+            .as_ref()
+            .map(|c| c.workspace_deps.as_slice())
+            .unwrap_or_default()
+        {
             match paths::normalize(&manifest.dir, written, options.allow_outside) {
                 Ok(p) => deps.push(p),
                 Err(e) => {
@@ -153,7 +165,10 @@ pub fn plan<'r>(manifest: Manifest, registry: &'r Registry, options: PlanOptions
         });
     }
     if !errors.is_empty() {
-        return Err(ManifestError { diagnostics: errors, source_text: Some(manifest.source) });
+        return Err(ManifestError {
+            diagnostics: errors,
+            source_text: Some(manifest.source),
+        });
     }
     add_edges(&mut stages, &file, &mut errors);
     let graph = build_graph(&stages);
@@ -161,7 +176,11 @@ pub fn plan<'r>(manifest: Manifest, registry: &'r Registry, options: PlanOptions
         Ok(order) => order,
         Err(cycle) => {
             let first = &stages[cycle[0]];
-            let path: Vec<&str> = cycle.iter().chain(std::iter::once(&cycle[0])).map(|&i| stages[i].name.as_str()).collect();
+            let path: Vec<&str> = cycle
+                .iter()
+                .chain(std::iter::once(&cycle[0]))
+                .map(|&i| stages[i].name.as_str())
+                .collect();
             errors.push(
                 Diagnostic::at(&file, first.spec.span, format!("cycle: {}", path.join(" → ")))
                     .help("a stage cannot depend on itself, directly or through others: remove one of these `from:` entries or paths"),
@@ -170,9 +189,17 @@ pub fn plan<'r>(manifest: Manifest, registry: &'r Registry, options: PlanOptions
         }
     };
     if !errors.is_empty() {
-        return Err(ManifestError { diagnostics: errors, source_text: Some(manifest.source) });
+        return Err(ManifestError {
+            diagnostics: errors,
+            source_text: Some(manifest.source),
+        });
     }
-    Ok(Pipeline { manifest, stages, order, graph })
+    Ok(Pipeline {
+        manifest,
+        stages,
+        order,
+        graph,
+    })
 }
 
 fn path_error(file: &std::path::Path, span: Span, message: String) -> Diagnostic {
@@ -181,15 +208,27 @@ fn path_error(file: &std::path::Path, span: Span, message: String) -> Diagnostic
     )
 }
 
-fn resolve_kind<'r>(spec: &StageSpec, registry: &'r Registry, file: &std::path::Path, errors: &mut Vec<Diagnostic>) -> Option<&'r dyn Stage> {
+fn resolve_kind<'r>(
+    spec: &StageSpec,
+    registry: &'r Registry,
+    file: &std::path::Path,
+    errors: &mut Vec<Diagnostic>,
+) -> Option<&'r dyn Stage> {
     let kinds = registry.names();
     if let Some((uses, span)) = &spec.uses {
         return match registry.get(uses) {
             Some(kind) => Some(kind),
             None => {
                 errors.push(
-                    Diagnostic::at(file, *span, format!("unknown stage kind '{uses}'{}", did_you_mean(uses, kinds.iter().copied())))
-                        .help(format!("the known kinds are: {}", kinds.join(", "))),
+                    Diagnostic::at(
+                        file,
+                        *span,
+                        format!(
+                            "unknown stage kind '{uses}'{}",
+                            did_you_mean(uses, kinds.iter().copied())
+                        ),
+                    )
+                    .help(format!("the known kinds are: {}", kinds.join(", "))),
                 );
                 None
             }
@@ -207,7 +246,11 @@ fn resolve_kind<'r>(spec: &StageSpec, registry: &'r Registry, file: &std::path::
         Diagnostic::at(
             file,
             spec.span,
-            format!("stage '{}' has no kind{}", spec.name, did_you_mean(&spec.name, kinds.iter().copied())),
+            format!(
+                "stage '{}' has no kind{}",
+                spec.name,
+                did_you_mean(&spec.name, kinds.iter().copied())
+            ),
         )
         .help(format!(
             "name the stage after a kind ({}), add `uses: <kind>`, or give it a `run:` command",
@@ -217,13 +260,26 @@ fn resolve_kind<'r>(spec: &StageSpec, registry: &'r Registry, file: &std::path::
     None
 }
 
-fn check_reserved_for_kind(spec: &StageSpec, kind: &dyn Stage, file: &std::path::Path, errors: &mut Vec<Diagnostic>) {
+fn check_reserved_for_kind(
+    spec: &StageSpec,
+    kind: &dyn Stage,
+    file: &std::path::Path,
+    errors: &mut Vec<Diagnostic>,
+) {
     let key_span = |key: &str| spec.node.get(key).map(|(k, _)| k.span).unwrap_or(spec.span);
     if kind.takes_run() {
         if spec.run.as_deref().is_none_or(|r| r.trim().is_empty()) {
             errors.push(
-                Diagnostic::at(file, spec.span, format!("stage '{}' of kind {} needs a `run:` command", spec.name, kind.kind()))
-                    .help("add `run: <shell command>`"),
+                Diagnostic::at(
+                    file,
+                    spec.span,
+                    format!(
+                        "stage '{}' of kind {} needs a `run:` command",
+                        spec.name,
+                        kind.kind()
+                    ),
+                )
+                .help("add `run: <shell command>`"),
             );
         }
     } else {
@@ -242,7 +298,12 @@ fn check_reserved_for_kind(spec: &StageSpec, kind: &dyn Stage, file: &std::path:
     }
 }
 
-fn check_params(spec: &StageSpec, kind: &dyn Stage, file: &std::path::Path, errors: &mut Vec<Diagnostic>) -> Option<Checked> {
+fn check_params(
+    spec: &StageSpec,
+    kind: &dyn Stage,
+    file: &std::path::Path,
+    errors: &mut Vec<Diagnostic>,
+) -> Option<Checked> {
     let schema = kind.params_schema();
     let known: Vec<&str> = schema
         .get("properties")
@@ -254,12 +315,20 @@ fn check_params(spec: &StageSpec, kind: &dyn Stage, file: &std::path::Path, erro
         for key in params.keys() {
             if !known.contains(&key.as_str()) {
                 ok = false;
-                let listed = if known.is_empty() { "none".to_string() } else { known.join(", ") };
+                let listed = if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                };
                 errors.push(
                     Diagnostic::at(
                         file,
                         spec.node.locate_key(std::slice::from_ref(key)),
-                        format!("unknown parameter '{key}' for {}{}", kind.kind(), did_you_mean(key, known.iter().copied())),
+                        format!(
+                            "unknown parameter '{key}' for {}{}",
+                            kind.kind(),
+                            did_you_mean(key, known.iter().copied())
+                        ),
                     )
                     .help(format!("{} takes: {listed}", kind.kind())),
                 );
@@ -278,7 +347,12 @@ fn check_params(spec: &StageSpec, kind: &dyn Stage, file: &std::path::Path, erro
     }
 }
 
-fn param_diagnostic(spec: &StageSpec, kind: &dyn Stage, file: &std::path::Path, error: ParamError) -> Diagnostic {
+fn param_diagnostic(
+    spec: &StageSpec,
+    kind: &dyn Stage,
+    file: &std::path::Path,
+    error: ParamError,
+) -> Diagnostic {
     let unknown_field = error
         .message
         .strip_prefix("unknown field `")
@@ -293,24 +367,48 @@ fn param_diagnostic(spec: &StageSpec, kind: &dyn Stage, file: &std::path::Path, 
         None if error.path.is_empty() => spec.span,
         None => spec.node.locate(&error.path),
     };
-    let at = if error.path.is_empty() { String::new() } else { format!(" `{}`", error.path.join(".")) };
-    let mut d = Diagnostic::at(file, span, format!("{} parameter{at}: {}", kind.kind(), error.message));
+    let at = if error.path.is_empty() {
+        String::new()
+    } else {
+        format!(" `{}`", error.path.join("."))
+    };
+    let mut d = Diagnostic::at(
+        file,
+        span,
+        format!("{} parameter{at}: {}", kind.kind(), error.message),
+    );
     d.help = error.help;
     d
 }
 
-fn resolve_inputs(spec: &StageSpec, names: &[&str], file: &std::path::Path, errors: &mut Vec<Diagnostic>) -> Vec<ResolvedInput> {
+fn resolve_inputs(
+    spec: &StageSpec,
+    names: &[&str],
+    file: &std::path::Path,
+    errors: &mut Vec<Diagnostic>,
+) -> Vec<ResolvedInput> {
     let mut inputs = Vec::new();
     for from in &spec.from {
         match names.iter().position(|n| *n == from.stage) {
-            Some(stage) => inputs.push(ResolvedInput { name: from.input.clone(), stage, output: from.output.clone() }),
+            Some(stage) => inputs.push(ResolvedInput {
+                name: from.input.clone(),
+                stage,
+                output: from.output.clone(),
+            }),
             None => errors.push(
                 Diagnostic::at(
                     file,
                     from.span,
-                    format!("unknown stage '{}' in `from`{}", from.stage, did_you_mean(&from.stage, names.iter().copied())),
+                    format!(
+                        "unknown stage '{}' in `from`{}",
+                        from.stage,
+                        did_you_mean(&from.stage, names.iter().copied())
+                    ),
                 )
-                .help(format!("the stages of this manifest are: {}", names.join(", "))),
+                .help(format!(
+                    "the stages of this manifest are: {}",
+                    names.join(", ")
+                )),
             ),
         }
     }
@@ -318,18 +416,37 @@ fn resolve_inputs(spec: &StageSpec, names: &[&str], file: &std::path::Path, erro
 }
 
 /// Adds `from:` edges and path edges (a stage reading a path another declares in `outs`).
-fn add_edges(stages: &mut [PlannedStage<'_>], file: &std::path::Path, errors: &mut Vec<Diagnostic>) {
+fn add_edges(
+    stages: &mut [PlannedStage<'_>],
+    file: &std::path::Path,
+    errors: &mut Vec<Diagnostic>,
+) {
     let mut producers: BTreeMap<&str, usize> = BTreeMap::new();
     let outs: Vec<(usize, String, Span)> = stages
         .iter()
         .enumerate()
-        .flat_map(|(i, s)| s.outs.iter().zip(&s.spec.outs).map(move |(o, r)| (i, o.clone(), r.span)))
+        .flat_map(|(i, s)| {
+            s.outs
+                .iter()
+                .zip(&s.spec.outs)
+                .map(move |(o, r)| (i, o.clone(), r.span))
+        })
         .collect();
     for (i, out, span) in &outs {
-        if let Some((&other_path, &other)) = producers.iter().find(|(p, _)| paths::is_within(out, p) || paths::is_within(p, out)) {
+        if let Some((&other_path, &other)) = producers
+            .iter()
+            .find(|(p, _)| paths::is_within(out, p) || paths::is_within(p, out))
+        {
             errors.push(
-                Diagnostic::at(file, *span, format!("`{out}` is also written by stage '{}' (`{other_path}`)", stages[other].name))
-                    .help("each path may be produced by one stage only"),
+                Diagnostic::at(
+                    file,
+                    *span,
+                    format!(
+                        "`{out}` is also written by stage '{}' (`{other_path}`)",
+                        stages[other].name
+                    ),
+                )
+                .help("each path may be produced by one stage only"),
             );
         } else {
             producers.insert(out, *i);
@@ -370,7 +487,10 @@ fn build_graph(stages: &[PlannedStage<'_>]) -> DiGraph<usize, ()> {
 /// On a cycle, returns the cycle's stage ids in order.
 fn topological_order(stages: &[PlannedStage<'_>]) -> Result<Vec<usize>, Vec<usize>> {
     let mut remaining: Vec<usize> = stages.iter().map(|s| s.upstream.len()).collect();
-    let mut ready: BinaryHeap<Reverse<usize>> = (0..stages.len()).filter(|&i| remaining[i] == 0).map(Reverse).collect();
+    let mut ready: BinaryHeap<Reverse<usize>> = (0..stages.len())
+        .filter(|&i| remaining[i] == 0)
+        .map(Reverse)
+        .collect();
     let mut order = Vec::with_capacity(stages.len());
     while let Some(Reverse(id)) = ready.pop() {
         order.push(id);
@@ -387,7 +507,9 @@ fn topological_order(stages: &[PlannedStage<'_>]) -> Result<Vec<usize>, Vec<usiz
         return Ok(order);
     }
     // Walk upstream from a stage left over until a stage repeats: that loop is a cycle.
-    let start = (0..stages.len()).find(|&i| remaining[i] > 0).expect("a stage is left when the order is short");
+    let start = (0..stages.len())
+        .find(|&i| remaining[i] > 0)
+        .expect("a stage is left when the order is short");
     let mut path = vec![start];
     let mut current = start;
     loop {
@@ -399,6 +521,13 @@ fn topological_order(stages: &[PlannedStage<'_>]) -> Result<Vec<usize>, Vec<usiz
         if let Some(pos) = path.iter().position(|&p| p == next) {
             let mut cycle: Vec<usize> = path[pos..].to_vec();
             cycle.reverse();
+            // Start at the stage written first, so the message reads in file order.
+            let first = cycle
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, id)| **id)
+                .map_or(0, |(i, _)| i);
+            cycle.rotate_left(first);
             return Err(cycle);
         }
         path.push(next);

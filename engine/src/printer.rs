@@ -79,7 +79,12 @@ impl Printer {
         } else {
             ProgressDrawTarget::hidden()
         });
-        Printer { color, progress, quiet, multi }
+        Printer {
+            color,
+            progress,
+            quiet,
+            multi,
+        }
     }
 
     /// Whether colour is on.
@@ -112,7 +117,10 @@ impl Printer {
         if self.quiet && tone != Tone::Bad {
             return;
         }
-        self.line(&format!("{} {rest}", self.paint(&format!("{verb:>9}"), tone)));
+        self.line(&format!(
+            "{} {rest}",
+            self.paint(&format!("{verb:>9}"), tone)
+        ));
     }
 
     /// A warning on stderr.
@@ -146,7 +154,10 @@ impl Printer {
 
     /// A [`Reporter`] for stage `stage`.
     pub fn reporter<'p>(&'p self, stage: &str) -> StageReporter<'p> {
-        StageReporter { printer: self, stage: stage.to_string() }
+        StageReporter {
+            printer: self,
+            stage: stage.to_string(),
+        }
     }
 }
 
@@ -159,7 +170,11 @@ pub struct StageReporter<'p> {
 impl Reporter for StageReporter<'_> {
     fn note(&self, message: &str) {
         if !self.printer.quiet {
-            self.printer.line(&format!("{} {}: {message}", self.printer.dim(&format!("{:>9}", "note")), self.stage));
+            self.printer.line(&format!(
+                "{} {}: {message}",
+                self.printer.dim(&format!("{:>9}", "note")),
+                self.stage
+            ));
         }
     }
 

@@ -85,7 +85,12 @@ impl RunReport {
             .into_iter()
             .flatten()
             .collect();
-        let mut line = format!("{:<name_width$} {:>7}  {}", stage.name, seconds, printer.dim(&detail.join(" · ")));
+        let mut line = format!(
+            "{:<name_width$} {:>7}  {}",
+            stage.name,
+            seconds,
+            printer.dim(&detail.join(" · "))
+        );
         if let Some(error) = &stage.error {
             for l in error.lines() {
                 line.push_str(&format!("\n{:>9} {l}", ""));
@@ -110,11 +115,20 @@ impl RunReport {
                 parts.push(format!("{n} {label}"));
             }
         }
-        let (verb, tone) = if self.ok { ("Finished", Tone::Good) } else { ("Failed", Tone::Bad) };
+        let (verb, tone) = if self.ok {
+            ("Finished", Tone::Good)
+        } else {
+            ("Failed", Tone::Bad)
+        };
         printer.status(
             verb,
             tone,
-            &format!("{} in {}: {}", self.pipeline, format_seconds(seconds), parts.join(", ")),
+            &format!(
+                "{} in {}: {}",
+                self.pipeline,
+                format_seconds(seconds),
+                parts.join(", ")
+            ),
         );
     }
 }
@@ -126,6 +140,10 @@ pub fn format_seconds(seconds: f64) -> String {
     } else if seconds < 60.0 {
         format!("{seconds:.1}s")
     } else {
-        format!("{}m{:02}s", (seconds / 60.0) as u64, (seconds % 60.0) as u64)
+        format!(
+            "{}m{:02}s",
+            (seconds / 60.0) as u64,
+            (seconds % 60.0) as u64
+        )
     }
 }

@@ -18,14 +18,20 @@ pub fn pipeline_schema(registry: &Registry) -> Value {
         let name = kind.kind();
         let params = kind.params_schema();
         let stage_def = format!("stage.{name}");
-        defs.insert(stage_def.clone(), stage_schema(name, kind.summary(), kind.takes_run(), &params));
+        defs.insert(
+            stage_def.clone(),
+            stage_schema(name, kind.summary(), kind.takes_run(), &params),
+        );
         // Hoist the kind's own $defs under a prefix, and point its $refs there.
         if let Some(own) = params.get("$defs").and_then(Value::as_object) {
             for (def, schema) in own {
                 defs.insert(format!("{name}.{def}"), rewrite_refs(schema, name));
             }
         }
-        named.insert(name.to_string(), json!({ "$ref": format!("#/$defs/{stage_def}") }));
+        named.insert(
+            name.to_string(),
+            json!({ "$ref": format!("#/$defs/{stage_def}") }),
+        );
         by_uses.push(json!({
             "if": { "properties": { "uses": { "const": name } }, "required": ["uses"] },
             "then": { "$ref": format!("#/$defs/{stage_def}") }
@@ -47,13 +53,19 @@ pub fn pipeline_schema(registry: &Registry) -> Value {
             "allOf": by_uses
         }),
     );
-    defs.insert("stage-ref".into(), json!({ "type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_-]*(\\.[A-Za-z0-9_-]+)?$" }));
-    defs.insert("path-list".into(), json!({
-        "oneOf": [
-            { "type": "string", "minLength": 1 },
-            { "type": "array", "items": { "type": "string", "minLength": 1 } }
-        ]
-    }));
+    defs.insert(
+        "stage-ref".into(),
+        json!({ "type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_-]*(\\.[A-Za-z0-9_-]+)?$" }),
+    );
+    defs.insert(
+        "path-list".into(),
+        json!({
+            "oneOf": [
+                { "type": "string", "minLength": 1 },
+                { "type": "array", "items": { "type": "string", "minLength": 1 } }
+            ]
+        }),
+    );
     let mut stage_names = Map::new();
     stage_names.insert("pattern".into(), json!("^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"));
     json!({
@@ -108,7 +120,11 @@ fn stage_schema(name: &str, summary: &str, takes_run: bool, params: &Value) -> V
         "properties": Value::Object(properties),
         "additionalProperties": false
     });
-    let mut required: Vec<Value> = params.get("required").and_then(Value::as_array).cloned().unwrap_or_default();
+    let mut required: Vec<Value> = params
+        .get("required")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     if takes_run {
         required.push(json!("run"));
     }

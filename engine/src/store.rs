@@ -84,7 +84,10 @@ pub struct OutputEntry {
 
 /// The hash that stands for a set of outputs (or one of them) in a downstream key.
 pub fn outputs_digest(outputs: &BTreeMap<String, OutputEntry>) -> Digest {
-    let map: BTreeMap<&String, String> = outputs.iter().map(|(k, v)| (k, v.hash.to_string())).collect();
+    let map: BTreeMap<&String, String> = outputs
+        .iter()
+        .map(|(k, v)| (k, v.hash.to_string()))
+        .collect();
     Digest::of(&serde_json::to_vec(&map).expect("a map of strings serializes"))
 }
 
@@ -113,9 +116,12 @@ impl Store {
     pub fn open(root: &Path) -> anyhow::Result<Store> {
         for sub in ["objects", "stages", "tmp", "out", "scratch", "logs"] {
             let dir = root.join(sub);
-            std::fs::create_dir_all(&dir).with_context(|| format!("cannot create the store folder `{}`", dir.display()))?;
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create the store folder `{}`", dir.display()))?;
         }
-        Ok(Store { root: root.to_path_buf() })
+        Ok(Store {
+            root: root.to_path_buf(),
+        })
     }
 
     /// The store's folder.
@@ -138,7 +144,10 @@ impl Store {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
                 let mut text = String::new();
-                let holder = file.read_to_string(&mut text).ok().and_then(|_| text.trim().parse().ok());
+                let holder = file
+                    .read_to_string(&mut text)
+                    .ok()
+                    .and_then(|_| text.trim().parse().ok());
                 if !wait {
                     let who = holder.map(|p| format!(" (pid {p})")).unwrap_or_default();
                     anyhow::bail!(StoreBusy(format!(
@@ -147,7 +156,8 @@ impl Store {
                     )));
                 }
                 on_wait(holder);
-                file.lock().with_context(|| format!("cannot lock `{}`", path.display()))?;
+                file.lock()
+                    .with_context(|| format!("cannot lock `{}`", path.display()))?;
             }
             Err(TryLockError::Error(e)) => {
                 return Err(e).with_context(|| format!("cannot lock `{}`", path.display()));
@@ -161,7 +171,9 @@ impl Store {
     /// Removes everything under `tmp/` (left by a killed run). Call with the lock held.
     pub fn clean_tmp(&self) -> anyhow::Result<()> {
         let tmp = self.root.join("tmp");
-        for entry in std::fs::read_dir(&tmp).with_context(|| format!("cannot list `{}`", tmp.display()))? {
+        for entry in
+            std::fs::read_dir(&tmp).with_context(|| format!("cannot list `{}`", tmp.display()))?
+        {
             let path = entry?.path();
             remove_any(&path)?;
         }
@@ -192,21 +204,32 @@ impl Store {
         match hashed {
             Hashed::File { hash, .. } => self.import_file(path, hash, how),
             Hashed::Dir { tree, trees } => {
-                let by_hash: BTreeMap<Digest, &Tree> = trees.iter().map(|t| (t.digest(), t)).collect();
+                let by_hash: BTreeMap<Digest, &Tree> =
+                    trees.iter().map(|t| (t.digest(), t)).collect();
                 self.import_tree(path, tree, &by_hash, how)
             }
         }
     }
 
-    fn import_tree(&self, dir: &Path, tree: &Tree, trees: &BTreeMap<Digest, &Tree>, how: Import) -> anyhow::Result<()> {
+    fn import_tree(
+        &self,
+        dir: &Path,
+        tree: &Tree,
+        trees: &BTreeMap<Digest, &Tree>,
+        how: Import,
+    ) -> anyhow::Result<()> {
         for entry in &tree.entries {
             let child = dir.join(&entry.name);
             match entry.kind {
                 EntryKind::Dir => {
-                    let sub = trees.get(&entry.hash).context("a sub-folder's tree is missing (internal error)")?;
+                    let sub = trees
+                        .get(&entry.hash)
+                        .context("a sub-folder's tree is missing (internal error)")?;
                     self.import_tree(&child, sub, trees, how)?;
                 }
-                EntryKind::File | EntryKind::Executable => self.import_file(&child, &entry.hash, how)?,
+                EntryKind::File | EntryKind::Executable => {
+                    self.import_file(&child, &entry.hash, how)?
+                }
             }
         }
         self.put_bytes(&tree.digest(), &tree.to_bytes())
@@ -218,12 +241,14 @@ impl Store {
             return Ok(());
         }
         let parent = dest.parent().expect("object paths have a parent");
-        std::fs::create_dir_all(parent).with_context(|| format!("cannot create `{}`", parent.display()))?;
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create `{}`", parent.display()))?;
         let staged = match how {
             Import::Move => path.to_path_buf(),
             Import::Copy => {
                 let tmp = self.root.join("tmp").join(format!("import-{hash}"));
-                std::fs::copy(path, &tmp).with_context(|| format!("cannot copy `{}` into the store", path.display()))?;
+                std::fs::copy(path, &tmp)
+                    .with_context(|| format!("cannot copy `{}` into the store", path.display()))?;
                 tmp
             }
         };
@@ -242,7 +267,9 @@ impl Store {
                 std::fs::rename(&tmp, &dest)?;
                 Ok(())
             }
-            Err(e) => Err(e).with_context(|| format!("cannot move `{}` into the store", staged.display())),
+            Err(e) => {
+                Err(e).with_context(|| format!("cannot move `{}` into the store", staged.display()))
+            }
         }
     }
 
@@ -257,8 +284,10 @@ impl Store {
     /// Reads a tree object.
     pub fn read_tree(&self, digest: &Digest) -> anyhow::Result<Tree> {
         let path = self.object_path(digest);
-        let bytes = std::fs::read(&path).with_context(|| format!("missing tree object `{}`", path.display()))?;
-        serde_json::from_slice(&bytes).with_context(|| format!("corrupt tree object `{}`", path.display()))
+        let bytes = std::fs::read(&path)
+            .with_context(|| format!("missing tree object `{}`", path.display()))?;
+        serde_json::from_slice(&bytes)
+            .with_context(|| format!("corrupt tree object `{}`", path.display()))
     }
 
     /// Whether every object an output needs is present.
@@ -266,7 +295,10 @@ impl Store {
         match kind {
             EntryKind::File | EntryKind::Executable => self.has_object(digest),
             EntryKind::Dir => match self.read_tree(digest) {
-                Ok(tree) => tree.entries.iter().all(|e| self.output_complete(e.kind, &e.hash)),
+                Ok(tree) => tree
+                    .entries
+                    .iter()
+                    .all(|e| self.output_complete(e.kind, &e.hash)),
                 Err(_) => false,
             },
         }
@@ -275,7 +307,13 @@ impl Store {
     /// Places output `kind`/`digest` at `dest`: hard links for files (a copy
     /// where linking fails, and always with `copy`), folders rebuilt from their
     /// trees. Leaves `dest` untouched when it already is that content.
-    pub fn materialize(&self, kind: EntryKind, digest: &Digest, dest: &Path, copy: bool) -> anyhow::Result<()> {
+    pub fn materialize(
+        &self,
+        kind: EntryKind,
+        digest: &Digest,
+        dest: &Path,
+        copy: bool,
+    ) -> anyhow::Result<()> {
         match kind {
             EntryKind::File | EntryKind::Executable => {
                 let object = self.object_path(digest);
@@ -283,27 +321,35 @@ impl Store {
                     return Ok(());
                 }
                 if let Some(parent) = dest.parent() {
-                    std::fs::create_dir_all(parent).with_context(|| format!("cannot create `{}`", parent.display()))?;
+                    std::fs::create_dir_all(parent)
+                        .with_context(|| format!("cannot create `{}`", parent.display()))?;
                 }
                 let staged = sibling_temp(dest);
                 let linked = !copy && std::fs::hard_link(&object, &staged).is_ok();
                 if !linked {
-                    std::fs::copy(&object, &staged)
-                        .with_context(|| format!("cannot restore `{}` from the store", dest.display()))?;
-                    let mode = if kind == EntryKind::Executable { 0o755 } else { 0o644 };
+                    std::fs::copy(&object, &staged).with_context(|| {
+                        format!("cannot restore `{}` from the store", dest.display())
+                    })?;
+                    let mode = if kind == EntryKind::Executable {
+                        0o755
+                    } else {
+                        0o644
+                    };
                     std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(mode))?;
                 }
                 if dest.is_dir() {
                     remove_any(dest)?;
                 }
-                std::fs::rename(&staged, dest).with_context(|| format!("cannot restore `{}`", dest.display()))
+                std::fs::rename(&staged, dest)
+                    .with_context(|| format!("cannot restore `{}`", dest.display()))
             }
             EntryKind::Dir => {
                 let tree = self.read_tree(digest)?;
                 if dest.exists() && !dest.is_dir() {
                     remove_any(dest)?;
                 }
-                std::fs::create_dir_all(dest).with_context(|| format!("cannot create `{}`", dest.display()))?;
+                std::fs::create_dir_all(dest)
+                    .with_context(|| format!("cannot create `{}`", dest.display()))?;
                 let wanted: Vec<&str> = tree.entries.iter().map(|e| e.name.as_str()).collect();
                 for existing in std::fs::read_dir(dest)? {
                     let existing = existing?;
@@ -349,7 +395,10 @@ impl Store {
 
     /// The log of a stage's last run.
     pub fn log_path(&self, pipeline: &str, stage: &str) -> PathBuf {
-        self.root.join("logs").join(pipeline).join(format!("{stage}.log"))
+        self.root
+            .join("logs")
+            .join(pipeline)
+            .join(format!("{stage}.log"))
     }
 }
 
@@ -366,7 +415,10 @@ fn same_inode(a: &Path, b: &Path) -> bool {
 }
 
 fn sibling_temp(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     path.with_file_name(format!(".{name}.pipe-tmp-{}", std::process::id()))
 }
 
@@ -400,11 +452,18 @@ mod tests {
         std::fs::create_dir(src.path().join("m/deep")).unwrap();
         std::fs::write(src.path().join("m/deep/b.txt"), "beta").unwrap();
         let hashed = hash_path(&src.path().join("m")).unwrap();
-        store.import(&src.path().join("m"), &hashed, Import::Copy).unwrap();
+        store
+            .import(&src.path().join("m"), &hashed, Import::Copy)
+            .unwrap();
         assert!(store.output_complete(EntryKind::Dir, &hashed.digest()));
         let dest = store_dir.path().join("restored");
-        store.materialize(EntryKind::Dir, &hashed.digest(), &dest, false).unwrap();
-        assert_eq!(std::fs::read_to_string(dest.join("deep/b.txt")).unwrap(), "beta");
+        store
+            .materialize(EntryKind::Dir, &hashed.digest(), &dest, false)
+            .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dest.join("deep/b.txt")).unwrap(),
+            "beta"
+        );
         assert_eq!(hash_path(&dest).unwrap().digest(), hashed.digest());
         std::fs::remove_file(store.object_path(&crate::hash::Digest::of(b"beta"))).unwrap();
         assert!(!store.output_complete(EntryKind::Dir, &hashed.digest()));

@@ -235,8 +235,7 @@ pub fn parse(source: &str) -> Result<Node, YamlError> {
     if builder.documents > 1 {
         return Err(YamlError {
             span: builder.second_document.unwrap_or_default(),
-            message: "a manifest holds one YAML document, but this file has several (`---`)"
-                .into(),
+            message: "a manifest holds one YAML document, but this file has several (`---`)".into(),
         });
     }
     builder.root.ok_or_else(|| YamlError {
@@ -334,7 +333,10 @@ impl Builder {
                     }) => (
                         Node {
                             span,
-                            size: 1 + entries.iter().map(|(_, k, v)| k.size + v.size).sum::<usize>(),
+                            size: 1 + entries
+                                .iter()
+                                .map(|(_, k, v)| k.size + v.size)
+                                .sum::<usize>(),
                             kind: NodeKind::Map(entries),
                         },
                         anchor,
@@ -414,7 +416,10 @@ mod tests {
         let node = parse("a: 1\nb:\n  c: x\n").unwrap();
         let span = node.locate(&["b".into(), "c".into()]);
         assert_eq!(span, Span { line: 3, col: 6 });
-        assert_eq!(node.locate_key(&["b".into(), "c".into()]), Span { line: 3, col: 3 });
+        assert_eq!(
+            node.locate_key(&["b".into(), "c".into()]),
+            Span { line: 3, col: 3 }
+        );
     }
 
     #[test]

@@ -5,8 +5,8 @@
 
 mod command;
 mod ingest;
-mod runtime_report;
 pub mod init;
+mod runtime_report;
 mod split;
 mod table;
 pub mod tokenize;

@@ -1,0 +1,233 @@
+//! Command-line arguments (clap). Each subcommand's behaviour lives in `commands/`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  a stage (or a check) failed
+  2  bad usage, a bad manifest, or an environment problem";
+
+/// Declarative, content-hashed ML pipelines.
+///
+/// A manifest (YAML) describes stages: ingest a CSV, split it, tokenize it,
+/// fine-tune a model, export it, evaluate it, or any shell command. `pipe run`
+/// runs only the stages whose inputs really changed and restores the rest
+/// from the cache.
+#[derive(Debug, Parser)]
+#[command(name = "pipe", version, after_help = EXIT_CODES, propagate_version = true)]
+pub struct Cli {
+    /// When to colour output (NO_COLOR is respected under `auto`).
+    #[arg(long, value_enum, default_value_t = Color::Auto, global = true)]
+    pub color: Color,
+
+    /// Print only errors and answers.
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// `--color` values.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Color {
+    /// Colour when stderr is a terminal.
+    Auto,
+    /// Always colour.
+    Always,
+    /// Never colour.
+    Never,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a pipeline's stages whose inputs changed; restore the rest from the cache.
+    #[command(after_help = "\
+Examples:
+  pipe run pipelines/student.yaml            run the whole pipeline
+  pipe run pipelines/student.yaml evaluate   run evaluate and what it needs
+  pipe run --force=finetune                  rerun finetune even if cached
+  pipe run --dry-run                         say what would run, change nothing
+  pipe run --json | jq '.stages[] | {name, status}'
+
+Exit codes: 0 success, 1 a stage failed, 2 bad usage or manifest.")]
+    Run(RunArgs),
+    /// Show what `pipe run` would do, and why, without running anything.
+    #[command(after_help = "\
+Examples:
+  pipe status pipelines/student.yaml
+  pipe status --json")]
+    Status(StatusArgs),
+    /// Print the stage graph as text, Graphviz dot or Mermaid.
+    #[command(after_help = "\
+Examples:
+  pipe dag pipelines/student.yaml
+  pipe dag --format dot | dot -Tsvg > dag.svg
+  pipe dag --format mermaid")]
+    Dag(DagArgs),
+    /// Check a manifest (syntax, kinds, parameters, references, paths, cycles).
+    #[command(after_help = "\
+Examples:
+  pipe validate pipelines/student.yaml")]
+    Validate(ValidateArgs),
+    /// Show a stage's output paths and metrics.
+    #[command(after_help = "\
+Examples:
+  pipe show evaluate
+  pipe show pipelines/student.yaml split --json")]
+    Show(ShowArgs),
+    /// Remove cached results that no lockfile references.
+    #[command(after_help = "\
+Examples:
+  pipe gc --dry-run
+  pipe gc --grace 0s        remove everything unreferenced, however recent")]
+    Gc(GcArgs),
+    /// Report the ONNX Runtime found, its version and execution providers, and the store.
+    Doctor(DoctorArgs),
+    /// Print the JSON Schema of manifests (as in schemas/pipeline.schema.json).
+    Schema,
+}
+
+/// Where the manifest is, and whether paths may leave its folder.
+#[derive(Debug, Args)]
+pub struct ManifestArgs {
+    /// Allow workspace paths outside the manifest's folder (absolute, `..`, symlinks out).
+    #[arg(long)]
+    pub allow_outside: bool,
+}
+
+/// `pipe run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The manifest (default: the one manifest in the current folder), then stages to run.
+    #[arg(value_name = "FILE|STAGE")]
+    pub args: Vec<String>,
+    /// Rerun even when cached: all selected stages, or `--force=STAGE` (repeatable).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "", value_name = "STAGE")]
+    pub force: Vec<String>,
+    /// Say what would run and why; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Stages to run at once (default: the number of cores).
+    #[arg(long, short)]
+    pub jobs: Option<usize>,
+    /// Print one JSON document on stdout instead of the human summary.
+    #[arg(long)]
+    pub json: bool,
+    /// Fail at once when another run holds the store, instead of waiting.
+    #[arg(long)]
+    pub no_wait: bool,
+    #[command(flatten)]
+    pub manifest: ManifestArgs,
+}
+
+/// `pipe status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The manifest (default: the one manifest in the current folder), then stages.
+    #[arg(value_name = "FILE|STAGE")]
+    pub args: Vec<String>,
+    /// Print JSON (the same shape as `pipe run --json`, statuses `cached` or `would_run`).
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub manifest: ManifestArgs,
+}
+
+/// `pipe dag` output formats.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum DagFormat {
+    /// An indented text tree.
+    Text,
+    /// Graphviz dot.
+    Dot,
+    /// A Mermaid flowchart.
+    Mermaid,
+}
+
+/// `pipe dag`.
+#[derive(Debug, Args)]
+pub struct DagArgs {
+    /// The manifest (default: the one manifest in the current folder).
+    pub file: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = DagFormat::Text)]
+    pub format: DagFormat,
+    #[command(flatten)]
+    pub manifest: ManifestArgs,
+}
+
+/// `pipe validate`.
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// The manifest (default: the one manifest in the current folder).
+    pub file: Option<PathBuf>,
+    #[command(flatten)]
+    pub manifest: ManifestArgs,
+}
+
+/// `pipe show`.
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// `[FILE] STAGE`: the manifest (default: the one in the current folder) and the stage.
+    #[arg(value_name = "FILE|STAGE", required = true, num_args = 1..=2)]
+    pub args: Vec<String>,
+    /// Print `{"stage", "key", "outputs": {name: path}, "metrics": {...}}`.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub manifest: ManifestArgs,
+}
+
+/// `pipe gc`.
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// A manifest whose store to clean (default: the one in the current folder).
+    pub file: Option<PathBuf>,
+    /// Say what would be removed; remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Keep anything younger than this (`30s`, `15m`, `12h`, `7d`).
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    pub grace: std::time::Duration,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `pipe doctor`.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `30s`, `15m`, `12h`, `7d` (a bare number is seconds).
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(text.len()),
+    );
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration; write e.g. 30s, 15m, 12h or 7d"))?;
+    let seconds = match unit {
+        "" | "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        "d" => value * 86400.0,
+        _ => {
+            return Err(format!(
+                "unknown unit `{unit}` in `{text}`; use s, m, h or d"
+            ));
+        }
+    };
+    Ok(std::time::Duration::from_secs_f64(seconds))
+}

@@ -1,0 +1,10 @@
+//! One module per subcommand, each with an `exec` function.
+
+pub mod dag;
+pub mod doctor;
+pub mod gc;
+pub mod run;
+pub mod schema;
+pub mod show;
+pub mod status;
+pub mod validate;

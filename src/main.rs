@@ -1,0 +1,87 @@
+//! `pipe`: the command line. Argument definitions are in `cli.rs`; each
+//! subcommand is a module of `commands/` with an `exec` function.
+
+mod cli;
+mod commands;
+mod workspace;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use pipe_engine::{ColorChoice, ManifestError, Printer, StoreBusy, UsageError};
+
+use crate::cli::{Cli, Color, Command};
+
+/// What a subcommand's run means for the exit code.
+pub enum Outcome {
+    /// Everything worked (exit 0).
+    Success,
+    /// A stage or check failed (exit 1).
+    Failure,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let machine = match &cli.command {
+        Command::Run(a) => a.json,
+        Command::Status(a) => a.json,
+        Command::Show(a) => a.json,
+        Command::Gc(a) => a.json,
+        Command::Doctor(a) => a.json,
+        _ => false,
+    };
+    let color = match cli.color {
+        Color::Auto => ColorChoice::Auto,
+        Color::Always => ColorChoice::Always,
+        Color::Never => ColorChoice::Never,
+    };
+    let printer = Printer::new(color, cli.quiet, machine);
+    let result = match cli.command {
+        Command::Run(args) => commands::run::exec(args, &printer),
+        Command::Status(args) => commands::status::exec(args, &printer),
+        Command::Dag(args) => commands::dag::exec(args),
+        Command::Validate(args) => commands::validate::exec(args, &printer),
+        Command::Show(args) => commands::show::exec(args),
+        Command::Gc(args) => commands::gc::exec(args, &printer),
+        Command::Doctor(args) => commands::doctor::exec(args, &printer),
+        Command::Schema => commands::schema::exec(),
+    };
+    match result {
+        Ok(Outcome::Success) => ExitCode::SUCCESS,
+        Ok(Outcome::Failure) => ExitCode::from(1),
+        Err(error) => {
+            if is_broken_pipe(&error) {
+                // `pipe dag | head`: the reader left; that is not an error.
+                return ExitCode::SUCCESS;
+            }
+            report_error(&printer, &error);
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn report_error(printer: &Printer, error: &anyhow::Error) {
+    if let Some(manifest) = error.downcast_ref::<ManifestError>() {
+        for diagnostic in &manifest.diagnostics {
+            let one = ManifestError::single(diagnostic.clone(), manifest.source_text.clone());
+            printer.error(&anyhow::anyhow!("{one}"));
+        }
+        let n = manifest.diagnostics.len();
+        if n > 1 {
+            printer.line(&format!("{} problems in the manifest", n));
+        }
+    } else if error.downcast_ref::<UsageError>().is_some()
+        || error.downcast_ref::<StoreBusy>().is_some()
+    {
+        printer.error(&anyhow::anyhow!("{error}"));
+    } else {
+        printer.error(error);
+    }
+}
+
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error
+        .chain()
+        .filter_map(|e| e.downcast_ref::<std::io::Error>())
+        .any(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+}

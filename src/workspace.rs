@@ -1,0 +1,61 @@
+//! Finding the manifest, checking it, and opening its store: what most
+//! subcommands do first.
+
+use std::path::{Path, PathBuf};
+
+use pipe_engine::{Manifest, Pipeline, PlanOptions, Registry, Store, UsageError, plan};
+
+/// Splits `[FILE] [STAGE…]` positionals: the first is the manifest when it
+/// names a YAML file (or an existing file); otherwise the manifest is the
+/// one in the current folder.
+pub fn split_file_and_stages(args: &[String]) -> anyhow::Result<(PathBuf, Vec<String>)> {
+    match args.split_first() {
+        Some((first, rest)) if looks_like_manifest(first) => {
+            Ok((PathBuf::from(first), rest.to_vec()))
+        }
+        _ => Ok((default_manifest()?, args.to_vec())),
+    }
+}
+
+fn looks_like_manifest(arg: &str) -> bool {
+    arg.ends_with(".yaml") || arg.ends_with(".yml") || Path::new(arg).is_file()
+}
+
+/// The manifest when none is named: the one `*.yaml`/`*.yml` file in the current folder.
+pub fn default_manifest() -> anyhow::Result<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(".")?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+        .collect();
+    found.sort();
+    match found.len() {
+        1 => {
+            let only = found.remove(0);
+            Ok(only.strip_prefix("./").map(Path::to_path_buf).unwrap_or(only))
+        }
+        0 => Err(UsageError(
+            "no manifest given and none in the current folder; name one (`pipe run pipelines/student.yaml`) or write one with `pipe init`".into(),
+        )
+        .into()),
+        _ => {
+            let names: Vec<String> = found.iter().map(|p| p.display().to_string()).collect();
+            Err(UsageError(format!("several manifests in the current folder ({}); name the one to use", names.join(", "))).into())
+        }
+    }
+}
+
+/// Loads and checks a manifest.
+pub fn load<'r>(
+    path: &Path,
+    registry: &'r Registry,
+    allow_outside: bool,
+) -> anyhow::Result<Pipeline<'r>> {
+    let manifest = Manifest::load(path)?;
+    Ok(plan(manifest, registry, PlanOptions { allow_outside })?)
+}
+
+/// Opens the store of a pipeline.
+pub fn open_store(pipeline: &Pipeline<'_>) -> anyhow::Result<Store> {
+    Store::open(&pipe_engine::store_dir(&pipeline.manifest.dir))
+}

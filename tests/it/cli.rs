@@ -1,0 +1,219 @@
+//! The command line: help, JSON shapes, exit codes, dag, show, gc.
+
+use crate::util::{Project, stderr};
+
+fn two_stage() -> Project {
+    let p = Project::new();
+    p.file("data.txt", "hello\n").file(
+        "p.yaml",
+        "pipeline: demo\nstages:\n  upper:\n    run: tr a-z A-Z < data.txt > upper.txt\n    deps: [data.txt]\n    outs: [upper.txt]\n  count:\n    run: wc -c < upper.txt > count.txt\n    deps: [upper.txt]\n    outs: [count.txt]\n",
+    );
+    p
+}
+
+#[test]
+fn help_has_examples_and_exit_codes() {
+    let p = Project::new();
+    let top = p.pipe(&["--help"]);
+    let text = String::from_utf8_lossy(&top.stdout);
+    assert!(text.contains("Exit codes"), "{text}");
+    for sub in ["run", "status", "dag", "show", "gc"] {
+        let out = p.pipe(&[sub, "--help"]);
+        assert_eq!(out.status.code(), Some(0));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("Examples:"),
+            "{sub} --help has examples"
+        );
+    }
+}
+
+#[test]
+fn run_json_is_one_document_with_the_documented_fields() {
+    let p = two_stage();
+    let out = p.pipe(&["run", "p.yaml", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("stdout is exactly one JSON document");
+    assert_eq!(report["pipeline"], "demo");
+    assert_eq!(report["ok"], true);
+    let stages = report["stages"].as_array().unwrap();
+    assert_eq!(stages.len(), 2);
+    assert_eq!(stages[0]["name"], "upper", "execution order");
+    for s in stages {
+        assert_eq!(s["kind"], "command");
+        assert_eq!(s["status"], "ran");
+        assert_eq!(s["key"].as_str().unwrap().len(), 64);
+        assert!(s["seconds"].as_f64().unwrap() >= 0.0);
+        assert_eq!(s["reason"], "new stage");
+    }
+    assert_eq!(p.read("count.txt").trim(), "6");
+}
+
+#[test]
+fn human_output_has_one_line_per_stage_and_a_summary() {
+    let p = two_stage();
+    let out = p.pipe(&["run", "p.yaml"]);
+    let err = stderr(&out);
+    assert!(
+        err.contains("Ran upper") && err.contains("new stage"),
+        "{err}"
+    );
+    assert!(
+        err.contains("Finished demo") && err.contains("2 ran, 0 cached"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("\u{1b}["),
+        "NO_COLOR turns colour off: {err:?}"
+    );
+    assert!(out.stdout.is_empty(), "human output goes to stderr");
+    let again = stderr(&p.pipe(&["run", "p.yaml"]));
+    assert!(
+        again.contains("Cached upper") && again.contains("0 ran, 2 cached"),
+        "{again}"
+    );
+}
+
+#[test]
+fn the_lockfile_is_yaml_beside_the_manifest_and_explains_parameter_changes() {
+    let p = two_stage();
+    p.pipe(&["run", "p.yaml"]);
+    let lock = p.read("p.lock");
+    assert!(
+        lock.contains("pipeline: demo") && lock.contains("upper:") && lock.contains("dep:data.txt"),
+        "{lock}"
+    );
+    let node = pipe_engine::yaml::parse(&lock).expect("the lockfile is YAML");
+    assert!(node.get("stages").is_some());
+}
+
+#[test]
+fn unknown_stage_names_are_usage_errors() {
+    let p = two_stage();
+    let out = p.pipe(&["run", "p.yaml", "uper"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("did you mean 'upper'"),
+        "{}",
+        stderr(&out)
+    );
+    let out = p.pipe(&["run", "--jobs", "x"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn the_manifest_defaults_to_the_one_in_the_current_folder() {
+    let p = two_stage();
+    let out = p.pipe(&["run", "upper", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["stages"].as_array().unwrap().len(), 1);
+    p.file("other.yaml", "stages:\n  a:\n    run: echo\n");
+    let out = p.pipe(&["run"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("several manifests"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn dag_prints_text_dot_and_mermaid() {
+    let p = two_stage();
+    let text = String::from_utf8(p.pipe(&["dag", "p.yaml"]).stdout).unwrap();
+    assert!(
+        text.contains("upper (command)\ncount (command) ← upper"),
+        "{text}"
+    );
+    let dot = String::from_utf8(p.pipe(&["dag", "p.yaml", "--format", "dot"]).stdout).unwrap();
+    assert!(
+        dot.starts_with("digraph \"demo\"") && dot.contains("\"upper\" -> \"count\";"),
+        "{dot}"
+    );
+    let mermaid =
+        String::from_utf8(p.pipe(&["dag", "p.yaml", "--format", "mermaid"]).stdout).unwrap();
+    assert!(
+        mermaid.starts_with("flowchart LR") && mermaid.contains("s0 --> s1"),
+        "{mermaid}"
+    );
+}
+
+#[test]
+fn show_gives_outputs_and_metrics_as_json() {
+    let p = two_stage();
+    let out = p.pipe(&["show", "p.yaml", "count", "--json"]);
+    assert_eq!(out.status.code(), Some(2), "not run yet");
+    assert!(stderr(&out).contains("has not run yet"));
+    p.pipe(&["run", "p.yaml"]);
+    let out = p.pipe(&["show", "p.yaml", "count", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown["stage"], "count");
+    assert_eq!(shown["key"].as_str().unwrap().len(), 64);
+    let path = shown["outputs"]["count.txt"].as_str().unwrap();
+    assert_eq!(std::fs::read_to_string(path).unwrap().trim(), "6");
+    assert!(shown["metrics"].is_object());
+}
+
+#[test]
+fn gc_frees_what_no_lockfile_references() {
+    let p = two_stage();
+    p.pipe(&["run", "p.yaml"]);
+    p.file("data.txt", "a different input\n");
+    p.pipe(&["run", "p.yaml"]);
+    let dry = p.pipe(&["gc", "p.yaml", "--grace", "0s", "--dry-run", "--json"]);
+    let dry: serde_json::Value = serde_json::from_slice(&dry.stdout).unwrap();
+    assert_eq!(
+        dry["records"], 2,
+        "the first run's two records are unreferenced: {dry}"
+    );
+    assert!(dry["bytes"].as_u64().unwrap() > 0);
+    assert_eq!(
+        std::fs::read_dir(p.path(".pipe/stages")).unwrap().count(),
+        4,
+        "dry run removes nothing"
+    );
+    let out = p.pipe(&["gc", "p.yaml", "--grace", "0s"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(stderr(&out).contains("Freed"), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_dir(p.path(".pipe/stages")).unwrap().count(),
+        2
+    );
+    let report = p.run_json("p.yaml", 0);
+    assert!(
+        crate::util::statuses(&report)
+            .iter()
+            .all(|(_, s)| s == "cached"),
+        "what the lockfile references survives"
+    );
+    let young = p.pipe(&["gc", "p.yaml", "--json"]);
+    let young: serde_json::Value = serde_json::from_slice(&young.stdout).unwrap();
+    assert_eq!(
+        young["records"], 0,
+        "the default grace period keeps recent results"
+    );
+}
+
+#[test]
+fn env_listed_variables_are_part_of_the_key() {
+    let p = Project::new();
+    p.file(
+        "e.yaml",
+        "stages:\n  e:\n    run: echo $GREETING > e.txt\n    outs: [e.txt]\n    env: [GREETING]\n",
+    );
+    let run = |value: &str| {
+        let out = p
+            .command(&["run", "e.yaml", "--json"])
+            .env("GREETING", value)
+            .output()
+            .unwrap();
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        crate::util::status_of(&report, "e")
+    };
+    assert_eq!(run("hi"), "ran");
+    assert_eq!(run("hi"), "cached");
+    assert_eq!(run("hello"), "ran");
+    assert_eq!(p.read("e.txt"), "hello\n");
+}

@@ -1,0 +1,8 @@
+//! Integration tests: they drive the built `pipe` binary on temporary folders.
+
+mod cache;
+mod cli;
+mod crash;
+mod malformed;
+mod schema;
+mod util;

@@ -1,0 +1,113 @@
+//! A temporary project folder and a way to run the built `pipe` in it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+use serde_json::Value;
+
+/// A temporary folder holding a manifest and its files.
+pub struct Project {
+    dir: tempfile::TempDir,
+}
+
+impl Project {
+    /// An empty project.
+    pub fn new() -> Project {
+        Project {
+            dir: tempfile::tempdir().expect("a temp dir"),
+        }
+    }
+
+    /// Writes `contents` to `rel` (creating folders).
+    pub fn file(&self, rel: &str, contents: &str) -> &Project {
+        let path = self.path(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, contents).unwrap();
+        self
+    }
+
+    /// The absolute path of `rel`.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// The project folder.
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Reads `rel` as text.
+    pub fn read(&self, rel: &str) -> String {
+        std::fs::read_to_string(self.path(rel)).unwrap_or_else(|e| panic!("cannot read {rel}: {e}"))
+    }
+
+    /// A `pipe` command in the project folder, without colour.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pipe"));
+        cmd.args(args)
+            .current_dir(self.root())
+            .env("NO_COLOR", "1")
+            .env_remove("PIPE_STORE");
+        cmd
+    }
+
+    /// Runs `pipe` to completion.
+    pub fn pipe(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("pipe runs")
+    }
+
+    /// Starts `pipe` without waiting.
+    pub fn spawn(&self, args: &[&str]) -> Child {
+        self.command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("pipe starts")
+    }
+
+    /// `pipe run <manifest> --json`, asserting exit code `code`; returns the JSON.
+    pub fn run_json(&self, manifest: &str, code: i32) -> Value {
+        let out = self.pipe(&["run", manifest, "--json"]);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "stderr:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not one JSON document ({e}):\n{}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+}
+
+/// `name → status` of a `pipe run --json` report, in report order.
+pub fn statuses(report: &Value) -> Vec<(String, String)> {
+    report["stages"]
+        .as_array()
+        .expect("stages is a list")
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap().to_string(),
+                s["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The status of stage `name` in a report.
+pub fn status_of(report: &Value, name: &str) -> String {
+    statuses(report)
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .unwrap_or_else(|| panic!("no stage {name} in {report}"))
+        .1
+}
+
+/// stderr as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
