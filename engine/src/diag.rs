@@ -47,19 +47,19 @@ impl Diagnostic {
     /// with a caret under the column (when `source` is given), and the hint.
     pub fn render(&self, source: Option<&str>) -> String {
         let mut out = format!("{}: {}", self.location(), self.message);
-        if let (Some(span), Some(source)) = (self.span, source) {
-            if let Some(line) = source.lines().nth(span.line.saturating_sub(1)) {
-                let gutter = span.line.to_string();
-                let pad = " ".repeat(gutter.len());
-                let caret_pad: String = line
-                    .chars()
-                    .take(span.col.saturating_sub(1))
-                    .map(|c| if c == '\t' { '\t' } else { ' ' })
-                    .collect();
-                out.push_str(&format!(
-                    "\n{pad} |\n{gutter} | {line}\n{pad} | {caret_pad}^"
-                ));
-            }
+        if let (Some(span), Some(source)) = (self.span, source)
+            && let Some(line) = source.lines().nth(span.line.saturating_sub(1))
+        {
+            let gutter = span.line.to_string();
+            let pad = " ".repeat(gutter.len());
+            let caret_pad: String = line
+                .chars()
+                .take(span.col.saturating_sub(1))
+                .map(|c| if c == '\t' { '\t' } else { ' ' })
+                .collect();
+            out.push_str(&format!(
+                "\n{pad} |\n{gutter} | {line}\n{pad} | {caret_pad}^"
+            ));
         }
         if let Some(help) = &self.help {
             out.push_str(&format!("\n  help: {help}"));

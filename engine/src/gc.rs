@@ -157,11 +157,11 @@ fn mark(store: &Store, kind: EntryKind, digest: &Digest, keep: &mut BTreeSet<Dig
     if !keep.insert(*digest) {
         return;
     }
-    if kind == EntryKind::Dir {
-        if let Ok(tree) = store.read_tree(digest) {
-            for entry in &tree.entries {
-                mark(store, entry.kind, &entry.hash, keep);
-            }
+    if kind == EntryKind::Dir
+        && let Ok(tree) = store.read_tree(digest)
+    {
+        for entry in &tree.entries {
+            mark(store, entry.kind, &entry.hash, keep);
         }
     }
 }

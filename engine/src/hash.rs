@@ -294,10 +294,12 @@ impl StatCache {
         let key = std::path::absolute(path)?;
         {
             let entries = self.entries.lock().expect("stat cache lock poisoned");
-            if let Some(e) = entries.get(&key) {
-                if e.size == meta.len() && e.mtime_ns == mtime_ns && e.inode == meta.ino() {
-                    return Ok(e.hash);
-                }
+            if let Some(e) = entries.get(&key)
+                && e.size == meta.len()
+                && e.mtime_ns == mtime_ns
+                && e.inode == meta.ino()
+            {
+                return Ok(e.hash);
             }
         }
         let hash = hash_file(path)?;

@@ -108,7 +108,7 @@ pub fn run_job(
     };
     if let Some(found) = cached {
         match check_cached(env, &found, locked) {
-            Ok(true) => {
+            CacheCheck::Usable => {
                 if env.dry_run {
                     return cached_result(found, key, record, locked, started);
                 }
@@ -123,8 +123,8 @@ pub fn run_job(
                     }
                 }
             }
-            Ok(false) => {}
-            Err(modified) => reason = modified,
+            CacheCheck::Incomplete => {}
+            CacheCheck::Modified(modified) => reason = modified,
         }
     }
     if env.dry_run {
@@ -237,19 +237,24 @@ fn key_record(
     })
 }
 
-/// Whether a cached record can be used: `Ok(true)` when every object is
-/// there and no declared out was edited by hand. A declared out that differs
+/// What [`check_cached`] found.
+enum CacheCheck {
+    /// Every object is there and no declared out was edited by hand.
+    Usable,
+    /// An object is missing: the stage must run again.
+    Incomplete,
+    /// A declared out was edited by hand.
+    Modified(MissReason),
+}
+
+/// Whether a cached record can be used. A declared out that differs
 /// from the record but matches what `pipe` last wrote there (the lockfile's
 /// hash) is the output of another key and is simply replaced; one that
-/// matches neither was edited by hand (`Err`), so the stage reruns.
-fn check_cached(
-    env: &JobEnv<'_>,
-    found: &StageRecord,
-    locked: Option<&LockEntry>,
-) -> Result<bool, MissReason> {
+/// matches neither was edited by hand, so the stage reruns.
+fn check_cached(env: &JobEnv<'_>, found: &StageRecord, locked: Option<&LockEntry>) -> CacheCheck {
     for (name, output) in &found.outputs {
         if !env.store.output_complete(output.kind, &output.hash) {
-            return Ok(false);
+            return CacheCheck::Incomplete;
         }
         if output.workspace {
             let path = env.pipeline.manifest.dir.join(&output.path);
@@ -259,13 +264,13 @@ fn check_cached(
             let current = env.stat_cache.hash_path(&path).map(|h| h.digest()).ok();
             let written_by_pipe = locked.and_then(|l| l.outputs.get(name)).copied();
             if current != Some(output.hash) && current != written_by_pipe {
-                return Err(MissReason::OutputModified {
+                return CacheCheck::Modified(MissReason::OutputModified {
                     path: output.path.clone(),
                 });
             }
         }
     }
-    Ok(true)
+    CacheCheck::Usable
 }
 
 /// Puts a cached stage's outputs in place: `out/<pipeline>/<stage>/` and declared outs.

@@ -237,10 +237,10 @@ fn resolve_kind<'r>(
     if let Some(kind) = registry.get(&spec.name) {
         return Some(kind);
     }
-    if spec.run.is_some() {
-        if let Some(kind) = registry.iter().find(|k| k.takes_run()) {
-            return Some(kind);
-        }
+    if spec.run.is_some()
+        && let Some(kind) = registry.iter().find(|k| k.takes_run())
+    {
+        return Some(kind);
     }
     errors.push(
         Diagnostic::at(
