@@ -309,7 +309,7 @@ impl Tokenizers<'_> {
         let fail = |e| anyhow::anyhow!("cannot tokenize table `{name}`: {e}");
         let encodings = self
             .truncating
-            .encode_batch(texts.to_vec(), true)
+            .encode_batch_fast(texts.to_vec(), true)
             .map_err(fail)?;
         let at_cap: Vec<&str> = texts
             .iter()
@@ -317,7 +317,7 @@ impl Tokenizers<'_> {
             .filter(|(_, e)| e.len() >= self.max_length)
             .map(|(text, _)| *text)
             .collect();
-        let full = self.full.encode_batch(at_cap, true).map_err(fail)?;
+        let full = self.full.encode_batch_fast(at_cap, true).map_err(fail)?;
         let truncated = full.iter().filter(|e| e.len() > self.max_length).count();
         Ok((encodings, truncated))
     }
