@@ -87,6 +87,13 @@ Examples:
   pipe gc --dry-run
   pipe gc --grace 0s        remove everything unreferenced, however recent")]
     Gc(GcArgs),
+    /// Inspect a data file, ask how to use it, and write a manifest.
+    #[command(after_help = "\
+Examples:
+  pipe init --from data/questions.csv                 ask, then write pipeline.yaml
+  pipe init --from data/questions.csv --yes -o student.yaml
+  pipe init --from q.csv --text question --label subject --test 0.2 --shuffle --yes")]
+    Init(InitArgs),
     /// Report the ONNX Runtime found, its version and execution providers, and the store.
     Doctor(DoctorArgs),
     /// Print the JSON Schema of manifests (as in schemas/pipeline.schema.json).
@@ -198,6 +205,41 @@ pub struct GcArgs {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `pipe init`.
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// The data file to inspect (CSV, TSV, JSON Lines or Parquet).
+    #[arg(long, value_name = "FILE")]
+    pub from: Option<PathBuf>,
+    /// Where to write the manifest (default: pipeline.yaml).
+    #[arg(long, short, value_name = "MANIFEST")]
+    pub output: Option<PathBuf>,
+    /// The column holding the text.
+    #[arg(long)]
+    pub text: Option<String>,
+    /// The column holding the label.
+    #[arg(long)]
+    pub label: Option<String>,
+    /// A label cell may hold several labels (`physics;math`).
+    #[arg(long)]
+    pub multi_label: bool,
+    /// Fraction of rows for the test split (0: no split).
+    #[arg(long, value_name = "FRACTION")]
+    pub test: Option<f64>,
+    /// Fraction of rows for a validation split (0: none).
+    #[arg(long, value_name = "FRACTION")]
+    pub validation: Option<f64>,
+    /// Shuffle rows before splitting.
+    #[arg(long)]
+    pub shuffle: bool,
+    /// Take the default answer to every question not given by a flag.
+    #[arg(long, short)]
+    pub yes: bool,
+    /// Overwrite an existing manifest.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// `pipe doctor`.

@@ -44,6 +44,7 @@ fn main() -> ExitCode {
         Command::Show(args) => commands::show::exec(args),
         Command::Gc(args) => commands::gc::exec(args, &printer),
         Command::Doctor(args) => commands::doctor::exec(args, &printer),
+        Command::Init(args) => commands::init::exec(args, &printer),
         Command::Schema => commands::schema::exec(),
     };
     match result {

@@ -217,3 +217,45 @@ fn env_listed_variables_are_part_of_the_key() {
     assert_eq!(run("hello"), "ran");
     assert_eq!(p.read("e.txt"), "hello\n");
 }
+
+#[test]
+fn init_writes_a_runnable_manifest_without_questions_under_yes() {
+    let p = Project::new();
+    p.file("q.csv", "question,subject\nWhat is a cell?,biology\nWhat is 2+2?,math\nWhat is an ion?,chemistry\nWhat is a photon?,physics\nWhat is DNA?,biology\nSolve x+1=2.,math\n");
+    let out = p.pipe(&["init", "--from", "q.csv", "--yes", "-o", "q.yaml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let manifest = p.read("q.yaml");
+    assert!(
+        manifest.contains("text: question") && manifest.contains("label: subject"),
+        "{manifest}"
+    );
+    let validate = p.pipe(&["validate", "q.yaml"]);
+    assert_eq!(validate.status.code(), Some(0), "{}", stderr(&validate));
+    let again = p.pipe(&["init", "--from", "q.csv", "--yes", "-o", "q.yaml"]);
+    assert_eq!(again.status.code(), Some(2), "refuses to overwrite");
+}
+
+#[test]
+fn init_asks_through_the_terminal_when_flags_are_missing() {
+    use std::io::Write;
+    let p = Project::new();
+    p.file("q.csv", "question,subject\nWhat is a cell?,biology\nWhat is 2+2?,math\nWhat is an ion?,chemistry\nWhat is a photon?,physics\n");
+    let mut child = p
+        .command(&["init", "--from", "q.csv", "-o", "asked.yaml"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Take every default: empty answers.
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"\n\n\n\n\n\n\n\n\n\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("? "), "questions are asked: {err}");
+    assert!(p.read("asked.yaml").contains("stages:"));
+}

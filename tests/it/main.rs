@@ -3,6 +3,7 @@
 mod cache;
 mod cli;
 mod crash;
+mod data;
 mod malformed;
 mod schema;
 mod util;

@@ -100,6 +100,7 @@ pub fn init(options: InitOptions, prompter: &mut dyn Prompter) -> anyhow::Result
         &shown,
         "Which column holds the text?",
         || inspection.text_column(None).ok(),
+        0,
     )?;
     let label = ask.column(
         &options.label,
@@ -107,6 +108,8 @@ pub fn init(options: InitOptions, prompter: &mut dyn Prompter) -> anyhow::Result
         &shown,
         "Which column holds the label?",
         || inspection.label_column(text).ok(),
+        // Undetected: offer the first column that is not the text.
+        usize::from(text == 0),
     )?;
     if text == label {
         bail!(
@@ -180,6 +183,7 @@ impl Asker<'_> {
         shown: &str,
         question: &str,
         detect: impl FnOnce() -> Option<usize>,
+        fallback: usize,
     ) -> anyhow::Result<usize> {
         if let Some(name) = given {
             return find_column(names, name).with_context(|| format!("{shown}: {question}"));
@@ -188,7 +192,9 @@ impl Asker<'_> {
         match (detected, self.options.yes) {
             (Some(i), true) => Ok(i),
             (None, true) => bail!("{question} it could not be detected; name it with a flag"),
-            (default, false) => self.prompter.select(question, names, default.unwrap_or(0)),
+            (default, false) => self
+                .prompter
+                .select(question, names, default.unwrap_or(fallback)),
         }
     }
 

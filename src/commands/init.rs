@@ -1,0 +1,35 @@
+//! `pipe init`.
+
+use pipe_engine::{Printer, Tone};
+use pipe_stages::init::{InitOptions, TerminalPrompter, init};
+
+use crate::Outcome;
+use crate::cli::InitArgs;
+
+/// Writes a manifest for a data file, asking what the flags leave open.
+pub fn exec(args: InitArgs, printer: &Printer) -> anyhow::Result<Outcome> {
+    let options = InitOptions {
+        from: args.from,
+        output: args.output,
+        text: args.text,
+        label: args.label,
+        // A flag can only say yes; leaving it out lets `init` ask or guess.
+        multi_label: args.multi_label.then_some(true),
+        test: args.test,
+        validation: args.validation,
+        shuffle: args.shuffle.then_some(true),
+        yes: args.yes,
+        force: args.force,
+    };
+    let written = init(options, &mut TerminalPrompter::stdio())?;
+    printer.status(
+        "Wrote",
+        Tone::Good,
+        &format!(
+            "{} (run it with `pipe run {}`)",
+            written.display(),
+            written.display()
+        ),
+    );
+    Ok(Outcome::Success)
+}
