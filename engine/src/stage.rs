@@ -117,6 +117,17 @@ pub fn parse_params<T: DeserializeOwned>(params: &Value) -> Result<T, ParamError
     })
 }
 
+/// The JSON Schema of a parameter struct, for [`Stage::params_schema`].
+pub fn schema_of<T: schemars::JsonSchema>() -> Value {
+    serde_json::to_value(schemars::schema_for!(T)).expect("a JSON Schema always serializes")
+}
+
+/// Parameters turned back into JSON (defaults filled in), for [`Checked::key_params`].
+pub fn key_params_of<T: serde::Serialize>(params: &T) -> Result<Value, ParamError> {
+    serde_json::to_value(params)
+        .map_err(|e| ParamError::new(&[], format!("cannot encode parameters: {e}")))
+}
+
 /// The outputs of one upstream stage, as seen by a downstream stage.
 #[derive(Debug, Clone)]
 pub struct Input {

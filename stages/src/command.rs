@@ -50,7 +50,7 @@ impl Stage for Command {
     }
 
     fn params_schema(&self) -> Value {
-        serde_json::to_value(schemars::schema_for!(Params)).expect("a schema serializes")
+        pipe_engine::schema_of::<Params>()
     }
 
     fn takes_run(&self) -> bool {

@@ -156,13 +156,12 @@ impl Stage for Ingest {
     }
 
     fn params_schema(&self) -> serde_json::Value {
-        serde_json::to_value(schemars::schema_for!(Params)).unwrap_or_default()
+        pipe_engine::schema_of::<Params>()
     }
 
     fn check(&self, params: &serde_json::Value) -> Result<Checked, ParamError> {
         let params = Params::parse(params)?;
-        let key_params = serde_json::to_value(&params)
-            .map_err(|e| ParamError::new(&[], format!("cannot encode parameters: {e}")))?;
+        let key_params = pipe_engine::key_params_of(&params)?;
         Ok(Checked {
             key_params,
             workspace_deps: vec![params.source],

@@ -133,13 +133,12 @@ impl Stage for Tokenize {
     }
 
     fn params_schema(&self) -> serde_json::Value {
-        serde_json::to_value(schemars::schema_for!(Params)).unwrap_or_default()
+        pipe_engine::schema_of::<Params>()
     }
 
     fn check(&self, params: &serde_json::Value) -> Result<Checked, ParamError> {
         let params = Params::parse(params)?;
-        let mut key_params = serde_json::to_value(&params)
-            .map_err(|e| ParamError::new(&[], format!("cannot encode parameters: {e}")))?;
+        let mut key_params = pipe_engine::key_params_of(&params)?;
         let workspace_deps = match &params.tokenizer {
             TokenizerSource::Path(path) => vec![path.clone()],
             TokenizerSource::Hub(repo) => {
