@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::mpsc;
+use std::time::Instant;
 
 use crate::hash::StatCache;
 use crate::job::{JobEnv, JobResult, run_job};
@@ -183,15 +184,8 @@ fn schedule(
                     .find(|u| matches!(results[u].status, Status::Failed | Status::Skipped))
                 {
                     let result = JobResult {
-                        status: Status::Skipped,
-                        key: None,
-                        record: None,
-                        outputs: None,
                         reason: Some(format!("upstream {} failed", pipeline.stages[bad].name)),
-                        metrics: Default::default(),
-                        headline: None,
-                        error: None,
-                        seconds: 0.0,
+                        ..JobResult::empty(Status::Skipped, Instant::now())
                     };
                     on_done(id, &result);
                     results.insert(id, result.clone());

@@ -54,17 +54,26 @@ pub struct JobResult {
 }
 
 impl JobResult {
-    fn failed(key: Option<Digest>, error: String, started: Instant) -> JobResult {
+    /// A result with `status` and nothing else known yet.
+    pub fn empty(status: Status, started: Instant) -> JobResult {
         JobResult {
-            status: Status::Failed,
-            key,
+            status,
+            key: None,
             record: None,
             outputs: None,
             reason: None,
             metrics: Default::default(),
             headline: None,
-            error: Some(error),
+            error: None,
             seconds: started.elapsed().as_secs_f64(),
+        }
+    }
+
+    fn failed(key: Option<Digest>, error: String, started: Instant) -> JobResult {
+        JobResult {
+            key,
+            error: Some(error),
+            ..JobResult::empty(Status::Failed, started)
         }
     }
 }
@@ -82,14 +91,12 @@ pub fn run_job(
     let stage = &env.pipeline.stages[id];
     if let Some((&up, _)) = upstream.iter().find(|(_, outputs)| outputs.is_none()) {
         return JobResult {
-            status: Status::WouldRun,
             reason: Some(format!(
                 "upstream {} will run",
                 env.pipeline.stages[up].name
             )),
-            ..JobResult::failed(None, String::new(), started)
-        }
-        .without_error();
+            ..JobResult::empty(Status::WouldRun, started)
+        };
     }
     let record = match key_record(env, stage, upstream) {
         Ok(r) => r,
@@ -129,13 +136,11 @@ pub fn run_job(
     }
     if env.dry_run {
         return JobResult {
-            status: Status::WouldRun,
             key: Some(key),
             record: Some(record),
             reason: Some(reason.to_string()),
-            ..JobResult::failed(None, String::new(), started)
-        }
-        .without_error();
+            ..JobResult::empty(Status::WouldRun, started)
+        };
     }
     match execute(env, stage, upstream, &record, key, started) {
         Ok((outputs, outcome)) => JobResult {
@@ -160,13 +165,6 @@ pub fn run_job(
                 ..JobResult::failed(Some(key), message, started)
             }
         }
-    }
-}
-
-impl JobResult {
-    fn without_error(mut self) -> JobResult {
-        self.error = None;
-        self
     }
 }
 

@@ -74,6 +74,25 @@ impl Pipeline<'_> {
         self.stages.iter().position(|s| s.name == name)
     }
 
+    /// Every edge as (upstream id, downstream id), grouped by downstream stage in topological order.
+    pub fn edges(&self) -> Vec<(usize, usize)> {
+        let mut edges: Vec<(usize, usize)> = self
+            .graph
+            .edge_indices()
+            .filter_map(|e| self.graph.edge_endpoints(e))
+            .map(|(a, b)| (a.index(), b.index()))
+            .collect();
+        let rank: Vec<usize> = {
+            let mut rank = vec![0; self.stages.len()];
+            for (position, &id) in self.order.iter().enumerate() {
+                rank[id] = position;
+            }
+            rank
+        };
+        edges.sort_by_key(|&(a, b)| (rank[b], rank[a]));
+        edges
+    }
+
     /// The ids of `targets` and everything they need, in topological order.
     pub fn closure(&self, targets: &[usize]) -> Vec<usize> {
         let mut wanted: BTreeSet<usize> = BTreeSet::new();
@@ -88,20 +107,6 @@ impl Pipeline<'_> {
             .copied()
             .filter(|id| wanted.contains(id))
             .collect()
-    }
-
-    /// Ids of every stage downstream of `id` (not including it).
-    pub fn descendants(&self, id: usize) -> BTreeSet<usize> {
-        let mut seen = BTreeSet::new();
-        let mut stack = vec![id];
-        while let Some(current) = stack.pop() {
-            for next in self.graph.neighbors(NodeIndex::new(current)) {
-                if seen.insert(next.index()) {
-                    stack.push(next.index());
-                }
-            }
-        }
-        seen
     }
 }
 

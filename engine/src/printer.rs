@@ -87,11 +87,6 @@ impl Printer {
         }
     }
 
-    /// Whether colour is on.
-    pub fn color(&self) -> bool {
-        self.color
-    }
-
     /// `text` in the style of `tone` (plain when colour is off).
     pub fn paint(&self, text: &str, tone: Tone) -> String {
         if self.color {
@@ -121,11 +116,6 @@ impl Printer {
             "{} {rest}",
             self.paint(&format!("{verb:>9}"), tone)
         ));
-    }
-
-    /// A warning on stderr.
-    pub fn warn(&self, message: &str) {
-        self.line(&format!("{}: {message}", self.paint("warning", Tone::Warn)));
     }
 
     /// An error and its causes on stderr, cargo style.

@@ -28,34 +28,34 @@ pub fn exec(args: DagArgs) -> anyhow::Result<Outcome> {
 /// Edges as (upstream name, downstream name), in topological order.
 fn edges<'a>(pipeline: &'a Pipeline<'_>) -> Vec<(&'a str, &'a str)> {
     pipeline
-        .order
-        .iter()
-        .flat_map(|&id| {
-            let stage = &pipeline.stages[id];
-            stage
-                .upstream
-                .iter()
-                .map(move |&up| (pipeline.stages[up].name.as_str(), stage.name.as_str()))
+        .edges()
+        .into_iter()
+        .map(|(up, down)| {
+            (
+                pipeline.stages[up].name.as_str(),
+                pipeline.stages[down].name.as_str(),
+            )
         })
         .collect()
 }
 
 fn text(pipeline: &Pipeline<'_>) -> String {
-    let width = pipeline
-        .stages
+    let labels: Vec<String> = pipeline
+        .order
         .iter()
-        .map(|s| s.name.len() + s.kind.kind().len() + 3)
-        .max()
-        .unwrap_or(0);
+        .map(|&id| {
+            let stage = &pipeline.stages[id];
+            if stage.name == stage.kind.kind() {
+                stage.name.clone()
+            } else {
+                format!("{} ({})", stage.name, stage.kind.kind())
+            }
+        })
+        .collect();
+    let width = labels.iter().map(|l| l.chars().count()).max().unwrap_or(0);
     let mut out = String::new();
-    for &id in &pipeline.order {
-        let stage = &pipeline.stages[id];
-        let label = if stage.name == stage.kind.kind() {
-            stage.name.clone()
-        } else {
-            format!("{} ({})", stage.name, stage.kind.kind())
-        };
-        let ups: Vec<&str> = stage
+    for (&id, label) in pipeline.order.iter().zip(&labels) {
+        let ups: Vec<&str> = pipeline.stages[id]
             .upstream
             .iter()
             .map(|&u| pipeline.stages[u].name.as_str())

@@ -236,26 +236,41 @@ fn init_writes_a_runnable_manifest_without_questions_under_yes() {
 }
 
 #[test]
-fn init_asks_through_the_terminal_when_flags_are_missing() {
+fn init_asks_through_a_pseudo_terminal_when_flags_are_missing() {
     use std::io::Write;
     let p = Project::new();
     p.file("q.csv", "question,subject\nWhat is a cell?,biology\nWhat is 2+2?,math\nWhat is an ion?,chemistry\nWhat is a photon?,physics\n");
-    let mut child = p
-        .command(&["init", "--from", "q.csv", "-o", "asked.yaml"])
+    // `script` (util-linux) runs pipe on a pseudo-terminal and forwards our answers to it.
+    let command = format!(
+        "{} init --from q.csv -o asked.yaml",
+        env!("CARGO_BIN_EXE_pipe")
+    );
+    let mut child = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .current_dir(p.root())
+        .env("NO_COLOR", "1")
         .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
         .spawn()
-        .unwrap();
-    // Take every default: empty answers.
+        .expect("`script` from util-linux runs");
+    // Text column: 1 (question); label column: 2 (subject); then every default.
     child
         .stdin
         .take()
         .unwrap()
-        .write_all(b"\n\n\n\n\n\n\n\n\n\n")
+        .write_all(b"1\n2\n\n\n\n\n\n\n")
         .unwrap();
     let out = child.wait_with_output().unwrap();
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(0), "{err}");
-    assert!(err.contains("? "), "questions are asked: {err}");
-    assert!(p.read("asked.yaml").contains("stages:"));
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{screen}");
+    assert!(
+        screen.contains("? Which column holds the text?")
+            && screen.contains("? Fraction of rows for testing"),
+        "{screen}"
+    );
+    let manifest = p.read("asked.yaml");
+    assert!(
+        manifest.contains("text: question") && manifest.contains("label: subject"),
+        "{manifest}"
+    );
 }
