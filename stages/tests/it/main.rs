@@ -8,3 +8,6 @@ mod ingest;
 mod init;
 mod split;
 mod tokenize;
+
+// Models.
+mod gpt_neo;

@@ -1,0 +1,629 @@
+//! GPT-Neo for sequence classification, built as an ONNX training graph.
+//!
+//! GPT-Neo (EleutherAI) is a decoder-only transformer in the GPT-2 family whose layers
+//! alternate between global causal attention and local (sliding-window) causal attention.
+//! The classifier pools the hidden state of each row's last real token and maps it to
+//! `num_labels` scores. Reference implementation, transformers 5.24.0:
+//! <https://github.com/huggingface/transformers/blob/main/src/transformers/models/gpt_neo/modeling_gpt_neo.py>
+//! (cited below as `M:line`, as in `stages/tests/fixtures/gpt_neo/README.md`).
+//!
+//! Quirks, each checked against the golden fixtures:
+//! - **Unscaled attention:** `q·kᵀ` is not divided by √head_dim (M:112).
+//! - **Local windows:** on `local` layers key `k` is visible from query `q` iff
+//!   `0 <= q - k < window_size` (M:67–68); global layers use `k <= q`.
+//! - Masked scores are set to `f32::MIN`, not −∞ (M:117–121), so a row with no visible key
+//!   stays finite.
+//! - **gelu_new**, the tanh approximation of GELU (ONNX `Gelu(approximate="tanh")`).
+//! - q/k/v projections have no bias, `out_proj` has one; `score` has no bias.
+//! - Pre-LayerNorm blocks, a final `ln_f`; positions are `0..seq` whatever the padding.
+//! - **Pooling by length:** HF pools at the rightmost non-pad token (M:685–696); with right
+//!   padding that is `length - 1`, which is what we gather, from an explicit `lengths` input.
+//! - **No pad token:** GPT-Neo has none; padding is described only by `lengths` (key `j` is
+//!   visible in row `b` iff `j < lengths[b]`), so the pad id never matters.
+//!
+//! Graph inputs: `input_ids` int64 `[batch, seq]`, `lengths` int64 `[batch]` (each in
+//! `1..=seq`), and one f32 input per parameter under its Hugging Face name. Nodes are named
+//! after the module path (`transformer.h.3.attn.attention/Softmax`).
+
+use std::collections::BTreeMap;
+
+use anyhow::{Result, bail};
+use pipe_onnx::{DType, Dim, Graph, Tensor, TrainParam};
+use serde::{Deserialize, Serialize};
+
+use super::{Init, ParamSpec, VarPath, Vars};
+
+// ---- configuration ---------------------------------------------------------------------------
+
+/// The attention of one layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttentionKind {
+    /// Causal attention over every earlier token.
+    Global,
+    /// Causal attention over the last `window_size` tokens (the query included).
+    Local,
+}
+
+/// The MLP activation (`activation_function`; HF maps names in `activations.py`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`, GPT-Neo's default.
+    GeluNew,
+    /// Exact GELU, `0.5·x·(1 + erf(x/√2))`.
+    Gelu,
+    /// `max(x, 0)`.
+    Relu,
+}
+
+/// What the classification loss is (`problem_type` in config.json).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProblemType {
+    /// One class per row: cross-entropy, mean over rows.
+    SingleLabelClassification,
+    /// Independent labels per row: binary cross-entropy with logits, mean over all elements.
+    MultiLabelClassification,
+}
+
+/// A GPT-Neo configuration, read from a Hugging Face `config.json` (unknown keys are ignored).
+/// Upstream: <https://github.com/huggingface/transformers/blob/main/src/transformers/models/gpt_neo/configuration_gpt_neo.py>
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+pub struct GptNeoConfig {
+    /// Token vocabulary size (rows of `wte`).
+    pub vocab_size: usize,
+    /// Width of the residual stream.
+    pub hidden_size: usize,
+    /// Number of blocks.
+    pub num_layers: usize,
+    /// Attention heads per layer; must divide `hidden_size`.
+    pub num_heads: usize,
+    /// MLP width; `None` (JSON `null`) means `4 * hidden_size`.
+    #[serde(default)]
+    pub intermediate_size: Option<usize>,
+    /// Rows of `wpe`: the longest sequence the model takes.
+    pub max_position_embeddings: usize,
+    /// Keys a local layer sees, the query included.
+    pub window_size: usize,
+    /// Attention pattern in the nested HF form: `[[["global", "local"], 6]]` repeats the
+    /// pair six times. See [`GptNeoConfig::attention_layers`].
+    pub attention_types: Vec<(Vec<AttentionKind>, usize)>,
+    /// MLP activation.
+    #[serde(default = "default_activation")]
+    pub activation_function: Activation,
+    /// LayerNorm ε.
+    #[serde(default = "default_layer_norm_epsilon")]
+    pub layer_norm_epsilon: f64,
+    /// Standard deviation of fresh linear and embedding weights.
+    #[serde(default = "default_initializer_range")]
+    pub initializer_range: f64,
+    /// Number of labels; HF does not write it (it derives it from `id2label`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_labels: Option<usize>,
+    /// Label names by index (keys are decimal strings, as HF writes them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id2label: Option<BTreeMap<String, String>>,
+    /// Single- or multi-label classification.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem_type: Option<ProblemType>,
+}
+
+fn default_activation() -> Activation {
+    Activation::GeluNew
+}
+
+fn default_layer_norm_epsilon() -> f64 {
+    1e-5
+}
+
+fn default_initializer_range() -> f64 {
+    0.02
+}
+
+impl GptNeoConfig {
+    /// A small model to train from scratch: hidden 256, 4 layers of 8 heads alternating
+    /// global/local, MLP 1024, 128 positions, window 256.
+    pub fn tiny(vocab_size: usize, num_labels: usize) -> Self {
+        GptNeoConfig {
+            vocab_size,
+            hidden_size: 256,
+            num_layers: 4,
+            num_heads: 8,
+            intermediate_size: Some(1024),
+            max_position_embeddings: 128,
+            window_size: 256,
+            attention_types: vec![(vec![AttentionKind::Global, AttentionKind::Local], 2)],
+            activation_function: Activation::GeluNew,
+            layer_norm_epsilon: 1e-5,
+            initializer_range: 0.02,
+            num_labels: Some(num_labels),
+            id2label: None,
+            problem_type: None,
+        }
+    }
+
+    /// A model for tests: hidden 32, 2 layers (global, local) of 4 heads, MLP 64,
+    /// 32 positions, window 4 (the shape of the golden fixtures).
+    pub fn test(vocab_size: usize, num_labels: usize) -> Self {
+        GptNeoConfig {
+            hidden_size: 32,
+            num_layers: 2,
+            num_heads: 4,
+            intermediate_size: Some(64),
+            max_position_embeddings: 32,
+            window_size: 4,
+            attention_types: vec![(vec![AttentionKind::Global, AttentionKind::Local], 1)],
+            ..Self::tiny(vocab_size, num_labels)
+        }
+    }
+
+    /// The attention kind of each layer, expanded from `attention_types`.
+    pub fn attention_layers(&self) -> Vec<AttentionKind> {
+        self.attention_types
+            .iter()
+            .flat_map(|(kinds, repeat)| (0..*repeat).flat_map(move |_| kinds.iter().copied()))
+            .collect()
+    }
+
+    /// MLP width.
+    pub fn intermediate_size(&self) -> usize {
+        self.intermediate_size.unwrap_or(4 * self.hidden_size)
+    }
+
+    /// Width of one attention head.
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_heads.max(1)
+    }
+
+    /// Number of labels: `num_labels`, else the size of `id2label`, else 2 (HF's default).
+    pub fn num_labels(&self) -> usize {
+        self.num_labels
+            .or_else(|| self.id2label.as_ref().map(BTreeMap::len))
+            .unwrap_or(2)
+    }
+
+    /// Checks that the numbers fit together.
+    pub fn validate(&self) -> Result<()> {
+        let layers = self.attention_layers().len();
+        if layers != self.num_layers {
+            bail!(
+                "attention_types describes {layers} layers but num_layers is {}",
+                self.num_layers
+            );
+        }
+        if self.num_heads == 0 || !self.hidden_size.is_multiple_of(self.num_heads) {
+            bail!(
+                "hidden_size {} is not a multiple of num_heads {}",
+                self.hidden_size,
+                self.num_heads
+            );
+        }
+        for (what, v) in [
+            ("vocab_size", self.vocab_size),
+            ("max_position_embeddings", self.max_position_embeddings),
+            ("window_size", self.window_size),
+            ("num_labels", self.num_labels()),
+        ] {
+            if v == 0 {
+                bail!("{what} must be positive");
+            }
+        }
+        Ok(())
+    }
+}
+
+fn dim(n: usize) -> i64 {
+    n as i64
+}
+
+// ---- blocks ----------------------------------------------------------------------------------
+
+/// Masks shared by every layer of one forward pass, `[batch, 1, seq, seq]` booleans
+/// (true = visible), built once by [`GptNeoModel::forward`].
+struct Masks {
+    global: Tensor,
+    local: Option<Tensor>,
+}
+
+/// Multi-head self-attention (`transformer.h.<i>.attn.attention`), M:39–132.
+pub struct Attention {
+    path: VarPath,
+    kind: AttentionKind,
+    num_heads: i64,
+    head_dim: i64,
+    q_proj: Tensor,
+    k_proj: Tensor,
+    v_proj: Tensor,
+    out_proj_weight: Tensor,
+    out_proj_bias: Tensor,
+}
+
+impl Attention {
+    /// Declares the projections under `path`.
+    pub fn new(
+        cfg: &GptNeoConfig,
+        kind: AttentionKind,
+        g: &mut Graph,
+        vars: &mut Vars,
+        path: VarPath,
+    ) -> Result<Self> {
+        let h = dim(cfg.hidden_size);
+        let w = Init::Normal {
+            std: cfg.initializer_range as f32,
+        };
+        let q_proj = vars.get(g, &path.pp("q_proj"), "weight", &[h, h], w)?;
+        let k_proj = vars.get(g, &path.pp("k_proj"), "weight", &[h, h], w)?;
+        let v_proj = vars.get(g, &path.pp("v_proj"), "weight", &[h, h], w)?;
+        let out = path.pp("out_proj");
+        let out_proj_weight = vars.get(g, &out, "weight", &[h, h], w)?;
+        let out_proj_bias = vars.get(g, &out, "bias", &[h], Init::Zeros)?;
+        Ok(Attention {
+            path,
+            kind,
+            num_heads: dim(cfg.num_heads),
+            head_dim: dim(cfg.head_dim()),
+            q_proj,
+            k_proj,
+            v_proj,
+            out_proj_weight,
+            out_proj_bias,
+        })
+    }
+
+    /// `x` `[b, s, hidden]` → `[b, s, hidden]`.
+    fn forward(&self, g: &mut Graph, x: Tensor, masks: &Masks) -> Result<Tensor> {
+        let (b, s) = (g.shape(x)[0].clone(), g.shape(x)[1].clone());
+        let (nh, hd) = (Dim::Fixed(self.num_heads), Dim::Fixed(self.head_dim));
+        let mask = match (self.kind, masks.local) {
+            (AttentionKind::Local, Some(local)) => local,
+            _ => masks.global,
+        };
+        g.with_scope(self.path.as_str(), |g| {
+            let split_heads = |g: &mut Graph, w: Tensor| -> pipe_onnx::Result<Tensor> {
+                let t = g.linear(x, w, None)?; // [b, s, hidden]
+                let t = g.reshape(t, &[b.clone(), s.clone(), nh.clone(), hd.clone()])?;
+                g.transpose(t, &[0, 2, 1, 3]) // [b, heads, s, head_dim]
+            };
+            let q = split_heads(g, self.q_proj)?;
+            let k = split_heads(g, self.k_proj)?;
+            let v = split_heads(g, self.v_proj)?;
+            let kt = g.transpose(k, &[0, 1, 3, 2])?; // [b, heads, head_dim, s]
+            let scores = g.matmul(q, kt)?; // [b, heads, s, s], unscaled (M:112)
+            let min = g.scalar(DType::F32, f64::from(f32::MIN));
+            let scores = g.where_(mask, scores, min)?;
+            let probs = g.softmax(scores, -1)?;
+            let ctx = g.matmul(probs, v)?; // [b, heads, s, head_dim]
+            let ctx = g.transpose(ctx, &[0, 2, 1, 3])?; // [b, s, heads, head_dim]
+            let hidden = Dim::Fixed(self.num_heads * self.head_dim);
+            let ctx = g.reshape(ctx, &[b.clone(), s.clone(), hidden])?; // [b, s, hidden]
+            g.linear(ctx, self.out_proj_weight, Some(self.out_proj_bias))
+        })
+        .map_err(Into::into)
+    }
+}
+
+/// The feed-forward block (`transformer.h.<i>.mlp`): `c_proj(act(c_fc(x)))`, M:296–311.
+pub struct Mlp {
+    path: VarPath,
+    activation: Activation,
+    c_fc_weight: Tensor,
+    c_fc_bias: Tensor,
+    c_proj_weight: Tensor,
+    c_proj_bias: Tensor,
+}
+
+impl Mlp {
+    /// Declares `c_fc` and `c_proj` under `path`.
+    pub fn new(cfg: &GptNeoConfig, g: &mut Graph, vars: &mut Vars, path: VarPath) -> Result<Self> {
+        let (h, m) = (dim(cfg.hidden_size), dim(cfg.intermediate_size()));
+        let w = Init::Normal {
+            std: cfg.initializer_range as f32,
+        };
+        let fc = path.pp("c_fc");
+        let c_fc_weight = vars.get(g, &fc, "weight", &[m, h], w)?;
+        let c_fc_bias = vars.get(g, &fc, "bias", &[m], Init::Zeros)?;
+        let proj = path.pp("c_proj");
+        let c_proj_weight = vars.get(g, &proj, "weight", &[h, m], w)?;
+        let c_proj_bias = vars.get(g, &proj, "bias", &[h], Init::Zeros)?;
+        Ok(Mlp {
+            path,
+            activation: cfg.activation_function,
+            c_fc_weight,
+            c_fc_bias,
+            c_proj_weight,
+            c_proj_bias,
+        })
+    }
+
+    /// `x` `[b, s, hidden]` → `[b, s, hidden]`.
+    fn forward(&self, g: &mut Graph, x: Tensor) -> Result<Tensor> {
+        g.with_scope(self.path.as_str(), |g| {
+            let t = g.linear(x, self.c_fc_weight, Some(self.c_fc_bias))?; // [b, s, inter]
+            let t = match self.activation {
+                Activation::GeluNew => g.gelu(t, true)?,
+                Activation::Gelu => g.gelu(t, false)?,
+                Activation::Relu => g.relu(t)?,
+            };
+            g.linear(t, self.c_proj_weight, Some(self.c_proj_bias))
+        })
+        .map_err(Into::into)
+    }
+}
+
+/// A LayerNorm's scale and shift.
+struct LayerNorm {
+    path: VarPath,
+    weight: Tensor,
+    bias: Tensor,
+    eps: f32,
+}
+
+impl LayerNorm {
+    fn new(cfg: &GptNeoConfig, g: &mut Graph, vars: &mut Vars, path: VarPath) -> Result<Self> {
+        let h = dim(cfg.hidden_size);
+        Ok(LayerNorm {
+            weight: vars.get(g, &path, "weight", &[h], Init::Ones)?,
+            bias: vars.get(g, &path, "bias", &[h], Init::Zeros)?,
+            eps: cfg.layer_norm_epsilon as f32,
+            path,
+        })
+    }
+
+    fn forward(&self, g: &mut Graph, x: Tensor) -> Result<Tensor> {
+        g.with_scope(self.path.as_str(), |g| {
+            g.layer_normalization(x, self.weight, Some(self.bias), -1, self.eps)
+        })
+        .map_err(Into::into)
+    }
+}
+
+/// One pre-LN block (`transformer.h.<i>`), M:314–351:
+/// `x += attn(ln_1(x)); x += mlp(ln_2(x))`.
+pub struct Block {
+    ln_1: LayerNorm,
+    attn: Attention,
+    ln_2: LayerNorm,
+    mlp: Mlp,
+}
+
+impl Block {
+    /// Declares the block's parameters under `path`.
+    pub fn new(
+        cfg: &GptNeoConfig,
+        kind: AttentionKind,
+        g: &mut Graph,
+        vars: &mut Vars,
+        path: VarPath,
+    ) -> Result<Self> {
+        Ok(Block {
+            ln_1: LayerNorm::new(cfg, g, vars, path.pp("ln_1"))?,
+            attn: Attention::new(cfg, kind, g, vars, path.pp("attn").pp("attention"))?,
+            ln_2: LayerNorm::new(cfg, g, vars, path.pp("ln_2"))?,
+            mlp: Mlp::new(cfg, g, vars, path.pp("mlp"))?,
+        })
+    }
+
+    fn forward(&self, g: &mut Graph, x: Tensor, masks: &Masks) -> Result<Tensor> {
+        let h = self.ln_1.forward(g, x)?;
+        let a = self.attn.forward(g, h, masks)?;
+        let x = g.add(x, a)?;
+        let h = self.ln_2.forward(g, x)?;
+        let m = self.mlp.forward(g, h)?;
+        Ok(g.add(x, m)?)
+    }
+}
+
+// ---- the base model --------------------------------------------------------------------------
+
+/// Embeddings, blocks and the final LayerNorm (`transformer`, M:380–520).
+pub struct GptNeoModel {
+    path: VarPath,
+    wte: Tensor,
+    wpe: Tensor,
+    h: Vec<Block>,
+    ln_f: LayerNorm,
+    window_size: i64,
+}
+
+impl GptNeoModel {
+    /// Declares the base model's parameters under `path` (`transformer`).
+    pub fn new(cfg: &GptNeoConfig, g: &mut Graph, vars: &mut Vars, path: VarPath) -> Result<Self> {
+        let h = dim(cfg.hidden_size);
+        let w = Init::Normal {
+            std: cfg.initializer_range as f32,
+        };
+        let wte = vars.get(g, &path.pp("wte"), "weight", &[dim(cfg.vocab_size), h], w)?;
+        let wpe = vars.get(
+            g,
+            &path.pp("wpe"),
+            "weight",
+            &[dim(cfg.max_position_embeddings), h],
+            w,
+        )?;
+        let blocks = cfg
+            .attention_layers()
+            .into_iter()
+            .enumerate()
+            .map(|(i, kind)| Block::new(cfg, kind, g, vars, path.pp("h").pp(i)))
+            .collect::<Result<Vec<_>>>()?;
+        let ln_f = LayerNorm::new(cfg, g, vars, path.pp("ln_f"))?;
+        Ok(GptNeoModel {
+            path,
+            wte,
+            wpe,
+            window_size: dim(cfg.window_size),
+            h: blocks,
+            ln_f,
+        })
+    }
+
+    /// `input_ids` int64 `[b, s]`, `lengths` int64 `[b]` → the last hidden state `[b, s, hidden]`
+    /// (after `ln_f`, like HF's `last_hidden_state`). Values at padded positions are unspecified.
+    pub fn forward(&self, g: &mut Graph, input_ids: Tensor, lengths: Tensor) -> Result<Tensor> {
+        let s = g.shape(input_ids)[1].clone();
+        let has_local = self.h.iter().any(|b| b.attn.kind == AttentionKind::Local);
+        let (x, masks) = g.with_scope(self.path.as_str(), |g| -> pipe_onnx::Result<_> {
+            let tok = g.gather(self.wte, input_ids, 0)?; // [b, s, hidden]
+            let pos = g.range(&s, DType::I64)?; // [s], not shifted by padding (M:452–455)
+            let pe = g.gather(self.wpe, pos, 0)?; // [s, hidden]
+            let x = g.add(tok, pe)?;
+            // Query q (rows) sees key k (columns) iff k <= q, k < length, and, on local
+            // layers, q - k < window_size.
+            let masks = g.with_scope("mask", |g| -> pipe_onnx::Result<Masks> {
+                let q = g.unsqueeze(pos, &[1])?; // [s, 1]
+                let k = g.unsqueeze(pos, &[0])?; // [1, s]
+                let future = g.less(q, k)?;
+                let causal = g.not(future)?; // [s, s]
+                let len = g.unsqueeze(lengths, &[1])?; // [b, 1]
+                let real = g.less(k, len)?; // [b, s]
+                let real = g.unsqueeze(real, &[1, 2])?; // [b, 1, 1, s]
+                let global = g.and(causal, real)?; // [b, 1, s, s]
+                let local = if has_local {
+                    let dist = g.sub(q, k)?;
+                    let w = g.scalar(DType::I64, self.window_size as f64);
+                    let near = g.less(dist, w)?;
+                    let local = g.and(causal, near)?;
+                    Some(g.and(local, real)?)
+                } else {
+                    None
+                };
+                Ok(Masks { global, local })
+            })?;
+            Ok((x, masks))
+        })?;
+        let mut x = x;
+        for block in &self.h {
+            x = block.forward(g, x, &masks)?;
+        }
+        self.ln_f.forward(g, x)
+    }
+}
+
+// ---- sequence classification -----------------------------------------------------------------
+
+/// GPT-Neo with a linear head on the last real token (`GPTNeoForSequenceClassification`,
+/// M:615–730).
+pub struct GptNeoForSequenceClassification {
+    /// The base model.
+    pub transformer: GptNeoModel,
+    score: Tensor,
+    num_labels: i64,
+    vars: Vars,
+}
+
+impl GptNeoForSequenceClassification {
+    /// Names of the head's parameters: a base checkpoint lacks them, so they start fresh.
+    pub const HEAD_PARAMS: &'static [&'static str] = &["score.weight"];
+
+    /// Validates `cfg` and declares every parameter in `g` as an f32 input under its Hugging
+    /// Face name (see [`Self::params`]).
+    pub fn new(cfg: &GptNeoConfig, g: &mut Graph) -> Result<Self> {
+        cfg.validate()?;
+        let mut vars = Vars::new();
+        let transformer = GptNeoModel::new(cfg, g, &mut vars, VarPath::root().pp("transformer"))?;
+        let num_labels = dim(cfg.num_labels());
+        let score = vars.get(
+            g,
+            &VarPath::root().pp("score"),
+            "weight",
+            &[num_labels, dim(cfg.hidden_size)],
+            Init::Normal {
+                std: cfg.initializer_range as f32,
+            },
+        )?;
+        Ok(GptNeoForSequenceClassification {
+            transformer,
+            score,
+            num_labels,
+            vars,
+        })
+    }
+
+    /// Declares the inputs `input_ids` int64 `[batch, seq]` and `lengths` int64 `[batch]`.
+    pub fn declare_inputs(g: &mut Graph) -> Result<(Tensor, Tensor)> {
+        let ids = g.input(
+            "input_ids",
+            DType::I64,
+            &[Dim::from("batch"), Dim::from("seq")],
+        )?;
+        let lengths = g.input("lengths", DType::I64, &[Dim::from("batch")])?;
+        Ok((ids, lengths))
+    }
+
+    /// `input_ids` `[b, s]`, `lengths` `[b]` → logits `[b, num_labels]`, read at position
+    /// `lengths[b] - 1` of each row.
+    pub fn forward(&self, g: &mut Graph, input_ids: Tensor, lengths: Tensor) -> Result<Tensor> {
+        let hidden = self.transformer.forward(g, input_ids, lengths)?; // [b, s, h]
+        let b = g.shape(hidden)[0].clone();
+        let h = g.shape(hidden)[2].clone();
+        // HF applies `score` at every position and then picks the last real one (M:673–696);
+        // picking first gives the same logits for less work.
+        let pooled = g.with_scope("pool", |g| -> pipe_onnx::Result<Tensor> {
+            let one = g.scalar(DType::I64, 1.0);
+            let last = g.sub(lengths, one)?; // [b]
+            let last = g.reshape(last, &[b.clone(), Dim::Fixed(1), Dim::Fixed(1)])?;
+            let idx = g.expand(last, &[b.clone(), Dim::Fixed(1), h.clone()])?; // [b, 1, h]
+            let picked = g.gather_elements(hidden, idx, 1)?; // [b, 1, h]
+            g.reshape(picked, &[b.clone(), h.clone()]) // [b, h]
+        })?;
+        Ok(g.with_scope("score", |g| g.linear(pooled, self.score, None))?) // [b, labels]
+    }
+
+    /// The loss of `logits` `[b, num_labels]`: for single-label, `labels` is int64 `[b]` and
+    /// the loss is the mean cross-entropy; for multi-label, `labels` is f32 `[b, num_labels]`
+    /// of 0/1 targets and the loss is BCE-with-logits averaged over every element (M:700–719).
+    pub fn loss(
+        &self,
+        g: &mut Graph,
+        logits: Tensor,
+        labels: Tensor,
+        problem: ProblemType,
+    ) -> Result<Tensor> {
+        Ok(g.with_scope("loss", |g| match problem {
+            ProblemType::SingleLabelClassification => g.softmax_cross_entropy_loss(logits, labels),
+            ProblemType::MultiLabelClassification => g.bce_with_logits(logits, labels),
+        })?)
+    }
+
+    /// Declares the labels input for `problem`: `labels` int64 `[batch]` or f32
+    /// `[batch, num_labels]`.
+    pub fn declare_labels(&self, g: &mut Graph, problem: ProblemType) -> Result<Tensor> {
+        let batch = Dim::from("batch");
+        Ok(match problem {
+            ProblemType::SingleLabelClassification => g.input("labels", DType::I64, &[batch])?,
+            ProblemType::MultiLabelClassification => {
+                g.input("labels", DType::F32, &[batch, Dim::Fixed(self.num_labels)])?
+            }
+        })
+    }
+
+    /// Every parameter, in declaration order (the order of `named_parameters()` in HF).
+    pub fn params(&self) -> &[ParamSpec] {
+        self.vars.specs()
+    }
+
+    /// The parameter graph inputs, parallel to [`Self::params`].
+    pub fn param_tensors(&self) -> &[Tensor] {
+        self.vars.tensors()
+    }
+
+    /// The parameters for [`pipe_onnx::AdamW::build_step`]; `decay` says which get weight
+    /// decay (see [`hf_trainer_decay`]).
+    pub fn train_params(&self, decay: impl Fn(&ParamSpec) -> bool) -> Vec<TrainParam> {
+        self.params()
+            .iter()
+            .zip(self.param_tensors())
+            .map(|(spec, &tensor)| TrainParam {
+                tensor,
+                weight_decay: decay(spec),
+            })
+            .collect()
+    }
+}
+
+/// The Hugging Face `Trainer` rule: weight decay on every parameter except biases and
+/// LayerNorm weights (`ln_1`, `ln_2`, `ln_f`).
+pub fn hf_trainer_decay(spec: &ParamSpec) -> bool {
+    !(spec.name.ends_with(".bias") || spec.name.contains(".ln_"))
+}

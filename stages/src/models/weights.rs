@@ -1,0 +1,69 @@
+//! Parameter values from a safetensors file (the `model.safetensors` of a Hugging Face
+//! checkpoint), checked against a model's declared [`ParamSpec`] list.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use pipe_onnx::HostTensor;
+use safetensors::{Dtype, SafeTensors};
+
+use super::{ParamSpec, init_param};
+
+/// Reads `path` and returns a value for every spec; see [`from_bytes`].
+pub fn load(
+    path: &Path,
+    specs: &[ParamSpec],
+    fresh: &[&str],
+    seed: u64,
+) -> Result<BTreeMap<String, HostTensor>> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    from_bytes(&bytes, specs, fresh, seed).with_context(|| format!("loading {}", path.display()))
+}
+
+/// A value for every spec from the safetensors `bytes`, by name. A spec whose name is in
+/// `fresh` and which the file lacks (a classification head on a base checkpoint) is
+/// initialised from `seed`; any other missing tensor, a shape mismatch or a dtype other than
+/// f32 is an error naming the tensor. Tensors the model does not declare are ignored.
+pub fn from_bytes(
+    bytes: &[u8],
+    specs: &[ParamSpec],
+    fresh: &[&str],
+    seed: u64,
+) -> Result<BTreeMap<String, HostTensor>> {
+    let st = SafeTensors::deserialize(bytes).context("not a safetensors file")?;
+    let mut out = BTreeMap::new();
+    for spec in specs {
+        let view = match st.tensor(&spec.name) {
+            Ok(v) => v,
+            Err(_) if fresh.contains(&spec.name.as_str()) => {
+                out.insert(spec.name.clone(), init_param(spec, seed));
+                continue;
+            }
+            Err(_) => bail!("the checkpoint has no tensor {}", spec.name),
+        };
+        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+        if shape != spec.shape {
+            bail!(
+                "shape mismatch for {}: checkpoint has {:?}, the config needs {:?}",
+                spec.name,
+                shape,
+                spec.shape
+            );
+        }
+        if view.dtype() != Dtype::F32 {
+            bail!(
+                "{} is {:?}; only float32 checkpoints are supported",
+                spec.name,
+                view.dtype()
+            );
+        }
+        let data: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        out.insert(spec.name.clone(), HostTensor::f32(&shape, data)?);
+    }
+    Ok(out)
+}
