@@ -4,7 +4,7 @@
 # `dvc repro` on the same 6 stages when `dvc` is installed.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-pipe=${PIPE:-$root/target/release/pipe}
+pipe=${PIPE:-${CARGO_TARGET_DIR:-$root/target}/release/pipe}
 [[ -x $pipe ]] || (cd "$root" && cargo build --release --locked -q)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

@@ -4,4 +4,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/fetch-onnxruntime.sh
 cargo build --release --locked
-./target/release/pipe run pipelines/student.yaml "$@"
+"${CARGO_TARGET_DIR:-target}/release/pipe" run pipelines/student.yaml "$@"
