@@ -147,15 +147,17 @@ fn close(what: &str, ours: &HostTensor, hf: &(Vec<i64>, Vec<f32>), atol: f64) ->
     close_where(what, ours.as_f32().unwrap(), &hf.1, atol, |_| true)
 }
 
-/// The fixture model declared in `g`, its input tensors and its weights as feeds.
+/// The fixture model declared in `g` with its loss for `problem`, and its
+/// weights, batch and labels as feeds.
 struct Setup {
     g: Graph,
     model: GptNeoForSequenceClassification,
     logits: pipe_onnx::Tensor,
+    loss: pipe_onnx::Tensor,
     feeds: BTreeMap<String, HostTensor>,
 }
 
-fn setup(name: &str) -> Setup {
+fn setup(name: &str, problem: ProblemType) -> Setup {
     let cfg = config();
     let mut g = Graph::new(name);
     let (ids, lengths) = GptNeoForSequenceClassification::declare_inputs(&mut g).unwrap();
@@ -165,10 +167,18 @@ fn setup(name: &str) -> Setup {
     let b = batch();
     feeds.insert("input_ids".into(), b.ids);
     feeds.insert("lengths".into(), b.lengths);
+    let labels = model.declare_labels(&mut g, problem).unwrap();
+    let loss = model.loss(&mut g, logits, labels, problem).unwrap();
+    let labels = match problem {
+        ProblemType::MultiLabelClassification => b.ml_labels,
+        _ => b.labels,
+    };
+    feeds.insert("labels".into(), labels);
     Setup {
         g,
         model,
         logits,
+        loss,
         feeds,
     }
 }
@@ -219,26 +229,15 @@ fn gpt_neo_forward_matches_transformers() {
         mut g,
         model,
         logits,
-        mut feeds,
-    } = setup("gpt_neo_forward");
+        loss,
+        feeds,
+    } = setup("gpt_neo_forward", ProblemType::SingleLabelClassification);
     let exp = expected();
-    let labels = model
-        .declare_labels(&mut g, ProblemType::SingleLabelClassification)
-        .unwrap();
-    let loss = model
-        .loss(
-            &mut g,
-            logits,
-            labels,
-            ProblemType::SingleLabelClassification,
-        )
-        .unwrap();
     let (ids, lengths) = (g.inputs()[0], g.inputs()[1]);
     let hidden = model.transformer.forward(&mut g, ids, lengths).unwrap();
     g.output(logits, "logits").unwrap();
     g.output(loss, "loss").unwrap();
     g.output(hidden, "hidden").unwrap();
-    feeds.insert("labels".into(), batch().labels);
     let out = run(&mut session(&g), &feeds);
 
     close("logits", &out["logits"], &exp["logits"], ATOL);
@@ -268,27 +267,16 @@ fn gpt_neo_gradients_match_transformers() {
     let Setup {
         mut g,
         model,
-        logits,
-        mut feeds,
-    } = setup("gpt_neo_grad");
+        loss,
+        feeds,
+        ..
+    } = setup("gpt_neo_grad", ProblemType::SingleLabelClassification);
     let exp = expected();
-    let labels = model
-        .declare_labels(&mut g, ProblemType::SingleLabelClassification)
-        .unwrap();
-    let loss = model
-        .loss(
-            &mut g,
-            logits,
-            labels,
-            ProblemType::SingleLabelClassification,
-        )
-        .unwrap();
     g.output(loss, "loss").unwrap();
     let grads = gradients(&mut g, loss, model.param_tensors()).unwrap();
     for (spec, &gr) in model.params().iter().zip(&grads) {
         g.output(gr, &format!("grad.{}", spec.name)).unwrap();
     }
-    feeds.insert("labels".into(), batch().labels);
     let out = run(&mut session(&g), &feeds);
 
     assert_eq!(model.params().len(), 31);
@@ -333,9 +321,10 @@ fn gpt_neo_adamw_step_matches_transformers() {
     let Setup {
         mut g,
         model,
-        logits,
+        loss,
         mut feeds,
-    } = setup("gpt_neo_step");
+        ..
+    } = setup("gpt_neo_step", ProblemType::SingleLabelClassification);
     let exp = expected();
     let b = batch();
     let hp = &b.json["adamw"];
@@ -344,17 +333,6 @@ fn gpt_neo_adamw_step_matches_transformers() {
         hp["weight_decay_applies_to"].as_str().unwrap(),
         "all parameters (incl. biases, LayerNorm, embeddings)"
     );
-    let labels = model
-        .declare_labels(&mut g, ProblemType::SingleLabelClassification)
-        .unwrap();
-    let loss = model
-        .loss(
-            &mut g,
-            logits,
-            labels,
-            ProblemType::SingleLabelClassification,
-        )
-        .unwrap();
     let adamw = AdamW {
         beta1: f("beta1"),
         beta2: f("beta2"),
@@ -373,7 +351,6 @@ fn gpt_neo_adamw_step_matches_transformers() {
             );
         }
     }
-    feeds.insert("labels".into(), b.labels);
     feeds.insert(sig.lr.clone(), HostTensor::scalar_f32(f("lr") as f32));
     feeds.insert(sig.step.clone(), HostTensor::scalar_f32(1.0));
     let out = run(&mut session(&g), &feeds);
@@ -422,19 +399,16 @@ fn gpt_neo_multilabel_matches_transformers() {
         mut g,
         model,
         logits,
-        mut feeds,
-    } = setup("gpt_neo_multilabel");
+        loss,
+        feeds,
+    } = setup("gpt_neo_multilabel", ProblemType::MultiLabelClassification);
     let exp = expected();
-    let problem = ProblemType::MultiLabelClassification;
-    let labels = model.declare_labels(&mut g, problem).unwrap();
-    let loss = model.loss(&mut g, logits, labels, problem).unwrap();
     g.output(logits, "logits").unwrap();
     g.output(loss, "loss").unwrap();
     let grads = gradients(&mut g, loss, model.param_tensors()).unwrap();
     for (spec, &gr) in model.params().iter().zip(&grads) {
         g.output(gr, &format!("grad.{}", spec.name)).unwrap();
     }
-    feeds.insert("labels".into(), batch().ml_labels);
     let out = run(&mut session(&g), &feeds);
 
     close("ml_logits", &out["logits"], &exp["ml_logits"], ATOL);
