@@ -99,24 +99,27 @@ impl Node {
 
     /// The scalar's text when it is a string (quoted, or plain but not a number, bool or null).
     pub fn as_str(&self) -> Option<&str> {
-        match self.to_json() {
-            Value::String(_) => match &self.kind {
-                NodeKind::Scalar { text, .. } => Some(text),
-                _ => None,
-            },
+        match &self.kind {
+            NodeKind::Scalar { text, plain } if !*plain || resolve_plain(text).is_string() => {
+                Some(text)
+            }
             _ => None,
         }
     }
 
     /// A short name for the node's type, for error messages.
     pub fn type_name(&self) -> &'static str {
-        match (&self.kind, self.to_json()) {
-            (NodeKind::Seq(_), _) => "a list",
-            (NodeKind::Map(_), _) => "a mapping",
-            (_, Value::Null) => "null",
-            (_, Value::Bool(_)) => "a boolean",
-            (_, Value::Number(_)) => "a number",
-            _ => "a string",
+        // Only a scalar is resolved: converting a whole mapping to JSON to name its type is waste.
+        match &self.kind {
+            NodeKind::Seq(_) => "a list",
+            NodeKind::Map(_) => "a mapping",
+            NodeKind::Scalar { plain: false, .. } => "a string",
+            NodeKind::Scalar { text, .. } => match resolve_plain(text) {
+                Value::Null => "null",
+                Value::Bool(_) => "a boolean",
+                Value::Number(_) => "a number",
+                _ => "a string",
+            },
         }
     }
 
