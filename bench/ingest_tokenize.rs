@@ -41,6 +41,7 @@ fn run(
     let log = work.join(format!("{name}.log"));
     let ctx = RunContext {
         stage: name,
+        key: "0000",
         params: &params,
         workspace,
         out_dir: &out,

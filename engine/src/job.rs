@@ -386,8 +386,10 @@ fn execute(
         })
         .collect();
     let reporter = env.printer.reporter(&stage.name);
+    let key_hex = key.to_string();
     let ctx = RunContext {
         stage: &stage.name,
+        key: &key_hex,
         params: &stage.spec.params,
         workspace,
         out_dir: &out_dir,

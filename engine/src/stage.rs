@@ -161,6 +161,8 @@ impl Input {
 pub struct RunContext<'a> {
     /// The stage's name in the manifest.
     pub stage: &'a str,
+    /// The stage key (hex), for provenance records such as an exported bundle's.
+    pub key: &'a str,
     /// The stage's full parameters (including those left out of the key).
     pub params: &'a Value,
     /// The manifest's folder; workspace paths are relative to it.

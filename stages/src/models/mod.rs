@@ -8,6 +8,7 @@
 //! the initializers of the exported inference model.
 
 pub mod gpt_neo;
+pub mod hf_folder;
 pub mod weights;
 
 use std::collections::BTreeMap;

@@ -78,6 +78,7 @@ impl Workspace {
         let reporter = TestReporter::default();
         let ctx = RunContext {
             stage: stage.kind(),
+            key: "0000",
             params: &params,
             workspace: self.path(),
             out_dir: out.path(),
