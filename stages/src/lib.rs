@@ -4,6 +4,8 @@
 #![deny(missing_docs)]
 
 mod command;
+mod finetune;
+pub mod hub;
 mod ingest;
 pub mod init;
 pub mod models;
@@ -22,5 +24,6 @@ pub fn registry() -> Registry {
     registry.register(ingest::Ingest);
     registry.register(split::Split);
     registry.register(tokenize::Tokenize::default());
+    registry.register(finetune::Finetune::default());
     registry
 }

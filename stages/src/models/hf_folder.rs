@@ -9,8 +9,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use pipe_onnx::{HostData, HostTensor};
-use safetensors::{Dtype, tensor::TensorView};
+use pipe_onnx::HostTensor;
 use serde_json::{Value, json};
 
 use super::ParamSpec;
@@ -127,40 +126,14 @@ pub fn write(
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let config = serde_json::to_vec_pretty(&hf_config(cfg, labels, problem)?)?;
     std::fs::write(dir.join(CONFIG_FILE), config)?;
-    save_safetensors(&dir.join(WEIGHTS_FILE), specs, params)
-}
-
-/// Writes the f32 tensors of `params` named by `specs` to a safetensors file at `path`, with
-/// the `format: pt` metadata `transformers` looks for.
-pub fn save_safetensors(
-    path: &Path,
-    specs: &[ParamSpec],
-    params: &BTreeMap<String, HostTensor>,
-) -> Result<()> {
-    let mut bytes: Vec<(String, Vec<u8>, Vec<usize>)> = Vec::with_capacity(specs.len());
-    for spec in specs {
-        let tensor = params
-            .get(&spec.name)
-            .with_context(|| format!("no value for parameter {}", spec.name))?;
-        let HostData::F32(values) = tensor.data() else {
-            bail!("parameter {} is not float32", spec.name);
-        };
-        let data: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let shape = spec.shape.iter().map(|&d| d as usize).collect();
-        bytes.push((spec.name.clone(), data, shape));
-    }
-    let views = bytes
+    let tensors = specs
         .iter()
-        .map(|(name, data, shape)| {
-            TensorView::new(Dtype::F32, shape.clone(), data)
-                .map(|v| (name.clone(), v))
-                .with_context(|| format!("tensor {name}"))
+        .map(|spec| {
+            params
+                .get(&spec.name)
+                .map(|t| (spec.name.as_str(), t))
+                .with_context(|| format!("no value for parameter {}", spec.name))
         })
         .collect::<Result<Vec<_>>>()?;
-    let metadata = Some(std::collections::HashMap::from([(
-        "format".to_string(),
-        "pt".to_string(),
-    )]));
-    safetensors::serialize_to_file(views, metadata, path)
-        .with_context(|| format!("cannot write {}", path.display()))
+    super::weights::save(&dir.join(WEIGHTS_FILE), &tensors)
 }

@@ -6,7 +6,10 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use pipe_onnx::HostTensor;
+use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
+
+use pipe_onnx::HostData;
 
 use super::{ParamSpec, init_param};
 
@@ -58,12 +61,59 @@ pub fn from_bytes(
                 view.dtype()
             );
         }
-        let data: Vec<f32> = view
-            .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
-        out.insert(spec.name.clone(), HostTensor::f32(&shape, data)?);
+        out.insert(
+            spec.name.clone(),
+            HostTensor::f32(&shape, f32s(view.data()))?,
+        );
     }
     Ok(out)
+}
+
+fn f32s(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+/// Every tensor of the safetensors file `path` (all must be f32), by name.
+pub fn load_all(path: &Path) -> Result<BTreeMap<String, HostTensor>> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let st = SafeTensors::deserialize(&bytes)
+        .with_context(|| format!("{} is not a safetensors file", path.display()))?;
+    st.tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            if view.dtype() != Dtype::F32 {
+                bail!("{name} in {} is not float32", path.display());
+            }
+            let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+            Ok((name, HostTensor::f32(&shape, f32s(view.data()))?))
+        })
+        .collect()
+}
+
+/// Writes f32 `tensors` (name, value; in this order) to the safetensors file `path`, with the
+/// `format: pt` metadata `transformers` looks for.
+pub fn save(path: &Path, tensors: &[(&str, &HostTensor)]) -> Result<()> {
+    let mut bytes = Vec::with_capacity(tensors.len());
+    for (name, tensor) in tensors {
+        let HostData::F32(values) = tensor.data() else {
+            bail!("tensor {name} is not float32");
+        };
+        let data: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let shape: Vec<usize> = tensor.shape().iter().map(|&d| d as usize).collect();
+        bytes.push((*name, data, shape));
+    }
+    let views = bytes
+        .iter()
+        .map(|(name, data, shape)| {
+            TensorView::new(Dtype::F32, shape.clone(), data)
+                .map(|v| (*name, v))
+                .with_context(|| format!("tensor {name}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let metadata = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+    safetensors::serialize_to_file(views, Some(metadata), path)
+        .with_context(|| format!("cannot write {}", path.display()))
 }

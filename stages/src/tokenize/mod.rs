@@ -76,7 +76,7 @@ impl Tokenize {
     fn hub_cache(&self) -> PathBuf {
         self.hub_cache
             .clone()
-            .unwrap_or_else(source::default_hub_cache)
+            .unwrap_or_else(crate::hub::default_hub_cache)
     }
 }
 
@@ -146,7 +146,7 @@ impl Stage for Tokenize {
                 // it: the cached commit stands in for its content.
                 if let (Some(map), Some(commit)) = (
                     key_params.as_object_mut(),
-                    source::hub_commit(&self.hub_cache(), repo),
+                    crate::hub::hub_commit(&self.hub_cache(), repo),
                 ) {
                     map.insert("hub_commit".into(), json!(commit));
                 }

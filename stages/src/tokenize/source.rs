@@ -1,7 +1,7 @@
 //! Where a tokenizer comes from: a file or folder of the workspace, the local
 //! Hugging Face cache, or training on the train split.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, bail};
 use schemars::JsonSchema;
@@ -110,22 +110,6 @@ fn byte_level_pipeline(model: BPE) -> Tokenizer {
         .with_post_processor(Some(ByteLevel::new(false, false, true)))
         .with_decoder(Some(ByteLevelDecoder::default()));
     tokenizer
-}
-
-/// The Hugging Face cache folder: `HF_HUB_CACHE`, else `HF_HOME/hub`, else
-/// `~/.cache/huggingface/hub` (the order `huggingface_hub` uses).
-pub(crate) fn default_hub_cache() -> PathBuf {
-    match std::env::var_os("HF_HUB_CACHE") {
-        Some(path) => PathBuf::from(path),
-        None => hf_hub::Cache::from_env().path().clone(),
-    }
-}
-
-/// The commit the cache's `main` ref points to for `repo`, if it is cached.
-pub(crate) fn hub_commit(cache: &Path, repo: &str) -> Option<String> {
-    let folder = hf_hub::Repo::model(repo.to_string()).folder_name();
-    let commit = std::fs::read_to_string(cache.join(folder).join("refs").join("main")).ok()?;
-    Some(commit.trim().to_string())
 }
 
 /// Loads the tokenizer of hub repository `repo` from the local cache.

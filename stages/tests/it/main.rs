@@ -10,4 +10,5 @@ mod split;
 mod tokenize;
 
 // Models.
+mod finetune;
 mod gpt_neo;

@@ -69,12 +69,36 @@ impl Workspace {
         params: Value,
         inputs: &[Input],
     ) -> anyhow::Result<Ran> {
+        let scratch = tempfile::tempdir()?;
+        self.run_stage_in(stage, params, inputs, scratch.path())
+    }
+
+    /// Runs the registered kind `kind` with `scratch` as its scratch folder, which a test
+    /// keeps across runs to see what a stage leaves there (checkpoints).
+    pub fn run_with_scratch(
+        &self,
+        kind: &str,
+        params: Value,
+        inputs: &[Input],
+        scratch: &Path,
+    ) -> anyhow::Result<Ran> {
+        let registry = pipe_stages::registry();
+        let stage = registry.get(kind).expect("registered kind");
+        self.run_stage_in(stage, params, inputs, scratch)
+    }
+
+    fn run_stage_in(
+        &self,
+        stage: &dyn Stage,
+        params: Value,
+        inputs: &[Input],
+        scratch: &Path,
+    ) -> anyhow::Result<Ran> {
         let checked = stage
             .check(&params)
             .map_err(|e| anyhow::anyhow!("{e} at {:?}", e.path))?;
         let out = tempfile::tempdir()?;
-        let scratch = tempfile::tempdir()?;
-        let log = scratch.path().join("log");
+        let log = scratch.join("stage.log");
         let reporter = TestReporter::default();
         let ctx = RunContext {
             stage: stage.kind(),
@@ -82,7 +106,7 @@ impl Workspace {
             params: &params,
             workspace: self.path(),
             out_dir: out.path(),
-            scratch_dir: scratch.path(),
+            scratch_dir: scratch,
             inputs,
             run: None,
             outs: &[],
@@ -102,6 +126,7 @@ impl Workspace {
 }
 
 /// A finished run.
+#[derive(Debug)]
 pub struct Ran {
     pub out: TempDir,
     pub outcome: Outcome,

@@ -1,0 +1,82 @@
+//! Training checkpoints in the stage's scratch folder (named by the stage key, kept across
+//! crashes): every parameter and AdamW moment, the step count and how much of the training
+//! log belongs to them.
+//!
+//! A checkpoint is written as `state-<step>.safetensors` (temp file, fsync, rename), then
+//! `checkpoint.json` naming it is replaced the same way, and only then are older state files
+//! removed. A kill at any moment leaves `checkpoint.json` naming a complete state file.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use pipe_onnx::HostTensor;
+use serde::{Deserialize, Serialize};
+
+use crate::models::weights;
+
+const META: &str = "checkpoint.json";
+
+/// Where a checkpoint stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    /// Optimizer steps completed.
+    pub step: u64,
+    /// Bytes of `train_log.jsonl` written up to this step.
+    pub log_bytes: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Meta {
+    #[serde(flatten)]
+    position: Position,
+    state: String,
+}
+
+/// Saves `state` at `position` into `dir`.
+pub fn save(dir: &Path, position: Position, state: &BTreeMap<String, HostTensor>) -> Result<()> {
+    let name = format!("state-{}.safetensors", position.step);
+    let tmp = dir.join(format!("{name}.tmp"));
+    let tensors: Vec<(&str, &HostTensor)> = state.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    weights::save(&tmp, &tensors)?;
+    File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, dir.join(&name))?;
+    let meta = serde_json::to_vec(&Meta {
+        position,
+        state: name.clone(),
+    })?;
+    let meta_tmp = dir.join(format!("{META}.tmp"));
+    let mut file = File::create(&meta_tmp)?;
+    file.write_all(&meta)?;
+    file.sync_all()?;
+    std::fs::rename(&meta_tmp, dir.join(META))?;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let file_name = entry.file_name();
+        let file_name = file_name.to_string_lossy();
+        if file_name.starts_with("state-") && file_name != name {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// The last checkpoint saved in `dir`, if any.
+pub fn load(dir: &Path) -> Result<Option<(Position, BTreeMap<String, HostTensor>)>> {
+    let meta_path = dir.join(META);
+    let text = match std::fs::read(&meta_path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", meta_path.display())),
+    };
+    let meta: Meta = serde_json::from_slice(&text).with_context(|| {
+        format!(
+            "{} is damaged; delete it to start over",
+            meta_path.display()
+        )
+    })?;
+    let state = weights::load_all(&dir.join(&meta.state))?;
+    Ok(Some((meta.position, state)))
+}

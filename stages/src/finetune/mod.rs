@@ -1,0 +1,246 @@
+//! `finetune`: trains GPT-Neo as a text classifier on ONNX Runtime.
+//!
+//! ```yaml
+//! finetune:
+//!   from: tokenize
+//!   model: { config: tiny, seed: 0 }     # or { path: models/gpt-neo-125m } / { hub: EleutherAI/gpt-neo-125m }
+//!   epochs: 3
+//!   batch_size: 16
+//!   learning_rate: 5.0e-4
+//!   device: cpu                          # or cuda, cuda:1 (not part of the cache key)
+//! ```
+//!
+//! Input: the outputs of `tokenize` (`train`, optional `validation`, `tokenizer.json`,
+//! `labels.json`). Outputs:
+//!
+//! - `model/`: a Hugging Face folder `transformers` loads as `GPTNeoForSequenceClassification`
+//!   (`config.json` with `id2label`/`label2id`, `model.safetensors`), plus the
+//!   `tokenizer.json` and `labels.json` it was trained with;
+//! - `train_log.jsonl`: one line per step (step, epoch, loss, lr, grad_norm, tokens,
+//!   seconds, tokens_per_s) and per evaluation (eval_loss, eval_accuracy);
+//! - `metrics.json`: losses, validation results, steps, throughput, peak memory.
+//!
+//! Each optimizer step is one run of a compiled ONNX graph (forward, gradients, clipping,
+//! AdamW; see [`pipe_onnx::AdamW`]). Checkpoints go to the scratch folder named by the stage
+//! key; a killed run resumes from the last one and ends with the same weights, bit for bit,
+//! as an uninterrupted run on the same device and thread count (the only state is the
+//! parameters, moments and step count, all saved exactly, and the data order is a function of
+//! the seed and the epoch).
+
+mod checkpoint;
+mod data;
+mod model_source;
+mod params;
+mod schedule;
+mod training;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use pipe_engine::{Checked, Input, Outcome, ParamError, RunContext, Stage};
+use serde_json::{Value, json};
+
+use self::data::TokenTable;
+use self::model_source::StartingModel;
+use self::params::{ModelSource, Params};
+use self::training::{LOG_FILE, LogSummary, Training};
+use crate::models::hf_folder;
+use crate::table::write_json;
+
+/// The `finetune` stage kind.
+#[derive(Debug, Default)]
+pub struct Finetune {
+    hub_cache: Option<PathBuf>,
+}
+
+impl Finetune {
+    fn hub_cache(&self) -> PathBuf {
+        self.hub_cache
+            .clone()
+            .unwrap_or_else(crate::hub::default_hub_cache)
+    }
+}
+
+impl Stage for Finetune {
+    fn kind(&self) -> &'static str {
+        "finetune"
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn summary(&self) -> &'static str {
+        "Fine-tune GPT-Neo as a text classifier on ONNX Runtime (CPU or CUDA)"
+    }
+
+    fn params_schema(&self) -> Value {
+        pipe_engine::schema_of::<Params>()
+    }
+
+    fn check(&self, params: &Value) -> Result<Checked, ParamError> {
+        let params = Params::parse(params)?;
+        let mut key_params = pipe_engine::key_params_of(&params)?;
+        if let Some(map) = key_params.as_object_mut() {
+            // Where and how fast it runs does not change what it computes.
+            map.remove("device");
+            map.remove("threads");
+        }
+        let workspace_deps = match params.model_source()? {
+            ModelSource::Path(path) => vec![path],
+            ModelSource::Hub(repo) => {
+                // The cache lies outside the workspace: its commit stands in for its content.
+                if let (Some(map), Some(commit)) = (
+                    key_params.as_object_mut(),
+                    crate::hub::hub_commit(&self.hub_cache(), &repo),
+                ) {
+                    map.insert("hub_commit".into(), json!(commit));
+                }
+                Vec::new()
+            }
+            ModelSource::Config(_) => Vec::new(),
+        };
+        Ok(Checked {
+            key_params,
+            workspace_deps,
+        })
+    }
+
+    fn run(&self, ctx: &RunContext<'_>) -> Result<Outcome> {
+        let params = Params::parse(ctx.params)?;
+        let input = ctx.only_input()?;
+        let labels = read_labels(input)?;
+        let tokenizer_path = input.output("tokenizer")?;
+        let tokenizer = tokenizers::Tokenizer::from_file(tokenizer_path)
+            .map_err(|e| anyhow::anyhow!("cannot load {}: {e}", tokenizer_path.display()))?;
+        let train = TokenTable::read(input.output("train")?, labels.len())?;
+        if train.is_empty() {
+            bail!("the train split of stage `{}` has no rows", input.stage);
+        }
+        let validation = match input.outputs.get("validation") {
+            Some(path) => Some(TokenTable::read(path, labels.len())?),
+            None => None,
+        };
+        let start = model_source::resolve(
+            &params.model_source()?,
+            ctx.workspace,
+            &self.hub_cache(),
+            tokenizer.get_vocab_size(true),
+            &labels,
+        )?;
+        check_fits(&start, &train, validation.as_ref())?;
+        let problem = train.problem();
+        let began = std::time::Instant::now();
+        let training = Training::new(
+            &params,
+            &start,
+            problem,
+            validation.as_ref(),
+            ctx.scratch_dir,
+        )?;
+        let specs = training.specs().to_vec();
+        let finished = training.run(&train, ctx.reporter)?;
+
+        let model_dir = ctx.out_dir.join("model");
+        hf_folder::write(
+            &model_dir,
+            &start.config,
+            &labels,
+            problem,
+            &specs,
+            &finished.weights,
+        )?;
+        std::fs::copy(tokenizer_path, model_dir.join("tokenizer.json"))?;
+        write_json(&model_dir.join("labels.json"), &labels)?;
+        std::fs::copy(ctx.scratch_dir.join(LOG_FILE), ctx.out_dir.join(LOG_FILE))?;
+        let summary = LogSummary::read(&ctx.out_dir.join(LOG_FILE))?;
+        let mut metrics = serde_json::Map::new();
+        metrics.insert("train_loss".into(), json!(summary.mean_loss));
+        metrics.insert("final_epoch_loss".into(), json!(summary.last_epoch_loss));
+        if let Some(e) = finished.evaluation {
+            metrics.insert("validation_loss".into(), json!(e.loss));
+            metrics.insert("validation_accuracy".into(), json!(e.accuracy));
+        }
+        metrics.insert("steps".into(), json!(finished.steps));
+        metrics.insert("tokens_per_s".into(), json!(summary.tokens_per_s.round()));
+        metrics.insert(
+            "parameters".into(),
+            json!(specs.iter().map(|s| s.numel()).sum::<usize>()),
+        );
+        if let Some(peak) = peak_memory_bytes() {
+            metrics.insert("peak_memory_bytes".into(), json!(peak));
+        }
+        metrics.insert("seconds".into(), json!(began.elapsed().as_secs_f64()));
+        if let Some(step) = finished.resumed_from {
+            metrics.insert("resumed_from_step".into(), json!(step));
+        }
+        write_json(&ctx.out_dir.join("metrics.json"), &metrics)?;
+        let mut headline = format!("loss {:.3}", summary.last_epoch_loss);
+        if let Some(e) = finished.evaluation {
+            headline.push_str(&format!(" · val accuracy {:.3}", e.accuracy));
+        }
+        headline.push_str(&format!(" · {:.0} tok/s", summary.tokens_per_s));
+        Ok(Outcome {
+            metrics: metrics
+                .into_iter()
+                .filter(|(k, _)| k != "seconds")
+                .collect(),
+            headline: Some(headline),
+        })
+    }
+}
+
+/// The label names of the tokenize stage, in class-index order.
+fn read_labels(input: &Input) -> Result<Vec<String>> {
+    let path = input.output("labels")?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let labels: Vec<String> = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a JSON list of label names", path.display()))?;
+    if labels.len() < 2 {
+        bail!(
+            "{} lists {} label(s); a classifier needs at least 2",
+            path.display(),
+            labels.len()
+        );
+    }
+    Ok(labels)
+}
+
+/// Checks that every token id and every row length fits the model.
+fn check_fits(
+    start: &StartingModel,
+    train: &TokenTable,
+    validation: Option<&TokenTable>,
+) -> Result<()> {
+    let config = &start.config;
+    for (name, table) in
+        std::iter::once(("train", train)).chain(validation.map(|v| ("validation", v)))
+    {
+        if table.max_id() >= config.vocab_size as i64 {
+            bail!(
+                "the {name} split holds token id {} but the model's vocabulary has {} tokens; \
+                 tokenize with the model's own tokenizer",
+                table.max_id(),
+                config.vocab_size
+            );
+        }
+        if table.max_length() > config.max_position_embeddings {
+            bail!(
+                "the {name} split has rows of {} tokens but the model takes at most {}; \
+                 lower `max_length` of the tokenize stage",
+                table.max_length(),
+                config.max_position_embeddings
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The peak resident memory of this process (`VmHWM` on Linux).
+fn peak_memory_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}

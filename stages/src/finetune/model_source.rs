@@ -1,0 +1,130 @@
+//! The starting model: a fresh one of a preset or inline shape, or a Hugging Face folder from
+//! the workspace or the local hub cache; and its first weights.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use pipe_onnx::HostTensor;
+use serde_json::Value;
+
+use super::params::{ModelConfig, ModelSource, Preset};
+use crate::models::gpt_neo::{AttentionKind, GptNeoConfig, GptNeoForSequenceClassification};
+use crate::models::{ParamSpec, hf_folder, init_param, init_params};
+
+/// What training starts from.
+pub struct StartingModel {
+    /// The model's shape, with `num_labels` set to the data's.
+    pub config: GptNeoConfig,
+    /// Where the weights come from: a model folder, or `None` for a fresh initialisation.
+    pub folder: Option<PathBuf>,
+    /// Whether the classification head is fresh (always for fresh models; for a folder, when
+    /// its labels differ from the data's or it has none).
+    pub fresh_head: bool,
+}
+
+/// Resolves `source` for data with `labels` and a tokenizer of `vocab_size` tokens.
+pub fn resolve(
+    source: &ModelSource,
+    workspace: &Path,
+    hub_cache: &Path,
+    vocab_size: usize,
+    labels: &[String],
+) -> Result<StartingModel> {
+    let (mut config, folder) = match source {
+        ModelSource::Config(shape) => (fresh_config(shape, vocab_size, labels.len())?, None),
+        ModelSource::Path(path) => {
+            let dir = workspace.join(path);
+            (hf_folder::read_config(&dir)?, Some(dir))
+        }
+        ModelSource::Hub(repo) => {
+            let Some(dir) = crate::hub::snapshot_with(hub_cache, repo, hf_folder::CONFIG_FILE)
+            else {
+                bail!(
+                    "model `{repo}` is not in the Hugging Face cache ({}); download it with \
+                     `hf download {repo} config.json model.safetensors` (or \
+                     `huggingface-cli download ...`), or point `model: {{ path: ... }}` at a \
+                     local copy",
+                    hub_cache.display()
+                );
+            };
+            (hf_folder::read_config(&dir)?, Some(dir))
+        }
+    };
+    if vocab_size > config.vocab_size {
+        bail!(
+            "the tokenizer has {vocab_size} tokens but the model's embedding has only {} rows; \
+             use the model's own tokenizer (`tokenizer: {{ hub: ... }}`) or a smaller trained \
+             vocabulary",
+            config.vocab_size
+        );
+    }
+    let fresh_head = match &folder {
+        None => true,
+        Some(_) => !same_labels(&config, labels),
+    };
+    config.num_labels = Some(labels.len());
+    config.id2label = None;
+    config.validate()?;
+    Ok(StartingModel {
+        config,
+        folder,
+        fresh_head,
+    })
+}
+
+/// Whether a checkpoint's `id2label` names exactly `labels`, in order.
+fn same_labels(config: &GptNeoConfig, labels: &[String]) -> bool {
+    let Some(id2label) = &config.id2label else {
+        return false;
+    };
+    id2label.len() == labels.len()
+        && labels
+            .iter()
+            .enumerate()
+            .all(|(i, l)| id2label.get(&i.to_string()) == Some(l))
+}
+
+/// The config of a fresh model.
+fn fresh_config(shape: &ModelConfig, vocab_size: usize, num_labels: usize) -> Result<GptNeoConfig> {
+    Ok(match shape {
+        ModelConfig::Preset(Preset::Tiny) => GptNeoConfig::tiny(vocab_size, num_labels),
+        ModelConfig::Preset(Preset::Small) => GptNeoConfig {
+            hidden_size: 768,
+            num_layers: 12,
+            num_heads: 12,
+            intermediate_size: None,
+            max_position_embeddings: 2048,
+            window_size: 256,
+            attention_types: vec![(vec![AttentionKind::Global, AttentionKind::Local], 6)],
+            ..GptNeoConfig::tiny(vocab_size, num_labels)
+        },
+        ModelConfig::Inline(map) => {
+            let mut map = map.clone();
+            map.entry("vocab_size").or_insert(Value::from(vocab_size));
+            map.insert("num_labels".into(), Value::from(num_labels));
+            serde_json::from_value(Value::Object(map))
+                .context("`model.config` is not a GPT-Neo config")?
+        }
+    })
+}
+
+impl StartingModel {
+    /// The first value of every parameter of `specs`: read from the folder (the head fresh
+    /// when [`Self::fresh_head`]) or initialised from `seed`.
+    pub fn weights(&self, specs: &[ParamSpec], seed: u64) -> Result<BTreeMap<String, HostTensor>> {
+        let Some(dir) = &self.folder else {
+            return Ok(init_params(specs, seed));
+        };
+        let head = GptNeoForSequenceClassification::HEAD_PARAMS;
+        let (fresh, read): (Vec<&ParamSpec>, Vec<&ParamSpec>) = specs
+            .iter()
+            .partition(|s| self.fresh_head && head.contains(&s.name.as_str()));
+        let read: Vec<ParamSpec> = read.into_iter().cloned().collect();
+        let mut weights = hf_folder::read_weights(dir, &read, head, seed)?;
+        for spec in fresh {
+            weights.insert(spec.name.clone(), init_param(spec, seed));
+        }
+        Ok(weights)
+    }
+}

@@ -1,0 +1,262 @@
+//! The parameters of `finetune`, their defaults and their checks.
+
+use pipe_engine::{ParamError, parse_params};
+use pipe_onnx::Device;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Parameters of `finetune`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub struct Params {
+    /// The model to start from (exactly one of `config`, `path`, `hub`).
+    pub model: ModelParams,
+    /// Passes over the training split.
+    #[serde(default = "default_epochs")]
+    pub epochs: u64,
+    /// Optimizer steps to take; overrides `epochs` when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_steps: Option<u64>,
+    /// Rows per optimizer step.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// Peak learning rate.
+    #[serde(default = "default_learning_rate")]
+    pub learning_rate: f64,
+    /// Decoupled weight decay (AdamW), not applied to biases and LayerNorm weights.
+    #[serde(default)]
+    pub weight_decay: f64,
+    /// AdamW β1.
+    #[serde(default = "default_beta1")]
+    pub adam_beta1: f64,
+    /// AdamW β2.
+    #[serde(default = "default_beta2")]
+    pub adam_beta2: f64,
+    /// AdamW ε.
+    #[serde(default = "default_epsilon")]
+    pub adam_epsilon: f64,
+    /// How the learning rate moves over training.
+    #[serde(default)]
+    pub lr_schedule: LrSchedule,
+    /// Fraction of the steps spent warming the learning rate up from 0 (linear schedule only).
+    #[serde(default)]
+    pub warmup_ratio: f64,
+    /// Clip the global gradient norm to this value; 0 turns clipping off.
+    #[serde(default = "default_max_grad_norm")]
+    pub max_grad_norm: f64,
+    /// Shuffle the training rows each epoch (seeded).
+    #[serde(default = "default_true")]
+    pub shuffle: bool,
+    /// Seed of the data order.
+    #[serde(default)]
+    pub seed: u64,
+    /// Save a checkpoint every this many steps (and at every epoch end); 0: epoch ends only.
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every: u64,
+    /// Evaluate on the validation split every this many steps (and at every epoch end);
+    /// 0: epoch ends only. Ignored without a validation split.
+    #[serde(default)]
+    pub eval_every: u64,
+    /// Where to train: `cpu`, `cuda` or `cuda:N`. Not part of the cache key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// Threads per operator (default: one per core). Not part of the cache key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threads: Option<usize>,
+}
+
+/// The model to fine-tune.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub struct ModelParams {
+    /// A fresh model: `tiny`, `small` (the GPT-Neo 125M shape) or an inline GPT-Neo config
+    /// (Hugging Face `config.json` keys; `vocab_size` defaults to the tokenizer's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<ModelConfig>,
+    /// Seed of a fresh model's weights (and of a fresh classification head).
+    #[serde(default)]
+    pub seed: u64,
+    /// A Hugging Face GPT-Neo folder (`config.json` + `model.safetensors`), relative to the
+    /// manifest's folder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// A Hugging Face repository id (e.g. `EleutherAI/gpt-neo-125m`) in the local cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hub: Option<String>,
+}
+
+/// A fresh model's shape.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum ModelConfig {
+    /// A named preset.
+    Preset(Preset),
+    /// A GPT-Neo config written out (keys of Hugging Face's `config.json`).
+    Inline(serde_json::Map<String, Value>),
+}
+
+/// Named model shapes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Preset {
+    /// Hidden 256, 4 layers of 8 heads (global/local), MLP 1024, 128 positions: trains in
+    /// minutes on a laptop CPU.
+    Tiny,
+    /// The GPT-Neo 125M shape: hidden 768, 12 layers of 12 heads, 2048 positions.
+    Small,
+}
+
+/// The learning-rate schedule.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LrSchedule {
+    /// Linear warm-up over `warmup_ratio` of the steps, then linear decay to 0
+    /// (`transformers.get_linear_schedule_with_warmup`).
+    #[default]
+    Linear,
+    /// The same rate throughout.
+    Constant,
+}
+
+fn default_epochs() -> u64 {
+    3
+}
+fn default_batch_size() -> usize {
+    16
+}
+fn default_learning_rate() -> f64 {
+    5e-5
+}
+fn default_beta1() -> f64 {
+    0.9
+}
+fn default_beta2() -> f64 {
+    0.999
+}
+fn default_epsilon() -> f64 {
+    1e-8
+}
+fn default_max_grad_norm() -> f64 {
+    1.0
+}
+fn default_true() -> bool {
+    true
+}
+fn default_checkpoint_every() -> u64 {
+    100
+}
+
+/// Where the starting model comes from, once checked.
+#[derive(Debug, Clone)]
+pub enum ModelSource {
+    /// A fresh model of this shape.
+    Config(ModelConfig),
+    /// A folder of the workspace.
+    Path(String),
+    /// A repository of the local Hugging Face cache.
+    Hub(String),
+}
+
+impl Params {
+    /// Parses and checks `value`.
+    pub fn parse(value: &Value) -> Result<Params, ParamError> {
+        let params: Params = parse_params(value)?;
+        params.model_source()?;
+        let positive = |ok: bool, key: &str, what: &str| {
+            if ok {
+                Ok(())
+            } else {
+                Err(ParamError::new(&[key], format!("`{key}` must be {what}")))
+            }
+        };
+        positive(params.batch_size > 0, "batch_size", "at least 1")?;
+        positive(
+            params.epochs > 0 || params.max_steps.is_some(),
+            "epochs",
+            "at least 1 (or set `max_steps`)",
+        )?;
+        positive(
+            params.max_steps != Some(0),
+            "max_steps",
+            "at least 1 when set",
+        )?;
+        let finite_nonneg = |v: f64| v.is_finite() && v >= 0.0;
+        positive(
+            finite_nonneg(params.learning_rate),
+            "learning_rate",
+            "a non-negative number",
+        )?;
+        positive(
+            finite_nonneg(params.weight_decay),
+            "weight_decay",
+            "a non-negative number",
+        )?;
+        positive(
+            finite_nonneg(params.max_grad_norm),
+            "max_grad_norm",
+            "a non-negative number (0 turns clipping off)",
+        )?;
+        positive(
+            (0.0..1.0).contains(&params.adam_beta1),
+            "adam_beta1",
+            "in [0, 1)",
+        )?;
+        positive(
+            (0.0..1.0).contains(&params.adam_beta2),
+            "adam_beta2",
+            "in [0, 1)",
+        )?;
+        positive(
+            params.adam_epsilon.is_finite() && params.adam_epsilon > 0.0,
+            "adam_epsilon",
+            "a positive number",
+        )?;
+        positive(
+            (0.0..1.0).contains(&params.warmup_ratio),
+            "warmup_ratio",
+            "in [0, 1)",
+        )?;
+        if params.warmup_ratio > 0.0 && params.lr_schedule == LrSchedule::Constant {
+            return Err(ParamError::new(
+                &["warmup_ratio"],
+                "`warmup_ratio` applies to the linear schedule only",
+            )
+            .with_help("remove it, or set `lr_schedule: linear`"));
+        }
+        if params.threads == Some(0) {
+            return Err(ParamError::new(
+                &["threads"],
+                "`threads` must be at least 1",
+            ));
+        }
+        params.device()?;
+        Ok(params)
+    }
+
+    /// The checked model source.
+    pub fn model_source(&self) -> Result<ModelSource, ParamError> {
+        match (&self.model.config, &self.model.path, &self.model.hub) {
+            (Some(config), None, None) => Ok(ModelSource::Config(config.clone())),
+            (None, Some(path), None) => Ok(ModelSource::Path(path.clone())),
+            (None, None, Some(repo)) => Ok(ModelSource::Hub(repo.clone())),
+            _ => Err(ParamError::new(
+                &["model"],
+                "`model` needs exactly one of `config`, `path` or `hub`",
+            )
+            .with_help(
+                "e.g. `model: { config: tiny, seed: 0 }`, `model: { path: models/gpt-neo-125m }` \
+                 or `model: { hub: EleutherAI/gpt-neo-125m }`",
+            )),
+        }
+    }
+
+    /// The training device.
+    pub fn device(&self) -> Result<Device, ParamError> {
+        self.device
+            .as_deref()
+            .unwrap_or("cpu")
+            .parse()
+            .map_err(|e: pipe_onnx::Error| ParamError::new(&["device"], e.to_string()))
+    }
+}

@@ -1,0 +1,358 @@
+//! The training loop: the compiled step graph run batch after batch, with the learning-rate
+//! schedule, the training log, periodic evaluation and checkpoints.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use pipe_engine::Reporter;
+use pipe_onnx::{AdamW, Graph, HostTensor, Session, SessionOptions, StepSignature, Trainer};
+use serde_json::json;
+
+use super::checkpoint::{self, Position};
+use super::data::TokenTable;
+use super::model_source::StartingModel;
+use super::params::Params;
+use super::schedule::Schedule;
+use crate::models::ParamSpec;
+use crate::models::gpt_neo::{
+    GptNeoConfig, GptNeoForSequenceClassification, ProblemType, hf_trainer_decay,
+};
+
+/// Name of the training log, in the scratch folder while training and in the outputs after.
+pub const LOG_FILE: &str = "train_log.jsonl";
+
+/// Loss and accuracy on the validation split.
+#[derive(Debug, Clone, Copy)]
+pub struct Evaluation {
+    /// Mean loss over the rows.
+    pub loss: f64,
+    /// Share of rows predicted right (all labels right, for multi-label data).
+    pub accuracy: f64,
+}
+
+/// A model being trained, with everything one run of the loop needs.
+pub struct Training<'a> {
+    params: &'a Params,
+    problem: ProblemType,
+    specs: Vec<ParamSpec>,
+    trainer: Trainer,
+    eval: Option<(Session, &'a TokenTable)>,
+    scratch: &'a Path,
+}
+
+/// How a finished run went.
+pub struct Finished {
+    /// The trained parameters, by name.
+    pub weights: BTreeMap<String, HostTensor>,
+    /// Steps taken (including those before a resume).
+    pub steps: u64,
+    /// The last validation result, when there is a validation split.
+    pub evaluation: Option<Evaluation>,
+    /// The step the run resumed from, if it did.
+    pub resumed_from: Option<u64>,
+}
+
+fn session_options(params: &Params) -> Result<SessionOptions> {
+    Ok(SessionOptions {
+        device: params.device()?,
+        intra_threads: params.threads,
+        graph_cache_dir: None,
+    })
+}
+
+impl<'a> Training<'a> {
+    /// Compiles the step graph (forward, loss, gradients, AdamW) of the starting model and
+    /// loads its weights; `validation`, when given, gets a forward-only graph of its own.
+    pub fn new(
+        params: &'a Params,
+        start: &StartingModel,
+        problem: ProblemType,
+        validation: Option<&'a TokenTable>,
+        scratch: &'a Path,
+    ) -> Result<Self> {
+        let opts = session_options(params)?;
+        let config = &start.config;
+        let mut g = Graph::new("finetune_step");
+        let (model, loss) = loss_graph(&mut g, config, problem)?;
+        let weights = start.weights(model.params(), params.model.seed)?;
+        let adamw = AdamW {
+            beta1: params.adam_beta1,
+            beta2: params.adam_beta2,
+            eps: params.adam_epsilon,
+            weight_decay: params.weight_decay,
+            max_grad_norm: params.max_grad_norm,
+        };
+        let sig: StepSignature =
+            adamw.build_step(&mut g, loss, &model.train_params(hf_trainer_decay))?;
+        let session = Session::from_model(&g.build()?, &opts)?;
+        let trainer = Trainer::new(session, sig, &weights)?;
+        let eval = match validation {
+            Some(table) => {
+                let mut g = Graph::new("finetune_eval");
+                let (_, loss) = loss_graph(&mut g, config, problem)?;
+                g.output(loss, "loss")?;
+                Some((Session::from_model(&g.build()?, &opts)?, table))
+            }
+            None => None,
+        };
+        Ok(Training {
+            params,
+            problem,
+            specs: model.params().to_vec(),
+            trainer,
+            eval,
+            scratch,
+        })
+    }
+
+    /// The parameter list, in Hugging Face order.
+    pub fn specs(&self) -> &[ParamSpec] {
+        &self.specs
+    }
+
+    /// Trains on `train` to the end, resuming from the scratch folder's checkpoint when there
+    /// is one, and reporting progress through `reporter`.
+    pub fn run(mut self, train: &TokenTable, reporter: &dyn Reporter) -> Result<Finished> {
+        let p = self.params;
+        let steps_per_epoch = train.len().div_ceil(p.batch_size) as u64;
+        let total = p.max_steps.unwrap_or(p.epochs * steps_per_epoch);
+        let schedule = Schedule::new(p.lr_schedule, p.learning_rate, total, p.warmup_ratio);
+        let log_path = self.scratch.join(LOG_FILE);
+        let resumed_from = self.resume(&log_path)?;
+        let mut log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .with_context(|| format!("cannot open {}", log_path.display()))?;
+        let bar = reporter.progress(total, "steps");
+        let start = resumed_from.unwrap_or(0);
+        bar.set_position(start);
+        if let Some(step) = resumed_from {
+            reporter.note(&format!("resumed from the checkpoint at step {step}"));
+        }
+        let mut smoothed: Option<f64> = None;
+        let mut evaluation = None;
+        let mut batches = (u64::MAX, Vec::new());
+        for step in start..total {
+            let epoch = step / steps_per_epoch;
+            if batches.0 != epoch {
+                batches = (
+                    epoch,
+                    train.epoch_batches(p.batch_size, p.seed, epoch, p.shuffle),
+                );
+            }
+            let rows = &batches.1[(step % steps_per_epoch) as usize];
+            let (feeds, tokens) = train.batch(rows)?;
+            let feeds: Vec<(&str, &HostTensor)> = feeds.iter().map(|(k, v)| (*k, v)).collect();
+            let lr = schedule.rate(step);
+            let began = Instant::now();
+            let result = self.trainer.step(&feeds, lr as f32)?;
+            let seconds = began.elapsed().as_secs_f64();
+            let loss = f64::from(result.loss);
+            if !loss.is_finite() {
+                bail!(
+                    "the training loss became {loss} at step {}; lower `learning_rate` or keep \
+                     `max_grad_norm` on",
+                    step + 1
+                );
+            }
+            let ema = smoothed.map_or(loss, |s| 0.9 * s + 0.1 * loss);
+            smoothed = Some(ema);
+            let done = step + 1;
+            let epoch_f = done as f64 / steps_per_epoch as f64;
+            write_line(
+                &mut log,
+                json!({
+                    "step": done, "epoch": round4(epoch_f), "loss": loss, "lr": lr,
+                    "grad_norm": result.grad_norm, "tokens": tokens, "seconds": seconds,
+                    "tokens_per_s": (tokens as f64 / seconds).round(),
+                }),
+            )?;
+            bar.set_position(done);
+            bar.set_message(format!(
+                "epoch {:.2} · loss {ema:.4} · {:.0} tok/s",
+                epoch_f,
+                tokens as f64 / seconds
+            ));
+            let epoch_end = done % steps_per_epoch == 0 || done == total;
+            let every = |n: u64| n > 0 && done % n == 0;
+            if self.eval.is_some() && (epoch_end || every(p.eval_every)) {
+                let e = self.evaluate()?;
+                write_line(
+                    &mut log,
+                    json!({"step": done, "epoch": round4(epoch_f), "eval_loss": e.loss, "eval_accuracy": e.accuracy}),
+                )?;
+                reporter.note(&format!(
+                    "step {done}: validation loss {:.4} · accuracy {:.3}",
+                    e.loss, e.accuracy
+                ));
+                evaluation = Some(e);
+            }
+            if done < total && (epoch_end || every(p.checkpoint_every)) {
+                let position = Position {
+                    step: done,
+                    log_bytes: log.metadata()?.len(),
+                };
+                checkpoint::save(self.scratch, position, &self.trainer.all_state()?)?;
+            }
+        }
+        bar.finish_and_clear();
+        if evaluation.is_none() && self.eval.is_some() {
+            evaluation = Some(self.evaluate()?);
+        }
+        Ok(Finished {
+            weights: self.trainer.params()?,
+            steps: total,
+            evaluation,
+            resumed_from,
+        })
+    }
+
+    /// Loads the scratch folder's checkpoint into the trainer and cuts the log back to it.
+    fn resume(&mut self, log_path: &Path) -> Result<Option<u64>> {
+        let Some((position, state)) = checkpoint::load(self.scratch)? else {
+            // A log without a checkpoint belongs to a run killed before its first one.
+            if log_path.exists() {
+                std::fs::remove_file(log_path)?;
+            }
+            return Ok(None);
+        };
+        for (name, value) in &state {
+            self.trainer.set_state(name, value)?;
+        }
+        self.trainer.set_steps_done(position.step);
+        let log = OpenOptions::new()
+            .write(true)
+            .open(log_path)
+            .with_context(|| {
+                format!("the checkpoint has no training log {}", log_path.display())
+            })?;
+        log.set_len(position.log_bytes)?;
+        Ok(Some(position.step))
+    }
+
+    /// Loss and accuracy of the current weights on the validation split.
+    fn evaluate(&mut self) -> Result<Evaluation> {
+        let weights = self.trainer.params()?;
+        let Some((session, table)) = &mut self.eval else {
+            bail!("no validation split to evaluate on");
+        };
+        let (mut loss_sum, mut right, mut rows_seen) = (0.0, 0usize, 0usize);
+        for rows in table.in_order(self.params.batch_size) {
+            let (batch, _) = table.batch(&rows)?;
+            let mut feeds: Vec<(&str, &HostTensor)> = batch.iter().map(|(k, v)| (*k, v)).collect();
+            feeds.extend(weights.iter().map(|(k, v)| (k.as_str(), v)));
+            let out = session.run(&feeds)?;
+            let loss = out
+                .get("loss")
+                .map(HostTensor::to_f64_vec)
+                .unwrap_or_default();
+            let logits = out
+                .get("logits")
+                .context("the evaluation graph lost its logits")?;
+            let labels = &batch[2].1;
+            loss_sum += loss.first().copied().unwrap_or(f64::NAN) * rows.len() as f64;
+            right += correct(self.problem, logits, labels);
+            rows_seen += rows.len();
+        }
+        Ok(Evaluation {
+            loss: loss_sum / rows_seen.max(1) as f64,
+            accuracy: right as f64 / rows_seen.max(1) as f64,
+        })
+    }
+}
+
+/// Declares inputs, the model, its logits (graph output `logits`) and loss in `g`.
+fn loss_graph(
+    g: &mut Graph,
+    config: &GptNeoConfig,
+    problem: ProblemType,
+) -> Result<(GptNeoForSequenceClassification, pipe_onnx::Tensor)> {
+    let (ids, lengths) = GptNeoForSequenceClassification::declare_inputs(g)?;
+    let model = GptNeoForSequenceClassification::new(config, g)?;
+    let logits = model.forward(g, ids, lengths)?;
+    g.output(logits, "logits")?;
+    let labels = model.declare_labels(g, problem)?;
+    let loss = model.loss(g, logits, labels, problem)?;
+    Ok((model, loss))
+}
+
+/// Rows of a batch whose prediction is right: argmax for single-label, every label at 0.5
+/// for multi-label.
+fn correct(problem: ProblemType, logits: &HostTensor, labels: &HostTensor) -> usize {
+    let k = logits.shape().get(1).copied().unwrap_or(1).max(1) as usize;
+    let logits = logits.to_f64_vec();
+    let truth = labels.to_f64_vec();
+    logits
+        .chunks(k)
+        .enumerate()
+        .filter(|(row, l)| match problem {
+            ProblemType::SingleLabelClassification => {
+                let best = l
+                    .iter()
+                    .enumerate()
+                    .fold(0, |best, (i, &v)| if v > l[best] { i } else { best });
+                truth.get(*row).is_some_and(|&t| t as usize == best)
+            }
+            ProblemType::MultiLabelClassification => l
+                .iter()
+                .enumerate()
+                .all(|(i, &v)| (v >= 0.0) == (truth.get(row * k + i) == Some(&1.0))),
+        })
+        .count()
+}
+
+fn round4(x: f64) -> f64 {
+    (x * 1e4).round() / 1e4
+}
+
+fn write_line(log: &mut File, value: serde_json::Value) -> Result<()> {
+    let mut line = serde_json::to_vec(&value)?;
+    line.push(b'\n');
+    log.write_all(&line)
+        .context("cannot write the training log")
+}
+
+/// Totals of a training log.
+#[derive(Debug, Clone, Copy)]
+pub struct LogSummary {
+    /// Mean loss over every step (what `transformers.Trainer` reports as `train_loss`).
+    pub mean_loss: f64,
+    /// Mean loss over the steps of the last epoch.
+    pub last_epoch_loss: f64,
+    /// Real (unpadded) tokens per second of step time, over every step.
+    pub tokens_per_s: f64,
+}
+
+impl LogSummary {
+    /// Reads the training log at `path`.
+    pub fn read(path: &Path) -> Result<LogSummary> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let mut steps = Vec::new();
+        for line in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(line)
+                .with_context(|| format!("a line of {} is not JSON", path.display()))?;
+            if let Some(loss) = v.get("loss").and_then(serde_json::Value::as_f64) {
+                let f = |k: &str| v.get(k).and_then(serde_json::Value::as_f64).unwrap_or(0.0);
+                steps.push((f("epoch"), loss, f("tokens"), f("seconds")));
+            }
+        }
+        let mean = |xs: &[(f64, f64, f64, f64)]| {
+            xs.iter().map(|s| s.1).sum::<f64>() / xs.len().max(1) as f64
+        };
+        let last_epoch = steps.last().map_or(0.0, |s| (s.0 - 1e-9).floor());
+        let tail: Vec<_> = steps.iter().copied().filter(|s| s.0 > last_epoch).collect();
+        let tokens: f64 = steps.iter().map(|s| s.2).sum();
+        let seconds: f64 = steps.iter().map(|s| s.3).sum();
+        Ok(LogSummary {
+            mean_loss: mean(&steps),
+            last_epoch_loss: mean(&tail),
+            tokens_per_s: tokens / seconds.max(1e-9),
+        })
+    }
+}

@@ -1,0 +1,309 @@
+//! `finetune`: learning on the sample data, the Hugging Face outputs, resuming from a
+//! checkpoint, continuing from a fine-tuned folder, and the errors of bad models.
+
+use std::collections::BTreeMap;
+
+use pipe_stages::models::weights;
+use serde_json::{Value, json};
+
+use crate::util::{Ran, Workspace, message};
+
+/// The sample dataset of the reference pipeline, ingested, split (validation 10%, test 20%)
+/// and tokenized with a trained BPE of `vocab` tokens.
+fn tokenized(ws: &Workspace, vocab: usize) -> Ran {
+    let csv = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../pipelines/data/student_questions.csv"
+    ))
+    .unwrap();
+    ws.file("q.csv", csv);
+    let ingest = ws
+        .run(
+            "ingest",
+            json!({ "source": "q.csv", "text": "text", "label": "label" }),
+            &[],
+        )
+        .unwrap();
+    let split = ws
+        .run(
+            "split",
+            json!({ "test": 0.2, "validation": 0.1, "shuffle": true, "seed": 42 }),
+            &[ingest.input("ingest")],
+        )
+        .unwrap();
+    ws.run(
+        "tokenize",
+        json!({ "tokenizer": { "train": { "vocab_size": vocab } }, "max_length": 48 }),
+        &[split.input("split")],
+    )
+    .unwrap()
+}
+
+/// A GPT-Neo small enough to train in a second: hidden 32, a global and a local layer.
+fn small_model(seed: u64) -> Value {
+    json!({ "config": {
+        "hidden_size": 32, "num_layers": 2, "num_heads": 4, "intermediate_size": 64,
+        "max_position_embeddings": 64, "window_size": 8,
+        "attention_types": [[["global", "local"], 1]]
+    }, "seed": seed })
+}
+
+fn weights_of(ran: &Ran) -> BTreeMap<String, Vec<f32>> {
+    weights::load_all(&ran.path("model/model.safetensors"))
+        .unwrap()
+        .into_iter()
+        .map(|(k, v)| (k, v.as_f32().unwrap().to_vec()))
+        .collect()
+}
+
+#[test]
+fn the_tiny_preset_learns_the_student_questions() {
+    let ws = Workspace::new();
+    let tokens = tokenized(&ws, 2048);
+    let ran = ws
+        .run(
+            "finetune",
+            json!({
+                "model": { "config": "tiny", "seed": 0 }, "epochs": 6, "batch_size": 16,
+                "learning_rate": 5e-4, "warmup_ratio": 0.1, "threads": 2
+            }),
+            &[tokens.input("tokenize")],
+        )
+        .unwrap();
+    let metrics = ran.json("metrics.json");
+    let (loss, accuracy) = (
+        metrics["final_epoch_loss"].as_f64().unwrap(),
+        metrics["validation_accuracy"].as_f64().unwrap(),
+    );
+    eprintln!("tiny preset, 6 epochs: {metrics}");
+    // Chance: loss ln 4 = 1.386, accuracy 0.25.
+    assert!(loss < 0.5 * 4f64.ln(), "last-epoch training loss {loss}");
+    assert!(accuracy > 0.6, "validation accuracy {accuracy}");
+    assert_eq!(metrics["steps"], json!(6 * 336usize.div_ceil(16)));
+
+    // The outputs `transformers` loads.
+    assert_eq!(ran.files(), ["metrics.json", "model", "train_log.jsonl"]);
+    let config = ran.json("model/config.json");
+    assert_eq!(config["model_type"], "gpt_neo");
+    assert_eq!(
+        config["architectures"],
+        json!(["GPTNeoForSequenceClassification"])
+    );
+    assert_eq!(config["num_labels"], 4);
+    assert_eq!(config["vocab_size"], 2048);
+    assert_eq!(config["id2label"]["2"], "math");
+    assert_eq!(config["label2id"]["physics"], 3);
+    assert_eq!(config["problem_type"], "single_label_classification");
+    assert_eq!(
+        ran.json("model/labels.json"),
+        json!(["biology", "chemistry", "math", "physics"])
+    );
+    assert!(ran.path("model/tokenizer.json").is_file());
+    let names: Vec<String> = weights_of(&ran).into_keys().collect();
+    for name in [
+        "transformer.wte.weight",
+        "transformer.wpe.weight",
+        "transformer.h.0.attn.attention.q_proj.weight",
+        "transformer.h.3.mlp.c_proj.bias",
+        "transformer.ln_f.weight",
+        "score.weight",
+    ] {
+        assert!(
+            names.iter().any(|n| n == name),
+            "{name} missing from {names:?}"
+        );
+    }
+
+    // One log line per step, then per evaluation (one per epoch).
+    let log = std::fs::read_to_string(ran.path("train_log.jsonl")).unwrap();
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let steps: Vec<&Value> = lines.iter().filter(|l| l.get("loss").is_some()).collect();
+    assert_eq!(steps.len(), 126);
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.get("eval_loss").is_some())
+            .count(),
+        6
+    );
+    assert_eq!(
+        steps[0]["lr"], 0.0,
+        "warm-up starts at 0 as transformers' schedule does"
+    );
+    assert!(steps[0]["tokens_per_s"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn a_resumed_run_ends_with_the_same_weights() {
+    let ws = Workspace::new();
+    let tokens = tokenized(&ws, 400);
+    let params = json!({
+        "model": small_model(3), "max_steps": 30, "batch_size": 8, "learning_rate": 1e-3,
+        "warmup_ratio": 0.2, "weight_decay": 0.01, "checkpoint_every": 7, "threads": 1
+    });
+    let input = [tokens.input("tokenize")];
+    let scratch = tempfile::tempdir().unwrap();
+    let whole = ws
+        .run_with_scratch("finetune", params.clone(), &input, scratch.path())
+        .unwrap();
+    assert!(!whole.notes_contain("resumed"));
+    // The uninterrupted run left its last checkpoint (step 28) behind, as a run killed
+    // after it would have; the rerun starts there.
+    let meta: Value =
+        serde_json::from_slice(&std::fs::read(scratch.path().join("checkpoint.json")).unwrap())
+            .unwrap();
+    assert_eq!(meta["step"], 28);
+    let resumed = ws
+        .run_with_scratch("finetune", params, &input, scratch.path())
+        .unwrap();
+    assert!(
+        resumed.notes_contain("resumed from the checkpoint at step 28"),
+        "{:?}",
+        resumed.notes
+    );
+    assert_eq!(resumed.json("metrics.json")["resumed_from_step"], 28);
+    assert_eq!(
+        weights_of(&whole),
+        weights_of(&resumed),
+        "weights differ after resuming"
+    );
+    let lines = |r: &Ran| {
+        std::fs::read_to_string(r.path("train_log.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap()["loss"].clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        lines(&whole),
+        lines(&resumed),
+        "the log continues where the checkpoint was"
+    );
+}
+
+#[test]
+fn a_fine_tuned_folder_is_where_the_next_run_starts() {
+    let ws = Workspace::new();
+    let tokens = tokenized(&ws, 400);
+    let input = [tokens.input("tokenize")];
+    let first = ws
+        .run(
+            "finetune",
+            json!({ "model": small_model(1), "max_steps": 5, "learning_rate": 1e-3 }),
+            &input,
+        )
+        .unwrap();
+    copy_dir(&first.path("model"), &ws.path().join("tuned"));
+    let again = ws
+        .run(
+            "finetune",
+            json!({ "model": { "path": "tuned" }, "max_steps": 1, "learning_rate": 0.0 }),
+            &input,
+        )
+        .unwrap();
+    assert_eq!(
+        again.deps,
+        ["tuned"],
+        "the folder's content is part of the key"
+    );
+    // With a zero learning rate AdamW leaves every weight, the head included, as loaded.
+    assert_eq!(weights_of(&first), weights_of(&again));
+}
+
+#[test]
+fn models_that_do_not_fit_are_refused_with_both_sizes() {
+    let ws = Workspace::new();
+    let tokens = tokenized(&ws, 400);
+    let input = [tokens.input("tokenize")];
+    let first = ws
+        .run(
+            "finetune",
+            json!({ "model": small_model(1), "max_steps": 1 }),
+            &input,
+        )
+        .unwrap();
+    copy_dir(&first.path("model"), &ws.path().join("small"));
+    let mut config = first.json("model/config.json");
+    config["vocab_size"] = json!(300);
+    ws.file("small/config.json", config.to_string());
+    let e = message(
+        ws.run("finetune", json!({ "model": { "path": "small" } }), &input)
+            .unwrap_err(),
+    );
+    assert!(
+        e.contains("400 tokens") && e.contains("only 300 rows"),
+        "{e}"
+    );
+
+    ws.file(
+        "small/config.json",
+        first.json("model/config.json").to_string(),
+    );
+    std::fs::remove_file(ws.path().join("small/model.safetensors")).unwrap();
+    ws.file("small/pytorch_model.bin", "pickle");
+    let e = message(
+        ws.run("finetune", json!({ "model": { "path": "small" } }), &input)
+            .unwrap_err(),
+    );
+    assert!(
+        e.contains("only pytorch_model.bin") && e.contains("safe_serialization"),
+        "{e}"
+    );
+
+    let e = message(
+        ws.run(
+            "finetune",
+            json!({ "model": { "config": "tiny", "path": "small" } }),
+            &input,
+        )
+        .unwrap_err(),
+    );
+    assert!(
+        e.contains("exactly one of `config`, `path` or `hub`"),
+        "{e}"
+    );
+    let e = message(
+        ws.run(
+            "finetune",
+            json!({ "model": { "hub": "nobody/nothing" } }),
+            &input,
+        )
+        .unwrap_err(),
+    );
+    assert!(
+        e.contains("not in the Hugging Face cache") && e.contains("hf download"),
+        "{e}"
+    );
+}
+
+#[test]
+fn device_and_threads_stay_out_of_the_key() {
+    let registry = pipe_stages::registry();
+    let kind = registry.get("finetune").unwrap();
+    let a = kind
+        .check(&json!({ "model": { "config": "tiny" }, "device": "cpu", "threads": 2 }))
+        .unwrap();
+    let b = kind
+        .check(&json!({ "model": { "config": "tiny" } }))
+        .unwrap();
+    assert_eq!(a.key_params, b.key_params);
+    let e = kind
+        .check(&json!({ "model": { "config": "tiny" }, "device": "tpu" }))
+        .unwrap_err();
+    assert_eq!(e.path, ["device"]);
+    let e = kind
+        .check(&json!({ "model": { "config": "tiny" }, "lr_schedule": "constant", "warmup_ratio": 0.1 }))
+        .unwrap_err();
+    assert_eq!(e.path, ["warmup_ratio"]);
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
