@@ -6,6 +6,7 @@
 mod command;
 mod ingest;
 pub mod init;
+pub mod metrics;
 pub mod models;
 mod runtime_report;
 mod split;

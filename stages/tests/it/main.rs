@@ -11,3 +11,6 @@ mod tokenize;
 
 // Models.
 mod gpt_neo;
+
+// Evaluation: metrics against scikit-learn, the HTML report.
+mod metrics;
