@@ -8,6 +8,7 @@ mod ingest;
 pub mod init;
 pub mod metrics;
 pub mod models;
+pub mod report;
 mod runtime_report;
 mod split;
 mod table;

@@ -14,3 +14,4 @@ mod gpt_neo;
 
 // Evaluation: metrics against scikit-learn, the HTML report.
 mod metrics;
+mod report;
