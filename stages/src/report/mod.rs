@@ -5,9 +5,9 @@
 //! training-loss curve.
 //!
 //! [`render`] builds the page from a [`Report`]; the page is a pure function of it (no
-//! timestamp), so the same evaluation gives byte-identical HTML. Charts are in [`charts`]
-//! (plotters) and [`heatmap`] (hand-written SVG), escaping and tables in [`html`]. The
-//! page follows the reader's light or dark theme (`prefers-color-scheme`).
+//! timestamp), so the same evaluation gives byte-identical HTML. Charts are in `charts`
+//! (plotters) and `heatmap` (hand-written SVG), escaping and tables in `html`. The page
+//! follows the reader's light or dark theme (`prefers-color-scheme`).
 
 mod charts;
 mod heatmap;
