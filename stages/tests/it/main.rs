@@ -12,3 +12,7 @@ mod tokenize;
 // Models.
 mod finetune;
 mod gpt_neo;
+
+// Evaluation: metrics against scikit-learn, the HTML report.
+mod metrics;
+mod report;

@@ -1,0 +1,252 @@
+//! The x/y charts of the report, drawn with `plotters` into inline SVG.
+//!
+//! Only plotters' SVG backend is built, without fonts: its SVG backend writes text as
+//! `<text>` elements and only estimates text extents for layout, so labels render without
+//! any font file. Axes and text come out black (`#000000`); the page's CSS recolours them
+//! with `currentColor` so the charts follow the light or dark theme. The background is left
+//! transparent for the same reason.
+
+use anyhow::{Result, anyhow};
+use plotters::prelude::*;
+
+use crate::metrics::RocCurve;
+
+/// The ten colours of Tableau 10, distinguishable on light and dark backgrounds; classes
+/// beyond ten reuse them in order.
+const PALETTE: [(u8, u8, u8); 10] = [
+    (0x4e, 0x79, 0xa7),
+    (0xf2, 0x8e, 0x2b),
+    (0xe1, 0x57, 0x59),
+    (0x76, 0xb7, 0xb2),
+    (0x59, 0xa1, 0x4f),
+    (0xed, 0xc9, 0x48),
+    (0xb0, 0x7a, 0xa1),
+    (0xff, 0x9d, 0xa7),
+    (0x9c, 0x75, 0x5f),
+    (0xba, 0xb0, 0xac),
+];
+
+/// Size of each chart in SVG pixels (it scales down with the page).
+const SIZE: (u32, u32) = (480, 360);
+
+/// At most this many points of the loss curve are drawn.
+const MAX_LOSS_POINTS: usize = 2000;
+
+/// The colour of the `i`-th class.
+fn colour(i: usize) -> RGBColor {
+    let (r, g, b) = PALETTE[i % PALETTE.len()];
+    RGBColor(r, g, b)
+}
+
+/// The colour of the `i`-th class as CSS (`#4e79a7`), for the HTML legend.
+pub(super) fn css_colour(i: usize) -> String {
+    let (r, g, b) = PALETTE[i % PALETTE.len()];
+    format!("#{r:02x}{g:02x}{b:02x}")
+}
+
+/// ROC curves of one split: one line per class with a defined curve, in class order and
+/// colour, over the dashed diagonal of a random ranking.
+pub(super) fn roc_chart(curves: &[RocCurve]) -> Result<String> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
+        let mut chart = ChartBuilder::on(&root)
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(48)
+            .build_cartesian_2d(0f64..1f64, 0f64..1f64)
+            .map_err(drawing)?;
+        chart
+            .configure_mesh()
+            .x_desc("false-positive rate")
+            .y_desc("true-positive rate")
+            .x_labels(6)
+            .y_labels(6)
+            .x_label_formatter(&|v| tick(*v))
+            .y_label_formatter(&|v| tick(*v))
+            .bold_line_style(BLACK.mix(0.12))
+            .light_line_style(TRANSPARENT)
+            .axis_style(BLACK.mix(0.6))
+            .label_style(("sans-serif", 14))
+            .draw()
+            .map_err(drawing)?;
+        chart
+            .draw_series(DashedLineSeries::new(
+                [(0.0, 0.0), (1.0, 1.0)],
+                6,
+                4,
+                BLACK.mix(0.45).stroke_width(1),
+            ))
+            .map_err(drawing)?;
+        for (i, curve) in curves.iter().enumerate() {
+            let points = curve.fpr.iter().copied().zip(curve.tpr.iter().copied());
+            chart
+                .draw_series(LineSeries::new(points, colour(i).stroke_width(2)))
+                .map_err(drawing)?;
+        }
+        root.present().map_err(drawing)?;
+    }
+    Ok(inline(svg))
+}
+
+/// The training loss against the step, or `None` when there is no finite point to draw.
+pub(super) fn loss_chart(points: &[(u64, f64)]) -> Result<Option<String>> {
+    let points = thin(
+        points
+            .iter()
+            .filter(|(_, loss)| loss.is_finite())
+            .map(|&(step, loss)| (step as f64, loss))
+            .collect(),
+        MAX_LOSS_POINTS,
+    );
+    let (Some(x), Some(y)) = (
+        span(points.iter().map(|p| p.0), 0.0),
+        span(points.iter().map(|p| p.1), 0.05),
+    ) else {
+        return Ok(None);
+    };
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
+        let mut chart = ChartBuilder::on(&root)
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(56)
+            .build_cartesian_2d(x, y)
+            .map_err(drawing)?;
+        chart
+            .configure_mesh()
+            .x_desc("step")
+            .y_desc("training loss")
+            .x_labels(6)
+            .y_labels(6)
+            .x_label_formatter(&|v| format!("{v:.0}"))
+            .y_label_formatter(&|v| tick(*v))
+            .bold_line_style(BLACK.mix(0.12))
+            .light_line_style(TRANSPARENT)
+            .axis_style(BLACK.mix(0.6))
+            .label_style(("sans-serif", 14))
+            .draw()
+            .map_err(drawing)?;
+        chart
+            .draw_series(LineSeries::new(points, colour(0).stroke_width(2)))
+            .map_err(drawing)?;
+        root.present().map_err(drawing)?;
+    }
+    Ok(Some(inline(svg)))
+}
+
+/// An axis tick: at most three decimals, without trailing zeros (`0.25`, `1`).
+fn tick(value: f64) -> String {
+    let text = format!("{value:.3}");
+    let text = text.trim_end_matches('0').trim_end_matches('.');
+    match text {
+        "-0" => "0".to_string(),
+        _ => text.to_string(),
+    }
+}
+
+/// The range of `values` widened by `pad` of its width on each side (and to a width of 1
+/// around a single value); `None` for no values.
+fn span(values: impl Iterator<Item = f64>, pad: f64) -> Option<std::ops::Range<f64>> {
+    let (lo, hi) = values.fold(None, |acc: Option<(f64, f64)>, v| match acc {
+        None => Some((v, v)),
+        Some((lo, hi)) => Some((lo.min(v), hi.max(v))),
+    })?;
+    if hi > lo {
+        let margin = (hi - lo) * pad;
+        Some(lo - margin..hi + margin)
+    } else {
+        Some(lo - 0.5..hi + 0.5)
+    }
+}
+
+/// Every `n`-th point, `n` chosen so that at most about `max` remain, plus the last point.
+fn thin(points: Vec<(f64, f64)>, max: usize) -> Vec<(f64, f64)> {
+    if points.len() <= max {
+        return points;
+    }
+    let stride = points.len().div_ceil(max);
+    let last = points.last().copied();
+    let mut kept: Vec<(f64, f64)> = points.into_iter().step_by(stride).collect();
+    if kept.last().copied() != last {
+        kept.extend(last);
+    }
+    kept
+}
+
+/// plotters' SVG made fit to sit inside HTML: without the `xmlns` attribute (the HTML parser
+/// puts `<svg>` in the SVG namespace itself, and the page then names no URL at all).
+fn inline(svg: String) -> String {
+    svg.replacen(" xmlns=\"http://www.w3.org/2000/svg\"", "", 1)
+}
+
+/// plotters' errors are generic over the backend; say what failed and keep their text.
+fn drawing<E: std::fmt::Display>(e: E) -> anyhow::Error {
+    anyhow!("drawing a chart of the report: {e}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn curve(fpr: Vec<f64>, tpr: Vec<f64>) -> RocCurve {
+        RocCurve {
+            label: "a".into(),
+            auc: Some(0.75),
+            fpr,
+            tpr,
+        }
+    }
+
+    #[test]
+    fn roc_chart_is_an_inline_svg_with_text_and_no_url() {
+        let svg = roc_chart(&[curve(vec![0.0, 0.5, 1.0], vec![0.0, 1.0, 1.0])]).unwrap();
+        assert!(svg.starts_with("<svg "), "{svg}");
+        assert!(svg.contains(">\nfalse-positive rate\n</text>"), "{svg}");
+        assert!(!svg.contains("http"));
+        // The curve in its class colour.
+        assert!(svg.contains("stroke=\"#4E79A7\""), "{svg}");
+    }
+
+    #[test]
+    fn loss_chart_skips_non_finite_points_and_needs_one() {
+        assert!(loss_chart(&[]).unwrap().is_none());
+        assert!(loss_chart(&[(1, f64::NAN)]).unwrap().is_none());
+        let svg = loss_chart(&[(1, 2.0), (2, f64::INFINITY), (3, 1.0)])
+            .unwrap()
+            .unwrap();
+        assert!(svg.contains("training loss"));
+        // A single point still gets a non-empty range.
+        assert!(loss_chart(&[(5, 0.3)]).unwrap().is_some());
+    }
+
+    #[test]
+    fn thin_keeps_the_first_and_last_points() {
+        let points: Vec<(f64, f64)> = (0..10).map(|i| (i as f64, 0.0)).collect();
+        let xs: Vec<f64> = thin(points, 4).iter().map(|p| p.0).collect();
+        assert_eq!(xs, vec![0.0, 3.0, 6.0, 9.0]);
+        let xs: Vec<f64> = thin((0..5).map(|i| (i as f64, 0.0)).collect(), 2)
+            .iter()
+            .map(|p| p.0)
+            .collect();
+        assert_eq!(xs, vec![0.0, 3.0, 4.0]);
+    }
+
+    #[test]
+    fn ticks_drop_trailing_zeros() {
+        assert_eq!(tick(1.0), "1");
+        assert_eq!(tick(0.25), "0.25");
+        assert_eq!(tick(1.5), "1.5");
+        assert_eq!(tick(0.12345), "0.123");
+        assert_eq!(tick(-0.0001), "0");
+        assert_eq!(tick(100.0), "100");
+    }
+
+    #[test]
+    fn span_pads_and_widens_a_single_value() {
+        assert_eq!(span([1.0, 3.0].into_iter(), 0.5), Some(0.0..4.0));
+        assert_eq!(span([2.0].into_iter(), 0.5), Some(1.5..2.5));
+        assert_eq!(span(std::iter::empty(), 0.5), None);
+    }
+}

@@ -1,0 +1,243 @@
+//! `report.html`, the evaluation report of the `evaluate` stage: one self-contained page
+//! (inline CSS and SVG, no script, no external resource; it opens offline) with, for each
+//! split, the headline numbers, a per-class table, the one-vs-rest ROC curves, the confusion
+//! matrix as a heatmap (single-label only) and the most confidently wrong examples; plus the
+//! training-loss curve.
+//!
+//! [`render`] builds the page from a [`Report`]; the page is a pure function of it (no
+//! timestamp), so the same evaluation gives byte-identical HTML. Charts are in `charts`
+//! (plotters) and `heatmap` (hand-written SVG), escaping and tables in `html`. The page
+//! follows the reader's light or dark theme (`prefers-color-scheme`).
+
+mod charts;
+mod heatmap;
+mod html;
+
+use anyhow::Result;
+
+use crate::metrics::{RocCurve, SplitMetrics, TaskMetrics};
+use html::{escape, number, shorten, table};
+
+/// Everything the report shows.
+pub struct Report<'a> {
+    /// The page's title, e.g. the pipeline and stage name.
+    pub title: &'a str,
+    /// The labels, in the order of the metrics' classes.
+    pub labels: &'a [String],
+    /// One entry per evaluated split, shown in this order.
+    pub splits: Vec<SplitReport<'a>>,
+    /// (step, training loss) from finetune's `train_log.jsonl`; may be empty.
+    pub loss_curve: Vec<(u64, f64)>,
+}
+
+/// One split's part of the report.
+pub struct SplitReport<'a> {
+    /// The split's name: `train`, `test`, ...
+    pub name: &'a str,
+    /// Its metrics.
+    pub metrics: &'a SplitMetrics,
+    /// Its one-vs-rest ROC curves, one per label (see [`crate::metrics::roc_curves`]).
+    pub roc: Vec<RocCurve>,
+    /// The few most confidently wrong rows, most confident first.
+    pub wrong: Vec<WrongExample>,
+}
+
+/// A row the model got wrong.
+pub struct WrongExample {
+    /// The row's text.
+    pub text: String,
+    /// Its true label (or labels, joined by the caller).
+    pub truth: String,
+    /// What the model predicted.
+    pub predicted: String,
+    /// The probability the model gave its prediction.
+    pub confidence: f32,
+}
+
+/// Longest example text shown; the rest is cut off with `…`.
+const EXAMPLE_CHARS: usize = 600;
+
+/// The report as one HTML page.
+pub fn render(report: &Report) -> Result<String> {
+    let title = escape(report.title);
+    let mut page = format!(
+        "<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
+         <title>{title}</title>\n<style>\n{}</style>\n</head>\n<body>\n<main>\n\
+         <h1>{title}</h1>\n<p class=\"muted\">Evaluation report · {} labels · {}</p>\n",
+        include_str!("report.css"),
+        report.labels.len(),
+        report
+            .splits
+            .iter()
+            .map(|s| format!("{} ({} rows)", escape(s.name), s.metrics.rows))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    page.push_str(&summary(&report.splits));
+    page.push_str(&training(&report.loss_curve)?);
+    for split in &report.splits {
+        page.push_str(&split_section(report.labels, split)?);
+    }
+    page.push_str("</main>\n</body>\n</html>\n");
+    Ok(page)
+}
+
+/// The numbers that sum a split up, by task; `None` where undefined.
+fn key_numbers(m: &SplitMetrics) -> Vec<(&'static str, Option<f64>)> {
+    match &m.task {
+        TaskMetrics::SingleLabel {
+            accuracy, log_loss, ..
+        } => vec![
+            ("accuracy", Some(*accuracy)),
+            ("macro F1", Some(m.macro_f1)),
+            ("weighted F1", Some(m.weighted_f1)),
+            ("macro AUC", m.macro_auc),
+            ("log loss", Some(*log_loss)),
+        ],
+        TaskMetrics::MultiLabel {
+            subset_accuracy,
+            micro_f1,
+            hamming_loss,
+            ..
+        } => vec![
+            ("subset accuracy", Some(*subset_accuracy)),
+            ("micro F1", Some(*micro_f1)),
+            ("macro F1", Some(m.macro_f1)),
+            ("macro AUC", m.macro_auc),
+            ("Hamming loss", Some(*hamming_loss)),
+        ],
+    }
+}
+
+/// One row per split with its key numbers, the columns being those of the first split.
+fn summary(splits: &[SplitReport]) -> String {
+    let Some(first) = splits.first() else {
+        return "<p class=\"note\">No split was evaluated.</p>\n".to_string();
+    };
+    let columns: Vec<&str> = key_numbers(first.metrics).iter().map(|c| c.0).collect();
+    let rows: Vec<Vec<String>> = splits
+        .iter()
+        .map(|s| {
+            let numbers = key_numbers(s.metrics);
+            let value = |name: &str| number(numbers.iter().find(|n| n.0 == name).and_then(|n| n.1));
+            [escape(s.name), s.metrics.rows.to_string()]
+                .into_iter()
+                .chain(columns.iter().map(|c| value(c)))
+                .collect()
+        })
+        .collect();
+    let head: Vec<&str> = ["split", "rows"]
+        .into_iter()
+        .chain(columns.iter().copied())
+        .collect();
+    format!("<h2>Summary</h2>\n{}", table("numbers", &head, &rows))
+}
+
+/// The training-loss section.
+fn training(loss_curve: &[(u64, f64)]) -> Result<String> {
+    let body = match charts::loss_chart(loss_curve)? {
+        Some(svg) => format!(
+            "<figure>{svg}<figcaption>Training loss by step (from finetune's train_log.jsonl).\
+             </figcaption></figure>\n"
+        ),
+        None => "<p class=\"note\">No training log to show.</p>\n".to_string(),
+    };
+    Ok(format!("<h2>Training</h2>\n{body}"))
+}
+
+/// A split's section: headline, charts, per-class table, wrong examples.
+fn split_section(labels: &[String], split: &SplitReport) -> Result<String> {
+    let m = split.metrics;
+    let mut out = format!(
+        "<section>\n<h2>{} <span class=\"muted\">· {} rows</span></h2>\n<p class=\"headline\">{}</p>\n",
+        escape(split.name),
+        m.rows,
+        escape(&m.headline())
+    );
+    out.push_str("<div class=\"charts\">\n");
+    out.push_str(&roc_figure(&split.roc)?);
+    if let TaskMetrics::SingleLabel {
+        confusion_matrix, ..
+    } = &m.task
+    {
+        out.push_str(&format!(
+            "<figure>{}<figcaption>Confusion matrix: rows are the true class, columns the \
+             predicted one; the shade is the share of the true class's rows.</figcaption></figure>\n",
+            heatmap::confusion_heatmap(labels, confusion_matrix)
+        ));
+    }
+    out.push_str("</div>\n");
+    out.push_str(&per_class_table(m));
+    out.push_str(&wrong_table(&split.wrong));
+    out.push_str("</section>\n");
+    Ok(out)
+}
+
+/// The ROC chart with an HTML legend naming each class's colour and AUC.
+fn roc_figure(curves: &[RocCurve]) -> Result<String> {
+    let legend: String = curves
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let auc = match c.auc {
+                Some(_) => format!("AUC {}", number(c.auc)),
+                None => "AUC undefined: no positive or no negative row".to_string(),
+            };
+            format!(
+                "<li><span class=\"swatch\" style=\"background:{}\"></span>{} · {auc}</li>",
+                charts::css_colour(i),
+                escape(&c.label)
+            )
+        })
+        .collect();
+    Ok(format!(
+        "<figure>{}<figcaption>ROC curves, one class against the rest; the dashed diagonal is a \
+         random ranking.</figcaption>\n<ul class=\"legend\">{legend}</ul></figure>\n",
+        charts::roc_chart(curves)?
+    ))
+}
+
+/// Precision, recall, F1, support and AUC of each class.
+fn per_class_table(m: &SplitMetrics) -> String {
+    let rows: Vec<Vec<String>> = m
+        .per_class
+        .iter()
+        .map(|c| {
+            vec![
+                escape(&c.label),
+                number(Some(c.precision)),
+                number(Some(c.recall)),
+                number(Some(c.f1)),
+                c.support.to_string(),
+                number(c.auc),
+            ]
+        })
+        .collect();
+    let head = ["class", "precision", "recall", "F1", "support", "AUC"];
+    format!("<h3>Per class</h3>\n{}", table("numbers", &head, &rows))
+}
+
+/// The confidently wrong rows, their text escaped.
+fn wrong_table(wrong: &[WrongExample]) -> String {
+    if wrong.is_empty() {
+        return "<h3>Confidently wrong</h3>\n<p class=\"note\">No wrong examples to show.</p>\n"
+            .to_string();
+    }
+    let rows: Vec<Vec<String>> = wrong
+        .iter()
+        .map(|w| {
+            vec![
+                escape(&shorten(&w.text, EXAMPLE_CHARS)),
+                escape(&w.truth),
+                escape(&w.predicted),
+                number(Some(f64::from(w.confidence))),
+            ]
+        })
+        .collect();
+    let head = ["text", "truth", "predicted", "confidence"];
+    format!(
+        "<h3>Confidently wrong</h3>\n{}",
+        table("examples", &head, &rows)
+    )
+}

@@ -1,0 +1,141 @@
+//! The HTML evaluation report, rendered from the scikit-learn fixtures' metrics: its charts,
+//! its heatmap cells, its escaping, and that it names no external resource.
+
+use pipe_stages::metrics::{
+    RocCurve, SplitMetrics, TaskMetrics, multi_label, one_hot, roc_curves, single_label,
+};
+use pipe_stages::report::{Report, SplitReport, WrongExample, render};
+
+use crate::metrics::Fixture;
+
+/// A split of the single-label fixture: its first `rows` rows.
+fn single_split(f: &Fixture, rows: usize) -> (SplitMetrics, Vec<RocCurve>) {
+    let k = f.labels.len();
+    let truth = &f.class_truth()[..rows];
+    let probabilities = &f.probabilities[..rows * k];
+    let metrics = single_label(&f.labels, truth, probabilities).unwrap();
+    let roc = roc_curves(&f.labels, &one_hot(truth, k), probabilities);
+    (metrics, roc)
+}
+
+fn wrong() -> Vec<WrongExample> {
+    vec![
+        WrongExample {
+            text: "<script>alert(\"pwned\")</script> Tom & Jerry".to_string(),
+            truth: "R&D".to_string(),
+            predicted: "neutral".to_string(),
+            confidence: 0.97,
+        },
+        WrongExample {
+            text: "plain text".to_string(),
+            truth: "negative".to_string(),
+            predicted: "positive".to_string(),
+            confidence: 0.8,
+        },
+    ]
+}
+
+fn confusion(m: &SplitMetrics) -> &Vec<Vec<u64>> {
+    match &m.task {
+        TaskMetrics::SingleLabel {
+            confusion_matrix, ..
+        } => confusion_matrix,
+        TaskMetrics::MultiLabel { .. } => panic!("no confusion matrix"),
+    }
+}
+
+#[test]
+fn single_label_report_has_every_chart_cell_and_escaped_example() {
+    let f = Fixture::load("single_label.json");
+    let (train, train_roc) = single_split(&f, 60);
+    let (test, test_roc) = single_split(&f, 30);
+    let report = Report {
+        title: "student.yaml · evaluate <&>",
+        labels: &f.labels,
+        splits: vec![
+            SplitReport {
+                name: "train",
+                metrics: &train,
+                roc: train_roc,
+                wrong: Vec::new(),
+            },
+            SplitReport {
+                name: "test",
+                metrics: &test,
+                roc: test_roc,
+                wrong: wrong(),
+            },
+        ],
+        loss_curve: (0..50).map(|s| (s * 10, 1.5 / (1.0 + s as f64))).collect(),
+    };
+    let page = render(&report).unwrap();
+
+    // Per split a ROC chart and a heatmap, plus the loss curve.
+    assert_eq!(page.matches("<svg").count(), 2 + 2 + 1);
+    // One heatmap cell per confusion-matrix entry, each with its count in its tooltip.
+    assert_eq!(page.matches("<rect class=\"cell\"").count(), 2 * 4 * 4);
+    for m in [&train, &test] {
+        for (i, row) in confusion(m).iter().enumerate() {
+            for (j, count) in row.iter().enumerate() {
+                let tooltip = format!(
+                    "<title>true {}, predicted {}: {count} (",
+                    f.labels[i], f.labels[j]
+                );
+                assert!(page.contains(&tooltip), "{tooltip}");
+            }
+        }
+    }
+    // One ROC line per class per split, in the legend with its AUC.
+    let auc = format!(
+        "{} · AUC {:.3}</li>",
+        f.labels[2],
+        train.per_class[2].auc.unwrap()
+    );
+    assert!(page.contains(&auc), "{auc}");
+    // Headline numbers.
+    assert!(page.contains(&train.headline()));
+    assert!(page.contains(&test.headline()));
+    let TaskMetrics::SingleLabel { log_loss, .. } = &train.task else {
+        unreachable!()
+    };
+    assert!(page.contains(&format!("<td>{log_loss:.3}</td>")));
+
+    // Escaped text, never raw markup from the data.
+    assert!(page.contains("&lt;script&gt;alert(&quot;pwned&quot;)&lt;/script&gt; Tom &amp; Jerry"));
+    assert!(page.contains("<td>R&amp;D</td>"));
+    assert!(page.contains("<title>student.yaml · evaluate &lt;&amp;&gt;</title>"));
+    assert!(!page.contains("<script"));
+    assert!(!page.contains("R&D"));
+
+    // Self-contained: no URL, no script, nothing loaded from elsewhere.
+    for forbidden in ["http://", "https://", "src=", "href=", "url(", "@import"] {
+        assert!(!page.contains(forbidden), "the page contains {forbidden}");
+    }
+}
+
+#[test]
+fn multi_label_report_has_no_heatmap_and_says_when_there_is_no_training_log() {
+    let f = Fixture::load("multi_label.json");
+    let truth = f.indicator_truth();
+    let metrics = multi_label(&f.labels, &truth, &f.probabilities).unwrap();
+    let report = Report {
+        title: "multi",
+        labels: &f.labels,
+        splits: vec![SplitReport {
+            name: "test",
+            metrics: &metrics,
+            roc: roc_curves(&f.labels, &truth, &f.probabilities),
+            wrong: Vec::new(),
+        }],
+        loss_curve: Vec::new(),
+    };
+    let page = render(&report).unwrap();
+    assert_eq!(page.matches("<svg").count(), 1);
+    assert_eq!(page.matches("class=\"cell\"").count(), 0);
+    assert!(page.contains("No training log to show."));
+    assert!(page.contains("No wrong examples to show."));
+    assert!(page.contains("<th>subset accuracy</th>"));
+    // The labels without a defined AUC say so.
+    assert!(page.contains("never · AUC undefined"));
+    assert!(page.contains("always · AUC undefined"));
+}
