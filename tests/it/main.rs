@@ -6,4 +6,5 @@ mod crash;
 mod data;
 mod malformed;
 mod schema;
+mod training;
 mod util;
