@@ -4,7 +4,7 @@
 #![deny(missing_docs)]
 
 mod command;
-mod finetune;
+pub mod finetune;
 pub mod hub;
 mod ingest;
 pub mod init;

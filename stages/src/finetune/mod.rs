@@ -43,6 +43,7 @@ use serde_json::{Value, json};
 use self::data::TokenTable;
 use self::model_source::StartingModel;
 use self::params::{ModelSource, Params};
+pub use self::training::StepGraph;
 use self::training::{LOG_FILE, LogSummary, Training};
 use crate::models::hf_folder;
 use crate::table::write_json;

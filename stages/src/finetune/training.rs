@@ -76,20 +76,10 @@ impl<'a> Training<'a> {
     ) -> Result<Self> {
         let opts = session_options(params)?;
         let config = &start.config;
-        let mut g = Graph::new("finetune_step");
-        let (model, loss) = loss_graph(&mut g, config, problem)?;
-        let weights = start.weights(model.params(), params.model.seed)?;
-        let adamw = AdamW {
-            beta1: params.adam_beta1,
-            beta2: params.adam_beta2,
-            eps: params.adam_epsilon,
-            weight_decay: params.weight_decay,
-            max_grad_norm: params.max_grad_norm,
-        };
-        let sig: StepSignature =
-            adamw.build_step(&mut g, loss, &model.train_params(hf_trainer_decay))?;
-        let session = Session::from_model(&g.build()?, &opts)?;
-        let trainer = Trainer::new(session, sig, &weights)?;
+        let step = StepGraph::compile(config, problem, &adamw_of(params))?;
+        let weights = start.weights(&step.specs, params.model.seed)?;
+        let session = Session::from_model(&step.model, &opts)?;
+        let trainer = Trainer::new(session, step.signature, &weights)?;
         let eval = match validation {
             Some(table) => {
                 let mut g = Graph::new("finetune_eval");
@@ -102,7 +92,7 @@ impl<'a> Training<'a> {
         Ok(Training {
             params,
             problem,
-            specs: model.params().to_vec(),
+            specs: step.specs,
             trainer,
             eval,
             scratch,
@@ -262,6 +252,44 @@ impl<'a> Training<'a> {
         Ok(Evaluation {
             loss: loss_sum / rows_seen.max(1) as f64,
             accuracy: right as f64 / rows_seen.max(1) as f64,
+        })
+    }
+}
+
+/// AdamW as the parameters ask for it.
+fn adamw_of(params: &Params) -> AdamW {
+    AdamW {
+        beta1: params.adam_beta1,
+        beta2: params.adam_beta2,
+        eps: params.adam_epsilon,
+        weight_decay: params.weight_decay,
+        max_grad_norm: params.max_grad_norm,
+    }
+}
+
+/// The compiled training step of a GPT-Neo classifier: one ONNX model that takes the batch
+/// (`input_ids`, `lengths`, `labels`), the parameters, their AdamW moments, `lr` and `step`,
+/// and returns the loss, the logits and the updated state.
+pub struct StepGraph {
+    /// The step model.
+    pub model: pipe_onnx::Model,
+    /// Its interface, for [`Trainer`].
+    pub signature: StepSignature,
+    /// The parameters, in Hugging Face order (AdamW weight decay as `transformers.Trainer`
+    /// applies it: not on biases and LayerNorm weights).
+    pub specs: Vec<ParamSpec>,
+}
+
+impl StepGraph {
+    /// Builds the step graph of `config` for `problem`.
+    pub fn compile(config: &GptNeoConfig, problem: ProblemType, adamw: &AdamW) -> Result<Self> {
+        let mut g = Graph::new("finetune_step");
+        let (model, loss) = loss_graph(&mut g, config, problem)?;
+        let signature = adamw.build_step(&mut g, loss, &model.train_params(hf_trainer_decay))?;
+        Ok(StepGraph {
+            model: g.build()?,
+            signature,
+            specs: model.params().to_vec(),
         })
     }
 }

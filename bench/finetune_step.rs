@@ -1,0 +1,118 @@
+//! pipe's side of the fine-tuning benchmark (`bench/finetune.sh`): the compiled GPT-Neo
+//! training step of the `finetune` stage, timed on random batches, the same shapes and work
+//! as `bench/torch_finetune.py` (full-length rows, 4 labels, clipping at 1.0, AdamW lr 5e-5
+//! and weight decay 0.01; warm-up steps untimed).
+//!
+//! Usage: `cargo run --release -p pipe-stages --example finetune_step -- tiny|125m [--steps N]
+//! [--warmup N] [--threads N]`. Prints one JSON object.
+
+use std::time::Instant;
+
+use pipe_onnx::{AdamW, HostTensor, Session, SessionOptions, Trainer};
+use pipe_stages::finetune::StepGraph;
+use pipe_stages::models::gpt_neo::{AttentionKind, GptNeoConfig, ProblemType};
+use pipe_stages::models::{Xoshiro256, init_params};
+use serde_json::json;
+
+const NUM_LABELS: usize = 4;
+
+fn arg(args: &[String], flag: &str, default: usize) -> anyhow::Result<usize> {
+    match args.iter().position(|a| a == flag) {
+        Some(i) => Ok(args
+            .get(i + 1)
+            .ok_or_else(|| anyhow::anyhow!("{flag} needs a value"))?
+            .parse()?),
+        None => Ok(default),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let name = args.first().map(String::as_str).unwrap_or("tiny");
+    let (config, batch, seq, steps, warmup) = match name {
+        "tiny" => (GptNeoConfig::tiny(8192, NUM_LABELS), 16, 64, 20, 3),
+        "125m" => (
+            GptNeoConfig {
+                hidden_size: 768,
+                num_layers: 12,
+                num_heads: 12,
+                intermediate_size: Some(3072),
+                max_position_embeddings: 2048,
+                attention_types: vec![(vec![AttentionKind::Global, AttentionKind::Local], 6)],
+                ..GptNeoConfig::tiny(50257, NUM_LABELS)
+            },
+            8,
+            64,
+            5,
+            2,
+        ),
+        other => anyhow::bail!("unknown config {other}; expected tiny or 125m"),
+    };
+    let steps = arg(&args, "--steps", steps)?;
+    let warmup = arg(&args, "--warmup", warmup)?;
+    let threads = arg(&args, "--threads", 2)?;
+
+    let adamw = AdamW {
+        weight_decay: 0.01,
+        max_grad_norm: 1.0,
+        ..AdamW::default()
+    };
+    let started = Instant::now();
+    let step = StepGraph::compile(&config, ProblemType::SingleLabelClassification, &adamw)?;
+    let opts = SessionOptions {
+        intra_threads: Some(threads),
+        ..SessionOptions::default()
+    };
+    let session = Session::from_model(&step.model, &opts)?;
+    let mut trainer = Trainer::new(session, step.signature, &init_params(&step.specs, 0))?;
+    let setup_s = started.elapsed().as_secs_f64();
+
+    let mut rng = Xoshiro256::new(0);
+    let mut batch_of = || -> anyhow::Result<[(&'static str, HostTensor); 3]> {
+        let ids = (0..batch * seq)
+            .map(|_| (rng.next_u64() % (config.vocab_size as u64 - 1)) as i64)
+            .collect();
+        let labels = (0..batch)
+            .map(|_| (rng.next_u64() % NUM_LABELS as u64) as i64)
+            .collect();
+        Ok([
+            (
+                "input_ids",
+                HostTensor::i64(&[batch as i64, seq as i64], ids)?,
+            ),
+            (
+                "lengths",
+                HostTensor::i64(&[batch as i64], vec![seq as i64; batch])?,
+            ),
+            ("labels", HostTensor::i64(&[batch as i64], labels)?),
+        ])
+    };
+    let mut times = Vec::with_capacity(steps);
+    for i in 0..warmup + steps {
+        let feeds = batch_of()?;
+        let feeds: Vec<(&str, &HostTensor)> = feeds.iter().map(|(k, v)| (*k, v)).collect();
+        let t = Instant::now();
+        trainer.step(&feeds, 5e-5)?;
+        if i >= warmup {
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    let mean = times.iter().sum::<f64>() / times.len().max(1) as f64;
+    let peak_kib: u64 = std::fs::read_to_string("/proc/self/status")?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    let params: usize = step.specs.iter().map(|s| s.numel()).sum();
+    println!(
+        "{}",
+        json!({
+            "impl": "pipe (ONNX Runtime 1.31.1)", "config": name, "params": params,
+            "batch": batch, "seq": seq, "threads": threads, "steps": steps,
+            "setup_s": setup_s, "step_s_mean": mean,
+            "tokens_per_s": (batch * seq) as f64 / mean,
+            "peak_rss_mb": peak_kib as f64 / 1024.0,
+        })
+    );
+    Ok(())
+}
