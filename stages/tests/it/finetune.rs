@@ -76,9 +76,10 @@ fn the_tiny_preset_learns_the_student_questions() {
         metrics["validation_accuracy"].as_f64().unwrap(),
     );
     eprintln!("tiny preset, 6 epochs: {metrics}");
-    // Chance: loss ln 4 = 1.386, accuracy 0.25.
-    assert!(loss < 0.5 * 4f64.ln(), "last-epoch training loss {loss}");
-    assert!(accuracy > 0.6, "validation accuracy {accuracy}");
+    // Chance: loss ln 4 = 1.386, accuracy 0.25. A model trained from scratch on 336 rows
+    // fits them (last-epoch loss ≈ 0.01) and generalises only part of the way (≈ 0.48).
+    assert!(loss < 0.25 * 4f64.ln(), "last-epoch training loss {loss}");
+    assert!(accuracy > 0.4, "validation accuracy {accuracy}");
     assert_eq!(metrics["steps"], json!(6 * 336usize.div_ceil(16)));
 
     // The outputs `transformers` loads.
@@ -90,7 +91,9 @@ fn the_tiny_preset_learns_the_student_questions() {
         json!(["GPTNeoForSequenceClassification"])
     );
     assert_eq!(config["num_labels"], 4);
-    assert_eq!(config["vocab_size"], 2048);
+    // A fresh model's embedding has exactly the trained tokenizer's vocabulary.
+    let tokenizer = tokenizers::Tokenizer::from_file(tokens.path("tokenizer.json")).unwrap();
+    assert_eq!(config["vocab_size"], tokenizer.get_vocab_size(true));
     assert_eq!(config["id2label"]["2"], "math");
     assert_eq!(config["label2id"]["physics"], 3);
     assert_eq!(config["problem_type"], "single_label_classification");
