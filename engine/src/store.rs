@@ -9,6 +9,8 @@
 //!   out/<pipeline>/<stage>/ outputs at stable paths (hard links into objects/)
 //!   scratch/<key>/          checkpoints of long stages, kept until the stage succeeds
 //!   logs/<pipeline>/<stage>.log   the last run's log of each stage
+//!   lockfiles/<stem>.previous.lock  a manifest's lockfile before the last run that
+//!                           changed it (`pipe metrics --diff previous`)
 //!   stat-cache.json         hashes of workspace files by their stat
 //!   lock                    held by the run that uses the store
 //! ```
@@ -399,6 +401,18 @@ impl Store {
             .join("logs")
             .join(pipeline)
             .join(format!("{stage}.log"))
+    }
+
+    /// Where `pipe run` keeps the lockfile `lock_file` as it was before the
+    /// last run that changed it: `lockfiles/<stem>.previous.lock`.
+    pub fn previous_lock_path(&self, lock_file: &Path) -> PathBuf {
+        let stem = lock_file
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        self.root
+            .join("lockfiles")
+            .join(format!("{stem}.previous.lock"))
     }
 }
 
