@@ -65,6 +65,18 @@ pub fn lock_path(manifest: &Path) -> PathBuf {
     manifest.with_extension("lock")
 }
 
+/// Where `pipe run` keeps the lockfile `lock_file` as it was before the last
+/// run that changed it: `<store>/lockfiles/<stem>.previous.lock`.
+pub fn previous_lock_path(store_dir: &Path, lock_file: &Path) -> PathBuf {
+    let stem = lock_file
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    store_dir
+        .join("lockfiles")
+        .join(format!("{stem}.previous.lock"))
+}
+
 impl LockFile {
     /// Reads a lockfile; a missing one is empty. A corrupt one is an error
     /// naming the file (delete it to start over: it is rebuilt by the next run).

@@ -402,18 +402,6 @@ impl Store {
             .join(pipeline)
             .join(format!("{stage}.log"))
     }
-
-    /// Where `pipe run` keeps the lockfile `lock_file` as it was before the
-    /// last run that changed it: `lockfiles/<stem>.previous.lock`.
-    pub fn previous_lock_path(&self, lock_file: &Path) -> PathBuf {
-        let stem = lock_file
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        self.root
-            .join("lockfiles")
-            .join(format!("{stem}.previous.lock"))
-    }
 }
 
 /// The error of a store held by another run (exit code 2 with `--no-wait`).
