@@ -95,7 +95,7 @@ Examples:
   pipe metrics pipelines/student.yaml --json     {stage: {metric: value}}
   pipe metrics --diff                            what changed since HEAD (or the previous run)
   pipe metrics student.yaml --diff main --all    every metric, side by side with branch main
-  pipe metrics --diff previous                   what the last run that changed something changed
+  pipe metrics --diff previous                   what the last run changed (the default outside git)
 
 Exit codes: 0 success, 1 no metrics to show or compare with, 2 bad usage or manifest."
     )]

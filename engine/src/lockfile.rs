@@ -5,6 +5,8 @@
 //! input hashes), its output hashes and its metrics. Commit it: `git diff`
 //! then shows results changing with code and data, `pipe status` explains
 //! what changed since, and `pipe gc` keeps what any lockfile references.
+//! When a run changes the lockfile, the old one is kept in the store (see
+//! [`previous_lock_path`]) for `pipe metrics --diff previous`.
 //!
 //! Format (YAML, keys sorted, so diffs are small and stable):
 //!

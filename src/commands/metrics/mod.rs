@@ -58,6 +58,13 @@ pub fn exec(args: MetricsArgs, printer: &Printer) -> anyhow::Result<Outcome> {
     match old {
         Some((baseline, old)) => {
             let old = Metrics::of_lock(&old, &order);
+            if !json {
+                printer.status(
+                    "Comparing",
+                    Tone::Quiet,
+                    &format!("{} with {baseline}", lock_file.display()),
+                );
+            }
             show_diff(&old, &current, &order, &baseline, all, json, printer)?;
         }
         None => show(&current, &lock_file, json, printer)?,
@@ -135,7 +142,6 @@ fn show_diff(
         let changes = keep(compare(old, new, order));
         return print_json(&serde_json::to_value(changes)?);
     }
-    printer.status("Comparing", Tone::Quiet, &format!("with {baseline}"));
     let changes = keep(compare(&old.numeric(), &new.numeric(), order));
     if changes.is_empty() {
         printer.status(
