@@ -67,14 +67,8 @@ fn a_killed_finetune_resumes_and_ends_with_the_same_weights() {
         if let Some(c) = checkpoint(&p) {
             break c;
         }
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "no checkpoint appeared"
-        );
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the run ended before a checkpoint"
-        );
+        assert!(start.elapsed() < Duration::from_secs(120), "no checkpoint appeared");
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before a checkpoint");
         std::thread::sleep(Duration::from_millis(5));
     };
     child.kill().unwrap(); // SIGKILL
@@ -84,36 +78,17 @@ fn a_killed_finetune_resumes_and_ends_with_the_same_weights() {
     assert!(step < 300, "killed at step {step}, before the end");
 
     let out = p.pipe(&["run", "train.yaml", "--json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(status_of(&report, "tokenize"), "cached");
     assert_eq!(status_of(&report, "finetune"), "ran");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("resumed from the checkpoint at step"),
-        "{stderr}"
-    );
-    assert!(
-        !p.path(".pipe/scratch").exists() || checkpoint(&p).is_none(),
-        "scratch is cleared"
-    );
+    assert!(stderr.contains("resumed from the checkpoint at step"), "{stderr}");
+    assert!(!p.path(".pipe/scratch").exists() || checkpoint(&p).is_none(), "scratch is cleared");
 
     let clean = project();
     let out = clean.pipe(&["run", "train.yaml", "-q"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let weights = |p: &Project| {
-        std::fs::read(p.path(".pipe/out/train/finetune/model/model.safetensors")).unwrap()
-    };
-    assert!(
-        weights(&p) == weights(&clean),
-        "resumed weights differ from an uninterrupted run"
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let weights = |p: &Project| std::fs::read(p.path(".pipe/out/train/finetune/model/model.safetensors")).unwrap();
+    assert!(weights(&p) == weights(&clean), "resumed weights differ from an uninterrupted run");
 }
