@@ -81,6 +81,25 @@ Examples:
   pipe show evaluate
   pipe show pipelines/student.yaml split --json")]
     Show(ShowArgs),
+    /// Print the stages' metrics, or compare them with a git revision or the previous run.
+    #[command(
+        long_about = "Print the stages' metrics, or compare them with a git revision or the previous run.
+
+Metrics come from the lockfile beside the manifest: one row per stage and metric, stages \
+in pipeline order, nested metrics flattened with dots (`test.accuracy`), numbers with 4 \
+significant digits (integers whole). The table shows numbers only: strings, booleans and \
+arrays (a confusion matrix) are left out of it but kept in `--json`.",
+        after_help = "\
+Examples:
+  pipe metrics                                   the metrics of the last run
+  pipe metrics pipelines/student.yaml --json     {stage: {metric: value}}
+  pipe metrics --diff                            what changed since HEAD (or the previous run)
+  pipe metrics student.yaml --diff main --all    every metric, side by side with branch main
+  pipe metrics --diff previous                   what the last run changed (the default outside git)
+
+Exit codes: 0 success, 1 no metrics to show or compare with, 2 bad usage or manifest."
+    )]
+    Metrics(MetricsArgs),
     /// Remove cached results that no lockfile references.
     #[command(after_help = "\
 Examples:
@@ -185,6 +204,27 @@ pub struct ShowArgs {
     #[arg(value_name = "FILE|STAGE", required = true, num_args = 1..=2)]
     pub args: Vec<String>,
     /// Print `{"stage", "key", "outputs": {name: path}, "metrics": {...}}`.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub manifest: ManifestArgs,
+}
+
+/// `pipe metrics`.
+#[derive(Debug, Args)]
+pub struct MetricsArgs {
+    /// The manifest (default: the one manifest in the current folder).
+    pub file: Option<PathBuf>,
+    /// Compare with the lockfile at git revision REV, or with `previous`: the
+    /// lockfile before the last run that changed it. Without REV: HEAD inside
+    /// a git repository, else the previous run. Lists changed metrics only.
+    #[arg(long, value_name = "REV", num_args = 0..=1)]
+    pub diff: Option<Option<String>>,
+    /// With --diff: list unchanged metrics too (changed rows are then bold).
+    #[arg(long, requires = "diff")]
+    pub all: bool,
+    /// Print JSON: `{stage: {metric: value}}`, or with --diff
+    /// `[{stage, metric, old, new, delta}]` (null where a side has no value).
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]

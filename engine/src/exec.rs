@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use crate::hash::StatCache;
 use crate::job::{JobEnv, JobResult, run_job};
-use crate::lockfile::{LockEntry, LockFile, lock_path};
+use crate::lockfile::{LockEntry, LockFile, lock_path, previous_lock_path};
 use crate::plan::Pipeline;
 use crate::printer::Printer;
 use crate::report::{RunReport, StageReport, Status};
@@ -116,7 +116,10 @@ pub fn run(
         let names: BTreeSet<&str> = pipeline.stages.iter().map(|s| s.name.as_str()).collect();
         lock.stages.retain(|name, _| names.contains(name.as_str()));
         lock.pipeline = pipeline.manifest.name.clone();
-        lock.save(&lock_file_path)?;
+        lock.save(
+            &lock_file_path,
+            &previous_lock_path(store.root(), &lock_file_path),
+        )?;
     }
     // Only a cache: saving it after a dry run too makes the next `pipe status` fast.
     stat_cache.save(&stat_cache_path)?;

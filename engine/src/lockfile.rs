@@ -5,6 +5,8 @@
 //! input hashes), its output hashes and its metrics. Commit it: `git diff`
 //! then shows results changing with code and data, `pipe status` explains
 //! what changed since, and `pipe gc` keeps what any lockfile references.
+//! When a run changes the lockfile, the old one is kept in the store (see
+//! [`previous_lock_path`]) for `pipe metrics --diff previous`.
 //!
 //! Format (YAML, keys sorted, so diffs are small and stable):
 //!
@@ -65,6 +67,18 @@ pub fn lock_path(manifest: &Path) -> PathBuf {
     manifest.with_extension("lock")
 }
 
+/// Where `pipe run` keeps the lockfile `lock_file` as it was before the last
+/// run that changed it: `<store>/lockfiles/<stem>.previous.lock`.
+pub fn previous_lock_path(store_dir: &Path, lock_file: &Path) -> PathBuf {
+    let stem = lock_file
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    store_dir
+        .join("lockfiles")
+        .join(format!("{stem}.previous.lock"))
+}
+
 impl LockFile {
     /// Reads a lockfile; a missing one is empty. A corrupt one is an error
     /// naming the file (delete it to start over: it is rebuilt by the next run).
@@ -74,25 +88,42 @@ impl LockFile {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(LockFile::default()),
             Err(e) => return Err(e).with_context(|| format!("cannot read `{}`", path.display())),
         };
-        let node = yaml::parse(&text).map_err(|e| {
+        LockFile::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses a lockfile's text; `origin` names it in errors (a path, or
+    /// `HEAD:student.lock` for one read from git).
+    pub fn parse(text: &str, origin: &str) -> anyhow::Result<LockFile> {
+        let node = yaml::parse(text).map_err(|e| {
             anyhow::anyhow!(
-                "{}:{}:{}: {}; delete the lockfile and run again to rebuild it",
-                path.display(),
+                "{origin}:{}:{}: {}; delete the lockfile and run again to rebuild it",
                 e.span.line,
                 e.span.col,
                 e.message
             )
         })?;
         serde_json::from_value(node.to_json()).with_context(|| {
-            format!(
-                "`{}` is not a pipe lockfile; delete it and run again to rebuild it",
-                path.display()
-            )
+            format!("`{origin}` is not a pipe lockfile; delete it and run again to rebuild it")
         })
     }
 
-    /// Writes the lockfile atomically.
-    pub fn save(&self, path: &Path) -> anyhow::Result<()> {
+    /// Writes the lockfile atomically; when that changes it, the old content
+    /// is first kept at `previous` (for `pipe metrics --diff previous`). A
+    /// rewrite that changes nothing keeps the older `previous`, so it stays
+    /// the lockfile before the last run that changed something.
+    pub fn save(&self, path: &Path, previous: &Path) -> anyhow::Result<()> {
+        let text = self.render()?;
+        match std::fs::read(path) {
+            Ok(old) if old == text.as_bytes() => return Ok(()),
+            Ok(old) => atomic::write(previous, &old, false)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot read `{}`", path.display())),
+        }
+        atomic::write(path, text.as_bytes(), false)
+    }
+
+    /// The lockfile as YAML text.
+    fn render(&self) -> anyhow::Result<String> {
         let value = serde_json::to_value(self)?;
         let mut text =
             String::from("# Written by `pipe run`: what each stage last ran with. Commit it.\n");
@@ -102,7 +133,7 @@ impl LockFile {
             .context("cannot write the lockfile as YAML")?;
         text = text.replacen("---\n", "", 1);
         text.push('\n');
-        atomic::write(path, text.as_bytes(), false)
+        Ok(text)
     }
 
     /// Every stage key and output hash this lockfile references.
@@ -138,8 +169,8 @@ fn to_yaml(value: &Value) -> Yaml {
 mod tests {
     use super::*;
 
-    #[test]
-    fn round_trips_through_yaml() {
+    /// A one-stage lockfile whose stage reports `loss`.
+    fn lock_with_loss(loss: f64) -> (LockFile, KeyRecord) {
         let record = KeyRecord {
             kind: "finetune".into(),
             kind_version: 1,
@@ -156,16 +187,22 @@ mod tests {
                     key: record.key(),
                     record: record.clone(),
                     outputs: BTreeMap::from([("model".into(), Digest::of(b"m"))]),
-                    metrics: serde_json::json!({"loss": 0.25})
+                    metrics: serde_json::json!({"loss": loss})
                         .as_object()
                         .unwrap()
                         .clone(),
                 },
             )]),
         };
+        (lock, record)
+    }
+
+    #[test]
+    fn round_trips_through_yaml() {
+        let (lock, record) = lock_with_loss(0.25);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("student.lock");
-        lock.save(&path).unwrap();
+        lock.save(&path, &dir.path().join("previous.lock")).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.contains("learning_rate: 0.0005"), "{text}");
         let back = LockFile::load(&path).unwrap();
@@ -173,5 +210,24 @@ mod tests {
         assert_eq!(entry.record, record);
         assert_eq!(entry.record.key(), entry.key);
         assert_eq!(entry.metrics["loss"], serde_json::json!(0.25));
+    }
+
+    #[test]
+    fn saving_a_changed_lockfile_keeps_the_old_one_as_previous() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("student.lock");
+        let previous = dir.path().join(".pipe/lockfiles/student.previous.lock");
+        let loss = |p: &Path| LockFile::load(p).unwrap().stages["finetune"].metrics["loss"].clone();
+        lock_with_loss(0.5).0.save(&path, &previous).unwrap();
+        assert!(!previous.exists(), "a first lockfile has no previous one");
+        lock_with_loss(0.25).0.save(&path, &previous).unwrap();
+        assert_eq!(loss(&previous), serde_json::json!(0.5));
+        assert_eq!(loss(&path), serde_json::json!(0.25));
+        lock_with_loss(0.25).0.save(&path, &previous).unwrap();
+        assert_eq!(
+            loss(&previous),
+            serde_json::json!(0.5),
+            "an unchanged rewrite keeps the lockfile before the last change"
+        );
     }
 }

@@ -49,6 +49,7 @@ impl Tone {
 /// The one place that writes to the terminal.
 pub struct Printer {
     color: bool,
+    color_stdout: bool,
     progress: bool,
     quiet: bool,
     multi: MultiProgress,
@@ -57,10 +58,11 @@ pub struct Printer {
 impl Printer {
     /// A printer. `quiet` hides status lines and notes; `machine` (for
     /// `--json`) hides progress bars as well. Colour follows `choice`,
-    /// then `NO_COLOR`, then `FORCE_COLOR`, then whether stderr is a terminal.
+    /// then `NO_COLOR`, then `FORCE_COLOR`, then whether stderr is a terminal
+    /// (whether stdout is, for answers styled with [`Printer::bold_stdout`]).
     pub fn new(choice: ColorChoice, quiet: bool, machine: bool) -> Printer {
         let tty = std::io::stderr().is_terminal();
-        let color = match choice {
+        let resolve = |tty: bool| match choice {
             ColorChoice::Always => true,
             ColorChoice::Never => false,
             ColorChoice::Auto => {
@@ -73,6 +75,8 @@ impl Printer {
                 }
             }
         };
+        let color = resolve(tty);
+        let color_stdout = resolve(std::io::stdout().is_terminal());
         let progress = tty && !quiet && !machine;
         let multi = MultiProgress::with_draw_target(if progress {
             ProgressDrawTarget::stderr_with_hz(10)
@@ -81,6 +85,7 @@ impl Printer {
         });
         Printer {
             color,
+            color_stdout,
             progress,
             quiet,
             multi,
@@ -89,22 +94,17 @@ impl Printer {
 
     /// `text` in the style of `tone` (plain when colour is off).
     pub fn paint(&self, text: &str, tone: Tone) -> String {
-        if self.color {
-            let style = tone.style();
-            format!("{}{text}{}", style.render(), style.render_reset())
-        } else {
-            text.to_string()
-        }
+        styled(self.color, tone.style(), text)
     }
 
     /// `text` dimmed (plain when colour is off).
     pub fn dim(&self, text: &str) -> String {
-        if self.color {
-            let style = Style::new().dimmed();
-            format!("{}{text}{}", style.render(), style.render_reset())
-        } else {
-            text.to_string()
-        }
+        styled(self.color, Style::new().dimmed(), text)
+    }
+
+    /// `text` in bold, for an answer on stdout (plain when stdout gets no colour).
+    pub fn bold_stdout(&self, text: &str) -> String {
+        styled(self.color_stdout, Style::new().bold(), text)
     }
 
     /// A status line on stderr: a right-aligned coloured verb, then the rest.
@@ -148,6 +148,15 @@ impl Printer {
             printer: self,
             stage: stage.to_string(),
         }
+    }
+}
+
+/// `text` in `style` when `color` is on, else plain.
+fn styled(color: bool, style: Style, text: &str) -> String {
+    if color {
+        format!("{}{text}{}", style.render(), style.render_reset())
+    } else {
+        text.to_string()
     }
 }
 

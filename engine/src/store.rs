@@ -9,6 +9,8 @@
 //!   out/<pipeline>/<stage>/ outputs at stable paths (hard links into objects/)
 //!   scratch/<key>/          checkpoints of long stages, kept until the stage succeeds
 //!   logs/<pipeline>/<stage>.log   the last run's log of each stage
+//!   lockfiles/<stem>.previous.lock  a manifest's lockfile before the last run that
+//!                           changed it (`pipe metrics --diff previous`)
 //!   stat-cache.json         hashes of workspace files by their stat
 //!   lock                    held by the run that uses the store
 //! ```

@@ -17,7 +17,7 @@ fn help_has_examples_and_exit_codes() {
     let top = p.pipe(&["--help"]);
     let text = String::from_utf8_lossy(&top.stdout);
     assert!(text.contains("Exit codes"), "{text}");
-    for sub in ["run", "status", "dag", "show", "gc"] {
+    for sub in ["run", "status", "dag", "show", "metrics", "gc"] {
         let out = p.pipe(&[sub, "--help"]);
         assert_eq!(out.status.code(), Some(0));
         assert!(

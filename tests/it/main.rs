@@ -5,6 +5,7 @@ mod cli;
 mod crash;
 mod data;
 mod malformed;
+mod metrics;
 mod schema;
 mod training;
 mod util;
