@@ -6,7 +6,9 @@
 mod command;
 mod ingest;
 pub mod init;
+mod metrics;
 pub mod models;
+mod report;
 mod runtime_report;
 mod split;
 mod table;
