@@ -1,6 +1,7 @@
 //! Integration tests of pipe-stages: each stage kind driven through `check`
 //! and `run` on fixture files built in a fresh temporary folder.
 
+mod trained;
 mod util;
 
 // Data stages.
@@ -11,3 +12,7 @@ mod tokenize;
 
 // Models.
 mod gpt_neo;
+
+// Export and evaluation.
+mod evaluate;
+mod export;
