@@ -4,6 +4,7 @@ pub mod dag;
 pub mod doctor;
 pub mod gc;
 pub mod init;
+pub mod predict;
 pub mod run;
 pub mod schema;
 pub mod show;

@@ -5,5 +5,6 @@ mod cli;
 mod crash;
 mod data;
 mod malformed;
+mod predict;
 mod schema;
 mod util;
