@@ -113,6 +113,20 @@ Examples:
   pipe init --from data/questions.csv --yes -o student.yaml
   pipe init --from q.csv --text question --label subject --test 0.2 --shuffle --yes")]
     Init(InitArgs),
+    /// Label texts with an exported model bundle.
+    ///
+    /// BUNDLE is the output folder of an export-onnx stage, or the name of such a stage in
+    /// the manifest (`--manifest`, or the one manifest in the current folder). Texts come
+    /// from the command line or, with `--file`, from a column of a data file.
+    #[command(after_help = "\
+Examples:
+  pipe predict export-onnx \"What is the speed of light?\"
+  pipe predict .pipe/out/student/export-onnx \"first text\" \"second text\"
+  pipe predict export-onnx --file data/new_questions.csv --text-column question
+  pipe predict export-onnx --file notes.jsonl --json | jq '.[].label'
+
+Exit codes: 0 success, 1 the bundle cannot be found, opened or run, 2 bad usage or manifest.")]
+    Predict(PredictArgs),
     /// Report the ONNX Runtime found, its version and execution providers, and the store.
     Doctor(DoctorArgs),
     /// Print the JSON Schema of manifests (as in schemas/pipeline.schema.json).
@@ -280,6 +294,39 @@ pub struct InitArgs {
     /// Overwrite an existing manifest.
     #[arg(long)]
     pub force: bool,
+}
+
+/// `pipe predict`.
+#[derive(Debug, Args)]
+pub struct PredictArgs {
+    /// A bundle folder, or the name of an export-onnx stage of the manifest.
+    #[arg(value_name = "BUNDLE")]
+    pub bundle: String,
+    /// Texts to label.
+    #[arg(value_name = "TEXT", required_unless_present = "file")]
+    pub texts: Vec<String>,
+    /// Label the texts of a CSV, TSV, JSON Lines or Parquet file instead.
+    #[arg(long, value_name = "FILE", conflicts_with = "texts")]
+    pub file: Option<PathBuf>,
+    /// The column of `--file` holding the texts (default: detected, as ingest does).
+    #[arg(long, value_name = "NAME", requires = "file")]
+    pub text_column: Option<String>,
+    /// The manifest in which BUNDLE names a stage (default: the one in the current folder).
+    #[arg(long, value_name = "FILE")]
+    pub manifest: Option<PathBuf>,
+    /// Print one JSON array: `[{"text", "label", "probabilities": {label: p}}]` (plus
+    /// `labels`, the labels at or above 0.5, for multi-label bundles).
+    #[arg(long)]
+    pub json: bool,
+    /// Texts per model run.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch_size: u64,
+    /// Where the model runs: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// ONNX Runtime threads (default: one per core).
+    #[arg(long)]
+    pub threads: Option<usize>,
 }
 
 /// `pipe doctor`.

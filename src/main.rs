@@ -29,6 +29,7 @@ fn main() -> ExitCode {
         Command::Metrics(a) => a.json,
         Command::Gc(a) => a.json,
         Command::Doctor(a) => a.json,
+        Command::Predict(a) => a.json,
         _ => false,
     };
     let color = match cli.color {
@@ -47,6 +48,7 @@ fn main() -> ExitCode {
         Command::Gc(args) => commands::gc::exec(args, &printer),
         Command::Doctor(args) => commands::doctor::exec(args, &printer),
         Command::Init(args) => commands::init::exec(args, &printer),
+        Command::Predict(args) => commands::predict::exec(args, &printer),
         Command::Schema => commands::schema::exec(),
     };
     match result {

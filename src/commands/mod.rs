@@ -5,6 +5,7 @@ pub mod doctor;
 pub mod gc;
 pub mod init;
 pub mod metrics;
+pub mod predict;
 pub mod run;
 pub mod schema;
 pub mod show;

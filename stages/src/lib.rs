@@ -3,7 +3,11 @@
 
 #![deny(missing_docs)]
 
+pub mod bundle;
 mod command;
+mod device;
+pub mod evaluate;
+pub mod export_onnx;
 pub mod finetune;
 pub mod hub;
 mod ingest;
@@ -16,6 +20,7 @@ mod split;
 mod table;
 pub mod tokenize;
 
+pub use ingest::{Texts, read_texts};
 use pipe_engine::Registry;
 pub use runtime_report::{RuntimeReport, runtime_report};
 
@@ -23,6 +28,8 @@ pub use runtime_report::{RuntimeReport, runtime_report};
 pub fn registry() -> Registry {
     let mut registry = Registry::new();
     registry.register(command::Command);
+    registry.register(evaluate::Evaluate);
+    registry.register(export_onnx::ExportOnnx::default());
     registry.register(ingest::Ingest);
     registry.register(split::Split);
     registry.register(tokenize::Tokenize::default());

@@ -145,30 +145,27 @@ pub(crate) struct DatasetBuilder {
     labels: LabelBuilder,
 }
 
-enum LabelBuilder {
+/// Builds a `label` column (one label per row) or a `labels` column (a list per row).
+pub(crate) enum LabelBuilder {
+    /// One label per row.
     Single(StringBuilder),
+    /// A list of labels per row.
     Multi(ListBuilder<StringBuilder>),
 }
 
-impl DatasetBuilder {
-    /// An empty builder for single- or multi-label rows.
+impl LabelBuilder {
+    /// An empty column of single labels or label lists.
     pub(crate) fn new(multi_label: bool) -> Self {
-        let labels = if multi_label {
+        if multi_label {
             LabelBuilder::Multi(ListBuilder::new(StringBuilder::new()).with_field(label_item()))
         } else {
             LabelBuilder::Single(StringBuilder::new())
-        };
-        DatasetBuilder {
-            schema: dataset_schema(multi_label),
-            text: StringBuilder::new(),
-            labels,
         }
     }
 
-    /// Adds a row. Single-label builders take exactly one label.
-    pub(crate) fn push(&mut self, text: &str, labels: &[String]) {
-        self.text.append_value(text);
-        match &mut self.labels {
+    /// Adds a row. Single-label columns take exactly one label.
+    pub(crate) fn push(&mut self, labels: &[String]) {
+        match self {
             LabelBuilder::Single(b) => b.append_value(&labels[0]),
             LabelBuilder::Multi(b) => {
                 for label in labels {
@@ -179,6 +176,31 @@ impl DatasetBuilder {
         }
     }
 
+    /// Takes the rows added so far.
+    pub(crate) fn finish(&mut self) -> ArrayRef {
+        match self {
+            LabelBuilder::Single(b) => Arc::new(b.finish()),
+            LabelBuilder::Multi(b) => Arc::new(b.finish()),
+        }
+    }
+}
+
+impl DatasetBuilder {
+    /// An empty builder for single- or multi-label rows.
+    pub(crate) fn new(multi_label: bool) -> Self {
+        DatasetBuilder {
+            schema: dataset_schema(multi_label),
+            text: StringBuilder::new(),
+            labels: LabelBuilder::new(multi_label),
+        }
+    }
+
+    /// Adds a row. Single-label builders take exactly one label.
+    pub(crate) fn push(&mut self, text: &str, labels: &[String]) {
+        self.text.append_value(text);
+        self.labels.push(labels);
+    }
+
     /// Rows added since the last [`DatasetBuilder::finish`].
     pub(crate) fn len(&self) -> usize {
         self.text.len()
@@ -186,13 +208,9 @@ impl DatasetBuilder {
 
     /// Takes the rows added so far as a batch.
     pub(crate) fn finish(&mut self) -> anyhow::Result<RecordBatch> {
-        let labels: ArrayRef = match &mut self.labels {
-            LabelBuilder::Single(b) => Arc::new(b.finish()),
-            LabelBuilder::Multi(b) => Arc::new(b.finish()),
-        };
         Ok(RecordBatch::try_new(
             self.schema.clone(),
-            vec![Arc::new(self.text.finish()), labels],
+            vec![Arc::new(self.text.finish()), self.labels.finish()],
         )?)
     }
 }

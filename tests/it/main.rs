@@ -6,6 +6,7 @@ mod crash;
 mod data;
 mod malformed;
 mod metrics;
+mod predict;
 mod schema;
 mod training;
 mod util;

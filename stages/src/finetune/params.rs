@@ -1,7 +1,7 @@
 //! The parameters of `finetune`, their defaults and their checks.
 
 use pipe_engine::{ParamError, parse_params};
-use pipe_onnx::Device;
+use pipe_onnx::SessionOptions;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -224,13 +224,7 @@ impl Params {
             )
             .with_help("remove it, or set `lr_schedule: linear`"));
         }
-        if params.threads == Some(0) {
-            return Err(ParamError::new(
-                &["threads"],
-                "`threads` must be at least 1",
-            ));
-        }
-        params.device()?;
+        params.session_options()?;
         Ok(params)
     }
 
@@ -251,12 +245,8 @@ impl Params {
         }
     }
 
-    /// The training device.
-    pub fn device(&self) -> Result<Device, ParamError> {
-        self.device
-            .as_deref()
-            .unwrap_or("cpu")
-            .parse()
-            .map_err(|e: pipe_onnx::Error| ParamError::new(&["device"], e.to_string()))
+    /// ONNX Runtime session options for `device` and `threads`.
+    pub fn session_options(&self) -> Result<SessionOptions, ParamError> {
+        crate::device::session_options(self.device.as_deref().unwrap_or("cpu"), self.threads)
     }
 }

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use pipe_engine::Reporter;
-use pipe_onnx::{AdamW, Graph, HostTensor, Session, SessionOptions, StepSignature, Trainer};
+use pipe_onnx::{AdamW, Graph, HostTensor, Session, StepSignature, Trainer};
 use serde_json::json;
 
 use super::checkpoint::{self, Position};
@@ -56,14 +56,6 @@ pub struct Finished {
     pub resumed_from: Option<u64>,
 }
 
-fn session_options(params: &Params) -> Result<SessionOptions> {
-    Ok(SessionOptions {
-        device: params.device()?,
-        intra_threads: params.threads,
-        graph_cache_dir: None,
-    })
-}
-
 impl<'a> Training<'a> {
     /// Compiles the step graph (forward, loss, gradients, AdamW) of the starting model and
     /// loads its weights; `validation`, when given, gets a forward-only graph of its own.
@@ -74,7 +66,7 @@ impl<'a> Training<'a> {
         validation: Option<&'a TokenTable>,
         scratch: &'a Path,
     ) -> Result<Self> {
-        let opts = session_options(params)?;
+        let opts = params.session_options()?;
         let config = &start.config;
         let step = StepGraph::compile(config, problem, &adamw_of(params))?;
         let weights = start.weights(&step.specs, params.model.seed)?;

@@ -38,6 +38,7 @@
 pub(crate) mod detect;
 mod profile;
 pub(crate) mod read;
+mod texts;
 
 use std::collections::HashSet;
 
@@ -54,6 +55,7 @@ use crate::table::{
 use detect::{Inspection, find_column, inspect};
 use profile::{DropReason, Profile};
 use read::{Cell, Format, Malformed, ReadOptions, Record, Table};
+pub use texts::{Texts, read_texts};
 
 /// The `ingest` stage kind.
 pub struct Ingest;

@@ -1,6 +1,7 @@
 //! Integration tests of pipe-stages: each stage kind driven through `check`
 //! and `run` on fixture files built in a fresh temporary folder.
 
+mod trained;
 mod util;
 
 // Data stages.
@@ -13,6 +14,8 @@ mod tokenize;
 mod finetune;
 mod gpt_neo;
 
-// Evaluation: metrics against scikit-learn, the HTML report.
+// Export and evaluation: metrics against scikit-learn, the HTML report, the stages.
+mod evaluate;
+mod export;
 mod metrics;
 mod report;

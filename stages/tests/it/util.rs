@@ -263,3 +263,8 @@ pub fn labelled_csv(n: usize, labels: &[&str]) -> String {
     }
     csv
 }
+
+/// The error message of a run that must fail.
+pub fn failure(run: anyhow::Result<Ran>) -> String {
+    message(run.err().expect("the stage fails"))
+}

@@ -4,12 +4,22 @@ use std::path::Path;
 
 use prost::Message;
 
-use super::{Attr, Dim, Graph, OPSET, Tensor};
+use super::{Attr, Dim, Graph, MAX_OPSET, OPSET, Tensor};
 use crate::proto::{self, attribute_type};
 use crate::{Error, Result};
 
-/// IR version 9 goes with opset 20 (ONNX 1.15).
-const IR_VERSION: i64 = 9;
+/// The IR version that goes with `opset`, from the ONNX release that introduced the opset
+/// (`onnx.helper.VERSION_TABLE`): opset 20 came with IR 9 (ONNX 1.15), 21 and 22 with IR 10,
+/// 23 with 11, 24 with 12, 25 and 26 with 13.
+fn ir_version(opset: i64) -> i64 {
+    match opset {
+        ..=20 => 9,
+        21 | 22 => 10,
+        23 => 11,
+        24 => 12,
+        _ => 13,
+    }
+}
 
 /// A finished ONNX model.
 #[derive(Clone, Debug, PartialEq)]
@@ -33,6 +43,34 @@ impl Model {
         })
     }
 
+    /// The opset the model declares.
+    pub fn opset(&self) -> i64 {
+        self.proto
+            .opset_import
+            .iter()
+            .find(|o| o.domain.as_deref().unwrap_or("").is_empty())
+            .and_then(|o| o.version)
+            .unwrap_or(OPSET)
+    }
+
+    /// The same model declaring opset `opset` (from [`OPSET`] to [`MAX_OPSET`]) and its IR
+    /// version. The operators the builder emits mean the same in every opset of that range
+    /// (later opsets only add element types), so only the declaration changes.
+    pub fn with_opset(mut self, opset: i64) -> Result<Model> {
+        if !(OPSET..=MAX_OPSET).contains(&opset) {
+            return Err(Error::Data(format!(
+                "opset {opset} is not supported; choose one from {OPSET} to {MAX_OPSET}"
+            )));
+        }
+        for import in &mut self.proto.opset_import {
+            if import.domain.as_deref().unwrap_or("").is_empty() {
+                import.version = Some(opset);
+            }
+        }
+        self.proto.ir_version = Some(ir_version(opset));
+        Ok(self)
+    }
+
     /// Serialised bytes: deterministic, the same graph always gives the same bytes. Models
     /// whose initializers pass 2 GB cannot be parsed back: use [`Model::save`] with a threshold.
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -43,6 +81,21 @@ impl Model {
     /// given) go to `<file name>.data` beside it, as ONNX external data, which models over
     /// 2 GB need (protobuf's limit).
     pub fn save(&self, path: &Path, external_threshold: Option<usize>) -> Result<()> {
+        let file_name = path
+            .file_name()
+            .ok_or_else(|| Error::Data(format!("`{}` has no file name", path.display())))?;
+        let data_name = format!("{}.data", file_name.to_string_lossy());
+        self.save_with_data_file(path, &data_name, external_threshold)
+    }
+
+    /// [`Model::save`] with the external data in `data_name` (a file name beside `path`)
+    /// rather than `<file name>.data`.
+    pub fn save_with_data_file(
+        &self,
+        path: &Path,
+        data_name: &str,
+        external_threshold: Option<usize>,
+    ) -> Result<()> {
         let io = |context, path: &Path| {
             let path = path.to_path_buf();
             move |source| Error::Io {
@@ -55,11 +108,7 @@ impl Model {
             return std::fs::write(path, self.to_bytes())
                 .map_err(io("failed to write model", path));
         };
-        let file_name = path
-            .file_name()
-            .ok_or_else(|| Error::Data(format!("`{}` has no file name", path.display())))?;
-        let data_name = format!("{}.data", file_name.to_string_lossy());
-        let data_path = path.with_file_name(&data_name);
+        let data_path = path.with_file_name(data_name);
         let mut proto = self.proto.clone();
         let mut blob = Vec::new();
         if let Some(graph) = proto.graph.as_mut() {
@@ -76,7 +125,7 @@ impl Model {
                     value: Some(v),
                 };
                 t.external_data = vec![
-                    entry("location", data_name.clone()),
+                    entry("location", data_name.to_string()),
                     entry("offset", offset.to_string()),
                     entry("length", raw.len().to_string()),
                 ];
@@ -218,7 +267,7 @@ impl Graph {
         };
         Ok(Model {
             proto: proto::ModelProto {
-                ir_version: Some(IR_VERSION),
+                ir_version: Some(ir_version(OPSET)),
                 producer_name: Some("pipe-onnx".into()),
                 producer_version: Some(env!("CARGO_PKG_VERSION").into()),
                 domain: None,

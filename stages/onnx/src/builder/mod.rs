@@ -26,6 +26,10 @@ use crate::{Error, Result};
 /// The ONNX opset the builder targets (`Gelu` with `approximate="tanh"` needs 20).
 pub const OPSET: i64 = 20;
 
+/// The latest opset a built model may declare ([`Model::with_opset`]); ONNX Runtime 1.31
+/// runs up to 26.
+pub const MAX_OPSET: i64 = 26;
+
 /// Handle to a value in a [`Graph`]: a graph input, a constant, an initializer or a node output.
 ///
 /// A handle belongs to the graph that made it; using it with another graph is a bug (it

@@ -386,3 +386,43 @@ fn onnx_checker_accepts_generated_models() {
         );
     }
 }
+
+#[test]
+fn later_opsets_declare_their_ir_version_and_run_the_same() {
+    let (model, _) = export_graph();
+    assert_eq!(model.opset(), 20);
+    assert!(model.clone().with_opset(19).is_err());
+    assert!(model.clone().with_opset(27).is_err());
+    let (ids, lengths) = batch(2, 5, 7);
+    let feeds = [("input_ids", &ids), ("lengths", &lengths)];
+    let mut base = Session::from_model(&model, &SessionOptions::default()).unwrap();
+    let expected = base.run(&feeds).unwrap();
+    // IR versions from onnx.helper.VERSION_TABLE.
+    for (opset, ir) in [(21, 10), (23, 11), (24, 12), (26, 13)] {
+        let later = model.clone().with_opset(opset).unwrap();
+        assert_eq!(later.opset(), opset);
+        assert_eq!(later.proto().ir_version, Some(ir));
+        let mut s = Session::from_model(&later, &SessionOptions::default()).unwrap();
+        assert_eq!(s.run(&feeds).unwrap()["logits"], expected["logits"]);
+    }
+}
+
+#[test]
+fn external_data_goes_to_the_named_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, _) = export_graph();
+    let path = dir.path().join("model.onnx");
+    model
+        .save_with_data_file(&path, "weights.data", Some(64))
+        .unwrap();
+    assert!(dir.path().join("weights.data").is_file());
+    assert!(!dir.path().join("model.onnx.data").exists());
+    let (ids, lengths) = batch(2, 4, 9);
+    let feeds = [("input_ids", &ids), ("lengths", &lengths)];
+    let mut from_file = Session::from_file(&path, &SessionOptions::default()).unwrap();
+    let mut in_memory = Session::from_model(&model, &SessionOptions::default()).unwrap();
+    assert_eq!(
+        from_file.run(&feeds).unwrap()["logits"],
+        in_memory.run(&feeds).unwrap()["logits"]
+    );
+}

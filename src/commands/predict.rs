@@ -1,0 +1,193 @@
+//! `pipe predict BUNDLE TEXT…`: labels for texts from an exported bundle.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use pipe_engine::lockfile::{LockFile, lock_path};
+use pipe_engine::{Printer, Tone};
+use pipe_onnx::{Device, SessionOptions};
+use pipe_stages::bundle::{Bundle, Predictions};
+use pipe_stages::models::gpt_neo::ProblemType;
+use serde::Serialize;
+
+use crate::Outcome;
+use crate::cli::PredictArgs;
+use crate::workspace;
+
+/// A multi-label prediction includes each label at or above this probability.
+const THRESHOLD: f32 = 0.5;
+
+/// One element of the `--json` array: the text, its most probable label, the labels at or
+/// above 0.5 (multi-label bundles only) and every label's probability, in label order.
+#[derive(Serialize)]
+struct Predicted<'a> {
+    text: &'a str,
+    label: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    labels: Option<Vec<&'a str>>,
+    probabilities: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Classifies the texts; a bundle that cannot be found, opened or run is a failure (exit 1).
+pub fn exec(args: PredictArgs, printer: &Printer) -> anyhow::Result<Outcome> {
+    match predict(&args, printer) {
+        Ok(()) => Ok(Outcome::Success),
+        Err(error) if error.downcast_ref::<pipe_engine::ManifestError>().is_some() => Err(error),
+        Err(error) => {
+            printer.error(&error);
+            Ok(Outcome::Failure)
+        }
+    }
+}
+
+fn predict(args: &PredictArgs, printer: &Printer) -> anyhow::Result<()> {
+    let device: Device = args.device.parse()?;
+    let options = SessionOptions {
+        device,
+        intra_threads: args.threads,
+        graph_cache_dir: None,
+    };
+    let dir = bundle_dir(&args.bundle, args.manifest.as_deref())?;
+    let texts = match &args.file {
+        Some(file) => {
+            let read = pipe_stages::read_texts(file, args.text_column.as_deref())?;
+            if read.detected {
+                printer.status(
+                    "Reading",
+                    Tone::Quiet,
+                    &format!(
+                        "{} rows of column `{}` of {} (detected; choose another with --text-column)",
+                        read.texts.len(),
+                        read.column,
+                        file.display()
+                    ),
+                );
+            }
+            read.texts
+        }
+        None => args.texts.clone(),
+    };
+    let mut bundle = Bundle::open(&dir, &options)
+        .with_context(|| format!("cannot open the bundle {}", dir.display()))?;
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let batch_size = usize::try_from(args.batch_size).context("--batch-size is too large")?;
+    let predictions = bundle.predict(&refs, batch_size)?;
+    if args.json {
+        print_json(&bundle, &refs, &predictions)
+    } else {
+        print_table(printer, &bundle, &refs, &predictions);
+        Ok(())
+    }
+}
+
+/// The bundle folder: `arg` when it is a folder, else the output folder of the stage `arg`
+/// of the manifest (`--manifest`, or the one in the current folder).
+fn bundle_dir(arg: &str, manifest: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let path = Path::new(arg);
+    if path.is_dir() {
+        return Ok(path.to_path_buf());
+    }
+    if !pipe_engine::manifest::is_valid_name(arg) {
+        bail!(
+            "no bundle folder {arg}; name the output folder of an export-onnx stage, or the stage itself"
+        );
+    }
+    let file = match manifest {
+        Some(file) => file.to_path_buf(),
+        None => workspace::default_manifest().with_context(|| {
+            format!(
+                "`{arg}` is not a folder, and there is no manifest to find a stage of that name in"
+            )
+        })?,
+    };
+    let registry = pipe_stages::registry();
+    let pipeline = workspace::load(&file, &registry, false)?;
+    let Some(id) = pipeline.id(arg) else {
+        let names: Vec<&str> = pipeline.stages.iter().map(|s| s.name.as_str()).collect();
+        bail!(
+            "`{arg}` is neither a folder nor a stage of {}{}; the stages are: {}",
+            file.display(),
+            pipe_engine::diag::did_you_mean(arg, names.iter().copied()),
+            names.join(", ")
+        );
+    };
+    let stage = &pipeline.stages[id];
+    let store = workspace::open_store(&pipeline)?;
+    let lock = LockFile::load(&lock_path(&pipeline.manifest.path))?;
+    let ran = lock
+        .stages
+        .get(arg)
+        .is_some_and(|entry| store.record(&entry.key).is_some());
+    let dir = store.out_dir(&pipeline.manifest.name, &stage.name);
+    if !ran || !dir.is_dir() {
+        bail!(
+            "stage `{arg}` has not run yet; run `pipe run {} {arg}` first",
+            file.display()
+        );
+    }
+    Ok(dir)
+}
+
+/// The labels shown as the prediction of row `i`: the top one, or for multi-label every one
+/// at or above [`THRESHOLD`].
+fn chosen<'a>(bundle: &'a Bundle, predictions: &Predictions, i: usize) -> Vec<&'a str> {
+    let labels = bundle.labels();
+    match bundle.problem_type() {
+        ProblemType::SingleLabelClassification => vec![labels[predictions.top(i)].as_str()],
+        ProblemType::MultiLabelClassification => predictions
+            .row(i)
+            .iter()
+            .zip(labels)
+            .filter(|(p, _)| **p >= THRESHOLD)
+            .map(|(_, l)| l.as_str())
+            .collect(),
+    }
+}
+
+fn print_json(bundle: &Bundle, texts: &[&str], predictions: &Predictions) -> anyhow::Result<()> {
+    let labels = bundle.labels();
+    let multi = bundle.problem_type() == ProblemType::MultiLabelClassification;
+    let rows: Vec<Predicted<'_>> = texts
+        .iter()
+        .enumerate()
+        .map(|(i, text)| Predicted {
+            text,
+            label: &labels[predictions.top(i)],
+            labels: multi.then(|| chosen(bundle, predictions, i)),
+            probabilities: labels
+                .iter()
+                .zip(predictions.row(i))
+                .map(|(l, p)| (l.clone(), serde_json::json!(p)))
+                .collect(),
+        })
+        .collect();
+    println!("{}", serde_json::to_string_pretty(&rows)?);
+    Ok(())
+}
+
+/// Per text: the predicted label(s) and the text, then every label's probability, most
+/// probable first, in aligned columns.
+fn print_table(printer: &Printer, bundle: &Bundle, texts: &[&str], predictions: &Predictions) {
+    let labels = bundle.labels();
+    let width = labels.iter().map(|l| l.chars().count()).max().unwrap_or(0);
+    for (i, text) in texts.iter().enumerate() {
+        let picked = chosen(bundle, predictions, i);
+        let head = if picked.is_empty() {
+            "(none)".to_string()
+        } else {
+            picked.join(", ")
+        };
+        println!("{}  {text}", printer.paint(&head, Tone::Good));
+        let mut order: Vec<usize> = (0..labels.len()).collect();
+        order.sort_by(|&a, &b| predictions.row(i)[b].total_cmp(&predictions.row(i)[a]));
+        for j in order {
+            let p = predictions.row(i)[j];
+            let line = format!("    {:<width$}  {p:.3}", labels[j]);
+            if picked.contains(&labels[j].as_str()) {
+                println!("{line}");
+            } else {
+                println!("{}", printer.dim(&line));
+            }
+        }
+    }
+}

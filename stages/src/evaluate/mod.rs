@@ -1,0 +1,302 @@
+//! `evaluate`: scores split tables with an exported bundle and reports how well it does.
+//!
+//! ```yaml
+//! evaluate:
+//!   from: { model: export-onnx, data: split }
+//!   splits: [train, test]   # default: every split the data has, in the order train, validation, test
+//!   batch_size: 32          # rows per model run
+//!   device: cpu             # cpu, cuda or cuda:N (not in the key)
+//!   threads: 2              # ONNX Runtime threads; one per core when left out (not in the key)
+//! ```
+//!
+//! Inputs: `model`, an `export-onnx` stage (its output folder is the bundle, see
+//! [`crate::bundle`]), and `data`, a stage with the tables `train`, `validation`, `test` in
+//! the `dataset` schema ([`crate::table`]). Every label in the data must be one the bundle
+//! knows.
+//!
+//! Outputs:
+//! - `metrics.json`: `{"labels": [...], "<split>": <metrics of the split>, ...}`;
+//! - `predictions.parquet`: one row per scored row (see [`rows::PredictionsWriter`]);
+//! - `report.html`: metrics, ROC curves, the training loss curve (from the bundle's
+//!   `train_log.jsonl`, when it has one) and the [`WRONG_EXAMPLES`] most confidently wrong
+//!   rows of each split.
+
+mod rows;
+mod train_log;
+mod truth;
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use pipe_engine::{Checked, Input, Outcome, ParamError, RunContext, Stage, parse_params};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::bundle::{Bundle, INFO_FILE, TRAIN_LOG_FILE};
+use crate::device::{default_device, session_options};
+use crate::metrics::{self, RocCurve, SplitMetrics};
+use crate::models::gpt_neo::ProblemType;
+use crate::report::{self, Report, SplitReport, WrongExample};
+use crate::table::{DatasetTable, write_json};
+use rows::{PredictionsWriter, most_confidently_wrong};
+use truth::Truth;
+
+/// The splits evaluate knows, in the order it scores them by default.
+const SPLITS: [&str; 3] = ["train", "validation", "test"];
+
+/// Wrong rows shown per split in the report.
+pub const WRONG_EXAMPLES: usize = 5;
+
+/// The `evaluate` stage kind.
+#[derive(Debug, Default)]
+pub struct Evaluate;
+
+/// Parameters of `evaluate`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub struct Params {
+    /// The splits to score (train, validation, test); by default every one the data has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub splits: Option<Vec<String>>,
+    /// Rows per model run.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// Where the model runs: cpu, cuda or cuda:N (not part of the stage key).
+    #[serde(default = "default_device")]
+    pub device: String,
+    /// ONNX Runtime threads; one per core when left out (not part of the stage key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threads: Option<usize>,
+}
+
+fn default_batch_size() -> usize {
+    32
+}
+
+impl Params {
+    fn parse(value: &serde_json::Value) -> Result<Params, ParamError> {
+        let params: Params = parse_params(value)?;
+        if params.batch_size == 0 {
+            return Err(ParamError::new(
+                &["batch_size"],
+                "`batch_size` must be at least 1",
+            ));
+        }
+        if let Some(splits) = &params.splits {
+            if splits.is_empty() {
+                return Err(ParamError::new(&["splits"], "`splits` is empty").with_help(
+                    "name at least one split, or leave `splits` out to score them all",
+                ));
+            }
+            for (i, name) in splits.iter().enumerate() {
+                let at = i.to_string();
+                if !SPLITS.contains(&name.as_str()) {
+                    return Err(ParamError::new(
+                        &["splits", &at],
+                        format!("unknown split `{name}`"),
+                    )
+                    .with_help("the splits are train, validation and test"));
+                }
+                if splits[..i].contains(name) {
+                    return Err(ParamError::new(
+                        &["splits", &at],
+                        format!("split `{name}` is named twice"),
+                    ));
+                }
+            }
+        }
+        session_options(&params.device, params.threads)?;
+        Ok(params)
+    }
+
+    /// What goes into the key: everything but where and how fast the model runs.
+    fn key_params(&self) -> serde_json::Value {
+        json!({ "splits": self.splits, "batch_size": self.batch_size })
+    }
+}
+
+/// One scored split.
+struct Scored {
+    name: &'static str,
+    metrics: SplitMetrics,
+    roc: Vec<RocCurve>,
+    wrong: Vec<WrongExample>,
+}
+
+impl Stage for Evaluate {
+    fn kind(&self) -> &'static str {
+        "evaluate"
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn summary(&self) -> &'static str {
+        "Score split tables with an exported bundle: metrics, per-row predictions and an HTML report"
+    }
+
+    fn params_schema(&self) -> serde_json::Value {
+        pipe_engine::schema_of::<Params>()
+    }
+
+    fn check(&self, params: &serde_json::Value) -> Result<Checked, ParamError> {
+        let params = Params::parse(params)?;
+        Ok(Checked {
+            key_params: params.key_params(),
+            workspace_deps: Vec::new(),
+        })
+    }
+
+    fn run(&self, ctx: &RunContext<'_>) -> Result<Outcome> {
+        let params = Params::parse(ctx.params)?;
+        let options = session_options(&params.device, params.threads)?;
+        let model = ctx.input("model")?;
+        let data = ctx.input("data")?;
+        let bundle_dir = bundle_dir(model)?;
+        let mut bundle = Bundle::open(bundle_dir, &options)
+            .with_context(|| format!("cannot open the bundle of stage `{}`", model.stage))?;
+        let splits = choose_splits(data, params.splits.as_deref())?;
+        let labels = bundle.labels().to_vec();
+        let multi_label = bundle.problem_type() == ProblemType::MultiLabelClassification;
+
+        let mut tables = Vec::with_capacity(splits.len());
+        for name in splits {
+            let shown = format!("table `{name}` of stage `{}`", data.stage);
+            let table = DatasetTable::read(data.output(name)?, &shown)?;
+            if table.multi_label() != multi_label {
+                bail!(
+                    "{shown} is {} but the model of stage `{}` is {}",
+                    if table.multi_label() {
+                        "multi-label"
+                    } else {
+                        "single-label"
+                    },
+                    model.stage,
+                    if multi_label {
+                        "multi-label"
+                    } else {
+                        "single-label"
+                    }
+                );
+            }
+            let truth = Truth::read(&table, &labels, name)?;
+            tables.push((name, table, truth));
+        }
+
+        let total = tables.iter().map(|(_, t, _)| t.len() as u64).sum();
+        let bar = ctx.reporter.progress(total, "rows");
+        let mut writer =
+            PredictionsWriter::create(&ctx.out_dir.join("predictions.parquet"), multi_label)?;
+        let mut scored = Vec::with_capacity(tables.len());
+        for (name, table, truth) in &tables {
+            bar.set_message(name.to_string());
+            let texts: Vec<&str> = (0..table.len()).map(|i| table.text(i)).collect();
+            let predictions = bundle
+                .predict_with_progress(&texts, params.batch_size, |n| bar.inc(n as u64))
+                .with_context(|| format!("cannot score split `{name}`"))?;
+            let probabilities = &predictions.probabilities;
+            let metrics = match truth {
+                Truth::Single(classes) => metrics::single_label(&labels, classes, probabilities),
+                Truth::Multi(hot) => metrics::multi_label(&labels, hot, probabilities),
+            }
+            .with_context(|| format!("cannot compute the metrics of split `{name}`"))?;
+            let roc = metrics::roc_curves(&labels, &truth.multi_hot(labels.len()), probabilities);
+            let wrong = most_confidently_wrong(table, truth, &predictions, &labels, WRONG_EXAMPLES);
+            writer.write(name, table, truth, &predictions, &labels)?;
+            scored.push(Scored {
+                name,
+                metrics,
+                roc,
+                wrong,
+            });
+        }
+        writer.finish()?;
+        bar.finish_and_clear();
+
+        let mut metrics_json = serde_json::Map::new();
+        metrics_json.insert("labels".into(), json!(labels));
+        for split in &scored {
+            metrics_json.insert(split.name.into(), serde_json::to_value(&split.metrics)?);
+        }
+        write_json(&ctx.out_dir.join("metrics.json"), &metrics_json)?;
+
+        let loss_curve = train_log::loss_curve(&bundle_dir.join(TRAIN_LOG_FILE))?;
+        let title = format!("{} — {}", ctx.stage, model.stage);
+        let page = report::render(&Report {
+            title: &title,
+            labels: &labels,
+            splits: scored
+                .iter_mut()
+                .map(|s| SplitReport {
+                    name: s.name,
+                    metrics: &s.metrics,
+                    roc: std::mem::take(&mut s.roc),
+                    wrong: std::mem::take(&mut s.wrong),
+                })
+                .collect(),
+            loss_curve,
+        })?;
+        let report_path = ctx.out_dir.join("report.html");
+        std::fs::write(&report_path, page)
+            .with_context(|| format!("cannot write {}", report_path.display()))?;
+
+        metrics_json.remove("labels");
+        let headline = scored
+            .last()
+            .map(|s| format!("{} {}", s.name, s.metrics.headline()));
+        Ok(Outcome {
+            metrics: metrics_json,
+            headline,
+        })
+    }
+}
+
+/// The bundle folder of the `model` input: where its `bundle.json` is.
+fn bundle_dir(model: &Input) -> Result<&Path> {
+    let info = model.output("bundle").with_context(|| {
+        format!(
+            "the `model` input must be an export-onnx stage, whose output folder holds {INFO_FILE}"
+        )
+    })?;
+    info.parent()
+        .with_context(|| format!("{} has no parent folder", info.display()))
+}
+
+/// The splits to score: `wanted` (each must exist), or every split `data` has.
+fn choose_splits(data: &Input, wanted: Option<&[String]>) -> Result<Vec<&'static str>> {
+    let present: Vec<&'static str> = SPLITS
+        .into_iter()
+        .filter(|s| data.outputs.contains_key(*s))
+        .collect();
+    let Some(wanted) = wanted else {
+        if present.is_empty() {
+            bail!(
+                "stage `{}` has none of the tables train, validation, test; take `data` from a split stage",
+                data.stage
+            );
+        }
+        return Ok(present);
+    };
+    wanted
+        .iter()
+        .map(|name| {
+            present
+                .iter()
+                .copied()
+                .find(|s| s == name)
+                .with_context(|| {
+                    format!(
+                        "stage `{}` has no split `{name}` (it has: {}); change `splits`",
+                        data.stage,
+                        if present.is_empty() {
+                            "none".to_string()
+                        } else {
+                            present.join(", ")
+                        }
+                    )
+                })
+        })
+        .collect()
+}

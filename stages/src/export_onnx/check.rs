@@ -1,0 +1,105 @@
+//! The self-check of an export: the written `model.onnx` against the training forward.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use pipe_onnx::{HostTensor, Session, SessionOptions};
+
+use super::graph::reference_model;
+use crate::bundle::{INPUTS, OUTPUTS};
+use crate::models::Xoshiro256;
+use crate::models::gpt_neo::GptNeoConfig;
+
+/// The largest difference allowed between the two graphs' logits.
+pub(crate) const TOLERANCE: f32 = 1e-5;
+
+/// A padded sample batch: three rows of different lengths (the whole width, about half, one
+/// token), random ids everywhere, padding included, so the check also shows that what lies
+/// under the padding does not matter.
+struct Sample {
+    ids: HostTensor,
+    mask: HostTensor,
+    lengths: HostTensor,
+}
+
+impl Sample {
+    fn new(cfg: &GptNeoConfig) -> Result<Sample> {
+        let seq = cfg.max_position_embeddings.min(8);
+        let lengths = [seq, seq.div_ceil(2), 1];
+        let mut rng = Xoshiro256::new(0);
+        let vocab = cfg.vocab_size as u64;
+        let ids = (0..lengths.len() * seq)
+            .map(|_| (rng.next_u64() % vocab) as i64)
+            .collect();
+        let mask = lengths
+            .iter()
+            .flat_map(|&len| (0..seq).map(move |c| i64::from(c < len)))
+            .collect();
+        let shape = [lengths.len() as i64, seq as i64];
+        Ok(Sample {
+            ids: HostTensor::i64(&shape, ids)?,
+            mask: HostTensor::i64(&shape, mask)?,
+            lengths: HostTensor::i64(
+                &[lengths.len() as i64],
+                lengths.iter().map(|&l| l as i64).collect(),
+            )?,
+        })
+    }
+}
+
+/// Runs `model` (the exported file) and the training forward fed `weights` on a sample
+/// batch; returns the largest logit difference, or an error when it passes [`TOLERANCE`].
+pub(crate) fn self_check(
+    model: &Path,
+    cfg: &GptNeoConfig,
+    weights: &BTreeMap<String, HostTensor>,
+    options: &SessionOptions,
+) -> Result<f32> {
+    let sample = Sample::new(cfg)?;
+    let mut exported = Session::from_file(model, options)
+        .with_context(|| format!("self-check: cannot load {}", model.display()))?;
+    let ours = exported
+        .run(&[(INPUTS[0], &sample.ids), (INPUTS[1], &sample.mask)])
+        .with_context(|| format!("self-check: cannot run {}", model.display()))?;
+
+    let mut reference = Session::from_model(&reference_model(cfg)?, options)?;
+    let mut feeds: Vec<(&str, &HostTensor)> =
+        weights.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    feeds.push(("input_ids", &sample.ids));
+    feeds.push(("lengths", &sample.lengths));
+    let expected = reference
+        .run(&feeds)
+        .context("self-check: cannot run the training forward")?;
+
+    let logits = |outputs: &BTreeMap<String, HostTensor>| -> Result<Vec<f32>> {
+        outputs
+            .get(OUTPUTS[0])
+            .and_then(HostTensor::as_f32)
+            .map(<[f32]>::to_vec)
+            .context("self-check: no float `logits` output")
+    };
+    let (a, b) = (logits(&ours)?, logits(&expected)?);
+    if a.len() != b.len() {
+        bail!(
+            "self-check: the exported model gives {} logits for the sample batch, the training graph {}",
+            a.len(),
+            b.len()
+        );
+    }
+    if a.iter().any(|v| !v.is_finite()) {
+        bail!("self-check failed: the exported model gives non-finite logits {a:?}");
+    }
+    let max = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
+    if max > TOLERANCE {
+        bail!(
+            "self-check failed: the exported model's logits differ from the training graph's by up to {max:e} (allowed {TOLERANCE:e}); \
+             this is a bug in pipe, please report it with the model folder"
+        );
+    }
+    Ok(max)
+}
