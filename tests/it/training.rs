@@ -1,5 +1,7 @@
-//! Fine-tuning through the binary: a run killed with SIGKILL resumes from its last
-//! checkpoint and ends with the weights of an uninterrupted run.
+//! Training through the binary: a small variant of the reference pipeline end to end
+//! (metrics beat chance, the report has its charts, reruns are cached or rerun exactly what
+//! changed), and a finetune killed with SIGKILL resumes from its last checkpoint and ends
+//! with the weights of an uninterrupted run.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -8,9 +10,11 @@ use crate::util::{Project, status_of};
 
 const SAMPLE: &str = include_str!("../../pipelines/data/student_questions.csv");
 
-/// Ingest → split → tokenize → finetune with a model small enough for a test, and enough
-/// steps (with frequent checkpoints) that a kill lands in the middle.
-const MANIFEST: &str = r#"pipeline: train
+/// Ingest → split → tokenize → finetune with a model small enough for a test, followed by
+/// `rest` (more finetune parameters, more stages).
+fn manifest(rest: &str) -> String {
+    format!(
+        r#"pipeline: train
 stages:
   ingest:
     source: data/q.csv
@@ -20,7 +24,7 @@ stages:
     seed: 1
   tokenize:
     from: split
-    tokenizer: { train: { vocab_size: 400 } }
+    tokenizer: {{ train: {{ vocab_size: 400 }} }}
     max_length: 32
   finetune:
     from: tokenize
@@ -34,18 +38,29 @@ stages:
         max_position_embeddings: 32
         window_size: 8
         attention_types: [[[global, local], 1]]
-    max_steps: 300
     batch_size: 8
-    learning_rate: 1.0e-3
     warmup_ratio: 0.1
-    checkpoint_every: 10
     threads: 1
+{rest}"#
+    )
+}
+
+/// Enough steps, with frequent checkpoints, that a kill lands in the middle.
+const RESUMABLE: &str = "    max_steps: 300\n    learning_rate: 1.0e-3\n    checkpoint_every: 10\n";
+
+/// The whole reference job, in small.
+const END_TO_END: &str = r#"    epochs: 4
+    learning_rate: 3.0e-3
+  export-onnx:
+    from: finetune
+  evaluate:
+    from: { model: export-onnx, data: split }
 "#;
 
-fn project() -> Project {
+fn project(rest: &str) -> Project {
     let p = Project::new();
     p.file("data/q.csv", SAMPLE);
-    p.file("train.yaml", MANIFEST);
+    p.file("train.yaml", &manifest(rest));
     p
 }
 
@@ -60,7 +75,7 @@ fn checkpoint(p: &Project) -> Option<PathBuf> {
 
 #[test]
 fn a_killed_finetune_resumes_and_ends_with_the_same_weights() {
-    let p = project();
+    let p = project(RESUMABLE);
     let mut child = p.spawn(&["run", "train.yaml"]);
     let start = Instant::now();
     let saved = loop {
@@ -102,7 +117,7 @@ fn a_killed_finetune_resumes_and_ends_with_the_same_weights() {
         "scratch is cleared"
     );
 
-    let clean = project();
+    let clean = project(RESUMABLE);
     let out = clean.pipe(&["run", "train.yaml", "-q"]);
     assert!(
         out.status.success(),
@@ -116,4 +131,51 @@ fn a_killed_finetune_resumes_and_ends_with_the_same_weights() {
         weights(&p) == weights(&clean),
         "resumed weights differ from an uninterrupted run"
     );
+}
+
+#[test]
+fn the_reference_job_in_small_runs_end_to_end_and_reruns_only_what_changed() {
+    let p = project(END_TO_END);
+    let report = p.run_json("train.yaml", 0);
+    for stage in [
+        "ingest",
+        "split",
+        "tokenize",
+        "finetune",
+        "export-onnx",
+        "evaluate",
+    ] {
+        assert_eq!(status_of(&report, stage), "ran", "{stage}");
+    }
+    let metrics: serde_json::Value =
+        serde_json::from_str(&p.read(".pipe/out/train/evaluate/metrics.json")).unwrap();
+    let number = |split: &str, key: &str| metrics[split][key].as_f64().unwrap();
+    // Four balanced classes: chance is accuracy 0.25 and AUC 0.5.
+    assert!(number("train", "accuracy") > 0.6, "{metrics}");
+    assert!(number("test", "accuracy") > 0.4, "{metrics}");
+    assert!(number("test", "macro_auc") > 0.7, "{metrics}");
+    let report_html = p.read(".pipe/out/train/evaluate/report.html");
+    // Per split a ROC chart, plus the training-loss curve.
+    assert!(
+        report_html.matches("<svg").count() >= 3,
+        "report.html lacks its charts"
+    );
+    assert!(report_html.contains("test") && report_html.contains("train"));
+
+    let again = p.run_json("train.yaml", 0);
+    for (stage, status) in crate::util::statuses(&again) {
+        assert_eq!(status, "cached", "{stage} reran with nothing changed");
+    }
+
+    p.file(
+        "train.yaml",
+        &manifest(&END_TO_END.replace("epochs: 4", "epochs: 3")),
+    );
+    let edited = p.run_json("train.yaml", 0);
+    let ran: Vec<String> = crate::util::statuses(&edited)
+        .into_iter()
+        .filter(|(_, status)| status == "ran")
+        .map(|(stage, _)| stage)
+        .collect();
+    assert_eq!(ran, ["finetune", "export-onnx", "evaluate"]);
 }
