@@ -189,17 +189,8 @@ fn a_resumed_run_ends_with_the_same_weights() {
 
 #[test]
 fn a_fine_tuned_folder_is_where_the_next_run_starts() {
-    let ws = Workspace::new();
-    let tokens = tokenized(&ws, 400);
+    let (ws, tokens, first) = fine_tuned("tuned");
     let input = [tokens.input("tokenize")];
-    let first = ws
-        .run(
-            "finetune",
-            json!({ "model": small_model(1), "max_steps": 5, "learning_rate": 1e-3 }),
-            &input,
-        )
-        .unwrap();
-    copy_dir(&first.path("model"), &ws.path().join("tuned"));
     let again = ws
         .run(
             "finetune",
@@ -218,17 +209,8 @@ fn a_fine_tuned_folder_is_where_the_next_run_starts() {
 
 #[test]
 fn models_that_do_not_fit_are_refused_with_both_sizes() {
-    let ws = Workspace::new();
-    let tokens = tokenized(&ws, 400);
+    let (ws, tokens, first) = fine_tuned("small");
     let input = [tokens.input("tokenize")];
-    let first = ws
-        .run(
-            "finetune",
-            json!({ "model": small_model(1), "max_steps": 1 }),
-            &input,
-        )
-        .unwrap();
-    copy_dir(&first.path("model"), &ws.path().join("small"));
     let mut config = first.json("model/config.json");
     config["vocab_size"] = json!(300);
     ws.file("small/config.json", config.to_string());
@@ -301,6 +283,23 @@ fn device_and_threads_stay_out_of_the_key() {
         .check(&json!({ "model": { "config": "tiny" }, "lr_schedule": "constant", "warmup_ratio": 0.1 }))
         .unwrap_err();
     assert_eq!(e.path, ["warmup_ratio"]);
+}
+
+/// A workspace, the tokenized sample data (the finetune input), and a small model
+/// fine-tuned on it for 5 steps whose `model/` folder is copied to `folder`.
+fn fine_tuned(folder: &str) -> (Workspace, Ran, Ran) {
+    let ws = Workspace::new();
+    let tokens = tokenized(&ws, 400);
+    let input = [tokens.input("tokenize")];
+    let first = ws
+        .run(
+            "finetune",
+            json!({ "model": small_model(1), "max_steps": 5, "learning_rate": 1e-3 }),
+            &input,
+        )
+        .unwrap();
+    copy_dir(&first.path("model"), &ws.path().join(folder));
+    (ws, tokens, first)
 }
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
