@@ -266,5 +266,5 @@ pub fn labelled_csv(n: usize, labels: &[&str]) -> String {
 
 /// The error message of a run that must fail.
 pub fn failure(run: anyhow::Result<Ran>) -> String {
-    message(run.err().expect("the stage fails"))
+    message(run.expect_err("the stage fails"))
 }
