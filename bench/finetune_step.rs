@@ -4,7 +4,8 @@
 //! and weight decay 0.01; warm-up steps untimed).
 //!
 //! Usage: `cargo run --release -p pipe-stages --example finetune_step -- tiny|125m [--steps N]
-//! [--warmup N] [--threads N]`. Prints one JSON object.
+//! [--warmup N] [--threads N] [--save-graph FILE]`. Prints one JSON object. `--save-graph`
+//! writes the step graph as an ONNX file, to profile it with ONNX Runtime's own tools.
 
 use std::time::Instant;
 
@@ -59,6 +60,10 @@ fn main() -> anyhow::Result<()> {
     };
     let started = Instant::now();
     let step = StepGraph::compile(&config, ProblemType::SingleLabelClassification, &adamw)?;
+    if let Some(i) = args.iter().position(|a| a == "--save-graph") {
+        let path = args.get(i + 1).ok_or_else(|| anyhow::anyhow!("--save-graph needs a file"))?;
+        step.model.save(std::path::Path::new(path), None)?;
+    }
     let opts = SessionOptions {
         intra_threads: Some(threads),
         ..SessionOptions::default()
