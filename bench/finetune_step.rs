@@ -61,7 +61,9 @@ fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let step = StepGraph::compile(&config, ProblemType::SingleLabelClassification, &adamw)?;
     if let Some(i) = args.iter().position(|a| a == "--save-graph") {
-        let path = args.get(i + 1).ok_or_else(|| anyhow::anyhow!("--save-graph needs a file"))?;
+        let path = args
+            .get(i + 1)
+            .ok_or_else(|| anyhow::anyhow!("--save-graph needs a file"))?;
         step.model.save(std::path::Path::new(path), None)?;
     }
     let opts = SessionOptions {
