@@ -10,7 +10,7 @@
 use std::time::Instant;
 
 use pipe_onnx::{AdamW, HostTensor, Session, SessionOptions, Trainer};
-use pipe_stages::finetune::StepGraph;
+use pipe_stages::finetune::{StepGraph, distinct_tokens};
 use pipe_stages::models::gpt_neo::{AttentionKind, GptNeoConfig, ProblemType};
 use pipe_stages::models::{Xoshiro256, init_params};
 use serde_json::json;
@@ -75,17 +75,22 @@ fn main() -> anyhow::Result<()> {
     let setup_s = started.elapsed().as_secs_f64();
 
     let mut rng = Xoshiro256::new(0);
-    let mut batch_of = || -> anyhow::Result<[(&'static str, HostTensor); 3]> {
-        let ids = (0..batch * seq)
+    let mut batch_of = || -> anyhow::Result<[(&'static str, HostTensor); 4]> {
+        let ids: Vec<i64> = (0..batch * seq)
             .map(|_| (rng.next_u64() % (config.vocab_size as u64 - 1)) as i64)
             .collect();
         let labels = (0..batch)
             .map(|_| (rng.next_u64() % NUM_LABELS as u64) as i64)
             .collect();
+        let (distinct, index) = distinct_tokens(&ids);
         Ok([
             (
-                "input_ids",
-                HostTensor::i64(&[batch as i64, seq as i64], ids)?,
+                "token_ids",
+                HostTensor::i64(&[distinct.len() as i64], distinct)?,
+            ),
+            (
+                "token_index",
+                HostTensor::i64(&[batch as i64, seq as i64], index)?,
             ),
             (
                 "lengths",

@@ -15,6 +15,8 @@ use pipe_onnx::HostTensor;
 
 use crate::models::Xoshiro256;
 use crate::models::gpt_neo::ProblemType;
+#[cfg(doc)]
+use crate::models::gpt_neo::Tokens;
 use crate::table::read_table;
 
 /// Batches per length-sorted group: large enough that batches are nearly uniform in
@@ -152,7 +154,8 @@ impl TokenTable {
         }
     }
 
-    /// The graph inputs for `rows`: `input_ids` `[b, longest]` (padding with id 0, which the
+    /// The graph inputs for `rows` (see [`Tokens::Distinct`]): `token_ids`, the batch's
+    /// distinct ids (sorted), `token_index` `[b, longest]` (padding points at id 0, which the
     /// model never looks at), `lengths` `[b]` and `labels`; and the number of real tokens.
     pub fn batch(&self, rows: &[usize]) -> Result<(Vec<(&'static str, HostTensor)>, usize)> {
         let b = rows.len();
@@ -165,6 +168,7 @@ impl TokenTable {
             lengths.push(row.len() as i64);
         }
         let tokens = lengths.iter().sum::<i64>() as usize;
+        let (distinct, index) = distinct_tokens(&ids);
         let labels = match &self.labels {
             Labels::Single(all) => {
                 HostTensor::i64(&[b as i64], rows.iter().map(|&r| all[r]).collect())?
@@ -184,8 +188,12 @@ impl TokenTable {
         Ok((
             vec![
                 (
-                    "input_ids",
-                    HostTensor::i64(&[b as i64, width as i64], ids)?,
+                    "token_ids",
+                    HostTensor::i64(&[distinct.len() as i64], distinct)?,
+                ),
+                (
+                    "token_index",
+                    HostTensor::i64(&[b as i64, width as i64], index)?,
                 ),
                 ("lengths", HostTensor::i64(&[b as i64], lengths)?),
                 ("labels", labels),
@@ -223,4 +231,17 @@ impl TokenTable {
         let order: Vec<usize> = (0..self.len()).collect();
         order.chunks(batch_size).map(<[usize]>::to_vec).collect()
     }
+}
+
+/// The distinct values of `ids`, sorted, and for each id its index among them: the
+/// `token_ids` and `token_index` inputs of [`Tokens::Distinct`].
+pub fn distinct_tokens(ids: &[i64]) -> (Vec<i64>, Vec<i64>) {
+    let mut distinct = ids.to_vec();
+    distinct.sort_unstable();
+    distinct.dedup();
+    let index = ids
+        .iter()
+        .map(|id| distinct.partition_point(|d| d < id) as i64)
+        .collect();
+    (distinct, index)
 }

@@ -45,6 +45,7 @@ use pipe_engine::{Checked, Input, Outcome, ParamError, RunContext, Stage};
 use serde_json::{Value, json};
 
 use self::data::TokenTable;
+pub use self::data::distinct_tokens;
 use self::model_source::StartingModel;
 use self::params::{ModelSource, Params};
 pub use self::training::StepGraph;

@@ -19,7 +19,7 @@ use super::params::Params;
 use super::schedule::Schedule;
 use crate::models::ParamSpec;
 use crate::models::gpt_neo::{
-    GptNeoConfig, GptNeoForSequenceClassification, ProblemType, hf_trainer_decay,
+    GptNeoConfig, GptNeoForSequenceClassification, ProblemType, Tokens, hf_trainer_decay,
 };
 
 /// Name of the training log, in the scratch folder while training and in the outputs after.
@@ -236,7 +236,10 @@ impl<'a> Training<'a> {
             let logits = out
                 .get("logits")
                 .context("the evaluation graph lost its logits")?;
-            let labels = &batch[2].1;
+            let labels = batch
+                .iter()
+                .find_map(|(name, t)| (*name == "labels").then_some(t))
+                .context("a batch without labels")?;
             loss_sum += loss.first().copied().unwrap_or(f64::NAN) * rows.len() as f64;
             right += correct(self.problem, logits, labels);
             rows_seen += rows.len();
@@ -286,15 +289,21 @@ impl StepGraph {
     }
 }
 
-/// Declares inputs, the model, its logits (graph output `logits`) and loss in `g`.
+/// Declares inputs (distinct-token embedding, for a gradient that is the same at any thread
+/// count; see [`Tokens::Distinct`]), the model, its logits (graph output `logits`) and loss in `g`.
 fn loss_graph(
     g: &mut Graph,
     config: &GptNeoConfig,
     problem: ProblemType,
 ) -> Result<(GptNeoForSequenceClassification, pipe_onnx::Tensor)> {
-    let (ids, lengths) = GptNeoForSequenceClassification::declare_inputs(g)?;
+    let tokens = Tokens::declare_distinct(g)?;
+    let lengths = g.input(
+        "lengths",
+        pipe_onnx::DType::I64,
+        &[pipe_onnx::Dim::from("batch")],
+    )?;
     let model = GptNeoForSequenceClassification::new(config, g)?;
-    let logits = model.forward(g, ids, lengths)?;
+    let logits = model.forward_tokens(g, tokens, lengths)?;
     g.output(logits, "logits")?;
     let labels = model.declare_labels(g, problem)?;
     let loss = model.loss(g, logits, labels, problem)?;

@@ -416,6 +416,67 @@ impl Block {
 
 // ---- the base model --------------------------------------------------------------------------
 
+/// How a batch's token ids reach the embedding `wte`.
+#[derive(Clone, Copy, Debug)]
+pub enum Tokens {
+    /// `input_ids` int64 `[b, s]`, looked up with `Gather`. The gradient of a `Gather` is a
+    /// scatter-add over repeated ids, which ONNX Runtime's CPU kernel sums in a varying order
+    /// when it has more than one thread: fine for inference, not bit-reproducible in training.
+    Ids(Tensor),
+    /// The batch's distinct ids (int64 `[distinct]`) and, per position, the index of its id
+    /// among them (int64 `[b, s]`). Each distinct row of `wte` is gathered once and spread to
+    /// the positions by a one-hot `MatMul`, so the gradient is a `MatMul` and a scatter
+    /// without repeats: the same bits at any thread count. The forward values are the same
+    /// as [`Tokens::Ids`] (one-hot products add exact zeros).
+    Distinct {
+        /// `token_ids` `[distinct]`.
+        ids: Tensor,
+        /// `token_index` `[b, s]`.
+        index: Tensor,
+    },
+}
+
+impl Tokens {
+    /// Declares the inputs of [`Tokens::Distinct`]: `token_ids` int64 `[distinct]` and
+    /// `token_index` int64 `[batch, seq]`.
+    pub fn declare_distinct(g: &mut Graph) -> Result<Tokens> {
+        let ids = g.input("token_ids", DType::I64, &[Dim::from("distinct")])?;
+        let index = g.input(
+            "token_index",
+            DType::I64,
+            &[Dim::from("batch"), Dim::from("seq")],
+        )?;
+        Ok(Tokens::Distinct { ids, index })
+    }
+
+    /// The `[b, s]` tensor: the ids, or the index.
+    fn per_position(&self) -> Tensor {
+        match *self {
+            Tokens::Ids(ids) => ids,
+            Tokens::Distinct { index, .. } => index,
+        }
+    }
+
+    /// The token embeddings `[b, s, hidden]` from `wte`.
+    fn embed(&self, g: &mut Graph, wte: Tensor) -> pipe_onnx::Result<Tensor> {
+        match *self {
+            Tokens::Ids(ids) => g.gather(wte, ids, 0),
+            Tokens::Distinct { ids, index } => {
+                let rows = g.gather(wte, ids, 0)?; // [u, h]
+                let (b, s) = (g.shape(index)[0].clone(), g.shape(index)[1].clone());
+                let h = g.shape(wte)[1].clone();
+                let u = g.shape(ids)[0].clone();
+                let flat = g.reshape(index, &[Dim::Fixed(-1), Dim::Fixed(1)])?; // [n, 1]
+                let which = g.range(&u, DType::I64)?; // [u]
+                let hot = g.equal(flat, which)?; // [n, u]
+                let hot = g.cast(hot, DType::F32)?;
+                let tok = g.matmul(hot, rows)?; // [n, h]
+                g.reshape(tok, &[b, s, h])
+            }
+        }
+    }
+}
+
 /// Embeddings, blocks and the final LayerNorm (`transformer`, M:380–520).
 pub struct GptNeoModel {
     path: VarPath,
@@ -461,10 +522,15 @@ impl GptNeoModel {
     /// `input_ids` int64 `[b, s]`, `lengths` int64 `[b]` → the last hidden state `[b, s, hidden]`
     /// (after `ln_f`, like HF's `last_hidden_state`). Values at padded positions are unspecified.
     pub fn forward(&self, g: &mut Graph, input_ids: Tensor, lengths: Tensor) -> Result<Tensor> {
-        let s = g.shape(input_ids)[1].clone();
+        self.forward_tokens(g, Tokens::Ids(input_ids), lengths)
+    }
+
+    /// [`Self::forward`] with the token ids given either way [`Tokens`] allows.
+    pub fn forward_tokens(&self, g: &mut Graph, tokens: Tokens, lengths: Tensor) -> Result<Tensor> {
+        let s = g.shape(tokens.per_position())[1].clone();
         let has_local = self.h.iter().any(|b| b.attn.kind == AttentionKind::Local);
         let (x, masks) = g.with_scope(self.path.as_str(), |g| -> pipe_onnx::Result<_> {
-            let tok = g.gather(self.wte, input_ids, 0)?; // [b, s, hidden]
+            let tok = tokens.embed(g, self.wte)?; // [b, s, hidden]
             let pos = g.range(&s, DType::I64)?; // [s], not shifted by padding (M:452–455)
             let pe = g.gather(self.wpe, pos, 0)?; // [s, hidden]
             let x = g.add(tok, pe)?;
@@ -554,7 +620,12 @@ impl GptNeoForSequenceClassification {
     /// `input_ids` `[b, s]`, `lengths` `[b]` → logits `[b, num_labels]`, read at position
     /// `lengths[b] - 1` of each row.
     pub fn forward(&self, g: &mut Graph, input_ids: Tensor, lengths: Tensor) -> Result<Tensor> {
-        let hidden = self.transformer.forward(g, input_ids, lengths)?; // [b, s, h]
+        self.forward_tokens(g, Tokens::Ids(input_ids), lengths)
+    }
+
+    /// [`Self::forward`] with the token ids given either way [`Tokens`] allows.
+    pub fn forward_tokens(&self, g: &mut Graph, tokens: Tokens, lengths: Tensor) -> Result<Tensor> {
+        let hidden = self.transformer.forward_tokens(g, tokens, lengths)?; // [b, s, h]
         let b = g.shape(hidden)[0].clone();
         let h = g.shape(hidden)[2].clone();
         // HF applies `score` at every position and then picks the last real one (M:673–696);
