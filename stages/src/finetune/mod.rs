@@ -24,12 +24,11 @@
 //! AdamW; see [`pipe_onnx::AdamW`]). Checkpoints go to the scratch folder named by the stage
 //! key; a killed run resumes from the last one. The only state is the parameters, moments and
 //! step count, all saved exactly, and the data order is a function of the seed and the epoch,
-//! so with `threads: 1` a resumed run ends with the same weights, bit for bit, as an
-//! uninterrupted one (tested with a real SIGKILL). With more threads ONNX Runtime's CPU
-//! kernels do not fix the order of their float additions (the embedding gradient's
-//! scatter-add, measured: two runs of one step differ in the last bits), so any two runs,
-//! resumed or not, drift apart slightly over training; `threads: 1` is the reproducible
-//! setting.
+//! so a resumed run ends with the same weights, bit for bit, as an uninterrupted one (tested
+//! with a real SIGKILL). Training is reproducible at any thread count on one machine: the
+//! embedding takes the batch's distinct ids ([`Tokens::Distinct`](crate::models::gpt_neo::Tokens)),
+//! because ONNX Runtime's CPU scatter-add, the usual gradient of an embedding lookup, sums
+//! repeated ids in a varying order when it has more than one thread.
 
 mod checkpoint;
 mod data;
