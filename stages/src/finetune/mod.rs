@@ -72,7 +72,8 @@ impl Stage for Finetune {
     }
 
     fn version(&self) -> u32 {
-        1
+        // 2: distinct-token embedding (bit-reproducible gradients; different float rounding).
+        2
     }
 
     fn summary(&self) -> &'static str {
