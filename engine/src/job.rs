@@ -449,7 +449,9 @@ fn commit_outputs(
     entries.sort_by_key(|e| e.file_name());
     for entry in entries {
         let file_name = entry.file_name().to_string_lossy().into_owned();
-        let name = match file_name.split_once('.') {
+        // The name is the file name without its last extension (`model.onnx` → `model`,
+        // `model.onnx.data` → `model.onnx`), as `Path::file_stem` has it.
+        let name = match file_name.rsplit_once('.') {
             Some((stem, _)) if !stem.is_empty() => stem.to_string(),
             _ => file_name.clone(),
         };

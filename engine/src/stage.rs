@@ -138,7 +138,7 @@ pub struct Input {
     pub stage: String,
     /// The upstream stage's named outputs (output name → path on disk).
     /// Output names are the top-level entries of its output folder without
-    /// their extension (`dataset.parquet` → `dataset`). When `from:` picks
+    /// their last extension (`dataset.parquet` → `dataset`). When `from:` picks
     /// one output (`split.train`), only that one is here.
     pub outputs: BTreeMap<String, PathBuf>,
 }

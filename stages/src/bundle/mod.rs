@@ -4,7 +4,7 @@
 //! | file              | what                                                              |
 //! | ----------------- | ----------------------------------------------------------------- |
 //! | `model.onnx`      | the forward graph with its weights as initializers                 |
-//! | `weights.data`    | the weights as ONNX external data, only when they pass 2 GB        |
+//! | `model.onnx.data` | the weights as ONNX external data, only when they pass 2 GB        |
 //! | `tokenizer.json`  | the Hugging Face tokenizer the model was trained with (truncation included) |
 //! | `labels.json`     | label names in class-index order                                   |
 //! | `bundle.json`     | model shape, labels, problem type, opset, provenance ([`BundleInfo`]) |
@@ -32,10 +32,8 @@ use crate::models::gpt_neo::ProblemType;
 
 /// The ONNX model of a bundle.
 pub const MODEL_FILE: &str = "model.onnx";
-/// Its external data, when it has any. Not `model.onnx.data`: the engine names a stage's
-/// outputs by the part of the file name before the first dot, so that would clash with
-/// `model.onnx`.
-pub const DATA_FILE: &str = "weights.data";
+/// Its external data, when it has any (the output named `model.onnx`).
+pub const DATA_FILE: &str = "model.onnx.data";
 /// The tokenizer of a bundle.
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
 /// The label list of a bundle.

@@ -13,7 +13,7 @@
 //! `model.safetensors`, `tokenizer.json`, `labels.json`), and optionally `train_log`.
 //!
 //! Outputs, at the top level (the output folder is the bundle; see [`crate::bundle`] for the
-//! files and the model's inputs and outputs): `model.onnx` (and `weights.data` when the
+//! files and the model's inputs and outputs): `model.onnx` (and `model.onnx.data` when the
 //! weights pass 2 GB), `tokenizer.json`, `labels.json`, `bundle.json`, and `train_log.jsonl`
 //! when the upstream has one.
 //!

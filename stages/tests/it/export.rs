@@ -188,7 +188,7 @@ fn weights_past_the_threshold_go_to_external_data() {
     let stage = ExportOnnx::with_external_data_above(1000);
     let ran = t.ws.run_stage(&stage, json!({}), &[t.input()]).unwrap();
     assert!(
-        ran.files().contains(&"weights.data".to_string()),
+        ran.files().contains(&"model.onnx.data".to_string()),
         "{:?}",
         ran.files()
     );
