@@ -17,6 +17,7 @@ use super::data::TokenTable;
 use super::model_source::StartingModel;
 use super::params::Params;
 use super::schedule::Schedule;
+use crate::metrics;
 use crate::models::ParamSpec;
 use crate::models::gpt_neo::{
     GptNeoConfig, GptNeoForSequenceClassification, ProblemType, Tokens, hf_trainer_decay,
@@ -75,7 +76,8 @@ impl<'a> Training<'a> {
         let eval = match validation {
             Some(table) => {
                 let mut g = Graph::new("finetune_eval");
-                let (_, loss) = loss_graph(&mut g, config, problem)?;
+                let (_, logits, loss) = loss_graph(&mut g, config, problem)?;
+                g.output(logits, "logits")?;
                 g.output(loss, "loss")?;
                 Some((Session::from_model(&g.build()?, &opts)?, table))
             }
@@ -279,7 +281,8 @@ impl StepGraph {
     /// Builds the step graph of `config` for `problem`.
     pub fn compile(config: &GptNeoConfig, problem: ProblemType, adamw: &AdamW) -> Result<Self> {
         let mut g = Graph::new("finetune_step");
-        let (model, loss) = loss_graph(&mut g, config, problem)?;
+        // No logits output: the step needs only the loss, and every output is copied to the host.
+        let (model, _, loss) = loss_graph(&mut g, config, problem)?;
         let signature = adamw.build_step(&mut g, loss, &model.train_params(hf_trainer_decay))?;
         Ok(StepGraph {
             model: g.build()?,
@@ -290,12 +293,16 @@ impl StepGraph {
 }
 
 /// Declares inputs (distinct-token embedding, for a gradient that is the same at any thread
-/// count; see [`Tokens::Distinct`]), the model, its logits (graph output `logits`) and loss in `g`.
+/// count; see [`Tokens::Distinct`]), the model, its logits and its loss in `g`.
 fn loss_graph(
     g: &mut Graph,
     config: &GptNeoConfig,
     problem: ProblemType,
-) -> Result<(GptNeoForSequenceClassification, pipe_onnx::Tensor)> {
+) -> Result<(
+    GptNeoForSequenceClassification,
+    pipe_onnx::Tensor,
+    pipe_onnx::Tensor,
+)> {
     let tokens = Tokens::declare_distinct(g)?;
     let lengths = g.input(
         "lengths",
@@ -304,33 +311,30 @@ fn loss_graph(
     )?;
     let model = GptNeoForSequenceClassification::new(config, g)?;
     let logits = model.forward_tokens(g, tokens, lengths)?;
-    g.output(logits, "logits")?;
     let labels = model.declare_labels(g, problem)?;
     let loss = model.loss(g, logits, labels, problem)?;
-    Ok((model, loss))
+    Ok((model, logits, loss))
 }
 
-/// Rows of a batch whose prediction is right: argmax for single-label, every label at 0.5
-/// for multi-label.
+/// Rows of a batch whose prediction is right, by evaluate's rules
+/// ([`metrics::predicted_class`], [`metrics::predicted_positive`] on the sigmoid).
 fn correct(problem: ProblemType, logits: &HostTensor, labels: &HostTensor) -> usize {
     let k = logits.shape().get(1).copied().unwrap_or(1).max(1) as usize;
-    let logits = logits.to_f64_vec();
+    let Some(logits) = logits.as_f32() else {
+        return 0;
+    };
     let truth = labels.to_f64_vec();
     logits
         .chunks(k)
         .enumerate()
         .filter(|(row, l)| match problem {
-            ProblemType::SingleLabelClassification => {
-                let best = l
-                    .iter()
-                    .enumerate()
-                    .fold(0, |best, (i, &v)| if v > l[best] { i } else { best });
-                truth.get(*row).is_some_and(|&t| t as usize == best)
-            }
-            ProblemType::MultiLabelClassification => l
-                .iter()
-                .enumerate()
-                .all(|(i, &v)| (v >= 0.0) == (truth.get(row * k + i) == Some(&1.0))),
+            ProblemType::SingleLabelClassification => truth
+                .get(*row)
+                .is_some_and(|&t| t as usize == metrics::predicted_class(l)),
+            ProblemType::MultiLabelClassification => l.iter().enumerate().all(|(i, &v)| {
+                let p = 1.0 / (1.0 + (-v).exp());
+                metrics::predicted_positive(p) == (truth.get(row * k + i) == Some(&1.0))
+            }),
         })
         .count()
 }
