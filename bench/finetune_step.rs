@@ -10,7 +10,7 @@
 use std::time::Instant;
 
 use pipe_onnx::{AdamW, HostTensor, Session, SessionOptions, Trainer};
-use pipe_stages::finetune::{StepGraph, distinct_tokens};
+use pipe_stages::finetune::{StepGraph, distinct_tokens, peak_memory_bytes};
 use pipe_stages::models::gpt_neo::{AttentionKind, GptNeoConfig, ProblemType};
 use pipe_stages::models::{Xoshiro256, init_params};
 use serde_json::json;
@@ -110,11 +110,7 @@ fn main() -> anyhow::Result<()> {
         }
     }
     let mean = times.iter().sum::<f64>() / times.len().max(1) as f64;
-    let peak_kib: u64 = std::fs::read_to_string("/proc/self/status")?
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0);
+    let peak_bytes = peak_memory_bytes().unwrap_or(0);
     let params: usize = step.specs.iter().map(|s| s.numel()).sum();
     println!(
         "{}",
@@ -123,7 +119,7 @@ fn main() -> anyhow::Result<()> {
             "batch": batch, "seq": seq, "threads": threads, "steps": steps,
             "setup_s": setup_s, "step_s_mean": mean,
             "tokens_per_s": (batch * seq) as f64 / mean,
-            "peak_rss_mb": peak_kib as f64 / 1024.0,
+            "peak_rss_mb": peak_bytes as f64 / (1024.0 * 1024.0),
         })
     );
     Ok(())

@@ -243,8 +243,8 @@ fn check_fits(
     Ok(())
 }
 
-/// The peak resident memory of this process (`VmHWM` on Linux).
-fn peak_memory_bytes() -> Option<u64> {
+/// The peak resident memory of this process (`VmHWM` on Linux); `None` elsewhere.
+pub fn peak_memory_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
