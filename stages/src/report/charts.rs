@@ -7,6 +7,8 @@
 //! transparent for the same reason.
 
 use anyhow::{Result, anyhow};
+use plotters::chart::MeshStyle;
+use plotters::coord::ranged1d::Ranged;
 use plotters::prelude::*;
 
 use crate::metrics::RocCurve;
@@ -56,18 +58,11 @@ pub(super) fn roc_chart(curves: &[RocCurve]) -> Result<String> {
             .y_label_area_size(48)
             .build_cartesian_2d(0f64..1f64, 0f64..1f64)
             .map_err(drawing)?;
-        chart
-            .configure_mesh()
+        house_style(&mut chart.configure_mesh())
             .x_desc("false-positive rate")
             .y_desc("true-positive rate")
-            .x_labels(6)
-            .y_labels(6)
             .x_label_formatter(&|v| tick(*v))
             .y_label_formatter(&|v| tick(*v))
-            .bold_line_style(BLACK.mix(0.12))
-            .light_line_style(TRANSPARENT)
-            .axis_style(BLACK.mix(0.6))
-            .label_style(("sans-serif", 14))
             .draw()
             .map_err(drawing)?;
         chart
@@ -114,18 +109,11 @@ pub(super) fn loss_chart(points: &[(u64, f64)]) -> Result<Option<String>> {
             .y_label_area_size(56)
             .build_cartesian_2d(x, y)
             .map_err(drawing)?;
-        chart
-            .configure_mesh()
+        house_style(&mut chart.configure_mesh())
             .x_desc("step")
             .y_desc("training loss")
-            .x_labels(6)
-            .y_labels(6)
             .x_label_formatter(&|v| format!("{v:.0}"))
             .y_label_formatter(&|v| tick(*v))
-            .bold_line_style(BLACK.mix(0.12))
-            .light_line_style(TRANSPARENT)
-            .axis_style(BLACK.mix(0.6))
-            .label_style(("sans-serif", 14))
             .draw()
             .map_err(drawing)?;
         chart
@@ -134,6 +122,24 @@ pub(super) fn loss_chart(points: &[(u64, f64)]) -> Result<Option<String>> {
         root.present().map_err(drawing)?;
     }
     Ok(Some(inline(svg)))
+}
+
+/// The grid and axes every chart shares: six ticks per axis, faint major lines, no minor
+/// lines, 14-pixel labels.
+fn house_style<'m, 'a, 'b, X, Y, DB>(
+    mesh: &'m mut MeshStyle<'a, 'b, X, Y, DB>,
+) -> &'m mut MeshStyle<'a, 'b, X, Y, DB>
+where
+    X: Ranged,
+    Y: Ranged,
+    DB: DrawingBackend,
+{
+    mesh.x_labels(6)
+        .y_labels(6)
+        .bold_line_style(BLACK.mix(0.12))
+        .light_line_style(TRANSPARENT)
+        .axis_style(BLACK.mix(0.6))
+        .label_style(("sans-serif", 14))
 }
 
 /// An axis tick: at most three decimals, without trailing zeros (`0.25`, `1`).
