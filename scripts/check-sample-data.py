@@ -40,15 +40,17 @@ def words(text):
 
 
 def similar_pairs(rows, threshold):
-    """`(similarity, row, row)` for each pair of rows whose word sets have a Jaccard
-    similarity of at least `threshold` and a union of at least 6 words."""
+    """`(similarity, row, row)` for each pair of rows, not duplicates, whose word sets have a
+    Jaccard similarity of at least `threshold` and a union of at least 6 words."""
     sets = [words(text) for _, text, _ in rows]
+    keys = [normalise(text) for _, text, _ in rows]
     pairs = []
     for i, a in enumerate(sets):
         for j in range(i + 1, len(sets)):
             b = sets[j]
             union = len(a | b)
-            if union >= 6 and len(a & b) >= threshold * union:
+            # Equal once normalised: already reported as a duplicate.
+            if keys[i] != keys[j] and union >= 6 and len(a & b) >= threshold * union:
                 pairs.append((len(a & b) / union, rows[i], rows[j]))
     return pairs
 
