@@ -6,8 +6,8 @@ how many use LaTeX-style math (`$...$`), and fails (exit 1) on:
 - a row whose text is empty or whose label is not one of --labels;
 - duplicates: two texts that are equal once lowercased with everything but letters and
   digits removed ("What is pH?" and "what is  ph" are the same question);
-- near-duplicates: two texts whose sets of words (lowercased letters and digits) share at
-  least --max-similarity of their union, and have at least 6 words between them (a reworded
+- near-duplicates: two texts whose sets of words and adjacent word pairs (lowercased letters
+  and digits) share at least --max-similarity (default 0.8) of their union (a reworded
   question in both the train and the test split would flatter every model);
 - a label with fewer than --min-per-label rows (0, the default, checks nothing).
 
@@ -34,15 +34,17 @@ def normalise(text):
     return re.sub(r"[\W_]+", "", text.lower())
 
 
-def words(text):
-    """The set of lowercased words (runs of letters and digits) of a text."""
-    return set(re.findall(r"[^\W_]+", text.lower()))
+def shingles(text):
+    """The set of lowercased words (runs of letters and digits) of a text and of its pairs
+    of adjacent words, so word order counts: `1/(1 + x^2)` is not `x^2`."""
+    words = re.findall(r"[^\W_]+", text.lower())
+    return set(words) | {f"{a} {b}" for a, b in zip(words, words[1:])}
 
 
 def similar_pairs(rows, threshold):
-    """`(similarity, row, row)` for each pair of rows, not duplicates, whose word sets have a
-    Jaccard similarity of at least `threshold` and a union of at least 6 words."""
-    sets = [words(text) for _, text, _ in rows]
+    """`(similarity, row, row)` for each pair of rows, not duplicates, whose shingle sets have
+    a Jaccard similarity of at least `threshold` and a union of at least 6 shingles."""
+    sets = [shingles(text) for _, text, _ in rows]
     keys = [normalise(text) for _, text, _ in rows]
     pairs = []
     for i, a in enumerate(sets):
@@ -90,7 +92,7 @@ def main():
             problems.append(f"{args.csv}: lines {lines} are the same question once normalised")
     threshold = min(args.max_similarity, args.review or args.max_similarity)
     for similarity, (l1, t1, _), (l2, t2, _) in similar_pairs(rows, threshold):
-        pair = f"lines {l1} and {l2} share {similarity:.0%} of their words:\n  {t1}\n  {t2}"
+        pair = f"lines {l1} and {l2} share {similarity:.0%} of their words and word pairs:\n  {t1}\n  {t2}"
         if similarity >= args.max_similarity:
             problems.append(f"{args.csv}: {pair}")
         else:
@@ -121,7 +123,7 @@ def main():
     if problems:
         print(f"{len(problems)} problem(s)", file=sys.stderr)
         sys.exit(1)
-    print(f"ok: no duplicates, no pair sharing {args.max_similarity:.0%} of its words")
+    print(f"ok: no duplicates, no pair sharing {args.max_similarity:.0%} of its words and word pairs")
 
 
 if __name__ == "__main__":
