@@ -18,7 +18,7 @@
 //! (and every number it gives) stays what it was.
 
 use anyhow::Result;
-use pipe_onnx::{DType, Graph, Tensor, TensorData};
+use pipe_onnx::{DType, Dim, Graph, Tensor, TensorData};
 
 /// How the cross-entropy is shaped.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -40,14 +40,12 @@ impl CrossEntropy {
         if self.is_plain() {
             return Ok(g.softmax_cross_entropy_loss(logits, labels)?);
         }
-        let classes = g.shape(logits)[1].clone();
-        let c = match classes {
-            pipe_onnx::Dim::Fixed(c) => c,
-            pipe_onnx::Dim::Sym(_) => anyhow::bail!("the number of classes must be fixed"),
+        let Some(c) = g.shape(logits).get(1).and_then(Dim::fixed) else {
+            anyhow::bail!("the loss needs logits [N, C] with a fixed number of classes C");
         };
         let logp = g.log_softmax(logits, -1)?; // [N, C]
         let column = g.unsqueeze(labels, &[1])?; // [N, 1]
-        let class = g.range(&pipe_onnx::Dim::Fixed(c), DType::I64)?; // [C]
+        let class = g.range(&Dim::Fixed(c), DType::I64)?; // [C]
         let hot = g.equal(column, class)?; // [N, C]
         let hot = g.cast(hot, DType::F32)?;
         let eps = self.label_smoothing;
