@@ -32,7 +32,10 @@ fn inverted_dropout_is_unbiased_over_the_steps_masks() {
 
     let (b, s) = (2usize, 4usize);
     let n = b * s * cfg.hidden_size;
-    let xs: Vec<f32> = (0..n).map(|j| 1.0 + 0.5 * (j % 7) as f32 - 2.0 * (j % 2) as f32).collect();
+    // Nonzero values of both signs: 1 to 2.5 at even j, -2 to -0.5 at odd j.
+    let xs: Vec<f32> = (0..n)
+        .map(|j| 1.0 + 0.25 * (j % 7) as f32 - 3.0 * (j % 2) as f32)
+        .collect();
     let input = HostTensor::f32(&[b as i64, s as i64, h], xs.clone()).unwrap();
     let steps = 400;
     let mut sum = vec![0.0f64; n];
