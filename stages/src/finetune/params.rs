@@ -334,11 +334,10 @@ impl Params {
         }
         if let Some(ClassWeights::ByLabel(map)) = &self.class_weights {
             if map.is_empty() {
-                return Err(ParamError::new(
-                    &["class_weights"],
-                    "`class_weights` names no label",
-                )
-                .with_help("write `balanced` or `{ label: weight, … }`"));
+                return Err(
+                    ParamError::new(&["class_weights"], "`class_weights` names no label")
+                        .with_help("write `balanced` or `{ label: weight, … }`"),
+                );
             }
             for (label, &w) in map {
                 if !(w.is_finite() && w > 0.0) {

@@ -173,10 +173,22 @@ mod tests {
     #[test]
     fn loss_must_fall_strictly_and_patience_counts_evaluations_in_a_row() {
         let mut s = Selection::new(SelectBest::EvalLoss, Some(2));
-        assert_eq!(s.observe(1, eval(1.0, 0.1), none).unwrap(), Verdict::Improved);
-        assert_eq!(s.observe(2, eval(1.0, 0.9), none).unwrap(), Verdict::NoBetter);
-        assert_eq!(s.observe(3, eval(0.5, 0.0), none).unwrap(), Verdict::Improved);
-        assert_eq!(s.observe(4, eval(0.6, 0.0), none).unwrap(), Verdict::NoBetter);
+        assert_eq!(
+            s.observe(1, eval(1.0, 0.1), none).unwrap(),
+            Verdict::Improved
+        );
+        assert_eq!(
+            s.observe(2, eval(1.0, 0.9), none).unwrap(),
+            Verdict::NoBetter
+        );
+        assert_eq!(
+            s.observe(3, eval(0.5, 0.0), none).unwrap(),
+            Verdict::Improved
+        );
+        assert_eq!(
+            s.observe(4, eval(0.6, 0.0), none).unwrap(),
+            Verdict::NoBetter
+        );
         assert_eq!(s.observe(5, eval(0.5, 0.0), none).unwrap(), Verdict::Stop);
         assert_eq!(s.best().map(|b| b.step), Some(3));
     }
@@ -184,9 +196,18 @@ mod tests {
     #[test]
     fn accuracy_must_rise_strictly() {
         let mut s = Selection::new(SelectBest::EvalAccuracy, None);
-        assert_eq!(s.observe(1, eval(1.0, 0.5), none).unwrap(), Verdict::Improved);
-        assert_eq!(s.observe(2, eval(0.1, 0.5), none).unwrap(), Verdict::NoBetter);
-        assert_eq!(s.observe(3, eval(2.0, 0.6), none).unwrap(), Verdict::Improved);
+        assert_eq!(
+            s.observe(1, eval(1.0, 0.5), none).unwrap(),
+            Verdict::Improved
+        );
+        assert_eq!(
+            s.observe(2, eval(0.1, 0.5), none).unwrap(),
+            Verdict::NoBetter
+        );
+        assert_eq!(
+            s.observe(3, eval(2.0, 0.6), none).unwrap(),
+            Verdict::Improved
+        );
         for step in 4..10 {
             assert_eq!(
                 s.observe(step, eval(2.0, 0.1), none).unwrap(),

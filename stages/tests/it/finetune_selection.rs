@@ -92,7 +92,9 @@ fn select_best_keeps_the_weights_of_the_lowest_validation_loss() {
             &input,
         )
         .unwrap();
-    let loss = again.json("metrics.json")["validation_loss"].as_f64().unwrap();
+    let loss = again.json("metrics.json")["validation_loss"]
+        .as_f64()
+        .unwrap();
     assert!(
         (loss - best.1).abs() < 1e-6,
         "reloaded {loss}, logged {}",
@@ -132,7 +134,11 @@ fn early_stopping_stops_where_the_log_says_and_survives_a_resume() {
     let metrics = whole.json("metrics.json");
     assert_eq!(metrics["stopped_early_at_step"], stop);
     assert_eq!(metrics["steps"], stop);
-    assert_eq!(evals.last().unwrap().0, stop, "no evaluation after the stop");
+    assert_eq!(
+        evals.last().unwrap().0,
+        stop,
+        "no evaluation after the stop"
+    );
     let lines = log_lines(&whole);
     let last = lines.last().unwrap();
     assert_eq!(last["early_stop"], true);
@@ -179,11 +185,19 @@ fn dropout_is_reproducible_at_any_thread_count_and_changes_training() {
     let on = json!({ "embed": 0.1, "attention": 0.1, "resid": 0.1 });
     let one = ws.run("finetune", params(1, on.clone()), &input).unwrap();
     let two = ws.run("finetune", params(2, on), &input).unwrap();
-    assert_eq!(weights_of(&one), weights_of(&two), "masks depend on threads");
+    assert_eq!(
+        weights_of(&one),
+        weights_of(&two),
+        "masks depend on threads"
+    );
     let off = ws
         .run("finetune", params(1, json!({ "embed": 0.0 })), &input)
         .unwrap();
-    assert_ne!(weights_of(&one), weights_of(&off), "dropout changed nothing");
+    assert_ne!(
+        weights_of(&one),
+        weights_of(&off),
+        "dropout changed nothing"
+    );
 }
 
 #[test]
@@ -201,15 +215,27 @@ fn bad_values_are_refused_at_validation_with_their_path() {
     let cases = [
         (json!({ "label_smoothing": -0.1 }), "label_smoothing"),
         (json!({ "label_smoothing": 1.0 }), "label_smoothing"),
-        (json!({ "dropout": { "attention": 1.5 } }), "dropout.attention"),
+        (
+            json!({ "dropout": { "attention": 1.5 } }),
+            "dropout.attention",
+        ),
         (json!({ "dropout": { "resid": -0.2 } }), "dropout.resid"),
         (json!({ "dropout": { "mlp": 0.1 } }), "dropout.mlp"),
-        (json!({ "class_weights": { "math": -1.0 } }), "class_weights.math"),
-        (json!({ "class_weights": { "math": 0.0 } }), "class_weights.math"),
+        (
+            json!({ "class_weights": { "math": -1.0 } }),
+            "class_weights.math",
+        ),
+        (
+            json!({ "class_weights": { "math": 0.0 } }),
+            "class_weights.math",
+        ),
         (json!({ "class_weights": {} }), "class_weights"),
         (json!({ "class_weights": "uniform" }), "class_weights"),
         (json!({ "select_best": "f1" }), "select_best"),
-        (json!({ "early_stopping_patience": 3 }), "early_stopping_patience"),
+        (
+            json!({ "early_stopping_patience": 3 }),
+            "early_stopping_patience",
+        ),
         (
             json!({ "select_best": "eval_loss", "early_stopping_patience": 0 }),
             "early_stopping_patience",
@@ -220,13 +246,17 @@ fn bad_values_are_refused_at_validation_with_their_path() {
         assert_eq!(got, path, "{extra}: {msg}");
     }
     let ok = kind
-        .check(&json!({ "model": { "config": "tiny" }, "select_best": "eval_accuracy",
+        .check(
+            &json!({ "model": { "config": "tiny" }, "select_best": "eval_accuracy",
                         "early_stopping_patience": 3, "label_smoothing": 0.1,
-                        "class_weights": "balanced", "dropout": { "embed": 0.1 } }))
+                        "class_weights": "balanced", "dropout": { "embed": 0.1 } }),
+        )
         .unwrap();
     assert_eq!(ok.key_params["select_best"], "eval_accuracy");
     // Unset options stay out of the key: existing caches stay valid.
-    let plain = kind.check(&json!({ "model": { "config": "tiny" } })).unwrap();
+    let plain = kind
+        .check(&json!({ "model": { "config": "tiny" } }))
+        .unwrap();
     for key in ["select_best", "dropout", "label_smoothing", "class_weights"] {
         assert!(plain.key_params.get(key).is_none(), "{key} in the key");
     }

@@ -27,7 +27,9 @@ fn loss_and_grad(options: &CrossEntropy, logits: &[f32], labels: &[i64]) -> (f64
     let x = g
         .input("logits", DType::F32, &[Dim::from("batch"), Dim::from(c)])
         .unwrap();
-    let y = g.input("labels", DType::I64, &[Dim::from("batch")]).unwrap();
+    let y = g
+        .input("labels", DType::I64, &[Dim::from("batch")])
+        .unwrap();
     let loss = options.loss(&mut g, x, y).unwrap();
     let grad = pipe_onnx::gradients(&mut g, loss, &[x]).unwrap()[0];
     g.output(loss, "loss").unwrap();
@@ -59,9 +61,12 @@ fn label_smoothing_and_class_weights_match_torch() {
         let name = case["name"].as_str().unwrap();
         let options = CrossEntropy {
             label_smoothing: case["label_smoothing"].as_f64().unwrap(),
-            class_weights: case["class_weights"]
-                .as_array()
-                .map(|_| floats(&case["class_weights"]).iter().map(|&w| w as f32).collect()),
+            class_weights: case["class_weights"].as_array().map(|_| {
+                floats(&case["class_weights"])
+                    .iter()
+                    .map(|&w| w as f32)
+                    .collect()
+            }),
         };
         let (loss, grad) = loss_and_grad(&options, &logits, &labels);
         let want = case["loss"].as_f64().unwrap();
