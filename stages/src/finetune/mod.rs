@@ -76,7 +76,8 @@ impl Stage for Finetune {
 
     fn version(&self) -> u32 {
         // 2: distinct-token embedding (bit-reproducible gradients; different float rounding).
-        2
+        // 3: model/config.json writes the dropout probabilities.
+        3
     }
 
     fn summary(&self) -> &'static str {
