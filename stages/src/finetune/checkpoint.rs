@@ -15,17 +15,22 @@ use anyhow::{Context, Result};
 use pipe_onnx::HostTensor;
 use serde::{Deserialize, Serialize};
 
+use super::selection::SelectionState;
 use crate::models::weights;
 
 const META: &str = "checkpoint.json";
 
 /// Where a checkpoint stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Position {
     /// Optimizer steps completed.
     pub step: u64,
     /// Bytes of `train_log.jsonl` written up to this step.
     pub log_bytes: u64,
+    /// The best evaluation and the patience count, with `select_best` (the best weights
+    /// are in the state file, see [`super::selection`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selection: Option<SelectionState>,
 }
 
 #[derive(Serialize, Deserialize)]

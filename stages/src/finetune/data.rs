@@ -146,6 +146,11 @@ impl TokenTable {
         self.ids.iter().copied().max().unwrap_or(0)
     }
 
+    /// The labels of every row.
+    pub fn labels(&self) -> &Labels {
+        &self.labels
+    }
+
     /// Single- or multi-label.
     pub fn problem(&self) -> ProblemType {
         match self.labels {

@@ -33,8 +33,10 @@
 mod checkpoint;
 mod data;
 mod model_source;
+mod objective;
 mod params;
 mod schedule;
+mod selection;
 mod training;
 
 use std::path::PathBuf;
@@ -46,9 +48,10 @@ use serde_json::{Value, json};
 use self::data::TokenTable;
 pub use self::data::distinct_tokens;
 use self::model_source::StartingModel;
+pub use self::objective::StepOptions;
 use self::params::{ModelSource, Params};
 pub use self::training::StepGraph;
-use self::training::{LOG_FILE, LogSummary, Training};
+use self::training::{Evaluation, LOG_FILE, LogSummary, Training};
 use crate::models::hf_folder;
 use crate::table::write_json;
 
@@ -73,7 +76,8 @@ impl Stage for Finetune {
 
     fn version(&self) -> u32 {
         // 2: distinct-token embedding (bit-reproducible gradients; different float rounding).
-        2
+        // 3: model/config.json writes the dropout probabilities.
+        3
     }
 
     fn summary(&self) -> &'static str {
@@ -127,6 +131,13 @@ impl Stage for Finetune {
             Some(path) => Some(TokenTable::read(path, labels.len())?),
             None => None,
         };
+        if params.select_best.is_some() && validation.is_none() {
+            bail!(
+                "`select_best` picks the weights by their validation result, but stage `{}` \
+                 has no validation split; give the split stage a `validation:` share",
+                input.stage
+            );
+        }
         let start = model_source::resolve(
             &params.model_source()?,
             ctx.workspace,
@@ -136,6 +147,7 @@ impl Stage for Finetune {
         )?;
         check_fits(&start, &train, validation.as_ref())?;
         let problem = train.problem();
+        let options = StepOptions::resolve(&params, &start.config, &labels, &train)?;
         let began = std::time::Instant::now();
         let training = Training::new(
             &params,
@@ -143,6 +155,7 @@ impl Stage for Finetune {
             problem,
             validation.as_ref(),
             ctx.scratch_dir,
+            options,
         )?;
         let specs = training.specs().to_vec();
         let finished = training.run(&train, ctx.reporter)?;
@@ -163,9 +176,23 @@ impl Stage for Finetune {
         let mut metrics = serde_json::Map::new();
         metrics.insert("train_loss".into(), json!(summary.mean_loss));
         metrics.insert("final_epoch_loss".into(), json!(summary.last_epoch_loss));
-        if let Some(e) = finished.evaluation {
+        // With `select_best`, the validation results are those of the selected weights.
+        let evaluation = match finished.best {
+            Some(best) => {
+                metrics.insert("best_step".into(), json!(best.step));
+                Some(Evaluation {
+                    loss: best.loss,
+                    accuracy: best.accuracy,
+                })
+            }
+            None => finished.evaluation,
+        };
+        if let Some(e) = evaluation {
             metrics.insert("validation_loss".into(), json!(e.loss));
             metrics.insert("validation_accuracy".into(), json!(e.accuracy));
+        }
+        if let Some(step) = finished.stopped_early_at {
+            metrics.insert("stopped_early_at_step".into(), json!(step));
         }
         metrics.insert("steps".into(), json!(finished.steps));
         metrics.insert("tokens_per_s".into(), json!(summary.tokens_per_s.round()));
@@ -182,8 +209,14 @@ impl Stage for Finetune {
         }
         write_json(&ctx.out_dir.join("metrics.json"), &metrics)?;
         let mut headline = format!("loss {:.3}", summary.last_epoch_loss);
-        if let Some(e) = finished.evaluation {
+        if let Some(e) = evaluation {
             headline.push_str(&format!(" · val accuracy {:.3}", e.accuracy));
+        }
+        if let Some(best) = finished.best {
+            headline.push_str(&format!(" · best step {}", best.step));
+        }
+        if let Some(step) = finished.stopped_early_at {
+            headline.push_str(&format!(" · stopped early at step {step}"));
         }
         headline.push_str(&format!(" · {:.0} tok/s", summary.tokens_per_s));
         Ok(Outcome {

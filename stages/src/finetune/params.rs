@@ -58,6 +58,28 @@ pub struct Params {
     /// 0: epoch ends only. Ignored without a validation split.
     #[serde(default)]
     pub eval_every: u64,
+    /// Keep the weights of the evaluation with the best value of this metric instead of the
+    /// last ones (`load_best_model_at_end` with `metric_for_best_model` in `transformers`).
+    /// Needs a validation split.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub select_best: Option<SelectBest>,
+    /// Stop after this many evaluations in a row without improvement of `select_best`'s
+    /// metric (`transformers.EarlyStoppingCallback`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub early_stopping_patience: Option<u64>,
+    /// Dropout probabilities while training (none at evaluation or export); each defaults to
+    /// the model config's `embed_dropout`, `attention_dropout`, `resid_dropout`.
+    #[serde(default, skip_serializing_if = "DropoutParams::is_unset")]
+    pub dropout: DropoutParams,
+    /// ε of label smoothing in the training loss (`label_smoothing_factor` in `transformers`,
+    /// `torch.nn.CrossEntropyLoss(label_smoothing=ε)`). Single-label data only.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub label_smoothing: f64,
+    /// Class weights of the training loss (`torch.nn.CrossEntropyLoss(weight=…)`):
+    /// `balanced` (scikit-learn's `n_samples / (n_classes · count)` over the training split)
+    /// or `{ label: weight, … }` (labels not named weigh 1). Single-label data only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_weights: Option<ClassWeights>,
     /// Where to train: `cpu`, `cuda` or `cuda:N`. Not part of the cache key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
@@ -117,6 +139,59 @@ pub enum LrSchedule {
     Linear,
     /// The same rate throughout.
     Constant,
+}
+
+/// The validation metric that picks the best checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SelectBest {
+    /// The lowest validation loss (plain cross-entropy, whatever the training loss options).
+    EvalLoss,
+    /// The highest validation accuracy.
+    EvalAccuracy,
+}
+
+/// Dropout probabilities; `None` takes the model config's value.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub struct DropoutParams {
+    /// After the token + position embeddings (`embed_dropout`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embed: Option<f64>,
+    /// On the attention probabilities (`attention_dropout`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attention: Option<f64>,
+    /// On the output of each attention and MLP block, before the residual sum (`resid_dropout`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resid: Option<f64>,
+}
+
+impl DropoutParams {
+    fn is_unset(&self) -> bool {
+        *self == DropoutParams::default()
+    }
+}
+
+/// Class weights of the training loss.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum ClassWeights {
+    /// A rule that derives them from the training split.
+    Rule(ClassWeightRule),
+    /// A weight per label name.
+    ByLabel(std::collections::BTreeMap<String, f64>),
+}
+
+/// Rules for class weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ClassWeightRule {
+    /// `n_samples / (n_classes · count[class])` (scikit-learn's `balanced`).
+    Balanced,
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 fn default_epochs() -> u64 {
@@ -224,8 +299,72 @@ impl Params {
             )
             .with_help("remove it, or set `lr_schedule: linear`"));
         }
+        params.check_regularisation()?;
+        params.check_selection()?;
         params.session_options()?;
         Ok(params)
+    }
+
+    /// Checks dropout, label smoothing and class weights.
+    fn check_regularisation(&self) -> Result<(), ParamError> {
+        let probability = |v: f64| v.is_finite() && (0.0..1.0).contains(&v);
+        for (key, value) in [
+            ("embed", self.dropout.embed),
+            ("attention", self.dropout.attention),
+            ("resid", self.dropout.resid),
+        ] {
+            if let Some(v) = value
+                && !probability(v)
+            {
+                return Err(ParamError::new(
+                    &["dropout", key],
+                    format!("`dropout.{key}` must be a probability in [0, 1), not {v}"),
+                ));
+            }
+        }
+        if !probability(self.label_smoothing) {
+            return Err(ParamError::new(
+                &["label_smoothing"],
+                format!(
+                    "`label_smoothing` must be in [0, 1), not {}",
+                    self.label_smoothing
+                ),
+            )
+            .with_help("0.1 is the usual value"));
+        }
+        if let Some(ClassWeights::ByLabel(map)) = &self.class_weights {
+            if map.is_empty() {
+                return Err(
+                    ParamError::new(&["class_weights"], "`class_weights` names no label")
+                        .with_help("write `balanced` or `{ label: weight, … }`"),
+                );
+            }
+            for (label, &w) in map {
+                if !(w.is_finite() && w > 0.0) {
+                    return Err(ParamError::new(
+                        &["class_weights", label],
+                        format!("the weight of `{label}` must be a positive number, not {w}"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks `select_best` and `early_stopping_patience`.
+    fn check_selection(&self) -> Result<(), ParamError> {
+        match (self.early_stopping_patience, self.select_best) {
+            (Some(_), None) => Err(ParamError::new(
+                &["early_stopping_patience"],
+                "`early_stopping_patience` needs `select_best` (the metric that must improve)",
+            )
+            .with_help("add `select_best: eval_loss` or `select_best: eval_accuracy`")),
+            (Some(0), Some(_)) => Err(ParamError::new(
+                &["early_stopping_patience"],
+                "`early_stopping_patience` must be at least 1",
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// The checked model source.

@@ -15,8 +15,10 @@ use serde_json::json;
 use super::checkpoint::{self, Position};
 use super::data::TokenTable;
 use super::model_source::StartingModel;
+use super::objective::StepOptions;
 use super::params::Params;
 use super::schedule::Schedule;
+use super::selection::{Best, Selection, Verdict};
 use crate::metrics;
 use crate::models::ParamSpec;
 use crate::models::gpt_neo::{
@@ -43,6 +45,8 @@ pub struct Training<'a> {
     trainer: Trainer,
     eval: Option<(Session, &'a TokenTable)>,
     scratch: &'a Path,
+    options: StepOptions,
+    selection: Option<Selection>,
 }
 
 /// How a finished run went.
@@ -55,28 +59,35 @@ pub struct Finished {
     pub evaluation: Option<Evaluation>,
     /// The step the run resumed from, if it did.
     pub resumed_from: Option<u64>,
+    /// With `select_best`: the evaluation whose weights are [`Finished::weights`].
+    pub best: Option<Best>,
+    /// With `early_stopping_patience`: the step training stopped at, when it stopped early.
+    pub stopped_early_at: Option<u64>,
 }
 
 impl<'a> Training<'a> {
-    /// Compiles the step graph (forward, loss, gradients, AdamW) of the starting model and
-    /// loads its weights; `validation`, when given, gets a forward-only graph of its own.
+    /// Compiles the step graph (forward, loss with `options`, gradients, AdamW) of the
+    /// starting model and loads its weights; `validation`, when given, gets a forward-only
+    /// graph of its own (no dropout, the plain loss).
     pub fn new(
         params: &'a Params,
         start: &StartingModel,
         problem: ProblemType,
         validation: Option<&'a TokenTable>,
         scratch: &'a Path,
+        options: StepOptions,
     ) -> Result<Self> {
         let opts = params.session_options()?;
         let config = &start.config;
-        let step = StepGraph::compile(config, problem, &adamw_of(params))?;
+        let step = StepGraph::compile_with(config, problem, &adamw_of(params), &options)?;
         let weights = start.weights(&step.specs, params.model.seed)?;
         let session = Session::from_model(&step.model, &opts)?;
         let trainer = Trainer::new(session, step.signature, &weights)?;
         let eval = match validation {
             Some(table) => {
                 let mut g = Graph::new("finetune_eval");
-                let (_, logits, loss) = loss_graph(&mut g, config, problem)?;
+                let plain = StepOptions::plain(config);
+                let (_, logits, loss) = loss_graph(&mut g, config, problem, &plain)?;
                 g.output(logits, "logits")?;
                 g.output(loss, "loss")?;
                 Some((Session::from_model(&g.build()?, &opts)?, table))
@@ -90,6 +101,10 @@ impl<'a> Training<'a> {
             trainer,
             eval,
             scratch,
+            options,
+            selection: params
+                .select_best
+                .map(|metric| Selection::new(metric, params.early_stopping_patience)),
         })
     }
 
@@ -121,6 +136,8 @@ impl<'a> Training<'a> {
         let mut smoothed: Option<f64> = None;
         let mut evaluation = None;
         let mut batches = (u64::MAX, Vec::new());
+        let mut steps_done = total;
+        let mut stopped_early_at = None;
         for step in start..total {
             let epoch = step / steps_per_epoch;
             if batches.0 != epoch {
@@ -131,7 +148,12 @@ impl<'a> Training<'a> {
             }
             let rows = &batches.1[(step % steps_per_epoch) as usize];
             let (feeds, tokens) = train.batch(rows)?;
-            let feeds: Vec<(&str, &HostTensor)> = feeds.iter().map(|(k, v)| (*k, v)).collect();
+            let masks = self.dropout_masks(step, &feeds)?;
+            let feeds: Vec<(&str, &HostTensor)> = feeds
+                .iter()
+                .map(|(k, v)| (*k, v))
+                .chain(masks.iter().map(|(k, v)| (k.as_str(), v)))
+                .collect();
             let lr = schedule.rate(step);
             let began = Instant::now();
             let result = self.trainer.step(&feeds, lr as f32)?;
@@ -175,36 +197,101 @@ impl<'a> Training<'a> {
                     e.loss, e.accuracy
                 ));
                 evaluation = Some(e);
+                if self.select(done, e, &mut log, reporter)? == Verdict::Stop {
+                    steps_done = done;
+                    stopped_early_at = Some(done);
+                    break;
+                }
             }
             if done < total && (epoch_end || every(p.checkpoint_every)) {
+                let mut state = self.trainer.all_state()?;
                 let position = Position {
                     step: done,
                     log_bytes: log.metadata()?.len(),
+                    selection: self.selection.as_ref().map(|s| s.save_into(&mut state)),
                 };
-                checkpoint::save(self.scratch, position, &self.trainer.all_state()?)?;
+                checkpoint::save(self.scratch, position, &state)?;
             }
         }
         bar.finish_and_clear();
         if evaluation.is_none() && self.eval.is_some() {
             evaluation = Some(self.evaluate()?);
         }
+        let best = self.selection.as_ref().and_then(Selection::best);
+        let weights = match self.selection.take().and_then(Selection::into_weights) {
+            Some(best) => best,
+            None => self.trainer.params()?,
+        };
         Ok(Finished {
-            weights: self.trainer.params()?,
-            steps: total,
+            weights,
+            steps: steps_done,
             evaluation,
             resumed_from,
+            best,
+            stopped_early_at,
         })
+    }
+
+    /// The dropout masks of the step after `step` completed ones, for the batch `feeds`.
+    fn dropout_masks(
+        &self,
+        step: u64,
+        feeds: &[(&str, HostTensor)],
+    ) -> Result<Vec<(String, HostTensor)>> {
+        if self.options.dropout.is_empty() {
+            return Ok(Vec::new());
+        }
+        let index = feeds
+            .iter()
+            .find_map(|(name, t)| (*name == "token_index").then_some(t))
+            .context("a batch without token_index")?;
+        let (b, s) = (index.shape()[0] as usize, index.shape()[1] as usize);
+        self.options.dropout.masks(self.params.seed, step, b, s)
+    }
+
+    /// Feeds the evaluation of the weights after step `done` to `select_best`, logging an
+    /// early stop.
+    fn select(
+        &mut self,
+        done: u64,
+        e: Evaluation,
+        log: &mut File,
+        reporter: &dyn Reporter,
+    ) -> Result<Verdict> {
+        let Some(selection) = &mut self.selection else {
+            return Ok(Verdict::NoBetter);
+        };
+        let trainer = &self.trainer;
+        let verdict = selection.observe(done, e, || Ok(trainer.params()?))?;
+        if verdict == Verdict::Stop {
+            let best = selection.best().map(|b| b.step);
+            let patience = selection.patience();
+            write_line(
+                log,
+                json!({"step": done, "early_stop": true, "patience": patience, "best_step": best}),
+            )?;
+            reporter.note(&format!(
+                "stopped early at step {done}: no better validation result in {} evaluations \
+                 (best at step {})",
+                patience.unwrap_or(0),
+                best.unwrap_or(0)
+            ));
+        }
+        Ok(verdict)
     }
 
     /// Loads the scratch folder's checkpoint into the trainer and cuts the log back to it.
     fn resume(&mut self, log_path: &Path) -> Result<Option<u64>> {
-        let Some((position, state)) = checkpoint::load(self.scratch)? else {
+        let Some((position, mut state)) = checkpoint::load(self.scratch)? else {
             // A log without a checkpoint belongs to a run killed before its first one.
             if log_path.exists() {
                 std::fs::remove_file(log_path)?;
             }
             return Ok(None);
         };
+        if let Some(selection) = &mut self.selection {
+            selection.restore_from(position.selection, &mut state)?;
+        }
         for (name, value) in &state {
             self.trainer.set_state(name, value)?;
         }
@@ -280,9 +367,19 @@ pub struct StepGraph {
 impl StepGraph {
     /// Builds the step graph of `config` for `problem`.
     pub fn compile(config: &GptNeoConfig, problem: ProblemType, adamw: &AdamW) -> Result<Self> {
+        Self::compile_with(config, problem, adamw, &StepOptions::plain(config))
+    }
+
+    /// [`Self::compile`] with the loss options and dropout of `options`.
+    pub fn compile_with(
+        config: &GptNeoConfig,
+        problem: ProblemType,
+        adamw: &AdamW,
+        options: &StepOptions,
+    ) -> Result<Self> {
         let mut g = Graph::new("finetune_step");
         // No logits output: the step needs only the loss, and every output is copied to the host.
-        let (model, _, loss) = loss_graph(&mut g, config, problem)?;
+        let (model, _, loss) = loss_graph(&mut g, config, problem, options)?;
         let signature = adamw.build_step(&mut g, loss, &model.train_params(hf_trainer_decay))?;
         Ok(StepGraph {
             model: g.build()?,
@@ -298,6 +395,7 @@ fn loss_graph(
     g: &mut Graph,
     config: &GptNeoConfig,
     problem: ProblemType,
+    options: &StepOptions,
 ) -> Result<(
     GptNeoForSequenceClassification,
     pipe_onnx::Tensor,
@@ -309,10 +407,15 @@ fn loss_graph(
         pipe_onnx::DType::I64,
         &[pipe_onnx::Dim::from("batch")],
     )?;
-    let model = GptNeoForSequenceClassification::new(config, g)?;
+    let mut model = GptNeoForSequenceClassification::new(config, g)?;
+    model.set_dropout(options.dropout.declare(g)?);
     let logits = model.forward_tokens(g, tokens, lengths)?;
     let labels = model.declare_labels(g, problem)?;
-    let loss = model.loss(g, logits, labels, problem)?;
+    let loss = if options.loss.is_plain() {
+        model.loss(g, logits, labels, problem)?
+    } else {
+        g.with_scope("loss", |g| options.loss.loss(g, logits, labels))?
+    };
     Ok((model, logits, loss))
 }
 

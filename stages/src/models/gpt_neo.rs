@@ -31,6 +31,7 @@ use anyhow::{Result, bail};
 use pipe_onnx::{DType, Dim, Graph, Tensor, TrainParam};
 use serde::{Deserialize, Serialize};
 
+use super::dropout::Dropout;
 use super::{Init, ParamSpec, VarPath, Vars};
 
 // ---- configuration ---------------------------------------------------------------------------
@@ -107,6 +108,15 @@ pub struct GptNeoConfig {
     /// Single- or multi-label classification.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub problem_type: Option<ProblemType>,
+    /// Dropout after the embeddings while training.
+    #[serde(default)]
+    pub embed_dropout: f64,
+    /// Dropout on the attention probabilities while training.
+    #[serde(default)]
+    pub attention_dropout: f64,
+    /// Dropout on each block's output while training.
+    #[serde(default)]
+    pub resid_dropout: f64,
 }
 
 fn default_activation() -> Activation {
@@ -140,6 +150,9 @@ impl GptNeoConfig {
             num_labels: Some(num_labels),
             id2label: None,
             problem_type: None,
+            embed_dropout: 0.0,
+            attention_dropout: 0.0,
+            resid_dropout: 0.0,
         }
     }
 
@@ -272,7 +285,13 @@ impl Attention {
     }
 
     /// `x` `[b, s, hidden]` → `[b, s, hidden]`.
-    fn forward(&self, g: &mut Graph, x: Tensor, masks: &Masks) -> Result<Tensor> {
+    fn forward(
+        &self,
+        g: &mut Graph,
+        x: Tensor,
+        masks: &Masks,
+        dropout: &Dropout,
+    ) -> Result<Tensor> {
         let (b, s) = (g.shape(x)[0].clone(), g.shape(x)[1].clone());
         let (nh, hd) = (Dim::Fixed(self.num_heads), Dim::Fixed(self.head_dim));
         let mask = match (self.kind, masks.local) {
@@ -293,11 +312,13 @@ impl Attention {
             let min = g.scalar(DType::F32, f64::from(f32::MIN));
             let scores = g.where_(mask, scores, min)?;
             let probs = g.softmax(scores, -1)?;
+            let probs = dropout.apply(g, &self.path.join("attn_dropout"), probs)?;
             let ctx = g.matmul(probs, v)?; // [b, heads, s, head_dim]
             let ctx = g.transpose(ctx, &[0, 2, 1, 3])?; // [b, s, heads, head_dim]
             let hidden = Dim::Fixed(self.num_heads * self.head_dim);
             let ctx = g.reshape(ctx, &[b.clone(), s.clone(), hidden])?; // [b, s, hidden]
-            g.linear(ctx, self.out_proj_weight, Some(self.out_proj_bias))
+            let out = g.linear(ctx, self.out_proj_weight, Some(self.out_proj_bias))?;
+            dropout.apply(g, &self.path.join("resid_dropout"), out)
         })
         .map_err(Into::into)
     }
@@ -337,7 +358,7 @@ impl Mlp {
     }
 
     /// `x` `[b, s, hidden]` → `[b, s, hidden]`.
-    fn forward(&self, g: &mut Graph, x: Tensor) -> Result<Tensor> {
+    fn forward(&self, g: &mut Graph, x: Tensor, dropout: &Dropout) -> Result<Tensor> {
         g.with_scope(self.path.as_str(), |g| {
             let t = g.linear(x, self.c_fc_weight, Some(self.c_fc_bias))?; // [b, s, inter]
             let t = match self.activation {
@@ -345,7 +366,8 @@ impl Mlp {
                 Activation::Gelu => g.gelu(t, false)?,
                 Activation::Relu => g.relu(t)?,
             };
-            g.linear(t, self.c_proj_weight, Some(self.c_proj_bias))
+            let out = g.linear(t, self.c_proj_weight, Some(self.c_proj_bias))?;
+            dropout.apply(g, &self.path.join("dropout"), out)
         })
         .map_err(Into::into)
     }
@@ -404,12 +426,18 @@ impl Block {
         })
     }
 
-    fn forward(&self, g: &mut Graph, x: Tensor, masks: &Masks) -> Result<Tensor> {
+    fn forward(
+        &self,
+        g: &mut Graph,
+        x: Tensor,
+        masks: &Masks,
+        dropout: &Dropout,
+    ) -> Result<Tensor> {
         let h = self.ln_1.forward(g, x)?;
-        let a = self.attn.forward(g, h, masks)?;
+        let a = self.attn.forward(g, h, masks, dropout)?;
         let x = g.add(x, a)?;
         let h = self.ln_2.forward(g, x)?;
-        let m = self.mlp.forward(g, h)?;
+        let m = self.mlp.forward(g, h, dropout)?;
         Ok(g.add(x, m)?)
     }
 }
@@ -485,6 +513,7 @@ pub struct GptNeoModel {
     h: Vec<Block>,
     ln_f: LayerNorm,
     window_size: i64,
+    dropout: Dropout,
 }
 
 impl GptNeoModel {
@@ -516,6 +545,7 @@ impl GptNeoModel {
             window_size: dim(cfg.window_size),
             h: blocks,
             ln_f,
+            dropout: Dropout::none(),
         })
     }
 
@@ -534,6 +564,7 @@ impl GptNeoModel {
             let pos = g.range(&s, DType::I64)?; // [s], not shifted by padding (M:452–455)
             let pe = g.gather(self.wpe, pos, 0)?; // [s, hidden]
             let x = g.add(tok, pe)?;
+            let x = self.dropout.apply(g, &self.path.join("drop"), x)?;
             // Query q (rows) sees key k (columns) iff k <= q, k < length, and, on local
             // layers, q - k < window_size.
             let masks = g.with_scope("mask", |g| -> pipe_onnx::Result<Masks> {
@@ -560,7 +591,7 @@ impl GptNeoModel {
         })?;
         let mut x = x;
         for block in &self.h {
-            x = block.forward(g, x, &masks)?;
+            x = block.forward(g, x, &masks, &self.dropout)?;
         }
         self.ln_f.forward(g, x)
     }
@@ -604,6 +635,12 @@ impl GptNeoForSequenceClassification {
             num_labels,
             vars,
         })
+    }
+
+    /// Makes the forward pass a training one with `dropout` (the masks of
+    /// [`DropoutPlan::declare`](super::dropout::DropoutPlan::declare)).
+    pub fn set_dropout(&mut self, dropout: Dropout) {
+        self.transformer.dropout = dropout;
     }
 
     /// Declares the inputs `input_ids` int64 `[batch, seq]` and `lengths` int64 `[batch]`.

@@ -7,8 +7,10 @@
 //! the safetensors entries, the ONNX inputs, the AdamW moments (`<name>.exp_avg`) and, later,
 //! the initializers of the exported inference model.
 
+pub mod dropout;
 pub mod gpt_neo;
 pub mod hf_folder;
+pub mod loss;
 pub mod weights;
 
 use std::collections::BTreeMap;

@@ -14,7 +14,12 @@ const SAMPLE_ROWS: usize = 480;
 
 /// The first [`SAMPLE_ROWS`] questions of the reference pipeline's sample dataset, ingested,
 /// split (validation 10%, test 20%) and tokenized with a trained BPE of `vocab` tokens.
-fn tokenized(ws: &Workspace, vocab: usize) -> Ran {
+pub(crate) fn tokenized(ws: &Workspace, vocab: usize) -> Ran {
+    tokenized_with(ws, vocab, 0.1)
+}
+
+/// [`tokenized`] with a `validation` share of the split (0: none).
+pub(crate) fn tokenized_with(ws: &Workspace, vocab: usize, validation: f64) -> Ran {
     let sample = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../pipelines/data/student_questions.csv"
@@ -37,7 +42,7 @@ fn tokenized(ws: &Workspace, vocab: usize) -> Ran {
     let split = ws
         .run(
             "split",
-            json!({ "test": 0.2, "validation": 0.1, "shuffle": true, "seed": 42 }),
+            json!({ "test": 0.2, "validation": validation, "shuffle": true, "seed": 42 }),
             &[ingest.input("ingest")],
         )
         .unwrap();
@@ -50,7 +55,7 @@ fn tokenized(ws: &Workspace, vocab: usize) -> Ran {
 }
 
 /// A GPT-Neo small enough to train in a second: hidden 32, a global and a local layer.
-fn small_model(seed: u64) -> Value {
+pub(crate) fn small_model(seed: u64) -> Value {
     json!({ "config": {
         "hidden_size": 32, "num_layers": 2, "num_heads": 4, "intermediate_size": 64,
         "max_position_embeddings": 64, "window_size": 8,
@@ -58,7 +63,7 @@ fn small_model(seed: u64) -> Value {
     }, "seed": seed })
 }
 
-fn weights_of(ran: &Ran) -> BTreeMap<String, Vec<f32>> {
+pub(crate) fn weights_of(ran: &Ran) -> BTreeMap<String, Vec<f32>> {
     weights::load_all(&ran.path("model/model.safetensors"))
         .unwrap()
         .into_iter()
@@ -312,7 +317,7 @@ fn fine_tuned(folder: &str) -> (Workspace, Ran, Ran) {
     (ws, tokens, first)
 }
 
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+pub(crate) fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();

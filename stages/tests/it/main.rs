@@ -11,8 +11,11 @@ mod split;
 mod tokenize;
 
 // Models.
+mod dropout;
 mod finetune;
+mod finetune_selection;
 mod gpt_neo;
+mod loss;
 
 // Export and evaluation: metrics against scikit-learn, the HTML report, the stages.
 mod evaluate;

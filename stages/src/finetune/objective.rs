@@ -1,0 +1,110 @@
+//! What the training graph optimises besides the model: the loss options (label smoothing,
+//! class weights) and the dropout, resolved from the parameters, the labels and the data.
+
+use anyhow::{Result, bail};
+
+use super::data::{Labels, TokenTable};
+use super::params::{ClassWeightRule, ClassWeights, Params};
+use crate::models::dropout::{DropoutPlan, DropoutRates};
+use crate::models::gpt_neo::{GptNeoConfig, ProblemType};
+use crate::models::loss::{CrossEntropy, balanced_class_weights};
+
+/// The training-only parts of the step graph.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepOptions {
+    /// The single-label loss.
+    pub loss: CrossEntropy,
+    /// The dropout sites.
+    pub dropout: DropoutPlan,
+}
+
+impl StepOptions {
+    /// No label smoothing, no class weights, no dropout: the plain graph.
+    pub fn plain(config: &GptNeoConfig) -> Self {
+        StepOptions {
+            loss: CrossEntropy::default(),
+            dropout: DropoutPlan::new(config, DropoutRates::default()),
+        }
+    }
+
+    /// The options `params` ask for, for `config` trained on `train` with `labels`.
+    pub fn resolve(
+        params: &Params,
+        config: &GptNeoConfig,
+        labels: &[String],
+        train: &TokenTable,
+    ) -> Result<Self> {
+        let defaults = DropoutRates::of(config);
+        let d = params.dropout;
+        let rates = DropoutRates {
+            embed: d.embed.unwrap_or(defaults.embed),
+            attention: d.attention.unwrap_or(defaults.attention),
+            resid: d.resid.unwrap_or(defaults.resid),
+        };
+        for (key, p) in [
+            ("embed_dropout", rates.embed),
+            ("attention_dropout", rates.attention),
+            ("resid_dropout", rates.resid),
+        ] {
+            if !(0.0..1.0).contains(&p) {
+                bail!(
+                    "the model config's `{key}` is {p}, not a probability in [0, 1); \
+                     override it with `dropout:` in the finetune parameters"
+                );
+            }
+        }
+        let loss = CrossEntropy {
+            label_smoothing: params.label_smoothing,
+            class_weights: class_weights(params.class_weights.as_ref(), labels, train)?,
+        };
+        if !loss.is_plain() && train.problem() == ProblemType::MultiLabelClassification {
+            bail!(
+                "`label_smoothing` and `class_weights` shape the single-label cross-entropy, \
+                 but this data is multi-label; remove them"
+            );
+        }
+        Ok(StepOptions {
+            loss,
+            dropout: DropoutPlan::new(config, rates),
+        })
+    }
+}
+
+/// The weight of each label, in class-index order.
+fn class_weights(
+    rule: Option<&ClassWeights>,
+    labels: &[String],
+    train: &TokenTable,
+) -> Result<Option<Vec<f32>>> {
+    Ok(match rule {
+        None => None,
+        Some(ClassWeights::Rule(ClassWeightRule::Balanced)) => {
+            let Labels::Single(ids) = train.labels() else {
+                return Ok(None); // refused above for multi-label data
+            };
+            match balanced_class_weights(ids, labels.len()) {
+                Ok(w) => Some(w),
+                Err(empty) => bail!(
+                    "`class_weights: balanced` needs every label in the train split, but \
+                     `{}` has no row there; give weights by label instead",
+                    labels[empty]
+                ),
+            }
+        }
+        Some(ClassWeights::ByLabel(map)) => {
+            if let Some(unknown) = map.keys().find(|k| !labels.contains(k)) {
+                bail!(
+                    "`class_weights` names the label `{unknown}`, which the data does not have \
+                     (its labels: {})",
+                    labels.join(", ")
+                );
+            }
+            Some(
+                labels
+                    .iter()
+                    .map(|l| map.get(l).copied().unwrap_or(1.0) as f32)
+                    .collect(),
+            )
+        }
+    })
+}
