@@ -19,3 +19,6 @@ mod evaluate;
 mod export;
 mod metrics;
 mod report;
+
+// Side by side: the members of a matrix.
+mod compare;
