@@ -138,22 +138,20 @@ pub fn plan<'r>(
         .iter()
         .map(|spec| resolve_kind(spec, registry, &file, &mut errors))
         .collect();
-    let from_ids: Vec<Vec<usize>> = manifest
+    let from_ids: Vec<Vec<Option<usize>>> = manifest
         .stages
         .iter()
         .map(|spec| resolve_from(spec, &names, &file, &mut errors))
         .collect();
-    if !errors.is_empty() {
-        return Err(ManifestError {
-            diagnostics: errors,
-            source_text: Some(manifest.source),
-        });
-    }
+    let upstream: Vec<Vec<usize>> = from_ids
+        .iter()
+        .map(|ids| ids.iter().flatten().copied().collect())
+        .collect();
     let gathers: Vec<bool> = kinds
         .iter()
         .map(|k| k.is_some_and(|k| k.gathers_members()))
         .collect();
-    let fan = matrix::fan_out(&manifest.stages, &from_ids, &gathers);
+    let fan = matrix::fan_out(&manifest.stages, &upstream, &gathers);
     let first_id: Vec<usize> = fan
         .members
         .iter()
@@ -165,7 +163,9 @@ pub fn plan<'r>(
         .collect();
     let mut stages = Vec::new();
     for (index, as_written) in manifest.stages.iter().enumerate() {
-        let kind = kinds[index].expect("every kind resolved, or planning stopped above");
+        let Some(kind) = kinds[index] else {
+            continue;
+        };
         let fans_out = fan.members[index][0].is_some();
         check_member_placeholder(as_written, fans_out, &file, &mut errors);
         for member in &fan.members[index] {
@@ -177,7 +177,8 @@ pub fn plan<'r>(
             check_reserved_for_kind(&spec, kind, &file, &mut errors);
             let checked = check_params(&spec, kind, &file, &mut errors);
             let mut inputs = Vec::new();
-            for (from, &up) in spec.from.iter().zip(&from_ids[index]) {
+            for (from, up) in spec.from.iter().zip(&from_ids[index]) {
+                let Some(up) = *up else { continue };
                 let upstream_members = fan.members[up].iter().enumerate();
                 if gathers[index] {
                     inputs.extend(upstream_members.map(|(k, m)| ResolvedInput {
@@ -458,18 +459,19 @@ fn param_diagnostic(
     d
 }
 
-/// The manifest index of each stage named in `from:`.
+/// The manifest index of each stage named in `from:` (`None` for an unknown one, reported).
 fn resolve_from(
     spec: &StageSpec,
     names: &[&str],
     file: &std::path::Path,
     errors: &mut Vec<Diagnostic>,
-) -> Vec<usize> {
+) -> Vec<Option<usize>> {
     let mut found = Vec::new();
     for from in &spec.from {
-        match names.iter().position(|n| *n == from.stage) {
-            Some(stage) => found.push(stage),
-            None => errors.push(
+        let index = names.iter().position(|n| *n == from.stage);
+        found.push(index);
+        if index.is_none() {
+            errors.push(
                 Diagnostic::at(
                     file,
                     from.span,
@@ -483,7 +485,7 @@ fn resolve_from(
                     "the stages of this manifest are: {}",
                     names.join(", ")
                 )),
-            ),
+            );
         }
     }
     found

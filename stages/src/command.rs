@@ -19,7 +19,7 @@
 //! plot:
 //!   from: evaluate                 # or a list; a matrix stage fans the command out
 //!   run: python scripts/plot.py "$PIPE_FROM/metrics.json" plots/${member}.png
-//!   outs: [plots/${member}.png]
+//!   outs: ['plots/${member}.png']   # quoted: `{` would start a YAML mapping
 //! ```
 //!
 //! It then runs after those stages, their output hashes are in its key, and

@@ -13,17 +13,17 @@ fn chain(gen_values: &str) -> String {
 stages:
   gen:
     run: echo ${{member}} > out/gen-${{member}}.txt && echo $PIPE_STAGE >> counter.log
-    outs: [out/gen-${{member}}.txt]
+    outs: ['out/gen-${{member}}.txt']
     matrix:
       env: {gen_values}
   post:
     from: gen
     run: cat out/gen-${{member}}.txt > out/post-${{member}}.txt && echo $PIPE_STAGE >> counter.log
-    outs: [out/post-${{member}}.txt]
+    outs: ['out/post-${{member}}.txt']
   mult:
     from: post
     run: echo ${{member}} > out/mult-${{member}}.txt && echo $PIPE_STAGE >> counter.log
-    outs: [out/mult-${{member}}.txt]
+    outs: ['out/mult-${{member}}.txt']
     matrix:
       env: [[C], [D], [E]]
 "#
@@ -167,7 +167,7 @@ stages:
   count:
     from: split
     run: ls "$PIPE_FROM" > counts/${member}.txt && basename "$PIPE_FROM_SPLIT" >> counts/${member}.txt
-    outs: [counts/${member}.txt]
+    outs: ['counts/${member}.txt']
   show:
     from: ingest
     run: cat "$PIPE_FROM/labels.json" > labels-copy.json
@@ -217,67 +217,67 @@ const BAD: &[(&str, &str, &str, &str)] = &[
     (
         "empty list",
         "  a:\n    run: echo\n    matrix:\n      env: []\n",
-        "m.yaml:5:12",
+        "m.yaml:6:12",
         "`matrix.env` is an empty list",
     ),
     (
         "empty matrix",
         "  a:\n    run: echo\n    matrix: {}\n",
-        "m.yaml:4:13",
+        "m.yaml:5:13",
         "`matrix` must map parameters to lists of values",
     ),
     (
         "values not a list",
         "  a:\n    run: echo\n    matrix:\n      env: LANG\n",
-        "m.yaml:5:12",
+        "m.yaml:6:12",
         "must be a list of values",
     ),
     (
         "unknown parameter",
         "  a:\n    run: echo\n    matrix:\n      enf: [[A]]\n",
-        "m.yaml:5:7",
+        "m.yaml:6:7",
         "unknown parameter 'enf' for command; did you mean 'env'?",
     ),
     (
         "bad value",
         "  a:\n    run: echo\n    matrix:\n      env: [[A], 3]\n",
-        "m.yaml:5:18",
+        "m.yaml:6:18",
         "command parameter `env`",
     ),
     (
         "duplicate slugs",
         "  a:\n    run: echo\n    matrix:\n      env: [['A B'], ['A-B']]\n",
-        "m.yaml:5:22",
+        "m.yaml:6:22",
         "both get the name `@env-A-B`",
     ),
     (
         "also a plain parameter",
         "  a:\n    run: echo\n    env: [A]\n    matrix:\n      env: [[B]]\n",
-        "m.yaml:6:7",
+        "m.yaml:7:7",
         "set both in `matrix` and as a plain parameter",
     ),
     (
         "reserved key",
         "  a:\n    run: echo\n    matrix:\n      run: [a, b]\n",
-        "m.yaml:5:7",
+        "m.yaml:6:7",
         "`run` cannot vary in a matrix",
     ),
     (
         "member placeholder without members",
         "  a:\n    run: echo hi > ${member}.txt\n    outs: ['${member}.txt']\n",
-        "m.yaml:4:12",
+        "m.yaml:5:12",
         "which has no matrix members",
     ),
     (
         "members writing one path",
         "  a:\n    run: echo\n    outs: [same.txt]\n    matrix:\n      env: [[A], [B]]\n",
-        "m.yaml:4:12",
+        "m.yaml:5:12",
         "${member}",
     ),
     (
         "deps into the store",
         "  a:\n    run: echo\n    deps: [.pipe/out/m/evaluate/metrics.json]\n",
-        "m.yaml:4:12",
+        "m.yaml:5:12",
         "write `from: evaluate` instead",
     ),
 ];

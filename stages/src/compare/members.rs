@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use arrow::array::{Array, AsArray, ListArray, StringArray};
+use arrow::array::{AsArray, ListArray, StringArray};
 use arrow::datatypes::Float32Type;
 use serde_json::Value;
 
