@@ -186,9 +186,14 @@ pub fn parse(
                 Diagnostic::at(
                     file,
                     value.key.span,
-                    format!("parameter '{}' is set both in `matrix` and as a plain parameter", value.param),
+                    format!(
+                        "parameter '{}' is set both in `matrix` and as a plain parameter",
+                        value.param
+                    ),
                 )
-                .help("keep it in one place: remove the plain parameter, or take it out of `matrix`"),
+                .help(
+                    "keep it in one place: remove the plain parameter, or take it out of `matrix`",
+                ),
             );
         }
     }
@@ -204,7 +209,11 @@ pub fn parse(
                 Diagnostic::at(
                     file,
                     span,
-                    format!("matrix combinations {} and {} both get the name `@{slug}`", first + 1, i + 1),
+                    format!(
+                        "matrix combinations {} and {} both get the name `@{slug}`",
+                        first + 1,
+                        i + 1
+                    ),
                 )
                 .help("each combination needs different values; remove the duplicate"),
             );
@@ -297,7 +306,9 @@ fn value_text(value: &Value, siblings: &[Value]) -> String {
             let differing: Vec<String> = leaves
                 .iter()
                 .filter(|(path, leaf)| {
-                    siblings.iter().any(|s| leaf_at(s, path) != Some(leaf.clone()))
+                    siblings
+                        .iter()
+                        .any(|s| leaf_at(s, path) != Some(leaf.clone()))
                 })
                 .map(|(_, leaf)| scalar_text(leaf))
                 .collect();
@@ -416,7 +427,10 @@ pub fn fan_out(specs: &[StageSpec], upstream: &[Vec<usize>], gathers: &[bool]) -
     for i in 0..specs.len() {
         visit(i, specs, upstream, gathers, &mut dimensions, &mut visiting);
     }
-    let dimensions: Vec<BTreeSet<usize>> = dimensions.into_iter().map(Option::unwrap_or_default).collect();
+    let dimensions: Vec<BTreeSet<usize>> = dimensions
+        .into_iter()
+        .map(Option::unwrap_or_default)
+        .collect();
     let members = specs
         .iter()
         .zip(&dimensions)
@@ -443,7 +457,12 @@ pub fn fan_out(specs: &[StageSpec], upstream: &[Vec<usize>], gathers: &[bool]) -
                 .map(|choice| {
                     let slug = choice
                         .iter()
-                        .filter_map(|(&d, &k)| specs[d].matrix.as_ref().map(|m| m.combinations[k].slug.as_str()))
+                        .filter_map(|(&d, &k)| {
+                            specs[d]
+                                .matrix
+                                .as_ref()
+                                .map(|m| m.combinations[k].slug.as_str())
+                        })
                         .collect::<Vec<_>>()
                         .join("-");
                     Some(Member {
@@ -514,7 +533,13 @@ mod tests {
     fn slugs_of(matrix: &str) -> Vec<String> {
         let node = crate::yaml::parse(matrix).unwrap();
         let mut errors = Vec::new();
-        let parsed = parse(Path::new("m.yaml"), &node, &node, &Default::default(), &mut errors);
+        let parsed = parse(
+            Path::new("m.yaml"),
+            &node,
+            &node,
+            &Default::default(),
+            &mut errors,
+        );
         assert!(errors.is_empty(), "{errors:?}");
         parsed
             .unwrap()
@@ -564,7 +589,9 @@ mod tests {
     #[test]
     fn a_list_names_combinations_one_by_one() {
         assert_eq!(
-            slugs_of("- { model: { config: tiny }, learning_rate: 0.001 }\n- { model: { config: small } }\n"),
+            slugs_of(
+                "- { model: { config: tiny }, learning_rate: 0.001 }\n- { model: { config: small } }\n"
+            ),
             ["model-tiny-lr-0.001", "model-small"]
         );
     }
@@ -573,14 +600,23 @@ mod tests {
     fn slugs_keep_only_safe_characters_and_one_spelling_per_number() {
         assert_eq!(
             slugs_of("env: [[LANG, 'A B'], ['x/y:z']]\nrate: [5.0e-4, 3.0]\n"),
-            ["env-LANG_A-B-rate-0.0005", "env-LANG_A-B-rate-3", "env-y-z-rate-0.0005", "env-y-z-rate-3"]
+            [
+                "env-LANG_A-B-rate-0.0005",
+                "env-LANG_A-B-rate-3",
+                "env-y-z-rate-0.0005",
+                "env-y-z-rate-3"
+            ]
         );
     }
 
     #[test]
     fn a_slug_does_not_depend_on_the_order_of_values() {
-        let forward = slugs_of("model:\n  - { config: tiny, seed: 0 }\n  - { config: small, seed: 0 }\nlr: [1, 2]\n");
-        let mut backward = slugs_of("model:\n  - { config: small, seed: 0 }\n  - { config: tiny, seed: 0 }\nlr: [2, 1]\n");
+        let forward = slugs_of(
+            "model:\n  - { config: tiny, seed: 0 }\n  - { config: small, seed: 0 }\nlr: [1, 2]\n",
+        );
+        let mut backward = slugs_of(
+            "model:\n  - { config: small, seed: 0 }\n  - { config: tiny, seed: 0 }\nlr: [2, 1]\n",
+        );
         backward.sort();
         let mut sorted = forward.clone();
         sorted.sort();

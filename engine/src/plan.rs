@@ -230,7 +230,9 @@ pub fn plan<'r>(
                 continue;
             }
             stages.push(PlannedStage {
-                name: member.as_ref().map_or_else(|| spec.name.clone(), Member::name),
+                name: member
+                    .as_ref()
+                    .map_or_else(|| spec.name.clone(), Member::name),
                 kind,
                 spec,
                 checked: checked.unwrap_or_default(),
@@ -532,7 +534,10 @@ fn is_in_store(path: &str) -> bool {
 /// stage wrote there is reached through `from:` (which orders the stages and
 /// puts the upstream's output hashes in the key), not through a path.
 fn store_dep_error(file: &std::path::Path, span: Span, path: &str) -> Diagnostic {
-    let stage = path.split('/').nth(3).map(|s| s.split('@').next().unwrap_or(s));
+    let stage = path
+        .split('/')
+        .nth(3)
+        .map(|s| s.split('@').next().unwrap_or(s));
     let help = match stage {
         Some(stage) => format!(
             "write `from: {stage}` instead: the stage then runs after {stage}, and the command finds its output folder in $PIPE_FROM (or $PIPE_FROM_<STAGE>)"

@@ -148,7 +148,12 @@ fn stage_schema(name: &str, summary: &str, takes_run: bool, params: &Value) -> V
 fn matrix_schema(params: &Map<String, Value>) -> Value {
     let lists: Map<String, Value> = params
         .iter()
-        .map(|(k, v)| (k.clone(), json!({ "type": "array", "minItems": 1, "items": v })))
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                json!({ "type": "array", "minItems": 1, "items": v }),
+            )
+        })
         .collect();
     json!({
         "description": "One member per combination of values, each a stage named `<stage>@<slug>`: a mapping of parameter to its values, or a list of combinations.",

@@ -29,8 +29,8 @@
 //! stage's own name (`plot@lr-0.0003` for a matrix member).
 
 use std::fs::File;
-use std::path::{Path, PathBuf};
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Command as Process, Stdio};
 
 use anyhow::Context;
@@ -141,7 +141,12 @@ impl Stage for Command {
 fn input_folders(inputs: &[Input]) -> Vec<(String, PathBuf)> {
     let mut vars: Vec<(String, PathBuf)> = inputs
         .iter()
-        .map(|input| (format!("PIPE_FROM_{}", env_suffix(&input.name)), folder_of(input)))
+        .map(|input| {
+            (
+                format!("PIPE_FROM_{}", env_suffix(&input.name)),
+                folder_of(input),
+            )
+        })
         .collect();
     if let [(_, only)] = vars.as_slice() {
         vars.push(("PIPE_FROM".into(), only.clone()));
@@ -166,14 +171,13 @@ fn folder_of(input: &Input) -> PathBuf {
     let Some(first) = parents.next() else {
         return PathBuf::new();
     };
-    parents
-        .fold(first.to_path_buf(), |common, parent| {
-            common
-                .ancestors()
-                .find(|a| parent.starts_with(a))
-                .unwrap_or(Path::new(""))
-                .to_path_buf()
-        })
+    parents.fold(first.to_path_buf(), |common, parent| {
+        common
+            .ancestors()
+            .find(|a| parent.starts_with(a))
+            .unwrap_or(Path::new(""))
+            .to_path_buf()
+    })
 }
 
 #[cfg(test)]
@@ -197,13 +201,22 @@ mod tests {
     fn one_input_is_in_pipe_from_and_under_its_own_name() {
         let vars = input_folders(&[input(
             "export-onnx",
-            &["/w/.pipe/out/p/export-onnx/model.onnx", "/w/.pipe/out/p/export-onnx/labels.json"],
+            &[
+                "/w/.pipe/out/p/export-onnx/model.onnx",
+                "/w/.pipe/out/p/export-onnx/labels.json",
+            ],
         )]);
         assert_eq!(
             vars,
             [
-                ("PIPE_FROM_EXPORT_ONNX".to_string(), PathBuf::from("/w/.pipe/out/p/export-onnx")),
-                ("PIPE_FROM".to_string(), PathBuf::from("/w/.pipe/out/p/export-onnx")),
+                (
+                    "PIPE_FROM_EXPORT_ONNX".to_string(),
+                    PathBuf::from("/w/.pipe/out/p/export-onnx")
+                ),
+                (
+                    "PIPE_FROM".to_string(),
+                    PathBuf::from("/w/.pipe/out/p/export-onnx")
+                ),
             ]
         );
     }
@@ -211,11 +224,20 @@ mod tests {
     #[test]
     fn several_inputs_have_only_their_own_names() {
         let vars = input_folders(&[
-            input("evaluate@lr-0.0003", &["/w/.pipe/out/p/evaluate@lr-0.0003/metrics.json"]),
+            input(
+                "evaluate@lr-0.0003",
+                &["/w/.pipe/out/p/evaluate@lr-0.0003/metrics.json"],
+            ),
             input("split.v2", &["/w/.pipe/out/p/split/train.parquet"]),
         ]);
         let names: Vec<&str> = vars.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(names, ["PIPE_FROM_EVALUATE_LR_0_0003", "PIPE_FROM_SPLIT_V2"]);
-        assert_eq!(vars[0].1, PathBuf::from("/w/.pipe/out/p/evaluate@lr-0.0003"));
+        assert_eq!(
+            names,
+            ["PIPE_FROM_EVALUATE_LR_0_0003", "PIPE_FROM_SPLIT_V2"]
+        );
+        assert_eq!(
+            vars[0].1,
+            PathBuf::from("/w/.pipe/out/p/evaluate@lr-0.0003")
+        );
     }
 }

@@ -88,7 +88,10 @@ fn members_fan_out_downstream_and_two_matrices_multiply() {
 
     let listed = p.pipe(&["dag", "m.yaml"]);
     let dag = String::from_utf8_lossy(&listed.stdout);
-    assert!(dag.contains("post@env-A") && dag.contains("← gen@env-A"), "{dag}");
+    assert!(
+        dag.contains("post@env-A") && dag.contains("← gen@env-A"),
+        "{dag}"
+    );
 }
 
 #[test]
@@ -111,7 +114,12 @@ fn editing_one_matrix_value_reruns_only_its_members_and_their_descendants() {
             "post@env-Z",
         ]
     );
-    for name in ["gen@env-A", "post@env-A", "mult@env-A-env-C", "mult@env-A-env-E"] {
+    for name in [
+        "gen@env-A",
+        "post@env-A",
+        "mult@env-A-env-C",
+        "mult@env-A-env-E",
+    ] {
         assert_eq!(status_of(&report, name), "cached", "{name}: {report}");
     }
     // Members that no longer exist leave the lockfile.
@@ -141,7 +149,10 @@ fn a_stage_name_selects_all_its_members_and_a_member_name_one() {
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     let mut names: Vec<String> = statuses(&report).into_iter().map(|(n, _)| n).collect();
     names.sort();
-    assert_eq!(names, ["gen@env-A", "gen@env-B", "post@env-A", "post@env-B"]);
+    assert_eq!(
+        names,
+        ["gen@env-A", "gen@env-B", "post@env-A", "post@env-B"]
+    );
 
     let out = p.pipe(&["run", "m.yaml", "mult@env-B-env-D", "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
@@ -151,7 +162,11 @@ fn a_stage_name_selects_all_its_members_and_a_member_name_one() {
 
     let out = p.pipe(&["run", "m.yaml", "post@env-Q"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("no stage named 'post@env-Q'"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no stage named 'post@env-Q'"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 /// Typed stages with a matrix: `split` over two test fractions, and a command
@@ -189,13 +204,24 @@ fn a_command_after_typed_stages_sees_their_folders_and_reruns_when_they_change()
     p.file("data.csv", &csv(16)).file("t.yaml", TYPED);
     let report = p.run_json("t.yaml", 0);
     let names: Vec<String> = statuses(&report).into_iter().map(|(n, _)| n).collect();
-    for name in ["split@test-0.25", "split@test-0.5", "count@test-0.25", "count@test-0.5"] {
+    for name in [
+        "split@test-0.25",
+        "split@test-0.5",
+        "count@test-0.25",
+        "count@test-0.5",
+    ] {
         assert!(names.contains(&name.to_string()), "{name}: {names:?}");
     }
     let listing = p.read("counts/test-0.5.txt");
-    assert!(listing.contains("train.parquet") && listing.contains("test.parquet"), "{listing}");
+    assert!(
+        listing.contains("train.parquet") && listing.contains("test.parquet"),
+        "{listing}"
+    );
     assert!(listing.ends_with("split@test-0.5\n"), "{listing}");
-    assert_eq!(p.read("labels-copy.json"), p.read(".pipe/out/typed/ingest/labels.json"));
+    assert_eq!(
+        p.read("labels-copy.json"),
+        p.read(".pipe/out/typed/ingest/labels.json")
+    );
 
     // New data: ingest's outputs change, so the commands after it rerun.
     p.file("data.csv", &csv(20));

@@ -133,7 +133,11 @@ fn throughput(path: &Path) -> Result<(Option<f64>, Option<f64>)> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let (mut seconds, mut tokens, mut steps) = (0.0, 0.0, 0usize);
-    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
         let value: Value = serde_json::from_str(line)
             .with_context(|| format!("{}:{}: not a JSON object", path.display(), i + 1))?;
         if let (Some(s), Some(t)) = (
@@ -178,8 +182,14 @@ fn micro_roc(path: &Path, labels: &[String], member: &str) -> Result<Vec<(String
             .with_context(|| format!("{}: `labels` is not a list", path.display()))?
             .iter()
             .map(|row| {
-                row.map(|r| r.as_string::<i32>().iter().flatten().map(str::to_string).collect())
-                    .unwrap_or_default()
+                row.map(|r| {
+                    r.as_string::<i32>()
+                        .iter()
+                        .flatten()
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default()
             })
             .collect(),
     };

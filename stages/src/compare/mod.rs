@@ -68,18 +68,20 @@ fn higher_is_better(by: &str) -> bool {
 impl Params {
     fn parse(value: &Value) -> Result<Params, ParamError> {
         let params: Params = parse_params(value)?;
-        let known = params
-            .by
-            .split_once('.')
-            .is_some_and(|(split, metric)| !split.is_empty() && SPLIT_METRICS.contains(&metric))
-            || TRAINING_COLUMNS.contains(&params.by.as_str());
+        let known =
+            params.by.split_once('.').is_some_and(|(split, metric)| {
+                !split.is_empty() && SPLIT_METRICS.contains(&metric)
+            }) || TRAINING_COLUMNS.contains(&params.by.as_str());
         if !known {
-            return Err(ParamError::new(&["by"], format!("cannot rank members by `{}`", params.by))
-                .with_help(format!(
-                    "use `<split>.<metric>` with a metric among {}, or one of {}",
-                    SPLIT_METRICS.join(", "),
-                    TRAINING_COLUMNS.join(", ")
-                )));
+            return Err(ParamError::new(
+                &["by"],
+                format!("cannot rank members by `{}`", params.by),
+            )
+            .with_help(format!(
+                "use `<split>.<metric>` with a metric among {}, or one of {}",
+                SPLIT_METRICS.join(", "),
+                TRAINING_COLUMNS.join(", ")
+            )));
         }
         Ok(params)
     }
@@ -169,7 +171,13 @@ impl Stage for Compare {
             Some(best) => {
                 metrics.insert("best".into(), json!(best.member));
                 metrics.insert(params.by.clone(), json!(best.value));
-                format!("{} members · best {} ({} {:.3})", members.len(), best.member, params.by, best.value)
+                format!(
+                    "{} members · best {} ({} {:.3})",
+                    members.len(),
+                    best.member,
+                    params.by,
+                    best.value
+                )
             }
             None => format!("{} members · none has {}", members.len(), params.by),
         };

@@ -19,7 +19,11 @@ pub fn render(title: &str, comparison: &Comparison, members: &[MemberResult]) ->
             "Comparison of {} members · best by {} ({} is better)",
             members.len(),
             escape(&comparison.by),
-            if higher_is_better(&comparison.by) { "higher" } else { "lower" }
+            if higher_is_better(&comparison.by) {
+                "higher"
+            } else {
+                "lower"
+            }
         ),
     );
     page.push_str(&summary(comparison));
@@ -63,7 +67,9 @@ fn summary(comparison: &Comparison) -> String {
                 .chain(comparison.columns.iter().map(|c| {
                     let value = row.metrics.get(c).and_then(serde_json::Value::as_f64);
                     match c.as_str() {
-                        "train_seconds" => value.map_or_else(|| number(None), |v| format!("{v:.1}")),
+                        "train_seconds" => {
+                            value.map_or_else(|| number(None), |v| format!("{v:.1}"))
+                        }
                         "tokens_per_s" => value.map_or_else(|| number(None), |v| format!("{v:.0}")),
                         _ => number(value),
                     }
@@ -74,7 +80,10 @@ fn summary(comparison: &Comparison) -> String {
     let head: Vec<&str> = std::iter::once("member")
         .chain(comparison.columns.iter().map(String::as_str))
         .collect();
-    format!("<h2>Summary</h2>\n{headline}{}", table("numbers", &head, &rows))
+    format!(
+        "<h2>Summary</h2>\n{headline}{}",
+        table("numbers", &head, &rows)
+    )
 }
 
 /// One ROC chart per split, a curve per member.
@@ -86,7 +95,10 @@ fn roc_section(members: &[MemberResult]) -> Result<String> {
         }
     }
     if splits.is_empty() {
-        return Ok("<h2>ROC curves</h2>\n<p class=\"note\">No member has predictions to draw.</p>\n".into());
+        return Ok(
+            "<h2>ROC curves</h2>\n<p class=\"note\">No member has predictions to draw.</p>\n"
+                .into(),
+        );
     }
     let mut out = String::from("<h2>ROC curves</h2>\n<div class=\"charts\">\n");
     for split in splits {
@@ -106,7 +118,11 @@ fn roc_section(members: &[MemberResult]) -> Result<String> {
                     })
             })
             .collect();
-        out.push_str(&format!("<section class=\"split\" data-split=\"{}\">\n<h3>{}</h3>\n", escape(split), escape(split)));
+        out.push_str(&format!(
+            "<section class=\"split\" data-split=\"{}\">\n<h3>{}</h3>\n",
+            escape(split),
+            escape(split)
+        ));
         out.push_str(&roc_figure(
             &curves,
             "Micro-averaged ROC curves (every row and class is one yes/no decision), one per \

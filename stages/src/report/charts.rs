@@ -101,8 +101,10 @@ pub(crate) fn loss_chart(curves: &[&[(u64, f64)]]) -> Result<Option<String>> {
         })
         .collect();
     let all = || curves.iter().flatten();
-    let (Some(x), Some(y)) = (span(all().map(|p| p.0), 0.0), span(all().map(|p| p.1), 0.05))
-    else {
+    let (Some(x), Some(y)) = (
+        span(all().map(|p| p.0), 0.0),
+        span(all().map(|p| p.1), 0.05),
+    ) else {
         return Ok(None);
     };
     let mut svg = String::new();

@@ -25,7 +25,11 @@ fn member(rows: usize) -> Member {
     std::fs::write(trained.finetune.path().join("train_log.jsonl"), TIMED_LOG).unwrap();
     let bundle = trained.export(json!({})).unwrap();
     let evaluation = trained
-        .evaluate(&bundle, &trained.split, json!({ "splits": ["train", "test"] }))
+        .evaluate(
+            &bundle,
+            &trained.split,
+            json!({ "splits": ["train", "test"] }),
+        )
         .unwrap();
     Member {
         _trained: trained,
@@ -53,7 +57,11 @@ fn compare_tables_each_members_metrics_and_names_the_best() {
     let b = member(48);
     let ws = &a._trained.ws;
     let ran = ws
-        .run("compare", json!({}), &inputs(&[("model-a", &a), ("model-b", &b)]))
+        .run(
+            "compare",
+            json!({}),
+            &inputs(&[("model-a", &a), ("model-b", &b)]),
+        )
         .unwrap();
     assert_eq!(ran.files(), ["compare.html", "compare.json"]);
     let compared = ran.json("compare.json");
@@ -80,7 +88,11 @@ fn compare_tables_each_members_metrics_and_names_the_best() {
         assert_eq!(row["metrics"]["train_seconds"], json!(2.0));
         assert_eq!(row["metrics"]["tokens_per_s"], json!(400.0));
     }
-    let auc = |m: &Member| m.evaluation.json("metrics.json")["test"]["macro_auc"].as_f64().unwrap();
+    let auc = |m: &Member| {
+        m.evaluation.json("metrics.json")["test"]["macro_auc"]
+            .as_f64()
+            .unwrap()
+    };
     let (best, value) = if auc(&a) >= auc(&b) {
         ("model-a", auc(&a))
     } else {
@@ -97,10 +109,18 @@ fn a_lower_is_better_metric_picks_the_smallest() {
     let ran = a
         ._trained
         .ws
-        .run("compare", json!({ "by": "train.log_loss" }), &inputs(&[("a", &a), ("b", &b)]))
+        .run(
+            "compare",
+            json!({ "by": "train.log_loss" }),
+            &inputs(&[("a", &a), ("b", &b)]),
+        )
         .unwrap();
     let compared = ran.json("compare.json");
-    let loss = |m: &Member| m.evaluation.json("metrics.json")["train"]["log_loss"].as_f64().unwrap();
+    let loss = |m: &Member| {
+        m.evaluation.json("metrics.json")["train"]["log_loss"]
+            .as_f64()
+            .unwrap()
+    };
     let best = if loss(&a) <= loss(&b) { "a" } else { "b" };
     assert_eq!(compared["higher_is_better"], json!(false));
     assert_eq!(compared["best"]["member"], json!(best));
@@ -127,7 +147,11 @@ fn the_page_has_a_roc_chart_per_split_and_the_loss_curves_of_every_member() {
         assert!(section.contains("stroke=\"#4E79A7\""), "{split}");
         assert!(section.contains("stroke=\"#F28E2B\""), "{split}");
     }
-    assert_eq!(html.matches("<svg").count(), 3, "two ROC charts and one loss chart");
+    assert_eq!(
+        html.matches("<svg").count(),
+        3,
+        "two ROC charts and one loss chart"
+    );
     assert!(html.contains("training loss"));
     assert!(!html.contains("http"), "the page is offline");
     assert!(html.contains("★"), "the best member is marked");
@@ -137,7 +161,11 @@ fn the_page_has_a_roc_chart_per_split_and_the_loss_curves_of_every_member() {
 fn bad_inputs_and_parameters_are_named() {
     let a = member(40);
     let ws = &a._trained.ws;
-    let err = ws.run("compare", json!({ "by": "test.speed" }), &inputs(&[("a", &a)]));
+    let err = ws.run(
+        "compare",
+        json!({ "by": "test.speed" }),
+        &inputs(&[("a", &a)]),
+    );
     let err = format!("{:#}", err.unwrap_err());
     assert!(err.contains("cannot rank members by `test.speed`"), "{err}");
     let split = a._trained.split.input("split");
