@@ -15,7 +15,7 @@ const TIMED_LOG: &str = "{\"step\": 1, \"loss\": 1.4, \"tokens\": 300, \"seconds
 
 /// One member: a model evaluated on its own data, and its bundle (with the training log).
 struct Member {
-    _trained: Trained,
+    trained: Trained,
     bundle: Ran,
     evaluation: Ran,
 }
@@ -32,7 +32,7 @@ fn member(rows: usize) -> Member {
         )
         .unwrap();
     Member {
-        _trained: trained,
+        trained,
         bundle,
         evaluation,
     }
@@ -55,7 +55,7 @@ fn inputs(members: &[(&str, &Member)]) -> Vec<Input> {
 fn compare_tables_each_members_metrics_and_names_the_best() {
     let a = member(40);
     let b = member(48);
-    let ws = &a._trained.ws;
+    let ws = &a.trained.ws;
     let ran = ws
         .run(
             "compare",
@@ -107,7 +107,7 @@ fn a_lower_is_better_metric_picks_the_smallest() {
     let a = member(40);
     let b = member(48);
     let ran = a
-        ._trained
+        .trained
         .ws
         .run(
             "compare",
@@ -131,7 +131,7 @@ fn the_page_has_a_roc_chart_per_split_and_the_loss_curves_of_every_member() {
     let a = member(40);
     let b = member(48);
     let ran = a
-        ._trained
+        .trained
         .ws
         .run("compare", json!({}), &inputs(&[("a", &a), ("b", &b)]))
         .unwrap();
@@ -160,7 +160,7 @@ fn the_page_has_a_roc_chart_per_split_and_the_loss_curves_of_every_member() {
 #[test]
 fn bad_inputs_and_parameters_are_named() {
     let a = member(40);
-    let ws = &a._trained.ws;
+    let ws = &a.trained.ws;
     let err = ws.run(
         "compare",
         json!({ "by": "test.speed" }),
@@ -168,7 +168,7 @@ fn bad_inputs_and_parameters_are_named() {
     );
     let err = format!("{:#}", err.unwrap_err());
     assert!(err.contains("cannot rank members by `test.speed`"), "{err}");
-    let split = a._trained.split.input("split");
+    let split = a.trained.split.input("split");
     let err = format!("{:#}", ws.run("compare", json!({}), &[split]).unwrap_err());
     assert!(err.contains("has a metrics.json"), "{err}");
     let value: Value = json!({ "by": 3 });
