@@ -56,18 +56,10 @@ pub fn run(
     let targets: Vec<usize> = if options.targets.is_empty() {
         pipeline.order.clone()
     } else {
-        options
-            .targets
-            .iter()
-            .map(|t| pipeline.id(t).ok_or_else(|| unknown_stage(pipeline, t)))
-            .collect::<anyhow::Result<_>>()?
+        selected_ids(pipeline, &options.targets)?
     };
     if let Force::Stages(names) = &options.force {
-        for name in names {
-            pipeline
-                .id(name)
-                .ok_or_else(|| unknown_stage(pipeline, name))?;
-        }
+        selected_ids(pipeline, names)?;
     }
     let selected = pipeline.closure(&targets);
     let env = JobEnv {
@@ -126,6 +118,19 @@ pub fn run(
     Ok(report)
 }
 
+/// The ids `names` select (a matrix stage's name selects all its members).
+fn selected_ids(pipeline: &Pipeline<'_>, names: &[String]) -> anyhow::Result<Vec<usize>> {
+    let mut ids = Vec::new();
+    for name in names {
+        let found = pipeline.select(name);
+        if found.is_empty() {
+            return Err(unknown_stage(pipeline, name));
+        }
+        ids.extend(found);
+    }
+    Ok(ids)
+}
+
 fn unknown_stage(pipeline: &Pipeline<'_>, name: &str) -> anyhow::Error {
     let names: Vec<&str> = pipeline.stages.iter().map(|s| s.name.as_str()).collect();
     anyhow::Error::new(crate::UsageError(format!(
@@ -163,7 +168,7 @@ fn schedule(
     let forced = |id: usize| match &options.force {
         Force::None => false,
         Force::All => true,
-        Force::Stages(names) => names.contains(&pipeline.stages[id].name),
+        Force::Stages(names) => names.iter().any(|n| pipeline.select(n).contains(&id)),
     };
     let mut results: BTreeMap<usize, JobResult> = BTreeMap::new();
     let mut finished: Vec<(usize, JobResult)> = Vec::new();

@@ -36,6 +36,7 @@ mod job;
 pub mod key;
 pub mod lockfile;
 pub mod manifest;
+pub mod matrix;
 pub mod metrics;
 pub mod paths;
 pub mod plan;

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use crate::diag::{Diagnostic, ManifestError, did_you_mean};
+use crate::matrix::{self, Matrix};
 use crate::yaml::{self, Node, NodeKind, Span};
 
 /// Keys of a stage that the engine reads itself; all others are parameters.
@@ -62,6 +63,8 @@ pub struct StageSpec {
     pub outs: Vec<PathRef>,
     /// `description:`.
     pub description: Option<String>,
+    /// `matrix:`: one member per combination of values (see [`crate::matrix`]).
+    pub matrix: Option<Matrix>,
     /// Every non-reserved key, as a JSON object.
     pub params: Value,
     /// The stage's YAML mapping, to locate parameter errors.
@@ -304,12 +307,6 @@ fn parse_stage(
         .map(|(_, v)| parse_paths(file, "outs", v, errors))
         .unwrap_or_default();
     let description = string_field(body, "description", file, errors);
-    if let Some((key, _)) = body.get("matrix") {
-        errors.push(
-            Diagnostic::at(file, key.span, "`matrix` is reserved but not supported yet")
-                .help("write one stage per combination for now"),
-        );
-    }
     let params: serde_json::Map<String, Value> = body
         .as_map()
         .unwrap_or_default()
@@ -317,6 +314,9 @@ fn parse_stage(
         .filter(|(k, _, _)| !RESERVED_KEYS.contains(&k.as_str()))
         .map(|(k, _, v)| (k.clone(), v.to_json()))
         .collect();
+    let matrix = body
+        .get("matrix")
+        .and_then(|(key, value)| matrix::parse(file, key, value, &params, errors));
     if errors.len() > before {
         return None;
     }
@@ -329,6 +329,7 @@ fn parse_stage(
         deps,
         outs,
         description,
+        matrix,
         params: Value::Object(params),
         node: body.clone(),
     })

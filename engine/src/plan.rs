@@ -14,6 +14,7 @@ use serde_json::Value;
 
 use crate::diag::{Diagnostic, ManifestError, did_you_mean};
 use crate::manifest::{Manifest, StageSpec};
+use crate::matrix::{self, Member};
 use crate::paths;
 use crate::stage::{Checked, ParamError, Registry, Stage};
 use crate::yaml::Span;
@@ -55,6 +56,8 @@ pub struct PlannedStage<'r> {
     pub outs: Vec<String>,
     /// Ids of the stages this one needs (from `from:` and from paths).
     pub upstream: BTreeSet<usize>,
+    /// Which matrix member this is, for a stage that fans out.
+    pub member: Option<Member>,
 }
 
 /// A `from:` entry resolved to a stage id.
@@ -93,6 +96,17 @@ impl Pipeline<'_> {
         edges
     }
 
+    /// The ids of the stages a name selects: the stage called `name`, or
+    /// every member of a matrix stage written as `name`.
+    pub fn select(&self, name: &str) -> Vec<usize> {
+        (0..self.stages.len())
+            .filter(|&i| {
+                let stage = &self.stages[i];
+                stage.name == name || stage.member.as_ref().is_some_and(|m| m.stage == name)
+            })
+            .collect()
+    }
+
     /// The ids of `targets` and everything they need, in topological order.
     pub fn closure(&self, targets: &[usize]) -> Vec<usize> {
         let mut wanted: BTreeSet<usize> = BTreeSet::new();
@@ -119,59 +133,120 @@ pub fn plan<'r>(
     let mut errors: Vec<Diagnostic> = Vec::new();
     let file = manifest.path.clone();
     let names: Vec<&str> = manifest.stages.iter().map(|s| s.name.as_str()).collect();
+    let kinds: Vec<Option<&dyn Stage>> = manifest
+        .stages
+        .iter()
+        .map(|spec| resolve_kind(spec, registry, &file, &mut errors))
+        .collect();
+    let from_ids: Vec<Vec<Option<usize>>> = manifest
+        .stages
+        .iter()
+        .map(|spec| resolve_from(spec, &names, &file, &mut errors))
+        .collect();
+    let upstream: Vec<Vec<usize>> = from_ids
+        .iter()
+        .map(|ids| ids.iter().flatten().copied().collect())
+        .collect();
+    let gathers: Vec<bool> = kinds
+        .iter()
+        .map(|k| k.is_some_and(|k| k.gathers_members()))
+        .collect();
+    let fan = matrix::fan_out(&manifest.stages, &upstream, &gathers);
+    let first_id: Vec<usize> = fan
+        .members
+        .iter()
+        .scan(0, |next, members| {
+            let first = *next;
+            *next += members.len();
+            Some(first)
+        })
+        .collect();
     let mut stages = Vec::new();
-    for spec in &manifest.stages {
-        let before = errors.len();
-        let Some(kind) = resolve_kind(spec, registry, &file, &mut errors) else {
+    for (index, as_written) in manifest.stages.iter().enumerate() {
+        let Some(kind) = kinds[index] else {
             continue;
         };
-        check_reserved_for_kind(spec, kind, &file, &mut errors);
-        let checked = check_params(spec, kind, &file, &mut errors);
-        let inputs = resolve_inputs(spec, &names, &file, &mut errors);
-        let mut deps = Vec::new();
-        for dep in &spec.deps {
-            match paths::normalize(&manifest.dir, &dep.path, options.allow_outside) {
-                Ok(p) => deps.push(p),
-                Err(e) => errors.push(path_error(&file, dep.span, e)),
-            }
-        }
-        for written in checked
-            .as_ref()
-            .map(|c| c.workspace_deps.as_slice())
-            .unwrap_or_default()
-        {
-            match paths::normalize(&manifest.dir, written, options.allow_outside) {
-                Ok(p) => deps.push(p),
-                Err(e) => {
-                    let path = find_string(&spec.params, written).unwrap_or_default();
-                    errors.push(path_error(&file, spec.node.locate(&path), e));
+        let fans_out = fan.members[index][0].is_some();
+        check_member_placeholder(as_written, fans_out, &file, &mut errors);
+        for member in &fan.members[index] {
+            let before = errors.len();
+            let spec = match member {
+                Some(m) => matrix::member_spec(as_written, index, m),
+                None => as_written.clone(),
+            };
+            check_reserved_for_kind(&spec, kind, &file, &mut errors);
+            let checked = check_params(&spec, kind, &file, &mut errors);
+            let mut inputs = Vec::new();
+            for (from, up) in spec.from.iter().zip(&from_ids[index]) {
+                let Some(up) = *up else { continue };
+                let upstream_members = fan.members[up].iter().enumerate();
+                if gathers[index] {
+                    inputs.extend(upstream_members.map(|(k, m)| ResolvedInput {
+                        name: m.as_ref().map_or_else(
+                            || from.input.clone(),
+                            |m| format!("{}@{}", from.input, m.slug),
+                        ),
+                        stage: first_id[up] + k,
+                        output: from.output.clone(),
+                    }));
+                } else {
+                    let k = fan.paired(up, member.as_ref().map(|m| &m.choice));
+                    inputs.push(ResolvedInput {
+                        name: from.input.clone(),
+                        stage: first_id[up] + k,
+                        output: from.output.clone(),
+                    });
                 }
             }
-        }
-        let mut outs = Vec::new();
-        for out in &spec.outs {
-            match paths::normalize(&manifest.dir, &out.path, options.allow_outside) {
-                Ok(p) => outs.push(p),
-                Err(e) => errors.push(path_error(&file, out.span, e)),
+            let mut deps = Vec::new();
+            for dep in &spec.deps {
+                match paths::normalize(&manifest.dir, &dep.path, options.allow_outside) {
+                    Ok(p) if is_in_store(&p) => errors.push(store_dep_error(&file, dep.span, &p)),
+                    Ok(p) => deps.push(p),
+                    Err(e) => errors.push(path_error(&file, dep.span, e)),
+                }
             }
+            for written in checked
+                .as_ref()
+                .map(|c| c.workspace_deps.as_slice())
+                .unwrap_or_default()
+            {
+                match paths::normalize(&manifest.dir, written, options.allow_outside) {
+                    Ok(p) => deps.push(p),
+                    Err(e) => {
+                        let path = find_string(&spec.params, written).unwrap_or_default();
+                        errors.push(path_error(&file, spec.node.locate(&path), e));
+                    }
+                }
+            }
+            let mut outs = Vec::new();
+            for out in &spec.outs {
+                match paths::normalize(&manifest.dir, &out.path, options.allow_outside) {
+                    Ok(p) => outs.push(p),
+                    Err(e) => errors.push(path_error(&file, out.span, e)),
+                }
+            }
+            if errors.len() > before {
+                continue;
+            }
+            stages.push(PlannedStage {
+                name: member
+                    .as_ref()
+                    .map_or_else(|| spec.name.clone(), Member::name),
+                kind,
+                spec,
+                checked: checked.unwrap_or_default(),
+                inputs,
+                deps,
+                outs,
+                upstream: BTreeSet::new(),
+                member: member.clone(),
+            });
         }
-        if errors.len() > before {
-            continue;
-        }
-        stages.push(PlannedStage {
-            name: spec.name.clone(),
-            kind,
-            spec: spec.clone(),
-            checked: checked.unwrap_or_default(),
-            inputs,
-            deps,
-            outs,
-            upstream: BTreeSet::new(),
-        });
     }
     if !errors.is_empty() {
         return Err(ManifestError {
-            diagnostics: errors,
+            diagnostics: dedup(errors),
             source_text: Some(manifest.source),
         });
     }
@@ -386,21 +461,19 @@ fn param_diagnostic(
     d
 }
 
-fn resolve_inputs(
+/// The manifest index of each stage named in `from:` (`None` for an unknown one, reported).
+fn resolve_from(
     spec: &StageSpec,
     names: &[&str],
     file: &std::path::Path,
     errors: &mut Vec<Diagnostic>,
-) -> Vec<ResolvedInput> {
-    let mut inputs = Vec::new();
+) -> Vec<Option<usize>> {
+    let mut found = Vec::new();
     for from in &spec.from {
-        match names.iter().position(|n| *n == from.stage) {
-            Some(stage) => inputs.push(ResolvedInput {
-                name: from.input.clone(),
-                stage,
-                output: from.output.clone(),
-            }),
-            None => errors.push(
+        let index = names.iter().position(|n| *n == from.stage);
+        found.push(index);
+        if index.is_none() {
+            errors.push(
                 Diagnostic::at(
                     file,
                     from.span,
@@ -414,10 +487,78 @@ fn resolve_inputs(
                     "the stages of this manifest are: {}",
                     names.join(", ")
                 )),
-            ),
+            );
         }
     }
-    inputs
+    found
+}
+
+/// `${member}` means something only in a stage that fans out over a matrix.
+fn check_member_placeholder(
+    spec: &StageSpec,
+    fans_out: bool,
+    file: &std::path::Path,
+    errors: &mut Vec<Diagnostic>,
+) {
+    if fans_out {
+        return;
+    }
+    let mut places: Vec<Span> = spec
+        .deps
+        .iter()
+        .chain(&spec.outs)
+        .filter(|p| p.path.contains(matrix::MEMBER_PLACEHOLDER))
+        .map(|p| p.span)
+        .collect();
+    if spec
+        .run
+        .as_deref()
+        .is_some_and(|r| r.contains(matrix::MEMBER_PLACEHOLDER))
+    {
+        places.push(spec.node.locate(&["run".to_string()]));
+    }
+    for span in places {
+        errors.push(
+            Diagnostic::at(file, span, format!("`{}` in stage '{}', which has no matrix members", matrix::MEMBER_PLACEHOLDER, spec.name))
+                .help("`${member}` names the member of a stage that fans out (with `matrix:`, or `from:` a matrix stage); write the path itself here"),
+        );
+    }
+}
+
+/// Whether a workspace path lies in the store folder `.pipe/`.
+fn is_in_store(path: &str) -> bool {
+    path == ".pipe" || path.starts_with(".pipe/")
+}
+
+/// A `deps:` entry inside `.pipe/`: the store is pipe's own, and what a
+/// stage wrote there is reached through `from:` (which orders the stages and
+/// puts the upstream's output hashes in the key), not through a path.
+fn store_dep_error(file: &std::path::Path, span: Span, path: &str) -> Diagnostic {
+    let stage = path
+        .split('/')
+        .nth(3)
+        .map(|s| s.split('@').next().unwrap_or(s));
+    let help = match stage {
+        Some(stage) => format!(
+            "write `from: {stage}` instead: the stage then runs after {stage}, and the command finds its output folder in $PIPE_FROM (or $PIPE_FROM_<STAGE>)"
+        ),
+        None => "read another stage's outputs with `from: <stage>` and $PIPE_FROM".to_string(),
+    };
+    Diagnostic::at(
+        file,
+        span,
+        format!("`deps` entry `{path}` points into pipe's store"),
+    )
+    .help(help)
+}
+
+/// Drops repeated diagnostics: the members of one stage share most mistakes.
+fn dedup(errors: Vec<Diagnostic>) -> Vec<Diagnostic> {
+    let mut seen = BTreeSet::new();
+    errors
+        .into_iter()
+        .filter(|d| seen.insert((d.location(), d.message.clone())))
+        .collect()
 }
 
 /// Adds `from:` edges and path edges (a stage reading a path another declares in `outs`).
@@ -451,7 +592,7 @@ fn add_edges(
                         stages[other].name
                     ),
                 )
-                .help("each path may be produced by one stage only"),
+                .help("each path may be produced by one stage only; the members of a matrix stage can keep theirs apart with `${member}` in the path"),
             );
         } else {
             producers.insert(out, *i);

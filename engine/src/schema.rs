@@ -3,7 +3,8 @@
 //! `schemas/pipeline.schema.json` is this function's output for the kinds
 //! `pipe` ships (`pipe schema` prints it; a test keeps the file current).
 //! A stage named after a kind gets that kind's parameters; any other stage
-//! must say `uses: <kind>` or have a `run:` command.
+//! must say `uses: <kind>` or have a `run:` command. `matrix:` lists values
+//! of the same parameters.
 
 use serde_json::{Map, Value, json};
 
@@ -109,29 +110,62 @@ fn stage_schema(name: &str, summary: &str, takes_run: bool, params: &Value) -> V
         properties.insert("run".into(), json!({ "type": "string", "minLength": 1, "description": "Shell command, run with `sh -c` in the manifest's folder." }));
         properties.insert("outs".into(), json!({ "$ref": "#/$defs/path-list", "description": "Workspace files or folders the command writes." }));
     }
-    if let Some(own) = params.get("properties").and_then(Value::as_object) {
-        for (key, schema) in own {
-            properties.insert(key.clone(), rewrite_refs(schema, name));
+    let mut own = Map::new();
+    if let Some(props) = params.get("properties").and_then(Value::as_object) {
+        for (key, schema) in props {
+            own.insert(key.clone(), rewrite_refs(schema, name));
         }
     }
+    properties.insert("matrix".into(), matrix_schema(&own));
+    properties.extend(own);
     let mut schema = json!({
         "type": "object",
         "description": summary,
         "properties": Value::Object(properties),
         "additionalProperties": false
     });
-    let mut required: Vec<Value> = params
+    let required: Vec<Value> = params
         .get("required")
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
+    // A required parameter may be given by every combination of `matrix:` instead.
+    let all_of: Vec<Value> = required
+        .iter()
+        .map(|p| json!({ "anyOf": [ { "required": [p] }, { "required": ["matrix"] } ] }))
+        .collect();
     if takes_run {
-        required.push(json!("run"));
+        schema["required"] = json!(["run"]);
     }
-    if !required.is_empty() {
-        schema["required"] = Value::Array(required);
+    if !all_of.is_empty() {
+        schema["allOf"] = Value::Array(all_of);
     }
     schema
+}
+
+/// `matrix:` of a kind with parameters `params`: a mapping of parameter to a non-empty
+/// list of its values, or a non-empty list of combinations (see `matrix.rs`).
+fn matrix_schema(params: &Map<String, Value>) -> Value {
+    let lists: Map<String, Value> = params
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                json!({ "type": "array", "minItems": 1, "items": v }),
+            )
+        })
+        .collect();
+    json!({
+        "description": "One member per combination of values, each a stage named `<stage>@<slug>`: a mapping of parameter to its values, or a list of combinations.",
+        "oneOf": [
+            { "type": "object", "minProperties": 1, "properties": Value::Object(lists), "additionalProperties": false },
+            {
+                "type": "array",
+                "minItems": 1,
+                "items": { "type": "object", "minProperties": 1, "properties": Value::Object(params.clone()), "additionalProperties": false }
+            }
+        ]
+    })
 }
 
 /// Rewrites `#/$defs/X` to `#/$defs/<kind>.X` inside a kind's schema.

@@ -38,6 +38,13 @@ pub trait Stage: Send + Sync {
         false
     }
 
+    /// Whether the kind takes every member of a matrix input (one [`Input`]
+    /// per member, named by the member) instead of fanning out with it, as
+    /// `compare` does. See [`crate::matrix`].
+    fn gathers_members(&self) -> bool {
+        false
+    }
+
     /// Validates parameters and returns what goes into the stage key.
     ///
     /// `params` is the manifest entry minus reserved keys, as JSON. Parse it

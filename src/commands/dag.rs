@@ -45,7 +45,8 @@ fn text(pipeline: &Pipeline<'_>) -> String {
         .iter()
         .map(|&id| {
             let stage = &pipeline.stages[id];
-            if stage.name == stage.kind.kind() {
+            let written = stage.member.as_ref().map_or(&stage.name, |m| &m.stage);
+            if written == stage.kind.kind() {
                 stage.name.clone()
             } else {
                 format!("{} ({})", stage.name, stage.kind.kind())

@@ -29,6 +29,17 @@ pub fn exec(args: ShowArgs) -> anyhow::Result<Outcome> {
     };
     let pipeline = workspace::load(&file, &registry, args.manifest.allow_outside)?;
     let id = pipeline.id(stage_name).ok_or_else(|| {
+        let members: Vec<&str> = pipeline
+            .select(stage_name)
+            .into_iter()
+            .map(|i| pipeline.stages[i].name.as_str())
+            .collect();
+        if !members.is_empty() {
+            return UsageError(format!(
+                "stage '{stage_name}' has matrix members; name one: {}",
+                members.join(", ")
+            ));
+        }
         let names: Vec<&str> = pipeline.stages.iter().map(|s| s.name.as_str()).collect();
         UsageError(format!(
             "no stage named '{stage_name}'{}; the stages are: {}",

@@ -12,13 +12,29 @@
 //! stderr go to the stage's log. The engine hashes `deps` into the key,
 //! removes `outs` before the run, checks they exist after it, stores them,
 //! and restores them on a cache hit.
+//!
+//! A command may also read what typed stages wrote, through `from:`:
+//!
+//! ```yaml
+//! plot:
+//!   from: evaluate                 # or a list; a matrix stage fans the command out
+//!   run: python scripts/plot.py "$PIPE_FROM/metrics.json" plots/${member}.png
+//!   outs: ['plots/${member}.png']   # quoted: `{` would start a YAML mapping
+//! ```
+//!
+//! It then runs after those stages, their output hashes are in its key, and
+//! it finds each input's output folder in `PIPE_FROM_<INPUT>` (the input's
+//! name upper-cased, `-`, `@` and `.` as `_`: `PIPE_FROM_EXPORT_ONNX`) and,
+//! when it has exactly one input, in `PIPE_FROM`. `PIPE_STAGE` holds the
+//! stage's own name (`plot@lr-0.0003` for a matrix member).
 
 use std::fs::File;
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Command as Process, Stdio};
 
 use anyhow::Context;
-use pipe_engine::{Checked, Outcome, ParamError, RunContext, Stage, parse_params};
+use pipe_engine::{Checked, Input, Outcome, ParamError, RunContext, Stage, parse_params};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -96,6 +112,9 @@ impl Stage for Command {
                 Ok(())
             });
         }
+        for (name, dir) in input_folders(ctx.inputs) {
+            process.env(name, dir);
+        }
         let status = process
             .arg("-c")
             .arg(command)
@@ -114,5 +133,111 @@ impl Stage for Command {
             anyhow::bail!("command `{command}` {how}");
         }
         Ok(Outcome::default())
+    }
+}
+
+/// The variables that show a command its inputs: `PIPE_FROM_<INPUT>` for
+/// each, and `PIPE_FROM` when there is one.
+fn input_folders(inputs: &[Input]) -> Vec<(String, PathBuf)> {
+    let mut vars: Vec<(String, PathBuf)> = inputs
+        .iter()
+        .map(|input| {
+            (
+                format!("PIPE_FROM_{}", env_suffix(&input.name)),
+                folder_of(input),
+            )
+        })
+        .collect();
+    if let [(_, only)] = vars.as_slice() {
+        vars.push(("PIPE_FROM".into(), only.clone()));
+    }
+    vars
+}
+
+/// `export-onnx` → `EXPORT_ONNX`, `finetune@lr-0.0003` → `FINETUNE_LR_0_0003`.
+fn env_suffix(name: &str) -> String {
+    name.chars()
+        .map(|c| match c {
+            '-' | '@' | '.' => '_',
+            c => c.to_ascii_uppercase(),
+        })
+        .collect()
+}
+
+/// The folder that holds an input's outputs: the deepest folder containing
+/// all of them (a typed stage's `.pipe/out/<pipeline>/<stage>/`).
+fn folder_of(input: &Input) -> PathBuf {
+    let mut parents = input.outputs.values().filter_map(|p| p.parent());
+    let Some(first) = parents.next() else {
+        return PathBuf::new();
+    };
+    parents.fold(first.to_path_buf(), |common, parent| {
+        common
+            .ancestors()
+            .find(|a| parent.starts_with(a))
+            .unwrap_or(Path::new(""))
+            .to_path_buf()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn input(name: &str, outputs: &[&str]) -> Input {
+        Input {
+            name: name.into(),
+            stage: name.into(),
+            outputs: outputs
+                .iter()
+                .map(|p| (p.rsplit('/').next().unwrap().to_string(), PathBuf::from(p)))
+                .collect::<BTreeMap<_, _>>(),
+        }
+    }
+
+    #[test]
+    fn one_input_is_in_pipe_from_and_under_its_own_name() {
+        let vars = input_folders(&[input(
+            "export-onnx",
+            &[
+                "/w/.pipe/out/p/export-onnx/model.onnx",
+                "/w/.pipe/out/p/export-onnx/labels.json",
+            ],
+        )]);
+        assert_eq!(
+            vars,
+            [
+                (
+                    "PIPE_FROM_EXPORT_ONNX".to_string(),
+                    PathBuf::from("/w/.pipe/out/p/export-onnx")
+                ),
+                (
+                    "PIPE_FROM".to_string(),
+                    PathBuf::from("/w/.pipe/out/p/export-onnx")
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn several_inputs_have_only_their_own_names() {
+        let vars = input_folders(&[
+            input(
+                "evaluate@lr-0.0003",
+                &["/w/.pipe/out/p/evaluate@lr-0.0003/metrics.json"],
+            ),
+            input("split.v2", &["/w/.pipe/out/p/split/train.parquet"]),
+        ]);
+        let names: Vec<&str> = vars.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            ["PIPE_FROM_EVALUATE_LR_0_0003", "PIPE_FROM_SPLIT_V2"]
+        );
+        assert_eq!(
+            vars[0].1,
+            PathBuf::from("/w/.pipe/out/p/evaluate@lr-0.0003")
+        );
     }
 }

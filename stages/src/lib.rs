@@ -5,6 +5,7 @@
 
 pub mod bundle;
 mod command;
+pub mod compare;
 mod device;
 pub mod evaluate;
 pub mod export_onnx;
@@ -28,6 +29,7 @@ pub use runtime_report::{RuntimeReport, runtime_report};
 pub fn registry() -> Registry {
     let mut registry = Registry::new();
     registry.register(command::Command);
+    registry.register(compare::Compare);
     registry.register(evaluate::Evaluate);
     registry.register(export_onnx::ExportOnnx::default());
     registry.register(ingest::Ingest);

@@ -5,6 +5,7 @@ mod cli;
 mod crash;
 mod data;
 mod malformed;
+mod matrix;
 mod metrics;
 mod predict;
 mod schema;

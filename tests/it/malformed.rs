@@ -162,10 +162,10 @@ pub const BAD_MANIFESTS: &[(&str, &str, usize, &str)] = &[
         "invalid stage name",
     ),
     (
-        "matrix is not supported",
-        "stages:\n  a:\n    run: echo\n    matrix: {x: [1]}\n",
+        "matrix values are not a list",
+        "stages:\n  a:\n    run: echo\n    matrix: {env: LANG}\n",
         4,
-        "matrix",
+        "must be a list of values",
     ),
     (
         "command without run",

@@ -80,7 +80,7 @@ const SCHEMA_DETECTABLE: &[&str] = &[
     "outs on a non-command kind",
     "run on a non-command kind",
     "invalid stage name",
-    "matrix is not supported",
+    "matrix values are not a list",
     "command without run",
 ];
 

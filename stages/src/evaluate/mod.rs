@@ -40,6 +40,7 @@ use crate::models::gpt_neo::ProblemType;
 use crate::report::{self, Report, SplitReport, WrongExample};
 use crate::table::{DatasetTable, write_json};
 use rows::{PredictionsWriter, most_confidently_wrong};
+pub(crate) use train_log::loss_curve;
 use truth::Truth;
 
 /// The splits evaluate knows, in the order it scores them by default.

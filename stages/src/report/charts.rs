@@ -41,14 +41,14 @@ fn colour(i: usize) -> RGBColor {
 }
 
 /// The colour of the `i`-th class as CSS (`#4e79a7`), for the HTML legend.
-pub(super) fn css_colour(i: usize) -> String {
+pub(crate) fn css_colour(i: usize) -> String {
     let (r, g, b) = PALETTE[i % PALETTE.len()];
     format!("#{r:02x}{g:02x}{b:02x}")
 }
 
 /// ROC curves of one split: one line per class with a defined curve, in class order and
 /// colour, over the dashed diagonal of a random ranking.
-pub(super) fn roc_chart(curves: &[RocCurve]) -> Result<String> {
+pub(crate) fn roc_chart(curves: &[RocCurve]) -> Result<String> {
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
@@ -84,19 +84,26 @@ pub(super) fn roc_chart(curves: &[RocCurve]) -> Result<String> {
     Ok(inline(svg))
 }
 
-/// The training loss against the step, or `None` when there is no finite point to draw.
-pub(super) fn loss_chart(points: &[(u64, f64)]) -> Result<Option<String>> {
-    let points = thin(
-        points
-            .iter()
-            .filter(|(_, loss)| loss.is_finite())
-            .map(|&(step, loss)| (step as f64, loss))
-            .collect(),
-        MAX_LOSS_POINTS,
-    );
+/// Training loss against the step, one line per curve in palette order (the report has one,
+/// `compare` one per member), or `None` when there is no finite point to draw.
+pub(crate) fn loss_chart(curves: &[&[(u64, f64)]]) -> Result<Option<String>> {
+    let curves: Vec<Vec<(f64, f64)>> = curves
+        .iter()
+        .map(|points| {
+            thin(
+                points
+                    .iter()
+                    .filter(|(_, loss)| loss.is_finite())
+                    .map(|&(step, loss)| (step as f64, loss))
+                    .collect(),
+                MAX_LOSS_POINTS,
+            )
+        })
+        .collect();
+    let all = || curves.iter().flatten();
     let (Some(x), Some(y)) = (
-        span(points.iter().map(|p| p.0), 0.0),
-        span(points.iter().map(|p| p.1), 0.05),
+        span(all().map(|p| p.0), 0.0),
+        span(all().map(|p| p.1), 0.05),
     ) else {
         return Ok(None);
     };
@@ -116,9 +123,11 @@ pub(super) fn loss_chart(points: &[(u64, f64)]) -> Result<Option<String>> {
             .y_label_formatter(&|v| tick(*v))
             .draw()
             .map_err(drawing)?;
-        chart
-            .draw_series(LineSeries::new(points, colour(0).stroke_width(2)))
-            .map_err(drawing)?;
+        for (i, points) in curves.into_iter().enumerate() {
+            chart
+                .draw_series(LineSeries::new(points, colour(i).stroke_width(2)))
+                .map_err(drawing)?;
+        }
         root.present().map_err(drawing)?;
     }
     Ok(Some(inline(svg)))
@@ -218,13 +227,22 @@ mod tests {
     #[test]
     fn loss_chart_skips_non_finite_points_and_needs_one() {
         assert!(loss_chart(&[]).unwrap().is_none());
-        assert!(loss_chart(&[(1, f64::NAN)]).unwrap().is_none());
-        let svg = loss_chart(&[(1, 2.0), (2, f64::INFINITY), (3, 1.0)])
+        assert!(loss_chart(&[&[(1, f64::NAN)]]).unwrap().is_none());
+        let svg = loss_chart(&[&[(1, 2.0), (2, f64::INFINITY), (3, 1.0)]])
             .unwrap()
             .unwrap();
         assert!(svg.contains("training loss"));
         // A single point still gets a non-empty range.
-        assert!(loss_chart(&[(5, 0.3)]).unwrap().is_some());
+        assert!(loss_chart(&[&[(5, 0.3)]]).unwrap().is_some());
+    }
+
+    #[test]
+    fn loss_chart_draws_one_line_per_curve_in_palette_order() {
+        let svg = loss_chart(&[&[(1, 2.0), (2, 1.0)], &[(1, 1.5), (2, 0.5)]])
+            .unwrap()
+            .unwrap();
+        assert!(svg.contains("stroke=\"#4E79A7\""), "{svg}");
+        assert!(svg.contains("stroke=\"#F28E2B\""), "{svg}");
     }
 
     #[test]

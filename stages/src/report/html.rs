@@ -2,7 +2,7 @@
 
 /// `text` with `& < > " '` replaced by entities, safe in element content and in quoted
 /// attribute values.
-pub(super) fn escape(text: &str) -> String {
+pub(crate) fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
@@ -18,7 +18,7 @@ pub(super) fn escape(text: &str) -> String {
 }
 
 /// At most `max` characters of `text`, with `…` in place of the rest.
-pub(super) fn shorten(text: &str, max: usize) -> String {
+pub(crate) fn shorten(text: &str, max: usize) -> String {
     match text.char_indices().nth(max) {
         Some((cut, _)) => format!("{}…", &text[..cut]),
         None => text.to_string(),
@@ -26,7 +26,7 @@ pub(super) fn shorten(text: &str, max: usize) -> String {
 }
 
 /// A metric with three decimals, or an em dash when it is undefined or not finite.
-pub(super) fn number(value: Option<f64>) -> String {
+pub(crate) fn number(value: Option<f64>) -> String {
     match value {
         Some(v) if v.is_finite() => format!("{v:.3}"),
         _ => "—".to_string(),
@@ -35,7 +35,7 @@ pub(super) fn number(value: Option<f64>) -> String {
 
 /// A `<table>` with the given class, header cells (plain text) and body cells (HTML, escaped
 /// by the caller).
-pub(super) fn table(class: &str, head: &[&str], rows: &[Vec<String>]) -> String {
+pub(crate) fn table(class: &str, head: &[&str], rows: &[Vec<String>]) -> String {
     let mut out = format!("<table class=\"{class}\">\n<thead><tr>");
     for cell in head {
         out.push_str(&format!("<th>{}</th>", escape(cell)));

@@ -9,9 +9,9 @@
 //! (plotters) and `heatmap` (hand-written SVG), escaping and tables in `html`. The page
 //! follows the reader's light or dark theme (`prefers-color-scheme`).
 
-mod charts;
+pub(crate) mod charts;
 mod heatmap;
-mod html;
+pub(crate) mod html;
 
 use anyhow::Result;
 
@@ -59,29 +59,43 @@ const EXAMPLE_CHARS: usize = 600;
 
 /// The report as one HTML page.
 pub fn render(report: &Report) -> Result<String> {
-    let title = escape(report.title);
-    let mut page = format!(
-        "<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
-         <title>{title}</title>\n<style>\n{}</style>\n</head>\n<body>\n<main>\n\
-         <h1>{title}</h1>\n<p class=\"muted\">Evaluation report · {} labels · {}</p>\n",
-        include_str!("report.css"),
-        report.labels.len(),
-        report
-            .splits
-            .iter()
-            .map(|s| format!("{} ({} rows)", escape(s.name), s.metrics.rows))
-            .collect::<Vec<_>>()
-            .join(", ")
+    let mut page = page_start(
+        report.title,
+        &format!(
+            "Evaluation report · {} labels · {}",
+            report.labels.len(),
+            report
+                .splits
+                .iter()
+                .map(|s| format!("{} ({} rows)", escape(s.name), s.metrics.rows))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     );
     page.push_str(&summary(&report.splits));
     page.push_str(&training(&report.loss_curve)?);
     for split in &report.splits {
         page.push_str(&split_section(report.labels, split)?);
     }
-    page.push_str("</main>\n</body>\n</html>\n");
+    page.push_str(PAGE_END);
     Ok(page)
 }
+
+/// The start of a report page, up to and with its title and `subtitle` (HTML): the same
+/// head, styles and theme for every page pipe writes.
+pub(crate) fn page_start(title: &str, subtitle: &str) -> String {
+    let title = escape(title);
+    format!(
+        "<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
+         <title>{title}</title>\n<style>\n{}</style>\n</head>\n<body>\n<main>\n\
+         <h1>{title}</h1>\n<p class=\"muted\">{subtitle}</p>\n",
+        include_str!("report.css"),
+    )
+}
+
+/// The end of a page begun with [`page_start`].
+pub(crate) const PAGE_END: &str = "</main>\n</body>\n</html>\n";
 
 /// The numbers that sum a split up, by task; `None` where undefined.
 fn key_numbers(m: &SplitMetrics) -> Vec<(&'static str, Option<f64>)> {
@@ -136,7 +150,7 @@ fn summary(splits: &[SplitReport]) -> String {
 
 /// The training-loss section.
 fn training(loss_curve: &[(u64, f64)]) -> Result<String> {
-    let body = match charts::loss_chart(loss_curve)? {
+    let body = match charts::loss_chart(&[loss_curve])? {
         Some(svg) => format!(
             "<figure>{svg}<figcaption>Training loss by step (from finetune's train_log.jsonl).\
              </figcaption></figure>\n"
@@ -156,7 +170,10 @@ fn split_section(labels: &[String], split: &SplitReport) -> Result<String> {
         escape(&m.headline())
     );
     out.push_str("<div class=\"charts\">\n");
-    out.push_str(&roc_figure(&split.roc)?);
+    out.push_str(&roc_figure(
+        &split.roc,
+        "ROC curves, one class against the rest; the dashed diagonal is a random ranking.",
+    )?);
     if let TaskMetrics::SingleLabel {
         confusion_matrix, ..
     } = &m.task
@@ -174,8 +191,8 @@ fn split_section(labels: &[String], split: &SplitReport) -> Result<String> {
     Ok(out)
 }
 
-/// The ROC chart with an HTML legend naming each class's colour and AUC.
-fn roc_figure(curves: &[RocCurve]) -> Result<String> {
+/// The ROC chart with an HTML legend naming each curve's colour and AUC, above `caption`.
+pub(crate) fn roc_figure(curves: &[RocCurve], caption: &str) -> Result<String> {
     let legend: String = curves
         .iter()
         .enumerate()
@@ -192,8 +209,7 @@ fn roc_figure(curves: &[RocCurve]) -> Result<String> {
         })
         .collect();
     Ok(format!(
-        "<figure>{}<figcaption>ROC curves, one class against the rest; the dashed diagonal is a \
-         random ranking.</figcaption>\n<ul class=\"legend\">{legend}</ul></figure>\n",
+        "<figure>{}<figcaption>{caption}</figcaption>\n<ul class=\"legend\">{legend}</ul></figure>\n",
         charts::roc_chart(curves)?
     ))
 }

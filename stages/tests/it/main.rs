@@ -22,3 +22,6 @@ mod evaluate;
 mod export;
 mod metrics;
 mod report;
+
+// Side by side: the members of a matrix.
+mod compare;
