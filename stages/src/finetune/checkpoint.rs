@@ -12,7 +12,7 @@ use std::io::Write;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use pipe_onnx::HostTensor;
+use pipe_onnx::{FlatTrainer, HostTensor};
 use serde::{Deserialize, Serialize};
 
 use crate::models::weights;
@@ -35,12 +35,19 @@ struct Meta {
     state: String,
 }
 
-/// Saves `state` at `position` into `dir`.
-pub fn save(dir: &Path, position: Position, state: &BTreeMap<String, HostTensor>) -> Result<()> {
+/// Saves the trainer's state at `position` into `dir`, straight from its buffers.
+pub fn save(dir: &Path, position: Position, trainer: &FlatTrainer) -> Result<()> {
     let name = format!("state-{}.safetensors", position.step);
     let tmp = dir.join(format!("{name}.tmp"));
-    let tensors: Vec<(&str, &HostTensor)> = state.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    weights::save(&tmp, &tensors)?;
+    let names = trainer.state_names();
+    let tensors = names
+        .iter()
+        .map(|n| {
+            let (shape, values) = trainer.state_view(n)?;
+            Ok((n.as_str(), shape, values))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    weights::save_views(&tmp, &tensors)?;
     File::open(&tmp)?.sync_all()?;
     std::fs::rename(&tmp, dir.join(&name))?;
     let meta = serde_json::to_vec(&Meta {

@@ -9,6 +9,7 @@
 
 pub mod gpt_neo;
 pub mod hf_folder;
+pub mod lora;
 pub mod weights;
 
 use std::collections::BTreeMap;
@@ -28,6 +29,11 @@ pub enum Init {
     Zeros,
     /// All ones (LayerNorm scales).
     Ones,
+    /// Uniform draws in `[-bound, bound)` (LoRA's `A`, kaiming-uniform).
+    Uniform {
+        /// Half-width of the interval.
+        bound: f32,
+    },
 }
 
 /// One declared parameter: its Hugging Face name, shape and fresh initialisation.
@@ -145,6 +151,12 @@ pub fn init_param(spec: &ParamSpec, seed: u64) -> HostTensor {
             let mut rng = Xoshiro256::new(seed ^ fnv1a(&spec.name));
             (0..n)
                 .map(|_| (rng.normal() * f64::from(std)) as f32)
+                .collect()
+        }
+        Init::Uniform { bound } => {
+            let mut rng = Xoshiro256::new(seed ^ fnv1a(&spec.name));
+            (0..n)
+                .map(|_| ((rng.uniform() * 2.0 - 1.0) * f64::from(bound)) as f32)
                 .collect()
         }
     };

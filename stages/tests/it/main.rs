@@ -13,6 +13,7 @@ mod tokenize;
 // Models.
 mod finetune;
 mod gpt_neo;
+mod peft;
 
 // Export and evaluation: metrics against scikit-learn, the HTML report, the stages.
 mod evaluate;
