@@ -76,7 +76,12 @@ fn main() -> anyhow::Result<()> {
         ProblemType::SingleLabelClassification,
         lora.as_ref(),
     )?;
-    let nodes = step.model.proto().graph.as_ref().map_or(0, |g| g.node.len());
+    let nodes = step
+        .model
+        .proto()
+        .graph
+        .as_ref()
+        .map_or(0, |g| g.node.len());
     if let Some(i) = args.iter().position(|a| a == "--save-graph") {
         let path = args
             .get(i + 1)
@@ -91,7 +96,10 @@ fn main() -> anyhow::Result<()> {
     let (trained, frozen): (BTreeMap<_, _>, BTreeMap<_, _>) = init_params(&step.specs, 0)
         .into_iter()
         .partition(|(name, _)| step.signature.layout.entry(name).is_some());
-    let trained_params: usize = trained.values().map(|t| t.shape().iter().product::<i64>() as usize).sum();
+    let trained_params: usize = trained
+        .values()
+        .map(|t| t.shape().iter().product::<i64>() as usize)
+        .sum();
     let mut trainer = FlatTrainer::new(session, step.signature, adamw, trained, frozen)?;
     let setup_s = started.elapsed().as_secs_f64();
 

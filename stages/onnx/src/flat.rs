@@ -236,7 +236,13 @@ impl AdamW {
     /// `max_grad_norm > 0`), then the AdamW update of parameters and moments at learning rate
     /// `lr` and step count `step` (1 for the first step). Returns the gradient norm before
     /// clipping. The gradients are left as they came.
-    pub fn update_flat(&self, layout: &FlatLayout, state: &mut FlatState, lr: f32, step: u64) -> f32 {
+    pub fn update_flat(
+        &self,
+        layout: &FlatLayout,
+        state: &mut FlatState,
+        lr: f32,
+        step: u64,
+    ) -> f32 {
         let norm = grad_norm(&state.grads);
         let coef = if self.max_grad_norm > 0.0 {
             (self.max_grad_norm / (norm + 1e-6)).min(1.0) as f32
@@ -255,7 +261,11 @@ impl AdamW {
         let eps = self.eps as f32;
         let clip = coef < 1.0;
         pieces(layout, state).into_par_iter().for_each(|piece| {
-            let decay = if piece.decay && apply_decay { decay } else { 1.0 };
+            let decay = if piece.decay && apply_decay {
+                decay
+            } else {
+                1.0
+            };
             for (((p, m), v), &g) in piece
                 .p
                 .iter_mut()

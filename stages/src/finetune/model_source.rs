@@ -117,11 +117,9 @@ impl StartingModel {
             return Ok(init_params(specs, seed));
         };
         let head = GptNeoForSequenceClassification::HEAD_PARAMS;
-        let (fresh, read): (Vec<&ParamSpec>, Vec<&ParamSpec>) = specs
-            .iter()
-            .partition(|s| {
-                (self.fresh_head && head.contains(&s.name.as_str())) || lora::is_lora(&s.name)
-            });
+        let (fresh, read): (Vec<&ParamSpec>, Vec<&ParamSpec>) = specs.iter().partition(|s| {
+            (self.fresh_head && head.contains(&s.name.as_str())) || lora::is_lora(&s.name)
+        });
         let read: Vec<ParamSpec> = read.into_iter().cloned().collect();
         let mut weights = hf_folder::read_weights(dir, &read, head, seed)?;
         for spec in fresh {

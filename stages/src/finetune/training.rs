@@ -9,7 +9,9 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use pipe_engine::Reporter;
-use pipe_onnx::{AdamW, FlatTrainer, GradSignature, Graph, HostTensor, Session, build_gradient_step};
+use pipe_onnx::{
+    AdamW, FlatTrainer, GradSignature, Graph, HostTensor, Session, build_gradient_step,
+};
 use serde_json::json;
 
 use super::checkpoint::{self, Position};
@@ -19,10 +21,10 @@ use super::params::Params;
 use super::schedule::Schedule;
 use crate::metrics;
 use crate::models::ParamSpec;
-use crate::models::lora::{self, LoraParams};
 use crate::models::gpt_neo::{
     GptNeoConfig, GptNeoForSequenceClassification, ProblemType, Tokens, hf_trainer_decay,
 };
+use crate::models::lora::{self, LoraParams};
 
 /// Name of the training log, in the scratch folder while training and in the outputs after.
 pub const LOG_FILE: &str = "train_log.jsonl";
@@ -79,8 +81,7 @@ impl<'a> Training<'a> {
             .into_iter()
             .partition(|(name, _)| step.signature.layout.entry(name).is_some());
         let session = Session::from_model(&step.model, &opts)?;
-        let trainer =
-            FlatTrainer::new(session, step.signature, adamw_of(params), weights, frozen)?;
+        let trainer = FlatTrainer::new(session, step.signature, adamw_of(params), weights, frozen)?;
         let eval = match validation {
             Some(table) => {
                 let mut g = Graph::new("finetune_eval");

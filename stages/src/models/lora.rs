@@ -44,7 +44,9 @@ fn default_alpha() -> f64 {
 }
 
 /// A GPT-Neo linear layer LoRA can adapt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum LoraTarget {
     /// Attention query projection.
@@ -146,7 +148,13 @@ impl LoraLayer {
             &[r, in_features],
             Init::Uniform { bound },
         )?;
-        let b = vars.get(g, &module.pp("lora_B"), "weight", &[out_features, r], Init::Zeros)?;
+        let b = vars.get(
+            g,
+            &module.pp("lora_B"),
+            "weight",
+            &[out_features, r],
+            Init::Zeros,
+        )?;
         Ok(Some(LoraLayer {
             a,
             b,
@@ -225,7 +233,12 @@ pub fn merge(
 }
 
 /// `w + scaling · b a` for `w` `[out, in]`, `a` `[r, in]`, `b` `[out, r]`.
-fn merged_weight(w: &HostTensor, a: &HostTensor, b: &HostTensor, scaling: f32) -> Result<HostTensor> {
+fn merged_weight(
+    w: &HostTensor,
+    a: &HostTensor,
+    b: &HostTensor,
+    scaling: f32,
+) -> Result<HostTensor> {
     let (Some(wv), Some(av), Some(bv)) = (w.as_f32(), a.as_f32(), b.as_f32()) else {
         bail!("LoRA merging needs float32 tensors");
     };

@@ -340,7 +340,10 @@ fn a_lora_run_trains_the_adapter_and_head_only_and_resumes_exactly() {
         .unwrap();
     let base = weights_of(&first);
     let merged = weights_of(&whole);
-    assert_eq!(merged.keys().collect::<Vec<_>>(), base.keys().collect::<Vec<_>>());
+    assert_eq!(
+        merged.keys().collect::<Vec<_>>(),
+        base.keys().collect::<Vec<_>>()
+    );
     for (name, w) in &merged {
         let adapted = name.ends_with("q_proj.weight") || name.ends_with("c_fc.weight");
         let trained = adapted || name == "score.weight";
@@ -360,7 +363,10 @@ fn a_lora_run_trains_the_adapter_and_head_only_and_resumes_exactly() {
     assert_eq!(config["target_modules"], json!(["c_fc", "q_proj"]));
     assert_eq!(config["base_model_name_or_path"], "base");
     let metrics = whole.json("metrics.json");
-    assert_eq!(metrics["trained_parameters"], 2 * (2 * 32 + 32 * 2 + 2 * 32 + 64 * 2) + 4 * 32);
+    assert_eq!(
+        metrics["trained_parameters"],
+        2 * (2 * 32 + 32 * 2 + 2 * 32 + 64 * 2) + 4 * 32
+    );
 
     // The last checkpoint (step 10) holds the adapter and head state only; resuming there
     // ends with the same files.
@@ -384,8 +390,14 @@ fn lora_settings_are_checked() {
     for (lora, field) in [
         (json!({ "r": 0, "targets": ["q_proj"] }), "r"),
         (json!({ "r": 4, "targets": [] }), "targets"),
-        (json!({ "r": 4, "alpha": 0, "targets": ["q_proj"] }), "alpha"),
-        (json!({ "r": 4, "dropout": 0.1, "targets": ["q_proj"] }), "dropout"),
+        (
+            json!({ "r": 4, "alpha": 0, "targets": ["q_proj"] }),
+            "alpha",
+        ),
+        (
+            json!({ "r": 4, "dropout": 0.1, "targets": ["q_proj"] }),
+            "dropout",
+        ),
     ] {
         let e = kind
             .check(&json!({ "model": { "config": "tiny" }, "lora": lora }))

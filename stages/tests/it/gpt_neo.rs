@@ -434,8 +434,7 @@ fn gpt_neo_flat_adamw_step_matches_transformers() {
         .clone()
         .into_iter()
         .partition(|(name, _)| sig.layout.entry(name).is_some());
-    let mut trainer =
-        FlatTrainer::new(session(&g), sig, adamw, params, BTreeMap::new()).unwrap();
+    let mut trainer = FlatTrainer::new(session(&g), sig, adamw, params, BTreeMap::new()).unwrap();
     let batch: Vec<(&str, &HostTensor)> = batch.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let r = trainer.step(&batch, f("lr") as f32).unwrap();
     close("loss", &HostTensor::scalar_f32(r.loss), &exp["loss"], ATOL);

@@ -69,8 +69,8 @@ fn lora_training_matches_peft() {
     let lora: LoraParams = serde_json::from_value(b["lora"].clone()).unwrap();
     let base_dir = fixture("base");
     let config = hf_folder::read_config(&base_dir).unwrap();
-    let step = StepGraph::compile(&config, ProblemType::SingleLabelClassification, Some(&lora))
-        .unwrap();
+    let step =
+        StepGraph::compile(&config, ProblemType::SingleLabelClassification, Some(&lora)).unwrap();
     let head = GptNeoForSequenceClassification::HEAD_PARAMS;
 
     // Trained: exactly the LoRA matrices of the targets, and the head.
@@ -82,15 +82,21 @@ fn lora_training_matches_peft() {
         .map(|e| e.name.as_str())
         .collect();
     let initial = unprefixed(weights::load_all(&fixture("initial_adapter.safetensors")).unwrap());
-    let mut want: Vec<&str> = initial.keys().map(String::as_str).chain(head.iter().copied()).collect();
+    let mut want: Vec<&str> = initial
+        .keys()
+        .map(String::as_str)
+        .chain(head.iter().copied())
+        .collect();
     want.sort_unstable();
     let mut got = trained.clone();
     got.sort_unstable();
     assert_eq!(got, want);
 
     let base = weights::load_all(&hf_folder::weights_path(&base_dir).unwrap()).unwrap();
-    let (mut params, frozen): (BTreeMap<_, _>, BTreeMap<_, _>) =
-        base.clone().into_iter().partition(|(n, _)| trained.contains(&n.as_str()));
+    let (mut params, frozen): (BTreeMap<_, _>, BTreeMap<_, _>) = base
+        .clone()
+        .into_iter()
+        .partition(|(n, _)| trained.contains(&n.as_str()));
     params.extend(initial);
     let hp = &b["adamw"];
     let f = |k: &str| hp[k].as_f64().unwrap();
@@ -114,7 +120,11 @@ fn lora_training_matches_peft() {
     let batch: Vec<(&str, &HostTensor)> = batch.iter().map(|(k, v)| (*k, v)).collect();
     for n in 1..=hp["steps"].as_u64().unwrap() {
         let r = trainer.step(&batch, f("lr") as f32).unwrap();
-        assert_close(&format!("loss_{n}"), &[r.loss], &[scalar(&format!("loss_{n}"))]);
+        assert_close(
+            &format!("loss_{n}"),
+            &[r.loss],
+            &[scalar(&format!("loss_{n}"))],
+        );
         assert_close(
             &format!("grad_norm_{n}"),
             &[r.grad_norm.unwrap()],
@@ -155,10 +165,20 @@ fn lora_training_matches_peft() {
     }
     let ours = json(out.path().join(lora::ADAPTER_CONFIG_FILE));
     let theirs = json(fixture("expected_adapter/adapter_config.json"));
-    for key in ["peft_type", "task_type", "r", "lora_alpha", "lora_dropout", "bias", "fan_in_fan_out"] {
+    for key in [
+        "peft_type",
+        "task_type",
+        "r",
+        "lora_alpha",
+        "lora_dropout",
+        "bias",
+        "fan_in_fan_out",
+    ] {
         assert_eq!(
             ours[key].as_f64().map_or(ours[key].clone(), Value::from),
-            theirs[key].as_f64().map_or(theirs[key].clone(), Value::from),
+            theirs[key]
+                .as_f64()
+                .map_or(theirs[key].clone(), Value::from),
             "adapter_config.json `{key}`"
         );
     }
@@ -167,7 +187,10 @@ fn lora_training_matches_peft() {
         s.sort();
         s
     };
-    assert_eq!(sorted(&ours["target_modules"]), sorted(&theirs["target_modules"]));
+    assert_eq!(
+        sorted(&ours["target_modules"]),
+        sorted(&theirs["target_modules"])
+    );
     for m in sorted(&ours["modules_to_save"]) {
         assert!(sorted(&theirs["modules_to_save"]).contains(&m), "{m}");
     }

@@ -11,8 +11,8 @@
 use std::collections::BTreeMap;
 use std::ffi::{CStr, CString};
 
-use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
 use ort::AsPointer;
+use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::IoBinding;
 use ort::value::{TensorRef, TensorRefMut, Value, ValueTypeMarker};
 
@@ -83,9 +83,9 @@ impl FlatTrainer {
         }
         let mut state = FlatState::zeros(&sig.layout);
         for e in &sig.layout.entries {
-            let p = params
-                .remove(&e.name)
-                .ok_or_else(|| Error::Data(format!("no initial value for parameter `{}`", e.name)))?;
+            let p = params.remove(&e.name).ok_or_else(|| {
+                Error::Data(format!("no initial value for parameter `{}`", e.name))
+            })?;
             write(&mut state.params, e, &p, &e.name)?;
         }
         let grads: Vec<&str> = sig.layout.entries.iter().map(|e| e.grad.as_str()).collect();
@@ -133,7 +133,10 @@ impl FlatTrainer {
         }
         for (name, t) in &self.frozen {
             let v = t.as_f32().ok_or_else(|| {
-                Error::Data(format!("frozen input `{name}` must be f32, not {}", t.dtype()))
+                Error::Data(format!(
+                    "frozen input `{name}` must be f32, not {}",
+                    t.dtype()
+                ))
             })?;
             let r = TensorRef::from_array_view((t.shape().to_vec(), v)).map_err(view)?;
             bind_borrowed(&mut binding, name, &r)?;
@@ -142,8 +145,8 @@ impl FlatTrainer {
         let mut grads_left = &mut grads[..];
         let mut at = 0;
         for e in &self.sig.layout.entries {
-            let p = TensorRef::from_array_view((e.shape.clone(), &params[e.range()]))
-                .map_err(view)?;
+            let p =
+                TensorRef::from_array_view((e.shape.clone(), &params[e.range()])).map_err(view)?;
             bind_borrowed(&mut binding, &e.name, &p)?;
             let (_, rest) = std::mem::take(&mut grads_left).split_at_mut(e.offset - at);
             let (g, rest) = rest.split_at_mut(e.len);

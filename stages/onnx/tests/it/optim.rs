@@ -221,7 +221,11 @@ fn check_flat(opt: AdamW, seed: u64) {
     let (mut g, loss, params) = loss_graph(DType::F32);
     let sig = build_gradient_step(&mut g, loss, &params).unwrap();
     assert_eq!(
-        sig.layout.entries.iter().map(|e| e.offset).collect::<Vec<_>>(),
+        sig.layout
+            .entries
+            .iter()
+            .map(|e| e.offset)
+            .collect::<Vec<_>>(),
         [0, 16],
         "parameters sit at 64-byte aligned offsets"
     );
@@ -240,8 +244,14 @@ fn check_flat(opt: AdamW, seed: u64) {
         v: vec![0.0; O],
     };
     let mut init = BTreeMap::new();
-    init.insert("w".to_string(), float_tensor(DType::F32, &[I as i64, O as i64], w.p.clone()));
-    init.insert("b".to_string(), float_tensor(DType::F32, &[O as i64], b.p.clone()));
+    init.insert(
+        "w".to_string(),
+        float_tensor(DType::F32, &[I as i64, O as i64], w.p.clone()),
+    );
+    init.insert(
+        "b".to_string(),
+        float_tensor(DType::F32, &[O as i64], b.p.clone()),
+    );
     let mut trainer = FlatTrainer::new(s, sig, opt, init.clone(), BTreeMap::new()).unwrap();
 
     // The step graph on the same f32 data, fed back through plain runs.
@@ -271,21 +281,38 @@ fn check_flat(opt: AdamW, seed: u64) {
             let coef = (opt.max_grad_norm / (norm + 1e-6)).min(1.0);
             gw.iter_mut().chain(gb.iter_mut()).for_each(|g| *g *= coef);
             let got = f64::from(r.grad_norm.expect("clipping reports the norm"));
-            assert!(close(got, norm, 1e-5), "step {step}: grad norm {got} vs {norm}");
+            assert!(
+                close(got, norm, 1e-5),
+                "step {step}: grad norm {got} vs {norm}"
+            );
         } else {
             assert_eq!(r.grad_norm, None);
         }
         reference_step(&mut w, &gw, lr, step as f64, &opt, true);
         reference_step(&mut b, &gb, lr, step as f64, &opt, false);
-        assert!(close(f64::from(r.loss), loss, 1e-5), "step {step}: loss {} vs {loss}", r.loss);
+        assert!(
+            close(f64::from(r.loss), loss, 1e-5),
+            "step {step}: loss {} vs {loss}",
+            r.loss
+        );
         for (name, want) in [("w", &w), ("b", &b)] {
-            for (suffix, want) in [("", &want.p), (".exp_avg", &want.m), (".exp_avg_sq", &want.v)] {
+            for (suffix, want) in [
+                ("", &want.p),
+                (".exp_avg", &want.m),
+                (".exp_avg_sq", &want.v),
+            ] {
                 let key = format!("{name}{suffix}");
                 let got = trainer.state(&key).unwrap().to_f64_vec();
                 let graph_got = out[&format!("{key}.updated")].to_f64_vec();
                 for (k, ((a, e), gr)) in got.iter().zip(want.iter()).zip(&graph_got).enumerate() {
-                    assert!(close(*a, *e, 1e-5), "step {step}: {key}[{k}] = {a}, reference {e}");
-                    assert!(close(*a, *gr, 1e-6), "step {step}: {key}[{k}] = {a}, graph {gr}");
+                    assert!(
+                        close(*a, *e, 1e-5),
+                        "step {step}: {key}[{k}] = {a}, reference {e}"
+                    );
+                    assert!(
+                        close(*a, *gr, 1e-6),
+                        "step {step}: {key}[{k}] = {a}, graph {gr}"
+                    );
                 }
             }
         }
@@ -301,7 +328,13 @@ fn check_flat(opt: AdamW, seed: u64) {
     assert!(trainer.param("w.exp_avg_sq").is_err());
     assert!(trainer.state("nope").is_err());
     let wrong = HostTensor::zeros(DType::F32, &[O as i64]).unwrap();
-    assert!(trainer.set_state("w", &wrong).unwrap_err().to_string().contains("`w`"));
+    assert!(
+        trainer
+            .set_state("w", &wrong)
+            .unwrap_err()
+            .to_string()
+            .contains("`w`")
+    );
 }
 
 #[test]
