@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Fine-tuning throughput and peak memory, pipe vs PyTorch + transformers, one after the other
-# on this machine (DESIGN §8): the `tiny` shape with an 8192-token vocabulary (batch 16 × 64)
-# and the GPT-Neo 125M shape (batch 8 × 64), random init, 2 threads each.
-# Needs: python3 -m pip install torch transformers (for the baseline).
-# Usage: bench/finetune.sh [tiny|125m|all]
+# Fine-tuning throughput and peak memory, pipe vs PyTorch + transformers (+ PEFT for LoRA),
+# each pair back to back on this machine: the `tiny` shape with an 8192-token vocabulary
+# (batch 16 × 64), the GPT-Neo 125M shape (batch 8 × 64), and LoRA r 8 on q_proj/v_proj on
+# the 125M shape; random init, fp32, 2 threads each. Prints one JSON object per run, with the
+# 1-minute load average before each pair (the machine may be shared: compare pairs, not runs).
+# Needs: python3 -m pip install torch transformers peft (for the baseline).
+# Usage: bench/finetune.sh [tiny|125m|lora|all]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 which="${1:-all}"
@@ -11,9 +13,14 @@ scripts/fetch-onnxruntime.sh >/dev/null
 export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$PWD/.tools/onnxruntime/libonnxruntime.so.1.31.1}"
 cargo build --release --locked -q -p pipe-stages --example finetune_step
 target="${CARGO_TARGET_DIR:-target}"
-configs=(tiny 125m)
-[[ "$which" != all ]] && configs=("$which")
-for c in "${configs[@]}"; do
-  "$target/release/examples/finetune_step" "$c" --threads 2
-  python3 bench/torch_finetune.py --config "$c" --threads 2 --json
+runs=(tiny 125m lora)
+[[ "$which" != all ]] && runs=("$which")
+for r in "${runs[@]}"; do
+  case "$r" in
+    lora) config=125m flag=--lora ;;
+    *) config="$r" flag= ;;
+  esac
+  echo "{\"pair\": \"$r\", \"loadavg_1m\": $(cut -d' ' -f1 /proc/loadavg)}"
+  "$target/release/examples/finetune_step" "$config" --threads 2 $flag
+  python3 bench/torch_finetune.py --config "$config" --threads 2 $flag --json
 done

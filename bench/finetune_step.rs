@@ -4,14 +4,20 @@
 //! and weight decay 0.01; warm-up steps untimed).
 //!
 //! Usage: `cargo run --release -p pipe-stages --example finetune_step -- tiny|125m [--steps N]
-//! [--warmup N] [--threads N] [--save-graph FILE]`. Prints one JSON object. `--save-graph`
-//! writes the step graph as an ONNX file, to profile it with ONNX Runtime's own tools.
+//! [--warmup N] [--threads N] [--lora] [--save-graph FILE]`. Prints one JSON object (with the
+//! step graph's node count). `--lora` trains a LoRA adapter (r 8, alpha 16 on q_proj and
+//! v_proj; the base frozen, the head trained), as `bench/torch_finetune.py --lora` does with
+//! PEFT. `--save-graph` writes the step graph as an ONNX file, to profile it with ONNX
+//! Runtime's own tools.
 
 use std::time::Instant;
 
-use pipe_onnx::{AdamW, HostTensor, Session, SessionOptions, Trainer};
+use std::collections::BTreeMap;
+
+use pipe_onnx::{AdamW, FlatTrainer, HostTensor, Session, SessionOptions};
 use pipe_stages::finetune::{StepGraph, distinct_tokens, peak_memory_bytes};
 use pipe_stages::models::gpt_neo::{AttentionKind, GptNeoConfig, ProblemType};
+use pipe_stages::models::lora::{LoraParams, LoraTarget};
 use pipe_stages::models::{Xoshiro256, init_params};
 use serde_json::json;
 
@@ -59,7 +65,23 @@ fn main() -> anyhow::Result<()> {
         ..AdamW::default()
     };
     let started = Instant::now();
-    let step = StepGraph::compile(&config, ProblemType::SingleLabelClassification, &adamw)?;
+    let lora = args.iter().any(|a| a == "--lora").then(|| LoraParams {
+        r: 8,
+        alpha: 16.0,
+        dropout: 0.0,
+        targets: vec![LoraTarget::QProj, LoraTarget::VProj],
+    });
+    let step = StepGraph::compile(
+        &config,
+        ProblemType::SingleLabelClassification,
+        lora.as_ref(),
+    )?;
+    let nodes = step
+        .model
+        .proto()
+        .graph
+        .as_ref()
+        .map_or(0, |g| g.node.len());
     if let Some(i) = args.iter().position(|a| a == "--save-graph") {
         let path = args
             .get(i + 1)
@@ -71,7 +93,14 @@ fn main() -> anyhow::Result<()> {
         ..SessionOptions::default()
     };
     let session = Session::from_model(&step.model, &opts)?;
-    let mut trainer = Trainer::new(session, step.signature, &init_params(&step.specs, 0))?;
+    let (trained, frozen): (BTreeMap<_, _>, BTreeMap<_, _>) = init_params(&step.specs, 0)
+        .into_iter()
+        .partition(|(name, _)| step.signature.layout.entry(name).is_some());
+    let trained_params: usize = trained
+        .values()
+        .map(|t| t.shape().iter().product::<i64>() as usize)
+        .sum();
+    let mut trainer = FlatTrainer::new(session, step.signature, adamw, trained, frozen)?;
     let setup_s = started.elapsed().as_secs_f64();
 
     let mut rng = Xoshiro256::new(0);
@@ -116,6 +145,7 @@ fn main() -> anyhow::Result<()> {
         "{}",
         json!({
             "impl": "pipe (ONNX Runtime 1.31.1)", "config": name, "params": params,
+            "lora": lora, "trained_params": trained_params, "step_graph_nodes": nodes,
             "batch": batch, "seq": seq, "threads": threads, "steps": steps,
             "setup_s": setup_s, "step_s_mean": mean,
             "tokens_per_s": (batch * seq) as f64 / mean,

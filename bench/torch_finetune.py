@@ -10,6 +10,10 @@ One timed step = zero_grad + forward with labels (cross-entropy) + backward
 + clip_grad_norm_(1.0) + AdamW step (lr 5e-5, weight_decay 0.01), i.e. the same
 work as one pipe step. Warm-up steps are run first and not timed.
 
+With --lora, the model is wrapped by PEFT for SEQ_CLS with LoRA r=8, lora_alpha=16,
+lora_dropout=0 on q_proj and v_proj (the base frozen, the score head trained in full) and
+AdamW runs over the trainable parameters only: the same work as pipe's `lora` step.
+
 Configs:
   tiny  hidden 256, 4 layers, 8 heads, intermediate 1024, max positions 128,
         window 256, global/local alternating, vocab 8192; batch 16 x 64 tokens
@@ -22,9 +26,9 @@ belongs to that config alone; peak RSS includes the Python interpreter, torch
 and transformers themselves.
 
 Usage:
-  python3 bench/torch_finetune.py [--config tiny|125m|all] [--steps N] [--warmup N] [--threads N] [--json]
+  python3 bench/torch_finetune.py [--config tiny|125m|all] [--steps N] [--warmup N] [--threads N] [--lora] [--json]
 --json prints one JSON object per config on stdout (nothing else on stdout).
-Needs: python3 -m pip install torch transformers
+Needs: python3 -m pip install torch transformers (and peft for --lora)
 """
 
 import argparse
@@ -75,7 +79,10 @@ NUM_LABELS = 4
 SEED = 0
 
 
-def worker(name, steps, warmup, threads):
+LORA = dict(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "v_proj"])
+
+
+def worker(name, steps, warmup, threads, lora):
     import torch
     import transformers
     from transformers import GPTNeoConfig, GPTNeoForSequenceClassification
@@ -103,9 +110,14 @@ def worker(name, steps, warmup, threads):
     model = GPTNeoForSequenceClassification._from_config(cfg, attn_implementation="eager", dtype=torch.float32)
     init_s = time.perf_counter() - t0
     assert model.config._attn_implementation == "eager"
+    if lora:
+        from peft import LoraConfig, TaskType, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, **LORA))
     model.train()
     n_params = sum(p.numel() for p in model.parameters())
-    opt = torch.optim.AdamW(model.parameters(), lr=5e-5, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trained, lr=5e-5, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
 
     B, T = spec["batch"], spec["seq"]
     g = torch.Generator().manual_seed(SEED)
@@ -122,7 +134,7 @@ def worker(name, steps, warmup, threads):
         opt.zero_grad(set_to_none=True)
         out = model(input_ids=ids, attention_mask=mask, labels=labels, use_cache=False)
         out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)
+        torch.nn.utils.clip_grad_norm_(trained, max_norm=1.0)
         opt.step()
         return out.loss.item()
 
@@ -140,7 +152,9 @@ def worker(name, steps, warmup, threads):
     return {
         "bench": "torch_finetune",
         "config": name,
+        "lora": LORA if lora else None,
         "params": n_params,
+        "trained_params": sum(p.numel() for p in trained),
         "batch": B,
         "seq": T,
         "threads": threads,
@@ -173,6 +187,7 @@ def main():
     ap.add_argument("--steps", type=int, default=None, help="timed steps (default 20 tiny, 5 125m)")
     ap.add_argument("--warmup", type=int, default=None, help="untimed warm-up steps (default 3 tiny, 2 125m)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--lora", action="store_true", help="train a PEFT LoRA adapter (r 8 on q_proj, v_proj)")
     ap.add_argument("--json", action="store_true", help="one JSON object per config on stdout")
     ap.add_argument("--worker", choices=list(CONFIGS), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -184,6 +199,7 @@ def main():
             args.steps if args.steps is not None else spec["steps"],
             args.warmup if args.warmup is not None else spec["warmup"],
             args.threads,
+            args.lora,
         )
         print(json.dumps(res), flush=True)
         return 0
@@ -192,6 +208,8 @@ def main():
     rc = 0
     for name in names:
         cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, "--threads", str(args.threads)]
+        if args.lora:
+            cmd.append("--lora")
         if args.steps is not None:
             cmd += ["--steps", str(args.steps)]
         if args.warmup is not None:

@@ -53,6 +53,7 @@
 pub mod autodiff;
 pub mod builder;
 mod error;
+pub mod flat;
 pub mod optim;
 pub mod proto;
 pub mod runtime;
@@ -60,7 +61,9 @@ pub mod runtime;
 pub use autodiff::gradients;
 pub use builder::{DType, Dim, Graph, Model, Reduction, Tensor, TensorData};
 pub use error::{Error, Result};
+pub use flat::{FlatEntry, FlatLayout, FlatState, GradSignature, build_gradient_step};
 pub use optim::{AdamW, StateKind, StateSlot, StepSignature, TrainParam};
 pub use runtime::{
-    Device, HostData, HostTensor, RuntimeInfo, Session, SessionOptions, StepResult, Trainer,
+    Device, FlatTrainer, HostData, HostTensor, RuntimeInfo, Session, SessionOptions, StepResult,
+    Trainer,
 };

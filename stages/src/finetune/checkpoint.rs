@@ -12,7 +12,7 @@ use std::io::Write;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use pipe_onnx::HostTensor;
+use pipe_onnx::{FlatTrainer, HostTensor};
 use serde::{Deserialize, Serialize};
 
 use super::selection::SelectionState;
@@ -40,12 +40,31 @@ struct Meta {
     state: String,
 }
 
-/// Saves `state` at `position` into `dir`.
-pub fn save(dir: &Path, position: Position, state: &BTreeMap<String, HostTensor>) -> Result<()> {
+/// Saves the trainer's state at `position` into `dir`, straight from its buffers, with the
+/// `extra` tensors beside it (the best weights so far under `select_best`).
+pub fn save(
+    dir: &Path,
+    position: Position,
+    trainer: &FlatTrainer,
+    extra: &BTreeMap<String, HostTensor>,
+) -> Result<()> {
     let name = format!("state-{}.safetensors", position.step);
     let tmp = dir.join(format!("{name}.tmp"));
-    let tensors: Vec<(&str, &HostTensor)> = state.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    weights::save(&tmp, &tensors)?;
+    let names = trainer.state_names();
+    let mut tensors = names
+        .iter()
+        .map(|n| {
+            let (shape, values) = trainer.state_view(n)?;
+            Ok((n.as_str(), shape, values))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    for (n, tensor) in extra {
+        let values = tensor
+            .as_f32()
+            .with_context(|| format!("checkpoint tensor {n} is not f32 (internal error)"))?;
+        tensors.push((n.as_str(), tensor.shape(), values));
+    }
+    weights::save_views(&tmp, &tensors)?;
     File::open(&tmp)?.sync_all()?;
     std::fs::rename(&tmp, dir.join(&name))?;
     let meta = serde_json::to_vec(&Meta {

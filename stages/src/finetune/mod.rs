@@ -16,12 +16,15 @@
 //! - `model/`: a Hugging Face folder `transformers` loads as `GPTNeoForSequenceClassification`
 //!   (`config.json` with `id2label`/`label2id`, `model.safetensors`), plus the
 //!   `tokenizer.json` and `labels.json` it was trained with;
+//! - `adapter/` (with `lora`): the LoRA adapter in PEFT's format (`adapter_config.json`,
+//!   `adapter_model.safetensors`), which `PeftModel.from_pretrained(base, "adapter")` loads;
+//!   `model/` then holds the base weights with the update merged in;
 //! - `train_log.jsonl`: one line per step (step, epoch, loss, lr, grad_norm, tokens,
 //!   seconds, tokens_per_s) and per evaluation (eval_loss, eval_accuracy);
 //! - `metrics.json`: losses, validation results, steps, throughput, peak memory.
 //!
-//! Each optimizer step is one run of a compiled ONNX graph (forward, gradients, clipping,
-//! AdamW; see [`pipe_onnx::AdamW`]). Checkpoints go to the scratch folder named by the stage
+//! Each optimizer step is one run of a compiled ONNX graph (forward and gradients) and one
+//! fused clipping + AdamW pass over the flat training state ([`pipe_onnx::FlatTrainer`]). Checkpoints go to the scratch folder named by the stage
 //! key; a killed run resumes from the last one. The only state is the parameters, moments and
 //! step count, all saved exactly, and the data order is a function of the seed and the epoch,
 //! so a resumed run ends with the same weights, bit for bit, as an uninterrupted one (tested
@@ -52,7 +55,8 @@ pub use self::objective::StepOptions;
 use self::params::{ModelSource, Params};
 pub use self::training::StepGraph;
 use self::training::{Evaluation, LOG_FILE, LogSummary, Training};
-use crate::models::hf_folder;
+use crate::models::gpt_neo::GptNeoForSequenceClassification;
+use crate::models::{ParamSpec, hf_folder, lora};
 use crate::table::write_json;
 
 /// The `finetune` stage kind.
@@ -77,7 +81,8 @@ impl Stage for Finetune {
     fn version(&self) -> u32 {
         // 2: distinct-token embedding (bit-reproducible gradients; different float rounding).
         // 3: model/config.json writes the dropout probabilities.
-        3
+        // 4: AdamW on the flat host state (the clipping norm summed in f64).
+        4
     }
 
     fn summary(&self) -> &'static str {
@@ -161,13 +166,36 @@ impl Stage for Finetune {
         let finished = training.run(&train, ctx.reporter)?;
 
         let model_dir = ctx.out_dir.join("model");
+        let (base_specs, weights) = match &params.lora {
+            Some(lora_params) => {
+                let head = GptNeoForSequenceClassification::HEAD_PARAMS;
+                let base_model = (params.model.hub.clone())
+                    .or_else(|| params.model.path.clone())
+                    .unwrap_or_default();
+                lora::write_adapter(
+                    &ctx.out_dir.join("adapter"),
+                    lora_params,
+                    head,
+                    &base_model,
+                    &finished.weights,
+                )?;
+                let base: Vec<ParamSpec> = specs
+                    .iter()
+                    .filter(|s| !lora::is_lora(&s.name))
+                    .cloned()
+                    .collect();
+                let merged = lora::merge(lora_params, &base, &finished.weights)?;
+                (base, merged)
+            }
+            None => (specs.clone(), finished.weights),
+        };
         hf_folder::write(
             &model_dir,
             &start.config,
             &labels,
             problem,
-            &specs,
-            &finished.weights,
+            &base_specs,
+            &weights,
         )?;
         std::fs::copy(tokenizer_path, model_dir.join("tokenizer.json"))?;
         write_json(&model_dir.join("labels.json"), &labels)?;
@@ -198,8 +226,16 @@ impl Stage for Finetune {
         metrics.insert("tokens_per_s".into(), json!(summary.tokens_per_s.round()));
         metrics.insert(
             "parameters".into(),
-            json!(specs.iter().map(|s| s.numel()).sum::<usize>()),
+            json!(base_specs.iter().map(|s| s.numel()).sum::<usize>()),
         );
+        if params.lora.is_some() {
+            let head = GptNeoForSequenceClassification::HEAD_PARAMS;
+            let trained = specs.iter().filter(|s| lora::is_trained(&s.name, head));
+            metrics.insert(
+                "trained_parameters".into(),
+                json!(trained.map(|s| s.numel()).sum::<usize>()),
+            );
+        }
         if let Some(peak) = peak_memory_bytes() {
             metrics.insert("peak_memory_bytes".into(), json!(peak));
         }

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::params::{ModelConfig, ModelSource, Preset};
 use crate::models::gpt_neo::{AttentionKind, GptNeoConfig, GptNeoForSequenceClassification};
-use crate::models::{ParamSpec, hf_folder, init_param, init_params};
+use crate::models::{ParamSpec, hf_folder, init_param, init_params, lora};
 
 /// What training starts from.
 pub struct StartingModel {
@@ -111,15 +111,15 @@ fn fresh_config(shape: &ModelConfig, vocab_size: usize, num_labels: usize) -> Re
 
 impl StartingModel {
     /// The first value of every parameter of `specs`: read from the folder (the head fresh
-    /// when [`Self::fresh_head`]) or initialised from `seed`.
+    /// when [`Self::fresh_head`], LoRA matrices always) or initialised from `seed`.
     pub fn weights(&self, specs: &[ParamSpec], seed: u64) -> Result<BTreeMap<String, HostTensor>> {
         let Some(dir) = &self.folder else {
             return Ok(init_params(specs, seed));
         };
         let head = GptNeoForSequenceClassification::HEAD_PARAMS;
-        let (fresh, read): (Vec<&ParamSpec>, Vec<&ParamSpec>) = specs
-            .iter()
-            .partition(|s| self.fresh_head && head.contains(&s.name.as_str()));
+        let (fresh, read): (Vec<&ParamSpec>, Vec<&ParamSpec>) = specs.iter().partition(|s| {
+            (self.fresh_head && head.contains(&s.name.as_str())) || lora::is_lora(&s.name)
+        });
         let read: Vec<ParamSpec> = read.into_iter().cloned().collect();
         let mut weights = hf_folder::read_weights(dir, &read, head, seed)?;
         for spec in fresh {

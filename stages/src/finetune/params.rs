@@ -6,6 +6,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::models::lora::LoraParams;
+
 /// Parameters of `finetune`.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
@@ -86,6 +88,10 @@ pub struct Params {
     /// Threads per operator (default: one per core). Not part of the cache key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threads: Option<usize>,
+    /// Train a LoRA adapter instead of every weight: `{ r, alpha, dropout, targets }`, PEFT's
+    /// semantics; the base model stays frozen and the `score` head is trained in full.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora: Option<LoraParams>,
 }
 
 /// The model to fine-tune.
@@ -301,6 +307,10 @@ impl Params {
         }
         params.check_regularisation()?;
         params.check_selection()?;
+        if let Some(lora) = &params.lora {
+            lora.check()
+                .map_err(|(field, message)| ParamError::new(&["lora", field], message))?;
+        }
         params.session_options()?;
         Ok(params)
     }

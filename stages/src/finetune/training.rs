@@ -9,7 +9,9 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use pipe_engine::Reporter;
-use pipe_onnx::{AdamW, Graph, HostTensor, Session, StepSignature, Trainer};
+use pipe_onnx::{
+    AdamW, FlatTrainer, GradSignature, Graph, HostTensor, Session, build_gradient_step,
+};
 use serde_json::json;
 
 use super::checkpoint::{self, Position};
@@ -24,6 +26,7 @@ use crate::models::ParamSpec;
 use crate::models::gpt_neo::{
     GptNeoConfig, GptNeoForSequenceClassification, ProblemType, Tokens, hf_trainer_decay,
 };
+use crate::models::lora::{self, LoraParams};
 
 /// Name of the training log, in the scratch folder while training and in the outputs after.
 pub const LOG_FILE: &str = "train_log.jsonl";
@@ -42,7 +45,7 @@ pub struct Training<'a> {
     params: &'a Params,
     problem: ProblemType,
     specs: Vec<ParamSpec>,
-    trainer: Trainer,
+    trainer: FlatTrainer,
     eval: Option<(Session, &'a TokenTable)>,
     scratch: &'a Path,
     options: StepOptions,
@@ -51,7 +54,7 @@ pub struct Training<'a> {
 
 /// How a finished run went.
 pub struct Finished {
-    /// The trained parameters, by name.
+    /// Every parameter (trained and frozen; LoRA matrices unmerged), by name.
     pub weights: BTreeMap<String, HostTensor>,
     /// Steps taken (including those before a resume).
     pub steps: u64,
@@ -79,15 +82,21 @@ impl<'a> Training<'a> {
     ) -> Result<Self> {
         let opts = params.session_options()?;
         let config = &start.config;
-        let step = StepGraph::compile_with(config, problem, &adamw_of(params), &options)?;
-        let weights = start.weights(&step.specs, params.model.seed)?;
+        let lora = params.lora.as_ref();
+        let step = StepGraph::compile_with(config, problem, &options, lora)?;
+        // Parameters with a gradient go to the flat state; the rest (the base model under
+        // LoRA) are bound read-only.
+        let (weights, frozen): (BTreeMap<_, _>, BTreeMap<_, _>) = start
+            .weights(&step.specs, params.model.seed)?
+            .into_iter()
+            .partition(|(name, _)| step.signature.layout.entry(name).is_some());
         let session = Session::from_model(&step.model, &opts)?;
-        let trainer = Trainer::new(session, step.signature, &weights)?;
+        let trainer = FlatTrainer::new(session, step.signature, adamw_of(params), weights, frozen)?;
         let eval = match validation {
             Some(table) => {
                 let mut g = Graph::new("finetune_eval");
                 let plain = StepOptions::plain(config);
-                let (_, logits, loss) = loss_graph(&mut g, config, problem, &plain)?;
+                let (_, logits, loss) = loss_graph(&mut g, config, problem, &plain, lora)?;
                 g.output(logits, "logits")?;
                 g.output(loss, "loss")?;
                 Some((Session::from_model(&g.build()?, &opts)?, table))
@@ -204,13 +213,13 @@ impl<'a> Training<'a> {
                 }
             }
             if done < total && (epoch_end || every(p.checkpoint_every)) {
-                let mut state = self.trainer.all_state()?;
+                let mut best = BTreeMap::new();
                 let position = Position {
                     step: done,
                     log_bytes: log.metadata()?.len(),
-                    selection: self.selection.as_ref().map(|s| s.save_into(&mut state)),
+                    selection: self.selection.as_ref().map(|s| s.save_into(&mut best)),
                 };
-                checkpoint::save(self.scratch, position, &state)?;
+                checkpoint::save(self.scratch, position, &self.trainer, &best)?;
             }
         }
         bar.finish_and_clear();
@@ -218,10 +227,11 @@ impl<'a> Training<'a> {
             evaluation = Some(self.evaluate()?);
         }
         let best = self.selection.as_ref().and_then(Selection::best);
-        let weights = match self.selection.take().and_then(Selection::into_weights) {
+        let mut weights = match self.selection.take().and_then(Selection::into_weights) {
             Some(best) => best,
             None => self.trainer.params()?,
         };
+        weights.extend(self.trainer.frozen().iter().cloned());
         Ok(Finished {
             weights,
             steps: steps_done,
@@ -309,6 +319,7 @@ impl<'a> Training<'a> {
     /// Loss and accuracy of the current weights on the validation split.
     fn evaluate(&mut self) -> Result<Evaluation> {
         let weights = self.trainer.params()?;
+        let frozen = self.trainer.frozen();
         let Some((session, table)) = &mut self.eval else {
             bail!("no validation split to evaluate on");
         };
@@ -317,6 +328,7 @@ impl<'a> Training<'a> {
             let (batch, _) = table.batch(&rows)?;
             let mut feeds: Vec<(&str, &HostTensor)> = batch.iter().map(|(k, v)| (*k, v)).collect();
             feeds.extend(weights.iter().map(|(k, v)| (k.as_str(), v)));
+            feeds.extend(frozen.iter().map(|(k, v)| (k.as_str(), v)));
             let out = session.run(&feeds)?;
             let loss = out
                 .get("loss")
@@ -352,35 +364,45 @@ fn adamw_of(params: &Params) -> AdamW {
 }
 
 /// The compiled training step of a GPT-Neo classifier: one ONNX model that takes the batch
-/// (`input_ids`, `lengths`, `labels`), the parameters, their AdamW moments, `lr` and `step`,
-/// and returns the loss, the logits and the updated state.
+/// (`token_ids`, `token_index`, `lengths`, `labels`) and the parameters, and returns the loss
+/// and every parameter's gradient (AdamW runs on the flat state, see [`FlatTrainer`]).
 pub struct StepGraph {
     /// The step model.
     pub model: pipe_onnx::Model,
-    /// Its interface, for [`Trainer`].
-    pub signature: StepSignature,
+    /// Its interface, for [`FlatTrainer`].
+    pub signature: GradSignature,
     /// The parameters, in Hugging Face order (AdamW weight decay as `transformers.Trainer`
     /// applies it: not on biases and LayerNorm weights).
     pub specs: Vec<ParamSpec>,
 }
 
 impl StepGraph {
-    /// Builds the step graph of `config` for `problem`.
-    pub fn compile(config: &GptNeoConfig, problem: ProblemType, adamw: &AdamW) -> Result<Self> {
-        Self::compile_with(config, problem, adamw, &StepOptions::plain(config))
+    /// Builds the step graph of `config` for `problem`; with `lora`, only the LoRA matrices
+    /// and the head take gradients.
+    pub fn compile(
+        config: &GptNeoConfig,
+        problem: ProblemType,
+        lora: Option<&LoraParams>,
+    ) -> Result<Self> {
+        Self::compile_with(config, problem, &StepOptions::plain(config), lora)
     }
 
     /// [`Self::compile`] with the loss options and dropout of `options`.
     pub fn compile_with(
         config: &GptNeoConfig,
         problem: ProblemType,
-        adamw: &AdamW,
         options: &StepOptions,
+        lora: Option<&LoraParams>,
     ) -> Result<Self> {
         let mut g = Graph::new("finetune_step");
         // No logits output: the step needs only the loss, and every output is copied to the host.
-        let (model, _, loss) = loss_graph(&mut g, config, problem, options)?;
-        let signature = adamw.build_step(&mut g, loss, &model.train_params(hf_trainer_decay))?;
+        let (model, _, loss) = loss_graph(&mut g, config, problem, options, lora)?;
+        let mut train = model.train_params(hf_trainer_decay);
+        if lora.is_some() {
+            let head = GptNeoForSequenceClassification::HEAD_PARAMS;
+            train.retain(|p| lora::is_trained(g.name(p.tensor), head));
+        }
+        let signature = build_gradient_step(&mut g, loss, &train)?;
         Ok(StepGraph {
             model: g.build()?,
             signature,
@@ -396,6 +418,7 @@ fn loss_graph(
     config: &GptNeoConfig,
     problem: ProblemType,
     options: &StepOptions,
+    lora: Option<&LoraParams>,
 ) -> Result<(
     GptNeoForSequenceClassification,
     pipe_onnx::Tensor,
@@ -407,7 +430,7 @@ fn loss_graph(
         pipe_onnx::DType::I64,
         &[pipe_onnx::Dim::from("batch")],
     )?;
-    let mut model = GptNeoForSequenceClassification::new(config, g)?;
+    let mut model = GptNeoForSequenceClassification::with_lora(config, g, lora)?;
     model.set_dropout(options.dropout.declare(g)?);
     let logits = model.forward_tokens(g, tokens, lengths)?;
     let labels = model.declare_labels(g, problem)?;

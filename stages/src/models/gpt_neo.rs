@@ -32,6 +32,7 @@ use pipe_onnx::{DType, Dim, Graph, Tensor, TrainParam};
 use serde::{Deserialize, Serialize};
 
 use super::dropout::Dropout;
+use super::lora::{self, LoraLayer, LoraParams};
 use super::{Init, ParamSpec, VarPath, Vars};
 
 // ---- configuration ---------------------------------------------------------------------------
@@ -250,16 +251,20 @@ pub struct Attention {
     v_proj: Tensor,
     out_proj_weight: Tensor,
     out_proj_bias: Tensor,
+    /// LoRA updates of q, k, v and out projections, where targeted.
+    lora: [Option<LoraLayer>; 4],
 }
 
 impl Attention {
-    /// Declares the projections under `path`.
+    /// Declares the projections under `path` (and their LoRA matrices, where `lora` targets
+    /// them).
     pub fn new(
         cfg: &GptNeoConfig,
         kind: AttentionKind,
         g: &mut Graph,
         vars: &mut Vars,
         path: VarPath,
+        lora: Option<&LoraParams>,
     ) -> Result<Self> {
         let h = dim(cfg.hidden_size);
         let w = Init::Normal {
@@ -271,6 +276,13 @@ impl Attention {
         let out = path.pp("out_proj");
         let out_proj_weight = vars.get(g, &out, "weight", &[h, h], w)?;
         let out_proj_bias = vars.get(g, &out, "bias", &[h], Init::Zeros)?;
+        let mut adapt = |name: &str| LoraLayer::declare(lora, g, vars, &path.pp(name), h, h);
+        let lora = [
+            adapt("q_proj")?,
+            adapt("k_proj")?,
+            adapt("v_proj")?,
+            adapt("out_proj")?,
+        ];
         Ok(Attention {
             path,
             kind,
@@ -281,6 +293,7 @@ impl Attention {
             v_proj,
             out_proj_weight,
             out_proj_bias,
+            lora,
         })
     }
 
@@ -299,14 +312,17 @@ impl Attention {
             _ => masks.global,
         };
         g.with_scope(self.path.as_str(), |g| {
-            let split_heads = |g: &mut Graph, w: Tensor| -> pipe_onnx::Result<Tensor> {
-                let t = g.linear(x, w, None)?; // [b, s, hidden]
+            let split_heads = |g: &mut Graph,
+                               w: Tensor,
+                               adapter: Option<&LoraLayer>|
+             -> pipe_onnx::Result<Tensor> {
+                let t = lora::linear(g, x, w, None, adapter)?; // [b, s, hidden]
                 let t = g.reshape(t, &[b.clone(), s.clone(), nh.clone(), hd.clone()])?;
                 g.transpose(t, &[0, 2, 1, 3]) // [b, heads, s, head_dim]
             };
-            let q = split_heads(g, self.q_proj)?;
-            let k = split_heads(g, self.k_proj)?;
-            let v = split_heads(g, self.v_proj)?;
+            let q = split_heads(g, self.q_proj, self.lora[0].as_ref())?;
+            let k = split_heads(g, self.k_proj, self.lora[1].as_ref())?;
+            let v = split_heads(g, self.v_proj, self.lora[2].as_ref())?;
             let kt = g.transpose(k, &[0, 1, 3, 2])?; // [b, heads, head_dim, s]
             let scores = g.matmul(q, kt)?; // [b, heads, s, s], unscaled (M:112)
             let min = g.scalar(DType::F32, f64::from(f32::MIN));
@@ -317,7 +333,13 @@ impl Attention {
             let ctx = g.transpose(ctx, &[0, 2, 1, 3])?; // [b, s, heads, head_dim]
             let hidden = Dim::Fixed(self.num_heads * self.head_dim);
             let ctx = g.reshape(ctx, &[b.clone(), s.clone(), hidden])?; // [b, s, hidden]
-            let out = g.linear(ctx, self.out_proj_weight, Some(self.out_proj_bias))?;
+            let out = lora::linear(
+                g,
+                ctx,
+                self.out_proj_weight,
+                Some(self.out_proj_bias),
+                self.lora[3].as_ref(),
+            )?;
             dropout.apply(g, &self.path.join("resid_dropout"), out)
         })
         .map_err(Into::into)
@@ -332,11 +354,20 @@ pub struct Mlp {
     c_fc_bias: Tensor,
     c_proj_weight: Tensor,
     c_proj_bias: Tensor,
+    /// LoRA updates of `c_fc` and `c_proj`, where targeted.
+    lora: [Option<LoraLayer>; 2],
 }
 
 impl Mlp {
-    /// Declares `c_fc` and `c_proj` under `path`.
-    pub fn new(cfg: &GptNeoConfig, g: &mut Graph, vars: &mut Vars, path: VarPath) -> Result<Self> {
+    /// Declares `c_fc` and `c_proj` under `path` (and their LoRA matrices, where `lora`
+    /// targets them).
+    pub fn new(
+        cfg: &GptNeoConfig,
+        g: &mut Graph,
+        vars: &mut Vars,
+        path: VarPath,
+        lora: Option<&LoraParams>,
+    ) -> Result<Self> {
         let (h, m) = (dim(cfg.hidden_size), dim(cfg.intermediate_size()));
         let w = Init::Normal {
             std: cfg.initializer_range as f32,
@@ -347,6 +378,10 @@ impl Mlp {
         let proj = path.pp("c_proj");
         let c_proj_weight = vars.get(g, &proj, "weight", &[h, m], w)?;
         let c_proj_bias = vars.get(g, &proj, "bias", &[h], Init::Zeros)?;
+        let lora = [
+            LoraLayer::declare(lora, g, vars, &fc, h, m)?,
+            LoraLayer::declare(lora, g, vars, &proj, m, h)?,
+        ];
         Ok(Mlp {
             path,
             activation: cfg.activation_function,
@@ -354,19 +389,32 @@ impl Mlp {
             c_fc_bias,
             c_proj_weight,
             c_proj_bias,
+            lora,
         })
     }
 
     /// `x` `[b, s, hidden]` → `[b, s, hidden]`.
     fn forward(&self, g: &mut Graph, x: Tensor, dropout: &Dropout) -> Result<Tensor> {
         g.with_scope(self.path.as_str(), |g| {
-            let t = g.linear(x, self.c_fc_weight, Some(self.c_fc_bias))?; // [b, s, inter]
+            let t = lora::linear(
+                g,
+                x,
+                self.c_fc_weight,
+                Some(self.c_fc_bias),
+                self.lora[0].as_ref(),
+            )?; // [b, s, inter]
             let t = match self.activation {
                 Activation::GeluNew => g.gelu(t, true)?,
                 Activation::Gelu => g.gelu(t, false)?,
                 Activation::Relu => g.relu(t)?,
             };
-            let out = g.linear(t, self.c_proj_weight, Some(self.c_proj_bias))?;
+            let out = lora::linear(
+                g,
+                t,
+                self.c_proj_weight,
+                Some(self.c_proj_bias),
+                self.lora[1].as_ref(),
+            )?;
             dropout.apply(g, &self.path.join("dropout"), out)
         })
         .map_err(Into::into)
@@ -410,19 +458,21 @@ pub struct Block {
 }
 
 impl Block {
-    /// Declares the block's parameters under `path`.
+    /// Declares the block's parameters under `path` (with LoRA matrices where `lora` says).
     pub fn new(
         cfg: &GptNeoConfig,
         kind: AttentionKind,
         g: &mut Graph,
         vars: &mut Vars,
         path: VarPath,
+        lora: Option<&LoraParams>,
     ) -> Result<Self> {
+        let attn = path.pp("attn").pp("attention");
         Ok(Block {
             ln_1: LayerNorm::new(cfg, g, vars, path.pp("ln_1"))?,
-            attn: Attention::new(cfg, kind, g, vars, path.pp("attn").pp("attention"))?,
+            attn: Attention::new(cfg, kind, g, vars, attn, lora)?,
             ln_2: LayerNorm::new(cfg, g, vars, path.pp("ln_2"))?,
-            mlp: Mlp::new(cfg, g, vars, path.pp("mlp"))?,
+            mlp: Mlp::new(cfg, g, vars, path.pp("mlp"), lora)?,
         })
     }
 
@@ -517,8 +567,15 @@ pub struct GptNeoModel {
 }
 
 impl GptNeoModel {
-    /// Declares the base model's parameters under `path` (`transformer`).
-    pub fn new(cfg: &GptNeoConfig, g: &mut Graph, vars: &mut Vars, path: VarPath) -> Result<Self> {
+    /// Declares the base model's parameters under `path` (`transformer`), with LoRA matrices
+    /// where `lora` says.
+    pub fn new(
+        cfg: &GptNeoConfig,
+        g: &mut Graph,
+        vars: &mut Vars,
+        path: VarPath,
+        lora: Option<&LoraParams>,
+    ) -> Result<Self> {
         let h = dim(cfg.hidden_size);
         let w = Init::Normal {
             std: cfg.initializer_range as f32,
@@ -535,7 +592,7 @@ impl GptNeoModel {
             .attention_layers()
             .into_iter()
             .enumerate()
-            .map(|(i, kind)| Block::new(cfg, kind, g, vars, path.pp("h").pp(i)))
+            .map(|(i, kind)| Block::new(cfg, kind, g, vars, path.pp("h").pp(i), lora))
             .collect::<Result<Vec<_>>>()?;
         let ln_f = LayerNorm::new(cfg, g, vars, path.pp("ln_f"))?;
         Ok(GptNeoModel {
@@ -616,9 +673,16 @@ impl GptNeoForSequenceClassification {
     /// Validates `cfg` and declares every parameter in `g` as an f32 input under its Hugging
     /// Face name (see [`Self::params`]).
     pub fn new(cfg: &GptNeoConfig, g: &mut Graph) -> Result<Self> {
+        Self::with_lora(cfg, g, None)
+    }
+
+    /// [`Self::new`] with the LoRA matrices of `lora` declared after each targeted layer's
+    /// weights (see [`crate::models::lora`]).
+    pub fn with_lora(cfg: &GptNeoConfig, g: &mut Graph, lora: Option<&LoraParams>) -> Result<Self> {
         cfg.validate()?;
         let mut vars = Vars::new();
-        let transformer = GptNeoModel::new(cfg, g, &mut vars, VarPath::root().pp("transformer"))?;
+        let root = VarPath::root().pp("transformer");
+        let transformer = GptNeoModel::new(cfg, g, &mut vars, root, lora)?;
         let num_labels = dim(cfg.num_labels());
         let score = vars.get(
             g,

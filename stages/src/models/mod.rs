@@ -11,6 +11,7 @@ pub mod dropout;
 pub mod gpt_neo;
 pub mod hf_folder;
 pub mod loss;
+pub mod lora;
 pub mod weights;
 
 use std::collections::BTreeMap;
@@ -30,6 +31,11 @@ pub enum Init {
     Zeros,
     /// All ones (LayerNorm scales).
     Ones,
+    /// Uniform draws in `[-bound, bound)` (LoRA's `A`, kaiming-uniform).
+    Uniform {
+        /// Half-width of the interval.
+        bound: f32,
+    },
 }
 
 /// One declared parameter: its Hugging Face name, shape and fresh initialisation.
@@ -147,6 +153,12 @@ pub fn init_param(spec: &ParamSpec, seed: u64) -> HostTensor {
             let mut rng = Xoshiro256::new(seed ^ fnv1a(&spec.name));
             (0..n)
                 .map(|_| (rng.normal() * f64::from(std)) as f32)
+                .collect()
+        }
+        Init::Uniform { bound } => {
+            let mut rng = Xoshiro256::new(seed ^ fnv1a(&spec.name));
+            (0..n)
+                .map(|_| ((rng.uniform() * 2.0 - 1.0) * f64::from(bound)) as f32)
                 .collect()
         }
     };

@@ -1,12 +1,13 @@
 //! Parameter values from a safetensors file (the `model.safetensors` of a Hugging Face
 //! checkpoint), checked against a model's declared [`ParamSpec`] list.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use pipe_onnx::HostTensor;
-use safetensors::tensor::TensorView;
+use safetensors::tensor::View;
 use safetensors::{Dtype, SafeTensors};
 
 use pipe_onnx::HostData;
@@ -96,24 +97,53 @@ pub fn load_all(path: &Path) -> Result<BTreeMap<String, HostTensor>> {
 /// Writes f32 `tensors` (name, value; in this order) to the safetensors file `path`, with the
 /// `format: pt` metadata `transformers` looks for.
 pub fn save(path: &Path, tensors: &[(&str, &HostTensor)]) -> Result<()> {
-    let mut bytes = Vec::with_capacity(tensors.len());
+    let mut views = Vec::with_capacity(tensors.len());
     for (name, tensor) in tensors {
         let HostData::F32(values) = tensor.data() else {
             bail!("tensor {name} is not float32");
         };
-        let data: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let shape: Vec<usize> = tensor.shape().iter().map(|&d| d as usize).collect();
-        bytes.push((*name, data, shape));
+        views.push((*name, tensor.shape(), values.as_slice()));
     }
-    let views = bytes
-        .iter()
-        .map(|(name, data, shape)| {
-            TensorView::new(Dtype::F32, shape.clone(), data)
-                .map(|v| (*name, v))
-                .with_context(|| format!("tensor {name}"))
-        })
-        .collect::<Result<Vec<_>>>()?;
+    save_views(path, &views)
+}
+
+/// [`save`] from borrowed `(name, shape, values)` triples; each tensor is converted to bytes
+/// only while it is written, so saving needs no second copy of the whole state.
+pub fn save_views(path: &Path, tensors: &[(&str, &[i64], &[f32])]) -> Result<()> {
+    let views = tensors.iter().map(|&(name, shape, values)| {
+        (
+            name,
+            F32View {
+                shape: shape.iter().map(|&d| d as usize).collect(),
+                values,
+            },
+        )
+    });
     let metadata = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
     safetensors::serialize_to_file(views, Some(metadata), path)
         .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// An f32 tensor for safetensors, turned into little-endian bytes when asked.
+struct F32View<'a> {
+    shape: Vec<usize>,
+    values: &'a [f32],
+}
+
+impl View for F32View<'_> {
+    fn dtype(&self) -> Dtype {
+        Dtype::F32
+    }
+
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    fn data(&self) -> Cow<'_, [u8]> {
+        Cow::Owned(self.values.iter().flat_map(|v| v.to_le_bytes()).collect())
+    }
+
+    fn data_len(&self) -> usize {
+        self.values.len() * 4
+    }
 }

@@ -339,3 +339,89 @@ fn two_threads_train_to_the_same_bits_twice() {
     // Repeated token ids in every batch: a scatter-add gradient would differ in the last bits.
     assert_eq!(weights_of(&a), weights_of(&b));
 }
+
+#[test]
+fn a_lora_run_trains_the_adapter_and_head_only_and_resumes_exactly() {
+    let (ws, tokens, first) = fine_tuned("base");
+    let input = [tokens.input("tokenize")];
+    let params = json!({
+        "model": { "path": "base", "seed": 4 }, "max_steps": 12, "batch_size": 8,
+        "learning_rate": 5e-3, "weight_decay": 0.01, "checkpoint_every": 5, "threads": 1,
+        "lora": { "r": 2, "alpha": 4, "targets": ["q_proj", "c_fc"] }
+    });
+    let scratch = tempfile::tempdir().unwrap();
+    let whole = ws
+        .run_with_scratch("finetune", params.clone(), &input, scratch.path())
+        .unwrap();
+    let base = weights_of(&first);
+    let merged = weights_of(&whole);
+    assert_eq!(
+        merged.keys().collect::<Vec<_>>(),
+        base.keys().collect::<Vec<_>>()
+    );
+    for (name, w) in &merged {
+        let adapted = name.ends_with("q_proj.weight") || name.ends_with("c_fc.weight");
+        let trained = adapted || name == "score.weight";
+        assert_eq!(w == &base[name], !trained, "{name}: trained {trained}");
+    }
+    let adapter = weights::load_all(&whole.path("adapter/adapter_model.safetensors")).unwrap();
+    let names: Vec<&str> = adapter.keys().map(String::as_str).collect();
+    assert_eq!(names.len(), 2 * 2 * 2 + 1, "{names:?}");
+    assert!(names.contains(&"base_model.model.score.weight"));
+    assert!(names.contains(&"base_model.model.transformer.h.1.mlp.c_fc.lora_B.weight"));
+    let r = &adapter["base_model.model.transformer.h.0.attn.attention.q_proj.lora_A.weight"];
+    assert_eq!(r.shape(), &[2, 32]);
+    let config = whole.json("adapter/adapter_config.json");
+    assert_eq!(config["peft_type"], "LORA");
+    assert_eq!(config["task_type"], "SEQ_CLS");
+    assert_eq!(config["r"], 2);
+    assert_eq!(config["target_modules"], json!(["c_fc", "q_proj"]));
+    assert_eq!(config["base_model_name_or_path"], "base");
+    let metrics = whole.json("metrics.json");
+    assert_eq!(
+        metrics["trained_parameters"],
+        2 * (2 * 32 + 32 * 2 + 2 * 32 + 64 * 2) + 4 * 32
+    );
+
+    // The last checkpoint (step 10) holds the adapter and head state only; resuming there
+    // ends with the same files.
+    let state = weights::load_all(&scratch.path().join("state-10.safetensors")).unwrap();
+    assert_eq!(state.len(), 3 * (2 * 2 * 2 + 1));
+    let resumed = ws
+        .run_with_scratch("finetune", params, &input, scratch.path())
+        .unwrap();
+    assert!(resumed.notes_contain("resumed from the checkpoint at step 10"));
+    assert_eq!(weights_of(&whole), weights_of(&resumed));
+    assert_eq!(
+        std::fs::read(whole.path("adapter/adapter_model.safetensors")).unwrap(),
+        std::fs::read(resumed.path("adapter/adapter_model.safetensors")).unwrap()
+    );
+}
+
+#[test]
+fn lora_settings_are_checked() {
+    let registry = pipe_stages::registry();
+    let kind = registry.get("finetune").unwrap();
+    for (lora, field) in [
+        (json!({ "r": 0, "targets": ["q_proj"] }), "r"),
+        (json!({ "r": 4, "targets": [] }), "targets"),
+        (
+            json!({ "r": 4, "alpha": 0, "targets": ["q_proj"] }),
+            "alpha",
+        ),
+        (
+            json!({ "r": 4, "dropout": 0.1, "targets": ["q_proj"] }),
+            "dropout",
+        ),
+    ] {
+        let e = kind
+            .check(&json!({ "model": { "config": "tiny" }, "lora": lora }))
+            .unwrap_err();
+        assert_eq!(e.path, ["lora", field], "{e:?}");
+    }
+    // An unknown module name is refused when the manifest is read.
+    let e = kind
+        .check(&json!({ "model": { "config": "tiny" }, "lora": { "r": 4, "targets": ["wte"] } }))
+        .unwrap_err();
+    assert!(format!("{e:?}").contains("wte"), "{e:?}");
+}

@@ -13,7 +13,10 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use pipe_onnx::{AdamW, DType, Graph, HostTensor, Session, SessionOptions, gradients};
+use pipe_onnx::{
+    AdamW, DType, FlatTrainer, Graph, HostTensor, Session, SessionOptions, build_gradient_step,
+    gradients,
+};
 use pipe_stages::models::gpt_neo::{
     AttentionKind, GptNeoConfig, GptNeoForSequenceClassification, ProblemType, hf_trainer_decay,
 };
@@ -358,19 +361,32 @@ fn gpt_neo_adamw_step_matches_transformers() {
     close("loss", &out[&sig.loss], &exp["loss"], ATOL);
     let norm_key = sig.grad_norm.clone().unwrap();
     close("grad_norm", &out[&norm_key], &exp["grad_norm"], ATOL);
-    let lr = f("lr");
-    let decay = (1.0 - lr * f("weight_decay")) as f32;
+    let updated = |name: &str| {
+        let t = &out[&format!("{name}.updated")];
+        (t.shape().to_vec(), t.as_f32().unwrap().to_vec())
+    };
+    check_after_step(&model, &feeds, &exp, f("lr"), f("weight_decay"), updated);
+}
+
+/// The parameters after HF's AdamW step (`after_step.<name>`) against `updated(name)`
+/// (shape, values); see the module docs for the tolerance.
+fn check_after_step(
+    model: &GptNeoForSequenceClassification,
+    feeds: &BTreeMap<String, HostTensor>,
+    exp: &BTreeMap<String, (Vec<i64>, Vec<f32>)>,
+    lr: f64,
+    weight_decay: f64,
+    updated: impl Fn(&str) -> (Vec<i64>, Vec<f32>),
+) {
+    let decay = (1.0 - lr * weight_decay) as f32;
     let (mut worst_tight, mut worst_small, mut n_small) = (0.0f64, 0.0f64, 0usize);
     for spec in model.params() {
-        let ours = out[&format!("{}.updated", spec.name)].as_f32().unwrap();
-        assert_eq!(
-            out[&format!("{}.updated", spec.name)].shape(),
-            spec.shape.as_slice()
-        );
+        let (shape, ours) = updated(&spec.name);
+        assert_eq!(shape, spec.shape);
         let key = format!("after_step.{}", spec.name);
         let hf = &exp[&key].1;
         let cg = &exp[&format!("clipped_grad.{}", spec.name)].1;
-        worst_tight = worst_tight.max(close_where(&key, ours, hf, ATOL, |i| cg[i].abs() > 1e-6));
+        worst_tight = worst_tight.max(close_where(&key, &ours, hf, ATOL, |i| cg[i].abs() > 1e-6));
         let before = feeds[&spec.name].as_f32().unwrap();
         for (i, &g) in cg.iter().enumerate() {
             let (p, o) = (before[i] * decay, ours[i]);
@@ -390,6 +406,45 @@ fn gpt_neo_adamw_step_matches_transformers() {
         "after_step where |clipped grad| > 1e-6: max |diff| {worst_tight:.2e}; \
          {n_small} elements with 0 < |g| <= 1e-6: max |diff| {worst_small:.2e}"
     );
+}
+
+/// The same step through the flat trainer finetune uses: the gradient graph, then clipping
+/// and AdamW fused over the flat host state.
+#[test]
+fn gpt_neo_flat_adamw_step_matches_transformers() {
+    let Setup {
+        mut g,
+        model,
+        loss,
+        feeds,
+        ..
+    } = setup("gpt_neo_flat_step", ProblemType::SingleLabelClassification);
+    let exp = expected();
+    let hp = &batch().json["adamw"];
+    let f = |k: &str| hp[k].as_f64().unwrap();
+    let adamw = AdamW {
+        beta1: f("beta1"),
+        beta2: f("beta2"),
+        eps: f("eps"),
+        weight_decay: f("weight_decay"),
+        max_grad_norm: f("max_grad_norm"),
+    };
+    let sig = build_gradient_step(&mut g, loss, &model.train_params(|_| true)).unwrap();
+    let (params, batch): (BTreeMap<_, _>, BTreeMap<_, _>) = feeds
+        .clone()
+        .into_iter()
+        .partition(|(name, _)| sig.layout.entry(name).is_some());
+    let mut trainer = FlatTrainer::new(session(&g), sig, adamw, params, BTreeMap::new()).unwrap();
+    let batch: Vec<(&str, &HostTensor)> = batch.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let r = trainer.step(&batch, f("lr") as f32).unwrap();
+    close("loss", &HostTensor::scalar_f32(r.loss), &exp["loss"], ATOL);
+    let norm = HostTensor::scalar_f32(r.grad_norm.unwrap());
+    close("grad_norm", &norm, &exp["grad_norm"], ATOL);
+    let updated = |name: &str| {
+        let t = trainer.state(name).unwrap();
+        (t.shape().to_vec(), t.as_f32().unwrap().to_vec())
+    };
+    check_after_step(&model, &feeds, &exp, f("lr"), f("weight_decay"), updated);
 }
 
 /// Multi-label: BCE-with-logits, mean over batch × labels.
@@ -473,6 +528,7 @@ fn gpt_neo_fresh_init_statistics() {
                 assert!(spec.name.contains(".ln_"), "{}", spec.name);
                 assert!(v.iter().all(|&x| x == 1.0));
             }
+            Init::Uniform { .. } => panic!("{}: only LoRA matrices draw uniformly", spec.name),
         }
     }
     assert_eq!(n_weights, 2 + 6 * 4 + 1);

@@ -16,6 +16,7 @@ mod finetune;
 mod finetune_selection;
 mod gpt_neo;
 mod loss;
+mod peft;
 
 // Export and evaluation: metrics against scikit-learn, the HTML report, the stages.
 mod evaluate;

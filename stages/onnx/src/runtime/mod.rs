@@ -4,8 +4,10 @@
 //!   [`init`] loads it once per process, [`runtime_info`] reports what was loaded.
 //! - [`Session`] runs a model on the CPU or, when asked, on CUDA (an error when this build cannot:
 //!   never a silent CPU fallback). Host data goes in and out as [`HostTensor`].
-//! - [`Trainer`] keeps training state inside ONNX Runtime between steps.
+//! - [`Trainer`] keeps training state inside ONNX Runtime between steps; [`FlatTrainer`] keeps
+//!   it once, in flat host buffers, and runs AdamW on the host.
 
+mod flat_trainer;
 mod host;
 mod trainer;
 
@@ -16,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Mutex, OnceLock};
 
+pub use flat_trainer::FlatTrainer;
 pub use host::{HostData, HostTensor};
 pub use trainer::{StepResult, Trainer};
 

@@ -1,9 +1,13 @@
 //! The AdamW step graph against a plain-Rust `torch.optim.AdamW` (+ `clip_grad_norm_`) over
-//! several steps, fed back through plain `Session::run`.
+//! several steps, fed back through plain `Session::run`; and the flat-buffer AdamW of
+//! [`FlatTrainer`] against the same reference and against the graph variant.
 
 use std::collections::BTreeMap;
 
-use pipe_onnx::{AdamW, DType, Dim, Graph, HostTensor, StepSignature, TrainParam};
+use pipe_onnx::{
+    AdamW, DType, Dim, FlatTrainer, Graph, HostTensor, Session, SessionOptions, StepSignature,
+    Tensor, TrainParam, build_gradient_step,
+};
 
 use crate::util::{Rng, float_tensor, run, session};
 
@@ -13,6 +17,13 @@ const O: usize = 2; // outputs
 
 /// loss = mean((x w + b - t)²) over N×O, with w [I, O] (weight decay) and b [O] (none).
 fn build(dtype: DType, opt: &AdamW) -> (Graph, StepSignature) {
+    let (mut g, loss, params) = loss_graph(dtype);
+    let sig = opt.build_step(&mut g, loss, &params).unwrap();
+    (g, sig)
+}
+
+/// The loss above and its parameters.
+fn loss_graph(dtype: DType) -> (Graph, Tensor, [TrainParam; 2]) {
     let mut g = Graph::new("adamw_test");
     let batch = Dim::from("batch");
     let x = g.input("x", dtype, &[batch.clone(), Dim::from(I)]).unwrap();
@@ -34,8 +45,7 @@ fn build(dtype: DType, opt: &AdamW) -> (Graph, StepSignature) {
             weight_decay: false,
         },
     ];
-    let sig = opt.build_step(&mut g, loss, &params).unwrap();
-    (g, sig)
+    (g, loss, params)
 }
 
 /// Gradients of the loss above, in f64.
@@ -203,4 +213,141 @@ fn adamw_in_f32() {
         ..AdamW::default()
     };
     check(opt, DType::F32, 1e-5, 4);
+}
+
+/// The flat trainer (gradient graph + host AdamW) against the f64 reference, and against the
+/// step graph run on the same f32 data.
+fn check_flat(opt: AdamW, seed: u64) {
+    let (mut g, loss, params) = loss_graph(DType::F32);
+    let sig = build_gradient_step(&mut g, loss, &params).unwrap();
+    assert_eq!(
+        sig.layout
+            .entries
+            .iter()
+            .map(|e| e.offset)
+            .collect::<Vec<_>>(),
+        [0, 16],
+        "parameters sit at 64-byte aligned offsets"
+    );
+    let s = Session::from_model(&g.build().unwrap(), &SessionOptions::default()).unwrap();
+    let mut rng = Rng::new(seed);
+    let x = rng.vec(N * I, -1.0, 1.0);
+    let t = rng.vec(N * O, -1.0, 1.0);
+    let mut w = RefState {
+        p: rng.vec(I * O, -1.0, 1.0),
+        m: vec![0.0; I * O],
+        v: vec![0.0; I * O],
+    };
+    let mut b = RefState {
+        p: rng.vec(O, -1.0, 1.0),
+        m: vec![0.0; O],
+        v: vec![0.0; O],
+    };
+    let mut init = BTreeMap::new();
+    init.insert(
+        "w".to_string(),
+        float_tensor(DType::F32, &[I as i64, O as i64], w.p.clone()),
+    );
+    init.insert(
+        "b".to_string(),
+        float_tensor(DType::F32, &[O as i64], b.p.clone()),
+    );
+    let mut trainer = FlatTrainer::new(s, sig, opt, init.clone(), BTreeMap::new()).unwrap();
+
+    // The step graph on the same f32 data, fed back through plain runs.
+    let (sg, ssig) = build(DType::F32, &opt);
+    let mut graph = session(&sg);
+    let xs = float_tensor(DType::F32, &[N as i64, I as i64], x.clone());
+    let ts = float_tensor(DType::F32, &[N as i64, O as i64], t.clone());
+    let mut feeds: BTreeMap<String, HostTensor> = init.clone();
+    feeds.insert("x".into(), xs.clone());
+    feeds.insert("t".into(), ts.clone());
+    for slot in &ssig.state {
+        feeds
+            .entry(slot.input.clone())
+            .or_insert_with(|| HostTensor::zeros(DType::F32, &slot.shape).unwrap());
+    }
+    for step in 1..=5u64 {
+        let lr32 = 0.05f32 / step as f32;
+        let r = trainer.step(&[("x", &xs), ("t", &ts)], lr32).unwrap();
+        feeds.insert(ssig.lr.clone(), HostTensor::scalar_f32(lr32));
+        feeds.insert(ssig.step.clone(), HostTensor::scalar_f32(step as f32));
+        let out = run(&mut graph, &feeds);
+
+        let lr = f64::from(lr32);
+        let (loss, mut gw, mut gb) = reference_grads(&x, &t, &w.p, &b.p);
+        let norm = gw.iter().chain(&gb).map(|g| g * g).sum::<f64>().sqrt();
+        if opt.max_grad_norm > 0.0 {
+            let coef = (opt.max_grad_norm / (norm + 1e-6)).min(1.0);
+            gw.iter_mut().chain(gb.iter_mut()).for_each(|g| *g *= coef);
+            let got = f64::from(r.grad_norm.expect("clipping reports the norm"));
+            assert!(
+                close(got, norm, 1e-5),
+                "step {step}: grad norm {got} vs {norm}"
+            );
+        } else {
+            assert_eq!(r.grad_norm, None);
+        }
+        reference_step(&mut w, &gw, lr, step as f64, &opt, true);
+        reference_step(&mut b, &gb, lr, step as f64, &opt, false);
+        assert!(
+            close(f64::from(r.loss), loss, 1e-5),
+            "step {step}: loss {} vs {loss}",
+            r.loss
+        );
+        for (name, want) in [("w", &w), ("b", &b)] {
+            for (suffix, want) in [
+                ("", &want.p),
+                (".exp_avg", &want.m),
+                (".exp_avg_sq", &want.v),
+            ] {
+                let key = format!("{name}{suffix}");
+                let got = trainer.state(&key).unwrap().to_f64_vec();
+                let graph_got = out[&format!("{key}.updated")].to_f64_vec();
+                for (k, ((a, e), gr)) in got.iter().zip(want.iter()).zip(&graph_got).enumerate() {
+                    assert!(
+                        close(*a, *e, 1e-5),
+                        "step {step}: {key}[{k}] = {a}, reference {e}"
+                    );
+                    assert!(
+                        close(*a, *gr, 1e-6),
+                        "step {step}: {key}[{k}] = {a}, graph {gr}"
+                    );
+                }
+            }
+        }
+        for slot in &ssig.state {
+            feeds.insert(slot.input.clone(), out[&slot.output].clone());
+        }
+    }
+    assert_eq!(trainer.steps_done(), 5);
+    // State round-trips, and a moment is not a parameter.
+    let m = trainer.state("w.exp_avg").unwrap();
+    trainer.set_state("w.exp_avg", &m).unwrap();
+    assert_eq!(trainer.state("w.exp_avg").unwrap(), m);
+    assert!(trainer.param("w.exp_avg_sq").is_err());
+    assert!(trainer.state("nope").is_err());
+    let wrong = HostTensor::zeros(DType::F32, &[O as i64]).unwrap();
+    assert!(
+        trainer
+            .set_state("w", &wrong)
+            .unwrap_err()
+            .to_string()
+            .contains("`w`")
+    );
+}
+
+#[test]
+fn flat_adamw_with_weight_decay_and_clipping() {
+    let opt = AdamW {
+        weight_decay: 0.05,
+        max_grad_norm: 0.05,
+        ..AdamW::default()
+    };
+    check_flat(opt, 5);
+}
+
+#[test]
+fn flat_adamw_without_clipping() {
+    check_flat(AdamW::default(), 6);
 }

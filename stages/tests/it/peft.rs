@@ -1,0 +1,224 @@
+//! LoRA fine-tuning against Hugging Face PEFT: the fixtures in `tests/fixtures/peft/` (see
+//! `make_fixtures.py` there) hold a tiny random GPT-Neo base model, PEFT's initial LoRA
+//! matrices, and PEFT + torch's losses, gradient norms and adapter after two clipped AdamW
+//! steps, and the merged model's logits. Everything here runs pipe's own step graph, flat
+//! trainer, adapter writer and merge.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use pipe_onnx::{AdamW, FlatTrainer, Graph, HostTensor, Session, SessionOptions};
+use pipe_stages::finetune::{StepGraph, distinct_tokens};
+use pipe_stages::models::gpt_neo::{GptNeoForSequenceClassification, ProblemType};
+use pipe_stages::models::lora::{self, LoraParams};
+use pipe_stages::models::{hf_folder, weights};
+use serde_json::Value;
+
+const TOL: f32 = 1e-5;
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/peft")
+        .join(name)
+}
+
+fn json(path: PathBuf) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// PEFT's adapter tensor names without the `base_model.model.` prefix.
+fn unprefixed(t: BTreeMap<String, HostTensor>) -> BTreeMap<String, HostTensor> {
+    t.into_iter()
+        .map(|(k, v)| {
+            let name = k.strip_prefix("base_model.model.").unwrap().to_string();
+            (name, v)
+        })
+        .collect()
+}
+
+fn assert_close(what: &str, ours: &[f32], theirs: &[f32]) {
+    assert_eq!(ours.len(), theirs.len(), "{what}: lengths");
+    for (i, (a, b)) in ours.iter().zip(theirs).enumerate() {
+        assert!(
+            (a - b).abs() <= TOL * (1.0 + b.abs()),
+            "{what}[{i}]: pipe {a} vs PEFT {b}"
+        );
+    }
+}
+
+fn feeds(b: &Value) -> Vec<(&'static str, HostTensor)> {
+    let rows: Vec<Vec<i64>> = serde_json::from_value(b["input_ids"].clone()).unwrap();
+    let lengths: Vec<i64> = serde_json::from_value(b["lengths"].clone()).unwrap();
+    let labels: Vec<i64> = serde_json::from_value(b["labels"].clone()).unwrap();
+    let (n, s) = (rows.len() as i64, rows[0].len() as i64);
+    let (distinct, index) = distinct_tokens(&rows.concat());
+    vec![
+        (
+            "token_ids",
+            HostTensor::i64(&[distinct.len() as i64], distinct).unwrap(),
+        ),
+        ("token_index", HostTensor::i64(&[n, s], index).unwrap()),
+        ("lengths", HostTensor::i64(&[n], lengths).unwrap()),
+        ("labels", HostTensor::i64(&[n], labels).unwrap()),
+    ]
+}
+
+#[test]
+fn lora_training_matches_peft() {
+    let b = json(fixture("batch.json"));
+    let lora: LoraParams = serde_json::from_value(b["lora"].clone()).unwrap();
+    let base_dir = fixture("base");
+    let config = hf_folder::read_config(&base_dir).unwrap();
+    let step =
+        StepGraph::compile(&config, ProblemType::SingleLabelClassification, Some(&lora)).unwrap();
+    let head = GptNeoForSequenceClassification::HEAD_PARAMS;
+
+    // Trained: exactly the LoRA matrices of the targets, and the head.
+    let trained: Vec<&str> = step
+        .signature
+        .layout
+        .entries
+        .iter()
+        .map(|e| e.name.as_str())
+        .collect();
+    let initial = unprefixed(weights::load_all(&fixture("initial_adapter.safetensors")).unwrap());
+    let mut want: Vec<&str> = initial
+        .keys()
+        .map(String::as_str)
+        .chain(head.iter().copied())
+        .collect();
+    want.sort_unstable();
+    let mut got = trained.clone();
+    got.sort_unstable();
+    assert_eq!(got, want);
+
+    let base = weights::load_all(&hf_folder::weights_path(&base_dir).unwrap()).unwrap();
+    let (mut params, frozen): (BTreeMap<_, _>, BTreeMap<_, _>) = base
+        .clone()
+        .into_iter()
+        .partition(|(n, _)| trained.contains(&n.as_str()));
+    params.extend(initial);
+    let hp = &b["adamw"];
+    let f = |k: &str| hp[k].as_f64().unwrap();
+    let adamw = AdamW {
+        beta1: hp["betas"][0].as_f64().unwrap(),
+        beta2: hp["betas"][1].as_f64().unwrap(),
+        eps: f("eps"),
+        weight_decay: f("weight_decay"),
+        max_grad_norm: f("max_grad_norm"),
+    };
+    let opts = SessionOptions {
+        intra_threads: Some(1),
+        ..Default::default()
+    };
+    let session = Session::from_model(&step.model, &opts).unwrap();
+    let mut trainer = FlatTrainer::new(session, step.signature, adamw, params, frozen).unwrap();
+
+    let expected = weights::load_all(&fixture("expected.safetensors")).unwrap();
+    let scalar = |k: &str| expected[k].as_f32().unwrap()[0];
+    let batch = feeds(&b);
+    let batch: Vec<(&str, &HostTensor)> = batch.iter().map(|(k, v)| (*k, v)).collect();
+    for n in 1..=hp["steps"].as_u64().unwrap() {
+        let r = trainer.step(&batch, f("lr") as f32).unwrap();
+        assert_close(
+            &format!("loss_{n}"),
+            &[r.loss],
+            &[scalar(&format!("loss_{n}"))],
+        );
+        assert_close(
+            &format!("grad_norm_{n}"),
+            &[r.grad_norm.unwrap()],
+            &[scalar(&format!("grad_norm_{n}"))],
+        );
+    }
+
+    // The adapter after two steps, and the frozen base bit for bit as it was.
+    let peft_adapter = unprefixed(
+        weights::load_all(&fixture("expected_adapter/adapter_model.safetensors")).unwrap(),
+    );
+    let now = trainer.params().unwrap();
+    assert_eq!(
+        peft_adapter.keys().collect::<Vec<_>>(),
+        now.keys().collect::<Vec<_>>()
+    );
+    for (name, t) in &peft_adapter {
+        assert_close(name, now[name].as_f32().unwrap(), t.as_f32().unwrap());
+    }
+    for (name, t) in trainer.frozen() {
+        assert_eq!(t, &base[name], "{name} moved");
+    }
+
+    // pipe's adapter folder: PEFT's names, PEFT's config values.
+    let out = tempfile::tempdir().unwrap();
+    let mut all = now.clone();
+    all.extend(trainer.frozen().iter().cloned());
+    lora::write_adapter(out.path(), &lora, head, "", &all).unwrap();
+    let written = weights::load_all(&out.path().join(lora::ADAPTER_WEIGHTS_FILE)).unwrap();
+    let peft_names: Vec<String> =
+        weights::load_all(&fixture("expected_adapter/adapter_model.safetensors"))
+            .unwrap()
+            .into_keys()
+            .collect();
+    assert_eq!(written.keys().cloned().collect::<Vec<_>>(), peft_names);
+    for (name, t) in unprefixed(written) {
+        assert_eq!(t, now[&name], "{name} written as trained");
+    }
+    let ours = json(out.path().join(lora::ADAPTER_CONFIG_FILE));
+    let theirs = json(fixture("expected_adapter/adapter_config.json"));
+    for key in [
+        "peft_type",
+        "task_type",
+        "r",
+        "lora_alpha",
+        "lora_dropout",
+        "bias",
+        "fan_in_fan_out",
+    ] {
+        assert_eq!(
+            ours[key].as_f64().map_or(ours[key].clone(), Value::from),
+            theirs[key]
+                .as_f64()
+                .map_or(theirs[key].clone(), Value::from),
+            "adapter_config.json `{key}`"
+        );
+    }
+    let sorted = |v: &Value| {
+        let mut s: Vec<String> = serde_json::from_value(v.clone()).unwrap_or_default();
+        s.sort();
+        s
+    };
+    assert_eq!(
+        sorted(&ours["target_modules"]),
+        sorted(&theirs["target_modules"])
+    );
+    for m in sorted(&ours["modules_to_save"]) {
+        assert!(sorted(&theirs["modules_to_save"]).contains(&m), "{m}");
+    }
+
+    // The merged model gives PEFT's merged logits.
+    let specs: Vec<_> = step
+        .specs
+        .iter()
+        .filter(|s| !lora::is_lora(&s.name))
+        .cloned()
+        .collect();
+    let merged = lora::merge(&lora, &specs, &all).unwrap();
+    let mut g = Graph::new("merged");
+    let model = GptNeoForSequenceClassification::new(&config, &mut g).unwrap();
+    let (ids, lengths) = GptNeoForSequenceClassification::declare_inputs(&mut g).unwrap();
+    let logits = model.forward(&mut g, ids, lengths).unwrap();
+    g.output(logits, "logits").unwrap();
+    let mut s = Session::from_model(&g.build().unwrap(), &opts).unwrap();
+    let rows: Vec<Vec<i64>> = serde_json::from_value(b["input_ids"].clone()).unwrap();
+    let (n, len) = (rows.len() as i64, rows[0].len() as i64);
+    let ids = HostTensor::i64(&[n, len], rows.concat()).unwrap();
+    let lengths = batch.iter().find(|(k, _)| *k == "lengths").unwrap().1;
+    let mut run_feeds: Vec<(&str, &HostTensor)> = vec![("input_ids", &ids), ("lengths", lengths)];
+    run_feeds.extend(merged.iter().map(|(k, v)| (k.as_str(), v)));
+    let out = s.run(&run_feeds).unwrap();
+    assert_close(
+        "merged_logits",
+        out["logits"].as_f32().unwrap(),
+        expected["merged_logits"].as_f32().unwrap(),
+    );
+}
