@@ -70,6 +70,9 @@ pub fn run(
         }
     }
     let selected = pipeline.closure(&targets);
+    if !options.dry_run {
+        pipeline.preflight(&selected)?;
+    }
     let env = JobEnv {
         pipeline,
         store,
