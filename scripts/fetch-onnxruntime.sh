@@ -11,7 +11,7 @@
 # to download, 315 MB unpacked). Its provider needs the CUDA 13 runtime: the system's
 # (on LD_LIBRARY_PATH), or --with-cuda-runtime, which unpacks NVIDIA's CUDA 13 wheels
 # (cudart, cublas, curand, nvrtc, cuDNN 9 for CUDA 13: about 1.1 GB to download,
-# 2.2 GB unpacked) into the same folder, where pipe loads them first. The NVIDIA driver
+# 1.7 GB unpacked) into the same folder, where pipe loads them first. The NVIDIA driver
 # (libcuda.so.1, 580 or later) always comes from the system.
 set -euo pipefail
 version=1.31.1
@@ -30,7 +30,7 @@ for arg in "$@"; do
   case $arg in
     --gpu) gpu=1 ;;
     --with-cuda-runtime) cuda_runtime=1 ;;
-    -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "fetch-onnxruntime.sh: unknown option $arg (try --help)" >&2; exit 2 ;;
   esac
 done
