@@ -103,8 +103,8 @@ fn assert_refused_before_any_stage(p: &Project, out: &Output) -> String {
         err.contains("finetune parameter `device`: cuda:0 is unavailable: "),
         "{err}"
     );
-    // Line 31 of the manifest is `    device: cuda`.
-    assert!(err.contains("dev.yaml:31:"), "{err}");
+    // Line 28 of the manifest is `    device: cuda`.
+    assert!(err.contains("dev.yaml:28:"), "{err}");
     assert!(err.contains("help: "), "{err}");
     assert!(
         !p.path(".pipe/out/dev/ingest").exists(),
