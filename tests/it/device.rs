@@ -9,7 +9,7 @@
 //! the real CUDA provider, which then fails on this machine's missing CUDA libraries or
 //! driver. The tests of the CUDA build return early, saying so, when it is not fetched.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use serde_json::Value;
@@ -87,7 +87,7 @@ stages:
     p
 }
 
-fn run_with(p: &Project, lib: &PathBuf, args: &[&str]) -> Output {
+fn run_with(p: &Project, lib: &Path, args: &[&str]) -> Output {
     p.command(args)
         .env("ORT_DYLIB_PATH", lib)
         .output()
