@@ -321,7 +321,8 @@ pub struct PredictArgs {
     /// Texts per model run.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..))]
     pub batch_size: u64,
-    /// Where the model runs: cpu, cuda or cuda:N.
+    /// Where the model runs: cpu, cuda, cuda:N or auto (CUDA device 0 when usable, else the
+    /// CPU).
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// ONNX Runtime threads (default: one per core).

@@ -62,6 +62,9 @@ pub fn run(
         selected_ids(pipeline, names)?;
     }
     let selected = pipeline.closure(&targets);
+    if !options.dry_run {
+        pipeline.preflight(&selected)?;
+    }
     let env = JobEnv {
         pipeline,
         store,

@@ -427,6 +427,29 @@ fn check_params(
     }
 }
 
+impl Pipeline<'_> {
+    /// Asks each stage of `ids` whether this machine can run it ([`Stage::preflight`]); every
+    /// refusal becomes a diagnostic at the parameter concerned.
+    pub fn preflight(&self, ids: &[usize]) -> Result<(), ManifestError> {
+        let file = &self.manifest.path;
+        let diagnostics: Vec<Diagnostic> = ids
+            .iter()
+            .map(|&id| &self.stages[id])
+            .filter_map(|s| {
+                let e = s.kind.preflight(&s.spec.params).err()?;
+                Some(param_diagnostic(&s.spec, s.kind, file, e))
+            })
+            .collect();
+        if diagnostics.is_empty() {
+            return Ok(());
+        }
+        Err(ManifestError {
+            diagnostics,
+            source_text: Some(self.manifest.source.clone()),
+        })
+    }
+}
+
 fn param_diagnostic(
     spec: &StageSpec,
     kind: &dyn Stage,

@@ -55,6 +55,15 @@ pub trait Stage: Send + Sync {
     /// left out.
     fn check(&self, params: &Value) -> Result<Checked, ParamError>;
 
+    /// Checks that this machine can run the stage as its `params` ask (a device, a tool),
+    /// before any stage of a run starts; not called for dry runs. An error is located at its
+    /// parameter like a [`Stage::check`] error and stops the run with nothing run (exit 2).
+    /// The default checks nothing.
+    fn preflight(&self, params: &Value) -> Result<(), ParamError> {
+        let _ = params;
+        Ok(())
+    }
+
     /// Runs the stage. Outputs go into `ctx.out_dir`; each top-level entry
     /// there (file or folder) is one named output. Returning `Err` fails the
     /// stage; nothing it wrote is kept.

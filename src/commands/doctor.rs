@@ -5,16 +5,23 @@ use pipe_engine::{Printer, Tone};
 use crate::Outcome;
 use crate::cli::DoctorArgs;
 
-/// Reports the store location and the ONNX Runtime library.
+/// Reports the store location, the ONNX Runtime libraries found and loaded, and whether a
+/// session can run on CUDA device 0. Fails (exit 1) only when no ONNX Runtime can be loaded:
+/// a machine without CUDA is a fine machine for `device: cpu`.
 pub fn exec(args: DoctorArgs, printer: &Printer) -> anyhow::Result<Outcome> {
     let cwd = std::env::current_dir()?;
     let store = pipe_engine::store_dir(&cwd);
     let runtime = pipe_stages::runtime_report();
+    let cuda = runtime
+        .loaded
+        .is_some()
+        .then(|| pipe_stages::cuda_report(0));
     if args.json {
         let value = serde_json::json!({
             "pipe_version": env!("CARGO_PKG_VERSION"),
             "store": store,
             "onnxruntime": runtime,
+            "cuda": cuda,
         });
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
@@ -24,12 +31,47 @@ pub fn exec(args: DoctorArgs, printer: &Printer) -> anyhow::Result<Outcome> {
             Tone::Good,
             &format!("{} (for manifests in this folder)", store.display()),
         );
-        match &runtime {
-            Ok(info) => printer.status("runtime", Tone::Good, &info.to_string()),
-            Err(e) => printer.status("runtime", Tone::Bad, e),
+        let tone = if runtime.loaded.is_some() {
+            Tone::Good
+        } else {
+            Tone::Bad
+        };
+        printer.status("runtime", tone, &runtime.to_string());
+        let found = |p: &Option<std::path::PathBuf>, fetch: &str| match p {
+            Some(p) => p.display().to_string(),
+            None => format!("not fetched ({fetch})"),
+        };
+        let libs = &runtime.libraries;
+        printer.status(
+            "cpu build",
+            Tone::Quiet,
+            &found(&libs.cpu, "scripts/fetch-onnxruntime.sh"),
+        );
+        printer.status(
+            "cuda build",
+            Tone::Quiet,
+            &found(&libs.gpu, "scripts/fetch-onnxruntime.sh --gpu"),
+        );
+        if let Some(p) = &libs.ort_dylib_path {
+            printer.status(
+                "override",
+                Tone::Quiet,
+                &format!("ORT_DYLIB_PATH={}", p.display()),
+            );
+        }
+        if let Some(cuda) = &cuda {
+            let tone = if cuda.available {
+                Tone::Good
+            } else {
+                Tone::Warn
+            };
+            printer.status("cuda", tone, &cuda.to_string());
+            if let Some(fix) = &cuda.fix {
+                printer.status("help", Tone::Quiet, fix);
+            }
         }
     }
-    Ok(if runtime.is_ok() {
+    Ok(if runtime.loaded.is_some() {
         Outcome::Success
     } else {
         Outcome::Failure

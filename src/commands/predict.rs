@@ -4,8 +4,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use pipe_engine::lockfile::{LockFile, lock_path};
-use pipe_engine::{Printer, Tone};
-use pipe_onnx::{Device, SessionOptions};
+use pipe_engine::{Printer, Tone, UsageError};
+use pipe_onnx::SessionOptions;
+use pipe_onnx::runtime::{self, CudaOptions, Device, DeviceChoice};
 use pipe_stages::bundle::{Bundle, Predictions};
 use pipe_stages::models::gpt_neo::ProblemType;
 use serde::Serialize;
@@ -32,7 +33,12 @@ struct Predicted<'a> {
 pub fn exec(args: PredictArgs, printer: &Printer) -> anyhow::Result<Outcome> {
     match predict(&args, printer) {
         Ok(()) => Ok(Outcome::Success),
-        Err(error) if error.downcast_ref::<pipe_engine::ManifestError>().is_some() => Err(error),
+        Err(error)
+            if error.downcast_ref::<pipe_engine::ManifestError>().is_some()
+                || error.downcast_ref::<pipe_engine::UsageError>().is_some() =>
+        {
+            Err(error)
+        }
         Err(error) => {
             printer.error(&error);
             Ok(Outcome::Failure)
@@ -40,12 +46,34 @@ pub fn exec(args: PredictArgs, printer: &Printer) -> anyhow::Result<Outcome> {
     }
 }
 
+/// The device `--device` names (`auto` resolved, with a note when it falls back to the CPU);
+/// a device that is misspelt or cannot be had here is a usage error (exit 2) with the fix.
+fn choose_device(device: &str, printer: &Printer) -> anyhow::Result<Device> {
+    let choice: DeviceChoice = device
+        .parse()
+        .map_err(|e: pipe_onnx::Error| UsageError(format!("--device: {e}")))?;
+    let resolved = runtime::resolve(choice).map_err(|e| UsageError(format!("--device: {e}")))?;
+    if let Some(reason) = &resolved.fallback {
+        printer.status(
+            "Device",
+            Tone::Quiet,
+            &format!(
+                "auto: running on the CPU; CUDA is unavailable: {}",
+                reason.lines().next().unwrap_or_default()
+            ),
+        );
+    }
+    Ok(resolved.device)
+}
+
 fn predict(args: &PredictArgs, printer: &Printer) -> anyhow::Result<()> {
-    let device: Device = args.device.parse()?;
+    let device = choose_device(&args.device, printer)?;
     let options = SessionOptions {
         device,
         intra_threads: args.threads,
         graph_cache_dir: None,
+        // Inference keeps full fp32 matrix products, as the exported model specifies.
+        cuda: CudaOptions { tf32: false },
     };
     let dir = bundle_dir(&args.bundle, args.manifest.as_deref())?;
     let texts = match &args.file {

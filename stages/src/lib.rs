@@ -23,7 +23,7 @@ pub mod tokenize;
 
 pub use ingest::{Texts, read_texts};
 use pipe_engine::Registry;
-pub use runtime_report::{RuntimeReport, runtime_report};
+pub use runtime_report::{CudaReport, Libraries, RuntimeReport, cuda_report, runtime_report};
 
 /// Every stage kind this build of `pipe` knows.
 pub fn registry() -> Registry {

@@ -4,6 +4,7 @@ mod cache;
 mod cli;
 mod crash;
 mod data;
+mod device;
 mod malformed;
 mod matrix;
 mod metrics;

@@ -33,15 +33,16 @@ pub enum Error {
         /// Every path looked at, in order.
         searched: Vec<PathBuf>,
     },
-    /// A device was asked for that this ONNX Runtime build cannot use.
-    #[error(
-        "{device} is unavailable in this ONNX Runtime build (available execution providers: {available})"
-    )]
+    /// A device was asked for that cannot be had here: ONNX Runtime's (or CUDA's) reason, and
+    /// what to do about it.
+    #[error("{device} is unavailable: {reason}\nhelp: {fix}")]
     DeviceUnavailable {
         /// The device asked for, e.g. `cuda:0`.
         device: String,
-        /// Providers the loaded library reports.
-        available: String,
+        /// Why, in ONNX Runtime's or CUDA's words.
+        reason: String,
+        /// What to do about it.
+        fix: String,
     },
     /// A call into ONNX Runtime failed.
     #[error("{context}")]

@@ -5,7 +5,7 @@
 //!   from: { model: export-onnx, data: split }
 //!   splits: [train, test]   # default: every split the data has, in the order train, validation, test
 //!   batch_size: 32          # rows per model run
-//!   device: cpu             # cpu, cuda or cuda:N (not in the key)
+//!   device: cpu             # cpu, cuda, cuda:N or auto (not in the key)
 //!   threads: 2              # ONNX Runtime threads; one per core when left out (not in the key)
 //! ```
 //!
@@ -34,7 +34,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::bundle::{Bundle, INFO_FILE, TRAIN_LOG_FILE};
-use crate::device::{default_device, session_options};
+use crate::device::{
+    check as check_device, choose, default_device, headline_suffix, session_options,
+};
 use crate::metrics::{self, RocCurve, SplitMetrics};
 use crate::models::gpt_neo::ProblemType;
 use crate::report::{self, Report, SplitReport, WrongExample};
@@ -63,7 +65,7 @@ pub struct Params {
     /// Rows per model run.
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
-    /// Where the model runs: cpu, cuda or cuda:N (not part of the stage key).
+    /// Where the model runs: cpu, cuda, cuda:N or auto (not part of the stage key).
     #[serde(default = "default_device")]
     pub device: String,
     /// ONNX Runtime threads; one per core when left out (not part of the stage key).
@@ -107,7 +109,7 @@ impl Params {
                 }
             }
         }
-        session_options(&params.device, params.threads)?;
+        check_device(&params.device, params.threads)?;
         Ok(params)
     }
 
@@ -150,9 +152,15 @@ impl Stage for Evaluate {
         })
     }
 
+    fn preflight(&self, params: &serde_json::Value) -> Result<(), ParamError> {
+        crate::device::preflight(&Params::parse(params)?.device)
+    }
+
     fn run(&self, ctx: &RunContext<'_>) -> Result<Outcome> {
         let params = Params::parse(ctx.params)?;
-        let options = session_options(&params.device, params.threads)?;
+        let device = choose(&params.device, ctx.reporter)?;
+        // TF32 is finetune's alone: inference and the self-check keep full fp32 products.
+        let options = session_options(&params.device, params.threads, false)?;
         let model = ctx.input("model")?;
         let data = ctx.input("data")?;
         let bundle_dir = bundle_dir(model)?;
@@ -244,9 +252,15 @@ impl Stage for Evaluate {
             .with_context(|| format!("cannot write {}", report_path.display()))?;
 
         metrics_json.remove("labels");
-        let headline = scored
-            .last()
-            .map(|s| format!("{} {}", s.name, s.metrics.headline()));
+        metrics_json.insert("device".into(), json!(device.to_string()));
+        let headline = scored.last().map(|s| {
+            format!(
+                "{} {}{}",
+                s.name,
+                s.metrics.headline(),
+                headline_suffix(&params.device, device)
+            )
+        });
         Ok(Outcome {
             metrics: metrics_json,
             headline,

@@ -5,7 +5,7 @@
 //! export-onnx:
 //!   from: finetune
 //!   opset: 20          # the ONNX opset model.onnx declares, 20 to 26
-//!   device: cpu        # where the self-check runs (not in the key)
+//!   device: cpu        # where the self-check runs: cpu, cuda, cuda:N, auto (not in the key)
 //!   threads: 2         # its threads (not in the key); one per core when left out
 //! ```
 //!
@@ -40,7 +40,9 @@ use crate::bundle::{
     BundleInfo, DATA_FILE, INFO_FILE, INPUTS, LABELS_FILE, MODEL_FILE, ModelShape, OUTPUTS,
     Provenance, TOKENIZER_FILE, TRAIN_LOG_FILE,
 };
-use crate::device::{default_device, session_options};
+use crate::device::{
+    check as check_device, choose, default_device, headline_suffix, session_options,
+};
 use crate::models::gpt_neo::{GptNeoConfig, ProblemType};
 use crate::models::hf_folder;
 use crate::table::write_json;
@@ -83,7 +85,7 @@ pub struct Params {
     /// The ONNX opset model.onnx declares (20 to 26).
     #[serde(default = "default_opset")]
     pub opset: i64,
-    /// Where the self-check runs: cpu, cuda or cuda:N (not part of the stage key).
+    /// Where the self-check runs: cpu, cuda, cuda:N or auto (not part of the stage key).
     #[serde(default = "default_device")]
     pub device: String,
     /// Threads of the self-check; one per core when left out (not part of the stage key).
@@ -107,7 +109,7 @@ impl Params {
                 "choose an opset from {OPSET} (GELU's tanh form needs it) to {MAX_OPSET} (the latest ONNX Runtime 1.31 runs)"
             )));
         }
-        session_options(&params.device, params.threads)?;
+        check_device(&params.device, params.threads)?;
         Ok(params)
     }
 }
@@ -137,9 +139,15 @@ impl Stage for ExportOnnx {
         })
     }
 
+    fn preflight(&self, params: &serde_json::Value) -> Result<(), ParamError> {
+        crate::device::preflight(&Params::parse(params)?.device)
+    }
+
     fn run(&self, ctx: &RunContext<'_>) -> Result<Outcome> {
         let params = Params::parse(ctx.params)?;
-        let options = session_options(&params.device, params.threads)?;
+        let device = choose(&params.device, ctx.reporter)?;
+        // TF32 is finetune's alone: inference and the self-check keep full fp32 products.
+        let options = session_options(&params.device, params.threads, false)?;
         let input = ctx.only_input()?;
         let model_dir = input.output("model")?;
         let cfg = hf_folder::read_config(model_dir)?;
@@ -200,13 +208,15 @@ impl Stage for ExportOnnx {
         metrics.insert("bytes".into(), json!(bytes));
         metrics.insert("vocab_size".into(), json!(tokenizer.get_vocab_size(true)));
         metrics.insert("self_check_max_diff".into(), json!(max_diff));
+        metrics.insert("device".into(), json!(device.to_string()));
         Ok(Outcome {
             metrics,
             headline: Some(format!(
-                "opset {} · {} labels · {}",
+                "opset {} · {} labels · {}{}",
                 params.opset,
                 info.num_labels,
-                human_size(bytes)
+                human_size(bytes),
+                headline_suffix(&params.device, device)
             )),
         })
     }

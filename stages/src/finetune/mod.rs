@@ -7,7 +7,7 @@
 //!   epochs: 3
 //!   batch_size: 16
 //!   learning_rate: 5.0e-4
-//!   device: cpu                          # or cuda, cuda:1 (not part of the cache key)
+//!   device: cpu                          # or cuda, cuda:1, auto (not part of the cache key)
 //! ```
 //!
 //! Input: the outputs of `tokenize` (`train`, optional `validation`, `tokenizer.json`,
@@ -100,6 +100,7 @@ impl Stage for Finetune {
             // Where and how fast it runs does not change what it computes.
             map.remove("device");
             map.remove("threads");
+            map.remove("tf32");
         }
         let workspace_deps = match params.model_source()? {
             ModelSource::Path(path) => vec![path],
@@ -119,6 +120,10 @@ impl Stage for Finetune {
             key_params,
             workspace_deps,
         })
+    }
+
+    fn preflight(&self, params: &Value) -> Result<(), ParamError> {
+        crate::device::preflight(Params::parse(params)?.device())
     }
 
     fn run(&self, ctx: &RunContext<'_>) -> Result<Outcome> {
@@ -153,6 +158,7 @@ impl Stage for Finetune {
         check_fits(&start, &train, validation.as_ref())?;
         let problem = train.problem();
         let options = StepOptions::resolve(&params, &start.config, &labels, &train)?;
+        let device = crate::device::choose(params.device(), ctx.reporter)?;
         let began = std::time::Instant::now();
         let training = Training::new(
             &params,
@@ -239,6 +245,7 @@ impl Stage for Finetune {
         if let Some(peak) = peak_memory_bytes() {
             metrics.insert("peak_memory_bytes".into(), json!(peak));
         }
+        metrics.insert("device".into(), json!(device.to_string()));
         metrics.insert("seconds".into(), json!(began.elapsed().as_secs_f64()));
         if let Some(step) = finished.resumed_from {
             metrics.insert("resumed_from_step".into(), json!(step));
@@ -255,6 +262,7 @@ impl Stage for Finetune {
             headline.push_str(&format!(" · stopped early at step {step}"));
         }
         headline.push_str(&format!(" · {:.0} tok/s", summary.tokens_per_s));
+        headline.push_str(&crate::device::headline_suffix(params.device(), device));
         Ok(Outcome {
             metrics: metrics
                 .into_iter()

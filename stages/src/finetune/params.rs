@@ -82,9 +82,14 @@ pub struct Params {
     /// or `{ label: weight, … }` (labels not named weigh 1). Single-label data only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub class_weights: Option<ClassWeights>,
-    /// Where to train: `cpu`, `cuda` or `cuda:N`. Not part of the cache key.
+    /// Where to train: `cpu`, `cuda`, `cuda:N` or `auto` (CUDA when usable, else the CPU).
+    /// Not part of the cache key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
+    /// TensorFloat-32 matrix products on CUDA (default true; ignored on the CPU). Not part of
+    /// the cache key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tf32: Option<bool>,
     /// Threads per operator (default: one per core). Not part of the cache key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threads: Option<usize>,
@@ -311,7 +316,7 @@ impl Params {
             lora.check()
                 .map_err(|(field, message)| ParamError::new(&["lora", field], message))?;
         }
-        params.session_options()?;
+        crate::device::check(params.device(), params.threads)?;
         Ok(params)
     }
 
@@ -394,8 +399,13 @@ impl Params {
         }
     }
 
-    /// ONNX Runtime session options for `device` and `threads`.
+    /// `device` as written (`cpu` when left out).
+    pub fn device(&self) -> &str {
+        self.device.as_deref().unwrap_or("cpu")
+    }
+
+    /// ONNX Runtime session options for `device` (`auto` resolved), `threads` and `tf32`.
     pub fn session_options(&self) -> Result<SessionOptions, ParamError> {
-        crate::device::session_options(self.device.as_deref().unwrap_or("cpu"), self.threads)
+        crate::device::session_options(self.device(), self.threads, self.tf32.unwrap_or(true))
     }
 }

@@ -1,5 +1,6 @@
 //! Tensors in host memory, the currency between callers and ONNX Runtime.
 
+use ort::memory::AllocationDevice;
 use ort::value::{
     DynValue, Tensor as OrtTensor, TensorElementType, TensorValueTypeMarker, Value, ValueType,
 };
@@ -157,12 +158,21 @@ impl HostTensor {
         })
     }
 
-    /// Copies an ONNX Runtime tensor (in CPU memory) to the host.
+    /// Copies an ONNX Runtime tensor to the host, from device memory (CUDA) through ONNX
+    /// Runtime when it is not in host memory.
     pub fn from_value<T: TensorValueTypeMarker + ?Sized>(v: &Value<T>) -> Result<Self> {
         let ty = match v.dtype() {
             ValueType::Tensor { ty, .. } => *ty,
             other => return Err(Error::Data(format!("expected a tensor, got {other:?}"))),
         };
+        // Only tensors have memory info (checked just above).
+        let tensor = v.upcast_ref();
+        if !tensor.memory_info().is_cpu_accessible() {
+            let host = tensor
+                .to(AllocationDevice::CPU, 0)
+                .ort_context(|| "failed to copy a tensor from the device to the host".into())?;
+            return Self::from_value(&host);
+        }
         let ctx = || "failed to read a tensor".to_string();
         macro_rules! read {
             ($t:ty, $variant:ident) => {{

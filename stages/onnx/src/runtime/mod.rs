@@ -1,81 +1,42 @@
 //! Loading ONNX Runtime and running graphs on it.
 //!
-//! - [`locate_library`] finds `libonnxruntime.so.1.31.1` (see its docs for the search order),
-//!   [`init`] loads it once per process, [`runtime_info`] reports what was loaded.
-//! - [`Session`] runs a model on the CPU or, when asked, on CUDA (an error when this build cannot:
-//!   never a silent CPU fallback). Host data goes in and out as [`HostTensor`].
+//! - [`locate_library_for`] finds `libonnxruntime.so.1.31.1`, the CPU or the CUDA build (see
+//!   [`library`] for which one a process loads), [`init_for`] loads it once per process,
+//!   [`runtime_info`] reports what was loaded.
+//! - [`Session`] runs a model on the CPU or on CUDA; asking for CUDA where it cannot be had is
+//!   an error ([`Error::DeviceUnavailable`], with ONNX Runtime's reason and the fix), never a
+//!   silent CPU fallback. [`probe`] answers "can a session be created on this device?" once
+//!   per process, and [`resolve`] turns [`DeviceChoice::Auto`] into a device.
+//! - Device memory: [`Session::state_allocator`] allocates tensors on the session's device
+//!   (for IoBinding), [`write_host`] fills one from the host, [`HostTensor::from_value`] reads
+//!   any back, [`Session::memory_stats`] reports the device arena's peak.
 //! - [`Trainer`] keeps training state inside ONNX Runtime between steps; [`FlatTrainer`] keeps
 //!   it once, in flat host buffers, and runs AdamW on the host.
 
+pub mod cuda;
+mod device;
 mod flat_trainer;
 mod host;
+pub mod library;
+mod memory;
 mod trainer;
 
 use std::collections::BTreeMap;
 use std::ffi::CStr;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::{Mutex, OnceLock};
 
+pub use cuda::CudaOptions;
+pub use device::{Device, DeviceChoice};
 pub use flat_trainer::FlatTrainer;
 pub use host::{HostData, HostTensor};
+pub use library::{LIBRARY_NAME, Preference, locate_library, locate_library_for};
+pub use memory::{MemoryStats, host_memory, write_host};
 pub use trainer::{StepResult, Trainer};
 
 use crate::error::OrtContext;
 use crate::{Error, Model, Result};
-
-/// File name of the ONNX Runtime library `pipe` is built and tested against.
-pub const LIBRARY_NAME: &str = "libonnxruntime.so.1.31.1";
-
-/// Where `scripts/fetch-onnxruntime.sh` puts the library, relative to the repository root.
-const TOOLS_DIR: &str = ".tools/onnxruntime";
-
-/// Finds the ONNX Runtime shared library. Searched in order:
-///
-/// 1. the `ORT_DYLIB_PATH` environment variable;
-/// 2. `.tools/onnxruntime/libonnxruntime.so.1.31.1` in the folder of the current executable and
-///    each of its ancestors;
-/// 3. the same in the current directory and each of its ancestors;
-/// 4. the repository's `.tools` folder as seen from this crate's source (dev and test builds).
-///
-/// The error lists every path searched and says to run `scripts/fetch-onnxruntime.sh`.
-pub fn locate_library() -> Result<PathBuf> {
-    let mut searched = Vec::new();
-    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
-        let p = PathBuf::from(p);
-        if p.is_file() {
-            return Ok(p);
-        }
-        searched.push(p);
-    }
-    let rel = Path::new(TOOLS_DIR).join(LIBRARY_NAME);
-    let mut roots = Vec::new();
-    if let Ok(exe) = std::env::current_exe()
-        && let Some(dir) = exe.parent()
-    {
-        roots.extend(dir.ancestors().map(Path::to_path_buf));
-    }
-    if let Ok(cwd) = std::env::current_dir() {
-        roots.extend(cwd.ancestors().map(Path::to_path_buf));
-    }
-    for root in roots {
-        let p = root.join(&rel);
-        if p.is_file() {
-            return Ok(p);
-        }
-        searched.push(p);
-    }
-    let dev = PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../.tools/onnxruntime/libonnxruntime.so.1.31.1"
-    ));
-    if dev.is_file() {
-        return Ok(dev);
-    }
-    searched.push(dev);
-    Err(Error::LibraryNotFound { searched })
-}
 
 struct Runtime {
     env: ort::environment::Environment,
@@ -85,7 +46,8 @@ struct Runtime {
 static RUNTIME: OnceLock<Runtime> = OnceLock::new();
 static INIT_LOCK: Mutex<()> = Mutex::new(());
 
-fn runtime() -> Result<&'static Runtime> {
+/// The loaded runtime, loading it (with `preference`) when this is the first use.
+fn runtime_for(preference: Preference) -> Result<&'static Runtime> {
     if let Some(r) = RUNTIME.get() {
         return Ok(r);
     }
@@ -94,7 +56,7 @@ fn runtime() -> Result<&'static Runtime> {
     if let Some(r) = RUNTIME.get() {
         return Ok(r);
     }
-    let path = locate_library()?;
+    let path = locate_library_for(preference)?;
     let builder = ort::init_from(&path).map_err(|e| Error::Ort {
         context: format!("failed to load ONNX Runtime from `{}`", path.display()),
         source: ort::Error::new(e.to_string()),
@@ -106,9 +68,19 @@ fn runtime() -> Result<&'static Runtime> {
     Ok(RUNTIME.get_or_init(|| Runtime { env, path }))
 }
 
+fn runtime() -> Result<&'static Runtime> {
+    runtime_for(Preference::Cpu)
+}
+
 /// Loads ONNX Runtime (once per process) and returns the path it was loaded from.
 pub fn init() -> Result<PathBuf> {
     Ok(runtime()?.path.clone())
+}
+
+/// Loads ONNX Runtime, the CUDA build first when `preference` says so and this process has not
+/// loaded it yet (see [`library`]), and returns the path it was loaded from.
+pub fn init_for(preference: Preference) -> Result<PathBuf> {
+    Ok(runtime_for(preference)?.path.clone())
 }
 
 /// What `pipe doctor` reports about ONNX Runtime.
@@ -130,6 +102,153 @@ pub fn runtime_info() -> Result<RuntimeInfo> {
         version: library_version(&rt.path)?,
         providers: available_providers()?,
     })
+}
+
+/// Whether CUDA device `ordinal` can run a session here, and what it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CudaStatus {
+    /// The device asked about.
+    pub device: Device,
+    /// `None` when a session was created and ran on it; else ONNX Runtime's or CUDA's reason.
+    pub unavailable: Option<String>,
+    /// What to do when it is unavailable.
+    pub fix: Option<String>,
+    /// The device's name, when the driver answers.
+    pub name: Option<String>,
+    /// Its memory, when the CUDA runtime answers.
+    pub memory: Option<cuda::DeviceMemory>,
+    /// CUDA runtime and driver versions, when the CUDA runtime answers.
+    pub versions: Option<(String, String)>,
+}
+
+/// Tries CUDA device `ordinal` (see [`probe`]) and describes it. Loads ONNX Runtime preferring
+/// the CUDA build when this process has not loaded it yet.
+pub fn cuda_status(ordinal: u32) -> CudaStatus {
+    let device = Device::Cuda(ordinal);
+    let unavailable = match probe(device) {
+        Ok(()) => None,
+        Err(Error::DeviceUnavailable { reason, .. }) => Some(reason),
+        Err(other) => Some(other.to_string()),
+    };
+    CudaStatus {
+        device,
+        fix: unavailable.as_deref().map(|r| cuda::fix_for(r).to_string()),
+        name: cuda::device_name(ordinal).ok(),
+        memory: cuda::device_memory(ordinal).ok(),
+        versions: cuda::versions().ok(),
+        unavailable,
+    }
+}
+
+/// Results of [`probe`] by CUDA ordinal, kept for the life of the process.
+static PROBES: Mutex<BTreeMap<u32, std::result::Result<(), String>>> = Mutex::new(BTreeMap::new());
+
+/// Checks that a session can be created and run on `device` (always true of the CPU). The first
+/// call per CUDA device loads ONNX Runtime (the CUDA build first), the CUDA libraries beside
+/// it, and creates and runs a one-node session on the device; the answer is kept for the rest
+/// of the process. The error is [`Error::DeviceUnavailable`] with ONNX Runtime's reason.
+pub fn probe(device: Device) -> Result<()> {
+    let Device::Cuda(ordinal) = device else {
+        return Ok(());
+    };
+    let mut probes = PROBES.lock().unwrap_or_else(|e| e.into_inner());
+    let answer = probes
+        .entry(ordinal)
+        .or_insert_with(|| probe_cuda(ordinal))
+        .clone();
+    answer.map_err(|reason| unavailable(device, &reason))
+}
+
+/// [`Error::DeviceUnavailable`] for `device`, with the fix for `reason`.
+fn unavailable(device: Device, reason: &str) -> Error {
+    Error::DeviceUnavailable {
+        device: device.to_string(),
+        reason: reason.to_string(),
+        fix: cuda::fix_for(reason).to_string(),
+    }
+}
+
+fn probe_cuda(ordinal: u32) -> std::result::Result<(), String> {
+    let rt = runtime_for(Preference::Cuda).map_err(|e| e.to_string())?;
+    let providers = available_providers().map_err(|e| e.to_string())?;
+    if !providers.iter().any(|p| p == "CUDAExecutionProvider") {
+        let mut reason = format!(
+            "the ONNX Runtime library loaded, {}, has no CUDA execution provider (it offers {})",
+            rt.path.display(),
+            providers.join(", ")
+        );
+        if let Some(gpu) = library::gpu_library().filter(|g| *g != rt.path) {
+            reason.push_str(&format!(
+                "; the CUDA build at {} is there, but this process had loaded the CPU build first",
+                gpu.display()
+            ));
+        }
+        return Err(reason);
+    }
+    if let Some(dir) = rt.path.parent() {
+        cuda::preload_runtime_libraries(dir)?;
+    }
+    let mut g = crate::Graph::new("pipe_cuda_probe");
+    let x = g
+        .input("x", crate::DType::F32, &[crate::Dim::Fixed(2)])
+        .map_err(|e| e.to_string())?;
+    let y = g.neg(x).map_err(|e| e.to_string())?;
+    g.output(y, "y").map_err(|e| e.to_string())?;
+    let bytes = g.build().map_err(|e| e.to_string())?.to_bytes();
+    let mut session = ort::session::Session::builder(&rt.env)
+        .map_err(|e| e.to_string())?
+        .with_execution_providers([cuda::execution_provider(ordinal, CudaOptions::default())])
+        .map_err(|e| e.to_string())?
+        .commit_from_memory(&bytes)
+        .map_err(|e| e.to_string())?;
+    let x = HostTensor::f32(&[2], vec![1.0, -2.0])
+        .and_then(|t| t.to_value())
+        .map_err(|e| e.to_string())?;
+    let out = session
+        .run(vec![("x".to_string(), x)])
+        .map_err(|e| e.to_string())?;
+    let y = HostTensor::from_value(&out["y"]).map_err(|e| e.to_string())?;
+    if y.as_f32() != Some(&[-1.0, 2.0][..]) {
+        return Err(format!(
+            "a test graph on cuda:{ordinal} computed {:?} instead of [-1, 2]",
+            y.as_f32()
+        ));
+    }
+    Ok(())
+}
+
+/// Which device a [`DeviceChoice`] comes to on this machine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resolved {
+    /// The device to use.
+    pub device: Device,
+    /// For `auto` that fell back to the CPU: why CUDA could not be used.
+    pub fallback: Option<String>,
+}
+
+/// A fixed device when [`probe`] accepts it (its error otherwise); `auto`: CUDA device 0 when
+/// a session can be created on it, else the CPU with CUDA's reason.
+pub fn resolve(choice: DeviceChoice) -> Result<Resolved> {
+    match choice {
+        DeviceChoice::Fixed(device) => {
+            probe(device)?;
+            Ok(Resolved {
+                device,
+                fallback: None,
+            })
+        }
+        DeviceChoice::Auto => match probe(Device::Cuda(0)) {
+            Ok(()) => Ok(Resolved {
+                device: Device::Cuda(0),
+                fallback: None,
+            }),
+            Err(Error::DeviceUnavailable { reason, .. }) => Ok(Resolved {
+                device: Device::Cpu,
+                fallback: Some(reason),
+            }),
+            Err(other) => Err(other),
+        },
+    }
 }
 
 /// The version string the library reports (`OrtGetApiBase()->GetVersionString()`).
@@ -188,46 +307,6 @@ pub fn available_providers() -> Result<Vec<String>> {
     }
 }
 
-/// Where a session runs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Device {
-    /// The CPU execution provider.
-    #[default]
-    Cpu,
-    /// A CUDA device by index.
-    Cuda(u32),
-}
-
-impl fmt::Display for Device {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Device::Cpu => f.write_str("cpu"),
-            Device::Cuda(n) => write!(f, "cuda:{n}"),
-        }
-    }
-}
-
-impl FromStr for Device {
-    type Err = Error;
-
-    /// Parses `cpu`, `cuda` (device 0) or `cuda:N`.
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "cpu" => Ok(Device::Cpu),
-            "cuda" => Ok(Device::Cuda(0)),
-            _ => s
-                .strip_prefix("cuda:")
-                .and_then(|n| n.parse().ok())
-                .map(Device::Cuda)
-                .ok_or_else(|| {
-                    Error::Data(format!(
-                        "unknown device `{s}`; expected cpu, cuda or cuda:N"
-                    ))
-                }),
-        }
-    }
-}
-
 /// How to create a [`Session`].
 #[derive(Clone, Debug, Default)]
 pub struct SessionOptions {
@@ -238,6 +317,8 @@ pub struct SessionOptions {
     /// When set, models are written there as `<blake3 of bytes>.onnx` (once) and loaded from
     /// the file, so a compiled step graph can be inspected and reused across runs.
     pub graph_cache_dir: Option<PathBuf>,
+    /// CUDA provider options (used when `device` is CUDA).
+    pub cuda: CudaOptions,
 }
 
 /// A model loaded in ONNX Runtime.
@@ -312,7 +393,10 @@ impl Session {
     }
 
     fn builder(opts: &SessionOptions) -> Result<ort::session::builder::SessionBuilder> {
-        let rt = runtime()?;
+        let rt = match opts.device {
+            Device::Cpu => runtime()?,
+            Device::Cuda(_) => runtime_for(Preference::Cuda)?,
+        };
         let mut b = ort::session::Session::builder(&rt.env)
             .ort_context(|| "failed to create a session builder".into())?;
         if let Some(n) = opts.intra_threads {
@@ -320,14 +404,11 @@ impl Session {
                 .with_intra_threads(n)
                 .ort_context(|| format!("failed to set {n} intra-op threads"))?;
         }
-        if let Device::Cuda(_) = opts.device {
-            let providers = available_providers()?;
-            // This crate is built without ort's `cuda` feature, so even a CUDA-capable library
-            // cannot be driven from here; say so rather than fall back to the CPU.
-            return Err(Error::DeviceUnavailable {
-                device: opts.device.to_string(),
-                available: providers.join(", "),
-            });
+        if let Device::Cuda(ordinal) = opts.device {
+            probe(opts.device)?;
+            b = b
+                .with_execution_providers([cuda::execution_provider(ordinal, opts.cuda)])
+                .map_err(|e| unavailable(opts.device, &e.to_string()))?;
         }
         Ok(b)
     }

@@ -1,7 +1,9 @@
 //! Loading ONNX Runtime, what `pipe doctor` reports, devices, and build-time errors.
 
-use pipe_onnx::runtime::{self, Device};
-use pipe_onnx::{DType, Dim, Error, Graph, Session, SessionOptions};
+use ort::memory::AllocationDevice;
+use ort::value::{DynTensor, TensorElementType};
+use pipe_onnx::runtime::{self, Device, DeviceChoice};
+use pipe_onnx::{DType, Dim, Error, Graph, HostTensor, Session, SessionOptions};
 
 #[test]
 fn library_is_found_and_reports_version_and_providers() {
@@ -26,15 +28,86 @@ fn cuda_is_an_error_not_a_silent_cpu_fallback() {
         device: Device::Cuda(0),
         ..Default::default()
     };
+    // No GPU on the machines these tests run on: whichever build is loaded, the session is
+    // refused with a reason and a fix.
     let err = Session::from_model(&g.build().unwrap(), &opts).unwrap_err();
-    assert!(matches!(err, Error::DeviceUnavailable { .. }), "{err}");
+    let Error::DeviceUnavailable {
+        device,
+        reason,
+        fix,
+    } = &err
+    else {
+        panic!("{err}");
+    };
+    assert_eq!(device, "cuda:0");
+    assert!(!reason.is_empty() && !fix.is_empty(), "{err}");
     let msg = err.to_string();
     assert!(
-        msg.contains("cuda:0")
-            && msg.contains("unavailable")
-            && msg.contains("CPUExecutionProvider"),
+        msg.starts_with("cuda:0 is unavailable: ") && msg.contains("\nhelp: "),
         "{msg}"
     );
+    // The answer is remembered: asking again gives the same reason without a new attempt.
+    let again = runtime::probe(Device::Cuda(0)).unwrap_err().to_string();
+    assert_eq!(again, msg);
+    // `auto` comes to the CPU, with that reason.
+    let resolved = runtime::resolve(DeviceChoice::Auto).unwrap();
+    assert_eq!(resolved.device, Device::Cpu);
+    assert_eq!(resolved.fallback.as_deref(), Some(reason.as_str()));
+}
+
+#[test]
+fn state_tensors_live_on_the_session_device_and_round_trip_through_the_host() {
+    let mut g = Graph::new("double");
+    let x = g.input("x", DType::F32, &[Dim::Fixed(3)]).unwrap();
+    let y = g.add(x, x).unwrap();
+    g.output(y, "y").unwrap();
+    let mut s = Session::from_model(&g.build().unwrap(), &SessionOptions::default()).unwrap();
+    let allocator = s.state_allocator().unwrap();
+    assert_eq!(
+        allocator.memory_info().allocation_device(),
+        AllocationDevice::CPU
+    );
+    let mut input = DynTensor::new(&allocator, TensorElementType::Float32, vec![3_i64]).unwrap();
+    let mut output = DynTensor::new(&allocator, TensorElementType::Float32, vec![3_i64]).unwrap();
+    let host = HostTensor::f32(&[3], vec![1.0, -2.0, 0.5]).unwrap();
+    runtime::write_host(&mut input, &host, "x").unwrap();
+    let mut binding = s.ort().create_binding().unwrap();
+    binding.bind_input("x", &input).unwrap();
+    binding.bind_output("y", &mut output).unwrap();
+    s.ort().run_binding(&binding).unwrap();
+    drop(binding);
+    assert_eq!(
+        HostTensor::from_value(&output).unwrap().as_f32().unwrap(),
+        &[2.0, -4.0, 1.0]
+    );
+    // A size mismatch is an error naming the tensor, not a partial write.
+    let wrong = HostTensor::f32(&[2], vec![0.0, 0.0]).unwrap();
+    let err = runtime::write_host(&mut input, &wrong, "x").unwrap_err();
+    assert!(
+        err.to_string().contains("`x` has 3 elements, 2 given"),
+        "{err}"
+    );
+}
+
+#[test]
+fn arena_statistics_report_the_peak() {
+    let mut g = Graph::new("big");
+    let x = g.input("x", DType::F32, &[Dim::from("n")]).unwrap();
+    let y = g.exp(x).unwrap();
+    let z = g.add(y, x).unwrap();
+    g.output(z, "z").unwrap();
+    let mut s = Session::from_model(&g.build().unwrap(), &SessionOptions::default()).unwrap();
+    let n = 1 << 20;
+    let x = HostTensor::f32(&[n], vec![0.0; n as usize]).unwrap();
+    s.run(&[("x", &x)]).unwrap();
+    let stats = s
+        .memory_stats()
+        .unwrap()
+        .expect("the CPU provider's arena keeps statistics");
+    // The intermediate `exp(x)` (4 MiB) came from the arena.
+    assert!(stats.max_in_use >= 4 << 20, "{stats:?}");
+    assert!(stats.reserved >= stats.max_in_use, "{stats:?}");
+    assert!(stats.in_use <= stats.max_in_use, "{stats:?}");
 }
 
 #[test]
@@ -43,6 +116,7 @@ fn devices_parse() {
     assert_eq!("cuda".parse::<Device>().unwrap(), Device::Cuda(0));
     assert_eq!("cuda:1".parse::<Device>().unwrap(), Device::Cuda(1));
     assert!("gpu".parse::<Device>().is_err());
+    assert_eq!("auto".parse::<DeviceChoice>().unwrap(), DeviceChoice::Auto);
 }
 
 #[test]

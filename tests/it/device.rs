@@ -1,0 +1,241 @@
+//! Devices through the binary: `device: cuda` where CUDA cannot be had stops the run before
+//! any stage starts (exit 2, ONNX Runtime's reason and the fix, at the `device:` line);
+//! `device: auto` falls back to the CPU and says so; `pipe doctor --json` describes the
+//! libraries and CUDA.
+//!
+//! These machines have no GPU. Each test picks the ONNX Runtime build with `ORT_DYLIB_PATH`:
+//! the CPU build (always fetched) has no CUDA provider at all; the CUDA build, when
+//! `scripts/fetch-onnxruntime.sh --gpu` fetched it into `.tools/onnxruntime-gpu/`, registers
+//! the real CUDA provider, which then fails on this machine's missing CUDA libraries or
+//! driver. The tests of the CUDA build return early, saying so, when it is not fetched.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use serde_json::Value;
+
+use crate::util::{Project, stderr};
+
+const SAMPLE: &str = include_str!("../../pipelines/data/student_questions.csv");
+
+/// `.tools/<dir>/libonnxruntime.so.1.31.1` of this repository, when fetched.
+fn library(dir: &str) -> Option<PathBuf> {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join(".tools")
+        .join(dir)
+        .join("libonnxruntime.so.1.31.1");
+    p.is_file().then_some(p)
+}
+
+fn cpu_build() -> PathBuf {
+    library("onnxruntime").expect("the CPU build is fetched by scripts/test.sh")
+}
+
+/// The CUDA build, or `None` with a note on stderr (the test then checks nothing more).
+fn gpu_build(test: &str) -> Option<PathBuf> {
+    let lib = library("onnxruntime-gpu").filter(|l| {
+        l.with_file_name("libonnxruntime_providers_cuda.so")
+            .is_file()
+    });
+    if lib.is_none() {
+        eprintln!(
+            "{test}: the CUDA build is not fetched (scripts/fetch-onnxruntime.sh --gpu); \
+             skipping its checks"
+        );
+    }
+    lib
+}
+
+/// Ingest → split → tokenize → finetune on `device`, small enough for a test.
+fn project(device: &str) -> Project {
+    let p = Project::new();
+    p.file("data/q.csv", SAMPLE);
+    p.file(
+        "dev.yaml",
+        &format!(
+            r#"pipeline: dev
+stages:
+  ingest:
+    source: data/q.csv
+  split:
+    from: ingest
+    test: 0.2
+    seed: 1
+  tokenize:
+    from: split
+    tokenizer: {{ train: {{ vocab_size: 400 }} }}
+    max_length: 32
+  finetune:
+    from: tokenize
+    model:
+      seed: 7
+      config:
+        hidden_size: 32
+        num_layers: 2
+        num_heads: 4
+        intermediate_size: 64
+        max_position_embeddings: 32
+        window_size: 8
+        attention_types: [[[global, local], 1]]
+    batch_size: 8
+    max_steps: 3
+    threads: 1
+    device: {device}
+"#
+        ),
+    );
+    p
+}
+
+fn run_with(p: &Project, lib: &Path, args: &[&str]) -> Output {
+    p.command(args)
+        .env("ORT_DYLIB_PATH", lib)
+        .output()
+        .expect("pipe runs")
+}
+
+/// Asserts that the run stopped before any stage: exit 2, the diagnostic at the `device:`
+/// line of the manifest, and nothing written (no stage output, no lockfile).
+fn assert_refused_before_any_stage(p: &Project, out: &Output) -> String {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(2), "stderr:\n{err}");
+    assert!(
+        err.contains("finetune parameter `device`: cuda:0 is unavailable: "),
+        "{err}"
+    );
+    // Line 28 of the manifest is `    device: cuda`.
+    assert!(err.contains("dev.yaml:28:"), "{err}");
+    assert!(err.contains("help: "), "{err}");
+    assert!(
+        !p.path(".pipe/out/dev/ingest").exists(),
+        "ingest ran before the refusal"
+    );
+    assert!(!p.path("dev.lock").exists(), "a lockfile was written");
+    assert!(
+        !err.contains("Ran ") && String::from_utf8_lossy(&out.stdout).is_empty(),
+        "a stage line was printed: {err}"
+    );
+    err
+}
+
+#[test]
+fn cuda_with_the_cpu_build_stops_the_run_before_any_stage_and_names_the_fix() {
+    let p = project("cuda");
+    let out = run_with(&p, &cpu_build(), &["run", "dev.yaml"]);
+    let err = assert_refused_before_any_stage(&p, &out);
+    assert!(err.contains("has no CUDA execution provider"), "{err}");
+    assert!(err.contains("CPUExecutionProvider"), "{err}");
+    assert!(err.contains("scripts/fetch-onnxruntime.sh --gpu"), "{err}");
+    // Validation and dry runs do not need the device.
+    let out = run_with(&p, &cpu_build(), &["validate", "dev.yaml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = run_with(&p, &cpu_build(), &["status", "dev.yaml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
+#[test]
+fn cuda_with_the_cuda_build_reports_what_the_cuda_provider_said() {
+    let Some(gpu) = gpu_build("cuda_with_the_cuda_build_reports_what_the_cuda_provider_said")
+    else {
+        return;
+    };
+    let p = project("cuda:0");
+    let out = run_with(&p, &gpu, &["run", "dev.yaml"]);
+    let err = assert_refused_before_any_stage(&p, &out);
+    // The provider was registered and failed on a missing CUDA library or driver: the reason
+    // is the dynamic loader's, not "no CUDA provider in this build".
+    assert!(!err.contains("has no CUDA execution provider"), "{err}");
+    assert!(
+        err.contains("cannot open shared object file") && err.contains(".so"),
+        "{err}"
+    );
+}
+
+#[test]
+fn auto_falls_back_to_the_cpu_says_so_and_records_it() {
+    let p = project("auto");
+    let out = run_with(&p, &cpu_build(), &["run", "dev.yaml", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let finetune = report["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "finetune")
+        .unwrap();
+    assert_eq!(finetune["status"], "ran");
+    let headline = finetune["headline"].as_str().unwrap();
+    assert!(headline.ends_with(" · cpu"), "{headline}");
+    let metrics: Value =
+        serde_json::from_str(&p.read(".pipe/out/dev/finetune/metrics.json")).unwrap();
+    assert_eq!(metrics["device"], "cpu");
+    let lock = p.read("dev.lock");
+    assert!(lock.contains("device: cpu"), "{lock}");
+    let err = stderr(&out);
+    assert!(
+        err.contains("device auto: running on the CPU; CUDA is unavailable: "),
+        "{err}"
+    );
+}
+
+#[test]
+fn doctor_json_describes_the_libraries_and_cuda() {
+    let p = Project::new();
+    let out = run_with(&p, &cpu_build(), &["doctor", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let d: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ort = &d["onnxruntime"];
+    assert_eq!(ort["loaded"], cpu_build().to_str().unwrap());
+    assert_eq!(ort["version"], "1.31.1");
+    assert_eq!(ort["error"], Value::Null);
+    assert!(
+        ort["providers"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from("CPUExecutionProvider")),
+        "{ort}"
+    );
+    assert_eq!(ort["libraries"]["ort_dylib_path"], ort["loaded"]);
+    assert_eq!(ort["libraries"]["cpu"], ort["loaded"]);
+    let cuda = &d["cuda"];
+    assert_eq!(cuda["device"], "cuda:0");
+    assert_eq!(cuda["available"], false);
+    assert!(
+        cuda["reason"]
+            .as_str()
+            .unwrap()
+            .contains("has no CUDA execution provider"),
+        "{cuda}"
+    );
+    assert!(
+        cuda["fix"]
+            .as_str()
+            .unwrap()
+            .contains("fetch-onnxruntime.sh --gpu"),
+        "{cuda}"
+    );
+    for key in ["name", "memory_total_bytes", "memory_free_bytes"] {
+        assert_eq!(cuda[key], Value::Null, "{key}: {cuda}");
+    }
+
+    let Some(gpu) = gpu_build("doctor_json_describes_the_libraries_and_cuda") else {
+        return;
+    };
+    let out = run_with(&p, &gpu, &["doctor", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let d: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        d["onnxruntime"]["providers"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from("CUDAExecutionProvider")),
+        "{d}"
+    );
+    assert_eq!(d["onnxruntime"]["libraries"]["gpu"], gpu.to_str().unwrap());
+    assert_eq!(d["cuda"]["available"], false);
+    let reason = d["cuda"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("cannot open shared object file"),
+        "{reason}"
+    );
+}
