@@ -4,7 +4,8 @@
 //! object those records' outputs need (folders through their trees), and
 //! anything younger than the grace period (a run in another checkout may be
 //! about to reference it). Everything else under `stages/`, `objects/` and
-//! `scratch/` is removed.
+//! `scratch/` is removed, and so are batches in `trash/` (files pipe moved out
+//! of the way of an out instead of deleting them) older than the grace period.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -15,7 +16,8 @@ use serde::Serialize;
 
 use crate::hash::{Digest, EntryKind};
 use crate::lockfile::LockFile;
-use crate::store::{Store, remove_any};
+use crate::files::{self, remove_all as remove_any};
+use crate::store::Store;
 
 /// What a collection removed (or, in a dry run, would remove).
 #[derive(Debug, Default, Clone, Serialize)]
@@ -28,6 +30,8 @@ pub struct GcReport {
     pub objects: usize,
     /// Checkpoint folders removed.
     pub scratch: usize,
+    /// Trash batches removed.
+    pub trash: usize,
     /// Bytes freed.
     pub bytes: u64,
 }
@@ -147,6 +151,20 @@ pub fn collect(
         report.bytes += size_of(&path);
         if !dry_run {
             remove_any(&path)?;
+        }
+    }
+    let trash_dir = store.root().join("trash");
+    if trash_dir.is_dir() {
+        for entry in files::read_dir(&trash_dir)? {
+            let path = entry.path();
+            if young(&path) {
+                continue;
+            }
+            report.trash += 1;
+            report.bytes += size_of(&path);
+            if !dry_run {
+                remove_any(&path)?;
+            }
         }
     }
     Ok(report)

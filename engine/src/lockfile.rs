@@ -94,7 +94,7 @@ impl LockFile {
     /// Parses a lockfile's text; `origin` names it in errors (a path, or
     /// `HEAD:student.lock` for one read from git).
     pub fn parse(text: &str, origin: &str) -> anyhow::Result<LockFile> {
-        let node = yaml::parse(text).map_err(|e| {
+        let value = yaml::parse_data(text).map_err(|e| {
             anyhow::anyhow!(
                 "{origin}:{}:{}: {}; delete the lockfile and run again to rebuild it",
                 e.span.line,
@@ -102,7 +102,7 @@ impl LockFile {
                 e.message
             )
         })?;
-        serde_json::from_value(node.to_json()).with_context(|| {
+        serde_json::from_value(value).with_context(|| {
             format!("`{origin}` is not a pipe lockfile; delete it and run again to rebuild it")
         })
     }
