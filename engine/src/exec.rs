@@ -7,11 +7,11 @@ use std::sync::mpsc;
 
 use crate::hash::StatCache;
 use crate::job::{JobEnv, JobResult, run_job};
-use crate::store::OutputEntry;
 use crate::lockfile::{LockEntry, LockFile, lock_path, previous_lock_path};
 use crate::plan::Pipeline;
 use crate::printer::Printer;
 use crate::report::{RunReport, StageReport, Status};
+use crate::store::OutputEntry;
 use crate::store::Store;
 
 /// Which stages `--force` reruns.
@@ -50,7 +50,8 @@ pub fn run(
     printer: &Printer,
 ) -> anyhow::Result<RunReport> {
     let lock_file_path = lock_path(&pipeline.manifest.path);
-    let mut lock = LockFile::load(&lock_file_path)?;
+    let loaded = LockFile::load(&lock_file_path)?;
+    let mut lock = loaded.clone();
     let stat_cache_path = store.root().join("stat-cache.json");
     let stat_cache = StatCache::load(&stat_cache_path);
     let targets: Vec<usize> = if options.targets.is_empty() {
@@ -118,10 +119,13 @@ pub fn run(
         let names: BTreeSet<&str> = pipeline.stages.iter().map(|s| s.name.as_str()).collect();
         lock.stages.retain(|name, _| names.contains(name.as_str()));
         lock.pipeline = pipeline.manifest.name.clone();
-        lock.save(
-            &lock_file_path,
-            &previous_lock_path(store.root(), &lock_file_path),
-        )?;
+        // A no-op run leaves the lockfile as it was: no need to render it again.
+        if lock != loaded || !lock_file_path.exists() {
+            lock.save(
+                &lock_file_path,
+                &previous_lock_path(store.root(), &lock_file_path),
+            )?;
+        }
     }
     // Only a cache: saving it after a dry run too makes the next `pipe status` fast.
     stat_cache.save(&stat_cache_path)?;
@@ -196,7 +200,9 @@ enum Handoff {
 impl Handoff {
     fn of(result: &JobResult) -> Handoff {
         match result {
-            JobResult::Ran(done) | JobResult::Cached(done) => Handoff::Outputs(done.outputs.clone()),
+            JobResult::Ran(done) | JobResult::Cached(done) => {
+                Handoff::Outputs(done.outputs.clone())
+            }
             JobResult::WouldRun { .. } => Handoff::WillRun,
             JobResult::Failed { .. } | JobResult::Skipped { .. } => Handoff::Stopped,
         }
@@ -223,7 +229,11 @@ fn schedule(
     let jobs = options.jobs.max(1);
     // Each stage is started once all its upstreams have finished; `waiting`
     // counts the upstreams not finished yet, so a start costs no scan of the DAG.
-    let position: BTreeMap<usize, usize> = selected.iter().enumerate().map(|(i, &id)| (id, i)).collect();
+    let position: BTreeMap<usize, usize> = selected
+        .iter()
+        .enumerate()
+        .map(|(i, &id)| (id, i))
+        .collect();
     let mut waiting: Vec<usize> = selected
         .iter()
         .map(|&id| pipeline.stages[id].upstream.len())

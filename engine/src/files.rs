@@ -73,7 +73,11 @@ pub fn read_link(path: &Path) -> anyhow::Result<String> {
 
 /// Creates a symlink at `link` whose target text is `target`.
 pub fn symlink(target: &str, link: &Path) -> anyhow::Result<()> {
-    at(std::os::unix::fs::symlink(target, link), "create the link", link)
+    at(
+        std::os::unix::fs::symlink(target, link),
+        "create the link",
+        link,
+    )
 }
 
 /// Renames `from` to `to` (replacing a file or an empty folder there).

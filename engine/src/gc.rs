@@ -14,9 +14,9 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context;
 use serde::Serialize;
 
+use crate::files::{self, remove_all as remove_any};
 use crate::hash::{Digest, EntryKind};
 use crate::lockfile::LockFile;
-use crate::files::{self, remove_all as remove_any};
 use crate::store::Store;
 
 /// What a collection removed (or, in a dry run, would remove).

@@ -6,7 +6,7 @@
 //! the filesystem lists entries in. Large files are hashed memory-mapped on
 //! all cores (BLAKE3's tree mode), which runs near memory bandwidth.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -40,10 +40,13 @@ impl Digest {
 
 impl fmt::Display for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut text = [0u8; 64];
+        for (i, b) in self.0.iter().enumerate() {
+            text[2 * i] = HEX[usize::from(b >> 4)];
+            text[2 * i + 1] = HEX[usize::from(b & 0xf)];
         }
-        Ok(())
+        f.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -291,7 +294,7 @@ struct StatEntry {
 /// never cached (the same "racily clean" rule git uses).
 #[derive(Debug, Default)]
 pub struct StatCache {
-    entries: Mutex<BTreeMap<PathBuf, StatEntry>>,
+    entries: Mutex<HashMap<PathBuf, StatEntry>>,
     dirty: Mutex<bool>,
 }
 

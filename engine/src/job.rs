@@ -190,8 +190,8 @@ pub fn run_job(
         }),
         Err(error) => {
             let log = env.store.log_path(&env.pipeline.manifest.name, &stage.name);
-            let log_tail = log_tail(&log, 12)
-                .map(|tail| format!("last lines of {}:\n{tail}", log.display()));
+            let log_tail =
+                log_tail(&log, 12).map(|tail| format!("last lines of {}:\n{tail}", log.display()));
             JobResult::Failed {
                 key: Some(key),
                 reason: Some(reason.to_string()),
@@ -231,12 +231,13 @@ fn key_record(
     }
     for dep in &stage.deps {
         let path = env.pipeline.manifest.dir.join(dep);
-        if !path.exists() {
-            anyhow::bail!(
+        let hashed = match env.stat_cache.hash_dep(&path) {
+            Ok(hashed) => hashed,
+            Err(_) if !path.exists() => anyhow::bail!(
                 "dependency `{dep}` does not exist; create it, or declare it in the `outs:` of the stage that writes it"
-            );
-        }
-        let hashed = env.stat_cache.hash_dep(&path)?;
+            ),
+            Err(e) => return Err(e),
+        };
         inputs.insert(format!("dep:{dep}"), hashed.digest());
     }
     Ok(KeyRecord {
@@ -252,7 +253,7 @@ fn key_record(
 /// What [`lookup`] found in the cache.
 enum Lookup {
     /// A record whose objects are all there, and no declared out was edited by hand.
-    Hit(StageRecord),
+    Hit(Box<StageRecord>),
     /// No usable record: the stage must run.
     Miss,
     /// A record, but a declared out was edited by hand: the stage runs again
@@ -295,7 +296,7 @@ fn lookup(
             }
         }
     }
-    Lookup::Hit(found)
+    Lookup::Hit(Box::new(found))
 }
 
 /// Runs the stage in a temporary folder and commits its outputs.

@@ -37,7 +37,7 @@ use crate::key::{KeyRecord, canonical_json};
 use crate::yaml;
 
 /// The lockfile of one manifest.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LockFile {
     /// The pipeline's name.
     pub pipeline: String,
@@ -47,7 +47,7 @@ pub struct LockFile {
 }
 
 /// One stage in the lockfile.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LockEntry {
     /// The stage key.
     pub key: Digest,

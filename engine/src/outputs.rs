@@ -105,9 +105,11 @@ fn clear(
     let digest = if meta.is_symlink() {
         Some(Digest::of(files::read_link(path)?.as_bytes()))
     } else if meta.is_file() {
-        Some(env.stat_cache.hash_file(path).with_context(|| {
-            format!("cannot read `{}`", path.display())
-        })?)
+        Some(
+            env.stat_cache
+                .hash_file(path)
+                .with_context(|| format!("cannot read `{}`", path.display()))?,
+        )
     } else {
         None
     };
@@ -159,7 +161,11 @@ pub fn publish(
         .map(|o| o.path.as_str())
         .collect();
     for entry in files::read_dir(&dir)? {
-        if !entry.file_name().to_str().is_some_and(|n| wanted.contains(n)) {
+        if !entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| wanted.contains(n))
+        {
             files::remove_all(&entry.path())?;
         }
     }

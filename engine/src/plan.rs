@@ -121,6 +121,7 @@ pub fn plan<'r>(
     let file = manifest.path.clone();
     let names: Vec<&str> = manifest.stages.iter().map(|s| s.name.as_str()).collect();
     let protected = protected_paths(&manifest);
+    let mut known_params: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     let mut stages = Vec::new();
     for spec in &manifest.stages {
         let before = errors.len();
@@ -128,7 +129,10 @@ pub fn plan<'r>(
             continue;
         };
         check_reserved_for_kind(spec, kind, &file, &mut errors);
-        let checked = check_params(spec, kind, &file, &mut errors);
+        let known = known_params
+            .entry(kind.kind())
+            .or_insert_with(|| param_names(kind));
+        let checked = check_params(spec, kind, known, &file, &mut errors);
         let inputs = resolve_inputs(spec, &names, &file, &mut errors);
         let mut deps = Vec::new();
         for dep in &spec.deps {
@@ -265,7 +269,11 @@ fn check_out(
 }
 
 /// Refuses `from: stage.output` naming an output the upstream's kind does not write.
-fn check_output_names(stages: &[PlannedStage<'_>], file: &std::path::Path, errors: &mut Vec<Diagnostic>) {
+fn check_output_names(
+    stages: &[PlannedStage<'_>],
+    file: &std::path::Path,
+    errors: &mut Vec<Diagnostic>,
+) {
     for stage in stages {
         for (input, written) in stage.inputs.iter().zip(&stage.spec.from) {
             let Some(output) = &input.output else {
@@ -397,18 +405,23 @@ fn check_reserved_for_kind(
     }
 }
 
+/// The parameter names a kind accepts: the `properties` of its schema.
+fn param_names(kind: &dyn Stage) -> Vec<String> {
+    kind.params_schema()
+        .get("properties")
+        .and_then(Value::as_object)
+        .map(|p| p.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
 fn check_params(
     spec: &StageSpec,
     kind: &dyn Stage,
+    known: &[String],
     file: &std::path::Path,
     errors: &mut Vec<Diagnostic>,
 ) -> Option<Checked> {
-    let schema = kind.params_schema();
-    let known: Vec<&str> = schema
-        .get("properties")
-        .and_then(Value::as_object)
-        .map(|p| p.keys().map(String::as_str).collect())
-        .unwrap_or_default();
+    let known: Vec<&str> = known.iter().map(String::as_str).collect();
     let mut ok = true;
     if let Some(params) = spec.params.as_object() {
         for key in params.keys() {

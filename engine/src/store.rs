@@ -31,9 +31,9 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use crate::{atomic, files};
 use crate::hash::{Digest, EntryKind, Hashed, Tree};
 use crate::key::KeyRecord;
+use crate::{atomic, files};
 
 /// The record of one completed stage key, `stages/<key>.json`.
 ///
@@ -302,7 +302,13 @@ impl Store {
         }
     }
 
-    fn import_file(&self, path: &Path, hash: &Digest, size: u64, how: Import) -> anyhow::Result<()> {
+    fn import_file(
+        &self,
+        path: &Path,
+        hash: &Digest,
+        size: u64,
+        how: Import,
+    ) -> anyhow::Result<()> {
         let dest = self.object_path(hash);
         if self.have_intact(&dest, hash, size) {
             return Ok(());
@@ -330,9 +336,8 @@ impl Store {
                 files::rename(&tmp, &dest)?;
             }
             Err(e) => {
-                return Err(e).with_context(|| {
-                    format!("cannot move `{}` into the store", staged.display())
-                });
+                return Err(e)
+                    .with_context(|| format!("cannot move `{}` into the store", staged.display()));
             }
         }
         files::sync_dir(parent)
@@ -378,9 +383,7 @@ impl Store {
     /// Whether every object an output needs is present.
     pub fn output_complete(&self, kind: EntryKind, digest: &Digest) -> bool {
         match kind {
-            EntryKind::File | EntryKind::Executable | EntryKind::Symlink => {
-                self.has_object(digest)
-            }
+            EntryKind::File | EntryKind::Executable | EntryKind::Symlink => self.has_object(digest),
             EntryKind::Dir => match self.read_tree(digest) {
                 Ok(tree) => tree
                     .entries
@@ -448,9 +451,8 @@ impl Store {
             }
             EntryKind::Symlink => {
                 let object = self.object_path(digest);
-                let target = String::from_utf8(files::read(&object)?).map_err(|_| {
-                    anyhow::anyhow!("corrupt link object `{}`", object.display())
-                })?;
+                let target = String::from_utf8(files::read(&object)?)
+                    .map_err(|_| anyhow::anyhow!("corrupt link object `{}`", object.display()))?;
                 if existing.as_ref().is_some_and(|m| m.is_symlink())
                     && files::read_link(dest)? == target
                 {

@@ -80,7 +80,11 @@ impl<'a> Batch<'a> {
             }
             Err(e) => {
                 return Err(e).with_context(|| {
-                    format!("cannot move `{}` to the trash `{}`", from.display(), to.display())
+                    format!(
+                        "cannot move `{}` to the trash `{}`",
+                        from.display(),
+                        to.display()
+                    )
                 });
             }
         }

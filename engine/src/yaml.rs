@@ -508,8 +508,7 @@ pub fn parse_data(source: &str) -> Result<Value, YamlError> {
                 None => {
                     return Err(YamlError {
                         span,
-                        message: "mapping keys must be plain strings, not lists or mappings"
-                            .into(),
+                        message: "mapping keys must be plain strings, not lists or mappings".into(),
                     });
                 }
             },
@@ -575,7 +574,9 @@ mod tests {
         // 30,000 values nested four deep: within the budget, however deep.
         let mut doc = String::from("stages:\n");
         for i in 0..3000 {
-            doc.push_str(&format!("  s{i}:\n    deps: [a, b, c, d, e, f]\n    run: x\n"));
+            doc.push_str(&format!(
+                "  s{i}:\n    deps: [a, b, c, d, e, f]\n    run: x\n"
+            ));
         }
         parse(&doc).unwrap();
     }

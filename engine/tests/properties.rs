@@ -65,15 +65,42 @@ fn registry() -> Registry {
 }
 
 /// Files of the user's tree, each holding `user:<path>`.
-const FILES: &[&str] = &["a.txt", "b.txt", "d/x.txt", "d/y.txt", "d/e/z.txt", "f/w.txt"];
+const FILES: &[&str] = &[
+    "a.txt",
+    "b.txt",
+    "d/x.txt",
+    "d/y.txt",
+    "d/e/z.txt",
+    "f/w.txt",
+];
 /// Paths a stage may name in `deps` or `outs`: the tree, new paths, links,
 /// and paths pipe must refuse.
 const PATHS: &[&str] = &[
-    "a.txt", "b.txt", "d", "d/x.txt", "d/e", "d/e/z.txt", "f", "f/w.txt", "g", "g/new.txt",
-    "ext", "ext/x.txt", "../up.txt", "p.yaml", "p.lock", ".pipe", ".pipe/objects", "d/../a.txt",
-    "lnk", "lnk/x.txt", "/tmp/abs.txt",
+    "a.txt",
+    "b.txt",
+    "d",
+    "d/x.txt",
+    "d/e",
+    "d/e/z.txt",
+    "f",
+    "f/w.txt",
+    "g",
+    "g/new.txt",
+    "ext",
+    "ext/x.txt",
+    "../up.txt",
+    "p.yaml",
+    "p.lock",
+    ".pipe",
+    ".pipe/objects",
+    "d/../a.txt",
+    "lnk",
+    "lnk/x.txt",
+    "/tmp/abs.txt",
 ];
-const NAMES: &[&str] = &["s", "t", "u", "objects", "..", ".", "a.b", "ok-1", "x_y", "out"];
+const NAMES: &[&str] = &[
+    "s", "t", "u", "objects", "..", ".", "a.b", "ok-1", "x_y", "out",
+];
 const PIPELINES: &[&str] = &["", "p", "..", "v1.2", "a/b", "objects"];
 
 #[derive(Debug, Clone)]
@@ -98,9 +125,15 @@ fn command_for(stage: &StageCase) -> String {
     let mut parts = vec!["true".to_string()];
     for out in &stage.outs {
         if out.ends_with(".txt") || out.ends_with(".yaml") || out.ends_with(".lock") {
-            parts.push(format!("mkdir -p \"$(dirname '{out}')\" && echo {} > '{out}'", stage.name));
+            parts.push(format!(
+                "mkdir -p \"$(dirname '{out}')\" && echo {} > '{out}'",
+                stage.name
+            ));
         } else {
-            parts.push(format!("mkdir -p '{out}' && echo {} > '{out}/gen.txt'", stage.name));
+            parts.push(format!(
+                "mkdir -p '{out}' && echo {} > '{out}/gen.txt'",
+                stage.name
+            ));
         }
     }
     parts.join(" && ")
@@ -123,7 +156,9 @@ fn manifest_text(pipeline: &str, stages: &[StageCase]) -> String {
         text.push_str(&format!(
             "  '{}':\n    run: \"{}\"\n    deps: [{}]\n    outs: [{}]\n",
             stage.name,
-            command_for(stage).replace('\\', "\\\\").replace('"', "\\\""),
+            command_for(stage)
+                .replace('\\', "\\\\")
+                .replace('"', "\\\""),
             list(&stage.deps),
             list(&stage.outs)
         ));
@@ -143,7 +178,11 @@ fn snapshot(root: &Path, skip: &[&str]) -> BTreeMap<String, Entry> {
     fn walk(root: &Path, dir: &Path, skip: &[&str], into: &mut BTreeMap<String, Entry>) {
         for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
-            let rel = path.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            let rel = path
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
             if skip.contains(&rel.as_str()) {
                 continue;
             }
@@ -211,11 +250,19 @@ fn check_case(pipeline: &str, stages: &[StageCase]) -> Result<(), TestCaseError>
         .map_err(anyhow::Error::from)
         .and_then(|m| plan(m, &registry, PlanOptions::default()).map_err(anyhow::Error::from));
     let Ok(pipeline) = planned else {
-        prop_assert_eq!(snapshot(&ws, &[]), before, "validation changed the workspace");
+        prop_assert_eq!(
+            snapshot(&ws, &[]),
+            before,
+            "validation changed the workspace"
+        );
         prop_assert_eq!(snapshot(root.path(), &["ws"]), around_before);
         return Ok(());
     };
-    let outs: Vec<String> = pipeline.stages.iter().flat_map(|s| s.outs.clone()).collect();
+    let outs: Vec<String> = pipeline
+        .stages
+        .iter()
+        .flat_map(|s| s.outs.clone())
+        .collect();
     let store_dir = ws.join(".pipe");
     let store = Store::open(&store_dir).unwrap();
     let _lock = store.lock(true, |_| {}).unwrap();
@@ -249,7 +296,12 @@ fn check_case(pipeline: &str, stages: &[StageCase]) -> Result<(), TestCaseError>
             continue;
         }
         if !outs.iter().any(|o| within(rel, o)) {
-            prop_assert_eq!(after.get(rel), Some(entry), "`{}` outside the outs changed", rel);
+            prop_assert_eq!(
+                after.get(rel),
+                Some(entry),
+                "`{}` outside the outs changed",
+                rel
+            );
         } else if after.get(rel) != Some(entry) {
             prop_assert!(
                 trash.get(rel).is_some_and(|kept| kept.contains(entry)),
@@ -258,7 +310,11 @@ fn check_case(pipeline: &str, stages: &[StageCase]) -> Result<(), TestCaseError>
             );
         }
     }
-    prop_assert_eq!(snapshot(root.path(), &["ws"]), around_before, "files outside the workspace changed");
+    prop_assert_eq!(
+        snapshot(root.path(), &["ws"]),
+        around_before,
+        "files outside the workspace changed"
+    );
     Ok(())
 }
 
@@ -277,11 +333,48 @@ proptest! {
 /// YAML-ish text built from the tokens the readers care about.
 fn yamlish() -> impl Strategy<Value = String> {
     const TOKENS: &[&str] = &[
-        "a:", "b: ", " ", "  ", "\n", "- ", "[", "]", "{", "}", ",", "&x ", "*x", "'", "\"",
-        "stages:\n", "pipeline: ", "run: echo", "outs: [", "deps: [", "from: ", "uses: ",
-        "..", ".", "#", "---\n", "!!str ", "|\n", ">\n", "key: 3f", "kind: command",
-        "kind_version: 1", "params: {}", "inputs: {}", "outputs: {}", "1e999", "-0", "~", "\t",
-        "\u{feff}", "é", "\\",
+        "a:",
+        "b: ",
+        " ",
+        "  ",
+        "\n",
+        "- ",
+        "[",
+        "]",
+        "{",
+        "}",
+        ",",
+        "&x ",
+        "*x",
+        "'",
+        "\"",
+        "stages:\n",
+        "pipeline: ",
+        "run: echo",
+        "outs: [",
+        "deps: [",
+        "from: ",
+        "uses: ",
+        "..",
+        ".",
+        "#",
+        "---\n",
+        "!!str ",
+        "|\n",
+        ">\n",
+        "key: 3f",
+        "kind: command",
+        "kind_version: 1",
+        "params: {}",
+        "inputs: {}",
+        "outputs: {}",
+        "1e999",
+        "-0",
+        "~",
+        "\t",
+        "\u{feff}",
+        "é",
+        "\\",
     ];
     prop::collection::vec(prop::sample::select(TOKENS), 0..80).prop_map(|t| t.concat())
 }
@@ -289,11 +382,36 @@ fn yamlish() -> impl Strategy<Value = String> {
 /// JSON-ish text shaped like a stage record or a tree object.
 fn jsonish() -> impl Strategy<Value = String> {
     const TOKENS: &[&str] = &[
-        "{", "}", "[", "]", ",", ":", "\"key\"", "\"outputs\"", "\"path\"", "\"kind\"",
-        "\"file\"", "\"dir\"", "\"symlink\"", "\"hash\"", "\"size\"", "\"workspace\"", "true",
-        "\"..\"", "\"/etc\"", "\"a/../b\"", "\"entries\"", "\"name\"", "0", "-1",
-        "18446744073709551616", "\"af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262\"",
-        "null", "\"record\"", "\"outs\"", "\"\"",
+        "{",
+        "}",
+        "[",
+        "]",
+        ",",
+        ":",
+        "\"key\"",
+        "\"outputs\"",
+        "\"path\"",
+        "\"kind\"",
+        "\"file\"",
+        "\"dir\"",
+        "\"symlink\"",
+        "\"hash\"",
+        "\"size\"",
+        "\"workspace\"",
+        "true",
+        "\"..\"",
+        "\"/etc\"",
+        "\"a/../b\"",
+        "\"entries\"",
+        "\"name\"",
+        "0",
+        "-1",
+        "18446744073709551616",
+        "\"af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262\"",
+        "null",
+        "\"record\"",
+        "\"outs\"",
+        "\"\"",
     ];
     prop::collection::vec(prop::sample::select(TOKENS), 0..60).prop_map(|t| t.concat())
 }

@@ -15,8 +15,8 @@ fn trash_batches(p: &Project) -> Vec<(PathBuf, serde_json::Value)> {
     let mut batches: Vec<_> = entries
         .map(|e| {
             let folder = e.unwrap().path();
-            let note = serde_json::from_slice(&std::fs::read(folder.join("note.json")).unwrap())
-                .unwrap();
+            let note =
+                serde_json::from_slice(&std::fs::read(folder.join("note.json")).unwrap()).unwrap();
             (folder, note)
         })
         .collect();
@@ -63,7 +63,11 @@ fn a_link_in_a_folder_out_is_restored_as_a_link_and_nothing_behind_it_is_touched
     assert_eq!(status_of(&p.run_json("p.yaml", 0), "build"), "ran");
     p.file("p.yaml", &manifest("one"));
     let back = p.run_json("p.yaml", 0);
-    assert_eq!(status_of(&back, "build"), "cached", "restored from the run cache");
+    assert_eq!(
+        status_of(&back, "build"),
+        "cached",
+        "restored from the run cache"
+    );
 
     assert_eq!(
         std::fs::read_to_string(outside.path().join("precious.txt")).unwrap(),
@@ -96,7 +100,12 @@ fn a_dep_inside_a_folder_out_of_the_same_stage_is_refused() {
         "p.yaml",
         "pipeline: inside\nstages:\n  s:\n    run: wc data/raw.txt > data/n.txt\n    deps: [data/raw.txt]\n    outs: [data]\n",
     );
-    assert_refused(&p, "p.yaml", 6, "contains `data/raw.txt`, a dep of this stage");
+    assert_refused(
+        &p,
+        "p.yaml",
+        6,
+        "contains `data/raw.txt`, a dep of this stage",
+    );
     assert_eq!(p.read("data/raw.txt"), "raw");
 }
 
@@ -112,12 +121,20 @@ fn a_file_dropped_into_a_folder_out_goes_to_the_trash_on_rerun_with_a_warning() 
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let err = stderr(&out);
     assert!(err.contains("warning: build: `build/mine.txt`"), "{err}");
-    assert!(err.contains(".pipe/trash/"), "the warning says where: {err}");
+    assert!(
+        err.contains(".pipe/trash/"),
+        "the warning says where: {err}"
+    );
     assert!(!p.path("build/mine.txt").exists());
     let (note, bytes) = trashed(&p, "build/mine.txt");
     assert_eq!(bytes, "my notes");
     assert_eq!(note["stage"], "build");
-    assert!(note["reason"].as_str().unwrap().contains("pipe did not write it"));
+    assert!(
+        note["reason"]
+            .as_str()
+            .unwrap()
+            .contains("pipe did not write it")
+    );
     assert_eq!(p.read("build/made.txt"), "one\n");
 }
 
@@ -246,7 +263,10 @@ fn written_names_follow_the_name_rule() {
     assert_refused(&p, "p.yaml", 1, "`pipeline` must be a name");
     p.file("p.yaml", "pipeline: v1.2\nstages:\n  a.b:\n    run: echo\n");
     assert_refused(&p, "p.yaml", 3, "invalid stage name 'a.b'");
-    p.file("p.yaml", "pipeline: v1.2\nstages:\n  a-b_2:\n    run: echo\n");
+    p.file(
+        "p.yaml",
+        "pipeline: v1.2\nstages:\n  a-b_2:\n    run: echo\n",
+    );
     assert_eq!(p.pipe(&["validate", "p.yaml"]).status.code(), Some(0));
 }
 

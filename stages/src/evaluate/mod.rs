@@ -142,7 +142,11 @@ impl Stage for Evaluate {
     }
 
     fn output_names(&self, _key_params: &serde_json::Value) -> Option<Vec<String>> {
-        Some(["predictions", "metrics", "report"].map(String::from).to_vec())
+        Some(
+            ["predictions", "metrics", "report"]
+                .map(String::from)
+                .to_vec(),
+        )
     }
 
     fn check(&self, params: &serde_json::Value) -> Result<Checked, ParamError> {
