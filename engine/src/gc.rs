@@ -11,7 +11,6 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use anyhow::Context;
 use serde::Serialize;
 
 use crate::files::{self, remove_all as remove_any};
@@ -94,10 +93,8 @@ pub fn collect(
     }
     let stages_dir = store.root().join("stages");
     let mut keep_objects: BTreeSet<Digest> = BTreeSet::new();
-    for entry in std::fs::read_dir(&stages_dir)
-        .with_context(|| format!("cannot list `{}`", stages_dir.display()))?
-    {
-        let path = entry?.path();
+    for entry in files::read_dir(&stages_dir)? {
+        let path = entry.path();
         let key: Option<Digest> = path
             .file_stem()
             .and_then(|s| s.to_str())
@@ -120,8 +117,8 @@ pub fn collect(
         }
     }
     let objects_dir = store.root().join("objects");
-    for shard in std::fs::read_dir(&objects_dir)?.flatten() {
-        for entry in std::fs::read_dir(shard.path())?.flatten() {
+    for shard in files::read_dir(&objects_dir)? {
+        for entry in files::read_dir(&shard.path())? {
             let path = entry.path();
             let digest: Option<Digest> = format!(
                 "{}{}",
@@ -141,7 +138,7 @@ pub fn collect(
         }
     }
     let scratch_dir = store.root().join("scratch");
-    for entry in std::fs::read_dir(&scratch_dir)?.flatten() {
+    for entry in files::read_dir(&scratch_dir)? {
         let path = entry.path();
         let key: Option<Digest> = entry.file_name().to_str().and_then(|s| s.parse().ok());
         if key.is_some_and(|k| keep_keys.contains(&k)) || young(&path) {
