@@ -7,7 +7,7 @@ use std::sync::mpsc;
 
 use crate::hash::StatCache;
 use crate::job::{JobEnv, JobResult, run_job};
-use crate::lockfile::{LockEntry, LockFile, lock_path, previous_lock_path};
+use crate::lockfile::{LockEntry, LockFile, lock_path, parsed_copy_path, previous_lock_path};
 use crate::plan::Pipeline;
 use crate::printer::Printer;
 use crate::report::{RunReport, StageReport, Status};
@@ -50,7 +50,8 @@ pub fn run(
     printer: &Printer,
 ) -> anyhow::Result<RunReport> {
     let lock_file_path = lock_path(&pipeline.manifest.path);
-    let loaded = LockFile::load(&lock_file_path)?;
+    let parsed_copy = parsed_copy_path(store.root(), &lock_file_path);
+    let loaded = LockFile::load_cached(&lock_file_path, &parsed_copy)?;
     let mut lock = loaded.clone();
     let stat_cache_path = store.root().join("stat-cache.json");
     let stat_cache = StatCache::load(&stat_cache_path);
@@ -121,9 +122,10 @@ pub fn run(
         lock.pipeline = pipeline.manifest.name.clone();
         // A no-op run leaves the lockfile as it was: no need to render it again.
         if lock != loaded || !lock_file_path.exists() {
-            lock.save(
+            lock.save_cached(
                 &lock_file_path,
                 &previous_lock_path(store.root(), &lock_file_path),
+                &parsed_copy,
             )?;
         }
     }

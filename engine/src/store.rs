@@ -11,6 +11,10 @@
 //!   logs/<pipeline>/<stage>.log   the last run's log of each stage
 //!   lockfiles/<stem>.previous.lock  a manifest's lockfile before the last run that
 //!                           changed it (`pipe metrics --diff previous`)
+//!   lockfiles/<stem>.parsed.json    the lockfile as last parsed, keyed by the hash
+//!                           of its bytes (a fast read for large pipelines)
+//!   trash/<time>/           what pipe moved out of the way of an out instead of
+//!                           deleting it, with a note (emptied by `pipe gc`)
 //!   stat-cache.json         hashes of workspace files by their stat
 //!   lock                    held by the run that uses the store
 //! ```
