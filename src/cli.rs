@@ -359,5 +359,6 @@ fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
             ));
         }
     };
-    Ok(std::time::Duration::from_secs_f64(seconds))
+    std::time::Duration::try_from_secs_f64(seconds)
+        .map_err(|_| format!("`{text}` is longer than any duration pipe can wait; write e.g. 365d"))
 }

@@ -5,6 +5,8 @@ use std::path::Path;
 
 use anyhow::Context;
 
+use crate::files;
+
 /// Writes `bytes` to `path` through a temporary file in the same folder and a
 /// rename. With `durable`, the file and its folder are fsynced, so the new
 /// content survives a power loss once this returns.
@@ -13,7 +15,7 @@ pub fn write(path: &Path, bytes: &[u8], durable: bool) -> anyhow::Result<()> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create `{}`", dir.display()))?;
+    files::create_dir_all(dir)?;
     let mut tmp = tempfile::Builder::new()
         .prefix(".tmp-")
         .tempfile_in(dir)
@@ -28,14 +30,7 @@ pub fn write(path: &Path, bytes: &[u8], durable: bool) -> anyhow::Result<()> {
     tmp.persist(path)
         .with_context(|| format!("cannot replace `{}`", path.display()))?;
     if durable {
-        sync_dir(dir)?;
+        files::sync_dir(dir)?;
     }
     Ok(())
-}
-
-/// Fsyncs a folder, so renames into it are durable.
-pub fn sync_dir(dir: &Path) -> anyhow::Result<()> {
-    std::fs::File::open(dir)
-        .and_then(|f| f.sync_all())
-        .with_context(|| format!("cannot sync folder `{}`", dir.display()))
 }

@@ -4,14 +4,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::mpsc;
-use std::time::Instant;
 
 use crate::hash::StatCache;
 use crate::job::{JobEnv, JobResult, run_job};
-use crate::lockfile::{LockEntry, LockFile, lock_path, previous_lock_path};
+use crate::lockfile::{LockEntry, LockFile, lock_path, parsed_copy_path, previous_lock_path};
 use crate::plan::Pipeline;
 use crate::printer::Printer;
 use crate::report::{RunReport, StageReport, Status};
+use crate::store::OutputEntry;
 use crate::store::Store;
 
 /// Which stages `--force` reruns.
@@ -50,7 +50,9 @@ pub fn run(
     printer: &Printer,
 ) -> anyhow::Result<RunReport> {
     let lock_file_path = lock_path(&pipeline.manifest.path);
-    let mut lock = LockFile::load(&lock_file_path)?;
+    let parsed_copy = parsed_copy_path(store.root(), &lock_file_path);
+    let loaded = LockFile::load_cached(&lock_file_path, &parsed_copy)?;
+    let mut lock = loaded.clone();
     let stat_cache_path = store.root().join("stat-cache.json");
     let stat_cache = StatCache::load(&stat_cache_path);
     let targets: Vec<usize> = if options.targets.is_empty() {
@@ -86,7 +88,7 @@ pub fn run(
         pipeline: pipeline.manifest.name.clone(),
         ok: results
             .iter()
-            .all(|(_, r)| r.status != Status::Failed && r.status != Status::Skipped),
+            .all(|(_, r)| !matches!(r.status(), Status::Failed | Status::Skipped)),
         stages: results
             .iter()
             .map(|(id, r)| stage_report(pipeline, *id, r))
@@ -94,16 +96,18 @@ pub fn run(
     };
     if !options.dry_run {
         for (id, result) in &results {
-            if let (Status::Ran | Status::Cached, Some(key), Some(record), Some(outputs)) =
-                (result.status, result.key, &result.record, &result.outputs)
-            {
+            if let Some(done) = result.done() {
                 lock.stages.insert(
                     pipeline.stages[*id].name.clone(),
                     LockEntry {
-                        key,
-                        record: record.clone(),
-                        outputs: outputs.iter().map(|(k, o)| (k.clone(), o.hash)).collect(),
-                        metrics: result.metrics.clone(),
+                        key: done.key,
+                        record: done.record.clone(),
+                        outputs: done
+                            .outputs
+                            .iter()
+                            .map(|(k, o)| (k.clone(), o.hash))
+                            .collect(),
+                        metrics: done.metrics.clone(),
                     },
                 );
             }
@@ -111,10 +115,14 @@ pub fn run(
         let names: BTreeSet<&str> = pipeline.stages.iter().map(|s| s.name.as_str()).collect();
         lock.stages.retain(|name, _| names.contains(name.as_str()));
         lock.pipeline = pipeline.manifest.name.clone();
-        lock.save(
-            &lock_file_path,
-            &previous_lock_path(store.root(), &lock_file_path),
-        )?;
+        // A no-op run leaves the lockfile as it was: no need to render it again.
+        if lock != loaded || !lock_file_path.exists() {
+            lock.save_cached(
+                &lock_file_path,
+                &previous_lock_path(store.root(), &lock_file_path),
+                &parsed_copy,
+            )?;
+        }
     }
     // Only a cache: saving it after a dry run too makes the next `pipe status` fast.
     stat_cache.save(&stat_cache_path)?;
@@ -146,15 +154,68 @@ fn unknown_stage(pipeline: &Pipeline<'_>, name: &str) -> anyhow::Error {
 
 fn stage_report(pipeline: &Pipeline<'_>, id: usize, result: &JobResult) -> StageReport {
     let stage = &pipeline.stages[id];
+    let (key, seconds, reason, headline, error) = match result {
+        JobResult::Ran(done) | JobResult::Cached(done) => (
+            Some(done.key),
+            done.seconds,
+            done.reason.clone(),
+            done.headline.clone(),
+            None,
+        ),
+        JobResult::WouldRun { key, reason } => (*key, 0.0, Some(reason.clone()), None, None),
+        JobResult::Failed {
+            key,
+            reason,
+            error,
+            log_tail,
+            seconds,
+        } => {
+            let mut message = format!("{error:#}");
+            if let Some(tail) = log_tail {
+                message.push('\n');
+                message.push_str(tail);
+            }
+            (*key, *seconds, reason.clone(), None, Some(message))
+        }
+        JobResult::Skipped { upstream } => (
+            None,
+            0.0,
+            Some(format!("upstream {upstream} failed")),
+            None,
+            None,
+        ),
+    };
     StageReport {
         name: stage.name.clone(),
         kind: stage.kind.kind().to_string(),
-        status: result.status,
-        key: result.key,
-        seconds: result.seconds,
-        reason: result.reason.clone(),
-        headline: result.headline.clone(),
-        error: result.error.clone(),
+        status: result.status(),
+        key,
+        seconds,
+        reason,
+        headline,
+        error,
+    }
+}
+
+/// What a finished stage hands to the stages downstream of it.
+enum Handoff {
+    /// Its outputs (it ran or was cached).
+    Outputs(BTreeMap<String, OutputEntry>),
+    /// None yet: in a dry run, it would run first.
+    WillRun,
+    /// None: it failed or was skipped.
+    Stopped,
+}
+
+impl Handoff {
+    fn of(result: &JobResult) -> Handoff {
+        match result {
+            JobResult::Ran(done) | JobResult::Cached(done) => {
+                Handoff::Outputs(done.outputs.clone())
+            }
+            JobResult::WouldRun { .. } => Handoff::WillRun,
+            JobResult::Failed { .. } | JobResult::Skipped { .. } => Handoff::Stopped,
+        }
     }
 }
 
@@ -173,62 +234,95 @@ fn schedule(
         Force::All => true,
         Force::Stages(names) => names.iter().any(|n| pipeline.select(n).contains(&id)),
     };
-    let mut results: BTreeMap<usize, JobResult> = BTreeMap::new();
+    let mut handoffs: BTreeMap<usize, Handoff> = BTreeMap::new();
     let mut finished: Vec<(usize, JobResult)> = Vec::new();
-    let mut started: BTreeSet<usize> = BTreeSet::new();
     let jobs = options.jobs.max(1);
+    // Each stage is started once all its upstreams have finished; `waiting`
+    // counts the upstreams not finished yet, so a start costs no scan of the DAG.
+    let position: BTreeMap<usize, usize> = selected
+        .iter()
+        .enumerate()
+        .map(|(i, &id)| (id, i))
+        .collect();
+    let mut waiting: Vec<usize> = selected
+        .iter()
+        .map(|&id| pipeline.stages[id].upstream.len())
+        .collect();
+    let mut downstream: Vec<Vec<usize>> = vec![Vec::new(); selected.len()];
+    for (i, &id) in selected.iter().enumerate() {
+        for up in &pipeline.stages[id].upstream {
+            if let Some(&u) = position.get(up) {
+                downstream[u].push(i);
+            }
+        }
+    }
+    let mut ready: std::collections::BinaryHeap<std::cmp::Reverse<usize>> = waiting
+        .iter()
+        .enumerate()
+        .filter(|(_, w)| **w == 0)
+        .map(|(i, _)| std::cmp::Reverse(i))
+        .collect();
     std::thread::scope(|scope| {
         let (tx, rx) = mpsc::channel::<(usize, JobResult)>();
         let mut running = 0usize;
         loop {
-            for &id in selected {
-                if started.contains(&id) || running >= jobs {
-                    continue;
-                }
+            while running < jobs
+                && let Some(std::cmp::Reverse(i)) = ready.pop()
+            {
+                let id = selected[i];
                 let ups = &pipeline.stages[id].upstream;
-                if !ups.iter().all(|u| results.contains_key(u)) {
-                    continue;
-                }
-                started.insert(id);
                 if let Some(&bad) = ups
                     .iter()
-                    .find(|u| matches!(results[u].status, Status::Failed | Status::Skipped))
+                    .find(|u| matches!(handoffs.get(u), Some(Handoff::Stopped)))
                 {
-                    let result = JobResult {
-                        reason: Some(format!("upstream {} failed", pipeline.stages[bad].name)),
-                        ..JobResult::empty(Status::Skipped, Instant::now())
+                    let result = JobResult::Skipped {
+                        upstream: pipeline.stages[bad].name.clone(),
                     };
                     on_done(id, &result);
-                    results.insert(id, result.clone());
+                    handoffs.insert(id, Handoff::Stopped);
                     finished.push((id, result));
+                    for &d in &downstream[i] {
+                        waiting[d] -= 1;
+                        if waiting[d] == 0 {
+                            ready.push(std::cmp::Reverse(d));
+                        }
+                    }
                     continue;
                 }
                 let upstream: BTreeMap<usize, _> = ups
                     .iter()
-                    .map(|&u| (u, results[&u].outputs.clone()))
+                    .map(|&u| {
+                        let outputs = match handoffs.get(&u) {
+                            Some(Handoff::Outputs(o)) => Some(o.clone()),
+                            _ => None,
+                        };
+                        (u, outputs)
+                    })
                     .collect();
-                let locked = lock.stages.get(&pipeline.stages[id].name).cloned();
+                let locked = lock.stages.get(&pipeline.stages[id].name);
                 let force = forced(id);
                 let tx = tx.clone();
                 running += 1;
                 scope.spawn(move || {
-                    let result = run_job(env, id, &upstream, locked.as_ref(), force);
+                    let result = run_job(env, id, &upstream, locked, force);
                     // The receiver lives until every job has reported.
                     let _ = tx.send((id, result));
                 });
             }
             if running == 0 {
-                if started.len() == selected.len() {
-                    break;
-                }
-                // Skips may have unblocked more stages: loop again.
-                continue;
+                break;
             }
             let Ok((id, result)) = rx.recv() else { break };
             running -= 1;
             on_done(id, &result);
-            results.insert(id, result.clone());
+            handoffs.insert(id, Handoff::of(&result));
             finished.push((id, result));
+            for &d in &downstream[position[&id]] {
+                waiting[d] -= 1;
+                if waiting[d] == 0 {
+                    ready.push(std::cmp::Reverse(d));
+                }
+            }
         }
     });
     finished

@@ -4,18 +4,19 @@
 //! object those records' outputs need (folders through their trees), and
 //! anything younger than the grace period (a run in another checkout may be
 //! about to reference it). Everything else under `stages/`, `objects/` and
-//! `scratch/` is removed.
+//! `scratch/` is removed, and so are batches in `trash/` (files pipe moved out
+//! of the way of an out instead of deleting them) older than the grace period.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use anyhow::Context;
 use serde::Serialize;
 
+use crate::files::{self, remove_all as remove_any};
 use crate::hash::{Digest, EntryKind};
 use crate::lockfile::LockFile;
-use crate::store::{Store, remove_any};
+use crate::store::Store;
 
 /// What a collection removed (or, in a dry run, would remove).
 #[derive(Debug, Default, Clone, Serialize)]
@@ -28,6 +29,8 @@ pub struct GcReport {
     pub objects: usize,
     /// Checkpoint folders removed.
     pub scratch: usize,
+    /// Trash batches removed.
+    pub trash: usize,
     /// Bytes freed.
     pub bytes: u64,
 }
@@ -90,10 +93,8 @@ pub fn collect(
     }
     let stages_dir = store.root().join("stages");
     let mut keep_objects: BTreeSet<Digest> = BTreeSet::new();
-    for entry in std::fs::read_dir(&stages_dir)
-        .with_context(|| format!("cannot list `{}`", stages_dir.display()))?
-    {
-        let path = entry?.path();
+    for entry in files::read_dir(&stages_dir)? {
+        let path = entry.path();
         let key: Option<Digest> = path
             .file_stem()
             .and_then(|s| s.to_str())
@@ -116,8 +117,8 @@ pub fn collect(
         }
     }
     let objects_dir = store.root().join("objects");
-    for shard in std::fs::read_dir(&objects_dir)?.flatten() {
-        for entry in std::fs::read_dir(shard.path())?.flatten() {
+    for shard in files::read_dir(&objects_dir)? {
+        for entry in files::read_dir(&shard.path())? {
             let path = entry.path();
             let digest: Option<Digest> = format!(
                 "{}{}",
@@ -137,7 +138,7 @@ pub fn collect(
         }
     }
     let scratch_dir = store.root().join("scratch");
-    for entry in std::fs::read_dir(&scratch_dir)?.flatten() {
+    for entry in files::read_dir(&scratch_dir)? {
         let path = entry.path();
         let key: Option<Digest> = entry.file_name().to_str().and_then(|s| s.parse().ok());
         if key.is_some_and(|k| keep_keys.contains(&k)) || young(&path) {
@@ -147,6 +148,20 @@ pub fn collect(
         report.bytes += size_of(&path);
         if !dry_run {
             remove_any(&path)?;
+        }
+    }
+    let trash_dir = store.root().join("trash");
+    if trash_dir.is_dir() {
+        for entry in files::read_dir(&trash_dir)? {
+            let path = entry.path();
+            if young(&path) {
+                continue;
+            }
+            report.trash += 1;
+            report.bytes += size_of(&path);
+            if !dry_run {
+                remove_any(&path)?;
+            }
         }
     }
     Ok(report)

@@ -6,7 +6,7 @@
 //! the filesystem lists entries in. Large files are hashed memory-mapped on
 //! all cores (BLAKE3's tree mode), which runs near memory bandwidth.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -17,7 +17,7 @@ use std::sync::Mutex;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use crate::atomic;
+use crate::{atomic, files};
 
 /// Files at least this large are hashed memory-mapped, in parallel.
 const MMAP_THRESHOLD: u64 = 1 << 20;
@@ -40,10 +40,13 @@ impl Digest {
 
 impl fmt::Display for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut text = [0u8; 64];
+        for (i, b) in self.0.iter().enumerate() {
+            text[2 * i] = HEX[usize::from(b >> 4)];
+            text[2 * i + 1] = HEX[usize::from(b & 0xf)];
         }
-        Ok(())
+        f.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -84,6 +87,10 @@ pub enum EntryKind {
     Executable,
     /// A folder (`hash` is its tree's hash).
     Dir,
+    /// A symbolic link (`hash` is the hash of its target text, which the
+    /// store keeps as an object). Never followed when hashing, storing or
+    /// restoring outputs.
+    Symlink,
 }
 
 /// One entry of a folder.
@@ -135,6 +142,11 @@ pub enum Hashed {
         /// Executable bit set.
         executable: bool,
     },
+    /// A symbolic link, by its target text.
+    Symlink {
+        /// The target text.
+        target: String,
+    },
     /// A folder, with every sub-folder's tree (by hash) so a store can keep them.
     Dir {
         /// This folder's tree.
@@ -149,14 +161,16 @@ impl Hashed {
     pub fn digest(&self) -> Digest {
         match self {
             Hashed::File { hash, .. } => *hash,
+            Hashed::Symlink { target } => Digest::of(target.as_bytes()),
             Hashed::Dir { tree, .. } => tree.digest(),
         }
     }
 
-    /// Bytes of file content.
+    /// Bytes of file content (a link: the length of its target text).
     pub fn size(&self) -> u64 {
         match self {
             Hashed::File { size, .. } => *size,
+            Hashed::Symlink { target } => target.len() as u64,
             Hashed::Dir { tree, .. } => tree.size(),
         }
     }
@@ -168,6 +182,7 @@ impl Hashed {
                 executable: true, ..
             } => EntryKind::Executable,
             Hashed::File { .. } => EntryKind::File,
+            Hashed::Symlink { .. } => EntryKind::Symlink,
             Hashed::Dir { .. } => EntryKind::Dir,
         };
         TreeEntry {
@@ -191,25 +206,42 @@ pub fn hash_file(path: &Path) -> io::Result<Digest> {
     Ok(Digest(*hasher.finalize().as_bytes()))
 }
 
-/// Hashes a file or folder (folders recursively, as a Merkle tree).
-/// Symlinks are followed; a dangling one is an error.
-pub fn hash_path(path: &Path) -> anyhow::Result<Hashed> {
-    hash_path_with(path, &|p| hash_file(p))
+/// What hashing does with a symlink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Links {
+    /// Hash what the link points to (inputs: a dep may be a link to a file).
+    Follow,
+    /// Hash the link itself, by its target text (outputs: a link is stored
+    /// and restored as a link, and nothing is read through it).
+    Keep,
 }
 
-/// [`hash_path`] with a custom file hasher (e.g. one backed by a [`StatCache`]).
+/// Hashes an output file or folder (folders recursively, as a Merkle tree)
+/// without following any symlink.
+pub fn hash_path(path: &Path) -> anyhow::Result<Hashed> {
+    hash_path_with(path, Links::Keep, &|p| hash_file(p))
+}
+
+/// [`hash_path`] with a choice for links and a custom file hasher (e.g. one
+/// backed by a [`StatCache`]).
 pub fn hash_path_with(
     path: &Path,
+    links: Links,
     file_hash: &dyn Fn(&Path) -> io::Result<Digest>,
 ) -> anyhow::Result<Hashed> {
-    let meta =
-        std::fs::metadata(path).with_context(|| format!("cannot read `{}`", path.display()))?;
+    let meta = match links {
+        Links::Follow => std::fs::metadata(path),
+        Links::Keep => std::fs::symlink_metadata(path),
+    }
+    .with_context(|| format!("cannot read `{}`", path.display()))?;
+    if meta.is_symlink() {
+        return Ok(Hashed::Symlink {
+            target: files::read_link(path)?,
+        });
+    }
     if meta.is_dir() {
         let mut names: Vec<(String, PathBuf)> = Vec::new();
-        for entry in
-            std::fs::read_dir(path).with_context(|| format!("cannot list `{}`", path.display()))?
-        {
-            let entry = entry.with_context(|| format!("cannot list `{}`", path.display()))?;
+        for entry in files::read_dir(path)? {
             let name = entry.file_name().into_string().map_err(|n| {
                 anyhow::anyhow!(
                     "file name {n:?} in `{}` is not UTF-8; rename it",
@@ -218,11 +250,10 @@ pub fn hash_path_with(
             })?;
             names.push((name, entry.path()));
         }
-        names.sort();
         let mut entries = Vec::with_capacity(names.len());
         let mut trees = Vec::new();
         for (name, child) in names {
-            let hashed = hash_path_with(&child, file_hash)?;
+            let hashed = hash_path_with(&child, links, file_hash)?;
             entries.push(hashed.entry(&name));
             if let Hashed::Dir { trees: sub, .. } = hashed {
                 trees.extend(sub);
@@ -231,13 +262,18 @@ pub fn hash_path_with(
         let tree = Tree { entries };
         trees.push(tree.clone());
         Ok(Hashed::Dir { tree, trees })
-    } else {
+    } else if meta.is_file() {
         let hash = file_hash(path).with_context(|| format!("cannot read `{}`", path.display()))?;
         Ok(Hashed::File {
             hash,
             size: meta.len(),
             executable: meta.permissions().mode() & 0o111 != 0,
         })
+    } else {
+        anyhow::bail!(
+            "`{}` is not a file, folder or symlink (a socket, pipe or device); remove it",
+            path.display()
+        )
     }
 }
 
@@ -258,7 +294,7 @@ struct StatEntry {
 /// never cached (the same "racily clean" rule git uses).
 #[derive(Debug, Default)]
 pub struct StatCache {
-    entries: Mutex<BTreeMap<PathBuf, StatEntry>>,
+    entries: Mutex<HashMap<PathBuf, StatEntry>>,
     dirty: Mutex<bool>,
 }
 
@@ -323,9 +359,14 @@ impl StatCache {
         Ok(hash)
     }
 
-    /// Hashes a file or folder through the cache.
-    pub fn hash_path(&self, path: &Path) -> anyhow::Result<Hashed> {
-        hash_path_with(path, &|p| self.hash_file(p))
+    /// Hashes an input file or folder through the cache, following symlinks.
+    pub fn hash_dep(&self, path: &Path) -> anyhow::Result<Hashed> {
+        hash_path_with(path, Links::Follow, &|p| self.hash_file(p))
+    }
+
+    /// Hashes an output file or folder through the cache, keeping symlinks as links.
+    pub fn hash_out(&self, path: &Path) -> anyhow::Result<Hashed> {
+        hash_path_with(path, Links::Keep, &|p| self.hash_file(p))
     }
 }
 

@@ -1,79 +1,121 @@
-//! Bringing one stage up to date: compute its key, restore it from the cache,
-//! or run it and commit its outputs to the store.
+//! Bringing one stage up to date: compute its key, look it up in the cache
+//! and restore it, or run it and commit its outputs to the store.
+//!
+//! The two seams of a job are [`lookup`] (where a stage is looked up in the
+//! cache; a miss there is where a remote cache would be asked) and
+//! [`run_kind`] (where a stage's kind actually executes).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::Context;
 
+use crate::files;
 use crate::hash::{Digest, StatCache};
 use crate::key::{KeyRecord, MissReason, explain};
 use crate::lockfile::LockEntry;
+use crate::outputs::{clear_out, commit, output_paths, produced, publish, restore};
 use crate::plan::{Pipeline, PlannedStage};
 use crate::printer::Printer;
 use crate::report::Status;
 use crate::stage::{Input, Outcome, RunContext};
-use crate::store::{Import, OutputEntry, StageRecord, Store, outputs_digest, remove_any};
+use crate::store::{OutputEntry, StageRecord, outputs_digest};
 
 /// What a job needs to know besides the stage.
 pub struct JobEnv<'a> {
     /// The pipeline.
     pub pipeline: &'a Pipeline<'a>,
     /// The store.
-    pub store: &'a Store,
+    pub store: &'a crate::store::Store,
     /// Hashes of workspace files.
     pub stat_cache: &'a StatCache,
-    /// The printer (notes, progress).
+    /// The printer (notes, progress, warnings).
     pub printer: &'a Printer,
     /// Only decide, never run or restore.
     pub dry_run: bool,
 }
 
-/// The result of one job.
-#[derive(Debug, Clone)]
-pub struct JobResult {
-    /// What happened.
-    pub status: Status,
-    /// The key, when it could be computed.
-    pub key: Option<Digest>,
+/// A stage that is up to date: what it ran (or was restored) with and what it produced.
+#[derive(Debug)]
+pub struct Done {
+    /// The stage key.
+    pub key: Digest,
     /// What the key was computed from.
-    pub record: Option<KeyRecord>,
-    /// The stage's outputs (None when it failed or, in a dry run, would run).
-    pub outputs: Option<BTreeMap<String, OutputEntry>>,
-    /// Why it ran (or would).
-    pub reason: Option<String>,
-    /// Metrics.
+    pub record: KeyRecord,
+    /// The stage's outputs.
+    pub outputs: BTreeMap<String, OutputEntry>,
+    /// Its metrics.
     pub metrics: serde_json::Map<String, serde_json::Value>,
-    /// Headline.
+    /// Its headline.
     pub headline: Option<String>,
-    /// Failure message.
-    pub error: Option<String>,
+    /// Why it ran, or for a cached stage why it was restored (when not simply unchanged).
+    pub reason: Option<String>,
     /// Wall time.
     pub seconds: f64,
 }
 
+/// How one job ended.
+#[derive(Debug)]
+pub enum JobResult {
+    /// The stage ran and its outputs were committed.
+    Ran(Done),
+    /// The stage was found in the cache (and, unless in a dry run, restored).
+    Cached(Done),
+    /// Dry run: the stage would run.
+    WouldRun {
+        /// Its key, unless an upstream would run first.
+        key: Option<Digest>,
+        /// Why it would run.
+        reason: String,
+    },
+    /// The stage failed.
+    Failed {
+        /// Its key, when it could be computed.
+        key: Option<Digest>,
+        /// Why it ran, when it got that far.
+        reason: Option<String>,
+        /// What went wrong, with its causes.
+        error: anyhow::Error,
+        /// The last lines of the stage's log, when it wrote any.
+        log_tail: Option<String>,
+        /// Wall time.
+        seconds: f64,
+    },
+    /// The stage did not run because an upstream stage failed.
+    Skipped {
+        /// The upstream stage that failed (or was skipped).
+        upstream: String,
+    },
+}
+
 impl JobResult {
-    /// A result with `status` and nothing else known yet.
-    pub fn empty(status: Status, started: Instant) -> JobResult {
-        JobResult {
-            status,
-            key: None,
-            record: None,
-            outputs: None,
-            reason: None,
-            metrics: Default::default(),
-            headline: None,
-            error: None,
-            seconds: started.elapsed().as_secs_f64(),
+    /// The status shown for this result.
+    pub fn status(&self) -> Status {
+        match self {
+            JobResult::Ran(_) => Status::Ran,
+            JobResult::Cached(_) => Status::Cached,
+            JobResult::WouldRun { .. } => Status::WouldRun,
+            JobResult::Failed { .. } => Status::Failed,
+            JobResult::Skipped { .. } => Status::Skipped,
         }
     }
 
-    fn failed(key: Option<Digest>, error: String, started: Instant) -> JobResult {
-        JobResult {
+    /// The stage's outputs, when it is up to date.
+    pub fn done(&self) -> Option<&Done> {
+        match self {
+            JobResult::Ran(done) | JobResult::Cached(done) => Some(done),
+            _ => None,
+        }
+    }
+
+    fn failed(key: Option<Digest>, error: anyhow::Error, started: Instant) -> JobResult {
+        JobResult::Failed {
             key,
-            error: Some(error),
-            ..JobResult::empty(Status::Failed, started)
+            reason: None,
+            error,
+            log_tail: None,
+            seconds: started.elapsed().as_secs_f64(),
         }
     }
 }
@@ -90,102 +132,74 @@ pub fn run_job(
     let started = Instant::now();
     let stage = &env.pipeline.stages[id];
     if let Some((&up, _)) = upstream.iter().find(|(_, outputs)| outputs.is_none()) {
-        return JobResult {
-            reason: Some(format!(
-                "upstream {} will run",
-                env.pipeline.stages[up].name
-            )),
-            ..JobResult::empty(Status::WouldRun, started)
+        return JobResult::WouldRun {
+            key: None,
+            reason: format!("upstream {} will run", env.pipeline.stages[up].name),
         };
     }
     let record = match key_record(env, stage, upstream) {
         Ok(r) => r,
-        Err(e) => return JobResult::failed(None, format!("{e:#}"), started),
+        Err(e) => return JobResult::failed(None, e, started),
     };
     let key = record.key();
-    let cached = if forced { None } else { env.store.record(&key) };
-    let mut reason = if forced {
-        MissReason::Forced
-    } else {
-        match locked {
-            Some(entry) if entry.key == key => MissReason::NotInCache,
-            Some(entry) => explain(&entry.record, &record),
-            None => MissReason::New,
-        }
+    let mut reason = match locked {
+        _ if forced => MissReason::Forced,
+        Some(entry) if entry.key == key => MissReason::NotInCache,
+        Some(entry) => explain(&entry.record, &record),
+        None => MissReason::New,
     };
-    if let Some(found) = cached {
-        match check_cached(env, &found, locked) {
-            CacheCheck::Usable => {
-                if env.dry_run {
-                    return cached_result(found, key, record, locked, started);
+    if !forced {
+        match lookup(env, stage, &key, locked) {
+            Lookup::Hit(found) => {
+                if !env.dry_run
+                    && let Err(e) = restore(env, stage, &found, locked)
+                {
+                    let error = e.context("cannot restore from the cache");
+                    return JobResult::failed(Some(key), error, started);
                 }
-                match restore(env, stage, &found) {
-                    Ok(()) => return cached_result(found, key, record, locked, started),
-                    Err(e) => {
-                        return JobResult::failed(
-                            Some(key),
-                            format!("cannot restore from the cache: {e:#}"),
-                            started,
-                        );
-                    }
-                }
+                let from_history = locked.is_some_and(|l| l.key != key);
+                return JobResult::Cached(Done {
+                    key,
+                    record,
+                    outputs: found.outputs,
+                    metrics: found.metrics,
+                    headline: found.headline,
+                    reason: from_history.then(|| "restored from the run cache".to_string()),
+                    seconds: started.elapsed().as_secs_f64(),
+                });
             }
-            CacheCheck::Incomplete => {}
-            CacheCheck::Modified(modified) => reason = modified,
+            Lookup::Miss => {}
+            Lookup::Modified(why) => reason = why,
         }
     }
     if env.dry_run {
-        return JobResult {
+        return JobResult::WouldRun {
             key: Some(key),
-            record: Some(record),
-            reason: Some(reason.to_string()),
-            ..JobResult::empty(Status::WouldRun, started)
+            reason: reason.to_string(),
         };
     }
-    match execute(env, stage, upstream, &record, key, started) {
-        Ok((outputs, outcome)) => JobResult {
-            status: Status::Ran,
-            key: Some(key),
-            record: Some(record),
-            outputs: Some(outputs),
-            reason: Some(reason.to_string()),
+    match execute(env, stage, upstream, locked, &record, key, started) {
+        Ok((outputs, outcome)) => JobResult::Ran(Done {
+            key,
+            record,
+            outputs,
             metrics: outcome.metrics,
             headline: outcome.headline,
-            error: None,
+            reason: Some(reason.to_string()),
             seconds: started.elapsed().as_secs_f64(),
-        },
-        Err(e) => {
-            let mut message = format!("{e:#}");
+        }),
+        Err(error) => {
             let log = env.store.log_path(&env.pipeline.manifest.name, &stage.name);
-            if let Some(tail) = log_tail(&log, 12) {
-                message.push_str(&format!("\nlast lines of {}:\n{tail}", log.display()));
-            }
-            JobResult {
+            let log_tail =
+                log_tail(&log, 12).map(|tail| format!("last lines of {}:\n{tail}", log.display()));
+            JobResult::Failed {
+                key: Some(key),
                 reason: Some(reason.to_string()),
-                ..JobResult::failed(Some(key), message, started)
+                error,
+                log_tail,
+                seconds: started.elapsed().as_secs_f64(),
             }
         }
-    }
-}
-
-fn cached_result(
-    found: StageRecord,
-    key: Digest,
-    record: KeyRecord,
-    locked: Option<&LockEntry>,
-    started: Instant,
-) -> JobResult {
-    let restored_from_history = locked.is_some_and(|l| l.key != key);
-    JobResult {
-        status: Status::Cached,
-        key: Some(key),
-        record: Some(record),
-        outputs: Some(found.outputs),
-        reason: restored_from_history.then(|| "restored from the run cache".to_string()),
-        metrics: found.metrics,
-        headline: found.headline,
-        error: None,
-        seconds: started.elapsed().as_secs_f64(),
     }
 }
 
@@ -217,12 +231,13 @@ fn key_record(
     }
     for dep in &stage.deps {
         let path = env.pipeline.manifest.dir.join(dep);
-        if !path.exists() {
-            anyhow::bail!(
+        let hashed = match env.stat_cache.hash_dep(&path) {
+            Ok(hashed) => hashed,
+            Err(_) if !path.exists() => anyhow::bail!(
                 "dependency `{dep}` does not exist; create it, or declare it in the `outs:` of the stage that writes it"
-            );
-        }
-        let hashed = env.stat_cache.hash_path(&path)?;
+            ),
+            Err(e) => return Err(e),
+        };
         inputs.insert(format!("dep:{dep}"), hashed.digest());
     }
     Ok(KeyRecord {
@@ -235,106 +250,53 @@ fn key_record(
     })
 }
 
-/// What [`check_cached`] found.
-enum CacheCheck {
-    /// Every object is there and no declared out was edited by hand.
-    Usable,
-    /// An object is missing: the stage must run again.
-    Incomplete,
-    /// A declared out was edited by hand.
+/// What [`lookup`] found in the cache.
+enum Lookup {
+    /// A record whose objects are all there, and no declared out was edited by hand.
+    Hit(Box<StageRecord>),
+    /// No usable record: the stage must run.
+    Miss,
+    /// A record, but a declared out was edited by hand: the stage runs again
+    /// (and the edited out is kept in the trash).
     Modified(MissReason),
 }
 
-/// Whether a cached record can be used. A declared out that differs
-/// from the record but matches what `pipe` last wrote there (the lockfile's
-/// hash) is the output of another key and is simply replaced; one that
-/// matches neither was edited by hand, so the stage reruns.
-fn check_cached(env: &JobEnv<'_>, found: &StageRecord, locked: Option<&LockEntry>) -> CacheCheck {
+/// Looks stage key `key` up in the cache. A declared out that differs from
+/// the record but matches what `pipe` last wrote there (the lockfile's hash)
+/// is the output of another key and is simply replaced; one that matches
+/// neither was edited by hand, so the stage reruns.
+fn lookup(
+    env: &JobEnv<'_>,
+    stage: &PlannedStage<'_>,
+    key: &Digest,
+    locked: Option<&LockEntry>,
+) -> Lookup {
+    // A local miss: the place to ask a remote cache.
+    let Some(found) = env.store.record(key) else {
+        return Lookup::Miss;
+    };
     for (name, output) in &found.outputs {
         if !env.store.output_complete(output.kind, &output.hash) {
-            return CacheCheck::Incomplete;
+            return Lookup::Miss;
         }
         if output.workspace {
+            if !stage.outs.contains(&output.path) {
+                return Lookup::Miss;
+            }
             let path = env.pipeline.manifest.dir.join(&output.path);
-            if !path.exists() {
+            if !matches!(files::kind_of(&path), Ok(Some(_))) {
                 continue;
             }
-            let current = env.stat_cache.hash_path(&path).map(|h| h.digest()).ok();
+            let current = env.stat_cache.hash_out(&path).map(|h| h.digest()).ok();
             let written_by_pipe = locked.and_then(|l| l.outputs.get(name)).copied();
             if current != Some(output.hash) && current != written_by_pipe {
-                return CacheCheck::Modified(MissReason::OutputModified {
+                return Lookup::Modified(MissReason::OutputModified {
                     path: output.path.clone(),
                 });
             }
         }
     }
-    CacheCheck::Usable
-}
-
-/// Puts a cached stage's outputs in place: `out/<pipeline>/<stage>/` and declared outs.
-fn restore(env: &JobEnv<'_>, stage: &PlannedStage<'_>, found: &StageRecord) -> anyhow::Result<()> {
-    for output in found.outputs.values().filter(|o| o.workspace) {
-        let path = env.pipeline.manifest.dir.join(&output.path);
-        let current = path
-            .exists()
-            .then(|| env.stat_cache.hash_path(&path).map(|h| h.digest()).ok())
-            .flatten();
-        if current != Some(output.hash) {
-            env.store
-                .materialize(output.kind, &output.hash, &path, true)?;
-        }
-    }
-    publish(env, &stage.name, &found.outputs)
-}
-
-/// Makes `out/<pipeline>/<stage>/` hold exactly the stage's store outputs.
-fn publish(
-    env: &JobEnv<'_>,
-    stage: &str,
-    outputs: &BTreeMap<String, OutputEntry>,
-) -> anyhow::Result<()> {
-    let dir = env.store.out_dir(&env.pipeline.manifest.name, stage);
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create `{}`", dir.display()))?;
-    let wanted: Vec<&str> = outputs
-        .values()
-        .filter(|o| !o.workspace)
-        .map(|o| o.path.as_str())
-        .collect();
-    for entry in std::fs::read_dir(&dir)? {
-        let entry = entry?;
-        if !wanted
-            .iter()
-            .any(|w| std::ffi::OsStr::new(w) == entry.file_name())
-        {
-            remove_any(&entry.path())?;
-        }
-    }
-    for output in outputs.values().filter(|o| !o.workspace) {
-        env.store
-            .materialize(output.kind, &output.hash, &dir.join(&output.path), false)?;
-    }
-    Ok(())
-}
-
-/// Where a stage's outputs are on disk, for the stages downstream of it.
-pub fn output_paths(
-    store: &Store,
-    pipeline: &Pipeline<'_>,
-    stage: usize,
-    outputs: &BTreeMap<String, OutputEntry>,
-) -> BTreeMap<String, PathBuf> {
-    let name = &pipeline.stages[stage].name;
-    outputs
-        .iter()
-        .map(|(k, o)| {
-            let path = if o.workspace {
-                pipeline.manifest.dir.join(&o.path)
-            } else {
-                store.out_dir(&pipeline.manifest.name, name).join(&o.path)
-            };
-            (k.clone(), path)
-        })
-        .collect()
+    Lookup::Hit(Box::new(found))
 }
 
 /// Runs the stage in a temporary folder and commits its outputs.
@@ -342,6 +304,7 @@ fn execute(
     env: &JobEnv<'_>,
     stage: &PlannedStage<'_>,
     upstream: &BTreeMap<usize, Option<BTreeMap<String, OutputEntry>>>,
+    locked: Option<&LockEntry>,
     record: &KeyRecord,
     key: Digest,
     started: Instant,
@@ -349,22 +312,20 @@ fn execute(
     let workspace = &env.pipeline.manifest.dir;
     let tmp = env.store.temp_dir()?;
     let out_dir = tmp.path().join("out");
-    std::fs::create_dir_all(&out_dir)?;
+    files::create_dir_all(&out_dir)?;
     let scratch = env.store.scratch_dir(&key);
-    std::fs::create_dir_all(&scratch)
-        .with_context(|| format!("cannot create `{}`", scratch.display()))?;
+    files::create_dir_all(&scratch)?;
     let log = env.store.log_path(&env.pipeline.manifest.name, &stage.name);
     if let Some(parent) = log.parent() {
-        std::fs::create_dir_all(parent)?;
+        files::create_dir_all(parent)?;
     }
-    std::fs::write(&log, b"")
-        .with_context(|| format!("cannot create the log `{}`", log.display()))?;
+    files::write(&log, b"")?;
+    let known = produced(env.store, locked);
     for out in &stage.outs {
         let path = workspace.join(out);
-        remove_any(&path)?;
+        clear_out(env, &stage.name, out, &known)?;
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("cannot create `{}`", parent.display()))?;
+            files::create_dir_all(parent)?;
         }
     }
     let inputs: Vec<Input> = stage
@@ -400,22 +361,8 @@ fn execute(
         log_path: &log,
         reporter: &reporter,
     };
-    let outcome =
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stage.kind.run(&ctx))) {
-            Ok(result) => result?,
-            Err(panic) => {
-                let what = panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_default();
-                anyhow::bail!(
-                    "the {} stage crashed ({what}); this is a bug in pipe, please report it",
-                    stage.kind.kind()
-                );
-            }
-        };
-    let outputs = commit_outputs(env, stage, &out_dir)?;
+    let outcome = run_kind(stage, &ctx)?;
+    let outputs = commit(env, stage, &out_dir)?;
     let stage_record = StageRecord {
         key,
         pipeline: env.pipeline.manifest.name.clone(),
@@ -433,70 +380,31 @@ fn execute(
     };
     env.store.write_record(&stage_record)?;
     publish(env, &stage.name, &outputs)?;
-    remove_any(&scratch)?;
+    files::remove_all(&scratch)?;
     Ok((outputs, outcome))
 }
 
-/// Hashes and stores what the stage wrote: entries of its out folder (by
-/// move) and its declared workspace outs (by copy).
-fn commit_outputs(
-    env: &JobEnv<'_>,
-    stage: &PlannedStage<'_>,
-    out_dir: &Path,
-) -> anyhow::Result<BTreeMap<String, OutputEntry>> {
-    let mut outputs = BTreeMap::new();
-    let mut entries: Vec<_> = std::fs::read_dir(out_dir)?.collect::<Result<_, _>>()?;
-    entries.sort_by_key(|e| e.file_name());
-    for entry in entries {
-        let file_name = entry.file_name().to_string_lossy().into_owned();
-        // The name is the file name without its last extension (`model.onnx` → `model`,
-        // `model.onnx.data` → `model.onnx`), as `Path::file_stem` has it.
-        let name = match file_name.rsplit_once('.') {
-            Some((stem, _)) if !stem.is_empty() => stem.to_string(),
-            _ => file_name.clone(),
-        };
-        let hashed = crate::hash::hash_path(&entry.path())?;
-        env.store.import(&entry.path(), &hashed, Import::Move)?;
-        let output = OutputEntry {
-            path: file_name.clone(),
-            kind: hashed.entry(&file_name).kind,
-            hash: hashed.digest(),
-            size: hashed.size(),
-            workspace: false,
-        };
-        if outputs.insert(name.clone(), output).is_some() {
+/// Executes the stage's kind; a panic inside it becomes an error.
+fn run_kind(stage: &PlannedStage<'_>, ctx: &RunContext<'_>) -> anyhow::Result<Outcome> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stage.kind.run(ctx))) {
+        Ok(result) => result,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
             anyhow::bail!(
-                "stage wrote two outputs named `{name}` (internal error in the {} kind)",
+                "the {} stage crashed ({what}); this is a bug in pipe, please report it",
                 stage.kind.kind()
             );
         }
     }
-    for out in &stage.outs {
-        let path = env.pipeline.manifest.dir.join(out);
-        if !path.exists() {
-            anyhow::bail!(
-                "the command finished but did not write its declared out `{out}`; fix the command or the `outs:` list"
-            );
-        }
-        let hashed = env.stat_cache.hash_path(&path)?;
-        env.store.import(&path, &hashed, Import::Copy)?;
-        outputs.insert(
-            out.clone(),
-            OutputEntry {
-                path: out.clone(),
-                kind: hashed.entry(out).kind,
-                hash: hashed.digest(),
-                size: hashed.size(),
-                workspace: true,
-            },
-        );
-    }
-    Ok(outputs)
 }
 
 /// The last `lines` lines of a log file, indented, when it has any.
 fn log_tail(path: &Path, lines: usize) -> Option<String> {
-    let text = std::fs::read_to_string(path).ok()?;
+    let text = files::read_to_string(path).ok()?;
     let all: Vec<&str> = text.lines().collect();
     if all.is_empty() {
         return None;

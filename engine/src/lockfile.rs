@@ -37,7 +37,7 @@ use crate::key::{KeyRecord, canonical_json};
 use crate::yaml;
 
 /// The lockfile of one manifest.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LockFile {
     /// The pipeline's name.
     pub pipeline: String,
@@ -47,7 +47,7 @@ pub struct LockFile {
 }
 
 /// One stage in the lockfile.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LockEntry {
     /// The stage key.
     pub key: Digest,
@@ -60,6 +60,32 @@ pub struct LockEntry {
     /// Metrics of that run.
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub metrics: serde_json::Map<String, Value>,
+}
+
+/// A lockfile as parsed, with the hash of the bytes it was parsed from.
+#[derive(Deserialize)]
+struct ParsedCopy {
+    source: Digest,
+    lock: LockFile,
+}
+
+/// [`ParsedCopy`] for writing.
+#[derive(Serialize)]
+struct ParsedCopyRef<'a> {
+    source: Digest,
+    lock: &'a LockFile,
+}
+
+/// Where `pipe run` keeps the parsed copy of lockfile `lock_file`:
+/// `<store>/lockfiles/<stem>.parsed.json`.
+pub fn parsed_copy_path(store_dir: &Path, lock_file: &Path) -> PathBuf {
+    let stem = lock_file
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    store_dir
+        .join("lockfiles")
+        .join(format!("{stem}.parsed.json"))
 }
 
 /// Where the lockfile of `manifest` lives.
@@ -91,10 +117,47 @@ impl LockFile {
         LockFile::parse(&text, &path.display().to_string())
     }
 
+    /// Reads a lockfile through a parsed copy kept at `cache` (JSON, with the
+    /// BLAKE3 of the lockfile's bytes): when the lockfile is byte for byte the
+    /// one the copy was made from, the fast JSON copy is read instead of the
+    /// YAML, which is what a large lockfile's no-op rerun costs most. A
+    /// missing, stale or unreadable copy is rebuilt.
+    pub fn load_cached(path: &Path, cache: &Path) -> anyhow::Result<LockFile> {
+        let text = match std::fs::read(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(LockFile::default()),
+            Err(e) => return Err(e).with_context(|| format!("cannot read `{}`", path.display())),
+        };
+        let source = Digest::of(&text);
+        if let Ok(bytes) = std::fs::read(cache)
+            && let Ok(copy) = serde_json::from_slice::<ParsedCopy>(&bytes)
+            && copy.source == source
+        {
+            return Ok(copy.lock);
+        }
+        let text = String::from_utf8(text)
+            .with_context(|| format!("`{}` is not UTF-8 text", path.display()))?;
+        let lock = LockFile::parse(&text, &path.display().to_string())?;
+        lock.keep_parsed_copy(&text, cache);
+        Ok(lock)
+    }
+
+    /// Writes the parsed copy read by [`LockFile::load_cached`]. Only a
+    /// cache: failing to write it costs speed, not correctness.
+    fn keep_parsed_copy(&self, text: &str, cache: &Path) {
+        let copy = ParsedCopyRef {
+            source: Digest::of(text.as_bytes()),
+            lock: self,
+        };
+        if let Ok(bytes) = serde_json::to_vec(&copy) {
+            let _ = atomic::write(cache, &bytes, false);
+        }
+    }
+
     /// Parses a lockfile's text; `origin` names it in errors (a path, or
     /// `HEAD:student.lock` for one read from git).
     pub fn parse(text: &str, origin: &str) -> anyhow::Result<LockFile> {
-        let node = yaml::parse(text).map_err(|e| {
+        let value = yaml::parse_data(text).map_err(|e| {
             anyhow::anyhow!(
                 "{origin}:{}:{}: {}; delete the lockfile and run again to rebuild it",
                 e.span.line,
@@ -102,7 +165,7 @@ impl LockFile {
                 e.message
             )
         })?;
-        serde_json::from_value(node.to_json()).with_context(|| {
+        serde_json::from_value(value).with_context(|| {
             format!("`{origin}` is not a pipe lockfile; delete it and run again to rebuild it")
         })
     }
@@ -112,14 +175,27 @@ impl LockFile {
     /// rewrite that changes nothing keeps the older `previous`, so it stays
     /// the lockfile before the last run that changed something.
     pub fn save(&self, path: &Path, previous: &Path) -> anyhow::Result<()> {
+        self.save_text(path, previous).map(|_| ())
+    }
+
+    /// [`LockFile::save`], also refreshing the parsed copy at `cache` (see
+    /// [`LockFile::load_cached`]).
+    pub fn save_cached(&self, path: &Path, previous: &Path, cache: &Path) -> anyhow::Result<()> {
+        let text = self.save_text(path, previous)?;
+        self.keep_parsed_copy(&text, cache);
+        Ok(())
+    }
+
+    fn save_text(&self, path: &Path, previous: &Path) -> anyhow::Result<String> {
         let text = self.render()?;
         match std::fs::read(path) {
-            Ok(old) if old == text.as_bytes() => return Ok(()),
+            Ok(old) if old == text.as_bytes() => return Ok(text),
             Ok(old) => atomic::write(previous, &old, false)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e).with_context(|| format!("cannot read `{}`", path.display())),
         }
-        atomic::write(path, text.as_bytes(), false)
+        atomic::write(path, text.as_bytes(), false)?;
+        Ok(text)
     }
 
     /// The lockfile as YAML text.
@@ -210,6 +286,65 @@ mod tests {
         assert_eq!(entry.record, record);
         assert_eq!(entry.record.key(), entry.key);
         assert_eq!(entry.metrics["loss"], serde_json::json!(0.25));
+    }
+
+    #[test]
+    fn the_parsed_copy_is_used_only_for_the_bytes_it_was_made_from() {
+        let (lock, _) = lock_with_loss(0.5);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("student.lock");
+        let cache = dir.path().join("student.parsed.json");
+        lock.save_cached(&path, &dir.path().join("previous.lock"), &cache)
+            .unwrap();
+        assert!(cache.exists());
+        assert_eq!(LockFile::load_cached(&path, &cache).unwrap(), lock);
+        // Edited by hand: the copy is stale, the YAML wins and the copy is rebuilt.
+        let edited = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("loss: 0.5", "loss: 0.75");
+        std::fs::write(&path, edited).unwrap();
+        let back = LockFile::load_cached(&path, &cache).unwrap();
+        assert_eq!(
+            back.stages["finetune"].metrics["loss"],
+            serde_json::json!(0.75)
+        );
+        std::fs::write(&cache, "not json").unwrap();
+        assert_eq!(LockFile::load_cached(&path, &cache).unwrap(), back);
+    }
+
+    /// Saves `lock` and reads it back.
+    fn round_trip(lock: &LockFile) -> LockFile {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.lock");
+        lock.save(&path, &dir.path().join("previous.lock")).unwrap();
+        LockFile::load(&path).unwrap()
+    }
+
+    #[test]
+    fn eighty_labels_of_metrics_read_back() {
+        let (mut lock, _) = lock_with_loss(0.5);
+        let per_label: serde_json::Map<String, Value> = (0..80)
+            .map(|i| {
+                let scores = serde_json::json!({"precision": 0.5, "recall": 0.25, "f1": 0.3, "support": 7, "auc": 0.9});
+                (format!("label{i}"), scores)
+            })
+            .collect();
+        let split = serde_json::json!({"accuracy": 0.5, "per_class": per_label, "confusion": vec![vec![1; 80]; 80]});
+        let metrics = &mut lock.stages.get_mut("finetune").unwrap().metrics;
+        for name in ["train", "validation", "test"] {
+            metrics.insert(name.into(), split.clone());
+        }
+        assert_eq!(round_trip(&lock), lock);
+    }
+
+    #[test]
+    fn a_thousand_stages_read_back() {
+        let (mut lock, _) = lock_with_loss(0.5);
+        let entry = lock.stages["finetune"].clone();
+        for i in 0..1000 {
+            lock.stages.insert(format!("s{i}"), entry.clone());
+        }
+        assert_eq!(round_trip(&lock), lock);
     }
 
     #[test]

@@ -93,12 +93,20 @@ pub struct PathRef {
     pub span: Span,
 }
 
-/// Whether `name` is a valid stage or pipeline name.
+/// Whether `name` is a valid pipeline name: `[A-Za-z0-9][A-Za-z0-9_.-]*`, at
+/// most 64 characters. Names become folder names in the store, so this is
+/// what keeps `.`, `..` and `/` out of them.
 pub fn is_valid_name(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         && name.len() <= 64
+}
+
+/// Whether `name` is a valid stage name: a valid name without dots (a dot
+/// separates a stage from one of its outputs in `from: stage.output`).
+pub fn is_valid_stage_name(name: &str) -> bool {
+    is_valid_name(name) && !name.contains('.')
 }
 
 impl Manifest {
@@ -164,13 +172,26 @@ impl Manifest {
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "pipeline".into());
         let name = match root.get("pipeline") {
-            None => stem,
+            None if is_valid_name(&stem) => stem,
+            None => {
+                errors.push(
+                    diag(
+                        Span { line: 1, col: 1 },
+                        format!(
+                            "the pipeline name `{stem}` taken from the file name is not a valid name"
+                        ),
+                    )
+                    .help("add `pipeline: <name>` (letters, digits, `-`, `_`, `.`, starting with a letter or digit), or rename the file"),
+                );
+                stem
+            }
             Some((_, node)) => match node.as_str() {
                 Some(n) if is_valid_name(n) => n.to_string(),
                 _ => {
                     errors.push(
-                        diag(node.span, "`pipeline` must be a name".into())
-                            .help("use letters, digits, `-` and `_`, e.g. `pipeline: student`"),
+                        diag(node.span, "`pipeline` must be a name".into()).help(
+                            "use letters, digits, `-`, `_` and `.`, starting with a letter or digit, e.g. `pipeline: student`",
+                        ),
                     );
                     stem
                 }
@@ -257,7 +278,7 @@ fn parse_stage(
     errors: &mut Vec<Diagnostic>,
 ) -> Option<StageSpec> {
     let before = errors.len();
-    if !is_valid_name(name) {
+    if !is_valid_stage_name(name) {
         errors.push(
             Diagnostic::at(file, span, format!("invalid stage name '{name}'"))
                 .help("stage names use letters, digits, `-` and `_` (no dots or spaces), at most 64 characters"),

@@ -13,6 +13,7 @@ use petgraph::graph::{DiGraph, NodeIndex};
 use serde_json::Value;
 
 use crate::diag::{Diagnostic, ManifestError, did_you_mean};
+use crate::lockfile::lock_path;
 use crate::manifest::{Manifest, StageSpec};
 use crate::matrix::{self, Member};
 use crate::paths;
@@ -161,6 +162,8 @@ pub fn plan<'r>(
             Some(first)
         })
         .collect();
+    let protected = protected_paths(&manifest);
+    let mut known_params: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     let mut stages = Vec::new();
     for (index, as_written) in manifest.stages.iter().enumerate() {
         let Some(kind) = kinds[index] else {
@@ -168,6 +171,9 @@ pub fn plan<'r>(
         };
         let fans_out = fan.members[index][0].is_some();
         check_member_placeholder(as_written, fans_out, &file, &mut errors);
+        let known = known_params
+            .entry(kind.kind())
+            .or_insert_with(|| param_names(kind));
         for member in &fan.members[index] {
             let before = errors.len();
             let spec = match member {
@@ -175,7 +181,7 @@ pub fn plan<'r>(
                 None => as_written.clone(),
             };
             check_reserved_for_kind(&spec, kind, &file, &mut errors);
-            let checked = check_params(&spec, kind, &file, &mut errors);
+            let checked = check_params(&spec, kind, known, &file, &mut errors);
             let mut inputs = Vec::new();
             for (from, up) in spec.from.iter().zip(&from_ids[index]) {
                 let Some(up) = *up else { continue };
@@ -222,7 +228,10 @@ pub fn plan<'r>(
             let mut outs = Vec::new();
             for out in &spec.outs {
                 match paths::normalize(&manifest.dir, &out.path, options.allow_outside) {
-                    Ok(p) => outs.push(p),
+                    Ok(p) => {
+                        check_out(&p, out.span, &deps, &protected, &file, &mut errors);
+                        outs.push(p);
+                    }
                     Err(e) => errors.push(path_error(&file, out.span, e)),
                 }
             }
@@ -250,6 +259,7 @@ pub fn plan<'r>(
             source_text: Some(manifest.source),
         });
     }
+    check_output_names(&stages, &file, &mut errors);
     add_edges(&mut stages, &file, &mut errors);
     let graph = build_graph(&stages);
     let order = match topological_order(&stages) {
@@ -280,6 +290,103 @@ pub fn plan<'r>(
         order,
         graph,
     })
+}
+
+/// Workspace paths no out may be, contain or lie in: the manifest, its
+/// lockfile and the store (when they are inside the manifest's folder).
+fn protected_paths(manifest: &Manifest) -> Vec<(String, &'static str)> {
+    let dir = std::path::absolute(&manifest.dir).unwrap_or_else(|_| manifest.dir.clone());
+    let relative = |path: &std::path::Path| -> Option<String> {
+        let path = std::path::absolute(path).ok()?;
+        let rel = path.strip_prefix(&dir).ok()?.to_str()?.to_string();
+        paths::normalize(&manifest.dir, &rel, false).ok()
+    };
+    [
+        (manifest.path.clone(), "the manifest"),
+        (lock_path(&manifest.path), "the lockfile"),
+        (crate::store_dir(&manifest.dir), "the store"),
+    ]
+    .into_iter()
+    .filter_map(|(path, what)| relative(&path).map(|rel| (rel, what)))
+    .collect()
+}
+
+/// Refuses an out that overlaps one of its own stage's deps (the run would
+/// delete its input) or a path pipe keeps for itself.
+fn check_out(
+    out: &str,
+    span: Span,
+    deps: &[String],
+    protected: &[(String, &'static str)],
+    file: &std::path::Path,
+    errors: &mut Vec<Diagnostic>,
+) {
+    let overlaps = |a: &str, b: &str| paths::is_within(a, b) || paths::is_within(b, a);
+    if let Some(dep) = deps.iter().find(|d| overlaps(out, d)) {
+        let how = if dep == out {
+            "is also a dep of this stage".to_string()
+        } else if paths::is_within(dep, out) {
+            format!("contains `{dep}`, a dep of this stage")
+        } else {
+            format!("lies inside `{dep}`, a dep of this stage")
+        };
+        errors.push(
+            Diagnostic::at(file, span, format!("out `{out}` {how}"))
+                .help("pipe empties an out before the stage runs, which would delete the input: write the result to another path"),
+        );
+    }
+    if let Some((path, what)) = protected.iter().find(|(p, _)| overlaps(out, p)) {
+        errors.push(
+            Diagnostic::at(file, span, format!("out `{out}` overlaps {what} `{path}`"))
+                .help("pipe keeps this path for itself: write the stage's output somewhere else"),
+        );
+    }
+}
+
+/// Refuses `from: stage.output` naming an output the upstream's kind does not write.
+fn check_output_names(
+    stages: &[PlannedStage<'_>],
+    file: &std::path::Path,
+    errors: &mut Vec<Diagnostic>,
+) {
+    for stage in stages {
+        for input in &stage.inputs {
+            let Some(output) = &input.output else {
+                continue;
+            };
+            // A stage gathering a matrix input has one input per member, named `<input>@<slug>`.
+            let written_name = input.name.split('@').next().unwrap_or(&input.name);
+            let Some(written) = stage.spec.from.iter().find(|f| f.input == written_name) else {
+                continue;
+            };
+            let upstream = &stages[input.stage];
+            let known = if upstream.kind.takes_run() {
+                Some(upstream.outs.clone())
+            } else {
+                upstream.kind.output_names(&upstream.checked.key_params)
+            };
+            if let Some(known) = known
+                && !known.contains(output)
+            {
+                errors.push(
+                    Diagnostic::at(
+                        file,
+                        written.span,
+                        format!(
+                            "stage '{}' has no output '{output}'{}",
+                            upstream.name,
+                            did_you_mean(output, known.iter().map(String::as_str))
+                        ),
+                    )
+                    .help(format!(
+                        "its outputs are: {}; or write `from: {}` for all of them",
+                        known.join(", "),
+                        upstream.name
+                    )),
+                );
+            }
+        }
+    }
 }
 
 fn path_error(file: &std::path::Path, span: Span, message: String) -> Diagnostic {
@@ -378,18 +485,23 @@ fn check_reserved_for_kind(
     }
 }
 
+/// The parameter names a kind accepts: the `properties` of its schema.
+fn param_names(kind: &dyn Stage) -> Vec<String> {
+    kind.params_schema()
+        .get("properties")
+        .and_then(Value::as_object)
+        .map(|p| p.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
 fn check_params(
     spec: &StageSpec,
     kind: &dyn Stage,
+    known: &[String],
     file: &std::path::Path,
     errors: &mut Vec<Diagnostic>,
 ) -> Option<Checked> {
-    let schema = kind.params_schema();
-    let known: Vec<&str> = schema
-        .get("properties")
-        .and_then(Value::as_object)
-        .map(|p| p.keys().map(String::as_str).collect())
-        .unwrap_or_default();
+    let known: Vec<&str> = known.iter().map(String::as_str).collect();
     let mut ok = true;
     if let Some(params) = spec.params.as_object() {
         for key in params.keys() {
@@ -584,6 +696,30 @@ fn dedup(errors: Vec<Diagnostic>) -> Vec<Diagnostic> {
         .collect()
 }
 
+/// The outs in `producers` that overlap `path`: the one it lies in (or is), and
+/// those inside it. Each is one map lookup or range, so a pipeline's edges
+/// cost O(paths × depth × log outs), not O(deps × outs).
+fn overlapping<'m>(
+    producers: &'m BTreeMap<&str, usize>,
+    path: &str,
+) -> impl Iterator<Item = (&'m str, usize)> + 'm {
+    let ancestors: Vec<(&'m str, usize)> = std::iter::once(path)
+        .chain(path.match_indices('/').map(|(i, _)| &path[..i]))
+        .filter_map(|prefix| producers.get_key_value(prefix).map(|(k, v)| (*k, *v)))
+        .collect();
+    // Paths inside `path` start with `path/`; '0' is the character after '/'.
+    let inside_from = format!("{path}/");
+    let inside_to = format!("{path}0");
+    let inside: Vec<(&'m str, usize)> = producers
+        .range::<str, _>((
+            std::ops::Bound::Included(inside_from.as_str()),
+            std::ops::Bound::Excluded(inside_to.as_str()),
+        ))
+        .map(|(k, v)| (*k, *v))
+        .collect();
+    ancestors.into_iter().chain(inside)
+}
+
 /// Adds `from:` edges and path edges (a stage reading a path another declares in `outs`).
 fn add_edges(
     stages: &mut [PlannedStage<'_>],
@@ -602,10 +738,7 @@ fn add_edges(
         })
         .collect();
     for (i, out, span) in &outs {
-        if let Some((&other_path, &other)) = producers
-            .iter()
-            .find(|(p, _)| paths::is_within(out, p) || paths::is_within(p, out))
-        {
+        if let Some((other_path, other)) = overlapping(&producers, out).next() {
             errors.push(
                 Diagnostic::at(
                     file,
@@ -627,8 +760,8 @@ fn add_edges(
             edges.push((input.stage, id));
         }
         for dep in &stage.deps {
-            for (&out, &producer) in &producers {
-                if producer != id && (paths::is_within(dep, out) || paths::is_within(out, dep)) {
+            for (_, producer) in overlapping(&producers, dep) {
+                if producer != id {
                     edges.push((producer, id));
                 }
             }
@@ -660,15 +793,19 @@ fn topological_order(stages: &[PlannedStage<'_>]) -> Result<Vec<usize>, Vec<usiz
         .filter(|&i| remaining[i] == 0)
         .map(Reverse)
         .collect();
+    let mut downstream: Vec<Vec<usize>> = vec![Vec::new(); stages.len()];
+    for (id, stage) in stages.iter().enumerate() {
+        for &up in &stage.upstream {
+            downstream[up].push(id);
+        }
+    }
     let mut order = Vec::with_capacity(stages.len());
     while let Some(Reverse(id)) = ready.pop() {
         order.push(id);
-        for (next, stage) in stages.iter().enumerate() {
-            if stage.upstream.contains(&id) {
-                remaining[next] -= 1;
-                if remaining[next] == 0 {
-                    ready.push(Reverse(next));
-                }
+        for &next in &downstream[id] {
+            remaining[next] -= 1;
+            if remaining[next] == 0 {
+                ready.push(Reverse(next));
             }
         }
     }

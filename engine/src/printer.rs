@@ -118,6 +118,12 @@ impl Printer {
         ));
     }
 
+    /// A warning on stderr, cargo style; shown even with `--quiet`, because it
+    /// says something about the user's files.
+    pub fn warn(&self, text: &str) {
+        self.line(&format!("{}: {text}", self.paint("warning", Tone::Warn)));
+    }
+
     /// An error and its causes on stderr, cargo style.
     pub fn error(&self, error: &anyhow::Error) {
         let mut text = format!("{}: {error}", self.paint("error", Tone::Bad));

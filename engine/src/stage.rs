@@ -45,6 +45,15 @@ pub trait Stage: Send + Sync {
         false
     }
 
+    /// The names of the outputs this kind writes with these (checked,
+    /// canonical) parameters, so that `from: stage.output` is checked before
+    /// anything runs. `None`, the default, means they are not known in
+    /// advance, and any name is accepted until the stage has run.
+    fn output_names(&self, key_params: &Value) -> Option<Vec<String>> {
+        let _ = key_params;
+        None
+    }
+
     /// Validates parameters and returns what goes into the stage key.
     ///
     /// `params` is the manifest entry minus reserved keys, as JSON. Parse it

@@ -11,6 +11,10 @@
 //!   logs/<pipeline>/<stage>.log   the last run's log of each stage
 //!   lockfiles/<stem>.previous.lock  a manifest's lockfile before the last run that
 //!                           changed it (`pipe metrics --diff previous`)
+//!   lockfiles/<stem>.parsed.json    the lockfile as last parsed, keyed by the hash
+//!                           of its bytes (a fast read for large pipelines)
+//!   trash/<time>/           what pipe moved out of the way of an out instead of
+//!                           deleting it, with a note (emptied by `pipe gc`)
 //!   stat-cache.json         hashes of workspace files by their stat
 //!   lock                    held by the run that uses the store
 //! ```
@@ -22,7 +26,7 @@
 //! `pipe gc`. Objects are made read-only; `out/` holds hard links to them, so
 //! do not edit files under `out/` in place (copy them first).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, TryLockError};
 use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -31,9 +35,9 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use crate::atomic;
 use crate::hash::{Digest, EntryKind, Hashed, Tree};
 use crate::key::KeyRecord;
+use crate::{atomic, files};
 
 /// The record of one completed stage key, `stages/<key>.json`.
 ///
@@ -65,6 +69,48 @@ pub struct StageRecord {
     pub finished_at: u64,
     /// The `pipe` version that ran it.
     pub pipe_version: String,
+}
+
+impl StageRecord {
+    /// Parses a record (JSON) and checks it (see [`StageRecord::check`]).
+    pub fn parse(bytes: &[u8]) -> anyhow::Result<StageRecord> {
+        let record: StageRecord =
+            serde_json::from_slice(bytes).context("not a pipe stage record")?;
+        record.check()?;
+        Ok(record)
+    }
+
+    /// Refuses output paths that could lead outside where they belong: a store
+    /// output is one plain file name (it lives in `out/<pipeline>/<stage>/`), a
+    /// declared out a normalised relative path that is also one of the record's
+    /// declared outs.
+    pub fn check(&self) -> anyhow::Result<()> {
+        for (name, output) in &self.outputs {
+            let ok = if output.workspace {
+                is_plain_relative(&output.path) && self.record.outs.contains(&output.path)
+            } else {
+                is_plain_name(&output.path)
+            };
+            if !ok {
+                anyhow::bail!(
+                    "output `{name}` has the path {:?}, which is not where a stage output can be",
+                    output.path
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether `name` is one path component that names a file: not empty, `.`
+/// or `..`, without `/` or NUL.
+pub fn is_plain_name(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\0'])
+}
+
+/// Whether `path` is relative and normalised: plain names joined by `/`.
+pub fn is_plain_relative(path: &str) -> bool {
+    path.split('/').all(is_plain_name)
 }
 
 /// One named output of a stage.
@@ -118,8 +164,7 @@ impl Store {
     pub fn open(root: &Path) -> anyhow::Result<Store> {
         for sub in ["objects", "stages", "tmp", "out", "scratch", "logs"] {
             let dir = root.join(sub);
-            std::fs::create_dir_all(&dir)
-                .with_context(|| format!("cannot create the store folder `{}`", dir.display()))?;
+            files::create_dir_all(&dir)?;
         }
         Ok(Store {
             root: root.to_path_buf(),
@@ -173,11 +218,8 @@ impl Store {
     /// Removes everything under `tmp/` (left by a killed run). Call with the lock held.
     pub fn clean_tmp(&self) -> anyhow::Result<()> {
         let tmp = self.root.join("tmp");
-        for entry in
-            std::fs::read_dir(&tmp).with_context(|| format!("cannot list `{}`", tmp.display()))?
-        {
-            let path = entry?.path();
-            remove_any(&path)?;
+        for entry in files::read_dir(&tmp)? {
+            files::remove_all(&entry.path())?;
         }
         Ok(())
     }
@@ -201,10 +243,13 @@ impl Store {
         self.object_path(digest).exists()
     }
 
-    /// Puts a hashed file or folder into `objects/` (folders: every file and every tree).
+    /// Puts a hashed file, link or folder into `objects/` (folders: every
+    /// file, link and tree). Each writer stages through a temp name of its
+    /// own, so two stages storing identical bytes at once both succeed.
     pub fn import(&self, path: &Path, hashed: &Hashed, how: Import) -> anyhow::Result<()> {
         match hashed {
-            Hashed::File { hash, .. } => self.import_file(path, hash, how),
+            Hashed::File { hash, size, .. } => self.import_file(path, hash, *size, how),
+            Hashed::Symlink { target } => self.import_link(path, target, &hashed.digest()),
             Hashed::Dir { tree, trees } => {
                 let by_hash: BTreeMap<Digest, &Tree> =
                     trees.iter().map(|t| (t.digest(), t)).collect();
@@ -230,72 +275,119 @@ impl Store {
                     self.import_tree(&child, sub, trees, how)?;
                 }
                 EntryKind::File | EntryKind::Executable => {
-                    self.import_file(&child, &entry.hash, how)?
+                    self.import_file(&child, &entry.hash, entry.size, how)?
+                }
+                EntryKind::Symlink => {
+                    self.import_link(&child, &files::read_link(&child)?, &entry.hash)?
                 }
             }
         }
         self.put_bytes(&tree.digest(), &tree.to_bytes())
     }
 
-    fn import_file(&self, path: &Path, hash: &Digest, how: Import) -> anyhow::Result<()> {
+    /// Stores a link's target text, after checking it still is what was hashed.
+    fn import_link(&self, path: &Path, target: &str, hash: &Digest) -> anyhow::Result<()> {
+        if Digest::of(target.as_bytes()) != *hash {
+            anyhow::bail!(
+                "the link `{}` changed while it was being stored; run again",
+                path.display()
+            );
+        }
+        self.put_bytes(hash, target.as_bytes())
+    }
+
+    /// Whether a usable object `hash` of `size` bytes is already stored. One
+    /// whose size disagrees is hashed again; a damaged one is not reused.
+    fn have_intact(&self, dest: &Path, hash: &Digest, size: u64) -> bool {
+        match std::fs::symlink_metadata(dest) {
+            Ok(meta) if meta.is_file() && meta.len() == size => true,
+            Ok(meta) if meta.is_file() => crate::hash::hash_file(dest).is_ok_and(|h| h == *hash),
+            _ => false,
+        }
+    }
+
+    fn import_file(
+        &self,
+        path: &Path,
+        hash: &Digest,
+        size: u64,
+        how: Import,
+    ) -> anyhow::Result<()> {
         let dest = self.object_path(hash);
-        if dest.exists() {
+        if self.have_intact(&dest, hash, size) {
             return Ok(());
         }
         let parent = dest.parent().expect("object paths have a parent");
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("cannot create `{}`", parent.display()))?;
+        files::create_dir_all(parent)?;
         let staged = match how {
             Import::Move => path.to_path_buf(),
             Import::Copy => {
-                let tmp = self.root.join("tmp").join(format!("import-{hash}"));
-                std::fs::copy(path, &tmp)
-                    .with_context(|| format!("cannot copy `{}` into the store", path.display()))?;
+                let tmp = self.unique_temp("import")?;
+                files::copy(path, &tmp)?;
                 tmp
             }
         };
-        File::open(&staged)
-            .and_then(|f| f.sync_all())
-            .with_context(|| format!("cannot sync `{}`", staged.display()))?;
-        let mut perms = std::fs::metadata(&staged)?.permissions();
-        perms.set_mode(perms.mode() & 0o555);
-        std::fs::set_permissions(&staged, perms)?;
+        files::sync_file(&staged)?;
+        let mode = files::metadata(&staged)?.permissions().mode() & 0o555;
+        files::set_mode(&staged, mode)?;
         match std::fs::rename(&staged, &dest) {
-            Ok(()) => Ok(()),
+            Ok(()) => {}
             // Different filesystems: copy, then rename within the store.
-            Err(e) if e.raw_os_error() == Some(18) => {
-                let tmp = self.root.join("tmp").join(format!("import-{hash}"));
-                std::fs::copy(&staged, &tmp)?;
-                std::fs::rename(&tmp, &dest)?;
-                Ok(())
+            Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+                let tmp = self.unique_temp("import")?;
+                files::copy(&staged, &tmp)?;
+                files::sync_file(&tmp)?;
+                files::rename(&tmp, &dest)?;
             }
             Err(e) => {
-                Err(e).with_context(|| format!("cannot move `{}` into the store", staged.display()))
+                return Err(e)
+                    .with_context(|| format!("cannot move `{}` into the store", staged.display()));
             }
         }
+        files::sync_dir(parent)
+    }
+
+    /// A path under `tmp/` that no other writer uses.
+    fn unique_temp(&self, prefix: &str) -> anyhow::Result<PathBuf> {
+        let file = tempfile::Builder::new()
+            .prefix(&format!("{prefix}-"))
+            .tempfile_in(self.root.join("tmp"))
+            .context("cannot create a temporary file under the store's tmp/")?;
+        let (_, path) = file
+            .keep()
+            .context("cannot keep a temporary file under the store's tmp/")?;
+        Ok(path)
     }
 
     fn put_bytes(&self, digest: &Digest, bytes: &[u8]) -> anyhow::Result<()> {
         let dest = self.object_path(digest);
-        if dest.exists() {
+        if self.have_intact(&dest, digest, bytes.len() as u64) {
             return Ok(());
         }
         atomic::write(&dest, bytes, true)
     }
 
-    /// Reads a tree object.
+    /// Reads a tree object, refusing one whose names could lead outside the
+    /// folder it describes (each must be one plain path component).
     pub fn read_tree(&self, digest: &Digest) -> anyhow::Result<Tree> {
         let path = self.object_path(digest);
-        let bytes = std::fs::read(&path)
-            .with_context(|| format!("missing tree object `{}`", path.display()))?;
-        serde_json::from_slice(&bytes)
-            .with_context(|| format!("corrupt tree object `{}`", path.display()))
+        let bytes = files::read(&path).context("missing tree object")?;
+        let tree: Tree = serde_json::from_slice(&bytes)
+            .with_context(|| format!("corrupt tree object `{}`", path.display()))?;
+        if let Some(bad) = tree.entries.iter().find(|e| !is_plain_name(&e.name)) {
+            anyhow::bail!(
+                "corrupt tree object `{}`: entry name {:?} is not a plain file name; run `pipe gc` and run again",
+                path.display(),
+                bad.name
+            );
+        }
+        Ok(tree)
     }
 
     /// Whether every object an output needs is present.
     pub fn output_complete(&self, kind: EntryKind, digest: &Digest) -> bool {
         match kind {
-            EntryKind::File | EntryKind::Executable => self.has_object(digest),
+            EntryKind::File | EntryKind::Executable | EntryKind::Symlink => self.has_object(digest),
             EntryKind::Dir => match self.read_tree(digest) {
                 Ok(tree) => tree
                     .entries
@@ -306,9 +398,26 @@ impl Store {
         }
     }
 
+    /// Every object digest an output is made of (itself, and for a folder
+    /// everything under its tree), as far as the store has them.
+    pub fn output_objects(&self, kind: EntryKind, digest: &Digest, into: &mut BTreeSet<Digest>) {
+        if !into.insert(*digest) || kind != EntryKind::Dir {
+            return;
+        }
+        if let Ok(tree) = self.read_tree(digest) {
+            for entry in &tree.entries {
+                self.output_objects(entry.kind, &entry.hash, into);
+            }
+        }
+    }
+
     /// Places output `kind`/`digest` at `dest`: hard links for files (a copy
-    /// where linking fails, and always with `copy`), folders rebuilt from their
-    /// trees. Leaves `dest` untouched when it already is that content.
+    /// where linking fails, and always with `copy`), links as links, folders
+    /// rebuilt from their trees. Leaves `dest` untouched when it already is
+    /// that content. Nothing is followed: a link found at `dest` or inside it
+    /// is replaced, never written through. Whatever `dest` holds that the
+    /// output does not is removed, so callers outside the store first clear
+    /// `dest` of anything pipe did not write (see `crate::outputs`).
     pub fn materialize(
         &self,
         kind: EntryKind,
@@ -316,20 +425,20 @@ impl Store {
         dest: &Path,
         copy: bool,
     ) -> anyhow::Result<()> {
+        let existing = files::kind_of(dest)?;
         match kind {
             EntryKind::File | EntryKind::Executable => {
                 let object = self.object_path(digest);
-                if !copy && same_inode(&object, dest) {
+                if !copy && existing.is_some() && same_inode(&object, dest) {
                     return Ok(());
                 }
                 if let Some(parent) = dest.parent() {
-                    std::fs::create_dir_all(parent)
-                        .with_context(|| format!("cannot create `{}`", parent.display()))?;
+                    files::create_dir_all(parent)?;
                 }
-                let staged = sibling_temp(dest);
+                let staged = files::sibling_temp(dest);
                 let linked = !copy && std::fs::hard_link(&object, &staged).is_ok();
                 if !linked {
-                    std::fs::copy(&object, &staged).with_context(|| {
+                    files::copy(&object, &staged).with_context(|| {
                         format!("cannot restore `{}` from the store", dest.display())
                     })?;
                     let mode = if kind == EntryKind::Executable {
@@ -337,27 +446,43 @@ impl Store {
                     } else {
                         0o644
                     };
-                    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(mode))?;
+                    files::set_mode(&staged, mode)?;
                 }
-                if dest.is_dir() {
-                    remove_any(dest)?;
+                if existing.is_some_and(|m| m.is_dir()) {
+                    files::remove_all(dest)?;
                 }
-                std::fs::rename(&staged, dest)
-                    .with_context(|| format!("cannot restore `{}`", dest.display()))
+                files::rename(&staged, dest)
+            }
+            EntryKind::Symlink => {
+                let object = self.object_path(digest);
+                let target = String::from_utf8(files::read(&object)?)
+                    .map_err(|_| anyhow::anyhow!("corrupt link object `{}`", object.display()))?;
+                if existing.as_ref().is_some_and(|m| m.is_symlink())
+                    && files::read_link(dest)? == target
+                {
+                    return Ok(());
+                }
+                if let Some(parent) = dest.parent() {
+                    files::create_dir_all(parent)?;
+                }
+                let staged = files::sibling_temp(dest);
+                files::symlink(&target, &staged)?;
+                if existing.is_some_and(|m| m.is_dir()) {
+                    files::remove_all(dest)?;
+                }
+                files::rename(&staged, dest)
             }
             EntryKind::Dir => {
                 let tree = self.read_tree(digest)?;
-                if dest.exists() && !dest.is_dir() {
-                    remove_any(dest)?;
+                if existing.as_ref().is_some_and(|m| !m.is_dir()) {
+                    files::remove_all(dest)?;
                 }
-                std::fs::create_dir_all(dest)
-                    .with_context(|| format!("cannot create `{}`", dest.display()))?;
-                let wanted: Vec<&str> = tree.entries.iter().map(|e| e.name.as_str()).collect();
-                for existing in std::fs::read_dir(dest)? {
-                    let existing = existing?;
+                files::create_dir_all(dest)?;
+                let wanted: BTreeSet<&str> = tree.entries.iter().map(|e| e.name.as_str()).collect();
+                for existing in files::read_dir(dest)? {
                     let name = existing.file_name();
-                    if !wanted.iter().any(|w| std::ffi::OsStr::new(w) == name) {
-                        remove_any(&existing.path())?;
+                    if !name.to_str().is_some_and(|n| wanted.contains(n)) {
+                        files::remove_all(&existing.path())?;
                     }
                 }
                 for entry in &tree.entries {
@@ -369,9 +494,11 @@ impl Store {
     }
 
     /// The record of stage key `key`, if it exists and is readable.
+    /// A record whose output paths could lead outside where they belong
+    /// (see [`StageRecord::check`]) counts as unreadable.
     pub fn record(&self, key: &Digest) -> Option<StageRecord> {
         let bytes = std::fs::read(self.record_path(key)).ok()?;
-        serde_json::from_slice(&bytes).ok()
+        StageRecord::parse(&bytes).ok()
     }
 
     /// Writes a stage record durably (the last step of committing a stage).
@@ -413,29 +540,6 @@ fn same_inode(a: &Path, b: &Path) -> bool {
     match (std::fs::metadata(a), std::fs::symlink_metadata(b)) {
         (Ok(x), Ok(y)) => x.ino() == y.ino() && x.dev() == y.dev(),
         _ => false,
-    }
-}
-
-fn sibling_temp(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.pipe-tmp-{}", std::process::id()))
-}
-
-/// Removes a file, symlink or folder (with read-only contents).
-pub fn remove_any(path: &Path) -> anyhow::Result<()> {
-    let meta = match std::fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e).with_context(|| format!("cannot inspect `{}`", path.display())),
-    };
-    if meta.is_dir() {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).ok();
-        std::fs::remove_dir_all(path).with_context(|| format!("cannot remove `{}`", path.display()))
-    } else {
-        std::fs::remove_file(path).with_context(|| format!("cannot remove `{}`", path.display()))
     }
 }
 

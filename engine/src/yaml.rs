@@ -16,6 +16,10 @@ use yaml_rust2::scanner::{Marker, TScalarStyle};
 /// Upper bound on the number of nodes a document may expand to, aliases included.
 pub const MAX_NODES: usize = 100_000;
 
+/// Upper bound on how deeply lists and mappings may nest (deeper documents
+/// would overflow the stack of the code that walks them).
+pub const MAX_DEPTH: usize = 200;
+
 /// A position in a source file (1-based line and column).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Span {
@@ -290,7 +294,7 @@ impl Builder {
                     kind: NodeKind::Scalar { text, plain },
                     size: 1,
                 };
-                self.finish(node, anchor)?;
+                self.finish(node, anchor, 1)?;
             }
             Event::Alias(id) => {
                 let Some(target) = self.anchors.get(&id) else {
@@ -301,7 +305,11 @@ impl Builder {
                 };
                 let mut node = target.clone();
                 node.span = span;
-                self.finish(node, 0)?;
+                let size = node.size;
+                self.finish(node, 0, size)?;
+            }
+            Event::SequenceStart(..) | Event::MappingStart(..) if self.stack.len() >= MAX_DEPTH => {
+                return Err(too_deep(span));
             }
             Event::SequenceStart(anchor, _) => self.stack.push(Open::Seq {
                 span,
@@ -346,16 +354,18 @@ impl Builder {
                     ),
                     None => return Ok(()),
                 };
-                self.finish(node.0, node.1)?;
+                self.finish(node.0, node.1, 1)?;
             }
             Event::Nothing | Event::StreamStart | Event::StreamEnd | Event::DocumentEnd => {}
         }
         Ok(())
     }
 
-    /// Places a completed node into its parent (or as the root).
-    fn finish(&mut self, node: Node, anchor: usize) -> Result<(), YamlError> {
-        self.total += node.size;
+    /// Places a completed node into its parent (or as the root). `added` is
+    /// how many values it adds to the document: 1 for a scalar or a container
+    /// (its contents were counted as they arrived), the whole subtree for an alias.
+    fn finish(&mut self, node: Node, anchor: usize, added: usize) -> Result<(), YamlError> {
+        self.total += added;
         if self.total > MAX_NODES {
             return Err(YamlError {
                 span: node.span,
@@ -410,6 +420,106 @@ impl Builder {
     }
 }
 
+fn too_deep(span: Span) -> YamlError {
+    YamlError {
+        span,
+        message: format!("lists and mappings nest more than {MAX_DEPTH} levels deep"),
+    }
+}
+
+/// Parses a machine-written YAML document, such as a lockfile, straight into
+/// JSON. Unlike [`parse`] it keeps no positions, and it refuses aliases
+/// (pipe never writes them), so its cost is linear in the input and it
+/// needs no node budget however large the file.
+pub fn parse_data(source: &str) -> Result<Value, YamlError> {
+    enum Open {
+        Seq(Vec<Value>),
+        Map(serde_json::Map<String, Value>, Option<String>),
+    }
+    let mut parser = Parser::new_from_str(source);
+    let mut stack: Vec<Open> = Vec::new();
+    let mut root: Option<Value> = None;
+    let mut documents = 0;
+    loop {
+        let (event, mark) = parser.next_token().map_err(|e| YamlError {
+            span: Span::from_marker(*e.marker()),
+            message: e.info().to_string(),
+        })?;
+        let span = Span::from_marker(mark);
+        let value = match event {
+            Event::StreamEnd => break,
+            Event::DocumentStart => {
+                documents += 1;
+                if documents > 1 {
+                    return Err(YamlError {
+                        span,
+                        message: "the file holds several YAML documents (`---`)".into(),
+                    });
+                }
+                continue;
+            }
+            Event::Alias(_) => {
+                return Err(YamlError {
+                    span,
+                    message: "aliases (`*name`) are not used in this file".into(),
+                });
+            }
+            Event::SequenceStart(..) | Event::MappingStart(..) if stack.len() >= MAX_DEPTH => {
+                return Err(too_deep(span));
+            }
+            Event::SequenceStart(..) => {
+                stack.push(Open::Seq(Vec::new()));
+                continue;
+            }
+            Event::MappingStart(..) => {
+                stack.push(Open::Map(serde_json::Map::new(), None));
+                continue;
+            }
+            Event::SequenceEnd | Event::MappingEnd => match stack.pop() {
+                Some(Open::Seq(items)) => Value::Array(items),
+                Some(Open::Map(map, _)) => Value::Object(map),
+                None => continue,
+            },
+            Event::Scalar(text, style, ..) => {
+                if let Some(Open::Map(_, pending @ None)) = stack.last_mut() {
+                    *pending = Some(text);
+                    continue;
+                }
+                if matches!(style, TScalarStyle::Plain) {
+                    resolve_plain(&text)
+                } else {
+                    Value::String(text)
+                }
+            }
+            Event::Nothing | Event::StreamStart | Event::DocumentEnd => continue,
+        };
+        match stack.last_mut() {
+            None => root = Some(value),
+            Some(Open::Seq(items)) => items.push(value),
+            Some(Open::Map(map, pending)) => match pending.take() {
+                Some(key) => {
+                    if map.insert(key.clone(), value).is_some() {
+                        return Err(YamlError {
+                            span,
+                            message: format!("duplicate key `{key}`"),
+                        });
+                    }
+                }
+                None => {
+                    return Err(YamlError {
+                        span,
+                        message: "mapping keys must be plain strings, not lists or mappings".into(),
+                    });
+                }
+            },
+        }
+    }
+    root.ok_or_else(|| YamlError {
+        span: Span { line: 1, col: 1 },
+        message: "the file is empty".into(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -457,6 +567,34 @@ mod tests {
         }
         let err = parse(&doc).unwrap_err();
         assert!(err.message.contains("alias bomb"), "{}", err.message);
+    }
+
+    #[test]
+    fn the_budget_counts_each_value_once() {
+        // 30,000 values nested four deep: within the budget, however deep.
+        let mut doc = String::from("stages:\n");
+        for i in 0..3000 {
+            doc.push_str(&format!(
+                "  s{i}:\n    deps: [a, b, c, d, e, f]\n    run: x\n"
+            ));
+        }
+        parse(&doc).unwrap();
+    }
+
+    #[test]
+    fn data_documents_have_no_budget_and_no_aliases() {
+        let mut doc = String::from("stages:\n");
+        for i in 0..40_000 {
+            doc.push_str(&format!("  s{i}: {{a: 1, b: '2', c: [x, y]}}\n"));
+        }
+        let value = parse_data(&doc).unwrap();
+        assert_eq!(value["stages"]["s39999"]["b"], serde_json::json!("2"));
+        assert_eq!(value["stages"]["s0"]["a"], serde_json::json!(1));
+        let err = parse_data("a: &x [1]\nb: *x\n").unwrap_err();
+        assert!(err.message.contains("aliases"), "{}", err.message);
+        let deep = "[".repeat(5000);
+        assert!(parse_data(&deep).is_err());
+        assert!(parse(&deep).is_err());
     }
 
     #[test]

@@ -31,11 +31,12 @@ pub fn exec(args: GcArgs, printer: &Printer) -> anyhow::Result<Outcome> {
             verb,
             Tone::Good,
             &format!(
-                "{} in {} objects, {} records, {} checkpoints (kept what {} lockfile(s) reference)",
+                "{} in {} objects, {} records, {} checkpoints, {} trash batches (kept what {} lockfile(s) reference)",
                 human_bytes(report.bytes),
                 report.objects,
                 report.records,
                 report.scratch,
+                report.trash,
                 report.lockfiles.len()
             ),
         );

@@ -115,7 +115,7 @@ fn bundle_dir(arg: &str, manifest: Option<&Path>) -> anyhow::Result<PathBuf> {
     if path.is_dir() {
         return Ok(path.to_path_buf());
     }
-    if !pipe_engine::manifest::is_valid_name(arg) {
+    if !pipe_engine::manifest::is_valid_stage_name(arg) {
         bail!(
             "no bundle folder {arg}; name the output folder of an export-onnx stage, or the stage itself"
         );

@@ -8,8 +8,9 @@
 //!   env: [LANG]          # environment variables whose values are part of the key
 //! ```
 //!
-//! The command runs with `sh -c` in the manifest's folder; its stdout and
-//! stderr go to the stage's log. The engine hashes `deps` into the key,
+//! The command runs with `sh -c` in the manifest's folder, in a process group
+//! of its own that is killed as a whole when the command ends or pipe dies;
+//! its stdout and stderr go to the stage's log. The engine hashes `deps` into the key,
 //! removes `outs` before the run, checks they exist after it, stores them,
 //! and restores them on a cache hit.
 //!
@@ -29,11 +30,11 @@
 //! stage's own name (`plot@lr-0.0003` for a matrix member).
 
 use std::fs::File;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command as Process, Stdio};
 
 use anyhow::Context;
+use pipe_engine::process::status_in_group;
 use pipe_engine::{Checked, Input, Outcome, ParamError, RunContext, Stage, parse_params};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -103,28 +104,19 @@ impl Stage for Command {
             .open(ctx.log_path)
             .with_context(|| format!("cannot open the log `{}`", ctx.log_path.display()))?;
         let mut process = Process::new("sh");
-        // SAFETY: `prctl` is async-signal-safe and touches no memory of the parent.
-        // It asks Linux to kill the shell if this thread dies (e.g. `pipe` is
-        // SIGKILLed), so an orphaned command cannot write outs behind a later run.
-        unsafe {
-            process.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
         for (name, dir) in input_folders(ctx.inputs) {
             process.env(name, dir);
         }
-        let status = process
+        process
             .arg("-c")
             .arg(command)
             .current_dir(ctx.workspace)
             .env("PIPE_STAGE", ctx.stage)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
-            .stderr(log)
-            .status()
-            .context("cannot start `sh`")?;
+            .stderr(log);
+        // In its own process group: nothing it starts outlives the stage or pipe.
+        let status = status_in_group(&mut process).context("cannot start `sh`")?;
         if !status.success() {
             let how = match status.code() {
                 Some(code) => format!("exited with status {code}"),

@@ -113,3 +113,26 @@ fn no_wait_fails_fast_while_another_run_holds_the_store() {
     assert!(stderr(&b).contains("another pipe run"), "{}", stderr(&b));
     assert_eq!(a.wait_with_output().unwrap().status.code(), Some(0));
 }
+
+#[test]
+fn sigkill_of_pipe_kills_the_commands_whole_process_group() {
+    let p = Project::new();
+    p.file(
+        "g.yaml",
+        "pipeline: g\nstages:\n  writer:\n    run: (while true; do echo x >> ticks.txt; sleep 0.02; done) & touch started.flag; sleep 60\n    outs: [done.txt]\n",
+    );
+    let mut child = p.spawn(&["run", "g.yaml"]);
+    wait_for(&p.path("started.flag"));
+    wait_for(&p.path("ticks.txt"));
+    child.kill().unwrap(); // SIGKILL: pipe gets no chance to clean up
+    child.wait().unwrap();
+    // The guard needs a moment to notice pipe is gone.
+    std::thread::sleep(Duration::from_millis(500));
+    let after_kill = std::fs::metadata(p.path("ticks.txt")).unwrap().len();
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(
+        std::fs::metadata(p.path("ticks.txt")).unwrap().len(),
+        after_kill,
+        "the grandchild went on writing after pipe was killed"
+    );
+}

@@ -9,6 +9,7 @@ mod malformed;
 mod matrix;
 mod metrics;
 mod predict;
+mod safety;
 mod schema;
 mod training;
 mod util;

@@ -144,6 +144,14 @@ impl Stage for Evaluate {
         pipe_engine::schema_of::<Params>()
     }
 
+    fn output_names(&self, _key_params: &serde_json::Value) -> Option<Vec<String>> {
+        Some(
+            ["predictions", "metrics", "report"]
+                .map(String::from)
+                .to_vec(),
+        )
+    }
+
     fn check(&self, params: &serde_json::Value) -> Result<Checked, ParamError> {
         let params = Params::parse(params)?;
         Ok(Checked {

@@ -93,6 +93,11 @@ impl Stage for Finetune {
         pipe_engine::schema_of::<Params>()
     }
 
+    fn output_names(&self, _key_params: &Value) -> Option<Vec<String>> {
+        let log = LOG_FILE.rsplit_once('.').map_or(LOG_FILE, |(stem, _)| stem);
+        Some(vec!["model".into(), log.into(), "metrics".into()])
+    }
+
     fn check(&self, params: &Value) -> Result<Checked, ParamError> {
         let params = Params::parse(params)?;
         let mut key_params = pipe_engine::key_params_of(&params)?;

@@ -161,6 +161,10 @@ impl Stage for Ingest {
         pipe_engine::schema_of::<Params>()
     }
 
+    fn output_names(&self, _key_params: &serde_json::Value) -> Option<Vec<String>> {
+        Some(["dataset", "labels", "profile"].map(String::from).to_vec())
+    }
+
     fn check(&self, params: &serde_json::Value) -> Result<Checked, ParamError> {
         let params = Params::parse(params)?;
         let key_params = pipe_engine::key_params_of(&params)?;

@@ -123,6 +123,17 @@ impl Stage for Split {
         pipe_engine::schema_of::<Params>()
     }
 
+    fn output_names(&self, key_params: &serde_json::Value) -> Option<Vec<String>> {
+        let validation = key_params["validation"].as_f64().unwrap_or(0.0) > 0.0;
+        let mut names: Vec<String> = SPLITS
+            .iter()
+            .filter(|s| validation || **s != "validation")
+            .map(|s| s.to_string())
+            .collect();
+        names.extend(["labels".to_string(), "split".to_string()]);
+        Some(names)
+    }
+
     fn check(&self, params: &serde_json::Value) -> Result<Checked, ParamError> {
         let params = Params::parse(params)?;
         let mut key_params = pipe_engine::key_params_of(&params)?;

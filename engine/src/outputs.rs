@@ -1,0 +1,253 @@
+//! A stage's outputs on disk: committing what a run wrote into the store,
+//! restoring a cached stage's outputs, and publishing them at
+//! `out/<pipeline>/<stage>/`.
+//!
+//! What pipe may touch in the workspace: only declared outs, and inside them
+//! only what pipe itself wrote (content matching an object of the stage's last
+//! record). Anything else found where an out goes, such as a file a user
+//! dropped into an output folder or an out edited by hand, is moved to the
+//! store's trash with a note ([`crate::trash`]) and named in a warning. No
+//! symlink is followed: links are hashed, stored and restored as links, a
+//! link in the way is removed as a link, and an out whose parent folder is a
+//! link is refused.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+use crate::files;
+use crate::hash::{Digest, hash_path};
+use crate::job::JobEnv;
+use crate::lockfile::LockEntry;
+use crate::plan::{Pipeline, PlannedStage};
+use crate::store::{Import, OutputEntry, StageRecord, Store};
+use crate::trash;
+
+/// Object digests of what pipe last wrote for a stage (from the record of the
+/// lockfile's key): anything in a declared out matching one of them is pipe's
+/// to remove; anything else is trashed.
+pub fn produced(store: &Store, locked: Option<&LockEntry>) -> BTreeSet<Digest> {
+    let mut known = BTreeSet::new();
+    let Some(locked) = locked else {
+        return known;
+    };
+    match store.record(&locked.key) {
+        Some(record) => {
+            for output in record.outputs.values().filter(|o| o.workspace) {
+                store.output_objects(output.kind, &output.hash, &mut known);
+            }
+        }
+        None => known.extend(locked.outputs.values().copied()),
+    }
+    known
+}
+
+/// Refuses a declared out whose parent folders include a symlink: writing
+/// there would write through the link.
+fn ensure_real_parents(workspace: &Path, out: &str) -> anyhow::Result<()> {
+    let mut path = workspace.to_path_buf();
+    let parts: Vec<&str> = out.split('/').collect();
+    for part in &parts[..parts.len().saturating_sub(1)] {
+        path.push(part);
+        if files::kind_of(&path)?.is_some_and(|m| m.is_symlink()) {
+            anyhow::bail!(
+                "`{}` is a symlink, and pipe does not write through links; replace it with a folder to keep `{out}` there",
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Empties the place of declared out `out` before pipe writes there: what
+/// pipe wrote (`known`) is removed, anything else moved to the trash, with a
+/// warning naming it.
+pub fn clear_out(
+    env: &JobEnv<'_>,
+    stage: &str,
+    out: &str,
+    known: &BTreeSet<Digest>,
+) -> anyhow::Result<()> {
+    let workspace = &env.pipeline.manifest.dir;
+    ensure_real_parents(workspace, out)?;
+    let reason = "pipe did not write it, so it was moved here instead of being deleted";
+    let mut batch = trash::Batch::new(env.store.root(), workspace, stage, reason);
+    clear(env, &mut batch, known, &workspace.join(out), Path::new(out))?;
+    if let Some((moved, folder)) = batch.finish() {
+        let shown: Vec<String> = moved.iter().map(|m| format!("`{m}`")).collect();
+        env.printer.warn(&format!(
+            "{stage}: {} in the way of its outs, not written by pipe: moved to `{}`",
+            shown.join(", "),
+            folder.display()
+        ));
+    }
+    Ok(())
+}
+
+fn clear(
+    env: &JobEnv<'_>,
+    batch: &mut trash::Batch<'_>,
+    known: &BTreeSet<Digest>,
+    path: &Path,
+    rel: &Path,
+) -> anyhow::Result<()> {
+    let Some(meta) = files::kind_of(path)? else {
+        return Ok(());
+    };
+    if meta.is_dir() {
+        for entry in files::read_dir(path)? {
+            let name = entry.file_name();
+            clear(env, batch, known, &entry.path(), &rel.join(&name))?;
+        }
+        return files::remove_dir(path);
+    }
+    let digest = if meta.is_symlink() {
+        Some(Digest::of(files::read_link(path)?.as_bytes()))
+    } else if meta.is_file() {
+        Some(
+            env.stat_cache
+                .hash_file(path)
+                .with_context(|| format!("cannot read `{}`", path.display()))?,
+        )
+    } else {
+        None
+    };
+    if digest.is_some_and(|d| known.contains(&d)) {
+        files::remove_file(path)
+    } else {
+        batch.take(rel)
+    }
+}
+
+/// Puts a cached stage's outputs in place: declared outs in the workspace
+/// (only those that differ) and `out/<pipeline>/<stage>/`.
+pub fn restore(
+    env: &JobEnv<'_>,
+    stage: &PlannedStage<'_>,
+    found: &StageRecord,
+    locked: Option<&LockEntry>,
+) -> anyhow::Result<()> {
+    let workspace = &env.pipeline.manifest.dir;
+    let mut known = None;
+    for output in found.outputs.values().filter(|o| o.workspace) {
+        let path = workspace.join(&output.path);
+        ensure_real_parents(workspace, &output.path)?;
+        let current = match files::kind_of(&path)? {
+            Some(_) => env.stat_cache.hash_out(&path).map(|h| h.digest()).ok(),
+            None => None,
+        };
+        if current != Some(output.hash) {
+            let known = known.get_or_insert_with(|| produced(env.store, locked));
+            clear_out(env, &stage.name, &output.path, known)?;
+            env.store
+                .materialize(output.kind, &output.hash, &path, true)?;
+        }
+    }
+    publish(env, &stage.name, &found.outputs)
+}
+
+/// Makes `out/<pipeline>/<stage>/` hold exactly the stage's store outputs.
+pub fn publish(
+    env: &JobEnv<'_>,
+    stage: &str,
+    outputs: &BTreeMap<String, OutputEntry>,
+) -> anyhow::Result<()> {
+    let dir = env.store.out_dir(&env.pipeline.manifest.name, stage);
+    files::create_dir_all(&dir)?;
+    let wanted: BTreeSet<&str> = outputs
+        .values()
+        .filter(|o| !o.workspace)
+        .map(|o| o.path.as_str())
+        .collect();
+    for entry in files::read_dir(&dir)? {
+        if !entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| wanted.contains(n))
+        {
+            files::remove_all(&entry.path())?;
+        }
+    }
+    for output in outputs.values().filter(|o| !o.workspace) {
+        env.store
+            .materialize(output.kind, &output.hash, &dir.join(&output.path), false)?;
+    }
+    Ok(())
+}
+
+/// Where a stage's outputs are on disk, for the stages downstream of it.
+pub fn output_paths(
+    store: &Store,
+    pipeline: &Pipeline<'_>,
+    stage: usize,
+    outputs: &BTreeMap<String, OutputEntry>,
+) -> BTreeMap<String, PathBuf> {
+    let name = &pipeline.stages[stage].name;
+    outputs
+        .iter()
+        .map(|(k, o)| {
+            let path = if o.workspace {
+                pipeline.manifest.dir.join(&o.path)
+            } else {
+                store.out_dir(&pipeline.manifest.name, name).join(&o.path)
+            };
+            (k.clone(), path)
+        })
+        .collect()
+}
+
+/// Hashes and stores what the stage wrote: entries of its out folder (by
+/// move) and its declared workspace outs (by copy). Links are stored as links.
+pub fn commit(
+    env: &JobEnv<'_>,
+    stage: &PlannedStage<'_>,
+    out_dir: &Path,
+) -> anyhow::Result<BTreeMap<String, OutputEntry>> {
+    let mut outputs = BTreeMap::new();
+    for entry in files::read_dir(out_dir)? {
+        let file_name = entry.file_name().to_string_lossy().into_owned();
+        // The name is the file name without its last extension (`model.onnx` → `model`,
+        // `model.onnx.data` → `model.onnx`), as `Path::file_stem` has it.
+        let name = match file_name.rsplit_once('.') {
+            Some((stem, _)) if !stem.is_empty() => stem.to_string(),
+            _ => file_name.clone(),
+        };
+        let hashed = hash_path(&entry.path())?;
+        env.store.import(&entry.path(), &hashed, Import::Move)?;
+        let output = OutputEntry {
+            path: file_name.clone(),
+            kind: hashed.entry(&file_name).kind,
+            hash: hashed.digest(),
+            size: hashed.size(),
+            workspace: false,
+        };
+        if outputs.insert(name.clone(), output).is_some() {
+            anyhow::bail!(
+                "stage wrote two outputs named `{name}` (internal error in the {} kind)",
+                stage.kind.kind()
+            );
+        }
+    }
+    for out in &stage.outs {
+        let path = env.pipeline.manifest.dir.join(out);
+        if files::kind_of(&path)?.is_none() {
+            anyhow::bail!(
+                "the command finished but did not write its declared out `{out}`; fix the command or the `outs:` list"
+            );
+        }
+        let hashed = env.stat_cache.hash_out(&path)?;
+        env.store.import(&path, &hashed, Import::Copy)?;
+        outputs.insert(
+            out.clone(),
+            OutputEntry {
+                path: out.clone(),
+                kind: hashed.entry(out).kind,
+                hash: hashed.digest(),
+                size: hashed.size(),
+                workspace: true,
+            },
+        );
+    }
+    Ok(outputs)
+}

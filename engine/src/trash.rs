@@ -1,0 +1,182 @@
+//! The store's trash, `.pipe/trash/<time>/`: where pipe puts what it finds
+//! in the way of a declared out but did not write itself (a file a user
+//! dropped into an output folder, an out edited by hand), instead of
+//! deleting it.
+//!
+//! Each batch is one folder named by the UTC time (and a counter) holding the
+//! moved files under their workspace paths, and `note.json`:
+//!
+//! ```json
+//! {"stage": "build", "reason": "…", "moved_at": "2026-11-30T11:05:02Z",
+//!  "paths": ["build/notes.txt"]}
+//! ```
+//!
+//! `pipe gc` empties batches older than its grace period.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use serde::Serialize;
+
+use crate::{atomic, files};
+
+/// The note written beside a batch of trashed files.
+#[derive(Debug, Serialize)]
+struct Note<'a> {
+    stage: &'a str,
+    reason: &'a str,
+    moved_at: String,
+    paths: &'a [String],
+}
+
+/// A batch of files moved out of the way for one stage, created on first use.
+pub struct Batch<'a> {
+    trash: PathBuf,
+    workspace: &'a Path,
+    stage: &'a str,
+    reason: &'a str,
+    folder: Option<PathBuf>,
+    moved: Vec<String>,
+}
+
+impl<'a> Batch<'a> {
+    /// A batch under `<store>/trash/` for files of `workspace` in the way of
+    /// `stage`'s outs; `reason` goes into the note.
+    pub fn new(store_root: &Path, workspace: &'a Path, stage: &'a str, reason: &'a str) -> Self {
+        Batch {
+            trash: store_root.join("trash"),
+            workspace,
+            stage,
+            reason,
+            folder: None,
+            moved: Vec::new(),
+        }
+    }
+
+    /// Moves workspace path `rel` (a file, link or folder) into the batch.
+    pub fn take(&mut self, rel: &Path) -> anyhow::Result<()> {
+        let folder = match &self.folder {
+            Some(f) => f.clone(),
+            None => {
+                let f = self.trash.join(batch_name(SystemTime::now()));
+                files::create_dir_all(&f)?;
+                self.folder = Some(f.clone());
+                f
+            }
+        };
+        let from = self.workspace.join(rel);
+        let to = folder.join("files").join(rel);
+        if let Some(parent) = to.parent() {
+            files::create_dir_all(parent)?;
+        }
+        match std::fs::rename(&from, &to) {
+            Ok(()) => {}
+            // The store is on another filesystem (`PIPE_STORE`): copy, then remove.
+            Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+                files::copy_all(&from, &to)?;
+                files::remove_all(&from)?;
+            }
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "cannot move `{}` to the trash `{}`",
+                        from.display(),
+                        to.display()
+                    )
+                });
+            }
+        }
+        self.moved.push(rel.to_string_lossy().into_owned());
+        self.write_note(&folder)
+    }
+
+    fn write_note(&self, folder: &Path) -> anyhow::Result<()> {
+        let note = Note {
+            stage: self.stage,
+            reason: self.reason,
+            moved_at: iso_time(SystemTime::now()),
+            paths: &self.moved,
+        };
+        let bytes = serde_json::to_vec_pretty(&note).context("cannot encode the trash note")?;
+        atomic::write(&folder.join("note.json"), &bytes, true)
+    }
+
+    /// What was moved, and where to, when anything was.
+    pub fn finish(self) -> Option<(Vec<String>, PathBuf)> {
+        self.folder.map(|f| (self.moved, f))
+    }
+}
+
+/// A batch folder name: UTC time to the millisecond plus a counter, so two
+/// batches of one run never share a folder.
+fn batch_name(now: SystemTime) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let (y, mo, d, h, mi, s) = civil(since.as_secs());
+    format!(
+        "{y:04}{mo:02}{d:02}T{h:02}{mi:02}{s:02}.{:03}Z-{}-{}",
+        since.subsec_millis(),
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// `2026-11-30T11:05:02Z`.
+fn iso_time(now: SystemTime) -> String {
+    let secs = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    let (y, mo, d, h, mi, s) = civil(secs);
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
+}
+
+/// Unix seconds → (year, month, day, hour, minute, second) in UTC
+/// (Howard Hinnant's days-to-civil algorithm).
+fn civil(secs: u64) -> (u64, u64, u64, u64, u64, u64) {
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + u64::from(m <= 2);
+    (y, m, d, rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil(0), (1970, 1, 1, 0, 0, 0));
+        // 2024-02-29T12:34:56Z, a leap day.
+        assert_eq!(civil(1_709_210_096), (2024, 2, 29, 12, 34, 56));
+    }
+
+    #[test]
+    fn a_batch_keeps_the_file_and_names_it() {
+        let ws = tempfile::tempdir().unwrap();
+        let store = tempfile::tempdir().unwrap();
+        std::fs::create_dir(ws.path().join("build")).unwrap();
+        std::fs::write(ws.path().join("build/mine.txt"), "keep me").unwrap();
+        let mut batch = Batch::new(store.path(), ws.path(), "build", "not written by pipe");
+        batch.take(Path::new("build/mine.txt")).unwrap();
+        let (moved, folder) = batch.finish().unwrap();
+        assert_eq!(moved, vec!["build/mine.txt".to_string()]);
+        assert!(!ws.path().join("build/mine.txt").exists());
+        assert_eq!(
+            std::fs::read_to_string(folder.join("files/build/mine.txt")).unwrap(),
+            "keep me"
+        );
+        let note: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(folder.join("note.json")).unwrap()).unwrap();
+        assert_eq!(note["stage"], "build");
+        assert_eq!(note["paths"][0], "build/mine.txt");
+        assert_eq!(note["reason"], "not written by pipe");
+    }
+}

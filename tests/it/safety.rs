@@ -1,0 +1,336 @@
+//! What pipe may touch: store files and the declared outs it produced. Every
+//! test here starts from a way pipe used to lose a user's file and checks that
+//! the bytes survive (in place, or in `.pipe/trash/` with a note), with the
+//! exit code and message a user would see.
+
+use std::path::{Path, PathBuf};
+
+use crate::util::{Project, status_of, stderr};
+
+/// Every trash batch of the project's store: (folder, note).
+fn trash_batches(p: &Project) -> Vec<(PathBuf, serde_json::Value)> {
+    let Ok(entries) = std::fs::read_dir(p.path(".pipe/trash")) else {
+        return Vec::new();
+    };
+    let mut batches: Vec<_> = entries
+        .map(|e| {
+            let folder = e.unwrap().path();
+            let note =
+                serde_json::from_slice(&std::fs::read(folder.join("note.json")).unwrap()).unwrap();
+            (folder, note)
+        })
+        .collect();
+    batches.sort_by(|a, b| a.0.cmp(&b.0));
+    batches
+}
+
+/// The one trash batch holding `rel`, and the bytes kept there.
+fn trashed(p: &Project, rel: &str) -> (serde_json::Value, String) {
+    let found: Vec<_> = trash_batches(p)
+        .into_iter()
+        .filter(|(_, note)| note["paths"].as_array().unwrap().iter().any(|x| x == rel))
+        .collect();
+    assert_eq!(found.len(), 1, "`{rel}` is in exactly one trash batch");
+    let (folder, note) = &found[0];
+    let bytes = std::fs::read_to_string(folder.join("files").join(rel)).unwrap();
+    (note.clone(), bytes)
+}
+
+fn assert_refused(p: &Project, manifest: &str, line: usize, message: &str) -> String {
+    let out = p.pipe(&["run", manifest]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains(&format!("{manifest}:{line}:")), "{err}");
+    assert!(err.contains(message), "{err}");
+    assert!(err.contains("help:"), "a refusal says what to do: {err}");
+    err
+}
+
+#[test]
+fn a_link_in_a_folder_out_is_restored_as_a_link_and_nothing_behind_it_is_touched() {
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("precious.txt"), "do not touch").unwrap();
+    let p = Project::new();
+    let manifest = |word: &str| {
+        format!(
+            "pipeline: links\nstages:\n  build:\n    run: mkdir -p build && echo {word} > build/v.txt && ln -s {} build/ext\n    outs: [build]\n",
+            outside.path().display()
+        )
+    };
+    p.file("p.yaml", &manifest("one"));
+    assert_eq!(status_of(&p.run_json("p.yaml", 0), "build"), "ran");
+    p.file("p.yaml", &manifest("two"));
+    assert_eq!(status_of(&p.run_json("p.yaml", 0), "build"), "ran");
+    p.file("p.yaml", &manifest("one"));
+    let back = p.run_json("p.yaml", 0);
+    assert_eq!(
+        status_of(&back, "build"),
+        "cached",
+        "restored from the run cache"
+    );
+
+    assert_eq!(
+        std::fs::read_to_string(outside.path().join("precious.txt")).unwrap(),
+        "do not touch"
+    );
+    assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 1);
+    let link = p.path("build/ext");
+    assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
+    assert_eq!(std::fs::read_link(&link).unwrap(), outside.path());
+    assert_eq!(p.read("build/v.txt"), "one\n");
+}
+
+#[test]
+fn an_out_that_is_also_a_dep_is_refused_and_the_input_survives() {
+    let p = Project::new();
+    p.file("a.txt", "input");
+    p.file(
+        "p.yaml",
+        "pipeline: same\nstages:\n  s:\n    run: cat a.txt > a.txt\n    deps: [a.txt]\n    outs: [a.txt]\n",
+    );
+    assert_refused(&p, "p.yaml", 6, "out `a.txt` is also a dep of this stage");
+    assert_eq!(p.read("a.txt"), "input");
+}
+
+#[test]
+fn a_dep_inside_a_folder_out_of_the_same_stage_is_refused() {
+    let p = Project::new();
+    p.file("data/raw.txt", "raw");
+    p.file(
+        "p.yaml",
+        "pipeline: inside\nstages:\n  s:\n    run: wc data/raw.txt > data/n.txt\n    deps: [data/raw.txt]\n    outs: [data]\n",
+    );
+    assert_refused(
+        &p,
+        "p.yaml",
+        6,
+        "contains `data/raw.txt`, a dep of this stage",
+    );
+    assert_eq!(p.read("data/raw.txt"), "raw");
+}
+
+const FOLDER_OUT: &str = "pipeline: drop\nstages:\n  build:\n    run: mkdir -p build && echo WORD > build/made.txt\n    outs: [build]\n";
+
+#[test]
+fn a_file_dropped_into_a_folder_out_goes_to_the_trash_on_rerun_with_a_warning() {
+    let p = Project::new();
+    p.file("p.yaml", &FOLDER_OUT.replace("WORD", "one"));
+    p.run_json("p.yaml", 0);
+    p.file("build/mine.txt", "my notes");
+    let out = p.pipe(&["run", "p.yaml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("warning: build: `build/mine.txt`"), "{err}");
+    assert!(
+        err.contains(".pipe/trash/"),
+        "the warning says where: {err}"
+    );
+    assert!(!p.path("build/mine.txt").exists());
+    let (note, bytes) = trashed(&p, "build/mine.txt");
+    assert_eq!(bytes, "my notes");
+    assert_eq!(note["stage"], "build");
+    assert!(
+        note["reason"]
+            .as_str()
+            .unwrap()
+            .contains("pipe did not write it")
+    );
+    assert_eq!(p.read("build/made.txt"), "one\n");
+}
+
+#[test]
+fn a_file_dropped_into_a_folder_out_goes_to_the_trash_on_restore() {
+    let p = Project::new();
+    p.file("p.yaml", &FOLDER_OUT.replace("WORD", "one"));
+    p.run_json("p.yaml", 0);
+    p.file("p.yaml", &FOLDER_OUT.replace("WORD", "two"));
+    p.run_json("p.yaml", 0);
+    p.file("build/mine.txt", "dropped between runs");
+    p.file("p.yaml", &FOLDER_OUT.replace("WORD", "one"));
+    let out = p.pipe(&["run", "p.yaml", "-q"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("`build/mine.txt`"),
+        "the warning shows even with -q: {}",
+        stderr(&out)
+    );
+    assert_eq!(trashed(&p, "build/mine.txt").1, "dropped between runs");
+    assert_eq!(p.read("build/made.txt"), "one\n");
+}
+
+#[test]
+fn an_out_edited_by_hand_is_kept_in_the_trash_when_the_stage_reruns() {
+    let p = Project::new();
+    p.file(
+        "p.yaml",
+        "pipeline: edit\nstages:\n  s:\n    run: echo made > r.txt\n    outs: [r.txt]\n",
+    );
+    p.run_json("p.yaml", 0);
+    p.file("r.txt", "my edit");
+    let report = p.run_json("p.yaml", 0);
+    assert_eq!(status_of(&report, "s"), "ran");
+    assert_eq!(p.read("r.txt"), "made\n");
+    assert_eq!(trashed(&p, "r.txt").1, "my edit");
+}
+
+#[test]
+fn gc_empties_trash_older_than_its_grace() {
+    let p = Project::new();
+    p.file("p.yaml", &FOLDER_OUT.replace("WORD", "one"));
+    p.run_json("p.yaml", 0);
+    p.file("build/mine.txt", "x");
+    p.run_json("p.yaml", 0);
+    assert_eq!(trash_batches(&p).len(), 1);
+    let out = p.pipe(&["gc", "p.yaml", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(trash_batches(&p).len(), 1, "a young batch is kept");
+    let out = p.pipe(&["gc", "p.yaml", "--grace", "0s", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["trash"], 1);
+    assert!(trash_batches(&p).is_empty());
+}
+
+#[test]
+fn outs_over_the_manifest_the_lockfile_or_the_store_are_refused() {
+    for (out, what) in [
+        ("p.yaml", "the manifest `p.yaml`"),
+        ("p.lock", "the lockfile `p.lock`"),
+        (".pipe", "the store `.pipe`"),
+        (".pipe/objects", "the store `.pipe`"),
+    ] {
+        let p = Project::new();
+        p.file(
+            "p.yaml",
+            &format!("pipeline: own\nstages:\n  s:\n    run: echo x\n    outs: [{out}]\n"),
+        );
+        p.file(".pipe/objects/keep", "store content");
+        p.file("p.lock", "pipeline: own\n");
+        assert_refused(&p, "p.yaml", 5, &format!("out `{out}` overlaps {what}"));
+        assert_eq!(p.read(".pipe/objects/keep"), "store content");
+        assert_eq!(p.read("p.lock"), "pipeline: own\n");
+    }
+}
+
+#[test]
+fn outs_of_two_stages_that_overlap_are_refused() {
+    let p = Project::new();
+    p.file(
+        "p.yaml",
+        "pipeline: two\nstages:\n  a:\n    run: mkdir -p d && echo a > d/a\n    outs: [d]\n  b:\n    run: echo b > d/b\n    outs: [d/b]\n",
+    );
+    assert_refused(&p, "p.yaml", 8, "is also written by stage 'a'");
+}
+
+#[test]
+fn paths_that_leave_the_folder_through_a_link_are_refused() {
+    let outside = tempfile::tempdir().unwrap();
+    let p = Project::new();
+    std::os::unix::fs::symlink(outside.path(), p.path("ext")).unwrap();
+    p.file(
+        "p.yaml",
+        "pipeline: leave\nstages:\n  s:\n    run: echo x > ext/x\n    outs: [ext/x]\n",
+    );
+    assert_refused(&p, "p.yaml", 5, "outside the workspace");
+    assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn a_pipeline_name_taken_from_a_bad_file_name_is_refused() {
+    let p = Project::new();
+    p.file(".pipe/objects/ab/cdef", "an object of another pipeline");
+    p.file(
+        "...yaml",
+        "stages:\n  objects:\n    run: echo x > x.txt\n    outs: [x.txt]\n",
+    );
+    let out = p.pipe(&["run", "...yaml"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("the pipeline name `..` taken from the file name is not a valid name"),
+        "{err}"
+    );
+    assert!(err.contains("add `pipeline: <name>`"), "{err}");
+    assert_eq!(
+        p.read(".pipe/objects/ab/cdef"),
+        "an object of another pipeline"
+    );
+}
+
+#[test]
+fn written_names_follow_the_name_rule() {
+    let p = Project::new();
+    p.file("p.yaml", "pipeline: ..\nstages:\n  s:\n    run: echo\n");
+    assert_refused(&p, "p.yaml", 1, "`pipeline` must be a name");
+    p.file("p.yaml", "pipeline: v1.2\nstages:\n  a.b:\n    run: echo\n");
+    assert_refused(&p, "p.yaml", 3, "invalid stage name 'a.b'");
+    p.file(
+        "p.yaml",
+        "pipeline: v1.2\nstages:\n  a-b_2:\n    run: echo\n",
+    );
+    assert_eq!(p.pipe(&["validate", "p.yaml"]).status.code(), Some(0));
+}
+
+#[test]
+fn an_output_the_kind_does_not_have_is_refused_at_validation() {
+    let p = Project::new();
+    p.file("data.csv", "text,label\nhello,a\nbye,b\n");
+    p.file(
+        "p.yaml",
+        "pipeline: names\nstages:\n  ingest:\n    source: data.csv\n  split:\n    from: ingest.nonexistent\n",
+    );
+    let out = p.pipe(&["validate", "p.yaml"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("p.yaml:6:"), "{err}");
+    assert!(
+        err.contains("stage 'ingest' has no output 'nonexistent'"),
+        "{err}"
+    );
+    assert!(err.contains("dataset, labels, profile"), "{err}");
+    p.file(
+        "p.yaml",
+        "pipeline: names\nstages:\n  ingest:\n    source: data.csv\n  split:\n    from: ingest.dataset\n",
+    );
+    let out = p.pipe(&["validate", "p.yaml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
+#[test]
+fn gc_with_an_absurd_grace_is_a_usage_error_not_a_panic() {
+    let p = Project::new();
+    p.file("p.yaml", "pipeline: g\nstages:\n  s:\n    run: echo\n");
+    let out = p.pipe(&["gc", "p.yaml", "--grace", "99999999999999999999s"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("longer than any duration"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn two_stages_storing_identical_bytes_at_once_both_succeed() {
+    let p = Project::new();
+    let mut manifest = String::from("pipeline: twins\nstages:\n");
+    for i in 0..6 {
+        manifest.push_str(&format!(
+            "  s{i}:\n    run: head -c 3000000 /dev/zero > o{i}.bin\n    outs: [o{i}.bin]\n"
+        ));
+    }
+    p.file("p.yaml", &manifest);
+    let out = p.pipe(&["run", "p.yaml", "--jobs", "6", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for i in 0..6 {
+        assert_eq!(status_of(&report, &format!("s{i}")), "ran");
+    }
+    let objects = p.path(".pipe/objects");
+    let count: usize = std::fs::read_dir(&objects)
+        .unwrap()
+        .map(|shard| std::fs::read_dir(shard.unwrap().path()).unwrap().count())
+        .sum();
+    assert_eq!(count, 1, "one object for six identical outs");
+    assert!(no_temp_left(&p.path(".pipe/tmp")));
+}
+
+fn no_temp_left(tmp: &Path) -> bool {
+    std::fs::read_dir(tmp).unwrap().count() == 0
+}
