@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """PyTorch + transformers baseline: GPT-Neo sequence-classification fine-tuning throughput.
 
-The reference that pipe's ONNX Runtime training step is measured against (DESIGN §8):
+The reference that pipe's ONNX Runtime training step is measured against:
 GPTNeoForSequenceClassification, fp32, eager attention, torch.set_num_threads(2),
 random init from a config (nothing downloaded), random token ids (fixed seed),
 every row full length (attention_mask all ones), 4 labels.

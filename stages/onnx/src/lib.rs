@@ -1,6 +1,6 @@
 //! Training compiled into plain ONNX graphs that stock ONNX Runtime runs.
 //!
-//! ONNX Runtime no longer ships a training API (DESIGN.md §5), so `pipe` compiles training
+//! ONNX Runtime no longer ships a training API, so `pipe` compiles training
 //! itself: the forward pass, its gradients and the optimizer update become one ordinary ONNX
 //! graph, run once per optimizer step.
 //!

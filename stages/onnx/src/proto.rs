@@ -1,6 +1,6 @@
 //! Hand-written protobuf messages for the subset of `onnx.proto` that `pipe` writes.
 //!
-//! No maintained crate fits (DESIGN.md §6), so these are plain [`prost::Message`] structs whose
+//! No maintained crate fits, so these are plain [`prost::Message`] structs whose
 //! field numbers are copied from
 //! <https://github.com/onnx/onnx/blob/main/onnx/onnx.proto> (IR version 9+). Scalars are
 //! `optional` as in the proto2 source, so a zero value (`axis = 0`, `dim_value = 0`) is still

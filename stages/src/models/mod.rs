@@ -1,4 +1,4 @@
-//! Models written as ONNX graph builders (STYLE §7, DESIGN §5–6), and what they share: the
+//! Models written as ONNX graph builders, and what they share: the
 //! parameter scope ([`VarPath`], [`Vars`]), the parameter list ([`ParamSpec`]) and its fresh
 //! initialisation ([`init_params`]). Weight files are read in [`weights`].
 //!

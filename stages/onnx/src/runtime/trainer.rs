@@ -4,7 +4,7 @@
 //! Runtime. Each step binds the inputs to one buffer and the outputs to the other, runs, and
 //! swaps, so no state is copied between steps and, on CUDA, none would leave the device.
 //!
-//! Why two buffers and a fresh binding every step (DESIGN.md §6): binding an output that ORT
+//! Why two buffers and a fresh binding every step: binding an output that ORT
 //! allocated and feeding the same value back as the next input makes ORT write into its own
 //! input on the next run and silently compute wrong results. `bind_output` also refuses tensors
 //! made from host arrays, so the buffers are made with `Tensor::new(&allocator, shape)`.
