@@ -195,7 +195,7 @@ fn micro_roc(path: &Path, labels: &[String], member: &str) -> Result<Vec<(String
     };
     let k = labels.len();
     let mut per_split: Vec<(String, Vec<f32>, Vec<f32>)> = Vec::new();
-    for row in 0..batch.num_rows() {
+    for (row, row_truth) in truth.iter().enumerate().take(batch.num_rows()) {
         let name = split.value(row);
         let index = match per_split.iter().position(|(s, ..)| s == name) {
             Some(i) => i,
@@ -215,7 +215,7 @@ fn micro_roc(path: &Path, labels: &[String], member: &str) -> Result<Vec<(String
             );
         }
         let (_, hot, scores) = &mut per_split[index];
-        hot.extend(labels.iter().map(|l| f32::from(truth[row].contains(l))));
+        hot.extend(labels.iter().map(|l| f32::from(row_truth.contains(l))));
         scores.extend(probs.values().iter().copied());
     }
     let name = [member.to_string()];

@@ -10,8 +10,8 @@
 pub mod dropout;
 pub mod gpt_neo;
 pub mod hf_folder;
-pub mod loss;
 pub mod lora;
+pub mod loss;
 pub mod weights;
 
 use std::collections::BTreeMap;
