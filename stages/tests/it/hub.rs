@@ -1,9 +1,10 @@
 //! Downloads into the Hugging Face cache from a hub served on 127.0.0.1: a tiny_http server
-//! that answers the hub's file API (`HEAD`/`GET /{repo}/resolve/{revision}/{file}`, large
-//! files redirected to a CDN path that honours `Range`), with the hub's headers.
+//! that answers the hub's file API (`HEAD`/`GET /{repo}/resolve/{revision}/{file}`) with the
+//! hub's headers, large files redirected to a CDN on another port that honours `Range`.
 
 use std::collections::BTreeMap;
-use std::io::Cursor;
+use std::io::{BufRead, BufReader, Cursor, Write};
+use std::net::TcpListener;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -18,7 +19,7 @@ const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 /// What the fake hub does to the next large download.
 #[derive(Default, Clone, Copy)]
 struct Faults {
-    /// Send only this many bytes of the next CDN body, then close.
+    /// Send only this many bytes of the next CDN body, then close the connection.
     cut_after: Option<usize>,
     /// Flip a byte of every CDN body.
     corrupt: bool,
@@ -51,6 +52,88 @@ fn git_sha1(bytes: &[u8]) -> String {
     hex(&hasher.finalize())
 }
 
+/// The CDN that large files are redirected to: a raw HTTP/1.1 server on its own port that
+/// honours `Range` and closes each connection after its answer, so that a cut body reaches
+/// the client as a connection closed early. Returns its base URL.
+fn start_cdn(
+    files: BTreeMap<&'static str, Vec<u8>>,
+    faults: Arc<Mutex<Faults>>,
+    requests: Arc<Mutex<Vec<String>>>,
+) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut first = String::new();
+            let _ = reader.read_line(&mut first);
+            let path = first.split_whitespace().nth(1).unwrap_or("").to_string();
+            let mut range = None;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
+                    break;
+                }
+                if let Some((name, value)) = line.split_once(':')
+                    && name.eq_ignore_ascii_case("range")
+                {
+                    range = Some(value.trim().to_string());
+                }
+            }
+            requests.lock().unwrap().push(format!(
+                "GET {path}{}",
+                range
+                    .as_deref()
+                    .map(|r| format!(" {r}"))
+                    .unwrap_or_default()
+            ));
+            let sha = path.trim_start_matches("/cdn/");
+            let Some(bytes) = files.values().find(|b| sha256(b) == sha) else {
+                let _ = stream.write_all(
+                    b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+                continue;
+            };
+            let mut bytes = bytes.clone();
+            let mut faults = faults.lock().unwrap();
+            if faults.corrupt {
+                bytes[100] ^= 0xff;
+            }
+            let start: usize = range
+                .as_deref()
+                .and_then(|r| r.strip_prefix("bytes="))
+                .and_then(|r| r.strip_suffix('-'))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            let total = bytes.len();
+            let body = &bytes[start..];
+            let head = if start > 0 {
+                format!(
+                    "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {start}-{}/{total}\r\n",
+                    total - 1
+                )
+            } else {
+                "HTTP/1.1 200 OK\r\n".to_string()
+            };
+            let sent = match faults.cut_after.take() {
+                Some(cut) => &body[..cut],
+                None => body,
+            };
+            let _ = stream.write_all(
+                format!(
+                    "{head}Content-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                )
+                .as_bytes(),
+            );
+            let _ = stream.write_all(sent);
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    });
+    base
+}
+
 /// `model.safetensors` is the large (LFS) file; the others are small git files.
 fn is_lfs(file: &str) -> bool {
     file.ends_with(".safetensors")
@@ -70,6 +153,7 @@ impl FakeHub {
         let endpoint = format!("http://{}", server.server_addr().to_ip().unwrap());
         let requests = Arc::new(Mutex::new(Vec::new()));
         let faults = Arc::new(Mutex::new(Faults::default()));
+        let cdn = start_cdn(files.clone(), Arc::clone(&faults), Arc::clone(&requests));
         let hub = FakeHub {
             endpoint,
             requests: Arc::clone(&requests),
@@ -78,21 +162,12 @@ impl FakeHub {
         };
         std::thread::spawn(move || {
             for request in server.incoming_requests() {
-                let range = request
-                    .headers()
-                    .iter()
-                    .find(|h| h.field.equiv("Range"))
-                    .map(|h| h.value.to_string());
                 let url = request.url().to_string();
-                requests.lock().unwrap().push(format!(
-                    "{} {url}{}",
-                    request.method(),
-                    range
-                        .as_deref()
-                        .map(|r| format!(" {r}"))
-                        .unwrap_or_default()
-                ));
-                let response = answer(&files, &faults, request.method(), &url, range.as_deref());
+                requests
+                    .lock()
+                    .unwrap()
+                    .push(format!("{} {url}", request.method()));
+                let response = answer(&files, &cdn, request.method(), &url);
                 let _ = request.respond(response);
             }
         });
@@ -117,53 +192,11 @@ type Answer = Response<Cursor<Vec<u8>>>;
 
 fn answer(
     files: &BTreeMap<&'static str, Vec<u8>>,
-    faults: &Mutex<Faults>,
+    cdn: &str,
     method: &Method,
     url: &str,
-    range: Option<&str>,
 ) -> Answer {
     let not_found = || Response::from_data(b"not found".to_vec()).with_status_code(404);
-    if let Some(sha) = url.strip_prefix("/cdn/") {
-        let Some(bytes) = files.values().find(|b| sha256(b) == sha) else {
-            return not_found();
-        };
-        let mut bytes = bytes.clone();
-        let mut faults = faults.lock().unwrap();
-        if faults.corrupt {
-            bytes[100] ^= 0xff;
-        }
-        let start: usize = range
-            .and_then(|r| r.strip_prefix("bytes="))
-            .and_then(|r| r.strip_suffix('-'))
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0);
-        let total = bytes.len();
-        let body = bytes[start..].to_vec();
-        let length = body.len();
-        let sent = match faults.cut_after.take() {
-            Some(cut) => body[..cut].to_vec(),
-            None => body,
-        };
-        let (status, mut headers) = if start > 0 {
-            (
-                206,
-                vec![header(
-                    "Content-Range",
-                    &format!("bytes {start}-{}/{total}", total - 1),
-                )],
-            )
-        } else {
-            (200, Vec::new())
-        };
-        headers.push(header("Content-Type", "application/octet-stream"));
-        return Response::new(
-            status.into(),
-            headers,
-            Cursor::new(sent),
-            Some(length),
-            None,
-        );
-    }
     let Some(rest) = url.strip_prefix("/org/tiny/resolve/") else {
         return not_found();
     };
@@ -182,7 +215,7 @@ fn answer(
         return Response::from_data(Vec::new())
             .with_status_code(302)
             .with_header(commit)
-            .with_header(header("Location", &format!("/cdn/{sha}")))
+            .with_header(header("Location", &format!("{cdn}/cdn/{sha}")))
             .with_header(header("X-Linked-Etag", &format!("\"{sha}\"")))
             .with_header(header("X-Linked-Size", &bytes.len().to_string()));
     }
