@@ -63,9 +63,8 @@ pub fn ensure(
 ) -> anyhow::Result<()> {
     let cache = hub.cache();
     let cached = match want {
-        Want::Model => MODEL_FILES
-            .iter()
-            .all(|f| snapshot_with(cache, repo, f).is_some()),
+        // As finetune reads it: a snapshot with a config (its weights may be sharded).
+        Want::Model => snapshot_with(cache, repo, MODEL_FILES[0]).is_some(),
         Want::Tokenizer => download::TOKENIZER_FILES.iter().any(|group| {
             group
                 .iter()
