@@ -88,12 +88,20 @@ pub fn ensure(
         Want::Model => ("config.json model.safetensors", "model: { path: ... }"),
         Want::Tokenizer => ("tokenizer.json", "tokenizer: { path: ... }"),
     };
+    let hint = format!(
+        "download it with `pipe pull-model {repo}` or `hf download {repo} {files}`, or point \
+         `{what}` at a local copy"
+    );
     pulled.map(|_| ()).map_err(|e| {
-        anyhow::anyhow!(
-            "`{repo}` is not in the Hugging Face cache ({}) and could not be downloaded: {e:#}\n\
-             download it with `pipe pull-model {repo}` or `hf download {repo} {files}`, or point \
-             `{what}` at a local copy",
-            cache.display()
-        )
+        if hub.is_offline() {
+            // The offline refusal already names the repository and the cache.
+            anyhow::anyhow!("{e:#}\n{hint}")
+        } else {
+            anyhow::anyhow!(
+                "`{repo}` is not in the Hugging Face cache ({}) and could not be downloaded: \
+                 {e:#}\n{hint}",
+                cache.display()
+            )
+        }
     })
 }
