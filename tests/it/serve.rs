@@ -17,6 +17,8 @@ struct Served {
     child: Child,
     base: String,
     stderr: Arc<Mutex<String>>,
+    /// The thread copying stderr; it ends at the end of the stream, once the server exited.
+    stderr_reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Served {
@@ -42,7 +44,7 @@ impl Served {
         let (address, found) = std::sync::mpsc::channel();
         let reader = BufReader::new(child.stderr.take().unwrap());
         let log = Arc::clone(&stderr);
-        std::thread::spawn(move || {
+        let stderr_reader = std::thread::spawn(move || {
             for line in reader.lines().map_while(Result::ok) {
                 if let Some(rest) = line.split("on http://").nth(1) {
                     let _ = address.send(rest.split_whitespace().next().unwrap().to_string());
@@ -59,6 +61,7 @@ impl Served {
             child,
             base: format!("http://{addr}"),
             stderr,
+            stderr_reader: Some(stderr_reader),
         }
     }
 
@@ -112,7 +115,10 @@ impl Served {
             );
             std::thread::sleep(Duration::from_millis(20));
         };
-        std::thread::sleep(Duration::from_millis(100));
+        // Everything the server wrote is read once its stderr is closed.
+        if let Some(reader) = self.stderr_reader.take() {
+            reader.join().unwrap();
+        }
         (status.code(), self.stderr.lock().unwrap().clone())
     }
 }
