@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use pipe_stages::init::ModelChoice;
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -111,7 +112,8 @@ Examples:
 Examples:
   pipe init --from data/questions.csv                 ask, then write pipeline.yaml
   pipe init --from data/questions.csv --yes -o student.yaml
-  pipe init --from q.csv --text question --label subject --test 0.2 --shuffle --yes")]
+  pipe init --from q.csv --text question --label subject --test 0.2 --shuffle --yes
+  pipe init --from q.csv --model EleutherAI/gpt-neo-125m --lora --epochs 2 --yes")]
     Init(InitArgs),
     /// Label texts with an exported model bundle.
     ///
@@ -127,6 +129,35 @@ Examples:
 
 Exit codes: 0 success, 1 the bundle cannot be found, opened or run, 2 bad usage or manifest.")]
     Predict(PredictArgs),
+    /// Serve an exported model bundle over HTTP.
+    ///
+    /// BUNDLE is the output folder of an export-onnx stage, or the name of such a stage in
+    /// the manifest, as for `pipe predict`. `POST /predict` with `{"texts": [...]}` answers
+    /// `{"predictions": [...]}`, each element as `pipe predict --json` prints it;
+    /// `GET /health` and `GET /metadata` (labels, model shape, provenance) answer too.
+    /// Concurrent requests share model runs. Stops cleanly on SIGTERM or Ctrl-C.
+    #[command(after_help = "\
+Examples:
+  pipe serve export-onnx                              listen on 127.0.0.1:8080
+  pipe serve .pipe/out/student/export-onnx --host 0.0.0.0 --port 9000
+  curl -s localhost:8080/predict -d '{\"texts\": [\"What is a prime number?\"]}'
+
+Exit codes: 0 stopped by a signal, 1 the bundle cannot be found or opened, 2 bad usage, \
+manifest or address.")]
+    Serve(ServeArgs),
+    /// Download a Hugging Face model (config, weights, tokenizer) into the local cache.
+    ///
+    /// Files go where `hf download` puts them (HF_HUB_CACHE, else HF_HOME/hub, else
+    /// ~/.cache/huggingface/hub), so `model: { hub: ID }` and `tokenizer: { hub: ID }` find
+    /// them offline. HF_ENDPOINT, HF_TOKEN and HF_HUB_OFFLINE are respected; an interrupted
+    /// download resumes where it stopped.
+    #[command(after_help = "\
+Examples:
+  pipe pull-model EleutherAI/gpt-neo-125m
+  HF_ENDPOINT=http://mirror.local:8080 pipe pull-model EleutherAI/gpt-neo-125m
+
+Exit codes: 0 downloaded (or already cached), 1 the download failed, 2 bad usage.")]
+    PullModel(PullModelArgs),
     /// Report the ONNX Runtime found, its version and execution providers, and the store.
     Doctor(DoctorArgs),
     /// Print the JSON Schema of manifests (as in schemas/pipeline.schema.json).
@@ -288,6 +319,19 @@ pub struct InitArgs {
     /// Shuffle rows before splitting.
     #[arg(long)]
     pub shuffle: bool,
+    /// The model to fine-tune: tiny or small (from scratch), or a Hugging Face id such as
+    /// EleutherAI/gpt-neo-125m.
+    #[arg(long, value_name = "tiny|small|OWNER/NAME", value_parser = parse_model)]
+    pub model: Option<ModelChoice>,
+    /// Train LoRA adapters instead of every weight.
+    #[arg(long)]
+    pub lora: bool,
+    /// Passes over the train split.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub epochs: Option<u64>,
+    /// Where to train: cpu, cuda or cuda:N.
+    #[arg(long)]
+    pub device: Option<String>,
     /// Take the default answer to every question not given by a flag.
     #[arg(long, short)]
     pub yes: bool,
@@ -330,12 +374,57 @@ pub struct PredictArgs {
     pub threads: Option<usize>,
 }
 
+/// `pipe serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// A bundle folder, or the name of an export-onnx stage of the manifest.
+    #[arg(value_name = "BUNDLE|STAGE")]
+    pub bundle: String,
+    /// The manifest in which BUNDLE names a stage (default: the one in the current folder).
+    #[arg(long, value_name = "FILE")]
+    pub manifest: Option<PathBuf>,
+    /// The address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: std::net::IpAddr,
+    /// The port to listen on (0: any free port, printed at start).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// The most texts one model run takes, across the requests waiting.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_batch: u64,
+    /// The most requests waiting for the model; more are answered 503.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
+    pub queue: u64,
+    /// The largest request body in bytes; larger ones are answered 413.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_body_bytes: usize,
+    /// Where the model runs: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// ONNX Runtime threads (default: one per core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+/// `pipe pull-model`.
+#[derive(Debug, Args)]
+pub struct PullModelArgs {
+    /// The repository id, such as EleutherAI/gpt-neo-125m.
+    #[arg(value_name = "OWNER/NAME")]
+    pub repo: String,
+}
+
 /// `pipe doctor`.
 #[derive(Debug, Args)]
 pub struct DoctorArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `tiny`, `small` or a Hugging Face id.
+fn parse_model(text: &str) -> Result<ModelChoice, String> {
+    ModelChoice::parse(text).map_err(|e| e.to_string())
 }
 
 /// `30s`, `15m`, `12h`, `7d` (a bare number is seconds).

@@ -49,6 +49,8 @@ fn main() -> ExitCode {
         Command::Doctor(args) => commands::doctor::exec(args, &printer),
         Command::Init(args) => commands::init::exec(args, &printer),
         Command::Predict(args) => commands::predict::exec(args, &printer),
+        Command::Serve(args) => commands::serve::exec(args, &printer),
+        Command::PullModel(args) => commands::pull_model::exec(args, &printer),
         Command::Schema => commands::schema::exec(),
     };
     match result {

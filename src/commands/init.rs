@@ -18,18 +18,24 @@ pub fn exec(args: InitArgs, printer: &Printer) -> anyhow::Result<Outcome> {
         test: args.test,
         validation: args.validation,
         shuffle: args.shuffle.then_some(true),
+        model: args.model,
+        lora: args.lora.then_some(true),
+        epochs: args.epochs,
+        device: args.device,
+        hub_cache: None,
         yes: args.yes,
         force: args.force,
     };
     let written = init(options, &mut TerminalPrompter::stdio())?;
-    printer.status(
-        "Wrote",
-        Tone::Good,
-        &format!(
-            "{} (run it with `pipe run {}`)",
-            written.display(),
-            written.display()
-        ),
-    );
+    let shown = written.manifest.display();
+    printer.status("Wrote", Tone::Good, &shown.to_string());
+    printer.line(&if written.trains {
+        format!(
+            "next: `pipe run {shown}` trains and evaluates the model; then \
+             `pipe serve --manifest {shown} export-onnx` serves it"
+        )
+    } else {
+        format!("next: `pipe run {shown}`")
+    });
     Ok(Outcome::Success)
 }

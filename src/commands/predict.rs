@@ -8,26 +8,10 @@ use pipe_engine::{Printer, Tone, UsageError};
 use pipe_onnx::SessionOptions;
 use pipe_onnx::runtime::{self, CudaOptions, Device, DeviceChoice};
 use pipe_stages::bundle::{Bundle, Predictions};
-use pipe_stages::models::gpt_neo::ProblemType;
-use serde::Serialize;
 
 use crate::Outcome;
 use crate::cli::PredictArgs;
 use crate::workspace;
-
-/// A multi-label prediction includes each label at or above this probability.
-const THRESHOLD: f32 = 0.5;
-
-/// One element of the `--json` array: the text, its most probable label, the labels at or
-/// above 0.5 (multi-label bundles only) and every label's probability, in label order.
-#[derive(Serialize)]
-struct Predicted<'a> {
-    text: &'a str,
-    label: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    labels: Option<Vec<&'a str>>,
-    probabilities: serde_json::Map<String, serde_json::Value>,
-}
 
 /// Classifies the texts; a bundle that cannot be found, opened or run is a failure (exit 1).
 pub fn exec(args: PredictArgs, printer: &Printer) -> anyhow::Result<Outcome> {
@@ -48,7 +32,7 @@ pub fn exec(args: PredictArgs, printer: &Printer) -> anyhow::Result<Outcome> {
 
 /// The device `--device` names (`auto` resolved, with a note when it falls back to the CPU);
 /// a device that is misspelt or cannot be had here is a usage error (exit 2) with the fix.
-fn choose_device(device: &str, printer: &Printer) -> anyhow::Result<Device> {
+pub fn choose_device(device: &str, printer: &Printer) -> anyhow::Result<Device> {
     let choice: DeviceChoice = device
         .parse()
         .map_err(|e: pipe_onnx::Error| UsageError(format!("--device: {e}")))?;
@@ -67,14 +51,6 @@ fn choose_device(device: &str, printer: &Printer) -> anyhow::Result<Device> {
 }
 
 fn predict(args: &PredictArgs, printer: &Printer) -> anyhow::Result<()> {
-    let device = choose_device(&args.device, printer)?;
-    let options = SessionOptions {
-        device,
-        intra_threads: args.threads,
-        graph_cache_dir: None,
-        // Inference keeps full fp32 matrix products, as the exported model specifies.
-        cuda: CudaOptions { tf32: false },
-    };
     let dir = bundle_dir(&args.bundle, args.manifest.as_deref())?;
     let texts = match &args.file {
         Some(file) => {
@@ -95,8 +71,8 @@ fn predict(args: &PredictArgs, printer: &Printer) -> anyhow::Result<()> {
         }
         None => args.texts.clone(),
     };
-    let mut bundle = Bundle::open(&dir, &options)
-        .with_context(|| format!("cannot open the bundle {}", dir.display()))?;
+    let device = choose_device(&args.device, printer)?;
+    let mut bundle = open_bundle(&dir, device, args.threads)?;
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let batch_size = usize::try_from(args.batch_size).context("--batch-size is too large")?;
     let predictions = bundle.predict(&refs, batch_size)?;
@@ -108,9 +84,22 @@ fn predict(args: &PredictArgs, printer: &Printer) -> anyhow::Result<()> {
     }
 }
 
+/// Opens the bundle folder `dir` with an ONNX Runtime session on `device` with `threads`
+/// intra-op threads; `pipe serve` opens its bundle here too.
+pub fn open_bundle(dir: &Path, device: Device, threads: Option<usize>) -> anyhow::Result<Bundle> {
+    let options = SessionOptions {
+        device,
+        intra_threads: threads,
+        graph_cache_dir: None,
+        // Inference keeps full fp32 matrix products, as the exported model specifies.
+        cuda: CudaOptions { tf32: false },
+    };
+    Bundle::open(dir, &options).with_context(|| format!("cannot open the bundle {}", dir.display()))
+}
+
 /// The bundle folder: `arg` when it is a folder, else the output folder of the stage `arg`
 /// of the manifest (`--manifest`, or the one in the current folder).
-fn bundle_dir(arg: &str, manifest: Option<&Path>) -> anyhow::Result<PathBuf> {
+pub fn bundle_dir(arg: &str, manifest: Option<&Path>) -> anyhow::Result<PathBuf> {
     let path = Path::new(arg);
     if path.is_dir() {
         return Ok(path.to_path_buf());
@@ -156,39 +145,8 @@ fn bundle_dir(arg: &str, manifest: Option<&Path>) -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-/// The labels shown as the prediction of row `i`: the top one, or for multi-label every one
-/// at or above [`THRESHOLD`].
-fn chosen<'a>(bundle: &'a Bundle, predictions: &Predictions, i: usize) -> Vec<&'a str> {
-    let labels = bundle.labels();
-    match bundle.problem_type() {
-        ProblemType::SingleLabelClassification => vec![labels[predictions.top(i)].as_str()],
-        ProblemType::MultiLabelClassification => predictions
-            .row(i)
-            .iter()
-            .zip(labels)
-            .filter(|(p, _)| **p >= THRESHOLD)
-            .map(|(_, l)| l.as_str())
-            .collect(),
-    }
-}
-
 fn print_json(bundle: &Bundle, texts: &[&str], predictions: &Predictions) -> anyhow::Result<()> {
-    let labels = bundle.labels();
-    let multi = bundle.problem_type() == ProblemType::MultiLabelClassification;
-    let rows: Vec<Predicted<'_>> = texts
-        .iter()
-        .enumerate()
-        .map(|(i, text)| Predicted {
-            text,
-            label: &labels[predictions.top(i)],
-            labels: multi.then(|| chosen(bundle, predictions, i)),
-            probabilities: labels
-                .iter()
-                .zip(predictions.row(i))
-                .map(|(l, p)| (l.clone(), serde_json::json!(p)))
-                .collect(),
-        })
-        .collect();
+    let rows = bundle.answers(texts, predictions);
     println!("{}", serde_json::to_string_pretty(&rows)?);
     Ok(())
 }
@@ -199,7 +157,7 @@ fn print_table(printer: &Printer, bundle: &Bundle, texts: &[&str], predictions: 
     let labels = bundle.labels();
     let width = labels.iter().map(|l| l.chars().count()).max().unwrap_or(0);
     for (i, text) in texts.iter().enumerate() {
-        let picked = chosen(bundle, predictions, i);
+        let picked = bundle.chosen(predictions, i);
         let head = if picked.is_empty() {
             "(none)".to_string()
         } else {

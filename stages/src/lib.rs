@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod models;
 pub mod report;
 mod runtime_report;
+pub mod serve;
 mod split;
 mod table;
 pub mod tokenize;

@@ -1,15 +1,19 @@
 //! Integration tests: they drive the built `pipe` binary on temporary folders.
 
+mod bundle;
 mod cache;
 mod cli;
 mod crash;
 mod data;
 mod device;
+mod hub;
+mod init;
 mod malformed;
 mod matrix;
 mod metrics;
 mod predict;
 mod safety;
 mod schema;
+mod serve;
 mod training;
 mod util;

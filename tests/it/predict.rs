@@ -16,10 +16,10 @@ use serde_json::{Value, json};
 
 use crate::util::{Project, stderr};
 
-const LABELS: [&str; 3] = ["art", "math", "physics"];
+pub const LABELS: [&str; 3] = ["art", "math", "physics"];
 const WORDS: [&str; 6] = ["question", "number", "about", "and", "more", "words"];
 
-fn text(i: usize) -> String {
+pub fn text(i: usize) -> String {
     let label = LABELS[i % 3];
     format!("question number {i} about {label} and more words")
 }
@@ -52,7 +52,7 @@ fn tokenizer_json() -> String {
 
 /// A project whose pipeline ingests and splits 40 rows, copies a random model folder in as
 /// `trained` (standing in for finetune), exports and evaluates it.
-fn project() -> Project {
+pub fn project() -> Project {
     let p = Project::new();
     let mut csv = String::from("text,label\n");
     for i in 0..40 {
@@ -128,7 +128,7 @@ fn evaluated(p: &Project) -> BTreeMap<String, Vec<f32>> {
         .collect()
 }
 
-fn json_of(out: &std::process::Output) -> Value {
+pub fn json_of(out: &std::process::Output) -> Value {
     assert_eq!(out.status.code(), Some(0), "stderr:\n{}", stderr(out));
     serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", String::from_utf8_lossy(&out.stdout)))

@@ -20,7 +20,7 @@ use crate::models::gpt_neo::{GptNeoConfig, ProblemType};
 ///   "opset": 20,
 ///   "inputs": ["input_ids", "attention_mask"],
 ///   "outputs": ["logits", "probabilities"],
-///   "source": { "stage": "export-onnx", "key": "…", "model_stage": "finetune" },
+///   "source": { "stage": "export-onnx", "key": "<blake3 of the model, tokenizer, labels>", "model_stage": "finetune" },
 ///   "pipe_version": "0.1.0"
 /// }
 /// ```
@@ -89,7 +89,10 @@ impl ModelShape {
 pub struct Provenance {
     /// The export stage's name in its manifest.
     pub stage: String,
-    /// The export stage's key (hex).
+    /// BLAKE3 (hex) of what the bundle computes with: `model.onnx` (and its external data),
+    /// `tokenizer.json` and `labels.json` ([`super::content_key`]). It names content, not the
+    /// run that wrote it, so a re-export that writes the same model leaves `bundle.json`, and
+    /// the stages reading the bundle, unchanged.
     pub key: String,
     /// The stage whose model was exported.
     pub model_stage: String,

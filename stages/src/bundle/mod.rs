@@ -18,6 +18,7 @@
 //!
 //! [`Bundle`] opens such a folder and predicts labels for texts.
 
+mod answer;
 mod info;
 
 use std::path::{Path, PathBuf};
@@ -26,6 +27,7 @@ use anyhow::{Context, Result, bail};
 use pipe_onnx::{HostTensor, Session, SessionOptions};
 use tokenizers::{Tokenizer, TruncationParams};
 
+pub use answer::{Answer, THRESHOLD};
 pub use info::{BundleInfo, ModelShape, Provenance};
 
 use crate::models::gpt_neo::ProblemType;
@@ -89,6 +91,16 @@ impl Predictions {
     /// The probabilities of row `i`.
     pub fn row(&self, i: usize) -> &[f32] {
         &self.probabilities[i * self.num_labels..(i + 1) * self.num_labels]
+    }
+
+    /// Rows `range` on their own.
+    pub fn rows(&self, range: std::ops::Range<usize>) -> Predictions {
+        let cut = range.start * self.num_labels..range.end * self.num_labels;
+        Predictions {
+            num_labels: self.num_labels,
+            logits: self.logits[cut.clone()].to_vec(),
+            probabilities: self.probabilities[cut].to_vec(),
+        }
     }
 
     /// The most probable label of row `i` (the first of ties).
@@ -213,6 +225,25 @@ impl Bundle {
         }
         Ok(predictions)
     }
+}
+
+/// BLAKE3 (hex) over the files of the bundle folder `dir` that decide its answers:
+/// `model.onnx`, `model.onnx.data` when present, `tokenizer.json` and `labels.json`, each
+/// preceded by its name and length.
+pub fn content_key(dir: &Path) -> Result<String> {
+    let mut hasher = blake3::Hasher::new();
+    for name in [MODEL_FILE, DATA_FILE, TOKENIZER_FILE, LABELS_FILE] {
+        let path = dir.join(name);
+        if name == DATA_FILE && !path.exists() {
+            continue;
+        }
+        let bytes =
+            std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        hasher.update(name.as_bytes());
+        hasher.update(&(bytes.len() as u64).to_le_bytes());
+        hasher.update(&bytes);
+    }
+    Ok(hasher.finalize().to_hex().to_string())
 }
 
 /// Loads the tokenizer, capping its truncation at the model's positions so that no text can

@@ -103,7 +103,7 @@ fn read_member(name: &str, group: &[&Input]) -> Result<MemberResult> {
             }
         }
         if let Some(path) = input.outputs.get("train_log") {
-            member.loss = loss_curve(path)?;
+            member.loss = loss_curve(path)?.train;
             (member.train_seconds, member.tokens_per_s) = throughput(path)?;
         }
     }

@@ -6,7 +6,7 @@ use anyhow::Result;
 use super::members::MemberResult;
 use super::{Comparison, higher_is_better};
 use crate::metrics::RocCurve;
-use crate::report::charts::{css_colour, loss_chart};
+use crate::report::charts::{css_colour, loss_lines_chart};
 use crate::report::html::{escape, number, table};
 use crate::report::{PAGE_END, page_start, roc_figure};
 
@@ -137,7 +137,7 @@ fn roc_section(members: &[MemberResult]) -> Result<String> {
 /// The training-loss curves of every member that has a training log.
 fn loss_section(members: &[MemberResult]) -> Result<String> {
     let curves: Vec<&[(u64, f64)]> = members.iter().map(|m| m.loss.as_slice()).collect();
-    let body = match loss_chart(&curves)? {
+    let body = match loss_lines_chart(&curves)? {
         Some(svg) => {
             let legend: String = members
                 .iter()

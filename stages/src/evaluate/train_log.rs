@@ -1,34 +1,39 @@
-//! The training loss curve, from a bundle's `train_log.jsonl`.
+//! The loss curves, from a bundle's `train_log.jsonl`.
 
 use std::path::Path;
 
 use anyhow::{Context, Result};
 use serde_json::Value;
 
-/// `(step, loss)` of every line of `path` that has both (evaluation lines, which have
-/// `eval_loss` instead, are skipped). No file gives an empty curve; a line that is not JSON
-/// is an error naming it.
-pub(crate) fn loss_curve(path: &Path) -> Result<Vec<(u64, f64)>> {
+use crate::report::LossCurves;
+
+/// `(step, loss)` of every training line of `path`, and `(step, eval_loss)` of every
+/// evaluation line. No file gives empty curves; a line that is not JSON is an error naming
+/// it.
+pub(crate) fn loss_curve(path: &Path) -> Result<LossCurves> {
+    let mut curves = LossCurves::default();
     if !path.exists() {
-        return Ok(Vec::new());
+        return Ok(curves);
     }
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut curve = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
         let value: Value = serde_json::from_str(line)
             .with_context(|| format!("{}:{}: not a JSON object", path.display(), i + 1))?;
-        if let (Some(step), Some(loss)) = (
-            value.get("step").and_then(Value::as_u64),
-            value.get("loss").and_then(Value::as_f64),
-        ) {
-            curve.push((step, loss));
+        let Some(step) = value.get("step").and_then(Value::as_u64) else {
+            continue;
+        };
+        if let Some(loss) = value.get("loss").and_then(Value::as_f64) {
+            curves.train.push((step, loss));
+        }
+        if let Some(loss) = value.get("eval_loss").and_then(Value::as_f64) {
+            curves.validation.push((step, loss));
         }
     }
-    Ok(curve)
+    Ok(curves)
 }
 
 #[cfg(test)]
@@ -36,20 +41,19 @@ mod tests {
     use super::loss_curve;
 
     #[test]
-    fn keeps_training_steps_and_skips_evaluation_lines() {
+    fn reads_training_and_evaluation_lines_apart() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("train_log.jsonl");
         std::fs::write(
             &path,
-            "{\"step\": 1, \"loss\": 2.5, \"lr\": 0.001}\n\n{\"epoch\": 1, \"eval_loss\": 2.0}\n{\"step\": 2, \"loss\": 1.5}\n",
+            "{\"step\": 1, \"loss\": 2.5, \"lr\": 0.001}\n\n{\"step\": 1, \"epoch\": 1, \"eval_loss\": 2.0}\n{\"step\": 2, \"loss\": 1.5}\n",
         )
         .unwrap();
-        assert_eq!(loss_curve(&path).unwrap(), vec![(1, 2.5), (2, 1.5)]);
-        assert!(
-            loss_curve(&dir.path().join("absent.jsonl"))
-                .unwrap()
-                .is_empty()
-        );
+        let curves = loss_curve(&path).unwrap();
+        assert_eq!(curves.train, vec![(1, 2.5), (2, 1.5)]);
+        assert_eq!(curves.validation, vec![(1, 2.0)]);
+        let absent = loss_curve(&dir.path().join("absent.jsonl")).unwrap();
+        assert!(absent.train.is_empty() && absent.validation.is_empty());
         std::fs::write(&path, "{\"step\": 1, \"loss\": 2.5}\nnot json\n").unwrap();
         let err = format!("{:#}", loss_curve(&path).unwrap_err());
         assert!(err.contains("train_log.jsonl:2"), "{err}");

@@ -38,7 +38,7 @@ use tokenizers::Tokenizer;
 
 use crate::bundle::{
     BundleInfo, DATA_FILE, INFO_FILE, INPUTS, LABELS_FILE, MODEL_FILE, ModelShape, OUTPUTS,
-    Provenance, TOKENIZER_FILE, TRAIN_LOG_FILE,
+    Provenance, TOKENIZER_FILE, TRAIN_LOG_FILE, content_key,
 };
 use crate::device::{
     check as check_device, choose, default_device, headline_suffix, session_options,
@@ -181,7 +181,7 @@ impl Stage for ExportOnnx {
             outputs: OUTPUTS.map(String::from).to_vec(),
             source: Provenance {
                 stage: ctx.stage.to_string(),
-                key: ctx.key.to_string(),
+                key: content_key(ctx.out_dir)?,
                 model_stage: input.stage.clone(),
             },
             pipe_version: env!("CARGO_PKG_VERSION").to_string(),

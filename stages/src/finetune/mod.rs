@@ -113,7 +113,7 @@ impl Stage for Finetune {
                 // The cache lies outside the workspace: its commit stands in for its content.
                 if let (Some(map), Some(commit)) = (
                     key_params.as_object_mut(),
-                    crate::hub::hub_commit(&self.hub_cache(), &repo),
+                    crate::hub::key_commit(&self.hub_cache(), &repo),
                 ) {
                     map.insert("hub_commit".into(), json!(commit));
                 }
@@ -152,6 +152,10 @@ impl Stage for Finetune {
                  has no validation split; give the split stage a `validation:` share",
                 input.stage
             );
+        }
+        if let ModelSource::Hub(repo) = params.model_source()? {
+            let hub = crate::hub::Hub::from_env(self.hub_cache());
+            crate::hub::ensure(&hub, &repo, crate::hub::Want::Model, ctx.reporter)?;
         }
         let start = model_source::resolve(
             &params.model_source()?,

@@ -114,7 +114,8 @@ pub struct ModelParams {
     /// manifest's folder.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
-    /// A Hugging Face repository id (e.g. `EleutherAI/gpt-neo-125m`) in the local cache.
+    /// A Hugging Face repository id (e.g. `EleutherAI/gpt-neo-125m`), read from the local
+    /// cache, downloaded into it first when missing (unless `HF_HUB_OFFLINE` is set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hub: Option<String>,
 }

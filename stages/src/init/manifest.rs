@@ -2,6 +2,8 @@
 
 use std::fmt::Write as _;
 
+use super::training::{ModelChoice, Training};
+
 /// What the manifest is made from.
 pub(super) struct Answers {
     /// The pipeline's name.
@@ -17,6 +19,8 @@ pub(super) struct Answers {
     pub separator: Option<char>,
     /// (test, validation, shuffle) when the rows are split.
     pub split: Option<(f64, f64, bool)>,
+    /// How to train, when the rows are split (training needs a train split).
+    pub training: Option<Training>,
 }
 
 /// The manifest text.
@@ -138,38 +142,119 @@ pub(super) fn render(a: &Answers) -> String {
         format!("    from: {tokenize_from}"),
         "the stage whose tables are tokenized",
     );
-    line(
-        &mut m,
-        "    tokenizer: { train: { vocab_size: 8192 } }".to_string(),
-        "or { hub: EleutherAI/gpt-neo-125m }, { path: DIR }",
-    );
+    match a.training.as_ref().map(|t| &t.model) {
+        Some(ModelChoice::Hub(id)) => line(
+            &mut m,
+            format!("    tokenizer: {{ hub: {} }}", scalar(id)),
+            "the model's own tokenizer",
+        ),
+        _ => line(
+            &mut m,
+            "    tokenizer: { train: { vocab_size: 8192 } }".to_string(),
+            "or { hub: EleutherAI/gpt-neo-125m }, { path: DIR }",
+        ),
+    }
     line(
         &mut m,
         "    max_length: 128".to_string(),
         "longer texts are cut to this many tokens",
     );
+    match &a.training {
+        Some(training) => render_training(&mut m, training, a.split.is_some_and(|s| s.1 > 0.0)),
+        None => {
+            let _ = writeln!(m);
+            let _ = writeln!(
+                m,
+                "  # Training needs a train split: run `pipe init` again and answer yes to splitting."
+            );
+        }
+    }
+    m
+}
+
+/// finetune → export-onnx → evaluate.
+fn render_training(m: &mut String, t: &Training, validation: bool) {
+    let line = |m: &mut String, key_value: String, comment: &str| {
+        let _ = writeln!(m, "{key_value:<33} # {comment}");
+    };
     let _ = writeln!(m);
     let _ = writeln!(
         m,
-        "  # Next steps: fine-tune GPT-Neo, export it to ONNX, evaluate it. Uncomment to use."
+        "  # Fine-tunes GPT-Neo as a classifier on ONNX Runtime; outputs model/ (a Hugging Face"
     );
-    let _ = writeln!(m, "  # finetune:");
-    let _ = writeln!(m, "  #   from: tokenize");
     let _ = writeln!(
         m,
-        "  #   model: {{ config: tiny, seed: 0 }}        # or {{ hub: EleutherAI/gpt-neo-125m }}"
+        "  # folder), train_log.jsonl and metrics.json. Checkpoints let a killed run resume."
     );
-    let _ = writeln!(m, "  #   epochs: 3");
-    let _ = writeln!(m, "  #   batch_size: 16");
-    let _ = writeln!(m, "  #   learning_rate: 5.0e-4");
-    let _ = writeln!(m, "  # export-onnx:");
-    let _ = writeln!(m, "  #   from: finetune");
-    if a.split.is_some() {
-        let _ = writeln!(m, "  # evaluate:");
-        let _ = writeln!(m, "  #   from: {{ model: export-onnx, data: split }}");
-        let _ = writeln!(m, "  #   splits: [train, test]");
+    let _ = writeln!(m, "  finetune:");
+    line(m, "    from: tokenize".to_string(), "the tokenized splits");
+    let (model, learning_rate) = match &t.model {
+        ModelChoice::Hub(id) => (format!("{{ hub: {} }}", scalar(id)), "5.0e-5"),
+        from_scratch => (format!("{{ config: {from_scratch}, seed: 0 }}"), "5.0e-4"),
+    };
+    line(
+        m,
+        format!("    model: {model}"),
+        "{ config: tiny | small } from scratch, or { hub: OWNER/NAME }",
+    );
+    line(
+        m,
+        format!("    epochs: {}", t.epochs),
+        "passes over the train split",
+    );
+    line(
+        m,
+        "    batch_size: 16".to_string(),
+        "rows per optimizer step",
+    );
+    line(
+        m,
+        format!("    learning_rate: {learning_rate}"),
+        "peak rate: ~5e-4 from scratch, ~5e-5 from a pretrained model",
+    );
+    line(
+        m,
+        "    warmup_ratio: 0.1".to_string(),
+        "share of the steps warming the rate up from 0",
+    );
+    if validation {
+        line(
+            m,
+            "    eval_every: 0".to_string(),
+            "validation loss every N steps; 0: at each epoch end",
+        );
     }
-    m
+    if t.lora {
+        line(
+            m,
+            "    lora: { r: 8, alpha: 16, dropout: 0.0, targets: [q_proj, v_proj] }".to_string(),
+            "train low-rank adapters only",
+        );
+    }
+    line(
+        m,
+        format!("    device: {}", scalar(&t.device)),
+        "cpu | cuda | cuda:N; not part of the cache key",
+    );
+    let _ = writeln!(m);
+    let _ = writeln!(
+        m,
+        "  # Exports the model to ONNX with its tokenizer and labels: a bundle that"
+    );
+    let _ = writeln!(m, "  # `pipe predict` and `pipe serve` answer from.");
+    let _ = writeln!(m, "  export-onnx:");
+    line(m, "    from: finetune".to_string(), "the trained model");
+    let _ = writeln!(m);
+    let _ = writeln!(
+        m,
+        "  # Scores the bundle on every split: metrics.json, predictions.parquet, report.html."
+    );
+    let _ = writeln!(m, "  evaluate:");
+    line(
+        m,
+        "    from: { model: export-onnx, data: split }".to_string(),
+        "the bundle and the split tables",
+    );
 }
 
 /// `s` as a YAML scalar: plain when that reads back as the same string,

@@ -5,23 +5,25 @@
 //! column detection, shows the columns with sample values, asks (through a
 //! [`Prompter`]) which column holds the text and which the label, whether a
 //! label cell can hold several labels, whether to split (with a validation
-//! set? shuffled? what test fraction?), then writes a commented manifest:
-//! ingest → split → tokenize with a trained tokenizer, and the later stages
-//! commented out. Every question can be answered ahead by a field of
-//! [`InitOptions`], and `yes` takes the default for the rest, so it also runs
-//! without a terminal.
+//! set? shuffled? what test fraction?), then how to train (which model:
+//! `tiny` from scratch or a Hugging Face id, LoRA or not, how many epochs,
+//! which device), and writes a commented manifest that runs as written:
+//! ingest → split → tokenize → finetune → export-onnx → evaluate. Every
+//! question can be answered ahead by a field of [`InitOptions`], and `yes`
+//! takes the default for the rest, so it also runs without a terminal.
 //!
 //! ```no_run
 //! use pipe_stages::init::{InitOptions, TerminalPrompter, init};
 //!
 //! let options = InitOptions { from: Some("data/questions.csv".into()), yes: true, ..Default::default() };
-//! let manifest = init(options, &mut TerminalPrompter::stdio())?;
-//! println!("wrote {}", manifest.display());
+//! let written = init(options, &mut TerminalPrompter::stdio())?;
+//! println!("wrote {}", written.manifest.display());
 //! # anyhow::Ok(())
 //! ```
 
 mod manifest;
 mod prompt;
+mod training;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -32,6 +34,7 @@ use crate::ingest::detect::{Inspection, find_column, inspect};
 use crate::ingest::read::ReadOptions;
 use manifest::Answers;
 pub use prompt::{Prompter, TerminalPrompter};
+pub use training::{ModelChoice, Training, default_device};
 
 /// The manifest written when [`InitOptions::output`] is left out.
 pub const DEFAULT_MANIFEST: &str = "pipeline.yaml";
@@ -57,16 +60,36 @@ pub struct InitOptions {
     pub validation: Option<f64>,
     /// Whether to shuffle before splitting (`--shuffle`); default no.
     pub shuffle: Option<bool>,
+    /// The model to fine-tune (`--model tiny|small|OWNER/NAME`); default `tiny`.
+    pub model: Option<ModelChoice>,
+    /// Whether to train LoRA adapters (`--lora`); asked for pretrained models only,
+    /// default no.
+    pub lora: Option<bool>,
+    /// Passes over the train split (`--epochs`); default 3.
+    pub epochs: Option<u64>,
+    /// Where to train (`--device`); default [`default_device`].
+    pub device: Option<String>,
+    /// The Hugging Face cache to look models up in; default [`crate::hub::default_hub_cache`].
+    pub hub_cache: Option<PathBuf>,
     /// Take the default answer to every question not answered above (`--yes`).
     pub yes: bool,
     /// Overwrite an existing manifest (`--force`).
     pub force: bool,
 }
 
+/// What [`init`] wrote.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Written {
+    /// The manifest.
+    pub manifest: PathBuf,
+    /// Whether it trains a model (it does whenever the rows are split).
+    pub trains: bool,
+}
+
 /// Inspects the data file, asks what is not in `options`, writes the
-/// manifest atomically and returns its path. Refuses to overwrite an existing
-/// file unless `options.force`.
-pub fn init(options: InitOptions, prompter: &mut dyn Prompter) -> anyhow::Result<PathBuf> {
+/// manifest atomically and says what it wrote. Refuses to overwrite an
+/// existing file unless `options.force`.
+pub fn init(options: InitOptions, prompter: &mut dyn Prompter) -> anyhow::Result<Written> {
     let output = options
         .output
         .clone()
@@ -152,6 +175,8 @@ pub fn init(options: InitOptions, prompter: &mut dyn Prompter) -> anyhow::Result
         }
     }
 
+    let training = if split { Some(ask.training()?) } else { None };
+
     let source = relative_to(&from, output.parent().unwrap_or(Path::new("")))?;
     let answers = Answers {
         name: pipeline_name(&from),
@@ -164,9 +189,13 @@ pub fn init(options: InitOptions, prompter: &mut dyn Prompter) -> anyhow::Result
             .then(|| separator.unwrap_or(';'))
             .filter(|_| !label_column.has_lists),
         split: split.then_some((test, validation, shuffle)),
+        training,
     };
     write_atomically(&output, &manifest::render(&answers), options.force)?;
-    Ok(output)
+    Ok(Written {
+        manifest: output,
+        trains: answers.training.is_some(),
+    })
 }
 
 /// Asks questions unless an option or `yes` answers them.
@@ -209,6 +238,76 @@ impl Asker<'_> {
             None if self.options.yes => Ok(default),
             None => self.prompter.confirm(question, default),
         }
+    }
+
+    /// Which model, LoRA (pretrained models only), epochs, device.
+    fn training(&mut self) -> anyhow::Result<Training> {
+        let model = match &self.options.model {
+            Some(model) => model.clone(),
+            None if self.options.yes => ModelChoice::Tiny,
+            None => loop {
+                let answer = self.prompter.input(
+                    "Which model? tiny (from scratch, minutes on a CPU), small, or a Hugging Face id such as EleutherAI/gpt-neo-125m",
+                    "tiny",
+                )?;
+                match ModelChoice::parse(&answer) {
+                    Ok(model) => break model,
+                    Err(e) => self.prompter.show(&format!("  {e}"))?,
+                }
+            },
+        };
+        let cache = self
+            .options
+            .hub_cache
+            .clone()
+            .unwrap_or_else(crate::hub::default_hub_cache);
+        if let Some(note) = training::cache_note(&model, &cache) {
+            self.prompter.show(&note)?;
+        }
+        let lora = if model.is_pretrained() {
+            self.confirm(
+                self.options.lora,
+                "Train LoRA adapters (r 8 on q_proj, v_proj) instead of every weight?",
+                false,
+            )?
+        } else {
+            self.options.lora.unwrap_or(false)
+        };
+        let epochs = match self.options.epochs {
+            Some(epochs) => epochs,
+            None if self.options.yes => 3,
+            None => loop {
+                let answer = self
+                    .prompter
+                    .input("How many epochs (passes over the train split)?", "3")?;
+                match answer.trim().parse::<u64>() {
+                    Ok(n) if n > 0 => break n,
+                    _ => self
+                        .prompter
+                        .show(&format!("  `{answer}` is not a whole number of at least 1"))?,
+                }
+            },
+        };
+        if epochs == 0 {
+            bail!("--epochs must be at least 1");
+        }
+        let device = match &self.options.device {
+            Some(device) => device.clone(),
+            None if self.options.yes => default_device().to_string(),
+            None => self.prompter.input(
+                "Train on which device? cpu, cuda or cuda:N",
+                default_device(),
+            )?,
+        };
+        device
+            .parse::<pipe_onnx::Device>()
+            .map_err(|e| anyhow::anyhow!("device `{device}`: {e}"))?;
+        Ok(Training {
+            model,
+            lora,
+            epochs,
+            device,
+        })
     }
 
     fn fraction(&mut self, question: &str, default: f64) -> anyhow::Result<f64> {

@@ -11,6 +11,7 @@ use plotters::chart::MeshStyle;
 use plotters::coord::ranged1d::Ranged;
 use plotters::prelude::*;
 
+use super::LossCurves;
 use crate::metrics::RocCurve;
 
 /// The ten colours of Tableau 10, distinguishable on light and dark backgrounds; classes
@@ -84,29 +85,31 @@ pub(crate) fn roc_chart(curves: &[RocCurve]) -> Result<String> {
     Ok(inline(svg))
 }
 
-/// Training loss against the step, one line per curve in palette order (the report has one,
-/// `compare` one per member), or `None` when there is no finite point to draw.
-pub(crate) fn loss_chart(curves: &[&[(u64, f64)]]) -> Result<Option<String>> {
-    let curves: Vec<Vec<(f64, f64)>> = curves
-        .iter()
-        .map(|points| {
-            thin(
-                points
-                    .iter()
-                    .filter(|(_, loss)| loss.is_finite())
-                    .map(|&(step, loss)| (step as f64, loss))
-                    .collect(),
-                MAX_LOSS_POINTS,
-            )
-        })
-        .collect();
-    let all = || curves.iter().flatten();
+/// The training loss against the step: every step's raw loss (faint), a smoothed line through
+/// it ([`smooth`]), and the validation loss (points joined by a line, in the second colour)
+/// when there is one. `None` when there is no finite training loss to draw.
+pub(crate) fn loss_chart(curves: &LossCurves) -> Result<Option<String>> {
+    let finite = |points: &[(u64, f64)]| -> Vec<(f64, f64)> {
+        points
+            .iter()
+            .filter(|(_, loss)| loss.is_finite())
+            .map(|&(step, loss)| (step as f64, loss))
+            .collect()
+    };
+    let raw = finite(&curves.train);
+    let smoothed = thin(smooth(&raw), MAX_LOSS_POINTS);
+    let raw = thin(raw, MAX_LOSS_POINTS);
+    let validation = finite(&curves.validation);
+    let all = || raw.iter().chain(&validation);
     let (Some(x), Some(y)) = (
         span(all().map(|p| p.0), 0.0),
         span(all().map(|p| p.1), 0.05),
     ) else {
         return Ok(None);
     };
+    if raw.is_empty() {
+        return Ok(None);
+    }
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
@@ -118,19 +121,53 @@ pub(crate) fn loss_chart(curves: &[&[(u64, f64)]]) -> Result<Option<String>> {
             .map_err(drawing)?;
         house_style(&mut chart.configure_mesh())
             .x_desc("step")
-            .y_desc("training loss")
+            .y_desc("loss")
             .x_label_formatter(&|v| format!("{v:.0}"))
             .y_label_formatter(&|v| tick(*v))
             .draw()
             .map_err(drawing)?;
-        for (i, points) in curves.into_iter().enumerate() {
+        chart
+            .draw_series(LineSeries::new(raw, colour(0).mix(0.35).stroke_width(1)))
+            .map_err(drawing)?;
+        chart
+            .draw_series(LineSeries::new(smoothed, colour(0).stroke_width(2)))
+            .map_err(drawing)?;
+        if !validation.is_empty() {
             chart
-                .draw_series(LineSeries::new(points, colour(i).stroke_width(2)))
+                .draw_series(LineSeries::new(
+                    validation.iter().copied(),
+                    colour(1).stroke_width(2),
+                ))
+                .map_err(drawing)?;
+            chart
+                .draw_series(
+                    validation
+                        .iter()
+                        .map(|&p| Circle::new(p, 3, colour(1).filled())),
+                )
                 .map_err(drawing)?;
         }
         root.present().map_err(drawing)?;
     }
     Ok(Some(inline(svg)))
+}
+
+/// An exponential moving average of `points`, debiased at the start (as TensorBoard's
+/// smoothing is) so the line starts at the first loss rather than at 0. Its span grows with
+/// the run: a tenth of the points, from 1 to 50.
+fn smooth(points: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    let span = (points.len() / 10).clamp(1, 50) as f64;
+    let keep = 1.0 - 2.0 / (span + 1.0);
+    let mut average = 0.0;
+    let mut weight = 0.0;
+    points
+        .iter()
+        .map(|&(x, y)| {
+            average = keep * average + (1.0 - keep) * y;
+            weight = keep * weight + (1.0 - keep);
+            (x, average / weight)
+        })
+        .collect()
 }
 
 /// The grid and axes every chart shares: six ticks per axis, faint major lines, no minor
@@ -201,6 +238,55 @@ fn drawing<E: std::fmt::Display>(e: E) -> anyhow::Error {
     anyhow!("drawing a chart of the report: {e}")
 }
 
+/// Training loss against the step, one line per curve in palette order (`compare` draws one
+/// per member), or `None` when there is no finite point to draw.
+pub(crate) fn loss_lines_chart(curves: &[&[(u64, f64)]]) -> Result<Option<String>> {
+    let curves: Vec<Vec<(f64, f64)>> = curves
+        .iter()
+        .map(|points| {
+            thin(
+                points
+                    .iter()
+                    .filter(|(_, loss)| loss.is_finite())
+                    .map(|&(step, loss)| (step as f64, loss))
+                    .collect(),
+                MAX_LOSS_POINTS,
+            )
+        })
+        .collect();
+    let all = || curves.iter().flatten();
+    let (Some(x), Some(y)) = (
+        span(all().map(|p| p.0), 0.0),
+        span(all().map(|p| p.1), 0.05),
+    ) else {
+        return Ok(None);
+    };
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
+        let mut chart = ChartBuilder::on(&root)
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(56)
+            .build_cartesian_2d(x, y)
+            .map_err(drawing)?;
+        house_style(&mut chart.configure_mesh())
+            .x_desc("step")
+            .y_desc("training loss")
+            .x_label_formatter(&|v| format!("{v:.0}"))
+            .y_label_formatter(&|v| tick(*v))
+            .draw()
+            .map_err(drawing)?;
+        for (i, points) in curves.into_iter().enumerate() {
+            chart
+                .draw_series(LineSeries::new(points, colour(i).stroke_width(2)))
+                .map_err(drawing)?;
+        }
+        root.present().map_err(drawing)?;
+    }
+    Ok(Some(inline(svg)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,19 +312,51 @@ mod tests {
 
     #[test]
     fn loss_chart_skips_non_finite_points_and_needs_one() {
-        assert!(loss_chart(&[]).unwrap().is_none());
-        assert!(loss_chart(&[&[(1, f64::NAN)]]).unwrap().is_none());
-        let svg = loss_chart(&[&[(1, 2.0), (2, f64::INFINITY), (3, 1.0)]])
+        let train = |points: &[(u64, f64)]| LossCurves {
+            train: points.to_vec(),
+            validation: Vec::new(),
+        };
+        assert!(loss_chart(&train(&[])).unwrap().is_none());
+        assert!(loss_chart(&train(&[(1, f64::NAN)])).unwrap().is_none());
+        let svg = loss_chart(&train(&[(1, 2.0), (2, f64::INFINITY), (3, 1.0)]))
             .unwrap()
             .unwrap();
-        assert!(svg.contains("training loss"));
+        assert!(svg.contains("step"));
+        assert!(!svg.contains("<circle"), "no validation points");
         // A single point still gets a non-empty range.
-        assert!(loss_chart(&[&[(5, 0.3)]]).unwrap().is_some());
+        assert!(loss_chart(&train(&[(5, 0.3)])).unwrap().is_some());
+        // The validation loss adds a line through its points.
+        let mut both = LossCurves {
+            train: vec![(1, 2.0), (2, 1.0), (3, 0.5)],
+            validation: Vec::new(),
+        };
+        let lines = |svg: &str| svg.matches("<polyline").count();
+        let without = loss_chart(&both).unwrap().unwrap();
+        both.validation = vec![(2, 1.2), (3, 0.9)];
+        let with = loss_chart(&both).unwrap().unwrap();
+        assert_eq!(lines(&with), lines(&without) + 1, "{with}");
+        assert_eq!(with.matches("<circle").count(), 2, "{with}");
     }
 
     #[test]
-    fn loss_chart_draws_one_line_per_curve_in_palette_order() {
-        let svg = loss_chart(&[&[(1, 2.0), (2, 1.0)], &[(1, 1.5), (2, 0.5)]])
+    fn smoothing_follows_the_loss_without_starting_at_zero() {
+        let flat: Vec<(f64, f64)> = (0..40).map(|i| (f64::from(i), 2.0)).collect();
+        assert!(smooth(&flat).iter().all(|p| (p.1 - 2.0).abs() < 1e-12));
+        // A drop from 2 to 1 halfway: the smoothed line falls steadily, lagging the raw one.
+        let step: Vec<(f64, f64)> = (0..40)
+            .map(|i| (f64::from(i), if i < 20 { 2.0 } else { 1.0 }))
+            .collect();
+        let smoothed = smooth(&step);
+        assert_eq!(smoothed[0], (0.0, 2.0));
+        assert!(smoothed[20].1 < 2.0 && smoothed[20].1 > 1.0);
+        assert!(smoothed.windows(2).all(|w| w[1].1 <= w[0].1 + 1e-12));
+        assert!((smoothed[39].1 - 1.0).abs() < 0.05, "{:?}", smoothed[39]);
+    }
+
+    #[test]
+    fn loss_lines_chart_draws_one_line_per_curve_in_palette_order() {
+        assert!(loss_lines_chart(&[]).unwrap().is_none());
+        let svg = loss_lines_chart(&[&[(1, 2.0), (2, 1.0)], &[(1, 1.5), (2, 0.5)]])
             .unwrap()
             .unwrap();
         assert!(svg.contains("stroke=\"#4E79A7\""), "{svg}");

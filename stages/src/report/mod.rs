@@ -26,8 +26,17 @@ pub struct Report<'a> {
     pub labels: &'a [String],
     /// One entry per evaluated split, shown in this order.
     pub splits: Vec<SplitReport<'a>>,
-    /// (step, training loss) from finetune's `train_log.jsonl`; may be empty.
-    pub loss_curve: Vec<(u64, f64)>,
+    /// The losses of finetune's `train_log.jsonl`; may be empty.
+    pub loss_curve: LossCurves,
+}
+
+/// The losses of a training run, by optimizer step.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LossCurves {
+    /// (step, training loss of that step's batch).
+    pub train: Vec<(u64, f64)>,
+    /// (step, validation loss), when the run had a validation split.
+    pub validation: Vec<(u64, f64)>,
 }
 
 /// One split's part of the report.
@@ -149,10 +158,19 @@ fn summary(splits: &[SplitReport]) -> String {
 }
 
 /// The training-loss section.
-fn training(loss_curve: &[(u64, f64)]) -> Result<String> {
-    let body = match charts::loss_chart(&[loss_curve])? {
+fn training(curves: &LossCurves) -> Result<String> {
+    let validation = if curves.validation.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; <span style=\"color:{}\">●</span> validation loss",
+            charts::css_colour(1)
+        )
+    };
+    let body = match charts::loss_chart(curves)? {
         Some(svg) => format!(
-            "<figure>{svg}<figcaption>Training loss by step (from finetune's train_log.jsonl).\
+            "<figure>{svg}<figcaption>Loss by step (from finetune's train_log.jsonl): each \
+             step's training loss (faint) and its moving average (solid){validation}.\
              </figcaption></figure>\n"
         ),
         None => "<p class=\"note\">No training log to show.</p>\n".to_string(),

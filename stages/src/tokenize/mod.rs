@@ -146,7 +146,7 @@ impl Stage for Tokenize {
                 // it: the cached commit stands in for its content.
                 if let (Some(map), Some(commit)) = (
                     key_params.as_object_mut(),
-                    crate::hub::hub_commit(&self.hub_cache(), repo),
+                    crate::hub::key_commit(&self.hub_cache(), repo),
                 ) {
                     map.insert("hub_commit".into(), json!(commit));
                 }
@@ -168,7 +168,11 @@ impl Stage for Tokenize {
 
         let mut tokenizer = match &params.tokenizer {
             TokenizerSource::Path(path) => source::load_path(&ctx.workspace.join(path), path)?,
-            TokenizerSource::Hub(repo) => source::load_hub(&self.hub_cache(), repo)?,
+            TokenizerSource::Hub(repo) => {
+                let hub = crate::hub::Hub::from_env(self.hub_cache());
+                crate::hub::ensure(&hub, repo, crate::hub::Want::Tokenizer, ctx.reporter)?;
+                source::load_hub(hub.cache(), repo)?
+            }
             TokenizerSource::Train(options) => {
                 let (name, table) = &tables[0];
                 ctx.reporter.note(&format!(

@@ -23,7 +23,8 @@ pub enum TokenizerSource {
     /// folder holding either; relative to the manifest's folder.
     Path(String),
     /// A Hugging Face repository id (e.g. `EleutherAI/gpt-neo-125m`), read
-    /// from the local Hugging Face cache; nothing is downloaded.
+    /// from the local Hugging Face cache, downloaded into it first when missing
+    /// (unless `HF_HUB_OFFLINE` is set).
     Hub(String),
     /// A byte-level BPE trained on the train split.
     Train(TrainOptions),

@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 use std::path::Path;
 
-use pipe_stages::init::{InitOptions, Prompter, TerminalPrompter, init};
+use pipe_stages::init::{InitOptions, ModelChoice, Prompter, TerminalPrompter, init};
 use serde_json::json;
 
 use crate::util::{Workspace, labelled_csv, message};
@@ -116,10 +116,13 @@ fn asks_every_question_and_writes_a_manifest_that_runs() {
         output: Some(output.clone()),
         ..Default::default()
     };
-    // text (default), label, multi-label?, split?, validation?, fraction, shuffle?, test fraction.
-    let mut prompter = Scripted::new(&["", "topic", "n", "y", "y", "0.1", "y", "0.25"]);
+    // text (default), label, multi-label?, split?, validation?, fraction, shuffle?, test
+    // fraction, model (default), epochs, device (default).
+    let mut prompter =
+        Scripted::new(&["", "topic", "n", "y", "y", "0.1", "y", "0.25", "", "1", ""]);
     let written = init(options, &mut prompter).unwrap();
-    assert_eq!(written, output);
+    assert_eq!(written.manifest, output);
+    assert!(written.trains);
     assert!(
         prompter.answers.is_empty(),
         "unanswered: {:?}",
@@ -132,8 +135,14 @@ fn asks_every_question_and_writes_a_manifest_that_runs() {
         prompter.shown
     );
 
-    let text = std::fs::read_to_string(&output).unwrap();
-    assert!(text.contains("# finetune:"), "{text}");
+    assert_eq!(
+        prompter.asked[8..],
+        [
+            "Which model? tiny (from scratch, minutes on a CPU), small, or a Hugging Face id such as EleutherAI/gpt-neo-125m",
+            "How many epochs (passes over the train split)?",
+            "Train on which device? cpu, cuda or cuda:N",
+        ]
+    );
     let ingest = stage_params(&output, "ingest");
     assert_eq!(ingest["source"], "data/questions.csv");
     assert_eq!(ingest["text"], "question");
@@ -150,6 +159,93 @@ fn asks_every_question_and_writes_a_manifest_that_runs() {
     tokenize["tokenizer"]["train"]["vocab_size"] = json!(300);
     ws.run("tokenize", tokenize, &[split.input("split")])
         .unwrap();
+    let finetune = stage_params(&output, "finetune");
+    assert_eq!(finetune["model"], json!({ "config": "tiny", "seed": 0 }));
+    assert_eq!(finetune["epochs"], 1);
+    assert_eq!(finetune["device"], pipe_stages::init::default_device());
+    assert!(finetune.get("lora").is_none());
+    let registry = pipe_stages::registry();
+    for stage in ["finetune", "export-onnx", "evaluate"] {
+        let kind = registry.get(stage).unwrap();
+        kind.check(&stage_params(&output, stage))
+            .unwrap_or_else(|e| panic!("{stage}: {e}"));
+    }
+}
+
+/// A fake Hugging Face cache holding `org/tiny`'s config.
+fn fake_cache() -> tempfile::TempDir {
+    let cache = tempfile::tempdir().unwrap();
+    let repo = cache.path().join("models--org--tiny");
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), "abc123").unwrap();
+    std::fs::create_dir_all(repo.join("snapshots/abc123")).unwrap();
+    std::fs::write(repo.join("snapshots/abc123/config.json"), "{}").unwrap();
+    cache
+}
+
+#[test]
+fn a_hub_model_brings_its_tokenizer_and_lora_only_when_chosen() {
+    let ws = Workspace::new();
+    questions_csv(&ws);
+    let cache = fake_cache();
+    let output = ws.path().join("hub.yaml");
+    let options = InitOptions {
+        from: Some(ws.path().join("data/questions.csv")),
+        output: Some(output.clone()),
+        model: Some(ModelChoice::parse("org/tiny").unwrap()),
+        hub_cache: Some(cache.path().to_path_buf()),
+        epochs: Some(2),
+        device: Some("cpu".into()),
+        yes: true,
+        ..Default::default()
+    };
+    let mut prompter = Scripted::new(&[]);
+    init(options.clone(), &mut prompter).unwrap();
+    assert!(
+        prompter
+            .shown
+            .contains("org/tiny is in the Hugging Face cache"),
+        "{}",
+        prompter.shown
+    );
+    assert_eq!(
+        stage_params(&output, "tokenize")["tokenizer"],
+        json!({ "hub": "org/tiny" })
+    );
+    let finetune = stage_params(&output, "finetune");
+    assert_eq!(finetune["model"], json!({ "hub": "org/tiny" }));
+    assert_eq!(finetune["learning_rate"], 5.0e-5);
+    assert!(finetune.get("lora").is_none());
+    // Valid against today's finetune parameters.
+    pipe_stages::registry()
+        .get("finetune")
+        .unwrap()
+        .check(&finetune)
+        .unwrap();
+
+    // Asked, and answered yes: the LoRA parameters are written.
+    let asked = InitOptions {
+        yes: false,
+        force: true,
+        text: Some("question".into()),
+        label: Some("topic".into()),
+        multi_label: Some(false),
+        test: Some(0.2),
+        validation: Some(0.0),
+        shuffle: Some(false),
+        ..options
+    };
+    let mut prompter = Scripted::new(&["y"]);
+    init(asked, &mut prompter).unwrap();
+    assert!(
+        prompter.asked[0].starts_with("Train LoRA adapters"),
+        "{:?}",
+        prompter.asked
+    );
+    assert_eq!(
+        stage_params(&output, "finetune")["lora"],
+        json!({ "r": 8, "alpha": 16, "dropout": 0.0, "targets": ["q_proj", "v_proj"] })
+    );
 }
 
 #[test]
@@ -183,6 +279,8 @@ fn flags_and_yes_answer_everything() {
     let text = std::fs::read_to_string(&output).unwrap();
     assert!(!text.contains("  split:"), "{text}");
     assert!(text.contains("from: ingest"), "{text}");
+    assert!(!text.contains("finetune:"), "{text}");
+    assert!(text.contains("Training needs a train split"), "{text}");
 }
 
 #[test]

@@ -5,6 +5,7 @@ mod trained;
 mod util;
 
 // Data stages.
+mod hub;
 mod ingest;
 mod init;
 mod split;

@@ -4,7 +4,7 @@
 use pipe_stages::metrics::{
     RocCurve, SplitMetrics, TaskMetrics, multi_label, one_hot, roc_curves, single_label,
 };
-use pipe_stages::report::{Report, SplitReport, WrongExample, render};
+use pipe_stages::report::{LossCurves, Report, SplitReport, WrongExample, render};
 
 use crate::metrics::Fixture;
 
@@ -66,7 +66,10 @@ fn single_label_report_has_every_chart_cell_and_escaped_example() {
                 wrong: wrong(),
             },
         ],
-        loss_curve: (0..50).map(|s| (s * 10, 1.5 / (1.0 + s as f64))).collect(),
+        loss_curve: LossCurves {
+            train: (0..50).map(|s| (s * 10, 1.5 / (1.0 + s as f64))).collect(),
+            validation: vec![(250, 0.4), (490, 0.3)],
+        },
     };
     let page = render(&report).unwrap();
 
@@ -127,7 +130,7 @@ fn multi_label_report_has_no_heatmap_and_says_when_there_is_no_training_log() {
             roc: roc_curves(&f.labels, &truth, &f.probabilities),
             wrong: Vec::new(),
         }],
-        loss_curve: Vec::new(),
+        loss_curve: LossCurves::default(),
     };
     let page = render(&report).unwrap();
     assert_eq!(page.matches("<svg").count(), 1);

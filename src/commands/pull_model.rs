@@ -1,0 +1,39 @@
+//! `pipe pull-model ID`: download a Hugging Face model into the local cache ahead of a run.
+
+use pipe_engine::{Printer, Tone};
+use pipe_stages::hub::{Hub, default_hub_cache};
+
+use crate::Outcome;
+use crate::cli::PullModelArgs;
+
+/// Downloads the model files and tokenizer of `args.repo`; a failed download is exit 1.
+pub fn exec(args: PullModelArgs, printer: &Printer) -> anyhow::Result<Outcome> {
+    let hub = Hub::from_env(default_hub_cache());
+    let reporter = printer.reporter("pull");
+    match hub.pull_model(&args.repo, &reporter) {
+        Ok(pulled) => {
+            let mb = pulled.downloaded_bytes as f64 / 1e6;
+            let fetched = if pulled.downloaded_bytes == 0 {
+                "already in the cache".to_string()
+            } else {
+                format!("{mb:.1} MB downloaded")
+            };
+            printer.status(
+                "Pulled",
+                Tone::Good,
+                &format!(
+                    "{} at {} ({}; {fetched}) into {}",
+                    args.repo,
+                    pulled.commit,
+                    pulled.files.join(", "),
+                    pulled.snapshot.display()
+                ),
+            );
+            Ok(Outcome::Success)
+        }
+        Err(error) => {
+            printer.error(&error.context(format!("cannot download `{}`", args.repo)));
+            Ok(Outcome::Failure)
+        }
+    }
+}

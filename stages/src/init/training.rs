@@ -1,0 +1,99 @@
+//! The training questions of `pipe init`: which model, LoRA or not, how many epochs, which
+//! device.
+
+use std::fmt;
+use std::path::Path;
+
+use anyhow::bail;
+
+/// The model `finetune` starts from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelChoice {
+    /// GPT-Neo of the `tiny` shape, from scratch: trains in minutes on a CPU.
+    Tiny,
+    /// GPT-Neo of the 125M shape, from scratch.
+    Small,
+    /// A pretrained Hugging Face repository, such as `EleutherAI/gpt-neo-125m`.
+    Hub(String),
+}
+
+impl ModelChoice {
+    /// Parses `tiny`, `small` or a Hugging Face id (`owner/name`).
+    pub fn parse(text: &str) -> anyhow::Result<ModelChoice> {
+        let text = text.trim();
+        match text {
+            "tiny" => return Ok(ModelChoice::Tiny),
+            "small" => return Ok(ModelChoice::Small),
+            _ => {}
+        }
+        let valid = |part: &str| {
+            !part.is_empty()
+                && part
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        };
+        match text.split_once('/') {
+            Some((owner, name)) if valid(owner) && valid(name) => {
+                Ok(ModelChoice::Hub(text.to_string()))
+            }
+            _ => bail!(
+                "`{text}` is not a model: answer tiny, small, or a Hugging Face id such as \
+                 EleutherAI/gpt-neo-125m"
+            ),
+        }
+    }
+
+    /// Whether the model is pretrained (and so large enough for LoRA to pay).
+    pub fn is_pretrained(&self) -> bool {
+        matches!(self, ModelChoice::Hub(_))
+    }
+}
+
+impl fmt::Display for ModelChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ModelChoice::Tiny => write!(f, "tiny"),
+            ModelChoice::Small => write!(f, "small"),
+            ModelChoice::Hub(id) => write!(f, "{id}"),
+        }
+    }
+}
+
+/// What `pipe init` was told about training.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Training {
+    /// The starting model.
+    pub model: ModelChoice,
+    /// Train LoRA adapters instead of every weight.
+    pub lora: bool,
+    /// Passes over the train split.
+    pub epochs: u64,
+    /// `device:` as written.
+    pub device: String,
+}
+
+/// The device written when none is asked for: `auto` when this build knows it, else `cpu`.
+pub fn default_device() -> &'static str {
+    if "auto".parse::<pipe_onnx::Device>().is_ok() {
+        "auto"
+    } else {
+        "cpu"
+    }
+}
+
+/// A note on where `model` is, when it is a hub model: in the cache, or how to get it there.
+pub fn cache_note(model: &ModelChoice, cache: &Path) -> Option<String> {
+    let ModelChoice::Hub(id) = model else {
+        return None;
+    };
+    Some(
+        match crate::hub::snapshot_with(cache, id, crate::models::hf_folder::CONFIG_FILE) {
+            Some(dir) => format!("  {id} is in the Hugging Face cache ({})", dir.display()),
+            None => format!(
+                "  note: {id} is not in the Hugging Face cache ({}); `pipe pull-model {id}` \
+                 downloads it now, or the first `pipe run` does when online",
+                cache.display()
+            ),
+        },
+    )
+}

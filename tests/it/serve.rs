@@ -1,0 +1,291 @@
+//! `pipe serve`: the built binary serves the bundle of the predict tests' pipeline; a real
+//! HTTP client (ureq) asks it what `pipe predict --json` answers, in parallel, with bad
+//! requests, and SIGTERM stops it.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::predict::{LABELS, json_of, project, text};
+use crate::util::Project;
+
+/// A running `pipe serve` and everything it wrote on stderr so far.
+struct Served {
+    child: Child,
+    base: String,
+    stderr: Arc<Mutex<String>>,
+    /// The thread copying stderr; it ends at the end of the stream, once the server exited.
+    stderr_reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Served {
+    /// Starts `pipe serve --manifest demo.yaml export-onnx --port 0 EXTRA…` and waits until it
+    /// listens.
+    fn start(p: &Project, extra: &[&str]) -> Served {
+        let mut args = vec![
+            "serve",
+            "--manifest",
+            "demo.yaml",
+            "export-onnx",
+            "--port",
+            "0",
+        ];
+        args.extend_from_slice(extra);
+        let mut child = p
+            .command(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("pipe serve starts");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (address, found) = std::sync::mpsc::channel();
+        let reader = BufReader::new(child.stderr.take().unwrap());
+        let log = Arc::clone(&stderr);
+        let stderr_reader = std::thread::spawn(move || {
+            for line in reader.lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("on http://").nth(1) {
+                    let _ = address.send(rest.split_whitespace().next().unwrap().to_string());
+                }
+                let mut log = log.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let addr = found
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("no address in:\n{}", stderr.lock().unwrap()));
+        Served {
+            child,
+            base: format!("http://{addr}"),
+            stderr,
+            stderr_reader: Some(stderr_reader),
+        }
+    }
+
+    fn agent() -> ureq::Agent {
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build()
+            .new_agent()
+    }
+
+    /// `POST /predict` with `body`; the status and the JSON answer.
+    fn post(&self, body: &str) -> (u16, Value) {
+        let mut response = Self::agent()
+            .post(format!("{}/predict", self.base))
+            .header("Content-Type", "application/json")
+            .send(body)
+            .expect("the server answers");
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(json!(text)))
+    }
+
+    /// `GET path`; the status and the JSON answer.
+    fn get(&self, path: &str) -> (u16, Value) {
+        let mut response = Self::agent()
+            .get(format!("{}{path}", self.base))
+            .call()
+            .expect("the server answers");
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(json!(text)))
+    }
+
+    /// Sends SIGTERM and waits for the exit; the exit code and stderr.
+    fn terminate(mut self) -> (Option<i32>, String) {
+        let pid = self.child.id().to_string();
+        let killed = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let began = Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                began.elapsed() < Duration::from_secs(30),
+                "pipe serve did not stop"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // Everything the server wrote is read once its stderr is closed.
+        if let Some(reader) = self.stderr_reader.take() {
+            reader.join().unwrap();
+        }
+        (status.code(), self.stderr.lock().unwrap().clone())
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The probabilities of one answer, in label order.
+fn probabilities(answer: &Value) -> Vec<f64> {
+    LABELS
+        .iter()
+        .map(|l| answer["probabilities"][l].as_f64().unwrap())
+        .collect()
+}
+
+/// `served` and `predicted` give the same labels and texts, and probabilities within 1e-5
+/// (a batch of other lengths may round differently).
+fn assert_same_answer(served: &Value, predicted: &Value) {
+    assert_eq!(served["text"], predicted["text"]);
+    assert_eq!(
+        served["label"], predicted["label"],
+        "{served} vs {predicted}"
+    );
+    for (a, b) in probabilities(served).iter().zip(probabilities(predicted)) {
+        assert!((a - b).abs() < 1e-5, "{served} vs {predicted}");
+    }
+}
+
+#[test]
+fn serve_answers_as_predict_does_also_under_100_parallel_requests() {
+    let p = project();
+    p.run_json("demo.yaml", 0);
+    let predicted = json_of(&p.pipe(&["predict", "export-onnx", "--file", "data.csv", "--json"]));
+    let predicted = predicted.as_array().unwrap().clone();
+    assert_eq!(predicted.len(), 40);
+
+    let served = Served::start(&p, &["--threads", "1"]);
+    assert_eq!(served.get("/health"), (200, json!({ "status": "ok" })));
+    let (status, metadata) = served.get("/metadata");
+    assert_eq!(status, 200);
+    assert_eq!(metadata["bundle"]["labels"], json!(LABELS));
+    assert_eq!(metadata["bundle"]["source"]["stage"], "export-onnx");
+    assert_eq!(
+        metadata["bundle"]["source"]["key"].as_str().unwrap().len(),
+        64
+    );
+    assert_eq!(metadata["pipe_version"], env!("CARGO_PKG_VERSION"));
+    assert!(metadata["bundle"]["model"]["hidden_size"].as_u64().unwrap() > 0);
+
+    // Every text in one request.
+    let texts: Vec<String> = (0..40).map(text).collect();
+    let (status, answer) = served.post(&json!({ "texts": texts }).to_string());
+    assert_eq!(status, 200, "{answer}");
+    let answers = answer["predictions"].as_array().unwrap();
+    assert_eq!(answers.len(), 40);
+    for (a, b) in answers.iter().zip(&predicted) {
+        assert_same_answer(a, b);
+    }
+
+    // 100 clients at once, one text each.
+    let served = Arc::new(served);
+    let clients: Vec<_> = (0..100)
+        .map(|i| {
+            let served = Arc::clone(&served);
+            std::thread::spawn(move || {
+                let (status, answer) = served.post(&json!({ "texts": [text(i % 40)] }).to_string());
+                (i, status, answer)
+            })
+        })
+        .collect();
+    for client in clients {
+        let (i, status, answer) = client.join().unwrap();
+        assert_eq!(status, 200, "{answer}");
+        let answers = answer["predictions"].as_array().unwrap();
+        assert_eq!(answers.len(), 1);
+        assert_same_answer(&answers[0], &predicted[i % 40]);
+    }
+    let Ok(served) = Arc::try_unwrap(served) else {
+        panic!("a client still holds the server");
+    };
+    let (code, stderr) = served.terminate();
+    assert_eq!(code, Some(0), "{stderr}");
+    let logged = stderr
+        .lines()
+        .filter(|l| l.contains("\"POST /predict\" 200"))
+        .count();
+    assert_eq!(logged, 101, "{stderr}");
+    assert!(stderr.contains("\"GET /health\" 200"), "{stderr}");
+}
+
+#[test]
+fn serve_refuses_bad_requests_and_stays_up() {
+    let p = project();
+    p.run_json("demo.yaml", 0);
+    let served = Served::start(&p, &["--max-body-bytes", "2000", "--threads", "1"]);
+
+    let (status, answer) = served.post("{\"texts\": [\"unclosed");
+    assert_eq!(status, 400);
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("is not {\"texts\""),
+        "{answer}"
+    );
+    let (status, answer) = served.post("{\"text\": [\"a\"]}");
+    assert_eq!(status, 400, "{answer}");
+    let (status, answer) = served.post("{\"texts\": []}");
+    assert_eq!(status, 400);
+    assert!(
+        answer["error"].as_str().unwrap().contains("empty"),
+        "{answer}"
+    );
+    let (status, answer) = served.post("{\"texts\": [\"question\", \"\"]}");
+    assert_eq!(status, 400);
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("text 2 is empty"),
+        "{answer}"
+    );
+
+    let big = json!({ "texts": vec!["question about math"; 500] }).to_string();
+    assert!(big.len() > 2000);
+    let (status, answer) = served.post(&big);
+    assert_eq!(status, 413, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("2000 bytes"),
+        "{answer}"
+    );
+
+    let (status, _) = served.get("/predict");
+    assert_eq!(status, 405);
+    let (status, answer) = served.get("/nothing");
+    assert_eq!(status, 404);
+    assert!(
+        answer["error"].as_str().unwrap().contains("POST /predict"),
+        "{answer}"
+    );
+
+    // Still up, and still right.
+    let (status, answer) = served.post(&json!({ "texts": [text(3)] }).to_string());
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["predictions"][0]["text"], json!(text(3)));
+    let (code, stderr) = served.terminate();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("Stopped"), "{stderr}");
+    assert!(stderr.contains("\"POST /predict\" 413"), "{stderr}");
+}
+
+#[test]
+fn serve_fails_clearly_without_a_bundle() {
+    let p = project();
+    let out = p.pipe(&[
+        "serve",
+        "--manifest",
+        "demo.yaml",
+        "export-onnx",
+        "--port",
+        "0",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = crate::util::stderr(&out);
+    assert!(err.contains("stage `export-onnx` has not run yet"), "{err}");
+}
