@@ -3,7 +3,7 @@
 //! unrelated branches finish.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::time::Instant;
 
 use crate::hash::StatCache;
@@ -11,6 +11,7 @@ use crate::job::{JobEnv, JobResult, run_job};
 use crate::lockfile::{LockEntry, LockFile, lock_path, previous_lock_path};
 use crate::plan::Pipeline;
 use crate::printer::Printer;
+use crate::remote::{RemoteCache, RemoteLink};
 use crate::report::{RunReport, StageReport, Status};
 use crate::store::Store;
 
@@ -39,6 +40,8 @@ pub struct RunOptions {
     pub jobs: usize,
     /// Print one line per stage as it finishes.
     pub print_stages: bool,
+    /// A shared cache to ask on a local miss (see [`crate::remote`]).
+    pub remote: Option<Arc<dyn RemoteCache>>,
 }
 
 /// Brings the selected stages up to date and returns what happened.
@@ -70,12 +73,14 @@ pub fn run(
         }
     }
     let selected = pipeline.closure(&targets);
+    let remote = options.remote.clone().map(RemoteLink::new);
     let env = JobEnv {
         pipeline,
         store,
         stat_cache: &stat_cache,
         printer,
         dry_run: options.dry_run,
+        remote: remote.as_ref(),
     };
     let name_width = selected
         .iter()

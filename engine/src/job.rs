@@ -12,6 +12,7 @@ use crate::key::{KeyRecord, MissReason, explain};
 use crate::lockfile::LockEntry;
 use crate::plan::{Pipeline, PlannedStage};
 use crate::printer::Printer;
+use crate::remote::{self, RemoteLink};
 use crate::report::Status;
 use crate::stage::{Input, Outcome, RunContext};
 use crate::store::{Import, OutputEntry, StageRecord, Store, outputs_digest, remove_any};
@@ -28,6 +29,8 @@ pub struct JobEnv<'a> {
     pub printer: &'a Printer,
     /// Only decide, never run or restore.
     pub dry_run: bool,
+    /// The shared cache asked on a local miss, if any.
+    pub(crate) remote: Option<&'a RemoteLink>,
 }
 
 /// The result of one job.
@@ -103,7 +106,13 @@ pub fn run_job(
         Err(e) => return JobResult::failed(None, format!("{e:#}"), started),
     };
     let key = record.key();
-    let cached = if forced { None } else { env.store.record(&key) };
+    let mut cached = if forced { None } else { env.store.record(&key) };
+    // A local miss: the shared remote cache may have it (a dry run only asks).
+    let mut from_remote = false;
+    if let (None, false, Some(link)) = (&cached, forced, env.remote) {
+        cached = link.lookup(env.store, &key, &stage.name, env.dry_run, env.printer);
+        from_remote = cached.is_some();
+    }
     let mut reason = if forced {
         MissReason::Forced
     } else {
@@ -114,13 +123,26 @@ pub fn run_job(
         }
     };
     if let Some(found) = cached {
-        match check_cached(env, &found, locked) {
+        let check = if from_remote && env.dry_run {
+            CacheCheck::Usable
+        } else {
+            check_cached(env, &found, locked)
+        };
+        match check {
             CacheCheck::Usable => {
+                let hit = |found| {
+                    let mut result = cached_result(found, key, record.clone(), locked, started);
+                    if from_remote {
+                        let why = if env.dry_run { remote::WOULD_RESTORE } else { remote::RESTORED };
+                        result.reason = Some(why.to_string());
+                    }
+                    result
+                };
                 if env.dry_run {
-                    return cached_result(found, key, record, locked, started);
+                    return hit(found);
                 }
                 match restore(env, stage, &found) {
-                    Ok(()) => return cached_result(found, key, record, locked, started),
+                    Ok(()) => return hit(found),
                     Err(e) => {
                         return JobResult::failed(
                             Some(key),

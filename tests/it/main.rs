@@ -7,6 +7,7 @@ mod data;
 mod malformed;
 mod metrics;
 mod predict;
+mod remote;
 mod schema;
 mod training;
 mod util;
