@@ -133,7 +133,11 @@ pub fn run_job(
                 let hit = |found| {
                     let mut result = cached_result(found, key, record.clone(), locked, started);
                     if from_remote {
-                        let why = if env.dry_run { remote::WOULD_RESTORE } else { remote::RESTORED };
+                        let why = if env.dry_run {
+                            remote::WOULD_RESTORE
+                        } else {
+                            remote::RESTORED
+                        };
                         result.reason = Some(why.to_string());
                     }
                     result

@@ -66,10 +66,12 @@ impl Remote {
         let Some((url, origin)) = remote_url(manifest) else {
             return Ok(None);
         };
-        Remote::open(&url).map(Some).map_err(|e| match e.downcast::<pipe_engine::UsageError>() {
-            Ok(usage) => pipe_engine::UsageError(format!("{origin}: {usage}")).into(),
-            Err(other) => other.context(format!("cannot open the remote named at {origin}")),
-        })
+        Remote::open(&url)
+            .map(Some)
+            .map_err(|e| match e.downcast::<pipe_engine::UsageError>() {
+                Ok(usage) => pipe_engine::UsageError(format!("{origin}: {usage}")).into(),
+                Err(other) => other.context(format!("cannot open the remote named at {origin}")),
+            })
     }
 
     /// Uploads the records of `keys` (stage name, key) and the objects they
@@ -104,7 +106,8 @@ impl RemoteCache for Remote {
     }
 
     fn record(&self, key: &Digest) -> anyhow::Result<Option<StageRecord>> {
-        self.runtime.block_on(sync::remote_record(&self.bucket, key))
+        self.runtime
+            .block_on(sync::remote_record(&self.bucket, key))
     }
 
     fn fetch(&self, store: &Store, key: &Digest) -> anyhow::Result<Option<StageRecord>> {

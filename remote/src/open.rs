@@ -69,9 +69,11 @@ pub(crate) fn open_store(url: &str) -> anyhow::Result<(Arc<dyn ObjectStore>, Pat
                     .map_err(|e| anyhow::anyhow!("{e} (internal error)"))?;
                 builder = builder.with_config(key, value);
             }
-            Arc::new(builder.build().map_err(|e| {
-                UsageError(format!("cannot configure the remote `{url}`: {e}"))
-            })?) as Arc<dyn ObjectStore>
+            Arc::new(
+                builder
+                    .build()
+                    .map_err(|e| UsageError(format!("cannot configure the remote `{url}`: {e}")))?,
+            ) as Arc<dyn ObjectStore>
         }};
     }
     let store = match scheme {

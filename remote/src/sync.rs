@@ -106,7 +106,9 @@ pub(crate) async fn push(
     }
     for record in &records {
         let bytes = serde_json::to_vec_pretty(record)?;
-        bucket.put(&bucket.record(&record.key), Bytes::from(bytes)).await?;
+        bucket
+            .put(&bucket.record(&record.key), Bytes::from(bytes))
+            .await?;
         report.stages += 1;
     }
     Ok(report)
@@ -199,8 +201,8 @@ pub(crate) async fn remote_record(
             key.short()
         )
     };
-    let record: StageRecord =
-        serde_json::from_slice(&bytes).map_err(|e| corrupt(&format!("not a stage record ({e})")))?;
+    let record: StageRecord = serde_json::from_slice(&bytes)
+        .map_err(|e| corrupt(&format!("not a stage record ({e})")))?;
     if record.key != *key || record.record.key() != *key {
         return Err(corrupt("it describes another key"));
     }
@@ -285,7 +287,9 @@ async fn download_all(
         .try_collect::<()>()
         .await?;
     for (digest, (kind, size)) in large {
-        bucket.download(store, tmp, digest, *kind, *size, bar).await?;
+        bucket
+            .download(store, tmp, digest, *kind, *size, bar)
+            .await?;
     }
     Ok(())
 }

@@ -107,7 +107,11 @@ fn a_corrupt_remote_object_never_enters_the_store() {
     let remote_dir = tmp.path().join("remote");
     let remote = remote_at(&remote_dir);
     remote
-        .push(&local, &[("train".into(), record.key)], &ProgressBar::hidden())
+        .push(
+            &local,
+            &[("train".into(), record.key)],
+            &ProgressBar::hidden(),
+        )
         .unwrap();
     // Flip one byte of the 9 MB object in the remote.
     let big = walk(&remote_dir.join("objects"))
@@ -137,7 +141,11 @@ fn a_record_that_writes_outside_its_folder_is_refused() {
     local.write_record(&record).unwrap();
     let remote = remote_at(&tmp.path().join("remote"));
     remote
-        .push(&local, &[("train".into(), record.key)], &ProgressBar::hidden())
+        .push(
+            &local,
+            &[("train".into(), record.key)],
+            &ProgressBar::hidden(),
+        )
         .unwrap();
     let error = remote.record(&record.key).unwrap_err();
     assert!(

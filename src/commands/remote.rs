@@ -49,7 +49,11 @@ pub fn locked_keys(
         .into());
     }
     if stages.is_empty() {
-        return Ok(lock.stages.iter().map(|(n, e)| (n.clone(), e.key)).collect());
+        return Ok(lock
+            .stages
+            .iter()
+            .map(|(n, e)| (n.clone(), e.key))
+            .collect());
     }
     stages
         .iter()

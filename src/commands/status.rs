@@ -45,7 +45,9 @@ pub fn exec(args: StatusArgs, printer: &Printer) -> anyhow::Result<Outcome> {
             )
         };
         if from_remote > 0 {
-            line.push_str(&format!(", {from_remote} would be restored from the remote"));
+            line.push_str(&format!(
+                ", {from_remote} would be restored from the remote"
+            ));
         }
         printer.line(&line);
     }

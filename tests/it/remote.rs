@@ -18,9 +18,7 @@ const BUCKET: &str = "cache";
 fn s3s_fs() -> PathBuf {
     let path = std::env::var_os("PIPE_TEST_S3S_FS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/s3s/bin/s3s-fs")
-        });
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/s3s/bin/s3s-fs"));
     assert!(
         path.is_file(),
         "the remote-cache tests need the S3 server s3s-fs at {}; install it with \
@@ -114,7 +112,12 @@ impl Drop for Server {
 
 /// The AWS environment for a client of `port`, with `secret` as the secret key.
 fn aws_env(cmd: &mut Command, port: u16, secret: &str) {
-    for var in ["PIPE_REMOTE", "AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"] {
+    for var in [
+        "PIPE_REMOTE",
+        "AWS_PROFILE",
+        "AWS_SESSION_TOKEN",
+        "AWS_ENDPOINT_URL_S3",
+    ] {
         cmd.env_remove(var);
     }
     cmd.env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"))
@@ -170,20 +173,32 @@ fn run(project: &Project, port: u16, secret: &str) -> (serde_json::Value, String
 
 /// The outputs of a clone, byte for byte (the random blob, the time stamps).
 fn outputs(project: &Project) -> Vec<Vec<u8>> {
-    ["out/count.txt", "out/big/blob.bin", "out/big/stamp.txt", "out/report.txt"]
-        .iter()
-        .map(|rel| std::fs::read(project.path(rel)).unwrap_or_else(|e| panic!("{rel}: {e}")))
-        .collect()
+    [
+        "out/count.txt",
+        "out/big/blob.bin",
+        "out/big/stamp.txt",
+        "out/report.txt",
+    ]
+    .iter()
+    .map(|rel| std::fs::read(project.path(rel)).unwrap_or_else(|e| panic!("{rel}: {e}")))
+    .collect()
 }
 
 /// A clone that ran the pipeline and pushed it.
 fn pushed_clone(server: &Server) -> Project {
     let first = clone(None, false);
     let (report, _) = run(&first, server.port, SECRET_KEY);
-    assert!(statuses(&report).iter().all(|(_, s)| s == "ran"), "{report}");
+    assert!(
+        statuses(&report).iter().all(|(_, s)| s == "ran"),
+        "{report}"
+    );
     let out = pipe(&first, server.port, SECRET_KEY, &["push", "team.yaml"]);
     assert_eq!(out.status.code(), Some(0), "stderr:\n{}", stderr(&out));
-    assert!(stderr(&out).contains("Pushed 3 stage(s)"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("Pushed 3 stage(s)"),
+        "{}",
+        stderr(&out)
+    );
     first
 }
 
@@ -229,7 +244,11 @@ fn a_pulled_clone_runs_nothing_with_the_server_stopped() {
     let second = clone(Some(&first), true);
     let out = pipe(&second, server.port, SECRET_KEY, &["pull", "team.yaml"]);
     assert_eq!(out.status.code(), Some(0), "stderr:\n{}", stderr(&out));
-    assert!(stderr(&out).contains("Pulled 3 stage(s)"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("Pulled 3 stage(s)"),
+        "{}",
+        stderr(&out)
+    );
 
     server.stop();
     let (report, log) = run(&second, server.port, SECRET_KEY);
@@ -249,7 +268,10 @@ fn a_stopped_server_is_one_warning_and_the_run_goes_on_locally() {
 
     let second = clone(Some(&first), true);
     let (report, log) = run(&second, server.port, SECRET_KEY);
-    assert!(statuses(&report).iter().all(|(_, s)| s == "ran"), "{report}");
+    assert!(
+        statuses(&report).iter().all(|(_, s)| s == "ran"),
+        "{report}"
+    );
     assert_eq!(
         log.matches("is unavailable").count(),
         1,
@@ -257,8 +279,10 @@ fn a_stopped_server_is_one_warning_and_the_run_goes_on_locally() {
     );
     assert!(log.contains("s3://cache/team"), "{log}");
 
-    for command in ["push", "pull"] {
-        let out = pipe(&second, server.port, SECRET_KEY, &[command, "team.yaml"]);
+    // `first` has results to push; a fresh clone has results to pull.
+    let third = clone(Some(&first), true);
+    for (project, command) in [(&first, "push"), (&third, "pull")] {
+        let out = pipe(project, server.port, SECRET_KEY, &[command, "team.yaml"]);
         assert_eq!(out.status.code(), Some(1), "{command}: {}", stderr(&out));
         assert!(
             stderr(&out).contains("did not answer"),
@@ -273,12 +297,19 @@ fn wrong_credentials_are_a_warning_for_run_and_a_failure_for_push() {
     let server = Server::start();
     let project = clone(None, false);
     let (report, log) = run(&project, server.port, "not-the-secret");
-    assert!(statuses(&report).iter().all(|(_, s)| s == "ran"), "{report}");
+    assert!(
+        statuses(&report).iter().all(|(_, s)| s == "ran"),
+        "{report}"
+    );
     assert!(log.contains("refused the credentials"), "{log}");
 
     let out = pipe(&project, server.port, "not-the-secret", &["push"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(stderr(&out).contains("refused the credentials"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("refused the credentials"),
+        "{}",
+        stderr(&out)
+    );
     assert!(server.object_files().is_empty(), "nothing was uploaded");
 }
 
@@ -309,7 +340,11 @@ fn a_corrupt_object_on_the_server_is_detected_and_the_stage_reruns_locally() {
     assert_eq!(status_of(&report, "report"), "ran", "{report}");
     let blob = std::fs::read(second.path("out/big/blob.bin")).unwrap();
     assert_eq!(blob.len(), 20_000_000);
-    assert_ne!(blob, outputs(&first)[1], "a fresh local run, not the corrupt copy");
+    assert_ne!(
+        blob,
+        outputs(&first)[1],
+        "a fresh local run, not the corrupt copy"
+    );
 }
 
 #[test]
@@ -343,7 +378,10 @@ stages:
         .map(|p| {
             let mut cmd = p.command(&["push", "team.yaml"]);
             aws_env(&mut cmd, server.port, SECRET_KEY);
-            cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+            cmd.stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
         })
         .collect();
     for push in pushes {
@@ -359,7 +397,10 @@ stages:
         statuses(&report).iter().all(|(_, s)| s == "cached"),
         "{report}"
     );
-    assert_eq!(fresh.read("out/big/numbers.txt"), clones[0].read("out/big/numbers.txt"));
+    assert_eq!(
+        fresh.read("out/big/numbers.txt"),
+        clones[0].read("out/big/numbers.txt")
+    );
     assert_eq!(fresh.read("out/sum.txt"), clones[1].read("out/sum.txt"));
 }
 
@@ -368,12 +409,25 @@ fn no_remote_runs_without_asking_and_a_bad_url_names_its_line() {
     let server = Server::start();
     let first = pushed_clone(&server);
     let second = clone(Some(&first), true);
-    let out = pipe(&second, server.port, SECRET_KEY, &["run", "team.yaml", "--no-remote", "--json"]);
+    let out = pipe(
+        &second,
+        server.port,
+        SECRET_KEY,
+        &["run", "team.yaml", "--no-remote", "--json"],
+    );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(statuses(&report).iter().all(|(_, s)| s == "ran"), "{report}");
+    assert!(
+        statuses(&report).iter().all(|(_, s)| s == "ran"),
+        "{report}"
+    );
 
-    second.file("team.yaml", &second.read("team.yaml").replace("s3://cache/team", "cache team"));
+    second.file(
+        "team.yaml",
+        &second
+            .read("team.yaml")
+            .replace("s3://cache/team", "cache team"),
+    );
     let out = pipe(&second, server.port, SECRET_KEY, &["status", "team.yaml"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("team.yaml:2:9"), "{}", stderr(&out));
