@@ -57,7 +57,7 @@ pub fn locked_keys(
     }
     stages
         .iter()
-        .map(|name| {
+        .map(|name| -> anyhow::Result<(String, Digest)> {
             if pipeline.id(name).is_none() {
                 let known: Vec<&str> = pipeline.stages.iter().map(|s| s.name.as_str()).collect();
                 return Err(UsageError(format!(

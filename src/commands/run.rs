@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use pipe_engine::remote::RemoteCache;
-use pipe_engine::{Force, Printer, RunReport, Status, Store, Tone, run};
+use pipe_engine::{Force, Printer, RunOptions, RunReport, Status, Store, Tone, run};
 use pipe_remote::Remote;
 
 use crate::Outcome;
