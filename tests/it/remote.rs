@@ -67,12 +67,17 @@ impl Server {
             .stderr(Stdio::null())
             .spawn()
             .expect("s3s-fs starts");
-        self.child = Some(child);
+        // Kept before waiting, so a server that never listens is still stopped on drop.
+        let child = self.child.insert(child);
         let started = Instant::now();
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("s3s-fs exited ({status}) before listening on port {}", self.port);
+            }
+            // Generous: the machine running the tests may be loaded.
             assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "s3s-fs did not listen on port {} within 20 s",
+                started.elapsed() < Duration::from_secs(60),
+                "s3s-fs did not listen on port {} within 60 s",
                 self.port
             );
             std::thread::sleep(Duration::from_millis(50));
