@@ -243,6 +243,17 @@ fn key_record(
     }
     for dep in &stage.deps {
         let path = env.pipeline.manifest.dir.join(dep);
+        // A dry run restores nothing: an upstream's declared out that is not
+        // on disk yet (in the store or the remote) is known from its record.
+        let recorded = upstream
+            .values()
+            .flatten()
+            .flat_map(|outputs| outputs.values())
+            .find(|o| o.workspace && o.path == *dep);
+        if let (false, true, Some(output)) = (path.exists(), env.dry_run, recorded) {
+            inputs.insert(format!("dep:{dep}"), output.hash);
+            continue;
+        }
         if !path.exists() {
             anyhow::bail!(
                 "dependency `{dep}` does not exist; create it, or declare it in the `outs:` of the stage that writes it"

@@ -72,7 +72,10 @@ impl Server {
         let started = Instant::now();
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             if let Ok(Some(status)) = child.try_wait() {
-                panic!("s3s-fs exited ({status}) before listening on port {}", self.port);
+                panic!(
+                    "s3s-fs exited ({status}) before listening on port {}",
+                    self.port
+                );
             }
             // Generous: the machine running the tests may be loaded.
             assert!(
