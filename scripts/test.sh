@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace. Fetches what the tests need first
 # (ONNX Runtime's library; Python's `onnx` for the model checker tests and
-# `onnxruntime` for the test that runs an exported bundle from Python).
+# `onnxruntime` for the test that runs an exported bundle from Python; the
+# S3-compatible server s3s-fs for the remote-cache tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/fetch-onnxruntime.sh
@@ -11,4 +12,10 @@ fi
 if ! python3 -c "import onnxruntime" 2>/dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check onnxruntime==1.31.1
 fi
+# The remote-cache tests start a real S3 server; built once into .tools/s3s/
+# (git-ignored), a few minutes on two cores.
+if [[ ! -x .tools/s3s/bin/s3s-fs ]]; then
+  cargo install s3s-fs@0.14.1 --features binary --locked --root .tools/s3s
+fi
+export PIPE_TEST_S3S_FS="$PWD/.tools/s3s/bin/s3s-fs"
 cargo test --workspace --locked "$@"

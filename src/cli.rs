@@ -55,8 +55,12 @@ Examples:
   pipe run --force=finetune                  rerun finetune even if cached
   pipe run --dry-run                         say what would run, change nothing
   pipe run --json | jq '.stages[] | {name, status}'
+  pipe run --push                            then upload the results to the remote cache
 
-Exit codes: 0 success, 1 a stage failed, 2 bad usage or manifest.")]
+A local miss is looked up in the remote cache (`remote:` or PIPE_REMOTE) before the
+stage runs; a remote that fails is a warning and the stage runs locally.
+
+Exit codes: 0 success, 1 a stage (or --push) failed, 2 bad usage or manifest.")]
     Run(RunArgs),
     /// Show what `pipe run` would do, and why, without running anything.
     #[command(after_help = "\
@@ -101,6 +105,32 @@ Examples:
 Exit codes: 0 success, 1 no metrics to show or compare with, 2 bad usage or manifest."
     )]
     Metrics(MetricsArgs),
+    /// Upload the results the lockfile references to the remote cache.
+    ///
+    /// The remote is `remote: s3://bucket/prefix` in the manifest, or PIPE_REMOTE (which wins).
+    /// Endpoint and credentials come from the AWS environment (AWS_ENDPOINT_URL,
+    /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION, and
+    /// AWS_ALLOW_HTTP=true for a plain-http server). What the remote has is skipped.
+    #[command(after_help = "\
+Examples:
+  pipe push                                 every stage of the one manifest here
+  pipe push pipelines/student.yaml finetune just finetune's results
+  PIPE_REMOTE=s3://team-cache/student pipe push
+
+Exit codes: 0 success, 1 the remote failed (the cause is printed), 2 bad usage or manifest.")]
+    Push(TransferArgs),
+    /// Download the results the lockfile references from the remote cache.
+    ///
+    /// They go into the local store (each object checked against its hash); `pipe run`
+    /// then restores them without running anything, even offline. The remote and its
+    /// credentials are found as for `pipe push`.
+    #[command(after_help = "\
+Examples:
+  pipe pull && pipe run                     fetch a teammate's results, then use them
+  pipe pull pipelines/student.yaml evaluate
+
+Exit codes: 0 success, 1 the remote failed or lacks a stage, 2 bad usage or manifest.")]
+    Pull(TransferArgs),
     /// Remove cached results that no lockfile references.
     #[command(after_help = "\
 Examples:
@@ -193,6 +223,12 @@ pub struct RunArgs {
     /// Fail at once when another run holds the store, instead of waiting.
     #[arg(long)]
     pub no_wait: bool,
+    /// After the run, upload the results of the stages it ran or restored to the remote cache.
+    #[arg(long, conflicts_with_all = ["dry_run", "no_remote"])]
+    pub push: bool,
+    /// Do not use the remote cache (`remote:` or PIPE_REMOTE) in this run.
+    #[arg(long)]
+    pub no_remote: bool,
     #[command(flatten)]
     pub manifest: ManifestArgs,
 }
@@ -204,6 +240,23 @@ pub struct StatusArgs {
     #[arg(value_name = "FILE|STAGE")]
     pub args: Vec<String>,
     /// Print JSON (the same shape as `pipe run --json`, statuses `cached` or `would_run`).
+    #[arg(long)]
+    pub json: bool,
+    /// Do not ask the remote cache which local misses it would serve.
+    #[arg(long)]
+    pub no_remote: bool,
+    #[command(flatten)]
+    pub manifest: ManifestArgs,
+}
+
+/// `pipe push` and `pipe pull`.
+#[derive(Debug, Args)]
+pub struct TransferArgs {
+    /// The manifest (default: the one manifest in the current folder), then stages
+    /// (default: every stage in its lockfile).
+    #[arg(value_name = "FILE|STAGE")]
+    pub args: Vec<String>,
+    /// Print what was transferred as JSON.
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]

@@ -30,6 +30,7 @@ fn main() -> ExitCode {
         Command::Gc(a) => a.json,
         Command::Doctor(a) => a.json,
         Command::Predict(a) => a.json,
+        Command::Push(a) | Command::Pull(a) => a.json,
         _ => false,
     };
     let color = match cli.color {
@@ -45,6 +46,8 @@ fn main() -> ExitCode {
         Command::Validate(args) => commands::validate::exec(args, &printer),
         Command::Show(args) => commands::show::exec(args),
         Command::Metrics(args) => commands::metrics::exec(args, &printer),
+        Command::Push(args) => commands::push::exec(args, &printer),
+        Command::Pull(args) => commands::pull::exec(args, &printer),
         Command::Gc(args) => commands::gc::exec(args, &printer),
         Command::Doctor(args) => commands::doctor::exec(args, &printer),
         Command::Init(args) => commands::init::exec(args, &printer),

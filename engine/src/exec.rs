@@ -3,13 +3,14 @@
 //! unrelated branches finish.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 
 use crate::hash::StatCache;
 use crate::job::{JobEnv, JobResult, run_job};
 use crate::lockfile::{LockEntry, LockFile, lock_path, parsed_copy_path, previous_lock_path};
 use crate::plan::Pipeline;
 use crate::printer::Printer;
+use crate::remote::{RemoteCache, RemoteLink};
 use crate::report::{RunReport, StageReport, Status};
 use crate::store::OutputEntry;
 use crate::store::Store;
@@ -39,6 +40,8 @@ pub struct RunOptions {
     pub jobs: usize,
     /// Print one line per stage as it finishes.
     pub print_stages: bool,
+    /// A shared cache to ask on a local miss (see [`crate::remote`]).
+    pub remote: Option<Arc<dyn RemoteCache>>,
 }
 
 /// Brings the selected stages up to date and returns what happened.
@@ -67,12 +70,14 @@ pub fn run(
     if !options.dry_run {
         pipeline.preflight(&selected)?;
     }
+    let remote = options.remote.clone().map(RemoteLink::new);
     let env = JobEnv {
         pipeline,
         store,
         stat_cache: &stat_cache,
         printer,
         dry_run: options.dry_run,
+        remote: remote.as_ref(),
     };
     let name_width = selected
         .iter()

@@ -18,6 +18,7 @@ use crate::lockfile::LockEntry;
 use crate::outputs::{clear_out, commit, output_paths, produced, publish, restore};
 use crate::plan::{Pipeline, PlannedStage};
 use crate::printer::Printer;
+use crate::remote::{self, RemoteLink};
 use crate::report::Status;
 use crate::stage::{Input, Outcome, RunContext};
 use crate::store::{OutputEntry, StageRecord, outputs_digest};
@@ -34,6 +35,8 @@ pub struct JobEnv<'a> {
     pub printer: &'a Printer,
     /// Only decide, never run or restore.
     pub dry_run: bool,
+    /// The shared cache asked on a local miss, if any.
+    pub(crate) remote: Option<&'a RemoteLink>,
 }
 
 /// A stage that is up to date: what it ran (or was restored) with and what it produced.
@@ -150,7 +153,7 @@ pub fn run_job(
     };
     if !forced {
         match lookup(env, stage, &key, locked) {
-            Lookup::Hit(found) => {
+            Lookup::Hit { found, from_remote } => {
                 if !env.dry_run
                     && let Err(e) = restore(env, stage, &found, locked)
                 {
@@ -158,13 +161,18 @@ pub fn run_job(
                     return JobResult::failed(Some(key), error, started);
                 }
                 let from_history = locked.is_some_and(|l| l.key != key);
+                let reason = match (from_remote, env.dry_run) {
+                    (true, true) => Some(remote::WOULD_RESTORE.to_string()),
+                    (true, false) => Some(remote::RESTORED.to_string()),
+                    (false, _) => from_history.then(|| "restored from the run cache".to_string()),
+                };
                 return JobResult::Cached(Done {
                     key,
                     record,
                     outputs: found.outputs,
                     metrics: found.metrics,
                     headline: found.headline,
-                    reason: from_history.then(|| "restored from the run cache".to_string()),
+                    reason,
                     seconds: started.elapsed().as_secs_f64(),
                 });
             }
@@ -231,6 +239,17 @@ fn key_record(
     }
     for dep in &stage.deps {
         let path = env.pipeline.manifest.dir.join(dep);
+        // A dry run restores nothing: an upstream's declared out that is not
+        // on disk yet (in the store or the remote) is known from its record.
+        let recorded = upstream
+            .values()
+            .flatten()
+            .flat_map(|outputs| outputs.values())
+            .find(|o| o.workspace && o.path == *dep);
+        if let (false, true, Some(output)) = (path.exists(), env.dry_run, recorded) {
+            inputs.insert(format!("dep:{dep}"), output.hash);
+            continue;
+        }
         let hashed = match env.stat_cache.hash_dep(&path) {
             Ok(hashed) => hashed,
             Err(_) if !path.exists() => anyhow::bail!(
@@ -252,8 +271,14 @@ fn key_record(
 
 /// What [`lookup`] found in the cache.
 enum Lookup {
-    /// A record whose objects are all there, and no declared out was edited by hand.
-    Hit(Box<StageRecord>),
+    /// A record whose objects are all there, and no declared out was edited by hand;
+    /// `from_remote` when the local store missed and the remote cache had it.
+    Hit {
+        /// The record.
+        found: Box<StageRecord>,
+        /// Whether it came from the remote cache.
+        from_remote: bool,
+    },
     /// No usable record: the stage must run.
     Miss,
     /// A record, but a declared out was edited by hand: the stage runs again
@@ -271,9 +296,25 @@ fn lookup(
     key: &Digest,
     locked: Option<&LockEntry>,
 ) -> Lookup {
-    // A local miss: the place to ask a remote cache.
-    let Some(found) = env.store.record(key) else {
-        return Lookup::Miss;
+    let (found, from_remote) = match env.store.record(key) {
+        Some(found) => (found, false),
+        None => {
+            // A local miss: the shared remote cache may have it (a dry run only asks,
+            // and what it answers cannot be checked against objects it did not fetch).
+            let asked = env.remote.and_then(|link| {
+                link.lookup(env.store, key, &stage.name, env.dry_run, env.printer)
+            });
+            match asked {
+                Some(found) if env.dry_run => {
+                    return Lookup::Hit {
+                        found: Box::new(found),
+                        from_remote: true,
+                    };
+                }
+                Some(found) => (found, true),
+                None => return Lookup::Miss,
+            }
+        }
     };
     for (name, output) in &found.outputs {
         if !env.store.output_complete(output.kind, &output.hash) {
@@ -296,7 +337,10 @@ fn lookup(
             }
         }
     }
-    Lookup::Hit(Box::new(found))
+    Lookup::Hit {
+        found: Box::new(found),
+        from_remote,
+    }
 }
 
 /// Runs the stage in a temporary folder and commits its outputs.

@@ -19,7 +19,7 @@
 //! let store = Store::open(&pipeline.manifest.dir.join(".pipe"))?;
 //! let printer = Printer::new(ColorChoice::Auto, false, false);
 //! let _lock = store.lock(true, |_| {})?;
-//! let options = RunOptions { targets: vec![], force: Force::None, dry_run: false, jobs: 2, print_stages: true };
+//! let options = RunOptions { targets: vec![], force: Force::None, dry_run: false, jobs: 2, print_stages: true, remote: None };
 //! let report = run(&pipeline, &store, &options, &printer)?;
 //! assert!(report.ok);
 //! # Ok::<(), anyhow::Error>(())
@@ -44,6 +44,7 @@ pub mod paths;
 pub mod plan;
 pub mod printer;
 pub mod process;
+pub mod remote;
 pub mod report;
 pub mod schema;
 pub mod stage;

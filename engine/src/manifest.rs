@@ -1,7 +1,8 @@
 //! Reading a manifest file into typed stage specifications.
 //!
 //! A manifest has the top-level keys `pipeline` (its name; the file stem when
-//! left out), `description` and `stages` (a mapping of stage name to stage).
+//! left out), `description`, `remote` (the URL of a shared cache, e.g.
+//! `s3://bucket/prefix`) and `stages` (a mapping of stage name to stage).
 //! A stage's reserved keys are listed in [`RESERVED_KEYS`]; every other key is
 //! a parameter that the stage's kind checks later (see [`crate::plan`]).
 
@@ -25,7 +26,7 @@ pub const RESERVED_KEYS: &[&str] = &[
 ];
 
 /// Top-level keys of a manifest.
-pub const TOP_LEVEL_KEYS: &[&str] = &["pipeline", "description", "stages"];
+pub const TOP_LEVEL_KEYS: &[&str] = &["pipeline", "description", "remote", "stages"];
 
 /// A parsed manifest: its stages in file order, not yet checked against kinds.
 #[derive(Debug, Clone)]
@@ -38,6 +39,8 @@ pub struct Manifest {
     pub name: String,
     /// The pipeline's description, if any.
     pub description: Option<String>,
+    /// `remote:`: the shared cache's URL as written, and where.
+    pub remote: Option<(String, Span)>,
     /// The manifest's text.
     pub source: String,
     /// The stages, in file order.
@@ -198,6 +201,8 @@ impl Manifest {
             },
         };
         let description = string_field(&root, "description", path, &mut errors);
+        let remote = string_field(&root, "remote", path, &mut errors)
+            .zip(root.get("remote").map(|(_, node)| node.span));
         let mut stages = Vec::new();
         match root.get("stages") {
             None => errors.push(
@@ -238,6 +243,7 @@ impl Manifest {
                     .unwrap_or_else(|| PathBuf::from(".")),
                 name,
                 description,
+                remote,
                 source,
                 stages,
             })

@@ -80,6 +80,7 @@ pub fn pipeline_schema(registry: &Registry) -> Value {
         "properties": {
             "pipeline": { "type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$", "description": "The pipeline's name (default: the file's stem)." },
             "description": { "type": "string" },
+            "remote": { "type": "string", "description": "A cache shared between clones: `s3://bucket/prefix` (also gs://, az://, file://). The PIPE_REMOTE environment variable wins." },
             "stages": {
                 "type": "object",
                 "minProperties": 1,

@@ -273,6 +273,7 @@ fn check_case(pipeline: &str, stages: &[StageCase]) -> Result<(), TestCaseError>
         dry_run: false,
         jobs: 2,
         print_stages: false,
+        remote: None,
     };
     for round in 0..3 {
         if round > 0 {

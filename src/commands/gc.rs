@@ -44,7 +44,7 @@ pub fn exec(args: GcArgs, printer: &Printer) -> anyhow::Result<Outcome> {
     Ok(Outcome::Success)
 }
 
-fn human_bytes(bytes: u64) -> String {
+pub(crate) fn human_bytes(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut value = bytes as f64;
     let mut unit = 0;

@@ -2,10 +2,14 @@
 
 use std::time::Instant;
 
-use pipe_engine::{Force, Printer, RunOptions, Tone, run};
+use pipe_engine::remote::RemoteCache;
+use pipe_engine::{Force, Printer, RunOptions, RunReport, Status, Store, Tone, run};
+use pipe_remote::Remote;
 
 use crate::Outcome;
 use crate::cli::RunArgs;
+use crate::commands::gc::human_bytes;
+use crate::commands::remote::{as_cache, for_run, transfer_bar};
 use crate::workspace;
 
 /// Runs the pipeline (or the named stages and what they need).
@@ -14,6 +18,7 @@ pub fn exec(args: RunArgs, printer: &Printer) -> anyhow::Result<Outcome> {
     let (file, targets) = workspace::split_file_and_stages(&args.args)?;
     let pipeline = workspace::load(&file, &registry, args.manifest.allow_outside)?;
     let store = workspace::open_store(&pipeline)?;
+    let remote = for_run(&pipeline, args.no_remote)?;
     let _lock = if args.dry_run {
         None
     } else {
@@ -50,6 +55,7 @@ pub fn exec(args: RunArgs, printer: &Printer) -> anyhow::Result<Outcome> {
         dry_run: args.dry_run,
         jobs,
         print_stages: !args.json,
+        remote: as_cache(&remote),
     };
     let report = run(&pipeline, &store, &options, printer)?;
     if args.json {
@@ -57,9 +63,55 @@ pub fn exec(args: RunArgs, printer: &Printer) -> anyhow::Result<Outcome> {
     } else {
         report.print_summary(printer, started.elapsed().as_secs_f64());
     }
-    Ok(if report.ok {
+    let pushed = match (&remote, args.push) {
+        (Some(remote), true) => push_results(remote, &store, &report, printer),
+        (None, true) => {
+            printer.error(&anyhow::anyhow!(
+                "--push: {} names no remote cache; add `remote: s3://bucket/prefix` to it or set {}",
+                pipeline.manifest.path.display(),
+                pipe_remote::REMOTE_ENV
+            ));
+            false
+        }
+        _ => true,
+    };
+    Ok(if report.ok && pushed {
         Outcome::Success
     } else {
         Outcome::Failure
     })
+}
+
+/// Uploads the results of the stages that ran or were restored; false (after
+/// printing the cause) when the upload failed.
+fn push_results(remote: &Remote, store: &Store, report: &RunReport, printer: &Printer) -> bool {
+    let keys: Vec<_> = report
+        .stages
+        .iter()
+        .filter(|s| matches!(s.status, Status::Ran | Status::Cached))
+        .filter_map(|s| s.key.map(|key| (s.name.clone(), key)))
+        .collect();
+    let bar = transfer_bar(printer, "Pushing");
+    let result = remote.push(store, &keys, &bar);
+    bar.finish_and_clear();
+    match result {
+        Ok(pushed) => {
+            printer.status(
+                "Pushed",
+                Tone::Good,
+                &format!(
+                    "{} stage(s), {} in {} object(s), to {}",
+                    pushed.stages,
+                    human_bytes(pushed.bytes),
+                    pushed.objects,
+                    remote.location()
+                ),
+            );
+            true
+        }
+        Err(error) => {
+            printer.error(&error.context(format!("--push: cannot push to {}", remote.location())));
+            false
+        }
+    }
 }

@@ -1,9 +1,10 @@
 //! `pipe status`: a dry run, explained.
 
-use pipe_engine::{Force, Printer, RunOptions, Status, run};
+use pipe_engine::{Force, Printer, RunOptions, Status, remote, run};
 
 use crate::Outcome;
 use crate::cli::StatusArgs;
+use crate::commands::remote::{as_cache, for_run};
 use crate::workspace;
 
 /// Prints what `pipe run` would do and why.
@@ -18,6 +19,7 @@ pub fn exec(args: StatusArgs, printer: &Printer) -> anyhow::Result<Outcome> {
         dry_run: true,
         jobs: 1,
         print_stages: !args.json,
+        remote: as_cache(&for_run(&pipeline, args.no_remote)?),
     };
     let report = run(&pipeline, &store, &options, printer)?;
     if args.json {
@@ -28,7 +30,12 @@ pub fn exec(args: StatusArgs, printer: &Printer) -> anyhow::Result<Outcome> {
             .iter()
             .filter(|s| s.status == Status::WouldRun)
             .count();
-        let line = if pending == 0 {
+        let from_remote = report
+            .stages
+            .iter()
+            .filter(|s| s.reason.as_deref() == Some(remote::WOULD_RESTORE))
+            .count();
+        let mut line = if pending == 0 && from_remote == 0 {
             format!("{}: everything is up to date", pipeline.manifest.name)
         } else {
             format!(
@@ -37,6 +44,11 @@ pub fn exec(args: StatusArgs, printer: &Printer) -> anyhow::Result<Outcome> {
                 report.stages.len()
             )
         };
+        if from_remote > 0 {
+            line.push_str(&format!(
+                ", {from_remote} would be restored from the remote"
+            ));
+        }
         printer.line(&line);
     }
     Ok(if report.ok {

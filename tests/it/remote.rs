@@ -1,0 +1,442 @@
+//! The remote cache against a real S3-compatible server (s3s-fs) on
+//! 127.0.0.1: push from one clone, restore in another, and every way the
+//! remote can fail (stopped, wrong credentials, a corrupt object).
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::util::{Project, status_of, statuses, stderr};
+
+const ACCESS_KEY: &str = "pipe-test-access";
+const SECRET_KEY: &str = "pipe-test-secret";
+const BUCKET: &str = "cache";
+
+/// The s3s-fs binary: `PIPE_TEST_S3S_FS`, else `.tools/s3s/bin/s3s-fs` (where
+/// `scripts/test.sh` installs it).
+fn s3s_fs() -> PathBuf {
+    let path = std::env::var_os("PIPE_TEST_S3S_FS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/s3s/bin/s3s-fs"));
+    assert!(
+        path.is_file(),
+        "the remote-cache tests need the S3 server s3s-fs at {}; install it with \
+         `cargo install s3s-fs@0.14.1 --features binary --locked --root .tools/s3s` \
+         (scripts/test.sh does), or point PIPE_TEST_S3S_FS at it",
+        path.display()
+    );
+    path
+}
+
+/// A port nothing listens on (at the moment of asking).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// An s3s-fs server on 127.0.0.1 serving the bucket `cache` from a temp folder.
+struct Server {
+    child: Option<Child>,
+    port: u16,
+    root: tempfile::TempDir,
+}
+
+impl Server {
+    fn start() -> Server {
+        let root = tempfile::tempdir().expect("a temp dir");
+        std::fs::create_dir(root.path().join(BUCKET)).unwrap();
+        let mut server = Server {
+            child: None,
+            port: free_port(),
+            root,
+        };
+        server.restart();
+        server
+    }
+
+    /// Starts the server (again) on its port and waits until it accepts connections.
+    fn restart(&mut self) {
+        let child = Command::new(s3s_fs())
+            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
+            .arg(self.root.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("s3s-fs starts");
+        // Kept before waiting, so a server that never listens is still stopped on drop.
+        let child = self.child.insert(child);
+        let started = Instant::now();
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "s3s-fs exited ({status}) before listening on port {}",
+                    self.port
+                );
+            }
+            // Generous: the machine running the tests may be loaded.
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "s3s-fs did not listen on port {} within 60 s",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().ok();
+            child.wait().ok();
+        }
+    }
+
+    /// The files the server keeps for the remote `s3://cache/team`'s objects.
+    fn object_files(&self) -> Vec<PathBuf> {
+        let mut found = Vec::new();
+        let mut stack = vec![self.root.path().join(BUCKET).join("team/objects")];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else {
+                    found.push(path);
+                }
+            }
+        }
+        found
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The AWS environment for a client of `port`, with `secret` as the secret key.
+fn aws_env(cmd: &mut Command, port: u16, secret: &str) {
+    for var in [
+        "PIPE_REMOTE",
+        "AWS_PROFILE",
+        "AWS_SESSION_TOKEN",
+        "AWS_ENDPOINT_URL_S3",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"))
+        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", secret)
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ALLOW_HTTP", "true");
+}
+
+/// A clone of the project: its manifest and inputs (and, with `lockfile`, its
+/// lockfile), never its store or outputs.
+fn clone(from: Option<&Project>, lockfile: bool) -> Project {
+    let p = Project::new();
+    p.file("in/words.txt", "alpha\nbeta\ngamma\n").file(
+        "team.yaml",
+        r#"pipeline: team
+remote: s3://cache/team
+stages:
+  count:
+    run: wc -l < in/words.txt > out/count.txt
+    deps: [in/words.txt]
+    outs: [out/count.txt]
+  big:
+    run: mkdir -p out/big && head -c 20000000 /dev/urandom > out/big/blob.bin && date +%s%N > out/big/stamp.txt && cp out/count.txt out/big/
+    deps: [out/count.txt]
+    outs: [out/big]
+  report:
+    run: cat out/count.txt out/big/stamp.txt > out/report.txt && date +%s%N >> out/report.txt
+    deps: [out/big, out/count.txt]
+    outs: [out/report.txt]
+"#,
+    );
+    if let (Some(from), true) = (from, lockfile) {
+        std::fs::copy(from.path("team.lock"), p.path("team.lock")).unwrap();
+    }
+    p
+}
+
+/// Runs `pipe args…` in `project` against the server on `port`.
+fn pipe(project: &Project, port: u16, secret: &str, args: &[&str]) -> Output {
+    let mut cmd = project.command(args);
+    aws_env(&mut cmd, port, secret);
+    cmd.output().expect("pipe runs")
+}
+
+/// `pipe run team.yaml --json`, asserting exit code 0; returns the report and stderr.
+fn run(project: &Project, port: u16, secret: &str) -> (serde_json::Value, String) {
+    let out = pipe(project, port, secret, &["run", "team.yaml", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "stderr:\n{}", stderr(&out));
+    let report = serde_json::from_slice(&out.stdout).expect("one JSON report");
+    (report, stderr(&out))
+}
+
+/// The outputs of a clone, byte for byte (the random blob, the time stamps).
+fn outputs(project: &Project) -> Vec<Vec<u8>> {
+    [
+        "out/count.txt",
+        "out/big/blob.bin",
+        "out/big/stamp.txt",
+        "out/report.txt",
+    ]
+    .iter()
+    .map(|rel| std::fs::read(project.path(rel)).unwrap_or_else(|e| panic!("{rel}: {e}")))
+    .collect()
+}
+
+/// A clone that ran the pipeline and pushed it.
+fn pushed_clone(server: &Server) -> Project {
+    let first = clone(None, false);
+    let (report, _) = run(&first, server.port, SECRET_KEY);
+    assert!(
+        statuses(&report).iter().all(|(_, s)| s == "ran"),
+        "{report}"
+    );
+    let out = pipe(&first, server.port, SECRET_KEY, &["push", "team.yaml"]);
+    assert_eq!(out.status.code(), Some(0), "stderr:\n{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("Pushed 3 stage(s)"),
+        "{}",
+        stderr(&out)
+    );
+    first
+}
+
+#[test]
+fn a_fresh_clone_restores_everything_a_teammate_pushed_without_running() {
+    let server = Server::start();
+    let first = pushed_clone(&server);
+
+    let again = pipe(&first, server.port, SECRET_KEY, &["push", "team.yaml"]);
+    assert!(
+        stderr(&again).contains("Pushed 0 stage(s)") && stderr(&again).contains("3 already there"),
+        "a second push uploads nothing: {}",
+        stderr(&again)
+    );
+
+    let second = clone(Some(&first), true);
+    let status = pipe(&second, server.port, SECRET_KEY, &["status", "team.yaml"]);
+    assert!(
+        stderr(&status).contains("3 would be restored from the remote"),
+        "{}",
+        stderr(&status)
+    );
+    let (report, _) = run(&second, server.port, SECRET_KEY);
+    for stage in ["count", "big", "report"] {
+        assert_eq!(status_of(&report, stage), "cached", "{report}");
+    }
+    assert!(
+        report["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["reason"] == "restored from the remote"),
+        "{report}"
+    );
+    assert_eq!(outputs(&second), outputs(&first), "byte-identical outputs");
+    assert_eq!(second.read("team.lock"), first.read("team.lock"));
+}
+
+#[test]
+fn a_pulled_clone_runs_nothing_with_the_server_stopped() {
+    let mut server = Server::start();
+    let first = pushed_clone(&server);
+    let second = clone(Some(&first), true);
+    let out = pipe(&second, server.port, SECRET_KEY, &["pull", "team.yaml"]);
+    assert_eq!(out.status.code(), Some(0), "stderr:\n{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("Pulled 3 stage(s)"),
+        "{}",
+        stderr(&out)
+    );
+
+    server.stop();
+    let (report, log) = run(&second, server.port, SECRET_KEY);
+    assert!(
+        statuses(&report).iter().all(|(_, s)| s == "cached"),
+        "{report}"
+    );
+    assert!(!log.contains("Warning"), "nothing asks the remote: {log}");
+    assert_eq!(outputs(&second), outputs(&first));
+}
+
+#[test]
+fn a_stopped_server_is_one_warning_and_the_run_goes_on_locally() {
+    let mut server = Server::start();
+    let first = pushed_clone(&server);
+    server.stop();
+
+    let second = clone(Some(&first), true);
+    let (report, log) = run(&second, server.port, SECRET_KEY);
+    assert!(
+        statuses(&report).iter().all(|(_, s)| s == "ran"),
+        "{report}"
+    );
+    assert_eq!(
+        log.matches("is unavailable").count(),
+        1,
+        "one warning, not one per stage: {log}"
+    );
+    assert!(log.contains("s3://cache/team"), "{log}");
+
+    // `first` has results to push; a fresh clone has results to pull.
+    let third = clone(Some(&first), true);
+    for (project, command) in [(&first, "push"), (&third, "pull")] {
+        let out = pipe(project, server.port, SECRET_KEY, &[command, "team.yaml"]);
+        assert_eq!(out.status.code(), Some(1), "{command}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("did not answer"),
+            "{command}: {}",
+            stderr(&out)
+        );
+    }
+}
+
+#[test]
+fn wrong_credentials_are_a_warning_for_run_and_a_failure_for_push() {
+    let server = Server::start();
+    let project = clone(None, false);
+    let (report, log) = run(&project, server.port, "not-the-secret");
+    assert!(
+        statuses(&report).iter().all(|(_, s)| s == "ran"),
+        "{report}"
+    );
+    assert!(log.contains("refused the credentials"), "{log}");
+
+    let out = pipe(&project, server.port, "not-the-secret", &["push"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("refused the credentials"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(server.object_files().is_empty(), "nothing was uploaded");
+}
+
+#[test]
+fn a_corrupt_object_on_the_server_is_detected_and_the_stage_reruns_locally() {
+    let server = Server::start();
+    let first = pushed_clone(&server);
+    let blob = server
+        .object_files()
+        .into_iter()
+        .find(|f| std::fs::metadata(f).unwrap().len() == 20_000_000)
+        .expect("the 20 MB blob is on the server");
+    let mut bytes = std::fs::read(&blob).unwrap();
+    bytes[12_345_678] ^= 0xff;
+    std::fs::write(&blob, bytes).unwrap();
+
+    let puller = clone(Some(&first), true);
+    let out = pipe(&puller, server.port, SECRET_KEY, &["pull", "team.yaml"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("is corrupt"), "{}", stderr(&out));
+
+    let second = clone(Some(&first), true);
+    let (report, log) = run(&second, server.port, SECRET_KEY);
+    assert!(log.contains("big: cannot use the remote's copy"), "{log}");
+    assert!(log.contains("is corrupt"), "{log}");
+    assert_eq!(status_of(&report, "count"), "cached", "{report}");
+    assert_eq!(status_of(&report, "big"), "ran", "{report}");
+    assert_eq!(status_of(&report, "report"), "ran", "{report}");
+    let blob = std::fs::read(second.path("out/big/blob.bin")).unwrap();
+    assert_eq!(blob.len(), 20_000_000);
+    assert_ne!(
+        blob,
+        outputs(&first)[1],
+        "a fresh local run, not the corrupt copy"
+    );
+}
+
+#[test]
+fn two_clones_pushing_the_same_results_at_once_leave_a_usable_remote() {
+    let server = Server::start();
+    // Deterministic stages, so both clones produce the same keys and objects.
+    let clones: Vec<Project> = (0..2)
+        .map(|_| {
+            let p = Project::new();
+            p.file("in/words.txt", "alpha\nbeta\n").file(
+                "team.yaml",
+                r#"pipeline: team
+remote: s3://cache/team
+stages:
+  big:
+    run: mkdir -p out/big && seq 1 3000000 > out/big/numbers.txt && wc -l < in/words.txt > out/big/count.txt
+    deps: [in/words.txt]
+    outs: [out/big]
+  sum:
+    run: wc -c < out/big/numbers.txt > out/sum.txt
+    deps: [out/big]
+    outs: [out/sum.txt]
+"#,
+            );
+            run(&p, server.port, SECRET_KEY);
+            p
+        })
+        .collect();
+    let pushes: Vec<Child> = clones
+        .iter()
+        .map(|p| {
+            let mut cmd = p.command(&["push", "team.yaml"]);
+            aws_env(&mut cmd, server.port, SECRET_KEY);
+            cmd.stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for push in pushes {
+        let out = push.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    }
+    let fresh = Project::new();
+    fresh
+        .file("in/words.txt", "alpha\nbeta\n")
+        .file("team.yaml", &clones[0].read("team.yaml"));
+    let (report, _) = run(&fresh, server.port, SECRET_KEY);
+    assert!(
+        statuses(&report).iter().all(|(_, s)| s == "cached"),
+        "{report}"
+    );
+    assert_eq!(
+        fresh.read("out/big/numbers.txt"),
+        clones[0].read("out/big/numbers.txt")
+    );
+    assert_eq!(fresh.read("out/sum.txt"), clones[1].read("out/sum.txt"));
+}
+
+#[test]
+fn no_remote_runs_without_asking_and_a_bad_url_names_its_line() {
+    let server = Server::start();
+    let first = pushed_clone(&server);
+    let second = clone(Some(&first), true);
+    let out = pipe(
+        &second,
+        server.port,
+        SECRET_KEY,
+        &["run", "team.yaml", "--no-remote", "--json"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        statuses(&report).iter().all(|(_, s)| s == "ran"),
+        "{report}"
+    );
+
+    second.file(
+        "team.yaml",
+        &second
+            .read("team.yaml")
+            .replace("s3://cache/team", "cache team"),
+    );
+    let out = pipe(&second, server.port, SECRET_KEY, &["status", "team.yaml"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("team.yaml:2:9"), "{}", stderr(&out));
+}
