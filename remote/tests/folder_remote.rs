@@ -136,10 +136,8 @@ fn a_corrupt_remote_object_never_enters_the_store() {
 fn a_record_that_writes_outside_its_folder_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let (local, mut record) = store_with_a_record(&tmp.path().join("a"));
-    let output = record.outputs.get_mut("model").unwrap();
-    output.path = "../../escape".into();
-    local.write_record(&record).unwrap();
-    let remote = remote_at(&tmp.path().join("remote"));
+    let remote_dir = tmp.path().join("remote");
+    let remote = remote_at(&remote_dir);
     remote
         .push(
             &local,
@@ -147,6 +145,15 @@ fn a_record_that_writes_outside_its_folder_is_refused() {
             &ProgressBar::hidden(),
         )
         .unwrap();
+    // Someone else's (or a tampered) record on the remote: the local store refuses to hold
+    // such a record, so it is written into the remote's folder directly.
+    let output = record.outputs.get_mut("model").unwrap();
+    output.path = "../../escape".into();
+    let on_remote = remote_dir
+        .join("stages")
+        .join(format!("{}.json", record.key));
+    assert!(on_remote.is_file(), "{}", on_remote.display());
+    std::fs::write(&on_remote, serde_json::to_vec(&record).unwrap()).unwrap();
     let error = remote.record(&record.key).unwrap_err();
     assert!(
         format!("{error:#}").contains("unsafe output path"),
