@@ -9,6 +9,7 @@
 use anyhow::{Result, anyhow};
 use plotters::chart::MeshStyle;
 use plotters::coord::ranged1d::Ranged;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 use super::LossCurves;
@@ -89,45 +90,19 @@ pub(crate) fn roc_chart(curves: &[RocCurve]) -> Result<String> {
 /// it ([`smooth`]), and the validation loss (points joined by a line, in the second colour)
 /// when there is one. `None` when there is no finite training loss to draw.
 pub(crate) fn loss_chart(curves: &LossCurves) -> Result<Option<String>> {
-    let finite = |points: &[(u64, f64)]| -> Vec<(f64, f64)> {
-        points
-            .iter()
-            .filter(|(_, loss)| loss.is_finite())
-            .map(|&(step, loss)| (step as f64, loss))
-            .collect()
-    };
-    let raw = finite(&curves.train);
-    let smoothed = thin(smooth(&raw), MAX_LOSS_POINTS);
-    let raw = thin(raw, MAX_LOSS_POINTS);
-    let validation = finite(&curves.validation);
-    let all = || raw.iter().chain(&validation);
-    let (Some(x), Some(y)) = (
-        span(all().map(|p| p.0), 0.0),
-        span(all().map(|p| p.1), 0.05),
-    ) else {
-        return Ok(None);
-    };
+    let raw = finite_points(&curves.train);
     if raw.is_empty() {
         return Ok(None);
     }
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
-        let mut chart = ChartBuilder::on(&root)
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(56)
-            .build_cartesian_2d(x, y)
-            .map_err(drawing)?;
-        house_style(&mut chart.configure_mesh())
-            .x_desc("step")
-            .y_desc("loss")
-            .x_label_formatter(&|v| format!("{v:.0}"))
-            .y_label_formatter(&|v| tick(*v))
-            .draw()
-            .map_err(drawing)?;
+    let smoothed = thin(smooth(&raw), MAX_LOSS_POINTS);
+    let raw = thin(raw, MAX_LOSS_POINTS);
+    let validation = finite_points(&curves.validation);
+    step_chart(raw.iter().chain(&validation), "loss", |chart| {
         chart
-            .draw_series(LineSeries::new(raw, colour(0).mix(0.35).stroke_width(1)))
+            .draw_series(LineSeries::new(
+                raw.iter().copied(),
+                colour(0).mix(0.35).stroke_width(1),
+            ))
             .map_err(drawing)?;
         chart
             .draw_series(LineSeries::new(smoothed, colour(0).stroke_width(2)))
@@ -147,6 +122,51 @@ pub(crate) fn loss_chart(curves: &LossCurves) -> Result<Option<String>> {
                 )
                 .map_err(drawing)?;
         }
+        Ok(())
+    })
+}
+
+/// The finite points of a loss curve, as chart coordinates.
+fn finite_points(points: &[(u64, f64)]) -> Vec<(f64, f64)> {
+    points
+        .iter()
+        .filter(|(_, loss)| loss.is_finite())
+        .map(|&(step, loss)| (step as f64, loss))
+        .collect()
+}
+
+/// A chart of `y_desc` against the step, framed to hold every point of `all`, whose
+/// series `draw` adds; `None` when there is no point.
+fn step_chart<'p>(
+    all: impl Iterator<Item = &'p (f64, f64)> + Clone,
+    y_desc: &str,
+    draw: impl FnOnce(
+        &mut ChartContext<'_, SVGBackend<'_>, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
+    ) -> Result<()>,
+) -> Result<Option<String>> {
+    let (Some(x), Some(y)) = (
+        span(all.clone().map(|p| p.0), 0.0),
+        span(all.map(|p| p.1), 0.05),
+    ) else {
+        return Ok(None);
+    };
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
+        let mut chart = ChartBuilder::on(&root)
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(56)
+            .build_cartesian_2d(x, y)
+            .map_err(drawing)?;
+        house_style(&mut chart.configure_mesh())
+            .x_desc("step")
+            .y_desc(y_desc)
+            .x_label_formatter(&|v| format!("{v:.0}"))
+            .y_label_formatter(&|v| tick(*v))
+            .draw()
+            .map_err(drawing)?;
+        draw(&mut chart)?;
         root.present().map_err(drawing)?;
     }
     Ok(Some(inline(svg)))
@@ -243,48 +263,19 @@ fn drawing<E: std::fmt::Display>(e: E) -> anyhow::Error {
 pub(crate) fn loss_lines_chart(curves: &[&[(u64, f64)]]) -> Result<Option<String>> {
     let curves: Vec<Vec<(f64, f64)>> = curves
         .iter()
-        .map(|points| {
-            thin(
-                points
-                    .iter()
-                    .filter(|(_, loss)| loss.is_finite())
-                    .map(|&(step, loss)| (step as f64, loss))
-                    .collect(),
-                MAX_LOSS_POINTS,
-            )
-        })
+        .map(|points| thin(finite_points(points), MAX_LOSS_POINTS))
         .collect();
-    let all = || curves.iter().flatten();
-    let (Some(x), Some(y)) = (
-        span(all().map(|p| p.0), 0.0),
-        span(all().map(|p| p.1), 0.05),
-    ) else {
-        return Ok(None);
-    };
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
-        let mut chart = ChartBuilder::on(&root)
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(56)
-            .build_cartesian_2d(x, y)
-            .map_err(drawing)?;
-        house_style(&mut chart.configure_mesh())
-            .x_desc("step")
-            .y_desc("training loss")
-            .x_label_formatter(&|v| format!("{v:.0}"))
-            .y_label_formatter(&|v| tick(*v))
-            .draw()
-            .map_err(drawing)?;
-        for (i, points) in curves.into_iter().enumerate() {
+    step_chart(curves.iter().flatten(), "training loss", |chart| {
+        for (i, points) in curves.iter().enumerate() {
             chart
-                .draw_series(LineSeries::new(points, colour(i).stroke_width(2)))
+                .draw_series(LineSeries::new(
+                    points.iter().copied(),
+                    colour(i).stroke_width(2),
+                ))
                 .map_err(drawing)?;
         }
-        root.present().map_err(drawing)?;
-    }
-    Ok(Some(inline(svg)))
+        Ok(())
+    })
 }
 
 #[cfg(test)]
