@@ -248,6 +248,12 @@ impl Hub {
         let commit = header("x-repo-commit").with_context(|| {
             format!("{url} sent no X-Repo-Commit; is HF_ENDPOINT a Hugging Face hub?")
         })?;
+        // The commit names a folder of the cache (`snapshots/<commit>/`): only a git hash may.
+        if commit.len() != 40 || !commit.chars().all(|c| c.is_ascii_hexdigit()) {
+            bail!(
+                "{url} sent X-Repo-Commit `{commit}`, which is not a git commit hash; is HF_ENDPOINT a Hugging Face hub?"
+            );
+        }
         let etag = header("x-linked-etag")
             .or_else(|| header("etag"))
             .map(|e| e.trim_start_matches("W/").trim_matches('"').to_string())

@@ -17,12 +17,14 @@ use crate::util::{TestReporter, message};
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 
 /// What the fake hub does to the next large download.
-#[derive(Default, Clone, Copy)]
+#[derive(Default, Clone)]
 struct Faults {
     /// Send only this many bytes of the next CDN body, then close the connection.
     cut_after: Option<usize>,
     /// Flip a byte of every CDN body.
     corrupt: bool,
+    /// Answer with this X-Repo-Commit instead of [`COMMIT`].
+    commit: Option<String>,
 }
 
 struct FakeHub {
@@ -154,6 +156,7 @@ impl FakeHub {
         let requests = Arc::new(Mutex::new(Vec::new()));
         let faults = Arc::new(Mutex::new(Faults::default()));
         let cdn = start_cdn(files.clone(), Arc::clone(&faults), Arc::clone(&requests));
+        let commit_fault = Arc::clone(&faults);
         let hub = FakeHub {
             endpoint,
             requests: Arc::clone(&requests),
@@ -167,7 +170,9 @@ impl FakeHub {
                     .lock()
                     .unwrap()
                     .push(format!("{} {url}", request.method()));
-                let response = answer(&files, &cdn, request.method(), &url);
+                let commit = commit_fault.lock().unwrap().commit.clone();
+                let commit = commit.as_deref().unwrap_or(COMMIT);
+                let response = answer(&files, &cdn, request.method(), &url, commit);
                 let _ = request.respond(response);
             }
         });
@@ -195,21 +200,23 @@ fn answer(
     cdn: &str,
     method: &Method,
     url: &str,
+    commit: &str,
 ) -> Answer {
     let not_found = || Response::from_data(b"not found".to_vec()).with_status_code(404);
     let Some(rest) = url.strip_prefix("/org/tiny/resolve/") else {
         return not_found();
     };
-    let Some((revision, file)) = rest.split_once('/') else {
-        return not_found();
-    };
-    let Some(bytes) = files
-        .get(file)
-        .filter(|_| revision == "main" || revision == COMMIT)
+    // The revision is `main` or the commit this hub answers with (which may hold slashes).
+    let Some(file) = ["main", commit]
+        .iter()
+        .find_map(|revision| rest.strip_prefix(revision)?.strip_prefix('/'))
     else {
         return not_found();
     };
-    let commit = header("X-Repo-Commit", COMMIT);
+    let Some(bytes) = files.get(file) else {
+        return not_found();
+    };
+    let commit = header("X-Repo-Commit", commit);
     if is_lfs(file) {
         let sha = sha256(bytes);
         return Response::from_data(Vec::new())
@@ -328,6 +335,30 @@ fn an_interrupted_download_resumes_where_it_stopped() {
         .join(COMMIT)
         .join("model.safetensors");
     assert_eq!(&std::fs::read(link).unwrap(), weights);
+}
+
+#[test]
+fn a_commit_that_is_not_a_hash_cannot_lead_writes_out_of_the_cache() {
+    let fake = FakeHub::start();
+    let root = tempfile::tempdir().unwrap();
+    let cache = root.path().join("cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    // `snapshots/<commit>/config.json` with this commit would be `root/victim/config.json`.
+    let victim = root.path().join("victim");
+    std::fs::create_dir_all(&victim).unwrap();
+    std::fs::write(victim.join("config.json"), "the user's own file").unwrap();
+    fake.faults.lock().unwrap().commit = Some("../../../victim".to_string());
+    let err = message(
+        fake.hub(&cache, false)
+            .pull_model("org/tiny", &TestReporter::default())
+            .unwrap_err(),
+    );
+    assert!(err.contains("not a git commit hash"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(victim.join("config.json")).unwrap(),
+        "the user's own file"
+    );
+    assert!(!victim.join("config.json").is_symlink());
 }
 
 #[test]
