@@ -79,13 +79,7 @@ struct ParsedCopyRef<'a> {
 /// Where `pipe run` keeps the parsed copy of lockfile `lock_file`:
 /// `<store>/lockfiles/<stem>.parsed.json`.
 pub fn parsed_copy_path(store_dir: &Path, lock_file: &Path) -> PathBuf {
-    let stem = lock_file
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    store_dir
-        .join("lockfiles")
-        .join(format!("{stem}.parsed.json"))
+    kept_copy_path(store_dir, lock_file, "parsed.json")
 }
 
 /// Where the lockfile of `manifest` lives.
@@ -96,13 +90,16 @@ pub fn lock_path(manifest: &Path) -> PathBuf {
 /// Where `pipe run` keeps the lockfile `lock_file` as it was before the last
 /// run that changed it: `<store>/lockfiles/<stem>.previous.lock`.
 pub fn previous_lock_path(store_dir: &Path, lock_file: &Path) -> PathBuf {
+    kept_copy_path(store_dir, lock_file, "previous.lock")
+}
+
+/// `<store>/lockfiles/<stem of lock_file>.<suffix>`: the store's copies of a lockfile.
+fn kept_copy_path(store_dir: &Path, lock_file: &Path, suffix: &str) -> PathBuf {
     let stem = lock_file
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    store_dir
-        .join("lockfiles")
-        .join(format!("{stem}.previous.lock"))
+    store_dir.join("lockfiles").join(format!("{stem}.{suffix}"))
 }
 
 impl LockFile {
