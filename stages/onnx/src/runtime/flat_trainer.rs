@@ -16,6 +16,7 @@ use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::IoBinding;
 use ort::value::{TensorRef, TensorRefMut, Value, ValueTypeMarker};
 
+use super::trainer::run_bound;
 use super::{HostData, HostTensor, Session, StepResult};
 use crate::error::OrtContext;
 use crate::flat::{FlatEntry, FlatState, GradSignature};
@@ -155,33 +156,14 @@ impl FlatTrainer {
             let g = TensorRefMut::from_array_view_mut((e.shape.clone(), g)).map_err(view)?;
             binding.bind_output(e.grad.as_str(), g).map_err(bind)?;
         }
-        for name in &self.other_outputs {
-            binding
-                .bind_output_to_device(name.as_str(), &self.output_memory)
-                .map_err(bind)?;
-        }
-        let outputs = self
-            .session
-            .inner
-            .run_binding(&binding)
-            .ort_context(|| format!("training step {step} failed"))?;
-        let mut result = StepResult {
-            loss: f32::NAN,
-            grad_norm: None,
-            outputs: BTreeMap::new(),
-        };
-        for name in &self.other_outputs {
-            let v = outputs
-                .get(name.as_str())
-                .ok_or_else(|| Error::Data(format!("step graph did not return `{name}`")))?;
-            let h = HostTensor::from_value(v)?;
-            if *name == self.sig.loss {
-                result.loss = h.to_f64_vec().first().map_or(f32::NAN, |&x| x as f32);
-            } else {
-                result.outputs.insert(name.clone(), h);
-            }
-        }
-        drop(outputs);
+        let mut result = run_bound(
+            &mut self.session,
+            &mut binding,
+            &self.other_outputs,
+            &self.output_memory,
+            (&self.sig.loss, None),
+            step,
+        )?;
         drop(binding);
         let norm = self
             .adamw

@@ -218,36 +218,14 @@ impl Trainer {
             binding.bind_input(s.input.as_str(), &*src).map_err(bind)?;
             binding.bind_output(s.output.as_str(), dst).map_err(bind)?;
         }
-        for name in &self.other_outputs {
-            binding
-                .bind_output_to_device(name.as_str(), &self.output_memory)
-                .map_err(bind)?;
-        }
-        let outputs = self
-            .session
-            .inner
-            .run_binding(&binding)
-            .ort_context(|| format!("training step {step} failed"))?;
-        let mut result = StepResult {
-            loss: f32::NAN,
-            grad_norm: None,
-            outputs: BTreeMap::new(),
-        };
-        for name in &self.other_outputs {
-            let v = outputs
-                .get(name.as_str())
-                .ok_or_else(|| Error::Data(format!("step graph did not return `{name}`")))?;
-            let h = HostTensor::from_value(v)?;
-            let first = h.to_f64_vec().first().copied().map(|x| x as f32);
-            if *name == self.sig.loss {
-                result.loss = first.unwrap_or(f32::NAN);
-            } else if Some(name) == self.sig.grad_norm.as_ref() {
-                result.grad_norm = first;
-            } else {
-                result.outputs.insert(name.clone(), h);
-            }
-        }
-        drop(outputs);
+        let result = run_bound(
+            &mut self.session,
+            &mut binding,
+            &self.other_outputs,
+            &self.output_memory,
+            (&self.sig.loss, self.sig.grad_norm.as_deref()),
+            step,
+        )?;
         self.current = next;
         self.steps_done += 1;
         Ok(result)
@@ -349,4 +327,49 @@ impl Trainer {
     pub fn session(&mut self) -> &mut Session {
         &mut self.session
     }
+}
+
+/// Binds a step graph's host outputs (`outputs`, into `memory`) to `binding`, runs it, and
+/// reads them back: `names.0` is the loss, `names.1` the clipping norm when the graph has one,
+/// the rest go to [`StepResult::outputs`]. Both trainers end their step with it.
+pub(super) fn run_bound(
+    session: &mut Session,
+    binding: &mut ort::session::IoBinding,
+    outputs: &[String],
+    memory: &MemoryInfo<'static>,
+    names: (&str, Option<&str>),
+    step: impl std::fmt::Display,
+) -> Result<StepResult> {
+    for name in outputs {
+        binding
+            .bind_output_to_device(name.as_str(), memory)
+            .map_err(|e| Error::Ort {
+                context: "failed to bind step inputs and outputs".into(),
+                source: e,
+            })?;
+    }
+    let values = session
+        .inner
+        .run_binding(binding)
+        .ort_context(|| format!("training step {step} failed"))?;
+    let mut result = StepResult {
+        loss: f32::NAN,
+        grad_norm: None,
+        outputs: BTreeMap::new(),
+    };
+    for name in outputs {
+        let v = values
+            .get(name.as_str())
+            .ok_or_else(|| Error::Data(format!("step graph did not return `{name}`")))?;
+        let h = HostTensor::from_value(v)?;
+        let first = h.to_f64_vec().first().copied().map(|x| x as f32);
+        if name == names.0 {
+            result.loss = first.unwrap_or(f32::NAN);
+        } else if Some(name.as_str()) == names.1 {
+            result.grad_norm = first;
+        } else {
+            result.outputs.insert(name.clone(), h);
+        }
+    }
+    Ok(result)
 }
