@@ -70,6 +70,9 @@ pub struct ResolvedInput {
     pub stage: usize,
     /// One of its outputs, or all.
     pub output: Option<String>,
+    /// Which entry of the stage's `from:` it comes from (a stage gathering a matrix
+    /// input has one input per member for a single entry).
+    pub written: usize,
 }
 
 impl Pipeline<'_> {
@@ -183,7 +186,7 @@ pub fn plan<'r>(
             check_reserved_for_kind(&spec, kind, &file, &mut errors);
             let checked = check_params(&spec, kind, known, &file, &mut errors);
             let mut inputs = Vec::new();
-            for (from, up) in spec.from.iter().zip(&from_ids[index]) {
+            for (written, (from, up)) in spec.from.iter().zip(&from_ids[index]).enumerate() {
                 let Some(up) = *up else { continue };
                 let upstream_members = fan.members[up].iter().enumerate();
                 if gathers[index] {
@@ -194,6 +197,7 @@ pub fn plan<'r>(
                         ),
                         stage: first_id[up] + k,
                         output: from.output.clone(),
+                        written,
                     }));
                 } else {
                     let k = fan.paired(up, member.as_ref().map(|m| &m.choice));
@@ -201,6 +205,7 @@ pub fn plan<'r>(
                         name: from.input.clone(),
                         stage: first_id[up] + k,
                         output: from.output.clone(),
+                        written,
                     });
                 }
             }
@@ -354,11 +359,7 @@ fn check_output_names(
             let Some(output) = &input.output else {
                 continue;
             };
-            // A stage gathering a matrix input has one input per member, named `<input>@<slug>`.
-            let written_name = input.name.split('@').next().unwrap_or(&input.name);
-            let Some(written) = stage.spec.from.iter().find(|f| f.input == written_name) else {
-                continue;
-            };
+            let written = &stage.spec.from[input.written];
             let upstream = &stages[input.stage];
             let known = if upstream.kind.takes_run() {
                 Some(upstream.outs.clone())
