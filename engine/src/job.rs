@@ -241,12 +241,14 @@ fn key_record(
         let path = env.pipeline.manifest.dir.join(dep);
         // A dry run restores nothing: an upstream's declared out that is not
         // on disk yet (in the store or the remote) is known from its record.
-        let recorded = upstream
-            .values()
-            .flatten()
-            .flat_map(|outputs| outputs.values())
-            .find(|o| o.workspace && o.path == *dep);
-        if let (false, true, Some(output)) = (path.exists(), env.dry_run, recorded) {
+        if env.dry_run
+            && !path.exists()
+            && let Some(output) = upstream
+                .values()
+                .flatten()
+                .flat_map(|outputs| outputs.values())
+                .find(|o| o.workspace && o.path == *dep)
+        {
             inputs.insert(format!("dep:{dep}"), output.hash);
             continue;
         }
