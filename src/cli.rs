@@ -170,6 +170,7 @@ Exit codes: 0 success, 1 the bundle cannot be found, opened or run, 2 bad usage 
 Examples:
   pipe serve export-onnx                              listen on 127.0.0.1:8080
   pipe serve .pipe/out/student/export-onnx --host 0.0.0.0 --port 9000
+  pipe serve export-onnx --queue 16 --max-batch 8     refuse (503) beyond 16 waiting requests
   curl -s localhost:8080/predict -d '{\"texts\": [\"What is a prime number?\"]}'
 
 Exit codes: 0 stopped by a signal, 1 the bundle cannot be found or opened, 2 bad usage, \
@@ -445,7 +446,7 @@ pub struct ServeArgs {
     /// The most texts one model run takes, across the requests waiting.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_batch: u64,
-    /// The most requests waiting for the model; more are answered 503.
+    /// The most requests waiting for the model; more are answered 503 with `Retry-After: 1`.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
     pub queue: u64,
     /// The largest request body in bytes; larger ones are answered 413.
