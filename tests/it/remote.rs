@@ -2,6 +2,7 @@
 //! 127.0.0.1: push from one clone, restore in another, and every way the
 //! remote can fail (stopped, wrong credentials, a corrupt object).
 
+use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -118,16 +119,35 @@ impl Drop for Server {
     }
 }
 
-/// The AWS environment for a client of `port`, with `secret` as the secret key.
+/// Every variable that points pipe at a remote or configures S3.
+const AWS_VARS: [&str; 14] = [
+    "PIPE_REMOTE",
+    "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_ALLOW_HTTP",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_CONFIG_FILE",
+];
+
+/// The AWS environment for a client of `port`, with `secret` as the secret key (and no AWS
+/// CLI files: the tester's own `~/.aws/` stays out of the tests).
 fn aws_env(cmd: &mut Command, port: u16, secret: &str) {
-    for var in [
-        "PIPE_REMOTE",
-        "AWS_PROFILE",
-        "AWS_SESSION_TOKEN",
-        "AWS_ENDPOINT_URL_S3",
-    ] {
+    for var in AWS_VARS {
         cmd.env_remove(var);
     }
+    cmd.env(
+        "AWS_SHARED_CREDENTIALS_FILE",
+        "/nonexistent/aws/credentials",
+    )
+    .env("AWS_CONFIG_FILE", "/nonexistent/aws/config");
     cmd.env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"))
         .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
         .env("AWS_SECRET_ACCESS_KEY", secret)
@@ -439,4 +459,62 @@ fn no_remote_runs_without_asking_and_a_bad_url_names_its_line() {
     let out = pipe(&second, server.port, SECRET_KEY, &["status", "team.yaml"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("team.yaml:2:9"), "{}", stderr(&out));
+}
+
+#[test]
+fn push_waits_for_the_run_holding_the_store_and_no_wait_names_its_pid() {
+    let server = Server::start();
+    let project = clone(None, false);
+    run(&project, server.port, SECRET_KEY);
+    // What a running `pipe run` holds: the store's lock, with its holder's pid.
+    let store = pipe_engine::Store::open(&pipe_engine::store_dir(project.root())).unwrap();
+    let held = store.lock(false, |_| {}).unwrap();
+    let me = std::process::id();
+
+    let out = pipe(&project, server.port, SECRET_KEY, &["push", "--no-wait"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("another pipe run (pid {me}) is using the store")),
+        "{}",
+        stderr(&out)
+    );
+
+    let mut cmd = project.command(&["push"]);
+    aws_env(&mut cmd, server.port, SECRET_KEY);
+    let mut push = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("pipe push starts");
+    let (lines, waiting) = std::sync::mpsc::channel();
+    let reader = BufReader::new(push.stderr.take().unwrap());
+    let copier = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in reader.lines().map_while(Result::ok) {
+            let _ = lines.send(line.clone());
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let line = waiting
+        .recv_timeout(Duration::from_secs(60))
+        .expect("push says it waits");
+    assert!(
+        line.contains(&format!("Waiting for another pipe run (pid {me})")),
+        "{line}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        server.object_files().is_empty(),
+        "pushed while a run held the store"
+    );
+    assert_eq!(push.try_wait().unwrap(), None, "push did not wait");
+
+    drop(held);
+    let status = push.wait().unwrap();
+    let log = copier.join().unwrap();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(log.contains("Pushed 3 stage(s)"), "{log}");
+    assert!(!server.object_files().is_empty());
 }
