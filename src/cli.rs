@@ -110,16 +110,18 @@ Exit codes: 0 success, 1 no metrics to show or compare with, 2 bad usage or mani
     /// The remote is `remote: s3://bucket/prefix` in the manifest, or PIPE_REMOTE (which wins).
     /// Endpoint and credentials come from the AWS environment (AWS_ENDPOINT_URL,
     /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION, and
-    /// AWS_ALLOW_HTTP=true for a plain-http server). What the remote has is skipped. While a
-    /// pipe run uses the store, push waits for it.
+    /// AWS_ALLOW_HTTP=true for a plain-http server), and what it leaves unset from the AWS
+    /// CLI's files (~/.aws/credentials and ~/.aws/config, profile AWS_PROFILE or default).
+    /// What the remote has is skipped. While a pipe run uses the store, push waits for it.
     #[command(after_help = "\
 Examples:
   pipe push                                 every stage of the one manifest here
   pipe push pipelines/student.yaml finetune just finetune's results
   PIPE_REMOTE=s3://team-cache/student pipe push
+  AWS_PROFILE=team pipe push                keys and endpoint of ~/.aws/ profile `team`
 
 Exit codes: 0 success, 1 the remote failed (the cause is printed), 2 bad usage, manifest, \
-or the store in use (with --no-wait).")]
+AWS files, or the store in use (with --no-wait).")]
     Push(TransferArgs),
     /// Download the results the lockfile references from the remote cache.
     ///

@@ -518,3 +518,138 @@ fn push_waits_for_the_run_holding_the_store_and_no_wait_names_its_pid() {
     assert!(log.contains("Pushed 3 stage(s)"), "{log}");
     assert!(!server.object_files().is_empty());
 }
+
+/// `pipe args…` in `project` with no AWS variable but `HOME` and `extra`.
+fn pipe_with_aws_files(
+    project: &Project,
+    home: &Path,
+    extra: &[(&str, &str)],
+    args: &[&str],
+) -> Output {
+    let mut cmd = project.command(args);
+    for var in AWS_VARS {
+        cmd.env_remove(var);
+    }
+    cmd.env("HOME", home).envs(extra.iter().copied());
+    cmd.output().expect("pipe runs")
+}
+
+#[test]
+fn push_and_pull_take_keys_and_endpoint_from_the_aws_cli_files() {
+    let server = Server::start();
+    let home = tempfile::tempdir().unwrap();
+    let aws = home.path().join(".aws");
+    std::fs::create_dir(&aws).unwrap();
+    std::fs::write(
+        aws.join("credentials"),
+        format!(
+            "[default]\naws_access_key_id = someone-else\naws_secret_access_key = wrong\n\n\
+             [team]\naws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = {SECRET_KEY}\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        aws.join("config"),
+        format!(
+            "# written by hand\n[profile team]\nregion = us-east-1\nendpoint_url = http://127.0.0.1:{}\n",
+            server.port
+        ),
+    )
+    .unwrap();
+    let team = [("AWS_PROFILE", "team")];
+
+    let first = clone(None, false);
+    let out = pipe_with_aws_files(&first, home.path(), &team, &["run", "team.yaml", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = pipe_with_aws_files(&first, home.path(), &team, &["push"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("Pushed 3 stage(s)"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!server.object_files().is_empty());
+
+    let second = clone(Some(&first), true);
+    let out = pipe_with_aws_files(&second, home.path(), &team, &["pull"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("Pulled 3 stage(s)"),
+        "{}",
+        stderr(&out)
+    );
+    let out = pipe_with_aws_files(
+        &second,
+        home.path(),
+        &[],
+        &["run", "team.yaml", "--json", "--no-remote"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        statuses(&report).iter().all(|(_, s)| s == "cached"),
+        "{report}"
+    );
+    assert_eq!(outputs(&second), outputs(&first));
+
+    // The environment wins over the files: its wrong secret is refused.
+    let env_wins = [
+        ("AWS_PROFILE", "team"),
+        ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
+        ("AWS_SECRET_ACCESS_KEY", "not-the-secret"),
+    ];
+    let third = clone(Some(&first), true);
+    let out = pipe_with_aws_files(&third, home.path(), &env_wins, &["pull"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("refused the credentials"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Files named by the environment, and a profile neither file has.
+    let moved = home.path().join("elsewhere");
+    std::fs::rename(&aws, &moved).unwrap();
+    let files = [
+        ("AWS_PROFILE", "team"),
+        (
+            "AWS_SHARED_CREDENTIALS_FILE",
+            &*moved.join("credentials").to_string_lossy(),
+        ),
+        ("AWS_CONFIG_FILE", &*moved.join("config").to_string_lossy()),
+    ]
+    .map(|(k, v)| (k, v.to_string()));
+    let files: Vec<(&str, &str)> = files.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let out = pipe_with_aws_files(&third, home.path(), &files, &["pull"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = pipe_with_aws_files(&third, home.path(), &[("AWS_PROFILE", "nobody")], &["push"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("profile `nobody`"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_malformed_aws_config_file_is_named_with_its_line() {
+    let home = tempfile::tempdir().unwrap();
+    let config = home.path().join(".aws/config");
+    std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+    std::fs::write(
+        &config,
+        "[default]\nregion = us-east-1\nendpoint_url http://127.0.0.1:9\n",
+    )
+    .unwrap();
+    let project = clone(None, false);
+    let out = pipe_with_aws_files(&project, home.path(), &[], &["push"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "{}:3: `endpoint_url http://127.0.0.1:9` is neither",
+            config.display()
+        )),
+        "{err}"
+    );
+}
