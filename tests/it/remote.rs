@@ -653,3 +653,49 @@ fn a_malformed_aws_config_file_is_named_with_its_line() {
         "{err}"
     );
 }
+
+#[test]
+fn a_record_whose_objects_are_gone_is_restored_from_the_remote_not_rerun() {
+    let server = Server::start();
+    let first = pushed_clone(&server);
+    let before = outputs(&first);
+    // The records stay; every object they name is gone (collected, or a store copied in part).
+    let objects = pipe_engine::store_dir(first.root()).join("objects");
+    std::fs::remove_dir_all(&objects).unwrap();
+    std::fs::create_dir(&objects).unwrap();
+
+    let status = pipe(&first, server.port, SECRET_KEY, &["status", "team.yaml"]);
+    assert!(
+        stderr(&status).contains("3 would be restored from the remote"),
+        "{}",
+        stderr(&status)
+    );
+    let (report, _) = run(&first, server.port, SECRET_KEY);
+    for stage in ["count", "big", "report"] {
+        assert_eq!(status_of(&report, stage), "cached", "{report}");
+    }
+    assert!(
+        report["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["reason"] == "restored from the remote"),
+        "{report}"
+    );
+    // A rerun would have drawn a new random blob and new time stamps.
+    assert_eq!(outputs(&first), before);
+    assert!(std::fs::read_dir(&objects).unwrap().next().is_some());
+
+    // Without a remote it reruns, as before.
+    std::fs::remove_dir_all(&objects).unwrap();
+    std::fs::create_dir(&objects).unwrap();
+    let out = pipe(
+        &first,
+        server.port,
+        SECRET_KEY,
+        &["run", "team.yaml", "--json", "--no-remote"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status_of(&report, "count"), "ran", "{report}");
+}
