@@ -468,7 +468,7 @@ fn assert_snapshot_whole(fake: &FakeHub, cache: &Path) {
 fn two_downloads_of_one_model_at_once_fetch_each_file_once() {
     let fake = FakeHub::start();
     // The weights take a while, so that the second download asks while the first is in it.
-    fake.faults.lock().unwrap().delay = Some(Duration::from_millis(500));
+    fake.faults.lock().unwrap().delay = Some(Duration::from_secs(1));
     let cache = tempfile::tempdir().unwrap();
     let start = Arc::new(Barrier::new(2));
     let downloads: Vec<_> = (0..2)
