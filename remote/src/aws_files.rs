@@ -2,7 +2,8 @@
 //! environment leaves unset: object_store reads only the environment (and instance
 //! metadata), while teams keep their keys and endpoints in these files.
 //!
-//! As the AWS CLI: the profile is `AWS_PROFILE` (else `default`); the files are
+//! As the AWS CLI: the profile is `AWS_PROFILE` (else `AWS_DEFAULT_PROFILE`, else
+//! `default`); the files are
 //! `AWS_SHARED_CREDENTIALS_FILE` and `AWS_CONFIG_FILE` (else `~/.aws/credentials` and
 //! `~/.aws/config`); the credentials file's sections are `[name]`, the config file's
 //! `[profile name]` (and `[default]`); a key in the credentials file wins over the same key in
@@ -45,8 +46,12 @@ fn load(env: &dyn Fn(&str) -> Option<String>, home: Option<&Path>) -> anyhow::Re
             .map(PathBuf::from)
             .or_else(|| home.map(|h| h.join(".aws").join(default)))
     };
-    let named = env("AWS_PROFILE").or_else(|| env("AWS_DEFAULT_PROFILE"));
-    let name = named.clone().unwrap_or_else(|| "default".to_string());
+    let named = ["AWS_PROFILE", "AWS_DEFAULT_PROFILE"]
+        .into_iter()
+        .find_map(|var| Some((var, env(var)?)));
+    let name = named
+        .as_ref()
+        .map_or_else(|| "default".to_string(), |(_, n)| n.clone());
     let mut found = false;
     let mut settings: BTreeMap<String, String> = BTreeMap::new();
     // The credentials file first: its keys win.
@@ -73,23 +78,38 @@ fn load(env: &dyn Fn(&str) -> Option<String>, home: Option<&Path>) -> anyhow::Re
             }
         }
     }
-    if let Some(named) = named
+    if let Some((var, named)) = &named
         && !found
     {
         return Err(UsageError(format!(
-            "AWS_PROFILE names the profile `{named}`, which neither the AWS credentials file nor the config file has; \
-             add it (`aws configure --profile {named}`) or unset AWS_PROFILE"
+            "{var} names the profile `{named}`, which neither the AWS credentials file nor the config file has; \
+             add it (`aws configure --profile {named}`) or unset {var}"
         ))
         .into());
     }
     let mut take = |key: &str| settings.remove(key);
-    Ok(Profile {
+    let profile = Profile {
         access_key_id: take("aws_access_key_id"),
         secret_access_key: take("aws_secret_access_key"),
         session_token: take("aws_session_token"),
         region: take("region"),
         endpoint_url: take("endpoint_url"),
-    })
+    };
+    if profile.access_key_id.is_some() != profile.secret_access_key.is_some()
+        && env("AWS_ACCESS_KEY_ID").is_none()
+    {
+        let (has, lacks) = if profile.access_key_id.is_some() {
+            ("aws_access_key_id", "aws_secret_access_key")
+        } else {
+            ("aws_secret_access_key", "aws_access_key_id")
+        };
+        return Err(UsageError(format!(
+            "the AWS profile `{name}` has {has} but no {lacks}; add it to the credentials file, \
+             or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+        ))
+        .into());
+    }
+    Ok(profile)
 }
 
 impl Profile {
@@ -304,6 +324,19 @@ mod tests {
         assert_eq!(value("aws_region"), None);
         assert_eq!(value("aws_endpoint"), Some("http://127.0.0.1:9000".into()));
         assert_eq!(value("aws_allow_http"), Some("true".into()));
+        // Half a key pair is refused.
+        std::fs::write(
+            aws.join("credentials"),
+            "[default]\naws_access_key_id = D\n",
+        )
+        .unwrap();
+        let err = load(&env_of(&[]), Some(home.path()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`default` has aws_access_key_id but no aws_secret_access_key"),
+            "{err}"
+        );
         // No files at all: nothing, and no error.
         let empty = tempfile::tempdir().unwrap();
         assert_eq!(
