@@ -1,6 +1,6 @@
 //! `pipe serve`: the built binary serves the bundle of the predict tests' pipeline; a real
 //! HTTP client (ureq) asks it what `pipe predict --json` answers, in parallel, with bad
-//! requests, and SIGTERM stops it.
+//! requests, past a full queue (503), and SIGTERM stops it, answering the requests in flight.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
