@@ -298,11 +298,18 @@ fn lookup(
     key: &Digest,
     locked: Option<&LockEntry>,
 ) -> Lookup {
+    let complete = |found: &StageRecord| {
+        found
+            .outputs
+            .values()
+            .all(|o| env.store.output_complete(o.kind, &o.hash))
+    };
     let (found, from_remote) = match env.store.record(key) {
-        Some(found) => (found, false),
-        None => {
-            // A local miss: the shared remote cache may have it (a dry run only asks,
-            // and what it answers cannot be checked against objects it did not fetch).
+        Some(found) if complete(&found) => (found, false),
+        // A local miss, or a record whose objects are gone (collected, a store copied in
+        // part): the shared remote cache may have them (a dry run only asks, and what it
+        // answers cannot be checked against objects it did not fetch).
+        _ => {
             let asked = env.remote.and_then(|link| {
                 link.lookup(env.store, key, &stage.name, env.dry_run, env.printer)
             });
