@@ -70,6 +70,23 @@ impl StepOptions {
     }
 }
 
+impl StepOptions {
+    /// What the training loss of `rows` of `train` is a mean over: the sum of their target
+    /// class weights with `class_weights` (with or without label smoothing, see
+    /// [`CrossEntropy`]), else their number (a multi-label row has as many targets as any
+    /// other). A micro-batch's share of an accumulated step is its denominator over the
+    /// step's.
+    pub fn loss_denominator(&self, train: &TokenTable, rows: &[usize]) -> f64 {
+        match (&self.loss.class_weights, train.labels()) {
+            (Some(w), Labels::Single(ids)) => rows
+                .iter()
+                .map(|&r| f64::from(w[ids[r] as usize]))
+                .sum(),
+            _ => rows.len() as f64,
+        }
+    }
+}
+
 /// The weight of each label, in class-index order.
 fn class_weights(
     rule: Option<&ClassWeights>,

@@ -10,8 +10,8 @@
 //! Each site with a nonzero probability is a bool graph input named after the HF module
 //! (`dropout:transformer.h.0.attn.attention.attn_dropout`), true where the value is kept.
 //! [`DropoutPlan::masks`] draws them from a counter-based generator keyed by (seed, step,
-//! site, element): every mask is a pure function of the run's seed and the step, so a
-//! resumed run and a run at another thread count see the same masks, bit for bit. Drawing
+//! micro-batch, site, element): every mask is a pure function of the run's seed, the
+//! optimizer step and the micro-batch within it (gradient accumulation), so a resumed run and a run at another thread count see the same masks, bit for bit. Drawing
 //! costs a hash per two elements on the host (a few milliseconds per step for the `tiny`
 //! shape, under 2% of its step time), which buys that reproducibility without integer
 //! hashing inside the graph, where ONNX Runtime's CPU kernels offer no unsigned arithmetic.
@@ -136,16 +136,19 @@ impl DropoutPlan {
         Ok(Dropout { sites })
     }
 
-    /// The masks of the step after `step` completed ones, for a batch of `batch` rows of
-    /// `seq` positions: graph feeds named as [`Self::declare`] names the inputs.
+    /// The masks of micro-batch `micro` (0-based) of the step after `step` completed ones,
+    /// for a batch of `batch` rows of `seq` positions: graph feeds named as
+    /// [`Self::declare`] names the inputs. Micro-batch 0 draws what a step without
+    /// accumulation draws (`mix(0)` is 0).
     pub fn masks(
         &self,
         seed: u64,
         step: u64,
+        micro: u64,
         batch: usize,
         seq: usize,
     ) -> Result<Vec<(String, HostTensor)>> {
-        let step_key = mix(mix(seed ^ 0x6472_6f70_6f75_7421) ^ step);
+        let step_key = mix(mix(seed ^ 0x6472_6f70_6f75_7421) ^ step) ^ mix(micro);
         self.sites
             .iter()
             .enumerate()
@@ -224,7 +227,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn masks_drop_the_asked_share_and_depend_on_seed_step_and_site() {
+    fn masks_drop_the_asked_share_and_depend_on_seed_step_micro_batch_and_site() {
         let cfg = GptNeoConfig::test(50, 2);
         let rates = DropoutRates {
             embed: 0.1,
@@ -234,10 +237,15 @@ mod tests {
         let plan = DropoutPlan::new(&cfg, rates);
         // embed + one attention site per layer; resid 0 adds none.
         assert_eq!(plan.sites.len(), 1 + cfg.num_layers);
-        let a = plan.masks(7, 3, 4, 16).unwrap();
-        assert_eq!(a, plan.masks(7, 3, 4, 16).unwrap());
-        assert_ne!(a, plan.masks(7, 4, 4, 16).unwrap());
-        assert_ne!(a, plan.masks(8, 3, 4, 16).unwrap());
+        let a = plan.masks(7, 3, 0, 4, 16).unwrap();
+        assert_eq!(a, plan.masks(7, 3, 0, 4, 16).unwrap());
+        assert_ne!(a, plan.masks(7, 4, 0, 4, 16).unwrap());
+        assert_ne!(a, plan.masks(8, 3, 0, 4, 16).unwrap());
+        assert_ne!(a, plan.masks(7, 3, 1, 4, 16).unwrap());
+        assert_ne!(
+            plan.masks(7, 3, 1, 4, 16).unwrap(),
+            plan.masks(7, 3, 2, 4, 16).unwrap()
+        );
         assert_ne!(a[1].1, a[2].1, "two attention sites share a mask");
         // 4·4·16·16 = 4,096 flags per attention site at p = 0.3: the dropped share is within
         // 5 standard deviations (√(0.3·0.7/4096) ≈ 0.0072) of 0.3.
