@@ -88,7 +88,24 @@ fn checkpoint(p: &Project) -> Option<PathBuf> {
 
 #[test]
 fn a_killed_finetune_resumes_and_ends_with_the_same_weights() {
-    let p = project(RESUMABLE);
+    killed_and_resumed_ends_like_uninterrupted(RESUMABLE);
+}
+
+/// With gradient accumulation and dropout, checkpoints fall between optimizer steps and the
+/// masks of every micro-batch come back the same after a resume.
+#[test]
+fn a_killed_finetune_with_gradient_accumulation_resumes_exactly() {
+    killed_and_resumed_ends_like_uninterrupted(&format!(
+        "{RESUMABLE}    gradient_accumulation_steps: 3\n    \
+         dropout: {{ embed: 0.1, attention: 0.1, resid: 0.1 }}\n"
+    ));
+}
+
+/// Runs the project of `rest`, kills it with SIGKILL after its first checkpoint, runs it
+/// again, and checks that the second run resumed and ends with the weights of a run never
+/// killed.
+fn killed_and_resumed_ends_like_uninterrupted(rest: &str) {
+    let p = project(rest);
     let mut child = p.spawn(&["run", "train.yaml"]);
     let start = Instant::now();
     let saved = loop {
@@ -130,7 +147,7 @@ fn a_killed_finetune_resumes_and_ends_with_the_same_weights() {
         "scratch is cleared"
     );
 
-    let clean = project(RESUMABLE);
+    let clean = project(rest);
     let out = clean.pipe(&["run", "train.yaml", "-q"]);
     assert!(
         out.status.success(),

@@ -78,10 +78,9 @@ impl StepOptions {
     /// step's.
     pub fn loss_denominator(&self, train: &TokenTable, rows: &[usize]) -> f64 {
         match (&self.loss.class_weights, train.labels()) {
-            (Some(w), Labels::Single(ids)) => rows
-                .iter()
-                .map(|&r| f64::from(w[ids[r] as usize]))
-                .sum(),
+            (Some(w), Labels::Single(ids)) => {
+                rows.iter().map(|&r| f64::from(w[ids[r] as usize])).sum()
+            }
             _ => rows.len() as f64,
         }
     }

@@ -299,7 +299,9 @@ impl<'a> Training<'a> {
             .find_map(|(name, t)| (*name == "token_index").then_some(t))
             .context("a batch without token_index")?;
         let (b, s) = (index.shape()[0] as usize, index.shape()[1] as usize);
-        self.options.dropout.masks(self.params.seed, step, micro, b, s)
+        self.options
+            .dropout
+            .masks(self.params.seed, step, micro, b, s)
     }
 
     /// Feeds the evaluation of the weights after step `done` to `select_best`, logging an
