@@ -23,8 +23,10 @@
 //!   seconds, tokens_per_s) and per evaluation (eval_loss, eval_accuracy);
 //! - `metrics.json`: losses, validation results, steps, throughput, peak memory.
 //!
-//! Each optimizer step is one run of a compiled ONNX graph (forward and gradients) and one
-//! fused clipping + AdamW pass over the flat training state ([`pipe_onnx::FlatTrainer`]). Checkpoints go to the scratch folder named by the stage
+//! Each optimizer step is one run of a compiled ONNX graph (forward and gradients) per
+//! micro-batch (`gradient_accumulation_steps` of them, each gradient weighted by its share
+//! of the step's loss) and one fused clipping + AdamW pass over the flat training state
+//! ([`pipe_onnx::FlatTrainer`]). Checkpoints go to the scratch folder named by the stage
 //! key; a killed run resumes from the last one. The only state is the parameters, moments and
 //! step count, all saved exactly, and the data order is a function of the seed and the epoch,
 //! so a resumed run ends with the same weights, bit for bit, as an uninterrupted one (tested
