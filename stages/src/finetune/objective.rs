@@ -78,7 +78,7 @@ impl StepOptions {
         }
         Ok(StepOptions {
             loss,
-            dropout: DropoutPlan::new(config, rates),
+            dropout: DropoutPlan::new(config, rates).with_lora(config, params.lora.as_ref()),
         })
     }
 }

@@ -7,6 +7,9 @@
 //! `mlp.dropout`, `resid_dropout`). Only training graphs have dropout: evaluation and export
 //! build the model without it, as `model.eval()` does.
 //!
+//! With LoRA, PEFT's `lora_dropout` drops the input of each adapter (`x` before `lora_A`;
+//! the frozen layer sees `x` whole): one more site per adapted layer.
+//!
 //! Each site with a nonzero probability is a bool graph input named after the HF module
 //! (`dropout:transformer.h.0.attn.attention.attn_dropout`), true where the value is kept.
 //! [`DropoutPlan::masks`] draws them from a counter-based generator keyed by (seed, step,
@@ -22,6 +25,7 @@ use anyhow::Result;
 use pipe_onnx::{DType, Dim, Graph, HostTensor, Tensor};
 
 use super::gpt_neo::GptNeoConfig;
+use super::lora::LoraParams;
 
 /// Dropout probabilities of GPT-Neo's three kinds of site.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -53,8 +57,8 @@ impl DropoutRates {
 /// The shape of a site's mask.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SiteShape {
-    /// `[batch, seq, hidden]`.
-    Hidden,
+    /// `[batch, seq, n]`: hidden states (`n` = hidden size), or a LoRA adapter's input.
+    Rows(usize),
     /// `[batch, heads, seq, seq]`.
     Attention,
 }
@@ -70,7 +74,6 @@ struct Site {
 #[derive(Debug, Clone, PartialEq)]
 pub struct DropoutPlan {
     sites: Vec<Site>,
-    hidden: usize,
     heads: usize,
 }
 
@@ -86,7 +89,8 @@ impl DropoutPlan {
                 sites.push(Site { module, shape, p });
             }
         };
-        add("transformer.drop".into(), SiteShape::Hidden, rates.embed);
+        let hidden = SiteShape::Rows(config.hidden_size);
+        add("transformer.drop".into(), hidden, rates.embed);
         for i in 0..config.num_layers {
             let attn = format!("transformer.h.{i}.attn.attention");
             add(
@@ -94,22 +98,49 @@ impl DropoutPlan {
                 SiteShape::Attention,
                 rates.attention,
             );
-            add(
-                format!("{attn}.resid_dropout"),
-                SiteShape::Hidden,
-                rates.resid,
-            );
+            add(format!("{attn}.resid_dropout"), hidden, rates.resid);
             add(
                 format!("transformer.h.{i}.mlp.dropout"),
-                SiteShape::Hidden,
+                hidden,
                 rates.resid,
             );
         }
         DropoutPlan {
             sites,
-            hidden: config.hidden_size,
             heads: config.num_heads,
         }
+    }
+
+    /// Adds PEFT's `lora_dropout` on the input of every adapter of `lora` (when its dropout
+    /// is nonzero): sites `<module>.lora_dropout` (PEFT's `lora_dropout.default`) after the
+    /// model's, so the model's masks stay what they are without LoRA dropout.
+    pub fn with_lora(mut self, config: &GptNeoConfig, lora: Option<&LoraParams>) -> Self {
+        let Some(lora) = lora.filter(|l| l.dropout > 0.0) else {
+            return self;
+        };
+        let (h, m) = (config.hidden_size, config.intermediate_size());
+        for i in 0..config.num_layers {
+            let attn = format!("transformer.h.{i}.attn.attention");
+            let mlp = format!("transformer.h.{i}.mlp");
+            let modules = [
+                (&attn, "q_proj", h),
+                (&attn, "k_proj", h),
+                (&attn, "v_proj", h),
+                (&attn, "out_proj", h),
+                (&mlp, "c_fc", h),
+                (&mlp, "c_proj", m),
+            ];
+            for (parent, module, width) in modules {
+                if lora.targets(module) {
+                    self.sites.push(Site {
+                        module: lora_site(&format!("{parent}.{module}")),
+                        shape: SiteShape::Rows(width),
+                        p: lora.dropout,
+                    });
+                }
+            }
+        }
+        self
     }
 
     /// Whether no site drops anything.
@@ -123,7 +154,7 @@ impl DropoutPlan {
         for site in &self.sites {
             let (b, s) = (Dim::from("batch"), Dim::from("seq"));
             let shape = match site.shape {
-                SiteShape::Hidden => vec![b, s, Dim::Fixed(self.hidden as i64)],
+                SiteShape::Rows(n) => vec![b, s, Dim::Fixed(n as i64)],
                 SiteShape::Attention => vec![b, Dim::Fixed(self.heads as i64), s.clone(), s],
             };
             let mask = g.input(
@@ -154,7 +185,7 @@ impl DropoutPlan {
             .enumerate()
             .map(|(i, site)| {
                 let dims: Vec<usize> = match site.shape {
-                    SiteShape::Hidden => vec![batch, seq, self.hidden],
+                    SiteShape::Rows(n) => vec![batch, seq, n],
                     SiteShape::Attention => vec![batch, self.heads, seq, seq],
                 };
                 let n: usize = dims.iter().product();
@@ -168,6 +199,11 @@ impl DropoutPlan {
             })
             .collect()
     }
+}
+
+/// The dropout site on the input of the LoRA adapter of the linear layer `module`.
+pub fn lora_site(module: &str) -> String {
+    format!("{module}.lora_dropout")
 }
 
 const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
