@@ -599,9 +599,7 @@ impl Pipeline<'_> {
             source_text: Some(self.manifest.source.clone()),
         })
     }
-}
 
-impl Pipeline<'_> {
     /// `error` from running `stage`, with the manifest location of the setting it names
     /// when it is a [`ParamError`] (see [`Stage::run`]); any other error as it is.
     pub fn locate_run_error(
