@@ -414,7 +414,7 @@ fn execute(
         log_path: &log,
         reporter: &reporter,
     };
-    let outcome = run_kind(stage, &ctx)?;
+    let outcome = run_kind(stage, &ctx).map_err(|e| env.pipeline.locate_run_error(stage, e))?;
     let outputs = commit(env, stage, &out_dir)?;
     let stage_record = StageRecord {
         key,

@@ -17,7 +17,7 @@ use crate::lockfile::lock_path;
 use crate::manifest::{Manifest, StageSpec};
 use crate::matrix::{self, Member};
 use crate::paths;
-use crate::stage::{Checked, ParamError, Registry, Stage};
+use crate::stage::{Checked, ParamError, PlannedInput, Registry, Stage};
 use crate::yaml::Span;
 
 /// Options that change what a manifest may do.
@@ -289,9 +289,12 @@ pub fn plan<'r>(
             Vec::new()
         }
     };
+    if errors.is_empty() {
+        check_planned_inputs(&stages, &order, &file, &mut errors);
+    }
     if !errors.is_empty() {
         return Err(ManifestError {
-            diagnostics: errors,
+            diagnostics: dedup(errors),
             source_text: Some(manifest.source),
         });
     }
@@ -418,6 +421,41 @@ fn check_output_names(
                 );
             }
         }
+    }
+}
+
+/// Shows each stage, in run `order`, what its inputs will hold ([`Stage::check_inputs`]):
+/// the output names its upstreams declare, given their own inputs
+/// ([`Stage::planned_output_names`]), or the `outs` of a command.
+fn check_planned_inputs(
+    stages: &[PlannedStage<'_>],
+    order: &[usize],
+    file: &std::path::Path,
+    errors: &mut Vec<Diagnostic>,
+) {
+    let mut known: Vec<Option<Vec<String>>> = vec![None; stages.len()];
+    for &id in order {
+        let stage = &stages[id];
+        let inputs: Vec<PlannedInput<'_>> = stage
+            .inputs
+            .iter()
+            .map(|input| PlannedInput {
+                name: &input.name,
+                stage: &stages[input.stage].name,
+                outputs: match &input.output {
+                    Some(one) => Some(vec![one.clone()]),
+                    None => known[input.stage].clone(),
+                },
+            })
+            .collect();
+        if let Err(e) = stage.kind.check_inputs(&stage.spec.params, &inputs) {
+            errors.push(param_diagnostic(&stage.spec, stage.kind, file, e));
+        }
+        known[id] = if stage.kind.takes_run() {
+            Some(stage.outs.clone())
+        } else {
+            (stage.kind).planned_output_names(&stage.checked.key_params, &inputs)
+        };
     }
 }
 
@@ -591,6 +629,22 @@ impl Pipeline<'_> {
             diagnostics,
             source_text: Some(self.manifest.source.clone()),
         })
+    }
+
+    /// `error` from running `stage`, with the manifest location of the setting it names
+    /// when it is a [`ParamError`] (see [`Stage::run`]); any other error as it is.
+    pub fn locate_run_error(
+        &self,
+        stage: &PlannedStage<'_>,
+        error: anyhow::Error,
+    ) -> anyhow::Error {
+        match error.downcast::<ParamError>() {
+            Ok(e) => {
+                let d = param_diagnostic(&stage.spec, stage.kind, &self.manifest.path, e);
+                anyhow::anyhow!(d.render(None))
+            }
+            Err(other) => other,
+        }
     }
 }
 
