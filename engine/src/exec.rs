@@ -69,9 +69,6 @@ pub fn run(
         selected_ids(pipeline, names)?;
     }
     let selected = pipeline.closure(&targets);
-    if !options.dry_run {
-        pipeline.preflight(&selected)?;
-    }
     let remote = options.remote.clone().map(RemoteLink::new);
     let env = JobEnv {
         pipeline,
@@ -81,6 +78,21 @@ pub fn run(
         dry_run: options.dry_run,
         remote: remote.as_ref(),
     };
+    if !options.dry_run && pipeline.preflight(&selected).is_err() {
+        // A stage this machine cannot run (a CUDA stage on a laptop) is no
+        // obstacle when its results come from the cache: only the stages a
+        // dry run says would run must pass.
+        let dry_env = JobEnv {
+            dry_run: true,
+            ..env
+        };
+        let would_run: Vec<usize> = schedule(&dry_env, &selected, &lock, options, |_, _| {})
+            .into_iter()
+            .filter(|(_, result)| !matches!(result, JobResult::Cached(_)))
+            .map(|(id, _)| id)
+            .collect();
+        pipeline.preflight(&would_run)?;
+    }
     let name_width = selected
         .iter()
         .map(|&i| pipeline.stages[i].name.len())
