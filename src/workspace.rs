@@ -3,7 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
-use pipe_engine::{Manifest, Pipeline, PlanOptions, Registry, Store, UsageError, plan};
+use pipe_engine::store::StoreLock;
+use pipe_engine::{
+    Manifest, Pipeline, PlanOptions, Printer, Registry, Store, Tone, UsageError, plan,
+};
 
 /// Splits `[FILE] [STAGE…]` positionals: the first is the manifest when it
 /// names a YAML file (or an existing file); otherwise the manifest is the
@@ -58,4 +61,21 @@ pub fn load<'r>(
 /// Opens the store of a pipeline.
 pub fn open_store(pipeline: &Pipeline<'_>) -> anyhow::Result<Store> {
     Store::open(&pipe_engine::store_dir(&pipeline.manifest.dir))
+}
+
+/// Takes the store's lock for a command that writes the store (run, gc) or must not read
+/// it while a run writes it (push, pull). While another process holds it: with `wait`, says
+/// whose it is and waits; otherwise fails with [`pipe_engine::StoreBusy`] naming the holder.
+pub fn lock_store(store: &Store, wait: bool, printer: &Printer) -> anyhow::Result<StoreLock> {
+    store.lock(wait, |holder| {
+        let who = holder.map(|p| format!(" (pid {p})")).unwrap_or_default();
+        printer.status(
+            "Waiting",
+            Tone::Warn,
+            &format!(
+                "for another pipe run{who} to release {}",
+                store.root().display()
+            ),
+        );
+    })
 }

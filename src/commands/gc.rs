@@ -18,9 +18,7 @@ pub fn exec(args: GcArgs, printer: &Printer) -> anyhow::Result<Outcome> {
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(std::path::Path::new("."));
     let store = Store::open(&pipe_engine::store_dir(project))?;
-    let _lock = store.lock(true, |_| {
-        printer.status("Waiting", Tone::Warn, "for a running pipe run to finish")
-    })?;
+    let _lock = workspace::lock_store(&store, true, printer)?;
     let lockfiles = find_lockfiles(project);
     let report = collect(&store, &lockfiles, args.grace, args.dry_run)?;
     if args.json {

@@ -22,17 +22,7 @@ pub fn exec(args: RunArgs, printer: &Printer) -> anyhow::Result<Outcome> {
     let _lock = if args.dry_run {
         None
     } else {
-        let lock = store.lock(!args.no_wait, |holder| {
-            let who = holder.map(|p| format!(" (pid {p})")).unwrap_or_default();
-            printer.status(
-                "Waiting",
-                Tone::Warn,
-                &format!(
-                    "for another pipe run{who} to release {}",
-                    store.root().display()
-                ),
-            );
-        })?;
+        let lock = workspace::lock_store(&store, !args.no_wait, printer)?;
         store.clean_tmp()?;
         Some(lock)
     };
