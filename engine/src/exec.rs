@@ -5,6 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, mpsc};
 
+use crate::executor::Executor;
+use crate::executor::local::Local;
 use crate::hash::StatCache;
 use crate::job::{JobEnv, JobResult, run_job};
 use crate::lockfile::{LockEntry, LockFile, lock_path, parsed_copy_path, previous_lock_path};
@@ -42,6 +44,8 @@ pub struct RunOptions {
     pub print_stages: bool,
     /// A shared cache to ask on a local miss (see [`crate::remote`]).
     pub remote: Option<Arc<dyn RemoteCache>>,
+    /// Where stages that must run execute (see [`crate::executor`]); `None` runs them here.
+    pub executor: Option<Arc<dyn Executor>>,
 }
 
 /// Brings the selected stages up to date and returns what happened.
@@ -71,6 +75,7 @@ pub fn run(
         pipeline.preflight(&selected)?;
     }
     let remote = options.remote.clone().map(RemoteLink::new);
+    let executor: &dyn Executor = options.executor.as_deref().unwrap_or(&Local);
     let env = JobEnv {
         pipeline,
         store,
@@ -78,6 +83,7 @@ pub fn run(
         printer,
         dry_run: options.dry_run,
         remote: remote.as_ref(),
+        executor,
     };
     let name_width = selected
         .iter()
@@ -86,7 +92,8 @@ pub fn run(
         .unwrap_or(0);
     let results = schedule(&env, &selected, &lock, options, |id, result| {
         if options.print_stages {
-            RunReport::print_stage(printer, &stage_report(pipeline, id, result), name_width);
+            let report = stage_report(pipeline, executor, id, result);
+            RunReport::print_stage(printer, &report, name_width);
         }
     });
     let report = RunReport {
@@ -96,7 +103,7 @@ pub fn run(
             .all(|(_, r)| !matches!(r.status(), Status::Failed | Status::Skipped)),
         stages: results
             .iter()
-            .map(|(id, r)| stage_report(pipeline, *id, r))
+            .map(|(id, r)| stage_report(pipeline, executor, *id, r))
             .collect(),
     };
     if !options.dry_run {
@@ -157,8 +164,19 @@ fn unknown_stage(pipeline: &Pipeline<'_>, name: &str) -> anyhow::Error {
     )))
 }
 
-fn stage_report(pipeline: &Pipeline<'_>, id: usize, result: &JobResult) -> StageReport {
+fn stage_report(
+    pipeline: &Pipeline<'_>,
+    executor: &dyn Executor,
+    id: usize,
+    result: &JobResult,
+) -> StageReport {
     let stage = &pipeline.stages[id];
+    // A stage reached its executor when it ran, or failed after its key was known.
+    let executed = matches!(
+        result,
+        JobResult::Ran(_) | JobResult::Failed { reason: Some(_), .. }
+    );
+    let job = executed.then(|| executor.job(&stage.name)).flatten();
     let (key, seconds, reason, headline, error) = match result {
         JobResult::Ran(done) | JobResult::Cached(done) => (
             Some(done.key),
@@ -199,6 +217,9 @@ fn stage_report(pipeline: &Pipeline<'_>, id: usize, result: &JobResult) -> Stage
         reason,
         headline,
         error,
+        executor: executed.then(|| executor.name().to_string()),
+        job_id: job.as_ref().map(|j| j.id.clone()),
+        job_state: job.map(|j| j.state),
     }
 }
 
