@@ -174,7 +174,11 @@ fn stage_report(
     // A stage reached its executor when it ran, or failed after its key was known.
     let executed = matches!(
         result,
-        JobResult::Ran(_) | JobResult::Failed { reason: Some(_), .. }
+        JobResult::Ran(_)
+            | JobResult::Failed {
+                reason: Some(_),
+                ..
+            }
     );
     let job = executed.then(|| executor.job(&stage.name)).flatten();
     let (key, seconds, reason, headline, error) = match result {

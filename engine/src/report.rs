@@ -91,7 +91,10 @@ impl RunReport {
         };
         let job = stage.job_id.as_ref().map(|id| match stage.status {
             Status::Ran => format!("job {id}"),
-            _ => format!("job {id} {}", stage.job_state.as_deref().unwrap_or_default()),
+            _ => format!(
+                "job {id} {}",
+                stage.job_state.as_deref().unwrap_or_default()
+            ),
         });
         let detail: Vec<&str> = [
             job.as_deref(),

@@ -91,8 +91,9 @@ pub enum Reply {
 impl Request {
     /// The request for running `ctx` with a kind of `kind_version`, paths made absolute.
     pub fn new(kind: &str, kind_version: u32, ctx: &RunContext<'_>) -> anyhow::Result<Request> {
-        let absolute =
-            |p: &Path| std::path::absolute(p).with_context(|| format!("cannot resolve `{}`", p.display()));
+        let absolute = |p: &Path| {
+            std::path::absolute(p).with_context(|| format!("cannot resolve `{}`", p.display()))
+        };
         Ok(Request {
             pipe_version: env!("CARGO_PKG_VERSION").to_string(),
             stage: ctx.stage.to_string(),
@@ -126,7 +127,11 @@ impl Request {
 
     /// Writes the request into folder `dir`.
     pub fn write(&self, dir: &Path) -> anyhow::Result<()> {
-        atomic::write(&dir.join(REQUEST_FILE), &serde_json::to_vec_pretty(self)?, false)
+        atomic::write(
+            &dir.join(REQUEST_FILE),
+            &serde_json::to_vec_pretty(self)?,
+            false,
+        )
     }
 }
 
@@ -202,6 +207,10 @@ pub fn serve(registry: &Registry, dir: &Path) -> anyhow::Result<bool> {
             false,
         ),
     };
-    atomic::write(&dir.join(REPLY_FILE), &serde_json::to_vec_pretty(&reply)?, true)?;
+    atomic::write(
+        &dir.join(REPLY_FILE),
+        &serde_json::to_vec_pretty(&reply)?,
+        true,
+    )?;
     Ok(ok)
 }

@@ -42,7 +42,10 @@ impl Resources {
             mem: self.mem.clone().or_else(|| defaults.mem.clone()),
             gpus: self.gpus.or(defaults.gpus),
             time: self.time.clone().or_else(|| defaults.time.clone()),
-            partition: self.partition.clone().or_else(|| defaults.partition.clone()),
+            partition: self
+                .partition
+                .clone()
+                .or_else(|| defaults.partition.clone()),
             account: self.account.clone().or_else(|| defaults.account.clone()),
         }
     }
@@ -70,7 +73,10 @@ pub fn parse(file: &Path, node: &Node, errors: &mut Vec<Diagnostic>) -> Option<R
                 errors.push(Diagnostic::at(
                     file,
                     value.span,
-                    format!("`resources.{key}` must be a value, not {}", value.type_name()),
+                    format!(
+                        "`resources.{key}` must be a value, not {}",
+                        value.type_name()
+                    ),
                 ));
                 continue;
             }

@@ -104,7 +104,12 @@ impl Slurm {
     /// Writes the batch script into `dir`.
     fn write_script(&self, dir: &Path) -> anyhow::Result<PathBuf> {
         let mut line = b"exec".to_vec();
-        for arg in self.command.iter().map(|a| a.as_bytes()).chain([dir.as_os_str().as_bytes()]) {
+        for arg in self
+            .command
+            .iter()
+            .map(|a| a.as_bytes())
+            .chain([dir.as_os_str().as_bytes()])
+        {
             line.push(b' ');
             line.extend(shell_quote(arg));
         }
@@ -211,7 +216,8 @@ impl Submitted {
             }),
             Err(e) => {
                 cancel(&id);
-                Err(anyhow::Error::new(e).context("cannot start the process that cancels the job if pipe dies"))
+                Err(anyhow::Error::new(e)
+                    .context("cannot start the process that cancels the job if pipe dies"))
             }
         }
     }
@@ -431,7 +437,10 @@ mod tests {
                 exit_code: "0:15".into(),
             })
         );
-        assert_eq!(JobState::parse("slurm_load_jobs error: Invalid job id"), None);
+        assert_eq!(
+            JobState::parse("slurm_load_jobs error: Invalid job id"),
+            None
+        );
     }
 
     #[test]
@@ -455,7 +464,13 @@ mod tests {
                 "--account=ml"
             ]
         );
-        assert!(options(&Resources { gpus: Some(0), ..Resources::default() }).is_empty());
+        assert!(
+            options(&Resources {
+                gpus: Some(0),
+                ..Resources::default()
+            })
+            .is_empty()
+        );
     }
 
     #[test]
