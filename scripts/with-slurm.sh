@@ -10,7 +10,9 @@
 # pid files and logs in one temporary folder that is removed at the end. The
 # node is this host (`hostname -s`) with its real CPUs and memory; there is no
 # accounting database, no cgroups (proctrack/linuxproc, task/none) and no
-# systemd. Needs root (it installs packages and runs the daemons).
+# systemd. The controller starts a submitted job at its next scheduling pass
+# instead of batching submissions for up to 3 s (`batch_sched_delay=0`). Needs
+# root (it installs packages and runs the daemons).
 #
 # Examples:
 #   scripts/with-slurm.sh sinfo
@@ -127,6 +129,7 @@ JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
 ReturnToService=2
 KillWait=2
+SchedulerParameters=batch_sched_delay=0
 MinJobAge=600
 InactiveLimit=0
 NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem State=UNKNOWN

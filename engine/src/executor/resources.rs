@@ -51,6 +51,23 @@ impl Resources {
     }
 }
 
+/// The JSON Schema of `resources:`.
+pub fn schema() -> serde_json::Value {
+    serde_json::json!({
+        "type": "object",
+        "description": "What the stage asks of a cluster scheduler (`--executor slurm`); not part of the stage key.",
+        "additionalProperties": false,
+        "properties": {
+            "cpus": { "type": "integer", "minimum": 1, "description": "CPUs (`--cpus-per-task`)." },
+            "mem": { "type": ["string", "integer"], "pattern": "^[0-9]+[KMGTkmgt]?$", "description": "Memory: megabytes, or with a unit K, M, G, T (`--mem`)." },
+            "gpus": { "type": "integer", "minimum": 0, "description": "GPUs (`--gres=gpu:N`)." },
+            "time": { "type": ["string", "integer"], "description": "Wall-time limit: minutes, `MM:SS`, `HH:MM:SS` or `D-HH:MM:SS` (`--time`)." },
+            "partition": { "type": "string", "description": "The partition (`--partition`)." },
+            "account": { "type": "string", "description": "The account charged (`--account`)." }
+        }
+    })
+}
+
 /// Parses a `resources:` mapping, pushing an error located at each bad key or value.
 pub fn parse(file: &Path, node: &Node, errors: &mut Vec<Diagnostic>) -> Option<Resources> {
     let Some(entries) = node.as_map() else {

@@ -53,8 +53,30 @@ const FINAL_STATES: &[&str] = &[
     "REVOKED",
 ];
 
-/// The first and the longest pause between two looks at a job.
-const POLL: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(2));
+/// The pause between two looks at a job: short while a short job is likely to
+/// end, then growing by half up to a longest pause.
+const POLL: Poll = Poll {
+    first: Duration::from_millis(250),
+    steady_for: Duration::from_secs(5),
+    longest: Duration::from_secs(2),
+};
+
+struct Poll {
+    first: Duration,
+    steady_for: Duration,
+    longest: Duration,
+}
+
+impl Poll {
+    /// The pause after `pause`, `waited` into the job.
+    fn next(&self, pause: Duration, waited: Duration) -> Duration {
+        if waited < self.steady_for {
+            pause
+        } else {
+            (pause * 3 / 2).min(self.longest)
+        }
+    }
+}
 
 /// Looks at a job that fail in a row before pipe gives up on it (and cancels it).
 const QUERY_ATTEMPTS: u32 = 10;
@@ -123,7 +145,8 @@ impl Slurm {
 
     /// Waits until job `id` of stage `stage` has ended; returns its final state and exit code.
     fn wait(&self, stage: &str, id: &str) -> anyhow::Result<JobState> {
-        let mut pause = POLL.0;
+        let started = std::time::Instant::now();
+        let mut pause = POLL.first;
         let mut failures = 0;
         let mut last = String::new();
         loop {
@@ -148,7 +171,7 @@ impl Slurm {
                 }
             }
             std::thread::sleep(pause);
-            pause = (pause * 3 / 2).min(POLL.1);
+            pause = POLL.next(pause, started.elapsed());
         }
     }
 }
