@@ -71,11 +71,11 @@ pub fn run(
         selected_ids(pipeline, names)?;
     }
     let selected = pipeline.closure(&targets);
-    if !options.dry_run {
+    let executor: &dyn Executor = options.executor.as_deref().unwrap_or(&Local);
+    if !options.dry_run && executor.runs_here() {
         pipeline.preflight(&selected)?;
     }
     let remote = options.remote.clone().map(RemoteLink::new);
-    let executor: &dyn Executor = options.executor.as_deref().unwrap_or(&Local);
     let env = JobEnv {
         pipeline,
         store,

@@ -276,3 +276,59 @@ fn killing_pipe_run_cancels_its_jobs() {
         assert!(!p.path("k.lock").exists(), "nothing was committed");
     }
 }
+
+#[test]
+fn a_cuda_stage_without_gpus_gets_a_warning() {
+    cluster();
+    let p = Project::new();
+    let manifest = |resources: &str| {
+        format!(
+            "pipeline: gpu\nstages:\n  ingest:\n    source: data.csv\n  tokenize:\n    from: ingest\n    tokenizer: {{ train: {{ vocab_size: 300 }} }}\n  finetune:\n    from: tokenize\n    model: {{ config: tiny }}\n    device: cuda\n{resources}"
+        )
+    };
+    p.file("data.csv", &csv(8)).file("g.yaml", &manifest(""));
+    // Only ingest runs: the warning is about the manifest, before anything runs.
+    let out = p.pipe(&["run", "g.yaml", "ingest", "--executor", "slurm"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stderr(&out);
+    assert!(
+        text.contains("stage finetune asks for `device: cuda` but no GPU"),
+        "{text}"
+    );
+    p.file("g.yaml", &manifest("    resources: { gpus: 1 }\n"));
+    let out = p.pipe(&["run", "g.yaml", "ingest", "--executor", "slurm"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("but no GPU"), "{}", stderr(&out));
+}
+
+#[test]
+fn without_a_reachable_cluster_the_run_stops_before_anything_runs() {
+    let p = Project::new();
+    p.file(
+        "n.yaml",
+        "pipeline: nocluster\nstages:\n  a:\n    run: echo ran > a.txt\n    outs: [a.txt]\n",
+    );
+    // A controller that does not answer (nothing listens on port 1).
+    p.file(
+        "down.conf",
+        "ClusterName=down\nSlurmctldHost=localhost\nSlurmctldPort=1\n",
+    );
+    let out = p
+        .command(&["run", "n.yaml", "--executor", "slurm"])
+        .env("SLURM_CONF", p.path("down.conf"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out)
+            .contains("`sinfo` failed (slurm_load_partitions: Unable to contact slurm controller"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("scripts/with-slurm.sh"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!p.path("a.txt").exists());
+}

@@ -42,6 +42,13 @@ pub trait Executor: Send + Sync + std::fmt::Debug {
     /// Runs the stage's kind to completion and returns its outcome; an error fails the stage.
     fn run(&self, job: &StageJob<'_>) -> anyhow::Result<Outcome>;
 
+    /// Whether stages run on this machine, so that [`crate::Stage::preflight`]
+    /// checks (a device, a tool) are made here before a run; a cluster's
+    /// nodes are not the machine that submits to them.
+    fn runs_here(&self) -> bool {
+        true
+    }
+
     /// The scheduler's job for stage `stage` in this run, if it made one.
     fn job(&self, stage: &str) -> Option<JobInfo> {
         let _ = stage;

@@ -93,17 +93,22 @@ pub struct Slurm {
 impl Slurm {
     /// An executor whose jobs run `command` followed by the stage's folder
     /// (`pipe exec-stage`, see [`crate::executor::request::serve`]). Fails when
-    /// the Slurm client commands do not answer.
+    /// the cluster does not answer.
     pub fn new(command: Vec<OsString>) -> anyhow::Result<Slurm> {
-        let probe = Command::new("sbatch")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        if !probe.is_ok_and(|s| s.success()) {
-            anyhow::bail!(
-                "`sbatch` is not available: the Slurm executor needs Slurm's client commands (sbatch, scontrol, scancel) on PATH and a cluster to submit to"
-            );
+        // `sinfo` answers only when the cluster's controller does.
+        let probe = Command::new("sinfo")
+            .args(["--noheader", "--summarize"])
+            .stdin(Stdio::null())
+            .output();
+        let help = "the Slurm executor needs Slurm's client commands (sbatch, scontrol, scancel, sinfo) on PATH and a cluster they reach (SLURM_CONF or /etc/slurm/slurm.conf); scripts/with-slurm.sh starts one on this machine";
+        match probe {
+            Err(e) => anyhow::bail!("cannot run `sinfo` ({e}): {help}"),
+            Ok(out) if !out.status.success() => {
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                let last = stderr.lines().rfind(|l| !l.trim().is_empty());
+                anyhow::bail!("`sinfo` failed ({}): {help}", last.unwrap_or("no message"));
+            }
+            Ok(_) => {}
         }
         Ok(Slurm {
             command,
@@ -216,6 +221,10 @@ impl Executor for Slurm {
                 state.advice(&resources)
             )),
         }
+    }
+
+    fn runs_here(&self) -> bool {
+        false
     }
 
     fn job(&self, stage: &str) -> Option<JobInfo> {
