@@ -83,7 +83,7 @@ print(*(s.getsockname()[1] for s in socks))
 
 host=$(hostname -s)
 cpus=$(nproc)
-mem=$(free -m | awk '/^Mem:/ {print $2}')
+mem=$(awk '/^MemTotal:/ {print int($2 / 1024)}' /proc/meminfo) # MB, as `free -m` says
 mkdir -p "$dir/state" "$dir/spool"
 
 dd if=/dev/urandom of="$dir/munge.key" bs=1024 count=1 status=none

@@ -78,7 +78,7 @@ impl Poll {
     }
 }
 
-/// Looks at a job that fail in a row before pipe gives up on it (and cancels it).
+/// How many looks at a job may fail in a row before pipe gives up on it (and cancels it).
 const QUERY_ATTEMPTS: u32 = 10;
 
 /// Submits each stage as a Slurm job and waits for it.
