@@ -214,3 +214,127 @@ pub fn serve(registry: &Registry, dir: &Path) -> anyhow::Result<bool> {
     )?;
     Ok(ok)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stage::{Checked, ParamError, Stage};
+
+    /// Writes its `text` parameter into `out/greeting.txt`; fails when it is empty.
+    struct Greet;
+
+    impl Stage for Greet {
+        fn kind(&self) -> &'static str {
+            "greet"
+        }
+        fn version(&self) -> u32 {
+            2
+        }
+        fn summary(&self) -> &'static str {
+            "writes a greeting"
+        }
+        fn params_schema(&self) -> Value {
+            serde_json::json!({ "type": "object" })
+        }
+        fn check(&self, params: &Value) -> Result<Checked, ParamError> {
+            Ok(Checked {
+                key_params: params.clone(),
+                workspace_deps: Vec::new(),
+            })
+        }
+        fn run(&self, ctx: &RunContext<'_>) -> anyhow::Result<Outcome> {
+            let text = ctx.params["text"].as_str().unwrap_or_default();
+            anyhow::ensure!(!text.is_empty(), "nothing to say");
+            let input = ctx.only_input()?.output("words")?;
+            let words = files::read_to_string(input)?;
+            files::write(
+                &ctx.out_dir.join("greeting.txt"),
+                format!("{text} {words}").as_bytes(),
+            )?;
+            let mut metrics = serde_json::Map::new();
+            metrics.insert("length".into(), text.len().into());
+            Ok(Outcome {
+                metrics,
+                headline: Some(format!("said {text}")),
+            })
+        }
+    }
+
+    /// A stage folder with a request for `greet` (at `version`) saying `text`.
+    fn request(dir: &Path, text: &str, version: u32) {
+        let out_dir = dir.join("out");
+        std::fs::create_dir_all(&out_dir).unwrap();
+        std::fs::write(dir.join("words.txt"), "world").unwrap();
+        let params = serde_json::json!({ "text": text });
+        let inputs = [Input {
+            name: "up".into(),
+            stage: "up".into(),
+            outputs: [("words".to_string(), dir.join("words.txt"))].into(),
+        }];
+        let printer = Printer::new(ColorChoice::Never, true, true);
+        let reporter = printer.reporter("hello");
+        let ctx = RunContext {
+            stage: "hello",
+            key: "00",
+            params: &params,
+            workspace: dir,
+            out_dir: &out_dir,
+            scratch_dir: &dir.join("scratch"),
+            inputs: &inputs,
+            run: None,
+            outs: &[],
+            log_path: &dir.join("log"),
+            reporter: &reporter,
+        };
+        Request::new("greet", version, &ctx)
+            .unwrap()
+            .write(dir)
+            .unwrap();
+    }
+
+    fn registry() -> Registry {
+        let mut registry = Registry::new();
+        registry.register(Greet);
+        registry
+    }
+
+    #[test]
+    fn the_job_runs_the_request_and_replies_with_the_outcome() {
+        let dir = tempfile::tempdir().unwrap();
+        request(dir.path(), "hello", 2);
+        assert!(serve(&registry(), dir.path()).unwrap());
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("out/greeting.txt")).unwrap(),
+            "hello world"
+        );
+        match read_reply(dir.path()).unwrap() {
+            Some(Reply::Done { metrics, headline }) => {
+                assert_eq!(metrics["length"], 5);
+                assert_eq!(headline.as_deref(), Some("said hello"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_failing_stage_replies_with_its_error() {
+        let dir = tempfile::tempdir().unwrap();
+        request(dir.path(), "", 2);
+        assert!(!serve(&registry(), dir.path()).unwrap());
+        match read_reply(dir.path()).unwrap() {
+            Some(Reply::Failed { error }) => assert_eq!(error, "nothing to say"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_kind_of_another_version_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        request(dir.path(), "hello", 1);
+        let error = serve(&registry(), dir.path()).unwrap_err().to_string();
+        assert!(error.contains("version 2 of the `greet` kind"), "{error}");
+        assert!(error.contains("computed with version 1"), "{error}");
+        assert!(read_reply(dir.path()).unwrap().is_none());
+        assert!(!dir.path().join("out/greeting.txt").exists());
+    }
+}
