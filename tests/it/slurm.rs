@@ -332,3 +332,40 @@ fn without_a_reachable_cluster_the_run_stops_before_anything_runs() {
     );
     assert!(!p.path("a.txt").exists());
 }
+
+#[test]
+fn independent_stages_are_in_the_queue_together() {
+    cluster();
+    let p = Project::new();
+    // Each stage announces itself and then waits (up to 2 minutes) for the
+    // other: both succeed only when their jobs run at the same time.
+    let waiting = |me: &str, other: &str| {
+        format!(
+            "  {me}:\n    run: touch {me}.here; i=0; while test ! -e {other}.here && test $i -lt 1200; do sleep 0.1; i=$((i+1)); done; test -e {other}.here && echo met > {me}.txt\n    outs: [{me}.txt]\n"
+        )
+    };
+    p.file(
+        "q.yaml",
+        &format!(
+            "pipeline: together\nstages:\n{}{}",
+            waiting("left", "right"),
+            waiting("right", "left")
+        ),
+    );
+    let out = p.pipe(&[
+        "run",
+        "q.yaml",
+        "--executor",
+        "slurm",
+        "--jobs",
+        "2",
+        "--json",
+    ]);
+    let report = json_of(&out, 0);
+    assert_eq!(status_of(&report, "left"), "ran", "{report}");
+    assert_eq!(status_of(&report, "right"), "ran", "{report}");
+    assert_ne!(
+        stage(&report, "left")["job_id"],
+        stage(&report, "right")["job_id"]
+    );
+}
