@@ -64,9 +64,9 @@ fn csv(rows: usize) -> String {
     text
 }
 
-/// ingest → split, and two commands: `words` reads split's test set, `echo`
-/// stands alone (so it is in the queue together with ingest).
-fn pipeline(echo: &str) -> String {
+/// ingest → split, and two commands: `words` reads split's outputs and asks
+/// for `mem`, `echo` stands alone (so it is in the queue together with ingest).
+fn pipeline(echo: &str, mem: &str) -> String {
     format!(
         r#"pipeline: onslurm
 resources: {{ time: "5" }}
@@ -81,7 +81,7 @@ stages:
     from: split
     run: ls "$PIPE_FROM" > words.txt; echo "words saw $PIPE_FROM"
     outs: [words.txt]
-    resources: {{ cpus: 1, mem: 100M }}
+    resources: {{ cpus: 1, mem: {mem} }}
   echo:
     run: echo {echo} > echo.txt
     outs: [echo.txt]
@@ -94,7 +94,7 @@ fn each_stage_that_runs_is_one_job_cached_ones_none_and_results_match_a_local_ru
     cluster();
     let p = Project::new();
     p.file("data.csv", &csv(24))
-        .file("p.yaml", &pipeline("one"));
+        .file("p.yaml", &pipeline("one", "100M"));
     let report = run_slurm(&p, "p.yaml", 0);
     let mut ids = Vec::new();
     for name in ["ingest", "split", "words", "echo"] {
@@ -126,8 +126,8 @@ fn each_stage_that_runs_is_one_job_cached_ones_none_and_results_match_a_local_ru
     );
     assert!(p.read("words.txt").lines().any(|l| l == "test.parquet"));
 
-    // One command changes: only it gets a job.
-    p.file("p.yaml", &pipeline("two"));
+    // One command changes, and words' resources (not part of its key): only echo gets a job.
+    p.file("p.yaml", &pipeline("two", "200M"));
     let report = run_slurm(&p, "p.yaml", 0);
     for (name, status) in statuses(&report) {
         let s = stage(&report, &name);
@@ -145,7 +145,7 @@ fn each_stage_that_runs_is_one_job_cached_ones_none_and_results_match_a_local_ru
     let local = Project::new();
     local
         .file("data.csv", &csv(24))
-        .file("p.yaml", &pipeline("two"));
+        .file("p.yaml", &pipeline("two", "200M"));
     let local_report = local.run_json("p.yaml", 0);
     assert_eq!(stage(&local_report, "echo")["executor"], "local");
     assert!(stage(&local_report, "echo")["job_id"].is_null());
@@ -306,15 +306,16 @@ fn without_a_reachable_cluster_the_run_stops_before_anything_runs() {
     let p = Project::new();
     p.file(
         "n.yaml",
-        "pipeline: nocluster\nstages:\n  a:\n    run: echo ran > a.txt\n    outs: [a.txt]\n",
+        "pipeline: nocluster\nexecutor: slurm\nstages:\n  a:\n    run: echo ran > a.txt\n    outs: [a.txt]\n",
     );
     // A controller that does not answer (nothing listens on port 1).
     p.file(
         "down.conf",
         "ClusterName=down\nSlurmctldHost=localhost\nSlurmctldPort=1\n",
     );
+    // `executor: slurm` in the manifest.
     let out = p
-        .command(&["run", "n.yaml", "--executor", "slurm"])
+        .command(&["run", "n.yaml"])
         .env("SLURM_CONF", p.path("down.conf"))
         .output()
         .unwrap();
@@ -331,6 +332,14 @@ fn without_a_reachable_cluster_the_run_stops_before_anything_runs() {
         stderr(&out)
     );
     assert!(!p.path("a.txt").exists());
+    // The flag wins over the manifest.
+    let out = p
+        .command(&["run", "n.yaml", "--executor", "local"])
+        .env("SLURM_CONF", p.path("down.conf"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(p.read("a.txt"), "ran\n");
 }
 
 #[test]
