@@ -163,7 +163,7 @@ fn a_failing_stage_reports_its_job_state_and_log_tail() {
     let p = Project::new();
     p.file(
         "f.yaml",
-        "pipeline: fails\nstages:\n  bad:\n    run: echo about to fail; echo x > bad.txt; exit 3\n    outs: [bad.txt]\n  after:\n    run: echo never > after.txt\n    deps: [bad.txt]\n    outs: [after.txt]\n",
+        "pipeline: fails\nstages:\n  bad:\n    run: echo about to fail; echo x > bad.txt; exit 3\n    outs: [bad.txt]\n  after:\n    run: echo never > after.txt\n    deps: [bad.txt]\n    outs: [after.txt]\n  crash:\n    run: echo crashing; kill -9 $PPID\n",
     );
     let out = p.pipe(&["run", "f.yaml", "--executor", "slurm"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
@@ -186,6 +186,16 @@ fn a_failing_stage_reports_its_job_state_and_log_tail() {
     assert!(bad["error"].as_str().unwrap().contains("about to fail"));
     assert_eq!(status_of(&report, "after"), "skipped");
     assert!(!p.path("after.txt").exists());
+    // A job that dies without replying (here `pipe exec-stage` is killed, as an
+    // out-of-memory killer would) fails with its state and exit signal.
+    let crash = stage(&report, "crash");
+    assert_eq!(crash["job_state"], "FAILED", "{report}");
+    let error = crash["error"].as_str().unwrap();
+    assert!(
+        error.contains("exit code 0:9) without finishing the stage"),
+        "{error}"
+    );
+    assert!(error.contains("| crashing"), "{error}");
 }
 
 #[test]

@@ -378,6 +378,7 @@ impl JobState {
             "OUT_OF_MEMORY" => limit("mem", &resources.mem),
             "CANCELLED" => "; someone cancelled it (scancel)".into(),
             "PREEMPTED" => "; the scheduler preempted it for another job: run again".into(),
+            "FAILED" => "; its log says why (a job that cannot read its request means the store is not on a filesystem the nodes share)".into(),
             _ => String::new(),
         }
     }
