@@ -44,7 +44,13 @@ pids=()
 stop() {
   local code=$?
   if [[ -n "${SLURM_CONF:-}" ]] && [[ ${#pids[@]} -gt 1 ]]; then
+    # Cancel what CMD left and let the jobs end while the daemons still run,
+    # so no job step is left behind waiting for a controller that is gone.
     scancel --user=root --quiet 2>/dev/null || true
+    for _ in $(seq 40); do
+      [[ -z $(squeue -h -o %i 2>/dev/null) ]] && break
+      sleep 0.25
+    done
   fi
   local pid
   for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
