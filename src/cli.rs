@@ -111,14 +111,18 @@ Exit codes: 0 success, 1 no metrics to show or compare with, 2 bad usage or mani
     /// The remote is `remote: s3://bucket/prefix` in the manifest, or PIPE_REMOTE (which wins).
     /// Endpoint and credentials come from the AWS environment (AWS_ENDPOINT_URL,
     /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION, and
-    /// AWS_ALLOW_HTTP=true for a plain-http server). What the remote has is skipped.
+    /// AWS_ALLOW_HTTP=true for a plain-http server), and what it leaves unset from the AWS
+    /// CLI's files (~/.aws/credentials and ~/.aws/config, profile AWS_PROFILE or default).
+    /// What the remote has is skipped. While a pipe run uses the store, push waits for it.
     #[command(after_help = "\
 Examples:
   pipe push                                 every stage of the one manifest here
   pipe push pipelines/student.yaml finetune just finetune's results
   PIPE_REMOTE=s3://team-cache/student pipe push
+  AWS_PROFILE=team pipe push                keys and endpoint of ~/.aws/ profile `team`
 
-Exit codes: 0 success, 1 the remote failed (the cause is printed), 2 bad usage or manifest.")]
+Exit codes: 0 success, 1 the remote failed (the cause is printed), 2 bad usage, manifest, \
+AWS files, or the store in use (with --no-wait).")]
     Push(TransferArgs),
     /// Download the results the lockfile references from the remote cache.
     ///
@@ -171,6 +175,7 @@ Exit codes: 0 success, 1 the bundle cannot be found, opened or run, 2 bad usage 
 Examples:
   pipe serve export-onnx                              listen on 127.0.0.1:8080
   pipe serve .pipe/out/student/export-onnx --host 0.0.0.0 --port 9000
+  pipe serve export-onnx --queue 16 --max-batch 8     refuse (503) beyond 16 waiting requests
   curl -s localhost:8080/predict -d '{\"texts\": [\"What is a prime number?\"]}'
 
 Exit codes: 0 stopped by a signal, 1 the bundle cannot be found or opened, 2 bad usage, \
@@ -283,6 +288,9 @@ pub struct TransferArgs {
     /// Print what was transferred as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Fail at once when a run holds the store, instead of waiting for it.
+    #[arg(long)]
+    pub no_wait: bool,
     #[command(flatten)]
     pub manifest: ManifestArgs,
 }
@@ -469,7 +477,7 @@ pub struct ServeArgs {
     /// The most texts one model run takes, across the requests waiting.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_batch: u64,
-    /// The most requests waiting for the model; more are answered 503.
+    /// The most requests waiting for the model; more are answered 503 with `Retry-After: 1`.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
     pub queue: u64,
     /// The largest request body in bytes; larger ones are answered 413.

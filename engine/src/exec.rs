@@ -9,7 +9,9 @@ use crate::executor::Executor;
 use crate::executor::local::Local;
 use crate::hash::StatCache;
 use crate::job::{JobEnv, JobResult, run_job};
-use crate::lockfile::{LockEntry, LockFile, lock_path, parsed_copy_path, previous_lock_path};
+use crate::lockfile::{
+    LockEntry, LockFile, headline_metrics, lock_path, parsed_copy_path, previous_lock_path,
+};
 use crate::plan::Pipeline;
 use crate::printer::Printer;
 use crate::remote::{RemoteCache, RemoteLink};
@@ -72,9 +74,6 @@ pub fn run(
     }
     let selected = pipeline.closure(&targets);
     let executor: &dyn Executor = options.executor.as_deref().unwrap_or(&Local);
-    if !options.dry_run && executor.runs_here() {
-        pipeline.preflight(&selected)?;
-    }
     let remote = options.remote.clone().map(RemoteLink::new);
     let env = JobEnv {
         pipeline,
@@ -85,6 +84,21 @@ pub fn run(
         remote: remote.as_ref(),
         executor,
     };
+    if !options.dry_run && executor.runs_here() && pipeline.preflight(&selected).is_err() {
+        // A stage this machine cannot run (a CUDA stage on a laptop) is no
+        // obstacle when its results come from the cache: only the stages a
+        // dry run says would run must pass.
+        let dry_env = JobEnv {
+            dry_run: true,
+            ..env
+        };
+        let would_run: Vec<usize> = schedule(&dry_env, &selected, &lock, options, |_, _| {})
+            .into_iter()
+            .filter(|(_, result)| !matches!(result, JobResult::Cached(_)))
+            .map(|(id, _)| id)
+            .collect();
+        pipeline.preflight(&would_run)?;
+    }
     let name_width = selected
         .iter()
         .map(|&i| pipeline.stages[i].name.len())
@@ -119,7 +133,7 @@ pub fn run(
                             .iter()
                             .map(|(k, o)| (k.clone(), o.hash))
                             .collect(),
-                        metrics: done.metrics.clone(),
+                        metrics: headline_metrics(&done.metrics),
                     },
                 );
             }
@@ -251,6 +265,33 @@ impl Handoff {
 
 /// Runs jobs for `selected` (in topological order) on up to `jobs` threads.
 /// Returns results in the order stages finished.
+/// A stage handed to a worker, with what its job needs.
+struct Work<'l> {
+    id: usize,
+    upstream: BTreeMap<usize, Option<BTreeMap<String, OutputEntry>>>,
+    locked: Option<&'l LockEntry>,
+    forced: bool,
+}
+
+/// A worker of [`schedule`]'s pool: runs jobs until the work channel closes.
+fn work(
+    env: &JobEnv<'_>,
+    work_rx: &std::sync::Mutex<mpsc::Receiver<Work<'_>>>,
+    done_tx: mpsc::Sender<(usize, JobResult)>,
+) {
+    loop {
+        // Only the waiting worker holds the lock; the others wait their turn.
+        let next = match work_rx.lock() {
+            Ok(rx) => rx.recv(),
+            Err(_) => return,
+        };
+        let Ok(work) = next else { return };
+        let result = run_job(env, work.id, &work.upstream, work.locked, work.forced);
+        // The receiver lives until every job has reported.
+        let _ = done_tx.send((work.id, result));
+    }
+}
+
 fn schedule(
     env: &JobEnv<'_>,
     selected: &[usize],
@@ -292,9 +333,13 @@ fn schedule(
         .filter(|(_, w)| **w == 0)
         .map(|(i, _)| std::cmp::Reverse(i))
         .collect();
+    // A pool of at most `jobs` workers, started as work arrives: a no-op
+    // rerun of a thousand stages must not cost a thousand threads.
+    let (work_tx, work_rx) = mpsc::channel::<Work<'_>>();
+    let work_rx = std::sync::Mutex::new(work_rx);
     std::thread::scope(|scope| {
-        let (tx, rx) = mpsc::channel::<(usize, JobResult)>();
-        let mut running = 0usize;
+        let (done_tx, done_rx) = mpsc::channel::<(usize, JobResult)>();
+        let (mut running, mut workers) = (0usize, 0usize);
         loop {
             while running < jobs
                 && let Some(std::cmp::Reverse(i)) = ready.pop()
@@ -329,20 +374,27 @@ fn schedule(
                         (u, outputs)
                     })
                     .collect();
-                let locked = lock.stages.get(&pipeline.stages[id].name);
-                let force = forced(id);
-                let tx = tx.clone();
                 running += 1;
-                scope.spawn(move || {
-                    let result = run_job(env, id, &upstream, locked, force);
-                    // The receiver lives until every job has reported.
-                    let _ = tx.send((id, result));
-                });
+                if workers < running {
+                    workers += 1;
+                    let (work_rx, done_tx) = (&work_rx, done_tx.clone());
+                    scope.spawn(move || work(env, work_rx, done_tx));
+                }
+                let work = Work {
+                    id,
+                    upstream,
+                    locked: lock.stages.get(&pipeline.stages[id].name),
+                    forced: forced(id),
+                };
+                // The workers live until `work_tx` is dropped below.
+                let _ = work_tx.send(work);
             }
             if running == 0 {
                 break;
             }
-            let Ok((id, result)) = rx.recv() else { break };
+            let Ok((id, result)) = done_rx.recv() else {
+                break;
+            };
             running -= 1;
             on_done(id, &result);
             handoffs.insert(id, Handoff::of(&result));
@@ -354,6 +406,7 @@ fn schedule(
                 }
             }
         }
+        drop(work_tx);
     });
     finished
 }

@@ -59,8 +59,22 @@ impl fmt::Debug for Digest {
 impl FromStr for Digest {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bytes = blake3::Hash::from_hex(s).map_err(|e| format!("bad digest `{s}`: {e}"))?;
-        Ok(Digest(*bytes.as_bytes()))
+        let bad = || format!("bad digest `{s}`: expected 64 hex digits");
+        let text = s.as_bytes();
+        if text.len() != 64 {
+            return Err(bad());
+        }
+        let nibble = |c: u8| match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            b'A'..=b'F' => Some(c - b'A' + 10),
+            _ => None,
+        };
+        let mut bytes = [0u8; 32];
+        for (byte, pair) in bytes.iter_mut().zip(text.chunks_exact(2)) {
+            *byte = (nibble(pair[0]).ok_or_else(bad)? << 4) | nibble(pair[1]).ok_or_else(bad)?;
+        }
+        Ok(Digest(bytes))
     }
 }
 
@@ -72,8 +86,19 @@ impl Serialize for Digest {
 
 impl<'de> Deserialize<'de> for Digest {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
+        /// Parses the hex text in place: lockfiles and stat caches hold
+        /// tens of thousands of digests, so no `String` per digest.
+        struct Hex;
+        impl serde::de::Visitor<'_> for Hex {
+            type Value = Digest;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a BLAKE3 digest as 64 hex digits")
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Digest, E> {
+                text.parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_str(Hex)
     }
 }
 
@@ -196,8 +221,12 @@ impl Hashed {
 
 /// BLAKE3 of a file's content.
 pub fn hash_file(path: &Path) -> io::Result<Digest> {
+    hash_contents(path, std::fs::metadata(path)?.len())
+}
+
+/// BLAKE3 of the content of the file at `path`, `len` bytes long.
+fn hash_contents(path: &Path, len: u64) -> io::Result<Digest> {
     let mut hasher = blake3::Hasher::new();
-    let len = std::fs::metadata(path)?.len();
     if len >= MMAP_THRESHOLD {
         hasher.update_mmap_rayon(path)?;
     } else {
@@ -219,15 +248,15 @@ pub enum Links {
 /// Hashes an output file or folder (folders recursively, as a Merkle tree)
 /// without following any symlink.
 pub fn hash_path(path: &Path) -> anyhow::Result<Hashed> {
-    hash_path_with(path, Links::Keep, &|p| hash_file(p))
+    hash_path_with(path, Links::Keep, &|p, meta| hash_contents(p, meta.len()))
 }
 
 /// [`hash_path`] with a choice for links and a custom file hasher (e.g. one
-/// backed by a [`StatCache`]).
+/// backed by a [`StatCache`]), which gets the file's metadata as well.
 pub fn hash_path_with(
     path: &Path,
     links: Links,
-    file_hash: &dyn Fn(&Path) -> io::Result<Digest>,
+    file_hash: &dyn Fn(&Path, &std::fs::Metadata) -> io::Result<Digest>,
 ) -> anyhow::Result<Hashed> {
     let meta = match links {
         Links::Follow => std::fs::metadata(path),
@@ -263,7 +292,8 @@ pub fn hash_path_with(
         trees.push(tree.clone());
         Ok(Hashed::Dir { tree, trees })
     } else if meta.is_file() {
-        let hash = file_hash(path).with_context(|| format!("cannot read `{}`", path.display()))?;
+        let hash =
+            file_hash(path, &meta).with_context(|| format!("cannot read `{}`", path.display()))?;
         Ok(Hashed::File {
             hash,
             size: meta.len(),
@@ -296,6 +326,8 @@ struct StatEntry {
 pub struct StatCache {
     entries: Mutex<HashMap<PathBuf, StatEntry>>,
     dirty: Mutex<bool>,
+    /// The current folder, read once: relative paths are keyed by their absolute form.
+    cwd: PathBuf,
 }
 
 impl StatCache {
@@ -308,6 +340,7 @@ impl StatCache {
         StatCache {
             entries: Mutex::new(entries),
             dirty: Mutex::new(false),
+            cwd: std::env::current_dir().unwrap_or_default(),
         }
     }
 
@@ -325,9 +358,16 @@ impl StatCache {
 
     /// The hash of the file at `path`, from the cache when its stat is unchanged.
     pub fn hash_file(&self, path: &Path) -> io::Result<Digest> {
-        let meta = std::fs::metadata(path)?;
+        self.hash_known(path, &std::fs::metadata(path)?)
+    }
+
+    /// [`StatCache::hash_file`] for a file whose metadata was just read.
+    fn hash_known(&self, path: &Path, meta: &std::fs::Metadata) -> io::Result<Digest> {
         let mtime_ns = meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128;
-        let key = std::path::absolute(path)?;
+        // `cwd.join` keeps an absolute `path` as it is; collecting the
+        // components drops `.` ones, as `std::path::absolute` would, without
+        // asking the OS for the current folder on every file.
+        let key: PathBuf = self.cwd.join(path).components().collect();
         {
             let entries = self.entries.lock().expect("stat cache lock poisoned");
             if let Some(e) = entries.get(&key)
@@ -338,7 +378,7 @@ impl StatCache {
                 return Ok(e.hash);
             }
         }
-        let hash = hash_file(path)?;
+        let hash = hash_contents(path, meta.len())?;
         let now_ns = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as i128)
@@ -361,12 +401,12 @@ impl StatCache {
 
     /// Hashes an input file or folder through the cache, following symlinks.
     pub fn hash_dep(&self, path: &Path) -> anyhow::Result<Hashed> {
-        hash_path_with(path, Links::Follow, &|p| self.hash_file(p))
+        hash_path_with(path, Links::Follow, &|p, meta| self.hash_known(p, meta))
     }
 
     /// Hashes an output file or folder through the cache, keeping symlinks as links.
     pub fn hash_out(&self, path: &Path) -> anyhow::Result<Hashed> {
-        hash_path_with(path, Links::Keep, &|p| self.hash_file(p))
+        hash_path_with(path, Links::Keep, &|p, meta| self.hash_known(p, meta))
     }
 }
 
@@ -381,6 +421,25 @@ mod tests {
             Digest::of(b"").to_string(),
             "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
         );
+    }
+
+    #[test]
+    fn digests_read_back_from_their_hex_and_refuse_anything_else() {
+        let digest = Digest::of(b"pipe");
+        let hex = digest.to_string();
+        assert_eq!(hex.parse::<Digest>().unwrap(), digest);
+        assert_eq!(hex.to_uppercase().parse::<Digest>().unwrap(), digest);
+        let json = serde_json::to_string(&digest).unwrap();
+        assert_eq!(serde_json::from_str::<Digest>(&json).unwrap(), digest);
+        for bad in [
+            &hex[..63],
+            &format!("{hex}0"),
+            &format!("g{}", &hex[1..]),
+            "",
+        ] {
+            assert!(bad.parse::<Digest>().is_err(), "{bad}");
+        }
+        assert!(serde_json::from_str::<Digest>("17").is_err());
     }
 
     #[test]

@@ -245,12 +245,14 @@ fn key_record(
         let path = env.pipeline.manifest.dir.join(dep);
         // A dry run restores nothing: an upstream's declared out that is not
         // on disk yet (in the store or the remote) is known from its record.
-        let recorded = upstream
-            .values()
-            .flatten()
-            .flat_map(|outputs| outputs.values())
-            .find(|o| o.workspace && o.path == *dep);
-        if let (false, true, Some(output)) = (path.exists(), env.dry_run, recorded) {
+        if env.dry_run
+            && !path.exists()
+            && let Some(output) = upstream
+                .values()
+                .flatten()
+                .flat_map(|outputs| outputs.values())
+                .find(|o| o.workspace && o.path == *dep)
+        {
             inputs.insert(format!("dep:{dep}"), output.hash);
             continue;
         }
@@ -300,11 +302,18 @@ fn lookup(
     key: &Digest,
     locked: Option<&LockEntry>,
 ) -> Lookup {
+    let complete = |found: &StageRecord| {
+        found
+            .outputs
+            .values()
+            .all(|o| env.store.output_complete(o.kind, &o.hash))
+    };
     let (found, from_remote) = match env.store.record(key) {
-        Some(found) => (found, false),
-        None => {
-            // A local miss: the shared remote cache may have it (a dry run only asks,
-            // and what it answers cannot be checked against objects it did not fetch).
+        Some(found) if complete(&found) => (found, false),
+        // A local miss, or a record whose objects are gone (collected, a store copied in
+        // part): the shared remote cache may have them (a dry run only asks, and what it
+        // answers cannot be checked against objects it did not fetch).
+        _ => {
             let asked = env.remote.and_then(|link| {
                 link.lookup(env.store, key, &stage.name, env.dry_run, env.printer)
             });
@@ -415,7 +424,10 @@ fn execute(
         ctx: &ctx,
         work_dir: tmp.path(),
     };
-    let outcome = env.executor.run(&job)?;
+    let outcome = env
+        .executor
+        .run(&job)
+        .map_err(|e| env.pipeline.locate_run_error(stage, e))?;
     let outputs = commit(env, stage, &out_dir)?;
     let stage_record = StageRecord {
         key,

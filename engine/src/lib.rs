@@ -62,8 +62,8 @@ pub use plan::{Pipeline, PlanOptions, plan};
 pub use printer::{ColorChoice, Printer, Tone};
 pub use report::{RunReport, StageReport, Status};
 pub use stage::{
-    Checked, Input, Outcome, ParamError, Registry, Reporter, RunContext, Stage, key_params_of,
-    parse_params, schema_of,
+    Checked, Input, Outcome, ParamError, PlannedInput, Registry, Reporter, RunContext, Stage,
+    key_params_of, parse_params, schema_of,
 };
 pub use store::{StageRecord, Store, StoreBusy};
 

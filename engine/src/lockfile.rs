@@ -2,7 +2,8 @@
 //!
 //! It records, per stage, what the stage last ran (or was restored) with:
 //! its key, the full [`KeyRecord`] (kind, version, canonical parameters,
-//! input hashes), its output hashes and its metrics. Commit it: `git diff`
+//! input hashes), its output hashes and its headline metrics (the scalar ones:
+//! see [`headline_metrics`]). Commit it: `git diff`
 //! then shows results changing with code and data, `pipe status` explains
 //! what changed since, and `pipe gc` keeps what any lockfile references.
 //! When a run changes the lockfile, the old one is kept in the store (see
@@ -57,9 +58,36 @@ pub struct LockEntry {
     /// Output name → hash.
     #[serde(default)]
     pub outputs: BTreeMap<String, Digest>,
-    /// Metrics of that run.
+    /// Headline metrics of that run ([`headline_metrics`] of the stage's metrics).
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub metrics: serde_json::Map<String, Value>,
+}
+
+/// What of a stage's metrics the lockfile keeps: the scalar values (numbers,
+/// strings, booleans), nested objects included. Arrays (per-class tables,
+/// confusion matrices, curves) stay in the stage record (`pipe show`) and the
+/// stage's own files, so the lockfile stays small and its diffs readable
+/// however many labels a model has.
+pub fn headline_metrics(
+    metrics: &serde_json::Map<String, Value>,
+) -> serde_json::Map<String, Value> {
+    metrics
+        .iter()
+        .filter_map(|(name, value)| {
+            let kept = match value {
+                Value::Array(_) => return None,
+                Value::Object(inner) => {
+                    let inner = headline_metrics(inner);
+                    if inner.is_empty() {
+                        return None;
+                    }
+                    Value::Object(inner)
+                }
+                scalar => scalar.clone(),
+            };
+            Some((name.clone(), kept))
+        })
+        .collect()
 }
 
 /// A lockfile as parsed, with the hash of the bytes it was parsed from.
@@ -268,6 +296,28 @@ mod tests {
             )]),
         };
         (lock, record)
+    }
+
+    #[test]
+    fn the_lockfile_keeps_scalar_metrics_and_leaves_arrays_to_the_record() {
+        let metrics = serde_json::json!({
+            "device": "cpu",
+            "test": {
+                "accuracy": 0.9,
+                "per_class": [{"label": "a", "f1": 0.8}],
+                "confusion": [[1, 0], [0, 1]],
+                "curves": {"roc": [0.1, 0.2]},
+            },
+            "labels": ["a", "b"],
+            "converged": true,
+        });
+        let serde_json::Value::Object(metrics) = metrics else {
+            unreachable!()
+        };
+        assert_eq!(
+            serde_json::Value::Object(headline_metrics(&metrics)),
+            serde_json::json!({"device": "cpu", "test": {"accuracy": 0.9}, "converged": true})
+        );
     }
 
     #[test]

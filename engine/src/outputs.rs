@@ -154,12 +154,17 @@ pub fn publish(
     outputs: &BTreeMap<String, OutputEntry>,
 ) -> anyhow::Result<()> {
     let dir = env.store.out_dir(&env.pipeline.manifest.name, stage);
-    files::create_dir_all(&dir)?;
     let wanted: BTreeSet<&str> = outputs
         .values()
         .filter(|o| !o.workspace)
         .map(|o| o.path.as_str())
         .collect();
+    // A stage with only workspace outs has nothing here: no folder to make
+    // (a large pipeline of shell steps would make one per stage on every run).
+    if wanted.is_empty() && files::kind_of(&dir)?.is_none() {
+        return Ok(());
+    }
+    files::create_dir_all(&dir)?;
     for entry in files::read_dir(&dir)? {
         if !entry
             .file_name()

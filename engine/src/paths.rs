@@ -1,80 +1,172 @@
 //! Workspace paths: normalised, and kept inside the manifest's folder.
 
-use std::path::{Component, Path};
+use std::cell::{OnceCell, RefCell};
+use std::collections::HashMap;
+use std::path::{Component, Path, PathBuf};
 
-/// Normalises a workspace path written in a manifest: resolves `.` and `..`
-/// lexically, uses `/` separators, and refuses paths that leave `workspace`
-/// (absolute paths, `..` above it, or a symlink pointing out of it) unless
-/// `allow_outside` is set. Returns the path relative to `workspace` (or the
-/// absolute path, for an allowed outside path).
-pub fn normalize(workspace: &Path, written: &str, allow_outside: bool) -> Result<String, String> {
-    let path = Path::new(written);
-    if path.is_absolute() {
-        if allow_outside {
-            return Ok(written.to_string());
-        }
-        return Err(format!(
-            "absolute path `{written}` is outside the workspace"
-        ));
-    }
-    let mut parts: Vec<String> = Vec::new();
-    for component in path.components() {
-        match component {
-            Component::CurDir => {}
-            Component::ParentDir => {
-                if parts.pop().is_none() {
-                    if allow_outside {
-                        return Ok(written.to_string());
-                    }
-                    return Err(format!("path `{written}` leaves the manifest's folder"));
-                }
-            }
-            Component::Normal(part) => parts.push(part.to_string_lossy().into_owned()),
-            Component::RootDir | Component::Prefix(_) => {
-                return Err(format!("path `{written}` is not a relative path"));
-            }
-        }
-    }
-    if parts.is_empty() {
-        return Err(format!(
-            "path `{written}` names the manifest's folder itself"
-        ));
-    }
-    let relative = parts.join("/");
-    if !allow_outside {
-        check_symlinks(workspace, &relative)?;
-    }
-    Ok(relative)
+/// Normalises workspace paths written in a manifest and finds what they
+/// really name on disk.
+///
+/// [`Resolver::normalize`] resolves `.` and `..` lexically, uses `/`
+/// separators, and refuses paths that leave the workspace (absolute paths,
+/// `..` above it, or a symlink pointing out of it) unless outside paths are
+/// allowed. [`Resolver::real`] then says which workspace path a normalised
+/// path reaches through the symlinks that exist now, so two spellings of one
+/// file (`data/x` and `link/x` with `link -> data`) are seen as one.
+///
+/// Each folder prefix is looked at once per resolver (one `lstat`), so
+/// resolving the 10,000 paths of a large pipeline that share a few folders
+/// costs about one `lstat` per path.
+#[derive(Debug)]
+pub struct Resolver<'w> {
+    workspace: &'w Path,
+    allow_outside: bool,
+    /// The workspace's canonical path, once a symlink needs it.
+    root: OnceCell<Option<PathBuf>>,
+    /// The real workspace path of each lexical prefix looked at so far.
+    prefixes: RefCell<HashMap<String, Real>>,
 }
 
-/// Refuses a path whose existing part resolves, through symlinks, outside
-/// `workspace`. Only the components that are links are resolved, so a path
-/// without links costs one `lstat` per component.
-fn check_symlinks(workspace: &Path, relative: &str) -> Result<(), String> {
-    let mut prefix = workspace.to_path_buf();
-    for part in relative.split('/') {
-        prefix.push(part);
-        match std::fs::symlink_metadata(&prefix) {
-            Ok(meta) if meta.is_symlink() => {
-                let Ok(root) = workspace.canonicalize() else {
-                    return Ok(());
-                };
-                match prefix.canonicalize() {
-                    Ok(real) if !real.starts_with(&root) => {
-                        return Err(format!(
-                            "path `{relative}` resolves through a symlink to `{}`, outside the workspace",
-                            real.display()
-                        ));
-                    }
-                    // A dangling link leads nowhere yet; pipe never writes through links.
-                    _ => {}
-                }
-            }
-            Ok(_) => {}
-            Err(_) => return Ok(()),
+/// Where a lexical workspace path really is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Real {
+    /// It exists, or its parent does not, at this workspace path.
+    At(String),
+    /// A symlink on the way leads out of the workspace (to this absolute path).
+    Outside(PathBuf),
+}
+
+impl<'w> Resolver<'w> {
+    /// A resolver for paths inside `workspace`; `allow_outside` accepts
+    /// absolute paths and paths above the workspace as written.
+    pub fn new(workspace: &'w Path, allow_outside: bool) -> Resolver<'w> {
+        Resolver {
+            workspace,
+            allow_outside,
+            root: OnceCell::new(),
+            prefixes: RefCell::new(HashMap::new()),
         }
     }
-    Ok(())
+
+    /// The normalised form of `written`, relative to the workspace (or as
+    /// written, for an allowed outside path); see [`Resolver`].
+    pub fn normalize(&self, written: &str) -> Result<String, String> {
+        let path = Path::new(written);
+        if path.is_absolute() {
+            if self.allow_outside {
+                return Ok(written.to_string());
+            }
+            return Err(format!(
+                "absolute path `{written}` is outside the workspace"
+            ));
+        }
+        let mut parts: Vec<String> = Vec::new();
+        for component in path.components() {
+            match component {
+                Component::CurDir => {}
+                Component::ParentDir => {
+                    if parts.pop().is_none() {
+                        if self.allow_outside {
+                            return Ok(written.to_string());
+                        }
+                        return Err(format!("path `{written}` leaves the manifest's folder"));
+                    }
+                }
+                Component::Normal(part) => parts.push(part.to_string_lossy().into_owned()),
+                Component::RootDir | Component::Prefix(_) => {
+                    return Err(format!("path `{written}` is not a relative path"));
+                }
+            }
+        }
+        if parts.is_empty() {
+            return Err(format!(
+                "path `{written}` names the manifest's folder itself"
+            ));
+        }
+        let relative = parts.join("/");
+        if !self.allow_outside
+            && let Real::Outside(real) = self.resolve(&relative)
+        {
+            return Err(format!(
+                "path `{relative}` resolves through a symlink to `{}`, outside the workspace",
+                real.display()
+            ));
+        }
+        Ok(relative)
+    }
+
+    /// The workspace path that normalised path `relative` reaches. With
+    /// `follow_last` the last component is followed too when it is a link
+    /// (what reading a dep does); without, only the folders above it are
+    /// (what writing an out does: pipe replaces a link, it never writes
+    /// through one). An outside path, or one that a link leads out of the
+    /// workspace, is returned as it is.
+    pub fn real(&self, relative: &str, follow_last: bool) -> String {
+        if Path::new(relative).is_absolute() || relative.split('/').next() == Some("..") {
+            return relative.to_string();
+        }
+        let resolved = match relative.rsplit_once('/') {
+            _ if follow_last => self.resolve(relative),
+            Some((parent, last)) => match self.resolve(parent) {
+                Real::At(parent) => Real::At(format!("{parent}/{last}")),
+                outside => outside,
+            },
+            None => Real::At(relative.to_string()),
+        };
+        match resolved {
+            Real::At(real) => real,
+            Real::Outside(_) => relative.to_string(),
+        }
+    }
+
+    /// Resolves a normalised relative path, one memoised prefix at a time.
+    fn resolve(&self, relative: &str) -> Real {
+        if let Some(known) = self.prefixes.borrow().get(relative) {
+            return known.clone();
+        }
+        let (parent, last) = match relative.rsplit_once('/') {
+            Some((parent, last)) => (self.resolve(parent), last),
+            None => (Real::At(String::new()), relative),
+        };
+        let real = match parent {
+            Real::Outside(path) => Real::Outside(path.join(last)),
+            Real::At(parent) => {
+                let lexical = if parent.is_empty() {
+                    last.to_string()
+                } else {
+                    format!("{parent}/{last}")
+                };
+                self.follow(lexical)
+            }
+        };
+        self.prefixes
+            .borrow_mut()
+            .insert(relative.to_string(), real.clone());
+        real
+    }
+
+    /// Where workspace path `lexical` (whose parent is a real folder, or
+    /// missing) leads when its last component is a symlink.
+    fn follow(&self, lexical: String) -> Real {
+        let path = self.workspace.join(&lexical);
+        match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.is_symlink() => {
+                let root = self.root.get_or_init(|| self.workspace.canonicalize().ok());
+                match (root, path.canonicalize()) {
+                    (Some(root), Ok(real)) => match real.strip_prefix(root) {
+                        Ok(inside) => match inside.to_str() {
+                            Some(inside) if !inside.is_empty() => Real::At(inside.to_string()),
+                            _ => Real::At(lexical),
+                        },
+                        Err(_) => Real::Outside(real),
+                    },
+                    // A dangling link leads nowhere yet; pipe never writes through links.
+                    _ => Real::At(lexical),
+                }
+            }
+            _ => Real::At(lexical),
+        }
+    }
 }
 
 /// Whether workspace path `inner` is `outer` or lies inside it.
@@ -92,19 +184,21 @@ mod tests {
     #[test]
     fn normalises_and_confines() {
         let dir = tempfile::tempdir().unwrap();
-        let ws = dir.path();
+        let inside = Resolver::new(dir.path(), false);
         assert_eq!(
-            normalize(ws, "./data/../data/x.csv", false).unwrap(),
+            inside.normalize("./data/../data/x.csv").unwrap(),
             "data/x.csv"
         );
-        assert!(normalize(ws, "../x", false).unwrap_err().contains("leaves"));
+        assert!(inside.normalize("../x").unwrap_err().contains("leaves"));
         assert!(
-            normalize(ws, "/etc/passwd", false)
+            inside
+                .normalize("/etc/passwd")
                 .unwrap_err()
                 .contains("absolute")
         );
-        assert_eq!(normalize(ws, "../x", true).unwrap(), "../x");
-        assert!(normalize(ws, ".", false).is_err());
+        assert!(inside.normalize(".").is_err());
+        let outside = Resolver::new(dir.path(), true);
+        assert_eq!(outside.normalize("../x").unwrap(), "../x");
     }
 
     #[test]
@@ -112,8 +206,29 @@ mod tests {
         let outside = tempfile::tempdir().unwrap();
         let dir = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink(outside.path(), dir.path().join("link")).unwrap();
-        let err = normalize(dir.path(), "link/file.txt", false).unwrap_err();
+        let err = Resolver::new(dir.path(), false)
+            .normalize("link/file.txt")
+            .unwrap_err();
         assert!(err.contains("symlink"), "{err}");
+    }
+
+    #[test]
+    fn real_paths_see_through_links_inside_the_workspace() {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = dir.path();
+        std::fs::create_dir_all(ws.join("build/sub")).unwrap();
+        std::fs::write(ws.join("a.txt"), "a").unwrap();
+        std::os::unix::fs::symlink("build", ws.join("alias")).unwrap();
+        std::os::unix::fs::symlink("a.txt", ws.join("link.txt")).unwrap();
+        let resolver = Resolver::new(ws, false);
+        assert_eq!(resolver.real("alias/sub/x", true), "build/sub/x");
+        assert_eq!(resolver.real("alias/sub/x", false), "build/sub/x");
+        assert_eq!(resolver.real("alias", true), "build");
+        // A link as the last component: followed by a reader, kept by a writer.
+        assert_eq!(resolver.real("link.txt", true), "a.txt");
+        assert_eq!(resolver.real("link.txt", false), "link.txt");
+        assert_eq!(resolver.real("missing/x", true), "missing/x");
+        assert_eq!(resolver.real("../up", true), "../up");
     }
 
     #[test]

@@ -17,7 +17,7 @@ use crate::lockfile::lock_path;
 use crate::manifest::{Manifest, StageSpec};
 use crate::matrix::{self, Member};
 use crate::paths;
-use crate::stage::{Checked, ParamError, Registry, Stage};
+use crate::stage::{Checked, ParamError, PlannedInput, Registry, Stage};
 use crate::yaml::Span;
 
 /// Options that change what a manifest may do.
@@ -166,6 +166,7 @@ pub fn plan<'r>(
         })
         .collect();
     let protected = protected_paths(&manifest);
+    let resolver = paths::Resolver::new(&manifest.dir, options.allow_outside);
     let mut known_params: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     let mut stages = Vec::new();
     for (index, as_written) in manifest.stages.iter().enumerate() {
@@ -211,7 +212,7 @@ pub fn plan<'r>(
             }
             let mut deps = Vec::new();
             for dep in &spec.deps {
-                match paths::normalize(&manifest.dir, &dep.path, options.allow_outside) {
+                match resolver.normalize(&dep.path) {
                     Ok(p) if is_in_store(&p) => errors.push(store_dep_error(&file, dep.span, &p)),
                     Ok(p) => deps.push(p),
                     Err(e) => errors.push(path_error(&file, dep.span, e)),
@@ -222,7 +223,7 @@ pub fn plan<'r>(
                 .map(|c| c.workspace_deps.as_slice())
                 .unwrap_or_default()
             {
-                match paths::normalize(&manifest.dir, written, options.allow_outside) {
+                match resolver.normalize(written) {
                     Ok(p) => deps.push(p),
                     Err(e) => {
                         let path = find_string(&spec.params, written).unwrap_or_default();
@@ -232,9 +233,14 @@ pub fn plan<'r>(
             }
             let mut outs = Vec::new();
             for out in &spec.outs {
-                match paths::normalize(&manifest.dir, &out.path, options.allow_outside) {
+                match resolver.normalize(&out.path) {
                     Ok(p) => {
-                        check_out(&p, out.span, &deps, &protected, &file, &mut errors);
+                        let place = OutPlace {
+                            out: &p,
+                            span: out.span,
+                            file: &file,
+                        };
+                        check_out(place, &deps, &protected, &resolver, &mut errors);
                         outs.push(p);
                     }
                     Err(e) => errors.push(path_error(&file, out.span, e)),
@@ -265,7 +271,7 @@ pub fn plan<'r>(
         });
     }
     check_output_names(&stages, &file, &mut errors);
-    add_edges(&mut stages, &file, &mut errors);
+    add_edges(&mut stages, &resolver, &file, &mut errors);
     let graph = build_graph(&stages);
     let order = match topological_order(&stages) {
         Ok(order) => order,
@@ -283,9 +289,12 @@ pub fn plan<'r>(
             Vec::new()
         }
     };
+    if errors.is_empty() {
+        check_planned_inputs(&stages, &order, &file, &mut errors);
+    }
     if !errors.is_empty() {
         return Err(ManifestError {
-            diagnostics: errors,
+            diagnostics: dedup(errors),
             source_text: Some(manifest.source),
         });
     }
@@ -304,7 +313,9 @@ fn protected_paths(manifest: &Manifest) -> Vec<(String, &'static str)> {
     let relative = |path: &std::path::Path| -> Option<String> {
         let path = std::path::absolute(path).ok()?;
         let rel = path.strip_prefix(&dir).ok()?.to_str()?.to_string();
-        paths::normalize(&manifest.dir, &rel, false).ok()
+        paths::Resolver::new(&manifest.dir, false)
+            .normalize(&rel)
+            .ok()
     };
     [
         (manifest.path.clone(), "the manifest"),
@@ -316,31 +327,54 @@ fn protected_paths(manifest: &Manifest) -> Vec<(String, &'static str)> {
     .collect()
 }
 
-/// Refuses an out that overlaps one of its own stage's deps (the run would
-/// delete its input) or a path pipe keeps for itself.
-fn check_out(
-    out: &str,
+/// An out being checked, and where the manifest writes it.
+#[derive(Clone, Copy)]
+struct OutPlace<'a> {
+    out: &'a str,
     span: Span,
+    file: &'a std::path::Path,
+}
+
+/// Refuses an out that overlaps one of its own stage's deps (the run would
+/// delete its input) or a path pipe keeps for itself, as written or through
+/// the symlinks on disk (`resolver`).
+fn check_out(
+    place: OutPlace<'_>,
     deps: &[String],
     protected: &[(String, &'static str)],
-    file: &std::path::Path,
+    resolver: &paths::Resolver<'_>,
     errors: &mut Vec<Diagnostic>,
 ) {
+    let OutPlace { out, span, file } = place;
     let overlaps = |a: &str, b: &str| paths::is_within(a, b) || paths::is_within(b, a);
-    if let Some(dep) = deps.iter().find(|d| overlaps(out, d)) {
-        let how = if dep == out {
-            "is also a dep of this stage".to_string()
-        } else if paths::is_within(dep, out) {
-            format!("contains `{dep}`, a dep of this stage")
-        } else {
-            format!("lies inside `{dep}`, a dep of this stage")
+    let real_out = resolver.real(out, false);
+    let clash = deps.iter().find_map(|dep| {
+        if overlaps(out, dep) {
+            return Some((dep, None));
+        }
+        let real_dep = resolver.real(dep, true);
+        overlaps(&real_out, &real_dep).then_some((dep, Some(real_dep)))
+    });
+    if let Some((dep, through_link)) = clash {
+        let how = match through_link {
+            Some(real_dep) => format!(
+                "and `{dep}`, a dep of this stage, overlap through a symlink (`{real_out}` and `{real_dep}` on disk)"
+            ),
+            None if dep == out => "is also a dep of this stage".to_string(),
+            None if paths::is_within(dep, out) => {
+                format!("contains `{dep}`, a dep of this stage")
+            }
+            None => format!("lies inside `{dep}`, a dep of this stage"),
         };
         errors.push(
             Diagnostic::at(file, span, format!("out `{out}` {how}"))
                 .help("pipe empties an out before the stage runs, which would delete the input: write the result to another path"),
         );
     }
-    if let Some((path, what)) = protected.iter().find(|(p, _)| overlaps(out, p)) {
+    if let Some((path, what)) = protected
+        .iter()
+        .find(|(p, _)| overlaps(out, p) || overlaps(&real_out, p))
+    {
         errors.push(
             Diagnostic::at(file, span, format!("out `{out}` overlaps {what} `{path}`"))
                 .help("pipe keeps this path for itself: write the stage's output somewhere else"),
@@ -387,6 +421,41 @@ fn check_output_names(
                 );
             }
         }
+    }
+}
+
+/// Shows each stage, in run `order`, what its inputs will hold ([`Stage::check_inputs`]):
+/// the output names its upstreams declare, given their own inputs
+/// ([`Stage::planned_output_names`]), or the `outs` of a command.
+fn check_planned_inputs(
+    stages: &[PlannedStage<'_>],
+    order: &[usize],
+    file: &std::path::Path,
+    errors: &mut Vec<Diagnostic>,
+) {
+    let mut known: Vec<Option<Vec<String>>> = vec![None; stages.len()];
+    for &id in order {
+        let stage = &stages[id];
+        let inputs: Vec<PlannedInput<'_>> = stage
+            .inputs
+            .iter()
+            .map(|input| PlannedInput {
+                name: &input.name,
+                stage: &stages[input.stage].name,
+                outputs: match &input.output {
+                    Some(one) => Some(vec![one.clone()]),
+                    None => known[input.stage].clone(),
+                },
+            })
+            .collect();
+        if let Err(e) = stage.kind.check_inputs(&stage.spec.params, &inputs) {
+            errors.push(param_diagnostic(&stage.spec, stage.kind, file, e));
+        }
+        known[id] = if stage.kind.takes_run() {
+            Some(stage.outs.clone())
+        } else {
+            (stage.kind).planned_output_names(&stage.checked.key_params, &inputs)
+        };
     }
 }
 
@@ -561,6 +630,22 @@ impl Pipeline<'_> {
             source_text: Some(self.manifest.source.clone()),
         })
     }
+
+    /// `error` from running `stage`, with the manifest location of the setting it names
+    /// when it is a [`ParamError`] (see [`Stage::run`]); any other error as it is.
+    pub fn locate_run_error(
+        &self,
+        stage: &PlannedStage<'_>,
+        error: anyhow::Error,
+    ) -> anyhow::Error {
+        match error.downcast::<ParamError>() {
+            Ok(e) => {
+                let d = param_diagnostic(&stage.spec, stage.kind, &self.manifest.path, e);
+                anyhow::anyhow!(d.render(None))
+            }
+            Err(other) => other,
+        }
+    }
 }
 
 fn param_diagnostic(
@@ -724,22 +809,25 @@ fn overlapping<'m>(
 /// Adds `from:` edges and path edges (a stage reading a path another declares in `outs`).
 fn add_edges(
     stages: &mut [PlannedStage<'_>],
+    resolver: &paths::Resolver<'_>,
     file: &std::path::Path,
     errors: &mut Vec<Diagnostic>,
 ) {
+    // Keyed by where each out really is, so two spellings of one place
+    // through a symlink are one out.
     let mut producers: BTreeMap<&str, usize> = BTreeMap::new();
-    let outs: Vec<(usize, String, Span)> = stages
+    let outs: Vec<(usize, String, String, Span)> = stages
         .iter()
         .enumerate()
         .flat_map(|(i, s)| {
             s.outs
                 .iter()
                 .zip(&s.spec.outs)
-                .map(move |(o, r)| (i, o.clone(), r.span))
+                .map(move |(o, r)| (i, o.clone(), resolver.real(o, false), r.span))
         })
         .collect();
-    for (i, out, span) in &outs {
-        if let Some((other_path, other)) = overlapping(&producers, out).next() {
+    for (i, out, real, span) in &outs {
+        if let Some((other_path, other)) = overlapping(&producers, real).next() {
             errors.push(
                 Diagnostic::at(
                     file,
@@ -752,7 +840,7 @@ fn add_edges(
                 .help("each path may be produced by one stage only; the members of a matrix stage can keep theirs apart with `${member}` in the path"),
             );
         } else {
-            producers.insert(out, *i);
+            producers.insert(real, *i);
         }
     }
     let mut edges = Vec::new();
@@ -761,9 +849,16 @@ fn add_edges(
             edges.push((input.stage, id));
         }
         for dep in &stage.deps {
-            for (_, producer) in overlapping(&producers, dep) {
-                if producer != id {
-                    edges.push((producer, id));
+            // A dep that is a link an upstream writes is read through that
+            // link: both what it names and where it leads are upstream paths.
+            let (named, real) = (resolver.real(dep, false), resolver.real(dep, true));
+            let places =
+                std::iter::once(named.as_str()).chain((real != named).then_some(real.as_str()));
+            for place in places {
+                for (_, producer) in overlapping(&producers, place) {
+                    if producer != id {
+                        edges.push((producer, id));
+                    }
                 }
             }
         }

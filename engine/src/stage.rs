@@ -54,6 +54,31 @@ pub trait Stage: Send + Sync {
         None
     }
 
+    /// The output names this kind writes given what its inputs will hold, for kinds whose
+    /// outputs follow their inputs' (one table out per table in). The engine asks every
+    /// stage in run order, so what a stage learns here reaches the stages downstream of it
+    /// ([`Stage::check_inputs`]). The default is [`Stage::output_names`], which ignores the
+    /// inputs.
+    fn planned_output_names(
+        &self,
+        key_params: &Value,
+        inputs: &[PlannedInput<'_>],
+    ) -> Option<Vec<String>> {
+        let _ = inputs;
+        self.output_names(key_params)
+    }
+
+    /// Checks the parameters against the inputs the stage will get, before anything runs:
+    /// a setting that needs an output its upstream does not write (a validation split, say)
+    /// fails `pipe validate` (exit 2) at that setting's `file:line:column`, instead of the
+    /// run. `inputs` are in `from:` order, each with its upstream's output names when the
+    /// plan knows them ([`Stage::planned_output_names`]); an input whose names are unknown
+    /// must be accepted (the run checks it). The default accepts any inputs.
+    fn check_inputs(&self, params: &Value, inputs: &[PlannedInput<'_>]) -> Result<(), ParamError> {
+        let _ = (params, inputs);
+        Ok(())
+    }
+
     /// Validates parameters and returns what goes into the stage key.
     ///
     /// `params` is the manifest entry minus reserved keys, as JSON. Parse it
@@ -75,8 +100,23 @@ pub trait Stage: Send + Sync {
 
     /// Runs the stage. Outputs go into `ctx.out_dir`; each top-level entry
     /// there (file or folder) is one named output. Returning `Err` fails the
-    /// stage; nothing it wrote is kept.
+    /// stage; nothing it wrote is kept. An error that is a [`ParamError`] (a setting that
+    /// could only be checked against the data) is shown at the setting's
+    /// `file:line:column`, like a [`Stage::check`] error.
     fn run(&self, ctx: &RunContext<'_>) -> anyhow::Result<Outcome>;
+}
+
+/// One input of a stage as the plan sees it before anything runs: see
+/// [`Stage::check_inputs`].
+#[derive(Debug, Clone)]
+pub struct PlannedInput<'a> {
+    /// The input's name (as [`Input::name`]).
+    pub name: &'a str,
+    /// The upstream stage's name.
+    pub stage: &'a str,
+    /// The output names it will hold (only the one picked by `from: stage.output`), when
+    /// the upstream's kind declares them; `None`: known only once it has run.
+    pub outputs: Option<Vec<String>>,
 }
 
 /// What [`Stage::check`] decided about a stage's parameters.

@@ -16,6 +16,7 @@
 
 #![deny(missing_docs)]
 
+mod aws_files;
 mod open;
 mod sync;
 mod transfer;

@@ -1,6 +1,7 @@
 //! Which remote a manifest uses, and opening it: the URL's scheme picks the
 //! object_store backend, whose credentials and endpoint come from the
-//! environment (`AWS_*` for S3, `GOOGLE_*` for GCS, `AZURE_*` for Azure).
+//! environment (`AWS_*` for S3, then the AWS CLI's files: [`aws_files`];
+//! `GOOGLE_*` for GCS, `AZURE_*` for Azure).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +13,8 @@ use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{BackoffConfig, ObjectStore, ObjectStoreScheme, RetryConfig};
 use pipe_engine::{Manifest, UsageError};
+
+use crate::aws_files;
 
 /// The environment variable that names the remote; it wins over `remote:`.
 pub const REMOTE_ENV: &str = "PIPE_REMOTE";
@@ -59,10 +62,8 @@ pub(crate) fn open_store(url: &str) -> anyhow::Result<(Arc<dyn ObjectStore>, Pat
         ))
     })?;
     macro_rules! cloud {
-        ($builder:ty) => {{
-            let mut builder = <$builder>::from_env()
-                .with_url(url)
-                .with_retry(retry_config());
+        ($builder:expr) => {{
+            let mut builder = $builder.with_url(url).with_retry(retry_config());
             for (key, value) in CLIENT_CONFIG {
                 let key = key
                     .parse()
@@ -77,9 +78,9 @@ pub(crate) fn open_store(url: &str) -> anyhow::Result<(Arc<dyn ObjectStore>, Pat
         }};
     }
     let store = match scheme {
-        ObjectStoreScheme::AmazonS3 => cloud!(AmazonS3Builder),
-        ObjectStoreScheme::GoogleCloudStorage => cloud!(GoogleCloudStorageBuilder),
-        ObjectStoreScheme::MicrosoftAzure => cloud!(MicrosoftAzureBuilder),
+        ObjectStoreScheme::AmazonS3 => cloud!(aws_files::complete(AmazonS3Builder::from_env())?),
+        ObjectStoreScheme::GoogleCloudStorage => cloud!(GoogleCloudStorageBuilder::from_env()),
+        ObjectStoreScheme::MicrosoftAzure => cloud!(MicrosoftAzureBuilder::from_env()),
         ObjectStoreScheme::Local => Arc::new(LocalFileSystem::new()) as Arc<dyn ObjectStore>,
         _ => {
             return Err(UsageError(format!(

@@ -6,7 +6,7 @@ use pipe_engine::{Printer, Tone};
 use crate::Outcome;
 use crate::cli::TransferArgs;
 use crate::commands::gc::human_bytes;
-use crate::commands::remote::{locked_keys, require, transfer_bar};
+use crate::commands::remote::{lock_store, locked_keys, require, transfer_bar};
 use crate::workspace;
 
 /// Uploads the results of the selected stages (default: all in the lockfile).
@@ -17,6 +17,7 @@ pub fn exec(args: TransferArgs, printer: &Printer) -> anyhow::Result<Outcome> {
     let remote = require(&pipeline)?;
     let store = workspace::open_store(&pipeline)?;
     let keys = locked_keys(&pipeline, &stages)?;
+    let _lock = lock_store(&store, !args.no_wait, printer)?;
     let bar = transfer_bar(printer, "Pushing");
     let result = remote.push(&store, &keys, &bar);
     bar.finish_and_clear();

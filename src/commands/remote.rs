@@ -1,11 +1,13 @@
 //! What `pipe push`, `pipe pull` and `pipe run --push` share: the remote a
-//! manifest uses, the stages of its lockfile, and the transfer's progress bar.
+//! manifest uses, the store's lock, the stages of its lockfile, and the
+//! transfer's progress bar.
 
 use std::sync::Arc;
 
 use pipe_engine::lockfile::{LockFile, lock_path};
 use pipe_engine::remote::RemoteCache;
-use pipe_engine::{Digest, Pipeline, Printer, Reporter, UsageError};
+use pipe_engine::store::StoreLock;
+use pipe_engine::{Digest, Pipeline, Printer, Reporter, Store, Tone, UsageError};
 use pipe_remote::Remote;
 
 /// The remote of `pipeline` for a run or status (`None` with `--no-remote`
@@ -20,6 +22,23 @@ pub fn for_run(pipeline: &Pipeline<'_>, no_remote: bool) -> anyhow::Result<Optio
 /// The same remote as the engine sees it.
 pub fn as_cache(remote: &Option<Arc<Remote>>) -> Option<Arc<dyn RemoteCache>> {
     remote.clone().map(|r| r as Arc<dyn RemoteCache>)
+}
+
+/// Takes the store's lock for a transfer, so that a push never reads and a pull never
+/// writes a store that a run is writing. While a run holds it: with `wait`, says whose it is
+/// and waits; otherwise fails with [`pipe_engine::StoreBusy`] naming the holder.
+pub fn lock_store(store: &Store, wait: bool, printer: &Printer) -> anyhow::Result<StoreLock> {
+    store.lock(wait, |holder| {
+        let who = holder.map(|p| format!(" (pid {p})")).unwrap_or_default();
+        printer.status(
+            "Waiting",
+            Tone::Warn,
+            &format!(
+                "for another pipe run{who} to release {}",
+                store.root().display()
+            ),
+        );
+    })
 }
 
 /// The remote of `pipeline`; naming none is a usage error.

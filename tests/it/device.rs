@@ -134,6 +134,39 @@ fn cuda_with_the_cpu_build_stops_the_run_before_any_stage_and_names_the_fix() {
 }
 
 #[test]
+fn a_cuda_stage_restored_from_the_cache_needs_no_cuda() {
+    let p = project("cpu");
+    let out = run_with(&p, &cpu_build(), &["run", "dev.yaml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // The device is not part of the key: trained on the CPU, the stage is cached for `cuda`.
+    let manifest = p.read("dev.yaml").replace("device: cpu", "device: cuda");
+    p.file("dev.yaml", &manifest);
+    let out = run_with(&p, &cpu_build(), &["run", "dev.yaml", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let statuses: Vec<&str> = report["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["cached"; 4], "{report}");
+    // Once finetune must run again, the machine must have the device: refused before it runs.
+    p.file(
+        "dev.yaml",
+        &manifest.replace("max_steps: 3", "max_steps: 4"),
+    );
+    let out = run_with(&p, &cpu_build(), &["run", "dev.yaml"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("dev.yaml:28:") && err.contains("cuda:0 is unavailable"),
+        "{err}"
+    );
+    assert!(!err.contains("Ran "), "{err}");
+}
+
+#[test]
 fn cuda_with_the_cuda_build_reports_what_the_cuda_provider_said() {
     let Some(gpu) = gpu_build("cuda_with_the_cuda_build_reports_what_the_cuda_provider_said")
     else {

@@ -2,6 +2,7 @@
 //! 127.0.0.1: push from one clone, restore in another, and every way the
 //! remote can fail (stopped, wrong credentials, a corrupt object).
 
+use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -118,16 +119,35 @@ impl Drop for Server {
     }
 }
 
-/// The AWS environment for a client of `port`, with `secret` as the secret key.
+/// Every variable that points pipe at a remote or configures S3.
+const AWS_VARS: [&str; 14] = [
+    "PIPE_REMOTE",
+    "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_ALLOW_HTTP",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_CONFIG_FILE",
+];
+
+/// The AWS environment for a client of `port`, with `secret` as the secret key (and no AWS
+/// CLI files: the tester's own `~/.aws/` stays out of the tests).
 fn aws_env(cmd: &mut Command, port: u16, secret: &str) {
-    for var in [
-        "PIPE_REMOTE",
-        "AWS_PROFILE",
-        "AWS_SESSION_TOKEN",
-        "AWS_ENDPOINT_URL_S3",
-    ] {
+    for var in AWS_VARS {
         cmd.env_remove(var);
     }
+    cmd.env(
+        "AWS_SHARED_CREDENTIALS_FILE",
+        "/nonexistent/aws/credentials",
+    )
+    .env("AWS_CONFIG_FILE", "/nonexistent/aws/config");
     cmd.env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"))
         .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
         .env("AWS_SECRET_ACCESS_KEY", secret)
@@ -439,4 +459,243 @@ fn no_remote_runs_without_asking_and_a_bad_url_names_its_line() {
     let out = pipe(&second, server.port, SECRET_KEY, &["status", "team.yaml"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("team.yaml:2:9"), "{}", stderr(&out));
+}
+
+#[test]
+fn push_waits_for_the_run_holding_the_store_and_no_wait_names_its_pid() {
+    let server = Server::start();
+    let project = clone(None, false);
+    run(&project, server.port, SECRET_KEY);
+    // What a running `pipe run` holds: the store's lock, with its holder's pid.
+    let store = pipe_engine::Store::open(&pipe_engine::store_dir(project.root())).unwrap();
+    let held = store.lock(false, |_| {}).unwrap();
+    let me = std::process::id();
+
+    let out = pipe(&project, server.port, SECRET_KEY, &["push", "--no-wait"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("another pipe run (pid {me}) is using the store")),
+        "{}",
+        stderr(&out)
+    );
+
+    let mut cmd = project.command(&["push"]);
+    aws_env(&mut cmd, server.port, SECRET_KEY);
+    let mut push = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("pipe push starts");
+    let (lines, waiting) = std::sync::mpsc::channel();
+    let reader = BufReader::new(push.stderr.take().unwrap());
+    let copier = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in reader.lines().map_while(Result::ok) {
+            let _ = lines.send(line.clone());
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let line = waiting
+        .recv_timeout(Duration::from_secs(60))
+        .expect("push says it waits");
+    assert!(
+        line.contains(&format!("Waiting for another pipe run (pid {me})")),
+        "{line}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        server.object_files().is_empty(),
+        "pushed while a run held the store"
+    );
+    assert_eq!(push.try_wait().unwrap(), None, "push did not wait");
+
+    drop(held);
+    let status = push.wait().unwrap();
+    let log = copier.join().unwrap();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(log.contains("Pushed 3 stage(s)"), "{log}");
+    assert!(!server.object_files().is_empty());
+}
+
+/// `pipe args…` in `project` with no AWS variable but `HOME` and `extra`.
+fn pipe_with_aws_files(
+    project: &Project,
+    home: &Path,
+    extra: &[(&str, &str)],
+    args: &[&str],
+) -> Output {
+    let mut cmd = project.command(args);
+    for var in AWS_VARS {
+        cmd.env_remove(var);
+    }
+    cmd.env("HOME", home).envs(extra.iter().copied());
+    cmd.output().expect("pipe runs")
+}
+
+#[test]
+fn push_and_pull_take_keys_and_endpoint_from_the_aws_cli_files() {
+    let server = Server::start();
+    let home = tempfile::tempdir().unwrap();
+    let aws = home.path().join(".aws");
+    std::fs::create_dir(&aws).unwrap();
+    std::fs::write(
+        aws.join("credentials"),
+        format!(
+            "[default]\naws_access_key_id = someone-else\naws_secret_access_key = wrong\n\n\
+             [team]\naws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = {SECRET_KEY}\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        aws.join("config"),
+        format!(
+            "# written by hand\n[profile team]\nregion = us-east-1\nendpoint_url = http://127.0.0.1:{}\n",
+            server.port
+        ),
+    )
+    .unwrap();
+    let team = [("AWS_PROFILE", "team")];
+
+    let first = clone(None, false);
+    let out = pipe_with_aws_files(&first, home.path(), &team, &["run", "team.yaml", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = pipe_with_aws_files(&first, home.path(), &team, &["push"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("Pushed 3 stage(s)"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!server.object_files().is_empty());
+
+    let second = clone(Some(&first), true);
+    let out = pipe_with_aws_files(&second, home.path(), &team, &["pull"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("Pulled 3 stage(s)"),
+        "{}",
+        stderr(&out)
+    );
+    let out = pipe_with_aws_files(
+        &second,
+        home.path(),
+        &[],
+        &["run", "team.yaml", "--json", "--no-remote"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        statuses(&report).iter().all(|(_, s)| s == "cached"),
+        "{report}"
+    );
+    assert_eq!(outputs(&second), outputs(&first));
+
+    // The environment wins over the files: its wrong secret is refused.
+    let env_wins = [
+        ("AWS_PROFILE", "team"),
+        ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
+        ("AWS_SECRET_ACCESS_KEY", "not-the-secret"),
+    ];
+    let third = clone(Some(&first), true);
+    let out = pipe_with_aws_files(&third, home.path(), &env_wins, &["pull"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("refused the credentials"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Files named by the environment, and a profile neither file has.
+    let moved = home.path().join("elsewhere");
+    std::fs::rename(&aws, &moved).unwrap();
+    let files = [
+        ("AWS_PROFILE", "team"),
+        (
+            "AWS_SHARED_CREDENTIALS_FILE",
+            &*moved.join("credentials").to_string_lossy(),
+        ),
+        ("AWS_CONFIG_FILE", &*moved.join("config").to_string_lossy()),
+    ]
+    .map(|(k, v)| (k, v.to_string()));
+    let files: Vec<(&str, &str)> = files.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let out = pipe_with_aws_files(&third, home.path(), &files, &["pull"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = pipe_with_aws_files(&third, home.path(), &[("AWS_PROFILE", "nobody")], &["push"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("profile `nobody`"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_malformed_aws_config_file_is_named_with_its_line() {
+    let home = tempfile::tempdir().unwrap();
+    let config = home.path().join(".aws/config");
+    std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+    std::fs::write(
+        &config,
+        "[default]\nregion = us-east-1\nendpoint_url http://127.0.0.1:9\n",
+    )
+    .unwrap();
+    let project = clone(None, false);
+    let out = pipe_with_aws_files(&project, home.path(), &[], &["push"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "{}:3: `endpoint_url http://127.0.0.1:9` is neither",
+            config.display()
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_record_whose_objects_are_gone_is_restored_from_the_remote_not_rerun() {
+    let server = Server::start();
+    let first = pushed_clone(&server);
+    let before = outputs(&first);
+    // The records stay; every object they name is gone (collected, or a store copied in part).
+    let objects = pipe_engine::store_dir(first.root()).join("objects");
+    std::fs::remove_dir_all(&objects).unwrap();
+    std::fs::create_dir(&objects).unwrap();
+
+    let status = pipe(&first, server.port, SECRET_KEY, &["status", "team.yaml"]);
+    assert!(
+        stderr(&status).contains("3 would be restored from the remote"),
+        "{}",
+        stderr(&status)
+    );
+    let (report, _) = run(&first, server.port, SECRET_KEY);
+    for stage in ["count", "big", "report"] {
+        assert_eq!(status_of(&report, stage), "cached", "{report}");
+    }
+    assert!(
+        report["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["reason"] == "restored from the remote"),
+        "{report}"
+    );
+    // A rerun would have drawn a new random blob and new time stamps.
+    assert_eq!(outputs(&first), before);
+    assert!(std::fs::read_dir(&objects).unwrap().next().is_some());
+
+    // Without a remote it reruns, as before.
+    std::fs::remove_dir_all(&objects).unwrap();
+    std::fs::create_dir(&objects).unwrap();
+    let out = pipe(
+        &first,
+        server.port,
+        SECRET_KEY,
+        &["run", "team.yaml", "--json", "--no-remote"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status_of(&report, "count"), "ran", "{report}");
 }

@@ -109,6 +109,70 @@ fn a_dep_inside_a_folder_out_of_the_same_stage_is_refused() {
     assert_eq!(p.read("data/raw.txt"), "raw");
 }
 
+#[test]
+fn a_dep_reached_through_a_link_into_a_folder_out_is_refused() {
+    let p = Project::new();
+    p.file("build/raw.txt", "raw");
+    std::os::unix::fs::symlink("build", p.path("alias")).unwrap();
+    p.file(
+        "p.yaml",
+        "pipeline: alias\nstages:\n  s:\n    run: wc alias/raw.txt > build/n.txt\n    deps: [alias/raw.txt]\n    outs: [build]\n",
+    );
+    assert_refused(
+        &p,
+        "p.yaml",
+        6,
+        "out `build` and `alias/raw.txt`, a dep of this stage, overlap through a symlink",
+    );
+    assert_eq!(p.read("build/raw.txt"), "raw");
+}
+
+#[test]
+fn an_out_that_a_dep_links_to_is_refused() {
+    let p = Project::new();
+    p.file("a.txt", "input");
+    std::os::unix::fs::symlink("a.txt", p.path("link.txt")).unwrap();
+    p.file(
+        "p.yaml",
+        "pipeline: link\nstages:\n  s:\n    run: tr a-z A-Z < link.txt > a.txt\n    deps: [link.txt]\n    outs: [a.txt]\n",
+    );
+    assert_refused(
+        &p,
+        "p.yaml",
+        6,
+        "overlap through a symlink (`a.txt` and `a.txt` on disk)",
+    );
+    assert_eq!(p.read("a.txt"), "input");
+}
+
+#[test]
+fn outs_of_two_stages_that_meet_through_a_link_are_refused() {
+    let p = Project::new();
+    std::fs::create_dir(p.path("d")).unwrap();
+    std::os::unix::fs::symlink("d", p.path("e")).unwrap();
+    p.file(
+        "p.yaml",
+        "pipeline: meet\nstages:\n  a:\n    run: echo a > d/x\n    outs: [d/x]\n  b:\n    run: echo b > e/x\n    outs: [e/x]\n",
+    );
+    assert_refused(&p, "p.yaml", 8, "is also written by stage 'a'");
+}
+
+#[test]
+fn a_dep_read_through_a_link_waits_for_the_stage_that_writes_behind_it() {
+    let p = Project::new();
+    std::fs::create_dir(p.path("d")).unwrap();
+    std::os::unix::fs::symlink("d", p.path("e")).unwrap();
+    // Written in the opposite order of their data flow: only the edge through the link
+    // makes `write` run before `read`.
+    p.file(
+        "p.yaml",
+        "pipeline: through\nstages:\n  read:\n    run: cat e/x > y\n    deps: [e/x]\n    outs: [y]\n  write:\n    run: echo data > d/x\n    outs: [d/x]\n",
+    );
+    let out = p.pipe(&["run", "p.yaml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(p.read("y"), "data\n");
+}
+
 const FOLDER_OUT: &str = "pipeline: drop\nstages:\n  build:\n    run: mkdir -p build && echo WORD > build/made.txt\n    outs: [build]\n";
 
 #[test]

@@ -1,10 +1,11 @@
 //! `pipe serve`: the built binary serves the bundle of the predict tests' pipeline; a real
 //! HTTP client (ureq) asks it what `pipe predict --json` answers, in parallel, with bad
-//! requests, and SIGTERM stops it.
+//! requests, past a full queue (503), and SIGTERM stops it, answering the requests in flight.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -75,14 +76,32 @@ impl Served {
 
     /// `POST /predict` with `body`; the status and the JSON answer.
     fn post(&self, body: &str) -> (u16, Value) {
+        let answer = self.try_post(body).expect("the server answers");
+        (answer.status, answer.body)
+    }
+
+    /// `POST /predict` with `body`; the whole answer, or the transport error.
+    fn try_post(&self, body: &str) -> Result<Answer, ureq::Error> {
         let mut response = Self::agent()
             .post(format!("{}/predict", self.base))
             .header("Content-Type", "application/json")
-            .send(body)
-            .expect("the server answers");
+            .send(body)?;
         let status = response.status().as_u16();
-        let text = response.body_mut().read_to_string().unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(json!(text)))
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().to_string());
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_string());
+        let text = response.body_mut().read_to_string()?;
+        Ok(Answer {
+            status,
+            retry_after,
+            content_type,
+            body: serde_json::from_str(&text).unwrap_or(json!(text)),
+        })
     }
 
     /// `GET path`; the status and the JSON answer.
@@ -97,13 +116,23 @@ impl Served {
     }
 
     /// Sends SIGTERM and waits for the exit; the exit code and stderr.
-    fn terminate(mut self) -> (Option<i32>, String) {
+    fn terminate(self) -> (Option<i32>, String) {
+        self.signal_term();
+        self.terminate_sent()
+    }
+
+    /// Sends SIGTERM.
+    fn signal_term(&self) {
         let pid = self.child.id().to_string();
         let killed = std::process::Command::new("kill")
             .args(["-TERM", &pid])
             .status()
             .unwrap();
         assert!(killed.success());
+    }
+
+    /// Waits for the exit after SIGTERM was sent; the exit code and stderr.
+    fn terminate_sent(mut self) -> (Option<i32>, String) {
         let began = Instant::now();
         let status = loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -121,6 +150,15 @@ impl Served {
         }
         (status.code(), self.stderr.lock().unwrap().clone())
     }
+}
+
+/// One HTTP answer of `POST /predict`.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    retry_after: Option<String>,
+    content_type: Option<String>,
+    body: Value,
 }
 
 impl Drop for Served {
@@ -288,4 +326,139 @@ fn serve_fails_clearly_without_a_bundle() {
     assert_eq!(out.status.code(), Some(1));
     let err = crate::util::stderr(&out);
     assert!(err.contains("stage `export-onnx` has not run yet"), "{err}");
+}
+
+/// Texts in one request of the queue tests: with `--max-batch 1` the model runs once per text,
+/// so one such request keeps the worker busy while the other clients' requests arrive.
+const LONG_REQUEST: usize = 1500;
+
+/// `clients` clients each post [`LONG_REQUEST`] texts at the same moment; each thread gives
+/// back its client's answer (or transport error) and marks its slot in `done` when it has it.
+fn burst(
+    served: &Arc<Served>,
+    clients: usize,
+    done: &Arc<Vec<AtomicBool>>,
+) -> Vec<std::thread::JoinHandle<Result<Answer, ureq::Error>>> {
+    let body =
+        json!({ "texts": (0..LONG_REQUEST).map(|i| text(i % 40)).collect::<Vec<_>>() }).to_string();
+    let start = Arc::new(Barrier::new(clients));
+    (0..clients)
+        .map(|i| {
+            let (served, done, start, body) = (
+                Arc::clone(served),
+                Arc::clone(done),
+                Arc::clone(&start),
+                body.clone(),
+            );
+            std::thread::spawn(move || {
+                start.wait();
+                let answer = served.try_post(&body);
+                done[i].store(true, Ordering::SeqCst);
+                answer
+            })
+        })
+        .collect()
+}
+
+/// A 200 holds the right answer for every text; a 503 says why in JSON and when to retry.
+fn assert_answered(answer: &Answer, predicted: &[Value]) {
+    assert_eq!(
+        answer.content_type.as_deref(),
+        Some("application/json"),
+        "{answer:?}"
+    );
+    match answer.status {
+        200 => {
+            let answers = answer.body["predictions"].as_array().unwrap();
+            assert_eq!(answers.len(), LONG_REQUEST);
+            for (i, served) in answers.iter().enumerate() {
+                assert_same_answer(served, &predicted[i % 40]);
+            }
+        }
+        503 => {
+            assert_eq!(answer.retry_after.as_deref(), Some("1"), "{answer:?}");
+            let error = answer.body["error"].as_str().unwrap();
+            assert!(error.contains("busy"), "{answer:?}");
+        }
+        other => panic!("unexpected status {other}: {answer:?}"),
+    }
+}
+
+#[test]
+fn a_full_queue_answers_503_with_retry_after_and_sigterm_answers_what_was_queued() {
+    let p = project();
+    p.run_json("demo.yaml", 0);
+    let predicted = json_of(&p.pipe(&["predict", "export-onnx", "--file", "data.csv", "--json"]));
+    let predicted = predicted.as_array().unwrap().clone();
+    let served = Arc::new(Served::start(
+        &p,
+        &["--queue", "1", "--max-batch", "1", "--threads", "1"],
+    ));
+
+    // One request runs, one waits (once the worker took the first), the others find the
+    // queue full.
+    let clients = 12;
+    let done = Arc::new((0..clients).map(|_| AtomicBool::new(false)).collect());
+    let first: Vec<Answer> = burst(&served, clients, &done)
+        .into_iter()
+        .map(|c| c.join().unwrap().expect("the server answers"))
+        .collect();
+    for answer in &first {
+        assert_answered(answer, &predicted);
+    }
+    let refused = first.iter().filter(|a| a.status == 503).count();
+    let statuses: Vec<u16> = first.iter().map(|a| a.status).collect();
+    assert!(refused >= 1, "no request was refused: {statuses:?}");
+    assert!(refused < clients, "every request was refused");
+    assert_eq!(served.get("/health"), (200, json!({ "status": "ok" })));
+
+    // SIGTERM while requests are in flight: each is answered, and the server exits 0.
+    let done: Arc<Vec<AtomicBool>> =
+        Arc::new((0..clients).map(|_| AtomicBool::new(false)).collect());
+    let second = burst(&served, clients, &done);
+    let began = Instant::now();
+    while done.iter().filter(|d| d.load(Ordering::SeqCst)).count() < clients - 2 {
+        assert!(
+            began.elapsed() < Duration::from_secs(120),
+            "the refusals never came"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let in_flight: Vec<usize> = (0..clients)
+        .filter(|&i| !done[i].load(Ordering::SeqCst))
+        .collect();
+    assert!(
+        !in_flight.is_empty(),
+        "every request was answered before SIGTERM; make LONG_REQUEST larger"
+    );
+    served.signal_term();
+    let answers: Vec<Answer> = second
+        .into_iter()
+        .map(|c| c.join().unwrap().expect("every client gets an answer"))
+        .collect();
+    for answer in &answers {
+        assert_answered(answer, &predicted);
+    }
+    for i in in_flight {
+        assert_eq!(
+            answers[i].status, 200,
+            "request {i} was in flight at SIGTERM"
+        );
+    }
+    let Ok(served) = Arc::try_unwrap(served) else {
+        panic!("a client still holds the server");
+    };
+    let (code, stderr) = served.terminate_sent();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("Stopped"), "{stderr}");
+    // One access-log line per answer.
+    let all: Vec<&Answer> = first.iter().chain(&answers).collect();
+    for status in [200, 503] {
+        let logged = stderr
+            .lines()
+            .filter(|l| l.contains(&format!("\"POST /predict\" {status}")))
+            .count();
+        let sent = all.iter().filter(|a| a.status == status).count();
+        assert_eq!(logged, sent, "{stderr}");
+    }
 }

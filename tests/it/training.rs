@@ -88,7 +88,24 @@ fn checkpoint(p: &Project) -> Option<PathBuf> {
 
 #[test]
 fn a_killed_finetune_resumes_and_ends_with_the_same_weights() {
-    let p = project(RESUMABLE);
+    killed_and_resumed_ends_like_uninterrupted(RESUMABLE);
+}
+
+/// With gradient accumulation and dropout, checkpoints fall between optimizer steps and the
+/// masks of every micro-batch come back the same after a resume.
+#[test]
+fn a_killed_finetune_with_gradient_accumulation_resumes_exactly() {
+    killed_and_resumed_ends_like_uninterrupted(&format!(
+        "{RESUMABLE}    gradient_accumulation_steps: 3\n    \
+         dropout: {{ embed: 0.1, attention: 0.1, resid: 0.1 }}\n"
+    ));
+}
+
+/// Runs the project of `rest`, kills it with SIGKILL after its first checkpoint, runs it
+/// again, and checks that the second run resumed and ends with the weights of a run never
+/// killed.
+fn killed_and_resumed_ends_like_uninterrupted(rest: &str) {
+    let p = project(rest);
     let mut child = p.spawn(&["run", "train.yaml"]);
     let start = Instant::now();
     let saved = loop {
@@ -130,7 +147,7 @@ fn a_killed_finetune_resumes_and_ends_with_the_same_weights() {
         "scratch is cleared"
     );
 
-    let clean = project(RESUMABLE);
+    let clean = project(rest);
     let out = clean.pipe(&["run", "train.yaml", "-q"]);
     assert!(
         out.status.success(),
@@ -143,6 +160,76 @@ fn a_killed_finetune_resumes_and_ends_with_the_same_weights() {
     assert!(
         weights(&p) == weights(&clean),
         "resumed weights differ from an uninterrupted run"
+    );
+}
+
+/// The 1-based line of the first line of `text` that starts (after indentation) with `key`.
+fn line_of(text: &str, key: &str) -> usize {
+    1 + text
+        .lines()
+        .position(|l| l.trim_start().starts_with(key))
+        .unwrap_or_else(|| panic!("no `{key}` in the manifest"))
+}
+
+/// Settings that need something of the inputs or the data fail at their line: `select_best`
+/// without a validation split at validation (exit 2, nothing runs), a class weight for a
+/// label the data lacks when finetune starts (exit 1).
+#[test]
+fn finetune_settings_that_need_the_data_are_refused_at_their_line() {
+    let refused = |rest: &str, key: &str, command: &str, code: i32| {
+        let p = project(rest);
+        let text = manifest(rest);
+        let out = p.pipe(&[command, "train.yaml"]);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(code), "{err}");
+        let at = format!("train.yaml:{}:", line_of(&text, key));
+        assert!(err.contains(&at), "no {at} in:\n{err}");
+        (p, err)
+    };
+    let (p, err) = refused(
+        "    select_best: eval_loss\n",
+        "select_best:",
+        "validate",
+        2,
+    );
+    assert!(
+        err.contains("no validation split") && err.contains("`validation:`"),
+        "{err}"
+    );
+    let (_, err) = refused("    select_best: eval_loss\n", "select_best:", "run", 2);
+    assert!(err.contains("no validation split"), "{err}");
+    assert!(!p.path(".pipe/out").exists(), "a stage ran");
+    let (_, err) = refused(
+        "    gradient_accumulation_steps: 0\n",
+        "gradient_accumulation_steps:",
+        "validate",
+        2,
+    );
+    assert!(err.contains("at least 1"), "{err}");
+
+    // With a validation share in the split, the same finetune is valid.
+    let p = project("    select_best: eval_loss\n");
+    let text = manifest("    select_best: eval_loss\n")
+        .replace("    seed: 1\n", "    seed: 1\n    validation: 0.1\n");
+    p.file("train.yaml", &text);
+    let out = p.pipe(&["validate", "train.yaml"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Labels come from the data: the run fails at the weight's own line.
+    let (_, err) = refused(
+        "    max_steps: 1\n    class_weights:\n      math: 2.0\n      astronomy: 3.0\n",
+        "astronomy:",
+        "run",
+        1,
+    );
+    assert!(
+        err.contains("`astronomy`") && err.contains("biology"),
+        "{err}"
     );
 }
 

@@ -7,6 +7,10 @@
 //! [`AdamW::update_flat`] then clips and updates everything in two parallel passes over the
 //! buffers, in place: one copy of the state, no per-parameter optimizer nodes.
 //!
+//! Gradient accumulation (one optimizer step over several micro-batches) adds each
+//! micro-batch's gradient, times its share of the step's loss, into the gradient buffer
+//! ([`add_scaled`], [`scale`]) before the one update.
+//!
 //! The arithmetic is the graph variant's ([`AdamW::build_step`]) operation by operation in
 //! `f32` (so `torch.optim.AdamW`'s); the clipping norm is summed in `f64` over fixed pieces of
 //! the gradient buffer, in order, so the result does not depend on the number of threads.
@@ -156,7 +160,7 @@ fn name_output(g: &mut Graph, t: Tensor, name: &str) -> Result<()> {
 pub struct FlatState {
     /// Parameters.
     pub params: Vec<f32>,
-    /// Gradients of the last step.
+    /// Gradients of the last step (summed over its micro-batches, each times its share).
     pub grads: Vec<f32>,
     /// First moments (`exp_avg`).
     pub exp_avg: Vec<f32>,
@@ -229,6 +233,20 @@ pub fn grad_norm(grads: &[f32]) -> f64 {
         .map(|c| c.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>())
         .collect();
     partial.iter().sum::<f64>().sqrt()
+}
+
+/// `acc[i] += s · x[i]` for every element, in parallel pieces (each element's result is
+/// the same at any thread count).
+pub fn add_scaled(acc: &mut [f32], x: &[f32], s: f32) {
+    acc.par_chunks_mut(PIECE)
+        .zip(x.par_chunks(PIECE))
+        .for_each(|(a, x)| a.iter_mut().zip(x).for_each(|(a, &x)| *a += s * x));
+}
+
+/// `x[i] *= s` for every element, in parallel pieces.
+pub fn scale(x: &mut [f32], s: f32) {
+    x.par_chunks_mut(PIECE)
+        .for_each(|x| x.iter_mut().for_each(|v| *v *= s));
 }
 
 impl AdamW {

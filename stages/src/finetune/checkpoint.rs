@@ -101,6 +101,46 @@ pub fn load(dir: &Path) -> Result<Option<(Position, BTreeMap<String, HostTensor>
             meta_path.display()
         )
     })?;
+    if !is_state_name(&meta.state) {
+        anyhow::bail!(
+            "{} names `{}`, which is not a state file of this folder (state-<step>.safetensors); delete it to start over",
+            meta_path.display(),
+            meta.state
+        );
+    }
     let state = weights::load_all(&dir.join(&meta.state))?;
     Ok(Some((meta.position, state)))
+}
+
+/// Whether `name` is a state file name [`save`] writes: `state-<step>.safetensors`, so a
+/// damaged or crafted `checkpoint.json` cannot make a resume read a file elsewhere.
+fn is_state_name(name: &str) -> bool {
+    name.strip_prefix("state-")
+        .and_then(|rest| rest.strip_suffix(".safetensors"))
+        .is_some_and(|step| !step.is_empty() && step.bytes().all(|b| b.is_ascii_digit()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_checkpoint_naming_a_file_elsewhere_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for state in [
+            "../outside.safetensors",
+            "/etc/passwd",
+            "state-.safetensors",
+            "state-1/x.safetensors",
+        ] {
+            let meta = serde_json::json!({"step": 1, "log_bytes": 0, "state": state});
+            std::fs::write(dir.path().join(META), meta.to_string()).unwrap();
+            let err = load(dir.path()).unwrap_err().to_string();
+            assert!(
+                err.contains("not a state file") && err.contains("delete it"),
+                "{err}"
+            );
+        }
+        assert!(is_state_name("state-120.safetensors"));
+    }
 }

@@ -23,8 +23,10 @@
 //!   seconds, tokens_per_s) and per evaluation (eval_loss, eval_accuracy);
 //! - `metrics.json`: losses, validation results, steps, throughput, peak memory.
 //!
-//! Each optimizer step is one run of a compiled ONNX graph (forward and gradients) and one
-//! fused clipping + AdamW pass over the flat training state ([`pipe_onnx::FlatTrainer`]). Checkpoints go to the scratch folder named by the stage
+//! Each optimizer step is one run of a compiled ONNX graph (forward and gradients) per
+//! micro-batch (`gradient_accumulation_steps` of them, each gradient weighted by its share
+//! of the step's loss) and one fused clipping + AdamW pass over the flat training state
+//! ([`pipe_onnx::FlatTrainer`]). Checkpoints go to the scratch folder named by the stage
 //! key; a killed run resumes from the last one. The only state is the parameters, moments and
 //! step count, all saved exactly, and the data order is a function of the seed and the epoch,
 //! so a resumed run ends with the same weights, bit for bit, as an uninterrupted one (tested
@@ -45,7 +47,7 @@ mod training;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use pipe_engine::{Checked, Input, Outcome, ParamError, RunContext, Stage};
+use pipe_engine::{Checked, Input, Outcome, ParamError, PlannedInput, RunContext, Stage};
 use serde_json::{Value, json};
 
 use self::data::TokenTable;
@@ -98,6 +100,23 @@ impl Stage for Finetune {
         Some(vec!["model".into(), log.into(), "metrics".into()])
     }
 
+    /// `select_best` needs a validation split in the input.
+    fn check_inputs(&self, params: &Value, inputs: &[PlannedInput<'_>]) -> Result<(), ParamError> {
+        let params = Params::parse(params)?;
+        if params.select_best.is_none() {
+            return Ok(());
+        }
+        match inputs {
+            [input] => match &input.outputs {
+                Some(outputs) if !outputs.iter().any(|o| o == "validation") => {
+                    Err(no_validation_split(input.stage))
+                }
+                _ => Ok(()),
+            },
+            _ => Ok(()),
+        }
+    }
+
     fn check(&self, params: &Value) -> Result<Checked, ParamError> {
         let params = Params::parse(params)?;
         let mut key_params = pipe_engine::key_params_of(&params)?;
@@ -147,11 +166,7 @@ impl Stage for Finetune {
             None => None,
         };
         if params.select_best.is_some() && validation.is_none() {
-            bail!(
-                "`select_best` picks the weights by their validation result, but stage `{}` \
-                 has no validation split; give the split stage a `validation:` share",
-                input.stage
-            );
+            return Err(no_validation_split(&input.stage).into());
         }
         if let ModelSource::Hub(repo) = params.model_source()? {
             let hub = crate::hub::Hub::from_env(self.hub_cache());
@@ -280,6 +295,21 @@ impl Stage for Finetune {
             headline: Some(headline),
         })
     }
+}
+
+/// `select_best` without a validation split in `stage`'s outputs.
+fn no_validation_split(stage: &str) -> ParamError {
+    ParamError::new(
+        &["select_best"],
+        format!(
+            "`select_best` picks the weights by their validation result, but stage `{stage}` \
+             has no validation split"
+        ),
+    )
+    .with_help(
+        "give the split stage a `validation:` share (e.g. `validation: 0.1`), or take \
+         `from:` a stage that has a validation split; or remove `select_best`",
+    )
 }
 
 /// The label names of the tokenize stage, in class-index order.

@@ -1,7 +1,12 @@
 //! What the training graph optimises besides the model: the loss options (label smoothing,
 //! class weights) and the dropout, resolved from the parameters, the labels and the data.
+//!
+//! The labels are known only from the data, so settings that name them are checked here,
+//! when the stage runs; their errors are [`ParamError`]s, which the engine shows at the
+//! setting's place in the manifest.
 
 use anyhow::{Result, bail};
+use pipe_engine::ParamError;
 
 use super::data::{Labels, TokenTable};
 use super::params::{ClassWeightRule, ClassWeights, Params};
@@ -58,15 +63,39 @@ impl StepOptions {
             class_weights: class_weights(params.class_weights.as_ref(), labels, train)?,
         };
         if !loss.is_plain() && train.problem() == ProblemType::MultiLabelClassification {
-            bail!(
+            let key = if params.class_weights.is_some() {
+                "class_weights"
+            } else {
+                "label_smoothing"
+            };
+            return Err(ParamError::new(
+                &[key],
                 "`label_smoothing` and `class_weights` shape the single-label cross-entropy, \
-                 but this data is multi-label; remove them"
-            );
+                 but this data is multi-label",
+            )
+            .with_help("remove them")
+            .into());
         }
         Ok(StepOptions {
             loss,
-            dropout: DropoutPlan::new(config, rates),
+            dropout: DropoutPlan::new(config, rates).with_lora(config, params.lora.as_ref()),
         })
+    }
+}
+
+impl StepOptions {
+    /// What the training loss of `rows` of `train` is a mean over: the sum of their target
+    /// class weights with `class_weights` (with or without label smoothing, see
+    /// [`CrossEntropy`]), else their number (a multi-label row has as many targets as any
+    /// other). A micro-batch's share of an accumulated step is its denominator over the
+    /// step's.
+    pub fn loss_denominator(&self, train: &TokenTable, rows: &[usize]) -> f64 {
+        match (&self.loss.class_weights, train.labels()) {
+            (Some(w), Labels::Single(ids)) => {
+                rows.iter().map(|&r| f64::from(w[ids[r] as usize])).sum()
+            }
+            _ => rows.len() as f64,
+        }
     }
 }
 
@@ -84,20 +113,32 @@ fn class_weights(
             };
             match balanced_class_weights(ids, labels.len()) {
                 Ok(w) => Some(w),
-                Err(empty) => bail!(
-                    "`class_weights: balanced` needs every label in the train split, but \
-                     `{}` has no row there; give weights by label instead",
-                    labels[empty]
-                ),
+                Err(empty) => {
+                    return Err(ParamError::new(
+                        &["class_weights"],
+                        format!(
+                            "`class_weights: balanced` needs every label in the train split, \
+                             but `{}` has no row there",
+                            labels[empty]
+                        ),
+                    )
+                    .with_help("give weights by label instead")
+                    .into());
+                }
             }
         }
         Some(ClassWeights::ByLabel(map)) => {
             if let Some(unknown) = map.keys().find(|k| !labels.contains(k)) {
-                bail!(
-                    "`class_weights` names the label `{unknown}`, which the data does not have \
-                     (its labels: {})",
-                    labels.join(", ")
-                );
+                return Err(ParamError::new(
+                    &["class_weights", unknown],
+                    format!(
+                        "`class_weights` names the label `{unknown}`, which the data does not \
+                         have (its labels: {})",
+                        labels.join(", ")
+                    ),
+                )
+                .with_help("name labels of the data, or remove this one")
+                .into());
             }
             Some(
                 labels

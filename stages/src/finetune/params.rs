@@ -20,9 +20,17 @@ pub struct Params {
     /// Optimizer steps to take; overrides `epochs` when set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_steps: Option<u64>,
-    /// Rows per optimizer step.
+    /// Rows per micro-batch: per optimizer step without gradient accumulation.
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
+    /// Micro-batches of `batch_size` rows whose gradients add up to one optimizer step
+    /// (`transformers`' name): a step then sees `batch_size × N` rows, the same rows and the
+    /// same result as `batch_size: batch_size × N` within float rounding.
+    #[serde(
+        default = "default_gradient_accumulation_steps",
+        skip_serializing_if = "is_one"
+    )]
+    pub gradient_accumulation_steps: usize,
     /// Peak learning rate.
     #[serde(default = "default_learning_rate")]
     pub learning_rate: f64,
@@ -206,6 +214,13 @@ fn is_zero(x: &f64) -> bool {
     *x == 0.0
 }
 
+fn is_one(n: &usize) -> bool {
+    *n == 1
+}
+
+fn default_gradient_accumulation_steps() -> usize {
+    1
+}
 fn default_epochs() -> u64 {
     3
 }
@@ -246,6 +261,11 @@ pub enum ModelSource {
 }
 
 impl Params {
+    /// Rows per optimizer step: `batch_size × gradient_accumulation_steps`.
+    pub fn rows_per_step(&self) -> usize {
+        self.batch_size * self.gradient_accumulation_steps
+    }
+
     /// Parses and checks `value`.
     pub fn parse(value: &Value) -> Result<Params, ParamError> {
         let params: Params = parse_params(value)?;
@@ -258,6 +278,19 @@ impl Params {
             }
         };
         positive(params.batch_size > 0, "batch_size", "at least 1")?;
+        positive(
+            params.gradient_accumulation_steps > 0,
+            "gradient_accumulation_steps",
+            "at least 1 (1: no accumulation)",
+        )?;
+        positive(
+            params
+                .batch_size
+                .checked_mul(params.gradient_accumulation_steps)
+                .is_some(),
+            "gradient_accumulation_steps",
+            "small enough that `batch_size` × it is a number of rows",
+        )?;
         positive(
             params.epochs > 0 || params.max_steps.is_some(),
             "epochs",

@@ -40,6 +40,16 @@ pub struct Evaluation {
     pub accuracy: f64,
 }
 
+/// What one optimizer step reports.
+struct StepTotals {
+    /// The loss over the step's rows (the micro-batches' losses, each times its share).
+    loss: f64,
+    /// The gradient norm before clipping, when clipping is on.
+    grad_norm: Option<f32>,
+    /// Real (unpadded) tokens of every micro-batch.
+    tokens: usize,
+}
+
 /// A model being trained, with everything one run of the loop needs.
 pub struct Training<'a> {
     params: &'a Params,
@@ -126,7 +136,8 @@ impl<'a> Training<'a> {
     /// is one, and reporting progress through `reporter`.
     pub fn run(mut self, train: &TokenTable, reporter: &dyn Reporter) -> Result<Finished> {
         let p = self.params;
-        let steps_per_epoch = train.len().div_ceil(p.batch_size) as u64;
+        let rows_per_step = p.rows_per_step();
+        let steps_per_epoch = train.len().div_ceil(rows_per_step) as u64;
         let total = p.max_steps.unwrap_or(p.epochs * steps_per_epoch);
         let schedule = Schedule::new(p.lr_schedule, p.learning_rate, total, p.warmup_ratio);
         let log_path = self.scratch.join(LOG_FILE);
@@ -152,22 +163,18 @@ impl<'a> Training<'a> {
             if batches.0 != epoch {
                 batches = (
                     epoch,
-                    train.epoch_batches(p.batch_size, p.seed, epoch, p.shuffle),
+                    train.epoch_batches(rows_per_step, p.seed, epoch, p.shuffle),
                 );
             }
             let rows = &batches.1[(step % steps_per_epoch) as usize];
-            let (feeds, tokens) = train.batch(rows)?;
-            let masks = self.dropout_masks(step, &feeds)?;
-            let feeds: Vec<(&str, &HostTensor)> = feeds
-                .iter()
-                .map(|(k, v)| (*k, v))
-                .chain(masks.iter().map(|(k, v)| (k.as_str(), v)))
-                .collect();
             let lr = schedule.rate(step);
             let began = Instant::now();
-            let result = self.trainer.step(&feeds, lr as f32)?;
+            let StepTotals {
+                loss,
+                grad_norm,
+                tokens,
+            } = self.optimizer_step(train, step, rows, lr)?;
             let seconds = began.elapsed().as_secs_f64();
-            let loss = f64::from(result.loss);
             if !loss.is_finite() {
                 bail!(
                     "the training loss became {loss} at step {}; lower `learning_rate` or keep \
@@ -183,7 +190,7 @@ impl<'a> Training<'a> {
                 &mut log,
                 json!({
                     "step": done, "epoch": round4(epoch_f), "loss": loss, "lr": lr,
-                    "grad_norm": result.grad_norm, "tokens": tokens, "seconds": seconds,
+                    "grad_norm": grad_norm, "tokens": tokens, "seconds": seconds,
                     "tokens_per_s": (tokens as f64 / seconds).round(),
                 }),
             )?;
@@ -242,10 +249,46 @@ impl<'a> Training<'a> {
         })
     }
 
-    /// The dropout masks of the step after `step` completed ones, for the batch `feeds`.
+    /// The optimizer step after `step` completed ones, on `rows` (of `train`): their
+    /// micro-batches of `batch_size` rows, each run with its own dropout masks and its
+    /// gradient accumulated times its share of the step's loss denominator, then one update
+    /// at learning rate `lr`. Without accumulation `rows` is one micro-batch of share 1.
+    fn optimizer_step(
+        &mut self,
+        train: &TokenTable,
+        step: u64,
+        rows: &[usize],
+        lr: f64,
+    ) -> Result<StepTotals> {
+        let denominator = self.options.loss_denominator(train, rows);
+        let mut totals = StepTotals {
+            loss: 0.0,
+            grad_norm: None,
+            tokens: 0,
+        };
+        for (micro, part) in rows.chunks(self.params.batch_size).enumerate() {
+            let (feeds, tokens) = train.batch(part)?;
+            let masks = self.dropout_masks(step, micro as u64, &feeds)?;
+            let feeds: Vec<(&str, &HostTensor)> = feeds
+                .iter()
+                .map(|(k, v)| (*k, v))
+                .chain(masks.iter().map(|(k, v)| (k.as_str(), v)))
+                .collect();
+            let share = self.options.loss_denominator(train, part) / denominator;
+            let result = self.trainer.accumulate(&feeds, share as f32)?;
+            totals.loss += share * f64::from(result.loss);
+            totals.tokens += tokens;
+        }
+        totals.grad_norm = self.trainer.apply(lr as f32)?;
+        Ok(totals)
+    }
+
+    /// The dropout masks of micro-batch `micro` of the step after `step` completed ones,
+    /// for the batch `feeds`.
     fn dropout_masks(
         &self,
         step: u64,
+        micro: u64,
         feeds: &[(&str, HostTensor)],
     ) -> Result<Vec<(String, HostTensor)>> {
         if self.options.dropout.is_empty() {
@@ -256,7 +299,9 @@ impl<'a> Training<'a> {
             .find_map(|(name, t)| (*name == "token_index").then_some(t))
             .context("a batch without token_index")?;
         let (b, s) = (index.shape()[0] as usize, index.shape()[1] as usize);
-        self.options.dropout.masks(self.params.seed, step, b, s)
+        self.options
+            .dropout
+            .masks(self.params.seed, step, micro, b, s)
     }
 
     /// Feeds the evaluation of the weights after step `done` to `select_best`, logging an

@@ -7,14 +7,16 @@
 //! an earlier download stopped, checked against the size and the hash (SHA-256 for LFS
 //! files, git's blob SHA-1 for the others), renamed to `blobs/<etag>`, and linked from
 //! `snapshots/<commit>/<file>`; `refs/main` is written last. A crash leaves either nothing
-//! visible or a complete file.
+//! visible or a complete file. While one process downloads a blob it holds the blob's lock
+//! (`huggingface_hub`'s, under `<cache>/.locks/`); a second one waits, then finds the blob.
 //!
 //! `HF_ENDPOINT` (default `https://huggingface.co`), `HF_TOKEN` (sent as a bearer token)
 //! and `HF_HUB_OFFLINE` (no network at all) are read as `huggingface_hub` reads them.
 
-use std::fs::{File, OpenOptions};
+use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -279,6 +281,11 @@ impl Hub {
         if blob.is_file() {
             return Ok(0);
         }
+        let _lock = lock_blob(&self.cache, repo, &remote.etag, file, reporter)?;
+        // Another process may have finished this blob while this one waited.
+        if blob.is_file() {
+            return Ok(0);
+        }
         std::fs::create_dir_all(&blobs)
             .with_context(|| format!("cannot create {}", blobs.display()))?;
         let partial = blobs.join(format!("{}.incomplete", remote.etag));
@@ -350,6 +357,48 @@ impl Hub {
     }
 }
 
+/// Takes the lock of the blob `etag` of `repo`, waiting (with a note) while another download
+/// of it holds it. The lock is `huggingface_hub`'s, `<cache>/.locks/<repo folder>/<etag>.lock`
+/// taken with `flock`, so pipe and `hf download` never write the same `.incomplete` file at
+/// once. The OS releases it when its holder exits, however it exits: a killed download leaves
+/// no lock behind, only a lock file (as `huggingface_hub` does), which is reused.
+fn lock_blob(
+    cache: &Path,
+    repo: &str,
+    etag: &str,
+    file: &str,
+    reporter: &dyn Reporter,
+) -> Result<File> {
+    let folder = super::repo_dir(cache, repo);
+    let name = folder
+        .file_name()
+        .context("a repository folder has a name")?;
+    let dir = cache.join(".locks").join(name);
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let path = dir.join(format!("{etag}.lock"));
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open the download lock {}", path.display()))?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(TryLockError::WouldBlock) => {
+            reporter.note(&format!(
+                "waiting for another download of {repo}/{file} to finish (it holds {})",
+                path.display()
+            ));
+            lock.lock()
+                .with_context(|| format!("cannot lock {}", path.display()))?;
+        }
+        Err(TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("cannot lock {}", path.display()));
+        }
+    }
+    Ok(lock)
+}
+
 /// Checks the size and the hash of a downloaded file against the hub's.
 fn verify(path: &Path, remote: &Remote) -> Result<()> {
     let size = std::fs::metadata(path)?.len();
@@ -406,7 +455,10 @@ fn link(snapshot: &Path, file: &str, etag: &str) -> Result<()> {
         .collect::<PathBuf>()
         .join("blobs")
         .join(etag);
-    let temp = parent.join(format!(".{}.link", std::process::id()));
+    // Unique per process and call: two threads may link the same file at once.
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let temp = parent.join(format!(".{}-{n}.link", std::process::id()));
     let _ = std::fs::remove_file(&temp);
     std::os::unix::fs::symlink(&blob, &temp)
         .with_context(|| format!("cannot link {}", target.display()))?;

@@ -7,11 +7,14 @@
 //! `mlp.dropout`, `resid_dropout`). Only training graphs have dropout: evaluation and export
 //! build the model without it, as `model.eval()` does.
 //!
+//! With LoRA, PEFT's `lora_dropout` drops the input of each adapter (`x` before `lora_A`;
+//! the frozen layer sees `x` whole): one more site per adapted layer.
+//!
 //! Each site with a nonzero probability is a bool graph input named after the HF module
 //! (`dropout:transformer.h.0.attn.attention.attn_dropout`), true where the value is kept.
 //! [`DropoutPlan::masks`] draws them from a counter-based generator keyed by (seed, step,
-//! site, element): every mask is a pure function of the run's seed and the step, so a
-//! resumed run and a run at another thread count see the same masks, bit for bit. Drawing
+//! micro-batch, site, element): every mask is a pure function of the run's seed, the
+//! optimizer step and the micro-batch within it (gradient accumulation), so a resumed run and a run at another thread count see the same masks, bit for bit. Drawing
 //! costs a hash per two elements on the host (a few milliseconds per step for the `tiny`
 //! shape, under 2% of its step time), which buys that reproducibility without integer
 //! hashing inside the graph, where ONNX Runtime's CPU kernels offer no unsigned arithmetic.
@@ -22,6 +25,7 @@ use anyhow::Result;
 use pipe_onnx::{DType, Dim, Graph, HostTensor, Tensor};
 
 use super::gpt_neo::GptNeoConfig;
+use super::lora::LoraParams;
 
 /// Dropout probabilities of GPT-Neo's three kinds of site.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -53,8 +57,8 @@ impl DropoutRates {
 /// The shape of a site's mask.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SiteShape {
-    /// `[batch, seq, hidden]`.
-    Hidden,
+    /// `[batch, seq, n]`: hidden states (`n` = hidden size), or a LoRA adapter's input.
+    Rows(usize),
     /// `[batch, heads, seq, seq]`.
     Attention,
 }
@@ -70,7 +74,6 @@ struct Site {
 #[derive(Debug, Clone, PartialEq)]
 pub struct DropoutPlan {
     sites: Vec<Site>,
-    hidden: usize,
     heads: usize,
 }
 
@@ -86,7 +89,8 @@ impl DropoutPlan {
                 sites.push(Site { module, shape, p });
             }
         };
-        add("transformer.drop".into(), SiteShape::Hidden, rates.embed);
+        let hidden = SiteShape::Rows(config.hidden_size);
+        add("transformer.drop".into(), hidden, rates.embed);
         for i in 0..config.num_layers {
             let attn = format!("transformer.h.{i}.attn.attention");
             add(
@@ -94,22 +98,49 @@ impl DropoutPlan {
                 SiteShape::Attention,
                 rates.attention,
             );
-            add(
-                format!("{attn}.resid_dropout"),
-                SiteShape::Hidden,
-                rates.resid,
-            );
+            add(format!("{attn}.resid_dropout"), hidden, rates.resid);
             add(
                 format!("transformer.h.{i}.mlp.dropout"),
-                SiteShape::Hidden,
+                hidden,
                 rates.resid,
             );
         }
         DropoutPlan {
             sites,
-            hidden: config.hidden_size,
             heads: config.num_heads,
         }
+    }
+
+    /// Adds PEFT's `lora_dropout` on the input of every adapter of `lora` (when its dropout
+    /// is nonzero): sites `<module>.lora_dropout` (PEFT's `lora_dropout.default`) after the
+    /// model's, so the model's masks stay what they are without LoRA dropout.
+    pub fn with_lora(mut self, config: &GptNeoConfig, lora: Option<&LoraParams>) -> Self {
+        let Some(lora) = lora.filter(|l| l.dropout > 0.0) else {
+            return self;
+        };
+        let (h, m) = (config.hidden_size, config.intermediate_size());
+        for i in 0..config.num_layers {
+            let attn = format!("transformer.h.{i}.attn.attention");
+            let mlp = format!("transformer.h.{i}.mlp");
+            let modules = [
+                (&attn, "q_proj", h),
+                (&attn, "k_proj", h),
+                (&attn, "v_proj", h),
+                (&attn, "out_proj", h),
+                (&mlp, "c_fc", h),
+                (&mlp, "c_proj", m),
+            ];
+            for (parent, module, width) in modules {
+                if lora.targets(module) {
+                    self.sites.push(Site {
+                        module: lora_site(&format!("{parent}.{module}")),
+                        shape: SiteShape::Rows(width),
+                        p: lora.dropout,
+                    });
+                }
+            }
+        }
+        self
     }
 
     /// Whether no site drops anything.
@@ -123,7 +154,7 @@ impl DropoutPlan {
         for site in &self.sites {
             let (b, s) = (Dim::from("batch"), Dim::from("seq"));
             let shape = match site.shape {
-                SiteShape::Hidden => vec![b, s, Dim::Fixed(self.hidden as i64)],
+                SiteShape::Rows(n) => vec![b, s, Dim::Fixed(n as i64)],
                 SiteShape::Attention => vec![b, Dim::Fixed(self.heads as i64), s.clone(), s],
             };
             let mask = g.input(
@@ -136,22 +167,25 @@ impl DropoutPlan {
         Ok(Dropout { sites })
     }
 
-    /// The masks of the step after `step` completed ones, for a batch of `batch` rows of
-    /// `seq` positions: graph feeds named as [`Self::declare`] names the inputs.
+    /// The masks of micro-batch `micro` (0-based) of the step after `step` completed ones,
+    /// for a batch of `batch` rows of `seq` positions: graph feeds named as
+    /// [`Self::declare`] names the inputs. Micro-batch 0 draws what a step without
+    /// accumulation draws (`mix(0)` is 0).
     pub fn masks(
         &self,
         seed: u64,
         step: u64,
+        micro: u64,
         batch: usize,
         seq: usize,
     ) -> Result<Vec<(String, HostTensor)>> {
-        let step_key = mix(mix(seed ^ 0x6472_6f70_6f75_7421) ^ step);
+        let step_key = mix(mix(seed ^ 0x6472_6f70_6f75_7421) ^ step) ^ mix(micro);
         self.sites
             .iter()
             .enumerate()
             .map(|(i, site)| {
                 let dims: Vec<usize> = match site.shape {
-                    SiteShape::Hidden => vec![batch, seq, self.hidden],
+                    SiteShape::Rows(n) => vec![batch, seq, n],
                     SiteShape::Attention => vec![batch, self.heads, seq, seq],
                 };
                 let n: usize = dims.iter().product();
@@ -165,6 +199,11 @@ impl DropoutPlan {
             })
             .collect()
     }
+}
+
+/// The dropout site on the input of the LoRA adapter of the linear layer `module`.
+pub fn lora_site(module: &str) -> String {
+    format!("{module}.lora_dropout")
 }
 
 const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -224,7 +263,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn masks_drop_the_asked_share_and_depend_on_seed_step_and_site() {
+    fn masks_drop_the_asked_share_and_depend_on_seed_step_micro_batch_and_site() {
         let cfg = GptNeoConfig::test(50, 2);
         let rates = DropoutRates {
             embed: 0.1,
@@ -234,10 +273,15 @@ mod tests {
         let plan = DropoutPlan::new(&cfg, rates);
         // embed + one attention site per layer; resid 0 adds none.
         assert_eq!(plan.sites.len(), 1 + cfg.num_layers);
-        let a = plan.masks(7, 3, 4, 16).unwrap();
-        assert_eq!(a, plan.masks(7, 3, 4, 16).unwrap());
-        assert_ne!(a, plan.masks(7, 4, 4, 16).unwrap());
-        assert_ne!(a, plan.masks(8, 3, 4, 16).unwrap());
+        let a = plan.masks(7, 3, 0, 4, 16).unwrap();
+        assert_eq!(a, plan.masks(7, 3, 0, 4, 16).unwrap());
+        assert_ne!(a, plan.masks(7, 4, 0, 4, 16).unwrap());
+        assert_ne!(a, plan.masks(8, 3, 0, 4, 16).unwrap());
+        assert_ne!(a, plan.masks(7, 3, 1, 4, 16).unwrap());
+        assert_ne!(
+            plan.masks(7, 3, 1, 4, 16).unwrap(),
+            plan.masks(7, 3, 2, 4, 16).unwrap()
+        );
         assert_ne!(a[1].1, a[2].1, "two attention sites share a mask");
         // 4·4·16·16 = 4,096 flags per attention site at p = 0.3: the dropped share is within
         // 5 standard deviations (√(0.3·0.7/4096) ≈ 0.0072) of 0.3.

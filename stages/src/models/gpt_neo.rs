@@ -316,7 +316,7 @@ impl Attention {
                                w: Tensor,
                                adapter: Option<&LoraLayer>|
              -> pipe_onnx::Result<Tensor> {
-                let t = lora::linear(g, x, w, None, adapter)?; // [b, s, hidden]
+                let t = lora::linear(g, x, w, None, adapter, dropout)?; // [b, s, hidden]
                 let t = g.reshape(t, &[b.clone(), s.clone(), nh.clone(), hd.clone()])?;
                 g.transpose(t, &[0, 2, 1, 3]) // [b, heads, s, head_dim]
             };
@@ -339,6 +339,7 @@ impl Attention {
                 self.out_proj_weight,
                 Some(self.out_proj_bias),
                 self.lora[3].as_ref(),
+                dropout,
             )?;
             dropout.apply(g, &self.path.join("resid_dropout"), out)
         })
@@ -402,6 +403,7 @@ impl Mlp {
                 self.c_fc_weight,
                 Some(self.c_fc_bias),
                 self.lora[0].as_ref(),
+                dropout,
             )?; // [b, s, inter]
             let t = match self.activation {
                 Activation::GeluNew => g.gelu(t, true)?,
@@ -414,6 +416,7 @@ impl Mlp {
                 self.c_proj_weight,
                 Some(self.c_proj_bias),
                 self.lora[1].as_ref(),
+                dropout,
             )?;
             dropout.apply(g, &self.path.join("dropout"), out)
         })

@@ -21,6 +21,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::dropout::{Dropout, lora_site};
 use super::{Init, ParamSpec, VarPath, Vars, weights};
 
 /// The `lora` parameter of `finetune`: PEFT's `LoraConfig` fields of the same meaning.
@@ -32,7 +33,8 @@ pub struct LoraParams {
     /// Scale numerator: the update is multiplied by `alpha / r` (`lora_alpha`).
     #[serde(default = "default_alpha")]
     pub alpha: f64,
-    /// Dropout on the adapter's input (`lora_dropout`); only 0 is supported.
+    /// Dropout on the adapter's input (`lora_dropout`): `x` before `lora_A`, the frozen
+    /// layer's input untouched.
     #[serde(default)]
     pub dropout: f64,
     /// Modules to adapt, by name (`target_modules`).
@@ -86,11 +88,13 @@ impl LoraParams {
         if !(self.alpha.is_finite() && self.alpha > 0.0) {
             return Err(("alpha", "`lora.alpha` must be a positive number".into()));
         }
-        if self.dropout != 0.0 {
+        if !(self.dropout.is_finite() && (0.0..1.0).contains(&self.dropout)) {
             return Err((
                 "dropout",
-                "`lora.dropout` must be 0: dropout on the adapter input is not supported yet"
-                    .into(),
+                format!(
+                    "`lora.dropout` must be a probability in [0, 1), not {}",
+                    self.dropout
+                ),
             ));
         }
         if self.targets.is_empty() {
@@ -116,11 +120,13 @@ impl LoraParams {
 }
 
 /// The two LoRA matrices of one adapted linear layer.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct LoraLayer {
     a: Tensor,
     b: Tensor,
     scaling: f32,
+    /// The dropout site on the adapter's input ([`lora_site`]).
+    site: String,
 }
 
 impl LoraLayer {
@@ -159,12 +165,21 @@ impl LoraLayer {
             a,
             b,
             scaling: lora.scaling() as f32,
+            site: lora_site(module.as_str()),
         }))
     }
 
-    /// `base` (the frozen layer's output for `x`) plus the low-rank update of `x`.
-    pub fn apply(&self, g: &mut Graph, x: Tensor, base: Tensor) -> pipe_onnx::Result<Tensor> {
+    /// `base` (the frozen layer's output for `x`) plus the low-rank update of `x` through
+    /// `dropout`'s site on the adapter input (a no-op without LoRA dropout).
+    pub fn apply(
+        &self,
+        g: &mut Graph,
+        x: Tensor,
+        base: Tensor,
+        dropout: &Dropout,
+    ) -> pipe_onnx::Result<Tensor> {
         g.with_scope("lora", |g| {
+            let x = dropout.apply(g, &self.site, x)?;
             let down = g.linear(x, self.a, None)?; // [.., r]
             let up = g.linear(down, self.b, None)?; // [.., out]
             let s = g.scalar(pipe_onnx::DType::F32, f64::from(self.scaling));
@@ -174,17 +189,18 @@ impl LoraLayer {
     }
 }
 
-/// `x Wᵀ + b`, plus the LoRA update when `lora` is set.
+/// `x Wᵀ + b`, plus the LoRA update when `lora` is set (its input through `dropout`).
 pub fn linear(
     g: &mut Graph,
     x: Tensor,
     weight: Tensor,
     bias: Option<Tensor>,
     lora: Option<&LoraLayer>,
+    dropout: &Dropout,
 ) -> pipe_onnx::Result<Tensor> {
     let y = g.linear(x, weight, bias)?;
     match lora {
-        Some(l) => l.apply(g, x, y),
+        Some(l) => l.apply(g, x, y, dropout),
         None => Ok(y),
     }
 }

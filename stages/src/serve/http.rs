@@ -159,6 +159,9 @@ pub(super) fn answer(done: Done<Pending>, log: bool) {
     respond(done.reply_to, status, &body, note, log);
 }
 
+/// What a 503 (a full queue) tells the client in `Retry-After`, in seconds.
+const RETRY_AFTER_SECONDS: &str = "1";
+
 fn error_body(message: &str) -> Value {
     json!({ "error": message })
 }
@@ -174,9 +177,16 @@ fn respond(pending: Pending, status: u16, body: &Value, note: Option<String>, lo
     });
     let json_type =
         Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..]).expect("a valid header");
-    let response = Response::from_string(body.to_string())
+    let mut response = Response::from_string(body.to_string())
         .with_status_code(status)
         .with_header(json_type);
+    if status == 503 {
+        // A full queue drains within a batch or two: well-behaved clients come back soon.
+        response.add_header(
+            Header::from_bytes(&b"Retry-After"[..], RETRY_AFTER_SECONDS.as_bytes())
+                .expect("a valid header"),
+        );
+    }
     // A client that left before its answer is not the server's problem.
     let _ = request.respond(response);
     if let Some(line) = line {

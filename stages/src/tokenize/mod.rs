@@ -42,7 +42,9 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use arrow::array::{ArrayRef, Float32Builder, Int32Builder, ListBuilder, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use pipe_engine::{Checked, Input, Outcome, ParamError, RunContext, Stage, parse_params};
+use pipe_engine::{
+    Checked, Input, Outcome, ParamError, PlannedInput, RunContext, Stage, parse_params,
+};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -134,6 +136,24 @@ impl Stage for Tokenize {
 
     fn params_schema(&self) -> serde_json::Value {
         pipe_engine::schema_of::<Params>()
+    }
+
+    /// A table per upstream table it reads, the tokenizer and the labels.
+    fn planned_output_names(
+        &self,
+        _key_params: &serde_json::Value,
+        inputs: &[PlannedInput<'_>],
+    ) -> Option<Vec<String>> {
+        let [input] = inputs else {
+            return None;
+        };
+        let upstream = input.outputs.as_ref()?;
+        let mut names: Vec<String> = tables_to_read(|n| upstream.iter().any(|u| u == n))
+            .into_iter()
+            .map(String::from)
+            .collect();
+        names.extend(["tokenizer".to_string(), "labels".to_string()]);
+        Some(names)
     }
 
     fn check(&self, params: &serde_json::Value) -> Result<Checked, ParamError> {
@@ -236,18 +256,25 @@ impl Stage for Tokenize {
     }
 }
 
+/// The upstream tables tokenize reads among those `has` says exist, in reading order:
+/// train, validation, test; `dataset` only when none of those (a stage that does not split).
+fn tables_to_read(has: impl Fn(&str) -> bool) -> Vec<&'static str> {
+    let unsplit = "dataset";
+    let mut names: Vec<&'static str> = (TABLES.iter().copied())
+        .filter(|n| *n != unsplit && has(n))
+        .collect();
+    if names.is_empty() && has(unsplit) {
+        names.push(unsplit);
+    }
+    names
+}
+
 /// Reads the upstream tables that exist, train first.
 fn read_tables(input: &Input) -> anyhow::Result<Vec<(&'static str, DatasetTable)>> {
     let mut tables = Vec::new();
-    for name in TABLES {
-        // `dataset` is the fallback for a stage that does not split.
-        if name == "dataset" && !tables.is_empty() {
-            break;
-        }
-        if let Some(path) = input.outputs.get(name) {
-            let shown = format!("table `{name}` of stage `{}`", input.stage);
-            tables.push((name, DatasetTable::read(path, &shown)?));
-        }
+    for name in tables_to_read(|n| input.outputs.contains_key(n)) {
+        let shown = format!("table `{name}` of stage `{}`", input.stage);
+        tables.push((name, DatasetTable::read(&input.outputs[name], &shown)?));
     }
     if tables.is_empty() {
         bail!(

@@ -41,7 +41,7 @@ fn inverted_dropout_is_unbiased_over_the_steps_masks() {
     let mut sum = vec![0.0f64; n];
     let mut dropped = 0usize;
     for step in 0..steps {
-        let masks = plan.masks(11, step, b, s).unwrap();
+        let masks = plan.masks(11, step, 0, b, s).unwrap();
         let mut feeds: Vec<(&str, &HostTensor)> = vec![("x", &input)];
         feeds.extend(masks.iter().map(|(k, v)| (k.as_str(), v)));
         let out = session.run(&feeds).unwrap();

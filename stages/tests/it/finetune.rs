@@ -347,7 +347,7 @@ fn a_lora_run_trains_the_adapter_and_head_only_and_resumes_exactly() {
     let params = json!({
         "model": { "path": "base", "seed": 4 }, "max_steps": 12, "batch_size": 8,
         "learning_rate": 5e-3, "weight_decay": 0.01, "checkpoint_every": 5, "threads": 1,
-        "lora": { "r": 2, "alpha": 4, "targets": ["q_proj", "c_fc"] }
+        "lora": { "r": 2, "alpha": 4, "dropout": 0.1, "targets": ["q_proj", "c_fc"] }
     });
     let scratch = tempfile::tempdir().unwrap();
     let whole = ws
@@ -375,6 +375,7 @@ fn a_lora_run_trains_the_adapter_and_head_only_and_resumes_exactly() {
     assert_eq!(config["peft_type"], "LORA");
     assert_eq!(config["task_type"], "SEQ_CLS");
     assert_eq!(config["r"], 2);
+    assert_eq!(config["lora_dropout"], 0.1);
     assert_eq!(config["target_modules"], json!(["c_fc", "q_proj"]));
     assert_eq!(config["base_model_name_or_path"], "base");
     let metrics = whole.json("metrics.json");
@@ -410,7 +411,11 @@ fn lora_settings_are_checked() {
             "alpha",
         ),
         (
-            json!({ "r": 4, "dropout": 0.1, "targets": ["q_proj"] }),
+            json!({ "r": 4, "dropout": 1.0, "targets": ["q_proj"] }),
+            "dropout",
+        ),
+        (
+            json!({ "r": 4, "dropout": -0.1, "targets": ["q_proj"] }),
             "dropout",
         ),
     ] {
@@ -419,6 +424,10 @@ fn lora_settings_are_checked() {
             .unwrap_err();
         assert_eq!(e.path, ["lora", field], "{e:?}");
     }
+    // PEFT's `lora_dropout` is accepted.
+    let ok = json!({ "model": { "config": "tiny" },
+                     "lora": { "r": 4, "dropout": 0.1, "targets": ["q_proj"] } });
+    kind.check(&ok).unwrap();
     // An unknown module name is refused when the manifest is read.
     let e = kind
         .check(&json!({ "model": { "config": "tiny" }, "lora": { "r": 4, "targets": ["wte"] } }))

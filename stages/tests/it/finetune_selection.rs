@@ -2,10 +2,11 @@
 //! the stage: what the outputs and the training log say, resuming, reproducibility, and the
 //! parameter values refused at validation.
 
+use pipe_engine::ParamError;
 use serde_json::{Value, json};
 
 use crate::finetune::{copy_dir, small_model, tokenized, tokenized_with, weights_of};
-use crate::util::{Ran, Workspace, message};
+use crate::util::{Ran, Workspace};
 
 /// The lines of a run's training log.
 fn log_lines(ran: &Ran) -> Vec<Value> {
@@ -262,36 +263,62 @@ fn bad_values_are_refused_at_validation_with_their_path() {
     }
 }
 
+/// Errors of settings checked against the data are `ParamError`s at the setting, which the
+/// engine shows at its place in the manifest.
 #[test]
-fn errors_that_need_the_data_name_what_to_change() {
+fn errors_that_need_the_data_name_the_setting_and_what_to_change() {
     let ws = Workspace::new();
     let tokens = tokenized(&ws, 400);
     let input = [tokens.input("tokenize")];
-    let run = |extra: Value| {
-        let mut params = json!({ "model": small_model(1), "max_steps": 1, "threads": 1 });
-        for (k, v) in extra.as_object().unwrap() {
-            params[k] = v.clone();
-        }
-        message(ws.run("finetune", params, &input).unwrap_err())
+    let refused = |params: Value, input: &[pipe_engine::Input]| {
+        let e = ws.run("finetune", params, input).unwrap_err();
+        let e = e.downcast::<ParamError>().expect("a ParamError");
+        (e.path.join("."), e.message, e.help.unwrap_or_default())
     };
-    let e = run(json!({ "class_weights": { "astronomy": 2.0 } }));
+    let (path, msg, _) = refused(
+        json!({ "model": small_model(1), "max_steps": 1, "threads": 1,
+                "class_weights": { "astronomy": 2.0 } }),
+        &input,
+    );
+    assert_eq!(path, "class_weights.astronomy");
     assert!(
-        e.contains("`astronomy`") && e.contains("biology, chemistry, math, physics"),
-        "{e}"
+        msg.contains("`astronomy`") && msg.contains("biology, chemistry, math, physics"),
+        "{msg}"
     );
 
-    // Without a validation split there is nothing to select by.
+    // Without a validation split there is nothing to select by (refused at validation when
+    // the plan knows the split's outputs; here, when it runs).
     let no_validation = tokenized_with(&ws, 400, 0.0);
-    let e = message(
-        ws.run(
-            "finetune",
-            json!({ "model": small_model(1), "max_steps": 1, "select_best": "eval_loss" }),
-            &[no_validation.input("tokenize")],
-        )
-        .unwrap_err(),
+    let (path, msg, help) = refused(
+        json!({ "model": small_model(1), "max_steps": 1, "select_best": "eval_loss" }),
+        &[no_validation.input("tokenize")],
     );
-    assert!(
-        e.contains("no validation split") && e.contains("`validation:`"),
-        "{e}"
-    );
+    assert_eq!(path, "select_best");
+    assert!(msg.contains("no validation split"), "{msg}");
+    assert!(help.contains("`validation:`"), "{help}");
+}
+
+#[test]
+fn select_best_is_checked_against_the_planned_inputs() {
+    let registry = pipe_stages::registry();
+    let kind = registry.get("finetune").unwrap();
+    let params = json!({ "model": { "config": "tiny" }, "select_best": "eval_loss" });
+    let input = |outputs: Option<&[&str]>| pipe_engine::PlannedInput {
+        name: "tokenize",
+        stage: "tokenize",
+        outputs: outputs.map(|o| o.iter().map(|s| s.to_string()).collect()),
+    };
+    let without = ["train", "test", "tokenizer", "labels"];
+    let e = kind
+        .check_inputs(&params, &[input(Some(&without))])
+        .unwrap_err();
+    assert_eq!(e.path, ["select_best"]);
+    assert!(e.help.unwrap().contains("`validation:`"));
+    let with = ["train", "validation", "test", "tokenizer", "labels"];
+    kind.check_inputs(&params, &[input(Some(&with))]).unwrap();
+    // Unknown outputs are left to the run.
+    kind.check_inputs(&params, &[input(None)]).unwrap();
+    // Without `select_best` nothing is needed.
+    let plain = json!({ "model": { "config": "tiny" } });
+    kind.check_inputs(&plain, &[input(Some(&without))]).unwrap();
 }

@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Cursor, Write};
 use std::net::TcpListener;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Barrier, Mutex};
+use std::time::Duration;
 
 use pipe_stages::hub::{Hub, Want, ensure, hub_commit, snapshot_with};
 use sha1::Digest as _;
@@ -21,6 +23,8 @@ const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 struct Faults {
     /// Send only this many bytes of the next CDN body, then close the connection.
     cut_after: Option<usize>,
+    /// Wait this long between a CDN answer's headers and its body.
+    delay: Option<Duration>,
     /// Flip a byte of every CDN body.
     corrupt: bool,
     /// Answer with this X-Repo-Commit instead of [`COMMIT`].
@@ -129,6 +133,9 @@ fn start_cdn(
                 )
                 .as_bytes(),
             );
+            if let Some(delay) = faults.delay {
+                std::thread::sleep(delay);
+            }
             let _ = stream.write_all(sent);
             let _ = stream.shutdown(std::net::Shutdown::Both);
         }
@@ -433,4 +440,150 @@ fn ensure_downloads_only_what_the_cache_lacks() {
         "{err}"
     );
     assert!(err.contains("pipe pull-model org/absent"), "{err}");
+}
+
+/// The GET requests of `fake` per path (ranges ignored).
+fn gets_per_path(fake: &FakeHub) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for get in fake.gets() {
+        let path = get.split_whitespace().nth(1).unwrap().to_string();
+        *counts.entry(path).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// Every file of the fake hub is in `cache`'s snapshot, byte for byte.
+fn assert_snapshot_whole(fake: &FakeHub, cache: &Path) {
+    let snapshot = cache.join("models--org--tiny/snapshots").join(COMMIT);
+    for (file, bytes) in &fake.files {
+        assert_eq!(
+            &std::fs::read(snapshot.join(file)).unwrap(),
+            bytes,
+            "{file}"
+        );
+    }
+}
+
+#[test]
+fn two_downloads_of_one_model_at_once_fetch_each_file_once() {
+    let fake = FakeHub::start();
+    // The weights take a while, so that the second download asks while the first is in it.
+    fake.faults.lock().unwrap().delay = Some(Duration::from_secs(1));
+    let cache = tempfile::tempdir().unwrap();
+    let start = Arc::new(Barrier::new(2));
+    let downloads: Vec<_> = (0..2)
+        .map(|_| {
+            // Separate clients, as two processes would have.
+            let hub = fake.hub(cache.path(), false);
+            let start = Arc::clone(&start);
+            std::thread::spawn(move || {
+                let reporter = TestReporter::default();
+                start.wait();
+                let pulled = hub.pull_model("org/tiny", &reporter);
+                (pulled.map_err(message), reporter.notes())
+            })
+        })
+        .collect();
+    let results: Vec<_> = downloads.into_iter().map(|d| d.join().unwrap()).collect();
+    let mut downloaded = 0;
+    for (pulled, _) in &results {
+        let pulled = pulled.as_ref().unwrap();
+        assert_eq!(pulled.commit, COMMIT);
+        downloaded += pulled.downloaded_bytes;
+    }
+    let total: usize = fake.files.values().map(Vec::len).sum();
+    assert_eq!(downloaded, total as u64, "{results:?}");
+    for (path, count) in gets_per_path(&fake) {
+        assert_eq!(count, 1, "{path} fetched {count} times: {:?}", fake.gets());
+    }
+    // Each file, plus the CDN that the weights are redirected to.
+    assert_eq!(gets_per_path(&fake).len(), fake.files.len() + 1);
+    assert!(
+        results
+            .iter()
+            .flat_map(|(_, notes)| notes)
+            .any(|n| n.contains("waiting for another download of org/tiny/model.safetensors")),
+        "{results:?}"
+    );
+    assert_snapshot_whole(&fake, cache.path());
+    let blobs = cache.path().join("models--org--tiny/blobs");
+    let leftovers: Vec<_> = std::fs::read_dir(&blobs)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".incomplete"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+/// A child process killed when the test ends, however it ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_lock_held_by_a_killed_process_does_not_block_the_download() {
+    let fake = FakeHub::start();
+    let cache = tempfile::tempdir().unwrap();
+    let sha = sha256(&fake.files["model.safetensors"]);
+    let locks = cache.path().join(".locks/models--org--tiny");
+    std::fs::create_dir_all(&locks).unwrap();
+    let lock = locks.join(format!("{sha}.lock"));
+    // Another downloader holds the weights' lock: a shell takes it with util-linux `flock` (the
+    // same OS lock) on its own descriptor, then becomes `sleep`, still holding it.
+    let mut holder = Command::new("sh")
+        .arg("-c")
+        .arg(r#"exec 9>"$1" && flock 9 && echo held && exec sleep 600"#)
+        .arg("holder")
+        .arg(&lock)
+        .stdout(Stdio::piped())
+        .spawn()
+        .map(KillOnDrop)
+        .expect("flock(1) runs");
+    let mut line = String::new();
+    BufReader::new(holder.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "held");
+
+    let hub = fake.hub(cache.path(), false);
+    let reporter = Arc::new(TestReporter::default());
+    let waiting = Arc::clone(&reporter);
+    let download =
+        std::thread::spawn(move || hub.pull_model("org/tiny", &*waiting).map_err(message));
+    let began = std::time::Instant::now();
+    while !reporter
+        .notes()
+        .iter()
+        .any(|n| n.contains("waiting for another download"))
+    {
+        assert!(
+            began.elapsed() < Duration::from_secs(30),
+            "{:?}",
+            reporter.notes()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let blob = cache.path().join("models--org--tiny/blobs").join(&sha);
+    assert!(!blob.exists(), "downloaded while the lock was held");
+    assert!(
+        !fake.gets().iter().any(|g| g.contains("/cdn/")),
+        "{:?}",
+        fake.gets()
+    );
+
+    // The holder dies without unlocking: the OS releases its lock, the download goes on.
+    holder.0.kill().unwrap();
+    holder.0.wait().unwrap();
+    let pulled = download.join().unwrap().unwrap();
+    assert_eq!(pulled.commit, COMMIT);
+    assert_snapshot_whole(&fake, cache.path());
+    assert!(
+        lock.exists(),
+        "the lock file stays, as huggingface_hub leaves it"
+    );
 }

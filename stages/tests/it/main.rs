@@ -12,6 +12,7 @@ mod split;
 mod tokenize;
 
 // Models.
+mod accumulation;
 mod dropout;
 mod finetune;
 mod finetune_selection;

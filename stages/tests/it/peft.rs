@@ -8,9 +8,11 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use pipe_onnx::{AdamW, FlatTrainer, Graph, HostTensor, Session, SessionOptions};
-use pipe_stages::finetune::{StepGraph, distinct_tokens};
+use pipe_stages::finetune::{StepGraph, StepOptions, distinct_tokens};
+use pipe_stages::models::dropout::{DropoutPlan, DropoutRates};
 use pipe_stages::models::gpt_neo::{GptNeoForSequenceClassification, ProblemType};
 use pipe_stages::models::lora::{self, LoraParams};
+use pipe_stages::models::loss::CrossEntropy;
 use pipe_stages::models::{hf_folder, weights};
 use serde_json::Value;
 
@@ -220,5 +222,79 @@ fn lora_training_matches_peft() {
         "merged_logits",
         out["logits"].as_f32().unwrap(),
         expected["merged_logits"].as_f32().unwrap(),
+    );
+}
+
+/// `lora.dropout` as PEFT's `lora_dropout`: on the adapter's input only. `dropout.safetensors`
+/// (`make_dropout_fixture.py`) holds PEFT's loss, logits and gradients in training mode with
+/// the trained adapter of `expected_adapter/` and lora_dropout 0.1, each adapter dropping
+/// with a recorded mask; the step graph fed the same masks gives the same loss and
+/// gradients.
+#[test]
+fn lora_dropout_with_fixed_masks_matches_peft() {
+    let b = json(fixture("batch.json"));
+    let mut lora: LoraParams = serde_json::from_value(b["lora"].clone()).unwrap();
+    lora.dropout = 0.1;
+    let base_dir = fixture("base");
+    let config = hf_folder::read_config(&base_dir).unwrap();
+    let options = StepOptions {
+        loss: CrossEntropy::default(),
+        dropout: DropoutPlan::new(&config, DropoutRates::default()).with_lora(&config, Some(&lora)),
+    };
+    let problem = ProblemType::SingleLabelClassification;
+    let step = StepGraph::compile_with(&config, problem, &options, Some(&lora)).unwrap();
+
+    let mut feeds = weights::load_all(&hf_folder::weights_path(&base_dir).unwrap()).unwrap();
+    let adapter = unprefixed(
+        weights::load_all(&fixture("expected_adapter/adapter_model.safetensors")).unwrap(),
+    );
+    feeds.extend(adapter);
+    let expected = weights::load_all(&fixture("dropout.safetensors")).unwrap();
+    let mut masks = 0;
+    for (name, t) in &expected {
+        if let Some(site) = name.strip_prefix("mask:") {
+            let keep = t.to_f64_vec().iter().map(|&k| k != 0.0).collect();
+            let mask = HostTensor::bool(t.shape(), keep).unwrap();
+            feeds.insert(format!("dropout:{site}"), mask);
+            masks += 1;
+        }
+    }
+    // One site per adapted layer: 4 targets in 2 layers.
+    assert_eq!(masks, 4 * 2);
+    let mut all: Vec<(&str, &HostTensor)> = feeds.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let batch = self::feeds(&b);
+    all.extend(batch.iter().map(|(k, v)| (*k, v)));
+    let opts = SessionOptions {
+        intra_threads: Some(1),
+        ..Default::default()
+    };
+    let mut session = Session::from_model(&step.model, &opts).unwrap();
+    let out = session.run(&all).unwrap();
+    let f32s = |t: &HostTensor| t.as_f32().unwrap().to_vec();
+    assert_close("loss", &f32s(&out["loss"]), &f32s(&expected["loss"]));
+    let mut grads = 0;
+    for e in &step.signature.layout.entries {
+        let want = &expected[&format!("grad:{}", e.name)];
+        assert_close(&e.grad, &f32s(&out[&e.grad]), &f32s(want));
+        grads += 1;
+    }
+    assert_eq!(
+        grads,
+        expected.keys().filter(|k| k.starts_with("grad:")).count()
+    );
+
+    // Without the masks' drops (all kept, p = 0) the loss is another: the masks mattered.
+    let plain = StepGraph::compile(&config, problem, Some(&lora)).unwrap();
+    let mut session = Session::from_model(&plain.model, &opts).unwrap();
+    let kept: Vec<(&str, &HostTensor)> = all
+        .iter()
+        .filter(|(k, _)| !k.starts_with("dropout:"))
+        .copied()
+        .collect();
+    let loss = session.run(&kept).unwrap()["loss"].as_f32().unwrap()[0];
+    let masked = out["loss"].as_f32().unwrap()[0];
+    assert!(
+        (loss - masked).abs() > 1e-4,
+        "the masks changed nothing: {loss} vs {masked}"
     );
 }

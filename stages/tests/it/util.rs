@@ -18,6 +18,13 @@ pub struct TestReporter {
     notes: Mutex<Vec<String>>,
 }
 
+impl TestReporter {
+    /// The notes so far.
+    pub fn notes(&self) -> Vec<String> {
+        self.notes.lock().expect("reporter lock").clone()
+    }
+}
+
 impl Reporter for TestReporter {
     fn note(&self, message: &str) {
         self.notes

@@ -5,7 +5,8 @@
 //! gradient output to a view of the flat gradient buffer, so ONNX Runtime reads the weights
 //! and writes the gradients where they live: parameters, gradients and both moments exist
 //! once. Frozen inputs (weights that take no gradient) are bound the same way from buffers
-//! filled once. Inputs are bound through the C API ([`bind_borrowed`]): `ort`'s safe binding
+//! filled once. A step may add up the gradients of several micro-batches before its one
+//! update ([`FlatTrainer::accumulate`], [`FlatTrainer::apply`]). Inputs are bound through the C API ([`bind_borrowed`]): `ort`'s safe binding
 //! copies borrowed tensors.
 
 use std::collections::BTreeMap;
@@ -19,7 +20,7 @@ use ort::value::{TensorRef, TensorRefMut, Value, ValueTypeMarker};
 use super::trainer::run_bound;
 use super::{HostData, HostTensor, Session, StepResult};
 use crate::error::OrtContext;
-use crate::flat::{FlatEntry, FlatState, GradSignature};
+use crate::flat::{self, FlatEntry, FlatState, GradSignature};
 use crate::{AdamW, DType, Error, Result};
 
 /// Trains with a gradient step graph and a host-side fused AdamW; see the module docs.
@@ -30,6 +31,10 @@ pub struct FlatTrainer {
     state: FlatState,
     frozen: Vec<(String, HostTensor)>,
     steps_done: u64,
+    /// Micro-batches accumulated into `state.grads` since the last optimizer step.
+    micro_batches: usize,
+    /// Where micro-batches after a step's first write their gradients (empty until needed).
+    micro_grads: Vec<f32>,
     other_outputs: Vec<String>,
     output_memory: MemoryInfo<'static>,
 }
@@ -108,14 +113,37 @@ impl FlatTrainer {
             state,
             frozen: frozen.into_iter().collect(),
             steps_done: 0,
+            micro_batches: 0,
+            micro_grads: Vec::new(),
             other_outputs,
             output_memory,
         })
     }
 
-    /// Runs one optimizer step on `batch` (graph inputs by name) with learning rate `lr`.
+    /// Runs one optimizer step on `batch` (graph inputs by name) with learning rate `lr`:
+    /// [`Self::accumulate`] with share 1, then [`Self::apply`].
     pub fn step(&mut self, batch: &[(&str, &HostTensor)], lr: f32) -> Result<StepResult> {
+        let mut result = self.accumulate(batch, 1.0)?;
+        result.grad_norm = self.apply(lr)?;
+        Ok(result)
+    }
+
+    /// Runs the gradient graph on one micro-batch and adds its gradients, times `share`, to
+    /// those of the optimizer step under way (the first micro-batch of a step starts them
+    /// afresh). When the loss is a mean over rows, the step's loss is
+    /// `Σ_k share_k · loss_k` with `share_k` the micro-batch's part of the step's
+    /// denominator (its rows, or its total weight, over the step's), and so is its gradient.
+    ///
+    /// The first micro-batch's gradients are written straight into the flat gradient buffer
+    /// (scaled in place unless `share` is 1); later ones go to a second buffer of the same
+    /// layout, allocated on first use, and are added from there: ONNX Runtime overwrites an
+    /// output, it cannot add to one.
+    pub fn accumulate(&mut self, batch: &[(&str, &HostTensor)], share: f32) -> Result<StepResult> {
         let step = self.steps_done + 1;
+        let first = self.micro_batches == 0;
+        if !first && self.micro_grads.is_empty() {
+            self.micro_grads = vec![0.0; self.sig.layout.len];
+        }
         let bind = |e| Error::Ort {
             context: "failed to bind step inputs and outputs".into(),
             source: e,
@@ -143,7 +171,12 @@ impl FlatTrainer {
             bind_borrowed(&mut binding, name, &r)?;
         }
         let FlatState { params, grads, .. } = &mut self.state;
-        let mut grads_left = &mut grads[..];
+        let target = if first {
+            &mut grads[..]
+        } else {
+            &mut self.micro_grads[..]
+        };
+        let mut grads_left = target;
         let mut at = 0;
         for e in &self.sig.layout.entries {
             let p =
@@ -156,7 +189,7 @@ impl FlatTrainer {
             let g = TensorRefMut::from_array_view_mut((e.shape.clone(), g)).map_err(view)?;
             binding.bind_output(e.grad.as_str(), g).map_err(bind)?;
         }
-        let mut result = run_bound(
+        let result = run_bound(
             &mut self.session,
             &mut binding,
             &self.other_outputs,
@@ -165,14 +198,32 @@ impl FlatTrainer {
             step,
         )?;
         drop(binding);
+        match (first, share == 1.0) {
+            (true, true) => {}
+            (true, false) => flat::scale(&mut self.state.grads, share),
+            (false, _) => flat::add_scaled(&mut self.state.grads, &self.micro_grads, share),
+        }
+        self.micro_batches += 1;
+        Ok(result)
+    }
+
+    /// One optimizer step with the gradients accumulated since the last one: global-norm
+    /// clipping and AdamW at learning rate `lr` ([`AdamW::update_flat`]). Returns the
+    /// gradient norm before clipping when clipping is on. An error when no micro-batch was
+    /// accumulated.
+    pub fn apply(&mut self, lr: f32) -> Result<Option<f32>> {
+        if self.micro_batches == 0 {
+            return Err(Error::Data(
+                "an optimizer step needs at least one accumulated micro-batch".into(),
+            ));
+        }
+        let step = self.steps_done + 1;
         let norm = self
             .adamw
             .update_flat(&self.sig.layout, &mut self.state, lr, step);
-        if self.adamw.max_grad_norm > 0.0 {
-            result.grad_norm = Some(norm);
-        }
         self.steps_done = step;
-        Ok(result)
+        self.micro_batches = 0;
+        Ok((self.adamw.max_grad_norm > 0.0).then_some(norm))
     }
 
     /// Steps completed (the next step uses `step = steps_done + 1` for bias correction).

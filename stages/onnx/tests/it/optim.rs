@@ -1,6 +1,7 @@
 //! The AdamW step graph against a plain-Rust `torch.optim.AdamW` (+ `clip_grad_norm_`) over
 //! several steps, fed back through plain `Session::run`; and the flat-buffer AdamW of
-//! [`FlatTrainer`] against the same reference and against the graph variant.
+//! [`FlatTrainer`] against the same reference and against the graph variant, and its gradient
+//! accumulation against one step on the whole batch.
 
 use std::collections::BTreeMap;
 
@@ -350,4 +351,77 @@ fn flat_adamw_with_weight_decay_and_clipping() {
 #[test]
 fn flat_adamw_without_clipping() {
     check_flat(AdamW::default(), 6);
+}
+
+/// Micro-batches accumulated with their shares of the mean (3 rows and 1 row of the 4: 3/4
+/// and 1/4) step exactly like the whole batch: the same gradient, the same clipped AdamW
+/// update. An update with nothing accumulated is refused.
+#[test]
+fn accumulated_micro_batches_step_like_the_whole_batch() {
+    let opt = AdamW {
+        weight_decay: 0.05,
+        max_grad_norm: 0.05,
+        ..AdamW::default()
+    };
+    let mut rng = Rng::new(7);
+    let x = rng.vec(N * I, -1.0, 1.0);
+    let t = rng.vec(N * O, -1.0, 1.0);
+    let mut init = BTreeMap::new();
+    init.insert(
+        "w".to_string(),
+        float_tensor(DType::F32, &[I as i64, O as i64], rng.vec(I * O, -1.0, 1.0)),
+    );
+    init.insert(
+        "b".to_string(),
+        float_tensor(DType::F32, &[O as i64], rng.vec(O, -1.0, 1.0)),
+    );
+    let trainer = || {
+        let (mut g, loss, params) = loss_graph(DType::F32);
+        let sig = build_gradient_step(&mut g, loss, &params).unwrap();
+        let s = Session::from_model(&g.build().unwrap(), &SessionOptions::default()).unwrap();
+        FlatTrainer::new(s, sig, opt, init.clone(), BTreeMap::new()).unwrap()
+    };
+    let rows = |from: usize, to: usize| {
+        let n = (to - from) as i64;
+        (
+            float_tensor(DType::F32, &[n, I as i64], x[from * I..to * I].to_vec()),
+            float_tensor(DType::F32, &[n, O as i64], t[from * O..to * O].to_vec()),
+        )
+    };
+    let (whole, head, tail) = (rows(0, N), rows(0, 3), rows(3, N));
+    let (mut one, mut two) = (trainer(), trainer());
+    assert!(two.apply(0.01).is_err(), "an update with no gradient");
+    for step in 1..=3 {
+        let r = one.step(&[("x", &whole.0), ("t", &whole.1)], 0.01).unwrap();
+        let a = two
+            .accumulate(&[("x", &head.0), ("t", &head.1)], 0.75)
+            .unwrap();
+        let b = two
+            .accumulate(&[("x", &tail.0), ("t", &tail.1)], 0.25)
+            .unwrap();
+        let norm = two.apply(0.01).unwrap().unwrap();
+        let loss = 0.75 * f64::from(a.loss) + 0.25 * f64::from(b.loss);
+        assert!(close(loss, f64::from(r.loss), 1e-6), "step {step}: loss");
+        let whole_norm = f64::from(r.grad_norm.unwrap());
+        assert!(
+            close(f64::from(norm), whole_norm, 1e-6),
+            "step {step}: norm"
+        );
+        for (g1, g2) in one.flat_state().grads.iter().zip(&two.flat_state().grads) {
+            assert!(
+                close(f64::from(*g2), f64::from(*g1), 1e-5),
+                "step {step}: {g2} vs {g1}"
+            );
+        }
+        for name in ["w", "b"] {
+            let (p1, p2) = (one.param(name).unwrap(), two.param(name).unwrap());
+            for (a, b) in p1.iter().zip(&p2) {
+                assert!(
+                    close(f64::from(*b), f64::from(*a), 1e-5),
+                    "step {step}: {name}"
+                );
+            }
+        }
+    }
+    assert_eq!(two.steps_done(), 3);
 }
