@@ -2,7 +2,11 @@
 # Runs every test of the workspace. Fetches what the tests need first
 # (ONNX Runtime's library; Python's `onnx` for the model checker tests and
 # `onnxruntime` for the test that runs an exported bundle from Python; the
-# S3-compatible server s3s-fs for the remote-cache tests).
+# S3-compatible server s3s-fs for the remote-cache tests). The Slurm tests
+# (every test with `slurm::` in its name) run second, against the single-node
+# cluster scripts/with-slurm.sh starts (it installs slurm-wlm and munge with
+# apt-get when missing, so it needs root). With arguments, runs
+# `cargo test --workspace` with them instead (`./scripts/test.sh cache::`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/fetch-onnxruntime.sh
@@ -18,4 +22,8 @@ if [[ ! -x .tools/s3s/bin/s3s-fs ]]; then
   cargo install s3s-fs@0.14.1 --features binary --locked --root .tools/s3s
 fi
 export PIPE_TEST_S3S_FS="$PWD/.tools/s3s/bin/s3s-fs"
-cargo test --workspace --locked "$@"
+if [[ $# -gt 0 ]]; then
+  exec cargo test --workspace --locked "$@"
+fi
+cargo test --workspace --locked -- --skip slurm::
+./scripts/with-slurm.sh cargo test --workspace --locked slurm::

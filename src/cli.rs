@@ -56,6 +56,7 @@ Examples:
   pipe run --dry-run                         say what would run, change nothing
   pipe run --json | jq '.stages[] | {name, status}'
   pipe run --push                            then upload the results to the remote cache
+  pipe run --executor slurm --jobs 20        each stage that must run as a Slurm job
 
 A local miss is looked up in the remote cache (`remote:` or PIPE_REMOTE) before the
 stage runs; a remote that fails is a warning and the stage runs locally.
@@ -197,6 +198,9 @@ Exit codes: 0 downloaded (or already cached), 1 the download failed, 2 bad usage
     Doctor(DoctorArgs),
     /// Print the JSON Schema of manifests (as in schemas/pipeline.schema.json).
     Schema,
+    /// Run one stage as `pipe run` prepared it (what a cluster job runs; internal).
+    #[command(hide = true)]
+    ExecStage(ExecStageArgs),
 }
 
 /// Where the manifest is, and whether paths may leave its folder.
@@ -234,8 +238,28 @@ pub struct RunArgs {
     /// Do not use the remote cache (`remote:` or PIPE_REMOTE) in this run.
     #[arg(long)]
     pub no_remote: bool,
+    /// Where stages that must run execute: here, or one Slurm job each (default: the
+    /// manifest's `executor:`, else local). With slurm, `--jobs` bounds the jobs in the queue.
+    #[arg(long, value_enum)]
+    pub executor: Option<ExecutorArg>,
     #[command(flatten)]
     pub manifest: ManifestArgs,
+}
+
+/// `--executor` values.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ExecutorArg {
+    /// In the `pipe run` process.
+    Local,
+    /// One Slurm job per stage (`sbatch`); the store must be on a filesystem the nodes share.
+    Slurm,
+}
+
+/// `pipe exec-stage` (internal).
+#[derive(Debug, Args)]
+pub struct ExecStageArgs {
+    /// The stage's folder in the store, holding the request `pipe run` wrote.
+    pub dir: PathBuf,
 }
 
 /// `pipe status`.

@@ -55,6 +55,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => commands::serve::exec(args, &printer),
         Command::PullModel(args) => commands::pull_model::exec(args, &printer),
         Command::Schema => commands::schema::exec(),
+        Command::ExecStage(args) => commands::exec_stage::exec(args),
     };
     match result {
         Ok(Outcome::Success) => ExitCode::SUCCESS,

@@ -5,6 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, mpsc};
 
+use crate::executor::Executor;
+use crate::executor::local::Local;
 use crate::hash::StatCache;
 use crate::job::{JobEnv, JobResult, run_job};
 use crate::lockfile::{
@@ -44,6 +46,8 @@ pub struct RunOptions {
     pub print_stages: bool,
     /// A shared cache to ask on a local miss (see [`crate::remote`]).
     pub remote: Option<Arc<dyn RemoteCache>>,
+    /// Where stages that must run execute (see [`crate::executor`]); `None` runs them here.
+    pub executor: Option<Arc<dyn Executor>>,
 }
 
 /// Brings the selected stages up to date and returns what happened.
@@ -69,6 +73,7 @@ pub fn run(
         selected_ids(pipeline, names)?;
     }
     let selected = pipeline.closure(&targets);
+    let executor: &dyn Executor = options.executor.as_deref().unwrap_or(&Local);
     let remote = options.remote.clone().map(RemoteLink::new);
     let env = JobEnv {
         pipeline,
@@ -77,8 +82,9 @@ pub fn run(
         printer,
         dry_run: options.dry_run,
         remote: remote.as_ref(),
+        executor,
     };
-    if !options.dry_run && pipeline.preflight(&selected).is_err() {
+    if !options.dry_run && executor.runs_here() && pipeline.preflight(&selected).is_err() {
         // A stage this machine cannot run (a CUDA stage on a laptop) is no
         // obstacle when its results come from the cache: only the stages a
         // dry run says would run must pass.
@@ -100,7 +106,8 @@ pub fn run(
         .unwrap_or(0);
     let results = schedule(&env, &selected, &lock, options, |id, result| {
         if options.print_stages {
-            RunReport::print_stage(printer, &stage_report(pipeline, id, result), name_width);
+            let report = stage_report(pipeline, executor, id, result);
+            RunReport::print_stage(printer, &report, name_width);
         }
     });
     let report = RunReport {
@@ -110,7 +117,7 @@ pub fn run(
             .all(|(_, r)| !matches!(r.status(), Status::Failed | Status::Skipped)),
         stages: results
             .iter()
-            .map(|(id, r)| stage_report(pipeline, *id, r))
+            .map(|(id, r)| stage_report(pipeline, executor, *id, r))
             .collect(),
     };
     if !options.dry_run {
@@ -171,8 +178,23 @@ fn unknown_stage(pipeline: &Pipeline<'_>, name: &str) -> anyhow::Error {
     )))
 }
 
-fn stage_report(pipeline: &Pipeline<'_>, id: usize, result: &JobResult) -> StageReport {
+fn stage_report(
+    pipeline: &Pipeline<'_>,
+    executor: &dyn Executor,
+    id: usize,
+    result: &JobResult,
+) -> StageReport {
     let stage = &pipeline.stages[id];
+    // A stage reached its executor when it ran, or failed after its key was known.
+    let executed = matches!(
+        result,
+        JobResult::Ran(_)
+            | JobResult::Failed {
+                reason: Some(_),
+                ..
+            }
+    );
+    let job = executed.then(|| executor.job(&stage.name)).flatten();
     let (key, seconds, reason, headline, error) = match result {
         JobResult::Ran(done) | JobResult::Cached(done) => (
             Some(done.key),
@@ -213,6 +235,9 @@ fn stage_report(pipeline: &Pipeline<'_>, id: usize, result: &JobResult) -> Stage
         reason,
         headline,
         error,
+        executor: executed.then(|| executor.name().to_string()),
+        job_id: job.as_ref().map(|j| j.id.clone()),
+        job_state: job.map(|j| j.state),
     }
 }
 

@@ -2,8 +2,9 @@
 //! and restore it, or run it and commit its outputs to the store.
 //!
 //! The two seams of a job are [`lookup`] (where a stage is looked up in the
-//! cache; a miss there is where a remote cache would be asked) and
-//! [`run_kind`] (where a stage's kind actually executes).
+//! cache; a miss there is where a remote cache would be asked) and the
+//! executor in [`JobEnv::executor`] (where a stage's kind actually executes:
+//! in this process, or as a cluster job, see [`crate::executor`]).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -11,6 +12,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 
+use crate::executor::{Executor, StageJob};
 use crate::files;
 use crate::hash::{Digest, StatCache};
 use crate::key::{KeyRecord, MissReason, explain};
@@ -37,6 +39,8 @@ pub struct JobEnv<'a> {
     pub dry_run: bool,
     /// The shared cache asked on a local miss, if any.
     pub(crate) remote: Option<&'a RemoteLink>,
+    /// Where the stages that must run execute.
+    pub executor: &'a dyn Executor,
 }
 
 /// A stage that is up to date: what it ran (or was restored) with and what it produced.
@@ -414,7 +418,16 @@ fn execute(
         log_path: &log,
         reporter: &reporter,
     };
-    let outcome = run_kind(stage, &ctx).map_err(|e| env.pipeline.locate_run_error(stage, e))?;
+    let job = StageJob {
+        pipeline: env.pipeline,
+        stage,
+        ctx: &ctx,
+        work_dir: tmp.path(),
+    };
+    let outcome = env
+        .executor
+        .run(&job)
+        .map_err(|e| env.pipeline.locate_run_error(stage, e))?;
     let outputs = commit(env, stage, &out_dir)?;
     let stage_record = StageRecord {
         key,
@@ -435,24 +448,6 @@ fn execute(
     publish(env, &stage.name, &outputs)?;
     files::remove_all(&scratch)?;
     Ok((outputs, outcome))
-}
-
-/// Executes the stage's kind; a panic inside it becomes an error.
-fn run_kind(stage: &PlannedStage<'_>, ctx: &RunContext<'_>) -> anyhow::Result<Outcome> {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stage.kind.run(ctx))) {
-        Ok(result) => result,
-        Err(panic) => {
-            let what = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default();
-            anyhow::bail!(
-                "the {} stage crashed ({what}); this is a bug in pipe, please report it",
-                stage.kind.kind()
-            );
-        }
-    }
 }
 
 /// The last `lines` lines of a log file, indented, when it has any.

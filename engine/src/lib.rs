@@ -19,7 +19,7 @@
 //! let store = Store::open(&pipeline.manifest.dir.join(".pipe"))?;
 //! let printer = Printer::new(ColorChoice::Auto, false, false);
 //! let _lock = store.lock(true, |_| {})?;
-//! let options = RunOptions { targets: vec![], force: Force::None, dry_run: false, jobs: 2, print_stages: true, remote: None };
+//! let options = RunOptions { targets: vec![], force: Force::None, dry_run: false, jobs: 2, print_stages: true, remote: None, executor: None };
 //! let report = run(&pipeline, &store, &options, &printer)?;
 //! assert!(report.ok);
 //! # Ok::<(), anyhow::Error>(())
@@ -30,6 +30,7 @@
 pub mod atomic;
 pub mod diag;
 mod exec;
+pub mod executor;
 pub mod files;
 pub mod gc;
 pub mod hash;

@@ -2,7 +2,8 @@
 //!
 //! A manifest has the top-level keys `pipeline` (its name; the file stem when
 //! left out), `description`, `remote` (the URL of a shared cache, e.g.
-//! `s3://bucket/prefix`) and `stages` (a mapping of stage name to stage).
+//! `s3://bucket/prefix`), `executor` and `resources` (where stages run, see
+//! [`crate::executor`]) and `stages` (a mapping of stage name to stage).
 //! A stage's reserved keys are listed in [`RESERVED_KEYS`]; every other key is
 //! a parameter that the stage's kind checks later (see [`crate::plan`]).
 
@@ -11,6 +12,8 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use crate::diag::{Diagnostic, ManifestError, did_you_mean};
+use crate::executor::ExecutorChoice;
+use crate::executor::resources::{self, Resources};
 use crate::matrix::{self, Matrix};
 use crate::yaml::{self, Node, NodeKind, Span};
 
@@ -23,10 +26,18 @@ pub const RESERVED_KEYS: &[&str] = &[
     "outs",
     "matrix",
     "description",
+    "resources",
 ];
 
 /// Top-level keys of a manifest.
-pub const TOP_LEVEL_KEYS: &[&str] = &["pipeline", "description", "remote", "stages"];
+pub const TOP_LEVEL_KEYS: &[&str] = &[
+    "pipeline",
+    "description",
+    "remote",
+    "executor",
+    "resources",
+    "stages",
+];
 
 /// A parsed manifest: its stages in file order, not yet checked against kinds.
 #[derive(Debug, Clone)]
@@ -41,6 +52,10 @@ pub struct Manifest {
     pub description: Option<String>,
     /// `remote:`: the shared cache's URL as written, and where.
     pub remote: Option<(String, Span)>,
+    /// `executor:`: where stages run unless the command line says otherwise.
+    pub executor: Option<ExecutorChoice>,
+    /// `resources:` at the top: the default of every stage's.
+    pub resources: Resources,
     /// The manifest's text.
     pub source: String,
     /// The stages, in file order.
@@ -68,6 +83,8 @@ pub struct StageSpec {
     pub description: Option<String>,
     /// `matrix:`: one member per combination of values (see [`crate::matrix`]).
     pub matrix: Option<Matrix>,
+    /// `resources:`: what the stage asks of a cluster scheduler.
+    pub resources: Option<Resources>,
     /// Every non-reserved key, as a JSON object.
     pub params: Value,
     /// The stage's YAML mapping, to locate parameter errors.
@@ -203,6 +220,13 @@ impl Manifest {
         let description = string_field(&root, "description", path, &mut errors);
         let remote = string_field(&root, "remote", path, &mut errors)
             .zip(root.get("remote").map(|(_, node)| node.span));
+        let executor = root
+            .get("executor")
+            .and_then(|(_, node)| ExecutorChoice::parse(path, node, &mut errors));
+        let resources = root
+            .get("resources")
+            .and_then(|(_, node)| resources::parse(path, node, &mut errors))
+            .unwrap_or_default();
         let mut stages = Vec::new();
         match root.get("stages") {
             None => errors.push(
@@ -244,6 +268,8 @@ impl Manifest {
                 name,
                 description,
                 remote,
+                executor,
+                resources,
                 source,
                 stages,
             })
@@ -344,6 +370,9 @@ fn parse_stage(
     let matrix = body
         .get("matrix")
         .and_then(|(key, value)| matrix::parse(file, key, value, &params, errors));
+    let resources = body
+        .get("resources")
+        .and_then(|(_, v)| resources::parse(file, v, errors));
     if errors.len() > before {
         return None;
     }
@@ -357,6 +386,7 @@ fn parse_stage(
         outs,
         description,
         matrix,
+        resources,
         params: Value::Object(params),
         node: body.clone(),
     })

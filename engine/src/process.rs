@@ -14,16 +14,15 @@ use std::io;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, ExitStatus, Stdio};
 
-/// What the guard runs: wait for end-of-file on stdin (pipe is gone), then
-/// kill the group named by its first argument.
-const GUARD_SCRIPT: &str = "trap '' INT TERM HUP QUIT; read -r _; kill -9 -\"$1\" 2>/dev/null";
+/// What a group's guard does once pipe is gone: kill the group named by its first argument.
+const KILL_GROUP: &str = "kill -9 -\"$1\" 2>/dev/null";
 
 /// Runs `command` to completion in its own process group (see the module
 /// docs) and returns its exit status.
 pub fn status_in_group(command: &mut Command) -> io::Result<ExitStatus> {
     let mut child = spawn_in_group(command)?;
     let pgid = child.id() as libc::pid_t;
-    let mut guard = match spawn_guard(pgid) {
+    let mut guard = match spawn_guard(KILL_GROUP, &[&pgid.to_string()]) {
         Ok(guard) => guard,
         Err(e) => {
             kill_group(pgid);
@@ -58,14 +57,16 @@ fn spawn_in_group(command: &mut Command) -> io::Result<Child> {
     command.spawn()
 }
 
-/// Starts the guard of group `pgid`; pipe keeps the write end of its stdin.
-fn spawn_guard(pgid: libc::pid_t) -> io::Result<Child> {
+/// Starts a guard that runs the shell command `action` (with `args` as `$1`,
+/// `$2`, ...) as soon as pipe ends, however it ends (see the module docs).
+/// pipe keeps the write end of the guard's stdin; SIGKILL the guard to call it off.
+pub fn spawn_guard(action: &str, args: &[&str]) -> io::Result<Child> {
     let mut guard = Command::new("sh");
     guard
         .arg("-c")
-        .arg(GUARD_SCRIPT)
+        .arg(format!("trap '' INT TERM HUP QUIT; read -r _; {action}"))
         .arg("pipe-guard")
-        .arg(pgid.to_string())
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null());

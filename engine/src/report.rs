@@ -39,7 +39,9 @@ impl Status {
 /// `kind`, `status` (`ran`, `cached`, `failed`, `skipped`, or `would_run` in a
 /// dry run), `key` (hex, or null when not yet known), `seconds`, `reason`
 /// (why it ran or would run, else null), `headline` (e.g. `test AUC 0.981`,
-/// or null), `error` (for a failed stage, else null).
+/// or null), `error` (for a failed stage, else null), `executor` (`local` or
+/// `slurm` for a stage that ran or failed running, else null), `job_id` and
+/// `job_state` (its Slurm job and how it ended, else null).
 #[derive(Debug, Clone, Serialize)]
 pub struct StageReport {
     /// Stage name.
@@ -58,6 +60,12 @@ pub struct StageReport {
     pub headline: Option<String>,
     /// The error, for a failed stage.
     pub error: Option<String>,
+    /// Where it ran, when it ran.
+    pub executor: Option<String>,
+    /// Its cluster job, when it ran as one.
+    pub job_id: Option<String>,
+    /// Its cluster job's last state.
+    pub job_state: Option<String>,
 }
 
 /// The result of `pipe run`, printed as one JSON document with `--json`:
@@ -81,10 +89,21 @@ impl RunReport {
             Status::Skipped | Status::WouldRun => String::new(),
             _ => format_seconds(stage.seconds),
         };
-        let detail: Vec<&str> = [stage.reason.as_deref(), stage.headline.as_deref()]
-            .into_iter()
-            .flatten()
-            .collect();
+        let job = stage.job_id.as_ref().map(|id| match stage.status {
+            Status::Ran => format!("job {id}"),
+            _ => format!(
+                "job {id} {}",
+                stage.job_state.as_deref().unwrap_or_default()
+            ),
+        });
+        let detail: Vec<&str> = [
+            job.as_deref(),
+            stage.reason.as_deref(),
+            stage.headline.as_deref(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
         let mut line = format!(
             "{:<name_width$} {:>7}  {}",
             stage.name,

@@ -67,6 +67,7 @@ pub fn pipeline_schema(registry: &Registry) -> Value {
             ]
         }),
     );
+    defs.insert("resources".into(), crate::executor::resources::schema());
     let mut stage_names = Map::new();
     stage_names.insert("pattern".into(), json!("^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"));
     json!({
@@ -81,6 +82,8 @@ pub fn pipeline_schema(registry: &Registry) -> Value {
             "pipeline": { "type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$", "description": "The pipeline's name (default: the file's stem)." },
             "description": { "type": "string" },
             "remote": { "type": "string", "description": "A cache shared between clones: `s3://bucket/prefix` (also gs://, az://, file://). The PIPE_REMOTE environment variable wins." },
+            "executor": { "enum": crate::executor::ExecutorChoice::NAMES, "description": "Where stages that must run execute: `local` (the default) or `slurm` (one job each). `pipe run --executor` wins." },
+            "resources": { "$ref": "#/$defs/resources", "description": "The default `resources` of every stage." },
             "stages": {
                 "type": "object",
                 "minProperties": 1,
@@ -107,6 +110,7 @@ fn stage_schema(name: &str, summary: &str, takes_run: bool, params: &Value) -> V
         ]
     }));
     properties.insert("deps".into(), json!({ "$ref": "#/$defs/path-list", "description": "Workspace files or folders this stage reads." }));
+    properties.insert("resources".into(), json!({ "$ref": "#/$defs/resources" }));
     if takes_run {
         properties.insert("run".into(), json!({ "type": "string", "minLength": 1, "description": "Shell command, run with `sh -c` in the manifest's folder." }));
         properties.insert("outs".into(), json!({ "$ref": "#/$defs/path-list", "description": "Workspace files or folders the command writes." }));

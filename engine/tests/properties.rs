@@ -274,6 +274,7 @@ fn check_case(pipeline: &str, stages: &[StageCase]) -> Result<(), TestCaseError>
         jobs: 2,
         print_stages: false,
         remote: None,
+        executor: None,
     };
     for round in 0..3 {
         if round > 0 {

@@ -2,6 +2,7 @@
 
 pub mod dag;
 pub mod doctor;
+pub mod exec_stage;
 pub mod gc;
 pub mod init;
 pub mod metrics;

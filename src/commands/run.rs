@@ -1,13 +1,16 @@
 //! `pipe run`.
 
+use std::sync::Arc;
 use std::time::Instant;
 
+use pipe_engine::executor::slurm::{Slurm, gpu_warnings};
+use pipe_engine::executor::{Executor, ExecutorChoice};
 use pipe_engine::remote::RemoteCache;
-use pipe_engine::{Force, Printer, RunOptions, RunReport, Status, Store, Tone, run};
+use pipe_engine::{Force, Pipeline, Printer, RunOptions, RunReport, Status, Store, Tone, run};
 use pipe_remote::Remote;
 
 use crate::Outcome;
-use crate::cli::RunArgs;
+use crate::cli::{ExecutorArg, RunArgs};
 use crate::commands::gc::human_bytes;
 use crate::commands::remote::{as_cache, for_run, transfer_bar};
 use crate::workspace;
@@ -38,6 +41,11 @@ pub fn exec(args: RunArgs, printer: &Printer) -> anyhow::Result<Outcome> {
             .map(|n| n.get())
             .unwrap_or(1)
     });
+    let executor = if args.dry_run {
+        None
+    } else {
+        executor(&pipeline, args.executor, printer)?
+    };
     let started = Instant::now();
     let options = RunOptions {
         targets,
@@ -46,6 +54,7 @@ pub fn exec(args: RunArgs, printer: &Printer) -> anyhow::Result<Outcome> {
         jobs,
         print_stages: !args.json,
         remote: as_cache(&remote),
+        executor,
     };
     let report = run(&pipeline, &store, &options, printer)?;
     if args.json {
@@ -70,6 +79,28 @@ pub fn exec(args: RunArgs, printer: &Printer) -> anyhow::Result<Outcome> {
     } else {
         Outcome::Failure
     })
+}
+
+/// The executor `--executor` (or else the manifest's `executor:`) names; `None` for local.
+fn executor(
+    pipeline: &Pipeline<'_>,
+    flag: Option<ExecutorArg>,
+    printer: &Printer,
+) -> anyhow::Result<Option<Arc<dyn Executor>>> {
+    let choice = match flag {
+        Some(ExecutorArg::Local) => ExecutorChoice::Local,
+        Some(ExecutorArg::Slurm) => ExecutorChoice::Slurm,
+        None => pipeline.manifest.executor.unwrap_or(ExecutorChoice::Local),
+    };
+    if choice == ExecutorChoice::Local {
+        return Ok(None);
+    }
+    let program = std::env::current_exe()?;
+    let slurm = Slurm::new(vec![program.into_os_string(), "exec-stage".into()])?;
+    for warning in gpu_warnings(pipeline, &pipeline.order) {
+        printer.warn(&warning);
+    }
+    Ok(Some(Arc::new(slurm)))
 }
 
 /// Uploads the results of the stages that ran or were restored; false (after

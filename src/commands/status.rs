@@ -20,6 +20,7 @@ pub fn exec(args: StatusArgs, printer: &Printer) -> anyhow::Result<Outcome> {
         jobs: 1,
         print_stages: !args.json,
         remote: as_cache(&for_run(&pipeline, args.no_remote)?),
+        executor: None,
     };
     let report = run(&pipeline, &store, &options, printer)?;
     if args.json {

@@ -16,5 +16,6 @@ mod remote;
 mod safety;
 mod schema;
 mod serve;
+mod slurm;
 mod training;
 mod util;

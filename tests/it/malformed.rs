@@ -180,6 +180,24 @@ pub const BAD_MANIFESTS: &[(&str, &str, usize, &str)] = &[
         "several",
     ),
     ("alias to nowhere", "stages:\n  a: *nothing\n", 2, ""),
+    (
+        "unknown executor",
+        "executor: slurmm\nstages:\n  a:\n    run: echo\n",
+        1,
+        "unknown executor `slurmm`",
+    ),
+    (
+        "unknown resource",
+        "stages:\n  a:\n    run: echo\n    resources: { cpus: 2, gpu: 1 }\n",
+        4,
+        "did you mean 'gpus'",
+    ),
+    (
+        "bad time limit",
+        "resources:\n  time: 1h\nstages:\n  a:\n    run: echo\n",
+        2,
+        "not a time limit",
+    ),
 ];
 
 #[test]

@@ -82,6 +82,8 @@ const SCHEMA_DETECTABLE: &[&str] = &[
     "invalid stage name",
     "matrix values are not a list",
     "command without run",
+    "unknown executor",
+    "unknown resource",
 ];
 
 #[test]
