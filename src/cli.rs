@@ -223,7 +223,8 @@ pub struct RunArgs {
     /// Say what would run and why; change nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Stages to run at once (default: the number of cores).
+    /// Stages to run at once (default: the number of cores; with `--executor slurm`, 64
+    /// jobs in the queue).
     #[arg(long, short)]
     pub jobs: Option<usize>,
     /// Print one JSON document on stdout instead of the human summary.
@@ -239,7 +240,8 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_remote: bool,
     /// Where stages that must run execute: here, or one Slurm job each (default: the
-    /// manifest's `executor:`, else local). With slurm, `--jobs` bounds the jobs in the queue.
+    /// manifest's `executor:`, else local). With slurm, `--jobs` bounds the jobs in the queue
+    /// (default 64).
     #[arg(long, value_enum)]
     pub executor: Option<ExecutorArg>,
     #[command(flatten)]

@@ -15,6 +15,9 @@ use crate::commands::gc::human_bytes;
 use crate::commands::remote::{as_cache, for_run, transfer_bar};
 use crate::workspace;
 
+/// Jobs in a cluster's queue at once when `--jobs` is not given.
+const CLUSTER_JOBS: usize = 64;
+
 /// Runs the pipeline (or the named stages and what they need).
 pub fn exec(args: RunArgs, printer: &Printer) -> anyhow::Result<Outcome> {
     let registry = pipe_stages::registry();
@@ -36,16 +39,19 @@ pub fn exec(args: RunArgs, printer: &Printer) -> anyhow::Result<Outcome> {
     } else {
         Force::Stages(args.force)
     };
-    let jobs = args.jobs.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    });
     let executor = if args.dry_run {
         None
     } else {
         executor(&pipeline, args.executor, printer)?
     };
+    let jobs = args.jobs.unwrap_or_else(|| match &executor {
+        // A cluster's queue holds what its nodes cannot start yet: submit every stage
+        // that is ready, up to a bound that keeps one polling thread per job cheap.
+        Some(cluster) if !cluster.runs_here() => CLUSTER_JOBS,
+        _ => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+    });
     let started = Instant::now();
     let options = RunOptions {
         targets,
