@@ -133,7 +133,7 @@ pub struct Checked {
 
 /// A parameter error, located by its JSON path inside the stage's parameters
 /// (e.g. `["model", "config"]`); the engine maps the path to a line and column.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error, serde::Serialize, serde::Deserialize)]
 #[error("{message}")]
 pub struct ParamError {
     /// Path to the offending value: object keys, or array indices as strings.

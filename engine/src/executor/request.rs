@@ -21,7 +21,7 @@ use crate::atomic;
 use crate::executor::local::run_kind;
 use crate::files;
 use crate::printer::{ColorChoice, Printer};
-use crate::stage::{Input, Outcome, Registry, RunContext};
+use crate::stage::{Input, Outcome, ParamError, Registry, RunContext};
 
 /// The request's file name in the stage's folder.
 pub const REQUEST_FILE: &str = "request.json";
@@ -85,6 +85,10 @@ pub enum Reply {
     Failed {
         /// The error with its causes.
         error: String,
+        /// The setting the error is about, when it is one (a [`ParamError`] from
+        /// [`crate::Stage::run`]), so the submitting side names its manifest line.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        setting: Option<ParamError>,
     },
 }
 
@@ -202,6 +206,7 @@ pub fn serve(registry: &Registry, dir: &Path) -> anyhow::Result<bool> {
         Ok(Outcome { metrics, headline }) => (Reply::Done { metrics, headline }, true),
         Err(error) => (
             Reply::Failed {
+                setting: error.downcast_ref::<ParamError>().cloned(),
                 error: format!("{error:#}"),
             },
             false,
@@ -245,6 +250,9 @@ mod tests {
         fn run(&self, ctx: &RunContext<'_>) -> anyhow::Result<Outcome> {
             let text = ctx.params["text"].as_str().unwrap_or_default();
             anyhow::ensure!(!text.is_empty(), "nothing to say");
+            if text.contains('!') {
+                return Err(ParamError::new(&["text"], "no shouting").into());
+            }
             let input = ctx.only_input()?.output("words")?;
             let words = files::read_to_string(input)?;
             files::write(
@@ -322,7 +330,27 @@ mod tests {
         request(dir.path(), "", 2);
         assert!(!serve(&registry(), dir.path()).unwrap());
         match read_reply(dir.path()).unwrap() {
-            Some(Reply::Failed { error }) => assert_eq!(error, "nothing to say"),
+            Some(Reply::Failed { error, setting }) => {
+                assert_eq!(error, "nothing to say");
+                assert!(setting.is_none());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_bad_setting_comes_back_as_the_setting_so_its_line_can_be_named() {
+        let dir = tempfile::tempdir().unwrap();
+        request(dir.path(), "hello!", 2);
+        assert!(!serve(&registry(), dir.path()).unwrap());
+        match read_reply(dir.path()).unwrap() {
+            Some(Reply::Failed {
+                setting: Some(setting),
+                ..
+            }) => {
+                assert_eq!(setting.path, ["text"]);
+                assert_eq!(setting.message, "no shouting");
+            }
             other => panic!("{other:?}"),
         }
     }

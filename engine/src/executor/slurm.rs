@@ -207,7 +207,15 @@ impl Executor for Slurm {
             ("COMPLETED", Some(Reply::Done { metrics, headline })) => {
                 Ok(Outcome { metrics, headline })
             }
-            (_, Some(Reply::Failed { error })) => Err(anyhow::anyhow!(
+            // A bad setting: the engine names its line in the manifest, as for a local run.
+            (
+                _,
+                Some(Reply::Failed {
+                    setting: Some(setting),
+                    ..
+                }),
+            ) => Err(anyhow::Error::new(setting)),
+            (_, Some(Reply::Failed { error, .. })) => Err(anyhow::anyhow!(
                 "{error}\n(Slurm job {} ended {}, exit code {})",
                 submitted.id,
                 state.state,
