@@ -174,7 +174,7 @@ fn build_gradient_step_inner(
 /// Makes `t` the graph output `name`: renamed in place when it is a plain computed value (no
 /// `Identity`, so ONNX Runtime writes it straight into a bound buffer), else through
 /// [`Graph::output`].
-fn name_output(g: &mut Graph, t: Tensor, name: &str) -> Result<()> {
+pub(crate) fn name_output(g: &mut Graph, t: Tensor, name: &str) -> Result<()> {
     let info = &g.values[t.index()];
     let plain = info.producer.is_some()
         && info.data.is_none()

@@ -262,8 +262,9 @@ impl AdamW {
 /// input it overwrites, so the outputs may be bound onto the input buffers (in place).
 pub mod flat_graphs {
     use super::AdamW;
-    use crate::builder::{DType, Dim, Graph, Model};
     use crate::Result;
+    use crate::builder::{DType, Dim, Graph, Model};
+    use crate::flat::name_output;
 
     /// Inputs and outputs of [`AdamW::flat_update_graph`].
     pub mod update {
@@ -303,6 +304,15 @@ pub mod flat_graphs {
     /// The result of [`sum_sq_graph`] (f64 scalar).
     pub const SUM_SQ: &str = "sum_sq";
 
+    /// `out = x`: with `x` and `out` bound to memory of different devices, a copy between
+    /// them.
+    pub fn copy_graph() -> Result<Model> {
+        let mut g = Graph::new("flat_copy");
+        let x = flat_input(&mut g, X, DType::F32)?;
+        g.output(x, OUT)?;
+        g.build()
+    }
+
     fn flat_input(g: &mut Graph, name: &str, dtype: DType) -> Result<crate::Tensor> {
         g.input(name, dtype, &[Dim::from("n")])
     }
@@ -325,7 +335,7 @@ pub mod flat_graphs {
         let x = flat_input(&mut g, X, DType::F32)?;
         let s = g.input(S, DType::F32, &[])?;
         let y = g.mul(x, s)?;
-        g.output(y, OUT)?;
+        name_output(&mut g, y, OUT)?;
         g.build()
     }
 
@@ -337,7 +347,7 @@ pub mod flat_graphs {
         let s = g.input(S, DType::F32, &[])?;
         let sx = g.mul(s, x)?;
         let y = g.add(acc, sx)?;
-        g.output(y, OUT)?;
+        name_output(&mut g, y, OUT)?;
         g.build()
     }
 
@@ -411,9 +421,10 @@ pub mod flat_graphs {
             let ratio = g.div(m1, den)?;
             let upd = g.mul(ratio, step_size)?;
             let p2 = g.sub(p1, upd)?;
-            g.output(p2, PARAMS_OUT)?;
-            g.output(m1, EXP_AVG_OUT)?;
-            g.output(v1, EXP_AVG_SQ_OUT)?;
+            // Renamed, not copied through `Identity`: written straight into the bound buffers.
+            for (t, name) in [(p2, PARAMS_OUT), (m1, EXP_AVG_OUT), (v1, EXP_AVG_SQ_OUT)] {
+                name_output(&mut g, t, name)?;
+            }
             g.build()
         }
     }

@@ -34,10 +34,12 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
+use std::sync::Mutex;
 
 use ort::memory::MemoryInfo;
 use ort::value::{
-    DynTensor, PrimitiveTensorElementType, Shape, TensorElementType, TensorRef, TensorRefMut,
+    DynTensor, PrimitiveTensorElementType, Shape, TensorElementType, TensorRef, TensorRefMut, Value,
+    ValueTypeMarker,
 };
 
 use super::flat_trainer::{bind_borrowed, check_session, entry_values, other_outputs};
@@ -65,6 +67,8 @@ struct Buffers {
 /// The sessions of the optimizer graphs, on the trainer's device.
 struct Ops {
     update: Session,
+    /// Copies between the device and the host (behind a lock: reads happen through `&self`).
+    copy: Mutex<Session>,
     sum_sq: Session,
     scale: Session,
     add_scaled: Session,
@@ -175,6 +179,7 @@ impl DeviceTrainer {
         let load = |m: crate::Model| Session::from_model(&m, &opts);
         let ops = Ops {
             update: load(adamw.flat_update_graph()?)?,
+            copy: Mutex::new(load(flat_graphs::copy_graph()?)?),
             sum_sq: load(flat_graphs::sum_sq_graph()?)?,
             scale: load(flat_graphs::scale_graph()?)?,
             add_scaled: load(flat_graphs::add_scaled_graph()?)?,
@@ -428,13 +433,11 @@ impl DeviceTrainer {
     pub fn read_state(&self, name: &str) -> Result<(&[i64], Vec<f32>)> {
         let (e, kind) = self.sig.layout.locate(name)?;
         let mut host = vec![0.0f32; e.len];
-        {
-            let dst = TensorRefMut::from_array_view_mut((vec![e.len as i64], &mut host[..]))
-                .ort_context(|| format!("failed to read `{name}`"))?;
-            let src = view::<f32>(&self.memory, self.buffer(kind), e.offset, &[e.len as i64])?;
-            src.copy_into(dst)
-                .ort_context(|| format!("failed to copy `{name}` to the host"))?;
-        }
+        let n = [e.len as i64];
+        let src = view::<f32>(&self.memory, self.buffer(kind), e.offset, &n)?;
+        let dst = TensorRefMut::from_array_view_mut((n.to_vec(), &mut host[..]))
+            .ort_context(|| format!("failed to read `{name}`"))?;
+        self.copy(&*src, dst, name)?;
         Ok((&e.shape, host))
     }
 
@@ -465,8 +468,29 @@ impl DeviceTrainer {
         let src = TensorRef::from_array_view((vec![e.len as i64], values))
             .ort_context(|| format!("failed to read `{name}`"))?;
         let dst = view::<f32>(&self.memory, self.buffer(kind), e.offset, &[e.len as i64])?;
-        src.copy_into(dst)
-            .ort_context(|| format!("failed to copy `{name}` to {}", self.session.device()))
+        self.copy(&*src, dst, name)
+    }
+
+    /// Copies the 1-D `src` into `dst` (same length, either on the host or the device) with
+    /// the copy graph. (`ort`'s `copy_into` deadlocks on tensors over borrowed memory.)
+    fn copy<T: ValueTypeMarker + ?Sized>(
+        &self,
+        src: &Value<T>,
+        dst: TensorRefMut<'_, f32>,
+        name: &str,
+    ) -> Result<()> {
+        let mut session = self.ops.copy.lock().unwrap_or_else(|e| e.into_inner());
+        let mut binding = session
+            .inner
+            .create_binding()
+            .ort_context(|| "failed to create an IoBinding".into())?;
+        bind_borrowed(&mut binding, flat_graphs::X, src)?;
+        binding.bind_output(flat_graphs::OUT, dst).map_err(bind_error)?;
+        session
+            .inner
+            .run_binding(&binding)
+            .ort_context(|| format!("failed to copy `{name}`"))?;
+        Ok(())
     }
 
     /// The statistics of the device arena the state is allocated from.
