@@ -101,7 +101,11 @@ fn device_training_state_resumes_exactly_and_trains_like_host_state() {
     let device = killed_and_resumed_ends_like_uninterrupted(&rest, &[("PIPE_DEVICE_STATE", "1")]);
     let host = project(&rest);
     let out = host.pipe(&["run", "train.yaml", "-q"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let state = |p: &Project| {
         let m: serde_json::Value =
             serde_json::from_str(&p.read(".pipe/out/train/finetune/metrics.json")).unwrap();

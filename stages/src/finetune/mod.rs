@@ -273,9 +273,16 @@ impl Stage for Finetune {
             metrics.insert("peak_memory_bytes".into(), json!(peak));
         }
         metrics.insert("device".into(), json!(device.to_string()));
-        let state = if finished.state_on_device { "device" } else { "host" };
+        let state = if finished.state_on_device {
+            "device"
+        } else {
+            "host"
+        };
         metrics.insert("training_state".into(), json!(state));
-        if let Some(memory) = finished.device_memory.filter(|_| device != pipe_onnx::Device::Cpu) {
+        if let Some(memory) = finished
+            .device_memory
+            .filter(|_| device != pipe_onnx::Device::Cpu)
+        {
             metrics.insert("device_peak_memory_bytes".into(), json!(memory.max_in_use));
         }
         metrics.insert("seconds".into(), json!(began.elapsed().as_secs_f64()));

@@ -38,8 +38,8 @@ use std::sync::Mutex;
 
 use ort::memory::MemoryInfo;
 use ort::value::{
-    DynTensor, PrimitiveTensorElementType, Shape, TensorElementType, TensorRef, TensorRefMut, Value,
-    ValueTypeMarker,
+    DynTensor, PrimitiveTensorElementType, Shape, TensorElementType, TensorRef, TensorRefMut,
+    Value, ValueTypeMarker,
 };
 
 use super::flat_trainer::{bind_borrowed, check_session, entry_values, other_outputs};
@@ -220,7 +220,11 @@ impl DeviceTrainer {
             let len = self.sig.layout.len;
             let mut buf = DynTensor::new(&allocator, TensorElementType::Float32, vec![len as i64])
                 .ort_context(|| "failed to allocate the micro-batch gradients".into())?;
-            write_host(&mut buf, &HostTensor::zeros(crate::DType::F32, &[len as i64])?, "")?;
+            write_host(
+                &mut buf,
+                &HostTensor::zeros(crate::DType::F32, &[len as i64])?,
+                "",
+            )?;
             self.micro_grads = Some(buf);
         }
         let mut binding = self
@@ -229,7 +233,9 @@ impl DeviceTrainer {
             .create_binding()
             .ort_context(|| "failed to create an IoBinding".into())?;
         for (name, t) in batch {
-            binding.bind_input(*name, &t.to_value()?).map_err(bind_error)?;
+            binding
+                .bind_input(*name, &t.to_value()?)
+                .map_err(bind_error)?;
         }
         for (name, t) in &self.frozen_device {
             binding.bind_input(name.as_str(), t).map_err(bind_error)?;
@@ -242,7 +248,9 @@ impl DeviceTrainer {
             let p = view::<f32>(&self.memory, &self.bufs.params, e.offset, &e.shape)?;
             bind_borrowed(&mut binding, &e.name, &p)?;
             let g = view::<f32>(&self.memory, target, e.offset, &e.shape)?;
-            binding.bind_output(e.grad.as_str(), g).map_err(bind_error)?;
+            binding
+                .bind_output(e.grad.as_str(), g)
+                .map_err(bind_error)?;
         }
         let result = run_bound(
             &mut self.session,
@@ -305,51 +313,47 @@ impl DeviceTrainer {
         let b = &self.bufs;
         let micro = self.micro_grads.as_ref();
         let missing = || Error::Data("no micro-batch gradients to add (internal error)".into());
-        let (session, inputs, outputs, host_output): (
-            &mut Session,
-            Vec<(&str, &DynTensor)>,
-            Vec<(&str, &DynTensor)>,
-            Option<&str>,
-        ) = match op {
-            Op::SumSq => (
-                &mut self.ops.sum_sq,
-                vec![(flat_graphs::X, &b.grads)],
-                vec![],
-                Some(flat_graphs::SUM_SQ),
-            ),
-            Op::Scale => (
-                &mut self.ops.scale,
-                vec![(flat_graphs::X, &b.grads)],
-                vec![(flat_graphs::OUT, &b.grads)],
-                None,
-            ),
-            Op::AddScaled => (
-                &mut self.ops.add_scaled,
-                vec![
-                    (flat_graphs::ACC, &b.grads),
-                    (flat_graphs::X, micro.ok_or_else(missing)?),
-                ],
-                vec![(flat_graphs::OUT, &b.grads)],
-                None,
-            ),
-            Op::Update => {
-                let mut inputs = vec![
-                    (update::PARAMS, &b.params),
-                    (update::GRADS, &b.grads),
-                    (update::EXP_AVG, &b.exp_avg),
-                    (update::EXP_AVG_SQ, &b.exp_avg_sq),
-                ];
-                if let Some(mask) = &self.decay_mask {
-                    inputs.push((update::DECAY_MASK, mask));
+        let (session, inputs, outputs, host_output): (&mut Session, Bound, Bound, Option<&str>) =
+            match op {
+                Op::SumSq => (
+                    &mut self.ops.sum_sq,
+                    vec![(flat_graphs::X, &b.grads)],
+                    vec![],
+                    Some(flat_graphs::SUM_SQ),
+                ),
+                Op::Scale => (
+                    &mut self.ops.scale,
+                    vec![(flat_graphs::X, &b.grads)],
+                    vec![(flat_graphs::OUT, &b.grads)],
+                    None,
+                ),
+                Op::AddScaled => (
+                    &mut self.ops.add_scaled,
+                    vec![
+                        (flat_graphs::ACC, &b.grads),
+                        (flat_graphs::X, micro.ok_or_else(missing)?),
+                    ],
+                    vec![(flat_graphs::OUT, &b.grads)],
+                    None,
+                ),
+                Op::Update => {
+                    let mut inputs = vec![
+                        (update::PARAMS, &b.params),
+                        (update::GRADS, &b.grads),
+                        (update::EXP_AVG, &b.exp_avg),
+                        (update::EXP_AVG_SQ, &b.exp_avg_sq),
+                    ];
+                    if let Some(mask) = &self.decay_mask {
+                        inputs.push((update::DECAY_MASK, mask));
+                    }
+                    let outputs = vec![
+                        (update::PARAMS_OUT, &b.params),
+                        (update::EXP_AVG_OUT, &b.exp_avg),
+                        (update::EXP_AVG_SQ_OUT, &b.exp_avg_sq),
+                    ];
+                    (&mut self.ops.update, inputs, outputs, None)
                 }
-                let outputs = vec![
-                    (update::PARAMS_OUT, &b.params),
-                    (update::EXP_AVG_OUT, &b.exp_avg),
-                    (update::EXP_AVG_SQ_OUT, &b.exp_avg_sq),
-                ];
-                (&mut self.ops.update, inputs, outputs, None)
-            }
-        };
+            };
         let scalars = scalars
             .iter()
             .map(|&(name, x)| Ok((name, HostTensor::scalar_f32(x).to_value()?)))
@@ -485,7 +489,9 @@ impl DeviceTrainer {
             .create_binding()
             .ort_context(|| "failed to create an IoBinding".into())?;
         bind_borrowed(&mut binding, flat_graphs::X, src)?;
-        binding.bind_output(flat_graphs::OUT, dst).map_err(bind_error)?;
+        binding
+            .bind_output(flat_graphs::OUT, dst)
+            .map_err(bind_error)?;
         session
             .inner
             .run_binding(&binding)
@@ -503,6 +509,9 @@ impl DeviceTrainer {
         &mut self.session
     }
 }
+
+/// Graph inputs or outputs of one [`Op`] and the buffers bound to them.
+type Bound<'a> = Vec<(&'static str, &'a DynTensor)>;
 
 /// The optimizer graphs.
 #[derive(Clone, Copy, Debug)]
