@@ -248,7 +248,8 @@ impl<'a> Training<'a> {
         weights.extend(self.trainer.frozen().iter().cloned());
         Ok(Finished {
             state_on_device: self.trainer.state_on_device(),
-            device_memory: self.trainer.memory_stats()?,
+            // Statistics for the metrics only: a trained model is not lost for want of them.
+            device_memory: self.trainer.memory_stats().unwrap_or(None),
             weights,
             steps: steps_done,
             evaluation,

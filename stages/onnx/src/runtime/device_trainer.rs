@@ -261,12 +261,11 @@ impl DeviceTrainer {
             step,
         )?;
         drop(binding);
-        match (&self.micro_grads, first, share == 1.0) {
-            (_, true, true) => {}
-            (_, true, false) => self.run_ops(Op::Scale, &[(flat_graphs::S, share)])?,
-            (Some(_), false, _) => self.run_ops(Op::AddScaled, &[(flat_graphs::S, share)])?,
-            (None, false, _) => unreachable!("allocated above"),
-        };
+        if !first {
+            self.run_ops(Op::AddScaled, &[(flat_graphs::S, share)])?;
+        } else if share != 1.0 {
+            self.run_ops(Op::Scale, &[(flat_graphs::S, share)])?;
+        }
         self.micro_batches += 1;
         Ok(result)
     }
