@@ -2,7 +2,8 @@
 //! on the CPU provider against [`FlatTrainer`] (host state, host AdamW, itself checked against
 //! torch's formulas in `optim`): the same losses, gradient norms, parameters and moments after
 //! several steps with gradient accumulation, clipping and weight decay, over one or several
-//! pieces; frozen inputs; and a resume from the state read back equal to an uninterrupted run.
+//! pieces, also over a parameter of 100,000 elements; frozen inputs; and a resume from the
+//! state read back equal to an uninterrupted run.
 
 use std::collections::BTreeMap;
 
@@ -244,4 +245,64 @@ fn the_cpu_keeps_host_state_by_default() {
     // Tests never set the switch in this process, so the CPU gets the host trainer.
     assert!(std::env::var(pipe_onnx::DEVICE_STATE_ENV).is_err());
     assert!(!t.state_on_device());
+}
+
+/// A parameter of 100,000 elements (several pieces of the device passes, several of the
+/// host's norm) with clipping active: the norm summed piece by piece on both sides and the
+/// updates agree after three steps.
+#[test]
+fn device_state_agrees_over_many_pieces() {
+    const K: usize = 100_000;
+    let opt = AdamW {
+        weight_decay: 0.01,
+        max_grad_norm: 1e-5,
+        ..AdamW::default()
+    };
+    let mut rng = Rng::new(16);
+    let x = float_tensor(DType::F32, &[2, K as i64], rng.vec(2 * K, -1.0, 1.0));
+    let w0 = float_tensor(DType::F32, &[K as i64], rng.vec(K, -0.1, 0.1));
+    let build = || {
+        let mut g = pipe_onnx::Graph::new("wide");
+        let xi = g
+            .input(
+                "x",
+                DType::F32,
+                &[pipe_onnx::Dim::from(2), pipe_onnx::Dim::from(K)],
+            )
+            .unwrap();
+        let w = g
+            .input("w", DType::F32, &[pipe_onnx::Dim::from(K)])
+            .unwrap();
+        let xw = g.mul(xi, w).unwrap();
+        let sq = g.mul(xw, xw).unwrap();
+        let loss = g.reduce_mean_all(sq).unwrap();
+        let params = [pipe_onnx::TrainParam {
+            tensor: w,
+            weight_decay: true,
+        }];
+        let sig = build_gradient_step(&mut g, loss, &params).unwrap();
+        let s = Session::from_model(&g.build().unwrap(), &SessionOptions::default()).unwrap();
+        let init = BTreeMap::from([("w".to_string(), w0.clone())]);
+        (s, sig, init)
+    };
+    let (s, sig, init) = build();
+    let mut h = FlatTrainer::new(s, sig, opt, init, BTreeMap::new()).unwrap();
+    let (s, sig, init) = build();
+    let mut d = DeviceTrainer::new(s, sig, opt, init, BTreeMap::new()).unwrap();
+    d.set_piece_len(30_000);
+    for n in 1..=3 {
+        let a = StepTrainer::step(&mut h, &[("x", &x)], 0.01).unwrap();
+        let b = StepTrainer::step(&mut d, &[("x", &x)], 0.01).unwrap();
+        assert!(
+            close(f64::from(a.loss), f64::from(b.loss)),
+            "step {n}: loss"
+        );
+        let (na, nb) = (a.grad_norm.unwrap(), b.grad_norm.unwrap());
+        assert!(
+            close(f64::from(na), f64::from(nb)),
+            "step {n}: {nb} vs {na}"
+        );
+        assert!(na > 1e-5, "step {n}: clipping is active ({na})");
+        assert_same_state(&h, &d, &format!("step {n}"));
+    }
 }
