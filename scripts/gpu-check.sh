@@ -5,9 +5,13 @@
 #
 #   1. builds pipe (release) and asks `pipe doctor --json` whether a session runs on cuda:0;
 #   2. trains the same tiny GPT-Neo for 20 steps on the CPU and on cuda:0 (fp32, TF32 off)
-#      and compares the losses and the final weights (tolerances below);
+#      and compares the losses and the final weights (tolerances below); the CUDA run must
+#      have kept its training state in device memory (`training_state: device` and the
+#      arena's peak, `device_peak_memory_bytes`, in its metrics);
 #   3. times training steps of random-init models of the tiny, GPT-Neo 125M and 2.7B
-#      shapes on cuda:0 (TF32 on; 2.7B with LoRA, and in full when the GPU has the memory).
+#      shapes on cuda:0 (TF32 on; 2.7B with LoRA, and in full when the GPU has the memory),
+#      with peak device memory and the PCIe traffic while training (`nvidia-smi dmon`): with
+#      the state on the device, a step moves its batch and a loss, not the weights.
 #
 # Prints one JSON line per result on stdout, progress on stderr. Exit codes:
 #   0   every check passed;
@@ -34,8 +38,10 @@ fi
 
 work=$(mktemp -d)
 sampler=
+dmon=
 cleanup() {
   [[ -n $sampler ]] && kill "$sampler" 2>/dev/null || true
+  [[ -n $dmon ]] && kill "$dmon" 2>/dev/null || true
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -123,6 +129,11 @@ def weights(name):
 cpu_l, cuda_l = losses("compare-cpu"), losses("compare-cuda")
 rel = [abs(a - b) / max(abs(a), 1e-12) for a, b in zip(cpu_l, cuda_l)]
 cpu_w, cuda_w = weights("compare-cpu"), weights("compare-cuda")
+def metrics(name):
+    return json.load(open(os.path.join(out, name, "finetune", "metrics.json")))
+cpu_m, cuda_m = metrics("compare-cpu"), metrics("compare-cuda")
+on_device = (cpu_m.get("training_state") == "host" and cuda_m.get("training_state") == "device"
+             and (cuda_m.get("device_peak_memory_bytes") or 0) > 0)
 max_abs, total, count = 0.0, 0.0, 0
 for k, a in cpu_w.items():
     b = cuda_w[k]
@@ -133,15 +144,17 @@ for k, a in cpu_w.items():
         count += 1
 bound = 2 * lr * steps
 ok = (len(cpu_l) == len(cuda_l) == steps and rel[0] <= 1e-4 and max(rel) <= 1e-2
-      and max_abs <= bound and total / count <= 0.01 * bound)
+      and max_abs <= bound and total / count <= 0.01 * bound and on_device)
 print(json.dumps({"check": "cpu-vs-cuda", "ok": ok, "steps": steps, "tf32": False,
                   "first_loss_rel_diff": rel[0], "max_loss_rel_diff": max(rel),
                   "max_weight_abs_diff": max_abs, "mean_weight_abs_diff": total / count,
-                  "weights": count,
+                  "weights": count, "cuda_training_state": cuda_m.get("training_state"),
+                  "cuda_device_peak_memory_bytes": cuda_m.get("device_peak_memory_bytes"),
                   "tolerance": {"first_loss_rel": 1e-4, "loss_rel": 1e-2,
                                 "weight_abs": bound, "mean_weight_abs": 0.01 * bound}}))
 if not ok:
-    print("gpu-check: FAILED: CPU and CUDA training disagree beyond the tolerance", file=sys.stderr)
+    print("gpu-check: FAILED: CPU and CUDA training disagree beyond the tolerance, or the "
+          "CUDA run did not keep its state on the device", file=sys.stderr)
     sys.exit(1)
 PY
 
@@ -169,14 +182,28 @@ bench() {
   echo 0 >"$work/peak_mib"
   sample_memory &
   sampler=$!
+  # PCIe throughput of GPU 0 once a second (rxpci/txpci, MB/s), for the traffic line below.
+  nvidia-smi dmon -i 0 -s t -d 1 >"$work/dmon.txt" 2>/dev/null &
+  dmon=$!
   local began=$SECONDS
   finetune "$name"
-  kill "$sampler" 2>/dev/null || true
-  wait "$sampler" 2>/dev/null || true
-  sampler=
-  python3 - "$work/.pipe/out/$name/finetune" "$name" "$(cat "$work/peak_mib")" $((SECONDS - began)) "$3" <<'PY'
+  kill "$sampler" "$dmon" 2>/dev/null || true
+  wait "$sampler" "$dmon" 2>/dev/null || true
+  sampler= dmon=
+  python3 - "$work/.pipe/out/$name/finetune" "$name" "$(cat "$work/peak_mib")" $((SECONDS - began)) "$3" "$work/dmon.txt" <<'PY'
 import json, sys, os
 out, name, peak_mib, wall, batch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+# `nvidia-smi dmon -s t`: "# gpu rxpci txpci" headers, then "0 <rx MB/s> <tx MB/s>" rows.
+pcie = []
+for line in open(sys.argv[6]):
+    parts = line.split()
+    if len(parts) >= 3 and not line.startswith("#"):
+        try:
+            pcie.append((float(parts[1]), float(parts[2])))
+        except ValueError:
+            pass
+mean = lambda xs: sum(xs) / len(xs) if xs else None
+# For comparison: what host state would move per step (the weights in, the gradients out, f32).
 rows = [json.loads(l) for l in open(os.path.join(out, "train_log.jsonl"))]
 steps = [r for r in rows if "loss" in r]
 timed = steps[2:] if len(steps) > 3 else steps  # the first steps warm CUDA and the arena up
@@ -188,6 +215,12 @@ print(json.dumps({"bench": name, "ok": True, "device": metrics.get("device"),
                   "steps_timed": len(timed), "step_s": seconds / len(timed),
                   "tokens_per_s": tokens / seconds, "peak_device_memory_mib": peak_mib,
                   "peak_host_memory_bytes": metrics.get("peak_memory_bytes"),
+                  "training_state": metrics.get("training_state"),
+                  "device_peak_memory_bytes": metrics.get("device_peak_memory_bytes"),
+                  "pcie_rx_mb_s_mean": mean([r for r, _ in pcie]),
+                  "pcie_tx_mb_s_mean": mean([t for _, t in pcie]),
+                  "host_state_bytes_per_step": 8 * (metrics.get("trained_parameters")
+                                                    or metrics.get("parameters") or 0),
                   "wall_s": wall}))
 PY
 }

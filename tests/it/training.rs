@@ -1,7 +1,8 @@
 //! Training through the binary: a small variant of the reference pipeline end to end
 //! (metrics beat chance, the report has its charts, reruns are cached or rerun exactly what
 //! changed), and a finetune killed with SIGKILL resumes from its last checkpoint and ends
-//! with the weights of an uninterrupted run.
+//! with the weights of an uninterrupted run, with the training state in host memory and in
+//! the device variant's (forced on the CPU).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -88,25 +89,73 @@ fn checkpoint(p: &Project) -> Option<PathBuf> {
 
 #[test]
 fn a_killed_finetune_resumes_and_ends_with_the_same_weights() {
-    killed_and_resumed_ends_like_uninterrupted(RESUMABLE);
+    killed_and_resumed_ends_like_uninterrupted(RESUMABLE, &[]);
+}
+
+/// The training state of CUDA runs (flat buffers in device memory, the optimizer as graphs),
+/// forced on the CPU by `PIPE_DEVICE_STATE=1`: with gradient accumulation it resumes exactly,
+/// and its losses are those of host state to float tolerance.
+#[test]
+fn device_training_state_resumes_exactly_and_trains_like_host_state() {
+    let rest = format!("{RESUMABLE}    gradient_accumulation_steps: 2\n");
+    let device = killed_and_resumed_ends_like_uninterrupted(&rest, &[("PIPE_DEVICE_STATE", "1")]);
+    let host = project(&rest);
+    let out = host.pipe(&["run", "train.yaml", "-q"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let state = |p: &Project| {
+        let m: serde_json::Value =
+            serde_json::from_str(&p.read(".pipe/out/train/finetune/metrics.json")).unwrap();
+        m["training_state"].as_str().unwrap_or_default().to_string()
+    };
+    assert_eq!(state(&device), "device");
+    assert_eq!(state(&host), "host");
+    let losses = |p: &Project| -> Vec<f64> {
+        p.read(".pipe/out/train/finetune/train_log.jsonl")
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["loss"].as_f64())
+            .collect()
+    };
+    let (d, h) = (losses(&device), losses(&host));
+    assert_eq!(d.len(), 300);
+    assert_eq!(d.len(), h.len());
+    for (step, (a, b)) in d.iter().zip(&h).enumerate() {
+        assert!(
+            (a - b).abs() <= 1e-4 * b.abs(),
+            "step {}: loss {a} (device state) vs {b} (host state)",
+            step + 1
+        );
+    }
 }
 
 /// With gradient accumulation and dropout, checkpoints fall between optimizer steps and the
 /// masks of every micro-batch come back the same after a resume.
 #[test]
 fn a_killed_finetune_with_gradient_accumulation_resumes_exactly() {
-    killed_and_resumed_ends_like_uninterrupted(&format!(
-        "{RESUMABLE}    gradient_accumulation_steps: 3\n    \
-         dropout: {{ embed: 0.1, attention: 0.1, resid: 0.1 }}\n"
-    ));
+    killed_and_resumed_ends_like_uninterrupted(
+        &format!(
+            "{RESUMABLE}    gradient_accumulation_steps: 3\n    \
+             dropout: {{ embed: 0.1, attention: 0.1, resid: 0.1 }}\n"
+        ),
+        &[],
+    );
 }
 
-/// Runs the project of `rest`, kills it with SIGKILL after its first checkpoint, runs it
-/// again, and checks that the second run resumed and ends with the weights of a run never
-/// killed.
-fn killed_and_resumed_ends_like_uninterrupted(rest: &str) {
+/// Runs the project of `rest` with the environment `env`, kills it with SIGKILL after its
+/// first checkpoint, runs it again, and checks that the second run resumed and ends with the
+/// weights of a run never killed; returns the project of that uninterrupted run.
+fn killed_and_resumed_ends_like_uninterrupted(rest: &str, env: &[(&str, &str)]) -> Project {
     let p = project(rest);
-    let mut child = p.spawn(&["run", "train.yaml"]);
+    let mut child = p
+        .command(&["run", "train.yaml"])
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("pipe starts");
     let start = Instant::now();
     let saved = loop {
         if let Some(c) = checkpoint(&p) {
@@ -128,7 +177,11 @@ fn killed_and_resumed_ends_like_uninterrupted(rest: &str) {
     let step = meta["step"].as_u64().unwrap();
     assert!(step < 300, "killed at step {step}, before the end");
 
-    let out = p.pipe(&["run", "train.yaml", "--json"]);
+    let out = p
+        .command(&["run", "train.yaml", "--json"])
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -148,7 +201,11 @@ fn killed_and_resumed_ends_like_uninterrupted(rest: &str) {
     );
 
     let clean = project(rest);
-    let out = clean.pipe(&["run", "train.yaml", "-q"]);
+    let out = clean
+        .command(&["run", "train.yaml", "-q"])
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -161,6 +218,7 @@ fn killed_and_resumed_ends_like_uninterrupted(rest: &str) {
         weights(&p) == weights(&clean),
         "resumed weights differ from an uninterrupted run"
     );
+    clean
 }
 
 /// The 1-based line of the first line of `text` that starts (after indentation) with `key`.

@@ -18,7 +18,7 @@
 use rayon::prelude::*;
 
 use crate::builder::{Dim, Graph, Tensor};
-use crate::optim::{AdamW, TrainParam};
+use crate::optim::{AdamW, StateKind, TrainParam};
 use crate::{DType, Error, Result, gradients};
 
 /// Elements per piece of the parallel passes (and of the norm's partial sums).
@@ -59,10 +59,43 @@ pub struct FlatLayout {
     pub len: usize,
 }
 
+/// The moment suffixes of the state names (`<param>.exp_avg`, `<param>.exp_avg_sq`).
+const EXP_AVG: &str = ".exp_avg";
+const EXP_AVG_SQ: &str = ".exp_avg_sq";
+
 impl FlatLayout {
     /// The entry of parameter `name`.
     pub fn entry(&self, name: &str) -> Option<&FlatEntry> {
         self.entries.iter().find(|e| e.name == name)
+    }
+
+    /// The entry and kind of state `name`: a parameter, `<param>.exp_avg` or
+    /// `<param>.exp_avg_sq`.
+    pub fn locate(&self, name: &str) -> Result<(&FlatEntry, StateKind)> {
+        let hit = if let Some(e) = self.entry(name) {
+            Some((e, StateKind::Param))
+        } else if let Some(e) = name.strip_suffix(EXP_AVG_SQ).and_then(|n| self.entry(n)) {
+            Some((e, StateKind::ExpAvgSq))
+        } else {
+            name.strip_suffix(EXP_AVG)
+                .and_then(|n| self.entry(n))
+                .map(|e| (e, StateKind::ExpAvg))
+        };
+        hit.ok_or_else(|| Error::Data(format!("no training state named `{name}`")))
+    }
+
+    /// Names of every state tensor: each parameter, then its two moments.
+    pub fn state_names(&self) -> Vec<String> {
+        self.entries
+            .iter()
+            .flat_map(|e| {
+                [
+                    e.name.clone(),
+                    format!("{}{EXP_AVG}", e.name),
+                    format!("{}{EXP_AVG_SQ}", e.name),
+                ]
+            })
+            .collect()
     }
 }
 
@@ -141,7 +174,7 @@ fn build_gradient_step_inner(
 /// Makes `t` the graph output `name`: renamed in place when it is a plain computed value (no
 /// `Identity`, so ONNX Runtime writes it straight into a bound buffer), else through
 /// [`Graph::output`].
-fn name_output(g: &mut Graph, t: Tensor, name: &str) -> Result<()> {
+pub(crate) fn name_output(g: &mut Graph, t: Tensor, name: &str) -> Result<()> {
     let info = &g.values[t.index()];
     let plain = info.producer.is_some()
         && info.data.is_none()

@@ -64,6 +64,6 @@ pub use error::{Error, Result};
 pub use flat::{FlatEntry, FlatLayout, FlatState, GradSignature, build_gradient_step};
 pub use optim::{AdamW, StateKind, StateSlot, StepSignature, TrainParam};
 pub use runtime::{
-    Device, FlatTrainer, HostData, HostTensor, RuntimeInfo, Session, SessionOptions, StepResult,
-    Trainer,
+    DEVICE_STATE_ENV, Device, DeviceTrainer, FlatTrainer, HostData, HostTensor, MemoryStats,
+    RuntimeInfo, Session, SessionOptions, StepResult, StepTrainer, Trainer, step_trainer,
 };

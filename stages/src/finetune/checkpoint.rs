@@ -6,13 +6,14 @@
 //! `checkpoint.json` naming it is replaced the same way, and only then are older state files
 //! removed. A kill at any moment leaves `checkpoint.json` naming a complete state file.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use pipe_onnx::{FlatTrainer, HostTensor};
+use pipe_onnx::{HostTensor, StepTrainer};
 use serde::{Deserialize, Serialize};
 
 use super::selection::SelectionState;
@@ -45,7 +46,7 @@ struct Meta {
 pub fn save(
     dir: &Path,
     position: Position,
-    trainer: &FlatTrainer,
+    trainer: &dyn StepTrainer,
     extra: &BTreeMap<String, HostTensor>,
 ) -> Result<()> {
     let name = format!("state-{}.safetensors", position.step);
@@ -54,7 +55,7 @@ pub fn save(
     let mut tensors = names
         .iter()
         .map(|n| {
-            let (shape, values) = trainer.state_view(n)?;
+            let (shape, values) = trainer.read_state(n)?;
             Ok((n.as_str(), shape, values))
         })
         .collect::<Result<Vec<_>>>()?;
@@ -62,9 +63,12 @@ pub fn save(
         let values = tensor
             .as_f32()
             .with_context(|| format!("checkpoint tensor {n} is not f32 (internal error)"))?;
-        tensors.push((n.as_str(), tensor.shape(), values));
+        tensors.push((n.as_str(), tensor.shape(), Cow::Borrowed(values)));
     }
-    weights::save_views(&tmp, &tensors)?;
+    // Device state was copied to the host above; host state is borrowed as it is.
+    let views: Vec<(&str, &[i64], &[f32])> =
+        tensors.iter().map(|(n, s, v)| (*n, *s, &v[..])).collect();
+    weights::save_views(&tmp, &views)?;
     File::open(&tmp)?.sync_all()?;
     std::fs::rename(&tmp, dir.join(&name))?;
     let meta = serde_json::to_vec(&Meta {

@@ -21,12 +21,15 @@
 //!   `model/` then holds the base weights with the update merged in;
 //! - `train_log.jsonl`: one line per step (step, epoch, loss, lr, grad_norm, tokens,
 //!   seconds, tokens_per_s) and per evaluation (eval_loss, eval_accuracy);
-//! - `metrics.json`: losses, validation results, steps, throughput, peak memory.
+//! - `metrics.json`: losses, validation results, steps, throughput, peak memory (on CUDA also
+//!   the device's, `device_peak_memory_bytes`), where the training state lived
+//!   (`training_state`: `host` or `device`).
 //!
 //! Each optimizer step is one run of a compiled ONNX graph (forward and gradients) per
 //! micro-batch (`gradient_accumulation_steps` of them, each gradient weighted by its share
 //! of the step's loss) and one fused clipping + AdamW pass over the flat training state
-//! ([`pipe_onnx::FlatTrainer`]). Checkpoints go to the scratch folder named by the stage
+//! ([`pipe_onnx::step_trainer`]: in host memory on the CPU, in device memory on CUDA).
+//! Checkpoints go to the scratch folder named by the stage
 //! key; a killed run resumes from the last one. The only state is the parameters, moments and
 //! step count, all saved exactly, and the data order is a function of the seed and the epoch,
 //! so a resumed run ends with the same weights, bit for bit, as an uninterrupted one (tested
@@ -270,6 +273,18 @@ impl Stage for Finetune {
             metrics.insert("peak_memory_bytes".into(), json!(peak));
         }
         metrics.insert("device".into(), json!(device.to_string()));
+        let state = if finished.state_on_device {
+            "device"
+        } else {
+            "host"
+        };
+        metrics.insert("training_state".into(), json!(state));
+        if let Some(memory) = finished
+            .device_memory
+            .filter(|_| device != pipe_onnx::Device::Cpu)
+        {
+            metrics.insert("device_peak_memory_bytes".into(), json!(memory.max_in_use));
+        }
         metrics.insert("seconds".into(), json!(began.elapsed().as_secs_f64()));
         if let Some(step) = finished.resumed_from {
             metrics.insert("resumed_from_step".into(), json!(step));

@@ -10,7 +10,8 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use pipe_engine::Reporter;
 use pipe_onnx::{
-    AdamW, FlatTrainer, GradSignature, Graph, HostTensor, Session, build_gradient_step,
+    AdamW, GradSignature, Graph, HostTensor, MemoryStats, Session, StepTrainer,
+    build_gradient_step, step_trainer,
 };
 use serde_json::json;
 
@@ -55,7 +56,7 @@ pub struct Training<'a> {
     params: &'a Params,
     problem: ProblemType,
     specs: Vec<ParamSpec>,
-    trainer: FlatTrainer,
+    trainer: Box<dyn StepTrainer>,
     eval: Option<(Session, &'a TokenTable)>,
     scratch: &'a Path,
     options: StepOptions,
@@ -76,6 +77,11 @@ pub struct Finished {
     pub best: Option<Best>,
     /// With `early_stopping_patience`: the step training stopped at, when it stopped early.
     pub stopped_early_at: Option<u64>,
+    /// Whether the training state lived in the device's memory (CUDA), not the host's.
+    pub state_on_device: bool,
+    /// The device arena's statistics at the end (the peak covers the whole run), where the
+    /// device keeps them.
+    pub device_memory: Option<MemoryStats>,
 }
 
 impl<'a> Training<'a> {
@@ -101,7 +107,8 @@ impl<'a> Training<'a> {
             .into_iter()
             .partition(|(name, _)| step.signature.layout.entry(name).is_some());
         let session = Session::from_model(&step.model, &opts)?;
-        let trainer = FlatTrainer::new(session, step.signature, adamw_of(params), weights, frozen)?;
+        // Host state on the CPU, device state on CUDA (see `pipe_onnx::step_trainer`).
+        let trainer = step_trainer(session, step.signature, adamw_of(params), weights, frozen)?;
         let eval = match validation {
             Some(table) => {
                 let mut g = Graph::new("finetune_eval");
@@ -226,7 +233,7 @@ impl<'a> Training<'a> {
                     log_bytes: log.metadata()?.len(),
                     selection: self.selection.as_ref().map(|s| s.save_into(&mut best)),
                 };
-                checkpoint::save(self.scratch, position, &self.trainer, &best)?;
+                checkpoint::save(self.scratch, position, self.trainer.as_ref(), &best)?;
             }
         }
         bar.finish_and_clear();
@@ -240,6 +247,9 @@ impl<'a> Training<'a> {
         };
         weights.extend(self.trainer.frozen().iter().cloned());
         Ok(Finished {
+            state_on_device: self.trainer.state_on_device(),
+            // Statistics for the metrics only: a trained model is not lost for want of them.
+            device_memory: self.trainer.memory_stats().unwrap_or(None),
             weights,
             steps: steps_done,
             evaluation,
@@ -316,7 +326,7 @@ impl<'a> Training<'a> {
         let Some(selection) = &mut self.selection else {
             return Ok(Verdict::NoBetter);
         };
-        let trainer = &self.trainer;
+        let trainer = self.trainer.as_ref();
         let verdict = selection.observe(done, e, || Ok(trainer.params()?))?;
         if verdict == Verdict::Stop {
             let best = selection.best().map(|b| b.step);
@@ -410,11 +420,12 @@ fn adamw_of(params: &Params) -> AdamW {
 
 /// The compiled training step of a GPT-Neo classifier: one ONNX model that takes the batch
 /// (`token_ids`, `token_index`, `lengths`, `labels`) and the parameters, and returns the loss
-/// and every parameter's gradient (AdamW runs on the flat state, see [`FlatTrainer`]).
+/// and every parameter's gradient (AdamW runs on the flat state, see
+/// [`pipe_onnx::step_trainer`]).
 pub struct StepGraph {
     /// The step model.
     pub model: pipe_onnx::Model,
-    /// Its interface, for [`FlatTrainer`].
+    /// Its interface, for [`pipe_onnx::step_trainer`].
     pub signature: GradSignature,
     /// The parameters, in Hugging Face order (AdamW weight decay as `transformers.Trainer`
     /// applies it: not on biases and LayerNorm weights).

@@ -21,6 +21,7 @@ use super::trainer::run_bound;
 use super::{HostData, HostTensor, Session, StepResult};
 use crate::error::OrtContext;
 use crate::flat::{self, FlatEntry, FlatState, GradSignature};
+use crate::optim::StateKind;
 use crate::{AdamW, DType, Error, Result};
 
 /// Trains with a gradient step graph and a host-side fused AdamW; see the module docs.
@@ -49,10 +50,6 @@ impl std::fmt::Debug for FlatTrainer {
     }
 }
 
-/// The moment suffixes of the state names (`<param>.exp_avg`, `<param>.exp_avg_sq`).
-const EXP_AVG: &str = ".exp_avg";
-const EXP_AVG_SQ: &str = ".exp_avg_sq";
-
 impl FlatTrainer {
     /// Moves the trainable parameters from `params` (by input name; a missing one is an
     /// error) into the flat buffer, one tensor at a time, with zero moments; `frozen` holds the
@@ -64,29 +61,7 @@ impl FlatTrainer {
         mut params: BTreeMap<String, HostTensor>,
         frozen: BTreeMap<String, HostTensor>,
     ) -> Result<Self> {
-        let (inputs, outputs) = (session.input_names(), session.output_names());
-        let missing: Vec<&str> = sig
-            .layout
-            .entries
-            .iter()
-            .map(|e| e.name.as_str())
-            .chain(frozen.keys().map(String::as_str))
-            .filter(|n| !inputs.iter().any(|i| i == n))
-            .chain(
-                sig.layout
-                    .entries
-                    .iter()
-                    .map(|e| e.grad.as_str())
-                    .chain([sig.loss.as_str()])
-                    .filter(|n| !outputs.iter().any(|o| o == n)),
-            )
-            .collect();
-        if !missing.is_empty() {
-            return Err(Error::Data(format!(
-                "the session is not this gradient graph: it lacks {}",
-                missing.join(", ")
-            )));
-        }
+        check_session(&session, &sig, frozen.keys())?;
         let mut state = FlatState::zeros(&sig.layout);
         for e in &sig.layout.entries {
             let p = params.remove(&e.name).ok_or_else(|| {
@@ -94,11 +69,7 @@ impl FlatTrainer {
             })?;
             write(&mut state.params, e, &p, &e.name)?;
         }
-        let grads: Vec<&str> = sig.layout.entries.iter().map(|e| e.grad.as_str()).collect();
-        let other_outputs = outputs
-            .into_iter()
-            .filter(|n| !grads.contains(&n.as_str()))
-            .collect();
+        let other_outputs = other_outputs(&session, &sig);
         let output_memory = MemoryInfo::new(
             AllocationDevice::CPU,
             0,
@@ -246,62 +217,35 @@ impl FlatTrainer {
         &self.state
     }
 
-    /// The entry and flat buffer of state `name`: a parameter, `<param>.exp_avg` or
-    /// `<param>.exp_avg_sq`.
-    fn locate(&self, name: &str) -> Result<(&FlatEntry, Kind)> {
-        let found = |n: &str| self.sig.layout.entry(n);
-        let hit = if let Some(e) = found(name) {
-            Some((e, Kind::Param))
-        } else if let Some(e) = name.strip_suffix(EXP_AVG_SQ).and_then(found) {
-            Some((e, Kind::ExpAvgSq))
-        } else {
-            name.strip_suffix(EXP_AVG)
-                .and_then(found)
-                .map(|e| (e, Kind::ExpAvg))
-        };
-        hit.ok_or_else(|| Error::Data(format!("no training state named `{name}`")))
-    }
-
-    fn buffer(&self, kind: Kind) -> &[f32] {
+    fn buffer(&self, kind: StateKind) -> &[f32] {
         match kind {
-            Kind::Param => &self.state.params,
-            Kind::ExpAvg => &self.state.exp_avg,
-            Kind::ExpAvgSq => &self.state.exp_avg_sq,
+            StateKind::Param => &self.state.params,
+            StateKind::ExpAvg => &self.state.exp_avg,
+            StateKind::ExpAvgSq => &self.state.exp_avg_sq,
         }
     }
 
     /// Copies one state tensor (a parameter, or `<param>.exp_avg` / `.exp_avg_sq`) to the host.
     pub fn state(&self, name: &str) -> Result<HostTensor> {
-        let (e, kind) = self.locate(name)?;
+        let (e, kind) = self.sig.layout.locate(name)?;
         HostTensor::f32(&e.shape, self.buffer(kind)[e.range()].to_vec())
     }
 
     /// A view of one state tensor's values, without copying.
     pub fn state_view(&self, name: &str) -> Result<(&[i64], &[f32])> {
-        let (e, kind) = self.locate(name)?;
+        let (e, kind) = self.sig.layout.locate(name)?;
         Ok((&e.shape, &self.buffer(kind)[e.range()]))
     }
 
     /// Names of every state tensor: each parameter, then its two moments.
     pub fn state_names(&self) -> Vec<String> {
-        self.sig
-            .layout
-            .entries
-            .iter()
-            .flat_map(|e| {
-                [
-                    e.name.clone(),
-                    format!("{}{EXP_AVG}", e.name),
-                    format!("{}{EXP_AVG_SQ}", e.name),
-                ]
-            })
-            .collect()
+        self.sig.layout.state_names()
     }
 
     /// A parameter's current values.
     pub fn param(&self, name: &str) -> Result<Vec<f32>> {
-        match self.locate(name)? {
-            (e, Kind::Param) => Ok(self.state.params[e.range()].to_vec()),
+        match self.sig.layout.locate(name)? {
+            (e, StateKind::Param) => Ok(self.state.params[e.range()].to_vec()),
             _ => Err(Error::Data(format!(
                 "`{name}` is optimizer state, not a parameter"
             ))),
@@ -325,12 +269,12 @@ impl FlatTrainer {
 
     /// Overwrites one state tensor (a parameter or a moment).
     pub fn set_state(&mut self, name: &str, value: &HostTensor) -> Result<()> {
-        let (e, kind) = self.locate(name)?;
+        let (e, kind) = self.sig.layout.locate(name)?;
         let e = e.clone();
         let buf = match kind {
-            Kind::Param => &mut self.state.params,
-            Kind::ExpAvg => &mut self.state.exp_avg,
-            Kind::ExpAvgSq => &mut self.state.exp_avg_sq,
+            StateKind::Param => &mut self.state.params,
+            StateKind::ExpAvg => &mut self.state.exp_avg,
+            StateKind::ExpAvgSq => &mut self.state.exp_avg_sq,
         };
         write(buf, &e, value, name)
     }
@@ -339,13 +283,62 @@ impl FlatTrainer {
     pub fn session(&mut self) -> &mut Session {
         &mut self.session
     }
+
+    /// The session, to read its device and memory statistics.
+    pub fn session_ref(&self) -> &Session {
+        &self.session
+    }
+}
+
+/// Checks that `session` runs the gradient graph of `sig`, with inputs for `frozen` too.
+pub(super) fn check_session<'a>(
+    session: &Session,
+    sig: &'a GradSignature,
+    frozen: impl Iterator<Item = &'a String>,
+) -> Result<()> {
+    let (inputs, outputs) = (session.input_names(), session.output_names());
+    let missing: Vec<&str> = sig
+        .layout
+        .entries
+        .iter()
+        .map(|e| e.name.as_str())
+        .chain(frozen.map(String::as_str))
+        .filter(|n| !inputs.iter().any(|i| i == n))
+        .chain(
+            sig.layout
+                .entries
+                .iter()
+                .map(|e| e.grad.as_str())
+                .chain([sig.loss.as_str()])
+                .filter(|n| !outputs.iter().any(|o| o == n)),
+        )
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Data(format!(
+            "the session is not this gradient graph: it lacks {}",
+            missing.join(", ")
+        )))
+    }
+}
+
+/// The outputs of the gradient graph in `session` that are not gradients (the loss…), read
+/// on the host every step.
+pub(super) fn other_outputs(session: &Session, sig: &GradSignature) -> Vec<String> {
+    let grads: Vec<&str> = sig.layout.entries.iter().map(|e| e.grad.as_str()).collect();
+    session
+        .output_names()
+        .into_iter()
+        .filter(|n| !grads.contains(&n.as_str()))
+        .collect()
 }
 
 /// Binds `value` as input `name` without a copy. `IoBinding::bind_input` copies every tensor
 /// over borrowed memory (it cannot know that the memory outlives the run); here the buffers
 /// are the trainer's own and stay untouched until the run returns, and ONNX Runtime's copy of
 /// the `OrtValue` keeps the tensor description alive after `value` is dropped.
-fn bind_borrowed<T: ValueTypeMarker + ?Sized>(
+pub(super) fn bind_borrowed<T: ValueTypeMarker + ?Sized>(
     binding: &mut IoBinding,
     name: &str,
     value: &Value<T>,
@@ -370,20 +363,20 @@ fn bind_borrowed<T: ValueTypeMarker + ?Sized>(
     Ok(())
 }
 
-#[derive(Clone, Copy)]
-enum Kind {
-    Param,
-    ExpAvg,
-    ExpAvgSq,
-}
-
 /// Copies `value` into `e`'s range of `buf`, checking its shape and type.
 fn write(buf: &mut [f32], e: &FlatEntry, value: &HostTensor, name: &str) -> Result<()> {
+    buf[e.range()].copy_from_slice(entry_values(e, value, name)?);
+    Ok(())
+}
+
+/// The values of `value`, checked to be `f32` of `e`'s shape (state `name`).
+pub(super) fn entry_values<'v>(
+    e: &FlatEntry,
+    value: &'v HostTensor,
+    name: &str,
+) -> Result<&'v [f32]> {
     match value.data() {
-        HostData::F32(v) if value.shape() == e.shape.as_slice() => {
-            buf[e.range()].copy_from_slice(v);
-            Ok(())
-        }
+        HostData::F32(v) if value.shape() == e.shape.as_slice() => Ok(v),
         _ => Err(Error::Data(format!(
             "`{name}`: expected {} {:?}, got {} {:?}",
             DType::F32,

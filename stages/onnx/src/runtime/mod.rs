@@ -11,14 +11,18 @@
 //!   (for IoBinding), [`write_host`] fills one from the host, [`HostTensor::from_value`] reads
 //!   any back, [`Session::memory_stats`] reports the device arena's peak.
 //! - [`Trainer`] keeps training state inside ONNX Runtime between steps; [`FlatTrainer`] keeps
-//!   it once, in flat host buffers, and runs AdamW on the host.
+//!   it once, in flat host buffers, and runs AdamW on the host; [`DeviceTrainer`] keeps it
+//!   once in flat buffers on the session's device and runs AdamW there as graphs.
+//!   [`step_trainer`] picks one of the two by device, behind [`StepTrainer`].
 
 pub mod cuda;
 mod device;
+mod device_trainer;
 mod flat_trainer;
 mod host;
 pub mod library;
 mod memory;
+mod step_trainer;
 mod trainer;
 
 use std::collections::BTreeMap;
@@ -29,10 +33,12 @@ use std::sync::{Mutex, OnceLock};
 
 pub use cuda::CudaOptions;
 pub use device::{Device, DeviceChoice};
+pub use device_trainer::DeviceTrainer;
 pub use flat_trainer::FlatTrainer;
 pub use host::{HostData, HostTensor};
 pub use library::{LIBRARY_NAME, Preference, locate_library, locate_library_for};
 pub use memory::{MemoryStats, host_memory, write_host};
+pub use step_trainer::{DEVICE_STATE_ENV, StepTrainer, step_trainer};
 pub use trainer::{StepResult, Trainer};
 
 use crate::error::OrtContext;

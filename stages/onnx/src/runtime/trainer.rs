@@ -19,7 +19,7 @@ use crate::error::OrtContext;
 use crate::optim::{StateKind, StepSignature};
 use crate::{DType, Error, Result};
 
-fn element_type(d: DType) -> TensorElementType {
+pub(super) fn element_type(d: DType) -> TensorElementType {
     match d {
         DType::F32 => TensorElementType::Float32,
         DType::F64 => TensorElementType::Float64,

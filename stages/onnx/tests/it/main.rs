@@ -17,3 +17,6 @@ mod models;
 
 /// Runtime loading, devices, error messages.
 mod runtime;
+
+/// Training state on the device (run on the CPU) against host state.
+mod device_state;

@@ -12,9 +12,9 @@ use pipe_onnx::{
 
 use crate::util::{Rng, float_tensor, run, session};
 
-const N: usize = 4; // rows
-const I: usize = 3; // inputs
-const O: usize = 2; // outputs
+pub(crate) const N: usize = 4; // rows
+pub(crate) const I: usize = 3; // inputs
+pub(crate) const O: usize = 2; // outputs
 
 /// loss = mean((x w + b - t)²) over N×O, with w [I, O] (weight decay) and b [O] (none).
 fn build(dtype: DType, opt: &AdamW) -> (Graph, StepSignature) {
@@ -24,7 +24,7 @@ fn build(dtype: DType, opt: &AdamW) -> (Graph, StepSignature) {
 }
 
 /// The loss above and its parameters.
-fn loss_graph(dtype: DType) -> (Graph, Tensor, [TrainParam; 2]) {
+pub(crate) fn loss_graph(dtype: DType) -> (Graph, Tensor, [TrainParam; 2]) {
     let mut g = Graph::new("adamw_test");
     let batch = Dim::from("batch");
     let x = g.input("x", dtype, &[batch.clone(), Dim::from(I)]).unwrap();
