@@ -60,10 +60,18 @@ pub fn run(
 ) -> anyhow::Result<RunReport> {
     let lock_file_path = lock_path(&pipeline.manifest.path);
     let parsed_copy = parsed_copy_path(store.root(), &lock_file_path);
-    let loaded = LockFile::load_cached(&lock_file_path, &parsed_copy)?;
-    let mut lock = loaded.clone();
     let stat_cache_path = store.root().join("stat-cache.json");
-    let stat_cache = StatCache::load(&stat_cache_path);
+    // The two machine files a run reads first, read at once: for a large pipeline
+    // each is a few megabytes of JSON.
+    let (loaded, stat_cache) = std::thread::scope(|scope| {
+        let stat_cache = scope.spawn(|| StatCache::load(&stat_cache_path));
+        let loaded = LockFile::load_cached(&lock_file_path, &parsed_copy);
+        let stat_cache = stat_cache
+            .join()
+            .unwrap_or_else(|_| StatCache::load(&stat_cache_path));
+        (loaded, stat_cache)
+    });
+    let mut lock = loaded?;
     let targets: Vec<usize> = if options.targets.is_empty() {
         pipeline.order.clone()
     } else {
@@ -121,28 +129,33 @@ pub fn run(
             .collect(),
     };
     if !options.dry_run {
+        // A no-op run leaves the lockfile as it was: no need to render it again.
+        let mut changed = !lock_file_path.exists();
         for (id, result) in &results {
             if let Some(done) = result.done() {
-                lock.stages.insert(
-                    pipeline.stages[*id].name.clone(),
-                    LockEntry {
-                        key: done.key,
-                        record: done.record.clone(),
-                        outputs: done
-                            .outputs
-                            .iter()
-                            .map(|(k, o)| (k.clone(), o.hash))
-                            .collect(),
-                        metrics: headline_metrics(&done.metrics),
-                    },
-                );
+                let entry = LockEntry {
+                    key: done.key,
+                    record: done.record.clone(),
+                    outputs: done
+                        .outputs
+                        .iter()
+                        .map(|(k, o)| (k.clone(), o.hash))
+                        .collect(),
+                    metrics: headline_metrics(&done.metrics),
+                };
+                let name = &pipeline.stages[*id].name;
+                if lock.stages.get(name) != Some(&entry) {
+                    lock.stages.insert(name.clone(), entry);
+                    changed = true;
+                }
             }
         }
         let names: BTreeSet<&str> = pipeline.stages.iter().map(|s| s.name.as_str()).collect();
+        let before = lock.stages.len();
         lock.stages.retain(|name, _| names.contains(name.as_str()));
+        changed |= lock.stages.len() != before || lock.pipeline != pipeline.manifest.name;
         lock.pipeline = pipeline.manifest.name.clone();
-        // A no-op run leaves the lockfile as it was: no need to render it again.
-        if lock != loaded || !lock_file_path.exists() {
+        if changed {
             lock.save_cached(
                 &lock_file_path,
                 &previous_lock_path(store.root(), &lock_file_path),
