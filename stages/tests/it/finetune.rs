@@ -318,7 +318,8 @@ fn mean_pooling_is_kept_in_the_model_folder() {
     assert_eq!(first.json("model/config.json")["pooling"], "mean");
     copy_dir(&first.path("model"), &ws.path().join("tuned"));
     let frozen = |pooling: Option<&str>| {
-        let mut params = json!({ "model": { "path": "tuned" }, "max_steps": 1, "learning_rate": 0.0 });
+        let mut params =
+            json!({ "model": { "path": "tuned" }, "max_steps": 1, "learning_rate": 0.0 });
         if let Some(p) = pooling {
             params["pooling"] = json!(p);
         }
@@ -331,7 +332,9 @@ fn mean_pooling_is_kept_in_the_model_folder() {
 
     let registry = pipe_stages::registry();
     let kind = registry.get("finetune").unwrap();
-    let plain = kind.check(&json!({ "model": { "config": "tiny" } })).unwrap();
+    let plain = kind
+        .check(&json!({ "model": { "config": "tiny" } }))
+        .unwrap();
     assert_eq!(plain.key_params.get("pooling"), None);
     let e = kind
         .check(&json!({ "model": { "config": "tiny" }, "pooling": "max" }))

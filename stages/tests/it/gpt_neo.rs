@@ -284,7 +284,12 @@ fn gpt_neo_mean_pooling_scores_the_mean_of_the_real_positions() {
         .declare_labels(&mut g, ProblemType::SingleLabelClassification)
         .unwrap();
     let loss = model
-        .loss(&mut g, logits, labels, ProblemType::SingleLabelClassification)
+        .loss(
+            &mut g,
+            logits,
+            labels,
+            ProblemType::SingleLabelClassification,
+        )
         .unwrap();
     let grads = gradients(&mut g, loss, model.param_tensors()).unwrap();
     g.output(logits, "logits").unwrap();
@@ -294,7 +299,13 @@ fn gpt_neo_mean_pooling_scores_the_mean_of_the_real_positions() {
     }
     let mut feeds = weights::load(&fixture("weights.safetensors"), model.params(), &[], 0).unwrap();
     let b = batch();
-    let lens: Vec<usize> = b.lengths.as_i64().unwrap().iter().map(|&l| l as usize).collect();
+    let lens: Vec<usize> = b
+        .lengths
+        .as_i64()
+        .unwrap()
+        .iter()
+        .map(|&l| l as usize)
+        .collect();
     feeds.insert("input_ids".into(), b.ids);
     feeds.insert("lengths".into(), b.lengths);
     feeds.insert("labels".into(), b.labels);
@@ -317,7 +328,12 @@ fn gpt_neo_mean_pooling_scores_the_mean_of_the_real_positions() {
             .collect();
         for label in 0..num_labels {
             let w = &score[label * h..(label + 1) * h];
-            expected.push(w.iter().zip(&mean).map(|(&w, m)| f64::from(w) * m).sum::<f64>() as f32);
+            expected.push(
+                w.iter()
+                    .zip(&mean)
+                    .map(|(&w, m)| f64::from(w) * m)
+                    .sum::<f64>() as f32,
+            );
         }
     }
     close_where(
@@ -340,7 +356,11 @@ fn gpt_neo_mean_pooling_scores_the_mean_of_the_real_positions() {
     for spec in model.params() {
         let grad = out[&format!("grad.{}", spec.name)].as_f32().unwrap();
         assert!(grad.iter().all(|x| x.is_finite()), "{}", spec.name);
-        assert!(grad.iter().any(|&x| x != 0.0), "{} has no gradient", spec.name);
+        assert!(
+            grad.iter().any(|&x| x != 0.0),
+            "{} has no gradient",
+            spec.name
+        );
     }
 }
 
