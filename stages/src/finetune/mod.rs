@@ -175,13 +175,16 @@ impl Stage for Finetune {
             let hub = crate::hub::Hub::from_env(self.hub_cache());
             crate::hub::ensure(&hub, &repo, crate::hub::Want::Model, ctx.reporter)?;
         }
-        let start = model_source::resolve(
+        let mut start = model_source::resolve(
             &params.model_source()?,
             ctx.workspace,
             &self.hub_cache(),
             tokenizer.get_vocab_size(true),
             &labels,
         )?;
+        if let Some(pooling) = params.pooling {
+            start.config.pooling = pooling;
+        }
         check_fits(&start, &train, validation.as_ref())?;
         let problem = train.problem();
         let options = StepOptions::resolve(&params, &start.config, &labels, &train)?;

@@ -6,6 +6,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::models::gpt_neo::Pooling;
 use crate::models::lora::LoraParams;
 
 /// Parameters of `finetune`.
@@ -81,6 +82,12 @@ pub struct Params {
     /// the model config's `embed_dropout`, `attention_dropout`, `resid_dropout`.
     #[serde(default, skip_serializing_if = "DropoutParams::is_unset")]
     pub dropout: DropoutParams,
+    /// How the classifier pools a row's hidden states: `last` (the last real token, as
+    /// Hugging Face's `GPTNeoForSequenceClassification`) or `mean` (the mean over the real
+    /// tokens, which trains better from scratch on small data). Left out: the model's own
+    /// (`last`, unless the model folder was trained by pipe with `mean`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pooling: Option<Pooling>,
     /// ε of label smoothing in the training loss (`label_smoothing_factor` in `transformers`,
     /// `torch.nn.CrossEntropyLoss(label_smoothing=ε)`). Single-label data only.
     #[serde(default, skip_serializing_if = "is_zero")]

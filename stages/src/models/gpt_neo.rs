@@ -2,8 +2,8 @@
 //!
 //! GPT-Neo (EleutherAI) is a decoder-only transformer in the GPT-2 family whose layers
 //! alternate between global causal attention and local (sliding-window) causal attention.
-//! The classifier pools the hidden state of each row's last real token and maps it to
-//! `num_labels` scores. Reference implementation, transformers 5.24.0:
+//! The classifier pools the hidden state of each row's last real token (or, with
+//! [`Pooling::Mean`], the mean over its real tokens) and maps it to `num_labels` scores. Reference implementation, transformers 5.24.0:
 //! <https://github.com/huggingface/transformers/blob/main/src/transformers/models/gpt_neo/modeling_gpt_neo.py>
 //! (cited below as `M:line`, as in `stages/tests/fixtures/gpt_neo/README.md`).
 //!
@@ -29,6 +29,7 @@ use std::collections::BTreeMap;
 
 use anyhow::{Result, bail};
 use pipe_onnx::{DType, Dim, Graph, Tensor, TrainParam};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::dropout::Dropout;
@@ -67,6 +68,24 @@ pub enum ProblemType {
     SingleLabelClassification,
     /// Independent labels per row: binary cross-entropy with logits, mean over all elements.
     MultiLabelClassification,
+}
+
+/// How the classifier reduces a row's hidden states `[seq, hidden]` to one vector.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Pooling {
+    /// The state of the last real token, as Hugging Face's `GPTNeoForSequenceClassification`.
+    #[default]
+    Last,
+    /// The mean of the states of the real tokens. Not a Hugging Face option: `transformers`
+    /// loads such a model folder but pools the last token; the ONNX export pools the mean.
+    Mean,
+}
+
+impl Pooling {
+    fn is_last(&self) -> bool {
+        *self == Pooling::Last
+    }
 }
 
 /// A GPT-Neo configuration, read from a Hugging Face `config.json` (unknown keys are ignored).
@@ -118,6 +137,9 @@ pub struct GptNeoConfig {
     /// Dropout on each block's output while training.
     #[serde(default)]
     pub resid_dropout: f64,
+    /// How the classifier pools a row (pipe's key; written only when not `last`).
+    #[serde(default, skip_serializing_if = "Pooling::is_last")]
+    pub pooling: Pooling,
 }
 
 fn default_activation() -> Activation {
@@ -154,6 +176,7 @@ impl GptNeoConfig {
             embed_dropout: 0.0,
             attention_dropout: 0.0,
             resid_dropout: 0.0,
+            pooling: Pooling::Last,
         }
     }
 
@@ -660,10 +683,11 @@ impl GptNeoModel {
 // ---- sequence classification -----------------------------------------------------------------
 
 /// GPT-Neo with a linear head on the last real token (`GPTNeoForSequenceClassification`,
-/// M:615–730).
+/// M:615–730), or on the mean of the real tokens ([`Pooling::Mean`]).
 pub struct GptNeoForSequenceClassification {
     /// The base model.
     pub transformer: GptNeoModel,
+    pooling: Pooling,
     score: Tensor,
     num_labels: i64,
     vars: Vars,
@@ -698,6 +722,7 @@ impl GptNeoForSequenceClassification {
         )?;
         Ok(GptNeoForSequenceClassification {
             transformer,
+            pooling: cfg.pooling,
             score,
             num_labels,
             vars,
@@ -722,7 +747,7 @@ impl GptNeoForSequenceClassification {
     }
 
     /// `input_ids` `[b, s]`, `lengths` `[b]` → logits `[b, num_labels]`, read at position
-    /// `lengths[b] - 1` of each row.
+    /// `lengths[b] - 1` of each row (or from the mean of positions `0..lengths[b]`).
     pub fn forward(&self, g: &mut Graph, input_ids: Tensor, lengths: Tensor) -> Result<Tensor> {
         self.forward_tokens(g, Tokens::Ids(input_ids), lengths)
     }
@@ -730,18 +755,10 @@ impl GptNeoForSequenceClassification {
     /// [`Self::forward`] with the token ids given either way [`Tokens`] allows.
     pub fn forward_tokens(&self, g: &mut Graph, tokens: Tokens, lengths: Tensor) -> Result<Tensor> {
         let hidden = self.transformer.forward_tokens(g, tokens, lengths)?; // [b, s, h]
-        let b = g.shape(hidden)[0].clone();
-        let h = g.shape(hidden)[2].clone();
-        // HF applies `score` at every position and then picks the last real one (M:673–696);
-        // picking first gives the same logits for less work.
-        let pooled = g.with_scope("pool", |g| -> pipe_onnx::Result<Tensor> {
-            let one = g.scalar(DType::I64, 1.0);
-            let last = g.sub(lengths, one)?; // [b]
-            let last = g.reshape(last, &[b.clone(), Dim::Fixed(1), Dim::Fixed(1)])?;
-            let idx = g.expand(last, &[b.clone(), Dim::Fixed(1), h.clone()])?; // [b, 1, h]
-            let picked = g.gather_elements(hidden, idx, 1)?; // [b, 1, h]
-            g.reshape(picked, &[b.clone(), h.clone()]) // [b, h]
-        })?;
+        let pooled = g.with_scope("pool", |g| match self.pooling {
+            Pooling::Last => pool_last(g, hidden, lengths),
+            Pooling::Mean => pool_mean(g, hidden, lengths),
+        })?; // [b, h]
         Ok(g.with_scope("score", |g| g.linear(pooled, self.score, None))?) // [b, labels]
     }
 
@@ -795,6 +812,37 @@ impl GptNeoForSequenceClassification {
             })
             .collect()
     }
+}
+
+/// The hidden state at position `lengths[b] - 1` of each row: `[b, s, h]` → `[b, h]`.
+/// HF applies `score` at every position and then picks the last real one (M:673–696);
+/// picking first gives the same logits for less work.
+fn pool_last(g: &mut Graph, hidden: Tensor, lengths: Tensor) -> pipe_onnx::Result<Tensor> {
+    let b = g.shape(hidden)[0].clone();
+    let h = g.shape(hidden)[2].clone();
+    let one = g.scalar(DType::I64, 1.0);
+    let last = g.sub(lengths, one)?; // [b]
+    let last = g.reshape(last, &[b.clone(), Dim::Fixed(1), Dim::Fixed(1)])?;
+    let idx = g.expand(last, &[b.clone(), Dim::Fixed(1), h.clone()])?; // [b, 1, h]
+    let picked = g.gather_elements(hidden, idx, 1)?; // [b, 1, h]
+    g.reshape(picked, &[b, h])
+}
+
+/// The mean of the hidden states at positions `0..lengths[b]` of each row: `[b, s, h]` →
+/// `[b, h]`. Padded positions are multiplied by 0 (their values are finite), so they add
+/// nothing to the sum nor to the gradient.
+fn pool_mean(g: &mut Graph, hidden: Tensor, lengths: Tensor) -> pipe_onnx::Result<Tensor> {
+    let s = g.shape(hidden)[1].clone();
+    let pos = g.range(&s, DType::I64)?;
+    let pos = g.unsqueeze(pos, &[0])?; // [1, s]
+    let len = g.unsqueeze(lengths, &[1])?; // [b, 1]
+    let real = g.less(pos, len)?; // [b, s]
+    let real = g.cast(real, DType::F32)?;
+    let real = g.unsqueeze(real, &[2])?; // [b, s, 1]
+    let masked = g.mul(hidden, real)?;
+    let total = g.reduce_sum(masked, &[1], false)?; // [b, h]
+    let count = g.reduce_sum(real, &[1], false)?; // [b, 1]
+    g.div(total, count)
 }
 
 /// The Hugging Face `Trainer` rule: weight decay on every parameter except biases and

@@ -7,7 +7,7 @@ use std::process::Command;
 
 use pipe_onnx::{Graph, HostTensor, Session, SessionOptions};
 use pipe_stages::export_onnx::ExportOnnx;
-use pipe_stages::models::gpt_neo::{GptNeoConfig, GptNeoForSequenceClassification};
+use pipe_stages::models::gpt_neo::{GptNeoConfig, GptNeoForSequenceClassification, Pooling};
 use serde_json::json;
 
 use crate::trained::{TRAIN_LOG, Trained, multi_label_csv};
@@ -170,6 +170,34 @@ fn exported_model_matches_the_training_forward_and_its_probabilities_sum_to_one(
     }
     // Rows differ (the weights are not degenerate), and what lies under the mask does not matter.
     assert!(max_diff(&logits[0..3], &logits[3..6]) > 1e-3);
+    let (other_pad, _, _) = batch(t.cfg.vocab_size, (t.cfg.vocab_size - 1) as i64);
+    assert_eq!(run_exported(&ran, &other_pad, &mask).0, logits);
+}
+
+/// A model trained with `pooling: mean` exports with mean pooling in its graph: the bundle's
+/// logits are the mean-pooling training forward's, not the last-token ones of the same weights.
+#[test]
+fn a_mean_pooling_model_exports_its_pooling() {
+    let t = Trained::with_pooling(&labelled_csv(40, &LABELS), false, Pooling::Mean);
+    let config = std::fs::read_to_string(t.finetune.path().join("model/config.json")).unwrap();
+    let config: serde_json::Value = serde_json::from_str(&config).unwrap();
+    assert_eq!(config["pooling"], json!("mean"));
+    let ran = t.export(json!({})).unwrap();
+    assert!(ran.notes_contain("self-check"), "{:?}", ran.notes);
+    let (ids, mask, lengths) = batch(t.cfg.vocab_size, 0);
+    let (logits, probabilities) = run_exported(&ran, &ids, &mask);
+    let mean = training_logits(&t.cfg, &t.params, &ids, &lengths);
+    assert!(max_diff(&logits, &mean) <= 1e-5, "{logits:?} vs {mean:?}");
+    let last_cfg = GptNeoConfig {
+        pooling: Pooling::Last,
+        ..t.cfg.clone()
+    };
+    let last = training_logits(&last_cfg, &t.params, &ids, &lengths);
+    // Rows of 7 and 3 tokens pool differently; the row of 1 token is its own mean.
+    assert!(max_diff(&logits[0..6], &last[0..6]) > 1e-3);
+    assert!(max_diff(&logits[6..9], &last[6..9]) <= 1e-5);
+    let sums: Vec<f32> = probabilities.chunks(3).map(|r| r.iter().sum()).collect();
+    assert!(sums.iter().all(|s| (s - 1.0).abs() < 1e-5), "{sums:?}");
     let (other_pad, _, _) = batch(t.cfg.vocab_size, (t.cfg.vocab_size - 1) as i64);
     assert_eq!(run_exported(&ran, &other_pad, &mask).0, logits);
 }

@@ -300,6 +300,49 @@ fn device_and_threads_stay_out_of_the_key() {
     assert_eq!(e.path, ["warmup_ratio"]);
 }
 
+/// `pooling: mean` goes into the key and into `model/config.json`, where the next run from
+/// that folder finds it; `pooling: last` switches it back. Left out, it is not in the key.
+#[test]
+fn mean_pooling_is_kept_in_the_model_folder() {
+    let ws = Workspace::new();
+    let tokens = tokenized(&ws, 400);
+    let input = [tokens.input("tokenize")];
+    let first = ws
+        .run(
+            "finetune",
+            json!({ "model": small_model(1), "pooling": "mean", "max_steps": 3, "learning_rate": 1e-3 }),
+            &input,
+        )
+        .unwrap();
+    assert_eq!(first.key_params["pooling"], "mean");
+    assert_eq!(first.json("model/config.json")["pooling"], "mean");
+    copy_dir(&first.path("model"), &ws.path().join("tuned"));
+    let frozen = |pooling: Option<&str>| {
+        let mut params =
+            json!({ "model": { "path": "tuned" }, "max_steps": 1, "learning_rate": 0.0 });
+        if let Some(p) = pooling {
+            params["pooling"] = json!(p);
+        }
+        ws.run("finetune", params, &input).unwrap()
+    };
+    assert_eq!(frozen(None).json("model/config.json")["pooling"], "mean");
+    let last = frozen(Some("last"));
+    assert_eq!(last.json("model/config.json").get("pooling"), None);
+    assert_eq!(weights_of(&last), weights_of(&first));
+
+    let registry = pipe_stages::registry();
+    let kind = registry.get("finetune").unwrap();
+    let plain = kind
+        .check(&json!({ "model": { "config": "tiny" } }))
+        .unwrap();
+    assert_eq!(plain.key_params.get("pooling"), None);
+    let e = kind
+        .check(&json!({ "model": { "config": "tiny" }, "pooling": "max" }))
+        .unwrap_err();
+    assert_eq!(e.path, ["pooling"]);
+    assert!(e.message.contains("max"), "{}", e.message);
+}
+
 /// A workspace, the tokenized sample data (the finetune input), and a small model
 /// fine-tuned on it for 5 steps whose `model/` folder is copied to `folder`.
 fn fine_tuned(folder: &str) -> (Workspace, Ran, Ran) {

@@ -19,7 +19,8 @@ use pipe_onnx::{
 };
 use pipe_stages::models::dropout::{DropoutPlan, DropoutRates};
 use pipe_stages::models::gpt_neo::{
-    AttentionKind, GptNeoConfig, GptNeoForSequenceClassification, ProblemType, hf_trainer_decay,
+    AttentionKind, GptNeoConfig, GptNeoForSequenceClassification, Pooling, ProblemType,
+    hf_trainer_decay,
 };
 use pipe_stages::models::{Init, init_params, weights};
 use serde_json::Value;
@@ -263,6 +264,109 @@ fn gpt_neo_forward_matches_transformers() {
         ATOL,
         |i| i / h % s < lens[i / (s * h)],
     );
+}
+
+/// Mean pooling on the fixture model and batch: each row's logits are `score` applied to the
+/// mean of its hidden states over its real positions (computed here from the graph's own
+/// hidden states), and every parameter gets a finite gradient through the pooling.
+#[test]
+fn gpt_neo_mean_pooling_scores_the_mean_of_the_real_positions() {
+    let cfg = GptNeoConfig {
+        pooling: Pooling::Mean,
+        ..config()
+    };
+    let mut g = Graph::new("gpt_neo_mean_pooling");
+    let (ids, lengths) = GptNeoForSequenceClassification::declare_inputs(&mut g).unwrap();
+    let model = GptNeoForSequenceClassification::new(&cfg, &mut g).unwrap();
+    let logits = model.forward(&mut g, ids, lengths).unwrap();
+    let hidden = model.transformer.forward(&mut g, ids, lengths).unwrap();
+    let labels = model
+        .declare_labels(&mut g, ProblemType::SingleLabelClassification)
+        .unwrap();
+    let loss = model
+        .loss(
+            &mut g,
+            logits,
+            labels,
+            ProblemType::SingleLabelClassification,
+        )
+        .unwrap();
+    let grads = gradients(&mut g, loss, model.param_tensors()).unwrap();
+    g.output(logits, "logits").unwrap();
+    g.output(hidden, "hidden").unwrap();
+    for (spec, &gr) in model.params().iter().zip(&grads) {
+        g.output(gr, &format!("grad.{}", spec.name)).unwrap();
+    }
+    let mut feeds = weights::load(&fixture("weights.safetensors"), model.params(), &[], 0).unwrap();
+    let b = batch();
+    let lens: Vec<usize> = b
+        .lengths
+        .as_i64()
+        .unwrap()
+        .iter()
+        .map(|&l| l as usize)
+        .collect();
+    feeds.insert("input_ids".into(), b.ids);
+    feeds.insert("lengths".into(), b.lengths);
+    feeds.insert("labels".into(), b.labels);
+    let score = feeds["score.weight"].as_f32().unwrap().to_vec();
+    let out = run(&mut session(&g), &feeds);
+
+    let hs = &out["hidden"];
+    let (s, h) = (hs.shape()[1] as usize, hs.shape()[2] as usize);
+    let hs = hs.as_f32().unwrap();
+    let num_labels = cfg.num_labels();
+    let mut expected = Vec::new();
+    for (row, &len) in lens.iter().enumerate() {
+        let mean: Vec<f64> = (0..h)
+            .map(|k| {
+                (0..len)
+                    .map(|t| f64::from(hs[(row * s + t) * h + k]))
+                    .sum::<f64>()
+                    / len as f64
+            })
+            .collect();
+        for label in 0..num_labels {
+            let w = &score[label * h..(label + 1) * h];
+            expected.push(
+                w.iter()
+                    .zip(&mean)
+                    .map(|(&w, m)| f64::from(w) * m)
+                    .sum::<f64>() as f32,
+            );
+        }
+    }
+    close_where(
+        "mean-pooled logits",
+        out["logits"].as_f32().unwrap(),
+        &expected,
+        ATOL,
+        |_| true,
+    );
+    // Not the last-token logits of transformers (some fixture row is longer than 1 token).
+    let last = &expected_logits();
+    assert!(lens.iter().any(|&l| l > 1));
+    let differs = out["logits"]
+        .as_f32()
+        .unwrap()
+        .iter()
+        .zip(last)
+        .any(|(a, b)| (a - b).abs() > 1e-3);
+    assert!(differs, "mean pooling gave the last-token logits");
+    for spec in model.params() {
+        let grad = out[&format!("grad.{}", spec.name)].as_f32().unwrap();
+        assert!(grad.iter().all(|x| x.is_finite()), "{}", spec.name);
+        assert!(
+            grad.iter().any(|&x| x != 0.0),
+            "{} has no gradient",
+            spec.name
+        );
+    }
+}
+
+/// transformers' (last-token) logits of the fixture batch.
+fn expected_logits() -> Vec<f32> {
+    expected().remove("logits").unwrap().1
 }
 
 /// The gradient of every parameter, and the clipping of their global norm.

@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 
 use pipe_engine::Input;
 use pipe_onnx::{Graph, HostTensor};
-use pipe_stages::models::gpt_neo::{GptNeoConfig, GptNeoForSequenceClassification, ProblemType};
+use pipe_stages::models::gpt_neo::{
+    GptNeoConfig, GptNeoForSequenceClassification, Pooling, ProblemType,
+};
 use pipe_stages::models::{hf_folder, init_params};
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -52,6 +54,11 @@ impl Trained {
     /// each validation and test), tokenizes it with a trained 300-token BPE cut at 12
     /// tokens, and writes a random model over its labels.
     pub fn new(csv: &str, multi_label: bool) -> Trained {
+        Trained::with_pooling(csv, multi_label, Pooling::Last)
+    }
+
+    /// [`Trained::new`] with a model that pools the way `pooling` says.
+    pub fn with_pooling(csv: &str, multi_label: bool, pooling: Pooling) -> Trained {
         let ws = Workspace::new();
         ws.file("data.csv", csv);
         let ingest = ws
@@ -90,6 +97,7 @@ impl Trained {
         let mut cfg = GptNeoConfig::test(tokenizer.get_vocab_size(true), labels.len());
         // Wider weights than a real init, so predictions differ visibly between rows.
         cfg.initializer_range = 0.3;
+        cfg.pooling = pooling;
         let mut g = Graph::new("fixture");
         let model = GptNeoForSequenceClassification::new(&cfg, &mut g).unwrap();
         let params = init_params(model.params(), 7);
