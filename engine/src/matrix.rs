@@ -10,7 +10,9 @@
 //! ```
 //!
 //! A list of mappings names the combinations one by one instead
-//! (`matrix: [{model: {config: tiny}}, {model: {config: small}, epochs: 2}]`).
+//! (`matrix: [{model: {config: tiny}}, {model: {config: small}, epochs: 2}]`);
+//! a `member: <name>` entry in one of them names its member instead of its
+//! values (`finetune@reference`).
 //!
 //! Each combination is a *member*, a stage of its own named `<stage>@<slug>`
 //! (`finetune@lr-0.0003-bs-8`): its own key, cache entry, outputs, lockfile
@@ -43,6 +45,9 @@ use crate::yaml::{Node, NodeKind, Span};
 
 /// What `${member}` in `run`, `deps` and `outs` is replaced with.
 pub const MEMBER_PLACEHOLDER: &str = "${member}";
+
+/// The key of a list-form combination that names its member instead of its values.
+const MEMBER_KEY: &str = "member";
 
 /// A stage's `matrix:`, parsed.
 #[derive(Debug, Clone)]
@@ -102,6 +107,8 @@ pub fn parse(
     errors: &mut Vec<Diagnostic>,
 ) -> Option<Matrix> {
     let before = errors.len();
+    // Names given with `member:` in the list form, by combination.
+    let mut names: BTreeMap<usize, String> = BTreeMap::new();
     let combinations: Vec<Vec<MatrixValue>> = match &node.kind {
         NodeKind::Map(entries) if !entries.is_empty() => {
             let mut lists = Vec::new();
@@ -135,10 +142,26 @@ pub fn parse(
         }
         NodeKind::Seq(items) if !items.is_empty() => items
             .iter()
-            .filter_map(|item| match &item.kind {
+            .enumerate()
+            .filter_map(|(index, item)| match &item.kind {
                 NodeKind::Map(entries) if !entries.is_empty() => Some(
                     entries
                         .iter()
+                        .filter(|(param, _, value)| {
+                            if param != MEMBER_KEY {
+                                return true;
+                            }
+                            match value.as_str() {
+                                Some(name) if !name.trim().is_empty() => {
+                                    names.insert(index, sanitize(name));
+                                }
+                                _ => errors.push(
+                                    Diagnostic::at(file, value.span, "`member` names the combination's member: it must be a word")
+                                        .help("write e.g. `member: reference`; the member is then `<stage>@reference`"),
+                                ),
+                            }
+                            false
+                        })
                         .map(|(param, key, value)| MatrixValue {
                             param: param.clone(),
                             key: key.clone(),
@@ -200,7 +223,10 @@ pub fn parse(
     if errors.len() > before {
         return None;
     }
-    let slugs = slugs(&combinations);
+    let mut slugs = slugs(&combinations);
+    for (index, name) in names {
+        slugs[index] = name;
+    }
     let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
     for (i, slug) in slugs.iter().enumerate() {
         if let Some(first) = seen.insert(slug, i) {
@@ -547,6 +573,42 @@ mod tests {
             .into_iter()
             .map(|c| c.slug)
             .collect()
+    }
+
+    #[test]
+    fn a_member_key_names_its_combination_and_is_no_parameter() {
+        let text = "- { member: reference, pooling: last }\n- { pooling: mean }\n";
+        assert_eq!(slugs_of(text), ["reference", "pooling-mean"]);
+        let node = crate::yaml::parse(text).unwrap();
+        let parsed = parse(
+            Path::new("m.yaml"),
+            &node,
+            &node,
+            &Default::default(),
+            &mut Vec::new(),
+        )
+        .unwrap();
+        let params: Vec<&str> = parsed.combinations[0]
+            .values
+            .iter()
+            .map(|v| v.param.as_str())
+            .collect();
+        assert_eq!(params, ["pooling"]);
+        for bad in [
+            "- { member: [a], pooling: last }\n",
+            "- { member: reference, pooling: last }\n- { member: reference, pooling: mean }\n",
+        ] {
+            let node = crate::yaml::parse(bad).unwrap();
+            let mut errors = Vec::new();
+            let parsed = parse(
+                Path::new("m.yaml"),
+                &node,
+                &node,
+                &Default::default(),
+                &mut errors,
+            );
+            assert!(parsed.is_none() && errors.len() == 1, "{bad}: {errors:?}");
+        }
     }
 
     #[test]

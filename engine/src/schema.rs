@@ -160,6 +160,11 @@ fn matrix_schema(params: &Map<String, Value>) -> Value {
             )
         })
         .collect();
+    let mut combination = params.clone();
+    combination.insert(
+        "member".into(),
+        json!({ "type": "string", "minLength": 1, "description": "Names this combination's member (`<stage>@<member>`) instead of its values." }),
+    );
     json!({
         "description": "One member per combination of values, each a stage named `<stage>@<slug>`: a mapping of parameter to its values, or a list of combinations.",
         "oneOf": [
@@ -167,7 +172,7 @@ fn matrix_schema(params: &Map<String, Value>) -> Value {
             {
                 "type": "array",
                 "minItems": 1,
-                "items": { "type": "object", "minProperties": 1, "properties": Value::Object(params.clone()), "additionalProperties": false }
+                "items": { "type": "object", "minProperties": 1, "properties": Value::Object(combination), "additionalProperties": false }
             }
         ]
     })

@@ -321,3 +321,62 @@ fn every_matrix_mistake_is_reported_with_its_place() {
         assert!(!err.contains("panicked"), "{what}: {err}");
     }
 }
+
+/// Two finetune members of a small model, each exported and evaluated, then compared: the
+/// whole chain through the engine, as `pipelines/student-compare.yaml` runs it.
+#[test]
+fn compare_gathers_every_evaluated_member_into_one_page() {
+    let p = Project::new();
+    p.file("data/q.csv", &csv(120));
+    p.file(
+        "c.yaml",
+        r#"pipeline: cmp
+stages:
+  ingest:
+    source: data/q.csv
+  split:
+    from: ingest
+    test: 0.25
+    seed: 1
+  tokenize:
+    from: split
+    tokenizer: { train: { vocab_size: 300 } }
+    max_length: 32
+  finetune:
+    from: tokenize
+    model: { seed: 7, config: { hidden_size: 32, num_layers: 1, num_heads: 4, intermediate_size: 64, max_position_embeddings: 32, window_size: 8, attention_types: [[[global], 1]] } }
+    batch_size: 8
+    threads: 1
+    matrix:
+      learning_rate: [1.0e-3, 3.0e-3]
+      max_steps: [2]
+  export-onnx:
+    from: finetune
+  evaluate:
+    from: { model: export-onnx, data: split }
+    splits: [test]
+  compare:
+    from: [evaluate, export-onnx]
+    by: test.accuracy
+"#,
+    );
+    let report = p.run_json("c.yaml", 0);
+    assert_eq!(status_of(&report, "compare"), "ran", "{report}");
+    let compared: Value =
+        serde_json::from_str(&p.read(".pipe/out/cmp/compare/compare.json")).unwrap();
+    let members: Vec<&str> = compared["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["member"].as_str().unwrap())
+        .collect();
+    assert_eq!(members.len(), 2, "{compared}");
+    assert!(members.iter().all(|m| m.starts_with("lr-")), "{members:?}");
+    let best = compared["best"]["member"].as_str().unwrap();
+    assert!(members.contains(&best), "{compared}");
+    let page = p.read(".pipe/out/cmp/compare/report.html");
+    assert!(
+        members.iter().all(|m| page.contains(m)),
+        "the page names every member"
+    );
+}

@@ -20,7 +20,7 @@
 //!   "columns": [...], "members": [{"member", "inputs": [...], "metrics": {column: value}}]}`;
 //!   a column is `<split>.<metric>` (`test.accuracy`, `test.macro_f1`, `test.macro_auc`,
 //!   `test.log_loss`) or `train_seconds`, `tokens_per_s`; an undefined value is `null`;
-//! - `compare.html`: the metrics table (best member marked), the ROC curves of all members
+//! - `report.html`: the metrics table (best member marked), the ROC curves of all members
 //!   overlaid per split (micro-averaged one-vs-rest, from each member's
 //!   `predictions.parquet`), and the training-loss curves overlaid.
 
@@ -139,6 +139,10 @@ impl Stage for Compare {
         pipe_engine::schema_of::<Params>()
     }
 
+    fn output_names(&self, _key_params: &Value) -> Option<Vec<String>> {
+        Some(["compare", "report"].map(String::from).to_vec())
+    }
+
     fn gathers_members(&self) -> bool {
         true
     }
@@ -163,7 +167,7 @@ impl Stage for Compare {
         let comparison = compare(&members, &params.by);
         write_json(&ctx.out_dir.join("compare.json"), &comparison)?;
         let html = page::render(ctx.stage, &comparison, &members)?;
-        let path = ctx.out_dir.join("compare.html");
+        let path = ctx.out_dir.join("report.html");
         std::fs::write(&path, html).with_context(|| format!("cannot write {}", path.display()))?;
         let mut metrics = serde_json::Map::new();
         metrics.insert("members".into(), json!(members.len()));

@@ -1,4 +1,4 @@
-//! `compare.html`: the members side by side, in the evaluation report's style (its head,
+//! `report.html`: the members side by side, in the evaluation report's style (its head,
 //! styles, tables and charts).
 
 use anyhow::Result;

@@ -63,7 +63,7 @@ fn compare_tables_each_members_metrics_and_names_the_best() {
             &inputs(&[("model-a", &a), ("model-b", &b)]),
         )
         .unwrap();
-    assert_eq!(ran.files(), ["compare.html", "compare.json"]);
+    assert_eq!(ran.files(), ["compare.json", "report.html"]);
     let compared = ran.json("compare.json");
     assert_eq!(compared["by"], "test.macro_auc");
     let rows = compared["members"].as_array().unwrap();
@@ -135,7 +135,7 @@ fn the_page_has_a_roc_chart_per_split_and_the_loss_curves_of_every_member() {
         .ws
         .run("compare", json!({}), &inputs(&[("a", &a), ("b", &b)]))
         .unwrap();
-    let html = std::fs::read_to_string(ran.path("compare.html")).unwrap();
+    let html = std::fs::read_to_string(ran.path("report.html")).unwrap();
     for split in ["train", "test"] {
         let start = html
             .find(&format!("data-split=\"{split}\""))
