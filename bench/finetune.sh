@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 which="${1:-all}"
 scripts/fetch-onnxruntime.sh >/dev/null
 export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$PWD/.tools/onnxruntime/libonnxruntime.so.1.31.1}"
-cargo build --release --locked -q -p pipe-stages --example finetune_step
+cargo build --release --locked -q --workspace --example finetune_step
 target="${CARGO_TARGET_DIR:-target}"
 runs=(tiny 125m lora)
 [[ "$which" != all ]] && runs=("$which")
