@@ -105,7 +105,7 @@ fn each_stage_that_runs_is_one_job_cached_ones_none_and_results_match_a_local_ru
         let id = s["job_id"].as_str().expect("a job id").to_string();
         let shown = scontrol(&id);
         assert!(
-            shown.contains(&format!("JobName=pipe-onslurm-{name} ")),
+            shown.contains(&format!("JobName=pipe-onslurm-{name}-")),
             "job {id} is not {name}'s: {shown}"
         );
         ids.push(id);
@@ -223,16 +223,22 @@ fn a_stage_past_its_time_limit_fails_with_timeout() {
     assert!(!p.path("slow.txt").exists());
 }
 
-/// The id of the running job named `name`, waiting up to a minute for it.
+/// The id of the running job whose name starts with `name` (pipe adds a unique suffix),
+/// waiting up to a minute for it.
 fn running_job(name: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let out = Command::new("squeue")
-            .args(["-h", "-n", name, "-t", "RUNNING", "-o", "%i"])
+            .args(["-h", "-t", "RUNNING", "-o", "%i %j"])
             .output()
             .expect("squeue runs");
-        let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        if !id.is_empty() {
+        // Job names are `pipe-<pipeline>-<stage>-<unique>`.
+        let prefix = format!("{name}-");
+        let listed = String::from_utf8_lossy(&out.stdout).into_owned();
+        if let Some(id) = listed.lines().find_map(|line| {
+            let (id, job) = line.split_once(' ')?;
+            job.starts_with(&prefix).then(|| id.to_string())
+        }) {
             return id;
         }
         assert!(Instant::now() < deadline, "job {name} never ran");

@@ -12,10 +12,12 @@
 //! with that state. Jobs are submitted with `--no-requeue`, so a preempted
 //! job fails instead of silently starting over.
 //!
-//! A job never outlives the `pipe run` that submitted it: each job has a guard
-//! process ([`crate::process::spawn_guard`]) that runs `scancel` as soon as
-//! pipe ends, however it ends (Ctrl-C, SIGTERM, SIGHUP, SIGKILL, a crash),
-//! and an error while waiting cancels the job before the stage fails.
+//! A job never outlives the `pipe run` that submitted it: each job has a name
+//! unique to that run of the stage and a guard process
+//! ([`crate::process::spawn_guard`]), started before `sbatch`, that runs
+//! `scancel --name` as soon as pipe ends, however it ends (Ctrl-C, SIGTERM,
+//! SIGHUP, SIGKILL, a crash, even between `sbatch` and its answer), and an
+//! error while waiting cancels the job before the stage fails.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -194,14 +196,24 @@ impl Executor for Slurm {
         let log = std::path::absolute(job.ctx.log_path)?;
         let resources = stage.spec.resources.clone().unwrap_or_default();
         let resources = resources.or(&job.pipeline.manifest.resources);
-        let name = format!("pipe-{}-{}", job.pipeline.manifest.name, stage.name);
-        let mut submitted = Submitted::new(submit(&name, &resources, &log, &script)?)?;
-        self.record(&stage.name, &submitted.id, "PENDING");
+        // Unique per run of the stage (its temp folder's name), so that the guard, started
+        // before the job exists, cancels this job and no other by name.
+        let unique = work_dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let name = format!(
+            "pipe-{}-{}-{unique}",
+            job.pipeline.manifest.name, stage.name
+        );
+        let mut guarded = Guarded::start(name)?;
+        let id = submit(&guarded.name, &resources, &log, &script)?;
+        self.record(&stage.name, &id, "PENDING");
         job.ctx
             .reporter
-            .note(&format!("submitted as Slurm job {}", submitted.id));
-        let state = self.wait(&stage.name, &submitted.id)?;
-        submitted.ended();
+            .note(&format!("submitted as Slurm job {}", id));
+        let state = self.wait(&stage.name, &id)?;
+        guarded.ended();
         let reply = read_reply(&work_dir)?;
         match (state.state.as_str(), reply) {
             ("COMPLETED", Some(Reply::Done { metrics, headline })) => {
@@ -217,13 +229,13 @@ impl Executor for Slurm {
             ) => Err(anyhow::Error::new(setting)),
             (_, Some(Reply::Failed { error, .. })) => Err(anyhow::anyhow!(
                 "{error}\n(Slurm job {} ended {}, exit code {})",
-                submitted.id,
+                id,
                 state.state,
                 state.exit_code
             )),
             (_, _) => Err(anyhow::anyhow!(
                 "Slurm job {} ended {}{} without finishing the stage{}",
-                submitted.id,
+                id,
                 state.state,
                 state.describe(),
                 state.advice(&resources)
@@ -240,26 +252,22 @@ impl Executor for Slurm {
     }
 }
 
-/// A submitted job and its guard: the job is cancelled if pipe ends, or if
-/// this is dropped before [`Submitted::ended`].
-struct Submitted {
-    id: String,
+/// A job name and its guard, started before the job is submitted: every job of that
+/// name is cancelled if pipe ends, or if this is dropped before [`Guarded::ended`], so no
+/// moment between `sbatch` and the guard leaves a job behind.
+struct Guarded {
+    name: String,
     guard: Option<Child>,
 }
 
-impl Submitted {
-    fn new(id: String) -> anyhow::Result<Submitted> {
-        match spawn_guard("scancel \"$1\" 2>/dev/null", &[&id]) {
-            Ok(guard) => Ok(Submitted {
-                id,
-                guard: Some(guard),
-            }),
-            Err(e) => {
-                cancel(&id);
-                Err(anyhow::Error::new(e)
-                    .context("cannot start the process that cancels the job if pipe dies"))
-            }
-        }
+impl Guarded {
+    fn start(name: String) -> anyhow::Result<Guarded> {
+        let guard = spawn_guard("scancel --name=\"$1\" 2>/dev/null", &[&name])
+            .context("cannot start the process that cancels the job if pipe dies")?;
+        Ok(Guarded {
+            name,
+            guard: Some(guard),
+        })
     }
 
     /// The job has ended: call the guard off.
@@ -275,10 +283,10 @@ impl Submitted {
     }
 }
 
-impl Drop for Submitted {
+impl Drop for Guarded {
     fn drop(&mut self) {
         if self.guard.is_some() {
-            cancel(&self.id);
+            cancel(&self.name);
             self.stop_guard();
         }
     }
@@ -409,10 +417,10 @@ fn query(id: &str) -> anyhow::Result<JobState> {
     JobState::parse(&text).with_context(|| format!("scontrol show job {id} printed no JobState"))
 }
 
-/// Cancels job `id`, ignoring a job that has already ended.
-fn cancel(id: &str) {
+/// Cancels the jobs named `name`, ignoring a job that has already ended.
+fn cancel(name: &str) {
     let _ = Command::new("scancel")
-        .arg(id)
+        .arg(format!("--name={name}"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
