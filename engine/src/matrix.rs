@@ -555,8 +555,8 @@ pub fn member_spec(spec: &StageSpec, index: usize, member: &Member) -> StageSpec
 mod tests {
     use super::*;
 
-    /// The slugs of `matrix:` written as YAML under a stage with plain `params`.
-    fn slugs_of(matrix: &str) -> Vec<String> {
+    /// `matrix:` written as YAML, parsed under a stage without plain parameters.
+    fn parsed_of(matrix: &str) -> (Option<Matrix>, Vec<Diagnostic>) {
         let node = crate::yaml::parse(matrix).unwrap();
         let mut errors = Vec::new();
         let parsed = parse(
@@ -566,6 +566,12 @@ mod tests {
             &Default::default(),
             &mut errors,
         );
+        (parsed, errors)
+    }
+
+    /// The slugs of `matrix:` written as YAML.
+    fn slugs_of(matrix: &str) -> Vec<String> {
+        let (parsed, errors) = parsed_of(matrix);
         assert!(errors.is_empty(), "{errors:?}");
         parsed
             .unwrap()
@@ -579,15 +585,7 @@ mod tests {
     fn a_member_key_names_its_combination_and_is_no_parameter() {
         let text = "- { member: reference, pooling: last }\n- { pooling: mean }\n";
         assert_eq!(slugs_of(text), ["reference", "pooling-mean"]);
-        let node = crate::yaml::parse(text).unwrap();
-        let parsed = parse(
-            Path::new("m.yaml"),
-            &node,
-            &node,
-            &Default::default(),
-            &mut Vec::new(),
-        )
-        .unwrap();
+        let parsed = parsed_of(text).0.unwrap();
         let params: Vec<&str> = parsed.combinations[0]
             .values
             .iter()
@@ -598,15 +596,7 @@ mod tests {
             "- { member: [a], pooling: last }\n",
             "- { member: reference, pooling: last }\n- { member: reference, pooling: mean }\n",
         ] {
-            let node = crate::yaml::parse(bad).unwrap();
-            let mut errors = Vec::new();
-            let parsed = parse(
-                Path::new("m.yaml"),
-                &node,
-                &node,
-                &Default::default(),
-                &mut errors,
-            );
+            let (parsed, errors) = parsed_of(bad);
             assert!(parsed.is_none() && errors.len() == 1, "{bad}: {errors:?}");
         }
     }

@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-use crate::util::{Project, status_of, statuses, stderr};
+use crate::util::{Project, status_of, statuses, stderr, two_label_csv};
 
 /// A matrix of two `gen` members, a `post` that fans out with it, and a
 /// `mult` with a matrix of its own over `post`: 2 + 2 + 2 × 3 stages. Every
@@ -189,19 +189,10 @@ stages:
     outs: [labels-copy.json]
 "#;
 
-fn csv(rows: usize) -> String {
-    let mut text = String::from("text,label\n");
-    for i in 0..rows {
-        let label = ["a", "b"][i % 2];
-        text.push_str(&format!("row number {i},{label}\n"));
-    }
-    text
-}
-
 #[test]
 fn a_command_after_typed_stages_sees_their_folders_and_reruns_when_they_change() {
     let p = Project::new();
-    p.file("data.csv", &csv(16)).file("t.yaml", TYPED);
+    p.file("data.csv", &two_label_csv(16)).file("t.yaml", TYPED);
     let report = p.run_json("t.yaml", 0);
     let names: Vec<String> = statuses(&report).into_iter().map(|(n, _)| n).collect();
     for name in [
@@ -224,7 +215,7 @@ fn a_command_after_typed_stages_sees_their_folders_and_reruns_when_they_change()
     );
 
     // New data: ingest's outputs change, so the commands after it rerun.
-    p.file("data.csv", &csv(20));
+    p.file("data.csv", &two_label_csv(20));
     let report = p.run_json("t.yaml", 0);
     for name in ["show", "count@test-0.25", "count@test-0.5"] {
         assert_eq!(status_of(&report, name), "ran", "{name}: {report}");
@@ -327,7 +318,7 @@ fn every_matrix_mistake_is_reported_with_its_place() {
 #[test]
 fn compare_gathers_every_evaluated_member_into_one_page() {
     let p = Project::new();
-    p.file("data/q.csv", &csv(120));
+    p.file("data/q.csv", &two_label_csv(120));
     p.file(
         "c.yaml",
         r#"pipeline: cmp

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::util::{Project, status_of, statuses, stderr};
+use crate::util::{Project, status_of, statuses, stderr, two_label_csv};
 
 /// Panics with how to get a cluster unless `SLURM_CONF` names one.
 fn cluster() {
@@ -55,15 +55,6 @@ fn scontrol(id: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn csv(rows: usize) -> String {
-    let mut text = String::from("text,label\n");
-    for i in 0..rows {
-        let label = ["a", "b"][i % 2];
-        text.push_str(&format!("row number {i},{label}\n"));
-    }
-    text
-}
-
 /// ingest → split, and two commands: `words` reads split's outputs and asks
 /// for `mem`, `echo` stands alone (so it is in the queue together with ingest).
 fn pipeline(echo: &str, mem: &str) -> String {
@@ -93,7 +84,7 @@ stages:
 fn each_stage_that_runs_is_one_job_cached_ones_none_and_results_match_a_local_run() {
     cluster();
     let p = Project::new();
-    p.file("data.csv", &csv(24))
+    p.file("data.csv", &two_label_csv(24))
         .file("p.yaml", &pipeline("one", "100M"));
     let report = run_slurm(&p, "p.yaml", 0);
     let mut ids = Vec::new();
@@ -144,7 +135,7 @@ fn each_stage_that_runs_is_one_job_cached_ones_none_and_results_match_a_local_ru
     // lockfile (keys, output hashes, metrics); and a local rerun here is all cached.
     let local = Project::new();
     local
-        .file("data.csv", &csv(24))
+        .file("data.csv", &two_label_csv(24))
         .file("p.yaml", &pipeline("two", "200M"));
     let local_report = local.run_json("p.yaml", 0);
     assert_eq!(stage(&local_report, "echo")["executor"], "local");
@@ -302,7 +293,8 @@ fn a_cuda_stage_without_gpus_gets_a_warning() {
             "pipeline: gpu\nstages:\n  ingest:\n    source: data.csv\n  tokenize:\n    from: ingest\n    tokenizer: {{ train: {{ vocab_size: 300 }} }}\n  finetune:\n    from: tokenize\n    model: {{ config: tiny }}\n    device: cuda\n{resources}"
         )
     };
-    p.file("data.csv", &csv(8)).file("g.yaml", &manifest(""));
+    p.file("data.csv", &two_label_csv(8))
+        .file("g.yaml", &manifest(""));
     // Only ingest runs: the warning is about the manifest, before anything runs.
     let out = p.pipe(&["run", "g.yaml", "ingest", "--executor", "slurm"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));

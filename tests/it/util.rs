@@ -111,3 +111,13 @@ pub fn status_of(report: &Value, name: &str) -> String {
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
+
+/// A CSV of `rows` texts (`row number N`) with labels `a` and `b` alternating.
+pub fn two_label_csv(rows: usize) -> String {
+    let mut text = String::from("text,label\n");
+    for i in 0..rows {
+        let label = ["a", "b"][i % 2];
+        text.push_str(&format!("row number {i},{label}\n"));
+    }
+    text
+}
