@@ -6,22 +6,14 @@ use pipe_engine::{Printer, Tone};
 use crate::Outcome;
 use crate::cli::TransferArgs;
 use crate::commands::gc::human_bytes;
-use crate::commands::remote::{locked_keys, require, transfer_bar};
-use crate::workspace;
+use crate::commands::remote::transfer;
 
 /// Downloads the results of the selected stages (default: all in the lockfile)
 /// into the local store.
 pub fn exec(args: TransferArgs, printer: &Printer) -> anyhow::Result<Outcome> {
-    let registry = pipe_stages::registry();
-    let (file, stages) = workspace::split_file_and_stages(&args.args)?;
-    let pipeline = workspace::load(&file, &registry, args.manifest.allow_outside)?;
-    let remote = require(&pipeline)?;
-    let store = workspace::open_store(&pipeline)?;
-    let keys = locked_keys(&pipeline, &stages)?;
-    let _lock = workspace::lock_store(&store, !args.no_wait, printer)?;
-    let bar = transfer_bar(printer, "Pulling");
-    let result = remote.pull(&store, &keys, &bar);
-    bar.finish_and_clear();
+    let (remote, result) = transfer(&args, printer, "Pulling", |remote, store, keys, bar| {
+        remote.pull(store, keys, bar)
+    })?;
     let report = match result {
         Ok(report) => report,
         Err(error) => {

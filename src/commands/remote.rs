@@ -6,8 +6,11 @@ use std::sync::Arc;
 
 use pipe_engine::lockfile::{LockFile, lock_path};
 use pipe_engine::remote::RemoteCache;
-use pipe_engine::{Digest, Pipeline, Printer, Reporter, UsageError};
+use pipe_engine::{Digest, Pipeline, Printer, Reporter, Store, UsageError};
 use pipe_remote::Remote;
+
+use crate::cli::TransferArgs;
+use crate::workspace;
 
 /// The remote of `pipeline` for a run or status (`None` with `--no-remote`
 /// or when none is named).
@@ -24,7 +27,7 @@ pub fn as_cache(remote: &Option<Arc<Remote>>) -> Option<Arc<dyn RemoteCache>> {
 }
 
 /// The remote of `pipeline`; naming none is a usage error.
-pub fn require(pipeline: &Pipeline<'_>) -> anyhow::Result<Remote> {
+fn require(pipeline: &Pipeline<'_>) -> anyhow::Result<Remote> {
     Remote::for_manifest(&pipeline.manifest)?.ok_or_else(|| {
         UsageError(format!(
             "{} names no remote cache; add `remote: s3://bucket/prefix` to it or set {}",
@@ -36,7 +39,7 @@ pub fn require(pipeline: &Pipeline<'_>) -> anyhow::Result<Remote> {
 }
 
 /// (stage, key) of `stages` (default: every stage) in the manifest's lockfile.
-pub fn locked_keys(
+fn locked_keys(
     pipeline: &Pipeline<'_>,
     stages: &[String],
 ) -> anyhow::Result<Vec<(String, Digest)>> {
@@ -78,6 +81,34 @@ pub fn locked_keys(
             }
         })
         .collect()
+}
+
+/// What `pipe push` and `pipe pull` share: the manifest's remote, the selected stages'
+/// keys from the lockfile, the store under its lock, and a byte progress bar labelled
+/// `label` around `transfer`. Returns the remote (for messages) and the transfer's result;
+/// an error before the transfer starts is the outer one.
+pub fn transfer<R>(
+    args: &TransferArgs,
+    printer: &Printer,
+    label: &str,
+    transfer: impl FnOnce(
+        &Remote,
+        &Store,
+        &[(String, Digest)],
+        &indicatif::ProgressBar,
+    ) -> anyhow::Result<R>,
+) -> anyhow::Result<(Remote, anyhow::Result<R>)> {
+    let registry = pipe_stages::registry();
+    let (file, stages) = workspace::split_file_and_stages(&args.args)?;
+    let pipeline = workspace::load(&file, &registry, args.manifest.allow_outside)?;
+    let remote = require(&pipeline)?;
+    let store = workspace::open_store(&pipeline)?;
+    let keys = locked_keys(&pipeline, &stages)?;
+    let _lock = workspace::lock_store(&store, !args.no_wait, printer)?;
+    let bar = transfer_bar(printer, label);
+    let result = transfer(&remote, &store, &keys, &bar);
+    bar.finish_and_clear();
+    Ok((remote, result))
 }
 
 /// A progress bar of bytes labelled `label` (hidden when output is not a terminal).
