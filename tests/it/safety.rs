@@ -25,7 +25,7 @@ fn trash_batches(p: &Project) -> Vec<(PathBuf, serde_json::Value)> {
 }
 
 /// The one trash batch holding `rel`, and the bytes kept there.
-fn trashed(p: &Project, rel: &str) -> (serde_json::Value, String) {
+pub(crate) fn trashed(p: &Project, rel: &str) -> (serde_json::Value, String) {
     let found: Vec<_> = trash_batches(p)
         .into_iter()
         .filter(|(_, note)| note["paths"].as_array().unwrap().iter().any(|x| x == rel))

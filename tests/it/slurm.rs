@@ -386,3 +386,27 @@ fn independent_stages_are_in_the_queue_together() {
         stage(&report, "right")["job_id"]
     );
 }
+
+/// The job runs the stage, but the parent prepares its outs: a file the user dropped into
+/// a folder out is kept in the trash, as in a local run, never deleted on the node.
+#[test]
+fn a_users_file_in_a_folder_out_goes_to_the_trash_when_the_stage_runs_as_a_job() {
+    cluster();
+    let p = Project::new();
+    let manifest = |word: &str| {
+        format!(
+            "pipeline: keep\nstages:\n  build:\n    run: mkdir -p build && echo {word} > build/made.txt\n    outs: [build]\n"
+        )
+    };
+    p.file("k.yaml", &manifest("one"));
+    run_slurm(&p, "k.yaml", 0);
+    p.file("build/mine.txt", "my notes");
+    p.file("k.yaml", &manifest("two"));
+    let report = run_slurm(&p, "k.yaml", 0);
+    assert_eq!(stage(&report, "build")["executor"], "slurm", "{report}");
+    assert_eq!(p.read("build/made.txt"), "two\n");
+    assert!(!p.path("build/mine.txt").exists());
+    let (note, bytes) = crate::safety::trashed(&p, "build/mine.txt");
+    assert_eq!(bytes, "my notes");
+    assert_eq!(note["stage"], "build", "{note}");
+}
