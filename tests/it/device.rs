@@ -14,7 +14,7 @@ use std::process::Output;
 
 use serde_json::Value;
 
-use crate::util::{Project, stderr};
+use crate::util::{Project, small_finetune_manifest, stderr};
 
 const SAMPLE: &str = include_str!("../../pipelines/data/student_questions.csv");
 
@@ -52,36 +52,9 @@ fn project(device: &str) -> Project {
     p.file("data/q.csv", SAMPLE);
     p.file(
         "dev.yaml",
-        &format!(
-            r#"pipeline: dev
-stages:
-  ingest:
-    source: data/q.csv
-  split:
-    from: ingest
-    test: 0.2
-    seed: 1
-  tokenize:
-    from: split
-    tokenizer: {{ train: {{ vocab_size: 400 }} }}
-    max_length: 32
-  finetune:
-    from: tokenize
-    model:
-      seed: 7
-      config:
-        hidden_size: 32
-        num_layers: 2
-        num_heads: 4
-        intermediate_size: 64
-        max_position_embeddings: 32
-        window_size: 8
-        attention_types: [[[global, local], 1]]
-    batch_size: 8
-    max_steps: 3
-    threads: 1
-    device: {device}
-"#
+        &small_finetune_manifest(
+            "dev",
+            &format!("    max_steps: 3\n    threads: 1\n    device: {device}\n"),
         ),
     );
     p

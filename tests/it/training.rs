@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::util::{Project, status_of};
+use crate::util::{Project, small_finetune_manifest, status_of};
 
 const SAMPLE: &str = include_str!("../../pipelines/data/student_questions.csv");
 
@@ -27,35 +27,9 @@ fn sample() -> String {
 /// Ingest → split → tokenize → finetune with a model small enough for a test, followed by
 /// `rest` (more finetune parameters, more stages).
 fn manifest(rest: &str) -> String {
-    format!(
-        r#"pipeline: train
-stages:
-  ingest:
-    source: data/q.csv
-  split:
-    from: ingest
-    test: 0.2
-    seed: 1
-  tokenize:
-    from: split
-    tokenizer: {{ train: {{ vocab_size: 400 }} }}
-    max_length: 32
-  finetune:
-    from: tokenize
-    model:
-      seed: 7
-      config:
-        hidden_size: 32
-        num_layers: 2
-        num_heads: 4
-        intermediate_size: 64
-        max_position_embeddings: 32
-        window_size: 8
-        attention_types: [[[global, local], 1]]
-    batch_size: 8
-    warmup_ratio: 0.1
-    threads: 1
-{rest}"#
+    small_finetune_manifest(
+        "train",
+        &format!("    warmup_ratio: 0.1\n    threads: 1\n{rest}"),
     )
 }
 

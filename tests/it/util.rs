@@ -121,3 +121,38 @@ pub fn two_label_csv(rows: usize) -> String {
     }
     text
 }
+
+/// Pipeline `name`: ingest of `data/q.csv` → split → tokenize → finetune of a GPT-Neo small
+/// enough for a test (hidden 32, 2 layers, batch 8), its finetune entry ending with `rest`
+/// (more parameters, more stages). The finetune's parameters after `batch_size` start on
+/// line 26.
+pub fn small_finetune_manifest(name: &str, rest: &str) -> String {
+    format!(
+        r#"pipeline: {name}
+stages:
+  ingest:
+    source: data/q.csv
+  split:
+    from: ingest
+    test: 0.2
+    seed: 1
+  tokenize:
+    from: split
+    tokenizer: {{ train: {{ vocab_size: 400 }} }}
+    max_length: 32
+  finetune:
+    from: tokenize
+    model:
+      seed: 7
+      config:
+        hidden_size: 32
+        num_layers: 2
+        num_heads: 4
+        intermediate_size: 64
+        max_position_embeddings: 32
+        window_size: 8
+        attention_types: [[[global, local], 1]]
+    batch_size: 8
+{rest}"#
+    )
+}
