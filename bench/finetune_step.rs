@@ -4,11 +4,13 @@
 //! and weight decay 0.01; warm-up steps untimed).
 //!
 //! Usage: `cargo run --release -p pipe-stages --example finetune_step -- tiny|125m [--steps N]
-//! [--warmup N] [--threads N] [--lora] [--save-graph FILE]`. Prints one JSON object (with the
-//! step graph's node count). `--lora` trains a LoRA adapter (r 8, alpha 16 on q_proj and
-//! v_proj; the base frozen, the head trained), as `bench/torch_finetune.py --lora` does with
-//! PEFT. `--save-graph` writes the step graph as an ONNX file, to profile it with ONNX
-//! Runtime's own tools.
+//! [--warmup N] [--threads N] [--lora] [--save-graph FILE] [--profile PREFIX]`. Prints one
+//! JSON object (with the step graph's node count). `--lora` trains a LoRA adapter (r 8,
+//! alpha 16 on q_proj and v_proj; the base frozen, the head trained), as
+//! `bench/torch_finetune.py --lora` does with PEFT. `--save-graph` writes the step graph as an
+//! ONNX file (its backward uses pipe's CPU kernels, domain `ai.pipe.host`, which only pipe
+//! registers); `--profile PREFIX` runs ONNX Runtime's profiler over every step and leaves
+//! its trace in `PREFIX_<timestamp>.json` for `bench/profile_step.py`.
 
 use std::time::Instant;
 
@@ -23,14 +25,23 @@ use serde_json::json;
 
 const NUM_LABELS: usize = 4;
 
-fn arg(args: &[String], flag: &str, default: usize) -> anyhow::Result<usize> {
+/// The value after `flag`, if `flag` is given.
+fn flag_value<'a>(args: &'a [String], flag: &str) -> anyhow::Result<Option<&'a str>> {
     match args.iter().position(|a| a == flag) {
-        Some(i) => Ok(args
-            .get(i + 1)
-            .ok_or_else(|| anyhow::anyhow!("{flag} needs a value"))?
-            .parse()?),
-        None => Ok(default),
+        Some(i) => match args.get(i + 1) {
+            Some(v) => Ok(Some(v)),
+            None => anyhow::bail!("{flag} needs a value"),
+        },
+        None => Ok(None),
     }
+}
+
+/// The number after `flag`, or `default`.
+fn arg(args: &[String], flag: &str, default: usize) -> anyhow::Result<usize> {
+    Ok(match flag_value(args, flag)? {
+        Some(v) => v.parse()?,
+        None => default,
+    })
 }
 
 fn main() -> anyhow::Result<()> {
@@ -82,14 +93,12 @@ fn main() -> anyhow::Result<()> {
         .graph
         .as_ref()
         .map_or(0, |g| g.node.len());
-    if let Some(i) = args.iter().position(|a| a == "--save-graph") {
-        let path = args
-            .get(i + 1)
-            .ok_or_else(|| anyhow::anyhow!("--save-graph needs a file"))?;
+    if let Some(path) = flag_value(&args, "--save-graph")? {
         step.model.save(std::path::Path::new(path), None)?;
     }
     let opts = SessionOptions {
         intra_threads: Some(threads),
+        profile_prefix: flag_value(&args, "--profile")?.map(std::path::PathBuf::from),
         ..SessionOptions::default()
     };
     let session = Session::from_model(&step.model, &opts)?;

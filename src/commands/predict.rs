@@ -93,6 +93,7 @@ pub fn open_bundle(dir: &Path, device: Device, threads: Option<usize>) -> anyhow
         graph_cache_dir: None,
         // Inference keeps full fp32 matrix products, as the exported model specifies.
         cuda: CudaOptions { tf32: false },
+        profile_prefix: None,
     };
     Bundle::open(dir, &options).with_context(|| format!("cannot open the bundle {}", dir.display()))
 }

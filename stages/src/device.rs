@@ -83,6 +83,7 @@ pub(crate) fn session_options(
         intra_threads: threads,
         graph_cache_dir: None,
         cuda: CudaOptions { tf32 },
+        profile_prefix: None,
     })
 }
 

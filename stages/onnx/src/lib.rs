@@ -59,7 +59,9 @@ pub mod proto;
 pub mod runtime;
 
 pub use autodiff::gradients;
-pub use builder::{DType, Dim, Graph, Model, Reduction, Tensor, TensorData};
+pub use builder::{
+    DType, Dim, Graph, HOST_KERNELS_DOMAIN, Kernels, Model, Reduction, Tensor, TensorData,
+};
 pub use error::{Error, Result};
 pub use flat::{FlatEntry, FlatLayout, FlatState, GradSignature, build_gradient_step};
 pub use optim::{AdamW, StateKind, StateSlot, StepSignature, TrainParam};

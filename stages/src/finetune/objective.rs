@@ -7,6 +7,7 @@
 
 use anyhow::{Result, bail};
 use pipe_engine::ParamError;
+use pipe_onnx::Kernels;
 
 use super::data::{Labels, TokenTable};
 use super::params::{ClassWeightRule, ClassWeights, Params};
@@ -21,6 +22,9 @@ pub struct StepOptions {
     pub loss: CrossEntropy,
     /// The dropout sites.
     pub dropout: DropoutPlan,
+    /// Which operators the backward pass may use: pipe's fused CPU kernels by default;
+    /// training picks them by the device the step runs on (standard operators on CUDA).
+    pub kernels: Kernels,
 }
 
 impl StepOptions {
@@ -29,6 +33,7 @@ impl StepOptions {
         StepOptions {
             loss: CrossEntropy::default(),
             dropout: DropoutPlan::new(config, DropoutRates::default()),
+            kernels: Kernels::Host,
         }
     }
 
@@ -79,6 +84,7 @@ impl StepOptions {
         Ok(StepOptions {
             loss,
             dropout: DropoutPlan::new(config, rates).with_lora(config, params.lora.as_ref()),
+            kernels: Kernels::Host,
         })
     }
 }

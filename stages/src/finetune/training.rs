@@ -10,7 +10,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use pipe_engine::Reporter;
 use pipe_onnx::{
-    AdamW, GradSignature, Graph, HostTensor, MemoryStats, Session, StepTrainer,
+    AdamW, GradSignature, Graph, HostTensor, Kernels, MemoryStats, Session, StepTrainer,
     build_gradient_step, step_trainer,
 };
 use serde_json::json;
@@ -99,6 +99,10 @@ impl<'a> Training<'a> {
         let opts = params.session_options()?;
         let config = &start.config;
         let lora = params.lora.as_ref();
+        let options = StepOptions {
+            kernels: Kernels::for_device(opts.device),
+            ..options
+        };
         let step = StepGraph::compile_with(config, problem, &options, lora)?;
         // Parameters with a gradient go to the flat state; the rest (the base model under
         // LoRA) are bound read-only.
@@ -458,6 +462,7 @@ impl StepGraph {
             let head = GptNeoForSequenceClassification::HEAD_PARAMS;
             train.retain(|p| lora::is_trained(g.name(p.tensor), head));
         }
+        g.set_kernels(options.kernels);
         let signature = build_gradient_step(&mut g, loss, &train)?;
         Ok(StepGraph {
             model: g.build()?,

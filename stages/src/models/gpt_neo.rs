@@ -256,8 +256,13 @@ fn dim(n: usize) -> i64 {
 
 // ---- blocks ----------------------------------------------------------------------------------
 
-/// Masks shared by every layer of one forward pass, `[batch, 1, seq, seq]` booleans
-/// (true = visible), built once by [`GptNeoModel::forward`].
+/// Attention masks shared by every layer of one forward pass, built once by
+/// [`GptNeoModel::forward`]: `[batch, 1, seq, seq]` floats added to the scores, 0 where the key
+/// is visible and `f32::MIN` where it is not. Adding them gives exactly what transformers'
+/// `where(mask, scores, f32::MIN)` gives (a score below 1e31 in magnitude is under half a
+/// rounding step of `f32::MIN`), masked keys get probability 0 and so gradient 0, and the
+/// backward pass needs no `Where`. (A row with no visible key is a padded query, whose output
+/// reaches neither real tokens nor the pooled state, so its gradient is 0 either way.)
 struct Masks {
     global: Tensor,
     local: Option<Tensor>,
@@ -348,8 +353,7 @@ impl Attention {
             let v = split_heads(g, self.v_proj, self.lora[2].as_ref())?;
             let kt = g.transpose(k, &[0, 1, 3, 2])?; // [b, heads, head_dim, s]
             let scores = g.matmul(q, kt)?; // [b, heads, s, s], unscaled (M:112)
-            let min = g.scalar(DType::F32, f64::from(f32::MIN));
-            let scores = g.where_(mask, scores, min)?;
+            let scores = g.add(scores, mask)?;
             let probs = g.softmax(scores, -1)?;
             let probs = dropout.apply(g, &self.path.join("attn_dropout"), probs)?;
             let ctx = g.matmul(probs, v)?; // [b, heads, s, head_dim]
@@ -667,6 +671,13 @@ impl GptNeoModel {
                     Some(g.and(local, real)?)
                 } else {
                     None
+                };
+                let zero = g.scalar(DType::F32, 0.0);
+                let min = g.scalar(DType::F32, f64::from(f32::MIN));
+                let global = g.where_(global, zero, min)?;
+                let local = match local {
+                    Some(local) => Some(g.where_(local, zero, min)?),
+                    None => None,
                 };
                 Ok(Masks { global, local })
             })?;

@@ -14,8 +14,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use pipe_onnx::{
-    AdamW, DType, FlatTrainer, Graph, HostTensor, Session, SessionOptions, build_gradient_step,
-    gradients,
+    AdamW, DType, FlatTrainer, Graph, HOST_KERNELS_DOMAIN, HostTensor, Kernels, Session,
+    SessionOptions, build_gradient_step, gradients,
 };
 use pipe_stages::models::dropout::{DropoutPlan, DropoutRates};
 use pipe_stages::models::gpt_neo::{
@@ -369,9 +369,20 @@ fn expected_logits() -> Vec<f32> {
     expected().remove("logits").unwrap().1
 }
 
-/// The gradient of every parameter, and the clipping of their global norm.
+/// The gradient of every parameter, and the clipping of their global norm, with standard
+/// ONNX operators only (what CUDA runs).
 #[test]
 fn gpt_neo_gradients_match_transformers() {
+    check_gradients(Kernels::Standard);
+}
+
+/// The same with pipe's fused CPU kernels in the backward pass (what the CPU runs).
+#[test]
+fn gpt_neo_gradients_match_transformers_with_cpu_kernels() {
+    check_gradients(Kernels::Host);
+}
+
+fn check_gradients(kernels: Kernels) {
     let Setup {
         mut g,
         model,
@@ -380,11 +391,24 @@ fn gpt_neo_gradients_match_transformers() {
         ..
     } = setup("gpt_neo_grad", ProblemType::SingleLabelClassification);
     let exp = expected();
+    g.set_kernels(kernels);
     g.output(loss, "loss").unwrap();
     let grads = gradients(&mut g, loss, model.param_tensors()).unwrap();
     for (spec, &gr) in model.params().iter().zip(&grads) {
         g.output(gr, &format!("grad.{}", spec.name)).unwrap();
     }
+    let built = g.build().unwrap();
+    let fused = built.proto().graph.as_ref().unwrap().node.iter();
+    let fused: Vec<_> = fused
+        .filter(|n| n.domain.as_deref() == Some(HOST_KERNELS_DOMAIN))
+        .filter_map(|n| n.op_type.clone())
+        .collect();
+    // Two layers: a GELU and two LayerNorms each, and the final LayerNorm.
+    let want = match kernels {
+        Kernels::Host => 7,
+        Kernels::Standard => 0,
+    };
+    assert_eq!(fused.len(), want, "fused CPU nodes: {fused:?}");
     let out = run(&mut session(&g), &feeds);
 
     assert_eq!(model.params().len(), 31);

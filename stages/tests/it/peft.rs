@@ -240,6 +240,7 @@ fn lora_dropout_with_fixed_masks_matches_peft() {
     let options = StepOptions {
         loss: CrossEntropy::default(),
         dropout: DropoutPlan::new(&config, DropoutRates::default()).with_lora(&config, Some(&lora)),
+        ..StepOptions::plain(&config)
     };
     let problem = ProblemType::SingleLabelClassification;
     let step = StepGraph::compile_with(&config, problem, &options, Some(&lora)).unwrap();

@@ -2,7 +2,7 @@
 //! output, `gy` the gradient flowing into `y`, `unb(t, a)` sums `t` back to `a`'s shape.
 
 use super::unbroadcast as unb;
-use crate::builder::{DType, Graph, Node, Reduction, Tensor};
+use crate::builder::{DType, Graph, Kernels, Node, Reduction, Tensor};
 use crate::{Error, Result};
 
 type Grads = Vec<Option<Tensor>>;
@@ -296,12 +296,17 @@ fn split(g: &mut Graph, node: &Node, gy: &[Option<Tensor>]) -> Result<Grads> {
 /// - `approximate="none"`: y = x Φ(x); dy/dx = Φ(x) + x φ(x), φ(x) = exp(-x²/2) / sqrt(2π).
 /// - `approximate="tanh"`: y = ½ x (1 + t), t = tanh(u), u = c (x + 0.044715 x³), c = sqrt(2/π);
 ///   dy/dx = ½ (1 + t) + ½ x (1 - t²) c (1 + 3·0.044715 x²).
+/// With [`Kernels::Host`] the tanh form is one fused CPU node.
 fn gelu(g: &mut Graph, node: &Node, x: Tensor, gy: Tensor) -> Result<Tensor> {
+    let tanh = node.attr_string("approximate") == Some("tanh");
+    if tanh && g.kernels() == Kernels::Host && x.dtype() == DType::F32 {
+        return g.gelu_tanh_grad(x, gy);
+    }
     let dt = x.dtype();
     let half = g.scalar(dt, 0.5);
     let one = g.scalar(dt, 1.0);
     let x2 = g.mul(x, x)?;
-    let d = if node.attr_string("approximate") == Some("tanh") {
+    let d = if tanh {
         let c = g.scalar(dt, (2.0 / std::f64::consts::PI).sqrt());
         let k = g.scalar(dt, 0.044715);
         let k3 = g.scalar(dt, 3.0 * 0.044715);
@@ -363,12 +368,25 @@ fn matmul(g: &mut Graph, node: &Node, gy: Tensor, need: &[bool]) -> Result<Grads
         out[0] = Some(unb(g, t, a)?);
     }
     if need[1] {
-        if g.rank(b) == 2 && g.rank(a) > 2 {
-            let k = g.shape(a)[g.rank(a) - 1].clone();
-            let n = g.shape(gy)[g.rank(gy) - 1].clone();
-            let a2 = g.reshape(a, &[crate::Dim::Fixed(-1), k])?;
-            let g2 = g.reshape(gy, &[crate::Dim::Fixed(-1), n])?;
-            out[1] = Some(g.gemm(a2, g2, None, 1.0, 0.0, true, false)?);
+        if g.rank(b) == 2 {
+            let (a2, g2) = if g.rank(a) > 2 {
+                let k = g.shape(a)[g.rank(a) - 1].clone();
+                let n = g.shape(gy)[g.rank(gy) - 1].clone();
+                (
+                    g.reshape(a, &[crate::Dim::Fixed(-1), k])?,
+                    g.reshape(gy, &[crate::Dim::Fixed(-1), n])?,
+                )
+            } else {
+                (a, gy)
+            };
+            out[1] = Some(if is_matrix_transpose(g, b) {
+                // b = wᵀ (a linear layer): dw = gyᵀ a in w's layout, handed back as its
+                // transpose, which the `Transpose` rule turns back into dw without a node.
+                let dw = g.gemm(g2, a2, None, 1.0, 0.0, true, false)?;
+                g.transpose(dw, &[1, 0])?
+            } else {
+                g.gemm(a2, g2, None, 1.0, 0.0, true, false)?
+            });
         } else {
             let at = mt(g, a)?;
             let t = g.matmul(at, gy)?;
@@ -376,6 +394,14 @@ fn matmul(g: &mut Graph, node: &Node, gy: Tensor, need: &[bool]) -> Result<Grads
         }
     }
     Ok(out)
+}
+
+/// Whether `t` is a matrix transposed by a `Transpose` node.
+fn is_matrix_transpose(g: &Graph, t: Tensor) -> bool {
+    g.values[t.index()].producer.is_some_and(|p| {
+        let node = &g.nodes[p];
+        node.op == "Transpose" && node.attr_ints("perm") == Some(&[1, 0][..])
+    })
 }
 
 /// `Gemm`, y = α A'B' + β C with A' = op(A), B' = op(B):
@@ -494,7 +520,8 @@ fn reduce(g: &mut Graph, node: &Node, gy: Tensor) -> Result<Tensor> {
 /// `LayerNormalization` over the axes `A` from `axis` on, with x̂ = (x - μ) σ⁻¹ (the node's own
 /// `Mean` and `InvStdDev` outputs) and y = x̂ γ + β:
 /// dγ = Σ_lead gy x̂, dβ = Σ_lead gy,
-/// dx = σ⁻¹ (ĝ - mean_A(ĝ) - x̂ mean_A(ĝ x̂)) with ĝ = gy γ.
+/// dx = σ⁻¹ (ĝ - mean_A(ĝ) - x̂ mean_A(ĝ x̂)) with ĝ = gy γ (one fused CPU node with
+/// [`Kernels::Host`] when `A` is the last axis).
 fn layer_norm(g: &mut Graph, node: &Node, gy: Tensor, need: &[bool]) -> Result<Grads> {
     let x = node.input(0);
     let scale = node.input(1);
@@ -519,7 +546,14 @@ fn layer_norm(g: &mut Graph, node: &Node, gy: Tensor, need: &[bool]) -> Result<G
     let lead: Vec<i64> = (0..ax as i64).collect();
     let norm: Vec<i64> = (ax as i64..rank as i64).collect();
     let mut out = vec![None; node.inputs.len()];
-    if need[0] {
+    let fused = g.kernels() == Kernels::Host
+        && ax + 1 == rank
+        && dt == DType::F32
+        && g.rank(scale) == 1
+        && scale.dtype() == DType::F32;
+    if need[0] && fused {
+        out[0] = Some(g.layer_norm_grad(gy, x, scale, mean, inv)?);
+    } else if need[0] {
         let gh = g.mul(gy, scale)?;
         let m1 = g.reduce_mean(gh, &norm, true)?;
         let ghx = g.mul(gh, xhat)?;

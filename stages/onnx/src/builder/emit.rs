@@ -220,7 +220,8 @@ impl Graph {
     }
 
     /// Finishes the graph: nodes no output depends on are dropped, and the result is an ONNX
-    /// model (opset 20, domain `ai.onnx`) whose every output carries its type and rank.
+    /// model (opset 20, domain `ai.onnx`, plus pipe's CPU kernels when a backward rule used
+    /// them, see [`super::Kernels`]) whose every output carries its type and rank.
     pub fn build(&self) -> Result<Model> {
         if self.outputs().is_empty() {
             return Err(Error::Build {
@@ -249,9 +250,24 @@ impl Graph {
                 op_type: Some(n.op.to_string()),
                 attribute: n.attrs.iter().map(|(k, a)| attr_proto(k, a)).collect(),
                 doc_string: None,
-                domain: None,
+                domain: (!n.domain.is_empty()).then(|| n.domain.to_string()),
             })
             .collect();
+        let uses_host_kernels = self
+            .nodes
+            .iter()
+            .zip(&live)
+            .any(|(n, l)| *l && n.domain == super::HOST_KERNELS_DOMAIN);
+        let mut opset_import = vec![proto::OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(OPSET),
+        }];
+        if uses_host_kernels {
+            opset_import.push(proto::OperatorSetIdProto {
+                domain: Some(super::HOST_KERNELS_DOMAIN.to_string()),
+                version: Some(1),
+            });
+        }
         let graph = proto::GraphProto {
             node,
             name: Some(self.name.clone()),
@@ -274,10 +290,7 @@ impl Graph {
                 model_version: None,
                 doc_string: None,
                 graph: Some(graph),
-                opset_import: vec![proto::OperatorSetIdProto {
-                    domain: Some(String::new()),
-                    version: Some(OPSET),
-                }],
+                opset_import,
                 metadata_props: vec![],
             },
         })

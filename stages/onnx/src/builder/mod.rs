@@ -10,6 +10,7 @@
 //! `Reshape`/`Expand` targets and backward rules handle sizes unknown when building.
 
 mod emit;
+mod host_ops;
 mod ops;
 mod ops_shape;
 mod types;
@@ -17,6 +18,7 @@ mod types;
 use std::collections::BTreeMap;
 
 pub use emit::Model;
+pub use host_ops::{HOST_KERNELS_DOMAIN, Kernels};
 pub(crate) use ops::norm_axis;
 pub use ops_shape::Reduction;
 pub use types::{DType, Dim, TensorData, shape_string};
@@ -76,6 +78,8 @@ pub(crate) struct ValueInfo {
 #[derive(Clone, Debug)]
 pub(crate) struct Node {
     pub op: &'static str,
+    /// The operator set: `""` for ONNX's own, [`HOST_KERNELS_DOMAIN`] for pipe's CPU kernels.
+    pub domain: &'static str,
     pub name: String,
     /// `None` marks an omitted optional input.
     pub inputs: Vec<Option<Tensor>>,
@@ -136,6 +140,7 @@ pub struct Graph {
     consts: BTreeMap<(DType, Vec<i64>, Vec<u8>), Tensor>,
     sym_sources: BTreeMap<String, (Tensor, usize)>,
     unknown_dims: usize,
+    kernels: Kernels,
 }
 
 impl Graph {
@@ -307,6 +312,7 @@ impl Graph {
         let t = self.new_value(name.clone(), data.dtype(), shape, None, Some(data.clone()));
         let node = Node {
             op: "Constant",
+            domain: "",
             name,
             inputs: vec![],
             outputs: vec![t],
@@ -450,6 +456,7 @@ impl Graph {
             .collect();
         self.nodes.push(Node {
             op,
+            domain: "",
             name,
             inputs,
             outputs: outs.clone(),

@@ -101,8 +101,13 @@ impl Graph {
         Ok(self.push1("Reshape", &[x, target], vec![], x.dtype(), out))
     }
 
-    /// `Transpose` with permutation `perm`.
+    /// `Transpose` with permutation `perm`. Transposing back what a `Transpose` node just
+    /// transposed returns that node's input: no node is added (the backward pass of a linear
+    /// layer relies on this to hand out its weight gradient in the weight's own layout).
     pub fn transpose(&mut self, x: Tensor, perm: &[i64]) -> Result<Tensor> {
+        if let Some(source) = self.transposed_back(x, perm) {
+            return Ok(source);
+        }
         let xs = self.shape(x).to_vec();
         let mut seen = vec![false; xs.len()];
         let mut shape = Vec::with_capacity(xs.len());
@@ -136,6 +141,20 @@ impl Graph {
             x.dtype(),
             shape,
         ))
+    }
+
+    /// The input of the `Transpose` node that produced `x`, when `perm` undoes it.
+    fn transposed_back(&self, x: Tensor, perm: &[i64]) -> Option<Tensor> {
+        let node = &self.nodes[self.values[x.index()].producer?];
+        if node.op != "Transpose" {
+            return None;
+        }
+        let first = node.attr_ints("perm")?;
+        let undone = first.len() == perm.len()
+            && perm.iter().enumerate().all(|(i, &p)| {
+                usize::try_from(p).ok().and_then(|p| first.get(p)) == Some(&(i as i64))
+            });
+        if undone { node.inputs[0] } else { None }
     }
 
     /// `Unsqueeze`: inserts size-1 axes at `axes` (positions in the output).

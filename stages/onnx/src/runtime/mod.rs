@@ -20,6 +20,7 @@ mod device;
 mod device_trainer;
 mod flat_trainer;
 mod host;
+mod host_kernels;
 pub mod library;
 mod memory;
 mod step_trainer;
@@ -325,6 +326,10 @@ pub struct SessionOptions {
     pub graph_cache_dir: Option<PathBuf>,
     /// CUDA provider options (used when `device` is CUDA).
     pub cuda: CudaOptions,
+    /// When set, ONNX Runtime's profiler records every kernel and writes its trace to
+    /// `<prefix>_<timestamp>.json` when the session is dropped (`bench/profile_step.py`
+    /// reads it).
+    pub profile_prefix: Option<PathBuf>,
 }
 
 /// A model loaded in ONNX Runtime.
@@ -409,6 +414,18 @@ impl Session {
             b = b
                 .with_intra_threads(n)
                 .ort_context(|| format!("failed to set {n} intra-op threads"))?;
+        }
+        if let Some(prefix) = &opts.profile_prefix {
+            b = b
+                .with_profiling(prefix)
+                .ort_context(|| format!("failed to profile into `{}`", prefix.display()))?;
+        }
+        if opts.device == Device::Cpu {
+            let kernels = host_kernels::domain()
+                .ort_context(|| "failed to register pipe's CPU kernels".into())?;
+            b = b
+                .with_operators(kernels)
+                .ort_context(|| "failed to register pipe's CPU kernels".into())?;
         }
         if let Device::Cuda(ordinal) = opts.device {
             probe(opts.device)?;

@@ -1,0 +1,115 @@
+//! Fused backward operators that run on the CPU only: pipe's own kernels
+//! (`crate::runtime::host_kernels`), registered with every CPU [`crate::Session`].
+//!
+//! Stock ONNX Runtime has no gradient operators, so a backward rule written in standard ONNX
+//! becomes a chain of elementwise nodes, each one a pass over memory (the tanh GELU's
+//! derivative is 18 of them over the MLP's widest tensor). On the CPU, where those passes
+//! cost about as much as the layer's matrix products, [`Kernels::Host`] lets the rules emit
+//! one fused node instead. A graph that uses them runs only in this crate's CPU sessions,
+//! so the choice belongs to whoever picks the device; CUDA keeps the standard nodes.
+
+use super::{Dim, Graph, Tensor};
+use crate::{DType, Result};
+
+/// The operator-set domain of pipe's CPU kernels.
+pub const HOST_KERNELS_DOMAIN: &str = "ai.pipe.host";
+
+/// Which operators the backward rules may emit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Kernels {
+    /// Standard ONNX operators only: the graph runs anywhere.
+    #[default]
+    Standard,
+    /// Also pipe's fused CPU kernels ([`HOST_KERNELS_DOMAIN`]): faster backward passes, for
+    /// graphs run on the CPU by this crate.
+    Host,
+}
+
+impl Kernels {
+    /// The fastest choice for graphs run on `device`.
+    pub fn for_device(device: crate::Device) -> Self {
+        match device {
+            crate::Device::Cpu => Kernels::Host,
+            crate::Device::Cuda(_) => Kernels::Standard,
+        }
+    }
+}
+
+impl Graph {
+    /// Lets the backward rules use `kernels` from now on.
+    pub fn set_kernels(&mut self, kernels: Kernels) {
+        self.kernels = kernels;
+    }
+
+    /// Which operators the backward rules may emit.
+    pub fn kernels(&self) -> Kernels {
+        self.kernels
+    }
+
+    /// `GeluTanhGrad(x, gy)`: `gy · gelu_tanh'(x)`, f32 tensors of one shape.
+    pub(crate) fn gelu_tanh_grad(&mut self, x: Tensor, gy: Tensor) -> Result<Tensor> {
+        self.same_f32("GeluTanhGrad", &[x, gy])?;
+        let shape = self.shape(x).to_vec();
+        Ok(self.push_host("GeluTanhGrad", &[x, gy], vec![], shape))
+    }
+
+    /// `LayerNormGrad(gy, x, scale, mean, inv_std)`: the input gradient of a LayerNormalization
+    /// over the last axis, `inv_std (ĝ - mean(ĝ) - x̂ mean(ĝ x̂))` with `ĝ = gy scale` and
+    /// `x̂ = (x - mean) inv_std`; `mean`/`inv_std` are the forward node's statistics (last
+    /// axis of size 1), `scale` is 1-D.
+    pub(crate) fn layer_norm_grad(
+        &mut self,
+        gy: Tensor,
+        x: Tensor,
+        scale: Tensor,
+        mean: Tensor,
+        inv_std: Tensor,
+    ) -> Result<Tensor> {
+        self.same_f32("LayerNormGrad", &[gy, x])?;
+        let rank = self.rank(x);
+        let width = self.shape(x)[rank - 1].clone();
+        let stats_ok = [mean, inv_std].iter().all(|&s| {
+            s.dtype() == DType::F32
+                && self.rank(s) == rank
+                && self.shape(s)[rank - 1] == Dim::Fixed(1)
+        });
+        if !stats_ok || self.shape(scale) != [width] || scale.dtype() != DType::F32 {
+            return Err(self.err(
+                "LayerNormGrad",
+                "needs f32 statistics of shape [..., 1] and a 1-D f32 scale over the last axis",
+            ));
+        }
+        let shape = self.shape(x).to_vec();
+        Ok(self.push_host(
+            "LayerNormGrad",
+            &[gy, x, scale, mean, inv_std],
+            vec![],
+            shape,
+        ))
+    }
+
+    fn same_f32(&self, op: &str, ts: &[Tensor]) -> Result<()> {
+        let shape = self.shape(ts[0]);
+        if ts
+            .iter()
+            .any(|&t| t.dtype() != DType::F32 || self.shape(t) != shape)
+        {
+            return Err(self.err(op, "needs f32 tensors of one shape"));
+        }
+        Ok(())
+    }
+
+    fn push_host(
+        &mut self,
+        op: &'static str,
+        inputs: &[Tensor],
+        attrs: Vec<(&'static str, super::Attr)>,
+        shape: Vec<Dim>,
+    ) -> Tensor {
+        let y = self.push1(op, inputs, attrs, DType::F32, shape);
+        if let Some(node) = self.nodes.last_mut() {
+            node.domain = HOST_KERNELS_DOMAIN;
+        }
+        y
+    }
+}

@@ -1,0 +1,178 @@
+//! The arithmetic of pipe's CPU kernels, on plain slices: branch-free loops the compiler
+//! vectorises, each output element (or LayerNorm row) computed on its own, so the result does
+//! not depend on how the work is split between threads.
+
+/// `e^x` in f32 (Cephes' `expf`: `x = n ln 2 + r`, `|r| ≤ ln 2 / 2`, `e^r` by a degree-5
+/// polynomial; within 2 ulp of the true value), `x` clamped to `[-87, 88]` so `2^n` stays a
+/// normal float. Written without branches so loops calling it vectorise.
+#[inline(always)]
+pub(crate) fn exp(x: f32) -> f32 {
+    const SHIFTER: f32 = 12_582_912.0; // 1.5 · 2^23: adding it rounds to an integer
+    let x = x.clamp(-87.0, 88.0);
+    let n = (x * std::f32::consts::LOG2_E + SHIFTER) - SHIFTER;
+    let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
+    let p = ((((1.987_569_2e-4 * r + 1.398_2e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
+        + 0.166_666_65)
+        * r
+        + 0.5;
+    let er = p * r * r + r + 1.0;
+    er * f32::from_bits(((n as i32 + 127) << 23) as u32)
+}
+
+/// `√(2/π)` and the cubic coefficient of the tanh GELU (transformers' `gelu_new`).
+const C: f32 = 0.797_884_6;
+const K: f32 = 0.044_715;
+
+/// `out = gy · d/dx gelu_tanh(x)`, with `gelu_tanh(x) = ½ x (1 + tanh(u))`,
+/// `u = √(2/π) (x + 0.044715 x³)`. Written through `s = sigmoid(2u) = ½ (1 + tanh u)`:
+/// `1 - tanh² u = 4 s (1 - s)`, so the derivative is `s + 2 √(2/π) x s (1 - s) (1 + 3·0.044715 x²)`.
+pub(crate) fn gelu_tanh_grad(x: &[f32], gy: &[f32], out: &mut [f32]) {
+    for ((o, &x), &g) in out.iter_mut().zip(x).zip(gy) {
+        let x2 = x * x;
+        let v = 2.0 * C * x * (1.0 + K * x2);
+        let s = 1.0 / (1.0 + exp(-v));
+        let d = s + 2.0 * C * x * s * (1.0 - s) * (1.0 + 3.0 * K * x2);
+        *o = g * d;
+    }
+}
+
+/// The input gradient of a LayerNormalization over rows of `scale.len()` values:
+/// for each row, `ĝ = gy · scale`, `x̂ = (x - mean) inv_std`,
+/// `out = inv_std (ĝ - mean(ĝ) - x̂ mean(ĝ x̂))`. `mean` and `inv_std` hold one value per row.
+pub(crate) fn layer_norm_grad(
+    gy: &[f32],
+    x: &[f32],
+    scale: &[f32],
+    mean: &[f32],
+    inv_std: &[f32],
+    out: &mut [f32],
+) {
+    let width = scale.len();
+    let rows = gy
+        .chunks_exact(width)
+        .zip(x.chunks_exact(width))
+        .zip(out.chunks_exact_mut(width))
+        .zip(mean.iter().zip(inv_std));
+    for (((gy, x), out), (&mu, &inv)) in rows {
+        // ĝ into `out`, and the sums of ĝ and ĝ x̂ in 8 lanes (vectorised; totalled in f64).
+        let mut sum_g = [0f32; LANES];
+        let mut sum_gx = [0f32; LANES];
+        let mut lane = |o: &mut [f32], g: &[f32], s: &[f32], x: &[f32]| {
+            for l in 0..o.len() {
+                let gh = g[l] * s[l];
+                o[l] = gh;
+                sum_g[l] += gh;
+                sum_gx[l] += gh * ((x[l] - mu) * inv);
+            }
+        };
+        let body = width - width % LANES;
+        for i in (0..body).step_by(LANES) {
+            let r = i..i + LANES;
+            lane(
+                &mut out[r.clone()],
+                &gy[r.clone()],
+                &scale[r.clone()],
+                &x[r],
+            );
+        }
+        lane(&mut out[body..], &gy[body..], &scale[body..], &x[body..]);
+        let n = width as f64;
+        let total = |v: &[f32]| v.iter().map(|&v| f64::from(v)).sum::<f64>();
+        let m1 = (total(&sum_g) / n) as f32;
+        let m2 = (total(&sum_gx) / n) as f32;
+        for (o, &x) in out.iter_mut().zip(x) {
+            let xh = (x - mu) * inv;
+            *o = inv * (*o - m1 - xh * m2);
+        }
+    }
+}
+
+/// Lanes of the LayerNorm row sums.
+const LANES: usize = 8;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Inputs from -12 to 12 (both tails of the GELU and of e^x).
+    fn grid() -> Vec<f32> {
+        (0..4801).map(|i| -12.0 + i as f32 * 0.005).collect()
+    }
+
+    #[test]
+    fn exp_is_within_two_ulp_of_libm() {
+        for x in (0..35_001).map(|i| -87.0 + i as f32 * 0.005) {
+            let want = f64::from(x).exp();
+            let got = f64::from(exp(x));
+            let ulp = f64::from(f32::EPSILON) * want;
+            assert!(
+                (got - want).abs() <= 2.0 * ulp,
+                "exp({x}) = {got}, want {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn gelu_tanh_grad_matches_the_tanh_derivative_in_f64() {
+        let x = grid();
+        let gy: Vec<f32> = x.iter().map(|v| 0.5 - v / 7.0).collect();
+        let mut out = vec![0.0; x.len()];
+        gelu_tanh_grad(&x, &gy, &mut out);
+        for ((&x, &g), &o) in x.iter().zip(&gy).zip(&out) {
+            let (x, g) = (f64::from(x), f64::from(g));
+            let c = (2.0 / std::f64::consts::PI).sqrt();
+            let t = (c * (x + 0.044715 * x * x * x)).tanh();
+            let d = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * c * (1.0 + 3.0 * 0.044715 * x * x);
+            let want = g * d;
+            assert!(
+                (f64::from(o) - want).abs() <= 1e-6 * (1.0 + want.abs()),
+                "x {x}: {o} vs {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn layer_norm_grad_matches_the_formula_in_f64() {
+        let width = 37;
+        let rows = 5;
+        let x: Vec<f32> = (0..rows * width)
+            .map(|i| ((i * 7919) % 101) as f32 / 13.0 - 3.0)
+            .collect();
+        let gy: Vec<f32> = (0..rows * width)
+            .map(|i| ((i * 104_729) % 97) as f32 / 29.0 - 1.5)
+            .collect();
+        let scale: Vec<f32> = (0..width).map(|i| 0.5 + i as f32 / 40.0).collect();
+        let (mut mean, mut inv) = (vec![], vec![]);
+        for row in x.chunks(width) {
+            let m = row.iter().map(|&v| f64::from(v)).sum::<f64>() / width as f64;
+            let var = row.iter().map(|&v| (f64::from(v) - m).powi(2)).sum::<f64>() / width as f64;
+            mean.push(m as f32);
+            inv.push((1.0 / (var + 1e-5).sqrt()) as f32);
+        }
+        let mut out = vec![0.0; x.len()];
+        layer_norm_grad(&gy, &x, &scale, &mean, &inv, &mut out);
+        for r in 0..rows {
+            let (mu, iv) = (f64::from(mean[r]), f64::from(inv[r]));
+            let row = r * width..(r + 1) * width;
+            let gh: Vec<f64> = gy[row.clone()]
+                .iter()
+                .zip(&scale)
+                .map(|(&g, &s)| f64::from(g) * f64::from(s))
+                .collect();
+            let xh: Vec<f64> = x[row.clone()]
+                .iter()
+                .map(|&v| (f64::from(v) - mu) * iv)
+                .collect();
+            let m1 = gh.iter().sum::<f64>() / width as f64;
+            let m2 = gh.iter().zip(&xh).map(|(a, b)| a * b).sum::<f64>() / width as f64;
+            for j in 0..width {
+                let want = iv * (gh[j] - m1 - xh[j] * m2);
+                let got = f64::from(out[r * width + j]);
+                assert!(
+                    (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                    "row {r} col {j}: {got} vs {want}"
+                );
+            }
+        }
+    }
+}

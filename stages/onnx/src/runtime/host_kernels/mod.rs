@@ -1,0 +1,188 @@
+//! pipe's fused CPU kernels (domain [`HOST_KERNELS_DOMAIN`]), registered with every CPU
+//! [`Session`](super::Session): the backward operators [`Kernels::Host`](crate::Kernels) lets
+//! the autodiff rules emit. Each kernel splits its work into fixed chunks run on ONNX
+//! Runtime's own intra-op threads, so results are the same for any thread count.
+//!
+//! - `GeluTanhGrad(x, gy) → gx`: the tanh GELU's input gradient (one pass instead of 18).
+//! - `LayerNormGrad(gy, x, scale, mean, inv_std) → gx`: a last-axis LayerNormalization's input
+//!   gradient (one pass per row instead of 11 nodes).
+
+mod math;
+
+use ort::operator::{
+    ComputeContext, Kernel, KernelContext, Operator, OperatorDomain, OperatorInput, OperatorOutput,
+};
+use ort::value::{TensorElementType, ValueRef};
+
+use crate::builder::HOST_KERNELS_DOMAIN;
+
+/// The domain with every kernel, for one session.
+pub(crate) fn domain() -> ort::Result<OperatorDomain> {
+    OperatorDomain::new(HOST_KERNELS_DOMAIN)?
+        .add(GeluTanhGrad)?
+        .add(LayerNormGrad)
+}
+
+/// f32 inputs.
+fn f32_inputs(n: usize) -> Vec<OperatorInput> {
+    (0..n)
+        .map(|_| OperatorInput::required(TensorElementType::Float32))
+        .collect()
+}
+
+/// One f32 output.
+fn f32_output() -> [OperatorOutput; 1] {
+    [OperatorOutput::required(TensorElementType::Float32)]
+}
+
+/// Input `i` (required by the operator's declaration, so present).
+fn input(ctx: &ComputeContext, i: usize) -> ort::Result<ValueRef<'_>> {
+    ctx.input(i)?
+        .ok_or_else(|| ort::Error::new(format!("input {i} is missing")))
+}
+
+/// Runs `work(range, out)` over `0..len` in chunks of `chunk` elements on ONNX Runtime's
+/// threads, `out` being output 0 (shape `shape`) cut to the chunk.
+fn par_chunks<F>(ctx: &ComputeContext, shape: &[i64], chunk: usize, work: F) -> ort::Result<()>
+where
+    F: Fn(std::ops::Range<usize>, &mut [f32]) + Sync + Send,
+{
+    let mut value = ctx
+        .output(0, shape.to_vec())?
+        .ok_or_else(|| ort::Error::new("output 0 is missing"))?;
+    let (_, out) = value.try_extract_tensor_mut::<f32>()?;
+    let len = out.len();
+    if len == 0 {
+        return Ok(());
+    }
+    let base = SharedOut(out.as_mut_ptr());
+    let chunks = len.div_ceil(chunk);
+    ctx.par_for(chunks, 0, |c| {
+        let range = c * chunk..((c + 1) * chunk).min(len);
+        // SAFETY: the chunks are disjoint ranges inside the output buffer, which lives until
+        // `par_for` returns; each range is handed to exactly one call.
+        let out = unsafe { std::slice::from_raw_parts_mut(base.at(range.start), range.len()) };
+        work(range, out);
+    })
+}
+
+/// The output buffer shared by the chunks of [`par_chunks`], each writing its own range.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+
+// SAFETY: chunks write disjoint ranges (see `par_chunks`).
+unsafe impl Send for SharedOut {}
+// SAFETY: as above; the pointer itself is never written.
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    fn at(self, offset: usize) -> *mut f32 {
+        // SAFETY: callers pass offsets inside the buffer.
+        unsafe { self.0.add(offset) }
+    }
+}
+
+/// Elements per chunk of an elementwise kernel (64 KiB of each input).
+const ELEMENTWISE_CHUNK: usize = 16_384;
+
+/// `GeluTanhGrad(x, gy) → gx`.
+struct GeluTanhGrad;
+
+impl Operator for GeluTanhGrad {
+    type Kernel<'attr> = GeluTanhGrad;
+
+    fn name(&self) -> &str {
+        "GeluTanhGrad"
+    }
+
+    fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
+        f32_inputs(2)
+    }
+
+    fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
+        f32_output()
+    }
+
+    fn create_kernel<'attr>(&self, _: &KernelContext<'attr>) -> ort::Result<Self::Kernel<'attr>> {
+        Ok(GeluTanhGrad)
+    }
+}
+
+impl Kernel for GeluTanhGrad {
+    fn compute(&mut self, ctx: &ComputeContext) -> ort::Result<()> {
+        let (x, gy) = (input(ctx, 0)?, input(ctx, 1)?);
+        let (shape, x) = x.try_extract_tensor::<f32>()?;
+        let (gy_shape, gy) = gy.try_extract_tensor::<f32>()?;
+        if gy_shape != shape {
+            return Err(ort::Error::new(format!(
+                "GeluTanhGrad: x is {shape:?} but gy is {gy_shape:?}"
+            )));
+        }
+        par_chunks(ctx, shape, ELEMENTWISE_CHUNK, |r, out| {
+            math::gelu_tanh_grad(&x[r.clone()], &gy[r], out)
+        })
+    }
+}
+
+/// `LayerNormGrad(gy, x, scale, mean, inv_std) → gx`.
+struct LayerNormGrad;
+
+impl Operator for LayerNormGrad {
+    type Kernel<'attr> = LayerNormGrad;
+
+    fn name(&self) -> &str {
+        "LayerNormGrad"
+    }
+
+    fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
+        f32_inputs(5)
+    }
+
+    fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
+        f32_output()
+    }
+
+    fn create_kernel<'attr>(&self, _: &KernelContext<'attr>) -> ort::Result<Self::Kernel<'attr>> {
+        Ok(LayerNormGrad)
+    }
+}
+
+impl Kernel for LayerNormGrad {
+    fn compute(&mut self, ctx: &ComputeContext) -> ort::Result<()> {
+        let values = (0..5)
+            .map(|i| input(ctx, i))
+            .collect::<ort::Result<Vec<_>>>()?;
+        let (shape, gy) = values[0].try_extract_tensor::<f32>()?;
+        let (x_shape, x) = values[1].try_extract_tensor::<f32>()?;
+        let (_, scale) = values[2].try_extract_tensor::<f32>()?;
+        let (_, mean) = values[3].try_extract_tensor::<f32>()?;
+        let (_, inv_std) = values[4].try_extract_tensor::<f32>()?;
+        let width = scale.len();
+        let rows = gy.len().checked_div(width).unwrap_or(0);
+        if x_shape != shape
+            || shape.last().copied() != i64::try_from(width).ok()
+            || mean.len() != rows
+            || inv_std.len() != rows
+        {
+            return Err(ort::Error::new(format!(
+                "LayerNormGrad: gy {shape:?}, x {x_shape:?}, a scale of {width} and {} / {} \
+                 statistics do not fit together",
+                mean.len(),
+                inv_std.len()
+            )));
+        }
+        // Whole rows per chunk, about as many elements as an elementwise chunk.
+        let rows_per_chunk = (ELEMENTWISE_CHUNK / width.max(1)).max(1);
+        par_chunks(ctx, shape, rows_per_chunk * width, |r, out| {
+            let rows = r.start / width..r.end / width;
+            math::layer_norm_grad(
+                &gy[r.clone()],
+                &x[r],
+                scale,
+                &mean[rows.clone()],
+                &inv_std[rows],
+                out,
+            )
+        })
+    }
+}
