@@ -7,16 +7,26 @@
 /// normal float. Written without branches so loops calling it vectorise.
 #[inline(always)]
 pub(crate) fn exp(x: f32) -> f32 {
-    const SHIFTER: f32 = 12_582_912.0; // 1.5 · 2^23: adding it rounds to an integer
+    // Adding 1.5 · 2^23 rounds to an integer n, which then sits in the low mantissa bits:
+    // the sum's bits are SHIFTER_BITS + n (no float-to-int conversion, which would not
+    // vectorise on baseline x86-64).
+    const SHIFTER: f32 = 12_582_912.0;
+    const SHIFTER_BITS: u32 = 0x4B40_0000;
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * std::f32::consts::LOG2_E + SHIFTER) - SHIFTER;
+    let shifted = x * std::f32::consts::LOG2_E + SHIFTER;
+    let n = shifted - SHIFTER;
     let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
     let p = ((((1.987_569_2e-4 * r + 1.398_2e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
         + 0.166_666_65)
         * r
         + 0.5;
     let er = p * r * r + r + 1.0;
-    er * f32::from_bits(((n as i32 + 127) << 23) as u32)
+    let two_to_n = shifted
+        .to_bits()
+        .wrapping_sub(SHIFTER_BITS)
+        .wrapping_add(127)
+        << 23;
+    er * f32::from_bits(two_to_n)
 }
 
 /// `√(2/π)` and the cubic coefficient of the tanh GELU (transformers' `gelu_new`).
@@ -27,6 +37,40 @@ const K: f32 = 0.044_715;
 /// `u = √(2/π) (x + 0.044715 x³)`. Written through `s = sigmoid(2u) = ½ (1 + tanh u)`:
 /// `1 - tanh² u = 4 s (1 - s)`, so the derivative is `s + 2 √(2/π) x s (1 - s) (1 + 3·0.044715 x²)`.
 pub(crate) fn gelu_tanh_grad(x: &[f32], gy: &[f32], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2, checked just above.
+        return unsafe { avx2::gelu_tanh_grad(x, gy, out) };
+    }
+    gelu_tanh_grad_body(x, gy, out)
+}
+
+/// The same arithmetic compiled for AVX2 (8 lanes instead of SSE2's 4). Multiplications and
+/// additions stay separate (no fused multiply-add), so both builds give the same bits.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    /// [`super::gelu_tanh_grad`] with AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) fn gelu_tanh_grad(x: &[f32], gy: &[f32], out: &mut [f32]) {
+        super::gelu_tanh_grad_body(x, gy, out)
+    }
+
+    /// [`super::layer_norm_grad`] with AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) fn layer_norm_grad(
+        gy: &[f32],
+        x: &[f32],
+        scale: &[f32],
+        mean: &[f32],
+        inv_std: &[f32],
+        out: &mut [f32],
+    ) {
+        super::layer_norm_grad_body(gy, x, scale, mean, inv_std, out)
+    }
+}
+
+#[inline(always)]
+fn gelu_tanh_grad_body(x: &[f32], gy: &[f32], out: &mut [f32]) {
     for ((o, &x), &g) in out.iter_mut().zip(x).zip(gy) {
         let x2 = x * x;
         let v = 2.0 * C * x * (1.0 + K * x2);
@@ -40,6 +84,23 @@ pub(crate) fn gelu_tanh_grad(x: &[f32], gy: &[f32], out: &mut [f32]) {
 /// for each row, `ĝ = gy · scale`, `x̂ = (x - mean) inv_std`,
 /// `out = inv_std (ĝ - mean(ĝ) - x̂ mean(ĝ x̂))`. `mean` and `inv_std` hold one value per row.
 pub(crate) fn layer_norm_grad(
+    gy: &[f32],
+    x: &[f32],
+    scale: &[f32],
+    mean: &[f32],
+    inv_std: &[f32],
+    out: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2, checked just above.
+        return unsafe { avx2::layer_norm_grad(gy, x, scale, mean, inv_std, out) };
+    }
+    layer_norm_grad_body(gy, x, scale, mean, inv_std, out)
+}
+
+#[inline(always)]
+fn layer_norm_grad_body(
     gy: &[f32],
     x: &[f32],
     scale: &[f32],
@@ -129,6 +190,38 @@ mod tests {
                 "x {x}: {o} vs {want}"
             );
         }
+    }
+
+    #[test]
+    fn the_dispatched_kernels_give_the_portable_builds_bits() {
+        let x = grid();
+        let gy: Vec<f32> = x.iter().map(|v| 1.0 - v / 5.0).collect();
+        let (mut fast, mut portable) = (vec![0.0; x.len()], vec![0.0; x.len()]);
+        gelu_tanh_grad(&x, &gy, &mut fast);
+        gelu_tanh_grad_body(&x, &gy, &mut portable);
+        assert!(
+            fast.iter()
+                .zip(&portable)
+                .all(|(a, b)| a.to_bits() == b.to_bits())
+        );
+        let scale: Vec<f32> = (0..x.len() / 7).map(|i| i as f32 / 50.0).collect();
+        let rows = x.len() / scale.len();
+        let stats: Vec<f32> = (0..rows).map(|i| 0.5 + i as f32).collect();
+        let n = rows * scale.len();
+        layer_norm_grad(&gy[..n], &x[..n], &scale, &stats, &stats, &mut fast[..n]);
+        layer_norm_grad_body(
+            &gy[..n],
+            &x[..n],
+            &scale,
+            &stats,
+            &stats,
+            &mut portable[..n],
+        );
+        assert!(
+            fast.iter()
+                .zip(&portable)
+                .all(|(a, b)| a.to_bits() == b.to_bits())
+        );
     }
 
     #[test]
