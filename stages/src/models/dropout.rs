@@ -24,6 +24,7 @@ use std::collections::BTreeMap;
 use anyhow::Result;
 use pipe_onnx::{DType, Dim, Graph, HostTensor, Tensor};
 
+use super::VarPath;
 use super::gpt_neo::GptNeoConfig;
 use super::lora::LoraParams;
 
@@ -239,6 +240,12 @@ impl Dropout {
     /// No dropout anywhere.
     pub fn none() -> Self {
         Dropout::default()
+    }
+
+    /// Whether a dropout site lies inside the module at `path` (`transformer.h.3`).
+    pub fn any_under(&self, path: &VarPath) -> bool {
+        let prefix = format!("{}.", path.as_str());
+        self.sites.keys().any(|site| site.starts_with(&prefix))
     }
 
     /// `x` through the dropout of `module` (`x · mask / (1 − p)`), or `x` itself when that

@@ -268,6 +268,27 @@ struct Masks {
     local: Option<Tensor>,
 }
 
+impl Masks {
+    /// The masks' rows of the queries at `lengths[b] - 1`: `[b, 1, 1, seq]`.
+    fn rows(&self, g: &mut Graph, lengths: Tensor) -> pipe_onnx::Result<Masks> {
+        let pick = |g: &mut Graph, mask: Tensor| -> pipe_onnx::Result<Tensor> {
+            let shape = g.shape(mask).to_vec(); // [b, 1, s, s]
+            let one = Dim::Fixed(1);
+            let idx = last_position(g, lengths, &shape[0], &one)?; // [b, 1, 1]
+            let idx = g.unsqueeze(idx, &[1])?; // [b, 1, 1, 1]
+            let idx = g.expand(idx, &[shape[0].clone(), one.clone(), one, shape[3].clone()])?;
+            g.gather_elements(mask, idx, 2)
+        };
+        Ok(Masks {
+            global: pick(g, self.global)?,
+            local: match self.local {
+                Some(local) => Some(pick(g, local)?),
+                None => None,
+            },
+        })
+    }
+}
+
 /// Multi-head self-attention (`transformer.h.<i>.attn.attention`), M:39–132.
 pub struct Attention {
     path: VarPath,
@@ -325,15 +346,18 @@ impl Attention {
         })
     }
 
-    /// `x` `[b, s, hidden]` → `[b, s, hidden]`.
+    /// `x` `[b, s, hidden]` → `[b, s, hidden]`; with `queries` (`[b, q, hidden]`, rows of
+    /// `x`), only those rows attend and the result is `[b, q, hidden]` (`masks` then holds
+    /// their rows of the masks).
     fn forward(
         &self,
         g: &mut Graph,
         x: Tensor,
+        queries: Option<Tensor>,
         masks: &Masks,
         dropout: &Dropout,
     ) -> Result<Tensor> {
-        let (b, s) = (g.shape(x)[0].clone(), g.shape(x)[1].clone());
+        let b = g.shape(x)[0].clone();
         let (nh, hd) = (Dim::Fixed(self.num_heads), Dim::Fixed(self.head_dim));
         let mask = match (self.kind, masks.local) {
             (AttentionKind::Local, Some(local)) => local,
@@ -341,16 +365,19 @@ impl Attention {
         };
         g.with_scope(self.path.as_str(), |g| {
             let split_heads = |g: &mut Graph,
+                               x: Tensor,
                                w: Tensor,
                                adapter: Option<&LoraLayer>|
              -> pipe_onnx::Result<Tensor> {
+                let s = g.shape(x)[1].clone();
                 let t = lora::linear(g, x, w, None, adapter, dropout)?; // [b, s, hidden]
-                let t = g.reshape(t, &[b.clone(), s.clone(), nh.clone(), hd.clone()])?;
+                let t = g.reshape(t, &[b.clone(), s, nh.clone(), hd.clone()])?;
                 g.transpose(t, &[0, 2, 1, 3]) // [b, heads, s, head_dim]
             };
-            let q = split_heads(g, self.q_proj, self.lora[0].as_ref())?;
-            let k = split_heads(g, self.k_proj, self.lora[1].as_ref())?;
-            let v = split_heads(g, self.v_proj, self.lora[2].as_ref())?;
+            let rows = queries.unwrap_or(x);
+            let q = split_heads(g, rows, self.q_proj, self.lora[0].as_ref())?;
+            let k = split_heads(g, x, self.k_proj, self.lora[1].as_ref())?;
+            let v = split_heads(g, x, self.v_proj, self.lora[2].as_ref())?;
             let kt = g.transpose(k, &[0, 1, 3, 2])?; // [b, heads, head_dim, s]
             let scores = g.matmul(q, kt)?; // [b, heads, s, s], unscaled (M:112)
             let scores = g.add(scores, mask)?;
@@ -359,7 +386,8 @@ impl Attention {
             let ctx = g.matmul(probs, v)?; // [b, heads, s, head_dim]
             let ctx = g.transpose(ctx, &[0, 2, 1, 3])?; // [b, s, heads, head_dim]
             let hidden = Dim::Fixed(self.num_heads * self.head_dim);
-            let ctx = g.reshape(ctx, &[b.clone(), s.clone(), hidden])?; // [b, s, hidden]
+            let s = g.shape(rows)[1].clone();
+            let ctx = g.reshape(ctx, &[b.clone(), s, hidden])?; // [b, s, hidden]
             let out = lora::linear(
                 g,
                 ctx,
@@ -481,6 +509,7 @@ impl LayerNorm {
 /// One pre-LN block (`transformer.h.<i>`), M:314–351:
 /// `x += attn(ln_1(x)); x += mlp(ln_2(x))`.
 pub struct Block {
+    path: VarPath,
     ln_1: LayerNorm,
     attn: Attention,
     ln_2: LayerNorm,
@@ -499,6 +528,7 @@ impl Block {
     ) -> Result<Self> {
         let attn = path.pp("attn").pp("attention");
         Ok(Block {
+            path: path.clone(),
             ln_1: LayerNorm::new(cfg, g, vars, path.pp("ln_1"))?,
             attn: Attention::new(cfg, kind, g, vars, attn, lora)?,
             ln_2: LayerNorm::new(cfg, g, vars, path.pp("ln_2"))?,
@@ -506,15 +536,25 @@ impl Block {
         })
     }
 
+    /// `x` `[b, s, hidden]` → `[b, s, hidden]`; with `rows` (gather indices `[b, q, hidden]`
+    /// along axis 1), only those rows past the keys and values: `[b, q, hidden]`.
     fn forward(
         &self,
         g: &mut Graph,
         x: Tensor,
+        rows: Option<Tensor>,
         masks: &Masks,
         dropout: &Dropout,
     ) -> Result<Tensor> {
         let h = self.ln_1.forward(g, x)?;
-        let a = self.attn.forward(g, h, masks, dropout)?;
+        let (x, queries) = match rows {
+            Some(idx) => (
+                g.gather_elements(x, idx, 1)?,
+                Some(g.gather_elements(h, idx, 1)?),
+            ),
+            None => (x, None),
+        };
+        let a = self.attn.forward(g, h, queries, masks, dropout)?;
         let x = g.add(x, a)?;
         let h = self.ln_2.forward(g, x)?;
         let m = self.mlp.forward(g, h, dropout)?;
@@ -644,6 +684,54 @@ impl GptNeoModel {
 
     /// [`Self::forward`] with the token ids given either way [`Tokens`] allows.
     pub fn forward_tokens(&self, g: &mut Graph, tokens: Tokens, lengths: Tensor) -> Result<Tensor> {
+        let (x, masks) = self.embed_and_mask(g, tokens, lengths)?;
+        let mut x = x;
+        for block in &self.h {
+            x = block.forward(g, x, None, &masks, &self.dropout)?;
+        }
+        self.ln_f.forward(g, x)
+    }
+
+    /// The last hidden state at position `lengths[b] - 1` of each row, `[b, hidden]`: what
+    /// [`Self::forward_tokens`] gives there, for less work. The last block is the only one
+    /// whose other positions nothing reads (earlier blocks feed keys and values to later
+    /// ones), so it runs its queries, attention output and MLP on those rows alone, which
+    /// saves most of a block (a quarter of a 4-layer model). With dropout inside the last
+    /// block the whole state is computed and then picked (the masks cover every position).
+    pub fn forward_last_tokens(
+        &self,
+        g: &mut Graph,
+        tokens: Tokens,
+        lengths: Tensor,
+    ) -> Result<Tensor> {
+        let (x, masks) = self.embed_and_mask(g, tokens, lengths)?;
+        let Some((last, earlier)) = self.h.split_last() else {
+            bail!("a GPT-Neo needs at least one layer");
+        };
+        let mut x = x;
+        for block in earlier {
+            x = block.forward(g, x, None, &masks, &self.dropout)?;
+        }
+        let (b, h) = (g.shape(x)[0].clone(), g.shape(x)[2].clone());
+        let at_last = g.with_scope("pool", |g| last_position(g, lengths, &b, &h))?; // [b, 1, h]
+        let x = if self.dropout.any_under(&last.path) {
+            let x = last.forward(g, x, None, &masks, &self.dropout)?;
+            g.gather_elements(x, at_last, 1)?
+        } else {
+            let masks = g.with_scope("mask_rows", |g| masks.rows(g, lengths))?;
+            last.forward(g, x, Some(at_last), &masks, &self.dropout)?
+        };
+        let x = self.ln_f.forward(g, x)?; // [b, 1, h]
+        Ok(g.reshape(x, &[b, h])?)
+    }
+
+    /// The embedded tokens `[b, s, hidden]` and the attention masks of every layer.
+    fn embed_and_mask(
+        &self,
+        g: &mut Graph,
+        tokens: Tokens,
+        lengths: Tensor,
+    ) -> Result<(Tensor, Masks)> {
         let s = g.shape(tokens.per_position())[1].clone();
         let has_local = self.h.iter().any(|b| b.attn.kind == AttentionKind::Local);
         let (x, masks) = g.with_scope(self.path.as_str(), |g| -> pipe_onnx::Result<_> {
@@ -683,11 +771,7 @@ impl GptNeoModel {
             })?;
             Ok((x, masks))
         })?;
-        let mut x = x;
-        for block in &self.h {
-            x = block.forward(g, x, &masks, &self.dropout)?;
-        }
-        self.ln_f.forward(g, x)
+        Ok((x, masks))
     }
 }
 
@@ -764,12 +848,17 @@ impl GptNeoForSequenceClassification {
     }
 
     /// [`Self::forward`] with the token ids given either way [`Tokens`] allows.
+    /// HF applies `score` at every position and then picks the last real one (M:673–696);
+    /// picking first gives the same logits for less work (see
+    /// [`GptNeoModel::forward_last_tokens`]).
     pub fn forward_tokens(&self, g: &mut Graph, tokens: Tokens, lengths: Tensor) -> Result<Tensor> {
-        let hidden = self.transformer.forward_tokens(g, tokens, lengths)?; // [b, s, h]
-        let pooled = g.with_scope("pool", |g| match self.pooling {
-            Pooling::Last => pool_last(g, hidden, lengths),
-            Pooling::Mean => pool_mean(g, hidden, lengths),
-        })?; // [b, h]
+        let pooled = match self.pooling {
+            Pooling::Last => self.transformer.forward_last_tokens(g, tokens, lengths)?,
+            Pooling::Mean => {
+                let hidden = self.transformer.forward_tokens(g, tokens, lengths)?; // [b, s, h]
+                g.with_scope("pool", |g| pool_mean(g, hidden, lengths))?
+            }
+        }; // [b, h]
         Ok(g.with_scope("score", |g| g.linear(pooled, self.score, None))?) // [b, labels]
     }
 
@@ -825,18 +914,18 @@ impl GptNeoForSequenceClassification {
     }
 }
 
-/// The hidden state at position `lengths[b] - 1` of each row: `[b, s, h]` → `[b, h]`.
-/// HF applies `score` at every position and then picks the last real one (M:673–696);
-/// picking first gives the same logits for less work.
-fn pool_last(g: &mut Graph, hidden: Tensor, lengths: Tensor) -> pipe_onnx::Result<Tensor> {
-    let b = g.shape(hidden)[0].clone();
-    let h = g.shape(hidden)[2].clone();
+/// `lengths[b] - 1` as `GatherElements` indices along axis 1 of a `[b, s, width]` tensor:
+/// int64 `[b, 1, width]`.
+fn last_position(
+    g: &mut Graph,
+    lengths: Tensor,
+    b: &Dim,
+    width: &Dim,
+) -> pipe_onnx::Result<Tensor> {
     let one = g.scalar(DType::I64, 1.0);
     let last = g.sub(lengths, one)?; // [b]
     let last = g.reshape(last, &[b.clone(), Dim::Fixed(1), Dim::Fixed(1)])?;
-    let idx = g.expand(last, &[b.clone(), Dim::Fixed(1), h.clone()])?; // [b, 1, h]
-    let picked = g.gather_elements(hidden, idx, 1)?; // [b, 1, h]
-    g.reshape(picked, &[b, h])
+    g.expand(last, &[b.clone(), Dim::Fixed(1), width.clone()])
 }
 
 /// The mean of the hidden states at positions `0..lengths[b]` of each row: `[b, s, h]` →
