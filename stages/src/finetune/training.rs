@@ -455,6 +455,7 @@ impl StepGraph {
         lora: Option<&LoraParams>,
     ) -> Result<Self> {
         let mut g = Graph::new("finetune_step");
+        g.set_kernels(options.kernels);
         // No logits output: the step needs only the loss, and every output is copied to the host.
         let (model, _, loss) = loss_graph(&mut g, config, problem, options, lora)?;
         let mut train = model.train_params(hf_trainer_decay);
@@ -462,7 +463,6 @@ impl StepGraph {
             let head = GptNeoForSequenceClassification::HEAD_PARAMS;
             train.retain(|p| lora::is_trained(g.name(p.tensor), head));
         }
-        g.set_kernels(options.kernels);
         let signature = build_gradient_step(&mut g, loss, &train)?;
         Ok(StepGraph {
             model: g.build()?,

@@ -28,7 +28,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Result, bail};
-use pipe_onnx::{DType, Dim, Graph, Tensor, TrainParam};
+use pipe_onnx::{DType, Dim, Graph, Kernels, Tensor, TrainParam};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -574,8 +574,10 @@ pub enum Tokens {
     /// The batch's distinct ids (int64 `[distinct]`) and, per position, the index of its id
     /// among them (int64 `[b, s]`). Each distinct row of `wte` is gathered once and spread to
     /// the positions by a one-hot `MatMul`, so the gradient is a `MatMul` and a scatter
-    /// without repeats: the same bits at any thread count. The forward values are the same
-    /// as [`Tokens::Ids`] (one-hot products add exact zeros).
+    /// without repeats: the same bits at any thread count. (With pipe's CPU kernels,
+    /// [`Kernels::Host`], the rows are gathered per position and the gradient's kernel sums
+    /// repeats in position order: the same guarantee, without the one-hot products.) The
+    /// forward values are the same as [`Tokens::Ids`] (one-hot products add exact zeros).
     Distinct {
         /// `token_ids` `[distinct]`.
         ids: Tensor,
@@ -609,6 +611,11 @@ impl Tokens {
     fn embed(&self, g: &mut Graph, wte: Tensor) -> pipe_onnx::Result<Tensor> {
         match *self {
             Tokens::Ids(ids) => g.gather(wte, ids, 0),
+            // pipe's CPU kernels sum a Gather's gradient in a fixed order: no one-hot needed.
+            Tokens::Distinct { ids, index } if g.kernels() == Kernels::Host => {
+                let ids = g.gather(ids, index, 0)?; // [b, s]
+                g.gather(wte, ids, 0)
+            }
             Tokens::Distinct { ids, index } => {
                 let rows = g.gather(wte, ids, 0)?; // [u, h]
                 let (b, s) = (g.shape(index)[0].clone(), g.shape(index)[1].clone());

@@ -204,7 +204,8 @@ pub(super) fn vjp(
         "Slice" => out[0] = Some(slice(g, node, gy0).map_err(|_| no_rule())?),
         // Expand is a broadcast: sum back.
         "Expand" => out[0] = Some(unb(g, gy0, x0())?),
-        // Gather(axis 0): scatter-add rows back, d data[i] = sum of gy over positions with index i.
+        // Gather(axis 0): scatter-add rows back, d data[i] = sum of gy over positions with index i
+        // (one fused CPU node, summing in position order, with Kernels::Host).
         "Gather" => {
             if node.attr_int("axis") != Some(0) {
                 return Err(no_rule());
@@ -215,6 +216,9 @@ pub(super) fn vjp(
             } else {
                 g.cast(idx, DType::I64)?
             };
+            if g.kernels() == Kernels::Host && data.dtype() == DType::F32 {
+                return Ok(vec![Some(g.gather_grad(data, idx, gy0)?), None]);
+            }
             let idx = g.unsqueeze(idx, &[-1])?;
             let zeros = g.zeros_like(data)?;
             out[0] = Some(g.scatter_nd(zeros, idx, gy0, Reduction::Add)?);

@@ -88,6 +88,16 @@ impl Graph {
         ))
     }
 
+    /// `GatherGrad(data, idx, gy)`: the gradient of `Gather(data, idx, axis 0)`, shaped like
+    /// `data`, repeated indices summed in position order (the same bits at any thread count).
+    pub(crate) fn gather_grad(&mut self, data: Tensor, idx: Tensor, gy: Tensor) -> Result<Tensor> {
+        if data.dtype() != DType::F32 || gy.dtype() != DType::F32 || idx.dtype() != DType::I64 {
+            return Err(self.err("GatherGrad", "needs f32 data and gradient, int64 indices"));
+        }
+        let shape = self.shape(data).to_vec();
+        Ok(self.push_host("GatherGrad", &[data, idx, gy], vec![], shape))
+    }
+
     fn same_f32(&self, op: &str, ts: &[Tensor]) -> Result<()> {
         let shape = self.shape(ts[0]);
         if ts

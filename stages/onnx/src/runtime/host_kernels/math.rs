@@ -148,6 +148,30 @@ fn layer_norm_grad_body(
     }
 }
 
+/// The rows `first_row..` of the gradient of `Gather(data, idx, axis 0)` for a `data` with
+/// rows of `width` values: `out` (whole rows) is zeroed, then each position `p` whose index
+/// falls in these rows adds `gy[p]` to its row, in position order (so every element sums its
+/// terms in the same order whatever the split). Indices are in `0..rows` already.
+pub(crate) fn gather_grad_rows(
+    first_row: usize,
+    width: usize,
+    idx: &[usize],
+    gy: &[f32],
+    out: &mut [f32],
+) {
+    out.fill(0.0);
+    let rows = first_row..first_row + out.len() / width.max(1);
+    for (p, &row) in idx.iter().enumerate() {
+        if rows.contains(&row) {
+            let at = (row - first_row) * width;
+            let src = &gy[p * width..(p + 1) * width];
+            for (o, &g) in out[at..at + width].iter_mut().zip(src) {
+                *o += g;
+            }
+        }
+    }
+}
+
 /// Lanes of the LayerNorm row sums.
 const LANES: usize = 8;
 
@@ -222,6 +246,26 @@ mod tests {
                 .zip(&portable)
                 .all(|(a, b)| a.to_bits() == b.to_bits())
         );
+    }
+
+    #[test]
+    fn gather_grad_rows_adds_every_position_to_its_row_in_any_split() {
+        let (rows, width) = (5, 3);
+        let idx = [4, 0, 4, 2, 4];
+        let gy: Vec<f32> = (0..idx.len() * width).map(|i| i as f32 + 0.5).collect();
+        let mut want = vec![0.0f32; rows * width];
+        for (p, &r) in idx.iter().enumerate() {
+            for c in 0..width {
+                want[r * width + c] += gy[p * width + c];
+            }
+        }
+        for rows_per_chunk in 1..=rows {
+            let mut out = vec![f32::NAN; rows * width];
+            for (k, chunk) in out.chunks_mut(rows_per_chunk * width).enumerate() {
+                gather_grad_rows(k * rows_per_chunk, width, &idx, &gy, chunk);
+            }
+            assert_eq!(out, want, "{rows_per_chunk} rows per chunk");
+        }
     }
 
     #[test]

@@ -6,6 +6,9 @@
 //! - `GeluTanhGrad(x, gy) → gx`: the tanh GELU's input gradient (one pass instead of 18).
 //! - `LayerNormGrad(gy, x, scale, mean, inv_std) → gx`: a last-axis LayerNormalization's input
 //!   gradient (one pass per row instead of 11 nodes).
+//! - `GatherGrad(data, idx, gy) → gdata`: the gradient of `Gather(data, idx, axis 0)` with
+//!   repeated indices summed in position order (ONNX Runtime's ScatterND sums them in an
+//!   order that varies with its threads), written once into zeroed rows.
 
 mod math;
 
@@ -20,7 +23,13 @@ use crate::builder::HOST_KERNELS_DOMAIN;
 pub(crate) fn domain() -> ort::Result<OperatorDomain> {
     OperatorDomain::new(HOST_KERNELS_DOMAIN)?
         .add(GeluTanhGrad)?
-        .add(LayerNormGrad)
+        .add(LayerNormGrad)?
+        .add(GatherGrad)
+}
+
+/// One f32 input.
+fn f32_input() -> OperatorInput {
+    OperatorInput::required(TensorElementType::Float32)
 }
 
 /// f32 inputs.
@@ -183,6 +192,70 @@ impl Kernel for LayerNormGrad {
                 &inv_std[rows],
                 out,
             )
+        })
+    }
+}
+
+/// `GatherGrad(data, idx, gy) → gdata` (`data` only gives the shape `[rows, ...]`).
+struct GatherGrad;
+
+impl Operator for GatherGrad {
+    type Kernel<'attr> = GatherGrad;
+
+    fn name(&self) -> &str {
+        "GatherGrad"
+    }
+
+    fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
+        [
+            f32_input(),
+            OperatorInput::required(TensorElementType::Int64),
+            f32_input(),
+        ]
+    }
+
+    fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
+        f32_output()
+    }
+
+    fn create_kernel<'attr>(&self, _: &KernelContext<'attr>) -> ort::Result<Self::Kernel<'attr>> {
+        Ok(GatherGrad)
+    }
+}
+
+impl Kernel for GatherGrad {
+    fn compute(&mut self, ctx: &ComputeContext) -> ort::Result<()> {
+        let (data, idx, gy) = (input(ctx, 0)?, input(ctx, 1)?, input(ctx, 2)?);
+        let (shape, _) = data.try_extract_tensor::<f32>()?;
+        let (_, idx) = idx.try_extract_tensor::<i64>()?;
+        let (_, gy) = gy.try_extract_tensor::<f32>()?;
+        let shape = shape.to_vec();
+        let rows = shape.first().copied().unwrap_or(0);
+        let width = shape.iter().skip(1).product::<i64>() as usize;
+        if gy.len() != idx.len() * width {
+            return Err(ort::Error::new(format!(
+                "GatherGrad: {} indices of rows of {width} need {} gradient values, not {}",
+                idx.len(),
+                idx.len() * width,
+                gy.len()
+            )));
+        }
+        // Gather's rule: an index in -rows..rows, negative ones counting from the end.
+        let idx = idx
+            .iter()
+            .map(|&i| {
+                let row = if i < 0 { i + rows } else { i };
+                usize::try_from(row)
+                    .ok()
+                    .filter(|_| (0..rows).contains(&row))
+                    .ok_or_else(|| {
+                        ort::Error::new(format!("GatherGrad: index {i} is outside 0..{rows}"))
+                    })
+            })
+            .collect::<ort::Result<Vec<usize>>>()?;
+        let rows_per_chunk = (ELEMENTWISE_CHUNK / width.max(1)).max(1);
+        par_chunks(ctx, &shape, rows_per_chunk * width, |r, out| {
+            math::gather_grad_rows(r.start / width.max(1), width, &idx, gy, out)
         })
     }
 }
