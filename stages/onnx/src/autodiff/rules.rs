@@ -300,6 +300,7 @@ fn split(g: &mut Graph, node: &Node, gy: &[Option<Tensor>]) -> Result<Grads> {
 /// - `approximate="none"`: y = x Φ(x); dy/dx = Φ(x) + x φ(x), φ(x) = exp(-x²/2) / sqrt(2π).
 /// - `approximate="tanh"`: y = ½ x (1 + t), t = tanh(u), u = c (x + 0.044715 x³), c = sqrt(2/π);
 ///   dy/dx = ½ (1 + t) + ½ x (1 - t²) c (1 + 3·0.044715 x²).
+///
 /// With [`Kernels::Host`] the tanh form is one fused CPU node.
 fn gelu(g: &mut Graph, node: &Node, x: Tensor, gy: Tensor) -> Result<Tensor> {
     let tanh = node.attr_string("approximate") == Some("tanh");
