@@ -292,6 +292,26 @@ fn diff_without_git_compares_with_the_previous_run() {
 }
 
 #[test]
+fn diff_in_a_repository_without_commits_compares_with_the_previous_run() {
+    let p = project();
+    if git_repo(&p).is_none() {
+        return;
+    }
+    p.run_json("student.yaml", 0);
+    let old = lockfile_metrics(&p);
+    run_with_test_fraction(&p, "0.25");
+    let out = pipe(&p, &["metrics", "student.yaml", "--diff", "--json"]);
+    let changes = json_out(&out);
+    let change = changes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["stage"] == "split" && c["metric"] == "train")
+        .unwrap_or_else(|| panic!("split train changed: {changes}"));
+    assert_eq!(change["old"], old["split"]["train"]);
+}
+
+#[test]
 fn a_bad_revision_or_a_lockfile_not_in_it_fails_with_exit_1() {
     let p = project();
     p.run_json("student.yaml", 0);

@@ -35,7 +35,8 @@ const INSTEAD: &str = "compare with the previous run instead: `pipe metrics --di
 
 impl Baseline {
     /// Settles `--diff [REV]` for a manifest in `dir`: `previous`, a git
-    /// revision, or (no REV) HEAD inside a git work tree and else the previous run.
+    /// revision, or (no REV) HEAD inside a git work tree that has a commit, and else the
+    /// previous run (a repository just made with `git init` has no HEAD to compare with).
     pub fn resolve(rev: Option<&str>, dir: &Path) -> anyhow::Result<Baseline> {
         match rev {
             Some(PREVIOUS) => Ok(Baseline::Previous),
@@ -48,7 +49,11 @@ impl Baseline {
             None => {
                 let inside = git(dir, &["rev-parse", "--is-inside-work-tree"])
                     .is_ok_and(|out| out.status.success());
-                Ok(if inside {
+                let has_head = || {
+                    git(dir, &["rev-parse", "--verify", "--quiet", "HEAD^{commit}"])
+                        .is_ok_and(|out| out.status.success())
+                };
+                Ok(if inside && has_head() {
                     Baseline::Git("HEAD".into())
                 } else {
                     Baseline::Previous
@@ -93,7 +98,7 @@ fn read_at_revision(rev: &str, lock_file: &Path) -> anyhow::Result<LockFile> {
         .status
         .success()
     {
-        bail!("`{rev}` is not a revision of the git repository at `{top}`");
+        bail!("`{rev}` is not a revision of the git repository at `{top}`; {INSTEAD}");
     }
     let name = lock_file
         .file_name()
