@@ -275,13 +275,7 @@ fn diff_without_git_compares_with_the_previous_run() {
             &p,
             &[&["metrics", "student.yaml", "--json"][..], args].concat(),
         );
-        let changes = json_out(&out);
-        let change = changes
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["stage"] == "split" && c["metric"] == "train")
-            .unwrap_or_else(|| panic!("split train changed: {changes}"));
+        let change = split_train_change(&out);
         assert_eq!(change["old"], old["split"]["train"], "{args:?}");
         assert_eq!(change["new"], new["split"]["train"], "{args:?}");
         assert!(
@@ -301,14 +295,19 @@ fn diff_in_a_repository_without_commits_compares_with_the_previous_run() {
     let old = lockfile_metrics(&p);
     run_with_test_fraction(&p, "0.25");
     let out = pipe(&p, &["metrics", "student.yaml", "--diff", "--json"]);
-    let changes = json_out(&out);
-    let change = changes
+    assert_eq!(split_train_change(&out)["old"], old["split"]["train"]);
+}
+
+/// The change of split's `train` metric in a `--diff --json` answer.
+fn split_train_change(out: &Output) -> Value {
+    let changes = json_out(out);
+    changes
         .as_array()
         .unwrap()
         .iter()
         .find(|c| c["stage"] == "split" && c["metric"] == "train")
-        .unwrap_or_else(|| panic!("split train changed: {changes}"));
-    assert_eq!(change["old"], old["split"]["train"]);
+        .cloned()
+        .unwrap_or_else(|| panic!("split train changed: {changes}"))
 }
 
 #[test]

@@ -116,6 +116,7 @@ impl<'a> Training<'a> {
         let eval = match validation {
             Some(table) => {
                 let mut g = Graph::new("finetune_eval");
+                g.set_kernels(options.kernels);
                 let plain = StepOptions::plain(config);
                 let (_, logits, loss) = loss_graph(&mut g, config, problem, &plain, lora)?;
                 g.output(logits, "logits")?;
