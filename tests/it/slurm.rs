@@ -86,7 +86,14 @@ fn each_stage_that_runs_is_one_job_cached_ones_none_and_results_match_a_local_ru
     let p = Project::new();
     p.file("data.csv", &two_label_csv(24))
         .file("p.yaml", &pipeline("one", "100M"));
-    let report = run_slurm(&p, "p.yaml", 0);
+    let out = p.pipe(&["run", "p.yaml", "--executor", "slurm", "--json"]);
+    let report = json_of(&out, 0);
+    // The kind's notes, written in the job, reach the terminal as in a local run.
+    assert!(
+        stderr(&out).contains("ingest: text column `text`"),
+        "{}",
+        stderr(&out)
+    );
     let mut ids = Vec::new();
     for name in ["ingest", "split", "words", "echo"] {
         let s = stage(&report, name);

@@ -7,11 +7,13 @@
 //! and its version, the full parameters, the inputs' paths, the output,
 //! scratch and log paths (all absolute). The job (`pipe exec-stage DIR`) reads
 //! it, runs the kind into the output folder and writes `reply.json`: the
-//! metrics and headline, or the error. The manifest is not read again, so
+//! metrics and headline, or the error, and the notes the kind wrote (which
+//! `pipe run` shows as a local run would). The manifest is not read again, so
 //! editing it while a job waits in the queue changes nothing about that job.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
@@ -21,7 +23,7 @@ use crate::atomic;
 use crate::executor::local::run_kind;
 use crate::files;
 use crate::printer::{ColorChoice, Printer};
-use crate::stage::{Input, Outcome, ParamError, Registry, RunContext};
+use crate::stage::{Input, Outcome, ParamError, Registry, Reporter, RunContext};
 
 /// The request's file name in the stage's folder.
 pub const REQUEST_FILE: &str = "request.json";
@@ -80,6 +82,9 @@ pub enum Reply {
         metrics: serde_json::Map<String, Value>,
         /// Its headline.
         headline: Option<String>,
+        /// The notes it wrote, in order.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        notes: Vec<String>,
     },
     /// The stage failed.
     Failed {
@@ -89,7 +94,38 @@ pub enum Reply {
         /// [`crate::Stage::run`]), so the submitting side names its manifest line.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         setting: Option<ParamError>,
+        /// The notes it wrote before failing, in order.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        notes: Vec<String>,
     },
+}
+
+impl Reply {
+    /// The notes the stage wrote.
+    pub fn notes(&self) -> &[String] {
+        match self {
+            Reply::Done { notes, .. } | Reply::Failed { notes, .. } => notes,
+        }
+    }
+}
+
+/// A [`Reporter`] that writes notes to `inner` and keeps them for the reply.
+struct KeepNotes<'r> {
+    inner: &'r dyn Reporter,
+    notes: Mutex<Vec<String>>,
+}
+
+impl Reporter for KeepNotes<'_> {
+    fn note(&self, message: &str) {
+        self.inner.note(message);
+        if let Ok(mut notes) = self.notes.lock() {
+            notes.push(message.to_string());
+        }
+    }
+
+    fn progress(&self, total: u64, unit: &str) -> indicatif::ProgressBar {
+        self.inner.progress(total, unit)
+    }
 }
 
 impl Request {
@@ -188,7 +224,11 @@ pub fn serve(registry: &Registry, dir: &Path) -> anyhow::Result<bool> {
         .collect();
     // Notes go to stderr, which the job writes into the stage's log.
     let printer = Printer::new(ColorChoice::Never, false, true);
-    let reporter = printer.reporter(&request.stage);
+    let stderr = printer.reporter(&request.stage);
+    let reporter = KeepNotes {
+        inner: &stderr,
+        notes: Mutex::new(Vec::new()),
+    };
     let ctx = RunContext {
         stage: &request.stage,
         key: &request.key,
@@ -202,12 +242,22 @@ pub fn serve(registry: &Registry, dir: &Path) -> anyhow::Result<bool> {
         log_path: &request.log_path,
         reporter: &reporter,
     };
-    let (reply, ok) = match run_kind(kind, &ctx) {
-        Ok(Outcome { metrics, headline }) => (Reply::Done { metrics, headline }, true),
+    let result = run_kind(kind, &ctx);
+    let notes = reporter.notes.into_inner().unwrap_or_default();
+    let (reply, ok) = match result {
+        Ok(Outcome { metrics, headline }) => (
+            Reply::Done {
+                metrics,
+                headline,
+                notes,
+            },
+            true,
+        ),
         Err(error) => (
             Reply::Failed {
                 setting: error.downcast_ref::<ParamError>().cloned(),
                 error: format!("{error:#}"),
+                notes,
             },
             false,
         ),
@@ -249,6 +299,7 @@ mod tests {
         }
         fn run(&self, ctx: &RunContext<'_>) -> anyhow::Result<Outcome> {
             let text = ctx.params["text"].as_str().unwrap_or_default();
+            ctx.reporter.note("clearing my throat");
             anyhow::ensure!(!text.is_empty(), "nothing to say");
             if text.contains('!') {
                 return Err(ParamError::new(&["text"], "no shouting").into());
@@ -316,9 +367,14 @@ mod tests {
             "hello world"
         );
         match read_reply(dir.path()).unwrap() {
-            Some(Reply::Done { metrics, headline }) => {
+            Some(Reply::Done {
+                metrics,
+                headline,
+                notes,
+            }) => {
                 assert_eq!(metrics["length"], 5);
                 assert_eq!(headline.as_deref(), Some("said hello"));
+                assert_eq!(notes, ["clearing my throat"]);
             }
             other => panic!("{other:?}"),
         }
@@ -330,9 +386,18 @@ mod tests {
         request(dir.path(), "", 2);
         assert!(!serve(&registry(), dir.path()).unwrap());
         match read_reply(dir.path()).unwrap() {
-            Some(Reply::Failed { error, setting }) => {
+            Some(Reply::Failed {
+                error,
+                setting,
+                notes,
+            }) => {
                 assert_eq!(error, "nothing to say");
                 assert!(setting.is_none());
+                assert_eq!(
+                    notes,
+                    ["clearing my throat"],
+                    "notes before a failure travel too"
+                );
             }
             other => panic!("{other:?}"),
         }

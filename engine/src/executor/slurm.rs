@@ -215,10 +215,17 @@ impl Executor for Slurm {
         let state = self.wait(&stage.name, &id)?;
         guarded.ended();
         let reply = read_reply(&work_dir)?;
+        // The job's notes went to its log; show them here too, as a local run does.
+        for note in reply.iter().flat_map(Reply::notes) {
+            job.ctx.reporter.note(note);
+        }
         match (state.state.as_str(), reply) {
-            ("COMPLETED", Some(Reply::Done { metrics, headline })) => {
-                Ok(Outcome { metrics, headline })
-            }
+            (
+                "COMPLETED",
+                Some(Reply::Done {
+                    metrics, headline, ..
+                }),
+            ) => Ok(Outcome { metrics, headline }),
             // A bad setting: the engine names its line in the manifest, as for a local run.
             (
                 _,
