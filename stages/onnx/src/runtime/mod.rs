@@ -314,6 +314,21 @@ pub fn available_providers() -> Result<Vec<String>> {
     }
 }
 
+/// Held while a CPU session is created: the first session that registers pipe's CPU kernels
+/// adds their domain to ONNX's process-wide operator-set table, a check-then-insert that two
+/// sessions created at the same moment race on ("the domain is already exist"), as two
+/// matrix members starting together did. Creating a session takes milliseconds.
+static KERNEL_REGISTRATION: Mutex<()> = Mutex::new(());
+
+/// The registration lock, for sessions on `device` that register pipe's CPU kernels.
+fn register_kernels_alone(device: Device) -> Option<std::sync::MutexGuard<'static, ()>> {
+    (device == Device::Cpu).then(|| {
+        KERNEL_REGISTRATION
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    })
+}
+
 /// How to create a [`Session`].
 #[derive(Clone, Debug, Default)]
 pub struct SessionOptions {
@@ -375,6 +390,7 @@ impl Session {
 
     /// Loads a serialised model.
     pub fn from_bytes(bytes: &[u8], opts: &SessionOptions) -> Result<Self> {
+        let _registering = register_kernels_alone(opts.device);
         let mut b = Self::builder(opts)?;
         let inner = match &opts.graph_cache_dir {
             Some(dir) => {
@@ -394,6 +410,7 @@ impl Session {
 
     /// Loads a model file (external data is looked up beside it).
     pub fn from_file(path: &Path, opts: &SessionOptions) -> Result<Self> {
+        let _registering = register_kernels_alone(opts.device);
         let inner = Self::builder(opts)?
             .commit_from_file(path)
             .ort_context(|| format!("failed to load model `{}`", path.display()))?;

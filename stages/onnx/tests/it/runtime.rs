@@ -3,7 +3,9 @@
 use ort::memory::AllocationDevice;
 use ort::value::{DynTensor, TensorElementType};
 use pipe_onnx::runtime::{self, Device, DeviceChoice};
-use pipe_onnx::{DType, Dim, Error, Graph, HostTensor, Session, SessionOptions};
+use pipe_onnx::{
+    DType, Dim, Error, Graph, HOST_KERNELS_DOMAIN, HostTensor, Kernels, Session, SessionOptions,
+};
 
 #[test]
 fn library_is_found_and_reports_version_and_providers() {
@@ -209,4 +211,46 @@ fn shape_errors_name_the_node() {
     );
     let err = g.add(a, b).unwrap_err().to_string();
     assert!(err.contains("do not broadcast"), "{err}");
+}
+
+/// Sessions whose graphs use pipe's CPU kernels, created by many threads at the same moment
+/// (as matrix members starting together do), all load and agree: registering the kernels'
+/// domain is not a race.
+#[test]
+fn sessions_with_pipe_kernels_load_from_many_threads_at_once() {
+    let mut g = Graph::new("gelu_grad");
+    g.set_kernels(Kernels::Host);
+    let x = g.input("x", DType::F32, &[Dim::Fixed(4)]).unwrap();
+    let y = g.gelu(x, true).unwrap();
+    let loss = g.reduce_sum_all(y).unwrap();
+    let grad = pipe_onnx::gradients(&mut g, loss, &[x]).unwrap()[0];
+    g.output(grad, "dx").unwrap();
+    let model = g.build().unwrap();
+    let fused = model.proto().graph.as_ref().unwrap().node.iter();
+    assert!(
+        fused
+            .filter(|n| n.domain.as_deref() == Some(HOST_KERNELS_DOMAIN))
+            .count()
+            == 1
+    );
+    let threads = 8;
+    let start = std::sync::Barrier::new(threads);
+    let answers: Vec<Vec<f32>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    start.wait();
+                    let mut s = Session::from_model(&model, &SessionOptions::default())
+                        .expect("the session loads");
+                    let x = HostTensor::f32(&[4], vec![-2.0, -0.5, 0.5, 2.0]).unwrap();
+                    let out = s.run(&[("x", &x)]).unwrap();
+                    out["dx"].as_f32().unwrap().to_vec()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(answers.windows(2).all(|w| w[0] == w[1]), "{answers:?}");
+    // gelu_tanh'(0.5) ≈ 0.8673 (from the tanh form's derivative).
+    assert!((answers[0][2] - 0.8673).abs() < 1e-3, "{answers:?}");
 }
