@@ -30,6 +30,7 @@ use std::collections::BTreeMap;
 use std::ffi::CStr;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 pub use cuda::CudaOptions;
@@ -314,19 +315,27 @@ pub fn available_providers() -> Result<Vec<String>> {
     }
 }
 
-/// Held while a CPU session is created: the first session that registers pipe's CPU kernels
-/// adds their domain to ONNX's process-wide operator-set table, a check-then-insert that two
-/// sessions created at the same moment race on ("the domain is already exist"), as two
-/// matrix members starting together did. Creating a session takes milliseconds.
+/// Held while a CPU session is created until one has been: the first session that registers
+/// pipe's CPU kernels adds their domain to ONNX's process-wide operator-set table, a
+/// check-then-insert that two sessions created at the same moment race on ("the domain is
+/// already exist"), as two matrix members starting together did. Later sessions find the
+/// domain there and need no lock.
 static KERNEL_REGISTRATION: Mutex<()> = Mutex::new(());
+/// Whether a CPU session has registered pipe's CPU kernels in this process.
+static KERNELS_REGISTERED: AtomicBool = AtomicBool::new(false);
 
-/// The registration lock, for sessions on `device` that register pipe's CPU kernels.
-fn register_kernels_alone(device: Device) -> Option<std::sync::MutexGuard<'static, ()>> {
-    (device == Device::Cpu).then(|| {
-        KERNEL_REGISTRATION
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-    })
+/// Runs `create` (making a session on `device`) alone while pipe's CPU kernels are not yet
+/// registered in this process.
+fn registering_kernels<T>(device: Device, create: impl FnOnce() -> Result<T>) -> Result<T> {
+    if device != Device::Cpu || KERNELS_REGISTERED.load(Ordering::Acquire) {
+        return create();
+    }
+    let _alone = KERNEL_REGISTRATION
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let created = create()?;
+    KERNELS_REGISTERED.store(true, Ordering::Release);
+    Ok(created)
 }
 
 /// How to create a [`Session`].
@@ -390,18 +399,19 @@ impl Session {
 
     /// Loads a serialised model.
     pub fn from_bytes(bytes: &[u8], opts: &SessionOptions) -> Result<Self> {
-        let _registering = register_kernels_alone(opts.device);
-        let mut b = Self::builder(opts)?;
-        let inner = match &opts.graph_cache_dir {
-            Some(dir) => {
-                let path = cache_model(dir, bytes)?;
-                b.commit_from_file(&path)
-                    .ort_context(|| format!("failed to load model `{}`", path.display()))?
+        let inner = registering_kernels(opts.device, || {
+            let mut b = Self::builder(opts)?;
+            match &opts.graph_cache_dir {
+                Some(dir) => {
+                    let path = cache_model(dir, bytes)?;
+                    b.commit_from_file(&path)
+                        .ort_context(|| format!("failed to load model `{}`", path.display()))
+                }
+                None => b
+                    .commit_from_memory(bytes)
+                    .ort_context(|| "failed to load model".into()),
             }
-            None => b
-                .commit_from_memory(bytes)
-                .ort_context(|| "failed to load model".into())?,
-        };
+        })?;
         Ok(Session {
             inner,
             device: opts.device,
@@ -410,10 +420,11 @@ impl Session {
 
     /// Loads a model file (external data is looked up beside it).
     pub fn from_file(path: &Path, opts: &SessionOptions) -> Result<Self> {
-        let _registering = register_kernels_alone(opts.device);
-        let inner = Self::builder(opts)?
-            .commit_from_file(path)
-            .ort_context(|| format!("failed to load model `{}`", path.display()))?;
+        let inner = registering_kernels(opts.device, || {
+            Self::builder(opts)?
+                .commit_from_file(path)
+                .ort_context(|| format!("failed to load model `{}`", path.display()))
+        })?;
         Ok(Session {
             inner,
             device: opts.device,
