@@ -5,7 +5,7 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::models::gpt_neo::{GptNeoConfig, ProblemType};
+use crate::models::gpt_neo::{GptNeoConfig, Pooling, ProblemType};
 
 /// The description of a bundle, written by `export-onnx` as `bundle.json`:
 ///
@@ -25,6 +25,7 @@ use crate::models::gpt_neo::{GptNeoConfig, ProblemType};
 /// }
 /// ```
 ///
+/// A model that pools the mean of its tokens also has `"pooling": "mean"` in `model`.
 /// Fields are only ever added.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -67,6 +68,10 @@ pub struct ModelShape {
     pub vocab_size: usize,
     /// The longest sequence the model takes.
     pub max_position_embeddings: usize,
+    /// How the classifier pools a row (the ONNX graph does it); written only when it is not
+    /// Hugging Face's `last`, so bundles of last-token models keep their bytes.
+    #[serde(default, skip_serializing_if = "Pooling::is_last")]
+    pub pooling: Pooling,
 }
 
 impl ModelShape {
@@ -79,6 +84,7 @@ impl ModelShape {
             num_heads: cfg.num_heads,
             vocab_size: cfg.vocab_size,
             max_position_embeddings: cfg.max_position_embeddings,
+            pooling: cfg.pooling,
         }
     }
 }

@@ -83,7 +83,8 @@ pub enum Pooling {
 }
 
 impl Pooling {
-    fn is_last(&self) -> bool {
+    /// Whether this is [`Pooling::Last`] (the default, left out of written configs).
+    pub fn is_last(&self) -> bool {
         *self == Pooling::Last
     }
 }

@@ -184,6 +184,8 @@ fn a_mean_pooling_model_exports_its_pooling() {
     assert_eq!(config["pooling"], json!("mean"));
     let ran = t.export(json!({})).unwrap();
     assert!(ran.notes_contain("self-check"), "{:?}", ran.notes);
+    // bundle.json (and so serve's /metadata) says how the graph pools.
+    assert_eq!(ran.json("bundle.json")["model"]["pooling"], json!("mean"));
     let (ids, mask, lengths) = batch(t.cfg.vocab_size, 0);
     let (logits, probabilities) = run_exported(&ran, &ids, &mask);
     let mean = training_logits(&t.cfg, &t.params, &ids, &lengths);
