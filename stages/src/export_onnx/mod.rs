@@ -120,7 +120,9 @@ impl Stage for ExportOnnx {
     }
 
     fn version(&self) -> u32 {
-        1
+        // 2: the graph runs the last block on the pooled rows only; bundle.json names a
+        //    mean pooling.
+        2
     }
 
     fn summary(&self) -> &'static str {

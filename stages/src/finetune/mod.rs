@@ -87,7 +87,9 @@ impl Stage for Finetune {
         // 2: distinct-token embedding (bit-reproducible gradients; different float rounding).
         // 3: model/config.json writes the dropout probabilities.
         // 4: AdamW on the flat host state (the clipping norm summed in f64).
-        4
+        // 5: pipe's fused CPU kernels, the pooled last block and a lane-wise clipping norm
+        //    (same numbers up to float rounding, different bits).
+        5
     }
 
     fn summary(&self) -> &'static str {
