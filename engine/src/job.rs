@@ -228,7 +228,16 @@ fn key_record(
             .and_then(Option::as_ref)
             .context("an upstream stage has no outputs (internal error)")?;
         let digest = match &input.output {
-            None => outputs_digest(outputs),
+            None => {
+                // Run records (timings) are not part of what a downstream stage depends on.
+                let records = env.pipeline.stages[input.stage].kind.run_record_outputs();
+                let computed: BTreeMap<String, OutputEntry> = outputs
+                    .iter()
+                    .filter(|(name, _)| !records.contains(&name.as_str()))
+                    .map(|(name, entry)| (name.clone(), entry.clone()))
+                    .collect();
+                outputs_digest(&computed)
+            }
             Some(name) => outputs.get(name).map(|o| o.hash).with_context(|| {
                 let known: Vec<&str> = outputs.keys().map(String::as_str).collect();
                 format!(

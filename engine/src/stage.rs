@@ -54,6 +54,16 @@ pub trait Stage: Send + Sync {
         None
     }
 
+    /// Outputs that record how a run went rather than what it computed (timings, throughput,
+    /// memory): they are stored, restored, pushed and shown like any output, but a stage
+    /// reading this one through `from: <stage>` is not keyed on them, so rerunning a stage
+    /// that computes the same result (`--force`, a lost cache) does not rerun everything
+    /// downstream. A kind lists only outputs whose other content follows from the outputs
+    /// that stay in the key. `from: <stage>.<output>` naming one of them keys on it as usual.
+    fn run_record_outputs(&self) -> &'static [&'static str] {
+        &[]
+    }
+
     /// The output names this kind writes given what its inputs will hold, for kinds whose
     /// outputs follow their inputs' (one table out per table in). The engine asks every
     /// stage in run order, so what a stage learns here reaches the stages downstream of it

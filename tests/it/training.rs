@@ -299,6 +299,29 @@ fn the_reference_job_in_small_runs_end_to_end_and_reruns_only_what_changed() {
         assert_eq!(status, "cached", "{stage} reran with nothing changed");
     }
 
+    // Forced, finetune trains the same weights again; only its timings differ (run records,
+    // not in downstream keys), so export-onnx and evaluate are not rerun.
+    let weights =
+        std::fs::read(p.path(".pipe/out/train/finetune/model/model.safetensors")).unwrap();
+    let timings = p.read(".pipe/out/train/finetune/metrics.json");
+    let forced = p.pipe(&["run", "train.yaml", "--force=finetune", "--json"]);
+    assert_eq!(
+        forced.status.code(),
+        Some(0),
+        "{}",
+        crate::util::stderr(&forced)
+    );
+    let forced: serde_json::Value = serde_json::from_slice(&forced.stdout).unwrap();
+    assert_eq!(status_of(&forced, "finetune"), "ran");
+    assert_eq!(
+        std::fs::read(p.path(".pipe/out/train/finetune/model/model.safetensors")).unwrap(),
+        weights,
+        "training is deterministic"
+    );
+    assert_ne!(p.read(".pipe/out/train/finetune/metrics.json"), timings);
+    assert_eq!(status_of(&forced, "export-onnx"), "cached", "{forced}");
+    assert_eq!(status_of(&forced, "evaluate"), "cached", "{forced}");
+
     p.file(
         "train.yaml",
         &manifest(&END_TO_END.replace("epochs: 4", "epochs: 3")),

@@ -125,6 +125,11 @@ impl Stage for ExportOnnx {
         2
     }
 
+    /// The copied training log holds the training's timings (see finetune's).
+    fn run_record_outputs(&self) -> &'static [&'static str] {
+        &["train_log"]
+    }
+
     fn summary(&self) -> &'static str {
         "Export a fine-tuned model as an ONNX bundle (model.onnx, tokenizer, labels) and check it against the training graph"
     }

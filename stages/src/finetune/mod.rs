@@ -105,6 +105,12 @@ impl Stage for Finetune {
         Some(vec!["model".into(), log.into(), "metrics".into()])
     }
 
+    /// `metrics.json` and `train_log.jsonl` hold seconds and tokens per second; the rest of
+    /// them follows from the same (deterministic) training that wrote `model`.
+    fn run_record_outputs(&self) -> &'static [&'static str] {
+        &["metrics", "train_log"]
+    }
+
     /// `select_best` needs a validation split in the input.
     fn check_inputs(&self, params: &Value, inputs: &[PlannedInput<'_>]) -> Result<(), ParamError> {
         let params = Params::parse(params)?;
