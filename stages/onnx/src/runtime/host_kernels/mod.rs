@@ -21,27 +21,59 @@ use crate::builder::HOST_KERNELS_DOMAIN;
 
 /// The domain with every kernel, for one session.
 pub(crate) fn domain() -> ort::Result<OperatorDomain> {
+    use TensorElementType::{Float32 as F32, Int64 as I64};
     OperatorDomain::new(HOST_KERNELS_DOMAIN)?
-        .add(GeluTanhGrad)?
-        .add(LayerNormGrad)?
-        .add(GatherGrad)
+        .add(HostOp {
+            name: "GeluTanhGrad",
+            inputs: &[F32, F32],
+            compute: gelu_tanh_grad,
+        })?
+        .add(HostOp {
+            name: "LayerNormGrad",
+            inputs: &[F32, F32, F32, F32, F32],
+            compute: layer_norm_grad,
+        })?
+        .add(HostOp {
+            name: "GatherGrad",
+            inputs: &[F32, I64, F32],
+            compute: gather_grad,
+        })
 }
 
-/// One f32 input.
-fn f32_input() -> OperatorInput {
-    OperatorInput::required(TensorElementType::Float32)
+/// One of pipe's kernels: required inputs of the given types, one f32 output, no attributes.
+struct HostOp {
+    name: &'static str,
+    inputs: &'static [TensorElementType],
+    compute: fn(&ComputeContext) -> ort::Result<()>,
 }
 
-/// f32 inputs.
-fn f32_inputs(n: usize) -> Vec<OperatorInput> {
-    (0..n)
-        .map(|_| OperatorInput::required(TensorElementType::Float32))
-        .collect()
+impl Operator for HostOp {
+    type Kernel<'attr> = HostKernel;
+
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
+        self.inputs.iter().map(|&t| OperatorInput::required(t))
+    }
+
+    fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
+        [OperatorOutput::required(TensorElementType::Float32)]
+    }
+
+    fn create_kernel<'attr>(&self, _: &KernelContext<'attr>) -> ort::Result<HostKernel> {
+        Ok(HostKernel(self.compute))
+    }
 }
 
-/// One f32 output.
-fn f32_output() -> [OperatorOutput; 1] {
-    [OperatorOutput::required(TensorElementType::Float32)]
+/// A [`HostOp`]'s kernel: its compute function (the kernels keep no state).
+struct HostKernel(fn(&ComputeContext) -> ort::Result<()>);
+
+impl Kernel for HostKernel {
+    fn compute(&mut self, ctx: &ComputeContext) -> ort::Result<()> {
+        (self.0)(ctx)
+    }
 }
 
 /// Input `i` (required by the operator's declaration, so present).
@@ -95,167 +127,91 @@ impl SharedOut {
 const ELEMENTWISE_CHUNK: usize = 16_384;
 
 /// `GeluTanhGrad(x, gy) → gx`.
-struct GeluTanhGrad;
-
-impl Operator for GeluTanhGrad {
-    type Kernel<'attr> = GeluTanhGrad;
-
-    fn name(&self) -> &str {
-        "GeluTanhGrad"
+fn gelu_tanh_grad(ctx: &ComputeContext) -> ort::Result<()> {
+    let (x, gy) = (input(ctx, 0)?, input(ctx, 1)?);
+    let (shape, x) = x.try_extract_tensor::<f32>()?;
+    let (gy_shape, gy) = gy.try_extract_tensor::<f32>()?;
+    if gy_shape != shape {
+        return Err(ort::Error::new(format!(
+            "GeluTanhGrad: x is {shape:?} but gy is {gy_shape:?}"
+        )));
     }
-
-    fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
-        f32_inputs(2)
-    }
-
-    fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
-        f32_output()
-    }
-
-    fn create_kernel<'attr>(&self, _: &KernelContext<'attr>) -> ort::Result<Self::Kernel<'attr>> {
-        Ok(GeluTanhGrad)
-    }
-}
-
-impl Kernel for GeluTanhGrad {
-    fn compute(&mut self, ctx: &ComputeContext) -> ort::Result<()> {
-        let (x, gy) = (input(ctx, 0)?, input(ctx, 1)?);
-        let (shape, x) = x.try_extract_tensor::<f32>()?;
-        let (gy_shape, gy) = gy.try_extract_tensor::<f32>()?;
-        if gy_shape != shape {
-            return Err(ort::Error::new(format!(
-                "GeluTanhGrad: x is {shape:?} but gy is {gy_shape:?}"
-            )));
-        }
-        par_chunks(ctx, shape, ELEMENTWISE_CHUNK, |r, out| {
-            math::gelu_tanh_grad(&x[r.clone()], &gy[r], out)
-        })
-    }
+    par_chunks(ctx, shape, ELEMENTWISE_CHUNK, |r, out| {
+        math::gelu_tanh_grad(&x[r.clone()], &gy[r], out)
+    })
 }
 
 /// `LayerNormGrad(gy, x, scale, mean, inv_std) → gx`.
-struct LayerNormGrad;
-
-impl Operator for LayerNormGrad {
-    type Kernel<'attr> = LayerNormGrad;
-
-    fn name(&self) -> &str {
-        "LayerNormGrad"
-    }
-
-    fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
-        f32_inputs(5)
-    }
-
-    fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
-        f32_output()
-    }
-
-    fn create_kernel<'attr>(&self, _: &KernelContext<'attr>) -> ort::Result<Self::Kernel<'attr>> {
-        Ok(LayerNormGrad)
-    }
-}
-
-impl Kernel for LayerNormGrad {
-    fn compute(&mut self, ctx: &ComputeContext) -> ort::Result<()> {
-        let values = (0..5)
-            .map(|i| input(ctx, i))
-            .collect::<ort::Result<Vec<_>>>()?;
-        let (shape, gy) = values[0].try_extract_tensor::<f32>()?;
-        let (x_shape, x) = values[1].try_extract_tensor::<f32>()?;
-        let (_, scale) = values[2].try_extract_tensor::<f32>()?;
-        let (_, mean) = values[3].try_extract_tensor::<f32>()?;
-        let (_, inv_std) = values[4].try_extract_tensor::<f32>()?;
-        let width = scale.len();
-        let rows = gy.len().checked_div(width).unwrap_or(0);
-        if x_shape != shape
-            || shape.last().copied() != i64::try_from(width).ok()
-            || mean.len() != rows
-            || inv_std.len() != rows
-        {
-            return Err(ort::Error::new(format!(
-                "LayerNormGrad: gy {shape:?}, x {x_shape:?}, a scale of {width} and {} / {} \
+fn layer_norm_grad(ctx: &ComputeContext) -> ort::Result<()> {
+    let values = (0..5)
+        .map(|i| input(ctx, i))
+        .collect::<ort::Result<Vec<_>>>()?;
+    let (shape, gy) = values[0].try_extract_tensor::<f32>()?;
+    let (x_shape, x) = values[1].try_extract_tensor::<f32>()?;
+    let (_, scale) = values[2].try_extract_tensor::<f32>()?;
+    let (_, mean) = values[3].try_extract_tensor::<f32>()?;
+    let (_, inv_std) = values[4].try_extract_tensor::<f32>()?;
+    let width = scale.len();
+    let rows = gy.len().checked_div(width).unwrap_or(0);
+    if x_shape != shape
+        || shape.last().copied() != i64::try_from(width).ok()
+        || mean.len() != rows
+        || inv_std.len() != rows
+    {
+        return Err(ort::Error::new(format!(
+            "LayerNormGrad: gy {shape:?}, x {x_shape:?}, a scale of {width} and {} / {} \
                  statistics do not fit together",
-                mean.len(),
-                inv_std.len()
-            )));
-        }
-        // Whole rows per chunk, about as many elements as an elementwise chunk.
-        let rows_per_chunk = (ELEMENTWISE_CHUNK / width.max(1)).max(1);
-        par_chunks(ctx, shape, rows_per_chunk * width, |r, out| {
-            let rows = r.start / width..r.end / width;
-            math::layer_norm_grad(
-                &gy[r.clone()],
-                &x[r],
-                scale,
-                &mean[rows.clone()],
-                &inv_std[rows],
-                out,
-            )
-        })
+            mean.len(),
+            inv_std.len()
+        )));
     }
+    // Whole rows per chunk, about as many elements as an elementwise chunk.
+    let rows_per_chunk = (ELEMENTWISE_CHUNK / width.max(1)).max(1);
+    par_chunks(ctx, shape, rows_per_chunk * width, |r, out| {
+        let rows = r.start / width..r.end / width;
+        math::layer_norm_grad(
+            &gy[r.clone()],
+            &x[r],
+            scale,
+            &mean[rows.clone()],
+            &inv_std[rows],
+            out,
+        )
+    })
 }
 
 /// `GatherGrad(data, idx, gy) → gdata` (`data` only gives the shape `[rows, ...]`).
-struct GatherGrad;
-
-impl Operator for GatherGrad {
-    type Kernel<'attr> = GatherGrad;
-
-    fn name(&self) -> &str {
-        "GatherGrad"
+fn gather_grad(ctx: &ComputeContext) -> ort::Result<()> {
+    let (data, idx, gy) = (input(ctx, 0)?, input(ctx, 1)?, input(ctx, 2)?);
+    let (shape, _) = data.try_extract_tensor::<f32>()?;
+    let (_, idx) = idx.try_extract_tensor::<i64>()?;
+    let (_, gy) = gy.try_extract_tensor::<f32>()?;
+    let shape = shape.to_vec();
+    let rows = shape.first().copied().unwrap_or(0);
+    let width = shape.iter().skip(1).product::<i64>() as usize;
+    if gy.len() != idx.len() * width {
+        return Err(ort::Error::new(format!(
+            "GatherGrad: {} indices of rows of {width} need {} gradient values, not {}",
+            idx.len(),
+            idx.len() * width,
+            gy.len()
+        )));
     }
-
-    fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
-        [
-            f32_input(),
-            OperatorInput::required(TensorElementType::Int64),
-            f32_input(),
-        ]
-    }
-
-    fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
-        f32_output()
-    }
-
-    fn create_kernel<'attr>(&self, _: &KernelContext<'attr>) -> ort::Result<Self::Kernel<'attr>> {
-        Ok(GatherGrad)
-    }
-}
-
-impl Kernel for GatherGrad {
-    fn compute(&mut self, ctx: &ComputeContext) -> ort::Result<()> {
-        let (data, idx, gy) = (input(ctx, 0)?, input(ctx, 1)?, input(ctx, 2)?);
-        let (shape, _) = data.try_extract_tensor::<f32>()?;
-        let (_, idx) = idx.try_extract_tensor::<i64>()?;
-        let (_, gy) = gy.try_extract_tensor::<f32>()?;
-        let shape = shape.to_vec();
-        let rows = shape.first().copied().unwrap_or(0);
-        let width = shape.iter().skip(1).product::<i64>() as usize;
-        if gy.len() != idx.len() * width {
-            return Err(ort::Error::new(format!(
-                "GatherGrad: {} indices of rows of {width} need {} gradient values, not {}",
-                idx.len(),
-                idx.len() * width,
-                gy.len()
-            )));
-        }
-        // Gather's rule: an index in -rows..rows, negative ones counting from the end.
-        let idx = idx
-            .iter()
-            .map(|&i| {
-                let row = if i < 0 { i + rows } else { i };
-                usize::try_from(row)
-                    .ok()
-                    .filter(|_| (0..rows).contains(&row))
-                    .ok_or_else(|| {
-                        ort::Error::new(format!("GatherGrad: index {i} is outside 0..{rows}"))
-                    })
-            })
-            .collect::<ort::Result<Vec<usize>>>()?;
-        let rows_per_chunk = (ELEMENTWISE_CHUNK / width.max(1)).max(1);
-        par_chunks(ctx, &shape, rows_per_chunk * width, |r, out| {
-            math::gather_grad_rows(r.start / width.max(1), width, &idx, gy, out)
+    // Gather's rule: an index in -rows..rows, negative ones counting from the end.
+    let idx = idx
+        .iter()
+        .map(|&i| {
+            let row = if i < 0 { i + rows } else { i };
+            usize::try_from(row)
+                .ok()
+                .filter(|_| (0..rows).contains(&row))
+                .ok_or_else(|| {
+                    ort::Error::new(format!("GatherGrad: index {i} is outside 0..{rows}"))
+                })
         })
-    }
+        .collect::<ort::Result<Vec<usize>>>()?;
+    let rows_per_chunk = (ELEMENTWISE_CHUNK / width.max(1)).max(1);
+    par_chunks(ctx, &shape, rows_per_chunk * width, |r, out| {
+        math::gather_grad_rows(r.start / width.max(1), width, &idx, gy, out)
+    })
 }
