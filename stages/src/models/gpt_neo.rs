@@ -538,7 +538,8 @@ impl Block {
     }
 
     /// `x` `[b, s, hidden]` → `[b, s, hidden]`; with `rows` (gather indices `[b, q, hidden]`
-    /// along axis 1), only those rows past the keys and values: `[b, q, hidden]`.
+    /// along axis 1), keys and values still come from every row but only those rows go on
+    /// through attention and the MLP: `[b, q, hidden]`.
     fn forward(
         &self,
         g: &mut Graph,
