@@ -195,6 +195,19 @@ pub fn serve(registry: &Registry, dir: &Path) -> anyhow::Result<bool> {
     let bytes = files::read(&path)?;
     let request: Request = serde_json::from_slice(&bytes)
         .with_context(|| format!("`{}` is not a stage request", path.display()))?;
+    // `pipe run` puts a stage's output folder inside the request's own folder (its temporary
+    // folder in the store); a request that sends the outputs anywhere else was not written by
+    // it, and running it could write over files pipe does not own.
+    let own_out = std::path::absolute(dir)?.join("out");
+    if request.out_dir != own_out {
+        anyhow::bail!(
+            "`{}` sends the stage's outputs to `{}`, not to `{}`; `pipe exec-stage` runs only \
+             the requests `pipe run` writes into a stage's temporary folder",
+            path.display(),
+            request.out_dir.display(),
+            own_out.display()
+        );
+    }
     let kind = registry.get(&request.kind).with_context(|| {
         format!(
             "this pipe ({}) has no stage kind `{}`; run the same pipe version ({}) on the cluster",
@@ -418,6 +431,28 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_request_sending_outputs_outside_its_folder_is_refused_and_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        request(dir.path(), "hello", 2);
+        let users = tempfile::tempdir().unwrap();
+        std::fs::write(users.path().join("greeting.txt"), "mine").unwrap();
+        let path = dir.path().join(REQUEST_FILE);
+        let mut request: Request = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        request.out_dir = users.path().to_path_buf();
+        std::fs::write(&path, serde_json::to_vec(&request).unwrap()).unwrap();
+        let err = serve(&registry(), dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("runs only the requests `pipe run` writes"),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(users.path().join("greeting.txt")).unwrap(),
+            "mine"
+        );
+        assert!(!dir.path().join(REPLY_FILE).exists());
     }
 
     #[test]
