@@ -228,16 +228,11 @@ fn key_record(
             .and_then(Option::as_ref)
             .context("an upstream stage has no outputs (internal error)")?;
         let digest = match &input.output {
-            None => {
-                // Run records (timings) are not part of what a downstream stage depends on.
-                let records = env.pipeline.stages[input.stage].kind.run_record_outputs();
-                let computed: BTreeMap<String, OutputEntry> = outputs
-                    .iter()
-                    .filter(|(name, _)| !records.contains(&name.as_str()))
-                    .map(|(name, entry)| (name.clone(), entry.clone()))
-                    .collect();
-                outputs_digest(&computed)
-            }
+            // Run records (timings) are not part of what a downstream stage depends on.
+            None => outputs_digest(
+                outputs,
+                env.pipeline.stages[input.stage].kind.run_record_outputs(),
+            ),
             Some(name) => outputs.get(name).map(|o| o.hash).with_context(|| {
                 let known: Vec<&str> = outputs.keys().map(String::as_str).collect();
                 format!(

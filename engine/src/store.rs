@@ -130,10 +130,12 @@ pub struct OutputEntry {
     pub workspace: bool,
 }
 
-/// The hash that stands for a set of outputs (or one of them) in a downstream key.
-pub fn outputs_digest(outputs: &BTreeMap<String, OutputEntry>) -> Digest {
+/// The hash that stands for a stage's outputs in a downstream key, the outputs named in
+/// `left_out` (its run records, see [`crate::Stage::run_record_outputs`]) excepted.
+pub fn outputs_digest(outputs: &BTreeMap<String, OutputEntry>, left_out: &[&str]) -> Digest {
     let map: BTreeMap<&String, String> = outputs
         .iter()
+        .filter(|(k, _)| !left_out.contains(&k.as_str()))
         .map(|(k, v)| (k, v.hash.to_string()))
         .collect();
     Digest::of(&serde_json::to_vec(&map).expect("a map of strings serializes"))
