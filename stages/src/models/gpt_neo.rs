@@ -272,18 +272,15 @@ struct Masks {
 impl Masks {
     /// The masks' rows of the queries at `lengths[b] - 1`: `[b, 1, 1, seq]`.
     fn rows(&self, g: &mut Graph, lengths: Tensor) -> pipe_onnx::Result<Masks> {
-        let pick = |g: &mut Graph, mask: Tensor| -> pipe_onnx::Result<Tensor> {
-            let shape = g.shape(mask).to_vec(); // [b, 1, s, s]
-            let one = Dim::Fixed(1);
-            let idx = last_position(g, lengths, &shape[0], &one)?; // [b, 1, 1]
-            let idx = g.unsqueeze(idx, &[1])?; // [b, 1, 1, 1]
-            let idx = g.expand(idx, &[shape[0].clone(), one.clone(), one, shape[3].clone()])?;
-            g.gather_elements(mask, idx, 2)
-        };
+        let shape = g.shape(self.global).to_vec(); // [b, 1, s, s], as the local mask's
+        let one = Dim::Fixed(1);
+        let idx = last_position(g, lengths, &shape[0], &one)?; // [b, 1, 1]
+        let idx = g.unsqueeze(idx, &[1])?; // [b, 1, 1, 1]
+        let idx = g.expand(idx, &[shape[0].clone(), one.clone(), one, shape[3].clone()])?;
         Ok(Masks {
-            global: pick(g, self.global)?,
+            global: g.gather_elements(self.global, idx, 2)?,
             local: match self.local {
-                Some(local) => Some(pick(g, local)?),
+                Some(local) => Some(g.gather_elements(local, idx, 2)?),
                 None => None,
             },
         })
