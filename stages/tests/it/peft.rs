@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use pipe_onnx::{AdamW, FlatTrainer, Graph, HostTensor, Session, SessionOptions};
+use pipe_onnx::{AdamW, FlatTrainer, Graph, HostTensor, Session, SessionOptions, StepTrainer};
 use pipe_stages::finetune::{StepGraph, StepOptions, distinct_tokens};
 use pipe_stages::models::dropout::{DropoutPlan, DropoutRates};
 use pipe_stages::models::gpt_neo::{GptNeoForSequenceClassification, ProblemType};

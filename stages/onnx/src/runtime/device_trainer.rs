@@ -444,21 +444,6 @@ impl DeviceTrainer {
         Ok((&e.shape, host))
     }
 
-    /// Names of every state tensor: each parameter, then its two moments.
-    pub fn state_names(&self) -> Vec<String> {
-        self.sig.layout.state_names()
-    }
-
-    /// Every trainable parameter, by name (copied to the host).
-    pub fn params(&self) -> Result<BTreeMap<String, HostTensor>> {
-        self.sig
-            .layout
-            .entries
-            .iter()
-            .map(|e| Ok((e.name.clone(), self.state(&e.name)?)))
-            .collect()
-    }
-
     /// The frozen inputs, by name (their host copies).
     pub fn frozen(&self) -> &[(String, HostTensor)] {
         &self.frozen

@@ -237,11 +237,6 @@ impl FlatTrainer {
         Ok((&e.shape, &self.buffer(kind)[e.range()]))
     }
 
-    /// Names of every state tensor: each parameter, then its two moments.
-    pub fn state_names(&self) -> Vec<String> {
-        self.sig.layout.state_names()
-    }
-
     /// A parameter's current values.
     pub fn param(&self, name: &str) -> Result<Vec<f32>> {
         match self.sig.layout.locate(name)? {
@@ -250,16 +245,6 @@ impl FlatTrainer {
                 "`{name}` is optimizer state, not a parameter"
             ))),
         }
-    }
-
-    /// Every trainable parameter, by name.
-    pub fn params(&self) -> Result<BTreeMap<String, HostTensor>> {
-        self.sig
-            .layout
-            .entries
-            .iter()
-            .map(|e| Ok((e.name.clone(), self.state(&e.name)?)))
-            .collect()
     }
 
     /// The frozen inputs, by name.

@@ -52,7 +52,17 @@ pub trait StepTrainer: std::fmt::Debug {
     fn set_state(&mut self, name: &str, value: &HostTensor) -> Result<()>;
 
     /// Every trainable parameter, by name, on the host.
-    fn params(&self) -> Result<BTreeMap<String, HostTensor>>;
+    fn params(&self) -> Result<BTreeMap<String, HostTensor>> {
+        let layout = &self.signature().layout;
+        layout
+            .entries
+            .iter()
+            .map(|e| {
+                let (shape, values) = self.read_state(&e.name)?;
+                Ok((e.name.clone(), HostTensor::f32(shape, values.into_owned())?))
+            })
+            .collect()
+    }
 
     /// The frozen inputs, by name.
     fn frozen(&self) -> &[(String, HostTensor)];
@@ -87,9 +97,6 @@ impl StepTrainer for FlatTrainer {
     fn set_state(&mut self, name: &str, value: &HostTensor) -> Result<()> {
         FlatTrainer::set_state(self, name, value)
     }
-    fn params(&self) -> Result<BTreeMap<String, HostTensor>> {
-        FlatTrainer::params(self)
-    }
     fn frozen(&self) -> &[(String, HostTensor)] {
         FlatTrainer::frozen(self)
     }
@@ -123,9 +130,6 @@ impl StepTrainer for DeviceTrainer {
     }
     fn set_state(&mut self, name: &str, value: &HostTensor) -> Result<()> {
         DeviceTrainer::set_state(self, name, value)
-    }
-    fn params(&self) -> Result<BTreeMap<String, HostTensor>> {
-        DeviceTrainer::params(self)
     }
     fn frozen(&self) -> &[(String, HostTensor)] {
         DeviceTrainer::frozen(self)
