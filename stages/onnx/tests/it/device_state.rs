@@ -12,7 +12,7 @@ use pipe_onnx::{
     build_gradient_step, step_trainer,
 };
 
-use crate::optim::{I, N, O, loss_graph};
+use crate::optim::{LinearData, linear_data, loss_graph};
 use crate::util::{Rng, float_tensor};
 
 /// Relative tolerance between the two trainers: the device variant sums the squared gradients
@@ -25,43 +25,10 @@ fn close(a: f64, b: f64) -> bool {
     (a - b).abs() <= RTOL * a.abs().max(b.abs()) + 1e-7
 }
 
-struct Data {
-    init: BTreeMap<String, HostTensor>,
-    head: (HostTensor, HostTensor),
-    tail: (HostTensor, HostTensor),
-}
-
-fn data(seed: u64) -> Data {
-    let mut rng = Rng::new(seed);
-    let x = rng.vec(N * I, -1.0, 1.0);
-    let t = rng.vec(N * O, -1.0, 1.0);
-    let mut init = BTreeMap::new();
-    init.insert(
-        "w".to_string(),
-        float_tensor(DType::F32, &[I as i64, O as i64], rng.vec(I * O, -1.0, 1.0)),
-    );
-    init.insert(
-        "b".to_string(),
-        float_tensor(DType::F32, &[O as i64], rng.vec(O, -1.0, 1.0)),
-    );
-    let rows = |from: usize, to: usize| {
-        let n = (to - from) as i64;
-        (
-            float_tensor(DType::F32, &[n, I as i64], x[from * I..to * I].to_vec()),
-            float_tensor(DType::F32, &[n, O as i64], t[from * O..to * O].to_vec()),
-        )
-    };
-    Data {
-        init,
-        head: rows(0, 3),
-        tail: rows(3, N),
-    }
-}
-
 /// The session of the gradient graph and the trainer's arguments; with `freeze_b`, `b` is a
 /// frozen input and only `w` trains.
 fn parts(
-    data: &Data,
+    data: &LinearData,
     freeze_b: bool,
 ) -> (
     Session,
@@ -81,12 +48,12 @@ fn parts(
     (s, sig, params, frozen)
 }
 
-fn host(data: &Data, opt: AdamW, freeze_b: bool) -> FlatTrainer {
+fn host(data: &LinearData, opt: AdamW, freeze_b: bool) -> FlatTrainer {
     let (s, sig, params, frozen) = parts(data, freeze_b);
     FlatTrainer::new(s, sig, opt, params, frozen).unwrap()
 }
 
-fn device(data: &Data, opt: AdamW, freeze_b: bool, piece: Option<usize>) -> DeviceTrainer {
+fn device(data: &LinearData, opt: AdamW, freeze_b: bool, piece: Option<usize>) -> DeviceTrainer {
     let (s, sig, params, frozen) = parts(data, freeze_b);
     let mut t = DeviceTrainer::new(s, sig, opt, params, frozen).unwrap();
     if let Some(n) = piece {
@@ -96,7 +63,7 @@ fn device(data: &Data, opt: AdamW, freeze_b: bool, piece: Option<usize>) -> Devi
 }
 
 /// One optimizer step of two micro-batches (shares 3/4 and 1/4); the loss and the norm.
-fn step(t: &mut dyn StepTrainer, data: &Data, lr: f32) -> (f64, Option<f32>) {
+fn step(t: &mut dyn StepTrainer, data: &LinearData, lr: f32) -> (f64, Option<f32>) {
     let a = t
         .accumulate(&[("x", &data.head.0), ("t", &data.head.1)], 0.75)
         .unwrap();
@@ -123,7 +90,7 @@ fn assert_same_state(want: &dyn StepTrainer, got: &dyn StepTrainer, what: &str) 
 }
 
 fn check_against_host(opt: AdamW, freeze_b: bool, piece: Option<usize>, seed: u64) {
-    let data = data(seed);
+    let data = linear_data(seed);
     let mut h = host(&data, opt, freeze_b);
     let mut d = device(&data, opt, freeze_b, piece);
     assert!(d.apply(0.01).is_err(), "an update with no gradient");
@@ -184,7 +151,7 @@ fn device_state_binds_frozen_inputs() {
         ..AdamW::default()
     };
     check_against_host(opt, true, None, 13);
-    let data = data(13);
+    let data = linear_data(13);
     let d = device(&data, opt, true, None);
     assert_eq!(d.frozen().len(), 1);
     assert_eq!(d.frozen()[0].1, data.init["b"]);
@@ -198,7 +165,7 @@ fn device_state_resumes_from_the_state_read_back() {
         max_grad_norm: 0.05,
         ..AdamW::default()
     };
-    let data = data(14);
+    let data = linear_data(14);
     let lr = |n: u32| 0.01 * n as f32;
     let mut whole = device(&data, opt, false, None);
     let mut first = device(&data, opt, false, None);
@@ -239,7 +206,7 @@ fn device_state_resumes_from_the_state_read_back() {
 
 #[test]
 fn the_cpu_keeps_host_state_by_default() {
-    let data = data(15);
+    let data = linear_data(15);
     let (s, sig, params, frozen) = parts(&data, false);
     let t = step_trainer(s, sig, AdamW::default(), params, frozen).unwrap();
     // Tests never set the switch in this process, so the CPU gets the host trainer.

@@ -16,6 +16,43 @@ pub(crate) const N: usize = 4; // rows
 pub(crate) const I: usize = 3; // inputs
 pub(crate) const O: usize = 2; // outputs
 
+/// Random data for [`loss_graph`] from `seed`: initial `w` and `b`, and the N rows of `x` and
+/// `t` whole and cut into the first 3 rows and the rest.
+pub(crate) struct LinearData {
+    pub init: BTreeMap<String, HostTensor>,
+    pub whole: (HostTensor, HostTensor),
+    pub head: (HostTensor, HostTensor),
+    pub tail: (HostTensor, HostTensor),
+}
+
+pub(crate) fn linear_data(seed: u64) -> LinearData {
+    let mut rng = Rng::new(seed);
+    let x = rng.vec(N * I, -1.0, 1.0);
+    let t = rng.vec(N * O, -1.0, 1.0);
+    let mut init = BTreeMap::new();
+    init.insert(
+        "w".to_string(),
+        float_tensor(DType::F32, &[I as i64, O as i64], rng.vec(I * O, -1.0, 1.0)),
+    );
+    init.insert(
+        "b".to_string(),
+        float_tensor(DType::F32, &[O as i64], rng.vec(O, -1.0, 1.0)),
+    );
+    let rows = |from: usize, to: usize| {
+        let n = (to - from) as i64;
+        (
+            float_tensor(DType::F32, &[n, I as i64], x[from * I..to * I].to_vec()),
+            float_tensor(DType::F32, &[n, O as i64], t[from * O..to * O].to_vec()),
+        )
+    };
+    LinearData {
+        init,
+        whole: rows(0, N),
+        head: rows(0, 3),
+        tail: rows(3, N),
+    }
+}
+
 /// loss = mean((x w + b - t)²) over N×O, with w [I, O] (weight decay) and b [O] (none).
 fn build(dtype: DType, opt: &AdamW) -> (Graph, StepSignature) {
     let (mut g, loss, params) = loss_graph(dtype);
@@ -363,32 +400,18 @@ fn accumulated_micro_batches_step_like_the_whole_batch() {
         max_grad_norm: 0.05,
         ..AdamW::default()
     };
-    let mut rng = Rng::new(7);
-    let x = rng.vec(N * I, -1.0, 1.0);
-    let t = rng.vec(N * O, -1.0, 1.0);
-    let mut init = BTreeMap::new();
-    init.insert(
-        "w".to_string(),
-        float_tensor(DType::F32, &[I as i64, O as i64], rng.vec(I * O, -1.0, 1.0)),
-    );
-    init.insert(
-        "b".to_string(),
-        float_tensor(DType::F32, &[O as i64], rng.vec(O, -1.0, 1.0)),
-    );
+    let LinearData {
+        init,
+        whole,
+        head,
+        tail,
+    } = linear_data(7);
     let trainer = || {
         let (mut g, loss, params) = loss_graph(DType::F32);
         let sig = build_gradient_step(&mut g, loss, &params).unwrap();
         let s = Session::from_model(&g.build().unwrap(), &SessionOptions::default()).unwrap();
         FlatTrainer::new(s, sig, opt, init.clone(), BTreeMap::new()).unwrap()
     };
-    let rows = |from: usize, to: usize| {
-        let n = (to - from) as i64;
-        (
-            float_tensor(DType::F32, &[n, I as i64], x[from * I..to * I].to_vec()),
-            float_tensor(DType::F32, &[n, O as i64], t[from * O..to * O].to_vec()),
-        )
-    };
-    let (whole, head, tail) = (rows(0, N), rows(0, 3), rows(3, N));
     let (mut one, mut two) = (trainer(), trainer());
     assert!(two.apply(0.01).is_err(), "an update with no gradient");
     for step in 1..=3 {
