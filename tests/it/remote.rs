@@ -212,6 +212,29 @@ fn outputs(project: &Project) -> Vec<Vec<u8>> {
     .collect()
 }
 
+/// `pipe status` says all three stages would come from the remote, and `pipe run` restores
+/// them from it without running any.
+fn restores_everything_from_the_remote(project: &Project, server: &Server) {
+    let status = pipe(project, server.port, SECRET_KEY, &["status", "team.yaml"]);
+    assert!(
+        stderr(&status).contains("3 would be restored from the remote"),
+        "{}",
+        stderr(&status)
+    );
+    let (report, _) = run(project, server.port, SECRET_KEY);
+    for stage in ["count", "big", "report"] {
+        assert_eq!(status_of(&report, stage), "cached", "{report}");
+    }
+    assert!(
+        report["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["reason"] == "restored from the remote"),
+        "{report}"
+    );
+}
+
 /// A clone that ran the pipeline and pushed it.
 fn pushed_clone(server: &Server) -> Project {
     let first = clone(None, false);
@@ -243,24 +266,7 @@ fn a_fresh_clone_restores_everything_a_teammate_pushed_without_running() {
     );
 
     let second = clone(Some(&first), true);
-    let status = pipe(&second, server.port, SECRET_KEY, &["status", "team.yaml"]);
-    assert!(
-        stderr(&status).contains("3 would be restored from the remote"),
-        "{}",
-        stderr(&status)
-    );
-    let (report, _) = run(&second, server.port, SECRET_KEY);
-    for stage in ["count", "big", "report"] {
-        assert_eq!(status_of(&report, stage), "cached", "{report}");
-    }
-    assert!(
-        report["stages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|s| s["reason"] == "restored from the remote"),
-        "{report}"
-    );
+    restores_everything_from_the_remote(&second, &server);
     assert_eq!(outputs(&second), outputs(&first), "byte-identical outputs");
     assert_eq!(second.read("team.lock"), first.read("team.lock"));
 }
@@ -664,24 +670,7 @@ fn a_record_whose_objects_are_gone_is_restored_from_the_remote_not_rerun() {
     std::fs::remove_dir_all(&objects).unwrap();
     std::fs::create_dir(&objects).unwrap();
 
-    let status = pipe(&first, server.port, SECRET_KEY, &["status", "team.yaml"]);
-    assert!(
-        stderr(&status).contains("3 would be restored from the remote"),
-        "{}",
-        stderr(&status)
-    );
-    let (report, _) = run(&first, server.port, SECRET_KEY);
-    for stage in ["count", "big", "report"] {
-        assert_eq!(status_of(&report, stage), "cached", "{report}");
-    }
-    assert!(
-        report["stages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|s| s["reason"] == "restored from the remote"),
-        "{report}"
-    );
+    restores_everything_from_the_remote(&first, &server);
     // A rerun would have drawn a new random blob and new time stamps.
     assert_eq!(outputs(&first), before);
     assert!(std::fs::read_dir(&objects).unwrap().next().is_some());
