@@ -5,7 +5,8 @@
 # the 125M shape; random init, fp32, 2 threads each. Prints one JSON object per run, with the
 # 1-minute load average before each pair (the machine may be shared: compare pairs, not runs).
 # Needs: python3 -m pip install torch transformers peft (for the baseline).
-# Usage: bench/finetune.sh [tiny|125m|lora|all]
+# Usage: bench/finetune.sh [tiny|125m|lora|freeze|all] (freeze: the 125M shape with the
+# embeddings and layers 0-5 frozen, `requires_grad=False` on the PyTorch side)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 which="${1:-all}"
@@ -18,6 +19,7 @@ runs=(tiny 125m lora)
 for r in "${runs[@]}"; do
   case "$r" in
     lora) config=125m flag=--lora ;;
+    freeze) config=125m flag=--freeze-half ;;
     *) config="$r" flag= ;;
   esac
   echo "{\"pair\": \"$r\", \"loadavg_1m\": $(cut -d' ' -f1 /proc/loadavg)}"

@@ -4,10 +4,12 @@
 //! and weight decay 0.01; warm-up steps untimed).
 //!
 //! Usage: `cargo run --release -p pipe-stages --example finetune_step -- tiny|125m [--steps N]
-//! [--warmup N] [--threads N] [--lora] [--save-graph FILE] [--profile PREFIX]`. Prints one
-//! JSON object (with the step graph's node count). `--lora` trains a LoRA adapter (r 8,
-//! alpha 16 on q_proj and v_proj; the base frozen, the head trained), as
-//! `bench/torch_finetune.py --lora` does with PEFT. `--save-graph` writes the step graph as an
+//! [--warmup N] [--threads N] [--lora] [--freeze-half] [--save-graph FILE] [--profile PREFIX]`.
+//! Prints one JSON object (with the step graph's node count). `--lora` trains a LoRA adapter
+//! (r 8, alpha 16 on q_proj and v_proj; the base frozen, the head trained), as
+//! `bench/torch_finetune.py --lora` does with PEFT; `--freeze-half` freezes the embeddings and
+//! the lower half of the layers (`freeze: [embeddings, layers.0-N]`), as
+//! `bench/torch_finetune.py --freeze-half` does with `requires_grad`. `--save-graph` writes the step graph as an
 //! ONNX file (its backward uses pipe's CPU kernels, domain `ai.pipe.host`, which only pipe
 //! registers); `--profile PREFIX` runs ONNX Runtime's profiler over every step and leaves
 //! its trace in `PREFIX_<timestamp>.json` for `bench/profile_step.py`.
@@ -17,7 +19,7 @@ use std::time::Instant;
 use std::collections::BTreeMap;
 
 use pipe_onnx::{AdamW, FlatTrainer, HostTensor, Session, SessionOptions};
-use pipe_stages::finetune::{StepGraph, distinct_tokens, peak_memory_bytes};
+use pipe_stages::finetune::{FreezeEntry, StepGraph, Trained, distinct_tokens, peak_memory_bytes};
 use pipe_stages::models::gpt_neo::{AttentionKind, GptNeoConfig, ProblemType};
 use pipe_stages::models::lora::{LoraParams, LoraTarget};
 use pipe_stages::models::{Xoshiro256, init_params};
@@ -82,11 +84,17 @@ fn main() -> anyhow::Result<()> {
         dropout: 0.0,
         targets: vec![LoraTarget::QProj, LoraTarget::VProj],
     });
-    let step = StepGraph::compile(
-        &config,
-        ProblemType::SingleLabelClassification,
-        lora.as_ref(),
-    )?;
+    let freeze = [
+        FreezeEntry::Embeddings,
+        FreezeEntry::Layers(0, config.num_layers / 2 - 1),
+    ];
+    let freeze_half = args.iter().any(|a| a == "--freeze-half");
+    let trained = match (&lora, freeze_half) {
+        (Some(lora), _) => Trained::Lora(lora),
+        (None, true) => Trained::Unfrozen(&freeze),
+        (None, false) => Trained::All,
+    };
+    let step = StepGraph::compile(&config, ProblemType::SingleLabelClassification, trained)?;
     let nodes = step
         .model
         .proto()
@@ -154,7 +162,7 @@ fn main() -> anyhow::Result<()> {
         "{}",
         json!({
             "impl": "pipe (ONNX Runtime 1.31.1)", "config": name, "params": params,
-            "lora": lora, "trained_params": trained_params, "step_graph_nodes": nodes,
+            "lora": lora, "freeze_half": freeze_half, "trained_params": trained_params, "step_graph_nodes": nodes,
             "batch": batch, "seq": seq, "threads": threads, "steps": steps,
             "setup_s": setup_s, "step_s_mean": mean,
             "tokens_per_s": (batch * seq) as f64 / mean,

@@ -12,7 +12,9 @@ work as one pipe step. Warm-up steps are run first and not timed.
 
 With --lora, the model is wrapped by PEFT for SEQ_CLS with LoRA r=8, lora_alpha=16,
 lora_dropout=0 on q_proj and v_proj (the base frozen, the score head trained in full) and
-AdamW runs over the trainable parameters only: the same work as pipe's `lora` step.
+AdamW runs over the trainable parameters only: the same work as pipe's `lora` step. With
+--freeze-half, the embeddings and the lower half of the layers have requires_grad=False (pipe's
+`freeze: [embeddings, layers.0-N]`).
 
 Configs:
   tiny  hidden 256, 4 layers, 8 heads, intermediate 1024, max positions 128,
@@ -26,7 +28,7 @@ belongs to that config alone; peak RSS includes the Python interpreter, torch
 and transformers themselves.
 
 Usage:
-  python3 bench/torch_finetune.py [--config tiny|125m|all] [--steps N] [--warmup N] [--threads N] [--lora] [--json]
+  python3 bench/torch_finetune.py [--config tiny|125m|all] [--steps N] [--warmup N] [--threads N] [--lora] [--freeze-half] [--json]
 --json prints one JSON object per config on stdout (nothing else on stdout).
 Needs: python3 -m pip install torch transformers (and peft for --lora)
 """
@@ -82,7 +84,7 @@ SEED = 0
 LORA = dict(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "v_proj"])
 
 
-def worker(name, steps, warmup, threads, lora):
+def worker(name, steps, warmup, threads, lora, freeze_half):
     import torch
     import transformers
     from transformers import GPTNeoConfig, GPTNeoForSequenceClassification
@@ -114,6 +116,12 @@ def worker(name, steps, warmup, threads, lora):
         from peft import LoraConfig, TaskType, get_peft_model
 
         model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, **LORA))
+    if freeze_half:
+        frozen = ("transformer.wte.", "transformer.wpe.") + tuple(
+            f"transformer.h.{i}." for i in range(cfg.num_layers // 2)
+        )
+        for n, p in model.named_parameters():
+            p.requires_grad_(not n.startswith(frozen))
     model.train()
     n_params = sum(p.numel() for p in model.parameters())
     trained = [p for p in model.parameters() if p.requires_grad]
@@ -153,6 +161,7 @@ def worker(name, steps, warmup, threads, lora):
         "bench": "torch_finetune",
         "config": name,
         "lora": LORA if lora else None,
+        "freeze_half": freeze_half,
         "params": n_params,
         "trained_params": sum(p.numel() for p in trained),
         "batch": B,
@@ -188,6 +197,9 @@ def main():
     ap.add_argument("--warmup", type=int, default=None, help="untimed warm-up steps (default 3 tiny, 2 125m)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--lora", action="store_true", help="train a PEFT LoRA adapter (r 8 on q_proj, v_proj)")
+    ap.add_argument(
+        "--freeze-half", action="store_true", help="freeze the embeddings and the lower half of the layers"
+    )
     ap.add_argument("--json", action="store_true", help="one JSON object per config on stdout")
     ap.add_argument("--worker", choices=list(CONFIGS), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -200,6 +212,7 @@ def main():
             args.warmup if args.warmup is not None else spec["warmup"],
             args.threads,
             args.lora,
+            args.freeze_half,
         )
         print(json.dumps(res), flush=True)
         return 0
@@ -210,6 +223,8 @@ def main():
         cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, "--threads", str(args.threads)]
         if args.lora:
             cmd.append("--lora")
+        if args.freeze_half:
+            cmd.append("--freeze-half")
         if args.steps is not None:
             cmd += ["--steps", str(args.steps)]
         if args.warmup is not None:

@@ -10,6 +10,9 @@
 //!   device: cpu                          # or cuda, cuda:1, auto (not part of the cache key)
 //! ```
 //!
+//! With `lora` the run trains a LoRA adapter and the head; with `freeze: [embeddings,
+//! layers.0-5, …]` the named parts keep their starting weights ([`Trained`]).
+//!
 //! Input: the outputs of `tokenize` (`train`, optional `validation`, `tokenizer.json`,
 //! `labels.json`). Outputs:
 //!
@@ -45,6 +48,7 @@ mod objective;
 mod params;
 mod schedule;
 mod selection;
+mod trained;
 mod training;
 
 use std::path::PathBuf;
@@ -58,6 +62,7 @@ pub use self::data::distinct_tokens;
 use self::model_source::StartingModel;
 pub use self::objective::StepOptions;
 use self::params::{ModelSource, Params};
+pub use self::trained::{FreezeEntry, Trained};
 pub use self::training::StepGraph;
 use self::training::{Evaluation, LOG_FILE, LogSummary, Training};
 use crate::models::gpt_neo::GptNeoForSequenceClassification;
@@ -272,13 +277,9 @@ impl Stage for Finetune {
             "parameters".into(),
             json!(base_specs.iter().map(|s| s.numel()).sum::<usize>()),
         );
-        if params.lora.is_some() {
-            let head = GptNeoForSequenceClassification::HEAD_PARAMS;
-            let trained = specs.iter().filter(|s| lora::is_trained(&s.name, head));
-            metrics.insert(
-                "trained_parameters".into(),
-                json!(trained.map(|s| s.numel()).sum::<usize>()),
-            );
+        let trained = Trained::of(&params);
+        if !matches!(trained, Trained::All) {
+            metrics.insert("trained_parameters".into(), json!(trained.count(&specs)));
         }
         if let Some(peak) = peak_memory_bytes() {
             metrics.insert("peak_memory_bytes".into(), json!(peak));

@@ -9,6 +9,8 @@ use serde_json::Value;
 use crate::models::gpt_neo::Pooling;
 use crate::models::lora::LoraParams;
 
+use super::trained::FreezeEntry;
+
 /// Parameters of `finetune`.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
@@ -112,6 +114,12 @@ pub struct Params {
     /// semantics; the base model stays frozen and the `score` head is trained in full.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lora: Option<LoraParams>,
+    /// Parts of the model that keep their starting weights (partial fine-tuning, PyTorch's
+    /// `requires_grad = False`): `embeddings`, `layers.N`, `layers.A-B`, or a Hugging Face
+    /// module name such as `transformer.h.0.mlp`. The `score` head is always trained.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(with = "Vec<String>")]
+    pub freeze: Vec<FreezeEntry>,
 }
 
 /// The model to fine-tune.
@@ -356,6 +364,14 @@ impl Params {
         if let Some(lora) = &params.lora {
             lora.check()
                 .map_err(|(field, message)| ParamError::new(&["lora", field], message))?;
+            if !params.freeze.is_empty() {
+                return Err(ParamError::new(
+                    &["freeze"],
+                    "`freeze` and `lora` do not go together: LoRA already freezes every base \
+                     weight",
+                )
+                .with_help("remove `freeze`, or remove `lora` to train the rest in full"));
+            }
         }
         crate::device::check(params.device(), params.threads)?;
         Ok(params)

@@ -22,12 +22,13 @@ use super::objective::StepOptions;
 use super::params::Params;
 use super::schedule::Schedule;
 use super::selection::{Best, Selection, Verdict};
+use super::trained::Trained;
 use crate::metrics;
 use crate::models::ParamSpec;
 use crate::models::gpt_neo::{
     GptNeoConfig, GptNeoForSequenceClassification, ProblemType, Tokens, hf_trainer_decay,
 };
-use crate::models::lora::{self, LoraParams};
+use crate::models::lora::LoraParams;
 
 /// Name of the training log, in the scratch folder while training and in the outputs after.
 pub const LOG_FILE: &str = "train_log.jsonl";
@@ -98,14 +99,14 @@ impl<'a> Training<'a> {
     ) -> Result<Self> {
         let opts = params.session_options()?;
         let config = &start.config;
-        let lora = params.lora.as_ref();
+        let trained = Trained::of(params);
         let options = StepOptions {
             kernels: Kernels::for_device(opts.device),
             ..options
         };
-        let step = StepGraph::compile_with(config, problem, &options, lora)?;
+        let step = StepGraph::compile_with(config, problem, &options, trained)?;
         // Parameters with a gradient go to the flat state; the rest (the base model under
-        // LoRA) are bound read-only.
+        // LoRA, the `freeze` entries) are bound read-only.
         let (weights, frozen): (BTreeMap<_, _>, BTreeMap<_, _>) = start
             .weights(&step.specs, params.model.seed)?
             .into_iter()
@@ -118,7 +119,8 @@ impl<'a> Training<'a> {
                 let mut g = Graph::new("finetune_eval");
                 g.set_kernels(options.kernels);
                 let plain = StepOptions::plain(config);
-                let (_, logits, loss) = loss_graph(&mut g, config, problem, &plain, lora)?;
+                let (_, logits, loss) =
+                    loss_graph(&mut g, config, problem, &plain, trained.lora())?;
                 g.output(logits, "logits")?;
                 g.output(loss, "loss")?;
                 Some((Session::from_model(&g.build()?, &opts)?, table))
@@ -438,14 +440,10 @@ pub struct StepGraph {
 }
 
 impl StepGraph {
-    /// Builds the step graph of `config` for `problem`; with `lora`, only the LoRA matrices
-    /// and the head take gradients.
-    pub fn compile(
-        config: &GptNeoConfig,
-        problem: ProblemType,
-        lora: Option<&LoraParams>,
-    ) -> Result<Self> {
-        Self::compile_with(config, problem, &StepOptions::plain(config), lora)
+    /// Builds the step graph of `config` for `problem`, with gradients for the `trained`
+    /// parameters only.
+    pub fn compile(config: &GptNeoConfig, problem: ProblemType, trained: Trained) -> Result<Self> {
+        Self::compile_with(config, problem, &StepOptions::plain(config), trained)
     }
 
     /// [`Self::compile`] with the loss options and dropout of `options`.
@@ -453,17 +451,15 @@ impl StepGraph {
         config: &GptNeoConfig,
         problem: ProblemType,
         options: &StepOptions,
-        lora: Option<&LoraParams>,
+        trained: Trained,
     ) -> Result<Self> {
         let mut g = Graph::new("finetune_step");
         g.set_kernels(options.kernels);
         // No logits output: the step needs only the loss, and every output is copied to the host.
-        let (model, _, loss) = loss_graph(&mut g, config, problem, options, lora)?;
+        let (model, _, loss) = loss_graph(&mut g, config, problem, options, trained.lora())?;
+        trained.check(model.params(), config.num_layers)?;
         let mut train = model.train_params(hf_trainer_decay);
-        if lora.is_some() {
-            let head = GptNeoForSequenceClassification::HEAD_PARAMS;
-            train.retain(|p| lora::is_trained(g.name(p.tensor), head));
-        }
+        train.retain(|p| trained.takes_gradient(g.name(p.tensor)));
         let signature = build_gradient_step(&mut g, loss, &train)?;
         Ok(StepGraph {
             model: g.build()?,

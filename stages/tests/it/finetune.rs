@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use pipe_engine::ParamError;
 use pipe_stages::models::weights;
 use serde_json::{Value, json};
 
@@ -476,4 +477,77 @@ fn lora_settings_are_checked() {
         .check(&json!({ "model": { "config": "tiny" }, "lora": { "r": 4, "targets": ["wte"] } }))
         .unwrap_err();
     assert!(format!("{e:?}").contains("wte"), "{e:?}");
+}
+
+#[test]
+fn a_frozen_run_keeps_the_named_parts_and_trains_the_rest() {
+    let (ws, tokens, first) = fine_tuned("base");
+    let input = [tokens.input("tokenize")];
+    let params = |freeze: Value| {
+        json!({ "model": { "path": "base" }, "max_steps": 4, "batch_size": 8,
+                "learning_rate": 5e-3, "threads": 1, "freeze": freeze })
+    };
+    let ran = ws
+        .run(
+            "finetune",
+            params(json!(["embeddings", "transformer.h.0.attn"])),
+            &input,
+        )
+        .unwrap();
+    let base = weights_of(&first);
+    let after = weights_of(&ran);
+    let mut frozen = 0;
+    for (name, w) in &after {
+        let kept = name.starts_with("transformer.wte")
+            || name.starts_with("transformer.wpe")
+            || name.starts_with("transformer.h.0.attn.");
+        assert_eq!(w == &base[name], kept, "{name}: frozen {kept}");
+        frozen += if kept { w.len() } else { 0 };
+    }
+    let metrics = ran.json("metrics.json");
+    let total = metrics["parameters"].as_u64().unwrap() as usize;
+    assert_eq!(metrics["trained_parameters"], total - frozen);
+
+    // An entry naming nothing in this two-layer model points at itself.
+    let err = ws
+        .run("finetune", params(json!(["layers.0", "layers.2"])), &input)
+        .expect_err("no layer 2");
+    let err = err.downcast::<ParamError>().unwrap();
+    assert_eq!(err.path, ["freeze", "1"]);
+    assert!(
+        err.message.contains("`layers.2` names no parameter"),
+        "{err:?}"
+    );
+    assert!(err.help.unwrap().contains("`layers.0` to `layers.1`"));
+}
+
+#[test]
+fn freeze_settings_are_checked() {
+    let registry = pipe_stages::registry();
+    let kind = registry.get("finetune").unwrap();
+    let check = |freeze: Value, lora: Option<Value>| {
+        let mut params = json!({ "model": { "config": "tiny" }, "freeze": freeze });
+        if let Some(lora) = lora {
+            params["lora"] = lora;
+        }
+        kind.check(&params)
+    };
+    for (entry, hint) in [
+        ("score", "always trained"),
+        ("layers.3-1", "layers.1-3"),
+        ("mlp", "transformer.h.0.mlp"),
+    ] {
+        let e = check(json!(["embeddings", entry]), None).unwrap_err();
+        assert_eq!(e.path, ["freeze", "1"], "{e:?}");
+        assert!(e.message.contains(hint), "{entry}: {}", e.message);
+    }
+    let lora = json!({ "r": 4, "targets": ["q_proj"] });
+    let e = check(json!(["embeddings"]), Some(lora)).unwrap_err();
+    assert_eq!(e.path, ["freeze"]);
+    assert!(e.message.contains("LoRA already freezes"), "{}", e.message);
+    check(
+        json!(["embeddings", "layers.0-2", "transformer.ln_f"]),
+        None,
+    )
+    .unwrap();
 }

@@ -16,6 +16,7 @@ mod accumulation;
 mod dropout;
 mod finetune;
 mod finetune_selection;
+mod freeze;
 mod gpt_neo;
 mod loss;
 mod peft;

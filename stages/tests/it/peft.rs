@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use pipe_onnx::{AdamW, FlatTrainer, Graph, HostTensor, Session, SessionOptions, StepTrainer};
-use pipe_stages::finetune::{StepGraph, StepOptions, distinct_tokens};
+use pipe_stages::finetune::{StepGraph, StepOptions, Trained, distinct_tokens};
 use pipe_stages::models::dropout::{DropoutPlan, DropoutRates};
 use pipe_stages::models::gpt_neo::{GptNeoForSequenceClassification, ProblemType};
 use pipe_stages::models::lora::{self, LoraParams};
@@ -38,7 +38,8 @@ fn unprefixed(t: BTreeMap<String, HostTensor>) -> BTreeMap<String, HostTensor> {
         .collect()
 }
 
-fn assert_close(what: &str, ours: &[f32], theirs: &[f32]) {
+/// `ours` within [`TOL`] (relative above 1) of `theirs`, element by element.
+pub(crate) fn assert_close(what: &str, ours: &[f32], theirs: &[f32]) {
     assert_eq!(ours.len(), theirs.len(), "{what}: lengths");
     for (i, (a, b)) in ours.iter().zip(theirs).enumerate() {
         assert!(
@@ -48,7 +49,9 @@ fn assert_close(what: &str, ours: &[f32], theirs: &[f32]) {
     }
 }
 
-fn feeds(b: &Value) -> Vec<(&'static str, HostTensor)> {
+/// The step graph's batch inputs for a fixture's `batch.json` (`input_ids`, `lengths`,
+/// `labels`).
+pub(crate) fn feeds(b: &Value) -> Vec<(&'static str, HostTensor)> {
     let rows: Vec<Vec<i64>> = serde_json::from_value(b["input_ids"].clone()).unwrap();
     let lengths: Vec<i64> = serde_json::from_value(b["lengths"].clone()).unwrap();
     let labels: Vec<i64> = serde_json::from_value(b["labels"].clone()).unwrap();
@@ -71,8 +74,12 @@ fn lora_training_matches_peft() {
     let lora: LoraParams = serde_json::from_value(b["lora"].clone()).unwrap();
     let base_dir = fixture("base");
     let config = hf_folder::read_config(&base_dir).unwrap();
-    let step =
-        StepGraph::compile(&config, ProblemType::SingleLabelClassification, Some(&lora)).unwrap();
+    let step = StepGraph::compile(
+        &config,
+        ProblemType::SingleLabelClassification,
+        Trained::Lora(&lora),
+    )
+    .unwrap();
     let head = GptNeoForSequenceClassification::HEAD_PARAMS;
 
     // Trained: exactly the LoRA matrices of the targets, and the head.
@@ -243,7 +250,7 @@ fn lora_dropout_with_fixed_masks_matches_peft() {
         ..StepOptions::plain(&config)
     };
     let problem = ProblemType::SingleLabelClassification;
-    let step = StepGraph::compile_with(&config, problem, &options, Some(&lora)).unwrap();
+    let step = StepGraph::compile_with(&config, problem, &options, Trained::Lora(&lora)).unwrap();
 
     let mut feeds = weights::load_all(&hf_folder::weights_path(&base_dir).unwrap()).unwrap();
     let adapter = unprefixed(
@@ -285,7 +292,7 @@ fn lora_dropout_with_fixed_masks_matches_peft() {
     );
 
     // Without the masks' drops (all kept, p = 0) the loss is another: the masks mattered.
-    let plain = StepGraph::compile(&config, problem, Some(&lora)).unwrap();
+    let plain = StepGraph::compile(&config, problem, Trained::Lora(&lora)).unwrap();
     let mut session = Session::from_model(&plain.model, &opts).unwrap();
     let kept: Vec<(&str, &HostTensor)> = all
         .iter()

@@ -1,0 +1,295 @@
+//! Which parameters a fine-tuning run trains: every one, LoRA's adapters and the head, or
+//! every one outside the `freeze` entries (partial fine-tuning: what setting
+//! `requires_grad = False` does in PyTorch, with `transformers`' `Trainer` then leaving those
+//! parameters out of the optimizer and of the clipping norm).
+//!
+//! A frozen parameter is a read-only input of the step graph: it takes no gradient and no
+//! optimizer state, and the backward pass stops below the lowest trained parameter, so
+//! freezing the embeddings and the lower layers also makes each step cheaper.
+
+use std::fmt;
+
+use pipe_engine::ParamError;
+use serde::{Deserialize, Serialize};
+
+use super::params::Params;
+use crate::models::ParamSpec;
+use crate::models::gpt_neo::GptNeoForSequenceClassification;
+use crate::models::lora::{self, LoraParams};
+
+/// One entry of `freeze`: a part of the model that keeps its starting weights.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum FreezeEntry {
+    /// `embeddings`: the token and position embeddings (`transformer.wte`, `transformer.wpe`).
+    Embeddings,
+    /// `layers.N` or `layers.A-B`: transformer blocks `A` to `B`, both included
+    /// (`transformer.h.A` … `transformer.h.B`).
+    Layers(usize, usize),
+    /// A module or parameter by its Hugging Face name, such as `transformer.h.3.mlp` or
+    /// `transformer.ln_f`: every parameter whose name is it or starts with it and a dot.
+    Module(String),
+}
+
+impl FreezeEntry {
+    /// Whether the parameter called `name` (Hugging Face's name) is in this part.
+    pub fn covers(&self, name: &str) -> bool {
+        let under = |prefix: &str| {
+            name.strip_prefix(prefix)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+        };
+        match self {
+            FreezeEntry::Embeddings => under("transformer.wte") || under("transformer.wpe"),
+            FreezeEntry::Layers(first, last) => {
+                (*first..=*last).any(|layer| under(&format!("transformer.h.{layer}")))
+            }
+            FreezeEntry::Module(module) => under(module),
+        }
+    }
+
+    /// Parses `layers.N` / `layers.A-B` (the part after `layers.`).
+    fn parse_layers(range: &str, text: &str) -> Result<FreezeEntry, String> {
+        let number = |s: &str| {
+            s.parse::<usize>().map_err(|_| {
+                format!("`{text}` is not a layer range: write `layers.N` or `layers.A-B`, such as `layers.0-5`")
+            })
+        };
+        let (first, last) = match range.split_once('-') {
+            Some((a, b)) => (number(a)?, number(b)?),
+            None => {
+                let n = number(range)?;
+                (n, n)
+            }
+        };
+        if first > last {
+            return Err(format!(
+                "`{text}` counts down: write the lower layer first, `layers.{last}-{first}`"
+            ));
+        }
+        Ok(FreezeEntry::Layers(first, last))
+    }
+}
+
+impl TryFrom<String> for FreezeEntry {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        let trimmed = text.trim();
+        if trimmed == "embeddings" {
+            return Ok(FreezeEntry::Embeddings);
+        }
+        if let Some(range) = trimmed.strip_prefix("layers.") {
+            return FreezeEntry::parse_layers(range, trimmed);
+        }
+        let head = GptNeoForSequenceClassification::HEAD_PARAMS;
+        let in_head = |h: &&str| {
+            let module = h.split('.').next().unwrap_or(h);
+            trimmed == module || trimmed.starts_with(&format!("{module}."))
+        };
+        if head.iter().any(in_head) {
+            return Err(format!(
+                "`{trimmed}` is the classification head, which is always trained (it starts \
+                 fresh for your labels); to train only the head, freeze everything else: \
+                 `[embeddings, layers.0-N, transformer.ln_f]`"
+            ));
+        }
+        let valid_module = trimmed.starts_with("transformer.")
+            && trimmed.split('.').all(|part| {
+                !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            });
+        if valid_module {
+            return Ok(FreezeEntry::Module(trimmed.to_string()));
+        }
+        Err(format!(
+            "`{trimmed}` is not a part of the model: write `embeddings`, `layers.N`, \
+             `layers.A-B` or a Hugging Face module name such as `transformer.h.0.mlp`"
+        ))
+    }
+}
+
+impl fmt::Display for FreezeEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FreezeEntry::Embeddings => write!(f, "embeddings"),
+            FreezeEntry::Layers(a, b) if a == b => write!(f, "layers.{a}"),
+            FreezeEntry::Layers(a, b) => write!(f, "layers.{a}-{b}"),
+            FreezeEntry::Module(m) => write!(f, "{m}"),
+        }
+    }
+}
+
+impl From<FreezeEntry> for String {
+    fn from(entry: FreezeEntry) -> String {
+        entry.to_string()
+    }
+}
+
+/// Which parameters take gradients.
+#[derive(Debug, Clone, Copy)]
+pub enum Trained<'a> {
+    /// Every parameter: full fine-tuning.
+    All,
+    /// The LoRA matrices of these settings and the head; the base model is frozen.
+    Lora(&'a LoraParams),
+    /// Every parameter no entry covers.
+    Unfrozen(&'a [FreezeEntry]),
+}
+
+impl<'a> Trained<'a> {
+    /// What `params` ask for (`lora` and `freeze` never come together: the parameters'
+    /// check refuses it).
+    pub fn of(params: &'a Params) -> Self {
+        match (&params.lora, params.freeze.as_slice()) {
+            (Some(lora), _) => Trained::Lora(lora),
+            (None, []) => Trained::All,
+            (None, entries) => Trained::Unfrozen(entries),
+        }
+    }
+
+    /// The LoRA settings, when training adapters.
+    pub fn lora(self) -> Option<&'a LoraParams> {
+        match self {
+            Trained::Lora(lora) => Some(lora),
+            _ => None,
+        }
+    }
+
+    /// Whether the parameter called `name` takes a gradient.
+    pub fn takes_gradient(self, name: &str) -> bool {
+        match self {
+            Trained::All => true,
+            Trained::Lora(_) => {
+                lora::is_trained(name, GptNeoForSequenceClassification::HEAD_PARAMS)
+            }
+            Trained::Unfrozen(entries) => !entries.iter().any(|e| e.covers(name)),
+        }
+    }
+
+    /// Checks that each `freeze` entry names a part of the model whose parameters are
+    /// `specs` (a layer past the last one, a misspelt module), pointing at the entry.
+    pub fn check(self, specs: &[ParamSpec], layers: usize) -> Result<(), ParamError> {
+        let Trained::Unfrozen(entries) = self else {
+            return Ok(());
+        };
+        for (i, entry) in entries.iter().enumerate() {
+            if specs.iter().any(|s| entry.covers(&s.name)) {
+                continue;
+            }
+            let index = i.to_string();
+            let help = match entry {
+                FreezeEntry::Layers(..) => format!(
+                    "this model has {layers} layer{}: `layers.0`{}",
+                    if layers == 1 { "" } else { "s" },
+                    if layers > 1 {
+                        format!(" to `layers.{}`", layers - 1)
+                    } else {
+                        String::new()
+                    }
+                ),
+                _ => "parameters are named as in Hugging Face's state dict, such as \
+                      `transformer.h.0.mlp.c_fc.weight`"
+                    .to_string(),
+            };
+            return Err(ParamError::new(
+                &["freeze", &index],
+                format!("`{entry}` names no parameter of this model"),
+            )
+            .with_help(help));
+        }
+        Ok(())
+    }
+
+    /// The number of values trained, out of those of `specs`.
+    pub fn count(self, specs: &[ParamSpec]) -> usize {
+        specs
+            .iter()
+            .filter(|s| self.takes_gradient(&s.name))
+            .map(ParamSpec::numel)
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(text: &str) -> Result<FreezeEntry, String> {
+        FreezeEntry::try_from(text.to_string())
+    }
+
+    #[test]
+    fn entries_parse_and_print_back() {
+        for (text, want) in [
+            ("embeddings", FreezeEntry::Embeddings),
+            ("layers.3", FreezeEntry::Layers(3, 3)),
+            ("layers.0-5", FreezeEntry::Layers(0, 5)),
+            (
+                "transformer.h.2.mlp",
+                FreezeEntry::Module("transformer.h.2.mlp".into()),
+            ),
+        ] {
+            let parsed = entry(text).unwrap();
+            assert_eq!(parsed, want);
+            assert_eq!(parsed.to_string(), text);
+        }
+    }
+
+    #[test]
+    fn bad_entries_say_what_to_write() {
+        let cases = [
+            ("layers.5-2", "layers.2-5"),
+            ("layers.x", "layers.A-B"),
+            ("layers.", "layers.N"),
+            ("score", "always trained"),
+            ("score.weight", "always trained"),
+            ("s", "not a part of the model"),
+            ("wte", "transformer.h.0.mlp"),
+            ("transformer..h", "not a part of the model"),
+            ("transformer.h.0/mlp", "not a part of the model"),
+        ];
+        for (text, hint) in cases {
+            let err = entry(text).unwrap_err();
+            assert!(err.contains(hint), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn entries_cover_whole_modules_only() {
+        let layers = FreezeEntry::Layers(1, 2);
+        assert!(layers.covers("transformer.h.1.ln_1.weight"));
+        assert!(layers.covers("transformer.h.2.mlp.c_fc.bias"));
+        assert!(!layers.covers("transformer.h.0.ln_1.weight"));
+        assert!(!layers.covers("transformer.h.10.ln_1.weight"));
+        assert!(!layers.covers("transformer.h.12.ln_1.weight"));
+        let emb = FreezeEntry::Embeddings;
+        assert!(emb.covers("transformer.wte.weight") && emb.covers("transformer.wpe.weight"));
+        assert!(!emb.covers("transformer.h.0.ln_1.weight"));
+        let module = FreezeEntry::Module("transformer.h.1".into());
+        assert!(module.covers("transformer.h.1.attn.attention.q_proj.weight"));
+        assert!(!module.covers("transformer.h.11.attn.attention.q_proj.weight"));
+        let exact = FreezeEntry::Module("transformer.ln_f.weight".into());
+        assert!(exact.covers("transformer.ln_f.weight"));
+        assert!(!exact.covers("transformer.ln_f.bias"));
+    }
+
+    #[test]
+    fn an_entry_naming_nothing_points_at_itself() {
+        let spec = |name: &str, shape: &[i64]| ParamSpec {
+            name: name.into(),
+            shape: shape.to_vec(),
+            init: crate::models::Init::Zeros,
+        };
+        let specs = [
+            spec("transformer.h.0.ln_1.weight", &[4]),
+            spec("score.weight", &[2, 4]),
+        ];
+        let entries = [FreezeEntry::Layers(0, 0), FreezeEntry::Layers(1, 1)];
+        let err = Trained::Unfrozen(&entries).check(&specs, 1).unwrap_err();
+        assert_eq!(err.path, ["freeze", "1"]);
+        assert!(err.message.contains("`layers.1` names no parameter"));
+        assert!(err.help.unwrap().contains("1 layer: `layers.0`"));
+        assert!(Trained::Unfrozen(&entries[..1]).check(&specs, 1).is_ok());
+        assert_eq!(Trained::Unfrozen(&entries[..1]).count(&specs), 8);
+        assert_eq!(Trained::All.count(&specs), 12);
+    }
+}
