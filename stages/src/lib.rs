@@ -21,6 +21,7 @@ pub mod serve;
 mod split;
 mod table;
 pub mod tokenize;
+mod wiring;
 
 pub use ingest::{Texts, read_texts};
 use pipe_engine::Registry;

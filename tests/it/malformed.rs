@@ -162,6 +162,36 @@ pub const BAD_MANIFESTS: &[(&str, &str, usize, &str)] = &[
         "invalid stage name",
     ),
     (
+        "finetune reading an ingest stage",
+        "stages:\n  ingest:\n    source: d.csv\n  finetune:\n    from: ingest\n    model: { config: tiny }\n",
+        5,
+        "point `from:` at your tokenize stage",
+    ),
+    (
+        "evaluate without named inputs",
+        "stages:\n  ingest:\n    source: d.csv\n  split:\n    from: ingest\n  evaluate:\n    from: split\n",
+        7,
+        "evaluate needs an input named `model`",
+    ),
+    (
+        "evaluate asking for a split the data lacks",
+        "stages:\n  ingest:\n    source: d.csv\n  split:\n    from: ingest\n  e:\n    uses: evaluate\n    from: { model: x, data: split }\n    splits: [validation]\n  x:\n    uses: command\n    run: echo\n    outs: [bundle]\n",
+        9,
+        "has no split `validation`",
+    ),
+    (
+        "compare without metrics",
+        "stages:\n  ingest:\n    source: d.csv\n  compare:\n    from: ingest\n",
+        5,
+        "writes `metrics.json`",
+    ),
+    (
+        "a model config whose heads do not divide its width",
+        "stages:\n  finetune:\n    model:\n      config: { hidden_size: 63, num_heads: 4, num_layers: 1, max_position_embeddings: 16, window_size: 16, attention_types: [[[global], 1]] }\n",
+        4,
+        "hidden_size 63 is not a multiple of num_heads 4",
+    ),
+    (
         "matrix values are not a list",
         "stages:\n  a:\n    run: echo\n    matrix: {env: LANG}\n",
         4,

@@ -28,7 +28,7 @@ mod members;
 mod page;
 
 use anyhow::{Context, Result, bail};
-use pipe_engine::{Checked, Outcome, ParamError, RunContext, Stage, parse_params};
+use pipe_engine::{Checked, Outcome, ParamError, PlannedInput, RunContext, Stage, parse_params};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -145,6 +145,25 @@ impl Stage for Compare {
 
     fn gathers_members(&self) -> bool {
         true
+    }
+
+    /// Needs at least one input that may write `metrics.json` (evaluate stages, usually).
+    fn check_inputs(&self, _params: &Value, inputs: &[PlannedInput<'_>]) -> Result<(), ParamError> {
+        let lacks_metrics = |i: &PlannedInput<'_>| {
+            (i.outputs.as_ref()).is_some_and(|o| !o.iter().any(|n| n == "metrics"))
+        };
+        if inputs.is_empty() || !inputs.iter().all(lacks_metrics) {
+            return Ok(());
+        }
+        let names: Vec<&str> = inputs.iter().map(|i| i.stage).collect();
+        Err(ParamError::new(
+            &["from"],
+            format!(
+                "none of the inputs ({}) writes `metrics.json`",
+                names.join(", ")
+            ),
+        )
+        .with_help("point `from:` at the evaluate stages to compare"))
     }
 
     fn check(&self, params: &Value) -> Result<Checked, ParamError> {

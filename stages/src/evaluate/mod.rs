@@ -28,7 +28,9 @@ mod truth;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use pipe_engine::{Checked, Input, Outcome, ParamError, RunContext, Stage, parse_params};
+use pipe_engine::{
+    Checked, Input, Outcome, ParamError, PlannedInput, RunContext, Stage, parse_params,
+};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -150,6 +152,55 @@ impl Stage for Evaluate {
                 .map(String::from)
                 .to_vec(),
         )
+    }
+
+    /// Reads an export-onnx bundle (`model`) and split tables (`data`), the `splits` asked for.
+    fn check_inputs(
+        &self,
+        params: &serde_json::Value,
+        inputs: &[PlannedInput<'_>],
+    ) -> Result<(), ParamError> {
+        let example = "{ model: <export-onnx stage>, data: <split stage> }";
+        let model = crate::wiring::named("evaluate", inputs, "model", example)?;
+        let data = crate::wiring::named("evaluate", inputs, "data", example)?;
+        crate::wiring::Needs {
+            kind: "evaluate",
+            outputs: &["bundle"],
+            from_kind: "export-onnx",
+        }
+        .check(model, &["from", "model"])?;
+        let Some(tables) = &data.outputs else {
+            return Ok(());
+        };
+        let present: Vec<&str> = SPLITS
+            .into_iter()
+            .filter(|s| tables.iter().any(|t| t == s))
+            .collect();
+        let help = "take `data` from a split stage, and `splits` from the tables it writes";
+        if present.is_empty() {
+            let message = format!(
+                "stage `{}` has none of the tables train, validation, test",
+                data.stage
+            );
+            return Err(ParamError::new(&["from", "data"], message).with_help(help));
+        }
+        let wanted = Params::parse(params)?.splits.unwrap_or_default();
+        match wanted
+            .iter()
+            .enumerate()
+            .find(|(_, n)| !present.contains(&n.as_str()))
+        {
+            None => Ok(()),
+            Some((i, name)) => Err(ParamError::new(
+                &["splits", &i.to_string()],
+                format!(
+                    "stage `{}` has no split `{name}` (it has: {})",
+                    data.stage,
+                    present.join(", ")
+                ),
+            )
+            .with_help(help)),
+        }
     }
 
     fn check(&self, params: &serde_json::Value) -> Result<Checked, ParamError> {

@@ -29,7 +29,7 @@ mod graph;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use pipe_engine::{Checked, Outcome, ParamError, RunContext, Stage, parse_params};
+use pipe_engine::{Checked, Outcome, ParamError, PlannedInput, RunContext, Stage, parse_params};
 use pipe_onnx::builder::{MAX_OPSET, OPSET};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -136,6 +136,20 @@ impl Stage for ExportOnnx {
 
     fn params_schema(&self) -> serde_json::Value {
         pipe_engine::schema_of::<Params>()
+    }
+
+    /// Reads the `model` folder of a finetune stage.
+    fn check_inputs(
+        &self,
+        _params: &serde_json::Value,
+        inputs: &[PlannedInput<'_>],
+    ) -> Result<(), ParamError> {
+        crate::wiring::Needs {
+            kind: "export-onnx",
+            outputs: &["model"],
+            from_kind: "finetune",
+        }
+        .check_only(inputs)
     }
 
     fn check(&self, params: &serde_json::Value) -> Result<Checked, ParamError> {

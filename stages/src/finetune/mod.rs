@@ -116,8 +116,14 @@ impl Stage for Finetune {
         &["metrics", "train_log"]
     }
 
-    /// `select_best` needs a validation split in the input.
+    /// Reads a tokenize stage's outputs; `select_best` needs a validation split among them.
     fn check_inputs(&self, params: &Value, inputs: &[PlannedInput<'_>]) -> Result<(), ParamError> {
+        crate::wiring::Needs {
+            kind: "finetune",
+            outputs: &["train", "tokenizer", "labels"],
+            from_kind: "tokenize",
+        }
+        .check_only(inputs)?;
         let params = Params::parse(params)?;
         if params.select_best.is_none() {
             return Ok(());

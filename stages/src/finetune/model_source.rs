@@ -86,7 +86,11 @@ fn same_labels(config: &GptNeoConfig, labels: &[String]) -> bool {
 }
 
 /// The config of a fresh model.
-fn fresh_config(shape: &ModelConfig, vocab_size: usize, num_labels: usize) -> Result<GptNeoConfig> {
+pub(super) fn fresh_config(
+    shape: &ModelConfig,
+    vocab_size: usize,
+    num_labels: usize,
+) -> Result<GptNeoConfig> {
     Ok(match shape {
         ModelConfig::Preset(Preset::Tiny) => GptNeoConfig::tiny(vocab_size, num_labels),
         ModelConfig::Preset(Preset::Small) => GptNeoConfig {

@@ -264,6 +264,19 @@ fn default_checkpoint_every() -> u64 {
     100
 }
 
+/// Checks that a fresh model's shape fits together (heads divide the width, one attention
+/// type per layer, …) while the manifest is read, not when training starts. The vocabulary
+/// and the labels come from the data; placeholders stand in for them here.
+fn check_shape(shape: &ModelConfig) -> Result<(), ParamError> {
+    let (placeholder_vocab, placeholder_labels) = (2, 2);
+    super::model_source::fresh_config(shape, placeholder_vocab, placeholder_labels)
+        .and_then(|config| config.validate())
+        .map_err(|e| {
+            ParamError::new(&["model", "config"], format!("{e:#}"))
+                .with_help("see Hugging Face's GPTNeoConfig for the keys and how they fit together")
+        })
+}
+
 /// Where the starting model comes from, once checked.
 #[derive(Debug, Clone)]
 pub enum ModelSource {
@@ -284,7 +297,9 @@ impl Params {
     /// Parses and checks `value`.
     pub fn parse(value: &Value) -> Result<Params, ParamError> {
         let params: Params = parse_params(value)?;
-        params.model_source()?;
+        if let ModelSource::Config(shape) = params.model_source()? {
+            check_shape(&shape)?;
+        }
         let positive = |ok: bool, key: &str, what: &str| {
             if ok {
                 Ok(())

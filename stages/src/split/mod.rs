@@ -41,7 +41,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use anyhow::{Context, bail};
 use arrow::array::UInt32Array;
 use arrow::compute::take_record_batch;
-use pipe_engine::{Checked, Outcome, ParamError, RunContext, Stage, parse_params};
+use pipe_engine::{Checked, Outcome, ParamError, PlannedInput, RunContext, Stage, parse_params};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -132,6 +132,20 @@ impl Stage for Split {
             .collect();
         names.extend(["labels".to_string(), "split".to_string()]);
         Some(names)
+    }
+
+    /// Reads the `dataset` table of an ingest stage.
+    fn check_inputs(
+        &self,
+        _params: &serde_json::Value,
+        inputs: &[PlannedInput<'_>],
+    ) -> Result<(), ParamError> {
+        crate::wiring::Needs {
+            kind: "split",
+            outputs: &["dataset"],
+            from_kind: "ingest",
+        }
+        .check_only(inputs)
     }
 
     fn check(&self, params: &serde_json::Value) -> Result<Checked, ParamError> {
