@@ -7,7 +7,7 @@ use std::path::Path;
 
 use anyhow::bail;
 
-use super::read::{Cell, Format, ReadOptions, Record, Table};
+use super::read::{Cell, Format, Malformed, ReadOptions, Record, Table};
 
 /// Rows read to describe a source.
 pub const SAMPLE_ROWS: usize = 2000;
@@ -41,6 +41,8 @@ pub struct Inspection {
     pub columns: Vec<ColumnSummary>,
     /// Rows looked at (malformed records are skipped).
     pub rows: usize,
+    /// The first malformed record met while looking, if any.
+    pub first_malformed: Option<Malformed>,
 }
 
 /// A summary of one column over the rows looked at.
@@ -89,12 +91,15 @@ pub fn inspect(path: &Path, shown: &str, options: &ReadOptions) -> anyhow::Resul
     let mut numeric = vec![true; all.len()];
     let mut has_lists = vec![false; all.len()];
     let mut rows = 0;
+    let mut first_malformed = None;
     while rows < SAMPLE_ROWS {
-        let Some(record) = table.next(&all)? else {
-            break;
-        };
-        let Record::Row { cells, .. } = record else {
-            continue;
+        let cells = match table.next(&all)? {
+            None => break,
+            Some(Record::Row { cells, .. }) => cells,
+            Some(Record::Malformed(bad)) => {
+                first_malformed.get_or_insert(bad);
+                continue;
+            }
         };
         rows += 1;
         for (i, cell) in cells.into_iter().enumerate() {
@@ -142,6 +147,7 @@ pub fn inspect(path: &Path, shown: &str, options: &ReadOptions) -> anyhow::Resul
         delimiter: table.delimiter(),
         columns,
         rows,
+        first_malformed,
     })
 }
 
@@ -160,6 +166,14 @@ impl Inspection {
                 .then(a.cmp(&b))
         });
         let Some(&best) = candidates.first() else {
+            if let (0, Some(bad)) = (self.rows, &self.first_malformed) {
+                bail!(
+                    "no record could be read to find the text column: every one is malformed \
+                     (the first, row {}: the record {}); check the file's delimiter and quoting",
+                    bad.row,
+                    bad.reason
+                );
+            }
             bail!("no column holds text; {}", self.column_list())
         };
         let close: Vec<usize> = candidates

@@ -209,6 +209,27 @@ fn a_ragged_row_fails_naming_file_and_line_unless_skipped() {
 }
 
 #[test]
+fn a_file_of_malformed_rows_says_so_when_detecting_columns() {
+    let ws = Workspace::new();
+    ws.file("d.csv", "text,label\na,b,c\nd,e,f\n");
+    let err = message(
+        ws.run(
+            "ingest",
+            json!({ "source": "d.csv", "on_error": "skip" }),
+            &[],
+        )
+        .err()
+        .unwrap(),
+    );
+    assert!(err.contains("every one is malformed"), "{err}");
+    assert!(
+        err.contains("row 2: the record has 3 fields but the header has 2"),
+        "{err}"
+    );
+    assert!(!err.contains("no column holds text"), "{err}");
+}
+
+#[test]
 fn invalid_utf8_fails_naming_line_and_column() {
     let ws = Workspace::new();
     ws.file(
