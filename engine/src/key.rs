@@ -113,6 +113,8 @@ pub enum MissReason {
         old: Option<Value>,
         /// New value.
         new: Option<Value>,
+        /// The other parameters that changed, by dotted path.
+        also: Vec<String>,
     },
     /// The command changed.
     CommandChanged,
@@ -143,8 +145,18 @@ impl std::fmt::Display for MissReason {
             MissReason::KindVersion { old, new } => {
                 write!(f, "kind implementation changed (v{old} → v{new})")
             }
-            MissReason::ParamChanged { name, old, new } => {
-                write!(f, "parameter {name} changed {} → {}", show(old), show(new))
+            MissReason::ParamChanged {
+                name,
+                old,
+                new,
+                also,
+            } => {
+                write!(f, "parameter {name} changed {} → {}", show(old), show(new))?;
+                match also.as_slice() {
+                    [] => Ok(()),
+                    [one] => write!(f, "; {one} too"),
+                    more => write!(f, "; {} more: {}", more.len(), more.join(", ")),
+                }
             }
             MissReason::CommandChanged => write!(f, "command changed"),
             MissReason::InputChanged { input } => write!(f, "input {input} changed"),
@@ -161,6 +173,7 @@ pub fn explain(old: &KeyRecord, new: &KeyRecord) -> MissReason {
             name: "uses".into(),
             old: Some(Value::String(old.kind.clone())),
             new: Some(Value::String(new.kind.clone())),
+            also: Vec::new(),
         };
     }
     if old.kind_version != new.kind_version {
@@ -169,8 +182,16 @@ pub fn explain(old: &KeyRecord, new: &KeyRecord) -> MissReason {
             new: new.kind_version,
         };
     }
-    if let Some(reason) = diff_params("", &old.params, &new.params) {
-        return reason;
+    let mut changes = Vec::new();
+    diff_params("", &old.params, &new.params, &mut changes);
+    if !changes.is_empty() {
+        let (name, old, new) = changes.remove(0);
+        return MissReason::ParamChanged {
+            name,
+            old,
+            new,
+            also: changes.into_iter().map(|(name, ..)| name).collect(),
+        };
     }
     if old.run != new.run {
         return MissReason::CommandChanged;
@@ -180,6 +201,7 @@ pub fn explain(old: &KeyRecord, new: &KeyRecord) -> MissReason {
             name: "outs".into(),
             old: Some(serde_json::json!(old.outs)),
             new: Some(serde_json::json!(new.outs)),
+            also: Vec::new(),
         };
     }
     let names: std::collections::BTreeSet<&String> =
@@ -197,9 +219,14 @@ pub fn explain(old: &KeyRecord, new: &KeyRecord) -> MissReason {
     MissReason::NotInCache
 }
 
-fn diff_params(prefix: &str, old: &Value, new: &Value) -> Option<MissReason> {
+/// A parameter that changed: its dotted path, old and new value (`None`: absent).
+type ParamChange = (String, Option<Value>, Option<Value>);
+
+/// Adds every leaf where `old` and `new` differ to `changes`, in key order (a whole value
+/// where one side is not an object).
+fn diff_params(prefix: &str, old: &Value, new: &Value, changes: &mut Vec<ParamChange>) {
     if canonical_json(old) == canonical_json(new) {
-        return None;
+        return;
     }
     if let (Value::Object(a), Value::Object(b)) = (old, new) {
         let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
@@ -210,30 +237,18 @@ fn diff_params(prefix: &str, old: &Value, new: &Value) -> Option<MissReason> {
                 format!("{prefix}.{k}")
             };
             match (a.get(k), b.get(k)) {
-                (Some(x), Some(y)) => {
-                    if let Some(r) = diff_params(&name, x, y) {
-                        return Some(r);
-                    }
-                }
-                (x, y) => {
-                    return Some(MissReason::ParamChanged {
-                        name,
-                        old: x.cloned(),
-                        new: y.cloned(),
-                    });
-                }
+                (Some(x), Some(y)) => diff_params(&name, x, y, changes),
+                (x, y) => changes.push((name, x.cloned(), y.cloned())),
             }
         }
+        return;
     }
-    Some(MissReason::ParamChanged {
-        name: if prefix.is_empty() {
-            "parameters".into()
-        } else {
-            prefix.to_string()
-        },
-        old: Some(old.clone()),
-        new: Some(new.clone()),
-    })
+    let name = if prefix.is_empty() {
+        "parameters".into()
+    } else {
+        prefix.to_string()
+    };
+    changes.push((name, Some(old.clone()), Some(new.clone())));
 }
 
 #[cfg(test)]
@@ -315,6 +330,21 @@ mod tests {
         assert_eq!(
             explain(&nested_old, &nested_new).to_string(),
             "parameter model.config changed tiny → small"
+        );
+    }
+
+    #[test]
+    fn names_every_parameter_that_changed() {
+        let old = record(json!({"batch_size": 16, "epochs": 3, "seed": 0, "lr": 1}));
+        let two = record(json!({"batch_size": 8, "epochs": 3, "seed": 1, "lr": 1}));
+        assert_eq!(
+            explain(&old, &two).to_string(),
+            "parameter batch_size changed 16 → 8; seed too"
+        );
+        let three = record(json!({"batch_size": 8, "epochs": 4, "seed": 1}));
+        assert_eq!(
+            explain(&old, &three).to_string(),
+            "parameter batch_size changed 16 → 8; 3 more: epochs, lr, seed"
         );
     }
 }
