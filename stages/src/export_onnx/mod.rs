@@ -28,6 +28,7 @@ mod graph;
 
 use std::path::Path;
 
+use crate::wiring::Needs;
 use anyhow::{Context, Result, bail};
 use pipe_engine::{Checked, Outcome, ParamError, PlannedInput, RunContext, Stage, parse_params};
 use pipe_onnx::builder::{MAX_OPSET, OPSET};
@@ -114,6 +115,13 @@ impl Params {
     }
 }
 
+/// What export-onnx reads from its input.
+const READS: Needs<'static> = Needs {
+    kind: "export-onnx",
+    outputs: &["model"],
+    from_kind: "finetune",
+};
+
 impl Stage for ExportOnnx {
     fn kind(&self) -> &'static str {
         "export-onnx"
@@ -141,15 +149,10 @@ impl Stage for ExportOnnx {
     /// Reads the `model` folder of a finetune stage.
     fn check_inputs(
         &self,
-        _params: &serde_json::Value,
+        _: &serde_json::Value,
         inputs: &[PlannedInput<'_>],
     ) -> Result<(), ParamError> {
-        crate::wiring::Needs {
-            kind: "export-onnx",
-            outputs: &["model"],
-            from_kind: "finetune",
-        }
-        .check_only(inputs)
+        READS.check_only(inputs)
     }
 
     fn check(&self, params: &serde_json::Value) -> Result<Checked, ParamError> {

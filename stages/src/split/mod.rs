@@ -38,6 +38,7 @@ mod rng;
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::wiring::Needs;
 use anyhow::{Context, bail};
 use arrow::array::UInt32Array;
 use arrow::compute::take_record_batch;
@@ -106,6 +107,13 @@ impl Params {
     }
 }
 
+/// What split reads from its input.
+const READS: Needs<'static> = Needs {
+    kind: "split",
+    outputs: &["dataset"],
+    from_kind: "ingest",
+};
+
 impl Stage for Split {
     fn kind(&self) -> &'static str {
         "split"
@@ -137,15 +145,10 @@ impl Stage for Split {
     /// Reads the `dataset` table of an ingest stage.
     fn check_inputs(
         &self,
-        _params: &serde_json::Value,
+        _: &serde_json::Value,
         inputs: &[PlannedInput<'_>],
     ) -> Result<(), ParamError> {
-        crate::wiring::Needs {
-            kind: "split",
-            outputs: &["dataset"],
-            from_kind: "ingest",
-        }
-        .check_only(inputs)
+        READS.check_only(inputs)
     }
 
     fn check(&self, params: &serde_json::Value) -> Result<Checked, ParamError> {

@@ -6,13 +6,14 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use pipe_onnx::{AdamW, FlatTrainer, HostTensor, Session, SessionOptions, StepTrainer};
+use pipe_onnx::StepTrainer;
 use pipe_stages::finetune::{FreezeEntry, StepGraph, Trained};
 use pipe_stages::models::gpt_neo::ProblemType;
 use pipe_stages::models::{hf_folder, weights};
 use serde_json::Value;
 
-use crate::peft::{assert_close, feeds};
+use crate::gpt_neo::fixture_adamw;
+use crate::peft::{assert_close, feeds, one_thread_trainer, train_and_check};
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -44,32 +45,10 @@ fn frozen_training_matches_transformers_trainer() {
         || n.starts_with("transformer.h.0.")));
 
     let hp = &batch["adamw"];
-    let f = |k: &str| hp[k].as_f64().unwrap();
-    let adamw = AdamW {
-        beta1: f("beta1"),
-        beta2: f("beta2"),
-        eps: f("eps"),
-        weight_decay: f("weight_decay"),
-        max_grad_norm: f("max_grad_norm"),
-    };
-    let opts = SessionOptions {
-        intra_threads: Some(1),
-        ..Default::default()
-    };
-    let session = Session::from_model(&step.model, &opts).unwrap();
-    let mut trainer = FlatTrainer::new(session, step.signature, adamw, params, frozen).unwrap();
-
+    let lr = hp["lr"].as_f64().unwrap() as f32;
+    let mut trainer = one_thread_trainer(&step, fixture_adamw(hp), params, frozen);
     let expected = weights::load_all(&fixture("freeze.safetensors")).unwrap();
-    let scalar = |k: &str| expected[k].as_f32().unwrap()[0];
-    let inputs = feeds(&batch);
-    let inputs: Vec<(&str, &HostTensor)> = inputs.iter().map(|(k, v)| (*k, v)).collect();
-    for n in 1..=2 {
-        let r = trainer.step(&inputs, f("lr") as f32).unwrap();
-        let loss = format!("loss_{n}");
-        assert_close(&loss, &[r.loss], &[scalar(&loss)]);
-        let norm = format!("grad_norm_{n}");
-        assert_close(&norm, &[r.grad_norm.unwrap()], &[scalar(&norm)]);
-    }
+    train_and_check(&mut trainer, &feeds(&batch), lr, 2, &expected);
 
     // Trained parameters as torch left them; frozen ones bit for bit as they started.
     let now = trainer.params().unwrap();

@@ -447,6 +447,18 @@ fn check_gradients(kernels: Kernels) {
     }
 }
 
+/// The fixture's AdamW settings (`batch.json` → `adamw`).
+pub(crate) fn fixture_adamw(hp: &Value) -> AdamW {
+    let f = |k: &str| hp[k].as_f64().unwrap();
+    AdamW {
+        beta1: f("beta1"),
+        beta2: f("beta2"),
+        eps: f("eps"),
+        weight_decay: f("weight_decay"),
+        max_grad_norm: f("max_grad_norm"),
+    }
+}
+
 /// One AdamW step with the fixture's hyper-parameters (clipping at 1.0, weight decay 0.01 on
 /// every parameter, as `make_fixtures.py` configures `torch.optim.AdamW`).
 #[test]
@@ -466,13 +478,7 @@ fn gpt_neo_adamw_step_matches_transformers() {
         hp["weight_decay_applies_to"].as_str().unwrap(),
         "all parameters (incl. biases, LayerNorm, embeddings)"
     );
-    let adamw = AdamW {
-        beta1: f("beta1"),
-        beta2: f("beta2"),
-        eps: f("eps"),
-        weight_decay: f("weight_decay"),
-        max_grad_norm: f("max_grad_norm"),
-    };
+    let adamw = fixture_adamw(hp);
     let sig = adamw
         .build_step(&mut g, loss, &model.train_params(|_| true))
         .unwrap();
@@ -552,13 +558,7 @@ fn gpt_neo_flat_adamw_step_matches_transformers() {
     let exp = expected();
     let hp = &batch().json["adamw"];
     let f = |k: &str| hp[k].as_f64().unwrap();
-    let adamw = AdamW {
-        beta1: f("beta1"),
-        beta2: f("beta2"),
-        eps: f("eps"),
-        weight_decay: f("weight_decay"),
-        max_grad_norm: f("max_grad_norm"),
-    };
+    let adamw = fixture_adamw(hp);
     let sig = build_gradient_step(&mut g, loss, &model.train_params(|_| true)).unwrap();
     let (params, batch): (BTreeMap<_, _>, BTreeMap<_, _>) = feeds
         .clone()

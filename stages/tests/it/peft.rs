@@ -68,6 +68,44 @@ pub(crate) fn feeds(b: &Value) -> Vec<(&'static str, HostTensor)> {
     ]
 }
 
+/// Sessions on one thread: the fixtures' sums in one order.
+fn one_thread() -> SessionOptions {
+    SessionOptions {
+        intra_threads: Some(1),
+        ..Default::default()
+    }
+}
+
+/// A flat trainer of `step` on one thread (the fixtures' sums in one order).
+pub(crate) fn one_thread_trainer(
+    step: &StepGraph,
+    adamw: AdamW,
+    params: BTreeMap<String, HostTensor>,
+    frozen: BTreeMap<String, HostTensor>,
+) -> FlatTrainer {
+    let session = Session::from_model(&step.model, &one_thread()).unwrap();
+    FlatTrainer::new(session, step.signature.clone(), adamw, params, frozen).unwrap()
+}
+
+/// `steps` steps on `batch`, each step's loss and gradient norm against the reference's
+/// `loss_<n>` and `grad_norm_<n>`.
+pub(crate) fn train_and_check(
+    trainer: &mut FlatTrainer,
+    batch: &[(&'static str, HostTensor)],
+    lr: f32,
+    steps: u64,
+    expected: &BTreeMap<String, HostTensor>,
+) {
+    let batch: Vec<(&str, &HostTensor)> = batch.iter().map(|(k, v)| (*k, v)).collect();
+    let scalar = |k: &str| expected[k].as_f32().unwrap()[0];
+    for n in 1..=steps {
+        let r = trainer.step(&batch, lr).unwrap();
+        let (loss, norm) = (format!("loss_{n}"), format!("grad_norm_{n}"));
+        assert_close(&loss, &[r.loss], &[scalar(&loss)]);
+        assert_close(&norm, &[r.grad_norm.unwrap()], &[scalar(&norm)]);
+    }
+}
+
 #[test]
 fn lora_training_matches_peft() {
     let b = json(fixture("batch.json"));
@@ -116,30 +154,11 @@ fn lora_training_matches_peft() {
         weight_decay: f("weight_decay"),
         max_grad_norm: f("max_grad_norm"),
     };
-    let opts = SessionOptions {
-        intra_threads: Some(1),
-        ..Default::default()
-    };
-    let session = Session::from_model(&step.model, &opts).unwrap();
-    let mut trainer = FlatTrainer::new(session, step.signature, adamw, params, frozen).unwrap();
-
+    let mut trainer = one_thread_trainer(&step, adamw, params, frozen);
     let expected = weights::load_all(&fixture("expected.safetensors")).unwrap();
-    let scalar = |k: &str| expected[k].as_f32().unwrap()[0];
     let batch = feeds(&b);
-    let batch: Vec<(&str, &HostTensor)> = batch.iter().map(|(k, v)| (*k, v)).collect();
-    for n in 1..=hp["steps"].as_u64().unwrap() {
-        let r = trainer.step(&batch, f("lr") as f32).unwrap();
-        assert_close(
-            &format!("loss_{n}"),
-            &[r.loss],
-            &[scalar(&format!("loss_{n}"))],
-        );
-        assert_close(
-            &format!("grad_norm_{n}"),
-            &[r.grad_norm.unwrap()],
-            &[scalar(&format!("grad_norm_{n}"))],
-        );
-    }
+    let steps = hp["steps"].as_u64().unwrap();
+    train_and_check(&mut trainer, &batch, f("lr") as f32, steps, &expected);
 
     // The adapter after two steps, and the frozen base bit for bit as it was.
     let peft_adapter = unprefixed(
@@ -217,11 +236,11 @@ fn lora_training_matches_peft() {
     let (ids, lengths) = GptNeoForSequenceClassification::declare_inputs(&mut g).unwrap();
     let logits = model.forward(&mut g, ids, lengths).unwrap();
     g.output(logits, "logits").unwrap();
-    let mut s = Session::from_model(&g.build().unwrap(), &opts).unwrap();
+    let mut s = Session::from_model(&g.build().unwrap(), &one_thread()).unwrap();
     let rows: Vec<Vec<i64>> = serde_json::from_value(b["input_ids"].clone()).unwrap();
     let (n, len) = (rows.len() as i64, rows[0].len() as i64);
     let ids = HostTensor::i64(&[n, len], rows.concat()).unwrap();
-    let lengths = batch.iter().find(|(k, _)| *k == "lengths").unwrap().1;
+    let lengths = &batch.iter().find(|(k, _)| *k == "lengths").unwrap().1;
     let mut run_feeds: Vec<(&str, &HostTensor)> = vec![("input_ids", &ids), ("lengths", lengths)];
     run_feeds.extend(merged.iter().map(|(k, v)| (k.as_str(), v)));
     let out = s.run(&run_feeds).unwrap();
@@ -272,11 +291,7 @@ fn lora_dropout_with_fixed_masks_matches_peft() {
     let mut all: Vec<(&str, &HostTensor)> = feeds.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let batch = self::feeds(&b);
     all.extend(batch.iter().map(|(k, v)| (*k, v)));
-    let opts = SessionOptions {
-        intra_threads: Some(1),
-        ..Default::default()
-    };
-    let mut session = Session::from_model(&step.model, &opts).unwrap();
+    let mut session = Session::from_model(&step.model, &one_thread()).unwrap();
     let out = session.run(&all).unwrap();
     let f32s = |t: &HostTensor| t.as_f32().unwrap().to_vec();
     assert_close("loss", &f32s(&out["loss"]), &f32s(&expected["loss"]));
@@ -293,7 +308,7 @@ fn lora_dropout_with_fixed_masks_matches_peft() {
 
     // Without the masks' drops (all kept, p = 0) the loss is another: the masks mattered.
     let plain = StepGraph::compile(&config, problem, Trained::Lora(&lora)).unwrap();
-    let mut session = Session::from_model(&plain.model, &opts).unwrap();
+    let mut session = Session::from_model(&plain.model, &one_thread()).unwrap();
     let kept: Vec<(&str, &HostTensor)> = all
         .iter()
         .filter(|(k, _)| !k.starts_with("dropout:"))
