@@ -82,12 +82,16 @@ impl StageRecord {
 
     /// Refuses output paths that could lead outside where they belong: a store
     /// output is one plain file name (it lives in `out/<pipeline>/<stage>/`), a
-    /// declared out a normalised relative path that is also one of the record's
-    /// declared outs.
+    /// declared out one of the record's declared outs, and either a normalised
+    /// relative path or an outside path (absolute, or starting with `..`) as
+    /// `--allow-outside` accepts it. A record is only used for a stage whose
+    /// manifest declares the same outs, so an outside path in a record is one
+    /// the manifest allowed.
     pub fn check(&self) -> anyhow::Result<()> {
         for (name, output) in &self.outputs {
             let ok = if output.workspace {
-                is_plain_relative(&output.path) && self.record.outs.contains(&output.path)
+                (is_plain_relative(&output.path) || is_outside_path(&output.path))
+                    && self.record.outs.contains(&output.path)
             } else {
                 is_plain_name(&output.path)
             };
@@ -111,6 +115,12 @@ pub fn is_plain_name(name: &str) -> bool {
 /// Whether `path` is relative and normalised: plain names joined by `/`.
 pub fn is_plain_relative(path: &str) -> bool {
     path.split('/').all(is_plain_name)
+}
+
+/// Whether `path` is an out outside the workspace as `--allow-outside`
+/// accepts it: absolute, or starting with `..`, without NUL.
+pub fn is_outside_path(path: &str) -> bool {
+    !path.contains('\0') && (path.starts_with('/') || path == ".." || path.starts_with("../"))
 }
 
 /// One named output of a stage.

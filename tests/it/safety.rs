@@ -32,7 +32,8 @@ pub(crate) fn trashed(p: &Project, rel: &str) -> (serde_json::Value, String) {
         .collect();
     assert_eq!(found.len(), 1, "`{rel}` is in exactly one trash batch");
     let (folder, note) = &found[0];
-    let bytes = std::fs::read_to_string(folder.join("files").join(rel)).unwrap();
+    let kept = note["kept_at"][rel].as_str().expect("the note says where each path is kept");
+    let bytes = std::fs::read_to_string(folder.join(kept)).unwrap();
     (note.clone(), bytes)
 }
 
@@ -397,4 +398,60 @@ fn two_stages_storing_identical_bytes_at_once_both_succeed() {
 
 fn no_temp_left(tmp: &Path) -> bool {
     std::fs::read_dir(tmp).unwrap().count() == 0
+}
+
+#[test]
+fn an_allowed_outside_out_in_the_way_is_kept_in_the_trash_not_overwritten() {
+    let outside = tempfile::tempdir().unwrap();
+    let report = outside.path().join("report.txt");
+    std::fs::write(&report, "PRECIOUS").unwrap();
+    let p = Project::new();
+    p.file("in.txt", "x");
+    p.file(
+        "p.yaml",
+        &format!(
+            "pipeline: t\nstages:\n  mk:\n    run: echo generated > {0}\n    deps: [in.txt]\n    outs: [{0}]\n",
+            report.display()
+        ),
+    );
+    let out = p.pipe(&["run", "--allow-outside", "p.yaml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(std::fs::read_to_string(&report).unwrap(), "generated\n");
+    let (note, bytes) = trashed(&p, &report.display().to_string());
+    assert_eq!(bytes, "PRECIOUS", "the user's file is kept in the trash");
+    let kept = note["kept_at"][report.display().to_string()].as_str().unwrap();
+    assert!(kept.starts_with("files/@root/"), "{kept}");
+
+    // The record of an allowed outside out is valid: the next run is cached.
+    let out = p.pipe(&["run", "--allow-outside", "p.yaml", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report_json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status_of(&report_json, "mk"), "cached");
+}
+
+#[test]
+fn an_out_above_the_workspace_in_the_way_is_kept_inside_the_trash_batch() {
+    let p = Project::new();
+    p.file("shared/r.txt", "mine, above the workspace");
+    p.file("proj/in.txt", "x");
+    p.file(
+        "proj/p.yaml",
+        "pipeline: t\nstages:\n  mk:\n    run: echo generated > ../shared/r.txt\n    deps: [in.txt]\n    outs: [../shared/r.txt]\n",
+    );
+    let out = p.pipe(&["run", "--allow-outside", "proj/p.yaml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(p.read("shared/r.txt"), "generated\n");
+    let batches: Vec<_> = std::fs::read_dir(p.path("proj/.pipe/trash"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(batches.len(), 1);
+    let note: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(batches[0].join("note.json")).unwrap()).unwrap();
+    let kept = note["kept_at"]["../shared/r.txt"].as_str().unwrap();
+    assert_eq!(kept, "files/@up/shared/r.txt");
+    assert_eq!(
+        std::fs::read_to_string(batches[0].join(kept)).unwrap(),
+        "mine, above the workspace"
+    );
 }
