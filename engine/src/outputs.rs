@@ -17,17 +17,21 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 use crate::files;
-use crate::hash::{Digest, hash_path};
+use crate::hash::{Digest, EntryKind, hash_path};
 use crate::job::JobEnv;
 use crate::lockfile::LockEntry;
 use crate::plan::{Pipeline, PlannedStage};
 use crate::store::{Import, OutputEntry, StageRecord, Store};
 use crate::trash;
 
-/// Object digests of what pipe last wrote for a stage (from the record of the
-/// lockfile's key): anything in a declared out matching one of them is pipe's
-/// to remove; anything else is trashed.
-pub fn produced(store: &Store, locked: Option<&LockEntry>) -> BTreeSet<Digest> {
+/// What pipe last wrote for a stage, as (workspace path, content digest)
+/// pairs of every file and link of its declared outs (from the record of the
+/// lockfile's key): a file in a declared out is pipe's to remove only when
+/// its path and content are one of these pairs; anything else is trashed.
+pub type Produced = BTreeSet<(String, Digest)>;
+
+/// The [`Produced`] pairs of the lockfile's entry of a stage.
+pub fn produced(store: &Store, locked: Option<&LockEntry>) -> Produced {
     let mut known = BTreeSet::new();
     let Some(locked) = locked else {
         return known;
@@ -35,12 +39,37 @@ pub fn produced(store: &Store, locked: Option<&LockEntry>) -> BTreeSet<Digest> {
     match store.record(&locked.key) {
         Some(record) => {
             for output in record.outputs.values().filter(|o| o.workspace) {
-                store.output_objects(output.kind, &output.hash, &mut known);
+                produced_pairs(store, &output.path, output.kind, &output.hash, &mut known);
             }
         }
-        None => known.extend(locked.outputs.values().copied()),
+        // Without the record, the lockfile knows each out's digest (a folder's
+        // tree is read when the store still has it).
+        None => {
+            let outs = locked.outputs.iter();
+            for (out, digest) in outs.filter(|(out, _)| locked.record.outs.contains(out)) {
+                let kind = match store.read_tree(digest) {
+                    Ok(_) => EntryKind::Dir,
+                    Err(_) => EntryKind::File,
+                };
+                produced_pairs(store, out, kind, digest, &mut known);
+            }
+        }
     }
     known
+}
+
+/// Adds the pairs of output `kind`/`digest` placed at `path` (a folder: every
+/// entry under its tree, at its own path).
+fn produced_pairs(store: &Store, path: &str, kind: EntryKind, digest: &Digest, into: &mut Produced) {
+    if kind != EntryKind::Dir {
+        into.insert((path.to_string(), *digest));
+        return;
+    }
+    if let Ok(tree) = store.read_tree(digest) {
+        for entry in &tree.entries {
+            produced_pairs(store, &format!("{path}/{}", entry.name), entry.kind, &entry.hash, into);
+        }
+    }
 }
 
 /// Refuses a declared out whose parent folders include a symlink: writing
@@ -67,7 +96,7 @@ pub fn clear_out(
     env: &JobEnv<'_>,
     stage: &str,
     out: &str,
-    known: &BTreeSet<Digest>,
+    known: &Produced,
 ) -> anyhow::Result<()> {
     let workspace = &env.pipeline.manifest.dir;
     ensure_real_parents(workspace, out)?;
@@ -88,7 +117,7 @@ pub fn clear_out(
 fn clear(
     env: &JobEnv<'_>,
     batch: &mut trash::Batch<'_>,
-    known: &BTreeSet<Digest>,
+    known: &Produced,
     path: &Path,
     rel: &Path,
 ) -> anyhow::Result<()> {
@@ -113,7 +142,8 @@ fn clear(
     } else {
         None
     };
-    if digest.is_some_and(|d| known.contains(&d)) {
+    let rel_text = rel.to_string_lossy().into_owned();
+    if digest.is_some_and(|d| known.contains(&(rel_text, d))) {
         files::remove_file(path)
     } else {
         batch.take(rel)

@@ -455,3 +455,21 @@ fn an_out_above_the_workspace_in_the_way_is_kept_inside_the_trash_batch() {
         "mine, above the workspace"
     );
 }
+
+#[test]
+fn a_copy_of_a_produced_file_under_another_name_goes_to_the_trash_not_away() {
+    let p = Project::new();
+    p.file("p.yaml", &FOLDER_OUT.replace("WORD", "one"));
+    p.run_json("p.yaml", 0);
+    p.file("build/made-GOOD-backup.txt", "one\n");
+    p.file("build/my-todo.txt", "todo");
+    p.file("p.yaml", &FOLDER_OUT.replace("WORD", "two"));
+    assert_eq!(status_of(&p.run_json("p.yaml", 0), "build"), "ran");
+    assert_eq!(p.read("build/made.txt"), "two\n");
+    assert_eq!(
+        trashed(&p, "build/made-GOOD-backup.txt").1,
+        "one\n",
+        "same bytes as pipe's file, but not at pipe's path: the user's"
+    );
+    assert_eq!(trashed(&p, "build/my-todo.txt").1, "todo");
+}
