@@ -473,3 +473,36 @@ fn a_copy_of_a_produced_file_under_another_name_goes_to_the_trash_not_away() {
     );
     assert_eq!(trashed(&p, "build/my-todo.txt").1, "todo");
 }
+
+#[test]
+fn an_out_over_the_manifest_reached_through_a_link_is_refused() {
+    let p = Project::new();
+    p.file(
+        "conf/real.yaml",
+        "pipeline: own\nstages:\n  s:\n    run: echo x\n    outs: [conf]\n",
+    );
+    std::os::unix::fs::symlink("conf/real.yaml", p.path("p.yaml")).unwrap();
+    let out = p.pipe(&["validate", "p.yaml"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("out `conf` overlaps the manifest `conf/real.yaml`"),
+        "{}",
+        stderr(&out)
+    );
+    assert_refused(&p, "p.yaml", 5, "overlaps the manifest `conf/real.yaml`");
+    assert!(p.read("conf/real.yaml").starts_with("pipeline: own"));
+    assert!(!p.path(".pipe/trash").exists());
+}
+
+#[test]
+fn an_out_over_the_store_reached_through_a_link_is_refused() {
+    let p = Project::new();
+    p.file("cache/objects/keep", "store content");
+    std::os::unix::fs::symlink("cache", p.path(".pipe")).unwrap();
+    p.file(
+        "p.yaml",
+        "pipeline: own\nstages:\n  s:\n    run: echo x\n    outs: [cache]\n",
+    );
+    assert_refused(&p, "p.yaml", 5, "out `cache` overlaps the store `cache`");
+    assert_eq!(p.read("cache/objects/keep"), "store content");
+}
