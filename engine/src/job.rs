@@ -448,10 +448,40 @@ fn execute(
             .unwrap_or(0),
         pipe_version: env!("CARGO_PKG_VERSION").to_string(),
     };
-    env.store.write_record(&stage_record)?;
+    let changed = changed_deps(env, stage, record);
+    if changed.is_empty() {
+        env.store.write_record(&stage_record)?;
+    } else {
+        let shown: Vec<String> = changed.iter().map(|d| format!("`{d}`")).collect();
+        env.printer.warn(&format!(
+            "{}: {} changed while the stage ran; its outputs are kept but not cached, so the next run runs it again",
+            stage.name,
+            shown.join(", ")
+        ));
+    }
     publish(env, &stage.name, &outputs)?;
     files::remove_all(&scratch)?;
     Ok((outputs, outcome))
+}
+
+/// The deps of `stage` whose content is no longer what its key was computed
+/// from (`record`): an input edited while the stage ran. Outputs made from
+/// it must not be cached under a key that names the old content. A dep that
+/// cannot be hashed any more counts as changed.
+fn changed_deps(env: &JobEnv<'_>, stage: &PlannedStage<'_>, record: &KeyRecord) -> Vec<String> {
+    stage
+        .deps
+        .iter()
+        .filter(|dep| {
+            let now = env
+                .stat_cache
+                .hash_dep(&env.pipeline.manifest.dir.join(dep))
+                .map(|h| h.digest())
+                .ok();
+            now.is_none() || record.inputs.get(&format!("dep:{dep}")) != now.as_ref()
+        })
+        .cloned()
+        .collect()
 }
 
 /// The last `lines` lines of a log file, indented, when it has any.

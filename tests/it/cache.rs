@@ -263,3 +263,33 @@ impl Project {
         serde_json::from_slice(&out.stdout).expect("one JSON document")
     }
 }
+
+#[test]
+fn an_input_changed_while_the_stage_runs_is_not_cached_under_the_old_input() {
+    let p = Project::new();
+    p.file("in.txt", "v1\n");
+    // The first run edits its input while it runs (as a user saving the file
+    // mid-run would); later runs only copy it.
+    p.file(
+        "p.yaml",
+        "pipeline: race\nstages:\n  copy:\n    run: '[ -e once ] || { touch once; echo v2 > in.txt; }; cp in.txt out.txt'\n    deps: [in.txt]\n    outs: [out.txt]\n",
+    );
+    let out = p.pipe(&["run", "p.yaml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", crate::util::stderr(&out));
+    let err = crate::util::stderr(&out);
+    assert!(
+        err.contains("copy: `in.txt` changed while the stage ran"),
+        "{err}"
+    );
+    assert_eq!(p.read("out.txt"), "v2\n", "the outputs are kept");
+
+    p.file("in.txt", "v1\n");
+    let report = p.run_json("p.yaml", 0);
+    assert_eq!(
+        status_of(&report, "copy"),
+        "ran",
+        "v2's output was not cached as v1's"
+    );
+    assert_eq!(p.read("out.txt"), "v1\n");
+    assert_eq!(status_of(&p.run_json("p.yaml", 0), "copy"), "cached");
+}
