@@ -453,12 +453,8 @@ impl Store {
                     files::copy(&object, &staged).with_context(|| {
                         format!("cannot restore `{}` from the store", dest.display())
                     })?;
-                    let mode = if kind == EntryKind::Executable {
-                        0o755
-                    } else {
-                        0o644
-                    };
-                    files::set_mode(&staged, mode)?;
+                    let stored = files::metadata(&object)?.permissions().mode();
+                    files::set_mode(&staged, restored_mode(stored, kind, process_umask()))?;
                 }
                 if existing.is_some_and(|m| m.is_dir()) {
                     files::remove_all(dest)?;
@@ -548,6 +544,34 @@ impl Store {
 #[error("{0}")]
 pub struct StoreBusy(pub String);
 
+/// The mode a file restored from an object gets. An object keeps the read
+/// bits of the file it was stored from (`stored`, see [`Store::import`]):
+/// whoever could read the file may read and write the copy (the owner of a
+/// `0600` file gets `0600` back, not `0644`), execute bits follow `kind`, and
+/// the process umask is applied as for any file the user's command creates.
+fn restored_mode(stored: u32, kind: EntryKind, umask: u32) -> u32 {
+    let read = stored & 0o444;
+    let mut mode = read | (read >> 1);
+    if kind == EntryKind::Executable {
+        mode |= read >> 2;
+    }
+    mode & !umask
+}
+
+/// The process umask (Linux: from `/proc/self/status`; `022` when unknown).
+/// Read without changing it, since other threads may be creating files.
+fn process_umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status.lines().find_map(|line| {
+                let value = line.strip_prefix("Umask:")?;
+                u32::from_str_radix(value.trim(), 8).ok()
+            })
+        })
+        .unwrap_or(0o022)
+}
+
 fn same_inode(a: &Path, b: &Path) -> bool {
     match (std::fs::metadata(a), std::fs::symlink_metadata(b)) {
         (Ok(x), Ok(y)) => x.ino() == y.ino() && x.dev() == y.dev(),
@@ -585,6 +609,25 @@ mod tests {
         assert_eq!(hash_path(&dest).unwrap().digest(), hashed.digest());
         std::fs::remove_file(store.object_path(&crate::hash::Digest::of(b"beta"))).unwrap();
         assert!(!store.output_complete(EntryKind::Dir, &hashed.digest()));
+    }
+
+    #[test]
+    fn restored_modes_keep_who_may_read_and_honour_the_umask() {
+        assert_eq!(restored_mode(0o400, EntryKind::File, 0o022), 0o600);
+        assert_eq!(restored_mode(0o444, EntryKind::File, 0o022), 0o644);
+        assert_eq!(restored_mode(0o444, EntryKind::File, 0o077), 0o600);
+        assert_eq!(restored_mode(0o555, EntryKind::Executable, 0o022), 0o755);
+        // An object shared with a non-executable file still restores an executable.
+        assert_eq!(restored_mode(0o444, EntryKind::Executable, 0o027), 0o750);
+        assert_eq!(restored_mode(0o555, EntryKind::File, 0o022), 0o644);
+    }
+
+    #[test]
+    fn the_umask_is_read_from_the_process() {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("Umask:")).unwrap();
+        let expected = u32::from_str_radix(line["Umask:".len()..].trim(), 8).unwrap();
+        assert_eq!(process_umask(), expected);
     }
 
     #[test]
