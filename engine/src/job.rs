@@ -17,7 +17,9 @@ use crate::files;
 use crate::hash::{Digest, StatCache};
 use crate::key::{KeyRecord, MissReason, explain};
 use crate::lockfile::LockEntry;
-use crate::outputs::{clear_out, commit, output_paths, produced, publish, restore};
+use crate::outputs::{
+    FailedOuts, clear_out, commit, output_paths, produced, publish, remove_leftover_temps, restore,
+};
 use crate::plan::{Pipeline, PlannedStage};
 use crate::printer::Printer;
 use crate::remote::{self, RemoteLink};
@@ -333,6 +335,7 @@ fn lookup(
             }
         }
     };
+    let failed = FailedOuts::read(env.store, &env.pipeline.manifest.name, &stage.name);
     for (name, output) in &found.outputs {
         if !env.store.output_complete(output.kind, &output.hash) {
             return Lookup::Miss;
@@ -342,12 +345,22 @@ fn lookup(
                 return Lookup::Miss;
             }
             let path = env.pipeline.manifest.dir.join(&output.path);
+            // A restore killed mid-copy left its staging file beside the out.
+            if !env.dry_run
+                && let Err(e) = remove_leftover_temps(&env.pipeline.manifest.dir, &output.path)
+            {
+                env.printer.warn(&format!("{}: {e:#}", stage.name));
+            }
             if !matches!(files::kind_of(&path), Ok(Some(_))) {
                 continue;
             }
             let current = env.stat_cache.hash_out(&path).map(|h| h.digest()).ok();
             let written_by_pipe = locked.and_then(|l| l.outputs.get(name)).copied();
-            if current != Some(output.hash) && current != written_by_pipe {
+            let left_by_failed_run = failed.outs.get(&output.path).copied();
+            if current != Some(output.hash)
+                && current != written_by_pipe
+                && (current.is_none() || current != left_by_failed_run)
+            {
                 return Lookup::Modified(MissReason::OutputModified {
                     path: output.path.clone(),
                 });
@@ -381,9 +394,11 @@ fn execute(
         files::create_dir_all(parent)?;
     }
     files::write(&log, b"")?;
-    let known = produced(env.store, locked);
+    let pipeline = &env.pipeline.manifest.name;
+    let known = produced(env.store, pipeline, &stage.name, locked);
     for out in &stage.outs {
         let path = workspace.join(out);
+        remove_leftover_temps(workspace, out)?;
         clear_out(env, &stage.name, out, &known)?;
         if let Some(parent) = path.parent() {
             files::create_dir_all(parent)?;
@@ -428,11 +443,25 @@ fn execute(
         ctx: &ctx,
         work_dir: tmp.path(),
     };
-    let outcome = env
+    let ran = env
         .executor
         .run(&job)
-        .map_err(|e| env.pipeline.locate_run_error(stage, e))?;
-    let outputs = commit(env, stage, &out_dir)?;
+        .map_err(|e| env.pipeline.locate_run_error(stage, e))
+        .and_then(|outcome| Ok((commit(env, stage, &out_dir)?, outcome)));
+    let (outputs, outcome) = match ran {
+        Ok(done) => done,
+        Err(error) => {
+            // What the failed command wrote in its outs is pipe's, not the user's.
+            if let Err(e) = FailedOuts::remember(env, stage) {
+                env.printer.warn(&format!(
+                    "{}: cannot note what the failed run left in its outs: {e:#}",
+                    stage.name
+                ));
+            }
+            return Err(error);
+        }
+    };
+    FailedOuts::forget(env.store, pipeline, &stage.name)?;
     let stage_record = StageRecord {
         key,
         pipeline: env.pipeline.manifest.name.clone(),

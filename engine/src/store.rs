@@ -13,6 +13,8 @@
 //!                           changed it (`pipe metrics --diff previous`)
 //!   lockfiles/<stem>.parsed.json    the lockfile as last parsed, keyed by the hash
 //!                           of its bytes (a fast read for large pipelines)
+//!   failed/<pipeline>/<stage>.json  what a stage's last failed run left in its
+//!                           declared outs (pipe's to remove, not user edits)
 //!   trash/<time>/           what pipe moved out of the way of an out instead of
 //!                           deleting it, with a note (emptied by `pipe gc`)
 //!   stat-cache.json         hashes of workspace files by their stat
@@ -523,6 +525,15 @@ impl Store {
     /// The stable output folder of a stage.
     pub fn out_dir(&self, pipeline: &str, stage: &str) -> PathBuf {
         self.root.join("out").join(pipeline).join(stage)
+    }
+
+    /// Where the record of a stage's last failed run lives (see
+    /// `crate::outputs::FailedOuts`).
+    pub fn failed_path(&self, pipeline: &str, stage: &str) -> PathBuf {
+        self.root
+            .join("failed")
+            .join(pipeline)
+            .join(format!("{stage}.json"))
     }
 
     /// The checkpoint folder of stage key `key`.

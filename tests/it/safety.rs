@@ -506,3 +506,78 @@ fn an_out_over_the_store_reached_through_a_link_is_refused() {
     assert_refused(&p, "p.yaml", 5, "out `cache` overlaps the store `cache`");
     assert_eq!(p.read("cache/objects/keep"), "store content");
 }
+
+const HALF_WRITES: &str = "pipeline: half\nstages:\n  report:\n    run: echo header > report.csv; grep -q v2 in.txt && exit 1; cat in.txt >> report.csv\n    deps: [in.txt]\n    outs: [report.csv]\n";
+
+#[test]
+fn what_a_failed_command_left_in_its_outs_is_pipes_not_a_user_edit() {
+    let p = Project::new();
+    p.file("in.txt", "v1\n");
+    p.file("p.yaml", HALF_WRITES);
+    p.run_json("p.yaml", 0);
+    p.file("in.txt", "v2\n");
+    assert_eq!(status_of(&p.run_json("p.yaml", 1), "report"), "failed");
+    assert_eq!(p.read("report.csv"), "header\n", "the failed command's own file");
+
+    // Back to the input that worked: restored from the cache, not "modified".
+    p.file("in.txt", "v1\n");
+    let out = p.pipe(&["run", "p.yaml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("modified"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("Cached report"), "{}", stderr(&out));
+    assert_eq!(p.read("report.csv"), "header\nv1\n");
+    assert!(trash_batches(&p).is_empty(), "nothing of the user's was in the way");
+
+    // Fail again, then fix the command: the partial file is removed as pipe's.
+    p.file("in.txt", "v2\n");
+    p.run_json("p.yaml", 1);
+    p.file("p.yaml", &HALF_WRITES.replace("exit 1", "true"));
+    let out = p.pipe(&["run", "p.yaml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("not written by pipe"), "{}", stderr(&out));
+    assert!(trash_batches(&p).is_empty());
+    assert_eq!(p.read("report.csv"), "header\nv2\n");
+}
+
+#[test]
+fn a_users_edit_after_a_failed_run_still_goes_to_the_trash() {
+    let p = Project::new();
+    p.file("in.txt", "v2\n");
+    p.file("p.yaml", HALF_WRITES);
+    p.run_json("p.yaml", 1);
+    p.file("report.csv", "my own table");
+    p.file("in.txt", "v1\n");
+    p.run_json("p.yaml", 0);
+    assert_eq!(p.read("report.csv"), "header\nv1\n");
+    assert_eq!(trashed(&p, "report.csv").1, "my own table");
+}
+
+#[test]
+fn staging_files_left_by_a_killed_restore_are_removed_and_nothing_else() {
+    use std::os::unix::fs::PermissionsExt;
+    let p = Project::new();
+    p.file(
+        "p.yaml",
+        "pipeline: temps\nstages:\n  s:\n    run: echo big > big.bin && mkdir -p build && echo made > build/made.txt\n    outs: [big.bin, build]\n",
+    );
+    p.run_json("p.yaml", 0);
+    // What a restore killed mid-copy leaves: read-only, named by pid and counter.
+    let left_by_kill = |rel: &str| {
+        p.file(rel, "half a copy");
+        std::fs::set_permissions(p.path(rel), std::fs::Permissions::from_mode(0o444)).unwrap();
+    };
+    left_by_kill(".big.bin.pipe-tmp-4242-7");
+    p.file(".big.bin.pipe-tmp-notes", "mine");
+    p.file(".other.bin.pipe-tmp-4242-9", "not next to an out of this stage");
+    std::fs::remove_file(p.path("big.bin")).unwrap();
+    assert_eq!(status_of(&p.run_json("p.yaml", 0), "s"), "cached");
+    assert!(!p.path(".big.bin.pipe-tmp-4242-7").exists());
+    // Inside a folder out (the folder differs from the record, so it reruns).
+    left_by_kill("build/.made.txt.pipe-tmp-4242-8");
+    p.run_json("p.yaml", 0);
+    assert!(!p.path("build/.made.txt.pipe-tmp-4242-8").exists());
+    assert!(trash_batches(&p).is_empty(), "pipe's own leftovers are not trashed");
+    assert_eq!(p.read(".big.bin.pipe-tmp-notes"), "mine");
+    assert_eq!(p.read(".other.bin.pipe-tmp-4242-9"), "not next to an out of this stage");
+    assert_eq!(p.read("big.bin"), "big\n");
+}
