@@ -277,7 +277,7 @@ pub fn restore(
                 known.get_or_insert_with(|| produced(env.store, pipeline, &stage.name, locked));
             clear_out(env, &stage.name, &output.path, known)?;
             env.store
-                .materialize(output.kind, &output.hash, &path, true)?;
+                .materialize_output(output.kind, &output.hash, output.size, &path, true)?;
         }
     }
     publish(env, &stage.name, &found.outputs)?;
@@ -312,8 +312,9 @@ pub fn publish(
         }
     }
     for output in outputs.values().filter(|o| !o.workspace) {
+        let dest = dir.join(&output.path);
         env.store
-            .materialize(output.kind, &output.hash, &dir.join(&output.path), false)?;
+            .materialize_output(output.kind, &output.hash, output.size, &dest, false)?;
     }
     Ok(())
 }

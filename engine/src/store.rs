@@ -398,6 +398,49 @@ impl Store {
         Ok(tree)
     }
 
+    /// Checks that object `digest` still holds what its name says, by hashing
+    /// it: done before an object leaves this machine (`pipe push`), so a
+    /// damaged one is never shared.
+    pub fn verify_object(&self, digest: &Digest) -> anyhow::Result<()> {
+        let path = self.object_path(digest);
+        let found = crate::hash::hash_file(&path)
+            .with_context(|| format!("cannot read the store object `{}`", path.display()))?;
+        if found != *digest {
+            anyhow::bail!(damaged(&path, "its content no longer matches its hash"));
+        }
+        Ok(())
+    }
+
+    /// Refuses a file object whose size is not the `size` its record or tree
+    /// says (a damaged object is not restored).
+    fn check_size(&self, digest: &Digest, size: u64) -> anyhow::Result<()> {
+        let path = self.object_path(digest);
+        let found = files::metadata(&path)?.len();
+        if found != size {
+            anyhow::bail!(damaged(
+                &path,
+                &format!("it has {found} bytes where its record says {size}")
+            ));
+        }
+        Ok(())
+    }
+
+    /// [`Store::materialize`] after checking a file output's size against
+    /// `size` (its record's), as every file under a folder output is.
+    pub fn materialize_output(
+        &self,
+        kind: EntryKind,
+        digest: &Digest,
+        size: u64,
+        dest: &Path,
+        copy: bool,
+    ) -> anyhow::Result<()> {
+        if matches!(kind, EntryKind::File | EntryKind::Executable) {
+            self.check_size(digest, size)?;
+        }
+        self.materialize(kind, digest, dest, copy)
+    }
+
     /// Whether every object an output needs is present.
     pub fn output_complete(&self, kind: EntryKind, digest: &Digest) -> bool {
         match kind {
@@ -496,7 +539,8 @@ impl Store {
                     }
                 }
                 for entry in &tree.entries {
-                    self.materialize(entry.kind, &entry.hash, &dest.join(&entry.name), copy)?;
+                    let at = dest.join(&entry.name);
+                    self.materialize_output(entry.kind, &entry.hash, entry.size, &at, copy)?;
                 }
                 Ok(())
             }
@@ -548,6 +592,15 @@ impl Store {
             .join(pipeline)
             .join(format!("{stage}.log"))
     }
+}
+
+/// The message for a damaged store object at `path`, saying how to repair it.
+fn damaged(path: &Path, how: &str) -> String {
+    format!(
+        "the store object `{}` is damaged ({how}); delete it (`rm -f {}`) and run `pipe run` again, which runs the stage that made it again (or restores it from the remote)",
+        path.display(),
+        path.display()
+    )
 }
 
 /// The error of a store held by another run (exit code 2 with `--no-wait`).

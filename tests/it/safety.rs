@@ -581,3 +581,70 @@ fn staging_files_left_by_a_killed_restore_are_removed_and_nothing_else() {
     assert_eq!(p.read(".other.bin.pipe-tmp-4242-9"), "not next to an out of this stage");
     assert_eq!(p.read("big.bin"), "big\n");
 }
+
+/// The store object holding `content` (a file output's bytes), made writable.
+fn object_of(p: &Project, content: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let hex = pipe_engine::Digest::of(content.as_bytes()).to_string();
+    let path = p.path(&format!(".pipe/objects/{}/{}", &hex[..2], &hex[2..]));
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    path
+}
+
+#[test]
+fn a_damaged_object_is_not_pushed_and_its_message_says_how_to_repair_it() {
+    let remote = tempfile::tempdir().unwrap();
+    let p = Project::new();
+    p.file(
+        "p.yaml",
+        &format!(
+            "pipeline: push\nremote: file://{}\nstages:\n  s:\n    run: echo good > r.txt\n    outs: [r.txt]\n",
+            remote.path().display()
+        ),
+    );
+    p.run_json("p.yaml", 0);
+    let object = object_of(&p, "good\n");
+    std::fs::write(&object, "bad!\n").unwrap();
+    let out = p.pipe(&["push", "p.yaml"]);
+    let err = stderr(&out);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    let name = object.file_name().unwrap().to_str().unwrap();
+    assert!(err.contains(name), "names the object: {err}");
+    assert!(err.contains("damaged") && err.contains("rm -f"), "{err}");
+    let mut uploaded = Vec::new();
+    let mut stack = vec![remote.path().to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                uploaded.push(std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    assert!(
+        !uploaded.iter().any(|bytes| bytes == b"bad!\n"),
+        "the damaged bytes never reach the remote"
+    );
+}
+
+#[test]
+fn a_damaged_object_of_another_size_is_not_restored() {
+    let p = Project::new();
+    p.file(
+        "p.yaml",
+        "pipeline: size\nstages:\n  s:\n    run: echo good > r.txt\n    outs: [r.txt]\n",
+    );
+    p.run_json("p.yaml", 0);
+    let object = object_of(&p, "good\n");
+    std::fs::write(&object, "truncated").unwrap();
+    std::fs::remove_file(p.path("r.txt")).unwrap();
+    let out = p.pipe(&["run", "p.yaml"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let name = object.file_name().unwrap().to_str().unwrap();
+    assert!(err.contains(name), "names the object: {err}");
+    assert!(err.contains("9 bytes where its record says 5"), "{err}");
+    assert!(!p.path("r.txt").exists(), "the damaged bytes are not put in place");
+}
