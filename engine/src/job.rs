@@ -27,6 +27,10 @@ use crate::report::Status;
 use crate::stage::{Input, Outcome, RunContext};
 use crate::store::{OutputEntry, StageRecord, outputs_digest};
 
+/// Added to a stage's reason in a dry run when its last run failed and left
+/// files in its outs.
+const LAST_RUN_FAILED: &str = "the last run failed, its outs hold what it left";
+
 /// What a job needs to know besides the stage.
 pub struct JobEnv<'a> {
     /// The pipeline.
@@ -157,6 +161,11 @@ pub fn run_job(
         Some(entry) => explain(&entry.record, &record),
         None => MissReason::New,
     };
+    // `pipe status` says when what is in the outs was left by a failed run.
+    let last_failed = env.dry_run
+        && !FailedOuts::read(env.store, &env.pipeline.manifest.name, &stage.name)
+            .outs
+            .is_empty();
     if !forced {
         match lookup(env, stage, &key, locked) {
             Lookup::Hit { found, from_remote } => {
@@ -171,6 +180,11 @@ pub fn run_job(
                     (true, true) => Some(remote::WOULD_RESTORE.to_string()),
                     (true, false) => Some(remote::RESTORED.to_string()),
                     (false, _) => from_history.then(|| "restored from the run cache".to_string()),
+                };
+                let reason = match reason {
+                    _ if !last_failed => reason,
+                    Some(reason) => Some(format!("{reason}; {LAST_RUN_FAILED}")),
+                    None => Some(LAST_RUN_FAILED.to_string()),
                 };
                 return JobResult::Cached(Done {
                     key,
@@ -187,9 +201,13 @@ pub fn run_job(
         }
     }
     if env.dry_run {
+        let reason = match last_failed {
+            true => format!("{reason}; {LAST_RUN_FAILED}"),
+            false => reason.to_string(),
+        };
         return JobResult::WouldRun {
             key: Some(key),
-            reason: reason.to_string(),
+            reason,
         };
     }
     match execute(env, stage, upstream, locked, &record, key, started) {

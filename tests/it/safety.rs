@@ -518,6 +518,9 @@ fn what_a_failed_command_left_in_its_outs_is_pipes_not_a_user_edit() {
     p.file("in.txt", "v2\n");
     assert_eq!(status_of(&p.run_json("p.yaml", 1), "report"), "failed");
     assert_eq!(p.read("report.csv"), "header\n", "the failed command's own file");
+    let status = p.pipe(&["status", "p.yaml"]);
+    let shown = format!("{}{}", String::from_utf8_lossy(&status.stdout), stderr(&status));
+    assert!(shown.contains("the last run failed"), "{shown}");
 
     // Back to the input that worked: restored from the cache, not "modified".
     p.file("in.txt", "v1\n");
