@@ -497,7 +497,11 @@ mod tests {
         let text = "\u{feff}stagse:\n  a:\n    run: echo hi\n";
         let err = Manifest::parse(Path::new("p.yaml"), text.to_string()).unwrap_err();
         let first = &err.diagnostics[0];
-        assert!(first.message.contains("unknown top-level key 'stagse'"), "{}", first.message);
+        assert!(
+            first.message.contains("unknown top-level key 'stagse'"),
+            "{}",
+            first.message
+        );
         assert_eq!(first.span, Some(Span { line: 1, col: 1 }));
         let bad = "\u{feff}stages:\n  a:\n    run: [echo\n";
         let err = Manifest::parse(Path::new("p.yaml"), bad.to_string()).unwrap_err();

@@ -17,13 +17,13 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use crate::{atomic, files};
 use crate::hash::{Digest, EntryKind, Hashed, Tree, hash_path};
 use crate::job::JobEnv;
 use crate::lockfile::LockEntry;
 use crate::plan::{Pipeline, PlannedStage};
 use crate::store::{Import, OutputEntry, StageRecord, Store};
 use crate::trash;
+use crate::{atomic, files};
 
 /// What pipe last wrote for a stage, as (workspace path, content digest)
 /// pairs of every file and link of its declared outs (from the record of the
@@ -33,7 +33,12 @@ pub type Produced = BTreeSet<(String, Digest)>;
 
 /// The [`Produced`] pairs of a stage: those of the lockfile's entry, and
 /// what its last run left in its outs if that run failed ([`FailedOuts`]).
-pub fn produced(store: &Store, pipeline: &str, stage: &str, locked: Option<&LockEntry>) -> Produced {
+pub fn produced(
+    store: &Store,
+    pipeline: &str,
+    stage: &str,
+    locked: Option<&LockEntry>,
+) -> Produced {
     let mut known = FailedOuts::read(store, pipeline, stage).files;
     let Some(locked) = locked else {
         return known;
@@ -190,12 +195,7 @@ fn ensure_real_parents(workspace: &Path, out: &str) -> anyhow::Result<()> {
 /// Empties the place of declared out `out` before pipe writes there: what
 /// pipe wrote (`known`) is removed, anything else moved to the trash, with a
 /// warning naming it.
-pub fn clear_out(
-    env: &JobEnv<'_>,
-    stage: &str,
-    out: &str,
-    known: &Produced,
-) -> anyhow::Result<()> {
+pub fn clear_out(env: &JobEnv<'_>, stage: &str, out: &str, known: &Produced) -> anyhow::Result<()> {
     let workspace = &env.pipeline.manifest.dir;
     ensure_real_parents(workspace, out)?;
     let reason = "pipe did not write it, so it was moved here instead of being deleted";

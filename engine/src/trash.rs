@@ -264,7 +264,10 @@ mod tests {
         assert!(!precious.exists());
         let kept = kept_at(&precious).unwrap();
         assert!(kept.starts_with("files/@root"));
-        assert_eq!(std::fs::read_to_string(folder.join(kept)).unwrap(), "PRECIOUS");
+        assert_eq!(
+            std::fs::read_to_string(folder.join(kept)).unwrap(),
+            "PRECIOUS"
+        );
         assert_eq!(moved, vec![precious.display().to_string()]);
     }
 }

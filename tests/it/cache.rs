@@ -297,7 +297,10 @@ fn an_input_changed_while_the_stage_runs_is_not_cached_under_the_old_input() {
 /// `pipe run p.yaml --json` under umask `umask`, asserting exit code 0.
 fn run_with_umask(p: &Project, umask: &str) -> serde_json::Value {
     let out = std::process::Command::new("sh")
-        .args(["-c", &format!("umask {umask}; exec \"$0\" run p.yaml --json")])
+        .args([
+            "-c",
+            &format!("umask {umask}; exec \"$0\" run p.yaml --json"),
+        ])
         .arg(env!("CARGO_BIN_EXE_pipe"))
         .current_dir(p.root())
         .env("NO_COLOR", "1")
@@ -332,7 +335,11 @@ fn restored_outs_keep_their_owner_only_modes_and_honour_the_umask() {
     std::fs::remove_dir_all(p.path("private")).unwrap();
     std::fs::remove_file(p.path("public.txt")).unwrap();
     assert_eq!(status_of(&run_with_umask(&p, "077"), "s"), "cached");
-    assert_eq!(mode_of(&p, "private"), 0o700, "the folder follows the umask");
+    assert_eq!(
+        mode_of(&p, "private"),
+        0o700,
+        "the folder follows the umask"
+    );
     assert_eq!(mode_of(&p, "private/creds.env"), 0o600);
     assert_eq!(mode_of(&p, "public.txt"), 0o600, "the umask applies");
 }

@@ -32,7 +32,9 @@ pub(crate) fn trashed(p: &Project, rel: &str) -> (serde_json::Value, String) {
         .collect();
     assert_eq!(found.len(), 1, "`{rel}` is in exactly one trash batch");
     let (folder, note) = &found[0];
-    let kept = note["kept_at"][rel].as_str().expect("the note says where each path is kept");
+    let kept = note["kept_at"][rel]
+        .as_str()
+        .expect("the note says where each path is kept");
     let bytes = std::fs::read_to_string(folder.join(kept)).unwrap();
     (note.clone(), bytes)
 }
@@ -419,7 +421,9 @@ fn an_allowed_outside_out_in_the_way_is_kept_in_the_trash_not_overwritten() {
     assert_eq!(std::fs::read_to_string(&report).unwrap(), "generated\n");
     let (note, bytes) = trashed(&p, &report.display().to_string());
     assert_eq!(bytes, "PRECIOUS", "the user's file is kept in the trash");
-    let kept = note["kept_at"][report.display().to_string()].as_str().unwrap();
+    let kept = note["kept_at"][report.display().to_string()]
+        .as_str()
+        .unwrap();
     assert!(kept.starts_with("files/@root/"), "{kept}");
 
     // The record of an allowed outside out is valid: the next run is cached.
@@ -517,9 +521,17 @@ fn what_a_failed_command_left_in_its_outs_is_pipes_not_a_user_edit() {
     p.run_json("p.yaml", 0);
     p.file("in.txt", "v2\n");
     assert_eq!(status_of(&p.run_json("p.yaml", 1), "report"), "failed");
-    assert_eq!(p.read("report.csv"), "header\n", "the failed command's own file");
+    assert_eq!(
+        p.read("report.csv"),
+        "header\n",
+        "the failed command's own file"
+    );
     let status = p.pipe(&["status", "p.yaml"]);
-    let shown = format!("{}{}", String::from_utf8_lossy(&status.stdout), stderr(&status));
+    let shown = format!(
+        "{}{}",
+        String::from_utf8_lossy(&status.stdout),
+        stderr(&status)
+    );
     assert!(shown.contains("the last run failed"), "{shown}");
 
     // Back to the input that worked: restored from the cache, not "modified".
@@ -529,7 +541,10 @@ fn what_a_failed_command_left_in_its_outs_is_pipes_not_a_user_edit() {
     assert!(!stderr(&out).contains("modified"), "{}", stderr(&out));
     assert!(stderr(&out).contains("Cached report"), "{}", stderr(&out));
     assert_eq!(p.read("report.csv"), "header\nv1\n");
-    assert!(trash_batches(&p).is_empty(), "nothing of the user's was in the way");
+    assert!(
+        trash_batches(&p).is_empty(),
+        "nothing of the user's was in the way"
+    );
 
     // Fail again, then fix the command: the partial file is removed as pipe's.
     p.file("in.txt", "v2\n");
@@ -537,7 +552,11 @@ fn what_a_failed_command_left_in_its_outs_is_pipes_not_a_user_edit() {
     p.file("p.yaml", &HALF_WRITES.replace("exit 1", "true"));
     let out = p.pipe(&["run", "p.yaml"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert!(!stderr(&out).contains("not written by pipe"), "{}", stderr(&out));
+    assert!(
+        !stderr(&out).contains("not written by pipe"),
+        "{}",
+        stderr(&out)
+    );
     assert!(trash_batches(&p).is_empty());
     assert_eq!(p.read("report.csv"), "header\nv2\n");
 }
@@ -571,7 +590,10 @@ fn staging_files_left_by_a_killed_restore_are_removed_and_nothing_else() {
     };
     left_by_kill(".big.bin.pipe-tmp-4242-7");
     p.file(".big.bin.pipe-tmp-notes", "mine");
-    p.file(".other.bin.pipe-tmp-4242-9", "not next to an out of this stage");
+    p.file(
+        ".other.bin.pipe-tmp-4242-9",
+        "not next to an out of this stage",
+    );
     std::fs::remove_file(p.path("big.bin")).unwrap();
     assert_eq!(status_of(&p.run_json("p.yaml", 0), "s"), "cached");
     assert!(!p.path(".big.bin.pipe-tmp-4242-7").exists());
@@ -579,9 +601,15 @@ fn staging_files_left_by_a_killed_restore_are_removed_and_nothing_else() {
     left_by_kill("build/.made.txt.pipe-tmp-4242-8");
     p.run_json("p.yaml", 0);
     assert!(!p.path("build/.made.txt.pipe-tmp-4242-8").exists());
-    assert!(trash_batches(&p).is_empty(), "pipe's own leftovers are not trashed");
+    assert!(
+        trash_batches(&p).is_empty(),
+        "pipe's own leftovers are not trashed"
+    );
     assert_eq!(p.read(".big.bin.pipe-tmp-notes"), "mine");
-    assert_eq!(p.read(".other.bin.pipe-tmp-4242-9"), "not next to an out of this stage");
+    assert_eq!(
+        p.read(".other.bin.pipe-tmp-4242-9"),
+        "not next to an out of this stage"
+    );
     assert_eq!(p.read("big.bin"), "big\n");
 }
 
@@ -649,5 +677,8 @@ fn a_damaged_object_of_another_size_is_not_restored() {
     let name = object.file_name().unwrap().to_str().unwrap();
     assert!(err.contains(name), "names the object: {err}");
     assert!(err.contains("9 bytes where its record says 5"), "{err}");
-    assert!(!p.path("r.txt").exists(), "the damaged bytes are not put in place");
+    assert!(
+        !p.path("r.txt").exists(),
+        "the damaged bytes are not put in place"
+    );
 }
