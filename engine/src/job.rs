@@ -201,9 +201,10 @@ pub fn run_job(
         }
     }
     if env.dry_run {
-        let reason = match last_failed {
-            true => format!("{reason}; {LAST_RUN_FAILED}"),
-            false => reason.to_string(),
+        let reason = if last_failed {
+            format!("{reason}; {LAST_RUN_FAILED}")
+        } else {
+            reason.to_string()
         };
         return JobResult::WouldRun {
             key: Some(key),

@@ -455,19 +455,6 @@ impl Store {
         }
     }
 
-    /// Every object digest an output is made of (itself, and for a folder
-    /// everything under its tree), as far as the store has them.
-    pub fn output_objects(&self, kind: EntryKind, digest: &Digest, into: &mut BTreeSet<Digest>) {
-        if !into.insert(*digest) || kind != EntryKind::Dir {
-            return;
-        }
-        if let Ok(tree) = self.read_tree(digest) {
-            for entry in &tree.entries {
-                self.output_objects(entry.kind, &entry.hash, into);
-            }
-        }
-    }
-
     /// Places output `kind`/`digest` at `dest`: hard links for files (a copy
     /// where linking fails, and always with `copy`), links as links, folders
     /// rebuilt from their trees. Leaves `dest` untouched when it already is
