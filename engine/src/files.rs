@@ -185,3 +185,46 @@ pub fn sibling_temp(path: &Path) -> PathBuf {
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     path.with_file_name(format!(".{name}.pipe-tmp-{}-{n}", std::process::id()))
 }
+
+/// Whether file name `name` is one [`sibling_temp`] makes, for any file.
+pub fn is_sibling_temp(name: &str) -> bool {
+    temp_base(name).is_some()
+}
+
+/// Whether file name `name` is one [`sibling_temp`] makes for a file named `of`.
+pub fn is_sibling_temp_of(name: &str, of: &str) -> bool {
+    temp_base(name) == Some(of)
+}
+
+/// The file name a [`sibling_temp`] name `.<base>.pipe-tmp-<pid>-<n>` stages.
+fn temp_base(name: &str) -> Option<&str> {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let (rest, n) = name.rsplit_once('-')?;
+    let (rest, pid) = rest.rsplit_once('-')?;
+    let base = rest.strip_prefix('.')?.strip_suffix(".pipe-tmp")?;
+    (digits(n) && digits(pid) && !base.is_empty()).then_some(base)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sibling_temp_names_are_recognised_exactly() {
+        let temp = sibling_temp(Path::new("dir/big.bin"));
+        let name = temp.file_name().unwrap().to_str().unwrap();
+        assert!(is_sibling_temp_of(name, "big.bin"));
+        assert!(!is_sibling_temp_of(name, "big"));
+        assert!(is_sibling_temp(".a.b.pipe-tmp-12-0"));
+        for not_ours in [
+            "big.bin",
+            ".big.bin.pipe-tmp-12-",
+            ".big.bin.pipe-tmp-x-1",
+            "big.bin.pipe-tmp-12-1",
+            ".big.bin.pipe-tmp-12-1.bak",
+            "..pipe-tmp-1-2",
+        ] {
+            assert!(!is_sibling_temp(not_ours), "{not_ours}");
+        }
+    }
+}

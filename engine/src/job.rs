@@ -17,13 +17,19 @@ use crate::files;
 use crate::hash::{Digest, StatCache};
 use crate::key::{KeyRecord, MissReason, explain};
 use crate::lockfile::LockEntry;
-use crate::outputs::{clear_out, commit, output_paths, produced, publish, restore};
+use crate::outputs::{
+    FailedOuts, clear_out, commit, output_paths, produced, publish, remove_leftover_temps, restore,
+};
 use crate::plan::{Pipeline, PlannedStage};
 use crate::printer::Printer;
 use crate::remote::{self, RemoteLink};
 use crate::report::Status;
 use crate::stage::{Input, Outcome, RunContext};
 use crate::store::{OutputEntry, StageRecord, outputs_digest};
+
+/// Added to a stage's reason in a dry run when its last run failed and left
+/// files in its outs.
+const LAST_RUN_FAILED: &str = "the last run failed, its outs hold what it left";
 
 /// What a job needs to know besides the stage.
 pub struct JobEnv<'a> {
@@ -155,6 +161,11 @@ pub fn run_job(
         Some(entry) => explain(&entry.record, &record),
         None => MissReason::New,
     };
+    // `pipe status` says when what is in the outs was left by a failed run.
+    let last_failed = env.dry_run
+        && !FailedOuts::read(env.store, &env.pipeline.manifest.name, &stage.name)
+            .outs
+            .is_empty();
     if !forced {
         match lookup(env, stage, &key, locked) {
             Lookup::Hit { found, from_remote } => {
@@ -169,6 +180,11 @@ pub fn run_job(
                     (true, true) => Some(remote::WOULD_RESTORE.to_string()),
                     (true, false) => Some(remote::RESTORED.to_string()),
                     (false, _) => from_history.then(|| "restored from the run cache".to_string()),
+                };
+                let reason = match reason {
+                    _ if !last_failed => reason,
+                    Some(reason) => Some(format!("{reason}; {LAST_RUN_FAILED}")),
+                    None => Some(LAST_RUN_FAILED.to_string()),
                 };
                 return JobResult::Cached(Done {
                     key,
@@ -185,9 +201,14 @@ pub fn run_job(
         }
     }
     if env.dry_run {
+        let reason = if last_failed {
+            format!("{reason}; {LAST_RUN_FAILED}")
+        } else {
+            reason.to_string()
+        };
         return JobResult::WouldRun {
             key: Some(key),
-            reason: reason.to_string(),
+            reason,
         };
     }
     match execute(env, stage, upstream, locked, &record, key, started) {
@@ -333,6 +354,7 @@ fn lookup(
             }
         }
     };
+    let failed = FailedOuts::read(env.store, &env.pipeline.manifest.name, &stage.name);
     for (name, output) in &found.outputs {
         if !env.store.output_complete(output.kind, &output.hash) {
             return Lookup::Miss;
@@ -342,12 +364,22 @@ fn lookup(
                 return Lookup::Miss;
             }
             let path = env.pipeline.manifest.dir.join(&output.path);
+            // A restore killed mid-copy left its staging file beside the out.
+            if !env.dry_run
+                && let Err(e) = remove_leftover_temps(&env.pipeline.manifest.dir, &output.path)
+            {
+                env.printer.warn(&format!("{}: {e:#}", stage.name));
+            }
             if !matches!(files::kind_of(&path), Ok(Some(_))) {
                 continue;
             }
             let current = env.stat_cache.hash_out(&path).map(|h| h.digest()).ok();
             let written_by_pipe = locked.and_then(|l| l.outputs.get(name)).copied();
-            if current != Some(output.hash) && current != written_by_pipe {
+            let left_by_failed_run = failed.outs.get(&output.path).copied();
+            if current != Some(output.hash)
+                && current != written_by_pipe
+                && (current.is_none() || current != left_by_failed_run)
+            {
                 return Lookup::Modified(MissReason::OutputModified {
                     path: output.path.clone(),
                 });
@@ -381,9 +413,11 @@ fn execute(
         files::create_dir_all(parent)?;
     }
     files::write(&log, b"")?;
-    let known = produced(env.store, locked);
+    let pipeline = &env.pipeline.manifest.name;
+    let known = produced(env.store, pipeline, &stage.name, locked);
     for out in &stage.outs {
         let path = workspace.join(out);
+        remove_leftover_temps(workspace, out)?;
         clear_out(env, &stage.name, out, &known)?;
         if let Some(parent) = path.parent() {
             files::create_dir_all(parent)?;
@@ -428,11 +462,25 @@ fn execute(
         ctx: &ctx,
         work_dir: tmp.path(),
     };
-    let outcome = env
+    let ran = env
         .executor
         .run(&job)
-        .map_err(|e| env.pipeline.locate_run_error(stage, e))?;
-    let outputs = commit(env, stage, &out_dir)?;
+        .map_err(|e| env.pipeline.locate_run_error(stage, e))
+        .and_then(|outcome| Ok((commit(env, stage, &out_dir)?, outcome)));
+    let (outputs, outcome) = match ran {
+        Ok(done) => done,
+        Err(error) => {
+            // What the failed command wrote in its outs is pipe's, not the user's.
+            if let Err(e) = FailedOuts::remember(env, stage) {
+                env.printer.warn(&format!(
+                    "{}: cannot note what the failed run left in its outs: {e:#}",
+                    stage.name
+                ));
+            }
+            return Err(error);
+        }
+    };
+    FailedOuts::forget(env.store, pipeline, &stage.name)?;
     let stage_record = StageRecord {
         key,
         pipeline: env.pipeline.manifest.name.clone(),
@@ -448,10 +496,40 @@ fn execute(
             .unwrap_or(0),
         pipe_version: env!("CARGO_PKG_VERSION").to_string(),
     };
-    env.store.write_record(&stage_record)?;
+    let changed = changed_deps(env, stage, record);
+    if changed.is_empty() {
+        env.store.write_record(&stage_record)?;
+    } else {
+        let shown: Vec<String> = changed.iter().map(|d| format!("`{d}`")).collect();
+        env.printer.warn(&format!(
+            "{}: {} changed while the stage ran; its outputs are kept but not cached, so the next run runs it again",
+            stage.name,
+            shown.join(", ")
+        ));
+    }
     publish(env, &stage.name, &outputs)?;
     files::remove_all(&scratch)?;
     Ok((outputs, outcome))
+}
+
+/// The deps of `stage` whose content is no longer what its key was computed
+/// from (`record`): an input edited while the stage ran. Outputs made from
+/// it must not be cached under a key that names the old content. A dep that
+/// cannot be hashed any more counts as changed.
+fn changed_deps(env: &JobEnv<'_>, stage: &PlannedStage<'_>, record: &KeyRecord) -> Vec<String> {
+    stage
+        .deps
+        .iter()
+        .filter(|dep| {
+            let now = env
+                .stat_cache
+                .hash_dep(&env.pipeline.manifest.dir.join(dep))
+                .map(|h| h.digest())
+                .ok();
+            now.is_none() || record.inputs.get(&format!("dep:{dep}")) != now.as_ref()
+        })
+        .cloned()
+        .collect()
 }
 
 /// The last `lines` lines of a log file, indented, when it has any.

@@ -152,7 +152,13 @@ impl Manifest {
     }
 
     /// Parses manifest text; `path` names it in errors and sets the workspace folder.
+    /// A UTF-8 byte order mark at the start (written by some Windows editors)
+    /// is dropped; lines and columns count from the first character after it.
     pub fn parse(path: &Path, source: String) -> Result<Manifest, ManifestError> {
+        let source = match source.strip_prefix('\u{feff}') {
+            Some(rest) => rest.to_string(),
+            None => source,
+        };
         let mut errors = Vec::new();
         let diag = |span: Span, msg: String| Diagnostic::at(path, span, msg);
         let root = match yaml::parse(&source) {
@@ -472,4 +478,33 @@ fn parse_paths(file: &Path, key: &str, node: &Node, errors: &mut Vec<Diagnostic>
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_byte_order_mark_is_not_part_of_the_first_key() {
+        let text = "\u{feff}pipeline: bom\nstages:\n  a:\n    run: echo hi\n";
+        let manifest = Manifest::parse(Path::new("p.yaml"), text.to_string()).unwrap();
+        assert_eq!(manifest.name, "bom");
+        assert_eq!(manifest.stages.len(), 1);
+    }
+
+    #[test]
+    fn after_a_byte_order_mark_lines_and_columns_are_as_an_editor_shows_them() {
+        let text = "\u{feff}stagse:\n  a:\n    run: echo hi\n";
+        let err = Manifest::parse(Path::new("p.yaml"), text.to_string()).unwrap_err();
+        let first = &err.diagnostics[0];
+        assert!(
+            first.message.contains("unknown top-level key 'stagse'"),
+            "{}",
+            first.message
+        );
+        assert_eq!(first.span, Some(Span { line: 1, col: 1 }));
+        let bad = "\u{feff}stages:\n  a:\n    run: [echo\n";
+        let err = Manifest::parse(Path::new("p.yaml"), bad.to_string()).unwrap_err();
+        assert_eq!(err.diagnostics[0].span.map(|s| s.line), Some(4));
+    }
 }

@@ -15,32 +15,164 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use serde::{Deserialize, Serialize};
 
-use crate::files;
-use crate::hash::{Digest, hash_path};
+use crate::hash::{Digest, EntryKind, Hashed, Tree, hash_path};
 use crate::job::JobEnv;
 use crate::lockfile::LockEntry;
 use crate::plan::{Pipeline, PlannedStage};
 use crate::store::{Import, OutputEntry, StageRecord, Store};
 use crate::trash;
+use crate::{atomic, files};
 
-/// Object digests of what pipe last wrote for a stage (from the record of the
-/// lockfile's key): anything in a declared out matching one of them is pipe's
-/// to remove; anything else is trashed.
-pub fn produced(store: &Store, locked: Option<&LockEntry>) -> BTreeSet<Digest> {
-    let mut known = BTreeSet::new();
+/// What pipe last wrote for a stage, as (workspace path, content digest)
+/// pairs of every file and link of its declared outs (from the record of the
+/// lockfile's key): a file in a declared out is pipe's to remove only when
+/// its path and content are one of these pairs; anything else is trashed.
+pub type Produced = BTreeSet<(String, Digest)>;
+
+/// The [`Produced`] pairs of a stage: those of the lockfile's entry, and
+/// what its last run left in its outs if that run failed ([`FailedOuts`]).
+pub fn produced(
+    store: &Store,
+    pipeline: &str,
+    stage: &str,
+    locked: Option<&LockEntry>,
+) -> Produced {
+    let mut known = FailedOuts::read(store, pipeline, stage).files;
     let Some(locked) = locked else {
         return known;
     };
+    let stored = |digest: &Digest| store.read_tree(digest).ok();
     match store.record(&locked.key) {
         Some(record) => {
             for output in record.outputs.values().filter(|o| o.workspace) {
-                store.output_objects(output.kind, &output.hash, &mut known);
+                produced_pairs(&output.path, output.kind, &output.hash, &stored, &mut known);
             }
         }
-        None => known.extend(locked.outputs.values().copied()),
+        // Without the record, the lockfile knows each out's digest (a folder's
+        // tree is read when the store still has it).
+        None => {
+            let outs = locked.outputs.iter();
+            for (out, digest) in outs.filter(|(out, _)| locked.record.outs.contains(out)) {
+                let kind = match store.read_tree(digest) {
+                    Ok(_) => EntryKind::Dir,
+                    Err(_) => EntryKind::File,
+                };
+                produced_pairs(out, kind, digest, &stored, &mut known);
+            }
+        }
     }
     known
+}
+
+/// Adds the pairs of output `kind`/`digest` placed at `path` (a folder: every
+/// entry under its tree, at its own path; `tree` finds a folder's tree).
+fn produced_pairs(
+    path: &str,
+    kind: EntryKind,
+    digest: &Digest,
+    tree: &dyn Fn(&Digest) -> Option<Tree>,
+    into: &mut Produced,
+) {
+    if kind != EntryKind::Dir {
+        into.insert((path.to_string(), *digest));
+        return;
+    }
+    if let Some(found) = tree(digest) {
+        for entry in &found.entries {
+            let child = format!("{path}/{}", entry.name);
+            produced_pairs(&child, entry.kind, &entry.hash, tree, into);
+        }
+    }
+}
+
+/// What the last run of a command stage left in its declared outs when it
+/// failed (a command that wrote half a file, then exited non-zero), kept at
+/// `failed/<pipeline>/<stage>.json` in the store until the stage next
+/// succeeds or is restored. Those files are pipe's: the next run removes them
+/// instead of trashing them, and they are not taken for edits by hand.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct FailedOuts {
+    /// Declared out → digest of what the failed run left there.
+    pub outs: BTreeMap<String, Digest>,
+    /// Every file and link under those outs, as (path, digest).
+    pub files: Produced,
+}
+
+impl FailedOuts {
+    /// The record of `stage`'s last failed run; empty when it has none (or an
+    /// unreadable one: then its outs are simply not known to be pipe's).
+    pub fn read(store: &Store, pipeline: &str, stage: &str) -> FailedOuts {
+        std::fs::read(store.failed_path(pipeline, stage))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default()
+    }
+
+    /// Hashes what a failed run of `stage` left in its declared outs and
+    /// keeps it as the stage's failed-run record.
+    pub fn remember(env: &JobEnv<'_>, stage: &PlannedStage<'_>) -> anyhow::Result<()> {
+        let mut failed = FailedOuts::default();
+        for out in &stage.outs {
+            let path = env.pipeline.manifest.dir.join(out);
+            if files::kind_of(&path)?.is_none() {
+                continue;
+            }
+            let hashed = env.stat_cache.hash_out(&path)?;
+            let (kind, digest) = (hashed.entry(out).kind, hashed.digest());
+            let trees: BTreeMap<Digest, &Tree> = match &hashed {
+                Hashed::Dir { trees, .. } => trees.iter().map(|t| (t.digest(), t)).collect(),
+                _ => BTreeMap::new(),
+            };
+            let tree = |d: &Digest| trees.get(d).map(|t| (*t).clone());
+            produced_pairs(out, kind, &digest, &tree, &mut failed.files);
+            failed.outs.insert(out.clone(), digest);
+        }
+        let path = env
+            .store
+            .failed_path(&env.pipeline.manifest.name, &stage.name);
+        if failed.outs.is_empty() {
+            return files::remove_all(&path);
+        }
+        if let Some(parent) = path.parent() {
+            files::create_dir_all(parent)?;
+        }
+        atomic::write(&path, &serde_json::to_vec(&failed)?, true)
+    }
+
+    /// Drops `stage`'s failed-run record (it succeeded, or was restored).
+    pub fn forget(store: &Store, pipeline: &str, stage: &str) -> anyhow::Result<()> {
+        files::remove_all(&store.failed_path(pipeline, stage))
+    }
+}
+
+/// Removes what a killed restore left next to declared out `out`: pipe's own
+/// staging files, named exactly `.<name>.pipe-tmp-<pid>-<n>` (see
+/// [`files::sibling_temp`]). Inside a folder out they are cleared with the
+/// rest of the folder.
+pub fn remove_leftover_temps(workspace: &Path, out: &str) -> anyhow::Result<()> {
+    let path = workspace.join(out);
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Ok(());
+    };
+    let Some(name) = name.to_str() else {
+        return Ok(());
+    };
+    if files::kind_of(parent)?.is_none_or(|m| !m.is_dir()) {
+        return Ok(());
+    }
+    for entry in files::read_dir(parent)? {
+        let entry_name = entry.file_name();
+        if entry_name
+            .to_str()
+            .is_some_and(|n| files::is_sibling_temp_of(n, name))
+            && files::kind_of(&entry.path())?.is_some_and(|m| !m.is_dir())
+        {
+            files::remove_file(&entry.path())?;
+        }
+    }
+    Ok(())
 }
 
 /// Refuses a declared out whose parent folders include a symlink: writing
@@ -63,12 +195,7 @@ fn ensure_real_parents(workspace: &Path, out: &str) -> anyhow::Result<()> {
 /// Empties the place of declared out `out` before pipe writes there: what
 /// pipe wrote (`known`) is removed, anything else moved to the trash, with a
 /// warning naming it.
-pub fn clear_out(
-    env: &JobEnv<'_>,
-    stage: &str,
-    out: &str,
-    known: &BTreeSet<Digest>,
-) -> anyhow::Result<()> {
+pub fn clear_out(env: &JobEnv<'_>, stage: &str, out: &str, known: &Produced) -> anyhow::Result<()> {
     let workspace = &env.pipeline.manifest.dir;
     ensure_real_parents(workspace, out)?;
     let reason = "pipe did not write it, so it was moved here instead of being deleted";
@@ -88,7 +215,7 @@ pub fn clear_out(
 fn clear(
     env: &JobEnv<'_>,
     batch: &mut trash::Batch<'_>,
-    known: &BTreeSet<Digest>,
+    known: &Produced,
     path: &Path,
     rel: &Path,
 ) -> anyhow::Result<()> {
@@ -113,7 +240,13 @@ fn clear(
     } else {
         None
     };
-    if digest.is_some_and(|d| known.contains(&d)) {
+    let rel_text = rel.to_string_lossy().into_owned();
+    let pipe_temp = meta.is_file()
+        && rel
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(files::is_sibling_temp);
+    if pipe_temp || digest.is_some_and(|d| known.contains(&(rel_text, d))) {
         files::remove_file(path)
     } else {
         batch.take(rel)
@@ -129,22 +262,26 @@ pub fn restore(
     locked: Option<&LockEntry>,
 ) -> anyhow::Result<()> {
     let workspace = &env.pipeline.manifest.dir;
+    let pipeline = &env.pipeline.manifest.name;
     let mut known = None;
     for output in found.outputs.values().filter(|o| o.workspace) {
         let path = workspace.join(&output.path);
         ensure_real_parents(workspace, &output.path)?;
+        remove_leftover_temps(workspace, &output.path)?;
         let current = match files::kind_of(&path)? {
             Some(_) => env.stat_cache.hash_out(&path).map(|h| h.digest()).ok(),
             None => None,
         };
         if current != Some(output.hash) {
-            let known = known.get_or_insert_with(|| produced(env.store, locked));
+            let known =
+                known.get_or_insert_with(|| produced(env.store, pipeline, &stage.name, locked));
             clear_out(env, &stage.name, &output.path, known)?;
             env.store
-                .materialize(output.kind, &output.hash, &path, true)?;
+                .materialize_output(output.kind, &output.hash, output.size, &path, true)?;
         }
     }
-    publish(env, &stage.name, &found.outputs)
+    publish(env, &stage.name, &found.outputs)?;
+    FailedOuts::forget(env.store, pipeline, &stage.name)
 }
 
 /// Makes `out/<pipeline>/<stage>/` hold exactly the stage's store outputs.
@@ -175,8 +312,9 @@ pub fn publish(
         }
     }
     for output in outputs.values().filter(|o| !o.workspace) {
+        let dest = dir.join(&output.path);
         env.store
-            .materialize(output.kind, &output.hash, &dir.join(&output.path), false)?;
+            .materialize_output(output.kind, &output.hash, output.size, &dest, false)?;
     }
     Ok(())
 }

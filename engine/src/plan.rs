@@ -307,24 +307,38 @@ pub fn plan<'r>(
 }
 
 /// Workspace paths no out may be, contain or lie in: the manifest, its
-/// lockfile and the store (when they are inside the manifest's folder).
+/// lockfile and the store (when they are inside the manifest's folder), each
+/// as written and where it really is on disk (a manifest reached through a
+/// symlink, a `.pipe` that links to another folder of the workspace).
 fn protected_paths(manifest: &Manifest) -> Vec<(String, &'static str)> {
     let dir = std::path::absolute(&manifest.dir).unwrap_or_else(|_| manifest.dir.clone());
-    let relative = |path: &std::path::Path| -> Option<String> {
-        let path = std::path::absolute(path).ok()?;
-        let rel = path.strip_prefix(&dir).ok()?.to_str()?.to_string();
+    let real_dir = manifest.dir.canonicalize().ok();
+    let inside = |path: &std::path::Path, dir: &std::path::Path| -> Option<String> {
+        let rel = path.strip_prefix(dir).ok()?.to_str()?.to_string();
         paths::Resolver::new(&manifest.dir, false)
             .normalize(&rel)
             .ok()
     };
-    [
+    let mut protected = Vec::new();
+    for (path, what) in [
         (manifest.path.clone(), "the manifest"),
         (lock_path(&manifest.path), "the lockfile"),
         (crate::store_dir(&manifest.dir), "the store"),
-    ]
-    .into_iter()
-    .filter_map(|(path, what)| relative(&path).map(|rel| (rel, what)))
-    .collect()
+    ] {
+        let lexical = std::path::absolute(&path)
+            .ok()
+            .and_then(|p| inside(&p, &dir));
+        let real = match (&real_dir, path.canonicalize()) {
+            (Some(real_dir), Ok(real)) => inside(&real, real_dir),
+            _ => None,
+        };
+        for rel in [lexical, real].into_iter().flatten() {
+            if !protected.iter().any(|(p, _)| *p == rel) {
+                protected.push((rel, what));
+            }
+        }
+    }
+    protected
 }
 
 /// An out being checked, and where the manifest writes it.

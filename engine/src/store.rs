@@ -13,6 +13,8 @@
 //!                           changed it (`pipe metrics --diff previous`)
 //!   lockfiles/<stem>.parsed.json    the lockfile as last parsed, keyed by the hash
 //!                           of its bytes (a fast read for large pipelines)
+//!   failed/<pipeline>/<stage>.json  what a stage's last failed run left in its
+//!                           declared outs (pipe's to remove, not user edits)
 //!   trash/<time>/           what pipe moved out of the way of an out instead of
 //!                           deleting it, with a note (emptied by `pipe gc`)
 //!   stat-cache.json         hashes of workspace files by their stat
@@ -82,12 +84,16 @@ impl StageRecord {
 
     /// Refuses output paths that could lead outside where they belong: a store
     /// output is one plain file name (it lives in `out/<pipeline>/<stage>/`), a
-    /// declared out a normalised relative path that is also one of the record's
-    /// declared outs.
+    /// declared out one of the record's declared outs, and either a normalised
+    /// relative path or an outside path (absolute, or starting with `..`) as
+    /// `--allow-outside` accepts it. A record is only used for a stage whose
+    /// manifest declares the same outs, so an outside path in a record is one
+    /// the manifest allowed.
     pub fn check(&self) -> anyhow::Result<()> {
         for (name, output) in &self.outputs {
             let ok = if output.workspace {
-                is_plain_relative(&output.path) && self.record.outs.contains(&output.path)
+                (is_plain_relative(&output.path) || is_outside_path(&output.path))
+                    && self.record.outs.contains(&output.path)
             } else {
                 is_plain_name(&output.path)
             };
@@ -111,6 +117,12 @@ pub fn is_plain_name(name: &str) -> bool {
 /// Whether `path` is relative and normalised: plain names joined by `/`.
 pub fn is_plain_relative(path: &str) -> bool {
     path.split('/').all(is_plain_name)
+}
+
+/// Whether `path` is an out outside the workspace as `--allow-outside`
+/// accepts it: absolute, or starting with `..`, without NUL.
+pub fn is_outside_path(path: &str) -> bool {
+    !path.contains('\0') && (path.starts_with('/') || path == ".." || path.starts_with("../"))
 }
 
 /// One named output of a stage.
@@ -386,6 +398,49 @@ impl Store {
         Ok(tree)
     }
 
+    /// Checks that object `digest` still holds what its name says, by hashing
+    /// it: done before an object leaves this machine (`pipe push`), so a
+    /// damaged one is never shared.
+    pub fn verify_object(&self, digest: &Digest) -> anyhow::Result<()> {
+        let path = self.object_path(digest);
+        let found = crate::hash::hash_file(&path)
+            .with_context(|| format!("cannot read the store object `{}`", path.display()))?;
+        if found != *digest {
+            anyhow::bail!(damaged(&path, "its content no longer matches its hash"));
+        }
+        Ok(())
+    }
+
+    /// Refuses a file object whose size is not the `size` its record or tree
+    /// says (a damaged object is not restored).
+    fn check_size(&self, digest: &Digest, size: u64) -> anyhow::Result<()> {
+        let path = self.object_path(digest);
+        let found = files::metadata(&path)?.len();
+        if found != size {
+            anyhow::bail!(damaged(
+                &path,
+                &format!("it has {found} bytes where its record says {size}")
+            ));
+        }
+        Ok(())
+    }
+
+    /// [`Store::materialize`] after checking a file output's size against
+    /// `size` (its record's), as every file under a folder output is.
+    pub fn materialize_output(
+        &self,
+        kind: EntryKind,
+        digest: &Digest,
+        size: u64,
+        dest: &Path,
+        copy: bool,
+    ) -> anyhow::Result<()> {
+        if matches!(kind, EntryKind::File | EntryKind::Executable) {
+            self.check_size(digest, size)?;
+        }
+        self.materialize(kind, digest, dest, copy)
+    }
+
     /// Whether every object an output needs is present.
     pub fn output_complete(&self, kind: EntryKind, digest: &Digest) -> bool {
         match kind {
@@ -397,19 +452,6 @@ impl Store {
                     .all(|e| self.output_complete(e.kind, &e.hash)),
                 Err(_) => false,
             },
-        }
-    }
-
-    /// Every object digest an output is made of (itself, and for a folder
-    /// everything under its tree), as far as the store has them.
-    pub fn output_objects(&self, kind: EntryKind, digest: &Digest, into: &mut BTreeSet<Digest>) {
-        if !into.insert(*digest) || kind != EntryKind::Dir {
-            return;
-        }
-        if let Ok(tree) = self.read_tree(digest) {
-            for entry in &tree.entries {
-                self.output_objects(entry.kind, &entry.hash, into);
-            }
         }
     }
 
@@ -443,12 +485,8 @@ impl Store {
                     files::copy(&object, &staged).with_context(|| {
                         format!("cannot restore `{}` from the store", dest.display())
                     })?;
-                    let mode = if kind == EntryKind::Executable {
-                        0o755
-                    } else {
-                        0o644
-                    };
-                    files::set_mode(&staged, mode)?;
+                    let stored = files::metadata(&object)?.permissions().mode();
+                    files::set_mode(&staged, restored_mode(stored, kind, process_umask()))?;
                 }
                 if existing.is_some_and(|m| m.is_dir()) {
                     files::remove_all(dest)?;
@@ -488,7 +526,8 @@ impl Store {
                     }
                 }
                 for entry in &tree.entries {
-                    self.materialize(entry.kind, &entry.hash, &dest.join(&entry.name), copy)?;
+                    let at = dest.join(&entry.name);
+                    self.materialize_output(entry.kind, &entry.hash, entry.size, &at, copy)?;
                 }
                 Ok(())
             }
@@ -519,6 +558,15 @@ impl Store {
         self.root.join("out").join(pipeline).join(stage)
     }
 
+    /// Where the record of a stage's last failed run lives (see
+    /// `crate::outputs::FailedOuts`).
+    pub fn failed_path(&self, pipeline: &str, stage: &str) -> PathBuf {
+        self.root
+            .join("failed")
+            .join(pipeline)
+            .join(format!("{stage}.json"))
+    }
+
     /// The checkpoint folder of stage key `key`.
     pub fn scratch_dir(&self, key: &Digest) -> PathBuf {
         self.root.join("scratch").join(key.to_string())
@@ -533,10 +581,47 @@ impl Store {
     }
 }
 
+/// The message for a damaged store object at `path`, saying how to repair it.
+fn damaged(path: &Path, how: &str) -> String {
+    format!(
+        "the store object `{}` is damaged ({how}); delete it (`rm -f {}`) and run `pipe run` again, which runs the stage that made it again (or restores it from the remote)",
+        path.display(),
+        path.display()
+    )
+}
+
 /// The error of a store held by another run (exit code 2 with `--no-wait`).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct StoreBusy(pub String);
+
+/// The mode a file restored from an object gets. An object keeps the read
+/// bits of the file it was stored from (`stored`, see [`Store::import`]):
+/// whoever could read the file may read and write the copy (the owner of a
+/// `0600` file gets `0600` back, not `0644`), execute bits follow `kind`, and
+/// the process umask is applied as for any file the user's command creates.
+fn restored_mode(stored: u32, kind: EntryKind, umask: u32) -> u32 {
+    let read = stored & 0o444;
+    let mut mode = read | (read >> 1);
+    if kind == EntryKind::Executable {
+        mode |= read >> 2;
+    }
+    mode & !umask
+}
+
+/// The process umask (Linux: from `/proc/self/status`; `022` when unknown).
+/// Read without changing it, since other threads may be creating files.
+fn process_umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status.lines().find_map(|line| {
+                let value = line.strip_prefix("Umask:")?;
+                u32::from_str_radix(value.trim(), 8).ok()
+            })
+        })
+        .unwrap_or(0o022)
+}
 
 fn same_inode(a: &Path, b: &Path) -> bool {
     match (std::fs::metadata(a), std::fs::symlink_metadata(b)) {
@@ -575,6 +660,25 @@ mod tests {
         assert_eq!(hash_path(&dest).unwrap().digest(), hashed.digest());
         std::fs::remove_file(store.object_path(&crate::hash::Digest::of(b"beta"))).unwrap();
         assert!(!store.output_complete(EntryKind::Dir, &hashed.digest()));
+    }
+
+    #[test]
+    fn restored_modes_keep_who_may_read_and_honour_the_umask() {
+        assert_eq!(restored_mode(0o400, EntryKind::File, 0o022), 0o600);
+        assert_eq!(restored_mode(0o444, EntryKind::File, 0o022), 0o644);
+        assert_eq!(restored_mode(0o444, EntryKind::File, 0o077), 0o600);
+        assert_eq!(restored_mode(0o555, EntryKind::Executable, 0o022), 0o755);
+        // An object shared with a non-executable file still restores an executable.
+        assert_eq!(restored_mode(0o444, EntryKind::Executable, 0o027), 0o750);
+        assert_eq!(restored_mode(0o555, EntryKind::File, 0o022), 0o644);
+    }
+
+    #[test]
+    fn the_umask_is_read_from_the_process() {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("Umask:")).unwrap();
+        let expected = u32::from_str_radix(line["Umask:".len()..].trim(), 8).unwrap();
+        assert_eq!(process_umask(), expected);
     }
 
     #[test]

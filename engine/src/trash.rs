@@ -4,16 +4,22 @@
 //! deleting it.
 //!
 //! Each batch is one folder named by the UTC time (and a counter) holding the
-//! moved files under their workspace paths, and `note.json`:
+//! moved files under `files/`, and `note.json`:
 //!
 //! ```json
 //! {"stage": "build", "reason": "…", "moved_at": "2026-11-30T11:05:02Z",
-//!  "paths": ["build/notes.txt"]}
+//!  "paths": ["build/notes.txt"], "kept_at": {"build/notes.txt": "files/build/notes.txt"}}
 //! ```
+//!
+//! A workspace path is kept at `files/<path>`. An out outside the workspace
+//! (`--allow-outside`) is kept inside the batch too: an absolute path under
+//! `files/@root/…`, each `..` as a component named `@up` (see [`kept_at`]).
+//! A move never replaces anything, and is checked before it is reported.
 //!
 //! `pipe gc` empties batches older than its grace period.
 
-use std::path::{Path, PathBuf};
+use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -29,6 +35,7 @@ struct Note<'a> {
     reason: &'a str,
     moved_at: String,
     paths: &'a [String],
+    kept_at: &'a BTreeMap<String, String>,
 }
 
 /// A batch of files moved out of the way for one stage, created on first use.
@@ -39,6 +46,7 @@ pub struct Batch<'a> {
     reason: &'a str,
     folder: Option<PathBuf>,
     moved: Vec<String>,
+    kept_at: BTreeMap<String, String>,
 }
 
 impl<'a> Batch<'a> {
@@ -52,11 +60,15 @@ impl<'a> Batch<'a> {
             reason,
             folder: None,
             moved: Vec::new(),
+            kept_at: BTreeMap::new(),
         }
     }
 
-    /// Moves workspace path `rel` (a file, link or folder) into the batch.
+    /// Moves workspace path `rel` (a file, link or folder; for an allowed
+    /// outside out, an absolute path or one starting with `..`) into the
+    /// batch, at [`kept_at`]`(rel)`.
     pub fn take(&mut self, rel: &Path) -> anyhow::Result<()> {
+        let kept = kept_at(rel)?;
         let folder = match &self.folder {
             Some(f) => f.clone(),
             None => {
@@ -67,9 +79,16 @@ impl<'a> Batch<'a> {
             }
         };
         let from = self.workspace.join(rel);
-        let to = folder.join("files").join(rel);
+        let to = folder.join(&kept);
         if let Some(parent) = to.parent() {
             files::create_dir_all(parent)?;
+        }
+        if files::kind_of(&to)?.is_some() {
+            anyhow::bail!(
+                "cannot move `{}` to the trash: `{}` is already taken (internal error; nothing was moved)",
+                from.display(),
+                to.display()
+            );
         }
         match std::fs::rename(&from, &to) {
             Ok(()) => {}
@@ -88,7 +107,17 @@ impl<'a> Batch<'a> {
                 });
             }
         }
-        self.moved.push(rel.to_string_lossy().into_owned());
+        if files::kind_of(&from)?.is_some() || files::kind_of(&to)?.is_none() {
+            anyhow::bail!(
+                "moving `{}` to the trash `{}` did not take effect; nothing else was touched, look at both paths before running again",
+                from.display(),
+                to.display()
+            );
+        }
+        let shown = rel.to_string_lossy().into_owned();
+        self.kept_at
+            .insert(shown.clone(), kept.to_string_lossy().into_owned());
+        self.moved.push(shown);
         self.write_note(&folder)
     }
 
@@ -98,6 +127,7 @@ impl<'a> Batch<'a> {
             reason: self.reason,
             moved_at: iso_time(SystemTime::now()),
             paths: &self.moved,
+            kept_at: &self.kept_at,
         };
         let bytes = serde_json::to_vec_pretty(&note).context("cannot encode the trash note")?;
         atomic::write(&folder.join("note.json"), &bytes, true)
@@ -107,6 +137,33 @@ impl<'a> Batch<'a> {
     pub fn finish(self) -> Option<(Vec<String>, PathBuf)> {
         self.folder.map(|f| (self.moved, f))
     }
+}
+
+/// Where path `rel` is kept inside a batch folder: always under `files/`,
+/// whatever `rel` is. A workspace path keeps its shape (`files/build/x`); an
+/// absolute path goes under `files/@root/`, and each `..` becomes `@up`, so
+/// no path can lead out of the batch.
+pub fn kept_at(rel: &Path) -> anyhow::Result<PathBuf> {
+    let mut kept = PathBuf::from("files");
+    let mut named = false;
+    for component in rel.components() {
+        match component {
+            Component::RootDir => kept.push("@root"),
+            Component::ParentDir => kept.push("@up"),
+            Component::CurDir => {}
+            Component::Normal(name) => {
+                kept.push(name);
+                named = true;
+            }
+            Component::Prefix(_) => {
+                anyhow::bail!("cannot keep `{}` in the trash", rel.display())
+            }
+        }
+    }
+    if !named {
+        anyhow::bail!("cannot keep `{}` in the trash", rel.display());
+    }
+    Ok(kept)
 }
 
 /// A batch folder name: UTC time to the millisecond plus a counter, so two
@@ -178,5 +235,39 @@ mod tests {
         assert_eq!(note["stage"], "build");
         assert_eq!(note["paths"][0], "build/mine.txt");
         assert_eq!(note["reason"], "not written by pipe");
+        assert_eq!(note["kept_at"]["build/mine.txt"], "files/build/mine.txt");
+    }
+
+    #[test]
+    fn outside_paths_are_kept_inside_the_batch() {
+        assert_eq!(
+            kept_at(Path::new("/tmp/o/report.txt")).unwrap(),
+            Path::new("files/@root/tmp/o/report.txt")
+        );
+        assert_eq!(
+            kept_at(Path::new("../../x/y")).unwrap(),
+            Path::new("files/@up/@up/x/y")
+        );
+        assert!(kept_at(Path::new("/")).is_err());
+    }
+
+    #[test]
+    fn an_absolute_path_is_moved_into_the_batch_not_onto_itself() {
+        let outside = tempfile::tempdir().unwrap();
+        let ws = tempfile::tempdir().unwrap();
+        let store = tempfile::tempdir().unwrap();
+        let precious = outside.path().join("report.txt");
+        std::fs::write(&precious, "PRECIOUS").unwrap();
+        let mut batch = Batch::new(store.path(), ws.path(), "mk", "not written by pipe");
+        batch.take(&precious).unwrap();
+        let (moved, folder) = batch.finish().unwrap();
+        assert!(!precious.exists());
+        let kept = kept_at(&precious).unwrap();
+        assert!(kept.starts_with("files/@root"));
+        assert_eq!(
+            std::fs::read_to_string(folder.join(kept)).unwrap(),
+            "PRECIOUS"
+        );
+        assert_eq!(moved, vec![precious.display().to_string()]);
     }
 }

@@ -103,6 +103,7 @@ impl Bucket {
         size: u64,
         bar: &ProgressBar,
     ) -> anyhow::Result<()> {
+        local.verify_object(digest)?;
         let source = local.object_path(digest);
         let file = std::fs::File::open(&source)
             .with_context(|| format!("cannot read the store object `{}`", source.display()))?;

@@ -263,3 +263,83 @@ impl Project {
         serde_json::from_slice(&out.stdout).expect("one JSON document")
     }
 }
+
+#[test]
+fn an_input_changed_while_the_stage_runs_is_not_cached_under_the_old_input() {
+    let p = Project::new();
+    p.file("in.txt", "v1\n");
+    // The first run edits its input while it runs (as a user saving the file
+    // mid-run would); later runs only copy it.
+    p.file(
+        "p.yaml",
+        "pipeline: race\nstages:\n  copy:\n    run: '[ -e once ] || { touch once; echo v2 > in.txt; }; cp in.txt out.txt'\n    deps: [in.txt]\n    outs: [out.txt]\n",
+    );
+    let out = p.pipe(&["run", "p.yaml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", crate::util::stderr(&out));
+    let err = crate::util::stderr(&out);
+    assert!(
+        err.contains("copy: `in.txt` changed while the stage ran"),
+        "{err}"
+    );
+    assert_eq!(p.read("out.txt"), "v2\n", "the outputs are kept");
+
+    p.file("in.txt", "v1\n");
+    let report = p.run_json("p.yaml", 0);
+    assert_eq!(
+        status_of(&report, "copy"),
+        "ran",
+        "v2's output was not cached as v1's"
+    );
+    assert_eq!(p.read("out.txt"), "v1\n");
+    assert_eq!(status_of(&p.run_json("p.yaml", 0), "copy"), "cached");
+}
+
+/// `pipe run p.yaml --json` under umask `umask`, asserting exit code 0.
+fn run_with_umask(p: &Project, umask: &str) -> serde_json::Value {
+    let out = std::process::Command::new("sh")
+        .args([
+            "-c",
+            &format!("umask {umask}; exec \"$0\" run p.yaml --json"),
+        ])
+        .arg(env!("CARGO_BIN_EXE_pipe"))
+        .current_dir(p.root())
+        .env("NO_COLOR", "1")
+        .env_remove("PIPE_STORE")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", crate::util::stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn mode_of(p: &Project, rel: &str) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p.path(rel)).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn restored_outs_keep_their_owner_only_modes_and_honour_the_umask() {
+    let p = Project::new();
+    p.file(
+        "p.yaml",
+        "pipeline: modes\nstages:\n  s:\n    run: mkdir -p private && echo secret > private/creds.env && chmod 600 private/creds.env && echo hi > public.txt && chmod 644 public.txt\n    outs: [private, public.txt]\n",
+    );
+    run_with_umask(&p, "022");
+    assert_eq!(mode_of(&p, "private/creds.env"), 0o600);
+    std::fs::remove_dir_all(p.path("private")).unwrap();
+    std::fs::remove_file(p.path("public.txt")).unwrap();
+    assert_eq!(status_of(&run_with_umask(&p, "022"), "s"), "cached");
+    assert_eq!(p.read("private/creds.env"), "secret\n");
+    assert_eq!(mode_of(&p, "private/creds.env"), 0o600, "not 0644");
+    assert_eq!(mode_of(&p, "public.txt"), 0o644);
+
+    std::fs::remove_dir_all(p.path("private")).unwrap();
+    std::fs::remove_file(p.path("public.txt")).unwrap();
+    assert_eq!(status_of(&run_with_umask(&p, "077"), "s"), "cached");
+    assert_eq!(
+        mode_of(&p, "private"),
+        0o700,
+        "the folder follows the umask"
+    );
+    assert_eq!(mode_of(&p, "private/creds.env"), 0o600);
+    assert_eq!(mode_of(&p, "public.txt"), 0o600, "the umask applies");
+}

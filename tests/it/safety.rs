@@ -32,7 +32,10 @@ pub(crate) fn trashed(p: &Project, rel: &str) -> (serde_json::Value, String) {
         .collect();
     assert_eq!(found.len(), 1, "`{rel}` is in exactly one trash batch");
     let (folder, note) = &found[0];
-    let bytes = std::fs::read_to_string(folder.join("files").join(rel)).unwrap();
+    let kept = note["kept_at"][rel]
+        .as_str()
+        .expect("the note says where each path is kept");
+    let bytes = std::fs::read_to_string(folder.join(kept)).unwrap();
     (note.clone(), bytes)
 }
 
@@ -397,4 +400,285 @@ fn two_stages_storing_identical_bytes_at_once_both_succeed() {
 
 fn no_temp_left(tmp: &Path) -> bool {
     std::fs::read_dir(tmp).unwrap().count() == 0
+}
+
+#[test]
+fn an_allowed_outside_out_in_the_way_is_kept_in_the_trash_not_overwritten() {
+    let outside = tempfile::tempdir().unwrap();
+    let report = outside.path().join("report.txt");
+    std::fs::write(&report, "PRECIOUS").unwrap();
+    let p = Project::new();
+    p.file("in.txt", "x");
+    p.file(
+        "p.yaml",
+        &format!(
+            "pipeline: t\nstages:\n  mk:\n    run: echo generated > {0}\n    deps: [in.txt]\n    outs: [{0}]\n",
+            report.display()
+        ),
+    );
+    let out = p.pipe(&["run", "--allow-outside", "p.yaml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(std::fs::read_to_string(&report).unwrap(), "generated\n");
+    let (note, bytes) = trashed(&p, &report.display().to_string());
+    assert_eq!(bytes, "PRECIOUS", "the user's file is kept in the trash");
+    let kept = note["kept_at"][report.display().to_string()]
+        .as_str()
+        .unwrap();
+    assert!(kept.starts_with("files/@root/"), "{kept}");
+
+    // The record of an allowed outside out is valid: the next run is cached.
+    let out = p.pipe(&["run", "--allow-outside", "p.yaml", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report_json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status_of(&report_json, "mk"), "cached");
+}
+
+#[test]
+fn an_out_above_the_workspace_in_the_way_is_kept_inside_the_trash_batch() {
+    let p = Project::new();
+    p.file("shared/r.txt", "mine, above the workspace");
+    p.file("proj/in.txt", "x");
+    p.file(
+        "proj/p.yaml",
+        "pipeline: t\nstages:\n  mk:\n    run: echo generated > ../shared/r.txt\n    deps: [in.txt]\n    outs: [../shared/r.txt]\n",
+    );
+    let out = p.pipe(&["run", "--allow-outside", "proj/p.yaml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(p.read("shared/r.txt"), "generated\n");
+    let batches: Vec<_> = std::fs::read_dir(p.path("proj/.pipe/trash"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(batches.len(), 1);
+    let note: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(batches[0].join("note.json")).unwrap()).unwrap();
+    let kept = note["kept_at"]["../shared/r.txt"].as_str().unwrap();
+    assert_eq!(kept, "files/@up/shared/r.txt");
+    assert_eq!(
+        std::fs::read_to_string(batches[0].join(kept)).unwrap(),
+        "mine, above the workspace"
+    );
+}
+
+#[test]
+fn a_copy_of_a_produced_file_under_another_name_goes_to_the_trash_not_away() {
+    let p = Project::new();
+    p.file("p.yaml", &FOLDER_OUT.replace("WORD", "one"));
+    p.run_json("p.yaml", 0);
+    p.file("build/made-GOOD-backup.txt", "one\n");
+    p.file("build/my-todo.txt", "todo");
+    p.file("p.yaml", &FOLDER_OUT.replace("WORD", "two"));
+    assert_eq!(status_of(&p.run_json("p.yaml", 0), "build"), "ran");
+    assert_eq!(p.read("build/made.txt"), "two\n");
+    assert_eq!(
+        trashed(&p, "build/made-GOOD-backup.txt").1,
+        "one\n",
+        "same bytes as pipe's file, but not at pipe's path: the user's"
+    );
+    assert_eq!(trashed(&p, "build/my-todo.txt").1, "todo");
+}
+
+#[test]
+fn an_out_over_the_manifest_reached_through_a_link_is_refused() {
+    let p = Project::new();
+    p.file(
+        "conf/real.yaml",
+        "pipeline: own\nstages:\n  s:\n    run: echo x\n    outs: [conf]\n",
+    );
+    std::os::unix::fs::symlink("conf/real.yaml", p.path("p.yaml")).unwrap();
+    let out = p.pipe(&["validate", "p.yaml"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("out `conf` overlaps the manifest `conf/real.yaml`"),
+        "{}",
+        stderr(&out)
+    );
+    assert_refused(&p, "p.yaml", 5, "overlaps the manifest `conf/real.yaml`");
+    assert!(p.read("conf/real.yaml").starts_with("pipeline: own"));
+    assert!(!p.path(".pipe/trash").exists());
+}
+
+#[test]
+fn an_out_over_the_store_reached_through_a_link_is_refused() {
+    let p = Project::new();
+    p.file("cache/objects/keep", "store content");
+    std::os::unix::fs::symlink("cache", p.path(".pipe")).unwrap();
+    p.file(
+        "p.yaml",
+        "pipeline: own\nstages:\n  s:\n    run: echo x\n    outs: [cache]\n",
+    );
+    assert_refused(&p, "p.yaml", 5, "out `cache` overlaps the store `cache`");
+    assert_eq!(p.read("cache/objects/keep"), "store content");
+}
+
+const HALF_WRITES: &str = "pipeline: half\nstages:\n  report:\n    run: echo header > report.csv; grep -q v2 in.txt && exit 1; cat in.txt >> report.csv\n    deps: [in.txt]\n    outs: [report.csv]\n";
+
+#[test]
+fn what_a_failed_command_left_in_its_outs_is_pipes_not_a_user_edit() {
+    let p = Project::new();
+    p.file("in.txt", "v1\n");
+    p.file("p.yaml", HALF_WRITES);
+    p.run_json("p.yaml", 0);
+    p.file("in.txt", "v2\n");
+    assert_eq!(status_of(&p.run_json("p.yaml", 1), "report"), "failed");
+    assert_eq!(
+        p.read("report.csv"),
+        "header\n",
+        "the failed command's own file"
+    );
+    let status = p.pipe(&["status", "p.yaml"]);
+    let shown = format!(
+        "{}{}",
+        String::from_utf8_lossy(&status.stdout),
+        stderr(&status)
+    );
+    assert!(shown.contains("the last run failed"), "{shown}");
+
+    // Back to the input that worked: restored from the cache, not "modified".
+    p.file("in.txt", "v1\n");
+    let out = p.pipe(&["run", "p.yaml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("modified"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("Cached report"), "{}", stderr(&out));
+    assert_eq!(p.read("report.csv"), "header\nv1\n");
+    assert!(
+        trash_batches(&p).is_empty(),
+        "nothing of the user's was in the way"
+    );
+
+    // Fail again, then fix the command: the partial file is removed as pipe's.
+    p.file("in.txt", "v2\n");
+    p.run_json("p.yaml", 1);
+    p.file("p.yaml", &HALF_WRITES.replace("exit 1", "true"));
+    let out = p.pipe(&["run", "p.yaml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        !stderr(&out).contains("not written by pipe"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(trash_batches(&p).is_empty());
+    assert_eq!(p.read("report.csv"), "header\nv2\n");
+}
+
+#[test]
+fn a_users_edit_after_a_failed_run_still_goes_to_the_trash() {
+    let p = Project::new();
+    p.file("in.txt", "v2\n");
+    p.file("p.yaml", HALF_WRITES);
+    p.run_json("p.yaml", 1);
+    p.file("report.csv", "my own table");
+    p.file("in.txt", "v1\n");
+    p.run_json("p.yaml", 0);
+    assert_eq!(p.read("report.csv"), "header\nv1\n");
+    assert_eq!(trashed(&p, "report.csv").1, "my own table");
+}
+
+#[test]
+fn staging_files_left_by_a_killed_restore_are_removed_and_nothing_else() {
+    use std::os::unix::fs::PermissionsExt;
+    let p = Project::new();
+    p.file(
+        "p.yaml",
+        "pipeline: temps\nstages:\n  s:\n    run: echo big > big.bin && mkdir -p build && echo made > build/made.txt\n    outs: [big.bin, build]\n",
+    );
+    p.run_json("p.yaml", 0);
+    // What a restore killed mid-copy leaves: read-only, named by pid and counter.
+    let left_by_kill = |rel: &str| {
+        p.file(rel, "half a copy");
+        std::fs::set_permissions(p.path(rel), std::fs::Permissions::from_mode(0o444)).unwrap();
+    };
+    left_by_kill(".big.bin.pipe-tmp-4242-7");
+    p.file(".big.bin.pipe-tmp-notes", "mine");
+    p.file(
+        ".other.bin.pipe-tmp-4242-9",
+        "not next to an out of this stage",
+    );
+    std::fs::remove_file(p.path("big.bin")).unwrap();
+    assert_eq!(status_of(&p.run_json("p.yaml", 0), "s"), "cached");
+    assert!(!p.path(".big.bin.pipe-tmp-4242-7").exists());
+    // Inside a folder out (the folder differs from the record, so it reruns).
+    left_by_kill("build/.made.txt.pipe-tmp-4242-8");
+    p.run_json("p.yaml", 0);
+    assert!(!p.path("build/.made.txt.pipe-tmp-4242-8").exists());
+    assert!(
+        trash_batches(&p).is_empty(),
+        "pipe's own leftovers are not trashed"
+    );
+    assert_eq!(p.read(".big.bin.pipe-tmp-notes"), "mine");
+    assert_eq!(
+        p.read(".other.bin.pipe-tmp-4242-9"),
+        "not next to an out of this stage"
+    );
+    assert_eq!(p.read("big.bin"), "big\n");
+}
+
+/// The store object holding `content` (a file output's bytes), made writable.
+fn object_of(p: &Project, content: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let hex = pipe_engine::Digest::of(content.as_bytes()).to_string();
+    let path = p.path(&format!(".pipe/objects/{}/{}", &hex[..2], &hex[2..]));
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    path
+}
+
+#[test]
+fn a_damaged_object_is_not_pushed_and_its_message_says_how_to_repair_it() {
+    let remote = tempfile::tempdir().unwrap();
+    let p = Project::new();
+    p.file(
+        "p.yaml",
+        &format!(
+            "pipeline: push\nremote: file://{}\nstages:\n  s:\n    run: echo good > r.txt\n    outs: [r.txt]\n",
+            remote.path().display()
+        ),
+    );
+    p.run_json("p.yaml", 0);
+    let object = object_of(&p, "good\n");
+    std::fs::write(&object, "bad!\n").unwrap();
+    let out = p.pipe(&["push", "p.yaml"]);
+    let err = stderr(&out);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    let name = object.file_name().unwrap().to_str().unwrap();
+    assert!(err.contains(name), "names the object: {err}");
+    assert!(err.contains("damaged") && err.contains("rm -f"), "{err}");
+    let mut uploaded = Vec::new();
+    let mut stack = vec![remote.path().to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                uploaded.push(std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    assert!(
+        !uploaded.iter().any(|bytes| bytes == b"bad!\n"),
+        "the damaged bytes never reach the remote"
+    );
+}
+
+#[test]
+fn a_damaged_object_of_another_size_is_not_restored() {
+    let p = Project::new();
+    p.file(
+        "p.yaml",
+        "pipeline: size\nstages:\n  s:\n    run: echo good > r.txt\n    outs: [r.txt]\n",
+    );
+    p.run_json("p.yaml", 0);
+    let object = object_of(&p, "good\n");
+    std::fs::write(&object, "truncated").unwrap();
+    std::fs::remove_file(p.path("r.txt")).unwrap();
+    let out = p.pipe(&["run", "p.yaml"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let name = object.file_name().unwrap().to_str().unwrap();
+    assert!(err.contains(name), "names the object: {err}");
+    assert!(err.contains("9 bytes where its record says 5"), "{err}");
+    assert!(
+        !p.path("r.txt").exists(),
+        "the damaged bytes are not put in place"
+    );
 }
