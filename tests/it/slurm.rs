@@ -297,7 +297,7 @@ fn a_cuda_stage_without_gpus_gets_a_warning() {
     let p = Project::new();
     let manifest = |resources: &str| {
         format!(
-            "pipeline: gpu\nstages:\n  ingest:\n    source: data.csv\n  tokenize:\n    from: ingest\n    tokenizer: {{ train: {{ vocab_size: 300 }} }}\n  finetune:\n    from: tokenize\n    model: {{ config: tiny }}\n    device: cuda\n{resources}"
+            "pipeline: gpu\nstages:\n  ingest:\n    source: data.csv\n  split:\n    from: ingest\n  tokenize:\n    from: split\n    tokenizer: {{ train: {{ vocab_size: 300 }} }}\n  finetune:\n    from: tokenize\n    model: {{ config: tiny }}\n    device: cuda\n{resources}"
         )
     };
     p.file("data.csv", &two_label_csv(8))
