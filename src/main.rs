@@ -3,6 +3,7 @@
 
 mod cli;
 mod commands;
+mod output;
 mod workspace;
 
 use std::process::ExitCode;
@@ -61,7 +62,7 @@ fn main() -> ExitCode {
         Ok(Outcome::Success) => ExitCode::SUCCESS,
         Ok(Outcome::Failure) => ExitCode::from(1),
         Err(error) => {
-            if is_broken_pipe(&error) {
+            if output::is_broken_pipe(&error) {
                 // `pipe dag | head`: the reader left; that is not an error.
                 return ExitCode::SUCCESS;
             }
@@ -88,11 +89,4 @@ fn report_error(printer: &Printer, error: &anyhow::Error) {
     } else {
         printer.error(error);
     }
-}
-
-fn is_broken_pipe(error: &anyhow::Error) -> bool {
-    error
-        .chain()
-        .filter_map(|e| e.downcast_ref::<std::io::Error>())
-        .any(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
 }

@@ -23,7 +23,7 @@ pub fn exec(args: DoctorArgs, printer: &Printer) -> anyhow::Result<Outcome> {
             "onnxruntime": runtime,
             "cuda": cuda,
         });
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        crate::output::answer_json(&value)?;
     } else {
         printer.status("pipe", Tone::Good, env!("CARGO_PKG_VERSION"));
         printer.status(

@@ -22,7 +22,7 @@ pub fn exec(args: GcArgs, printer: &Printer) -> anyhow::Result<Outcome> {
     let lockfiles = find_lockfiles(project);
     let report = collect(&store, &lockfiles, args.grace, args.dry_run)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        crate::output::answer_json(&report)?;
     } else {
         let verb = if args.dry_run { "Would free" } else { "Freed" };
         printer.status(

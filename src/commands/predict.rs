@@ -11,12 +11,14 @@ use pipe_stages::bundle::{Bundle, Predictions};
 
 use crate::Outcome;
 use crate::cli::PredictArgs;
+use crate::output::answer;
 use crate::workspace;
 
 /// Classifies the texts; a bundle that cannot be found, opened or run is a failure (exit 1).
 pub fn exec(args: PredictArgs, printer: &Printer) -> anyhow::Result<Outcome> {
     match predict(&args, printer) {
         Ok(()) => Ok(Outcome::Success),
+        Err(error) if crate::output::is_broken_pipe(&error) => Err(error),
         Err(error)
             if error.downcast_ref::<pipe_engine::ManifestError>().is_some()
                 || error.downcast_ref::<pipe_engine::UsageError>().is_some() =>
@@ -79,8 +81,7 @@ fn predict(args: &PredictArgs, printer: &Printer) -> anyhow::Result<()> {
     if args.json {
         print_json(&bundle, &refs, &predictions)
     } else {
-        print_table(printer, &bundle, &refs, &predictions);
-        Ok(())
+        print_table(printer, &bundle, &refs, &predictions)
     }
 }
 
@@ -147,14 +148,17 @@ pub fn bundle_dir(arg: &str, manifest: Option<&Path>) -> anyhow::Result<PathBuf>
 }
 
 fn print_json(bundle: &Bundle, texts: &[&str], predictions: &Predictions) -> anyhow::Result<()> {
-    let rows = bundle.answers(texts, predictions);
-    println!("{}", serde_json::to_string_pretty(&rows)?);
-    Ok(())
+    crate::output::answer_json(&bundle.answers(texts, predictions))
 }
 
 /// Per text: the predicted label(s) and the text, then every label's probability, most
 /// probable first, in aligned columns.
-fn print_table(printer: &Printer, bundle: &Bundle, texts: &[&str], predictions: &Predictions) {
+fn print_table(
+    printer: &Printer,
+    bundle: &Bundle,
+    texts: &[&str],
+    predictions: &Predictions,
+) -> anyhow::Result<()> {
     let labels = bundle.labels();
     let width = labels.iter().map(|l| l.chars().count()).max().unwrap_or(0);
     for (i, text) in texts.iter().enumerate() {
@@ -164,17 +168,18 @@ fn print_table(printer: &Printer, bundle: &Bundle, texts: &[&str], predictions: 
         } else {
             picked.join(", ")
         };
-        println!("{}  {text}", printer.paint(&head, Tone::Good));
+        answer(&format!("{}  {text}", printer.paint(&head, Tone::Good)))?;
         let mut order: Vec<usize> = (0..labels.len()).collect();
         order.sort_by(|&a, &b| predictions.row(i)[b].total_cmp(&predictions.row(i)[a]));
         for j in order {
             let p = predictions.row(i)[j];
             let line = format!("    {:<width$}  {p:.3}", labels[j]);
             if picked.contains(&labels[j].as_str()) {
-                println!("{line}");
+                answer(&line)?;
             } else {
-                println!("{}", printer.dim(&line));
+                answer(&printer.dim(&line))?;
             }
         }
     }
+    Ok(())
 }

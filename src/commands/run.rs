@@ -64,7 +64,7 @@ pub fn exec(args: RunArgs, printer: &Printer) -> anyhow::Result<Outcome> {
     };
     let report = run(&pipeline, &store, &options, printer)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        crate::output::answer_json(&report)?;
     } else {
         report.print_summary(printer, started.elapsed().as_secs_f64());
     }

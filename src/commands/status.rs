@@ -24,7 +24,7 @@ pub fn exec(args: StatusArgs, printer: &Printer) -> anyhow::Result<Outcome> {
     };
     let report = run(&pipeline, &store, &options, printer)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        crate::output::answer_json(&report)?;
     } else {
         let pending = report
             .stages

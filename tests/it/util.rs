@@ -156,3 +156,12 @@ stages:
 {rest}"#
     )
 }
+
+/// Runs `pipe` with a stdout whose reader has already gone (as `pipe … | head -1` once
+/// `head` has its line); returns the exit code and stderr.
+pub fn pipe_into_closed_stdout(p: &Project, args: &[&str]) -> (Option<i32>, String) {
+    let mut child = p.spawn(args);
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("pipe ends");
+    (out.status.code(), stderr(&out))
+}

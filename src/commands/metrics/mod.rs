@@ -4,7 +4,6 @@
 mod baseline;
 mod table;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use pipe_engine::lockfile::{LockFile, lock_path};
@@ -185,7 +184,5 @@ fn cell(value: Option<&Value>) -> String {
 
 /// One JSON document on stdout.
 fn print_json(value: &Value) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{}", serde_json::to_string_pretty(value)?)?;
-    Ok(())
+    crate::output::answer_json(value)
 }

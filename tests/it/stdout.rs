@@ -1,0 +1,25 @@
+//! Answers go to stdout, whoever reads them: a reader that leaves early ends `pipe`
+//! quietly.
+
+use crate::predict;
+use crate::util::{Project, pipe_into_closed_stdout};
+
+fn assert_quiet_end(p: &Project, args: &[&str]) {
+    let (code, err) = pipe_into_closed_stdout(p, args);
+    assert_eq!(code, Some(0), "pipe {args:?} on a closed stdout:\n{err}");
+    assert!(!err.contains("panicked"), "pipe {args:?}:\n{err}");
+}
+
+#[test]
+fn every_answer_ends_quietly_when_stdout_closes_early() {
+    let p = predict::project();
+    p.run_json("demo.yaml", 0);
+    assert_quiet_end(&p, &["schema"]);
+    assert_quiet_end(&p, &["show", "demo.yaml", "evaluate"]);
+    assert_quiet_end(&p, &["show", "demo.yaml", "evaluate", "--json"]);
+    assert_quiet_end(&p, &["status", "--json"]);
+    assert_quiet_end(&p, &["doctor", "--json"]);
+    assert_quiet_end(&p, &["predict", "export-onnx", "--file", "data.csv"]);
+    assert_quiet_end(&p, &["predict", "export-onnx", "--file", "data.csv", "--json"]);
+    assert_quiet_end(&p, &["gc", "--dry-run", "--json"]);
+}
