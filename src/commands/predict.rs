@@ -18,10 +18,11 @@ use crate::workspace;
 pub fn exec(args: PredictArgs, printer: &Printer) -> anyhow::Result<Outcome> {
     match predict(&args, printer) {
         Ok(()) => Ok(Outcome::Success),
-        Err(error) if crate::output::is_broken_pipe(&error) => Err(error),
         Err(error)
-            if error.downcast_ref::<pipe_engine::ManifestError>().is_some()
-                || error.downcast_ref::<pipe_engine::UsageError>().is_some() =>
+            if crate::output::is_broken_pipe(&error)
+                || error.downcast_ref::<pipe_engine::ManifestError>().is_some()
+                || error.downcast_ref::<pipe_engine::UsageError>().is_some()
+                || is_missing_runtime(&error) =>
         {
             Err(error)
         }
@@ -30,6 +31,17 @@ pub fn exec(args: PredictArgs, printer: &Printer) -> anyhow::Result<Outcome> {
             Ok(Outcome::Failure)
         }
     }
+}
+
+/// Whether `error` is this machine lacking a usable ONNX Runtime: an environment problem
+/// (exit 2), not a bundle that fails.
+pub fn is_missing_runtime(error: &anyhow::Error) -> bool {
+    error.chain().any(|e| {
+        matches!(
+            e.downcast_ref::<pipe_onnx::Error>(),
+            Some(pipe_onnx::Error::LibraryNotFound { .. } | pipe_onnx::Error::LibraryUnusable { .. })
+        )
+    })
 }
 
 /// The device `--device` names (`auto` resolved, with a note when it falls back to the CPU);

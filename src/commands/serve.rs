@@ -9,7 +9,7 @@ use pipe_stages::serve::{ServeOptions, Server};
 
 use crate::Outcome;
 use crate::cli::ServeArgs;
-use crate::commands::predict::{bundle_dir, choose_device, open_bundle};
+use crate::commands::predict::{bundle_dir, choose_device, is_missing_runtime, open_bundle};
 
 /// Serves until SIGTERM or Ctrl-C; a bundle that cannot be found or opened is a failure
 /// (exit 1), an address that cannot be bound an environment problem (exit 2).
@@ -21,7 +21,10 @@ pub fn exec(args: ServeArgs, printer: &Printer) -> anyhow::Result<Outcome> {
         .and_then(|dir| open_bundle(&dir, device, args.threads));
     let bundle = match opened {
         Ok(bundle) => bundle,
-        Err(error) if error.downcast_ref::<pipe_engine::ManifestError>().is_some() => {
+        Err(error)
+            if error.downcast_ref::<pipe_engine::ManifestError>().is_some()
+                || is_missing_runtime(&error) =>
+        {
             return Err(error);
         }
         Err(error) => {
