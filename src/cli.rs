@@ -67,7 +67,10 @@ Exit codes: 0 success, 1 a stage (or --push) failed, 2 bad usage or manifest.")]
     #[command(after_help = "\
 Examples:
   pipe status pipelines/student.yaml
-  pipe status --json")]
+  pipe status --json
+
+Exit codes: 0 every stage is cached or would run, 1 a stage cannot run as written (a missing
+input, say), 2 bad usage or manifest.")]
     Status(StatusArgs),
     /// Print the stage graph as text, Graphviz dot or Mermaid.
     #[command(after_help = "\
@@ -270,7 +273,9 @@ pub struct StatusArgs {
     /// The manifest (default: the one manifest in the current folder), then stages.
     #[arg(value_name = "FILE|STAGE")]
     pub args: Vec<String>,
-    /// Print JSON (the same shape as `pipe run --json`, statuses `cached` or `would_run`).
+    /// Print JSON (the same shape as `pipe run --json`): statuses `cached` or `would_run`, or
+    /// `failed` (with its `error`) for a stage that cannot run as written and `skipped` for the
+    /// stages after it; `ok` is then false and the exit code 1.
     #[arg(long)]
     pub json: bool,
     /// Do not ask the remote cache which local misses it would serve.

@@ -217,3 +217,32 @@ fn env_listed_variables_are_part_of_the_key() {
     assert_eq!(run("hello"), "ran");
     assert_eq!(p.read("e.txt"), "hello\n");
 }
+
+#[test]
+fn status_of_a_stage_that_cannot_run_says_so_in_summary_json_and_help() {
+    let p = Project::new();
+    p.file(
+        "mis.yaml",
+        "pipeline: mis\nstages:\n  ingest: { source: data/nonexist.csv }\n  split: { from: ingest }\n",
+    );
+    let out = p.pipe(&["status"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(!err.contains("up to date"), "{err}");
+    assert!(
+        err.contains("mis: 1 of 2 stages cannot run (ingest), 1 would be skipped, 0 would run"),
+        "{err}"
+    );
+
+    let out = p.pipe(&["status", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["ok"], false);
+    assert_eq!(report["stages"][0]["status"], "failed");
+    assert_eq!(report["stages"][1]["status"], "skipped");
+
+    let help = String::from_utf8(p.pipe(&["status", "--help"]).stdout).unwrap();
+    for word in ["`cached`", "`would_run`", "`failed`", "`skipped`", "Exit codes"] {
+        assert!(help.contains(word), "{word} missing from:\n{help}");
+    }
+}
