@@ -164,6 +164,7 @@ Examples:
   pipe predict .pipe/out/student/export-onnx \"first text\" \"second text\"
   pipe predict export-onnx --file data/new_questions.csv --text-column question
   pipe predict export-onnx --file notes.jsonl --json | jq '.[].label'
+  pipe predict export-onnx@fast \"hi\"               a member of a matrix stage
 
 Exit codes: 0 success, 1 the bundle cannot be found, opened or run, 2 bad usage or manifest.")]
     Predict(PredictArgs),

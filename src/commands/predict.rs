@@ -118,7 +118,9 @@ pub fn bundle_dir(arg: &str, manifest: Option<&Path>) -> anyhow::Result<PathBuf>
     if path.is_dir() {
         return Ok(path.to_path_buf());
     }
-    if !pipe_engine::manifest::is_valid_stage_name(arg) {
+    // A matrix member is `<stage>@<member>`.
+    let stage_part = arg.split_once('@').map_or(arg, |(stage, _)| stage);
+    if !pipe_engine::manifest::is_valid_stage_name(stage_part) {
         bail!(
             "no bundle folder {arg}; name the output folder of an export-onnx stage, or the stage itself"
         );
@@ -134,6 +136,18 @@ pub fn bundle_dir(arg: &str, manifest: Option<&Path>) -> anyhow::Result<PathBuf>
     let registry = pipe_stages::registry();
     let pipeline = workspace::load(&file, &registry, false)?;
     let Some(id) = pipeline.id(arg) else {
+        let members: Vec<&str> = pipeline
+            .select(arg)
+            .into_iter()
+            .map(|id| pipeline.stages[id].name.as_str())
+            .collect();
+        if !members.is_empty() {
+            bail!(
+                "stage `{arg}` of {} is a matrix stage with one bundle per member; name one: {}",
+                file.display(),
+                members.join(", ")
+            );
+        }
         let names: Vec<&str> = pipeline.stages.iter().map(|s| s.name.as_str()).collect();
         bail!(
             "`{arg}` is neither a folder nor a stage of {}{}; the stages are: {}",

@@ -230,3 +230,41 @@ fn predict_fails_clearly_without_a_bundle() {
     let out = p.pipe(&["predict", "empty"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// [`project`] with export-onnx fanned out into two matrix members, `export-onnx@slow` and
+/// `export-onnx@fast`, in `mx.yaml`, run.
+pub fn matrix_project() -> Project {
+    let p = project();
+    let manifest = p.read("demo.yaml").replace(
+        "  export-onnx:\n    from: trained\n    threads: 1\n",
+        "  export-onnx:\n    from: trained\n    matrix: [{member: slow, threads: 1}, {member: fast, threads: 2}]\n",
+    );
+    p.file("mx.yaml", &manifest);
+    p.run_json("mx.yaml", 0);
+    p
+}
+
+#[test]
+fn predict_addresses_matrix_members() {
+    let p = matrix_project();
+    for member in ["export-onnx@slow", "export-onnx@fast"] {
+        let out = p.pipe(&["predict", "--manifest", "mx.yaml", member, &text(1), "--json"]);
+        let rows = json_of(&out);
+        assert_eq!(rows.as_array().unwrap().len(), 1, "{member}");
+    }
+
+    let out = p.pipe(&["predict", "--manifest", "mx.yaml", "export-onnx", "hi"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("is a matrix stage with one bundle per member; name one: ")
+            && err.contains("export-onnx@slow")
+            && err.contains("export-onnx@fast"),
+        "{err}"
+    );
+
+    let out = p.pipe(&["predict", "--manifest", "mx.yaml", "export-onnx@medium", "hi"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("`export-onnx@medium` is neither a folder nor a stage"), "{err}");
+}
