@@ -102,6 +102,17 @@ impl Printer {
         styled(self.color, Style::new().dimmed(), text)
     }
 
+    /// `text` in the style of `tone`, for an answer on stdout (plain when stdout gets no
+    /// colour).
+    pub fn paint_stdout(&self, text: &str, tone: Tone) -> String {
+        styled(self.color_stdout, tone.style(), text)
+    }
+
+    /// `text` dimmed, for an answer on stdout (plain when stdout gets no colour).
+    pub fn dim_stdout(&self, text: &str) -> String {
+        styled(self.color_stdout, Style::new().dimmed(), text)
+    }
+
     /// `text` in bold, for an answer on stdout (plain when stdout gets no colour).
     pub fn bold_stdout(&self, text: &str) -> String {
         styled(self.color_stdout, Style::new().bold(), text)

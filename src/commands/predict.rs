@@ -194,7 +194,7 @@ fn print_table(
         } else {
             picked.join(", ")
         };
-        answer(&format!("{}  {text}", printer.paint(&head, Tone::Good)))?;
+        answer(&format!("{}  {text}", printer.paint_stdout(&head, Tone::Good)))?;
         let mut order: Vec<usize> = (0..labels.len()).collect();
         order.sort_by(|&a, &b| predictions.row(i)[b].total_cmp(&predictions.row(i)[a]));
         for j in order {
@@ -203,7 +203,7 @@ fn print_table(
             if picked.contains(&labels[j].as_str()) {
                 answer(&line)?;
             } else {
-                answer(&printer.dim(&line))?;
+                answer(&printer.dim_stdout(&line))?;
             }
         }
     }

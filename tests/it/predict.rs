@@ -268,3 +268,32 @@ fn predict_addresses_matrix_members() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("`export-onnx@medium` is neither a folder nor a stage"), "{err}");
 }
+
+/// Runs `shell` (a `sh -c` line) in `p` on a terminal (`script` from util-linux gives it one),
+/// with colour left to pipe; what the terminal showed.
+fn on_a_terminal(p: &Project, shell: &str) -> String {
+    let out = std::process::Command::new("script")
+        .args(["-qec", shell, "/dev/null"])
+        .current_dir(p.root())
+        .env_remove("NO_COLOR")
+        .env_remove("FORCE_COLOR")
+        .env("TERM", "xterm")
+        .output()
+        .expect("`script` (util-linux) runs");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn predict_colours_its_table_only_on_a_terminal() {
+    let p = project();
+    p.run_json("demo.yaml", 0);
+    let pipe = env!("CARGO_BIN_EXE_pipe");
+    let shown = on_a_terminal(&p, &format!("'{pipe}' predict export-onnx 'some text'"));
+    assert!(shown.contains("\x1b["), "no colour on a terminal:\n{shown}");
+
+    on_a_terminal(&p, &format!("'{pipe}' predict export-onnx 'some text' > table.txt"));
+    let table = p.read("table.txt");
+    assert!(table.contains("some text"), "{table}");
+    assert!(!table.contains('\x1b'), "colour codes in a file:\n{table:?}");
+}
