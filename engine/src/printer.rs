@@ -198,8 +198,14 @@ impl Reporter for StageReporter<'_> {
         if !self.printer.progress {
             return ProgressBar::hidden();
         }
+        // indicatif colours by its own rules (NO_COLOR only): say the colours only when on.
+        let (prefix, bar) = if self.printer.color {
+            ("{prefix:>9.cyan.bold}", "{bar:30.cyan/blue}")
+        } else {
+            ("{prefix:>9}", "{bar:30}")
+        };
         let style = ProgressStyle::with_template(&format!(
-            "{{prefix:>9.cyan.bold}} {{bar:30.cyan/blue}} {{pos}}/{{len}} {unit} {{msg}} [{{elapsed_precise}} < {{eta}}]"
+            "{prefix} {bar} {{pos}}/{{len}} {unit} {{msg}} [{{elapsed_precise}} < {{eta}}]"
         ))
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("━╸─");

@@ -1,6 +1,6 @@
 //! The command line: help, JSON shapes, exit codes, dag, show, gc.
 
-use crate::util::{Project, stderr};
+use crate::util::{Project, on_a_terminal, small_finetune_manifest, stderr, two_label_csv};
 
 fn two_stage() -> Project {
     let p = Project::new();
@@ -244,5 +244,51 @@ fn status_of_a_stage_that_cannot_run_says_so_in_summary_json_and_help() {
     let help = String::from_utf8(p.pipe(&["status", "--help"]).stdout).unwrap();
     for word in ["`cached`", "`would_run`", "`failed`", "`skipped`", "Exit codes"] {
         assert!(help.contains(word), "{word} missing from:\n{help}");
+    }
+}
+
+/// Whether `text` holds an ANSI colour or style code (`ESC [ … m`); cursor moves are fine.
+fn has_colour_codes(text: &str) -> bool {
+    text.split("\x1b[").skip(1).any(|rest| {
+        let end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == ';'))
+            .unwrap_or(rest.len());
+        rest[end..].starts_with('m')
+    })
+}
+
+#[test]
+fn color_never_holds_for_progress_bars_help_and_usage_errors() {
+    let p = Project::new();
+    p.file("data/q.csv", &two_label_csv(64));
+    p.file(
+        "t.yaml",
+        &small_finetune_manifest("t", "    max_steps: 40\n    threads: 1\n"),
+    );
+    let pipe = env!("CARGO_BIN_EXE_pipe");
+    let shown = on_a_terminal(&p, &format!("'{pipe}' --color never run t.yaml"));
+    assert!(shown.contains('━') || shown.contains('─'), "no progress bar:\n{shown}");
+    assert!(!has_colour_codes(&shown), "colour despite --color never:\n{shown:?}");
+
+    for args in [&["--color", "never", "--help"][..], &["--color=never", "run", "--bogus"]] {
+        let colour = p
+            .command(&args[1..])
+            .env_remove("NO_COLOR")
+            .env("CLICOLOR_FORCE", "1")
+            .output()
+            .unwrap();
+        let all = format!("{}{}", String::from_utf8_lossy(&colour.stdout), stderr(&colour));
+        if args[0] == "--color" {
+            // Without the flag, forced colour does colour clap's help: the check can fail.
+            assert!(has_colour_codes(&all), "{all}");
+        }
+        let out = p
+            .command(args)
+            .env_remove("NO_COLOR")
+            .env("CLICOLOR_FORCE", "1")
+            .output()
+            .unwrap();
+        let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+        assert!(!has_colour_codes(&all), "pipe {args:?}:\n{all:?}");
     }
 }

@@ -14,7 +14,7 @@ use pipe_stages::models::gpt_neo::{GptNeoConfig, GptNeoForSequenceClassification
 use pipe_stages::models::{hf_folder, init_params};
 use serde_json::{Value, json};
 
-use crate::util::{Project, stderr};
+use crate::util::{Project, on_a_terminal, stderr};
 
 pub const LABELS: [&str; 3] = ["art", "math", "physics"];
 const WORDS: [&str; 6] = ["question", "number", "about", "and", "more", "words"];
@@ -267,21 +267,6 @@ fn predict_addresses_matrix_members() {
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("`export-onnx@medium` is neither a folder nor a stage"), "{err}");
-}
-
-/// Runs `shell` (a `sh -c` line) in `p` on a terminal (`script` from util-linux gives it one),
-/// with colour left to pipe; what the terminal showed.
-fn on_a_terminal(p: &Project, shell: &str) -> String {
-    let out = std::process::Command::new("script")
-        .args(["-qec", shell, "/dev/null"])
-        .current_dir(p.root())
-        .env_remove("NO_COLOR")
-        .env_remove("FORCE_COLOR")
-        .env("TERM", "xterm")
-        .output()
-        .expect("`script` (util-linux) runs");
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]
