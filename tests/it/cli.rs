@@ -292,3 +292,28 @@ fn color_never_holds_for_progress_bars_help_and_usage_errors() {
         assert!(!has_colour_codes(&all), "pipe {args:?}:\n{all:?}");
     }
 }
+
+#[test]
+fn force_with_a_space_before_a_stage_is_refused_not_read_as_force_all() {
+    let p = two_stage();
+    let out = p.pipe(&["run", "p.yaml", "--force", "count"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("`--force count` would rerun every selected stage")
+            && err.contains("`--force=count`"),
+        "{err}"
+    );
+    assert!(!p.path("upper.txt").exists(), "nothing ran");
+
+    // The documented forms still work: one stage, and everything.
+    p.run_json("p.yaml", 0);
+    let out = p.pipe(&["run", "p.yaml", "--force=count", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(crate::util::status_of(&report, "upper"), "cached");
+    assert_eq!(crate::util::status_of(&report, "count"), "ran");
+    let out = p.pipe(&["run", "--force", "p.yaml", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(crate::util::status_of(&report, "upper"), "ran");
+    assert_eq!(crate::util::status_of(&report, "count"), "ran");
+}
