@@ -81,6 +81,7 @@ fn predict(args: &PredictArgs, printer: &Printer) -> anyhow::Result<()> {
                     ),
                 );
             }
+            refuse_empty_texts(file, &read)?;
             read.texts
         }
         None => args.texts.clone(),
@@ -95,6 +96,34 @@ fn predict(args: &PredictArgs, printer: &Printer) -> anyhow::Result<()> {
     } else {
         print_table(printer, &bundle, &refs, &predictions)
     }
+}
+
+/// Fails, naming the file and where they are, when texts of `read` are blank: the model needs
+/// at least one token per text.
+fn refuse_empty_texts(file: &Path, read: &pipe_stages::Texts) -> anyhow::Result<()> {
+    let empty: Vec<String> = read
+        .texts
+        .iter()
+        .zip(&read.rows)
+        .filter(|(text, _)| text.trim().is_empty())
+        .map(|(_, row)| row.to_string())
+        .collect();
+    let Some(first) = empty.first() else {
+        return Ok(());
+    };
+    let more = match empty.len() {
+        1 => String::new(),
+        2 => format!(" (and {} {})", read.row_word, empty[1]),
+        n if n <= 10 => format!(" (and {}s {})", read.row_word, empty[1..].join(", ")),
+        n => format!(" (and {} more {}s)", n - 1, read.row_word),
+    };
+    bail!(
+        "{}: {} {first}{more}, column `{}`: the text is empty; fill it in or remove the row, \
+         since the model needs at least one token",
+        file.display(),
+        read.row_word,
+        read.column
+    )
 }
 
 /// Opens the bundle folder `dir` with an ONNX Runtime session on `device` with `threads`

@@ -282,3 +282,38 @@ fn predict_colours_its_table_only_on_a_terminal() {
     assert!(table.contains("some text"), "{table}");
     assert!(!table.contains('\x1b'), "colour codes in a file:\n{table:?}");
 }
+
+#[test]
+fn predict_file_errors_name_the_file_line_and_column() {
+    let p = project();
+    p.run_json("demo.yaml", 0);
+
+    // A bad byte in the text column is an error, not a reason to label the label column.
+    std::fs::write(p.path("enc.csv"), b"text,label\nh\xff\xfello,math\nworld,physics\n").unwrap();
+    let out = p.pipe(&["predict", "export-onnx", "--file", "enc.csv"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("enc.csv: line 2, column `text`") && err.contains("not valid UTF-8"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty());
+
+    // Blank texts are named, with their lines.
+    p.file("blank.csv", "text,label\nfirst text,math\n  ,art\nthird,art\n,art\n");
+    let out = p.pipe(&["predict", "export-onnx", "--file", "blank.csv", "--text-column", "text"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("blank.csv: line 3 (and line 5), column `text`: the text is empty"),
+        "{err}"
+    );
+
+    // An unknown extension says what predict reads, not manifest syntax.
+    p.file("texts.dat", "text\nhello\n");
+    let out = p.pipe(&["predict", "export-onnx", "--file", "texts.dat"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("name it .csv, .tsv, .jsonl or .parquet"), "{err}");
+    assert!(!err.contains("format:"), "{err}");
+}
