@@ -118,6 +118,12 @@ impl Printer {
         styled(self.color_stdout, Style::new().bold(), text)
     }
 
+    /// A status line for stdout, as [`Printer::status`] draws it, for a command whose answer
+    /// is such lines (`pipe doctor`): the caller writes it, and `--quiet` does not hide it.
+    pub fn status_stdout(&self, verb: &str, tone: Tone, rest: &str) -> String {
+        format!("{} {rest}", self.paint_stdout(&format!("{verb:>9}"), tone))
+    }
+
     /// A status line on stderr: a right-aligned coloured verb, then the rest.
     pub fn status(&self, verb: &str, tone: Tone, rest: &str) {
         if self.quiet && tone != Tone::Bad {

@@ -25,7 +25,7 @@ pub fn exec(args: GcArgs, printer: &Printer) -> anyhow::Result<Outcome> {
         crate::output::answer_json(&report)?;
     } else {
         let verb = if args.dry_run { "Would free" } else { "Freed" };
-        printer.status(
+        crate::output::answer(&printer.status_stdout(
             verb,
             Tone::Good,
             &format!(
@@ -37,7 +37,7 @@ pub fn exec(args: GcArgs, printer: &Printer) -> anyhow::Result<Outcome> {
                 report.trash,
                 report.lockfiles.len()
             ),
-        );
+        ))?;
     }
     Ok(Outcome::Success)
 }

@@ -42,14 +42,17 @@ pub fn exec(args: ServeArgs, printer: &Printer) -> anyhow::Result<Outcome> {
         access_log: true,
     };
     let server = Server::start(bundle, &options)?;
-    printer.status(
+    // The address is the answer (with `--port 0`, the only way to learn the port): stdout,
+    // even with `--quiet`. A reader that took it and left (`| head -1`) does not stop the
+    // server.
+    let _ = crate::output::answer(&printer.status_stdout(
         "Listening",
         Tone::Good,
         &format!(
             "on http://{} (bundle {dir}); POST /predict, GET /health, GET /metadata",
             server.addr()
         ),
-    );
+    ));
     let signal = signals.wait().context("cannot wait for a signal")?;
     printer.status(
         "Stopping",

@@ -36,19 +36,25 @@ impl Served {
         args.extend_from_slice(extra);
         let mut child = p
             .command(&args)
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("pipe serve starts");
         let stderr = Arc::new(Mutex::new(String::new()));
         let (address, found) = std::sync::mpsc::channel();
+        // The address is the answer, on stdout.
+        let answer = BufReader::new(child.stdout.take().unwrap());
+        std::thread::spawn(move || {
+            for line in answer.lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("on http://").nth(1) {
+                    let _ = address.send(rest.split_whitespace().next().unwrap().to_string());
+                }
+            }
+        });
         let reader = BufReader::new(child.stderr.take().unwrap());
         let log = Arc::clone(&stderr);
         let stderr_reader = std::thread::spawn(move || {
             for line in reader.lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("on http://").nth(1) {
-                    let _ = address.send(rest.split_whitespace().next().unwrap().to_string());
-                }
                 let mut log = log.lock().unwrap();
                 log.push_str(&line);
                 log.push('\n');
@@ -479,5 +485,17 @@ fn serve_addresses_a_matrix_member() {
     assert_same_answer(&answer["predictions"][0], &predicted[0]);
     let (code, log) = served.terminate();
     assert_eq!(code, Some(0), "{log}");
-    assert!(log.contains("export-onnx@fast"), "{log}");
+}
+
+#[test]
+fn serve_prints_its_address_on_stdout_even_when_quiet() {
+    let p = project();
+    p.run_json("demo.yaml", 0);
+    // `start` finds the address on stdout, so `--quiet` must not hide it.
+    let served = Served::start(&p, &["--quiet"]);
+    let (status, _) = served.get("/health");
+    assert_eq!(status, 200);
+    let (code, log) = served.terminate();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(!log.contains("Listening"), "the address is not a status line:\n{log}");
 }
