@@ -354,8 +354,8 @@ pub struct MetricsArgs {
     /// The manifest (default: the one manifest in the current folder).
     pub file: Option<PathBuf>,
     /// Compare with the lockfile at git revision REV, or with `previous`: the
-    /// lockfile before the last run that changed it. Without REV: HEAD inside
-    /// a git repository, else the previous run. Lists changed metrics only.
+    /// lockfile before the last run that changed it. Without REV: HEAD when the
+    /// lockfile is committed there, else the previous run. Lists changed metrics only.
     #[arg(long, value_name = "REV", num_args = 0..=1)]
     pub diff: Option<Option<String>>,
     /// With --diff: list unchanged metrics too (changed rows are then bold).

@@ -35,9 +35,16 @@ pub fn exec(args: MetricsArgs, printer: &Printer) -> anyhow::Result<Outcome> {
         .map(|&i| pipeline.stages[i].name.as_str())
         .collect();
     let lock_file = lock_path(&pipeline.manifest.path);
-    let baseline = rev
-        .map(|rev| Baseline::resolve(rev.as_deref(), &pipeline.manifest.dir))
-        .transpose()?;
+    let baseline = match rev {
+        Some(rev) => {
+            let (baseline, note) = Baseline::resolve(rev.as_deref(), &lock_file)?;
+            if let Some(note) = note {
+                printer.status("Note", Tone::Quiet, &note);
+            }
+            Some(baseline)
+        }
+        None => None,
+    };
     // Missing data is a failure (exit 1), not a usage error: say why and stop.
     let store_dir = pipe_engine::store_dir(&pipeline.manifest.dir);
     let loaded = read_current(&lock_file, &file).and_then(|current| {
