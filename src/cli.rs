@@ -142,7 +142,8 @@ Exit codes: 0 success, 1 the remote failed or lacks a stage, 2 bad usage or mani
     /// Remove cached results that no lockfile references.
     #[command(after_help = "\
 Examples:
-  pipe gc --dry-run
+  pipe gc --dry-run                           the store of the current folder
+  pipe gc pipelines/student.yaml --dry-run    the store beside that manifest
   pipe gc --grace 0s        remove everything unreferenced, however recent")]
     Gc(GcArgs),
     /// Inspect a data file, ask how to use it, and write a manifest.
@@ -372,7 +373,8 @@ pub struct MetricsArgs {
 /// `pipe gc`.
 #[derive(Debug, Args)]
 pub struct GcArgs {
-    /// A manifest whose store to clean (default: the one in the current folder).
+    /// A manifest whose store to clean (default: the store of the current folder, kept
+    /// for every lockfile under it).
     pub file: Option<PathBuf>,
     /// Say what would be removed; remove nothing.
     #[arg(long)]

@@ -318,3 +318,19 @@ fn force_with_a_space_before_a_stage_is_refused_not_read_as_force_all() {
     assert_eq!(crate::util::status_of(&report, "upper"), "ran");
     assert_eq!(crate::util::status_of(&report, "count"), "ran");
 }
+
+#[test]
+fn gc_without_a_manifest_cleans_the_current_folders_store_whatever_manifests_it_holds() {
+    let p = Project::new();
+    let out = p.pipe(&["gc", "--dry-run"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("no store at"), "{}", stderr(&out));
+
+    let p = two_stage();
+    p.run_json("p.yaml", 0);
+    p.file("q.yaml", "pipeline: other\nstages:\n  one:\n    run: echo hi\n");
+    let out = p.pipe(&["gc", "--dry-run"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let answer = String::from_utf8_lossy(&out.stdout);
+    assert!(answer.contains("Would free") && answer.contains("1 lockfile(s)"), "{answer}");
+}
