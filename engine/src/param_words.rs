@@ -20,14 +20,14 @@ pub(crate) fn plain(message: &str) -> (String, Option<String>) {
     let mismatch = message
         .strip_prefix("invalid type: ")
         .or_else(|| message.strip_prefix("invalid value: "));
-    if let Some((found, expected)) = mismatch.and_then(|rest| rest.split_once(", expected ")) {
-        if let Some(wanted) = expected_words(expected) {
-            let text = format!("must be {wanted}, not {}", found_words(found));
-            let help = wanted.starts_with("a mapping").then(|| {
-                "write its entries indented below it, or `{ key: value }` on one line".into()
-            });
-            return (text, help);
-        }
+    if let Some((found, expected)) = mismatch.and_then(|rest| rest.split_once(", expected "))
+        && let Some(wanted) = expected_words(expected)
+    {
+        let text = format!("must be {wanted}, not {}", found_words(found));
+        let help = wanted
+            .starts_with("a mapping")
+            .then(|| "write its entries indented below it, or `{ key: value }` on one line".into());
+        return (text, help);
     }
     (message.to_string(), None)
 }
@@ -89,7 +89,10 @@ mod tests {
                 "invalid type: string \"maybe\", expected a boolean",
                 "must be true or false, not `maybe` (text)",
             ),
-            ("invalid type: sequence, expected a string", "must be text, not a list"),
+            (
+                "invalid type: sequence, expected a string",
+                "must be text, not a list",
+            ),
             ("missing field `model`", "`model` is required"),
             (
                 "data did not match any variant of untagged enum ModelConfig",
@@ -103,6 +106,9 @@ mod tests {
         for (serde, words) in cases {
             assert_eq!(plain(serde).0, words, "{serde}");
         }
-        assert_eq!(plain("missing field `model`").1.unwrap(), "add `model:` to the stage");
+        assert_eq!(
+            plain("missing field `model`").1.unwrap(),
+            "add `model:` to the stage"
+        );
     }
 }

@@ -39,7 +39,9 @@ pub fn is_missing_runtime(error: &anyhow::Error) -> bool {
     error.chain().any(|e| {
         matches!(
             e.downcast_ref::<pipe_onnx::Error>(),
-            Some(pipe_onnx::Error::LibraryNotFound { .. } | pipe_onnx::Error::LibraryUnusable { .. })
+            Some(
+                pipe_onnx::Error::LibraryNotFound { .. } | pipe_onnx::Error::LibraryUnusable { .. }
+            )
         )
     })
 }
@@ -223,7 +225,10 @@ fn print_table(
         } else {
             picked.join(", ")
         };
-        answer(&format!("{}  {text}", printer.paint_stdout(&head, Tone::Good)))?;
+        answer(&format!(
+            "{}  {text}",
+            printer.paint_stdout(&head, Tone::Good)
+        ))?;
         let mut order: Vec<usize> = (0..labels.len()).collect();
         order.sort_by(|&a, &b| predictions.row(i)[b].total_cmp(&predictions.row(i)[a]));
         for j in order {

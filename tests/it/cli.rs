@@ -243,7 +243,13 @@ fn status_of_a_stage_that_cannot_run_says_so_in_summary_json_and_help() {
     assert_eq!(report["stages"][1]["status"], "skipped");
 
     let help = String::from_utf8(p.pipe(&["status", "--help"]).stdout).unwrap();
-    for word in ["`cached`", "`would_run`", "`failed`", "`skipped`", "Exit codes"] {
+    for word in [
+        "`cached`",
+        "`would_run`",
+        "`failed`",
+        "`skipped`",
+        "Exit codes",
+    ] {
         assert!(help.contains(word), "{word} missing from:\n{help}");
     }
 }
@@ -268,17 +274,30 @@ fn color_never_holds_for_progress_bars_help_and_usage_errors() {
     );
     let pipe = env!("CARGO_BIN_EXE_pipe");
     let shown = on_a_terminal(&p, &format!("'{pipe}' --color never run t.yaml"));
-    assert!(shown.contains('━') || shown.contains('─'), "no progress bar:\n{shown}");
-    assert!(!has_colour_codes(&shown), "colour despite --color never:\n{shown:?}");
+    assert!(
+        shown.contains('━') || shown.contains('─'),
+        "no progress bar:\n{shown}"
+    );
+    assert!(
+        !has_colour_codes(&shown),
+        "colour despite --color never:\n{shown:?}"
+    );
 
-    for args in [&["--color", "never", "--help"][..], &["--color=never", "run", "--bogus"]] {
+    for args in [
+        &["--color", "never", "--help"][..],
+        &["--color=never", "run", "--bogus"],
+    ] {
         let colour = p
             .command(&args[1..])
             .env_remove("NO_COLOR")
             .env("CLICOLOR_FORCE", "1")
             .output()
             .unwrap();
-        let all = format!("{}{}", String::from_utf8_lossy(&colour.stdout), stderr(&colour));
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&colour.stdout),
+            stderr(&colour)
+        );
         if args[0] == "--color" {
             // Without the flag, forced colour does colour clap's help: the check can fail.
             assert!(has_colour_codes(&all), "{all}");
@@ -328,9 +347,15 @@ fn gc_without_a_manifest_cleans_the_current_folders_store_whatever_manifests_it_
 
     let p = two_stage();
     p.run_json("p.yaml", 0);
-    p.file("q.yaml", "pipeline: other\nstages:\n  one:\n    run: echo hi\n");
+    p.file(
+        "q.yaml",
+        "pipeline: other\nstages:\n  one:\n    run: echo hi\n",
+    );
     let out = p.pipe(&["gc", "--dry-run"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let answer = String::from_utf8_lossy(&out.stdout);
-    assert!(answer.contains("Would free") && answer.contains("1 lockfile(s)"), "{answer}");
+    assert!(
+        answer.contains("Would free") && answer.contains("1 lockfile(s)"),
+        "{answer}"
+    );
 }

@@ -160,7 +160,10 @@ fn init_refuses_a_manifest_below_its_data_file_instead_of_writing_one_that_canno
             && err.contains("-o pipeline.yaml"),
         "{err}"
     );
-    assert!(!p.path("sub/p.yaml").exists(), "no manifest that cannot run");
+    assert!(
+        !p.path("sub/p.yaml").exists(),
+        "no manifest that cannot run"
+    );
 
     // Data below the manifest's folder is fine.
     let out = p.pipe(&["init", "--from", "q.csv", "--yes", "-o", "p.yaml"]);

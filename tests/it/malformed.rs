@@ -285,11 +285,31 @@ fn parameter_errors_speak_the_manifests_words_not_rusts() {
     let p = Project::new();
     p.file("d.csv", "text,label\na,b\n");
     let cases = [
-        ("model: { config: tiny }\n    epochs: -1", "finetune parameter `epochs`: must be a whole number ≥ 0, not -1", None),
-        ("model: tiny", "finetune parameter `model`: must be a mapping of its parameters, not `tiny` (text)", Some("help: write its entries indented below it")),
-        ("model: { config: 5 }", "finetune parameter `model.config`: is none of the forms this parameter takes", Some("help: see this stage's section of the README, or `pipe schema`")),
-        ("epochs: 2", "finetune parameter: `model` is required", Some("help: add `model:` to the stage")),
-        ("model: { config: tiny }\n    learning_rate: fast", "finetune parameter `learning_rate`: must be a number, not `fast` (text)", None),
+        (
+            "model: { config: tiny }\n    epochs: -1",
+            "finetune parameter `epochs`: must be a whole number ≥ 0, not -1",
+            None,
+        ),
+        (
+            "model: tiny",
+            "finetune parameter `model`: must be a mapping of its parameters, not `tiny` (text)",
+            Some("help: write its entries indented below it"),
+        ),
+        (
+            "model: { config: 5 }",
+            "finetune parameter `model.config`: is none of the forms this parameter takes",
+            Some("help: see this stage's section of the README, or `pipe schema`"),
+        ),
+        (
+            "epochs: 2",
+            "finetune parameter: `model` is required",
+            Some("help: add `model:` to the stage"),
+        ),
+        (
+            "model: { config: tiny }\n    learning_rate: fast",
+            "finetune parameter `learning_rate`: must be a number, not `fast` (text)",
+            None,
+        ),
     ];
     for (params, expected, help) in cases {
         p.file(
@@ -305,7 +325,14 @@ fn parameter_errors_speak_the_manifests_words_not_rusts() {
         if let Some(help) = help {
             assert!(err.contains(help), "{params}:\n{err}");
         }
-        for rust in ["u64", "f64", "struct", "untagged", "ModelParams", "missing field"] {
+        for rust in [
+            "u64",
+            "f64",
+            "struct",
+            "untagged",
+            "ModelParams",
+            "missing field",
+        ] {
             assert!(!err.contains(rust), "`{rust}` in:\n{err}");
         }
     }

@@ -312,7 +312,8 @@ fn diff_when_head_lacks_the_lockfile_compares_with_the_previous_run_and_says_so(
     let out = pipe(&p, &["metrics", "student.yaml", "--diff", "--json"]);
     assert_eq!(split_train_change(&out)["old"], old["split"]["train"]);
     assert!(
-        stderr(&out).contains("`student.lock` is not committed in HEAD; comparing with the previous run"),
+        stderr(&out)
+            .contains("`student.lock` is not committed in HEAD; comparing with the previous run"),
         "{}",
         stderr(&out)
     );

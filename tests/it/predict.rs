@@ -248,7 +248,14 @@ pub fn matrix_project() -> Project {
 fn predict_addresses_matrix_members() {
     let p = matrix_project();
     for member in ["export-onnx@slow", "export-onnx@fast"] {
-        let out = p.pipe(&["predict", "--manifest", "mx.yaml", member, &text(1), "--json"]);
+        let out = p.pipe(&[
+            "predict",
+            "--manifest",
+            "mx.yaml",
+            member,
+            &text(1),
+            "--json",
+        ]);
         let rows = json_of(&out);
         assert_eq!(rows.as_array().unwrap().len(), 1, "{member}");
     }
@@ -263,10 +270,19 @@ fn predict_addresses_matrix_members() {
         "{err}"
     );
 
-    let out = p.pipe(&["predict", "--manifest", "mx.yaml", "export-onnx@medium", "hi"]);
+    let out = p.pipe(&[
+        "predict",
+        "--manifest",
+        "mx.yaml",
+        "export-onnx@medium",
+        "hi",
+    ]);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("`export-onnx@medium` is neither a folder nor a stage"), "{err}");
+    assert!(
+        err.contains("`export-onnx@medium` is neither a folder nor a stage"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -277,10 +293,16 @@ fn predict_colours_its_table_only_on_a_terminal() {
     let shown = on_a_terminal(&p, &format!("'{pipe}' predict export-onnx 'some text'"));
     assert!(shown.contains("\x1b["), "no colour on a terminal:\n{shown}");
 
-    on_a_terminal(&p, &format!("'{pipe}' predict export-onnx 'some text' > table.txt"));
+    on_a_terminal(
+        &p,
+        &format!("'{pipe}' predict export-onnx 'some text' > table.txt"),
+    );
     let table = p.read("table.txt");
     assert!(table.contains("some text"), "{table}");
-    assert!(!table.contains('\x1b'), "colour codes in a file:\n{table:?}");
+    assert!(
+        !table.contains('\x1b'),
+        "colour codes in a file:\n{table:?}"
+    );
 }
 
 #[test]
@@ -289,7 +311,11 @@ fn predict_file_errors_name_the_file_line_and_column() {
     p.run_json("demo.yaml", 0);
 
     // A bad byte in the text column is an error, not a reason to label the label column.
-    std::fs::write(p.path("enc.csv"), b"text,label\nh\xff\xfello,math\nworld,physics\n").unwrap();
+    std::fs::write(
+        p.path("enc.csv"),
+        b"text,label\nh\xff\xfello,math\nworld,physics\n",
+    )
+    .unwrap();
     let out = p.pipe(&["predict", "export-onnx", "--file", "enc.csv"]);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
@@ -300,8 +326,18 @@ fn predict_file_errors_name_the_file_line_and_column() {
     assert!(out.stdout.is_empty());
 
     // Blank texts are named, with their lines.
-    p.file("blank.csv", "text,label\nfirst text,math\n  ,art\nthird,art\n,art\n");
-    let out = p.pipe(&["predict", "export-onnx", "--file", "blank.csv", "--text-column", "text"]);
+    p.file(
+        "blank.csv",
+        "text,label\nfirst text,math\n  ,art\nthird,art\n,art\n",
+    );
+    let out = p.pipe(&[
+        "predict",
+        "export-onnx",
+        "--file",
+        "blank.csv",
+        "--text-column",
+        "text",
+    ]);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
@@ -314,6 +350,9 @@ fn predict_file_errors_name_the_file_line_and_column() {
     let out = p.pipe(&["predict", "export-onnx", "--file", "texts.dat"]);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("name it .csv, .tsv, .jsonl or .parquet"), "{err}");
+    assert!(
+        err.contains("name it .csv, .tsv, .jsonl or .parquet"),
+        "{err}"
+    );
     assert!(!err.contains("format:"), "{err}");
 }

@@ -497,5 +497,8 @@ fn serve_prints_its_address_on_stdout_even_when_quiet() {
     assert_eq!(status, 200);
     let (code, log) = served.terminate();
     assert_eq!(code, Some(0), "{log}");
-    assert!(!log.contains("Listening"), "the address is not a status line:\n{log}");
+    assert!(
+        !log.contains("Listening"),
+        "the address is not a status line:\n{log}"
+    );
 }

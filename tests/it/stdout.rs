@@ -20,7 +20,10 @@ fn every_answer_ends_quietly_when_stdout_closes_early() {
     assert_quiet_end(&p, &["status", "--json"]);
     assert_quiet_end(&p, &["doctor", "--json"]);
     assert_quiet_end(&p, &["predict", "export-onnx", "--file", "data.csv"]);
-    assert_quiet_end(&p, &["predict", "export-onnx", "--file", "data.csv", "--json"]);
+    assert_quiet_end(
+        &p,
+        &["predict", "export-onnx", "--file", "data.csv", "--json"],
+    );
     assert_quiet_end(&p, &["gc", "--dry-run", "--json"]);
 }
 

@@ -38,7 +38,10 @@ impl Baseline {
     /// REV) HEAD when HEAD holds the lockfile, and else the previous run (outside git, in a
     /// repository without commits, or when the lockfile was never committed), with a note
     /// saying why when git is there.
-    pub fn resolve(rev: Option<&str>, lock_file: &Path) -> anyhow::Result<(Baseline, Option<String>)> {
+    pub fn resolve(
+        rev: Option<&str>,
+        lock_file: &Path,
+    ) -> anyhow::Result<(Baseline, Option<String>)> {
         let dir = folder_of(lock_file);
         match rev {
             Some(PREVIOUS) => Ok((Baseline::Previous, None)),
