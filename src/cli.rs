@@ -67,7 +67,10 @@ Exit codes: 0 success, 1 a stage (or --push) failed, 2 bad usage or manifest.")]
     #[command(after_help = "\
 Examples:
   pipe status pipelines/student.yaml
-  pipe status --json")]
+  pipe status --json
+
+Exit codes: 0 every stage is cached or would run, 1 a stage cannot run as written (a missing
+input, say), 2 bad usage or manifest.")]
     Status(StatusArgs),
     /// Print the stage graph as text, Graphviz dot or Mermaid.
     #[command(after_help = "\
@@ -139,7 +142,8 @@ Exit codes: 0 success, 1 the remote failed or lacks a stage, 2 bad usage or mani
     /// Remove cached results that no lockfile references.
     #[command(after_help = "\
 Examples:
-  pipe gc --dry-run
+  pipe gc --dry-run                           the store of the current folder
+  pipe gc pipelines/student.yaml --dry-run    the store beside that manifest
   pipe gc --grace 0s        remove everything unreferenced, however recent")]
     Gc(GcArgs),
     /// Inspect a data file, ask how to use it, and write a manifest.
@@ -161,6 +165,7 @@ Examples:
   pipe predict .pipe/out/student/export-onnx \"first text\" \"second text\"
   pipe predict export-onnx --file data/new_questions.csv --text-column question
   pipe predict export-onnx --file notes.jsonl --json | jq '.[].label'
+  pipe predict export-onnx@fast \"hi\"               a member of a matrix stage
 
 Exit codes: 0 success, 1 the bundle cannot be found, opened or run, 2 bad usage or manifest.")]
     Predict(PredictArgs),
@@ -270,7 +275,9 @@ pub struct StatusArgs {
     /// The manifest (default: the one manifest in the current folder), then stages.
     #[arg(value_name = "FILE|STAGE")]
     pub args: Vec<String>,
-    /// Print JSON (the same shape as `pipe run --json`, statuses `cached` or `would_run`).
+    /// Print JSON (the same shape as `pipe run --json`): statuses `cached` or `would_run`, or
+    /// `failed` (with its `error`) for a stage that cannot run as written and `skipped` for the
+    /// stages after it; `ok` is then false and the exit code 1.
     #[arg(long)]
     pub json: bool,
     /// Do not ask the remote cache which local misses it would serve.
@@ -348,8 +355,8 @@ pub struct MetricsArgs {
     /// The manifest (default: the one manifest in the current folder).
     pub file: Option<PathBuf>,
     /// Compare with the lockfile at git revision REV, or with `previous`: the
-    /// lockfile before the last run that changed it. Without REV: HEAD inside
-    /// a git repository, else the previous run. Lists changed metrics only.
+    /// lockfile before the last run that changed it. Without REV: HEAD when the
+    /// lockfile is committed there, else the previous run. Lists changed metrics only.
     #[arg(long, value_name = "REV", num_args = 0..=1)]
     pub diff: Option<Option<String>>,
     /// With --diff: list unchanged metrics too (changed rows are then bold).
@@ -366,7 +373,8 @@ pub struct MetricsArgs {
 /// `pipe gc`.
 #[derive(Debug, Args)]
 pub struct GcArgs {
-    /// A manifest whose store to clean (default: the one in the current folder).
+    /// A manifest whose store to clean (default: the store of the current folder, kept
+    /// for every lockfile under it).
     pub file: Option<PathBuf>,
     /// Say what would be removed; remove nothing.
     #[arg(long)]

@@ -3,11 +3,12 @@
 
 mod cli;
 mod commands;
+mod output;
 mod workspace;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use pipe_engine::{ColorChoice, ManifestError, Printer, StoreBusy, UsageError};
 
 use crate::cli::{Cli, Color, Command};
@@ -21,7 +22,7 @@ pub enum Outcome {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse_args();
     let machine = match &cli.command {
         Command::Run(a) => a.json,
         Command::Status(a) => a.json,
@@ -61,7 +62,7 @@ fn main() -> ExitCode {
         Ok(Outcome::Success) => ExitCode::SUCCESS,
         Ok(Outcome::Failure) => ExitCode::from(1),
         Err(error) => {
-            if is_broken_pipe(&error) {
+            if output::is_broken_pipe(&error) {
                 // `pipe dag | head`: the reader left; that is not an error.
                 return ExitCode::SUCCESS;
             }
@@ -69,6 +70,32 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// The command line, with clap's own output (help, usage errors) coloured as `--color`
+/// says: clap reads it only after parsing, too late for those.
+fn parse_args() -> Cli {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let mut choice = None;
+    for (i, arg) in args.iter().enumerate() {
+        let value = match arg.to_str() {
+            Some("--color") => args.get(i + 1).and_then(|v| v.to_str()),
+            Some(other) => other.strip_prefix("--color="),
+            None => None,
+        };
+        match value {
+            Some("never") => choice = Some(clap::ColorChoice::Never),
+            Some("always") => choice = Some(clap::ColorChoice::Always),
+            Some("auto") => choice = Some(clap::ColorChoice::Auto),
+            _ => {}
+        }
+    }
+    let mut command = Cli::command();
+    if let Some(choice) = choice {
+        command = command.color(choice);
+    }
+    let matches = command.get_matches_from(args);
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }
 
 fn report_error(printer: &Printer, error: &anyhow::Error) {
@@ -88,11 +115,4 @@ fn report_error(printer: &Printer, error: &anyhow::Error) {
     } else {
         printer.error(error);
     }
-}
-
-fn is_broken_pipe(error: &anyhow::Error) -> bool {
-    error
-        .chain()
-        .filter_map(|e| e.downcast_ref::<std::io::Error>())
-        .any(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
 }

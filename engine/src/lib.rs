@@ -41,6 +41,7 @@ pub mod manifest;
 pub mod matrix;
 pub mod metrics;
 mod outputs;
+mod param_words;
 pub mod paths;
 pub mod plan;
 pub mod printer;

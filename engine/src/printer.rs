@@ -102,9 +102,26 @@ impl Printer {
         styled(self.color, Style::new().dimmed(), text)
     }
 
+    /// `text` in the style of `tone`, for an answer on stdout (plain when stdout gets no
+    /// colour).
+    pub fn paint_stdout(&self, text: &str, tone: Tone) -> String {
+        styled(self.color_stdout, tone.style(), text)
+    }
+
+    /// `text` dimmed, for an answer on stdout (plain when stdout gets no colour).
+    pub fn dim_stdout(&self, text: &str) -> String {
+        styled(self.color_stdout, Style::new().dimmed(), text)
+    }
+
     /// `text` in bold, for an answer on stdout (plain when stdout gets no colour).
     pub fn bold_stdout(&self, text: &str) -> String {
         styled(self.color_stdout, Style::new().bold(), text)
+    }
+
+    /// A status line for stdout, as [`Printer::status`] draws it, for a command whose answer
+    /// is such lines (`pipe doctor`): the caller writes it, and `--quiet` does not hide it.
+    pub fn status_stdout(&self, verb: &str, tone: Tone, rest: &str) -> String {
+        format!("{} {rest}", self.paint_stdout(&format!("{verb:>9}"), tone))
     }
 
     /// A status line on stderr: a right-aligned coloured verb, then the rest.
@@ -187,8 +204,14 @@ impl Reporter for StageReporter<'_> {
         if !self.printer.progress {
             return ProgressBar::hidden();
         }
+        // indicatif colours by its own rules (NO_COLOR only): say the colours only when on.
+        let (prefix, bar) = if self.printer.color {
+            ("{prefix:>9.cyan.bold}", "{bar:30.cyan/blue}")
+        } else {
+            ("{prefix:>9}", "{bar:30}")
+        };
         let style = ProgressStyle::with_template(&format!(
-            "{{prefix:>9.cyan.bold}} {{bar:30.cyan/blue}} {{pos}}/{{len}} {unit} {{msg}} [{{elapsed_precise}} < {{eta}}]"
+            "{prefix} {bar} {{pos}}/{{len}} {unit} {{msg}} [{{elapsed_precise}} < {{eta}}]"
         ))
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("━╸─");

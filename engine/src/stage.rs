@@ -184,10 +184,11 @@ pub fn parse_params<T: DeserializeOwned>(params: &Value) -> Result<T, ParamError
                 serde_path_to_error::Segment::Unknown => None,
             })
             .collect();
+        let (message, help) = crate::param_words::plain(&err.into_inner().to_string());
         ParamError {
             path,
-            message: err.into_inner().to_string(),
-            help: None,
+            message,
+            help,
         }
     })
 }

@@ -7,7 +7,8 @@ use crate::cli::DoctorArgs;
 
 /// Reports the store location, the ONNX Runtime libraries found and loaded, and whether a
 /// session can run on CUDA device 0. Fails (exit 1) only when no ONNX Runtime can be loaded:
-/// a machine without CUDA is a fine machine for `device: cpu`.
+/// a machine without CUDA is a fine machine for `device: cpu`. The report is the answer: it
+/// goes to stdout, `--quiet` or not.
 pub fn exec(args: DoctorArgs, printer: &Printer) -> anyhow::Result<Outcome> {
     let cwd = std::env::current_dir()?;
     let store = pipe_engine::store_dir(&cwd);
@@ -23,10 +24,14 @@ pub fn exec(args: DoctorArgs, printer: &Printer) -> anyhow::Result<Outcome> {
             "onnxruntime": runtime,
             "cuda": cuda,
         });
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        crate::output::answer_json(&value)?;
     } else {
-        printer.status("pipe", Tone::Good, env!("CARGO_PKG_VERSION"));
-        printer.status(
+        let mut lines = Vec::new();
+        let mut status = |verb: &str, tone: Tone, rest: &str| {
+            lines.push(printer.status_stdout(verb, tone, rest));
+        };
+        status("pipe", Tone::Good, env!("CARGO_PKG_VERSION"));
+        status(
             "store",
             Tone::Good,
             &format!("{} (for manifests in this folder)", store.display()),
@@ -36,24 +41,24 @@ pub fn exec(args: DoctorArgs, printer: &Printer) -> anyhow::Result<Outcome> {
         } else {
             Tone::Bad
         };
-        printer.status("runtime", tone, &runtime.to_string());
+        status("runtime", tone, &runtime.to_string());
         let found = |p: &Option<std::path::PathBuf>, fetch: &str| match p {
             Some(p) => p.display().to_string(),
             None => format!("not fetched ({fetch})"),
         };
         let libs = &runtime.libraries;
-        printer.status(
+        status(
             "cpu build",
             Tone::Quiet,
             &found(&libs.cpu, "scripts/fetch-onnxruntime.sh"),
         );
-        printer.status(
+        status(
             "cuda build",
             Tone::Quiet,
             &found(&libs.gpu, "scripts/fetch-onnxruntime.sh --gpu"),
         );
         if let Some(p) = &libs.ort_dylib_path {
-            printer.status(
+            status(
                 "override",
                 Tone::Quiet,
                 &format!("ORT_DYLIB_PATH={}", p.display()),
@@ -65,11 +70,12 @@ pub fn exec(args: DoctorArgs, printer: &Printer) -> anyhow::Result<Outcome> {
             } else {
                 Tone::Warn
             };
-            printer.status("cuda", tone, &cuda.to_string());
+            status("cuda", tone, &cuda.to_string());
             if let Some(fix) = &cuda.fix {
-                printer.status("help", Tone::Quiet, fix);
+                status("help", Tone::Quiet, fix);
             }
         }
+        crate::output::answer(&lines.join("\n"))?;
     }
     Ok(if runtime.loaded.is_some() {
         Outcome::Success

@@ -1,31 +1,42 @@
 //! `pipe gc`.
 
 use pipe_engine::gc::{collect, find_lockfiles};
-use pipe_engine::{Printer, Store, Tone};
+use std::path::Path;
+
+use pipe_engine::{Printer, Store, Tone, UsageError};
 
 use crate::Outcome;
 use crate::cli::GcArgs;
 use crate::workspace;
 
-/// Removes what no lockfile in the manifest's folder (recursively) references.
+/// Removes what no lockfile in the manifest's folder (recursively) references; without a
+/// manifest, in the current folder, whatever manifests it holds.
 pub fn exec(args: GcArgs, printer: &Printer) -> anyhow::Result<Outcome> {
-    let file = match args.file {
-        Some(f) => f,
-        None => workspace::default_manifest()?,
-    };
-    let project = file
-        .parent()
+    // A store is a folder's, not a manifest's: without a manifest, the current folder's.
+    let project = args
+        .file
+        .as_deref()
+        .and_then(Path::parent)
         .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."));
-    let store = Store::open(&pipe_engine::store_dir(project))?;
+        .unwrap_or(Path::new("."));
+    let store_dir = pipe_engine::store_dir(project);
+    if args.file.is_none() && !store_dir.is_dir() {
+        return Err(UsageError(format!(
+            "no store at {} to clean; name a manifest whose store to clean \
+             (`pipe gc pipelines/student.yaml`)",
+            store_dir.display()
+        ))
+        .into());
+    }
+    let store = Store::open(&store_dir)?;
     let _lock = workspace::lock_store(&store, true, printer)?;
     let lockfiles = find_lockfiles(project);
     let report = collect(&store, &lockfiles, args.grace, args.dry_run)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        crate::output::answer_json(&report)?;
     } else {
         let verb = if args.dry_run { "Would free" } else { "Freed" };
-        printer.status(
+        crate::output::answer(&printer.status_stdout(
             verb,
             Tone::Good,
             &format!(
@@ -37,7 +48,7 @@ pub fn exec(args: GcArgs, printer: &Printer) -> anyhow::Result<Outcome> {
                 report.trash,
                 report.lockfiles.len()
             ),
-        );
+        ))?;
     }
     Ok(Outcome::Success)
 }

@@ -11,6 +11,7 @@ use pipe_stages::bundle::{Bundle, Predictions};
 
 use crate::Outcome;
 use crate::cli::PredictArgs;
+use crate::output::answer;
 use crate::workspace;
 
 /// Classifies the texts; a bundle that cannot be found, opened or run is a failure (exit 1).
@@ -18,8 +19,10 @@ pub fn exec(args: PredictArgs, printer: &Printer) -> anyhow::Result<Outcome> {
     match predict(&args, printer) {
         Ok(()) => Ok(Outcome::Success),
         Err(error)
-            if error.downcast_ref::<pipe_engine::ManifestError>().is_some()
-                || error.downcast_ref::<pipe_engine::UsageError>().is_some() =>
+            if crate::output::is_broken_pipe(&error)
+                || error.downcast_ref::<pipe_engine::ManifestError>().is_some()
+                || error.downcast_ref::<pipe_engine::UsageError>().is_some()
+                || is_missing_runtime(&error) =>
         {
             Err(error)
         }
@@ -28,6 +31,19 @@ pub fn exec(args: PredictArgs, printer: &Printer) -> anyhow::Result<Outcome> {
             Ok(Outcome::Failure)
         }
     }
+}
+
+/// Whether `error` is this machine lacking a usable ONNX Runtime: an environment problem
+/// (exit 2), not a bundle that fails.
+pub fn is_missing_runtime(error: &anyhow::Error) -> bool {
+    error.chain().any(|e| {
+        matches!(
+            e.downcast_ref::<pipe_onnx::Error>(),
+            Some(
+                pipe_onnx::Error::LibraryNotFound { .. } | pipe_onnx::Error::LibraryUnusable { .. }
+            )
+        )
+    })
 }
 
 /// The device `--device` names (`auto` resolved, with a note when it falls back to the CPU);
@@ -67,6 +83,7 @@ fn predict(args: &PredictArgs, printer: &Printer) -> anyhow::Result<()> {
                     ),
                 );
             }
+            refuse_empty_texts(file, &read)?;
             read.texts
         }
         None => args.texts.clone(),
@@ -79,9 +96,36 @@ fn predict(args: &PredictArgs, printer: &Printer) -> anyhow::Result<()> {
     if args.json {
         print_json(&bundle, &refs, &predictions)
     } else {
-        print_table(printer, &bundle, &refs, &predictions);
-        Ok(())
+        print_table(printer, &bundle, &refs, &predictions)
     }
+}
+
+/// Fails, naming the file and where they are, when texts of `read` are blank: the model needs
+/// at least one token per text.
+fn refuse_empty_texts(file: &Path, read: &pipe_stages::Texts) -> anyhow::Result<()> {
+    let empty: Vec<String> = read
+        .texts
+        .iter()
+        .zip(&read.rows)
+        .filter(|(text, _)| text.trim().is_empty())
+        .map(|(_, row)| row.to_string())
+        .collect();
+    let Some(first) = empty.first() else {
+        return Ok(());
+    };
+    let more = match empty.len() {
+        1 => String::new(),
+        2 => format!(" (and {} {})", read.row_word, empty[1]),
+        n if n <= 10 => format!(" (and {}s {})", read.row_word, empty[1..].join(", ")),
+        n => format!(" (and {} more {}s)", n - 1, read.row_word),
+    };
+    bail!(
+        "{}: {} {first}{more}, column `{}`: the text is empty; fill it in or remove the row, \
+         since the model needs at least one token",
+        file.display(),
+        read.row_word,
+        read.column
+    )
 }
 
 /// Opens the bundle folder `dir` with an ONNX Runtime session on `device` with `threads`
@@ -105,7 +149,9 @@ pub fn bundle_dir(arg: &str, manifest: Option<&Path>) -> anyhow::Result<PathBuf>
     if path.is_dir() {
         return Ok(path.to_path_buf());
     }
-    if !pipe_engine::manifest::is_valid_stage_name(arg) {
+    // A matrix member is `<stage>@<member>`.
+    let stage_part = arg.split_once('@').map_or(arg, |(stage, _)| stage);
+    if !pipe_engine::manifest::is_valid_stage_name(stage_part) {
         bail!(
             "no bundle folder {arg}; name the output folder of an export-onnx stage, or the stage itself"
         );
@@ -121,6 +167,18 @@ pub fn bundle_dir(arg: &str, manifest: Option<&Path>) -> anyhow::Result<PathBuf>
     let registry = pipe_stages::registry();
     let pipeline = workspace::load(&file, &registry, false)?;
     let Some(id) = pipeline.id(arg) else {
+        let members: Vec<&str> = pipeline
+            .select(arg)
+            .into_iter()
+            .map(|id| pipeline.stages[id].name.as_str())
+            .collect();
+        if !members.is_empty() {
+            bail!(
+                "stage `{arg}` of {} is a matrix stage with one bundle per member; name one: {}",
+                file.display(),
+                members.join(", ")
+            );
+        }
         let names: Vec<&str> = pipeline.stages.iter().map(|s| s.name.as_str()).collect();
         bail!(
             "`{arg}` is neither a folder nor a stage of {}{}; the stages are: {}",
@@ -147,14 +205,17 @@ pub fn bundle_dir(arg: &str, manifest: Option<&Path>) -> anyhow::Result<PathBuf>
 }
 
 fn print_json(bundle: &Bundle, texts: &[&str], predictions: &Predictions) -> anyhow::Result<()> {
-    let rows = bundle.answers(texts, predictions);
-    println!("{}", serde_json::to_string_pretty(&rows)?);
-    Ok(())
+    crate::output::answer_json(&bundle.answers(texts, predictions))
 }
 
 /// Per text: the predicted label(s) and the text, then every label's probability, most
 /// probable first, in aligned columns.
-fn print_table(printer: &Printer, bundle: &Bundle, texts: &[&str], predictions: &Predictions) {
+fn print_table(
+    printer: &Printer,
+    bundle: &Bundle,
+    texts: &[&str],
+    predictions: &Predictions,
+) -> anyhow::Result<()> {
     let labels = bundle.labels();
     let width = labels.iter().map(|l| l.chars().count()).max().unwrap_or(0);
     for (i, text) in texts.iter().enumerate() {
@@ -164,17 +225,21 @@ fn print_table(printer: &Printer, bundle: &Bundle, texts: &[&str], predictions: 
         } else {
             picked.join(", ")
         };
-        println!("{}  {text}", printer.paint(&head, Tone::Good));
+        answer(&format!(
+            "{}  {text}",
+            printer.paint_stdout(&head, Tone::Good)
+        ))?;
         let mut order: Vec<usize> = (0..labels.len()).collect();
         order.sort_by(|&a, &b| predictions.row(i)[b].total_cmp(&predictions.row(i)[a]));
         for j in order {
             let p = predictions.row(i)[j];
             let line = format!("    {:<width$}  {p:.3}", labels[j]);
             if picked.contains(&labels[j].as_str()) {
-                println!("{line}");
+                answer(&line)?;
             } else {
-                println!("{}", printer.dim(&line));
+                answer(&printer.dim_stdout(&line))?;
             }
         }
     }
+    Ok(())
 }

@@ -22,7 +22,7 @@ pub fn exec(args: TransferArgs, printer: &Printer) -> anyhow::Result<Outcome> {
         }
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        crate::output::answer_json(&report)?;
     } else {
         printer.status(
             "Pulled",

@@ -15,7 +15,7 @@ pub fn exec(args: TransferArgs, printer: &Printer) -> anyhow::Result<Outcome> {
     })?;
     match result {
         Ok(report) if args.json => {
-            println!("{}", serde_json::to_string_pretty(&report)?);
+            crate::output::answer_json(&report)?;
             Ok(Outcome::Success)
         }
         Ok(report) => {

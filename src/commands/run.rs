@@ -6,7 +6,9 @@ use std::time::Instant;
 use pipe_engine::executor::slurm::{Slurm, gpu_warnings};
 use pipe_engine::executor::{Executor, ExecutorChoice};
 use pipe_engine::remote::RemoteCache;
-use pipe_engine::{Force, Pipeline, Printer, RunOptions, RunReport, Status, Store, Tone, run};
+use pipe_engine::{
+    Force, Pipeline, Printer, RunOptions, RunReport, Status, Store, Tone, UsageError, run,
+};
 use pipe_remote::Remote;
 
 use crate::Outcome;
@@ -22,6 +24,16 @@ const CLUSTER_JOBS: usize = 64;
 pub fn exec(args: RunArgs, printer: &Printer) -> anyhow::Result<Outcome> {
     let registry = pipe_stages::registry();
     let (file, targets) = workspace::split_file_and_stages(&args.args)?;
+    let raw: Vec<String> = std::env::args().collect();
+    if let Some(stage) = stage_after_bare_force(&raw, &targets) {
+        return Err(UsageError(format!(
+            "`--force {stage}` would rerun every selected stage, not just {stage}\n  \
+             help: write `--force={stage}` to rerun only {stage}; a bare `--force` after the \
+             stages (`pipe run {} {stage} --force`) reruns all of them",
+            file.display()
+        ))
+        .into());
+    }
     let pipeline = workspace::load(&file, &registry, args.manifest.allow_outside)?;
     let store = workspace::open_store(&pipeline)?;
     let remote = for_run(&pipeline, args.no_remote)?;
@@ -64,7 +76,7 @@ pub fn exec(args: RunArgs, printer: &Printer) -> anyhow::Result<Outcome> {
     };
     let report = run(&pipeline, &store, &options, printer)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        crate::output::answer_json(&report)?;
     } else {
         report.print_summary(printer, started.elapsed().as_secs_f64());
     }
@@ -85,6 +97,16 @@ pub fn exec(args: RunArgs, printer: &Printer) -> anyhow::Result<Outcome> {
     } else {
         Outcome::Failure
     })
+}
+
+/// The stage named right after a bare `--force` in the command line `raw`: clap reads
+/// `--force finetune` as "force everything" and `finetune` as a stage to run, which is
+/// never what the user meant (`--force=STAGE` forces one stage).
+fn stage_after_bare_force<'a>(raw: &[String], stages: &'a [String]) -> Option<&'a str> {
+    raw.windows(2)
+        .filter(|pair| pair[0] == "--force")
+        .find_map(|pair| stages.iter().find(|s| **s == pair[1]))
+        .map(String::as_str)
 }
 
 /// The executor `--executor` (or else the manifest's `executor:`) names; `None` for local.

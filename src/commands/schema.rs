@@ -5,6 +5,6 @@ use crate::Outcome;
 /// Prints the manifest JSON Schema for the kinds this build knows.
 pub fn exec() -> anyhow::Result<Outcome> {
     let schema = pipe_engine::schema::pipeline_schema(&pipe_stages::registry());
-    println!("{}", serde_json::to_string_pretty(&schema)?);
+    crate::output::answer_json(&schema)?;
     Ok(Outcome::Success)
 }

@@ -9,7 +9,7 @@ use pipe_stages::serve::{ServeOptions, Server};
 
 use crate::Outcome;
 use crate::cli::ServeArgs;
-use crate::commands::predict::{bundle_dir, choose_device, open_bundle};
+use crate::commands::predict::{bundle_dir, choose_device, is_missing_runtime, open_bundle};
 
 /// Serves until SIGTERM or Ctrl-C; a bundle that cannot be found or opened is a failure
 /// (exit 1), an address that cannot be bound an environment problem (exit 2).
@@ -21,7 +21,10 @@ pub fn exec(args: ServeArgs, printer: &Printer) -> anyhow::Result<Outcome> {
         .and_then(|dir| open_bundle(&dir, device, args.threads));
     let bundle = match opened {
         Ok(bundle) => bundle,
-        Err(error) if error.downcast_ref::<pipe_engine::ManifestError>().is_some() => {
+        Err(error)
+            if error.downcast_ref::<pipe_engine::ManifestError>().is_some()
+                || is_missing_runtime(&error) =>
+        {
             return Err(error);
         }
         Err(error) => {
@@ -39,14 +42,17 @@ pub fn exec(args: ServeArgs, printer: &Printer) -> anyhow::Result<Outcome> {
         access_log: true,
     };
     let server = Server::start(bundle, &options)?;
-    printer.status(
+    // The address is the answer (with `--port 0`, the only way to learn the port): stdout,
+    // even with `--quiet`. A reader that took it and left (`| head -1`) does not stop the
+    // server.
+    let _ = crate::output::answer(&printer.status_stdout(
         "Listening",
         Tone::Good,
         &format!(
             "on http://{} (bundle {dir}); POST /predict, GET /health, GET /metadata",
             server.addr()
         ),
-    );
+    ));
     let signal = signals.wait().context("cannot wait for a signal")?;
     printer.status(
         "Stopping",

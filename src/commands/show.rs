@@ -67,25 +67,28 @@ pub fn exec(args: ShowArgs) -> anyhow::Result<Outcome> {
         metrics: record.metrics,
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&shown)?);
+        crate::output::answer_json(&shown)?;
         return Ok(Outcome::Success);
     }
     let stage = &pipeline.stages[id];
-    println!("stage    {} ({})", shown.stage, stage.kind.kind());
-    println!("key      {}", shown.key);
+    let mut lines = vec![
+        format!("stage    {} ({})", shown.stage, stage.kind.kind()),
+        format!("key      {}", shown.key),
+    ];
     if let Some(headline) = &record.headline {
-        println!("result   {headline}");
+        lines.push(format!("result   {headline}"));
     }
-    println!("outputs");
+    lines.push("outputs".into());
     let width = shown.outputs.keys().map(String::len).max().unwrap_or(0);
     for (name, path) in &shown.outputs {
-        println!("  {name:<width$}  {}", path.display());
+        lines.push(format!("  {name:<width$}  {}", path.display()));
     }
     if !shown.metrics.is_empty() {
-        println!("metrics");
+        lines.push("metrics".into());
         for line in serde_json::to_string_pretty(&shown.metrics)?.lines() {
-            println!("  {line}");
+            lines.push(format!("  {line}"));
         }
     }
+    crate::output::answer(&lines.join("\n"))?;
     Ok(Outcome::Success)
 }

@@ -24,26 +24,35 @@ pub fn exec(args: StatusArgs, printer: &Printer) -> anyhow::Result<Outcome> {
     };
     let report = run(&pipeline, &store, &options, printer)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        crate::output::answer_json(&report)?;
     } else {
-        let pending = report
+        let count = |status: Status| report.stages.iter().filter(|s| s.status == status).count();
+        let pending = count(Status::WouldRun);
+        let failed: Vec<&str> = report
             .stages
             .iter()
-            .filter(|s| s.status == Status::WouldRun)
-            .count();
+            .filter(|s| s.status == Status::Failed)
+            .map(|s| s.name.as_str())
+            .collect();
+        let skipped = count(Status::Skipped);
         let from_remote = report
             .stages
             .iter()
             .filter(|s| s.reason.as_deref() == Some(remote::WOULD_RESTORE))
             .count();
-        let mut line = if pending == 0 && from_remote == 0 {
-            format!("{}: everything is up to date", pipeline.manifest.name)
-        } else {
+        let name = &pipeline.manifest.name;
+        let total = report.stages.len();
+        let mut line = if !failed.is_empty() {
             format!(
-                "{}: {pending} of {} stages would run",
-                pipeline.manifest.name,
-                report.stages.len()
+                "{name}: {} of {total} stages cannot run ({}), {skipped} would be skipped, \
+                 {pending} would run",
+                failed.len(),
+                failed.join(", ")
             )
+        } else if pending == 0 && from_remote == 0 {
+            format!("{name}: everything is up to date")
+        } else {
+            format!("{name}: {pending} of {total} stages would run")
         };
         if from_remote > 0 {
             line.push_str(&format!(

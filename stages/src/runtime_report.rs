@@ -108,9 +108,7 @@ pub fn runtime_report() -> RuntimeReport {
     let libraries = Libraries {
         cpu: pipe_onnx::runtime::library::cpu_library(),
         gpu: pipe_onnx::runtime::library::gpu_library(),
-        ort_dylib_path: std::env::var_os("ORT_DYLIB_PATH")
-            .filter(|p| !p.is_empty())
-            .map(PathBuf::from),
+        ort_dylib_path: pipe_onnx::runtime::library::env_override(),
     };
     match loaded {
         Ok(info) => RuntimeReport {

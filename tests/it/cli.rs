@@ -1,6 +1,6 @@
 //! The command line: help, JSON shapes, exit codes, dag, show, gc.
 
-use crate::util::{Project, stderr};
+use crate::util::{Project, on_a_terminal, small_finetune_manifest, stderr, two_label_csv};
 
 fn two_stage() -> Project {
     let p = Project::new();
@@ -176,7 +176,8 @@ fn gc_frees_what_no_lockfile_references() {
     );
     let out = p.pipe(&["gc", "p.yaml", "--grace", "0s"]);
     assert_eq!(out.status.code(), Some(0));
-    assert!(stderr(&out).contains("Freed"), "{}", stderr(&out));
+    let answer = String::from_utf8_lossy(&out.stdout);
+    assert!(answer.contains("Freed"), "{answer}");
     assert_eq!(
         std::fs::read_dir(p.path(".pipe/stages")).unwrap().count(),
         2
@@ -216,4 +217,145 @@ fn env_listed_variables_are_part_of_the_key() {
     assert_eq!(run("hi"), "cached");
     assert_eq!(run("hello"), "ran");
     assert_eq!(p.read("e.txt"), "hello\n");
+}
+
+#[test]
+fn status_of_a_stage_that_cannot_run_says_so_in_summary_json_and_help() {
+    let p = Project::new();
+    p.file(
+        "mis.yaml",
+        "pipeline: mis\nstages:\n  ingest: { source: data/nonexist.csv }\n  split: { from: ingest }\n",
+    );
+    let out = p.pipe(&["status"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(!err.contains("up to date"), "{err}");
+    assert!(
+        err.contains("mis: 1 of 2 stages cannot run (ingest), 1 would be skipped, 0 would run"),
+        "{err}"
+    );
+
+    let out = p.pipe(&["status", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["ok"], false);
+    assert_eq!(report["stages"][0]["status"], "failed");
+    assert_eq!(report["stages"][1]["status"], "skipped");
+
+    let help = String::from_utf8(p.pipe(&["status", "--help"]).stdout).unwrap();
+    for word in [
+        "`cached`",
+        "`would_run`",
+        "`failed`",
+        "`skipped`",
+        "Exit codes",
+    ] {
+        assert!(help.contains(word), "{word} missing from:\n{help}");
+    }
+}
+
+/// Whether `text` holds an ANSI colour or style code (`ESC [ … m`); cursor moves are fine.
+fn has_colour_codes(text: &str) -> bool {
+    text.split("\x1b[").skip(1).any(|rest| {
+        let end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == ';'))
+            .unwrap_or(rest.len());
+        rest[end..].starts_with('m')
+    })
+}
+
+#[test]
+fn color_never_holds_for_progress_bars_help_and_usage_errors() {
+    let p = Project::new();
+    p.file("data/q.csv", &two_label_csv(64));
+    p.file(
+        "t.yaml",
+        &small_finetune_manifest("t", "    max_steps: 40\n    threads: 1\n"),
+    );
+    let pipe = env!("CARGO_BIN_EXE_pipe");
+    let shown = on_a_terminal(&p, &format!("'{pipe}' --color never run t.yaml"));
+    assert!(
+        shown.contains('━') || shown.contains('─'),
+        "no progress bar:\n{shown}"
+    );
+    assert!(
+        !has_colour_codes(&shown),
+        "colour despite --color never:\n{shown:?}"
+    );
+
+    for args in [
+        &["--color", "never", "--help"][..],
+        &["--color=never", "run", "--bogus"],
+    ] {
+        let colour = p
+            .command(&args[1..])
+            .env_remove("NO_COLOR")
+            .env("CLICOLOR_FORCE", "1")
+            .output()
+            .unwrap();
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&colour.stdout),
+            stderr(&colour)
+        );
+        if args[0] == "--color" {
+            // Without the flag, forced colour does colour clap's help: the check can fail.
+            assert!(has_colour_codes(&all), "{all}");
+        }
+        let out = p
+            .command(args)
+            .env_remove("NO_COLOR")
+            .env("CLICOLOR_FORCE", "1")
+            .output()
+            .unwrap();
+        let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+        assert!(!has_colour_codes(&all), "pipe {args:?}:\n{all:?}");
+    }
+}
+
+#[test]
+fn force_with_a_space_before_a_stage_is_refused_not_read_as_force_all() {
+    let p = two_stage();
+    let out = p.pipe(&["run", "p.yaml", "--force", "count"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("`--force count` would rerun every selected stage")
+            && err.contains("`--force=count`"),
+        "{err}"
+    );
+    assert!(!p.path("upper.txt").exists(), "nothing ran");
+
+    // The documented forms still work: one stage, and everything.
+    p.run_json("p.yaml", 0);
+    let out = p.pipe(&["run", "p.yaml", "--force=count", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(crate::util::status_of(&report, "upper"), "cached");
+    assert_eq!(crate::util::status_of(&report, "count"), "ran");
+    let out = p.pipe(&["run", "--force", "p.yaml", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(crate::util::status_of(&report, "upper"), "ran");
+    assert_eq!(crate::util::status_of(&report, "count"), "ran");
+}
+
+#[test]
+fn gc_without_a_manifest_cleans_the_current_folders_store_whatever_manifests_it_holds() {
+    let p = Project::new();
+    let out = p.pipe(&["gc", "--dry-run"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("no store at"), "{}", stderr(&out));
+
+    let p = two_stage();
+    p.run_json("p.yaml", 0);
+    p.file(
+        "q.yaml",
+        "pipeline: other\nstages:\n  one:\n    run: echo hi\n",
+    );
+    let out = p.pipe(&["gc", "--dry-run"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let answer = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        answer.contains("Would free") && answer.contains("1 lockfile(s)"),
+        "{answer}"
+    );
 }

@@ -245,3 +245,37 @@ fn doctor_json_describes_the_libraries_and_cuda() {
         "{reason}"
     );
 }
+
+#[test]
+fn a_bad_ort_dylib_path_is_a_clear_error_naming_it() {
+    let p = crate::predict::project();
+    p.run_json("demo.yaml", 0);
+    p.file("junk.so", "not a library\n");
+    let junk = p.path("junk.so");
+    let missing = p.path("no/such/libonnxruntime.so");
+    for lib in [&junk, &missing] {
+        let named = format!("ORT_DYLIB_PATH={}", lib.display());
+        let doctor = run_with(&p, lib, &["doctor", "--json"]);
+        let err = stderr(&doctor);
+        assert_eq!(doctor.status.code(), Some(1), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+        let d: Value = serde_json::from_slice(&doctor.stdout).unwrap();
+        let ort = &d["onnxruntime"];
+        assert_eq!(ort["loaded"], Value::Null, "{ort}");
+        let reason = ort["error"].as_str().unwrap();
+        assert!(
+            reason.contains(&named) && reason.contains("unset it"),
+            "{reason}"
+        );
+
+        // The variable wins: a wrong one is never replaced by the library in `.tools/`.
+        let out = run_with(&p, lib, &["predict", "export-onnx", "some text"]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains(&format!("cannot load ONNX Runtime from {named}")),
+            "{err}"
+        );
+        assert!(out.stdout.is_empty());
+    }
+}

@@ -146,3 +146,27 @@ fn the_manifest_init_writes_trains_exports_and_evaluates_as_written() {
     let predicted = p.pipe(&["predict", "export-onnx", "What is the speed of a photon?"]);
     assert_eq!(predicted.status.code(), Some(0), "{}", stderr(&predicted));
 }
+
+#[test]
+fn init_refuses_a_manifest_below_its_data_file_instead_of_writing_one_that_cannot_run() {
+    let p = Project::new();
+    p.file("q.csv", &questions(2));
+    std::fs::create_dir_all(p.path("sub")).unwrap();
+    let out = p.pipe(&["init", "--from", "q.csv", "--yes", "-o", "sub/p.yaml"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("q.csv is outside sub, the folder of the manifest sub/p.yaml")
+            && err.contains("-o pipeline.yaml"),
+        "{err}"
+    );
+    assert!(
+        !p.path("sub/p.yaml").exists(),
+        "no manifest that cannot run"
+    );
+
+    // Data below the manifest's folder is fine.
+    let out = p.pipe(&["init", "--from", "q.csv", "--yes", "-o", "p.yaml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(p.read("p.yaml").contains("source: q.csv"));
+}

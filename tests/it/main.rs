@@ -17,5 +17,6 @@ mod safety;
 mod schema;
 mod serve;
 mod slurm;
+mod stdout;
 mod training;
 mod util;

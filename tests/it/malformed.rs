@@ -81,7 +81,7 @@ pub const BAD_MANIFESTS: &[(&str, &str, usize, &str)] = &[
         "wrong parameter type",
         "stages:\n  a:\n    run: echo\n    env: 3\n",
         4,
-        "invalid type",
+        "must be a list, not 3",
     ),
     (
         "unknown stage in from",
@@ -308,4 +308,62 @@ fn symlinks_out_of_the_workspace_are_refused_unless_allowed() {
     assert!(stderr(&out).contains("symlink"), "{}", stderr(&out));
     let allowed = p.pipe(&["run", "m.yaml", "--allow-outside"]);
     assert_eq!(allowed.status.code(), Some(0), "{}", stderr(&allowed));
+}
+
+#[test]
+fn parameter_errors_speak_the_manifests_words_not_rusts() {
+    let p = Project::new();
+    p.file("d.csv", "text,label\na,b\n");
+    let cases = [
+        (
+            "model: { config: tiny }\n    epochs: -1",
+            "finetune parameter `epochs`: must be a whole number ≥ 0, not -1",
+            None,
+        ),
+        (
+            "model: tiny",
+            "finetune parameter `model`: must be a mapping of its parameters, not `tiny` (text)",
+            Some("help: write its entries indented below it"),
+        ),
+        (
+            "model: { config: 5 }",
+            "finetune parameter `model.config`: is none of the forms this parameter takes",
+            Some("help: see this stage's section of the README, or `pipe schema`"),
+        ),
+        (
+            "epochs: 2",
+            "finetune parameter: `model` is required",
+            Some("help: add `model:` to the stage"),
+        ),
+        (
+            "model: { config: tiny }\n    learning_rate: fast",
+            "finetune parameter `learning_rate`: must be a number, not `fast` (text)",
+            None,
+        ),
+    ];
+    for (params, expected, help) in cases {
+        p.file(
+            "p.yaml",
+            &format!(
+                "pipeline: s\nstages:\n  ingest: {{ source: d.csv }}\n  tokenize:\n    from: ingest\n    tokenizer: {{ train: {{ vocab_size: 300 }} }}\n  finetune:\n    from: tokenize\n    {params}\n"
+            ),
+        );
+        let out = p.pipe(&["validate", "p.yaml"]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains(expected), "{params}:\n{err}");
+        if let Some(help) = help {
+            assert!(err.contains(help), "{params}:\n{err}");
+        }
+        for rust in [
+            "u64",
+            "f64",
+            "struct",
+            "untagged",
+            "ModelParams",
+            "missing field",
+        ] {
+            assert!(!err.contains(rust), "`{rust}` in:\n{err}");
+        }
+    }
 }

@@ -298,6 +298,27 @@ fn diff_in_a_repository_without_commits_compares_with_the_previous_run() {
     assert_eq!(split_train_change(&out)["old"], old["split"]["train"]);
 }
 
+#[test]
+fn diff_when_head_lacks_the_lockfile_compares_with_the_previous_run_and_says_so() {
+    let p = project();
+    if git_repo(&p).is_none() {
+        return;
+    }
+    git(&p, &["add", "student.yaml"]);
+    git(&p, &["commit", "-q", "-m", "manifest only"]);
+    p.run_json("student.yaml", 0);
+    let old = lockfile_metrics(&p);
+    run_with_test_fraction(&p, "0.25");
+    let out = pipe(&p, &["metrics", "student.yaml", "--diff", "--json"]);
+    assert_eq!(split_train_change(&out)["old"], old["split"]["train"]);
+    assert!(
+        stderr(&out)
+            .contains("`student.lock` is not committed in HEAD; comparing with the previous run"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 /// The change of split's `train` metric in a `--diff --json` answer.
 fn split_train_change(out: &Output) -> Value {
     let changes = json_out(out);
@@ -327,7 +348,7 @@ fn a_bad_revision_or_a_lockfile_not_in_it_fails_with_exit_1() {
     }
     git(&p, &["add", "student.yaml"]);
     git(&p, &["commit", "-q", "-m", "manifest only"]);
-    let missing = pipe(&p, &["metrics", "student.yaml", "--diff"]);
+    let missing = pipe(&p, &["metrics", "student.yaml", "--diff", "HEAD"]);
     assert_eq!(stdout(&missing, 1), "");
     assert!(
         stderr(&missing).contains("`student.lock` is not in revision HEAD"),

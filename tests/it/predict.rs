@@ -14,7 +14,7 @@ use pipe_stages::models::gpt_neo::{GptNeoConfig, GptNeoForSequenceClassification
 use pipe_stages::models::{hf_folder, init_params};
 use serde_json::{Value, json};
 
-use crate::util::{Project, stderr};
+use crate::util::{Project, on_a_terminal, stderr};
 
 pub const LABELS: [&str; 3] = ["art", "math", "physics"];
 const WORDS: [&str; 6] = ["question", "number", "about", "and", "more", "words"];
@@ -229,4 +229,130 @@ fn predict_fails_clearly_without_a_bundle() {
     // No text and no file is a usage error.
     let out = p.pipe(&["predict", "empty"]);
     assert_eq!(out.status.code(), Some(2));
+}
+
+/// [`project`] with export-onnx fanned out into two matrix members, `export-onnx@slow` and
+/// `export-onnx@fast`, in `mx.yaml`, run.
+pub fn matrix_project() -> Project {
+    let p = project();
+    let manifest = p.read("demo.yaml").replace(
+        "  export-onnx:\n    from: trained\n    threads: 1\n",
+        "  export-onnx:\n    from: trained\n    matrix: [{member: slow, threads: 1}, {member: fast, threads: 2}]\n",
+    );
+    p.file("mx.yaml", &manifest);
+    p.run_json("mx.yaml", 0);
+    p
+}
+
+#[test]
+fn predict_addresses_matrix_members() {
+    let p = matrix_project();
+    for member in ["export-onnx@slow", "export-onnx@fast"] {
+        let out = p.pipe(&[
+            "predict",
+            "--manifest",
+            "mx.yaml",
+            member,
+            &text(1),
+            "--json",
+        ]);
+        let rows = json_of(&out);
+        assert_eq!(rows.as_array().unwrap().len(), 1, "{member}");
+    }
+
+    let out = p.pipe(&["predict", "--manifest", "mx.yaml", "export-onnx", "hi"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("is a matrix stage with one bundle per member; name one: ")
+            && err.contains("export-onnx@slow")
+            && err.contains("export-onnx@fast"),
+        "{err}"
+    );
+
+    let out = p.pipe(&[
+        "predict",
+        "--manifest",
+        "mx.yaml",
+        "export-onnx@medium",
+        "hi",
+    ]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("`export-onnx@medium` is neither a folder nor a stage"),
+        "{err}"
+    );
+}
+
+#[test]
+fn predict_colours_its_table_only_on_a_terminal() {
+    let p = project();
+    p.run_json("demo.yaml", 0);
+    let pipe = env!("CARGO_BIN_EXE_pipe");
+    let shown = on_a_terminal(&p, &format!("'{pipe}' predict export-onnx 'some text'"));
+    assert!(shown.contains("\x1b["), "no colour on a terminal:\n{shown}");
+
+    on_a_terminal(
+        &p,
+        &format!("'{pipe}' predict export-onnx 'some text' > table.txt"),
+    );
+    let table = p.read("table.txt");
+    assert!(table.contains("some text"), "{table}");
+    assert!(
+        !table.contains('\x1b'),
+        "colour codes in a file:\n{table:?}"
+    );
+}
+
+#[test]
+fn predict_file_errors_name_the_file_line_and_column() {
+    let p = project();
+    p.run_json("demo.yaml", 0);
+
+    // A bad byte in the text column is an error, not a reason to label the label column.
+    std::fs::write(
+        p.path("enc.csv"),
+        b"text,label\nh\xff\xfello,math\nworld,physics\n",
+    )
+    .unwrap();
+    let out = p.pipe(&["predict", "export-onnx", "--file", "enc.csv"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("enc.csv: line 2, column `text`") && err.contains("not valid UTF-8"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty());
+
+    // Blank texts are named, with their lines.
+    p.file(
+        "blank.csv",
+        "text,label\nfirst text,math\n  ,art\nthird,art\n,art\n",
+    );
+    let out = p.pipe(&[
+        "predict",
+        "export-onnx",
+        "--file",
+        "blank.csv",
+        "--text-column",
+        "text",
+    ]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("blank.csv: line 3 (and line 5), column `text`: the text is empty"),
+        "{err}"
+    );
+
+    // An unknown extension says what predict reads, not manifest syntax.
+    p.file("texts.dat", "text\nhello\n");
+    let out = p.pipe(&["predict", "export-onnx", "--file", "texts.dat"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("name it .csv, .tsv, .jsonl or .parquet"),
+        "{err}"
+    );
+    assert!(!err.contains("format:"), "{err}");
 }

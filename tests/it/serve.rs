@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::predict::{LABELS, json_of, project, text};
+use crate::predict::{LABELS, json_of, matrix_project, project, text};
 use crate::util::Project;
 
 /// A running `pipe serve` and everything it wrote on stderr so far.
@@ -26,30 +26,35 @@ impl Served {
     /// Starts `pipe serve --manifest demo.yaml export-onnx --port 0 EXTRA…` and waits until it
     /// listens.
     fn start(p: &Project, extra: &[&str]) -> Served {
-        let mut args = vec![
-            "serve",
-            "--manifest",
-            "demo.yaml",
-            "export-onnx",
-            "--port",
-            "0",
-        ];
+        Served::start_stage(p, "demo.yaml", "export-onnx", extra)
+    }
+
+    /// Starts `pipe serve --manifest MANIFEST STAGE --port 0 EXTRA…` and waits until it
+    /// listens.
+    fn start_stage(p: &Project, manifest: &str, stage: &str, extra: &[&str]) -> Served {
+        let mut args = vec!["serve", "--manifest", manifest, stage, "--port", "0"];
         args.extend_from_slice(extra);
         let mut child = p
             .command(&args)
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("pipe serve starts");
         let stderr = Arc::new(Mutex::new(String::new()));
         let (address, found) = std::sync::mpsc::channel();
+        // The address is the answer, on stdout.
+        let answer = BufReader::new(child.stdout.take().unwrap());
+        std::thread::spawn(move || {
+            for line in answer.lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("on http://").nth(1) {
+                    let _ = address.send(rest.split_whitespace().next().unwrap().to_string());
+                }
+            }
+        });
         let reader = BufReader::new(child.stderr.take().unwrap());
         let log = Arc::clone(&stderr);
         let stderr_reader = std::thread::spawn(move || {
             for line in reader.lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("on http://").nth(1) {
-                    let _ = address.send(rest.split_whitespace().next().unwrap().to_string());
-                }
                 let mut log = log.lock().unwrap();
                 log.push_str(&line);
                 log.push('\n');
@@ -461,4 +466,39 @@ fn a_full_queue_answers_503_with_retry_after_and_sigterm_answers_what_was_queued
         let sent = all.iter().filter(|a| a.status == status).count();
         assert_eq!(logged, sent, "{stderr}");
     }
+}
+
+#[test]
+fn serve_addresses_a_matrix_member() {
+    let p = matrix_project();
+    let served = Served::start_stage(&p, "mx.yaml", "export-onnx@fast", &[]);
+    let (status, answer) = served.post(&json!({ "texts": [text(1)] }).to_string());
+    assert_eq!(status, 200, "{answer}");
+    let predicted = json_of(&p.pipe(&[
+        "predict",
+        "--manifest",
+        "mx.yaml",
+        "export-onnx@fast",
+        &text(1),
+        "--json",
+    ]));
+    assert_same_answer(&answer["predictions"][0], &predicted[0]);
+    let (code, log) = served.terminate();
+    assert_eq!(code, Some(0), "{log}");
+}
+
+#[test]
+fn serve_prints_its_address_on_stdout_even_when_quiet() {
+    let p = project();
+    p.run_json("demo.yaml", 0);
+    // `start` finds the address on stdout, so `--quiet` must not hide it.
+    let served = Served::start(&p, &["--quiet"]);
+    let (status, _) = served.get("/health");
+    assert_eq!(status, 200);
+    let (code, log) = served.terminate();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        !log.contains("Listening"),
+        "the address is not a status line:\n{log}"
+    );
 }

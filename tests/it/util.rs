@@ -156,3 +156,27 @@ stages:
 {rest}"#
     )
 }
+
+/// Runs `pipe` with a stdout whose reader has already gone (as `pipe … | head -1` once
+/// `head` has its line); returns the exit code and stderr.
+pub fn pipe_into_closed_stdout(p: &Project, args: &[&str]) -> (Option<i32>, String) {
+    let mut child = p.spawn(args);
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("pipe ends");
+    (out.status.code(), stderr(&out))
+}
+
+/// Runs `shell` (a `sh -c` line) in `p` on a terminal (`script` from util-linux gives it one),
+/// with colour left to pipe; what the terminal showed.
+pub fn on_a_terminal(p: &Project, shell: &str) -> String {
+    let out = std::process::Command::new("script")
+        .args(["-qec", shell, "/dev/null"])
+        .current_dir(p.root())
+        .env_remove("NO_COLOR")
+        .env_remove("FORCE_COLOR")
+        .env("TERM", "xterm")
+        .output()
+        .expect("`script` (util-linux) runs");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

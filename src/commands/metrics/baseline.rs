@@ -34,30 +34,44 @@ const PREVIOUS: &str = "previous";
 const INSTEAD: &str = "compare with the previous run instead: `pipe metrics --diff previous`";
 
 impl Baseline {
-    /// Settles `--diff [REV]` for a manifest in `dir`: `previous`, a git
-    /// revision, or (no REV) HEAD inside a git work tree that has a commit, and else the
-    /// previous run (a repository just made with `git init` has no HEAD to compare with).
-    pub fn resolve(rev: Option<&str>, dir: &Path) -> anyhow::Result<Baseline> {
+    /// Settles `--diff [REV]` for the lockfile `lock_file`: `previous`, a git revision, or (no
+    /// REV) HEAD when HEAD holds the lockfile, and else the previous run (outside git, in a
+    /// repository without commits, or when the lockfile was never committed), with a note
+    /// saying why when git is there.
+    pub fn resolve(
+        rev: Option<&str>,
+        lock_file: &Path,
+    ) -> anyhow::Result<(Baseline, Option<String>)> {
+        let dir = folder_of(lock_file);
         match rev {
-            Some(PREVIOUS) => Ok(Baseline::Previous),
+            Some(PREVIOUS) => Ok((Baseline::Previous, None)),
             // git would read it as an option.
             Some(rev) if rev.starts_with('-') => Err(UsageError(format!(
                 "`{rev}` is not a revision; name one such as HEAD, HEAD~1 or main"
             ))
             .into()),
-            Some(rev) => Ok(Baseline::Git(rev.to_string())),
+            Some(rev) => Ok((Baseline::Git(rev.to_string()), None)),
             None => {
-                let inside = git(dir, &["rev-parse", "--is-inside-work-tree"])
-                    .is_ok_and(|out| out.status.success());
-                let has_head = || {
-                    git(dir, &["rev-parse", "--verify", "--quiet", "HEAD^{commit}"])
-                        .is_ok_and(|out| out.status.success())
-                };
-                Ok(if inside && has_head() {
-                    Baseline::Git("HEAD".into())
+                let succeeds = |args: &[&str]| git(dir, args).is_ok_and(|out| out.status.success());
+                if !succeeds(&["rev-parse", "--is-inside-work-tree"])
+                    || !succeeds(&["rev-parse", "--verify", "--quiet", "HEAD^{commit}"])
+                {
+                    return Ok((Baseline::Previous, None));
+                }
+                let name = lock_file
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                if succeeds(&["cat-file", "-e", &format!("HEAD:./{name}")]) {
+                    Ok((Baseline::Git("HEAD".into()), None))
                 } else {
-                    Baseline::Previous
-                })
+                    let note = format!(
+                        "`{}` is not committed in HEAD; comparing with the previous run \
+                         (commit the lockfile to compare with git)",
+                        lock_file.display()
+                    );
+                    Ok((Baseline::Previous, Some(note)))
+                }
             }
         }
     }

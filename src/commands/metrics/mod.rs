@@ -4,7 +4,6 @@
 mod baseline;
 mod table;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use pipe_engine::lockfile::{LockFile, lock_path};
@@ -36,9 +35,16 @@ pub fn exec(args: MetricsArgs, printer: &Printer) -> anyhow::Result<Outcome> {
         .map(|&i| pipeline.stages[i].name.as_str())
         .collect();
     let lock_file = lock_path(&pipeline.manifest.path);
-    let baseline = rev
-        .map(|rev| Baseline::resolve(rev.as_deref(), &pipeline.manifest.dir))
-        .transpose()?;
+    let baseline = match rev {
+        Some(rev) => {
+            let (baseline, note) = Baseline::resolve(rev.as_deref(), &lock_file)?;
+            if let Some(note) = note {
+                printer.status("Note", Tone::Quiet, &note);
+            }
+            Some(baseline)
+        }
+        None => None,
+    };
     // Missing data is a failure (exit 1), not a usage error: say why and stop.
     let store_dir = pipe_engine::store_dir(&pipeline.manifest.dir);
     let loaded = read_current(&lock_file, &file).and_then(|current| {
@@ -185,7 +191,5 @@ fn cell(value: Option<&Value>) -> String {
 
 /// One JSON document on stdout.
 fn print_json(value: &Value) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{}", serde_json::to_string_pretty(value)?)?;
-    Ok(())
+    crate::output::answer_json(value)
 }

@@ -33,6 +33,17 @@ pub enum Error {
         /// Every path looked at, in order.
         searched: Vec<PathBuf>,
     },
+    /// An ONNX Runtime library was chosen (by `ORT_DYLIB_PATH`, or found in `.tools/`) but
+    /// cannot be loaded.
+    #[error("cannot load ONNX Runtime from {}: {reason}\nhelp: {help}", .shown)]
+    LibraryUnusable {
+        /// The library, and how it was chosen (`ORT_DYLIB_PATH=/x/lib.so`).
+        shown: String,
+        /// Why: it does not exist, or the loader's message.
+        reason: String,
+        /// What to do about it.
+        help: String,
+    },
     /// A device was asked for that cannot be had here: ONNX Runtime's (or CUDA's) reason, and
     /// what to do about it.
     #[error("{device} is unavailable: {reason}\nhelp: {fix}")]

@@ -113,6 +113,21 @@ pub fn init(options: InitOptions, prompter: &mut dyn Prompter) -> anyhow::Result
         ),
     };
     let shown = from.display().to_string();
+    // `pipe run` reads only files in the manifest's folder: refuse now rather than write a
+    // manifest that cannot run.
+    let source = relative_to(&from, output.parent().unwrap_or(Path::new("")))?;
+    if source.split('/').next() == Some("..") {
+        let folder = match output.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.display().to_string(),
+            _ => ".".to_string(),
+        };
+        bail!(
+            "{shown} is outside {folder}, the folder of the manifest {}, and `pipe run` reads \
+             only files in the manifest's folder; write the manifest beside the data or above \
+             it (`-o pipeline.yaml`), or move the data file into {folder}",
+            output.display()
+        );
+    }
     let inspection = inspect(&from, &shown, &ReadOptions::default())?;
     ask.prompter.show(&describe(&inspection, &shown))?;
 
@@ -177,7 +192,6 @@ pub fn init(options: InitOptions, prompter: &mut dyn Prompter) -> anyhow::Result
 
     let training = if split { Some(ask.training()?) } else { None };
 
-    let source = relative_to(&from, output.parent().unwrap_or(Path::new("")))?;
     let answers = Answers {
         name: pipeline_name(&from),
         from: shown,

@@ -251,11 +251,10 @@ fn a_hub_model_brings_its_tokenizer_and_lora_only_when_chosen() {
 #[test]
 fn flags_and_yes_answer_everything() {
     let ws = Workspace::new();
-    ws.file("d.csv", labelled_csv(20, &["a", "b"]));
+    ws.file("sub/data/d.csv", labelled_csv(20, &["a", "b"]));
     let output = ws.path().join("sub/p.yaml");
-    std::fs::create_dir_all(ws.path().join("sub")).unwrap();
     let options = InitOptions {
-        from: Some(ws.path().join("d.csv")),
+        from: Some(ws.path().join("sub/data/d.csv")),
         output: Some(output.clone()),
         label: Some("label".into()),
         test: Some(0.3),
@@ -264,7 +263,7 @@ fn flags_and_yes_answer_everything() {
         ..Default::default()
     };
     init(options.clone(), &mut Scripted::new(&[])).unwrap();
-    assert_eq!(stage_params(&output, "ingest")["source"], "../d.csv");
+    assert_eq!(stage_params(&output, "ingest")["source"], "data/d.csv");
     assert_eq!(stage_params(&output, "split")["test"], 0.3);
     assert_eq!(stage_params(&output, "split")["validation"], 0);
 

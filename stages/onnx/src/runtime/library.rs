@@ -62,9 +62,12 @@ fn find_in_tools(tools_dir: &str, searched: &mut Vec<PathBuf>) -> Option<PathBuf
     None
 }
 
+/// The environment variable naming the library to load, which wins over `.tools/`.
+pub const ORT_DYLIB_PATH: &str = "ORT_DYLIB_PATH";
+
 /// The `ORT_DYLIB_PATH` environment variable, when set and not empty.
-fn env_override() -> Option<PathBuf> {
-    std::env::var_os("ORT_DYLIB_PATH")
+pub fn env_override() -> Option<PathBuf> {
+    std::env::var_os(ORT_DYLIB_PATH)
         .filter(|p| !p.is_empty())
         .map(PathBuf::from)
 }
@@ -81,20 +84,21 @@ pub fn cpu_library() -> Option<PathBuf> {
 
 /// Finds the ONNX Runtime library for a first load with `preference`. Searched in order:
 ///
-/// 1. the `ORT_DYLIB_PATH` environment variable (always wins);
+/// 1. the `ORT_DYLIB_PATH` environment variable (always wins: a path that is not a file is an
+///    error, not a reason to look elsewhere);
 /// 2. `.tools/onnxruntime-gpu/` then `.tools/onnxruntime/` for [`Preference::Cuda`], the other
 ///    way round for [`Preference::Cpu`], each in the folder of the current executable and its
 ///    ancestors, the current directory and its ancestors, and the repository of this crate.
 ///
 /// The error lists every path searched and says to run `scripts/fetch-onnxruntime.sh`.
 pub fn locate_library_for(preference: Preference) -> Result<PathBuf> {
-    let mut searched = Vec::new();
     if let Some(p) = env_override() {
         if p.is_file() {
             return Ok(p);
         }
-        searched.push(p);
+        return Err(unusable(&p, "no such file".into()));
     }
+    let mut searched = Vec::new();
     let order = match preference {
         Preference::Cpu => [CPU_TOOLS_DIR, GPU_TOOLS_DIR],
         Preference::Cuda => [GPU_TOOLS_DIR, CPU_TOOLS_DIR],
@@ -110,4 +114,24 @@ pub fn locate_library_for(preference: Preference) -> Result<PathBuf> {
 /// Finds the library a CPU-only process loads (see [`locate_library_for`]).
 pub fn locate_library() -> Result<PathBuf> {
     locate_library_for(Preference::Cpu)
+}
+
+/// The error for a library at `path` that cannot be loaded because of `reason`, with what to
+/// do: fix or unset `ORT_DYLIB_PATH` when it chose the library, else fetch the library again.
+pub(crate) fn unusable(path: &Path, reason: String) -> Error {
+    match env_override() {
+        Some(chosen) if chosen == path => Error::LibraryUnusable {
+            shown: format!("{ORT_DYLIB_PATH}={}", path.display()),
+            reason,
+            help: format!(
+                "point {ORT_DYLIB_PATH} at ONNX Runtime's {LIBRARY_NAME}, or unset it to use the \
+                 library `scripts/fetch-onnxruntime.sh` puts in {CPU_TOOLS_DIR}/"
+            ),
+        },
+        _ => Error::LibraryUnusable {
+            shown: path.display().to_string(),
+            reason,
+            help: "run `scripts/fetch-onnxruntime.sh` again to replace it".into(),
+        },
+    }
 }

@@ -65,10 +65,8 @@ fn runtime_for(preference: Preference) -> Result<&'static Runtime> {
         return Ok(r);
     }
     let path = locate_library_for(preference)?;
-    let builder = ort::init_from(&path).map_err(|e| Error::Ort {
-        context: format!("failed to load ONNX Runtime from `{}`", path.display()),
-        source: ort::Error::new(e.to_string()),
-    })?;
+    // Not an `ort::Error`: making one calls into the runtime that just failed to load.
+    let builder = ort::init_from(&path).map_err(|e| library::unusable(&path, e.to_string()))?;
     let env = builder
         .with_name("pipe")
         .build()
