@@ -18,7 +18,8 @@ use crate::hash::{Digest, StatCache};
 use crate::key::{KeyRecord, MissReason, explain};
 use crate::lockfile::LockEntry;
 use crate::outputs::{
-    FailedOuts, clear_out, commit, output_paths, produced, publish, remove_leftover_temps, restore,
+    FailedOuts, clear_out, commit, earlier_run_wrote, output_paths, produced, publish,
+    remove_leftover_temps, restore,
 };
 use crate::plan::{Pipeline, PlannedStage};
 use crate::printer::Printer;
@@ -376,9 +377,14 @@ fn lookup(
             let current = env.stat_cache.hash_out(&path).map(|h| h.digest()).ok();
             let written_by_pipe = locked.and_then(|l| l.outputs.get(name)).copied();
             let left_by_failed_run = failed.outs.get(&output.path).copied();
+            let earlier_run = |digest: &Digest| {
+                let (pipeline, out) = (&env.pipeline.manifest.name, &output.path);
+                earlier_run_wrote(env.store, pipeline, &stage.name, out, digest).is_some()
+            };
             if current != Some(output.hash)
                 && current != written_by_pipe
                 && (current.is_none() || current != left_by_failed_run)
+                && !current.as_ref().is_some_and(earlier_run)
             {
                 return Lookup::Modified(MissReason::OutputModified {
                     path: output.path.clone(),

@@ -66,6 +66,26 @@ pub fn produced(
     known
 }
 
+/// The [`Produced`] pairs of an earlier run of `stage` that left out `out` holding exactly
+/// `digest`, when the store has one (after `git checkout` of an older lockfile, say, the
+/// workspace holds what another key wrote): then the out is pipe's, not an edit by hand.
+pub fn earlier_run_wrote(
+    store: &Store,
+    pipeline: &str,
+    stage: &str,
+    out: &str,
+    digest: &Digest,
+) -> Option<Produced> {
+    let record = store.records_of(pipeline, stage).find(|r| {
+        (r.outputs.values()).any(|o| o.workspace && o.path == out && o.hash == *digest)
+    })?;
+    let output = record.outputs.values().find(|o| o.path == out)?;
+    let mut pairs = Produced::new();
+    let stored = |d: &Digest| store.read_tree(d).ok();
+    produced_pairs(out, output.kind, &output.hash, &stored, &mut pairs);
+    Some(pairs)
+}
+
 /// Adds the pairs of output `kind`/`digest` placed at `path` (a folder: every
 /// entry under its tree, at its own path; `tree` finds a folder's tree).
 fn produced_pairs(
@@ -275,6 +295,11 @@ pub fn restore(
         if current != Some(output.hash) {
             let known =
                 known.get_or_insert_with(|| produced(env.store, pipeline, &stage.name, locked));
+            if let Some(digest) = current {
+                let earlier =
+                    earlier_run_wrote(env.store, pipeline, &stage.name, &output.path, &digest);
+                known.extend(earlier.unwrap_or_default());
+            }
             clear_out(env, &stage.name, &output.path, known)?;
             env.store
                 .materialize_output(output.kind, &output.hash, output.size, &path, true)?;

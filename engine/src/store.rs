@@ -548,6 +548,21 @@ impl Store {
         atomic::write(&self.record_path(&record.key), &bytes, true)
     }
 
+    /// Every readable record of stage `stage` of `pipeline`, in no particular order: a scan
+    /// of the store's records, for the rare question "did an earlier run write this?".
+    pub fn records_of<'s>(
+        &'s self,
+        pipeline: &'s str,
+        stage: &'s str,
+    ) -> impl Iterator<Item = StageRecord> + 's {
+        std::fs::read_dir(self.root.join("stages"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| StageRecord::parse(&std::fs::read(entry.path()).ok()?).ok())
+            .filter(move |r| r.pipeline == pipeline && r.stage == stage)
+    }
+
     /// Where the record of `key` lives.
     pub fn record_path(&self, key: &Digest) -> PathBuf {
         self.root.join("stages").join(format!("{key}.json"))

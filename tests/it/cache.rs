@@ -140,6 +140,40 @@ fn deleted_outputs_are_restored_not_rerun_and_edited_outs_rerun() {
     assert_eq!(p.read("out/s5.txt"), "alpha\nthree\n");
 }
 
+/// After `git checkout` of an older lockfile the workspace holds what a later run wrote:
+/// pipe's output, not an edit by hand. The older key's result is restored from the cache,
+/// nothing reruns, and nothing goes to the trash.
+#[test]
+fn an_older_lockfile_restores_its_outputs_over_what_a_later_run_wrote() {
+    let p = six_stage_project();
+    p.run_json("six.yaml", 0);
+    let older_lock = p.read("six.lock");
+    p.file("params/p3.txt", "THREE\n");
+    p.run_json("six.yaml", 0);
+    assert_eq!(p.read("out/s3.txt"), "alpha\nTHREE\n");
+    reset_counter(&p);
+
+    // What `git checkout HEAD~1` does to the tracked files.
+    p.file("params/p3.txt", "three\n").file("six.lock", &older_lock);
+    let status = p.pipe(&["status", "six.yaml", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status_of(&status, "s3"), "cached", "{status}");
+    let report = p.run_json("six.yaml", 0);
+    assert!(
+        statuses(&report).iter().all(|(_, s)| s == "cached"),
+        "{report}"
+    );
+    assert!(ran(&p).is_empty(), "{:?}", ran(&p));
+    assert_eq!(p.read("out/s3.txt"), "alpha\nthree\n");
+    assert!(!p.path(".pipe/trash").exists(), "something went to the trash");
+
+    // A hand edit is still one.
+    p.file("out/s3.txt", "mine\n");
+    let report = p.run_json("six.yaml", 0);
+    assert_eq!(status_of(&report, "s3"), "ran", "{report}");
+    assert!(p.path(".pipe/trash").exists());
+}
+
 #[test]
 fn a_failing_stage_stops_its_descendants_but_not_unrelated_branches() {
     let p = Project::new();
