@@ -58,9 +58,12 @@ pub fn load<'r>(
     Ok(plan(manifest, registry, PlanOptions { allow_outside })?)
 }
 
-/// Opens the store of a pipeline.
+/// Opens the store of a pipeline, claiming its pipeline name there
+/// ([`Store::claim_pipeline_name`]: two manifests of one name would share their results).
 pub fn open_store(pipeline: &Pipeline<'_>) -> anyhow::Result<Store> {
-    Store::open(&pipe_engine::store_dir(&pipeline.manifest.dir))
+    let store = Store::open(&pipe_engine::store_dir(&pipeline.manifest.dir))?;
+    store.claim_pipeline_name(&pipeline.manifest.name, &pipeline.manifest.path)?;
+    Ok(store)
 }
 
 /// Takes the store's lock for a command that writes the store (run, gc) or must not read

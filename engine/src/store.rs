@@ -39,7 +39,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::hash::{Digest, EntryKind, Hashed, Tree};
 use crate::key::KeyRecord;
-use crate::{atomic, files};
+use crate::{UsageError, atomic, files};
 
 /// The record of one completed stage key, `stages/<key>.json`.
 ///
@@ -561,6 +561,37 @@ impl Store {
             .flatten()
             .filter_map(|entry| StageRecord::parse(&std::fs::read(entry.path()).ok()?).ok())
             .filter(move |r| r.pipeline == pipeline && r.stage == stage)
+    }
+
+    /// Claims pipeline name `pipeline` in this store for the manifest at `manifest`: the
+    /// name picks `out/<pipeline>/`, the logs and the failed-run records, so two manifests
+    /// sharing one would show each other's results. Refused with [`UsageError`] while
+    /// another manifest that still exists and still declares that name holds it; a claim
+    /// whose manifest is gone or renamed passes to `manifest`.
+    pub fn claim_pipeline_name(&self, pipeline: &str, manifest: &Path) -> anyhow::Result<()> {
+        let claim = self.root.join("names").join(pipeline);
+        let ours = std::fs::canonicalize(manifest).unwrap_or_else(|_| manifest.to_path_buf());
+        if let Ok(text) = std::fs::read_to_string(&claim) {
+            let holder = PathBuf::from(text.trim_end_matches('\n'));
+            if holder == ours {
+                return Ok(());
+            }
+            let still_named = crate::Manifest::load(&holder).is_ok_and(|m| m.name == pipeline);
+            if still_named {
+                return Err(UsageError(format!(
+                    "pipeline name `{pipeline}` is already used by {} in the store {}: the two \
+                     manifests would share `out/{pipeline}/`; give {} a `pipeline:` name of its \
+                     own",
+                    holder.display(),
+                    self.root.display(),
+                    manifest.display()
+                ))
+                .into());
+            }
+        }
+        files::create_dir_all(&self.root.join("names"))?;
+        let text = format!("{}\n", ours.display());
+        atomic::write(&claim, text.as_bytes(), false)
     }
 
     /// Where the record of `key` lives.

@@ -154,7 +154,8 @@ fn an_older_lockfile_restores_its_outputs_over_what_a_later_run_wrote() {
     reset_counter(&p);
 
     // What `git checkout HEAD~1` does to the tracked files.
-    p.file("params/p3.txt", "three\n").file("six.lock", &older_lock);
+    p.file("params/p3.txt", "three\n")
+        .file("six.lock", &older_lock);
     let status = p.pipe(&["status", "six.yaml", "--json"]);
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(status_of(&status, "s3"), "cached", "{status}");
@@ -165,7 +166,10 @@ fn an_older_lockfile_restores_its_outputs_over_what_a_later_run_wrote() {
     );
     assert!(ran(&p).is_empty(), "{:?}", ran(&p));
     assert_eq!(p.read("out/s3.txt"), "alpha\nthree\n");
-    assert!(!p.path(".pipe/trash").exists(), "something went to the trash");
+    assert!(
+        !p.path(".pipe/trash").exists(),
+        "something went to the trash"
+    );
 
     // A hand edit is still one.
     p.file("out/s3.txt", "mine\n");

@@ -682,3 +682,45 @@ fn a_damaged_object_of_another_size_is_not_restored() {
         "the damaged bytes are not put in place"
     );
 }
+
+/// Two manifests of one `pipeline:` name would share `.pipe/out/<name>/` (and show each
+/// other's results): the second is refused while the first still declares the name.
+#[test]
+fn a_second_manifest_of_the_same_pipeline_name_is_refused_until_the_first_lets_go() {
+    let p = Project::new();
+    let manifest = |csv: &str| {
+        format!(
+            "pipeline: exp\nstages:\n  c:\n    run: cp {csv} out.txt\n    deps: [{csv}]\n    outs: [out.txt]\n"
+        )
+    };
+    p.file("a.txt", "from a\n")
+        .file("b.txt", "from b\n")
+        .file("a.yaml", &manifest("a.txt"))
+        .file("b.yaml", &manifest("b.txt"));
+    let out = p.pipe(&["run", "a.yaml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    for command in [
+        &["run", "b.yaml"][..],
+        &["status", "b.yaml"],
+        &["show", "b.yaml", "c"],
+    ] {
+        let out = p.pipe(command);
+        assert_eq!(out.status.code(), Some(2), "{command:?}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains("pipeline name `exp` is already used by") && err.contains("a.yaml"),
+            "{command:?}: {err}"
+        );
+    }
+    assert_eq!(p.read("out.txt"), "from a\n");
+    assert!(!p.path("b.lock").exists());
+
+    // Once a.yaml takes another name, b.yaml may have `exp`.
+    p.file(
+        "a.yaml",
+        &manifest("a.txt").replace("pipeline: exp", "pipeline: first"),
+    );
+    let out = p.pipe(&["run", "b.yaml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(p.read("out.txt"), "from b\n");
+}
