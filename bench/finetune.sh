@@ -14,7 +14,7 @@ scripts/fetch-onnxruntime.sh >/dev/null
 export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$PWD/.tools/onnxruntime/libonnxruntime.so.1.31.1}"
 cargo build --release --locked -q --workspace --example finetune_step
 target="${CARGO_TARGET_DIR:-target}"
-runs=(tiny 125m lora)
+runs=(tiny 125m lora freeze)
 [[ "$which" != all ]] && runs=("$which")
 for r in "${runs[@]}"; do
   case "$r" in
