@@ -230,7 +230,7 @@ pub struct RunArgs {
     pub dry_run: bool,
     /// Stages to run at once (default: the number of cores; with `--executor slurm`, 64
     /// jobs in the queue).
-    #[arg(long, short)]
+    #[arg(long, short, value_parser = parse_at_least_one)]
     pub jobs: Option<usize>,
     /// Print one JSON document on stdout instead of the human summary.
     #[arg(long)]
@@ -465,7 +465,7 @@ pub struct PredictArgs {
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// ONNX Runtime threads (default: one per core).
-    #[arg(long)]
+    #[arg(long, value_parser = parse_at_least_one)]
     pub threads: Option<usize>,
 }
 
@@ -478,8 +478,8 @@ pub struct ServeArgs {
     /// The manifest in which BUNDLE names a stage (default: the one in the current folder).
     #[arg(long, value_name = "FILE")]
     pub manifest: Option<PathBuf>,
-    /// The address to listen on.
-    #[arg(long, default_value = "127.0.0.1")]
+    /// The address to listen on: an IP address or `localhost`.
+    #[arg(long, default_value = "127.0.0.1", value_parser = parse_host)]
     pub host: std::net::IpAddr,
     /// The port to listen on (0: any free port, printed at start).
     #[arg(long, default_value_t = 8080)]
@@ -497,7 +497,7 @@ pub struct ServeArgs {
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// ONNX Runtime threads (default: one per core).
-    #[arg(long)]
+    #[arg(long, value_parser = parse_at_least_one)]
     pub threads: Option<usize>,
 }
 
@@ -515,6 +515,24 @@ pub struct DoctorArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// A count of at least 1 (`--jobs`, `--threads`).
+fn parse_at_least_one(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("`{text}` is not a whole number of at least 1")),
+    }
+}
+
+/// An IP address, or `localhost` (the IPv4 loopback, as the default).
+fn parse_host(text: &str) -> Result<std::net::IpAddr, String> {
+    if text.eq_ignore_ascii_case("localhost") {
+        return Ok(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+    }
+    text.parse().map_err(|_| {
+        format!("`{text}` is not an IP address; write e.g. 127.0.0.1, 0.0.0.0, ::1 or localhost")
+    })
 }
 
 /// `tiny`, `small` or a Hugging Face id.

@@ -359,3 +359,20 @@ fn gc_without_a_manifest_cleans_the_current_folders_store_whatever_manifests_it_
         "{answer}"
     );
 }
+
+#[test]
+fn counts_of_zero_and_unknown_hosts_are_usage_errors() {
+    let p = two_stage();
+    for (args, words) in [
+        (
+            &["run", "--jobs", "0"][..],
+            "`0` is not a whole number of at least 1",
+        ),
+        (&["predict", "x", "hello", "--threads", "0"], "at least 1"),
+        (&["serve", "x", "--host", "nowhere"], "write e.g. 127.0.0.1"),
+    ] {
+        let out = p.pipe(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(words), "{args:?}: {}", stderr(&out));
+    }
+}

@@ -260,7 +260,18 @@ fn serve_answers_as_predict_does_also_under_100_parallel_requests() {
 fn serve_refuses_bad_requests_and_stays_up() {
     let p = project();
     p.run_json("demo.yaml", 0);
-    let served = Served::start(&p, &["--max-body-bytes", "2000", "--threads", "1"]);
+    // `localhost` is taken for the loopback address.
+    let served = Served::start(
+        &p,
+        &[
+            "--max-body-bytes",
+            "2000",
+            "--threads",
+            "1",
+            "--host",
+            "localhost",
+        ],
+    );
 
     let (status, answer) = served.post("{\"texts\": [\"unclosed");
     assert_eq!(status, 400);
