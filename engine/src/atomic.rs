@@ -1,9 +1,17 @@
 //! Writing files so that readers see the old content or the new, never half.
+//!
+//! The content goes to a temporary file in the same folder, which is then
+//! renamed over the target. A replaced file keeps its permission bits; a new
+//! one gets what the user's umask leaves of `rw-rw-rw-`, as any other program's
+//! file would (a bare temporary file would be private to its owner).
 
-use std::io::Write;
+use std::fs::Permissions;
+use std::io::{self, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use anyhow::Context;
+use tempfile::NamedTempFile;
 
 use crate::files;
 
@@ -11,6 +19,43 @@ use crate::files;
 /// rename. With `durable`, the file and its folder are fsynced, so the new
 /// content survives a power loss once this returns.
 pub fn write(path: &Path, bytes: &[u8], durable: bool) -> anyhow::Result<()> {
+    let (dir, tmp) = filled_temp_beside(path, bytes, durable)?;
+    if let Ok(existing) = std::fs::metadata(path) {
+        tmp.as_file()
+            .set_permissions(existing.permissions())
+            .with_context(|| format!("cannot set the permissions of `{}`", path.display()))?;
+    }
+    tmp.persist(path)
+        .with_context(|| format!("cannot replace `{}`", path.display()))?;
+    if durable {
+        files::sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// Writes `bytes` to a new file at `path`, durably, as [`write`] does; fails
+/// with an [`io::ErrorKind::AlreadyExists`] error (and writes nothing) when
+/// `path` already exists.
+pub fn create_new(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let (dir, tmp) = filled_temp_beside(path, bytes, true)?;
+    tmp.persist_noclobber(path).map_err(|e| {
+        let kind = e.error.kind();
+        anyhow::Error::new(e.error).context(if kind == io::ErrorKind::AlreadyExists {
+            format!("`{}` already exists", path.display())
+        } else {
+            format!("cannot write `{}`", path.display())
+        })
+    })?;
+    files::sync_dir(dir)
+}
+
+/// A temporary file holding `bytes` in the folder `path` will live in (which
+/// is created if missing), with the permissions a new file gets.
+fn filled_temp_beside<'a>(
+    path: &'a Path,
+    bytes: &[u8],
+    durable: bool,
+) -> anyhow::Result<(&'a Path, NamedTempFile)> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -18,6 +63,8 @@ pub fn write(path: &Path, bytes: &[u8], durable: bool) -> anyhow::Result<()> {
     files::create_dir_all(dir)?;
     let mut tmp = tempfile::Builder::new()
         .prefix(".tmp-")
+        // The mode passed to open(2) is filtered by the umask.
+        .permissions(Permissions::from_mode(0o666))
         .tempfile_in(dir)
         .with_context(|| format!("cannot create a temporary file in `{}`", dir.display()))?;
     tmp.write_all(bytes)
@@ -27,10 +74,47 @@ pub fn write(path: &Path, bytes: &[u8], durable: bool) -> anyhow::Result<()> {
             .sync_all()
             .with_context(|| format!("cannot sync `{}`", path.display()))?;
     }
-    tmp.persist(path)
-        .with_context(|| format!("cannot replace `{}`", path.display()))?;
-    if durable {
-        files::sync_dir(dir)?;
+    Ok((dir, tmp))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
     }
-    Ok(())
+
+    #[test]
+    fn a_new_file_is_readable_by_others_and_a_replaced_one_keeps_its_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pipe.lock");
+        write(&path, b"one", false).unwrap();
+        let plain = dir.path().join("plain");
+        std::fs::File::create(&plain).unwrap();
+        assert_eq!(
+            mode(&path),
+            mode(&plain),
+            "the mode any program's new file gets"
+        );
+
+        std::fs::set_permissions(&path, Permissions::from_mode(0o604)).unwrap();
+        write(&path, b"two", true).unwrap();
+        assert_eq!(mode(&path), 0o604);
+        assert_eq!(std::fs::read(&path).unwrap(), b"two");
+    }
+
+    #[test]
+    fn create_new_refuses_an_existing_file_and_leaves_it_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pipe.yaml");
+        create_new(&path, b"first").unwrap();
+        let err = create_new(&path, b"second").unwrap_err();
+        let io = err.downcast_ref::<io::Error>().unwrap();
+        assert_eq!(io.kind(), io::ErrorKind::AlreadyExists);
+        assert!(format!("{err:#}").contains("already exists"), "{err:#}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"first");
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(leftovers.len(), 1, "the temporary file is gone");
+    }
 }

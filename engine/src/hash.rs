@@ -312,12 +312,17 @@ pub fn hash_path_with(
 struct StatEntry {
     size: u64,
     mtime_ns: i128,
+    /// Caches written before ctime was kept read as 0, which matches no file.
+    #[serde(default)]
+    ctime_ns: i128,
     inode: u64,
     hash: Digest,
 }
 
-/// Remembers the hash of workspace files by (path, size, mtime, inode), so an
-/// unchanged 1 GB source file is not read again. Saved in the store as JSON.
+/// Remembers the hash of workspace files by (path, size, mtime, ctime, inode),
+/// so an unchanged 1 GB source file is not read again. Saved in the store as
+/// JSON. The ctime, which only the kernel sets, catches content rewritten in
+/// place with its old size and mtime put back (`cp -p`, `rsync -t`, `touch -r`).
 ///
 /// A file modified within the same timestamp tick as it was hashed could be
 /// missed; to avoid that, files whose mtime is less than two seconds old are
@@ -364,6 +369,7 @@ impl StatCache {
     /// [`StatCache::hash_file`] for a file whose metadata was just read.
     fn hash_known(&self, path: &Path, meta: &std::fs::Metadata) -> io::Result<Digest> {
         let mtime_ns = meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128;
+        let ctime_ns = meta.ctime() as i128 * 1_000_000_000 + meta.ctime_nsec() as i128;
         // `cwd.join` keeps an absolute `path` as it is; collecting the
         // components drops `.` ones, as `std::path::absolute` would, without
         // asking the OS for the current folder on every file.
@@ -373,6 +379,7 @@ impl StatCache {
             if let Some(e) = entries.get(&key)
                 && e.size == meta.len()
                 && e.mtime_ns == mtime_ns
+                && e.ctime_ns == ctime_ns
                 && e.inode == meta.ino()
             {
                 return Ok(e.hash);
@@ -383,10 +390,11 @@ impl StatCache {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as i128)
             .unwrap_or(0);
-        if now_ns - mtime_ns > 2_000_000_000 {
+        if now_ns - mtime_ns.max(ctime_ns) > 2_000_000_000 {
             let entry = StatEntry {
                 size: meta.len(),
                 mtime_ns,
+                ctime_ns,
                 inode: meta.ino(),
                 hash,
             };
@@ -481,5 +489,34 @@ mod tests {
         assert_eq!(cache.hash_file(&file).unwrap(), Digest::of(b"one"));
         std::fs::write(&file, "two!").unwrap();
         assert_eq!(cache.hash_file(&file).unwrap(), Digest::of(b"two!"));
+    }
+
+    #[test]
+    fn stat_cache_sees_content_rewritten_in_place_with_its_old_size_and_mtime() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        let write_back_dated = |text: &str| {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&file)
+                .unwrap();
+            std::io::Write::write_all(&mut f, text.as_bytes()).unwrap();
+            f.set_modified(an_hour_ago).unwrap();
+        };
+        write_back_dated("one1");
+        // Past the racily-clean window, so the entry is kept.
+        std::thread::sleep(std::time::Duration::from_millis(2100));
+        let cache = StatCache::default();
+        assert_eq!(cache.hash_file(&file).unwrap(), Digest::of(b"one1"));
+        assert_eq!(cache.entries.lock().unwrap().len(), 1);
+
+        let inode = std::fs::metadata(&file).unwrap().ino();
+        write_back_dated("two2");
+        let meta = std::fs::metadata(&file).unwrap();
+        assert_eq!((meta.ino(), meta.len()), (inode, 4));
+        assert_eq!(cache.hash_file(&file).unwrap(), Digest::of(b"two2"));
     }
 }

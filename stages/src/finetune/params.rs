@@ -459,7 +459,10 @@ impl Params {
         match (&self.model.config, &self.model.path, &self.model.hub) {
             (Some(config), None, None) => Ok(ModelSource::Config(config.clone())),
             (None, Some(path), None) => Ok(ModelSource::Path(path.clone())),
-            (None, None, Some(repo)) => Ok(ModelSource::Hub(repo.clone())),
+            (None, None, Some(repo)) => match crate::hub::check_repo_id(repo) {
+                Ok(()) => Ok(ModelSource::Hub(repo.clone())),
+                Err(message) => Err(ParamError::new(&["model", "hub"], message)),
+            },
             _ => Err(ParamError::new(
                 &["model"],
                 "`model` needs exactly one of `config`, `path` or `hub`",

@@ -100,7 +100,7 @@ impl Hub {
 
     /// The commit `main` of `repo` points to on the hub now.
     pub fn remote_commit(&self, repo: &str) -> Result<String> {
-        self.refuse_offline(repo)?;
+        self.check_before_network(repo)?;
         let first = [MODEL_FILES[0], TOKENIZER_FILES[0][0]];
         for file in first {
             if let Some(remote) = self.head(repo, "main", file)? {
@@ -139,7 +139,7 @@ impl Hub {
         needs: &[&[&[&str]]],
         reporter: &dyn Reporter,
     ) -> Result<Pulled> {
-        self.refuse_offline(repo)?;
+        self.check_before_network(repo)?;
         let mut commit: Option<String> = None;
         let mut chosen: Vec<(String, Remote)> = Vec::new();
         for need in needs {
@@ -180,7 +180,7 @@ impl Hub {
         }
         let refs = repo_dir.join("refs");
         std::fs::create_dir_all(&refs)?;
-        write_atomically(&refs.join("main"), commit.as_bytes())?;
+        pipe_engine::atomic::write(&refs.join("main"), commit.as_bytes(), false)?;
         Ok(Pulled {
             commit,
             snapshot,
@@ -189,7 +189,9 @@ impl Hub {
         })
     }
 
-    fn refuse_offline(&self, repo: &str) -> Result<()> {
+    /// Refuses a malformed `repo` and, under `HF_HUB_OFFLINE`, any request at all.
+    fn check_before_network(&self, repo: &str) -> Result<()> {
+        super::check_repo_id(repo).map_err(anyhow::Error::msg)?;
         if self.offline {
             bail!(
                 "`{repo}` is not in the Hugging Face cache ({}) and HF_HUB_OFFLINE forbids \
@@ -463,16 +465,5 @@ fn link(snapshot: &Path, file: &str, etag: &str) -> Result<()> {
     std::os::unix::fs::symlink(&blob, &temp)
         .with_context(|| format!("cannot link {}", target.display()))?;
     std::fs::rename(&temp, &target).with_context(|| format!("cannot link {}", target.display()))?;
-    Ok(())
-}
-
-/// Writes `bytes` to `path` through a temporary file beside it.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut temp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("cannot create a file in {}", dir.display()))?;
-    temp.write_all(bytes)?;
-    temp.persist(path)
-        .map_err(|e| anyhow::anyhow!("cannot write {}: {}", path.display(), e.error))?;
     Ok(())
 }

@@ -20,6 +20,34 @@ pub fn default_hub_cache() -> PathBuf {
     }
 }
 
+/// Checks that `repo` is a repository id the hub can have: `name` or `owner/name`, each
+/// part made of ASCII letters, digits, `-`, `_` and `.`, neither starting nor ending with
+/// `-` or `.`, and without `--` or `..` (the hub's own rules). Checked before any request,
+/// so a typo is named as such rather than answered by the network. The error is a sentence
+/// that ends with an example.
+pub fn check_repo_id(repo: &str) -> Result<(), String> {
+    let part_ok = |part: &str| {
+        !part.is_empty()
+            && part.len() <= 96
+            && part
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            && !part.starts_with(['-', '.'])
+            && !part.ends_with(['-', '.'])
+            && !part.contains("--")
+            && !part.contains("..")
+    };
+    let parts: Vec<&str> = repo.split('/').collect();
+    if parts.len() <= 2 && parts.iter().all(|p| part_ok(p)) {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{repo}` is not a Hugging Face repository id: it is `owner/name` (letters, digits, \
+             `-`, `_`, `.`), e.g. `EleutherAI/gpt-neo-125m`"
+        ))
+    }
+}
+
 /// The folder of `repo` in `cache`.
 pub fn repo_dir(cache: &Path, repo: &str) -> PathBuf {
     cache.join(hf_hub::Repo::model(repo.to_string()).folder_name())

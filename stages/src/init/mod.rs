@@ -205,7 +205,7 @@ pub fn init(options: InitOptions, prompter: &mut dyn Prompter) -> anyhow::Result
         split: split.then_some((test, validation, shuffle)),
         training,
     };
-    write_atomically(&output, &manifest::render(&answers), options.force)?;
+    write_manifest(&output, &manifest::render(&answers), options.force)?;
     Ok(Written {
         manifest: output,
         trains: answers.training.is_some(),
@@ -432,32 +432,19 @@ fn relative_to(path: &Path, base: &Path) -> anyhow::Result<String> {
     Ok(parts.join("/"))
 }
 
-/// Writes `text` to `path` through a temporary file in the same folder, so a
-/// crash leaves either the old file or the new one.
-fn write_atomically(path: &Path, text: &str, force: bool) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    let mut temp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("cannot create a file in {}", dir.display()))?;
-    temp.write_all(text.as_bytes())?;
-    temp.as_file().sync_all()?;
-    let persisted = if force {
-        temp.persist(path)
-    } else {
-        temp.persist_noclobber(path)
-    };
-    persisted.map_err(|e| {
-        if e.error.kind() == std::io::ErrorKind::AlreadyExists {
-            anyhow::anyhow!(
+/// Writes `text` to `path` so a crash leaves either the old file or the new
+/// one; an existing file is replaced only with `force`.
+fn write_manifest(path: &Path, text: &str, force: bool) -> anyhow::Result<()> {
+    if force {
+        return pipe_engine::atomic::write(path, text.as_bytes(), true);
+    }
+    pipe_engine::atomic::create_new(path, text.as_bytes()).map_err(|e| {
+        match e.downcast_ref::<std::io::Error>() {
+            Some(io) if io.kind() == std::io::ErrorKind::AlreadyExists => anyhow::anyhow!(
                 "{} already exists; pass --force to overwrite it",
                 path.display()
-            )
-        } else {
-            anyhow::anyhow!("cannot write {}: {}", path.display(), e.error)
+            ),
+            _ => e,
         }
-    })?;
-    Ok(())
+    })
 }

@@ -26,21 +26,14 @@ impl ModelChoice {
             "small" => return Ok(ModelChoice::Small),
             _ => {}
         }
-        let valid = |part: &str| {
-            !part.is_empty()
-                && part
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        };
-        match text.split_once('/') {
-            Some((owner, name)) if valid(owner) && valid(name) => {
-                Ok(ModelChoice::Hub(text.to_string()))
-            }
-            _ => bail!(
+        // A bare name is a hub id too, but here more likely a typo of `tiny` or `small`.
+        if !text.contains('/') || crate::hub::check_repo_id(text).is_err() {
+            bail!(
                 "`{text}` is not a model: answer tiny, small, or a Hugging Face id such as \
                  EleutherAI/gpt-neo-125m"
-            ),
+            );
         }
+        Ok(ModelChoice::Hub(text.to_string()))
     }
 
     /// Whether the model is pretrained (and so large enough for LoRA to pay).

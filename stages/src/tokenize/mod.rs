@@ -106,6 +106,10 @@ impl Params {
                 "`max_length` must be a positive number of tokens",
             ));
         }
+        if let TokenizerSource::Hub(repo) = &params.tokenizer {
+            crate::hub::check_repo_id(repo)
+                .map_err(|message| ParamError::new(&["tokenizer", "hub"], message))?;
+        }
         if let TokenizerSource::Train(train) = &params.tokenizer
             && train.vocab_size <= 257
         {

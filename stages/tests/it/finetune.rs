@@ -281,6 +281,28 @@ fn models_that_do_not_fit_are_refused_with_both_sizes() {
 }
 
 #[test]
+fn a_malformed_hub_id_is_an_error_at_its_manifest_key() {
+    let registry = pipe_stages::registry();
+    let e = registry
+        .get("finetune")
+        .unwrap()
+        .check(&json!({ "model": { "hub": "EleutherAI/../gpt-neo" } }))
+        .unwrap_err();
+    assert_eq!(e.path, ["model", "hub"]);
+    assert!(
+        e.message.contains("not a Hugging Face repository id"),
+        "{}",
+        e.message
+    );
+    let e = registry
+        .get("tokenize")
+        .unwrap()
+        .check(&json!({ "tokenizer": { "hub": "EleutherAI gpt-neo" } }))
+        .unwrap_err();
+    assert_eq!(e.path, ["tokenizer", "hub"]);
+}
+
+#[test]
 fn device_and_threads_stay_out_of_the_key() {
     let registry = pipe_stages::registry();
     let kind = registry.get("finetune").unwrap();

@@ -415,6 +415,33 @@ fn offline_mode_and_missing_repositories_say_what_to_do() {
 }
 
 #[test]
+fn a_malformed_repository_id_is_refused_before_any_request() {
+    let fake = FakeHub::start();
+    let cache = tempfile::tempdir().unwrap();
+    let hub = fake.hub(cache.path(), false);
+    for bad in [
+        "org/tiny/extra",
+        "../tiny",
+        "org/ti ny",
+        "org--x/tiny",
+        "",
+        "org/",
+    ] {
+        let err = message(hub.pull_model(bad, &TestReporter::default()).unwrap_err());
+        assert!(
+            err.contains("is not a Hugging Face repository id"),
+            "{bad}: {err}"
+        );
+        assert!(err.contains("EleutherAI/gpt-neo-125m"), "{err}");
+        assert!(hub.remote_commit(bad).is_err(), "{bad}");
+    }
+    assert!(fake.requests.lock().unwrap().is_empty());
+    for good in ["gpt2", "EleutherAI/gpt-neo-125m", "org/tiny_v1.5"] {
+        assert_eq!(pipe_stages::hub::check_repo_id(good), Ok(()), "{good}");
+    }
+}
+
+#[test]
 fn ensure_downloads_only_what_the_cache_lacks() {
     let fake = FakeHub::start();
     let cache = tempfile::tempdir().unwrap();
