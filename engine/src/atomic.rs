@@ -2,7 +2,7 @@
 //!
 //! The content goes to a temporary file in the same folder, which is then
 //! renamed over the target. A replaced file keeps its permission bits; a new
-//! one gets what the user's umask leaves of `rw-rw-rw-`, as any other program's
+//! one (or one that replaces a symlink, whose target is left alone) gets what the user's umask leaves of `rw-rw-rw-`, as any other program's
 //! file would (a bare temporary file would be private to its owner).
 
 use std::fs::Permissions;
@@ -20,7 +20,10 @@ use crate::files;
 /// content survives a power loss once this returns.
 pub fn write(path: &Path, bytes: &[u8], durable: bool) -> anyhow::Result<()> {
     let (dir, tmp) = filled_temp_beside(path, bytes, durable)?;
-    if let Ok(existing) = std::fs::metadata(path) {
+    // A symlink at `path` is replaced, never followed: its target is not read or written.
+    if let Ok(existing) = std::fs::symlink_metadata(path)
+        && existing.is_file()
+    {
         tmp.as_file()
             .set_permissions(existing.permissions())
             .with_context(|| format!("cannot set the permissions of `{}`", path.display()))?;
@@ -116,5 +119,30 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), b"first");
         let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "the temporary file is gone");
+    }
+
+    #[test]
+    fn a_symlink_in_the_way_is_replaced_and_its_target_left_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let target = elsewhere.path().join("users-notes.txt");
+        std::fs::write(&target, "the user's bytes").unwrap();
+        std::fs::set_permissions(&target, Permissions::from_mode(0o600)).unwrap();
+        let path = dir.path().join("pipe.lock");
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+
+        write(&path, b"lock", true).unwrap();
+
+        assert_eq!(std::fs::read(&target).unwrap(), b"the user's bytes");
+        assert_eq!(mode(&target), 0o600);
+        assert!(std::fs::symlink_metadata(&path).unwrap().is_file());
+        assert_eq!(std::fs::read(&path).unwrap(), b"lock");
+        let plain = dir.path().join("plain");
+        std::fs::File::create(&plain).unwrap();
+        assert_eq!(
+            mode(&path),
+            mode(&plain),
+            "a new file's mode, not the target's"
+        );
     }
 }

@@ -283,23 +283,26 @@ fn models_that_do_not_fit_are_refused_with_both_sizes() {
 #[test]
 fn a_malformed_hub_id_is_an_error_at_its_manifest_key() {
     let registry = pipe_stages::registry();
-    let e = registry
-        .get("finetune")
-        .unwrap()
-        .check(&json!({ "model": { "hub": "EleutherAI/../gpt-neo" } }))
-        .unwrap_err();
-    assert_eq!(e.path, ["model", "hub"]);
-    assert!(
-        e.message.contains("not a Hugging Face repository id"),
-        "{}",
-        e.message
-    );
-    let e = registry
-        .get("tokenize")
-        .unwrap()
-        .check(&json!({ "tokenizer": { "hub": "EleutherAI gpt-neo" } }))
-        .unwrap_err();
-    assert_eq!(e.path, ["tokenizer", "hub"]);
+    for (kind, params, path) in [
+        (
+            "finetune",
+            json!({ "model": { "hub": "EleutherAI/../gpt-neo" } }),
+            ["model", "hub"],
+        ),
+        (
+            "tokenize",
+            json!({ "tokenizer": { "hub": "EleutherAI gpt-neo" } }),
+            ["tokenizer", "hub"],
+        ),
+    ] {
+        let e = registry.get(kind).unwrap().check(&params).unwrap_err();
+        assert_eq!(e.path, path, "{kind}");
+        assert!(
+            e.message.contains("not a Hugging Face repository id"),
+            "{kind}: {}",
+            e.message
+        );
+    }
 }
 
 #[test]
