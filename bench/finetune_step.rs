@@ -18,11 +18,11 @@ use std::time::Instant;
 
 use std::collections::BTreeMap;
 
+use pipe_models::gpt_neo::{AttentionKind, GptNeoConfig, ProblemType};
+use pipe_models::lora::{LoraParams, LoraTarget};
+use pipe_models::{Xoshiro256, init_params};
 use pipe_onnx::{AdamW, FlatTrainer, HostTensor, Session, SessionOptions};
 use pipe_stages::finetune::{FreezeEntry, StepGraph, Trained, distinct_tokens, peak_memory_bytes};
-use pipe_stages::models::gpt_neo::{AttentionKind, GptNeoConfig, ProblemType};
-use pipe_stages::models::lora::{LoraParams, LoraTarget};
-use pipe_stages::models::{Xoshiro256, init_params};
 use serde_json::json;
 
 const NUM_LABELS: usize = 4;

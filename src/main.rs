@@ -13,8 +13,8 @@ use pipe_engine::{ColorChoice, ManifestError, Printer, StoreBusy, UsageError};
 
 use crate::cli::{Cli, Color, Command};
 
-/// What a subcommand's run means for the exit code.
-pub enum Outcome {
+/// A subcommand's verdict, which becomes the exit code.
+pub enum Verdict {
     /// Everything worked (exit 0).
     Success,
     /// A stage or check failed (exit 1).
@@ -59,8 +59,8 @@ fn main() -> ExitCode {
         Command::ExecStage(args) => commands::exec_stage::exec(args),
     };
     match result {
-        Ok(Outcome::Success) => ExitCode::SUCCESS,
-        Ok(Outcome::Failure) => ExitCode::from(1),
+        Ok(Verdict::Success) => ExitCode::SUCCESS,
+        Ok(Verdict::Failure) => ExitCode::from(1),
         Err(error) => {
             if output::is_broken_pipe(&error) {
                 // `pipe dag | head`: the reader left; that is not an error.

@@ -14,8 +14,8 @@ use crate::lockfile::{
 };
 use crate::plan::Pipeline;
 use crate::printer::Printer;
-use crate::remote::{RemoteCache, RemoteLink};
-use crate::report::{RunReport, StageReport, Status};
+use crate::remote_cache::{RemoteCache, RemoteLink};
+use crate::run_report::{RunReport, StageReport, Status};
 use crate::store::OutputEntry;
 use crate::store::Store;
 
@@ -44,7 +44,7 @@ pub struct RunOptions {
     pub jobs: usize,
     /// Print one line per stage as it finishes.
     pub print_stages: bool,
-    /// A shared cache to ask on a local miss (see [`crate::remote`]).
+    /// A shared cache to ask on a local miss (see [`crate::remote_cache`]).
     pub remote: Option<Arc<dyn RemoteCache>>,
     /// Where stages that must run execute (see [`crate::executor`]); `None` runs them here.
     pub executor: Option<Arc<dyn Executor>>,
@@ -73,7 +73,7 @@ pub fn run(
     });
     let mut lock = loaded?;
     let targets: Vec<usize> = if options.targets.is_empty() {
-        pipeline.order.clone()
+        pipeline.order().to_vec()
     } else {
         selected_ids(pipeline, &options.targets)?
     };
@@ -330,11 +330,11 @@ fn schedule(
         .collect();
     let mut waiting: Vec<usize> = selected
         .iter()
-        .map(|&id| pipeline.stages[id].upstream.len())
+        .map(|&id| pipeline.dag.upstream(id).len())
         .collect();
     let mut downstream: Vec<Vec<usize>> = vec![Vec::new(); selected.len()];
     for (i, &id) in selected.iter().enumerate() {
-        for up in &pipeline.stages[id].upstream {
+        for up in pipeline.dag.upstream(id) {
             if let Some(&u) = position.get(up) {
                 downstream[u].push(i);
             }
@@ -358,7 +358,7 @@ fn schedule(
                 && let Some(std::cmp::Reverse(i)) = ready.pop()
             {
                 let id = selected[i];
-                let ups = &pipeline.stages[id].upstream;
+                let ups = pipeline.dag.upstream(id);
                 if let Some(&bad) = ups
                     .iter()
                     .find(|u| matches!(handoffs.get(u), Some(Handoff::Stopped)))

@@ -23,8 +23,8 @@ use crate::outputs::{
 };
 use crate::plan::{Pipeline, PlannedStage};
 use crate::printer::Printer;
-use crate::remote::{self, RemoteLink};
-use crate::report::Status;
+use crate::remote_cache::{self, RemoteLink};
+use crate::run_report::Status;
 use crate::stage::{Input, Outcome, RunContext};
 use crate::store::{OutputEntry, StageRecord, outputs_digest};
 
@@ -178,8 +178,8 @@ pub fn run_job(
                 }
                 let from_history = locked.is_some_and(|l| l.key != key);
                 let reason = match (from_remote, env.dry_run) {
-                    (true, true) => Some(remote::WOULD_RESTORE.to_string()),
-                    (true, false) => Some(remote::RESTORED.to_string()),
+                    (true, true) => Some(remote_cache::WOULD_RESTORE.to_string()),
+                    (true, false) => Some(remote_cache::RESTORED.to_string()),
                     (false, _) => from_history.then(|| "restored from the run cache".to_string()),
                 };
                 let reason = match reason {

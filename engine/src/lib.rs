@@ -39,15 +39,14 @@ pub mod key;
 pub mod lockfile;
 pub mod manifest;
 pub mod matrix;
-pub mod metrics;
 mod outputs;
 mod param_words;
 pub mod paths;
 pub mod plan;
 pub mod printer;
 pub mod process;
-pub mod remote;
-pub mod report;
+pub mod remote_cache;
+pub mod run_report;
 pub mod schema;
 pub mod stage;
 pub mod store;
@@ -61,7 +60,7 @@ pub use manifest::Manifest;
 pub use outputs::output_paths;
 pub use plan::{Pipeline, PlanOptions, plan};
 pub use printer::{ColorChoice, Printer, Tone};
-pub use report::{RunReport, StageReport, Status};
+pub use run_report::{RunReport, StageReport, Status};
 pub use stage::{
     Checked, Input, Outcome, ParamError, PlannedInput, Registry, Reporter, RunContext, Stage,
     key_params_of, parse_params, schema_of,

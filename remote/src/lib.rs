@@ -10,7 +10,7 @@
 //! hash before they enter the local store, and a record is written locally
 //! only after all its objects.
 //!
-//! The engine sees this crate through [`pipe_engine::remote::RemoteCache`];
+//! The engine sees this crate through [`pipe_engine::remote_cache::RemoteCache`];
 //! object_store runs on a small tokio runtime owned by [`Remote`], so the
 //! engine stays synchronous.
 
@@ -22,7 +22,7 @@ mod sync;
 mod transfer;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use pipe_engine::remote::RemoteCache;
+use pipe_engine::remote_cache::RemoteCache;
 use pipe_engine::store::{StageRecord, Store};
 use pipe_engine::{Digest, Manifest};
 

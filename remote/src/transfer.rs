@@ -24,7 +24,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 use pipe_engine::Digest;
 use pipe_engine::hash::{EntryKind, Hashed, hash_file};
-use pipe_engine::remote::RemoteUnavailable;
+use pipe_engine::remote_cache::RemoteUnavailable;
 use pipe_engine::store::{Import, Store};
 
 /// Objects up to this size move in one request; larger ones in chunks of it.

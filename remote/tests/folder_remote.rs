@@ -8,7 +8,7 @@ use indicatif::ProgressBar;
 use pipe_engine::Digest;
 use pipe_engine::hash::{EntryKind, hash_path};
 use pipe_engine::key::KeyRecord;
-use pipe_engine::remote::RemoteCache;
+use pipe_engine::remote_cache::RemoteCache;
 use pipe_engine::store::{Import, OutputEntry, StageRecord, Store};
 use pipe_remote::Remote;
 

@@ -4,12 +4,12 @@ use std::io::Write;
 
 use pipe_engine::Pipeline;
 
-use crate::Outcome;
+use crate::Verdict;
 use crate::cli::{DagArgs, DagFormat};
 use crate::workspace;
 
 /// Prints the DAG.
-pub fn exec(args: DagArgs) -> anyhow::Result<Outcome> {
+pub fn exec(args: DagArgs) -> anyhow::Result<Verdict> {
     let registry = pipe_stages::registry();
     let file = match args.file {
         Some(f) => f,
@@ -22,7 +22,7 @@ pub fn exec(args: DagArgs) -> anyhow::Result<Outcome> {
         DagFormat::Mermaid => mermaid(&pipeline),
     };
     std::io::stdout().lock().write_all(text.as_bytes())?;
-    Ok(Outcome::Success)
+    Ok(Verdict::Success)
 }
 
 /// Edges as (upstream name, downstream name), in topological order.
@@ -41,7 +41,7 @@ fn edges<'a>(pipeline: &'a Pipeline<'_>) -> Vec<(&'a str, &'a str)> {
 
 fn text(pipeline: &Pipeline<'_>) -> String {
     let labels: Vec<String> = pipeline
-        .order
+        .order()
         .iter()
         .map(|&id| {
             let stage = &pipeline.stages[id];
@@ -55,9 +55,10 @@ fn text(pipeline: &Pipeline<'_>) -> String {
         .collect();
     let width = labels.iter().map(|l| l.chars().count()).max().unwrap_or(0);
     let mut out = String::new();
-    for (&id, label) in pipeline.order.iter().zip(&labels) {
-        let ups: Vec<&str> = pipeline.stages[id]
-            .upstream
+    for (&id, label) in pipeline.order().iter().zip(&labels) {
+        let ups: Vec<&str> = pipeline
+            .dag
+            .upstream(id)
             .iter()
             .map(|&u| pipeline.stages[u].name.as_str())
             .collect();
@@ -75,7 +76,7 @@ fn dot(pipeline: &Pipeline<'_>) -> String {
         "digraph \"{}\" {{\n  rankdir=LR;\n  node [shape=box, style=rounded];\n",
         pipeline.manifest.name
     );
-    for &id in &pipeline.order {
+    for &id in pipeline.order() {
         let stage = &pipeline.stages[id];
         out.push_str(&format!(
             "  \"{}\" [label=\"{}\\n({})\"];\n",
@@ -100,7 +101,7 @@ fn mermaid(pipeline: &Pipeline<'_>) -> String {
             .unwrap_or_default()
     };
     let mut out = String::from("flowchart LR\n");
-    for &id in &pipeline.order {
+    for &id in pipeline.order() {
         let stage = &pipeline.stages[id];
         out.push_str(&format!(
             "  s{id}[\"{}<br/><small>{}</small>\"]\n",

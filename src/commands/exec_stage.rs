@@ -4,15 +4,15 @@
 
 use pipe_engine::executor::request;
 
-use crate::Outcome;
+use crate::Verdict;
 use crate::cli::ExecStageArgs;
 
 /// Runs the stage described in `args.dir`.
-pub fn exec(args: ExecStageArgs) -> anyhow::Result<Outcome> {
+pub fn exec(args: ExecStageArgs) -> anyhow::Result<Verdict> {
     let registry = pipe_stages::registry();
     Ok(if request::serve(&registry, &args.dir)? {
-        Outcome::Success
+        Verdict::Success
     } else {
-        Outcome::Failure
+        Verdict::Failure
     })
 }

@@ -5,13 +5,13 @@ use std::path::Path;
 
 use pipe_engine::{Printer, Store, Tone, UsageError};
 
-use crate::Outcome;
+use crate::Verdict;
 use crate::cli::GcArgs;
 use crate::workspace;
 
 /// Removes what no lockfile in the manifest's folder (recursively) references; without a
 /// manifest, in the current folder, whatever manifests it holds.
-pub fn exec(args: GcArgs, printer: &Printer) -> anyhow::Result<Outcome> {
+pub fn exec(args: GcArgs, printer: &Printer) -> anyhow::Result<Verdict> {
     // A store is a folder's, not a manifest's: without a manifest, the current folder's.
     let project = args
         .file
@@ -50,7 +50,7 @@ pub fn exec(args: GcArgs, printer: &Printer) -> anyhow::Result<Outcome> {
             ),
         ))?;
     }
-    Ok(Outcome::Success)
+    Ok(Verdict::Success)
 }
 
 pub(crate) fn human_bytes(bytes: u64) -> String {

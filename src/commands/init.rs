@@ -3,11 +3,11 @@
 use pipe_engine::{Printer, Tone};
 use pipe_stages::init::{InitOptions, TerminalPrompter, init};
 
-use crate::Outcome;
+use crate::Verdict;
 use crate::cli::InitArgs;
 
 /// Writes a manifest for a data file, asking what the flags leave open.
-pub fn exec(args: InitArgs, printer: &Printer) -> anyhow::Result<Outcome> {
+pub fn exec(args: InitArgs, printer: &Printer) -> anyhow::Result<Verdict> {
     let options = InitOptions {
         from: args.from,
         output: args.output,
@@ -37,5 +37,5 @@ pub fn exec(args: InitArgs, printer: &Printer) -> anyhow::Result<Outcome> {
     } else {
         format!("next: `pipe run {shown}`")
     });
-    Ok(Outcome::Success)
+    Ok(Verdict::Success)
 }

@@ -1,4 +1,5 @@
-//! One module per subcommand, each with an `exec` function.
+//! One module per subcommand, each with an `exec` function, and [`transfer`], what `push`,
+//! `pull` and `run --push` share.
 
 pub mod dag;
 pub mod doctor;
@@ -10,10 +11,10 @@ pub mod predict;
 pub mod pull;
 pub mod pull_model;
 pub mod push;
-pub mod remote;
 pub mod run;
 pub mod schema;
 pub mod serve;
 pub mod show;
 pub mod status;
+pub mod transfer;
 pub mod validate;

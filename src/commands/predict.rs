@@ -5,19 +5,19 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use pipe_engine::lockfile::{LockFile, lock_path};
 use pipe_engine::{Printer, Tone, UsageError};
+use pipe_models::bundle::{Bundle, Predictions};
 use pipe_onnx::SessionOptions;
 use pipe_onnx::runtime::{self, CudaOptions, Device, DeviceChoice};
-use pipe_stages::bundle::{Bundle, Predictions};
 
-use crate::Outcome;
+use crate::Verdict;
 use crate::cli::PredictArgs;
 use crate::output::answer;
 use crate::workspace;
 
 /// Classifies the texts; a bundle that cannot be found, opened or run is a failure (exit 1).
-pub fn exec(args: PredictArgs, printer: &Printer) -> anyhow::Result<Outcome> {
+pub fn exec(args: PredictArgs, printer: &Printer) -> anyhow::Result<Verdict> {
     match predict(&args, printer) {
-        Ok(()) => Ok(Outcome::Success),
+        Ok(()) => Ok(Verdict::Success),
         Err(error)
             if crate::output::is_broken_pipe(&error)
                 || error.downcast_ref::<pipe_engine::ManifestError>().is_some()
@@ -28,7 +28,7 @@ pub fn exec(args: PredictArgs, printer: &Printer) -> anyhow::Result<Outcome> {
         }
         Err(error) => {
             printer.error(&error);
-            Ok(Outcome::Failure)
+            Ok(Verdict::Failure)
         }
     }
 }

@@ -1,16 +1,16 @@
 //! `pipe pull`: download the lockfile's results from the remote cache.
 
-use pipe_engine::remote::RemoteCache;
+use pipe_engine::remote_cache::RemoteCache;
 use pipe_engine::{Printer, Tone};
 
-use crate::Outcome;
+use crate::Verdict;
 use crate::cli::TransferArgs;
 use crate::commands::gc::human_bytes;
-use crate::commands::remote::transfer;
+use crate::commands::transfer::transfer;
 
 /// Downloads the results of the selected stages (default: all in the lockfile)
 /// into the local store.
-pub fn exec(args: TransferArgs, printer: &Printer) -> anyhow::Result<Outcome> {
+pub fn exec(args: TransferArgs, printer: &Printer) -> anyhow::Result<Verdict> {
     let (remote, result) = transfer(&args, printer, "Pulling", |remote, store, keys, bar| {
         remote.pull(store, keys, bar)
     })?;
@@ -18,7 +18,7 @@ pub fn exec(args: TransferArgs, printer: &Printer) -> anyhow::Result<Outcome> {
         Ok(report) => report,
         Err(error) => {
             printer.error(&error.context(format!("cannot pull from {}", remote.location())));
-            return Ok(Outcome::Failure);
+            return Ok(Verdict::Failure);
         }
     };
     if args.json {
@@ -44,8 +44,8 @@ pub fn exec(args: TransferArgs, printer: &Printer) -> anyhow::Result<Outcome> {
         }
     }
     Ok(if report.missing.is_empty() {
-        Outcome::Success
+        Verdict::Success
     } else {
-        Outcome::Failure
+        Verdict::Failure
     })
 }

@@ -1,13 +1,13 @@
 //! `pipe pull-model ID`: download a Hugging Face model into the local cache ahead of a run.
 
 use pipe_engine::{Printer, Tone};
-use pipe_stages::hub::{Hub, default_hub_cache};
+use pipe_models::hub::{Hub, default_hub_cache};
 
-use crate::Outcome;
+use crate::Verdict;
 use crate::cli::PullModelArgs;
 
 /// Downloads the model files and tokenizer of `args.repo`; a failed download is exit 1.
-pub fn exec(args: PullModelArgs, printer: &Printer) -> anyhow::Result<Outcome> {
+pub fn exec(args: PullModelArgs, printer: &Printer) -> anyhow::Result<Verdict> {
     let hub = Hub::from_env(default_hub_cache());
     let reporter = printer.reporter("pull");
     match hub.pull_model(&args.repo, &reporter) {
@@ -29,11 +29,11 @@ pub fn exec(args: PullModelArgs, printer: &Printer) -> anyhow::Result<Outcome> {
                     pulled.snapshot.display()
                 ),
             );
-            Ok(Outcome::Success)
+            Ok(Verdict::Success)
         }
         Err(error) => {
             printer.error(&error.context(format!("cannot download `{}`", args.repo)));
-            Ok(Outcome::Failure)
+            Ok(Verdict::Failure)
         }
     }
 }

@@ -5,23 +5,23 @@ use std::time::Instant;
 
 use pipe_engine::executor::slurm::{Slurm, gpu_warnings};
 use pipe_engine::executor::{Executor, ExecutorChoice};
-use pipe_engine::remote::RemoteCache;
+use pipe_engine::remote_cache::RemoteCache;
 use pipe_engine::{
     Force, Pipeline, Printer, RunOptions, RunReport, Status, Store, Tone, UsageError, run,
 };
 use pipe_remote::Remote;
 
-use crate::Outcome;
+use crate::Verdict;
 use crate::cli::{ExecutorArg, RunArgs};
 use crate::commands::gc::human_bytes;
-use crate::commands::remote::{as_cache, for_run, transfer_bar};
+use crate::commands::transfer::{as_cache, for_run, transfer_bar};
 use crate::workspace;
 
 /// Jobs in a cluster's queue at once when `--jobs` is not given.
 const CLUSTER_JOBS: usize = 64;
 
 /// Runs the pipeline (or the named stages and what they need).
-pub fn exec(args: RunArgs, printer: &Printer) -> anyhow::Result<Outcome> {
+pub fn exec(args: RunArgs, printer: &Printer) -> anyhow::Result<Verdict> {
     let registry = pipe_stages::registry();
     let (file, targets) = workspace::split_file_and_stages(&args.args)?;
     let raw: Vec<String> = std::env::args().collect();
@@ -93,9 +93,9 @@ pub fn exec(args: RunArgs, printer: &Printer) -> anyhow::Result<Outcome> {
         _ => true,
     };
     Ok(if report.ok && pushed {
-        Outcome::Success
+        Verdict::Success
     } else {
-        Outcome::Failure
+        Verdict::Failure
     })
 }
 
@@ -125,7 +125,7 @@ fn executor(
     }
     let program = std::env::current_exe()?;
     let slurm = Slurm::new(vec![program.into_os_string(), "exec-stage".into()])?;
-    for warning in gpu_warnings(pipeline, &pipeline.order) {
+    for warning in gpu_warnings(pipeline, pipeline.order()) {
         printer.warn(&warning);
     }
     Ok(Some(Arc::new(slurm)))

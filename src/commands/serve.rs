@@ -4,16 +4,16 @@ use std::net::SocketAddr;
 
 use anyhow::Context;
 use pipe_engine::{Printer, Tone};
-use pipe_stages::serve::signal::TerminationSignals;
-use pipe_stages::serve::{ServeOptions, Server};
+use pipe_serve::signal::TerminationSignals;
+use pipe_serve::{ServeOptions, Server};
 
-use crate::Outcome;
+use crate::Verdict;
 use crate::cli::ServeArgs;
 use crate::commands::predict::{bundle_dir, choose_device, is_missing_runtime, open_bundle};
 
 /// Serves until SIGTERM or Ctrl-C; a bundle that cannot be found or opened is a failure
 /// (exit 1), an address that cannot be bound an environment problem (exit 2).
-pub fn exec(args: ServeArgs, printer: &Printer) -> anyhow::Result<Outcome> {
+pub fn exec(args: ServeArgs, printer: &Printer) -> anyhow::Result<Verdict> {
     // Before any thread starts (ONNX Runtime's included), so that every thread inherits it.
     let signals = TerminationSignals::block().context("cannot block SIGTERM and SIGINT")?;
     let device = choose_device(&args.device, printer)?;
@@ -29,7 +29,7 @@ pub fn exec(args: ServeArgs, printer: &Printer) -> anyhow::Result<Outcome> {
         }
         Err(error) => {
             printer.error(&error);
-            return Ok(Outcome::Failure);
+            return Ok(Verdict::Failure);
         }
     };
     let dir = bundle.dir().display().to_string();
@@ -61,5 +61,5 @@ pub fn exec(args: ServeArgs, printer: &Printer) -> anyhow::Result<Outcome> {
     );
     server.stop();
     printer.status("Stopped", Tone::Good, "");
-    Ok(Outcome::Success)
+    Ok(Verdict::Success)
 }

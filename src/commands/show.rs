@@ -7,7 +7,7 @@ use pipe_engine::lockfile::{LockFile, lock_path};
 use pipe_engine::{UsageError, output_paths};
 use serde::Serialize;
 
-use crate::Outcome;
+use crate::Verdict;
 use crate::cli::ShowArgs;
 use crate::workspace;
 
@@ -21,7 +21,7 @@ struct Shown {
 }
 
 /// Shows the outputs and metrics of a stage's last run.
-pub fn exec(args: ShowArgs) -> anyhow::Result<Outcome> {
+pub fn exec(args: ShowArgs) -> anyhow::Result<Verdict> {
     let registry = pipe_stages::registry();
     let (file, stages) = workspace::split_file_and_stages(&args.args)?;
     let [stage_name] = stages.as_slice() else {
@@ -68,7 +68,7 @@ pub fn exec(args: ShowArgs) -> anyhow::Result<Outcome> {
     };
     if args.json {
         crate::output::answer_json(&shown)?;
-        return Ok(Outcome::Success);
+        return Ok(Verdict::Success);
     }
     let stage = &pipeline.stages[id];
     let mut lines = vec![
@@ -90,5 +90,5 @@ pub fn exec(args: ShowArgs) -> anyhow::Result<Outcome> {
         }
     }
     crate::output::answer(&lines.join("\n"))?;
-    Ok(Outcome::Success)
+    Ok(Verdict::Success)
 }

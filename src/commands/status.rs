@@ -1,14 +1,14 @@
 //! `pipe status`: a dry run, explained.
 
-use pipe_engine::{Force, Printer, RunOptions, Status, remote, run};
+use pipe_engine::{Force, Printer, RunOptions, Status, remote_cache, run};
 
-use crate::Outcome;
+use crate::Verdict;
 use crate::cli::StatusArgs;
-use crate::commands::remote::{as_cache, for_run};
+use crate::commands::transfer::{as_cache, for_run};
 use crate::workspace;
 
 /// Prints what `pipe run` would do and why.
-pub fn exec(args: StatusArgs, printer: &Printer) -> anyhow::Result<Outcome> {
+pub fn exec(args: StatusArgs, printer: &Printer) -> anyhow::Result<Verdict> {
     let registry = pipe_stages::registry();
     let (file, targets) = workspace::split_file_and_stages(&args.args)?;
     let pipeline = workspace::load(&file, &registry, args.manifest.allow_outside)?;
@@ -38,7 +38,7 @@ pub fn exec(args: StatusArgs, printer: &Printer) -> anyhow::Result<Outcome> {
         let from_remote = report
             .stages
             .iter()
-            .filter(|s| s.reason.as_deref() == Some(remote::WOULD_RESTORE))
+            .filter(|s| s.reason.as_deref() == Some(remote_cache::WOULD_RESTORE))
             .count();
         let name = &pipeline.manifest.name;
         let total = report.stages.len();
@@ -62,8 +62,8 @@ pub fn exec(args: StatusArgs, printer: &Printer) -> anyhow::Result<Outcome> {
         printer.line(&line);
     }
     Ok(if report.ok {
-        Outcome::Success
+        Verdict::Success
     } else {
-        Outcome::Failure
+        Verdict::Failure
     })
 }

@@ -2,12 +2,12 @@
 
 use pipe_engine::{Printer, Tone};
 
-use crate::Outcome;
+use crate::Verdict;
 use crate::cli::ValidateArgs;
 use crate::workspace;
 
 /// Checks a manifest; a bad one is reported like any manifest error (exit 2).
-pub fn exec(args: ValidateArgs, printer: &Printer) -> anyhow::Result<Outcome> {
+pub fn exec(args: ValidateArgs, printer: &Printer) -> anyhow::Result<Verdict> {
     let registry = pipe_stages::registry();
     let file = match args.file {
         Some(f) => f,
@@ -15,7 +15,7 @@ pub fn exec(args: ValidateArgs, printer: &Printer) -> anyhow::Result<Outcome> {
     };
     let pipeline = workspace::load(&file, &registry, args.manifest.allow_outside)?;
     let order: Vec<&str> = pipeline
-        .order
+        .order()
         .iter()
         .map(|&i| pipeline.stages[i].name.as_str())
         .collect();
@@ -29,5 +29,5 @@ pub fn exec(args: ValidateArgs, printer: &Printer) -> anyhow::Result<Outcome> {
             order.join(", ")
         ),
     );
-    Ok(Outcome::Success)
+    Ok(Verdict::Success)
 }

@@ -3,21 +3,16 @@
 
 #![deny(missing_docs)]
 
-pub mod bundle;
 mod command;
 pub mod compare;
 mod device;
 pub mod evaluate;
 pub mod export_onnx;
 pub mod finetune;
-pub mod hub;
 mod ingest;
 pub mod init;
-pub mod metrics;
-pub mod models;
 pub mod report;
-mod runtime_report;
-pub mod serve;
+pub mod scoring;
 mod split;
 mod table;
 pub mod tokenize;
@@ -25,7 +20,6 @@ mod wiring;
 
 pub use ingest::{Texts, read_texts};
 use pipe_engine::Registry;
-pub use runtime_report::{CudaReport, Libraries, RuntimeReport, cuda_report, runtime_report};
 
 /// Every stage kind this build of `pipe` knows.
 pub fn registry() -> Registry {

@@ -1,5 +1,6 @@
 //! Integration tests: they drive the built `pipe` binary on temporary folders.
 
+mod architecture;
 mod bundle;
 mod cache;
 mod cli;

@@ -9,9 +9,9 @@ use std::fs::File;
 use arrow::array::{AsArray, RecordBatchReader};
 use arrow::datatypes::Float32Type;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use pipe_models::gpt_neo::{GptNeoConfig, GptNeoForSequenceClassification, ProblemType};
+use pipe_models::{hf_folder, init_params};
 use pipe_onnx::Graph;
-use pipe_stages::models::gpt_neo::{GptNeoConfig, GptNeoForSequenceClassification, ProblemType};
-use pipe_stages::models::{hf_folder, init_params};
 use serde_json::{Value, json};
 
 use crate::util::{Project, on_a_terminal, stderr};

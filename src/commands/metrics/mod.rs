@@ -3,22 +3,23 @@
 
 mod baseline;
 mod table;
+mod values;
 
 use std::path::{Path, PathBuf};
 
 use pipe_engine::lockfile::{LockFile, lock_path};
-use pipe_engine::metrics::{Change, Metrics, compare, format_number};
 use pipe_engine::{Printer, Tone};
 use serde_json::Value;
 
 use self::baseline::Baseline;
 use self::table::Table;
-use crate::Outcome;
+use self::values::{Change, Metrics, compare, format_number};
+use crate::Verdict;
 use crate::cli::MetricsArgs;
 use crate::workspace;
 
 /// Shows the metrics of the last run, or how they changed.
-pub fn exec(args: MetricsArgs, printer: &Printer) -> anyhow::Result<Outcome> {
+pub fn exec(args: MetricsArgs, printer: &Printer) -> anyhow::Result<Verdict> {
     let MetricsArgs {
         file,
         diff,
@@ -30,7 +31,7 @@ pub fn exec(args: MetricsArgs, printer: &Printer) -> anyhow::Result<Outcome> {
     let registry = pipe_stages::registry();
     let pipeline = workspace::load(&file, &registry, manifest.allow_outside)?;
     let order: Vec<&str> = pipeline
-        .order
+        .order()
         .iter()
         .map(|&i| pipeline.stages[i].name.as_str())
         .collect();
@@ -57,7 +58,7 @@ pub fn exec(args: MetricsArgs, printer: &Printer) -> anyhow::Result<Outcome> {
         Ok(loaded) => loaded,
         Err(error) => {
             printer.error(&error);
-            return Ok(Outcome::Failure);
+            return Ok(Verdict::Failure);
         }
     };
     let current = Metrics::of_lock(&current, &order);
@@ -75,7 +76,7 @@ pub fn exec(args: MetricsArgs, printer: &Printer) -> anyhow::Result<Outcome> {
         }
         None => show(&current, &lock_file, json, printer)?,
     }
-    Ok(Outcome::Success)
+    Ok(Verdict::Success)
 }
 
 /// The manifest and `--diff`'s revision. `pipe metrics --diff student.yaml`

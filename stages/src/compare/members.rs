@@ -7,11 +7,11 @@ use arrow::array::{AsArray, ListArray, StringArray};
 use arrow::datatypes::Float32Type;
 use serde_json::Value;
 
-use crate::bundle::TRAIN_LOG_FILE;
 use crate::evaluate::loss_curve;
-use crate::metrics::{RocCurve, roc_curves};
+use crate::scoring::{RocCurve, roc_curves};
 use crate::table::read_table;
 use pipe_engine::Input;
+use pipe_models::bundle::TRAIN_LOG_FILE;
 
 /// What one member did: its evaluation and its training.
 pub struct MemberResult {

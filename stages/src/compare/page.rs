@@ -5,10 +5,10 @@ use anyhow::Result;
 
 use super::members::MemberResult;
 use super::{Comparison, higher_is_better};
-use crate::metrics::RocCurve;
 use crate::report::charts::{css_colour, loss_lines_chart};
 use crate::report::html::{escape, number, table};
 use crate::report::{PAGE_END, page_start, roc_figure};
+use crate::scoring::RocCurve;
 
 /// The page: the metrics table with the best member marked, then one ROC chart per split
 /// and the loss curves, every member in its own colour (the same in every chart).

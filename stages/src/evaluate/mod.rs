@@ -10,7 +10,7 @@
 //! ```
 //!
 //! Inputs: `model`, an `export-onnx` stage (its output folder is the bundle, see
-//! [`crate::bundle`]), and `data`, a stage with the tables `train`, `validation`, `test` in
+//! [`pipe_models::bundle`]), and `data`, a stage with the tables `train`, `validation`, `test` in
 //! the `dataset` schema ([`crate::table`]). Every label in the data must be one the bundle
 //! knows.
 //!
@@ -35,14 +35,14 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::bundle::{Bundle, INFO_FILE, TRAIN_LOG_FILE};
 use crate::device::{
     check as check_device, choose, default_device, headline_suffix, session_options,
 };
-use crate::metrics::{self, RocCurve, SplitMetrics};
-use crate::models::gpt_neo::ProblemType;
 use crate::report::{self, Report, SplitReport, WrongExample};
+use crate::scoring::{self, RocCurve, SplitMetrics};
 use crate::table::{DatasetTable, write_json};
+use pipe_models::bundle::{Bundle, INFO_FILE, TRAIN_LOG_FILE};
+use pipe_models::gpt_neo::ProblemType;
 use rows::{PredictionsWriter, most_confidently_wrong};
 pub(crate) use train_log::loss_curve;
 use truth::Truth;
@@ -266,11 +266,11 @@ impl Stage for Evaluate {
                 .with_context(|| format!("cannot score split `{name}`"))?;
             let probabilities = &predictions.probabilities;
             let metrics = match truth {
-                Truth::Single(classes) => metrics::single_label(&labels, classes, probabilities),
-                Truth::Multi(hot) => metrics::multi_label(&labels, hot, probabilities),
+                Truth::Single(classes) => scoring::single_label(&labels, classes, probabilities),
+                Truth::Multi(hot) => scoring::multi_label(&labels, hot, probabilities),
             }
             .with_context(|| format!("cannot compute the metrics of split `{name}`"))?;
-            let roc = metrics::roc_curves(&labels, &truth.multi_hot(labels.len()), probabilities);
+            let roc = scoring::roc_curves(&labels, &truth.multi_hot(labels.len()), probabilities);
             let wrong = most_confidently_wrong(table, truth, &predictions, &labels, WRONG_EXAMPLES);
             writer.write(name, table, truth, &predictions, &labels)?;
             scored.push(Scored {

@@ -8,9 +8,9 @@ use arrow::array::{Float32Builder, ListBuilder, RecordBatch, StringBuilder};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
 use super::truth::Truth;
-use crate::bundle::Predictions;
 use crate::report::WrongExample;
 use crate::table::{DatasetTable, LabelBuilder, TableWriter};
+use pipe_models::bundle::Predictions;
 
 /// A multi-label prediction includes each label whose probability reaches this.
 pub(crate) const THRESHOLD: f32 = 0.5;

@@ -7,9 +7,9 @@ use anyhow::{Context, Result, bail};
 use pipe_onnx::{HostTensor, Session, SessionOptions};
 
 use super::graph::reference_model;
-use crate::bundle::{INPUTS, OUTPUTS};
-use crate::models::Xoshiro256;
-use crate::models::gpt_neo::GptNeoConfig;
+use pipe_models::Xoshiro256;
+use pipe_models::bundle::{INPUTS, OUTPUTS};
+use pipe_models::gpt_neo::GptNeoConfig;
 
 /// The largest difference allowed between the two graphs' logits.
 pub(crate) const TOLERANCE: f32 = 1e-5;

@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use anyhow::{Context, Result};
 use pipe_onnx::{DType, Dim, Graph, HostTensor, Model, TensorData};
 
-use crate::bundle::{INPUTS, OUTPUTS};
-use crate::models::ParamSpec;
-use crate::models::gpt_neo::{GptNeoConfig, GptNeoForSequenceClassification, ProblemType};
+use pipe_models::ParamSpec;
+use pipe_models::bundle::{INPUTS, OUTPUTS};
+use pipe_models::gpt_neo::{GptNeoConfig, GptNeoForSequenceClassification, ProblemType};
 
 /// The parameters of `cfg`'s classifier, in declaration order.
 pub(crate) fn param_specs(cfg: &GptNeoConfig) -> Result<Vec<ParamSpec>> {
@@ -23,7 +23,7 @@ pub(crate) fn param_specs(cfg: &GptNeoConfig) -> Result<Vec<ParamSpec>> {
 /// opset `opset` declared.
 ///
 /// Each row's length is the sum of its `attention_mask`, which is right only for right
-/// padding (what [`crate::bundle::Bundle`] feeds and what the bundle documents).
+/// padding (what [`pipe_models::bundle::Bundle`] feeds and what the bundle documents).
 pub(crate) fn inference_model(
     cfg: &GptNeoConfig,
     problem: ProblemType,

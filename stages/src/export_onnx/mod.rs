@@ -12,12 +12,12 @@
 //! Input: an upstream with output `model`, a Hugging Face GPT-Neo folder (`config.json`,
 //! `model.safetensors`, `tokenizer.json`, `labels.json`), and optionally `train_log`.
 //!
-//! Outputs, at the top level (the output folder is the bundle; see [`crate::bundle`] for the
+//! Outputs, at the top level (the output folder is the bundle; see [`pipe_models::bundle`] for the
 //! files and the model's inputs and outputs): `model.onnx` (and `model.onnx.data` when the
 //! weights pass 2 GB), `tokenizer.json`, `labels.json`, `bundle.json`, and `train_log.jsonl`
 //! when the upstream has one.
 //!
-//! The graph is the training forward ([`crate::models::gpt_neo::GptNeoForSequenceClassification::forward`]) with
+//! The graph is the training forward ([`pipe_models::gpt_neo::GptNeoForSequenceClassification::forward`]) with
 //! its parameter inputs frozen into initializers, the lengths computed from
 //! `attention_mask`, and probabilities added. Before the stage succeeds it loads the written
 //! `model.onnx` in ONNX Runtime and compares its logits on a padded sample batch with the
@@ -37,16 +37,16 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokenizers::Tokenizer;
 
-use crate::bundle::{
-    BundleInfo, DATA_FILE, INFO_FILE, INPUTS, LABELS_FILE, MODEL_FILE, ModelShape, OUTPUTS,
-    Provenance, TOKENIZER_FILE, TRAIN_LOG_FILE, content_key,
-};
 use crate::device::{
     check as check_device, choose, default_device, headline_suffix, session_options,
 };
-use crate::models::gpt_neo::{GptNeoConfig, ProblemType};
-use crate::models::hf_folder;
 use crate::table::write_json;
+use pipe_models::bundle::{
+    BundleInfo, DATA_FILE, INFO_FILE, INPUTS, LABELS_FILE, MODEL_FILE, ModelShape, OUTPUTS,
+    Provenance, TOKENIZER_FILE, TRAIN_LOG_FILE, content_key,
+};
+use pipe_models::gpt_neo::{GptNeoConfig, ProblemType};
+use pipe_models::hf_folder;
 
 /// Protobuf cannot hold a message over 2 GiB: past this many bytes of weights, they go to
 /// external data (a margin below 2 GiB is left for the graph itself).

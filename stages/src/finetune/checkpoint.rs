@@ -17,7 +17,7 @@ use pipe_onnx::{HostTensor, StepTrainer};
 use serde::{Deserialize, Serialize};
 
 use super::selection::SelectionState;
-use crate::models::weights;
+use pipe_models::weights;
 
 const META: &str = "checkpoint.json";
 

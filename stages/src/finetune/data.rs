@@ -13,11 +13,11 @@ use arrow::array::{Array, AsArray};
 use arrow::datatypes::{Float32Type, Int32Type};
 use pipe_onnx::HostTensor;
 
-use crate::models::Xoshiro256;
-use crate::models::gpt_neo::ProblemType;
-#[cfg(doc)]
-use crate::models::gpt_neo::Tokens;
 use crate::table::read_table;
+use pipe_models::Xoshiro256;
+use pipe_models::gpt_neo::ProblemType;
+#[cfg(doc)]
+use pipe_models::gpt_neo::Tokens;
 
 /// Batches per length-sorted group: large enough that batches are nearly uniform in
 /// length, small enough that an epoch's order stays well mixed.

@@ -37,12 +37,13 @@
 //! step count, all saved exactly, and the data order is a function of the seed and the epoch,
 //! so a resumed run ends with the same weights, bit for bit, as an uninterrupted one (tested
 //! with a real SIGKILL). Training is reproducible at any thread count on one machine: the
-//! embedding takes the batch's distinct ids ([`Tokens::Distinct`](crate::models::gpt_neo::Tokens)),
+//! embedding takes the batch's distinct ids ([`Tokens::Distinct`](pipe_models::gpt_neo::Tokens)),
 //! because ONNX Runtime's CPU scatter-add, the usual gradient of an embedding lookup, sums
 //! repeated ids in a varying order when it has more than one thread.
 
 mod checkpoint;
 mod data;
+mod freeze;
 mod model_source;
 mod objective;
 mod params;
@@ -59,15 +60,17 @@ use serde_json::{Value, json};
 
 use self::data::TokenTable;
 pub use self::data::distinct_tokens;
+pub use self::freeze::FreezeEntry;
 use self::model_source::StartingModel;
 pub use self::objective::StepOptions;
 use self::params::{ModelSource, Params};
-pub use self::trained::{FreezeEntry, Trained};
+use self::selection::Evaluation;
+pub use self::trained::Trained;
 pub use self::training::StepGraph;
-use self::training::{Evaluation, LOG_FILE, LogSummary, Training};
-use crate::models::gpt_neo::GptNeoForSequenceClassification;
-use crate::models::{ParamSpec, hf_folder, lora};
+use self::training::{LOG_FILE, LogSummary, Training};
 use crate::table::write_json;
+use pipe_models::gpt_neo::GptNeoForSequenceClassification;
+use pipe_models::{ParamSpec, hf_folder, lora};
 
 /// The `finetune` stage kind.
 #[derive(Debug, Default)]
@@ -79,7 +82,7 @@ impl Finetune {
     fn hub_cache(&self) -> PathBuf {
         self.hub_cache
             .clone()
-            .unwrap_or_else(crate::hub::default_hub_cache)
+            .unwrap_or_else(pipe_models::hub::default_hub_cache)
     }
 }
 
@@ -154,7 +157,7 @@ impl Stage for Finetune {
                 // The cache lies outside the workspace: its commit stands in for its content.
                 if let (Some(map), Some(commit)) = (
                     key_params.as_object_mut(),
-                    crate::hub::key_commit(&self.hub_cache(), &repo),
+                    pipe_models::hub::key_commit(&self.hub_cache(), &repo),
                 ) {
                     map.insert("hub_commit".into(), json!(commit));
                 }
@@ -191,8 +194,8 @@ impl Stage for Finetune {
             return Err(no_validation_split(&input.stage).into());
         }
         if let ModelSource::Hub(repo) = params.model_source()? {
-            let hub = crate::hub::Hub::from_env(self.hub_cache());
-            crate::hub::ensure(&hub, &repo, crate::hub::Want::Model, ctx.reporter)?;
+            let hub = pipe_models::hub::Hub::from_env(self.hub_cache());
+            pipe_models::hub::ensure(&hub, &repo, pipe_models::hub::Want::Model, ctx.reporter)?;
         }
         let mut start = model_source::resolve(
             &params.model_source()?,

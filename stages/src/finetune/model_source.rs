@@ -4,13 +4,12 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use pipe_onnx::HostTensor;
-use serde_json::Value;
 
-use super::params::{ModelConfig, ModelSource, Preset};
-use crate::models::gpt_neo::{AttentionKind, GptNeoConfig, GptNeoForSequenceClassification};
-use crate::models::{ParamSpec, hf_folder, init_param, init_params, lora};
+use super::params::ModelSource;
+use pipe_models::gpt_neo::{GptNeoConfig, GptNeoForSequenceClassification};
+use pipe_models::{ParamSpec, hf_folder, init_param, init_params, lora};
 
 /// What training starts from.
 pub struct StartingModel {
@@ -32,13 +31,14 @@ pub fn resolve(
     labels: &[String],
 ) -> Result<StartingModel> {
     let (mut config, folder) = match source {
-        ModelSource::Config(shape) => (fresh_config(shape, vocab_size, labels.len())?, None),
+        ModelSource::Config(shape) => (shape.fresh(vocab_size, labels.len())?, None),
         ModelSource::Path(path) => {
             let dir = workspace.join(path);
             (hf_folder::read_config(&dir)?, Some(dir))
         }
         ModelSource::Hub(repo) => {
-            let Some(dir) = crate::hub::snapshot_with(hub_cache, repo, hf_folder::CONFIG_FILE)
+            let Some(dir) =
+                pipe_models::hub::snapshot_with(hub_cache, repo, hf_folder::CONFIG_FILE)
             else {
                 bail!(
                     "model `{repo}` is not in the Hugging Face cache ({}); download it with \
@@ -83,34 +83,6 @@ fn same_labels(config: &GptNeoConfig, labels: &[String]) -> bool {
             .iter()
             .enumerate()
             .all(|(i, l)| id2label.get(&i.to_string()) == Some(l))
-}
-
-/// The config of a fresh model.
-pub(super) fn fresh_config(
-    shape: &ModelConfig,
-    vocab_size: usize,
-    num_labels: usize,
-) -> Result<GptNeoConfig> {
-    Ok(match shape {
-        ModelConfig::Preset(Preset::Tiny) => GptNeoConfig::tiny(vocab_size, num_labels),
-        ModelConfig::Preset(Preset::Small) => GptNeoConfig {
-            hidden_size: 768,
-            num_layers: 12,
-            num_heads: 12,
-            intermediate_size: None,
-            max_position_embeddings: 2048,
-            window_size: 256,
-            attention_types: vec![(vec![AttentionKind::Global, AttentionKind::Local], 6)],
-            ..GptNeoConfig::tiny(vocab_size, num_labels)
-        },
-        ModelConfig::Inline(map) => {
-            let mut map = map.clone();
-            map.entry("vocab_size").or_insert(Value::from(vocab_size));
-            map.insert("num_labels".into(), Value::from(num_labels));
-            serde_json::from_value(Value::Object(map))
-                .context("`model.config` is not a GPT-Neo config")?
-        }
-    })
 }
 
 impl StartingModel {

@@ -11,9 +11,9 @@ use pipe_onnx::Kernels;
 
 use super::data::{Labels, TokenTable};
 use super::params::{ClassWeightRule, ClassWeights, Params};
-use crate::models::dropout::{DropoutPlan, DropoutRates};
-use crate::models::gpt_neo::{GptNeoConfig, ProblemType};
-use crate::models::loss::{CrossEntropy, balanced_class_weights};
+use pipe_models::dropout::{DropoutPlan, DropoutRates};
+use pipe_models::gpt_neo::{GptNeoConfig, ProblemType};
+use pipe_models::loss::{CrossEntropy, balanced_class_weights};
 
 /// The training-only parts of the step graph.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,7 +44,7 @@ impl StepOptions {
         labels: &[String],
         train: &TokenTable,
     ) -> Result<Self> {
-        let defaults = DropoutRates::of(config);
+        let defaults = config.dropout_rates();
         let d = params.dropout;
         let rates = DropoutRates {
             embed: d.embed.unwrap_or(defaults.embed),

@@ -6,10 +6,11 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::models::gpt_neo::Pooling;
-use crate::models::lora::LoraParams;
+use anyhow::{Context, Result};
+use pipe_models::gpt_neo::{AttentionKind, GptNeoConfig, Pooling};
+use pipe_models::lora::LoraParams;
 
-use super::trained::FreezeEntry;
+use super::freeze::FreezeEntry;
 
 /// Parameters of `finetune`.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -153,6 +154,32 @@ pub enum ModelConfig {
     Inline(serde_json::Map<String, Value>),
 }
 
+impl ModelConfig {
+    /// The config of a fresh model.
+    pub(super) fn fresh(&self, vocab_size: usize, num_labels: usize) -> Result<GptNeoConfig> {
+        Ok(match self {
+            ModelConfig::Preset(Preset::Tiny) => GptNeoConfig::tiny(vocab_size, num_labels),
+            ModelConfig::Preset(Preset::Small) => GptNeoConfig {
+                hidden_size: 768,
+                num_layers: 12,
+                num_heads: 12,
+                intermediate_size: None,
+                max_position_embeddings: 2048,
+                window_size: 256,
+                attention_types: vec![(vec![AttentionKind::Global, AttentionKind::Local], 6)],
+                ..GptNeoConfig::tiny(vocab_size, num_labels)
+            },
+            ModelConfig::Inline(map) => {
+                let mut map = map.clone();
+                map.entry("vocab_size").or_insert(Value::from(vocab_size));
+                map.insert("num_labels".into(), Value::from(num_labels));
+                serde_json::from_value(Value::Object(map))
+                    .context("`model.config` is not a GPT-Neo config")?
+            }
+        })
+    }
+}
+
 /// Named model shapes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -269,7 +296,8 @@ fn default_checkpoint_every() -> u64 {
 /// and the labels come from the data; placeholders stand in for them here.
 fn check_shape(shape: &ModelConfig) -> Result<(), ParamError> {
     let (placeholder_vocab, placeholder_labels) = (2, 2);
-    super::model_source::fresh_config(shape, placeholder_vocab, placeholder_labels)
+    shape
+        .fresh(placeholder_vocab, placeholder_labels)
         .and_then(|config| config.validate())
         .map_err(|e| {
             ParamError::new(&["model", "config"], format!("{e:#}"))
@@ -459,7 +487,7 @@ impl Params {
         match (&self.model.config, &self.model.path, &self.model.hub) {
             (Some(config), None, None) => Ok(ModelSource::Config(config.clone())),
             (None, Some(path), None) => Ok(ModelSource::Path(path.clone())),
-            (None, None, Some(repo)) => match crate::hub::check_repo_id(repo) {
+            (None, None, Some(repo)) => match pipe_models::hub::check_repo_id(repo) {
                 Ok(()) => Ok(ModelSource::Hub(repo.clone())),
                 Err(message) => Err(ParamError::new(&["model", "hub"], message)),
             },

@@ -15,7 +15,15 @@ use pipe_onnx::HostTensor;
 use serde::{Deserialize, Serialize};
 
 use super::params::SelectBest;
-use super::training::Evaluation;
+
+/// Loss and accuracy on the validation split.
+#[derive(Debug, Clone, Copy)]
+pub struct Evaluation {
+    /// Mean loss over the rows.
+    pub loss: f64,
+    /// Share of rows predicted right (all labels right, for multi-label data).
+    pub accuracy: f64,
+}
 
 /// Prefix of the best weights' names in a checkpoint's state file.
 const BEST_PREFIX: &str = "best/";

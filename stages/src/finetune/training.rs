@@ -21,26 +21,17 @@ use super::model_source::StartingModel;
 use super::objective::StepOptions;
 use super::params::Params;
 use super::schedule::Schedule;
-use super::selection::{Best, Selection, Verdict};
+use super::selection::{Best, Evaluation, Selection, Verdict};
 use super::trained::Trained;
-use crate::metrics;
-use crate::models::ParamSpec;
-use crate::models::gpt_neo::{
+use crate::scoring;
+use pipe_models::ParamSpec;
+use pipe_models::gpt_neo::{
     GptNeoConfig, GptNeoForSequenceClassification, ProblemType, Tokens, hf_trainer_decay,
 };
-use crate::models::lora::LoraParams;
+use pipe_models::lora::LoraParams;
 
 /// Name of the training log, in the scratch folder while training and in the outputs after.
 pub const LOG_FILE: &str = "train_log.jsonl";
-
-/// Loss and accuracy on the validation split.
-#[derive(Debug, Clone, Copy)]
-pub struct Evaluation {
-    /// Mean loss over the rows.
-    pub loss: f64,
-    /// Share of rows predicted right (all labels right, for multi-label data).
-    pub accuracy: f64,
-}
 
 /// What one optimizer step reports.
 struct StepTotals {
@@ -501,7 +492,7 @@ fn loss_graph(
 }
 
 /// Rows of a batch whose prediction is right, by evaluate's rules
-/// ([`metrics::predicted_class`], [`metrics::predicted_positive`] on the sigmoid).
+/// ([`scoring::predicted_class`], [`scoring::predicted_positive`] on the sigmoid).
 fn correct(problem: ProblemType, logits: &HostTensor, labels: &HostTensor) -> usize {
     let k = logits.shape().get(1).copied().unwrap_or(1).max(1) as usize;
     let Some(logits) = logits.as_f32() else {
@@ -514,10 +505,10 @@ fn correct(problem: ProblemType, logits: &HostTensor, labels: &HostTensor) -> us
         .filter(|(row, l)| match problem {
             ProblemType::SingleLabelClassification => truth
                 .get(*row)
-                .is_some_and(|&t| t as usize == metrics::predicted_class(l)),
+                .is_some_and(|&t| t as usize == scoring::predicted_class(l)),
             ProblemType::MultiLabelClassification => l.iter().enumerate().all(|(i, &v)| {
                 let p = 1.0 / (1.0 + (-v).exp());
-                metrics::predicted_positive(p) == (truth.get(row * k + i) == Some(&1.0))
+                scoring::predicted_positive(p) == (truth.get(row * k + i) == Some(&1.0))
             }),
         })
         .count()

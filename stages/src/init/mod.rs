@@ -69,7 +69,7 @@ pub struct InitOptions {
     pub epochs: Option<u64>,
     /// Where to train (`--device`); default [`default_device`].
     pub device: Option<String>,
-    /// The Hugging Face cache to look models up in; default [`crate::hub::default_hub_cache`].
+    /// The Hugging Face cache to look models up in; default [`pipe_models::hub::default_hub_cache`].
     pub hub_cache: Option<PathBuf>,
     /// Take the default answer to every question not answered above (`--yes`).
     pub yes: bool,
@@ -274,7 +274,7 @@ impl Asker<'_> {
             .options
             .hub_cache
             .clone()
-            .unwrap_or_else(crate::hub::default_hub_cache);
+            .unwrap_or_else(pipe_models::hub::default_hub_cache);
         if let Some(note) = training::cache_note(&model, &cache) {
             self.prompter.show(&note)?;
         }

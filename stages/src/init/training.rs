@@ -27,7 +27,7 @@ impl ModelChoice {
             _ => {}
         }
         // A bare name is a hub id too, but here more likely a typo of `tiny` or `small`.
-        if !text.contains('/') || crate::hub::check_repo_id(text).is_err() {
+        if !text.contains('/') || pipe_models::hub::check_repo_id(text).is_err() {
             bail!(
                 "`{text}` is not a model: answer tiny, small, or a Hugging Face id such as \
                  EleutherAI/gpt-neo-125m"
@@ -80,7 +80,7 @@ pub fn cache_note(model: &ModelChoice, cache: &Path) -> Option<String> {
         return None;
     };
     Some(
-        match crate::hub::snapshot_with(cache, id, crate::models::hf_folder::CONFIG_FILE) {
+        match pipe_models::hub::snapshot_with(cache, id, pipe_models::hf_folder::CONFIG_FILE) {
             Some(dir) => format!("  {id} is in the Hugging Face cache ({})", dir.display()),
             None => format!(
                 "  note: {id} is not in the Hugging Face cache ({}); `pipe pull-model {id}` \

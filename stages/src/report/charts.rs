@@ -13,7 +13,7 @@ use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 use super::LossCurves;
-use crate::metrics::RocCurve;
+use crate::scoring::RocCurve;
 
 /// The ten colours of Tableau 10, distinguishable on light and dark backgrounds; classes
 /// beyond ten reuse them in order.

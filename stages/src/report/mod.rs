@@ -15,7 +15,7 @@ pub(crate) mod html;
 
 use anyhow::Result;
 
-use crate::metrics::{RocCurve, SplitMetrics, TaskMetrics};
+use crate::scoring::{RocCurve, SplitMetrics, TaskMetrics};
 use html::{escape, number, shorten, table};
 
 /// Everything the report shows.
@@ -45,7 +45,7 @@ pub struct SplitReport<'a> {
     pub name: &'a str,
     /// Its metrics.
     pub metrics: &'a SplitMetrics,
-    /// Its one-vs-rest ROC curves, one per label (see [`crate::metrics::roc_curves`]).
+    /// Its one-vs-rest ROC curves, one per label (see [`crate::scoring::roc_curves`]).
     pub roc: Vec<RocCurve>,
     /// The few most confidently wrong rows, most confident first.
     pub wrong: Vec<WrongExample>,

@@ -78,7 +78,7 @@ impl Tokenize {
     fn hub_cache(&self) -> PathBuf {
         self.hub_cache
             .clone()
-            .unwrap_or_else(crate::hub::default_hub_cache)
+            .unwrap_or_else(pipe_models::hub::default_hub_cache)
     }
 }
 
@@ -107,7 +107,7 @@ impl Params {
             ));
         }
         if let TokenizerSource::Hub(repo) = &params.tokenizer {
-            crate::hub::check_repo_id(repo)
+            pipe_models::hub::check_repo_id(repo)
                 .map_err(|message| ParamError::new(&["tokenizer", "hub"], message))?;
         }
         if let TokenizerSource::Train(train) = &params.tokenizer
@@ -170,7 +170,7 @@ impl Stage for Tokenize {
                 // it: the cached commit stands in for its content.
                 if let (Some(map), Some(commit)) = (
                     key_params.as_object_mut(),
-                    crate::hub::key_commit(&self.hub_cache(), repo),
+                    pipe_models::hub::key_commit(&self.hub_cache(), repo),
                 ) {
                     map.insert("hub_commit".into(), json!(commit));
                 }
@@ -193,8 +193,13 @@ impl Stage for Tokenize {
         let mut tokenizer = match &params.tokenizer {
             TokenizerSource::Path(path) => source::load_path(&ctx.workspace.join(path), path)?,
             TokenizerSource::Hub(repo) => {
-                let hub = crate::hub::Hub::from_env(self.hub_cache());
-                crate::hub::ensure(&hub, repo, crate::hub::Want::Tokenizer, ctx.reporter)?;
+                let hub = pipe_models::hub::Hub::from_env(self.hub_cache());
+                pipe_models::hub::ensure(
+                    &hub,
+                    repo,
+                    pipe_models::hub::Want::Tokenizer,
+                    ctx.reporter,
+                )?;
                 source::load_hub(hub.cache(), repo)?
             }
             TokenizerSource::Train(options) => {

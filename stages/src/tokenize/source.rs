@@ -115,11 +115,11 @@ fn byte_level_pipeline(model: BPE) -> Tokenizer {
 
 /// Loads the tokenizer of hub repository `repo` from the local cache.
 pub(crate) fn load_hub(cache: &Path, repo: &str) -> anyhow::Result<Tokenizer> {
-    let cached = hf_hub::Cache::new(cache.to_path_buf()).model(repo.to_string());
-    if let Some(json) = cached.get("tokenizer.json") {
+    let cached = |file| pipe_models::hub::cached_file(cache, repo, file);
+    if let Some(json) = cached("tokenizer.json") {
         return from_json(&json, &format!("{repo}/tokenizer.json"));
     }
-    if let (Some(vocab), Some(merges)) = (cached.get("vocab.json"), cached.get("merges.txt")) {
+    if let (Some(vocab), Some(merges)) = (cached("vocab.json"), cached("merges.txt")) {
         return byte_level_bpe(&vocab, &merges, repo);
     }
     bail!(

@@ -1,9 +1,9 @@
 //! Dropout masks through the graph: kept values are scaled by 1/(1−p), dropped ones are 0,
 //! and over many steps' masks the mean output is the input (inverted dropout is unbiased).
 
+use pipe_models::dropout::{DropoutPlan, DropoutRates};
+use pipe_models::gpt_neo::GptNeoConfig;
 use pipe_onnx::{DType, Dim, Graph, HostTensor, Session, SessionOptions};
-use pipe_stages::models::dropout::{DropoutPlan, DropoutRates};
-use pipe_stages::models::gpt_neo::GptNeoConfig;
 
 #[test]
 fn inverted_dropout_is_unbiased_over_the_steps_masks() {

@@ -3,8 +3,8 @@
 
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::Float32Type;
+use pipe_models::bundle::Bundle;
 use pipe_onnx::SessionOptions;
-use pipe_stages::bundle::Bundle;
 use serde_json::json;
 
 use crate::trained::{Trained, multi_label_csv};

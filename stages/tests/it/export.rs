@@ -5,9 +5,9 @@
 use std::collections::BTreeMap;
 use std::process::Command;
 
+use pipe_models::gpt_neo::{GptNeoConfig, GptNeoForSequenceClassification, Pooling};
 use pipe_onnx::{Graph, HostTensor, Session, SessionOptions};
 use pipe_stages::export_onnx::ExportOnnx;
-use pipe_stages::models::gpt_neo::{GptNeoConfig, GptNeoForSequenceClassification, Pooling};
 use serde_json::json;
 
 use crate::trained::{TRAIN_LOG, Trained, multi_label_csv};

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use pipe_engine::ParamError;
-use pipe_stages::models::weights;
+use pipe_models::weights;
 use serde_json::{Value, json};
 
 use crate::util::{Ran, Workspace, message};

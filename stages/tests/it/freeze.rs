@@ -6,10 +6,10 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use pipe_models::gpt_neo::ProblemType;
+use pipe_models::{hf_folder, weights};
 use pipe_onnx::StepTrainer;
 use pipe_stages::finetune::{FreezeEntry, StepGraph, Trained};
-use pipe_stages::models::gpt_neo::ProblemType;
-use pipe_stages::models::{hf_folder, weights};
 use serde_json::Value;
 
 use crate::gpt_neo::fixture_adamw;

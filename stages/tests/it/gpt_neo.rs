@@ -13,16 +13,16 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use pipe_models::dropout::{DropoutPlan, DropoutRates};
+use pipe_models::gpt_neo::{
+    AttentionKind, GptNeoConfig, GptNeoForSequenceClassification, Pooling, ProblemType,
+    hf_trainer_decay,
+};
+use pipe_models::{Init, init_params, weights};
 use pipe_onnx::{
     AdamW, DType, FlatTrainer, Graph, HOST_KERNELS_DOMAIN, HostTensor, Kernels, Session,
     SessionOptions, build_gradient_step, gradients,
 };
-use pipe_stages::models::dropout::{DropoutPlan, DropoutRates};
-use pipe_stages::models::gpt_neo::{
-    AttentionKind, GptNeoConfig, GptNeoForSequenceClassification, Pooling, ProblemType,
-    hf_trainer_decay,
-};
-use pipe_stages::models::{Init, init_params, weights};
 use serde_json::Value;
 
 const RTOL: f64 = 1e-4;

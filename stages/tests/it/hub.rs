@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::Duration;
 
-use pipe_stages::hub::{Hub, Want, ensure, hub_commit, snapshot_with};
+use pipe_models::hub::{Hub, Want, ensure, hub_commit, snapshot_with};
 use sha1::Digest as _;
 use tiny_http::{Header, Method, Response, Server};
 
@@ -437,7 +437,7 @@ fn a_malformed_repository_id_is_refused_before_any_request() {
     }
     assert!(fake.requests.lock().unwrap().is_empty());
     for good in ["gpt2", "EleutherAI/gpt-neo-125m", "org/tiny_v1.5"] {
-        assert_eq!(pipe_stages::hub::check_repo_id(good), Ok(()), "{good}");
+        assert_eq!(pipe_models::hub::check_repo_id(good), Ok(()), "{good}");
     }
 }
 

@@ -3,8 +3,8 @@
 //! respect to the logits, and scikit-learn's balanced weights. The golden values are in
 //! `tests/fixtures/loss/loss.json`, written by `make_fixtures.py` beside it.
 
+use pipe_models::loss::{CrossEntropy, balanced_class_weights};
 use pipe_onnx::{DType, Dim, Graph, HostTensor, Session, SessionOptions};
-use pipe_stages::models::loss::{CrossEntropy, balanced_class_weights};
 use serde_json::Value;
 
 fn fixture() -> Value {

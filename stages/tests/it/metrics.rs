@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use pipe_stages::metrics::{
+use pipe_stages::scoring::{
     RocCurve, SplitMetrics, TaskMetrics, multi_label, one_hot, predicted_class, roc_curves,
     single_label,
 };

@@ -7,13 +7,13 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use pipe_models::dropout::{DropoutPlan, DropoutRates};
+use pipe_models::gpt_neo::{GptNeoForSequenceClassification, ProblemType};
+use pipe_models::lora::{self, LoraParams};
+use pipe_models::loss::CrossEntropy;
+use pipe_models::{hf_folder, weights};
 use pipe_onnx::{AdamW, FlatTrainer, Graph, HostTensor, Session, SessionOptions, StepTrainer};
 use pipe_stages::finetune::{StepGraph, StepOptions, Trained, distinct_tokens};
-use pipe_stages::models::dropout::{DropoutPlan, DropoutRates};
-use pipe_stages::models::gpt_neo::{GptNeoForSequenceClassification, ProblemType};
-use pipe_stages::models::lora::{self, LoraParams};
-use pipe_stages::models::loss::CrossEntropy;
-use pipe_stages::models::{hf_folder, weights};
 use serde_json::Value;
 
 const TOL: f32 = 1e-5;

@@ -1,10 +1,10 @@
 //! The HTML evaluation report, rendered from the scikit-learn fixtures' metrics: its charts,
 //! its heatmap cells, its escaping, and that it names no external resource.
 
-use pipe_stages::metrics::{
+use pipe_stages::report::{LossCurves, Report, SplitReport, WrongExample, render};
+use pipe_stages::scoring::{
     RocCurve, SplitMetrics, TaskMetrics, multi_label, one_hot, roc_curves, single_label,
 };
-use pipe_stages::report::{LossCurves, Report, SplitReport, WrongExample, render};
 
 use crate::metrics::Fixture;
 

@@ -6,11 +6,9 @@
 use std::collections::BTreeMap;
 
 use pipe_engine::Input;
+use pipe_models::gpt_neo::{GptNeoConfig, GptNeoForSequenceClassification, Pooling, ProblemType};
+use pipe_models::{hf_folder, init_params};
 use pipe_onnx::{Graph, HostTensor};
-use pipe_stages::models::gpt_neo::{
-    GptNeoConfig, GptNeoForSequenceClassification, Pooling, ProblemType,
-};
-use pipe_stages::models::{hf_folder, init_params};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 use tokenizers::Tokenizer;

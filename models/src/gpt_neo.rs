@@ -1,0 +1,1017 @@
+//! GPT-Neo for sequence classification, built as an ONNX training graph.
+//!
+//! GPT-Neo (EleutherAI) is a decoder-only transformer in the GPT-2 family whose layers
+//! alternate between global causal attention and local (sliding-window) causal attention.
+//! The classifier pools the hidden state of each row's last real token (or, with
+//! [`Pooling::Mean`], the mean over its real tokens) and maps it to `num_labels` scores. Reference implementation, transformers 5.24.0:
+//! <https://github.com/huggingface/transformers/blob/main/src/transformers/models/gpt_neo/modeling_gpt_neo.py>
+//! (cited below as `M:line`, as in `stages/tests/fixtures/gpt_neo/README.md`).
+//!
+//! Quirks, each checked against the golden fixtures:
+//! - **Unscaled attention:** `q·kᵀ` is not divided by √head_dim (M:112).
+//! - **Local windows:** on `local` layers key `k` is visible from query `q` iff
+//!   `0 <= q - k < window_size` (M:67–68); global layers use `k <= q`.
+//! - Masked scores are set to `f32::MIN`, not −∞ (M:117–121), so a row with no visible key
+//!   stays finite.
+//! - **gelu_new**, the tanh approximation of GELU (ONNX `Gelu(approximate="tanh")`).
+//! - q/k/v projections have no bias, `out_proj` has one; `score` has no bias.
+//! - Pre-LayerNorm blocks, a final `ln_f`; positions are `0..seq` whatever the padding.
+//! - **Pooling by length:** HF pools at the rightmost non-pad token (M:685–696); with right
+//!   padding that is `length - 1`, which is what we gather, from an explicit `lengths` input.
+//! - **No pad token:** GPT-Neo has none; padding is described only by `lengths` (key `j` is
+//!   visible in row `b` iff `j < lengths[b]`), so the pad id never matters.
+//!
+//! Graph inputs: `input_ids` int64 `[batch, seq]`, `lengths` int64 `[batch]` (each in
+//! `1..=seq`), and one f32 input per parameter under its Hugging Face name. Nodes are named
+//! after the module path (`transformer.h.3.attn.attention/Softmax`).
+
+use std::collections::BTreeMap;
+
+use anyhow::{Result, bail};
+use pipe_onnx::{DType, Dim, Graph, Kernels, Tensor, TrainParam};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::dropout::{Dropout, DropoutRates, DropoutSites, SiteShape};
+use super::lora::{self, LoraLayer, LoraParams};
+use super::{Init, ParamSpec, VarPath, Vars};
+
+// ---- configuration ---------------------------------------------------------------------------
+
+/// The attention of one layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttentionKind {
+    /// Causal attention over every earlier token.
+    Global,
+    /// Causal attention over the last `window_size` tokens (the query included).
+    Local,
+}
+
+/// The MLP activation (`activation_function`; HF maps names in `activations.py`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`, GPT-Neo's default.
+    GeluNew,
+    /// Exact GELU, `0.5·x·(1 + erf(x/√2))`.
+    Gelu,
+    /// `max(x, 0)`.
+    Relu,
+}
+
+/// What the classification loss is (`problem_type` in config.json).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProblemType {
+    /// One class per row: cross-entropy, mean over rows.
+    SingleLabelClassification,
+    /// Independent labels per row: binary cross-entropy with logits, mean over all elements.
+    MultiLabelClassification,
+}
+
+/// How the classifier reduces a row's hidden states `[seq, hidden]` to one vector.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Pooling {
+    /// The state of the last real token, as Hugging Face's `GPTNeoForSequenceClassification`.
+    #[default]
+    Last,
+    /// The mean of the states of the real tokens. Not a Hugging Face option: `transformers`
+    /// loads such a model folder but pools the last token; the ONNX export pools the mean.
+    Mean,
+}
+
+impl Pooling {
+    /// Whether this is [`Pooling::Last`] (the default, left out of written configs).
+    pub fn is_last(&self) -> bool {
+        *self == Pooling::Last
+    }
+}
+
+/// A GPT-Neo configuration, read from a Hugging Face `config.json` (unknown keys are ignored).
+/// Upstream: <https://github.com/huggingface/transformers/blob/main/src/transformers/models/gpt_neo/configuration_gpt_neo.py>
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+pub struct GptNeoConfig {
+    /// Token vocabulary size (rows of `wte`).
+    pub vocab_size: usize,
+    /// Width of the residual stream.
+    pub hidden_size: usize,
+    /// Number of blocks.
+    pub num_layers: usize,
+    /// Attention heads per layer; must divide `hidden_size`.
+    pub num_heads: usize,
+    /// MLP width; `None` (JSON `null`) means `4 * hidden_size`.
+    #[serde(default)]
+    pub intermediate_size: Option<usize>,
+    /// Rows of `wpe`: the longest sequence the model takes.
+    pub max_position_embeddings: usize,
+    /// Keys a local layer sees, the query included.
+    pub window_size: usize,
+    /// Attention pattern in the nested HF form: `[[["global", "local"], 6]]` repeats the
+    /// pair six times. See [`GptNeoConfig::attention_layers`].
+    pub attention_types: Vec<(Vec<AttentionKind>, usize)>,
+    /// MLP activation.
+    #[serde(default = "default_activation")]
+    pub activation_function: Activation,
+    /// LayerNorm ε.
+    #[serde(default = "default_layer_norm_epsilon")]
+    pub layer_norm_epsilon: f64,
+    /// Standard deviation of fresh linear and embedding weights.
+    #[serde(default = "default_initializer_range")]
+    pub initializer_range: f64,
+    /// Number of labels; HF does not write it (it derives it from `id2label`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_labels: Option<usize>,
+    /// Label names by index (keys are decimal strings, as HF writes them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id2label: Option<BTreeMap<String, String>>,
+    /// Single- or multi-label classification.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem_type: Option<ProblemType>,
+    /// Dropout after the embeddings while training.
+    #[serde(default)]
+    pub embed_dropout: f64,
+    /// Dropout on the attention probabilities while training.
+    #[serde(default)]
+    pub attention_dropout: f64,
+    /// Dropout on each block's output while training.
+    #[serde(default)]
+    pub resid_dropout: f64,
+    /// How the classifier pools a row (pipe's key; written only when not `last`).
+    #[serde(default, skip_serializing_if = "Pooling::is_last")]
+    pub pooling: Pooling,
+}
+
+fn default_activation() -> Activation {
+    Activation::GeluNew
+}
+
+fn default_layer_norm_epsilon() -> f64 {
+    1e-5
+}
+
+fn default_initializer_range() -> f64 {
+    0.02
+}
+
+impl DropoutSites for GptNeoConfig {
+    fn heads(&self) -> usize {
+        self.num_heads
+    }
+
+    /// After the embeddings (`transformer.drop`), on each layer's attention probabilities
+    /// (`attn.attention.attn_dropout`), and on the outputs of its attention and MLP blocks
+    /// before the residual sum (`attn.attention.resid_dropout`, `mlp.dropout`).
+    fn dropout_sites(&self, rates: DropoutRates) -> Vec<(String, SiteShape, f64)> {
+        let hidden = SiteShape::Rows(self.hidden_size);
+        let mut sites = vec![("transformer.drop".to_string(), hidden, rates.embed)];
+        for i in 0..self.num_layers {
+            let attn = format!("transformer.h.{i}.attn.attention");
+            sites.push((
+                format!("{attn}.attn_dropout"),
+                SiteShape::Attention,
+                rates.attention,
+            ));
+            sites.push((format!("{attn}.resid_dropout"), hidden, rates.resid));
+            sites.push((
+                format!("transformer.h.{i}.mlp.dropout"),
+                hidden,
+                rates.resid,
+            ));
+        }
+        sites
+    }
+
+    fn lora_layers(&self) -> Vec<(String, &'static str, usize)> {
+        let (h, m) = (self.hidden_size, self.intermediate_size());
+        let mut layers = Vec::new();
+        for i in 0..self.num_layers {
+            let attn = format!("transformer.h.{i}.attn.attention");
+            let mlp = format!("transformer.h.{i}.mlp");
+            for (parent, module, width) in [
+                (&attn, "q_proj", h),
+                (&attn, "k_proj", h),
+                (&attn, "v_proj", h),
+                (&attn, "out_proj", h),
+                (&mlp, "c_fc", h),
+                (&mlp, "c_proj", m),
+            ] {
+                layers.push((format!("{parent}.{module}"), module, width));
+            }
+        }
+        layers
+    }
+}
+
+impl GptNeoConfig {
+    /// The dropout rates of this config (`embed_dropout`, `attention_dropout`,
+    /// `resid_dropout`).
+    pub fn dropout_rates(&self) -> DropoutRates {
+        DropoutRates {
+            embed: self.embed_dropout,
+            attention: self.attention_dropout,
+            resid: self.resid_dropout,
+        }
+    }
+
+    /// A small model to train from scratch: hidden 256, 4 layers of 8 heads alternating
+    /// global/local, MLP 1024, 128 positions, window 256.
+    pub fn tiny(vocab_size: usize, num_labels: usize) -> Self {
+        GptNeoConfig {
+            vocab_size,
+            hidden_size: 256,
+            num_layers: 4,
+            num_heads: 8,
+            intermediate_size: Some(1024),
+            max_position_embeddings: 128,
+            window_size: 256,
+            attention_types: vec![(vec![AttentionKind::Global, AttentionKind::Local], 2)],
+            activation_function: Activation::GeluNew,
+            layer_norm_epsilon: 1e-5,
+            initializer_range: 0.02,
+            num_labels: Some(num_labels),
+            id2label: None,
+            problem_type: None,
+            embed_dropout: 0.0,
+            attention_dropout: 0.0,
+            resid_dropout: 0.0,
+            pooling: Pooling::Last,
+        }
+    }
+
+    /// A model for tests: hidden 32, 2 layers (global, local) of 4 heads, MLP 64,
+    /// 32 positions, window 4 (the shape of the golden fixtures).
+    pub fn test(vocab_size: usize, num_labels: usize) -> Self {
+        GptNeoConfig {
+            hidden_size: 32,
+            num_layers: 2,
+            num_heads: 4,
+            intermediate_size: Some(64),
+            max_position_embeddings: 32,
+            window_size: 4,
+            attention_types: vec![(vec![AttentionKind::Global, AttentionKind::Local], 1)],
+            ..Self::tiny(vocab_size, num_labels)
+        }
+    }
+
+    /// The attention kind of each layer, expanded from `attention_types`.
+    pub fn attention_layers(&self) -> Vec<AttentionKind> {
+        self.attention_types
+            .iter()
+            .flat_map(|(kinds, repeat)| (0..*repeat).flat_map(move |_| kinds.iter().copied()))
+            .collect()
+    }
+
+    /// MLP width.
+    pub fn intermediate_size(&self) -> usize {
+        self.intermediate_size.unwrap_or(4 * self.hidden_size)
+    }
+
+    /// Width of one attention head.
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_heads.max(1)
+    }
+
+    /// Number of labels: `num_labels`, else the size of `id2label`, else 2 (HF's default).
+    pub fn num_labels(&self) -> usize {
+        self.num_labels
+            .or_else(|| self.id2label.as_ref().map(BTreeMap::len))
+            .unwrap_or(2)
+    }
+
+    /// Checks that the numbers fit together.
+    pub fn validate(&self) -> Result<()> {
+        let layers = self.attention_layers().len();
+        if layers != self.num_layers {
+            bail!(
+                "attention_types describes {layers} layers but num_layers is {}",
+                self.num_layers
+            );
+        }
+        if self.num_heads == 0 || !self.hidden_size.is_multiple_of(self.num_heads) {
+            bail!(
+                "hidden_size {} is not a multiple of num_heads {}",
+                self.hidden_size,
+                self.num_heads
+            );
+        }
+        for (what, v) in [
+            ("vocab_size", self.vocab_size),
+            ("max_position_embeddings", self.max_position_embeddings),
+            ("window_size", self.window_size),
+            ("num_labels", self.num_labels()),
+        ] {
+            if v == 0 {
+                bail!("{what} must be positive");
+            }
+        }
+        Ok(())
+    }
+}
+
+fn dim(n: usize) -> i64 {
+    n as i64
+}
+
+// ---- blocks ----------------------------------------------------------------------------------
+
+/// Attention masks shared by every layer of one forward pass, built once by
+/// [`GptNeoModel::forward`]: `[batch, 1, seq, seq]` floats added to the scores, 0 where the key
+/// is visible and `f32::MIN` where it is not. Adding them gives exactly what transformers'
+/// `where(mask, scores, f32::MIN)` gives (a score below 1e31 in magnitude is under half a
+/// rounding step of `f32::MIN`), masked keys get probability 0 and so gradient 0, and the
+/// backward pass needs no `Where`. (A row with no visible key is a padded query, whose output
+/// reaches neither real tokens nor the pooled state, so its gradient is 0 either way.)
+struct Masks {
+    global: Tensor,
+    local: Option<Tensor>,
+}
+
+impl Masks {
+    /// The masks' rows of the queries at `lengths[b] - 1`: `[b, 1, 1, seq]`.
+    fn rows(&self, g: &mut Graph, lengths: Tensor) -> pipe_onnx::Result<Masks> {
+        let shape = g.shape(self.global).to_vec(); // [b, 1, s, s], as the local mask's
+        let one = Dim::Fixed(1);
+        let idx = last_position(g, lengths, &shape[0], &one)?; // [b, 1, 1]
+        let idx = g.unsqueeze(idx, &[1])?; // [b, 1, 1, 1]
+        let idx = g.expand(idx, &[shape[0].clone(), one.clone(), one, shape[3].clone()])?;
+        Ok(Masks {
+            global: g.gather_elements(self.global, idx, 2)?,
+            local: match self.local {
+                Some(local) => Some(g.gather_elements(local, idx, 2)?),
+                None => None,
+            },
+        })
+    }
+}
+
+/// Multi-head self-attention (`transformer.h.<i>.attn.attention`), M:39–132.
+pub struct Attention {
+    path: VarPath,
+    kind: AttentionKind,
+    num_heads: i64,
+    head_dim: i64,
+    q_proj: Tensor,
+    k_proj: Tensor,
+    v_proj: Tensor,
+    out_proj_weight: Tensor,
+    out_proj_bias: Tensor,
+    /// LoRA updates of q, k, v and out projections, where targeted.
+    lora: [Option<LoraLayer>; 4],
+}
+
+impl Attention {
+    /// Declares the projections under `path` (and their LoRA matrices, where `lora` targets
+    /// them).
+    pub fn new(
+        cfg: &GptNeoConfig,
+        kind: AttentionKind,
+        g: &mut Graph,
+        vars: &mut Vars,
+        path: VarPath,
+        lora: Option<&LoraParams>,
+    ) -> Result<Self> {
+        let h = dim(cfg.hidden_size);
+        let w = Init::Normal {
+            std: cfg.initializer_range as f32,
+        };
+        let q_proj = vars.get(g, &path.pp("q_proj"), "weight", &[h, h], w)?;
+        let k_proj = vars.get(g, &path.pp("k_proj"), "weight", &[h, h], w)?;
+        let v_proj = vars.get(g, &path.pp("v_proj"), "weight", &[h, h], w)?;
+        let out = path.pp("out_proj");
+        let out_proj_weight = vars.get(g, &out, "weight", &[h, h], w)?;
+        let out_proj_bias = vars.get(g, &out, "bias", &[h], Init::Zeros)?;
+        let mut adapt = |name: &str| LoraLayer::declare(lora, g, vars, &path.pp(name), h, h);
+        let lora = [
+            adapt("q_proj")?,
+            adapt("k_proj")?,
+            adapt("v_proj")?,
+            adapt("out_proj")?,
+        ];
+        Ok(Attention {
+            path,
+            kind,
+            num_heads: dim(cfg.num_heads),
+            head_dim: dim(cfg.head_dim()),
+            q_proj,
+            k_proj,
+            v_proj,
+            out_proj_weight,
+            out_proj_bias,
+            lora,
+        })
+    }
+
+    /// `x` `[b, s, hidden]` → `[b, s, hidden]`; with `queries` (`[b, q, hidden]`, rows of
+    /// `x`), only those rows attend and the result is `[b, q, hidden]` (`masks` then holds
+    /// their rows of the masks).
+    fn forward(
+        &self,
+        g: &mut Graph,
+        x: Tensor,
+        queries: Option<Tensor>,
+        masks: &Masks,
+        dropout: &Dropout,
+    ) -> Result<Tensor> {
+        let b = g.shape(x)[0].clone();
+        let (nh, hd) = (Dim::Fixed(self.num_heads), Dim::Fixed(self.head_dim));
+        let mask = match (self.kind, masks.local) {
+            (AttentionKind::Local, Some(local)) => local,
+            _ => masks.global,
+        };
+        g.with_scope(self.path.as_str(), |g| {
+            let split_heads = |g: &mut Graph,
+                               x: Tensor,
+                               w: Tensor,
+                               adapter: Option<&LoraLayer>|
+             -> pipe_onnx::Result<Tensor> {
+                let s = g.shape(x)[1].clone();
+                let t = lora::linear(g, x, w, None, adapter, dropout)?; // [b, s, hidden]
+                let t = g.reshape(t, &[b.clone(), s, nh.clone(), hd.clone()])?;
+                g.transpose(t, &[0, 2, 1, 3]) // [b, heads, s, head_dim]
+            };
+            let rows = queries.unwrap_or(x);
+            let q = split_heads(g, rows, self.q_proj, self.lora[0].as_ref())?;
+            let k = split_heads(g, x, self.k_proj, self.lora[1].as_ref())?;
+            let v = split_heads(g, x, self.v_proj, self.lora[2].as_ref())?;
+            let kt = g.transpose(k, &[0, 1, 3, 2])?; // [b, heads, head_dim, s]
+            let scores = g.matmul(q, kt)?; // [b, heads, s, s], unscaled (M:112)
+            let scores = g.add(scores, mask)?;
+            let probs = g.softmax(scores, -1)?;
+            let probs = dropout.apply(g, &self.path.join("attn_dropout"), probs)?;
+            let ctx = g.matmul(probs, v)?; // [b, heads, s, head_dim]
+            let ctx = g.transpose(ctx, &[0, 2, 1, 3])?; // [b, s, heads, head_dim]
+            let hidden = Dim::Fixed(self.num_heads * self.head_dim);
+            let s = g.shape(rows)[1].clone();
+            let ctx = g.reshape(ctx, &[b.clone(), s, hidden])?; // [b, s, hidden]
+            let out = lora::linear(
+                g,
+                ctx,
+                self.out_proj_weight,
+                Some(self.out_proj_bias),
+                self.lora[3].as_ref(),
+                dropout,
+            )?;
+            dropout.apply(g, &self.path.join("resid_dropout"), out)
+        })
+        .map_err(Into::into)
+    }
+}
+
+/// The feed-forward block (`transformer.h.<i>.mlp`): `c_proj(act(c_fc(x)))`, M:296–311.
+pub struct Mlp {
+    path: VarPath,
+    activation: Activation,
+    c_fc_weight: Tensor,
+    c_fc_bias: Tensor,
+    c_proj_weight: Tensor,
+    c_proj_bias: Tensor,
+    /// LoRA updates of `c_fc` and `c_proj`, where targeted.
+    lora: [Option<LoraLayer>; 2],
+}
+
+impl Mlp {
+    /// Declares `c_fc` and `c_proj` under `path` (and their LoRA matrices, where `lora`
+    /// targets them).
+    pub fn new(
+        cfg: &GptNeoConfig,
+        g: &mut Graph,
+        vars: &mut Vars,
+        path: VarPath,
+        lora: Option<&LoraParams>,
+    ) -> Result<Self> {
+        let (h, m) = (dim(cfg.hidden_size), dim(cfg.intermediate_size()));
+        let w = Init::Normal {
+            std: cfg.initializer_range as f32,
+        };
+        let fc = path.pp("c_fc");
+        let c_fc_weight = vars.get(g, &fc, "weight", &[m, h], w)?;
+        let c_fc_bias = vars.get(g, &fc, "bias", &[m], Init::Zeros)?;
+        let proj = path.pp("c_proj");
+        let c_proj_weight = vars.get(g, &proj, "weight", &[h, m], w)?;
+        let c_proj_bias = vars.get(g, &proj, "bias", &[h], Init::Zeros)?;
+        let lora = [
+            LoraLayer::declare(lora, g, vars, &fc, h, m)?,
+            LoraLayer::declare(lora, g, vars, &proj, m, h)?,
+        ];
+        Ok(Mlp {
+            path,
+            activation: cfg.activation_function,
+            c_fc_weight,
+            c_fc_bias,
+            c_proj_weight,
+            c_proj_bias,
+            lora,
+        })
+    }
+
+    /// `x` `[b, s, hidden]` → `[b, s, hidden]`.
+    fn forward(&self, g: &mut Graph, x: Tensor, dropout: &Dropout) -> Result<Tensor> {
+        g.with_scope(self.path.as_str(), |g| {
+            let t = lora::linear(
+                g,
+                x,
+                self.c_fc_weight,
+                Some(self.c_fc_bias),
+                self.lora[0].as_ref(),
+                dropout,
+            )?; // [b, s, inter]
+            let t = match self.activation {
+                Activation::GeluNew => g.gelu(t, true)?,
+                Activation::Gelu => g.gelu(t, false)?,
+                Activation::Relu => g.relu(t)?,
+            };
+            let out = lora::linear(
+                g,
+                t,
+                self.c_proj_weight,
+                Some(self.c_proj_bias),
+                self.lora[1].as_ref(),
+                dropout,
+            )?;
+            dropout.apply(g, &self.path.join("dropout"), out)
+        })
+        .map_err(Into::into)
+    }
+}
+
+/// A LayerNorm's scale and shift.
+struct LayerNorm {
+    path: VarPath,
+    weight: Tensor,
+    bias: Tensor,
+    eps: f32,
+}
+
+impl LayerNorm {
+    fn new(cfg: &GptNeoConfig, g: &mut Graph, vars: &mut Vars, path: VarPath) -> Result<Self> {
+        let h = dim(cfg.hidden_size);
+        Ok(LayerNorm {
+            weight: vars.get(g, &path, "weight", &[h], Init::Ones)?,
+            bias: vars.get(g, &path, "bias", &[h], Init::Zeros)?,
+            eps: cfg.layer_norm_epsilon as f32,
+            path,
+        })
+    }
+
+    fn forward(&self, g: &mut Graph, x: Tensor) -> Result<Tensor> {
+        g.with_scope(self.path.as_str(), |g| {
+            g.layer_normalization(x, self.weight, Some(self.bias), -1, self.eps)
+        })
+        .map_err(Into::into)
+    }
+}
+
+/// One pre-LN block (`transformer.h.<i>`), M:314–351:
+/// `x += attn(ln_1(x)); x += mlp(ln_2(x))`.
+pub struct Block {
+    path: VarPath,
+    ln_1: LayerNorm,
+    attn: Attention,
+    ln_2: LayerNorm,
+    mlp: Mlp,
+}
+
+impl Block {
+    /// Declares the block's parameters under `path` (with LoRA matrices where `lora` says).
+    pub fn new(
+        cfg: &GptNeoConfig,
+        kind: AttentionKind,
+        g: &mut Graph,
+        vars: &mut Vars,
+        path: VarPath,
+        lora: Option<&LoraParams>,
+    ) -> Result<Self> {
+        let attn = path.pp("attn").pp("attention");
+        Ok(Block {
+            path: path.clone(),
+            ln_1: LayerNorm::new(cfg, g, vars, path.pp("ln_1"))?,
+            attn: Attention::new(cfg, kind, g, vars, attn, lora)?,
+            ln_2: LayerNorm::new(cfg, g, vars, path.pp("ln_2"))?,
+            mlp: Mlp::new(cfg, g, vars, path.pp("mlp"), lora)?,
+        })
+    }
+
+    /// `x` `[b, s, hidden]` → `[b, s, hidden]`; with `rows` (gather indices `[b, q, hidden]`
+    /// along axis 1), keys and values still come from every row but only those rows go on
+    /// through attention and the MLP: `[b, q, hidden]`.
+    fn forward(
+        &self,
+        g: &mut Graph,
+        x: Tensor,
+        rows: Option<Tensor>,
+        masks: &Masks,
+        dropout: &Dropout,
+    ) -> Result<Tensor> {
+        let h = self.ln_1.forward(g, x)?;
+        let (x, queries) = match rows {
+            Some(idx) => (
+                g.gather_elements(x, idx, 1)?,
+                Some(g.gather_elements(h, idx, 1)?),
+            ),
+            None => (x, None),
+        };
+        let a = self.attn.forward(g, h, queries, masks, dropout)?;
+        let x = g.add(x, a)?;
+        let h = self.ln_2.forward(g, x)?;
+        let m = self.mlp.forward(g, h, dropout)?;
+        Ok(g.add(x, m)?)
+    }
+}
+
+// ---- the base model --------------------------------------------------------------------------
+
+/// How a batch's token ids reach the embedding `wte`.
+#[derive(Clone, Copy, Debug)]
+pub enum Tokens {
+    /// `input_ids` int64 `[b, s]`, looked up with `Gather`. The gradient of a `Gather` is a
+    /// scatter-add over repeated ids, which ONNX Runtime's CPU kernel sums in a varying order
+    /// when it has more than one thread: fine for inference, not bit-reproducible in training.
+    Ids(Tensor),
+    /// The batch's distinct ids (int64 `[distinct]`) and, per position, the index of its id
+    /// among them (int64 `[b, s]`). Each distinct row of `wte` is gathered once and spread to
+    /// the positions by a one-hot `MatMul`, so the gradient is a `MatMul` and a scatter
+    /// without repeats: the same bits at any thread count. (With pipe's CPU kernels,
+    /// [`Kernels::Host`], the rows are gathered per position and the gradient's kernel sums
+    /// repeats in position order: the same guarantee, without the one-hot products.) The
+    /// forward values are the same as [`Tokens::Ids`] (one-hot products add exact zeros).
+    Distinct {
+        /// `token_ids` `[distinct]`.
+        ids: Tensor,
+        /// `token_index` `[b, s]`.
+        index: Tensor,
+    },
+}
+
+impl Tokens {
+    /// Declares the inputs of [`Tokens::Distinct`]: `token_ids` int64 `[distinct]` and
+    /// `token_index` int64 `[batch, seq]`.
+    pub fn declare_distinct(g: &mut Graph) -> Result<Tokens> {
+        let ids = g.input("token_ids", DType::I64, &[Dim::from("distinct")])?;
+        let index = g.input(
+            "token_index",
+            DType::I64,
+            &[Dim::from("batch"), Dim::from("seq")],
+        )?;
+        Ok(Tokens::Distinct { ids, index })
+    }
+
+    /// The `[b, s]` tensor: the ids, or the index.
+    fn per_position(&self) -> Tensor {
+        match *self {
+            Tokens::Ids(ids) => ids,
+            Tokens::Distinct { index, .. } => index,
+        }
+    }
+
+    /// The token embeddings `[b, s, hidden]` from `wte`.
+    fn embed(&self, g: &mut Graph, wte: Tensor) -> pipe_onnx::Result<Tensor> {
+        match *self {
+            Tokens::Ids(ids) => g.gather(wte, ids, 0),
+            // pipe's CPU kernels sum a Gather's gradient in a fixed order: no one-hot needed.
+            Tokens::Distinct { ids, index } if g.kernels() == Kernels::Host => {
+                let ids = g.gather(ids, index, 0)?; // [b, s]
+                g.gather(wte, ids, 0)
+            }
+            Tokens::Distinct { ids, index } => {
+                let rows = g.gather(wte, ids, 0)?; // [u, h]
+                let (b, s) = (g.shape(index)[0].clone(), g.shape(index)[1].clone());
+                let h = g.shape(wte)[1].clone();
+                let u = g.shape(ids)[0].clone();
+                let flat = g.reshape(index, &[Dim::Fixed(-1), Dim::Fixed(1)])?; // [n, 1]
+                let which = g.range(&u, DType::I64)?; // [u]
+                let hot = g.equal(flat, which)?; // [n, u]
+                let hot = g.cast(hot, DType::F32)?;
+                let tok = g.matmul(hot, rows)?; // [n, h]
+                g.reshape(tok, &[b, s, h])
+            }
+        }
+    }
+}
+
+/// Embeddings, blocks and the final LayerNorm (`transformer`, M:380–520).
+pub struct GptNeoModel {
+    path: VarPath,
+    wte: Tensor,
+    wpe: Tensor,
+    h: Vec<Block>,
+    ln_f: LayerNorm,
+    window_size: i64,
+    dropout: Dropout,
+}
+
+impl GptNeoModel {
+    /// Declares the base model's parameters under `path` (`transformer`), with LoRA matrices
+    /// where `lora` says.
+    pub fn new(
+        cfg: &GptNeoConfig,
+        g: &mut Graph,
+        vars: &mut Vars,
+        path: VarPath,
+        lora: Option<&LoraParams>,
+    ) -> Result<Self> {
+        let h = dim(cfg.hidden_size);
+        let w = Init::Normal {
+            std: cfg.initializer_range as f32,
+        };
+        let wte = vars.get(g, &path.pp("wte"), "weight", &[dim(cfg.vocab_size), h], w)?;
+        let wpe = vars.get(
+            g,
+            &path.pp("wpe"),
+            "weight",
+            &[dim(cfg.max_position_embeddings), h],
+            w,
+        )?;
+        let blocks = cfg
+            .attention_layers()
+            .into_iter()
+            .enumerate()
+            .map(|(i, kind)| Block::new(cfg, kind, g, vars, path.pp("h").pp(i), lora))
+            .collect::<Result<Vec<_>>>()?;
+        let ln_f = LayerNorm::new(cfg, g, vars, path.pp("ln_f"))?;
+        Ok(GptNeoModel {
+            path,
+            wte,
+            wpe,
+            window_size: dim(cfg.window_size),
+            h: blocks,
+            ln_f,
+            dropout: Dropout::none(),
+        })
+    }
+
+    /// `input_ids` int64 `[b, s]`, `lengths` int64 `[b]` → the last hidden state `[b, s, hidden]`
+    /// (after `ln_f`, like HF's `last_hidden_state`). Values at padded positions are unspecified.
+    pub fn forward(&self, g: &mut Graph, input_ids: Tensor, lengths: Tensor) -> Result<Tensor> {
+        self.forward_tokens(g, Tokens::Ids(input_ids), lengths)
+    }
+
+    /// [`Self::forward`] with the token ids given either way [`Tokens`] allows.
+    pub fn forward_tokens(&self, g: &mut Graph, tokens: Tokens, lengths: Tensor) -> Result<Tensor> {
+        let (x, masks) = self.embed_and_mask(g, tokens, lengths)?;
+        let mut x = x;
+        for block in &self.h {
+            x = block.forward(g, x, None, &masks, &self.dropout)?;
+        }
+        self.ln_f.forward(g, x)
+    }
+
+    /// The last hidden state at position `lengths[b] - 1` of each row, `[b, hidden]`: what
+    /// [`Self::forward_tokens`] gives there, for less work. The last block is the only one
+    /// whose other positions nothing reads (earlier blocks feed keys and values to later
+    /// ones), so it runs its queries, attention output and MLP on those rows alone, which
+    /// saves most of a block (a quarter of a 4-layer model). With dropout inside the last
+    /// block the whole state is computed and then picked (the masks cover every position).
+    pub fn forward_last_tokens(
+        &self,
+        g: &mut Graph,
+        tokens: Tokens,
+        lengths: Tensor,
+    ) -> Result<Tensor> {
+        let (x, masks) = self.embed_and_mask(g, tokens, lengths)?;
+        let Some((last, earlier)) = self.h.split_last() else {
+            bail!("a GPT-Neo needs at least one layer");
+        };
+        let mut x = x;
+        for block in earlier {
+            x = block.forward(g, x, None, &masks, &self.dropout)?;
+        }
+        let (b, h) = (g.shape(x)[0].clone(), g.shape(x)[2].clone());
+        let at_last = g.with_scope("pool", |g| last_position(g, lengths, &b, &h))?; // [b, 1, h]
+        let x = if self.dropout.any_under(&last.path) {
+            let x = last.forward(g, x, None, &masks, &self.dropout)?;
+            g.gather_elements(x, at_last, 1)?
+        } else {
+            let masks = g.with_scope("mask_rows", |g| masks.rows(g, lengths))?;
+            last.forward(g, x, Some(at_last), &masks, &self.dropout)?
+        };
+        let x = self.ln_f.forward(g, x)?; // [b, 1, h]
+        Ok(g.reshape(x, &[b, h])?)
+    }
+
+    /// The embedded tokens `[b, s, hidden]` and the attention masks of every layer.
+    fn embed_and_mask(
+        &self,
+        g: &mut Graph,
+        tokens: Tokens,
+        lengths: Tensor,
+    ) -> Result<(Tensor, Masks)> {
+        let s = g.shape(tokens.per_position())[1].clone();
+        let has_local = self.h.iter().any(|b| b.attn.kind == AttentionKind::Local);
+        let (x, masks) = g.with_scope(self.path.as_str(), |g| -> pipe_onnx::Result<_> {
+            let tok = tokens.embed(g, self.wte)?; // [b, s, hidden]
+            let pos = g.range(&s, DType::I64)?; // [s], not shifted by padding (M:452–455)
+            let pe = g.gather(self.wpe, pos, 0)?; // [s, hidden]
+            let x = g.add(tok, pe)?;
+            let x = self.dropout.apply(g, &self.path.join("drop"), x)?;
+            // Query q (rows) sees key k (columns) iff k <= q, k < length, and, on local
+            // layers, q - k < window_size.
+            let masks = g.with_scope("mask", |g| -> pipe_onnx::Result<Masks> {
+                let q = g.unsqueeze(pos, &[1])?; // [s, 1]
+                let k = g.unsqueeze(pos, &[0])?; // [1, s]
+                let future = g.less(q, k)?;
+                let causal = g.not(future)?; // [s, s]
+                let len = g.unsqueeze(lengths, &[1])?; // [b, 1]
+                let real = g.less(k, len)?; // [b, s]
+                let real = g.unsqueeze(real, &[1, 2])?; // [b, 1, 1, s]
+                let global = g.and(causal, real)?; // [b, 1, s, s]
+                let local = if has_local {
+                    let dist = g.sub(q, k)?;
+                    let w = g.scalar(DType::I64, self.window_size as f64);
+                    let near = g.less(dist, w)?;
+                    let local = g.and(causal, near)?;
+                    Some(g.and(local, real)?)
+                } else {
+                    None
+                };
+                let zero = g.scalar(DType::F32, 0.0);
+                let min = g.scalar(DType::F32, f64::from(f32::MIN));
+                let global = g.where_(global, zero, min)?;
+                let local = match local {
+                    Some(local) => Some(g.where_(local, zero, min)?),
+                    None => None,
+                };
+                Ok(Masks { global, local })
+            })?;
+            Ok((x, masks))
+        })?;
+        Ok((x, masks))
+    }
+}
+
+// ---- sequence classification -----------------------------------------------------------------
+
+/// GPT-Neo with a linear head on the last real token (`GPTNeoForSequenceClassification`,
+/// M:615–730), or on the mean of the real tokens ([`Pooling::Mean`]).
+pub struct GptNeoForSequenceClassification {
+    /// The base model.
+    pub transformer: GptNeoModel,
+    pooling: Pooling,
+    score: Tensor,
+    num_labels: i64,
+    vars: Vars,
+}
+
+impl GptNeoForSequenceClassification {
+    /// Names of the head's parameters: a base checkpoint lacks them, so they start fresh.
+    pub const HEAD_PARAMS: &'static [&'static str] = &["score.weight"];
+
+    /// Validates `cfg` and declares every parameter in `g` as an f32 input under its Hugging
+    /// Face name (see [`Self::params`]).
+    pub fn new(cfg: &GptNeoConfig, g: &mut Graph) -> Result<Self> {
+        Self::with_lora(cfg, g, None)
+    }
+
+    /// [`Self::new`] with the LoRA matrices of `lora` declared after each targeted layer's
+    /// weights (see [`crate::lora`]).
+    pub fn with_lora(cfg: &GptNeoConfig, g: &mut Graph, lora: Option<&LoraParams>) -> Result<Self> {
+        cfg.validate()?;
+        let mut vars = Vars::new();
+        let root = VarPath::root().pp("transformer");
+        let transformer = GptNeoModel::new(cfg, g, &mut vars, root, lora)?;
+        let num_labels = dim(cfg.num_labels());
+        let score = vars.get(
+            g,
+            &VarPath::root().pp("score"),
+            "weight",
+            &[num_labels, dim(cfg.hidden_size)],
+            Init::Normal {
+                std: cfg.initializer_range as f32,
+            },
+        )?;
+        Ok(GptNeoForSequenceClassification {
+            transformer,
+            pooling: cfg.pooling,
+            score,
+            num_labels,
+            vars,
+        })
+    }
+
+    /// Makes the forward pass a training one with `dropout` (the masks of
+    /// [`DropoutPlan::declare`](super::dropout::DropoutPlan::declare)).
+    pub fn set_dropout(&mut self, dropout: Dropout) {
+        self.transformer.dropout = dropout;
+    }
+
+    /// Declares the inputs `input_ids` int64 `[batch, seq]` and `lengths` int64 `[batch]`.
+    pub fn declare_inputs(g: &mut Graph) -> Result<(Tensor, Tensor)> {
+        let ids = g.input(
+            "input_ids",
+            DType::I64,
+            &[Dim::from("batch"), Dim::from("seq")],
+        )?;
+        let lengths = g.input("lengths", DType::I64, &[Dim::from("batch")])?;
+        Ok((ids, lengths))
+    }
+
+    /// `input_ids` `[b, s]`, `lengths` `[b]` → logits `[b, num_labels]`, read at position
+    /// `lengths[b] - 1` of each row (or from the mean of positions `0..lengths[b]`).
+    pub fn forward(&self, g: &mut Graph, input_ids: Tensor, lengths: Tensor) -> Result<Tensor> {
+        self.forward_tokens(g, Tokens::Ids(input_ids), lengths)
+    }
+
+    /// [`Self::forward`] with the token ids given either way [`Tokens`] allows.
+    /// HF applies `score` at every position and then picks the last real one (M:673–696);
+    /// picking first gives the same logits for less work (see
+    /// [`GptNeoModel::forward_last_tokens`]).
+    pub fn forward_tokens(&self, g: &mut Graph, tokens: Tokens, lengths: Tensor) -> Result<Tensor> {
+        let pooled = match self.pooling {
+            Pooling::Last => self.transformer.forward_last_tokens(g, tokens, lengths)?,
+            Pooling::Mean => {
+                let hidden = self.transformer.forward_tokens(g, tokens, lengths)?; // [b, s, h]
+                g.with_scope("pool", |g| pool_mean(g, hidden, lengths))?
+            }
+        }; // [b, h]
+        Ok(g.with_scope("score", |g| g.linear(pooled, self.score, None))?) // [b, labels]
+    }
+
+    /// The loss of `logits` `[b, num_labels]`: for single-label, `labels` is int64 `[b]` and
+    /// the loss is the mean cross-entropy; for multi-label, `labels` is f32 `[b, num_labels]`
+    /// of 0/1 targets and the loss is BCE-with-logits averaged over every element (M:700–719).
+    pub fn loss(
+        &self,
+        g: &mut Graph,
+        logits: Tensor,
+        labels: Tensor,
+        problem: ProblemType,
+    ) -> Result<Tensor> {
+        Ok(g.with_scope("loss", |g| match problem {
+            ProblemType::SingleLabelClassification => g.softmax_cross_entropy_loss(logits, labels),
+            ProblemType::MultiLabelClassification => g.bce_with_logits(logits, labels),
+        })?)
+    }
+
+    /// Declares the labels input for `problem`: `labels` int64 `[batch]` or f32
+    /// `[batch, num_labels]`.
+    pub fn declare_labels(&self, g: &mut Graph, problem: ProblemType) -> Result<Tensor> {
+        let batch = Dim::from("batch");
+        Ok(match problem {
+            ProblemType::SingleLabelClassification => g.input("labels", DType::I64, &[batch])?,
+            ProblemType::MultiLabelClassification => {
+                g.input("labels", DType::F32, &[batch, Dim::Fixed(self.num_labels)])?
+            }
+        })
+    }
+
+    /// Every parameter, in declaration order (the order of `named_parameters()` in HF).
+    pub fn params(&self) -> &[ParamSpec] {
+        self.vars.specs()
+    }
+
+    /// The parameter graph inputs, parallel to [`Self::params`].
+    pub fn param_tensors(&self) -> &[Tensor] {
+        self.vars.tensors()
+    }
+
+    /// The parameters for [`pipe_onnx::AdamW::build_step`]; `decay` says which get weight
+    /// decay (see [`hf_trainer_decay`]).
+    pub fn train_params(&self, decay: impl Fn(&ParamSpec) -> bool) -> Vec<TrainParam> {
+        self.params()
+            .iter()
+            .zip(self.param_tensors())
+            .map(|(spec, &tensor)| TrainParam {
+                tensor,
+                weight_decay: decay(spec),
+            })
+            .collect()
+    }
+}
+
+/// `lengths[b] - 1` as `GatherElements` indices along axis 1 of a `[b, s, width]` tensor:
+/// int64 `[b, 1, width]`.
+fn last_position(
+    g: &mut Graph,
+    lengths: Tensor,
+    b: &Dim,
+    width: &Dim,
+) -> pipe_onnx::Result<Tensor> {
+    let one = g.scalar(DType::I64, 1.0);
+    let last = g.sub(lengths, one)?; // [b]
+    let last = g.reshape(last, &[b.clone(), Dim::Fixed(1), Dim::Fixed(1)])?;
+    g.expand(last, &[b.clone(), Dim::Fixed(1), width.clone()])
+}
+
+/// The mean of the hidden states at positions `0..lengths[b]` of each row: `[b, s, h]` →
+/// `[b, h]`. Padded positions are multiplied by 0 (their values are finite), so they add
+/// nothing to the sum nor to the gradient.
+fn pool_mean(g: &mut Graph, hidden: Tensor, lengths: Tensor) -> pipe_onnx::Result<Tensor> {
+    let s = g.shape(hidden)[1].clone();
+    let pos = g.range(&s, DType::I64)?;
+    let pos = g.unsqueeze(pos, &[0])?; // [1, s]
+    let len = g.unsqueeze(lengths, &[1])?; // [b, 1]
+    let real = g.less(pos, len)?; // [b, s]
+    let real = g.cast(real, DType::F32)?;
+    let real = g.unsqueeze(real, &[2])?; // [b, s, 1]
+    let masked = g.mul(hidden, real)?;
+    let total = g.reduce_sum(masked, &[1], false)?; // [b, h]
+    let count = g.reduce_sum(real, &[1], false)?; // [b, 1]
+    g.div(total, count)
+}
+
+/// The Hugging Face `Trainer` rule: weight decay on every parameter except biases and
+/// LayerNorm weights (`ln_1`, `ln_2`, `ln_f`).
+pub fn hf_trainer_decay(spec: &ParamSpec) -> bool {
+    !(spec.name.ends_with(".bias") || spec.name.contains(".ln_"))
+}

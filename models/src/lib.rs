@@ -1,0 +1,233 @@
+//! Models written as ONNX graph builders, and what they share: the
+//! parameter scope ([`VarPath`], [`Vars`]), the parameter list ([`ParamSpec`]) and its fresh
+//! initialisation ([`init_params`]). Weight files are read in [`weights`].
+//!
+//! A model's constructor declares every parameter as a float graph input through [`Vars`],
+//! under its Hugging Face name. The resulting list of [`ParamSpec`] then keys everything else:
+//! the safetensors entries, the ONNX inputs, the AdamW moments (`<name>.exp_avg`) and, later,
+//! the initializers of the exported inference model.
+
+#![deny(missing_docs)]
+
+pub mod bundle;
+pub mod dropout;
+pub mod gpt_neo;
+pub mod hf_folder;
+pub mod hub;
+pub mod lora;
+pub mod loss;
+pub mod weights;
+
+use std::collections::BTreeMap;
+use std::fmt::Display;
+
+use pipe_onnx::{DType, Dim, Graph, HostTensor, Tensor};
+
+/// How a fresh parameter is initialised.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Init {
+    /// Normal draws with mean 0 and this standard deviation.
+    Normal {
+        /// Standard deviation.
+        std: f32,
+    },
+    /// All zeros (biases, LayerNorm shifts).
+    Zeros,
+    /// All ones (LayerNorm scales).
+    Ones,
+    /// Uniform draws in `[-bound, bound)` (LoRA's `A`, kaiming-uniform).
+    Uniform {
+        /// Half-width of the interval.
+        bound: f32,
+    },
+}
+
+/// One declared parameter: its Hugging Face name, shape and fresh initialisation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParamSpec {
+    /// Full name (`transformer.h.0.attn.attention.q_proj.weight`).
+    pub name: String,
+    /// Shape; linear weights are `[out, in]` as PyTorch stores them.
+    pub shape: Vec<i64>,
+    /// Initialisation of a fresh model.
+    pub init: Init,
+}
+
+impl ParamSpec {
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().map(|&d| d.max(0) as usize).product()
+    }
+}
+
+/// A prefix of parameter names, extended one module at a time like candle's `vb.pp("attn")`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VarPath(String);
+
+impl VarPath {
+    /// The empty prefix (the model root).
+    pub fn root() -> Self {
+        VarPath(String::new())
+    }
+
+    /// `self.part`: the path of a sub-module.
+    pub fn pp(&self, part: impl Display) -> Self {
+        VarPath(self.join(part))
+    }
+
+    /// The full name of `leaf` under this path.
+    pub fn join(&self, leaf: impl Display) -> String {
+        if self.0.is_empty() {
+            leaf.to_string()
+        } else {
+            format!("{}.{leaf}", self.0)
+        }
+    }
+
+    /// The path as a string (`transformer.h.0.attn`); also used as the node-name scope.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The parameters declared so far, as graph inputs, in declaration order.
+#[derive(Debug, Default)]
+pub struct Vars {
+    specs: Vec<ParamSpec>,
+    tensors: Vec<Tensor>,
+}
+
+impl Vars {
+    /// An empty list.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Declares the `f32` graph input `path.leaf` with a fixed `shape` and records it.
+    pub fn get(
+        &mut self,
+        g: &mut Graph,
+        path: &VarPath,
+        leaf: &str,
+        shape: &[i64],
+        init: Init,
+    ) -> pipe_onnx::Result<Tensor> {
+        let name = path.join(leaf);
+        let dims: Vec<Dim> = shape.iter().map(|&d| Dim::Fixed(d)).collect();
+        let t = g.input(&name, DType::F32, &dims)?;
+        self.specs.push(ParamSpec {
+            name,
+            shape: shape.to_vec(),
+            init,
+        });
+        self.tensors.push(t);
+        Ok(t)
+    }
+
+    /// The declared parameters, in declaration order.
+    pub fn specs(&self) -> &[ParamSpec] {
+        &self.specs
+    }
+
+    /// The graph inputs, parallel to [`Vars::specs`].
+    pub fn tensors(&self) -> &[Tensor] {
+        &self.tensors
+    }
+}
+
+/// Fresh values for `specs`, reproducible from `seed`.
+///
+/// Each parameter draws from its own stream, seeded from `seed` and the FNV-1a hash of its
+/// name, so adding or reordering parameters leaves the others unchanged. The generator is
+/// xoshiro256** (seeded through SplitMix64) and normals come from the Box–Muller transform.
+pub fn init_params(specs: &[ParamSpec], seed: u64) -> BTreeMap<String, HostTensor> {
+    specs
+        .iter()
+        .map(|s| (s.name.clone(), init_param(s, seed)))
+        .collect()
+}
+
+/// Fresh values for one parameter; see [`init_params`].
+pub fn init_param(spec: &ParamSpec, seed: u64) -> HostTensor {
+    let n = spec.numel();
+    let data = match spec.init {
+        Init::Zeros => vec![0.0; n],
+        Init::Ones => vec![1.0; n],
+        Init::Normal { std } => {
+            let mut rng = Xoshiro256::new(seed ^ fnv1a(&spec.name));
+            (0..n)
+                .map(|_| (rng.normal() * f64::from(std)) as f32)
+                .collect()
+        }
+        Init::Uniform { bound } => {
+            let mut rng = Xoshiro256::new(seed ^ fnv1a(&spec.name));
+            (0..n)
+                .map(|_| ((rng.uniform() * 2.0 - 1.0) * f64::from(bound)) as f32)
+                .collect()
+        }
+    };
+    HostTensor::f32(&spec.shape, data).expect("the spec's shape holds numel elements")
+}
+
+fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// xoshiro256** (Blackman & Vigna, <https://prng.di.unimi.it/xoshiro256starstar.c>), seeded
+/// with SplitMix64 as its authors recommend. Not cryptographic; reproducible everywhere.
+#[derive(Clone, Debug)]
+pub struct Xoshiro256 {
+    s: [u64; 4],
+    spare: Option<f64>,
+}
+
+impl Xoshiro256 {
+    /// A generator whose whole state is derived from `seed`.
+    pub fn new(seed: u64) -> Self {
+        let mut x = seed;
+        let mut splitmix = || {
+            x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        };
+        Xoshiro256 {
+            s: [splitmix(), splitmix(), splitmix(), splitmix()],
+            spare: None,
+        }
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        let s = &mut self.s;
+        let result = s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
+        let t = s[1] << 17;
+        s[2] ^= s[0];
+        s[3] ^= s[1];
+        s[1] ^= s[2];
+        s[0] ^= s[3];
+        s[2] ^= t;
+        s[3] = s[3].rotate_left(45);
+        result
+    }
+
+    /// Uniform in `[0, 1)` with 53 random bits.
+    pub fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+
+    /// Standard normal draw (Box–Muller; the second value of each pair is kept for the next call).
+    pub fn normal(&mut self) -> f64 {
+        if let Some(z) = self.spare.take() {
+            return z;
+        }
+        // 1 - u lies in (0, 1], so the logarithm is finite.
+        let r = (-2.0 * (1.0 - self.uniform()).ln()).sqrt();
+        let theta = 2.0 * std::f64::consts::PI * self.uniform();
+        self.spare = Some(r * theta.sin());
+        r * theta.cos()
+    }
+}
