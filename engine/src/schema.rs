@@ -67,7 +67,7 @@ pub fn pipeline_schema(registry: &Registry) -> Value {
             ]
         }),
     );
-    defs.insert("resources".into(), crate::executor::resources::schema());
+    defs.insert("resources".into(), crate::manifest::resources::schema());
     let mut stage_names = Map::new();
     stage_names.insert("pattern".into(), json!("^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"));
     json!({
@@ -82,7 +82,7 @@ pub fn pipeline_schema(registry: &Registry) -> Value {
             "pipeline": { "type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$", "description": "The pipeline's name (default: the file's stem)." },
             "description": { "type": "string" },
             "remote": { "type": "string", "description": "A cache shared between clones: `s3://bucket/prefix` (also gs://, az://, file://). The PIPE_REMOTE environment variable wins." },
-            "executor": { "enum": crate::executor::ExecutorChoice::NAMES, "description": "Where stages that must run execute: `local` (the default) or `slurm` (one job each). `pipe run --executor` wins." },
+            "executor": { "enum": crate::manifest::ExecutorChoice::NAMES, "description": "Where stages that must run execute: `local` (the default) or `slurm` (one job each). `pipe run --executor` wins." },
             "resources": { "$ref": "#/$defs/resources", "description": "The default `resources` of every stage." },
             "stages": {
                 "type": "object",

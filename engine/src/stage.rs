@@ -40,7 +40,7 @@ pub trait Stage: Send + Sync {
 
     /// Whether the kind takes every member of a matrix input (one [`Input`]
     /// per member, named by the member) instead of fanning out with it, as
-    /// `compare` does. See [`crate::matrix`].
+    /// `compare` does. See [`crate::manifest::matrix`].
     fn gathers_members(&self) -> bool {
         false
     }

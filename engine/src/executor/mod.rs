@@ -9,17 +9,16 @@
 
 pub mod local;
 pub mod request;
-pub mod resources;
 pub mod slurm;
+
+pub use crate::manifest::ExecutorChoice;
 
 use std::path::Path;
 
 use serde::Serialize;
 
-use crate::diag::Diagnostic;
 use crate::plan::{Pipeline, PlannedStage};
 use crate::stage::{Outcome, RunContext};
-use crate::yaml::Node;
 
 /// One stage handed to an executor.
 pub struct StageJob<'a> {
@@ -63,40 +62,4 @@ pub struct JobInfo {
     pub id: String,
     /// Its last known state (`PENDING`, `RUNNING`, `COMPLETED`, `TIMEOUT`, ...).
     pub state: String,
-}
-
-/// The executors a manifest's `executor:` or `--executor` can name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExecutorChoice {
-    /// In the `pipe run` process (the default).
-    Local,
-    /// One Slurm job per stage that must run.
-    Slurm,
-}
-
-impl ExecutorChoice {
-    /// The names, as written.
-    pub const NAMES: &[&str] = &["local", "slurm"];
-
-    /// The executor named `name`.
-    pub fn from_name(name: &str) -> Option<ExecutorChoice> {
-        match name {
-            "local" => Some(ExecutorChoice::Local),
-            "slurm" => Some(ExecutorChoice::Slurm),
-            _ => None,
-        }
-    }
-
-    /// Parses a manifest's `executor:` value, pushing a located error when it names none.
-    pub fn parse(file: &Path, node: &Node, errors: &mut Vec<Diagnostic>) -> Option<ExecutorChoice> {
-        let found = node.as_str().and_then(ExecutorChoice::from_name);
-        if found.is_none() {
-            let written = node.as_str().unwrap_or(node.type_name());
-            errors.push(
-                Diagnostic::at(file, node.span, format!("unknown executor `{written}`"))
-                    .help(format!("write one of: {}", Self::NAMES.join(", "))),
-            );
-        }
-        found
-    }
 }

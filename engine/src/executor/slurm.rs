@@ -30,9 +30,9 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::executor::request::{Reply, Request, read_reply};
-use crate::executor::resources::Resources;
 use crate::executor::{Executor, JobInfo, StageJob};
 use crate::files;
+use crate::manifest::resources::Resources;
 use crate::plan::{Pipeline, PlannedStage};
 use crate::process::spawn_guard;
 use crate::stage::Outcome;

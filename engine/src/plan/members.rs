@@ -11,8 +11,8 @@ use super::safety::{
 };
 use super::{PlanOptions, PlannedStage, ResolvedInput};
 use crate::diag::{Diagnostic, did_you_mean};
+use crate::manifest::matrix::{self, Member};
 use crate::manifest::{Manifest, StageSpec};
-use crate::matrix::{self, Member};
 use crate::paths;
 use crate::stage::{Registry, Stage};
 use crate::yaml::Span;

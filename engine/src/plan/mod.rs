@@ -16,8 +16,8 @@ use std::collections::BTreeSet;
 pub use dag::Dag;
 
 use crate::diag::{Diagnostic, ManifestError};
+use crate::manifest::matrix::Member;
 use crate::manifest::{Manifest, StageSpec};
-use crate::matrix::Member;
 use crate::paths;
 use crate::stage::{Checked, ParamError, Registry, Stage};
 

@@ -7,15 +7,18 @@
 //! A stage's reserved keys are listed in [`RESERVED_KEYS`]; every other key is
 //! a parameter that the stage's kind checks later (see [`crate::plan`]).
 
+pub mod matrix;
+pub mod resources;
+
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
 use crate::diag::{Diagnostic, ManifestError, did_you_mean};
-use crate::executor::ExecutorChoice;
-use crate::executor::resources::{self, Resources};
-use crate::matrix::{self, Matrix};
 use crate::yaml::{self, Node, NodeKind, Span};
+
+pub use self::matrix::Matrix;
+pub use self::resources::{ExecutorChoice, Resources};
 
 /// Keys of a stage that the engine reads itself; all others are parameters.
 pub const RESERVED_KEYS: &[&str] = &[
@@ -81,7 +84,7 @@ pub struct StageSpec {
     pub outs: Vec<PathRef>,
     /// `description:`.
     pub description: Option<String>,
-    /// `matrix:`: one member per combination of values (see [`crate::matrix`]).
+    /// `matrix:`: one member per combination of values (see [`matrix`]).
     pub matrix: Option<Matrix>,
     /// `resources:`: what the stage asks of a cluster scheduler.
     pub resources: Option<Resources>,

@@ -38,9 +38,9 @@ use std::path::Path;
 
 use serde_json::Value;
 
+use super::{RESERVED_KEYS, StageSpec};
 use crate::diag::Diagnostic;
 use crate::key::canonical_json;
-use crate::manifest::{RESERVED_KEYS, StageSpec};
 use crate::yaml::{Node, NodeKind, Span};
 
 /// What `${member}` in `run`, `deps` and `outs` is replaced with.

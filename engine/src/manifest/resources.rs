@@ -1,4 +1,5 @@
-//! `resources:`, what a stage asks of a cluster scheduler: on a stage, or at
+//! Where stages run: `executor:` ([`ExecutorChoice`]) and `resources:`, what a stage asks of a
+//! cluster scheduler: on a stage, or at
 //! the top of a manifest as the default of every stage. They change where and
 //! how a stage runs, never what it produces, so they are not part of its key.
 //!
@@ -13,6 +14,42 @@ use std::path::Path;
 
 use crate::diag::{Diagnostic, did_you_mean};
 use crate::yaml::{Node, NodeKind};
+
+/// The executors a manifest's `executor:` or `--executor` can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecutorChoice {
+    /// In the `pipe run` process (the default).
+    Local,
+    /// One Slurm job per stage that must run.
+    Slurm,
+}
+
+impl ExecutorChoice {
+    /// The names, as written.
+    pub const NAMES: &[&str] = &["local", "slurm"];
+
+    /// The executor named `name`.
+    pub fn from_name(name: &str) -> Option<ExecutorChoice> {
+        match name {
+            "local" => Some(ExecutorChoice::Local),
+            "slurm" => Some(ExecutorChoice::Slurm),
+            _ => None,
+        }
+    }
+
+    /// Parses a manifest's `executor:` value, pushing a located error when it names none.
+    pub fn parse(file: &Path, node: &Node, errors: &mut Vec<Diagnostic>) -> Option<ExecutorChoice> {
+        let found = node.as_str().and_then(ExecutorChoice::from_name);
+        if found.is_none() {
+            let written = node.as_str().unwrap_or(node.type_name());
+            errors.push(
+                Diagnostic::at(file, node.span, format!("unknown executor `{written}`"))
+                    .help(format!("write one of: {}", Self::NAMES.join(", "))),
+            );
+        }
+        found
+    }
+}
 
 /// The keys of `resources:`.
 pub const RESOURCE_KEYS: &[&str] = &["cpus", "mem", "gpus", "time", "partition", "account"];
