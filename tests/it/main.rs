@@ -19,4 +19,5 @@ mod serve;
 mod slurm;
 mod stdout;
 mod training;
+mod trust;
 mod util;
