@@ -45,20 +45,37 @@ impl Diagnostic {
 
     /// The diagnostic as a few lines: location and message, the source line
     /// with a caret under the column (when `source` is given), and the hint.
+    /// A long line is shown as [`SHOWN_CHARS`] characters around the column,
+    /// and a long message is cut, so a 5 MB line is never echoed whole.
     pub fn render(&self, source: Option<&str>) -> String {
-        let mut out = format!("{}: {}", self.location(), self.message);
+        let mut out = format!(
+            "{}: {}",
+            self.location(),
+            clip(&self.message, MESSAGE_CHARS)
+        );
         if let (Some(span), Some(source)) = (self.span, source)
             && let Some(line) = source.lines().nth(span.line.saturating_sub(1))
         {
             let gutter = span.line.to_string();
             let pad = " ".repeat(gutter.len());
-            let caret_pad: String = line
+            let before = span.col.saturating_sub(1);
+            let start = before.saturating_sub(SHOWN_CHARS / 2);
+            let shown: String = line.chars().skip(start).take(SHOWN_CHARS).collect();
+            let cut_after = line.chars().nth(start + SHOWN_CHARS).is_some();
+            let (lead, tail) = (
+                if start > 0 { "…" } else { "" },
+                if cut_after { "…" } else { "" },
+            );
+            let caret_pad: String = lead
                 .chars()
-                .take(span.col.saturating_sub(1))
-                .map(|c| if c == '\t' { '\t' } else { ' ' })
+                .map(|_| ' ')
+                .chain(
+                    (line.chars().skip(start).take(before - start))
+                        .map(|c| if c == '\t' { '\t' } else { ' ' }),
+                )
                 .collect();
             out.push_str(&format!(
-                "\n{pad} |\n{gutter} | {line}\n{pad} | {caret_pad}^"
+                "\n{pad} |\n{gutter} | {lead}{shown}{tail}\n{pad} | {caret_pad}^"
             ));
         }
         if let Some(help) = &self.help {
@@ -121,6 +138,21 @@ pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str
         .unwrap_or_default()
 }
 
+/// How many characters of a source line a diagnostic shows.
+const SHOWN_CHARS: usize = 120;
+
+/// How many characters of a message a diagnostic shows (a message may quote
+/// a value of the manifest).
+const MESSAGE_CHARS: usize = 400;
+
+/// `text`, cut to `max` characters with `…` when longer.
+fn clip(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(max) {
+        Some((at, _)) => format!("{}… ({} bytes in all)", &text[..at], text.len()).into(),
+        None => text.into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,6 +163,26 @@ mod tests {
         assert_eq!(closest("lerning_rate", known), Some("learning_rate"));
         assert_eq!(closest("epoch", known), Some("epochs"));
         assert_eq!(closest("zzz", known), None);
+    }
+
+    #[test]
+    fn a_long_line_is_shown_around_its_column_only() {
+        let line = format!("key: {}", "x".repeat(5_000_000));
+        let d = Diagnostic::at(
+            "a.yaml",
+            Span {
+                line: 1,
+                col: 2_000_000,
+            },
+            "bad",
+        );
+        let text = d.render(Some(&line));
+        assert!(text.len() < 1_000, "{} bytes", text.len());
+        let lines: Vec<&str> = text.lines().collect();
+        let caret = lines[3].find('^').unwrap();
+        assert_eq!(lines[2].chars().nth(caret), Some('x'));
+        let long = Diagnostic::at("a.yaml", Span { line: 1, col: 1 }, "y".repeat(10_000));
+        assert!(long.render(None).len() < 1_000);
     }
 
     #[test]

@@ -72,6 +72,16 @@ pub fn run(
         (loaded, stat_cache)
     });
     let mut lock = loaded?;
+    lock.check_owner(
+        &lock_file_path,
+        &pipeline.manifest.path,
+        &pipeline.manifest.name,
+    )?;
+    let manifest_name = pipeline
+        .manifest
+        .path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned());
     let targets: Vec<usize> = if options.targets.is_empty() {
         pipeline.order().to_vec()
     } else {
@@ -153,8 +163,11 @@ pub fn run(
         let names: BTreeSet<&str> = pipeline.stages.iter().map(|s| s.name.as_str()).collect();
         let before = lock.stages.len();
         lock.stages.retain(|name, _| names.contains(name.as_str()));
-        changed |= lock.stages.len() != before || lock.pipeline != pipeline.manifest.name;
+        changed |= lock.stages.len() != before
+            || lock.pipeline != pipeline.manifest.name
+            || lock.manifest != manifest_name;
         lock.pipeline = pipeline.manifest.name.clone();
+        lock.manifest = manifest_name;
         if changed {
             lock.save_cached(
                 &lock_file_path,

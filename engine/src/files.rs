@@ -173,36 +173,29 @@ pub fn sync_dir(dir: &Path) -> anyhow::Result<()> {
     )
 }
 
-/// `path` with its last component replaced by a hidden name unique to this
-/// process and call, for staging a file next to where it will be renamed.
-pub fn sibling_temp(path: &Path) -> PathBuf {
+/// A short token unique to this process and call (`<pid>-<n>`), for naming
+/// staging files: [`temp_beside`].
+pub fn temp_token() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    path.with_file_name(format!(".{name}.pipe-tmp-{}-{n}", std::process::id()))
+    format!(
+        "{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
-/// Whether file name `name` is one [`sibling_temp`] makes, for any file.
-pub fn is_sibling_temp(name: &str) -> bool {
-    temp_base(name).is_some()
+/// The staging name `.p-<token>` that files restored under `token` are
+/// written to before their rename. It is short and does not grow with the
+/// target's name, so any name the file system accepted can be restored
+/// through it (a name of 255 bytes has no room for a suffix).
+pub fn temp_name(token: &str) -> String {
+    format!(".p-{token}")
 }
 
-/// Whether file name `name` is one [`sibling_temp`] makes for a file named `of`.
-pub fn is_sibling_temp_of(name: &str, of: &str) -> bool {
-    temp_base(name) == Some(of)
-}
-
-/// The file name a [`sibling_temp`] name `.<base>.pipe-tmp-<pid>-<n>` stages.
-fn temp_base(name: &str) -> Option<&str> {
-    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    let (rest, n) = name.rsplit_once('-')?;
-    let (rest, pid) = rest.rsplit_once('-')?;
-    let base = rest.strip_prefix('.')?.strip_suffix(".pipe-tmp")?;
-    (digits(n) && digits(pid) && !base.is_empty()).then_some(base)
+/// `path`'s sibling [`temp_name`]`(token)`: where a file for `path` is staged.
+pub fn temp_beside(path: &Path, token: &str) -> PathBuf {
+    path.with_file_name(temp_name(token))
 }
 
 #[cfg(test)]
@@ -210,21 +203,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sibling_temp_names_are_recognised_exactly() {
-        let temp = sibling_temp(Path::new("dir/big.bin"));
+    fn temp_names_are_short_whatever_the_target() {
+        let long = "界".repeat(85);
+        let temp = temp_beside(&Path::new("dir").join(&long), &temp_token());
+        assert_eq!(temp.parent(), Some(Path::new("dir")));
         let name = temp.file_name().unwrap().to_str().unwrap();
-        assert!(is_sibling_temp_of(name, "big.bin"));
-        assert!(!is_sibling_temp_of(name, "big"));
-        assert!(is_sibling_temp(".a.b.pipe-tmp-12-0"));
-        for not_ours in [
-            "big.bin",
-            ".big.bin.pipe-tmp-12-",
-            ".big.bin.pipe-tmp-x-1",
-            "big.bin.pipe-tmp-12-1",
-            ".big.bin.pipe-tmp-12-1.bak",
-            "..pipe-tmp-1-2",
-        ] {
-            assert!(!is_sibling_temp(not_ours), "{not_ours}");
-        }
+        assert!(name.starts_with(".p-") && name.len() < 32, "{name}");
+        assert_ne!(temp_token(), temp_token());
     }
 }

@@ -6,6 +6,9 @@
 //! about to reference it). Everything else under `stages/`, `objects/` and
 //! `scratch/` is removed, and so are batches in `trash/` (files pipe moved out
 //! of the way of an out instead of deleting them) older than the grace period.
+//! Only entries named as pipe names them are candidates (a record `<key>.json`,
+//! an object `ab/<rest of the hash>`, a checkpoint folder `<key>`, a trash
+//! batch): anything else in the store was not made by pipe and stays.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -17,6 +20,7 @@ use crate::files::{self, remove_all as remove_any};
 use crate::hash::{Digest, EntryKind};
 use crate::lockfile::LockFile;
 use crate::store::Store;
+use crate::trash::is_batch_name;
 
 /// What a collection removed (or, in a dry run, would remove).
 #[derive(Debug, Default, Clone, Serialize)]
@@ -95,12 +99,16 @@ pub fn collect(
     let mut keep_objects: BTreeSet<Digest> = BTreeSet::new();
     for entry in files::read_dir(&stages_dir)? {
         let path = entry.path();
-        let key: Option<Digest> = path
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .and_then(|s| s.parse().ok());
-        let keep = key.is_some_and(|k| keep_keys.contains(&k)) || young(&path);
-        match key.and_then(|k| store.record(&k)) {
+        let Some(key) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.strip_suffix(".json"))
+            .and_then(|s| s.parse::<Digest>().ok())
+        else {
+            continue;
+        };
+        let keep = keep_keys.contains(&key) || young(&path);
+        match store.record(&key) {
             Some(record) if keep => {
                 for output in record.outputs.values() {
                     mark(store, output.kind, &output.hash, &mut keep_objects);
@@ -118,16 +126,23 @@ pub fn collect(
     }
     let objects_dir = store.root().join("objects");
     for shard in files::read_dir(&objects_dir)? {
+        let shard_name = shard.file_name();
+        let Some(shard_name) = shard_name.to_str().filter(|n| n.len() == 2) else {
+            continue;
+        };
+        if !shard.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
         for entry in files::read_dir(&shard.path())? {
             let path = entry.path();
-            let digest: Option<Digest> = format!(
-                "{}{}",
-                shard.file_name().to_string_lossy(),
-                entry.file_name().to_string_lossy()
-            )
-            .parse()
-            .ok();
-            if digest.is_some_and(|d| keep_objects.contains(&d)) || young(&path) {
+            let Some(digest) = entry
+                .file_name()
+                .to_str()
+                .and_then(|rest| format!("{shard_name}{rest}").parse::<Digest>().ok())
+            else {
+                continue;
+            };
+            if keep_objects.contains(&digest) || young(&path) {
                 continue;
             }
             report.objects += 1;
@@ -140,8 +155,14 @@ pub fn collect(
     let scratch_dir = store.root().join("scratch");
     for entry in files::read_dir(&scratch_dir)? {
         let path = entry.path();
-        let key: Option<Digest> = entry.file_name().to_str().and_then(|s| s.parse().ok());
-        if key.is_some_and(|k| keep_keys.contains(&k)) || young(&path) {
+        let Some(key) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<Digest>().ok())
+        else {
+            continue;
+        };
+        if keep_keys.contains(&key) || young(&path) {
             continue;
         }
         report.scratch += 1;
@@ -154,7 +175,8 @@ pub fn collect(
     if trash_dir.is_dir() {
         for entry in files::read_dir(&trash_dir)? {
             let path = entry.path();
-            if young(&path) {
+            let ours = entry.file_name().to_str().is_some_and(is_batch_name);
+            if !ours || young(&path) {
                 continue;
             }
             report.trash += 1;

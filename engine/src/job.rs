@@ -15,11 +15,11 @@ use anyhow::Context;
 use crate::executor::{Executor, StageJob};
 use crate::files;
 use crate::hash::{Digest, StatCache};
+use crate::journal::Unfinished;
 use crate::key::{KeyRecord, MissReason, explain};
 use crate::lockfile::LockEntry;
 use crate::outputs::{
-    FailedOuts, clear_out, commit, earlier_run_wrote, output_paths, produced, publish,
-    remove_leftover_temps, restore,
+    FailedOuts, Known, clear_out, commit, earlier_run_wrote, output_paths, publish, restore,
 };
 use crate::plan::{Pipeline, PlannedStage};
 use crate::printer::Printer;
@@ -356,6 +356,9 @@ fn lookup(
         }
     };
     let failed = FailedOuts::read(env.store, &env.pipeline.manifest.name, &stage.name);
+    // A restore stopped midway left the outs half written: they are pipe's, and
+    // the restore finishes them (nothing there is taken for an edit by hand).
+    let restoring = Unfinished::read(env.store, &env.pipeline.manifest.name, &stage.name).is_some();
     for (name, output) in &found.outputs {
         if !env.store.output_complete(output.kind, &output.hash) {
             return Lookup::Miss;
@@ -365,13 +368,7 @@ fn lookup(
                 return Lookup::Miss;
             }
             let path = env.pipeline.manifest.dir.join(&output.path);
-            // A restore killed mid-copy left its staging file beside the out.
-            if !env.dry_run
-                && let Err(e) = remove_leftover_temps(&env.pipeline.manifest.dir, &output.path)
-            {
-                env.printer.warn(&format!("{}: {e:#}", stage.name));
-            }
-            if !matches!(files::kind_of(&path), Ok(Some(_))) {
+            if restoring || !matches!(files::kind_of(&path), Ok(Some(_))) {
                 continue;
             }
             let current = env.stat_cache.hash_out(&path).map(|h| h.digest()).ok();
@@ -418,17 +415,19 @@ fn execute(
     if let Some(parent) = log.parent() {
         files::create_dir_all(parent)?;
     }
-    files::write(&log, b"")?;
+    // A new empty file: a link found there is replaced, never written through.
+    crate::atomic::write(&log, b"", false)?;
     let pipeline = &env.pipeline.manifest.name;
-    let known = produced(env.store, pipeline, &stage.name, locked);
+    let known = Known::of(env.store, pipeline, &stage.name, locked);
     for out in &stage.outs {
         let path = workspace.join(out);
-        remove_leftover_temps(workspace, out)?;
         clear_out(env, &stage.name, out, &known)?;
         if let Some(parent) = path.parent() {
             files::create_dir_all(parent)?;
         }
     }
+    // What an unfinished restore left is cleared: nothing of it remains to finish.
+    Unfinished::finish(env.store, pipeline, &stage.name)?;
     let inputs: Vec<Input> = stage
         .inputs
         .iter()

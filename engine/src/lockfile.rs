@@ -12,6 +12,7 @@
 //! Format (YAML, keys sorted, so diffs are small and stable):
 //!
 //! ```yaml
+//! manifest: student.yaml
 //! pipeline: student
 //! stages:
 //!   split:
@@ -23,6 +24,12 @@
 //!     outputs: {split: …, test: …, train: …}
 //!     metrics: {…}
 //! ```
+//!
+//! `manifest` (the manifest's file name, since the format of issue #27) and
+//! `pipeline` say whose lockfile it is: two manifests with one stem (`p.yaml`,
+//! `p.yml`) would share `p.lock`, so a lockfile is only read and written for
+//! its own manifest ([`LockFile::check_owner`]). Older lockfiles, without
+//! `manifest`, stay readable.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -32,14 +39,18 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use yaml_rust2::Yaml;
 
-use crate::atomic;
 use crate::hash::Digest;
 use crate::key::{KeyRecord, canonical_json};
 use crate::yaml;
+use crate::{UsageError, atomic};
 
 /// The lockfile of one manifest.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LockFile {
+    /// The file name of the manifest it belongs to (absent in lockfiles of
+    /// older pipes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<String>,
     /// The pipeline's name.
     pub pipeline: String,
     /// Stage name → what it last ran with.
@@ -130,6 +141,16 @@ fn kept_copy_path(store_dir: &Path, lock_file: &Path, suffix: &str) -> PathBuf {
     store_dir.join("lockfiles").join(format!("{stem}.{suffix}"))
 }
 
+/// Reads the lockfile of the manifest at `manifest`, whose pipeline is
+/// `pipeline`, refusing one that belongs to another manifest
+/// ([`LockFile::check_owner`]).
+pub fn load_for(manifest: &Path, pipeline: &str) -> anyhow::Result<LockFile> {
+    let path = lock_path(manifest);
+    let lock = LockFile::load(&path)?;
+    lock.check_owner(&path, manifest, pipeline)?;
+    Ok(lock)
+}
+
 impl LockFile {
     /// Reads a lockfile; a missing one is empty. A corrupt one is an error
     /// naming the file (delete it to start over: it is rebuilt by the next run).
@@ -184,15 +205,15 @@ impl LockFile {
     pub fn parse(text: &str, origin: &str) -> anyhow::Result<LockFile> {
         let value = yaml::parse_data(text).map_err(|e| {
             anyhow::anyhow!(
-                "{origin}:{}:{}: {}; delete the lockfile and run again to rebuild it",
+                "{origin}:{}:{}: {}; {}",
                 e.span.line,
                 e.span.col,
-                e.message
+                e.message,
+                what_to_do(text)
             )
         })?;
-        serde_json::from_value(value).with_context(|| {
-            format!("`{origin}` is not a pipe lockfile; delete it and run again to rebuild it")
-        })
+        serde_json::from_value(value)
+            .with_context(|| format!("`{origin}` is not a pipe lockfile; {}", what_to_do(text)))
     }
 
     /// Writes the lockfile atomically; when that changes it, the old content
@@ -226,8 +247,7 @@ impl LockFile {
     /// The lockfile as YAML text.
     fn render(&self) -> anyhow::Result<String> {
         let value = serde_json::to_value(self)?;
-        let mut text =
-            String::from("# Written by `pipe run`: what each stage last ran with. Commit it.\n");
+        let mut text = format!("{HEADER} what each stage last ran with. Commit it.\n");
         let mut emitter = yaml_rust2::YamlEmitter::new(&mut text);
         emitter
             .dump(&to_yaml(&value))
@@ -237,10 +257,79 @@ impl LockFile {
         Ok(text)
     }
 
+    /// Refuses a lockfile that belongs to another manifest than `manifest`
+    /// (whose pipeline is `pipeline`), with a [`UsageError`] naming both: its
+    /// entries are another pipeline's, and writing it would lose them. A
+    /// lockfile that names no manifest (an older pipe's) belongs to another
+    /// manifest when its `pipeline` is not ours and a manifest beside ours
+    /// with the same stem declares that pipeline; otherwise it is ours (the
+    /// manifest's `pipeline:` was renamed). An empty (missing) lockfile is anyone's.
+    pub fn check_owner(
+        &self,
+        lock_file: &Path,
+        manifest: &Path,
+        pipeline: &str,
+    ) -> anyhow::Result<()> {
+        let ours = file_name(manifest);
+        let other = match &self.manifest {
+            Some(named) if *named != ours => Some(manifest.with_file_name(named)),
+            Some(_) => None,
+            None if self.pipeline.is_empty() || self.pipeline == pipeline => None,
+            None => same_stem_manifests(manifest)
+                .find(|m| crate::Manifest::load(m).is_ok_and(|m| m.name == self.pipeline)),
+        };
+        let Some(other) = other else {
+            return Ok(());
+        };
+        Err(UsageError(format!(
+            "{} is the lockfile of {} (pipeline `{}`), not of {} (pipeline `{pipeline}`): \
+             manifests with the same stem would share it and overwrite each other's entries\n  \
+             help: rename {} (its lockfile is named after it), or remove {} if it is no longer used",
+            lock_file.display(),
+            other.display(),
+            self.pipeline,
+            manifest.display(),
+            manifest.display(),
+            other.display()
+        ))
+        .into())
+    }
+
     /// Every stage key and output hash this lockfile references.
     pub fn referenced(&self) -> impl Iterator<Item = (&Digest, &BTreeMap<String, Digest>)> {
         self.stages.values().map(|e| (&e.key, &e.outputs))
     }
+}
+
+/// The first words of every lockfile pipe writes: a file that starts with
+/// them is pipe's to rebuild; one that does not may be the user's.
+const HEADER: &str = "# Written by `pipe run`:";
+
+/// What to do about a lockfile that cannot be read: delete it only when
+/// pipe wrote it (a manifest named `p.lock` must not be deleted on advice).
+fn what_to_do(text: &str) -> &'static str {
+    if text.starts_with(HEADER) {
+        "delete it and run again to rebuild it"
+    } else {
+        "pipe did not write it, but keeps the lockfile of the manifest with the same stem \
+         there: move this file aside (or rename that manifest), and run again"
+    }
+}
+
+/// A path's file name as text.
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// The other manifests that would share `manifest`'s lockfile: `<stem>.yaml`
+/// and `<stem>.yml` beside it, when they exist.
+fn same_stem_manifests(manifest: &Path) -> impl Iterator<Item = PathBuf> + '_ {
+    ["yaml", "yml"]
+        .into_iter()
+        .map(|ext| manifest.with_extension(ext))
+        .filter(move |m| m.as_path() != manifest && m.is_file())
 }
 
 /// JSON → YAML with object keys sorted.
@@ -281,6 +370,7 @@ mod tests {
             inputs: BTreeMap::from([("from:tokenize".into(), Digest::of(b"x"))]),
         };
         let lock = LockFile {
+            manifest: None,
             pipeline: "student".into(),
             stages: BTreeMap::from([(
                 "finetune".into(),

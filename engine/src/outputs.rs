@@ -19,31 +19,36 @@ use serde::{Deserialize, Serialize};
 
 use crate::hash::{Digest, EntryKind, Hashed, Tree, hash_path};
 use crate::job::JobEnv;
+use crate::journal::Unfinished;
 use crate::lockfile::LockEntry;
 use crate::plan::{Pipeline, PlannedStage};
-use crate::store::{Import, OutputEntry, StageRecord, Store};
+use crate::store::{Import, OutputEntry, Placing, StageRecord, Store};
 use crate::trash;
 use crate::{atomic, files};
 
 /// What pipe last wrote for a stage, as (workspace path, content digest)
-/// pairs of every file and link of its declared outs (from the record of the
-/// lockfile's key): a file in a declared out is pipe's to remove only when
-/// its path and content are one of these pairs; anything else is trashed.
+/// pairs of every file, link and folder (by its tree's digest) of its
+/// declared outs (from the record of the lockfile's key): a file in a
+/// declared out is pipe's to remove only when its path and content are one of
+/// these pairs, a folder only when pipe made a folder at its path; anything
+/// else is trashed.
 pub type Produced = BTreeSet<(String, Digest)>;
 
-/// The [`Produced`] pairs of a stage: those of the lockfile's entry, and
-/// what its last run left in its outs if that run failed ([`FailedOuts`]).
-pub fn produced(
-    store: &Store,
-    pipeline: &str,
-    stage: &str,
-    locked: Option<&LockEntry>,
-) -> Produced {
+/// The [`Produced`] pairs of a stage: those of the lockfile's entry, what
+/// its last run left in its outs if that run failed ([`FailedOuts`]), and
+/// what an unfinished restore may have put there ([`Unfinished`]).
+fn produced(store: &Store, pipeline: &str, stage: &str, locked: Option<&LockEntry>) -> Produced {
     let mut known = FailedOuts::read(store, pipeline, stage).files;
+    let stored = |digest: &Digest| store.read_tree(digest).ok();
+    let restoring = Unfinished::read(store, pipeline, stage).unwrap_or_default();
+    for record in restoring.keys.iter().filter_map(|k| store.record(k)) {
+        for output in record.outputs.values().filter(|o| o.workspace) {
+            produced_pairs(&output.path, output.kind, &output.hash, &stored, &mut known);
+        }
+    }
     let Some(locked) = locked else {
         return known;
     };
-    let stored = |digest: &Digest| store.read_tree(digest).ok();
     match store.record(&locked.key) {
         Some(record) => {
             for output in record.outputs.values().filter(|o| o.workspace) {
@@ -86,8 +91,9 @@ pub fn earlier_run_wrote(
     Some(pairs)
 }
 
-/// Adds the pairs of output `kind`/`digest` placed at `path` (a folder: every
-/// entry under its tree, at its own path; `tree` finds a folder's tree).
+/// Adds the pairs of output `kind`/`digest` placed at `path` (a folder: its
+/// own, and every entry under its tree at its own path; `tree` finds a
+/// folder's tree).
 fn produced_pairs(
     path: &str,
     kind: EntryKind,
@@ -95,8 +101,8 @@ fn produced_pairs(
     tree: &dyn Fn(&Digest) -> Option<Tree>,
     into: &mut Produced,
 ) {
+    into.insert((path.to_string(), *digest));
     if kind != EntryKind::Dir {
-        into.insert((path.to_string(), *digest));
         return;
     }
     if let Some(found) = tree(digest) {
@@ -167,29 +173,15 @@ impl FailedOuts {
     }
 }
 
-/// Removes what a killed restore left next to declared out `out`: pipe's own
-/// staging files, named exactly `.<name>.pipe-tmp-<pid>-<n>` (see
-/// [`files::sibling_temp`]). Inside a folder out they are cleared with the
-/// rest of the folder.
-pub fn remove_leftover_temps(workspace: &Path, out: &str) -> anyhow::Result<()> {
+/// Removes the staging files of unfinished restores (named `temps`, see
+/// [`Unfinished`]) beside declared out `out`: exact paths, no listing.
+/// Those inside a folder out are cleared with the rest of the folder.
+fn remove_temps_beside(workspace: &Path, out: &str, temps: &[String]) -> anyhow::Result<()> {
     let path = workspace.join(out);
-    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
-        return Ok(());
-    };
-    let Some(name) = name.to_str() else {
-        return Ok(());
-    };
-    if files::kind_of(parent)?.is_none_or(|m| !m.is_dir()) {
-        return Ok(());
-    }
-    for entry in files::read_dir(parent)? {
-        let entry_name = entry.file_name();
-        if entry_name
-            .to_str()
-            .is_some_and(|n| files::is_sibling_temp_of(n, name))
-            && files::kind_of(&entry.path())?.is_some_and(|m| !m.is_dir())
-        {
-            files::remove_file(&entry.path())?;
+    for temp in temps {
+        let staged = path.with_file_name(temp);
+        if files::kind_of(&staged)?.is_some_and(|m| !m.is_dir()) {
+            files::remove_file(&staged)?;
         }
     }
     Ok(())
@@ -212,12 +204,34 @@ fn ensure_real_parents(workspace: &Path, out: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What pipe knows it wrote in a stage's outs: [`Produced`] pairs, and the
+/// staging file names of its unfinished restores.
+pub struct Known {
+    /// (path, digest) pairs of files pipe wrote.
+    pub produced: Produced,
+    /// Staging file names ([`files::temp_name`]) of unfinished restores.
+    pub temps: Vec<String>,
+}
+
+impl Known {
+    /// What pipe knows it wrote in `stage`'s outs (see [`produced`]).
+    pub fn of(store: &Store, pipeline: &str, stage: &str, locked: Option<&LockEntry>) -> Known {
+        Known {
+            produced: produced(store, pipeline, stage, locked),
+            temps: Unfinished::read(store, pipeline, stage)
+                .map(|u| u.temp_names())
+                .unwrap_or_default(),
+        }
+    }
+}
+
 /// Empties the place of declared out `out` before pipe writes there: what
 /// pipe wrote (`known`) is removed, anything else moved to the trash, with a
-/// warning naming it.
-pub fn clear_out(env: &JobEnv<'_>, stage: &str, out: &str, known: &Produced) -> anyhow::Result<()> {
+/// warning naming it. pipe's staging files beside the out go too.
+pub fn clear_out(env: &JobEnv<'_>, stage: &str, out: &str, known: &Known) -> anyhow::Result<()> {
     let workspace = &env.pipeline.manifest.dir;
     ensure_real_parents(workspace, out)?;
+    remove_temps_beside(workspace, out, &known.temps)?;
     let reason = "pipe did not write it, so it was moved here instead of being deleted";
     let mut batch = trash::Batch::new(env.store.root(), workspace, stage, reason);
     clear(env, &mut batch, known, &workspace.join(out), Path::new(out))?;
@@ -235,14 +249,23 @@ pub fn clear_out(env: &JobEnv<'_>, stage: &str, out: &str, known: &Produced) -> 
 fn clear(
     env: &JobEnv<'_>,
     batch: &mut trash::Batch<'_>,
-    known: &Produced,
+    known: &Known,
     path: &Path,
     rel: &Path,
 ) -> anyhow::Result<()> {
     let Some(meta) = files::kind_of(path)? else {
         return Ok(());
     };
+    let rel_text = rel.to_string_lossy().into_owned();
     if meta.is_dir() {
+        // A folder pipe never made here (not even one holding only empty
+        // folders) is the user's: it goes to the trash whole, with its mode.
+        let inside = format!("{rel_text}/");
+        let made_by_pipe =
+            (known.produced.iter()).any(|(p, _)| *p == rel_text || p.starts_with(&inside));
+        if !made_by_pipe {
+            return batch.take(rel);
+        }
         for entry in files::read_dir(path)? {
             let name = entry.file_name();
             clear(env, batch, known, &entry.path(), &rel.join(&name))?;
@@ -260,13 +283,12 @@ fn clear(
     } else {
         None
     };
-    let rel_text = rel.to_string_lossy().into_owned();
-    let pipe_temp = meta.is_file()
+    let pipe_temp = !meta.is_dir()
         && rel
             .file_name()
             .and_then(|n| n.to_str())
-            .is_some_and(files::is_sibling_temp);
-    if pipe_temp || digest.is_some_and(|d| known.contains(&(rel_text, d))) {
+            .is_some_and(|n| known.temps.iter().any(|t| t == n));
+    if pipe_temp || digest.is_some_and(|d| known.produced.contains(&(rel_text, d))) {
         files::remove_file(path)
     } else {
         batch.take(rel)
@@ -274,7 +296,9 @@ fn clear(
 }
 
 /// Puts a cached stage's outputs in place: declared outs in the workspace
-/// (only those that differ) and `out/<pipeline>/<stage>/`.
+/// (only those that differ) and `out/<pipeline>/<stage>/`. The workspace
+/// part is journaled ([`Unfinished`]), so a restore stopped midway is
+/// recognised and finished by the next run.
 pub fn restore(
     env: &JobEnv<'_>,
     stage: &PlannedStage<'_>,
@@ -283,29 +307,50 @@ pub fn restore(
 ) -> anyhow::Result<()> {
     let workspace = &env.pipeline.manifest.dir;
     let pipeline = &env.pipeline.manifest.name;
-    let mut known = None;
+    let unfinished = Unfinished::read(env.store, pipeline, &stage.name);
+    let mut token: Option<String> = None;
+    let mut known: Option<Known> = None;
     for output in found.outputs.values().filter(|o| o.workspace) {
         let path = workspace.join(&output.path);
         ensure_real_parents(workspace, &output.path)?;
-        remove_leftover_temps(workspace, &output.path)?;
+        if let Some(unfinished) = &unfinished {
+            remove_temps_beside(workspace, &output.path, &unfinished.temp_names())?;
+        }
         let current = match files::kind_of(&path)? {
             Some(_) => env.stat_cache.hash_out(&path).map(|h| h.digest()).ok(),
             None => None,
         };
-        if current != Some(output.hash) {
-            let known =
-                known.get_or_insert_with(|| produced(env.store, pipeline, &stage.name, locked));
-            if let Some(digest) = current {
-                let earlier =
-                    earlier_run_wrote(env.store, pipeline, &stage.name, &output.path, &digest);
-                known.extend(earlier.unwrap_or_default());
-            }
-            clear_out(env, &stage.name, &output.path, known)?;
-            env.store
-                .materialize_output(output.kind, &output.hash, output.size, &path, true)?;
+        if current == Some(output.hash) {
+            continue;
         }
+        let token = match &mut token {
+            Some(token) => token.as_str(),
+            none => none.insert(Unfinished::begin(
+                env.store,
+                pipeline,
+                &stage.name,
+                found.key,
+            )?),
+        };
+        let known =
+            known.get_or_insert_with(|| Known::of(env.store, pipeline, &stage.name, locked));
+        if let Some(digest) = current {
+            let earlier =
+                earlier_run_wrote(env.store, pipeline, &stage.name, &output.path, &digest);
+            known.produced.extend(earlier.unwrap_or_default());
+        }
+        clear_out(env, &stage.name, &output.path, known)?;
+        let place = Placing {
+            copy: true,
+            temp: &files::temp_name(token),
+        };
+        env.store
+            .materialize_output(output.kind, &output.hash, output.size, &path, place)?;
     }
     publish(env, &stage.name, &found.outputs)?;
+    if token.is_some() || unfinished.is_some() {
+        Unfinished::finish(env.store, pipeline, &stage.name)?;
+    }
     FailedOuts::forget(env.store, pipeline, &stage.name)
 }
 
@@ -336,10 +381,15 @@ pub fn publish(
             files::remove_all(&entry.path())?;
         }
     }
+    let temp = files::temp_name(&files::temp_token());
+    let place = Placing {
+        copy: false,
+        temp: &temp,
+    };
     for output in outputs.values().filter(|o| !o.workspace) {
         let dest = dir.join(&output.path);
         env.store
-            .materialize_output(output.kind, &output.hash, output.size, &dest, false)?;
+            .materialize_output(output.kind, &output.hash, output.size, &dest, place)?;
     }
     Ok(())
 }

@@ -51,6 +51,12 @@ impl<'w> Resolver<'w> {
     /// The normalised form of `written`, relative to the workspace (or as
     /// written, for an allowed outside path); see [`Resolver`].
     pub fn normalize(&self, written: &str) -> Result<String, String> {
+        if written.contains('\0') {
+            // No file system accepts it; found here, not when a run gets to it.
+            return Err(format!(
+                "path {written:?} contains a NUL character, which no file name can hold"
+            ));
+        }
         let path = Path::new(written);
         if path.is_absolute() {
             if self.allow_outside {
@@ -197,6 +203,7 @@ mod tests {
                 .contains("absolute")
         );
         assert!(inside.normalize(".").is_err());
+        assert!(inside.normalize("out\0.txt").unwrap_err().contains("NUL"));
         let outside = Resolver::new(dir.path(), true);
         assert_eq!(outside.normalize("../x").unwrap(), "../x");
     }

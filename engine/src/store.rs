@@ -2,6 +2,8 @@
 //!
 //! ```text
 //! .pipe/
+//!   STORE                   the marker: this folder is a pipe store, and its format
+//!                           (see `crate::marker`); checked before anything else
 //!   objects/ab/cdef…        read-only blobs named by their BLAKE3 hash; folders are
 //!                           stored as their Tree (JSON) under the tree's hash
 //!   stages/<key>.json       one StageRecord per completed stage key (the run cache)
@@ -15,6 +17,8 @@
 //!                           of its bytes (a fast read for large pipelines)
 //!   failed/<pipeline>/<stage>.json  what a stage's last failed run left in its
 //!                           declared outs (pipe's to remove, not user edits)
+//!   restoring/<pipeline>/<stage>.json  a restore of the stage's declared outs
+//!                           in progress (or killed): see `crate::journal`
 //!   trash/<time>/           what pipe moved out of the way of an out instead of
 //!                           deleting it, with a note (emptied by `pipe gc`)
 //!   stat-cache.json         hashes of workspace files by their stat
@@ -174,8 +178,11 @@ pub struct StoreLock {
 }
 
 impl Store {
-    /// Opens (creating when needed) the store at `root`.
+    /// Opens (creating when needed) the store at `root`. A folder that is
+    /// not a pipe store (no `STORE` marker, and not empty) is refused with a
+    /// [`UsageError`] before anything is written there (see `crate::marker`).
     pub fn open(root: &Path) -> anyhow::Result<Store> {
+        crate::marker::ensure(root)?;
         for sub in ["objects", "stages", "tmp", "out", "scratch", "logs"] {
             let dir = root.join(sub);
             files::create_dir_all(&dir)?;
@@ -229,11 +236,15 @@ impl Store {
         Ok(StoreLock { _file: file })
     }
 
-    /// Removes everything under `tmp/` (left by a killed run). Call with the lock held.
+    /// Removes what killed runs left under `tmp/`: the entries named as pipe
+    /// names them ([`is_temp_name`]); anything else there is not pipe's and
+    /// stays. Call with the lock held.
     pub fn clean_tmp(&self) -> anyhow::Result<()> {
         let tmp = self.root.join("tmp");
         for entry in files::read_dir(&tmp)? {
-            files::remove_all(&entry.path())?;
+            if entry.file_name().to_str().is_some_and(is_temp_name) {
+                files::remove_all(&entry.path())?;
+            }
         }
         Ok(())
     }
@@ -241,7 +252,7 @@ impl Store {
     /// A fresh folder under `tmp/`, removed when the guard drops.
     pub fn temp_dir(&self) -> anyhow::Result<tempfile::TempDir> {
         tempfile::Builder::new()
-            .prefix("stage-")
+            .prefix(TEMP_PREFIXES[0])
             .tempdir_in(self.root.join("tmp"))
             .context("cannot create a folder under the store's tmp/")
     }
@@ -336,7 +347,7 @@ impl Store {
         let staged = match how {
             Import::Move => path.to_path_buf(),
             Import::Copy => {
-                let tmp = self.unique_temp("import")?;
+                let tmp = self.unique_temp(TEMP_PREFIXES[1])?;
                 files::copy(path, &tmp)?;
                 tmp
             }
@@ -348,7 +359,7 @@ impl Store {
             Ok(()) => {}
             // Different filesystems: copy, then rename within the store.
             Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
-                let tmp = self.unique_temp("import")?;
+                let tmp = self.unique_temp(TEMP_PREFIXES[1])?;
                 files::copy(&staged, &tmp)?;
                 files::sync_file(&tmp)?;
                 files::rename(&tmp, &dest)?;
@@ -364,7 +375,7 @@ impl Store {
     /// A path under `tmp/` that no other writer uses.
     fn unique_temp(&self, prefix: &str) -> anyhow::Result<PathBuf> {
         let file = tempfile::Builder::new()
-            .prefix(&format!("{prefix}-"))
+            .prefix(prefix)
             .tempfile_in(self.root.join("tmp"))
             .context("cannot create a temporary file under the store's tmp/")?;
         let (_, path) = file
@@ -433,12 +444,12 @@ impl Store {
         digest: &Digest,
         size: u64,
         dest: &Path,
-        copy: bool,
+        place: Placing<'_>,
     ) -> anyhow::Result<()> {
         if matches!(kind, EntryKind::File | EntryKind::Executable) {
             self.check_size(digest, size)?;
         }
-        self.materialize(kind, digest, dest, copy)
+        self.materialize(kind, digest, dest, place)
     }
 
     /// Whether every object an output needs is present.
@@ -456,19 +467,22 @@ impl Store {
     }
 
     /// Places output `kind`/`digest` at `dest`: hard links for files (a copy
-    /// where linking fails, and always with `copy`), links as links, folders
-    /// rebuilt from their trees. Leaves `dest` untouched when it already is
-    /// that content. Nothing is followed: a link found at `dest` or inside it
-    /// is replaced, never written through. Whatever `dest` holds that the
-    /// output does not is removed, so callers outside the store first clear
-    /// `dest` of anything pipe did not write (see `crate::outputs`).
+    /// where linking fails, and always with `place.copy`), links as links,
+    /// folders rebuilt from their trees. Each file or link is staged beside
+    /// its target under `place.temp` (see [`files::temp_name`]), then renamed.
+    /// Leaves `dest` untouched when it already is that content. Nothing is
+    /// followed: a link found at `dest` or inside it is replaced, never
+    /// written through. Whatever `dest` holds that the output does not is
+    /// removed, so callers outside the store first clear `dest` of anything
+    /// pipe did not write (see `crate::outputs`).
     pub fn materialize(
         &self,
         kind: EntryKind,
         digest: &Digest,
         dest: &Path,
-        copy: bool,
+        place: Placing<'_>,
     ) -> anyhow::Result<()> {
+        let copy = place.copy;
         let existing = files::kind_of(dest)?;
         match kind {
             EntryKind::File | EntryKind::Executable => {
@@ -479,7 +493,7 @@ impl Store {
                 if let Some(parent) = dest.parent() {
                     files::create_dir_all(parent)?;
                 }
-                let staged = files::sibling_temp(dest);
+                let staged = dest.with_file_name(place.temp);
                 let linked = !copy && std::fs::hard_link(&object, &staged).is_ok();
                 if !linked {
                     files::copy(&object, &staged).with_context(|| {
@@ -505,7 +519,7 @@ impl Store {
                 if let Some(parent) = dest.parent() {
                     files::create_dir_all(parent)?;
                 }
-                let staged = files::sibling_temp(dest);
+                let staged = dest.with_file_name(place.temp);
                 files::symlink(&target, &staged)?;
                 if existing.is_some_and(|m| m.is_dir()) {
                     files::remove_all(dest)?;
@@ -527,7 +541,7 @@ impl Store {
                 }
                 for entry in &tree.entries {
                     let at = dest.join(&entry.name);
-                    self.materialize_output(entry.kind, &entry.hash, entry.size, &at, copy)?;
+                    self.materialize_output(entry.kind, &entry.hash, entry.size, &at, place)?;
                 }
                 Ok(())
             }
@@ -613,6 +627,15 @@ impl Store {
             .join(format!("{stage}.json"))
     }
 
+    /// Where the journal of a stage's unfinished restore lives (see
+    /// `crate::journal`).
+    pub fn restoring_path(&self, pipeline: &str, stage: &str) -> PathBuf {
+        self.root
+            .join("restoring")
+            .join(pipeline)
+            .join(format!("{stage}.json"))
+    }
+
     /// The checkpoint folder of stage key `key`.
     pub fn scratch_dir(&self, key: &Digest) -> PathBuf {
         self.root.join("scratch").join(key.to_string())
@@ -627,6 +650,22 @@ impl Store {
     }
 }
 
+/// The prefixes of pipe's names under `tmp/`: a stage's folder, a file on
+/// its way into `objects/`. `tempfile` adds [`TEMP_RANDOM_LEN`] letters and digits.
+const TEMP_PREFIXES: [&str; 2] = ["stage-", "import-"];
+
+/// How many random characters `tempfile` appends to a prefix (its default).
+const TEMP_RANDOM_LEN: usize = 6;
+
+/// Whether `name` (an entry of `tmp/`) is one pipe makes there.
+fn is_temp_name(name: &str) -> bool {
+    TEMP_PREFIXES.iter().any(|prefix| {
+        name.strip_prefix(prefix).is_some_and(|rest| {
+            rest.len() == TEMP_RANDOM_LEN && rest.bytes().all(|b| b.is_ascii_alphanumeric())
+        })
+    })
+}
+
 /// The message for a damaged store object at `path`, saying how to repair it.
 fn damaged(path: &Path, how: &str) -> String {
     format!(
@@ -634,6 +673,15 @@ fn damaged(path: &Path, how: &str) -> String {
         path.display(),
         path.display()
     )
+}
+
+/// How [`Store::materialize`] places files.
+#[derive(Debug, Clone, Copy)]
+pub struct Placing<'a> {
+    /// Copy files instead of hard-linking them to their objects.
+    pub copy: bool,
+    /// The file name each file or link is staged under, beside its target.
+    pub temp: &'a str,
 }
 
 /// The error of a store held by another run (exit code 2 with `--no-wait`).
@@ -696,8 +744,13 @@ mod tests {
             .unwrap();
         assert!(store.output_complete(EntryKind::Dir, &hashed.digest()));
         let dest = store_dir.path().join("restored");
+        let temp = files::temp_name(&files::temp_token());
+        let place = Placing {
+            copy: false,
+            temp: &temp,
+        };
         store
-            .materialize(EntryKind::Dir, &hashed.digest(), &dest, false)
+            .materialize(EntryKind::Dir, &hashed.digest(), &dest, place)
             .unwrap();
         assert_eq!(
             std::fs::read_to_string(dest.join("deep/b.txt")).unwrap(),
@@ -725,6 +778,24 @@ mod tests {
         let line = status.lines().find(|l| l.starts_with("Umask:")).unwrap();
         let expected = u32::from_str_radix(line["Umask:".len()..].trim(), 8).unwrap();
         assert_eq!(process_umask(), expected);
+    }
+
+    #[test]
+    fn clean_tmp_removes_pipes_temp_names_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let stage = store.temp_dir().unwrap().keep();
+        std::fs::write(stage.join("half.bin"), "left by a kill").unwrap();
+        let import = store.unique_temp(TEMP_PREFIXES[1]).unwrap();
+        let tmp = dir.path().join("tmp");
+        for mine in ["notes.txt", "stage-notes", "import-abc"] {
+            std::fs::write(tmp.join(mine), "mine").unwrap();
+        }
+        store.clean_tmp().unwrap();
+        assert!(!stage.exists() && !import.exists());
+        for mine in ["notes.txt", "stage-notes", "import-abc"] {
+            assert_eq!(std::fs::read_to_string(tmp.join(mine)).unwrap(), "mine");
+        }
     }
 
     #[test]

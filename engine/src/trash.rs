@@ -80,9 +80,6 @@ impl<'a> Batch<'a> {
         };
         let from = self.workspace.join(rel);
         let to = folder.join(&kept);
-        if let Some(parent) = to.parent() {
-            files::create_dir_all(parent)?;
-        }
         if files::kind_of(&to)?.is_some() {
             anyhow::bail!(
                 "cannot move `{}` to the trash: `{}` is already taken (internal error; nothing was moved)",
@@ -90,12 +87,36 @@ impl<'a> Batch<'a> {
                 to.display()
             );
         }
-        match std::fs::rename(&from, &to) {
+        let moved = self.move_to(&from, &to);
+        if moved.is_err() && files::kind_of(&to).is_ok_and(|t| t.is_none()) {
+            // Nothing arrived: a batch that holds nothing yet is removed
+            // rather than left empty and without a note.
+            if self.moved.is_empty() {
+                files::remove_all(&folder).ok();
+                self.folder = None;
+            }
+            return moved;
+        }
+        // Something arrived (all of it, or part of a copy): the note names it either way.
+        let shown = rel.to_string_lossy().into_owned();
+        self.kept_at
+            .insert(shown.clone(), kept.to_string_lossy().into_owned());
+        self.moved.push(shown);
+        self.write_note(&folder)?;
+        moved
+    }
+
+    /// Moves `from` to `to` (inside the batch), checking that it took effect.
+    fn move_to(&self, from: &Path, to: &Path) -> anyhow::Result<()> {
+        if let Some(parent) = to.parent() {
+            files::create_dir_all(parent)?;
+        }
+        match std::fs::rename(from, to) {
             Ok(()) => {}
             // The store is on another filesystem (`PIPE_STORE`): copy, then remove.
             Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
-                files::copy_all(&from, &to)?;
-                files::remove_all(&from)?;
+                files::copy_all(from, to)?;
+                files::remove_all(from)?;
             }
             Err(e) => {
                 return Err(e).with_context(|| {
@@ -107,18 +128,14 @@ impl<'a> Batch<'a> {
                 });
             }
         }
-        if files::kind_of(&from)?.is_some() || files::kind_of(&to)?.is_none() {
+        if files::kind_of(from)?.is_some() || files::kind_of(to)?.is_none() {
             anyhow::bail!(
                 "moving `{}` to the trash `{}` did not take effect; nothing else was touched, look at both paths before running again",
                 from.display(),
                 to.display()
             );
         }
-        let shown = rel.to_string_lossy().into_owned();
-        self.kept_at
-            .insert(shown.clone(), kept.to_string_lossy().into_owned());
-        self.moved.push(shown);
-        self.write_note(&folder)
+        Ok(())
     }
 
     fn write_note(&self, folder: &Path) -> anyhow::Result<()> {
@@ -180,6 +197,29 @@ fn batch_name(now: SystemTime) -> String {
     )
 }
 
+/// Whether `name` is one [`batch_name`] makes:
+/// `<yyyymmdd>T<hhmmss>.<ms>Z-<pid>-<n>` (what `pipe gc` may remove from `trash/`).
+pub fn is_batch_name(name: &str) -> bool {
+    let digits = |s: &str, len: Option<usize>| {
+        !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && len.is_none_or(|l| s.len() == l)
+    };
+    let mut parts = name.splitn(3, '-');
+    let (Some(time), Some(pid), Some(n)) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    let Some((date, clock)) = time.split_once('T') else {
+        return false;
+    };
+    let Some((hms, ms)) = clock.strip_suffix('Z').and_then(|c| c.split_once('.')) else {
+        return false;
+    };
+    digits(date, Some(8))
+        && digits(hms, Some(6))
+        && digits(ms, Some(3))
+        && digits(pid, None)
+        && digits(n, None)
+}
+
 /// `2026-11-30T11:05:02Z`.
 fn iso_time(now: SystemTime) -> String {
     let secs = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
@@ -216,6 +256,19 @@ mod tests {
     }
 
     #[test]
+    fn batch_names_are_recognised_exactly() {
+        assert!(is_batch_name(&batch_name(SystemTime::now())));
+        for not_ours in [
+            "notes",
+            "20261130T110502.000Z",
+            "20261130T110502.000Z-1-x",
+            "old-1-2",
+        ] {
+            assert!(!is_batch_name(not_ours), "{not_ours}");
+        }
+    }
+
+    #[test]
     fn a_batch_keeps_the_file_and_names_it() {
         let ws = tempfile::tempdir().unwrap();
         let store = tempfile::tempdir().unwrap();
@@ -236,6 +289,19 @@ mod tests {
         assert_eq!(note["paths"][0], "build/mine.txt");
         assert_eq!(note["reason"], "not written by pipe");
         assert_eq!(note["kept_at"]["build/mine.txt"], "files/build/mine.txt");
+    }
+
+    #[test]
+    fn a_failed_move_leaves_no_empty_batch() {
+        let ws = tempfile::tempdir().unwrap();
+        let store = tempfile::tempdir().unwrap();
+        let mut batch = Batch::new(store.path(), ws.path(), "build", "not written by pipe");
+        assert!(batch.take(Path::new("missing.txt")).is_err());
+        assert!(batch.finish().is_none());
+        let left: Vec<_> = std::fs::read_dir(store.path().join("trash"))
+            .unwrap()
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use pipe_engine::lockfile::{LockFile, lock_path};
+use pipe_engine::lockfile;
 use pipe_engine::{Printer, Tone, UsageError};
 use pipe_models::bundle::{Bundle, Predictions};
 use pipe_onnx::SessionOptions;
@@ -179,17 +179,19 @@ pub fn bundle_dir(arg: &str, manifest: Option<&Path>) -> anyhow::Result<PathBuf>
                 members.join(", ")
             );
         }
+        // A name that is no bundle and no stage is a usage error (exit 2).
         let names: Vec<&str> = pipeline.stages.iter().map(|s| s.name.as_str()).collect();
-        bail!(
+        return Err(UsageError(format!(
             "`{arg}` is neither a folder nor a stage of {}{}; the stages are: {}",
             file.display(),
             pipe_engine::diag::did_you_mean(arg, names.iter().copied()),
             names.join(", ")
-        );
+        ))
+        .into());
     };
     let stage = &pipeline.stages[id];
     let store = workspace::open_store(&pipeline)?;
-    let lock = LockFile::load(&lock_path(&pipeline.manifest.path))?;
+    let lock = lockfile::load_for(&pipeline.manifest.path, &pipeline.manifest.name)?;
     let ran = lock
         .stages
         .get(arg)

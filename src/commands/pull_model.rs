@@ -1,13 +1,15 @@
 //! `pipe pull-model ID`: download a Hugging Face model into the local cache ahead of a run.
 
-use pipe_engine::{Printer, Tone};
-use pipe_models::hub::{Hub, default_hub_cache};
+use pipe_engine::{Printer, Tone, UsageError};
+use pipe_models::hub::{Hub, check_repo_id, default_hub_cache};
 
 use crate::Verdict;
 use crate::cli::PullModelArgs;
 
-/// Downloads the model files and tokenizer of `args.repo`; a failed download is exit 1.
+/// Downloads the model files and tokenizer of `args.repo`; a failed download is exit 1,
+/// an id the hub cannot have a usage error (exit 2).
 pub fn exec(args: PullModelArgs, printer: &Printer) -> anyhow::Result<Verdict> {
+    check_repo_id(&args.repo).map_err(|e| UsageError(format!("`{}`: {e}", args.repo)))?;
     let hub = Hub::from_env(default_hub_cache());
     let reporter = printer.reporter("pull");
     match hub.pull_model(&args.repo, &reporter) {

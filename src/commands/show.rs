@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use pipe_engine::lockfile::{LockFile, lock_path};
+use pipe_engine::lockfile;
 use pipe_engine::{UsageError, output_paths};
 use serde::Serialize;
 
@@ -48,7 +48,7 @@ pub fn exec(args: ShowArgs) -> anyhow::Result<Verdict> {
         ))
     })?;
     let store = workspace::open_store(&pipeline)?;
-    let lock = LockFile::load(&lock_path(&pipeline.manifest.path))?;
+    let lock = lockfile::load_for(&pipeline.manifest.path, &pipeline.manifest.name)?;
     let not_run = || {
         UsageError(format!(
             "stage '{stage_name}' has not run yet; run `pipe run {} {stage_name}`",

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use pipe_engine::lockfile::{LockFile, lock_path};
+use pipe_engine::lockfile::{self, lock_path};
 use pipe_engine::remote_cache::RemoteCache;
 use pipe_engine::{Digest, Pipeline, Printer, Reporter, Store, UsageError};
 use pipe_remote::Remote;
@@ -44,7 +44,7 @@ fn locked_keys(
     stages: &[String],
 ) -> anyhow::Result<Vec<(String, Digest)>> {
     let path = lock_path(&pipeline.manifest.path);
-    let lock = LockFile::load(&path)?;
+    let lock = lockfile::load_for(&pipeline.manifest.path, &pipeline.manifest.name)?;
     if lock.stages.is_empty() {
         return Err(UsageError(format!(
             "`{}` lists no results yet; run `pipe run` first (or pull with the lockfile of a clone that ran it)",

@@ -85,10 +85,7 @@ impl Stage for Command {
                 )
                 .with_help("list variable names only, e.g. `env: [LANG, SEED]`"));
             }
-            let value = std::env::var(name)
-                .map(Value::String)
-                .unwrap_or(Value::Null);
-            env.insert(name.clone(), value);
+            env.insert(name.clone(), env_key_value(std::env::var_os(name)));
         }
         Ok(Checked {
             key_params: serde_json::json!({ "env": env }),
@@ -172,6 +169,28 @@ fn folder_of(input: &Input) -> PathBuf {
     })
 }
 
+/// How an `env:` variable's value enters the stage key: UTF-8 text as a
+/// string (so keys of such values never change), unset as `null`, and any
+/// other bytes by their hex as `{"bytes": "…"}`, so a value that is not UTF-8
+/// keys on what it is and never on "unset".
+fn env_key_value(value: Option<std::ffi::OsString>) -> Value {
+    use std::os::unix::ffi::OsStrExt;
+    match value {
+        None => Value::Null,
+        Some(value) => match value.to_str() {
+            Some(text) => Value::String(text.to_string()),
+            None => {
+                let hex: String = value
+                    .as_bytes()
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+                serde_json::json!({ "bytes": hex })
+            }
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -231,5 +250,16 @@ mod tests {
             vars[0].1,
             PathBuf::from("/w/.pipe/out/p/evaluate@lr-0.0003")
         );
+    }
+
+    #[test]
+    fn env_values_key_on_their_bytes_and_utf8_keys_are_unchanged() {
+        use std::os::unix::ffi::OsStringExt;
+        let raw = |bytes: &[u8]| env_key_value(Some(std::ffi::OsString::from_vec(bytes.to_vec())));
+        assert_eq!(raw(b"C.UTF-8"), Value::String("C.UTF-8".into()));
+        assert_eq!(env_key_value(None), Value::Null);
+        assert_eq!(raw(b"\xff\xfe"), serde_json::json!({"bytes": "fffe"}));
+        assert_ne!(raw(b"\xff"), raw(b"\xfe"));
+        assert_ne!(raw(b"\xff"), Value::Null);
     }
 }

@@ -20,4 +20,5 @@ mod serve;
 mod slurm;
 mod stdout;
 mod training;
+mod trust;
 mod util;

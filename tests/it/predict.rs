@@ -211,8 +211,9 @@ fn predict_fails_clearly_without_a_bundle() {
         stderr(&out)
     );
 
+    // Issue #27: a stage the manifest lacks is a usage error (exit 2, was 1).
     let out = p.pipe(&["predict", "exprot-onnx", "text"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
     assert!(
         err.contains("`exprot-onnx` is neither a folder nor a stage of demo.yaml")
@@ -278,7 +279,8 @@ fn predict_addresses_matrix_members() {
         "hi",
     ]);
     let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    // Issue #27: an unknown stage is a usage error (exit 2, was 1).
+    assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(
         err.contains("`export-onnx@medium` is neither a folder nor a stage"),
         "{err}"

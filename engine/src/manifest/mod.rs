@@ -135,6 +135,21 @@ pub fn is_valid_stage_name(name: &str) -> bool {
 impl Manifest {
     /// Reads and parses the manifest at `path`.
     pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
+        if crate::lockfile::lock_path(path) == path {
+            // It would be its own lockfile: the first run would overwrite it.
+            let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+            return Err(ManifestError::single(
+                Diagnostic {
+                    file: path.to_path_buf(),
+                    span: None,
+                    message: "a manifest cannot end in `.lock`: pipe keeps each manifest's \
+                              lockfile at `<stem>.lock` beside it, which would be this file"
+                        .into(),
+                    help: Some(format!("rename it to `{stem}.yaml`")),
+                },
+                None,
+            ));
+        }
         let source = std::fs::read_to_string(path).map_err(|e| {
             let help = if e.kind() == std::io::ErrorKind::NotFound {
                 "check the path, or run `pipe init` to write a manifest"

@@ -7,8 +7,8 @@ mod values;
 
 use std::path::{Path, PathBuf};
 
-use pipe_engine::lockfile::{LockFile, lock_path};
-use pipe_engine::{Printer, Tone};
+use pipe_engine::lockfile::{self, LockFile, lock_path};
+use pipe_engine::{Pipeline, Printer, Tone, UsageError};
 use serde_json::Value;
 
 use self::baseline::Baseline;
@@ -48,7 +48,7 @@ pub fn exec(args: MetricsArgs, printer: &Printer) -> anyhow::Result<Verdict> {
     };
     // Missing data is a failure (exit 1), not a usage error: say why and stop.
     let store_dir = pipe_engine::store_dir(&pipeline.manifest.dir);
-    let loaded = read_current(&lock_file, &file).and_then(|current| {
+    let loaded = read_current(&lock_file, &pipeline).and_then(|current| {
         let old = baseline
             .map(|b| b.read(&lock_file, &store_dir).map(|old| (b, old)))
             .transpose()?;
@@ -56,6 +56,8 @@ pub fn exec(args: MetricsArgs, printer: &Printer) -> anyhow::Result<Verdict> {
     });
     let (current, old) = match loaded {
         Ok(loaded) => loaded,
+        // Another manifest's lockfile is a usage error (exit 2), not missing data.
+        Err(error) if error.downcast_ref::<UsageError>().is_some() => return Err(error),
         Err(error) => {
             printer.error(&error);
             return Ok(Verdict::Failure);
@@ -96,14 +98,15 @@ fn settle_file_and_rev(
 }
 
 /// The lockfile of the last run; an error when the pipeline has not run yet.
-fn read_current(lock_file: &Path, manifest: &Path) -> anyhow::Result<LockFile> {
+fn read_current(lock_file: &Path, pipeline: &Pipeline<'_>) -> anyhow::Result<LockFile> {
+    let manifest = &pipeline.manifest;
     if !lock_file.exists() {
         anyhow::bail!(
             "no metrics yet: run `pipe run {}` first",
-            manifest.display()
+            manifest.path.display()
         );
     }
-    LockFile::load(lock_file)
+    lockfile::load_for(&manifest.path, &manifest.name)
 }
 
 /// One row per stage and numeric metric, or every metric as JSON.

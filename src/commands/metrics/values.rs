@@ -242,6 +242,7 @@ mod tests {
             inputs: Default::default(),
         };
         LockFile {
+            manifest: None,
             pipeline: "p".into(),
             stages: stages
                 .iter()

@@ -113,6 +113,7 @@ pub fn init(options: InitOptions, prompter: &mut dyn Prompter) -> anyhow::Result
         ),
     };
     let shown = from.display().to_string();
+    check_data_file(&from, &output)?;
     // `pipe run` reads only files in the manifest's folder: refuse now rather than write a
     // manifest that cannot run.
     let source = relative_to(&from, output.parent().unwrap_or(Path::new("")))?;
@@ -430,6 +431,37 @@ fn relative_to(path: &Path, base: &Path) -> anyhow::Result<String> {
             .map(|c| c.as_os_str().to_string_lossy().into_owned()),
     );
     Ok(parts.join("/"))
+}
+
+/// Refuses a data file `from` that is not a regular file (a FIFO or a device
+/// would block the read, or never end), and an `output` that is the data
+/// file itself (`--force` would overwrite the data with the manifest), before
+/// either is opened. A missing `from` is left to the reader, which says so.
+fn check_data_file(from: &Path, output: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(data) = std::fs::metadata(from) else {
+        return Ok(());
+    };
+    if !data.is_file() {
+        return Err(pipe_engine::UsageError(format!(
+            "{} is not a regular file (a folder, FIFO or device); pass a CSV, JSONL or Parquet \
+             file with --from",
+            from.display()
+        ))
+        .into());
+    }
+    if let Ok(out) = std::fs::metadata(output)
+        && out.dev() == data.dev()
+        && out.ino() == data.ino()
+    {
+        return Err(pipe_engine::UsageError(format!(
+            "-o {} is the data file itself; writing the manifest there would replace your \
+             data: name another file (`-o pipeline.yaml`)",
+            output.display()
+        ))
+        .into());
+    }
+    Ok(())
 }
 
 /// Writes `text` to `path` so a crash leaves either the old file or the new
