@@ -19,7 +19,8 @@ use crate::journal::Unfinished;
 use crate::key::{KeyRecord, MissReason, explain};
 use crate::lockfile::LockEntry;
 use crate::outputs::{
-    FailedOuts, Known, clear_out, commit, earlier_run_wrote, output_paths, publish, restore,
+    FailedOuts, Known, OutsEnv, clear_out, commit, earlier_run_wrote, output_paths, publish,
+    restore,
 };
 use crate::plan::{Pipeline, PlannedStage};
 use crate::printer::Printer;
@@ -48,6 +49,18 @@ pub struct JobEnv<'a> {
     pub(crate) remote: Option<&'a RemoteLink>,
     /// Where the stages that must run execute.
     pub executor: &'a dyn Executor,
+}
+
+impl JobEnv<'_> {
+    /// The part of the environment the outputs' functions take.
+    fn outs(&self) -> OutsEnv<'_> {
+        OutsEnv {
+            pipeline: self.pipeline,
+            store: self.store,
+            stat_cache: self.stat_cache,
+            printer: self.printer,
+        }
+    }
 }
 
 /// A stage that is up to date: what it ran (or was restored) with and what it produced.
@@ -171,7 +184,7 @@ pub fn run_job(
         match lookup(env, stage, &key, locked) {
             Lookup::Hit { found, from_remote } => {
                 if !env.dry_run
-                    && let Err(e) = restore(env, stage, &found, locked)
+                    && let Err(e) = restore(&env.outs(), stage, &found, locked)
                 {
                     let error = e.context("cannot restore from the cache");
                     return JobResult::failed(Some(key), error, started);
@@ -421,7 +434,7 @@ fn execute(
     let known = Known::of(env.store, pipeline, &stage.name, locked);
     for out in &stage.outs {
         let path = workspace.join(out);
-        clear_out(env, &stage.name, out, &known)?;
+        clear_out(&env.outs(), &stage.name, out, &known)?;
         if let Some(parent) = path.parent() {
             files::create_dir_all(parent)?;
         }
@@ -471,12 +484,12 @@ fn execute(
         .executor
         .run(&job)
         .map_err(|e| env.pipeline.locate_run_error(stage, e))
-        .and_then(|outcome| Ok((commit(env, stage, &out_dir)?, outcome)));
+        .and_then(|outcome| Ok((commit(&env.outs(), stage, &out_dir)?, outcome)));
     let (outputs, outcome) = match ran {
         Ok(done) => done,
         Err(error) => {
             // What the failed command wrote in its outs is pipe's, not the user's.
-            if let Err(e) = FailedOuts::remember(env, stage) {
+            if let Err(e) = FailedOuts::remember(&env.outs(), stage) {
                 env.printer.warn(&format!(
                     "{}: cannot note what the failed run left in its outs: {e:#}",
                     stage.name
@@ -512,7 +525,7 @@ fn execute(
             shown.join(", ")
         ));
     }
-    publish(env, &stage.name, &outputs)?;
+    publish(&env.outs(), &stage.name, &outputs)?;
     files::remove_all(&scratch)?;
     Ok((outputs, outcome))
 }

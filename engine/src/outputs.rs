@@ -17,11 +17,11 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use crate::hash::{Digest, EntryKind, Hashed, Tree, hash_path};
-use crate::job::JobEnv;
+use crate::hash::{Digest, EntryKind, Hashed, StatCache, Tree, hash_path};
 use crate::journal::Unfinished;
 use crate::lockfile::LockEntry;
 use crate::plan::{Pipeline, PlannedStage};
+use crate::printer::Printer;
 use crate::store::{Import, OutputEntry, Placing, StageRecord, Store};
 use crate::trash;
 use crate::{atomic, files};
@@ -33,6 +33,20 @@ use crate::{atomic, files};
 /// these pairs, a folder only when pipe made a folder at its path; anything
 /// else is trashed.
 pub type Produced = BTreeSet<(String, Digest)>;
+
+/// What this module's functions work with: a job's pipeline, store, hashes of workspace
+/// files and printer.
+#[derive(Clone, Copy)]
+pub struct OutsEnv<'a> {
+    /// The pipeline.
+    pub pipeline: &'a Pipeline<'a>,
+    /// The store.
+    pub store: &'a Store,
+    /// Hashes of workspace files.
+    pub stat_cache: &'a StatCache,
+    /// The printer (notes, progress, warnings).
+    pub printer: &'a Printer,
+}
 
 /// The [`Produced`] pairs of a stage: those of the lockfile's entry, what
 /// its last run left in its outs if that run failed ([`FailedOuts`]), and
@@ -138,7 +152,7 @@ impl FailedOuts {
 
     /// Hashes what a failed run of `stage` left in its declared outs and
     /// keeps it as the stage's failed-run record.
-    pub fn remember(env: &JobEnv<'_>, stage: &PlannedStage<'_>) -> anyhow::Result<()> {
+    pub fn remember(env: &OutsEnv<'_>, stage: &PlannedStage<'_>) -> anyhow::Result<()> {
         let mut failed = FailedOuts::default();
         for out in &stage.outs {
             let path = env.pipeline.manifest.dir.join(out);
@@ -228,7 +242,7 @@ impl Known {
 /// Empties the place of declared out `out` before pipe writes there: what
 /// pipe wrote (`known`) is removed, anything else moved to the trash, with a
 /// warning naming it. pipe's staging files beside the out go too.
-pub fn clear_out(env: &JobEnv<'_>, stage: &str, out: &str, known: &Known) -> anyhow::Result<()> {
+pub fn clear_out(env: &OutsEnv<'_>, stage: &str, out: &str, known: &Known) -> anyhow::Result<()> {
     let workspace = &env.pipeline.manifest.dir;
     ensure_real_parents(workspace, out)?;
     remove_temps_beside(workspace, out, &known.temps)?;
@@ -247,7 +261,7 @@ pub fn clear_out(env: &JobEnv<'_>, stage: &str, out: &str, known: &Known) -> any
 }
 
 fn clear(
-    env: &JobEnv<'_>,
+    env: &OutsEnv<'_>,
     batch: &mut trash::Batch<'_>,
     known: &Known,
     path: &Path,
@@ -300,7 +314,7 @@ fn clear(
 /// part is journaled ([`Unfinished`]), so a restore stopped midway is
 /// recognised and finished by the next run.
 pub fn restore(
-    env: &JobEnv<'_>,
+    env: &OutsEnv<'_>,
     stage: &PlannedStage<'_>,
     found: &StageRecord,
     locked: Option<&LockEntry>,
@@ -356,7 +370,7 @@ pub fn restore(
 
 /// Makes `out/<pipeline>/<stage>/` hold exactly the stage's store outputs.
 pub fn publish(
-    env: &JobEnv<'_>,
+    env: &OutsEnv<'_>,
     stage: &str,
     outputs: &BTreeMap<String, OutputEntry>,
 ) -> anyhow::Result<()> {
@@ -418,7 +432,7 @@ pub fn output_paths(
 /// Hashes and stores what the stage wrote: entries of its out folder (by
 /// move) and its declared workspace outs (by copy). Links are stored as links.
 pub fn commit(
-    env: &JobEnv<'_>,
+    env: &OutsEnv<'_>,
     stage: &PlannedStage<'_>,
     out_dir: &Path,
 ) -> anyhow::Result<BTreeMap<String, OutputEntry>> {
