@@ -146,7 +146,7 @@ fn named_paths(code: &str, here: &[String]) -> Vec<Vec<String>> {
                 .unwrap_or(bytes.len());
             let inner: String = bytes[j + 1..close].iter().collect();
             for item in inner.split(',') {
-                let item = item.trim().split_whitespace().next().unwrap_or_default();
+                let item = item.split_whitespace().next().unwrap_or_default();
                 written.push(format!("{prefix}{item}"));
             }
             j = close;

@@ -56,7 +56,7 @@ pub(super) fn expand<'r>(
             Some(first)
         })
         .collect();
-    let protected = protected_paths(&manifest);
+    let protected = protected_paths(manifest);
     let resolver = paths::Resolver::new(&manifest.dir, options.allow_outside);
     let mut known_params: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     let mut stages = Vec::new();
