@@ -17,7 +17,8 @@
 # The CUDA 13 runtime is not packed: the GPU machine's Python packages provide it
 # (gpu-check.sh puts their lib folders on LD_LIBRARY_PATH).
 #
-# Environment: PIPE_GPU_PIECE_BYTES (default 55000000: a piece, the manifest and a 3.4 MB
+# Environment: PIPE_BIN and PIPE_STEP_BIN (release binaries to pack; else built with cargo),
+# PIPE_GPU_PIECE_BYTES (default 55000000: a piece, the manifest and a 3.4 MB
 # checkout stay under a call's 64 MiB), PIPE_GPU_STASH (where --receive gathers the pieces
 # outside the checkout; default /tmp/pipe-gpu-stash), CARGO_TARGET_DIR.
 set -euo pipefail
@@ -62,9 +63,13 @@ esac
 
 # --- here: build, fetch, pack, split -----------------------------------------------------------
 piece_bytes=${PIPE_GPU_PIECE_BYTES:-55000000}
+if [[ -z ${PIPE_BIN:-} || -z ${PIPE_STEP_BIN:-} ]]; then
+  say "building pipe and bench/finetune_step.rs (release)..."
+  (cd "$root" && cargo build --locked --quiet --release --workspace --bin pipe --example finetune_step)
+fi
 target=${CARGO_TARGET_DIR:-$root/target}/release
-say "building pipe and bench/finetune_step.rs (release)..."
-(cd "$root" && cargo build --locked --quiet --release --workspace --bin pipe --example finetune_step)
+pipe_bin=${PIPE_BIN:-$target/pipe}
+step_bin=${PIPE_STEP_BIN:-$target/examples/finetune_step}
 
 mkdir -p "$stage_dir/wheels"
 wheel=$(ls "$stage_dir/wheels"/onnxruntime_gpu-$version-*.whl 2>/dev/null | head -n1 || true)
@@ -79,8 +84,8 @@ fi
 pack=$(mktemp -d)
 trap 'rm -rf "$pack"' EXIT
 mkdir -p "$pack/pipe-gpu/onnxruntime-gpu"
-strip -o "$pack/pipe-gpu/pipe" "$target/pipe"
-strip -o "$pack/pipe-gpu/finetune_step" "$target/examples/finetune_step"
+strip -o "$pack/pipe-gpu/pipe" "$pipe_bin"
+strip -o "$pack/pipe-gpu/finetune_step" "$step_bin"
 unzip -q -j -d "$pack/pipe-gpu/onnxruntime-gpu" "$wheel" \
   "onnxruntime/capi/libonnxruntime.so.$version" \
   "onnxruntime/capi/libonnxruntime_providers_shared.so" \
