@@ -19,13 +19,14 @@
 #
 # Environment: PIPE_BIN and PIPE_STEP_BIN (release binaries to pack; else built with cargo),
 # PIPE_GPU_PIECE_BYTES (default 55000000: a piece, the manifest and a 3.4 MB
-# checkout stay under a call's 64 MiB), PIPE_GPU_STASH (where --receive gathers the pieces
-# outside the checkout; default /tmp/pipe-gpu-stash), CARGO_TARGET_DIR.
+# checkout stay under a call's 64 MiB), PIPE_GPU_STASH (where --receive gathers the pieces;
+# default .gpu/stash, ignored files that a warm device machine keeps between calls),
+# CARGO_TARGET_DIR.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 version=1.31.1
 stage_dir=$root/.gpu
-stash=${PIPE_GPU_STASH:-/tmp/pipe-gpu-stash}
+stash=${PIPE_GPU_STASH:-$stage_dir/stash}
 say() { echo "gpu-stage: $*" >&2; }
 
 # --- there: gather the pieces, then unpack -----------------------------------------------------
@@ -109,8 +110,8 @@ if ((biggest + tree > 64 * 1024 * 1024)); then
 fi
 cat <<EOF
 
-Device calls, back to back (a warm machine keeps /tmp and the checkout's ignored files between
-calls, for about 30 s after each). Each call carries the manifest and one piece:
+Device calls, back to back (a warm machine keeps the checkout's ignored files between calls;
+it stays warm about 30 s after each). Each call carries the manifest and one piece:
 EOF
 i=0
 for p in "${pieces[@]}"; do
