@@ -3,9 +3,14 @@
 //! as `bench/torch_finetune.py` (full-length rows, 4 labels, clipping at 1.0, AdamW lr 5e-5
 //! and weight decay 0.01; warm-up steps untimed).
 //!
-//! Usage: `cargo run --release -p pipe-stages --example finetune_step -- tiny|125m [--steps N]
-//! [--warmup N] [--threads N] [--lora] [--freeze-half] [--save-graph FILE] [--profile PREFIX]`.
-//! Prints one JSON object (with the step graph's node count). `--lora` trains a LoRA adapter
+//! Usage: `cargo run --release -p pipe-stages --example finetune_step -- tiny|125m|2.7b
+//! [--steps N] [--warmup N] [--threads N] [--batch N] [--seq N] [--layers N] [--device D]
+//! [--lora] [--freeze-half] [--save-graph FILE] [--profile PREFIX]`.
+//! Prints one JSON object (with the step graph's node count). `2.7b` is GPT-Neo 2.7B's shape
+//! (random weights); `--layers N` keeps only N of its blocks (a reduced shape for checks on
+//! small machines). `--device cuda:0` trains on CUDA with the state on the device
+//! ([`step_trainer`]; `PIPE_DEVICE_STATE=1` does that on the CPU too) and reports the
+//! device arenas' peak; the host's peak is reported as `VmHWM` and `getrusage`'s `ru_maxrss`. `--lora` trains a LoRA adapter
 //! (r 8, alpha 16 on q_proj and v_proj; the base frozen, the head trained), as
 //! `bench/torch_finetune.py --lora` does with PEFT; `--freeze-half` freezes the embeddings and
 //! the lower half of the layers (`freeze: [embeddings, layers.0-N]`), as
@@ -21,7 +26,7 @@ use std::collections::BTreeMap;
 use pipe_models::gpt_neo::{AttentionKind, GptNeoConfig, ProblemType};
 use pipe_models::lora::{LoraParams, LoraTarget};
 use pipe_models::{Xoshiro256, init_params};
-use pipe_onnx::{AdamW, FlatTrainer, HostTensor, Session, SessionOptions};
+use pipe_onnx::{AdamW, Device, HostTensor, Session, SessionOptions, step_trainer};
 use pipe_stages::finetune::{FreezeEntry, StepGraph, Trained, distinct_tokens, peak_memory_bytes};
 use serde_json::json;
 
@@ -49,28 +54,47 @@ fn arg(args: &[String], flag: &str, default: usize) -> anyhow::Result<usize> {
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let name = args.first().map(String::as_str).unwrap_or("tiny");
-    let (config, batch, seq, steps, warmup) = match name {
-        "tiny" => (GptNeoConfig::tiny(8192, NUM_LABELS), 16, 64, 20, 3),
-        "125m" => (
-            GptNeoConfig {
-                hidden_size: 768,
-                num_layers: 12,
-                num_heads: 12,
-                intermediate_size: Some(3072),
-                max_position_embeddings: 2048,
-                attention_types: vec![(vec![AttentionKind::Global, AttentionKind::Local], 6)],
-                ..GptNeoConfig::tiny(50257, NUM_LABELS)
-            },
-            8,
-            64,
-            5,
-            2,
-        ),
-        other => anyhow::bail!("unknown config {other}; expected tiny or 125m"),
+    // GPT-Neo's published shapes: hidden size, heads, layers (global and local alternating).
+    let neo = |hidden_size: usize, num_heads: usize, num_layers: usize| GptNeoConfig {
+        hidden_size,
+        num_layers,
+        num_heads,
+        intermediate_size: Some(4 * hidden_size),
+        max_position_embeddings: 2048,
+        attention_types: vec![(
+            vec![AttentionKind::Global, AttentionKind::Local],
+            num_layers / 2,
+        )],
+        ..GptNeoConfig::tiny(50257, NUM_LABELS)
     };
+    let (mut config, batch, seq, steps, warmup) = match name {
+        "tiny" => (GptNeoConfig::tiny(8192, NUM_LABELS), 16, 64, 20, 3),
+        "125m" => (neo(768, 12, 12), 8, 64, 5, 2),
+        "2.7b" => (neo(2560, 20, 32), 8, 64, 4, 2),
+        other => anyhow::bail!("unknown config {other}; expected tiny, 125m or 2.7b"),
+    };
+    if let Some(layers) = flag_value(&args, "--layers")? {
+        let layers: usize = layers.parse()?;
+        anyhow::ensure!(
+            layers >= 2 && layers.is_multiple_of(2),
+            "--layers takes an even number of at least 2 (blocks alternate global and local)"
+        );
+        config.num_layers = layers;
+        config.attention_types = vec![(
+            vec![AttentionKind::Global, AttentionKind::Local],
+            layers / 2,
+        )];
+    }
     let steps = arg(&args, "--steps", steps)?;
     let warmup = arg(&args, "--warmup", warmup)?;
     let threads = arg(&args, "--threads", 2)?;
+    let batch = arg(&args, "--batch", batch)?;
+    let seq = arg(&args, "--seq", seq)?;
+    let device: Device = flag_value(&args, "--device")?.unwrap_or("cpu").parse()?;
+    if device != Device::Cpu {
+        // Loads the CUDA build of ONNX Runtime, or says why the device cannot be used.
+        pipe_onnx::runtime::probe(device)?;
+    }
 
     let adamw = AdamW {
         weight_decay: 0.01,
@@ -105,19 +129,23 @@ fn main() -> anyhow::Result<()> {
         step.model.save(std::path::Path::new(path), None)?;
     }
     let opts = SessionOptions {
+        device,
         intra_threads: Some(threads),
         profile_prefix: flag_value(&args, "--profile")?.map(std::path::PathBuf::from),
         ..SessionOptions::default()
     };
     let session = Session::from_model(&step.model, &opts)?;
-    let (trained, frozen): (BTreeMap<_, _>, BTreeMap<_, _>) = init_params(&step.specs, 0)
+    let init_began = Instant::now();
+    let params = init_params(&step.specs, 0);
+    let init_s = init_began.elapsed().as_secs_f64();
+    let (trained, frozen): (BTreeMap<_, _>, BTreeMap<_, _>) = params
         .into_iter()
         .partition(|(name, _)| step.signature.layout.entry(name).is_some());
     let trained_params: usize = trained
         .values()
         .map(|t| t.shape().iter().product::<i64>() as usize)
         .sum();
-    let mut trainer = FlatTrainer::new(session, step.signature, adamw, trained, frozen)?;
+    let mut trainer = step_trainer(session, step.signature, adamw, trained, frozen)?;
     let setup_s = started.elapsed().as_secs_f64();
 
     let mut rng = Xoshiro256::new(0);
@@ -157,6 +185,7 @@ fn main() -> anyhow::Result<()> {
     }
     let mean = times.iter().sum::<f64>() / times.len().max(1) as f64;
     let peak_bytes = peak_memory_bytes().unwrap_or(0);
+    let device_memory = trainer.memory_stats()?;
     let params: usize = step.specs.iter().map(|s| s.numel()).sum();
     println!(
         "{}",
@@ -164,10 +193,27 @@ fn main() -> anyhow::Result<()> {
             "impl": "pipe (ONNX Runtime 1.31.1)", "config": name, "params": params,
             "lora": lora, "freeze_half": freeze_half, "trained_params": trained_params, "step_graph_nodes": nodes,
             "batch": batch, "seq": seq, "threads": threads, "steps": steps,
-            "setup_s": setup_s, "step_s_mean": mean,
+            "device": device.to_string(),
+            "training_state": if trainer.state_on_device() { "device" } else { "host" },
+            "setup_s": setup_s, "init_s": init_s, "step_s_mean": mean,
             "tokens_per_s": (batch * seq) as f64 / mean,
             "peak_rss_mb": peak_bytes as f64 / (1024.0 * 1024.0),
+            "host_peak_vmhwm_bytes": peak_bytes,
+            "host_peak_maxrss_bytes": max_rss_bytes(),
+            "device_peak_memory_bytes": device_memory.map(|m| m.max_in_use),
+            "device_reserved_bytes": device_memory.map(|m| m.reserved),
         })
     );
     Ok(())
+}
+
+/// This process's peak resident set as `getrusage(RUSAGE_SELF)` reports it (`ru_maxrss`, KiB on
+/// Linux), in bytes.
+fn max_rss_bytes() -> Option<u64> {
+    // SAFETY: `getrusage` fills the zeroed struct it is given and reads nothing else.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        (libc::getrusage(libc::RUSAGE_SELF, &mut usage) == 0).then_some(usage)
+    }?;
+    u64::try_from(usage.ru_maxrss).ok().map(|kib| kib * 1024)
 }

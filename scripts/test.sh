@@ -5,7 +5,8 @@
 # S3-compatible server s3s-fs for the remote-cache tests). The Slurm tests
 # (every test with `slurm::` in its name) run second, against the single-node
 # cluster scripts/with-slurm.sh starts (it installs slurm-wlm and munge with
-# apt-get when missing, so it needs root). With arguments, runs
+# apt-get when missing, so it needs root). Then scripts/gpu-check.sh --rehearse: the GPU
+# proof's every step on the CPU provider. With arguments, runs
 # `cargo test --workspace` with them instead (`./scripts/test.sh cache::`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,4 +27,7 @@ if [[ $# -gt 0 ]]; then
   exec cargo test --workspace --locked "$@"
 fi
 cargo test --workspace --locked -- --skip slurm::
+# Every line of the GPU proof on the CPU provider, with the debug binaries the tests built
+# (a release build would add several minutes on 2 cores; the steps are few and small).
+./scripts/gpu-check.sh --rehearse
 ./scripts/with-slurm.sh cargo test --workspace --locked slurm::

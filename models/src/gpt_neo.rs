@@ -106,7 +106,9 @@ pub struct GptNeoConfig {
     pub intermediate_size: Option<usize>,
     /// Rows of `wpe`: the longest sequence the model takes.
     pub max_position_embeddings: usize,
-    /// Keys a local layer sees, the query included.
+    /// Keys a local layer sees, the query included; 256 when absent, as transformers'
+    /// `GPTNeoConfig` defaults it.
+    #[serde(default = "default_window_size")]
     pub window_size: usize,
     /// Attention pattern in the nested HF form: `[[["global", "local"], 6]]` repeats the
     /// pair six times. See [`GptNeoConfig::attention_layers`].
@@ -145,6 +147,10 @@ pub struct GptNeoConfig {
 
 fn default_activation() -> Activation {
     Activation::GeluNew
+}
+
+fn default_window_size() -> usize {
+    256
 }
 
 fn default_layer_norm_epsilon() -> f64 {

@@ -135,14 +135,22 @@ impl Vars {
     }
 }
 
-/// Fresh values for `specs`, reproducible from `seed`.
+/// Elements drawn from one random stream: a fresh parameter is filled block by block, in
+/// parallel, each block from its own generator.
+pub const INIT_BLOCK: usize = 1 << 20;
+
+/// Fresh values for `specs`, reproducible from `seed`, the same at any thread count.
 ///
-/// Each parameter draws from its own stream, seeded from `seed` and the FNV-1a hash of its
-/// name, so adding or reordering parameters leaves the others unchanged. The generator is
-/// xoshiro256** (seeded through SplitMix64) and normals come from the Box–Muller transform.
+/// Each parameter draws from its own streams, seeded from `seed` and the FNV-1a hash of its
+/// name, so adding or reordering parameters leaves the others unchanged. A parameter is cut
+/// into blocks of [`INIT_BLOCK`] elements, filled in parallel: the first block draws from the
+/// parameter's seed (so a parameter of at most one block has the values of a single stream),
+/// block `i` from that seed XOR a mix of `i`. The generator is xoshiro256** (seeded through
+/// SplitMix64) and normals come from the Box–Muller transform.
 pub fn init_params(specs: &[ParamSpec], seed: u64) -> BTreeMap<String, HostTensor> {
+    use rayon::prelude::*;
     specs
-        .iter()
+        .par_iter()
         .map(|s| (s.name.clone(), init_param(s, seed)))
         .collect()
 }
@@ -150,23 +158,45 @@ pub fn init_params(specs: &[ParamSpec], seed: u64) -> BTreeMap<String, HostTenso
 /// Fresh values for one parameter; see [`init_params`].
 pub fn init_param(spec: &ParamSpec, seed: u64) -> HostTensor {
     let n = spec.numel();
+    let base = seed ^ fnv1a(&spec.name);
     let data = match spec.init {
         Init::Zeros => vec![0.0; n],
         Init::Ones => vec![1.0; n],
-        Init::Normal { std } => {
-            let mut rng = Xoshiro256::new(seed ^ fnv1a(&spec.name));
-            (0..n)
-                .map(|_| (rng.normal() * f64::from(std)) as f32)
-                .collect()
-        }
-        Init::Uniform { bound } => {
-            let mut rng = Xoshiro256::new(seed ^ fnv1a(&spec.name));
-            (0..n)
-                .map(|_| ((rng.uniform() * 2.0 - 1.0) * f64::from(bound)) as f32)
-                .collect()
-        }
+        Init::Normal { std } => fill_blocks(n, base, |rng| (rng.normal() * f64::from(std)) as f32),
+        Init::Uniform { bound } => fill_blocks(n, base, |rng| {
+            ((rng.uniform() * 2.0 - 1.0) * f64::from(bound)) as f32
+        }),
     };
     HostTensor::f32(&spec.shape, data).expect("the spec's shape holds numel elements")
+}
+
+/// `n` values, block `i` of [`INIT_BLOCK`] drawn by `draw` from the generator of
+/// `base ^ mix(i)` (`base` itself for block 0), the blocks in parallel.
+fn fill_blocks(n: usize, base: u64, draw: impl Fn(&mut Xoshiro256) -> f32 + Sync) -> Vec<f32> {
+    use rayon::prelude::*;
+    let mut data = vec![0.0f32; n];
+    data.par_chunks_mut(INIT_BLOCK)
+        .enumerate()
+        .for_each(|(i, block)| {
+            let mut rng = Xoshiro256::new(if i == 0 { base } else { base ^ mix(i as u64) });
+            block.iter_mut().for_each(|x| *x = draw(&mut rng));
+        });
+    data
+}
+
+/// SplitMix64's increment.
+const GOLDEN_GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// SplitMix64's output function (Steele, Lea & Flood): a bijective mix of 64 bits.
+fn splitmix_mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// SplitMix64's `i`-th output from state 0: distinct block indices give unrelated seeds.
+fn mix(i: u64) -> u64 {
+    splitmix_mix(i.wrapping_mul(GOLDEN_GAMMA))
 }
 
 fn fnv1a(s: &str) -> u64 {
@@ -188,11 +218,8 @@ impl Xoshiro256 {
     pub fn new(seed: u64) -> Self {
         let mut x = seed;
         let mut splitmix = || {
-            x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = x;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
+            x = x.wrapping_add(GOLDEN_GAMMA);
+            splitmix_mix(x)
         };
         Xoshiro256 {
             s: [splitmix(), splitmix(), splitmix(), splitmix()],

@@ -48,11 +48,11 @@ pub const OUT: &str = "out";
 /// The result of [`sum_sq_graph`] (f64 scalar).
 pub const SUM_SQ: &str = "sum_sq";
 
-/// `out = x`: with `x` and `out` bound to memory of different devices, a copy between
-/// them.
-pub fn copy_graph() -> Result<Model> {
+/// `out = x` over a 1-D tensor of `dtype`: with `x` and `out` bound to memory of different
+/// devices, a copy between them.
+pub fn copy_graph(dtype: DType) -> Result<Model> {
     let mut g = Graph::new("flat_copy");
-    let x = flat_input(&mut g, X, DType::F32)?;
+    let x = flat_input(&mut g, X, dtype)?;
     g.output(x, OUT)?;
     g.build()
 }

@@ -20,8 +20,13 @@
 //! aliased output: each input is read only by ancestors of that output's producer. Ping-pong
 //! buffers would cost three more copies of the state (12 bytes per parameter). What in-place
 //! still costs is ONNX Runtime's temporaries for the intermediate values of one run; the
-//! graphs therefore run over pieces of [`DeviceTrainer::set_piece_len`] elements (16M by
+//! graphs therefore run over pieces of [`DeviceTrainer::with_piece_len`] elements (16M by
 //! default: about 64 MB per temporary), not over the whole buffers.
+//!
+//! Copies between the host and the device go a piece at a time too, through the trainer's own
+//! copy graph (an identity whose input and output are bound to the two memories): the state is
+//! filled and the parameters uploaded without a host copy of the whole state, and the copy
+//! session's arena keeps at most a piece as its temporary.
 //!
 //! Device memory: 16 bytes per trained parameter (parameters, gradients, two moments), 1 for
 //! the weight-decay mask, 4 more once gradient accumulation is used (the later micro-batches'
@@ -34,6 +39,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
+use std::ops::Range;
 use std::sync::Mutex;
 
 use ort::memory::MemoryInfo;
@@ -42,16 +48,14 @@ use ort::value::{
     Value, ValueTypeMarker,
 };
 
-use super::binding::{element_type, run_bound};
+use super::binding::run_bound;
 use super::flat_trainer::{bind_borrowed, check_session, entry_values, other_outputs};
-use super::{
-    HostTensor, MemoryStats, Session, SessionOptions, StepResult, host_memory, write_host,
-};
+use super::{HostTensor, MemoryStats, Session, SessionOptions, StepResult, host_memory};
 use crate::error::OrtContext;
 use crate::flat::GradSignature;
 use crate::flat::graphs::{self as flat_graphs, update};
 use crate::optim::StateKind;
-use crate::{AdamW, Error, Result};
+use crate::{AdamW, DType, Error, Result};
 
 /// Elements per run of the optimizer graphs, by default.
 const PIECE: usize = 1 << 24;
@@ -64,11 +68,25 @@ struct Buffers {
     exp_avg_sq: DynTensor,
 }
 
+impl Buffers {
+    /// The buffer holding state of `kind`.
+    fn of(&self, kind: StateKind) -> &DynTensor {
+        match kind {
+            StateKind::Param => &self.params,
+            StateKind::ExpAvg => &self.exp_avg,
+            StateKind::ExpAvgSq => &self.exp_avg_sq,
+        }
+    }
+}
+
 /// The sessions of the optimizer graphs, on the trainer's device.
 struct Ops {
     update: Session,
-    /// Copies between the device and the host (behind a lock: reads happen through `&self`).
+    /// Copies f32 pieces between the device and the host (behind a lock: reads happen
+    /// through `&self`).
     copy: Mutex<Session>,
+    /// Copies pieces of the weight-decay mask to the device.
+    copy_mask: Session,
     sum_sq: Session,
     scale: Session,
     add_scaled: Session,
@@ -111,81 +129,123 @@ impl DeviceTrainer {
     /// Allocates the flat state on `session`'s device and copies the trainable parameters from
     /// `params` (by input name; a missing one is an error) into it, with zero moments; `frozen`
     /// holds the graph inputs that stay fixed (copied to the device once). The step count
-    /// starts at 0.
+    /// starts at 0. Copies and optimizer passes go over pieces of 16M elements.
     pub fn new(
+        session: Session,
+        sig: GradSignature,
+        adamw: AdamW,
+        params: BTreeMap<String, HostTensor>,
+        frozen: BTreeMap<String, HostTensor>,
+    ) -> Result<Self> {
+        Self::with_piece_len(session, sig, adamw, params, frozen, PIECE)
+    }
+
+    /// [`DeviceTrainer::new`] with pieces of `piece` elements (rounded up to 16) for every
+    /// copy between the host and the device and every run of the optimizer graphs: fewer take
+    /// less temporary device memory and more runs.
+    pub fn with_piece_len(
         session: Session,
         sig: GradSignature,
         adamw: AdamW,
         mut params: BTreeMap<String, HostTensor>,
         frozen: BTreeMap<String, HostTensor>,
+        piece: usize,
     ) -> Result<Self> {
         check_session(&session, &sig, frozen.keys())?;
+        let piece = piece.max(1).div_ceil(16) * 16;
         let len = sig.layout.len;
         if len == 0 {
             return Err(Error::Data("there is no parameter to train".into()));
         }
-        let allocator = session.state_allocator()?;
-        let alloc = |ty: TensorElementType, what: &str| {
-            DynTensor::new(&allocator, ty, vec![len as i64])
-                .ort_context(|| format!("failed to allocate the {what} on {}", session.device()))
-        };
-        let mut bufs = Buffers {
-            params: alloc(TensorElementType::Float32, "parameters")?,
-            grads: alloc(TensorElementType::Float32, "gradients")?,
-            exp_avg: alloc(TensorElementType::Float32, "first moments")?,
-            exp_avg_sq: alloc(TensorElementType::Float32, "second moments")?,
-        };
-        // Padding between parameters must be zero in every buffer (it enters the norm).
-        let mut host = vec![0.0f32; len];
-        for buf in [&mut bufs.grads, &mut bufs.exp_avg, &mut bufs.exp_avg_sq] {
-            write_host(buf, &HostTensor::f32(&[len as i64], host.clone())?, "state")?;
-        }
-        for e in &sig.layout.entries {
-            let p = params.remove(&e.name).ok_or_else(|| {
-                Error::Data(format!("no initial value for parameter `{}`", e.name))
-            })?;
-            host[e.range()].copy_from_slice(entry_values(e, &p, &e.name)?);
-        }
-        write_host(
-            &mut bufs.params,
-            &HostTensor::f32(&[len as i64], host)?,
-            "parameters",
-        )?;
-        let decay_mask = if adamw.weight_decay != 0.0 {
-            let mut mask = vec![false; len];
-            for e in sig.layout.entries.iter().filter(|e| e.weight_decay) {
-                mask[e.range()].fill(true);
-            }
-            let mut buf = alloc(TensorElementType::Bool, "weight-decay mask")?;
-            let mask = HostTensor::new(&[len as i64], super::HostData::Bool(mask))?;
-            write_host(&mut buf, &mask, "weight-decay mask")?;
-            Some(buf)
-        } else {
-            None
-        };
-        let frozen_device = frozen
-            .iter()
-            .map(|(name, t)| {
-                let mut d = DynTensor::new(&allocator, element_type(t.dtype()), t.shape().to_vec())
-                    .ort_context(|| format!("failed to allocate `{name}`"))?;
-                write_host(&mut d, t, name)?;
-                Ok((name.clone(), d))
-            })
-            .collect::<Result<Vec<_>>>()?;
         let opts = SessionOptions {
             device: session.device(),
             ..SessionOptions::default()
         };
         let load = |m: crate::Model| Session::from_model(&m, &opts);
-        let ops = Ops {
+        let mut ops = Ops {
             update: load(adamw.flat_update_graph()?)?,
-            copy: Mutex::new(load(flat_graphs::copy_graph()?)?),
+            copy: Mutex::new(load(flat_graphs::copy_graph(DType::F32)?)?),
+            copy_mask: load(flat_graphs::copy_graph(DType::Bool)?)?,
             sum_sq: load(flat_graphs::sum_sq_graph()?)?,
             scale: load(flat_graphs::scale_graph()?)?,
             add_scaled: load(flat_graphs::add_scaled_graph()?)?,
         };
+        // Everything goes to the device a piece at a time: no host copy of the whole state,
+        // and no temporary larger than a piece in any arena.
+        let memory = session.device_memory()?;
+        let allocator = session.state_allocator()?;
+        let alloc = |ty: TensorElementType, what: &str| {
+            DynTensor::new(&allocator, ty, vec![len as i64])
+                .ort_context(|| format!("failed to allocate the {what} on {}", session.device()))
+        };
+        let bufs = Buffers {
+            params: alloc(TensorElementType::Float32, "parameters")?,
+            grads: alloc(TensorElementType::Float32, "gradients")?,
+            exp_avg: alloc(TensorElementType::Float32, "first moments")?,
+            exp_avg_sq: alloc(TensorElementType::Float32, "second moments")?,
+        };
+        let copy = ops.copy.get_mut().unwrap_or_else(|e| e.into_inner());
+        // Padding between parameters must be zero in every buffer (it enters the norm).
+        for buf in [&bufs.params, &bufs.grads, &bufs.exp_avg, &bufs.exp_avg_sq] {
+            fill(copy, &memory, buf, 0..len, 0.0f32, piece, "state")?;
+        }
+        for e in &sig.layout.entries {
+            let p = params.remove(&e.name).ok_or_else(|| {
+                Error::Data(format!("no initial value for parameter `{}`", e.name))
+            })?;
+            let values = entry_values(e, &p, &e.name)?;
+            upload(
+                copy,
+                &memory,
+                &bufs.params,
+                e.offset,
+                values,
+                piece,
+                &e.name,
+            )?;
+        }
+        let decay_mask = if adamw.weight_decay != 0.0 {
+            let mask = alloc(TensorElementType::Bool, "weight-decay mask")?;
+            let what = "weight-decay mask";
+            fill(
+                &mut ops.copy_mask,
+                &memory,
+                &mask,
+                0..len,
+                false,
+                piece,
+                what,
+            )?;
+            for e in sig.layout.entries.iter().filter(|e| e.weight_decay) {
+                fill(
+                    &mut ops.copy_mask,
+                    &memory,
+                    &mask,
+                    e.range(),
+                    true,
+                    piece,
+                    what,
+                )?;
+            }
+            Some(mask)
+        } else {
+            None
+        };
+        let copy = ops.copy.get_mut().unwrap_or_else(|e| e.into_inner());
+        let frozen_device = frozen
+            .iter()
+            .map(|(name, t)| {
+                let values = t.as_f32().ok_or_else(|| {
+                    Error::Data(format!("frozen input `{name}` is not f32 (internal error)"))
+                })?;
+                let d = DynTensor::new(&allocator, TensorElementType::Float32, t.shape().to_vec())
+                    .ort_context(|| format!("failed to allocate `{name}`"))?;
+                upload(copy, &memory, &d, 0, values, piece, name)?;
+                Ok((name.clone(), d))
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(DeviceTrainer {
-            memory: session.device_memory()?,
+            memory,
             other_outputs: other_outputs(&session, &sig),
             output_memory: host_memory()?,
             session,
@@ -197,16 +257,10 @@ impl DeviceTrainer {
             frozen: frozen.into_iter().collect(),
             frozen_device,
             ops,
-            piece: PIECE,
+            piece,
             steps_done: 0,
             micro_batches: 0,
         })
-    }
-
-    /// Sets how many elements one run of the optimizer graphs covers (rounded up to 16):
-    /// fewer take less temporary device memory and more runs.
-    pub fn set_piece_len(&mut self, n: usize) {
-        self.piece = n.max(1).div_ceil(16) * 16;
     }
 
     /// Runs the gradient graph on one micro-batch and adds its gradients, times `share`, to
@@ -218,13 +272,11 @@ impl DeviceTrainer {
         if !first && self.micro_grads.is_none() {
             let allocator = self.session.state_allocator()?;
             let len = self.sig.layout.len;
-            let mut buf = DynTensor::new(&allocator, TensorElementType::Float32, vec![len as i64])
+            let buf = DynTensor::new(&allocator, TensorElementType::Float32, vec![len as i64])
                 .ort_context(|| "failed to allocate the micro-batch gradients".into())?;
-            write_host(
-                &mut buf,
-                &HostTensor::zeros(crate::DType::F32, &[len as i64])?,
-                "",
-            )?;
+            let copy = self.ops.copy.get_mut().unwrap_or_else(|e| e.into_inner());
+            let what = "micro-batch gradients";
+            fill(copy, &self.memory, &buf, 0..len, 0.0f32, self.piece, what)?;
             self.micro_grads = Some(buf);
         }
         let mut binding = self
@@ -418,29 +470,25 @@ impl DeviceTrainer {
         &self.sig
     }
 
-    fn buffer(&self, kind: StateKind) -> &DynTensor {
-        match kind {
-            StateKind::Param => &self.bufs.params,
-            StateKind::ExpAvg => &self.bufs.exp_avg,
-            StateKind::ExpAvgSq => &self.bufs.exp_avg_sq,
-        }
-    }
-
     /// Copies one state tensor (a parameter, or `<param>.exp_avg` / `.exp_avg_sq`) to the host.
     pub fn state(&self, name: &str) -> Result<HostTensor> {
         let (shape, values) = self.read_state(name)?;
         HostTensor::f32(shape, values)
     }
 
-    /// The shape and values of one state tensor, copied to the host.
+    /// The shape and values of one state tensor, copied to the host piece by piece.
     pub fn read_state(&self, name: &str) -> Result<(&[i64], Vec<f32>)> {
         let (e, kind) = self.sig.layout.locate(name)?;
         let mut host = vec![0.0f32; e.len];
-        let n = [e.len as i64];
-        let src = view::<f32>(&self.memory, self.buffer(kind), e.offset, &n)?;
-        let dst = TensorRefMut::from_array_view_mut((n.to_vec(), &mut host[..]))
-            .ort_context(|| format!("failed to read `{name}`"))?;
-        self.copy(&*src, dst, name)?;
+        let mut copy = self.ops.copy.lock().unwrap_or_else(|e| e.into_inner());
+        for (i, chunk) in host.chunks_mut(self.piece).enumerate() {
+            let n = [chunk.len() as i64];
+            let at = e.offset + i * self.piece;
+            let src = view::<f32>(&self.memory, self.bufs.of(kind), at, &n)?;
+            let dst = TensorRefMut::from_array_view_mut((n.to_vec(), chunk))
+                .ort_context(|| format!("failed to read `{name}`"))?;
+            run_copy(&mut copy, &*src, dst, name)?;
+        }
         Ok((&e.shape, host))
     }
 
@@ -453,39 +501,29 @@ impl DeviceTrainer {
     pub fn set_state(&mut self, name: &str, value: &HostTensor) -> Result<()> {
         let (e, kind) = self.sig.layout.locate(name)?;
         let values = entry_values(e, value, name)?;
-        let src = TensorRef::from_array_view((vec![e.len as i64], values))
-            .ort_context(|| format!("failed to read `{name}`"))?;
-        let dst = view::<f32>(&self.memory, self.buffer(kind), e.offset, &[e.len as i64])?;
-        self.copy(&*src, dst, name)
+        let buf = self.bufs.of(kind);
+        let copy = self.ops.copy.get_mut().unwrap_or_else(|e| e.into_inner());
+        upload(copy, &self.memory, buf, e.offset, values, self.piece, name)
     }
 
-    /// Copies the 1-D `src` into `dst` (same length, either on the host or the device) with
-    /// the copy graph. (`ort`'s `copy_into` deadlocks on tensors over borrowed memory.)
-    fn copy<T: ValueTypeMarker + ?Sized>(
-        &self,
-        src: &Value<T>,
-        dst: TensorRefMut<'_, f32>,
-        name: &str,
-    ) -> Result<()> {
-        let mut session = self.ops.copy.lock().unwrap_or_else(|e| e.into_inner());
-        let mut binding = session
-            .inner
-            .create_binding()
-            .ort_context(|| "failed to create an IoBinding".into())?;
-        bind_borrowed(&mut binding, flat_graphs::X, src)?;
-        binding
-            .bind_output(flat_graphs::OUT, dst)
-            .map_err(bind_error)?;
-        session
-            .inner
-            .run_binding(&binding)
-            .ort_context(|| format!("failed to copy `{name}`"))?;
-        Ok(())
-    }
-
-    /// The statistics of the device arena the state is allocated from.
+    /// The statistics of every arena the trainer allocates from on its device, added up:
+    /// each session (the step's and each optimizer graph's) has its own arena there.
     pub fn memory_stats(&self) -> Result<Option<MemoryStats>> {
-        self.session.memory_stats()
+        let copy = self.ops.copy.lock().unwrap_or_else(|e| e.into_inner());
+        let sessions = [
+            &self.session,
+            &self.ops.update,
+            &*copy,
+            &self.ops.copy_mask,
+            &self.ops.sum_sq,
+            &self.ops.scale,
+            &self.ops.add_scaled,
+        ];
+        let stats = sessions
+            .into_iter()
+            .map(Session::memory_stats)
+            .collect::<Result<Vec<_>>>()?;
+        Ok(MemoryStats::total(stats.into_iter().flatten()))
     }
 
     /// The session, e.g. to run its other outputs.
@@ -536,4 +574,67 @@ fn view<'b, T: PrimitiveTensorElementType + Debug>(
     // binding of the trainer, which holds no other reference into those elements then.
     unsafe { TensorRefMut::from_raw(memory.clone(), at, Shape::from(shape)) }
         .ort_context(|| "failed to view the training state".into())
+}
+
+/// Copies `values` into `buf` from element `offset` on, with one run of `copy` (the copy graph
+/// of `T`) per `piece` elements.
+fn upload<T: PrimitiveTensorElementType + Debug + Clone + 'static>(
+    copy: &mut Session,
+    memory: &MemoryInfo<'static>,
+    buf: &DynTensor,
+    offset: usize,
+    values: &[T],
+    piece: usize,
+    name: &str,
+) -> Result<()> {
+    for (i, chunk) in values.chunks(piece).enumerate() {
+        let n = [chunk.len() as i64];
+        let src = TensorRef::from_array_view((n.to_vec(), chunk))
+            .ort_context(|| format!("failed to read `{name}`"))?;
+        let dst = view::<T>(memory, buf, offset + i * piece, &n)?;
+        run_copy(copy, &*src, dst, name)?;
+    }
+    Ok(())
+}
+
+/// Sets the elements `range` of `buf` to `value`, a piece at a time (see [`upload`]).
+#[allow(clippy::too_many_arguments)]
+fn fill<T: PrimitiveTensorElementType + Debug + Clone + 'static>(
+    copy: &mut Session,
+    memory: &MemoryInfo<'static>,
+    buf: &DynTensor,
+    range: Range<usize>,
+    value: T,
+    piece: usize,
+    name: &str,
+) -> Result<()> {
+    let values = vec![value; range.len().min(piece)];
+    for start in range.clone().step_by(piece) {
+        let n = (range.end - start).min(piece);
+        upload(copy, memory, buf, start, &values[..n], piece, name)?;
+    }
+    Ok(())
+}
+
+/// Runs the copy graph `copy` from `src` into `dst` (same length, each on the host or the
+/// device). (`ort`'s `copy_into` deadlocks on tensors over borrowed memory, and keeps a
+/// temporary of the tensor's size in its own session's arena.)
+fn run_copy<V: ValueTypeMarker + ?Sized, T: PrimitiveTensorElementType + Debug>(
+    copy: &mut Session,
+    src: &Value<V>,
+    dst: TensorRefMut<'_, T>,
+    name: &str,
+) -> Result<()> {
+    let mut binding = copy
+        .inner
+        .create_binding()
+        .ort_context(|| "failed to create an IoBinding".into())?;
+    bind_borrowed(&mut binding, flat_graphs::X, src)?;
+    binding
+        .bind_output(flat_graphs::OUT, dst)
+        .map_err(bind_error)?;
+    copy.inner
+        .run_binding(&binding)
+        .ort_context(|| format!("failed to copy `{name}`"))?;
+    Ok(())
 }

@@ -1,7 +1,7 @@
 //! Tensors in the memory of a session's device, for state kept between runs (IoBinding).
 //!
 //! On the CPU this is ordinary host memory. On CUDA, [`Session::state_allocator`] allocates in
-//! the CUDA provider's arena, so bound inputs and outputs never leave the device;
+//! the arena of the session's CUDA provider, so bound inputs and outputs never leave the device;
 //! [`write_host`] and [`HostTensor::from_value`] copy between such tensors and the host.
 
 use std::ffi::{CStr, c_char};
@@ -57,13 +57,27 @@ impl Session {
     }
 
     /// The statistics of the arena this session allocates from on its device (`None` when the
-    /// allocator keeps none, e.g. the CPU provider without its arena). The peak covers every
-    /// session of the process on that device, since they share the provider's arena.
+    /// allocator keeps none, e.g. the CPU provider without its arena). Only this session's:
+    /// each session registers its own execution provider, with its own arena, so the memory a
+    /// process holds on a device is the [`MemoryStats::total`] of its sessions' arenas.
     pub fn memory_stats(&self) -> Result<Option<MemoryStats>> {
         let allocator =
             Allocator::new(&self.inner, memory_info(self.device, AllocatorType::Arena)?)
                 .ort_context(|| format!("failed to get the arena of {}", self.device))?;
         allocator_stats(&allocator)
+    }
+}
+
+impl MemoryStats {
+    /// Several arenas together: bytes in use, peaks and reserves added up. The sum of the
+    /// peaks bounds the peak of all of them at once from above (they need not peak together);
+    /// `None` when there is no arena.
+    pub fn total(arenas: impl IntoIterator<Item = MemoryStats>) -> Option<MemoryStats> {
+        arenas.into_iter().reduce(|a, b| MemoryStats {
+            in_use: a.in_use + b.in_use,
+            max_in_use: a.max_in_use + b.max_in_use,
+            reserved: a.reserved + b.reserved,
+        })
     }
 }
 
@@ -122,7 +136,10 @@ fn allocator_stats(allocator: &Allocator) -> Result<Option<MemoryStats>> {
 
 /// Copies host data into `dst`, a tensor of the same element type and size on any device
 /// (made with [`Session::state_allocator`]): a plain copy in host memory, a host-to-device copy
-/// through ONNX Runtime otherwise.
+/// through ONNX Runtime otherwise. For small tensors: the copy goes through a host copy of
+/// `src` and `ort`'s identity session, whose arena keeps a temporary of `dst`'s size on the
+/// device for the rest of the process ([`DeviceTrainer`](super::DeviceTrainer) copies its
+/// state in pieces through its own copy graph instead).
 pub fn write_host(dst: &mut DynTensor, src: &HostTensor, name: &str) -> Result<()> {
     let ctx = || format!("failed to write `{name}`");
     if !dst.memory_info().is_cpu_accessible() {

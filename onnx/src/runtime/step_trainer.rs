@@ -70,7 +70,8 @@ pub trait StepTrainer: std::fmt::Debug {
     /// Whether the state lives in memory of the session's device, with the optimizer there.
     fn state_on_device(&self) -> bool;
 
-    /// The statistics of the session device's arena (`None` where it keeps none).
+    /// The statistics of the trainer's arenas on the session's device, added up (`None` where
+    /// they keep none).
     fn memory_stats(&self) -> Result<Option<MemoryStats>>;
 }
 

@@ -2,8 +2,8 @@
 //! on the CPU provider against [`FlatTrainer`] (host state, host AdamW, itself checked against
 //! torch's formulas in `optim`): the same losses, gradient norms, parameters and moments after
 //! several steps with gradient accumulation, clipping and weight decay, over one or several
-//! pieces, also over a parameter of 100,000 elements; frozen inputs; and a resume from the
-//! state read back equal to an uninterrupted run.
+//! pieces (the state's uploads and reads too), also over a parameter of 100,000 elements;
+//! frozen inputs; and a resume from the state read back equal to an uninterrupted run.
 
 use std::collections::BTreeMap;
 
@@ -55,11 +55,10 @@ fn host(data: &LinearData, opt: AdamW, freeze_b: bool) -> FlatTrainer {
 
 fn device(data: &LinearData, opt: AdamW, freeze_b: bool, piece: Option<usize>) -> DeviceTrainer {
     let (s, sig, params, frozen) = parts(data, freeze_b);
-    let mut t = DeviceTrainer::new(s, sig, opt, params, frozen).unwrap();
-    if let Some(n) = piece {
-        t.set_piece_len(n);
+    match piece {
+        Some(n) => DeviceTrainer::with_piece_len(s, sig, opt, params, frozen, n).unwrap(),
+        None => DeviceTrainer::new(s, sig, opt, params, frozen).unwrap(),
     }
-    t
 }
 
 /// One optimizer step of two micro-batches (shares 3/4 and 1/4); the loss and the norm.
@@ -255,8 +254,7 @@ fn device_state_agrees_over_many_pieces() {
     let (s, sig, init) = build();
     let mut h = FlatTrainer::new(s, sig, opt, init, BTreeMap::new()).unwrap();
     let (s, sig, init) = build();
-    let mut d = DeviceTrainer::new(s, sig, opt, init, BTreeMap::new()).unwrap();
-    d.set_piece_len(30_000);
+    let mut d = DeviceTrainer::with_piece_len(s, sig, opt, init, BTreeMap::new(), 30_000).unwrap();
     for n in 1..=3 {
         let a = StepTrainer::step(&mut h, &[("x", &x)], 0.01).unwrap();
         let b = StepTrainer::step(&mut d, &[("x", &x)], 0.01).unwrap();

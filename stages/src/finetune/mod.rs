@@ -24,8 +24,9 @@
 //!   `model/` then holds the base weights with the update merged in;
 //! - `train_log.jsonl`: one line per step (step, epoch, loss, lr, grad_norm, tokens,
 //!   seconds, tokens_per_s) and per evaluation (eval_loss, eval_accuracy);
-//! - `metrics.json`: losses, validation results, steps, throughput, peak memory (on CUDA also
-//!   the device's, `device_peak_memory_bytes`), where the training state lived
+//! - `metrics.json`: losses, validation results, steps, throughput, peak memory (with the
+//!   state on the device also the device's, `device_peak_memory_bytes`: the sum of the peaks
+//!   of the run's ONNX Runtime arenas there), where the training state lived
 //!   (`training_state`: `host` or `device`).
 //!
 //! Each optimizer step is one run of a compiled ONNX graph (forward and gradients) per
@@ -300,10 +301,7 @@ impl Stage for Finetune {
             "host"
         };
         metrics.insert("training_state".into(), json!(state));
-        if let Some(memory) = finished
-            .device_memory
-            .filter(|_| device != pipe_onnx::Device::Cpu)
-        {
+        if let Some(memory) = finished.device_memory.filter(|_| finished.state_on_device) {
             metrics.insert("device_peak_memory_bytes".into(), json!(memory.max_in_use));
         }
         metrics.insert("seconds".into(), json!(began.elapsed().as_secs_f64()));

@@ -71,8 +71,8 @@ pub struct Finished {
     pub stopped_early_at: Option<u64>,
     /// Whether the training state lived in the device's memory (CUDA), not the host's.
     pub state_on_device: bool,
-    /// The device arena's statistics at the end (the peak covers the whole run), where the
-    /// device keeps them.
+    /// The statistics of the run's arenas on the device at the end, added up (the peaks
+    /// cover the whole run), where the device keeps them.
     pub device_memory: Option<MemoryStats>,
 }
 
@@ -130,6 +130,16 @@ impl<'a> Training<'a> {
                 .select_best
                 .map(|metric| Selection::new(metric, params.early_stopping_patience)),
         })
+    }
+
+    /// The arenas of every session of the run on its device (the trainer's and the
+    /// validation graph's), added up.
+    fn device_memory(&self) -> Result<Option<MemoryStats>> {
+        let mut arenas = Vec::from_iter(self.trainer.memory_stats()?);
+        if let Some((session, _)) = &self.eval {
+            arenas.extend(session.memory_stats()?);
+        }
+        Ok(MemoryStats::total(arenas))
     }
 
     /// The parameter list, in Hugging Face order.
@@ -247,7 +257,7 @@ impl<'a> Training<'a> {
         Ok(Finished {
             state_on_device: self.trainer.state_on_device(),
             // Statistics for the metrics only: a trained model is not lost for want of them.
-            device_memory: self.trainer.memory_stats().unwrap_or(None),
+            device_memory: self.device_memory().unwrap_or(None),
             weights,
             steps: steps_done,
             evaluation,

@@ -18,7 +18,7 @@ use pipe_models::gpt_neo::{
     AttentionKind, GptNeoConfig, GptNeoForSequenceClassification, Pooling, ProblemType,
     hf_trainer_decay,
 };
-use pipe_models::{Init, init_params, weights};
+use pipe_models::{INIT_BLOCK, Init, ParamSpec, init_param, init_params, weights};
 use pipe_onnx::{
     AdamW, DType, FlatTrainer, Graph, HOST_KERNELS_DOMAIN, HostTensor, Kernels, Session,
     SessionOptions, build_gradient_step, gradients,
@@ -226,6 +226,32 @@ fn gpt_neo_config_round_trips() {
     let c: GptNeoConfig = serde_json::from_value(v).unwrap();
     let e = c.validate().unwrap_err().to_string();
     assert!(e.contains("12 layers but num_layers is 11"), "{e}");
+}
+
+/// transformers' `GPTNeoConfig` defaults `window_size` to 256, and checkpoints' config.json
+/// may leave it out: such a file parses, and builds the same graph as one that says 256.
+#[test]
+fn gpt_neo_window_size_defaults_to_256_like_transformers() {
+    let mut v: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("config.json")).unwrap()).unwrap();
+    v.as_object_mut().unwrap().remove("window_size");
+    let missing: GptNeoConfig = serde_json::from_value(v.clone()).unwrap();
+    v["window_size"] = 256.into();
+    let explicit: GptNeoConfig = serde_json::from_value(v).unwrap();
+    assert_eq!(missing.window_size, 256);
+    assert_eq!(missing, explicit);
+    missing.validate().unwrap();
+    let graph = |cfg: &GptNeoConfig| {
+        let mut g = Graph::new("window");
+        let (ids, lengths) = GptNeoForSequenceClassification::declare_inputs(&mut g).unwrap();
+        let model = GptNeoForSequenceClassification::new(cfg, &mut g).unwrap();
+        let logits = model.forward(&mut g, ids, lengths).unwrap();
+        g.output(logits, "logits").unwrap();
+        g.build().unwrap().proto().clone()
+    };
+    assert_eq!(graph(&missing), graph(&explicit));
+    // The fixture's own window (4) is a different graph: the comparison can fail.
+    assert_ne!(graph(&missing), graph(&config()));
 }
 
 #[test]
@@ -678,6 +704,59 @@ fn gpt_neo_fresh_init_statistics() {
     // Weight decay as the HF Trainer applies it: not on biases and LayerNorm.
     let decayed: Vec<_> = specs.iter().filter(|s| hf_trainer_decay(s)).collect();
     assert_eq!(decayed.len(), n_weights);
+}
+
+/// Fresh weights are filled in parallel, block by block, and come out bit for bit the same at
+/// 1 and 4 threads; a parameter of one block has the values of a single stream, and a larger
+/// one starts with them.
+#[test]
+fn fresh_init_is_the_same_at_any_thread_count() {
+    let spec = |name: &str, n: usize, init| ParamSpec {
+        name: name.into(),
+        shape: vec![n as i64],
+        init,
+    };
+    let specs = [
+        spec("big", 3 * INIT_BLOCK + 12_345, Init::Normal { std: 0.02 }),
+        spec("lora_A", 2 * INIT_BLOCK + 7, Init::Uniform { bound: 0.5 }),
+        spec("small", 1000, Init::Normal { std: 1.0 }),
+    ];
+    let at = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| init_params(&specs, 5))
+    };
+    let bits = |m: &BTreeMap<String, HostTensor>, name: &str| -> Vec<u32> {
+        m[name]
+            .as_f32()
+            .unwrap()
+            .iter()
+            .map(|x| x.to_bits())
+            .collect()
+    };
+    let (one, four) = (at(1), at(4));
+    for s in &specs {
+        assert_eq!(bits(&one, &s.name), bits(&four, &s.name), "{}", s.name);
+    }
+    // The first block of `big` is what a one-block parameter of the same name draws.
+    let head = init_param(&spec("big", INIT_BLOCK, Init::Normal { std: 0.02 }), 5);
+    let big = one["big"].as_f32().unwrap();
+    assert_eq!(&big[..INIT_BLOCK], head.as_f32().unwrap());
+    // Blocks draw from different streams, each with the asked-for spread.
+    for b in 0..3 {
+        let block = &big[b * INIT_BLOCK..(b + 1) * INIT_BLOCK];
+        let n = block.len() as f64;
+        let sd = (block.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>() / n).sqrt();
+        assert!((sd - 0.02).abs() < 1e-4, "block {b}: sd {sd}");
+        assert_ne!(
+            block[..64],
+            big[(b + 1) * INIT_BLOCK..(b + 1) * INIT_BLOCK + 64]
+        );
+    }
+    let a = one["lora_A"].as_f32().unwrap();
+    assert!(a.iter().all(|x| x.abs() <= 0.5));
 }
 
 #[test]
