@@ -9,7 +9,7 @@ use pipe_engine::Digest;
 use pipe_engine::hash::{EntryKind, hash_path};
 use pipe_engine::key::KeyRecord;
 use pipe_engine::remote::RemoteCache;
-use pipe_engine::store::{Import, OutputEntry, StageRecord, Store};
+use pipe_engine::store::{Import, OutputEntry, Placing, StageRecord, Store};
 use pipe_remote::Remote;
 
 /// A store holding one stage record whose output is a folder with a small
@@ -90,8 +90,12 @@ fn a_pushed_record_is_fetched_whole_into_another_store_and_pushed_once() {
     let model = &record.outputs["model"];
     assert!(other.output_complete(EntryKind::Dir, &model.hash));
     let restored = tmp.path().join("restored");
+    let place = Placing {
+        copy: true,
+        temp: ".p-test",
+    };
     other
-        .materialize(EntryKind::Dir, &model.hash, &restored, true)
+        .materialize(EntryKind::Dir, &model.hash, &restored, place)
         .unwrap();
     assert_eq!(hash_path(&restored).unwrap().digest(), model.hash);
     assert!(other.record(&record.key).is_some());
