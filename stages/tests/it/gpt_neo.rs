@@ -232,7 +232,8 @@ fn gpt_neo_config_round_trips() {
 /// may leave it out: such a file parses, and builds the same graph as one that says 256.
 #[test]
 fn gpt_neo_window_size_defaults_to_256_like_transformers() {
-    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(fixture("config.json")).unwrap()).unwrap();
+    let mut v: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("config.json")).unwrap()).unwrap();
     v.as_object_mut().unwrap().remove("window_size");
     let missing: GptNeoConfig = serde_json::from_value(v.clone()).unwrap();
     v["window_size"] = 256.into();
@@ -728,7 +729,12 @@ fn fresh_init_is_the_same_at_any_thread_count() {
         pool.install(|| init_params(&specs, 5))
     };
     let bits = |m: &BTreeMap<String, HostTensor>, name: &str| -> Vec<u32> {
-        m[name].as_f32().unwrap().iter().map(|x| x.to_bits()).collect()
+        m[name]
+            .as_f32()
+            .unwrap()
+            .iter()
+            .map(|x| x.to_bits())
+            .collect()
     };
     let (one, four) = (at(1), at(4));
     for s in &specs {
@@ -744,7 +750,10 @@ fn fresh_init_is_the_same_at_any_thread_count() {
         let n = block.len() as f64;
         let sd = (block.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>() / n).sqrt();
         assert!((sd - 0.02).abs() < 1e-4, "block {b}: sd {sd}");
-        assert_ne!(block[..64], big[(b + 1) * INIT_BLOCK..(b + 1) * INIT_BLOCK + 64]);
+        assert_ne!(
+            block[..64],
+            big[(b + 1) * INIT_BLOCK..(b + 1) * INIT_BLOCK + 64]
+        );
     }
     let a = one["lora_A"].as_f32().unwrap();
     assert!(a.iter().all(|x| x.abs() <= 0.5));

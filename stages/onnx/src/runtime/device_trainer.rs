@@ -194,14 +194,38 @@ impl DeviceTrainer {
                 Error::Data(format!("no initial value for parameter `{}`", e.name))
             })?;
             let values = entry_values(e, &p, &e.name)?;
-            upload(copy, &memory, &bufs.params, e.offset, values, piece, &e.name)?;
+            upload(
+                copy,
+                &memory,
+                &bufs.params,
+                e.offset,
+                values,
+                piece,
+                &e.name,
+            )?;
         }
         let decay_mask = if adamw.weight_decay != 0.0 {
             let mask = alloc(TensorElementType::Bool, "weight-decay mask")?;
             let what = "weight-decay mask";
-            fill(&mut ops.copy_mask, &memory, &mask, 0..len, false, piece, what)?;
+            fill(
+                &mut ops.copy_mask,
+                &memory,
+                &mask,
+                0..len,
+                false,
+                piece,
+                what,
+            )?;
             for e in sig.layout.entries.iter().filter(|e| e.weight_decay) {
-                fill(&mut ops.copy_mask, &memory, &mask, e.range(), true, piece, what)?;
+                fill(
+                    &mut ops.copy_mask,
+                    &memory,
+                    &mask,
+                    e.range(),
+                    true,
+                    piece,
+                    what,
+                )?;
             }
             Some(mask)
         } else {
@@ -574,7 +598,6 @@ fn upload<T: PrimitiveTensorElementType + Debug + Clone + 'static>(
 }
 
 /// Sets the elements `range` of `buf` to `value`, a piece at a time (see [`upload`]).
-#[allow(clippy::too_many_arguments)]
 fn fill<T: PrimitiveTensorElementType + Debug + Clone + 'static>(
     copy: &mut Session,
     memory: &MemoryInfo<'static>,
