@@ -36,7 +36,7 @@
 #       benchmark did not validate or run);
 #   2   usage error;
 #   77  skipped: no NVIDIA GPU here (`nvidia-smi -L` lists none) and no --rehearse.
-# Takes about 4 minutes on one H100 with staged binaries (most of it the 2.7B shape's setup);
+# Estimated at about 4 minutes on one H100 with staged binaries (not measured there yet);
 # the rehearsal under a minute on 2 CPU cores with debug binaries (2.7B-shape init included).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
