@@ -36,8 +36,8 @@
 #       benchmark did not validate or run);
 #   2   usage error;
 #   77  skipped: no NVIDIA GPU here (`nvidia-smi -L` lists none) and no --rehearse.
-# Takes about 4 minutes on one H100 with staged binaries (most of it the 2.7B shape's setup);
-# the rehearsal about 2 minutes on 2 CPU cores with debug binaries.
+# Estimated at about 4 minutes on one H100 with staged binaries (not measured there yet);
+# the rehearsal under a minute on 2 CPU cores with debug binaries (2.7B-shape init included).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 say() { echo "gpu-check: $*" >&2; }
@@ -52,7 +52,7 @@ for arg in "$@"; do
   case $arg in
     --rehearse) rehearse=1 ;;
     --full-2.7b) full_2_7b=1 ;;
-    -h | --help) sed -n '2,42p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,40p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "gpu-check.sh: unknown option $arg (try --help)" >&2; exit 2 ;;
   esac
 done

@@ -58,7 +58,7 @@ receive() {
 case ${1:-} in
   --receive) receive; exit 0 ;;
   "") ;;
-  -h | --help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h | --help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   *) echo "gpu-stage.sh: unknown option $1 (try --help)" >&2; exit 2 ;;
 esac
 

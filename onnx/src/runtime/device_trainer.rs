@@ -598,7 +598,6 @@ fn upload<T: PrimitiveTensorElementType + Debug + Clone + 'static>(
 }
 
 /// Sets the elements `range` of `buf` to `value`, a piece at a time (see [`upload`]).
-#[allow(clippy::too_many_arguments)]
 fn fill<T: PrimitiveTensorElementType + Debug + Clone + 'static>(
     copy: &mut Session,
     memory: &MemoryInfo<'static>,
