@@ -143,6 +143,16 @@ pub struct GptNeoConfig {
     /// How the classifier pools a row (pipe's key; written only when not `last`).
     #[serde(default, skip_serializing_if = "Pooling::is_last")]
     pub pooling: Pooling,
+    /// The beginning-of-text token, kept as the source config has it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bos_token_id: Option<u32>,
+    /// The end-of-text token, kept as the source config has it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eos_token_id: Option<u32>,
+    /// The padding token: what `transformers` needs to find each row's last real token, and
+    /// so to classify a batch of more than one row. See [`GptNeoConfig::pad_token`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pad_token_id: Option<u32>,
 }
 
 fn default_activation() -> Activation {
@@ -243,7 +253,18 @@ impl GptNeoConfig {
             attention_dropout: 0.0,
             resid_dropout: 0.0,
             pooling: Pooling::Last,
+            bos_token_id: None,
+            eos_token_id: None,
+            pad_token_id: None,
         }
+    }
+
+    /// The padding token a written `config.json` names: the config's own, else its
+    /// end-of-text token (GPT-2's convention, `tokenizer.pad_token = tokenizer.eos_token`),
+    /// else 0, the id pipe pads with and the end-of-text token of the tokenizers `tokenize`
+    /// trains.
+    pub fn pad_token(&self) -> u32 {
+        self.pad_token_id.or(self.eos_token_id).unwrap_or(0)
     }
 
     /// A model for tests: hidden 32, 2 layers (global, local) of 4 heads, MLP 64,

@@ -76,7 +76,8 @@ pub fn read_weights(
 
 /// The `config.json` that `transformers` loads as `GPTNeoForSequenceClassification`:
 /// `cfg` plus the model type, the architecture, `num_labels`, `id2label`/`label2id` from
-/// `labels` and the problem type.
+/// `labels`, the problem type and a `pad_token_id` ([`GptNeoConfig::pad_token`]), without
+/// which `transformers` refuses a batch of more than one row.
 pub fn hf_config(cfg: &GptNeoConfig, labels: &[String], problem: ProblemType) -> Result<Value> {
     let mut cfg = cfg.clone();
     cfg.num_labels = Some(labels.len());
@@ -88,6 +89,7 @@ pub fn hf_config(cfg: &GptNeoConfig, labels: &[String], problem: ProblemType) ->
             .collect(),
     );
     cfg.problem_type = Some(problem);
+    cfg.pad_token_id = Some(cfg.pad_token());
     let mut value = serde_json::to_value(&cfg)?;
     let layers: Vec<Value> = cfg
         .attention_layers()
@@ -136,4 +138,46 @@ pub fn write(
         })
         .collect::<Result<Vec<_>>>()?;
     super::weights::save(&dir.join(WEIGHTS_FILE), &tensors)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn written(cfg: &GptNeoConfig) -> Value {
+        let labels = ["a".to_string(), "b".to_string()];
+        hf_config(cfg, &labels, ProblemType::SingleLabelClassification).expect("a config")
+    }
+
+    #[test]
+    fn a_written_config_names_the_padding_token_transformers_needs_for_a_batch() {
+        // A fresh model: pipe pads with 0, the trained tokenizers' end-of-text token.
+        let fresh = written(&GptNeoConfig::test(50, 2));
+        assert_eq!(fresh["pad_token_id"], 0);
+        assert!(fresh.get("eos_token_id").is_none());
+        // A hub checkpoint's special tokens are kept, and its end-of-text token pads.
+        let hub: GptNeoConfig = serde_json::from_value(json!({
+            "vocab_size": 50257, "hidden_size": 32, "num_layers": 2, "num_heads": 4,
+            "max_position_embeddings": 32,
+            "attention_types": [[["global", "local"], 1]],
+            "bos_token_id": 50256, "eos_token_id": 50256,
+        }))
+        .expect("a GPT-Neo config");
+        let hub = written(&hub);
+        assert_eq!(
+            (
+                &hub["bos_token_id"],
+                &hub["eos_token_id"],
+                &hub["pad_token_id"]
+            ),
+            (&json!(50256), &json!(50256), &json!(50256))
+        );
+        // A config's own padding token wins.
+        let own = GptNeoConfig {
+            pad_token_id: Some(7),
+            eos_token_id: Some(50256),
+            ..GptNeoConfig::test(50, 2)
+        };
+        assert_eq!(written(&own)["pad_token_id"], 7);
+    }
 }

@@ -98,7 +98,9 @@ impl Stage for Finetune {
         // 4: AdamW on the flat host state (the clipping norm summed in f64).
         // 5: pipe's fused CPU kernels, the pooled last block and a lane-wise clipping norm
         //    (same numbers up to float rounding, different bits).
-        5
+        // 6: model/config.json keeps the source's special token ids and names a
+        //    `pad_token_id`, so transformers classifies batches of several rows.
+        6
     }
 
     fn summary(&self) -> &'static str {
