@@ -274,10 +274,7 @@ fn clear(
     if meta.is_dir() {
         // A folder pipe never made here (not even one holding only empty
         // folders) is the user's: it goes to the trash whole, with its mode.
-        let inside = format!("{rel_text}/");
-        let made_by_pipe =
-            (known.produced.iter()).any(|(p, _)| *p == rel_text || p.starts_with(&inside));
-        if !made_by_pipe {
+        if !wrote_at_or_inside(&known.produced, &rel_text) {
             return batch.take(rel);
         }
         for entry in files::read_dir(path)? {
@@ -307,6 +304,21 @@ fn clear(
     } else {
         batch.take(rel)
     }
+}
+
+/// Whether pipe wrote `rel` itself or anything inside it: two range lookups in the sorted
+/// pairs (the pair at `rel`, and the first one under `rel/`), not a scan of them all per
+/// folder. Two, because a sibling such as `rel-x` sorts between `rel` and `rel/…`.
+fn wrote_at_or_inside(produced: &Produced, rel: &str) -> bool {
+    let first_from = |path: String| {
+        produced
+            .range((path, Digest([0; 32]))..)
+            .next()
+            .map(|(p, _)| p.as_str())
+    };
+    let inside = format!("{rel}/");
+    first_from(rel.to_string()).is_some_and(|p| p == rel)
+        || first_from(inside.clone()).is_some_and(|p| p.starts_with(&inside))
 }
 
 /// Puts a cached stage's outputs in place: declared outs in the workspace
@@ -482,4 +494,28 @@ pub fn commit(
         );
     }
     Ok(outputs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_folder_is_pipes_when_pipe_wrote_it_or_inside_it_whatever_sorts_between() {
+        let pair = |p: &str| (p.to_string(), Digest::of(p.as_bytes()));
+        let produced: Produced = ["out-x", "out.txt", "out/a/b", "other/out"]
+            .into_iter()
+            .map(pair)
+            .collect();
+        assert!(
+            wrote_at_or_inside(&produced, "out"),
+            "`out/a/b` lies inside"
+        );
+        assert!(wrote_at_or_inside(&produced, "out/a"));
+        assert!(wrote_at_or_inside(&produced, "out/a/b"));
+        assert!(!wrote_at_or_inside(&produced, "out/a/b/c"));
+        assert!(!wrote_at_or_inside(&produced, "ou"));
+        assert!(!wrote_at_or_inside(&produced, "other/o"));
+        assert!(!wrote_at_or_inside(&Produced::new(), "out"));
+    }
 }

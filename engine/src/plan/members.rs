@@ -9,7 +9,7 @@ use super::kinds::{check_params, check_reserved_for_kind, param_names, resolve_k
 use super::safety::{
     OutPlace, check_out, find_string, is_in_store, path_error, protected_paths, store_dep_error,
 };
-use super::{PlanOptions, PlannedStage, ResolvedInput};
+use super::{PlannedStage, ResolvedInput};
 use crate::diag::{Diagnostic, did_you_mean};
 use crate::manifest::matrix::{self, Member};
 use crate::manifest::{Manifest, StageSpec};
@@ -23,7 +23,7 @@ use crate::yaml::Span;
 pub(super) fn expand<'r>(
     manifest: &Manifest,
     registry: &'r Registry,
-    options: PlanOptions,
+    resolver: &paths::Resolver<'_>,
     errors: &mut Vec<Diagnostic>,
 ) -> Vec<PlannedStage<'r>> {
     let file = manifest.path.clone();
@@ -57,7 +57,6 @@ pub(super) fn expand<'r>(
         })
         .collect();
     let protected = protected_paths(manifest);
-    let resolver = paths::Resolver::new(&manifest.dir, options.allow_outside);
     let mut known_params: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     let mut stages = Vec::new();
     for (index, as_written) in manifest.stages.iter().enumerate() {
@@ -131,7 +130,7 @@ pub(super) fn expand<'r>(
                             span: out.span,
                             file: &file,
                         };
-                        check_out(place, &deps, &protected, &resolver, errors);
+                        check_out(place, &deps, &protected, resolver, errors);
                         outs.push(p);
                     }
                     Err(e) => errors.push(path_error(&file, out.span, e)),

@@ -112,13 +112,14 @@ pub fn plan<'r>(
     options: PlanOptions,
 ) -> Result<Pipeline<'r>, ManifestError> {
     let mut errors: Vec<Diagnostic> = Vec::new();
-    let stages = members::expand(&manifest, registry, options, &mut errors);
+    // One resolver for the whole plan: it caches where each path prefix really is.
+    let resolver = paths::Resolver::new(&manifest.dir, options.allow_outside);
+    let stages = members::expand(&manifest, registry, &resolver, &mut errors);
     if !errors.is_empty() {
         return Err(manifest_error(errors, manifest));
     }
     let file = manifest.path.clone();
     kinds::check_output_names(&stages, &file, &mut errors);
-    let resolver = paths::Resolver::new(&manifest.dir, options.allow_outside);
     let upstream = dag::upstream_sets(&stages, &resolver, &file, &mut errors);
     let dag = Dag::new(upstream)
         .map_err(|cycle| errors.push(dag::cycle_error(&stages, &cycle, &file)))
