@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 use super::{Bundle, Predictions};
-use crate::models::gpt_neo::ProblemType;
+use crate::models::classifier::ProblemType;
 
 /// A multi-label prediction includes each label at or above this probability.
 pub const THRESHOLD: f32 = 0.5;

@@ -40,7 +40,7 @@ use crate::device::{
     check as check_device, choose, default_device, headline_suffix, session_options,
 };
 use crate::metrics::{self, RocCurve, SplitMetrics};
-use crate::models::gpt_neo::ProblemType;
+use crate::models::classifier::ProblemType;
 use crate::report::{self, Report, SplitReport, WrongExample};
 use crate::table::{DatasetTable, write_json};
 use rows::{PredictionsWriter, most_confidently_wrong};

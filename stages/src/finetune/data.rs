@@ -14,9 +14,9 @@ use arrow::datatypes::{Float32Type, Int32Type};
 use pipe_onnx::HostTensor;
 
 use crate::models::Xoshiro256;
-use crate::models::gpt_neo::ProblemType;
+use crate::models::classifier::ProblemType;
 #[cfg(doc)]
-use crate::models::gpt_neo::Tokens;
+use crate::models::layers::Tokens;
 use crate::table::read_table;
 
 /// Batches per length-sorted group: large enough that batches are nearly uniform in

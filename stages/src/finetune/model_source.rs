@@ -8,14 +8,16 @@ use anyhow::{Context, Result, bail};
 use pipe_onnx::HostTensor;
 use serde_json::Value;
 
-use super::params::{ModelConfig, ModelSource, Preset};
-use crate::models::gpt_neo::{AttentionKind, GptNeoConfig, GptNeoForSequenceClassification};
-use crate::models::{ParamSpec, hf_folder, init_param, init_params, lora};
+use super::params::{ModelSource, Preset, Shape};
+use crate::models::gpt_neo::{AttentionKind, GptNeoConfig};
+use crate::models::{
+    Architecture, ModelConfig, ParamSpec, hf_folder, init_param, init_params, lora,
+};
 
 /// What training starts from.
 pub struct StartingModel {
     /// The model's shape, with `num_labels` set to the data's.
-    pub config: GptNeoConfig,
+    pub config: ModelConfig,
     /// Where the weights come from: a model folder, or `None` for a fresh initialisation.
     pub folder: Option<PathBuf>,
     /// Whether the classification head is fresh (always for fresh models; for a folder, when
@@ -50,21 +52,24 @@ pub fn resolve(
             };
             (hf_folder::read_config(&dir)?, Some(dir))
         }
+        ModelSource::Embedded(model) => {
+            let dir = model.verified()?;
+            (hf_folder::read_config(&dir)?, Some(dir))
+        }
     };
-    if vocab_size > config.vocab_size {
+    if vocab_size > config.vocab_size() {
         bail!(
             "the tokenizer has {vocab_size} tokens but the model's embedding has only {} rows; \
              use the model's own tokenizer (`tokenizer: {{ hub: ... }}`) or a smaller trained \
              vocabulary",
-            config.vocab_size
+            config.vocab_size()
         );
     }
     let fresh_head = match &folder {
         None => true,
         Some(_) => !same_labels(&config, labels),
     };
-    config.num_labels = Some(labels.len());
-    config.id2label = None;
+    config.set_labels(labels.len());
     config.validate()?;
     Ok(StartingModel {
         config,
@@ -74,8 +79,8 @@ pub fn resolve(
 }
 
 /// Whether a checkpoint's `id2label` names exactly `labels`, in order.
-fn same_labels(config: &GptNeoConfig, labels: &[String]) -> bool {
-    let Some(id2label) = &config.id2label else {
+fn same_labels(config: &ModelConfig, labels: &[String]) -> bool {
+    let Some(id2label) = config.id2label() else {
         return false;
     };
     id2label.len() == labels.len()
@@ -87,13 +92,15 @@ fn same_labels(config: &GptNeoConfig, labels: &[String]) -> bool {
 
 /// The config of a fresh model.
 pub(super) fn fresh_config(
-    shape: &ModelConfig,
+    shape: &Shape,
     vocab_size: usize,
     num_labels: usize,
-) -> Result<GptNeoConfig> {
+) -> Result<ModelConfig> {
     Ok(match shape {
-        ModelConfig::Preset(Preset::Tiny) => GptNeoConfig::tiny(vocab_size, num_labels),
-        ModelConfig::Preset(Preset::Small) => GptNeoConfig {
+        Shape::Preset(Preset::Tiny) => {
+            ModelConfig::GptNeo(GptNeoConfig::tiny(vocab_size, num_labels))
+        }
+        Shape::Preset(Preset::Small) => ModelConfig::GptNeo(GptNeoConfig {
             hidden_size: 768,
             num_layers: 12,
             num_heads: 12,
@@ -102,13 +109,15 @@ pub(super) fn fresh_config(
             window_size: 256,
             attention_types: vec![(vec![AttentionKind::Global, AttentionKind::Local], 6)],
             ..GptNeoConfig::tiny(vocab_size, num_labels)
-        },
-        ModelConfig::Inline(map) => {
+        }),
+        Shape::Inline(map) => {
             let mut map = map.clone();
             map.entry("vocab_size").or_insert(Value::from(vocab_size));
             map.insert("num_labels".into(), Value::from(num_labels));
-            serde_json::from_value(Value::Object(map))
-                .context("`model.config` is not a GPT-Neo config")?
+            ModelConfig::from_json(Value::Object(map)).context(
+                "`model.config` is not a config pipe can train (GPT-Neo keys, or `model_type: \
+                 bert` / `roberta` with BertConfig's keys)",
+            )?
         }
     })
 }
@@ -120,12 +129,14 @@ impl StartingModel {
         let Some(dir) = &self.folder else {
             return Ok(init_params(specs, seed));
         };
-        let head = GptNeoForSequenceClassification::HEAD_PARAMS;
-        let (fresh, read): (Vec<&ParamSpec>, Vec<&ParamSpec>) = specs.iter().partition(|s| {
-            (self.fresh_head && head.contains(&s.name.as_str())) || lora::is_lora(&s.name)
-        });
+        let head = self.config.head_params();
+        let optional = self.config.optional_params();
+        let (fresh, read): (Vec<&ParamSpec>, Vec<&ParamSpec>) = specs
+            .iter()
+            .partition(|s| (self.fresh_head && head.contains(&s.name)) || lora::is_lora(&s.name));
         let read: Vec<ParamSpec> = read.into_iter().cloned().collect();
-        let mut weights = hf_folder::read_weights(dir, &read, head, seed)?;
+        let may_lack: Vec<&str> = head.iter().chain(&optional).map(String::as_str).collect();
+        let mut weights = hf_folder::read_weights(dir, &read, &may_lack, seed)?;
         for spec in fresh {
             weights.insert(spec.name.clone(), init_param(spec, seed));
         }

@@ -1,6 +1,6 @@
 //! Dropout for training graphs, with masks drawn on the host.
 //!
-//! Hugging Face's GPT-Neo drops (inverted dropout: kept values are scaled by `1/(1-p)`)
+//! Each family lists its sites ([`Architecture::dropout_sites`]). Hugging Face's GPT-Neo drops (inverted dropout: kept values are scaled by `1/(1-p)`)
 //! after the embeddings (`transformer.drop`, `embed_dropout`), on the attention
 //! probabilities (`attn.attention.attn_dropout`, `attention_dropout`), and on the outputs of
 //! each attention and MLP block before the residual sum (`attn.attention.resid_dropout`,
@@ -25,10 +25,12 @@ use anyhow::Result;
 use pipe_onnx::{DType, Dim, Graph, HostTensor, Tensor};
 
 use super::VarPath;
-use super::gpt_neo::GptNeoConfig;
+use super::architecture::Architecture;
 use super::lora::LoraParams;
 
-/// Dropout probabilities of GPT-Neo's three kinds of site.
+/// Dropout probabilities of the three kinds of site: GPT-Neo's `embed_dropout`,
+/// `attention_dropout` and `resid_dropout`; BERT's `hidden_dropout_prob` (embeddings and
+/// sub-layer outputs) and `attention_probs_dropout_prob`.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct DropoutRates {
     /// After the embeddings.
@@ -40,13 +42,9 @@ pub struct DropoutRates {
 }
 
 impl DropoutRates {
-    /// The rates of a config (`embed_dropout`, `attention_dropout`, `resid_dropout`).
-    pub fn of(config: &GptNeoConfig) -> Self {
-        DropoutRates {
-            embed: config.embed_dropout,
-            attention: config.attention_dropout,
-            resid: config.resid_dropout,
-        }
+    /// The rates of a config ([`Architecture::dropout_rates`]).
+    pub fn of(config: &dyn Architecture) -> Self {
+        config.dropout_rates()
     }
 
     /// Whether every rate is 0.
@@ -57,21 +55,32 @@ impl DropoutRates {
 
 /// The shape of a site's mask.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum SiteShape {
+pub enum SiteShape {
     /// `[batch, seq, n]`: hidden states (`n` = hidden size), or a LoRA adapter's input.
     Rows(usize),
+    /// `[batch, 1, n]`: the first row only (an encoder's last layer runs on `[CLS]` alone).
+    FirstRow(usize),
+    /// `[batch, n]`: a pooled row.
+    Pooled(usize),
     /// `[batch, heads, seq, seq]`.
     Attention,
+    /// `[batch, heads, 1, seq]`: the first query's attention.
+    FirstRowAttention,
 }
 
+/// A place where a training graph drops values: the Hugging Face module (`transformer.drop`),
+/// the mask's shape and the probability.
 #[derive(Debug, Clone, PartialEq)]
-struct Site {
-    module: String,
-    shape: SiteShape,
-    p: f64,
+pub struct Site {
+    /// The module's name, which names the mask input.
+    pub module: String,
+    /// The mask's shape.
+    pub shape: SiteShape,
+    /// The probability of dropping a value.
+    pub p: f64,
 }
 
-/// The dropout sites of a GPT-Neo with nonzero probability, and how to draw their masks.
+/// The dropout sites of a model with nonzero probability, and how to draw their masks.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DropoutPlan {
     sites: Vec<Site>,
@@ -83,62 +92,32 @@ const INPUT_PREFIX: &str = "dropout:";
 
 impl DropoutPlan {
     /// The sites of `config` under `rates`, in forward order; none when every rate is 0.
-    pub fn new(config: &GptNeoConfig, rates: DropoutRates) -> Self {
-        let mut sites = Vec::new();
-        let mut add = |module: String, shape, p: f64| {
-            if p > 0.0 {
-                sites.push(Site { module, shape, p });
-            }
-        };
-        let hidden = SiteShape::Rows(config.hidden_size);
-        add("transformer.drop".into(), hidden, rates.embed);
-        for i in 0..config.num_layers {
-            let attn = format!("transformer.h.{i}.attn.attention");
-            add(
-                format!("{attn}.attn_dropout"),
-                SiteShape::Attention,
-                rates.attention,
-            );
-            add(format!("{attn}.resid_dropout"), hidden, rates.resid);
-            add(
-                format!("transformer.h.{i}.mlp.dropout"),
-                hidden,
-                rates.resid,
-            );
-        }
+    pub fn new(config: &dyn Architecture, rates: DropoutRates) -> Self {
         DropoutPlan {
-            sites,
-            heads: config.num_heads,
+            sites: config
+                .dropout_sites(rates)
+                .into_iter()
+                .filter(|s| s.p > 0.0)
+                .collect(),
+            heads: config.num_heads(),
         }
     }
 
     /// Adds PEFT's `lora_dropout` on the input of every adapter of `lora` (when its dropout
     /// is nonzero): sites `<module>.lora_dropout` (PEFT's `lora_dropout.default`) after the
     /// model's, so the model's masks stay what they are without LoRA dropout.
-    pub fn with_lora(mut self, config: &GptNeoConfig, lora: Option<&LoraParams>) -> Self {
+    pub fn with_lora(mut self, config: &dyn Architecture, lora: Option<&LoraParams>) -> Self {
         let Some(lora) = lora.filter(|l| l.dropout > 0.0) else {
             return self;
         };
-        let (h, m) = (config.hidden_size, config.intermediate_size());
-        for i in 0..config.num_layers {
-            let attn = format!("transformer.h.{i}.attn.attention");
-            let mlp = format!("transformer.h.{i}.mlp");
-            let modules = [
-                (&attn, "q_proj", h),
-                (&attn, "k_proj", h),
-                (&attn, "v_proj", h),
-                (&attn, "out_proj", h),
-                (&mlp, "c_fc", h),
-                (&mlp, "c_proj", m),
-            ];
-            for (parent, module, width) in modules {
-                if lora.targets(module) {
-                    self.sites.push(Site {
-                        module: lora_site(&format!("{parent}.{module}")),
-                        shape: SiteShape::Rows(width),
-                        p: lora.dropout,
-                    });
-                }
+        for (module, shape) in config.lora_modules() {
+            let leaf = module.rsplit('.').next().unwrap_or_default();
+            if lora.targets(leaf) {
+                self.sites.push(Site {
+                    module: lora_site(&module),
+                    shape,
+                    p: lora.dropout,
+                });
             }
         }
         self
@@ -154,9 +133,13 @@ impl DropoutPlan {
         let mut sites = BTreeMap::new();
         for site in &self.sites {
             let (b, s) = (Dim::from("batch"), Dim::from("seq"));
+            let (one, heads) = (Dim::Fixed(1), Dim::Fixed(self.heads as i64));
             let shape = match site.shape {
                 SiteShape::Rows(n) => vec![b, s, Dim::Fixed(n as i64)],
-                SiteShape::Attention => vec![b, Dim::Fixed(self.heads as i64), s.clone(), s],
+                SiteShape::FirstRow(n) => vec![b, one, Dim::Fixed(n as i64)],
+                SiteShape::Pooled(n) => vec![b, Dim::Fixed(n as i64)],
+                SiteShape::Attention => vec![b, heads, s.clone(), s],
+                SiteShape::FirstRowAttention => vec![b, heads, one, s],
             };
             let mask = g.input(
                 &format!("{INPUT_PREFIX}{}", site.module),
@@ -187,7 +170,10 @@ impl DropoutPlan {
             .map(|(i, site)| {
                 let dims: Vec<usize> = match site.shape {
                     SiteShape::Rows(n) => vec![batch, seq, n],
+                    SiteShape::FirstRow(n) => vec![batch, 1, n],
+                    SiteShape::Pooled(n) => vec![batch, n],
                     SiteShape::Attention => vec![batch, self.heads, seq, seq],
+                    SiteShape::FirstRowAttention => vec![batch, self.heads, 1, seq],
                 };
                 let n: usize = dims.iter().product();
                 let key = mix(step_key ^ (i as u64).wrapping_mul(GOLDEN));
@@ -267,6 +253,7 @@ impl Dropout {
 
 #[cfg(test)]
 mod tests {
+    use super::super::gpt_neo::GptNeoConfig;
     use super::*;
 
     #[test]

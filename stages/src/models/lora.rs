@@ -21,6 +21,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::architecture::Architecture;
 use super::dropout::{Dropout, lora_site};
 use super::{Init, ParamSpec, VarPath, Vars, weights};
 
@@ -45,7 +46,8 @@ fn default_alpha() -> f64 {
     8.0
 }
 
-/// A GPT-Neo linear layer LoRA can adapt.
+/// A linear layer LoRA can adapt, by its module name (PEFT's `target_modules`): GPT-Neo's
+/// `q_proj k_proj v_proj out_proj c_fc c_proj`, BERT's and RoBERTa's `query key value dense`.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
 )]
@@ -63,6 +65,15 @@ pub enum LoraTarget {
     CFc,
     /// MLP output projection.
     CProj,
+    /// BERT attention query projection.
+    Query,
+    /// BERT attention key projection.
+    Key,
+    /// BERT attention value projection.
+    Value,
+    /// BERT's other linear layers (`attention.output.dense`, `intermediate.dense`,
+    /// `output.dense`, `pooler.dense`), as PEFT matches `dense`.
+    Dense,
 }
 
 impl LoraTarget {
@@ -75,6 +86,10 @@ impl LoraTarget {
             LoraTarget::OutProj => "out_proj",
             LoraTarget::CFc => "c_fc",
             LoraTarget::CProj => "c_proj",
+            LoraTarget::Query => "query",
+            LoraTarget::Key => "key",
+            LoraTarget::Value => "value",
+            LoraTarget::Dense => "dense",
         }
     }
 }
@@ -100,8 +115,8 @@ impl LoraParams {
         if self.targets.is_empty() {
             return Err((
                 "targets",
-                "`lora.targets` must name at least one of q_proj, k_proj, v_proj, out_proj, \
-                 c_fc, c_proj"
+                "`lora.targets` must name at least one layer: q_proj, k_proj, v_proj, out_proj, \
+                 c_fc, c_proj (GPT-Neo) or query, key, value, dense (BERT, RoBERTa)"
                     .into(),
             ));
         }
@@ -111,6 +126,31 @@ impl LoraParams {
     /// The factor of the update, `alpha / r`.
     pub fn scaling(&self) -> f64 {
         self.alpha / self.r as f64
+    }
+
+    /// Checks that every target names a layer of `config`'s family; the message names the
+    /// family's layers.
+    pub fn check_targets(&self, config: &dyn Architecture) -> Result<()> {
+        let mut names: Vec<String> = config
+            .lora_modules()
+            .iter()
+            .map(|(m, _)| m.rsplit('.').next().unwrap_or_default().to_string())
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        if let Some(t) = self
+            .targets
+            .iter()
+            .find(|t| !names.iter().any(|n| n == t.module()))
+        {
+            bail!(
+                "`lora.targets` names `{}`, which a {} model does not have; its layers are {}",
+                t.module(),
+                config.model_type(),
+                names.join(", ")
+            );
+        }
+        Ok(())
     }
 
     /// Whether the module called `module` (`q_proj`) is adapted.

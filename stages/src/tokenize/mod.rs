@@ -6,6 +6,7 @@
 //!   tokenizer: { train: { vocab_size: 8192, min_frequency: 2 } }
 //!   # or { path: models/gpt-neo-125m }   a tokenizer.json, a vocab.json (+ merges.txt), or a folder
 //!   # or { hub: EleutherAI/gpt-neo-125m } the local Hugging Face cache, offline
+//!   # or { embedded: all-MiniLM-L6-v2 }    an embedded model's own (scripts/fetch-model.sh)
 //!   max_length: 128                       # longer texts are cut to this many tokens
 //! ```
 //!
@@ -50,6 +51,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokenizers::{Encoding, Tokenizer, TruncationParams};
 
+use crate::models::embedded;
 use crate::table::{DatasetTable, TableWriter, write_json};
 pub use source::{TokenizerSource, TrainOptions};
 
@@ -105,6 +107,10 @@ impl Params {
                 &["max_length"],
                 "`max_length` must be a positive number of tokens",
             ));
+        }
+        if let TokenizerSource::Embedded(name) = &params.tokenizer {
+            embedded::lookup(name)
+                .map_err(|message| ParamError::new(&["tokenizer", "embedded"], message))?;
         }
         if let TokenizerSource::Hub(repo) = &params.tokenizer {
             crate::hub::check_repo_id(repo)
@@ -176,6 +182,14 @@ impl Stage for Tokenize {
                 }
                 Vec::new()
             }
+            TokenizerSource::Embedded(name) => {
+                // Pinned by its hashes, which a run checks the files against.
+                if let (Some(map), Ok(model)) = (key_params.as_object_mut(), embedded::lookup(name))
+                {
+                    map.insert("embedded_sha256".into(), json!(model.key()));
+                }
+                Vec::new()
+            }
             TokenizerSource::Train(_) => Vec::new(),
         };
         Ok(Checked {
@@ -196,6 +210,11 @@ impl Stage for Tokenize {
                 let hub = crate::hub::Hub::from_env(self.hub_cache());
                 crate::hub::ensure(&hub, repo, crate::hub::Want::Tokenizer, ctx.reporter)?;
                 source::load_hub(hub.cache(), repo)?
+            }
+            TokenizerSource::Embedded(name) => {
+                let model = embedded::lookup(name).map_err(anyhow::Error::msg)?;
+                let dir = model.verified()?;
+                source::load_path(&dir.join(embedded::TOKENIZER_FILE), name)?
             }
             TokenizerSource::Train(options) => {
                 let (name, table) = &tables[0];
