@@ -16,7 +16,7 @@ use super::trained::FreezeEntry;
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub struct Params {
-    /// The model to start from (exactly one of `config`, `path`, `hub`).
+    /// The model to start from (exactly one of `config`, `path`, `hub`, `embedded`).
     pub model: ModelParams,
     /// Passes over the training split.
     #[serde(default = "default_epochs")]
@@ -481,7 +481,7 @@ impl Params {
             },
             _ => Err(ParamError::new(
                 &["model"],
-                "`model` needs exactly one of `config`, `path`, `hub` or `embedded`",
+                "`model` needs exactly one of `config`, `path` or `hub` (or `embedded`)",
             )
             .with_help(
                 "e.g. `model: { embedded: all-MiniLM-L6-v2 }`, `model: { config: tiny, seed: 0 }`, \
