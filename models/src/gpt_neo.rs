@@ -28,11 +28,16 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Result, bail};
-use pipe_onnx::{DType, Dim, Graph, Kernels, Tensor, TrainParam};
-use schemars::JsonSchema;
+use pipe_onnx::{DType, Dim, Graph, Tensor, TrainParam};
 use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
 
-use super::dropout::{Dropout, DropoutRates, DropoutSites, SiteShape};
+use super::architecture::{Architecture, classifier_keys};
+use super::classifier::{self, ClassifierInput, SequenceClassifier};
+pub use super::classifier::{Pooling, ProblemType, hf_trainer_decay};
+use super::dropout::{Dropout, DropoutRates, DropoutSites, Site, SiteShape};
+pub use super::layers::{Activation, Tokens};
+use super::layers::{LayerNorm, last_position, pool_mean};
 use super::lora::{self, LoraLayer, LoraParams};
 use super::{Init, ParamSpec, VarPath, Vars};
 
@@ -48,48 +53,8 @@ pub enum AttentionKind {
     Local,
 }
 
-/// The MLP activation (`activation_function`; HF maps names in `activations.py`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Activation {
-    /// `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`, GPT-Neo's default.
-    GeluNew,
-    /// Exact GELU, `0.5·x·(1 + erf(x/√2))`.
-    Gelu,
-    /// `max(x, 0)`.
-    Relu,
-}
-
-/// What the classification loss is (`problem_type` in config.json).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ProblemType {
-    /// One class per row: cross-entropy, mean over rows.
-    SingleLabelClassification,
-    /// Independent labels per row: binary cross-entropy with logits, mean over all elements.
-    MultiLabelClassification,
-}
-
-/// How the classifier reduces a row's hidden states `[seq, hidden]` to one vector.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Pooling {
-    /// The state of the last real token, as Hugging Face's `GPTNeoForSequenceClassification`.
-    #[default]
-    Last,
-    /// The mean of the states of the real tokens. Not a Hugging Face option: `transformers`
-    /// loads such a model folder but pools the last token; the ONNX export pools the mean.
-    Mean,
-}
-
-impl Pooling {
-    /// Whether this is [`Pooling::Last`] (the default, left out of written configs).
-    pub fn is_last(&self) -> bool {
-        *self == Pooling::Last
-    }
-}
-
-/// A GPT-Neo configuration, read from a Hugging Face `config.json` (unknown keys are ignored).
+/// A GPT-Neo configuration, read from a Hugging Face `config.json` (keys pipe does not use
+/// are kept in [`GptNeoConfig::other`]).
 /// Upstream: <https://github.com/huggingface/transformers/blob/main/src/transformers/models/gpt_neo/configuration_gpt_neo.py>
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 pub struct GptNeoConfig {
@@ -143,16 +108,10 @@ pub struct GptNeoConfig {
     /// How the classifier pools a row (pipe's key; written only when not `last`).
     #[serde(default, skip_serializing_if = "Pooling::is_last")]
     pub pooling: Pooling,
-    /// The beginning-of-text token, kept as the source config has it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bos_token_id: Option<u32>,
-    /// The end-of-text token, kept as the source config has it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub eos_token_id: Option<u32>,
-    /// The padding token: what `transformers` needs to find each row's last real token, and
-    /// so to classify a batch of more than one row. See [`GptNeoConfig::pad_token`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pad_token_id: Option<u32>,
+    /// Every other key of the source `config.json` (`bos_token_id`, `eos_token_id`, …), kept
+    /// as it was and written back.
+    #[serde(flatten)]
+    pub other: serde_json::Map<String, serde_json::Value>,
 }
 
 fn default_activation() -> Activation {
@@ -171,66 +130,7 @@ fn default_initializer_range() -> f64 {
     0.02
 }
 
-impl DropoutSites for GptNeoConfig {
-    fn heads(&self) -> usize {
-        self.num_heads
-    }
-
-    /// After the embeddings (`transformer.drop`), on each layer's attention probabilities
-    /// (`attn.attention.attn_dropout`), and on the outputs of its attention and MLP blocks
-    /// before the residual sum (`attn.attention.resid_dropout`, `mlp.dropout`).
-    fn dropout_sites(&self, rates: DropoutRates) -> Vec<(String, SiteShape, f64)> {
-        let hidden = SiteShape::Rows(self.hidden_size);
-        let mut sites = vec![("transformer.drop".to_string(), hidden, rates.embed)];
-        for i in 0..self.num_layers {
-            let attn = format!("transformer.h.{i}.attn.attention");
-            sites.push((
-                format!("{attn}.attn_dropout"),
-                SiteShape::Attention,
-                rates.attention,
-            ));
-            sites.push((format!("{attn}.resid_dropout"), hidden, rates.resid));
-            sites.push((
-                format!("transformer.h.{i}.mlp.dropout"),
-                hidden,
-                rates.resid,
-            ));
-        }
-        sites
-    }
-
-    fn lora_layers(&self) -> Vec<(String, &'static str, usize)> {
-        let (h, m) = (self.hidden_size, self.intermediate_size());
-        let mut layers = Vec::new();
-        for i in 0..self.num_layers {
-            let attn = format!("transformer.h.{i}.attn.attention");
-            let mlp = format!("transformer.h.{i}.mlp");
-            for (parent, module, width) in [
-                (&attn, "q_proj", h),
-                (&attn, "k_proj", h),
-                (&attn, "v_proj", h),
-                (&attn, "out_proj", h),
-                (&mlp, "c_fc", h),
-                (&mlp, "c_proj", m),
-            ] {
-                layers.push((format!("{parent}.{module}"), module, width));
-            }
-        }
-        layers
-    }
-}
-
 impl GptNeoConfig {
-    /// The dropout rates of this config (`embed_dropout`, `attention_dropout`,
-    /// `resid_dropout`).
-    pub fn dropout_rates(&self) -> DropoutRates {
-        DropoutRates {
-            embed: self.embed_dropout,
-            attention: self.attention_dropout,
-            resid: self.resid_dropout,
-        }
-    }
-
     /// A small model to train from scratch: hidden 256, 4 layers of 8 heads alternating
     /// global/local, MLP 1024, 128 positions, window 256.
     pub fn tiny(vocab_size: usize, num_labels: usize) -> Self {
@@ -253,18 +153,8 @@ impl GptNeoConfig {
             attention_dropout: 0.0,
             resid_dropout: 0.0,
             pooling: Pooling::Last,
-            bos_token_id: None,
-            eos_token_id: None,
-            pad_token_id: None,
+            other: serde_json::Map::new(),
         }
-    }
-
-    /// The padding token a written `config.json` names: the config's own, else its
-    /// end-of-text token (GPT-2's convention, `tokenizer.pad_token = tokenizer.eos_token`),
-    /// else 0, the id pipe pads with and the end-of-text token of the tokenizers `tokenize`
-    /// trains.
-    pub fn pad_token(&self) -> u32 {
-        self.pad_token_id.or(self.eos_token_id).unwrap_or(0)
     }
 
     /// A model for tests: hidden 32, 2 layers (global, local) of 4 heads, MLP 64,
@@ -309,6 +199,12 @@ impl GptNeoConfig {
 
     /// Checks that the numbers fit together.
     pub fn validate(&self) -> Result<()> {
+        if self.pooling == Pooling::First {
+            bail!(
+                "GPT-Neo pools the last token or the mean (`pooling: last | mean`); its first \
+                 token has seen no other"
+            );
+        }
         let layers = self.attention_layers().len();
         if layers != self.num_layers {
             bail!(
@@ -334,6 +230,170 @@ impl GptNeoConfig {
             }
         }
         Ok(())
+    }
+}
+
+/// What a GPT-Neo classifier is built from: a [`GptNeoConfig`], or a
+/// [`ModelConfig`](super::ModelConfig) that holds one (what [`super::hf_folder::read_config`]
+/// gives).
+pub trait AsGptNeo {
+    /// The GPT-Neo config, or an error naming the family it is instead.
+    fn as_gpt_neo(&self) -> Result<&GptNeoConfig>;
+}
+
+impl AsGptNeo for GptNeoConfig {
+    fn as_gpt_neo(&self) -> Result<&GptNeoConfig> {
+        Ok(self)
+    }
+}
+
+impl DropoutSites for GptNeoConfig {
+    fn num_heads(&self) -> usize {
+        self.num_heads
+    }
+    fn dropout_rates(&self) -> DropoutRates {
+        DropoutRates {
+            embed: self.embed_dropout,
+            attention: self.attention_dropout,
+            resid: self.resid_dropout,
+        }
+    }
+    fn dropout_sites(&self, rates: DropoutRates) -> Vec<Site> {
+        let hidden = SiteShape::Rows(self.hidden_size);
+        let site = |module: String, shape, p| Site { module, shape, p };
+        let mut sites = vec![site("transformer.drop".into(), hidden, rates.embed)];
+        for i in 0..self.num_layers {
+            let attn = format!("transformer.h.{i}.attn.attention");
+            sites.push(site(
+                format!("{attn}.attn_dropout"),
+                SiteShape::Attention,
+                rates.attention,
+            ));
+            sites.push(site(format!("{attn}.resid_dropout"), hidden, rates.resid));
+            sites.push(site(
+                format!("transformer.h.{i}.mlp.dropout"),
+                hidden,
+                rates.resid,
+            ));
+        }
+        sites
+    }
+    fn lora_modules(&self) -> Vec<(String, SiteShape)> {
+        let (h, m) = (
+            SiteShape::Rows(self.hidden_size),
+            SiteShape::Rows(self.intermediate_size()),
+        );
+        (0..self.num_layers)
+            .flat_map(|i| {
+                let attn = format!("transformer.h.{i}.attn.attention");
+                let mlp = format!("transformer.h.{i}.mlp");
+                [
+                    (format!("{attn}.q_proj"), h),
+                    (format!("{attn}.k_proj"), h),
+                    (format!("{attn}.v_proj"), h),
+                    (format!("{attn}.out_proj"), h),
+                    (format!("{mlp}.c_fc"), h),
+                    (format!("{mlp}.c_proj"), m),
+                ]
+            })
+            .collect()
+    }
+}
+
+impl Architecture for GptNeoConfig {
+    fn model_type(&self) -> &'static str {
+        "gpt_neo"
+    }
+    fn vocab_size(&self) -> usize {
+        self.vocab_size
+    }
+    fn hidden_size(&self) -> usize {
+        self.hidden_size
+    }
+    fn num_layers(&self) -> usize {
+        self.num_layers
+    }
+    fn max_length(&self) -> usize {
+        self.max_position_embeddings
+    }
+    fn num_labels(&self) -> usize {
+        GptNeoConfig::num_labels(self)
+    }
+    fn id2label(&self) -> Option<&BTreeMap<String, String>> {
+        self.id2label.as_ref()
+    }
+    fn problem_type(&self) -> Option<ProblemType> {
+        self.problem_type
+    }
+    fn pooling(&self) -> Pooling {
+        self.pooling
+    }
+    fn takes_token_types(&self) -> bool {
+        false
+    }
+    fn validate(&self) -> Result<()> {
+        GptNeoConfig::validate(self)
+    }
+    fn set_labels(&mut self, num_labels: usize) {
+        self.num_labels = Some(num_labels);
+        self.id2label = None;
+    }
+    fn set_pooling(&mut self, pooling: Pooling) -> Result<()> {
+        self.pooling = pooling;
+        GptNeoConfig::validate(self)
+    }
+
+    fn classifier(
+        &self,
+        g: &mut Graph,
+        lora: Option<&LoraParams>,
+    ) -> Result<Box<dyn SequenceClassifier>> {
+        Ok(Box::new(GptNeoForSequenceClassification::with_lora(
+            self, g, lora,
+        )?))
+    }
+    fn head_params(&self) -> Vec<String> {
+        GptNeoForSequenceClassification::HEAD_PARAMS
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    }
+    fn optional_params(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    fn hf_config(&self, labels: &[String], problem: ProblemType) -> Result<Value> {
+        let mut cfg = self.clone();
+        cfg.num_labels = Some(labels.len());
+        cfg.id2label = None;
+        cfg.problem_type = Some(problem);
+        let mut value = serde_json::to_value(&cfg)?;
+        classifier_keys(
+            &mut value,
+            "GPTNeoForSequenceClassification",
+            labels,
+            problem,
+        );
+        let layers: Vec<Value> = cfg
+            .attention_layers()
+            .iter()
+            .map(|k| serde_json::to_value(k).unwrap_or(Value::Null))
+            .collect();
+        if let Value::Object(map) = &mut value {
+            // transformers classifies more than one row at a time only with a pad token
+            // (M:685–690): the source's, else its end-of-text token, else 0, the
+            // `<|endoftext|>` of the BPE the tokenize stage trains.
+            let set = |v: Option<&Value>| v.filter(|v| !v.is_null()).cloned();
+            let pad = set(map.get("pad_token_id"))
+                .or_else(|| set(map.get("eos_token_id")))
+                .unwrap_or(json!(0));
+            map.insert("pad_token_id".into(), pad);
+            map.insert("model_type".into(), json!("gpt_neo"));
+            map.insert("attention_layers".into(), Value::Array(layers));
+            map.insert("dtype".into(), json!("float32"));
+            map.insert("use_cache".into(), json!(false));
+        }
+        Ok(value)
     }
 }
 
@@ -544,11 +604,7 @@ impl Mlp {
                 self.lora[0].as_ref(),
                 dropout,
             )?; // [b, s, inter]
-            let t = match self.activation {
-                Activation::GeluNew => g.gelu(t, true)?,
-                Activation::Gelu => g.gelu(t, false)?,
-                Activation::Relu => g.relu(t)?,
-            };
+            let t = self.activation.apply(g, t)?;
             let out = lora::linear(
                 g,
                 t,
@@ -558,33 +614,6 @@ impl Mlp {
                 dropout,
             )?;
             dropout.apply(g, &self.path.join("dropout"), out)
-        })
-        .map_err(Into::into)
-    }
-}
-
-/// A LayerNorm's scale and shift.
-struct LayerNorm {
-    path: VarPath,
-    weight: Tensor,
-    bias: Tensor,
-    eps: f32,
-}
-
-impl LayerNorm {
-    fn new(cfg: &GptNeoConfig, g: &mut Graph, vars: &mut Vars, path: VarPath) -> Result<Self> {
-        let h = dim(cfg.hidden_size);
-        Ok(LayerNorm {
-            weight: vars.get(g, &path, "weight", &[h], Init::Ones)?,
-            bias: vars.get(g, &path, "bias", &[h], Init::Zeros)?,
-            eps: cfg.layer_norm_epsilon as f32,
-            path,
-        })
-    }
-
-    fn forward(&self, g: &mut Graph, x: Tensor) -> Result<Tensor> {
-        g.with_scope(self.path.as_str(), |g| {
-            g.layer_normalization(x, self.weight, Some(self.bias), -1, self.eps)
         })
         .map_err(Into::into)
     }
@@ -613,9 +642,21 @@ impl Block {
         let attn = path.pp("attn").pp("attention");
         Ok(Block {
             path: path.clone(),
-            ln_1: LayerNorm::new(cfg, g, vars, path.pp("ln_1"))?,
+            ln_1: LayerNorm::new(
+                g,
+                vars,
+                path.pp("ln_1"),
+                cfg.hidden_size,
+                cfg.layer_norm_epsilon,
+            )?,
             attn: Attention::new(cfg, kind, g, vars, attn, lora)?,
-            ln_2: LayerNorm::new(cfg, g, vars, path.pp("ln_2"))?,
+            ln_2: LayerNorm::new(
+                g,
+                vars,
+                path.pp("ln_2"),
+                cfg.hidden_size,
+                cfg.layer_norm_epsilon,
+            )?,
             mlp: Mlp::new(cfg, g, vars, path.pp("mlp"), lora)?,
         })
     }
@@ -648,74 +689,6 @@ impl Block {
 }
 
 // ---- the base model --------------------------------------------------------------------------
-
-/// How a batch's token ids reach the embedding `wte`.
-#[derive(Clone, Copy, Debug)]
-pub enum Tokens {
-    /// `input_ids` int64 `[b, s]`, looked up with `Gather`. The gradient of a `Gather` is a
-    /// scatter-add over repeated ids, which ONNX Runtime's CPU kernel sums in a varying order
-    /// when it has more than one thread: fine for inference, not bit-reproducible in training.
-    Ids(Tensor),
-    /// The batch's distinct ids (int64 `[distinct]`) and, per position, the index of its id
-    /// among them (int64 `[b, s]`). Each distinct row of `wte` is gathered once and spread to
-    /// the positions by a one-hot `MatMul`, so the gradient is a `MatMul` and a scatter
-    /// without repeats: the same bits at any thread count. (With pipe's CPU kernels,
-    /// [`Kernels::Host`], the rows are gathered per position and the gradient's kernel sums
-    /// repeats in position order: the same guarantee, without the one-hot products.) The
-    /// forward values are the same as [`Tokens::Ids`] (one-hot products add exact zeros).
-    Distinct {
-        /// `token_ids` `[distinct]`.
-        ids: Tensor,
-        /// `token_index` `[b, s]`.
-        index: Tensor,
-    },
-}
-
-impl Tokens {
-    /// Declares the inputs of [`Tokens::Distinct`]: `token_ids` int64 `[distinct]` and
-    /// `token_index` int64 `[batch, seq]`.
-    pub fn declare_distinct(g: &mut Graph) -> Result<Tokens> {
-        let ids = g.input("token_ids", DType::I64, &[Dim::from("distinct")])?;
-        let index = g.input(
-            "token_index",
-            DType::I64,
-            &[Dim::from("batch"), Dim::from("seq")],
-        )?;
-        Ok(Tokens::Distinct { ids, index })
-    }
-
-    /// The `[b, s]` tensor: the ids, or the index.
-    fn per_position(&self) -> Tensor {
-        match *self {
-            Tokens::Ids(ids) => ids,
-            Tokens::Distinct { index, .. } => index,
-        }
-    }
-
-    /// The token embeddings `[b, s, hidden]` from `wte`.
-    fn embed(&self, g: &mut Graph, wte: Tensor) -> pipe_onnx::Result<Tensor> {
-        match *self {
-            Tokens::Ids(ids) => g.gather(wte, ids, 0),
-            // pipe's CPU kernels sum a Gather's gradient in a fixed order: no one-hot needed.
-            Tokens::Distinct { ids, index } if g.kernels() == Kernels::Host => {
-                let ids = g.gather(ids, index, 0)?; // [b, s]
-                g.gather(wte, ids, 0)
-            }
-            Tokens::Distinct { ids, index } => {
-                let rows = g.gather(wte, ids, 0)?; // [u, h]
-                let (b, s) = (g.shape(index)[0].clone(), g.shape(index)[1].clone());
-                let h = g.shape(wte)[1].clone();
-                let u = g.shape(ids)[0].clone();
-                let flat = g.reshape(index, &[Dim::Fixed(-1), Dim::Fixed(1)])?; // [n, 1]
-                let which = g.range(&u, DType::I64)?; // [u]
-                let hot = g.equal(flat, which)?; // [n, u]
-                let hot = g.cast(hot, DType::F32)?;
-                let tok = g.matmul(hot, rows)?; // [n, h]
-                g.reshape(tok, &[b, s, h])
-            }
-        }
-    }
-}
 
 /// Embeddings, blocks and the final LayerNorm (`transformer`, M:380–520).
 pub struct GptNeoModel {
@@ -756,7 +729,13 @@ impl GptNeoModel {
             .enumerate()
             .map(|(i, kind)| Block::new(cfg, kind, g, vars, path.pp("h").pp(i), lora))
             .collect::<Result<Vec<_>>>()?;
-        let ln_f = LayerNorm::new(cfg, g, vars, path.pp("ln_f"))?;
+        let ln_f = LayerNorm::new(
+            g,
+            vars,
+            path.pp("ln_f"),
+            cfg.hidden_size,
+            cfg.layer_norm_epsilon,
+        )?;
         Ok(GptNeoModel {
             path,
             wte,
@@ -781,7 +760,7 @@ impl GptNeoModel {
         for block in &self.h {
             x = block.forward(g, x, None, &masks, &self.dropout)?;
         }
-        self.ln_f.forward(g, x)
+        Ok(self.ln_f.forward(g, x)?)
     }
 
     /// The last hidden state at position `lengths[b] - 1` of each row, `[b, hidden]`: what
@@ -886,13 +865,18 @@ impl GptNeoForSequenceClassification {
 
     /// Validates `cfg` and declares every parameter in `g` as an f32 input under its Hugging
     /// Face name (see [`Self::params`]).
-    pub fn new(cfg: &GptNeoConfig, g: &mut Graph) -> Result<Self> {
-        Self::with_lora(cfg, g, None)
+    pub fn new(cfg: &impl AsGptNeo, g: &mut Graph) -> Result<Self> {
+        Self::with_lora(cfg.as_gpt_neo()?, g, None)
     }
 
     /// [`Self::new`] with the LoRA matrices of `lora` declared after each targeted layer's
     /// weights (see [`crate::lora`]).
-    pub fn with_lora(cfg: &GptNeoConfig, g: &mut Graph, lora: Option<&LoraParams>) -> Result<Self> {
+    pub fn with_lora(
+        cfg: &impl AsGptNeo,
+        g: &mut Graph,
+        lora: Option<&LoraParams>,
+    ) -> Result<Self> {
+        let cfg = cfg.as_gpt_neo()?;
         cfg.validate()?;
         let mut vars = Vars::new();
         let root = VarPath::root().pp("transformer");
@@ -950,13 +934,13 @@ impl GptNeoForSequenceClassification {
                 let hidden = self.transformer.forward_tokens(g, tokens, lengths)?; // [b, s, h]
                 g.with_scope("pool", |g| pool_mean(g, hidden, lengths))?
             }
+            Pooling::First => bail!("a GPT-Neo classifier pools the last token or the mean"),
         }; // [b, h]
         Ok(g.with_scope("score", |g| g.linear(pooled, self.score, None))?) // [b, labels]
     }
 
-    /// The loss of `logits` `[b, num_labels]`: for single-label, `labels` is int64 `[b]` and
-    /// the loss is the mean cross-entropy; for multi-label, `labels` is f32 `[b, num_labels]`
-    /// of 0/1 targets and the loss is BCE-with-logits averaged over every element (M:700–719).
+    /// The loss of `logits` `[b, num_labels]` for `problem` (M:700–719; see
+    /// [`classifier::loss`]).
     pub fn loss(
         &self,
         g: &mut Graph,
@@ -964,22 +948,12 @@ impl GptNeoForSequenceClassification {
         labels: Tensor,
         problem: ProblemType,
     ) -> Result<Tensor> {
-        Ok(g.with_scope("loss", |g| match problem {
-            ProblemType::SingleLabelClassification => g.softmax_cross_entropy_loss(logits, labels),
-            ProblemType::MultiLabelClassification => g.bce_with_logits(logits, labels),
-        })?)
+        classifier::loss(g, logits, labels, problem)
     }
 
-    /// Declares the labels input for `problem`: `labels` int64 `[batch]` or f32
-    /// `[batch, num_labels]`.
+    /// Declares the labels input for `problem` (see [`classifier::declare_labels`]).
     pub fn declare_labels(&self, g: &mut Graph, problem: ProblemType) -> Result<Tensor> {
-        let batch = Dim::from("batch");
-        Ok(match problem {
-            ProblemType::SingleLabelClassification => g.input("labels", DType::I64, &[batch])?,
-            ProblemType::MultiLabelClassification => {
-                g.input("labels", DType::F32, &[batch, Dim::Fixed(self.num_labels)])?
-            }
-        })
+        classifier::declare_labels(g, problem, self.num_labels as usize)
     }
 
     /// Every parameter, in declaration order (the order of `named_parameters()` in HF).
@@ -995,50 +969,21 @@ impl GptNeoForSequenceClassification {
     /// The parameters for [`pipe_onnx::AdamW::build_step`]; `decay` says which get weight
     /// decay (see [`hf_trainer_decay`]).
     pub fn train_params(&self, decay: impl Fn(&ParamSpec) -> bool) -> Vec<TrainParam> {
-        self.params()
-            .iter()
-            .zip(self.param_tensors())
-            .map(|(spec, &tensor)| TrainParam {
-                tensor,
-                weight_decay: decay(spec),
-            })
-            .collect()
+        SequenceClassifier::train_params(self, &decay)
     }
 }
 
-/// `lengths[b] - 1` as `GatherElements` indices along axis 1 of a `[b, s, width]` tensor:
-/// int64 `[b, 1, width]`.
-fn last_position(
-    g: &mut Graph,
-    lengths: Tensor,
-    b: &Dim,
-    width: &Dim,
-) -> pipe_onnx::Result<Tensor> {
-    let one = g.scalar(DType::I64, 1.0);
-    let last = g.sub(lengths, one)?; // [b]
-    let last = g.reshape(last, &[b.clone(), Dim::Fixed(1), Dim::Fixed(1)])?;
-    g.expand(last, &[b.clone(), Dim::Fixed(1), width.clone()])
-}
+impl SequenceClassifier for GptNeoForSequenceClassification {
+    fn vars(&self) -> &Vars {
+        &self.vars
+    }
 
-/// The mean of the hidden states at positions `0..lengths[b]` of each row: `[b, s, h]` →
-/// `[b, h]`. Padded positions are multiplied by 0 (their values are finite), so they add
-/// nothing to the sum nor to the gradient.
-fn pool_mean(g: &mut Graph, hidden: Tensor, lengths: Tensor) -> pipe_onnx::Result<Tensor> {
-    let s = g.shape(hidden)[1].clone();
-    let pos = g.range(&s, DType::I64)?;
-    let pos = g.unsqueeze(pos, &[0])?; // [1, s]
-    let len = g.unsqueeze(lengths, &[1])?; // [b, 1]
-    let real = g.less(pos, len)?; // [b, s]
-    let real = g.cast(real, DType::F32)?;
-    let real = g.unsqueeze(real, &[2])?; // [b, s, 1]
-    let masked = g.mul(hidden, real)?;
-    let total = g.reduce_sum(masked, &[1], false)?; // [b, h]
-    let count = g.reduce_sum(real, &[1], false)?; // [b, 1]
-    g.div(total, count)
-}
+    fn set_dropout(&mut self, dropout: Dropout) {
+        self.transformer.dropout = dropout;
+    }
 
-/// The Hugging Face `Trainer` rule: weight decay on every parameter except biases and
-/// LayerNorm weights (`ln_1`, `ln_2`, `ln_f`).
-pub fn hf_trainer_decay(spec: &ParamSpec) -> bool {
-    !(spec.name.ends_with(".bias") || spec.name.contains(".ln_"))
+    /// GPT-Neo takes no token types: `input.token_type_ids` is ignored.
+    fn logits(&self, g: &mut Graph, input: &ClassifierInput) -> Result<Tensor> {
+        self.forward_tokens(g, input.tokens, input.lengths)
+    }
 }

@@ -1,4 +1,4 @@
-//! A Hugging Face GPT-Neo model folder: `config.json` + `model.safetensors`, as
+//! A Hugging Face model folder: `config.json` + `model.safetensors`, as
 //! `save_pretrained` writes it and `from_pretrained` reads it.
 //!
 //! [`write`] is what finetune's `model/` output holds (plus the tokenizer and labels, copied by
@@ -10,18 +10,18 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use pipe_onnx::HostTensor;
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use super::ParamSpec;
-use super::gpt_neo::{GptNeoConfig, ProblemType};
+use super::classifier::ProblemType;
+use super::{Architecture, ModelConfig, ParamSpec};
 
 /// The config file of a model folder.
 pub const CONFIG_FILE: &str = "config.json";
 /// The weights file of a model folder.
 pub const WEIGHTS_FILE: &str = "model.safetensors";
 
-/// Reads `dir/config.json` as a GPT-Neo config, refusing other model types.
-pub fn read_config(dir: &Path) -> Result<GptNeoConfig> {
+/// Reads `dir/config.json` as the config of the family its `model_type` names.
+pub fn read_config(dir: &Path) -> Result<ModelConfig> {
     let path = dir.join(CONFIG_FILE);
     let text = std::fs::read_to_string(&path).with_context(|| {
         format!(
@@ -31,18 +31,13 @@ pub fn read_config(dir: &Path) -> Result<GptNeoConfig> {
     })?;
     let value: Value = serde_json::from_str(&text)
         .with_context(|| format!("{} is not valid JSON", path.display()))?;
-    match value.get("model_type").and_then(Value::as_str) {
-        Some("gpt_neo") | None => {}
-        Some(other) => bail!(
-            "{} describes a `{other}` model; only GPT-Neo (`model_type: gpt_neo`) is supported",
+    ModelConfig::from_json(value).with_context(|| {
+        format!(
+            "{} is not a config pipe can train (see transformers' configuration file of its \
+             model_type for the keys)",
             path.display()
-        ),
-    }
-    let cfg: GptNeoConfig = serde_json::from_value(value)
-        .with_context(|| format!("{} is not a GPT-Neo config", path.display()))?;
-    cfg.validate()
-        .with_context(|| format!("in {}", path.display()))?;
-    Ok(cfg)
+        )
+    })
 }
 
 /// The path of `dir/model.safetensors`, or an error saying how to get one when the folder
@@ -74,59 +69,18 @@ pub fn read_weights(
     super::weights::load(&weights_path(dir)?, specs, fresh, seed)
 }
 
-/// The `config.json` that `transformers` loads as `GPTNeoForSequenceClassification`:
-/// `cfg` plus the model type, the architecture, `num_labels`, `id2label`/`label2id` from
-/// `labels`, the problem type and a `pad_token_id` ([`GptNeoConfig::pad_token`]), without
-/// which `transformers` refuses a batch of more than one row.
-pub fn hf_config(cfg: &GptNeoConfig, labels: &[String], problem: ProblemType) -> Result<Value> {
-    let mut cfg = cfg.clone();
-    cfg.num_labels = Some(labels.len());
-    cfg.id2label = Some(
-        labels
-            .iter()
-            .enumerate()
-            .map(|(i, l)| (i.to_string(), l.clone()))
-            .collect(),
-    );
-    cfg.problem_type = Some(problem);
-    cfg.pad_token_id = Some(cfg.pad_token());
-    let mut value = serde_json::to_value(&cfg)?;
-    let layers: Vec<Value> = cfg
-        .attention_layers()
-        .iter()
-        .map(|k| serde_json::to_value(k).unwrap_or(Value::Null))
-        .collect();
-    let label2id: serde_json::Map<String, Value> = labels
-        .iter()
-        .enumerate()
-        .map(|(i, l)| (l.clone(), json!(i)))
-        .collect();
-    let extra = json!({
-        "model_type": "gpt_neo",
-        "architectures": ["GPTNeoForSequenceClassification"],
-        "attention_layers": layers,
-        "label2id": label2id,
-        "dtype": "float32",
-        "use_cache": false,
-    });
-    if let (Value::Object(map), Value::Object(extra)) = (&mut value, extra) {
-        map.extend(extra);
-    }
-    Ok(value)
-}
-
-/// Writes `config.json` (see [`hf_config`]) and `model.safetensors` (the tensors of `params`
-/// in the order of `specs`, under their Hugging Face names) into `dir`.
+/// Writes `config.json` ([`Architecture::hf_config`]) and `model.safetensors` (the tensors of
+/// `params` in the order of `specs`, under their Hugging Face names) into `dir`.
 pub fn write(
     dir: &Path,
-    cfg: &GptNeoConfig,
+    cfg: &dyn Architecture,
     labels: &[String],
     problem: ProblemType,
     specs: &[ParamSpec],
     params: &BTreeMap<String, HostTensor>,
 ) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let config = serde_json::to_vec_pretty(&hf_config(cfg, labels, problem)?)?;
+    let config = serde_json::to_vec_pretty(&cfg.hf_config(labels, problem)?)?;
     std::fs::write(dir.join(CONFIG_FILE), config)?;
     let tensors = specs
         .iter()
@@ -142,11 +96,15 @@ pub fn write(
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
+    use crate::gpt_neo::GptNeoConfig;
 
     fn written(cfg: &GptNeoConfig) -> Value {
         let labels = ["a".to_string(), "b".to_string()];
-        hf_config(cfg, &labels, ProblemType::SingleLabelClassification).expect("a config")
+        cfg.hf_config(&labels, ProblemType::SingleLabelClassification)
+            .expect("a config")
     }
 
     #[test]
@@ -173,11 +131,9 @@ mod tests {
             (&json!(50256), &json!(50256), &json!(50256))
         );
         // A config's own padding token wins.
-        let own = GptNeoConfig {
-            pad_token_id: Some(7),
-            eos_token_id: Some(50256),
-            ..GptNeoConfig::test(50, 2)
-        };
+        let mut own = GptNeoConfig::test(50, 2);
+        own.other.insert("pad_token_id".into(), json!(7));
+        own.other.insert("eos_token_id".into(), json!(50256));
         assert_eq!(written(&own)["pad_token_id"], 7);
     }
 }

@@ -1,5 +1,6 @@
-//! Models written as ONNX graph builders, and what they share: the
-//! parameter scope ([`VarPath`], [`Vars`]), the parameter list ([`ParamSpec`]) and its fresh
+//! Models written as ONNX graph builders, one file per family ([`gpt_neo`], [`bert`]) behind
+//! one trait ([`Architecture`], chosen by `model_type` in [`ModelConfig`]), with the layers
+//! they share ([`layers`], [`classifier`]) and the parameter scope ([`VarPath`], [`Vars`]), the parameter list ([`ParamSpec`]) and its fresh
 //! initialisation ([`init_params`]). Weight files are read in [`weights`].
 //!
 //! A model's constructor declares every parameter as a float graph input through [`Vars`],
@@ -9,14 +10,23 @@
 
 #![deny(missing_docs)]
 
+pub mod architecture;
+pub mod bert;
 pub mod bundle;
+pub mod classifier;
+pub mod config;
 pub mod dropout;
+pub mod embedded;
 pub mod gpt_neo;
 pub mod hf_folder;
 pub mod hub;
+pub mod layers;
 pub mod lora;
 pub mod loss;
 pub mod weights;
+
+pub use architecture::Architecture;
+pub use config::ModelConfig;
 
 use std::collections::BTreeMap;
 use std::fmt::Display;

@@ -21,7 +21,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::dropout::{Dropout, DropoutPlan, DropoutSites, SiteShape};
+use super::dropout::{Dropout, DropoutPlan, DropoutSites, Site};
 use super::{Init, ParamSpec, VarPath, Vars, weights};
 
 /// The `lora` parameter of `finetune`: PEFT's `LoraConfig` fields of the same meaning.
@@ -45,7 +45,8 @@ fn default_alpha() -> f64 {
     8.0
 }
 
-/// A GPT-Neo linear layer LoRA can adapt.
+/// A linear layer LoRA can adapt, by its module name (PEFT's `target_modules`): GPT-Neo's
+/// `q_proj k_proj v_proj out_proj c_fc c_proj`, BERT's and RoBERTa's `query key value dense`.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
 )]
@@ -63,6 +64,15 @@ pub enum LoraTarget {
     CFc,
     /// MLP output projection.
     CProj,
+    /// BERT attention query projection.
+    Query,
+    /// BERT attention key projection.
+    Key,
+    /// BERT attention value projection.
+    Value,
+    /// BERT's other linear layers (`attention.output.dense`, `intermediate.dense`,
+    /// `output.dense`, `pooler.dense`), as PEFT matches `dense`.
+    Dense,
 }
 
 impl LoraTarget {
@@ -75,6 +85,10 @@ impl LoraTarget {
             LoraTarget::OutProj => "out_proj",
             LoraTarget::CFc => "c_fc",
             LoraTarget::CProj => "c_proj",
+            LoraTarget::Query => "query",
+            LoraTarget::Key => "key",
+            LoraTarget::Value => "value",
+            LoraTarget::Dense => "dense",
         }
     }
 }
@@ -100,8 +114,8 @@ impl LoraParams {
         if self.targets.is_empty() {
             return Err((
                 "targets",
-                "`lora.targets` must name at least one of q_proj, k_proj, v_proj, out_proj, \
-                 c_fc, c_proj"
+                "`lora.targets` must name at least one layer: q_proj, k_proj, v_proj, out_proj, \
+                 c_fc, c_proj (GPT-Neo) or query, key, value, dense (BERT, RoBERTa)"
                     .into(),
             ));
         }
@@ -111,6 +125,35 @@ impl LoraParams {
     /// The factor of the update, `alpha / r`.
     pub fn scaling(&self) -> f64 {
         self.alpha / self.r as f64
+    }
+
+    /// Checks that every target names a layer of `config`, a `model_type` model; the message
+    /// names its layers.
+    pub fn check_targets(
+        &self,
+        config: &(impl DropoutSites + ?Sized),
+        model_type: &str,
+    ) -> Result<()> {
+        let mut names: Vec<String> = config
+            .lora_modules()
+            .iter()
+            .map(|(m, _)| m.rsplit('.').next().unwrap_or_default().to_string())
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        if let Some(t) = self
+            .targets
+            .iter()
+            .find(|t| !names.iter().any(|n| n == t.module()))
+        {
+            bail!(
+                "`lora.targets` names `{}`, which a {} model does not have; its layers are {}",
+                t.module(),
+                model_type,
+                names.join(", ")
+            );
+        }
+        Ok(())
     }
 
     /// Whether the module called `module` (`q_proj`) is adapted.
@@ -349,13 +392,22 @@ impl DropoutPlan {
     /// Adds PEFT's `lora_dropout` on the input of every adapter of `lora` (when its dropout
     /// is nonzero): sites `<module>.lora_dropout` (PEFT's `lora_dropout.default`) after the
     /// model's, so the model's masks stay what they are without LoRA dropout.
-    pub fn with_lora(mut self, config: &impl DropoutSites, lora: Option<&LoraParams>) -> Self {
+    pub fn with_lora(
+        mut self,
+        config: &(impl DropoutSites + ?Sized),
+        lora: Option<&LoraParams>,
+    ) -> Self {
         let Some(lora) = lora.filter(|l| l.dropout > 0.0) else {
             return self;
         };
-        for (module, target, width) in config.lora_layers() {
-            if lora.targets(target) {
-                self.push(lora_site(&module), SiteShape::Rows(width), lora.dropout);
+        for (module, shape) in config.lora_modules() {
+            let leaf = module.rsplit('.').next().unwrap_or_default();
+            if lora.targets(leaf) {
+                self.push(Site {
+                    module: lora_site(&module),
+                    shape,
+                    p: lora.dropout,
+                });
             }
         }
         self

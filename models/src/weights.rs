@@ -28,7 +28,14 @@ pub fn load(
 /// A value for every spec from the safetensors `bytes`, by name. A spec whose name is in
 /// `fresh` and which the file lacks (a classification head on a base checkpoint) is
 /// initialised from `seed`; any other missing tensor, a shape mismatch or a dtype other than
-/// f32 is an error naming the tensor. Tensors the model does not declare are ignored.
+/// f32 is an error naming the tensor. Tensors the model does not declare are ignored (buffers
+/// such as BERT's int64 `embeddings.position_ids`).
+///
+/// A checkpoint of the base model alone names its tensors without the base model's prefix
+/// (`embeddings.word_embeddings.weight` for `bert.embeddings.word_embeddings.weight`, as
+/// sentence-transformers saves BERT): when no tensor of the file carries the prefix of the
+/// first spec, specs under that prefix are looked up without it, as transformers'
+/// `from_pretrained` does with `base_model_prefix`.
 pub fn from_bytes(
     bytes: &[u8],
     specs: &[ParamSpec],
@@ -36,29 +43,49 @@ pub fn from_bytes(
     seed: u64,
 ) -> Result<BTreeMap<String, HostTensor>> {
     let st = SafeTensors::deserialize(bytes).context("not a safetensors file")?;
+    let names = st.names();
+    let base = specs
+        .first()
+        .and_then(|s| s.name.split_once('.'))
+        .map(|(prefix, _)| format!("{prefix}."));
+    let bare = base
+        .as_deref()
+        .filter(|p| !names.iter().any(|n| n.starts_with(p)));
     let mut out = BTreeMap::new();
     for spec in specs {
-        let view = match st.tensor(&spec.name) {
+        let stored = match bare.and_then(|p| spec.name.strip_prefix(p)) {
+            Some(unprefixed) => unprefixed,
+            None => spec.name.as_str(),
+        };
+        let view = match st.tensor(stored) {
             Ok(v) => v,
             Err(_) if fresh.contains(&spec.name.as_str()) => {
                 out.insert(spec.name.clone(), init_param(spec, seed));
                 continue;
             }
-            Err(_) => bail!("the checkpoint has no tensor {}", spec.name),
+            Err(_) => {
+                let mut held = names.clone();
+                held.sort_unstable();
+                bail!(
+                    "the checkpoint has no tensor {stored} (of {} tensors, the first are {}); \
+                     is it a checkpoint of this model type and size?",
+                    held.len(),
+                    held.iter().take(3).copied().collect::<Vec<_>>().join(", ")
+                )
+            }
         };
         let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
         if shape != spec.shape {
             bail!(
-                "shape mismatch for {}: checkpoint has {:?}, the config needs {:?}",
-                spec.name,
+                "shape mismatch for {stored}: checkpoint has {:?}, the config needs {:?}",
                 shape,
                 spec.shape
             );
         }
         if view.dtype() != Dtype::F32 {
             bail!(
-                "{} is {:?}; only float32 checkpoints are supported",
-                spec.name,
+                "{stored} is {:?}; only float32 checkpoints are supported (save the model with \
+                 `model.float().save_pretrained(...)`)",
                 view.dtype()
             );
         }

@@ -38,8 +38,16 @@ fn init_writes_a_runnable_manifest_without_questions_under_yes() {
         manifest.contains("text: question") && manifest.contains("label: subject"),
         "{manifest}"
     );
+    // The default model: the embedded pretrained one when `scripts/fetch-model.sh` fetched
+    // it (`scripts/test.sh` does), else `tiny`.
+    let model = match pipe_stages::init::ModelChoice::default_choice() {
+        pipe_stages::init::ModelChoice::Embedded(name) => {
+            format!("{{ embedded: {name}, seed: 0 }}")
+        }
+        _ => "{ config: tiny, seed: 0 }".to_string(),
+    };
     assert!(
-        manifest.contains("model: { config: tiny, seed: 0 }") && manifest.contains("epochs: 3"),
+        manifest.contains(&format!("model: {model}")) && manifest.contains("epochs: 3"),
         "{manifest}"
     );
     let validate = p.pipe(&["validate", "q.yaml"]);

@@ -13,6 +13,7 @@ mod malformed;
 mod matrix;
 mod metrics;
 mod predict;
+mod pretrained;
 mod remote;
 mod safety;
 mod schema;

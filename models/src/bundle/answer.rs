@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 use super::{Bundle, Predictions};
-use crate::gpt_neo::ProblemType;
+use crate::classifier::ProblemType;
 
 /// A multi-label prediction includes each label at or above this probability.
 pub const THRESHOLD: f32 = 0.5;

@@ -5,7 +5,9 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::gpt_neo::{GptNeoConfig, Pooling, ProblemType};
+use crate::Architecture;
+use crate::classifier::ProblemType;
+use crate::gpt_neo::Pooling;
 
 /// The description of a bundle, written by `export-onnx` as `bundle.json`:
 ///
@@ -25,7 +27,8 @@ use crate::gpt_neo::{GptNeoConfig, Pooling, ProblemType};
 /// }
 /// ```
 ///
-/// A model that pools the mean of its tokens also has `"pooling": "mean"` in `model`.
+/// A model that pools the mean of its tokens also has `"pooling": "mean"` in `model`; an
+/// encoder (`bert`, `roberta`) has `"pooling": "first"` and the input `token_type_ids`.
 /// Fields are only ever added.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -52,11 +55,11 @@ pub struct BundleInfo {
     pub pipe_version: String,
 }
 
-/// The numbers that fix a GPT-Neo model's shape.
+/// The numbers that fix a model's shape.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub struct ModelShape {
-    /// Always `gpt_neo` for now.
+    /// The family: `gpt_neo`, `bert`, `roberta`.
     pub model_type: String,
     /// Width of the residual stream.
     pub hidden_size: usize,
@@ -66,7 +69,8 @@ pub struct ModelShape {
     pub num_heads: usize,
     /// Token vocabulary size.
     pub vocab_size: usize,
-    /// The longest sequence the model takes.
+    /// The longest sequence the model takes (for RoBERTa, its position table less the
+    /// `padding_idx + 1` rows its positions skip).
     pub max_position_embeddings: usize,
     /// How the classifier pools a row (the ONNX graph does it); written only when it is not
     /// Hugging Face's `last`, so bundles of last-token models keep their bytes.
@@ -76,15 +80,15 @@ pub struct ModelShape {
 
 impl ModelShape {
     /// The shape of `cfg`.
-    pub fn of(cfg: &GptNeoConfig) -> Self {
+    pub fn of(cfg: &dyn Architecture) -> Self {
         ModelShape {
-            model_type: "gpt_neo".into(),
-            hidden_size: cfg.hidden_size,
-            num_layers: cfg.num_layers,
-            num_heads: cfg.num_heads,
-            vocab_size: cfg.vocab_size,
-            max_position_embeddings: cfg.max_position_embeddings,
-            pooling: cfg.pooling,
+            model_type: cfg.model_type().into(),
+            hidden_size: cfg.hidden_size(),
+            num_layers: cfg.num_layers(),
+            num_heads: cfg.num_heads(),
+            vocab_size: cfg.vocab_size(),
+            max_position_embeddings: cfg.max_length(),
+            pooling: cfg.pooling(),
         }
     }
 }

@@ -10,8 +10,8 @@
 //! | `bundle.json`     | model shape, labels, problem type, opset, provenance ([`BundleInfo`]) |
 //! | `train_log.jsonl` | the training log, when the model came with one                     |
 //!
-//! `model.onnx` takes `input_ids` and `attention_mask` (int64 `[batch, seq]`, both dims free)
-//! and gives `logits` and `probabilities` (float `[batch, num_labels]`; softmax over labels for
+//! `model.onnx` takes `input_ids` and `attention_mask` (int64 `[batch, seq]`, both dims free;
+//! encoders also `token_type_ids`, the tokenizer's segment ids) and gives `logits` and `probabilities` (float `[batch, num_labels]`; softmax over labels for
 //! single-label models, a sigmoid per label for multi-label ones). Padding must be on the
 //! right: the model reads each row's length as the sum of its `attention_mask` and pools the
 //! token at `length - 1`, so every row needs at least one real token.
@@ -30,7 +30,7 @@ use tokenizers::{Tokenizer, TruncationParams};
 pub use answer::{Answer, THRESHOLD};
 pub use info::{BundleInfo, ModelShape, Provenance};
 
-use crate::gpt_neo::ProblemType;
+use crate::classifier::ProblemType;
 
 /// The ONNX model of a bundle.
 pub const MODEL_FILE: &str = "model.onnx";
@@ -44,8 +44,10 @@ pub const LABELS_FILE: &str = "labels.json";
 pub const INFO_FILE: &str = "bundle.json";
 /// The training log a bundle carries along, when there is one.
 pub const TRAIN_LOG_FILE: &str = "train_log.jsonl";
-/// The graph inputs, in order.
+/// The graph inputs every bundle has, in order.
 pub const INPUTS: [&str; 2] = ["input_ids", "attention_mask"];
+/// The third input of models with token types (BERT, RoBERTa).
+pub const TOKEN_TYPE_IDS: &str = "token_type_ids";
 /// The graph outputs, in order.
 pub const OUTPUTS: [&str; 2] = ["logits", "probabilities"];
 
@@ -134,9 +136,11 @@ impl Bundle {
         let session = Session::from_file(&model, options)
             .with_context(|| format!("cannot load {}", model.display()))?;
         let inputs = session.input_names();
-        if inputs != INPUTS {
+        let with_types = [INPUTS[0], INPUTS[1], TOKEN_TYPE_IDS];
+        if inputs != INPUTS && inputs != with_types {
             bail!(
-                "{} takes inputs {inputs:?}, not {INPUTS:?}; it was not written by export-onnx",
+                "{} takes inputs {inputs:?}, not {INPUTS:?} (or {with_types:?}); it was not \
+                 written by export-onnx",
                 model.display()
             );
         }
@@ -192,6 +196,8 @@ impl Bundle {
             .encode_batch_fast(texts.to_vec(), true)
             .map_err(|e| anyhow::anyhow!("cannot tokenize: {e}"))?;
         let ids: Vec<&[u32]> = encodings.iter().map(|e| e.get_ids()).collect();
+        let types: Vec<&[u32]> = encodings.iter().map(|e| e.get_type_ids()).collect();
+        let takes_types = self.session.input_names().len() == 3;
         if let Some(i) = ids.iter().position(|ids| ids.is_empty()) {
             bail!(
                 "text {} is empty after tokenizing; the model needs at least one token",
@@ -208,9 +214,16 @@ impl Bundle {
         for rows in order.chunks(batch_size) {
             let batch: Vec<&[u32]> = rows.iter().map(|&i| ids[i]).collect();
             let (input_ids, mask) = pad(&batch)?;
+            let mut feeds = vec![(INPUTS[0], &input_ids), (INPUTS[1], &mask)];
+            let token_types;
+            if takes_types {
+                let batch: Vec<&[u32]> = rows.iter().map(|&i| types[i]).collect();
+                token_types = pad(&batch)?.0;
+                feeds.push((TOKEN_TYPE_IDS, &token_types));
+            }
             let outputs = self
                 .session
-                .run(&[(INPUTS[0], &input_ids), (INPUTS[1], &mask)])
+                .run(&feeds)
                 .with_context(|| format!("cannot run {}", self.dir.join(MODEL_FILE).display()))?;
             for (name, target) in [
                 (OUTPUTS[0], &mut predictions.logits),

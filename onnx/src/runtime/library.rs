@@ -32,9 +32,10 @@ pub enum Preference {
     Cuda,
 }
 
-/// The folders searched for `.tools/…`: the executable's folder and its ancestors, the current
-/// directory and its ancestors, then the repository this crate was built from (dev and tests).
-fn roots() -> Vec<PathBuf> {
+/// The folders searched for `.tools/…` (ONNX Runtime here, pipe's embedded models elsewhere):
+/// the executable's folder and its ancestors, the current directory and its ancestors, then the
+/// repository this crate was built from (dev and tests).
+pub fn tool_roots() -> Vec<PathBuf> {
     let mut roots = Vec::new();
     if let Ok(exe) = std::env::current_exe()
         && let Some(dir) = exe.parent()
@@ -44,7 +45,7 @@ fn roots() -> Vec<PathBuf> {
     if let Ok(cwd) = std::env::current_dir() {
         roots.extend(cwd.ancestors().map(Path::to_path_buf));
     }
-    let repo = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
+    let repo = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
     roots.push(repo.canonicalize().unwrap_or_else(|_| repo.to_path_buf()));
     roots
 }
@@ -52,7 +53,7 @@ fn roots() -> Vec<PathBuf> {
 /// The first `<root>/<tools_dir>/libonnxruntime.so.1.31.1` that exists, and every path tried.
 fn find_in_tools(tools_dir: &str, searched: &mut Vec<PathBuf>) -> Option<PathBuf> {
     let rel = Path::new(tools_dir).join(LIBRARY_NAME);
-    for root in roots() {
+    for root in tool_roots() {
         let p = root.join(&rel);
         if p.is_file() {
             return Some(p);

@@ -42,7 +42,7 @@ use crate::report::{self, Report, SplitReport, WrongExample};
 use crate::scoring::{self, RocCurve, SplitMetrics};
 use crate::table::{DatasetTable, write_json};
 use pipe_models::bundle::{Bundle, INFO_FILE, TRAIN_LOG_FILE};
-use pipe_models::gpt_neo::ProblemType;
+use pipe_models::classifier::ProblemType;
 use rows::{PredictionsWriter, most_confidently_wrong};
 pub(crate) use train_log::loss_curve;
 use truth::Truth;

@@ -7,9 +7,9 @@ use anyhow::{Context, Result, bail};
 use pipe_onnx::{HostTensor, Session, SessionOptions};
 
 use super::graph::reference_model;
+use pipe_models::Architecture;
 use pipe_models::Xoshiro256;
-use pipe_models::bundle::{INPUTS, OUTPUTS};
-use pipe_models::gpt_neo::GptNeoConfig;
+use pipe_models::bundle::{INPUTS, OUTPUTS, TOKEN_TYPE_IDS};
 
 /// The largest difference allowed between the two graphs' logits.
 pub(crate) const TOLERANCE: f32 = 1e-5;
@@ -20,15 +20,17 @@ pub(crate) const TOLERANCE: f32 = 1e-5;
 struct Sample {
     ids: HostTensor,
     mask: HostTensor,
+    /// All 0: what the training forward assumes.
+    token_types: HostTensor,
     lengths: HostTensor,
 }
 
 impl Sample {
-    fn new(cfg: &GptNeoConfig) -> Result<Sample> {
-        let seq = cfg.max_position_embeddings.min(8);
+    fn new(cfg: &dyn Architecture) -> Result<Sample> {
+        let seq = cfg.max_length().min(8);
         let lengths = [seq, seq.div_ceil(2), 1];
         let mut rng = Xoshiro256::new(0);
-        let vocab = cfg.vocab_size as u64;
+        let vocab = cfg.vocab_size() as u64;
         let ids = (0..lengths.len() * seq)
             .map(|_| (rng.next_u64() % vocab) as i64)
             .collect();
@@ -40,6 +42,7 @@ impl Sample {
         Ok(Sample {
             ids: HostTensor::i64(&shape, ids)?,
             mask: HostTensor::i64(&shape, mask)?,
+            token_types: HostTensor::i64(&shape, vec![0; lengths.len() * seq])?,
             lengths: HostTensor::i64(
                 &[lengths.len() as i64],
                 lengths.iter().map(|&l| l as i64).collect(),
@@ -52,15 +55,19 @@ impl Sample {
 /// batch; returns the largest logit difference, or an error when it passes [`TOLERANCE`].
 pub(crate) fn self_check(
     model: &Path,
-    cfg: &GptNeoConfig,
+    cfg: &dyn Architecture,
     weights: &BTreeMap<String, HostTensor>,
     options: &SessionOptions,
 ) -> Result<f32> {
     let sample = Sample::new(cfg)?;
     let mut exported = Session::from_file(model, options)
         .with_context(|| format!("self-check: cannot load {}", model.display()))?;
+    let mut inputs = vec![(INPUTS[0], &sample.ids), (INPUTS[1], &sample.mask)];
+    if cfg.takes_token_types() {
+        inputs.push((TOKEN_TYPE_IDS, &sample.token_types));
+    }
     let ours = exported
-        .run(&[(INPUTS[0], &sample.ids), (INPUTS[1], &sample.mask)])
+        .run(&inputs)
         .with_context(|| format!("self-check: cannot run {}", model.display()))?;
 
     let mut reference = Session::from_model(&reference_model(cfg)?, options)?;

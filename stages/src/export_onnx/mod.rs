@@ -9,7 +9,7 @@
 //!   threads: 2         # its threads (not in the key); one per core when left out
 //! ```
 //!
-//! Input: an upstream with output `model`, a Hugging Face GPT-Neo folder (`config.json`,
+//! Input: an upstream with output `model`, a Hugging Face model folder (`config.json`,
 //! `model.safetensors`, `tokenizer.json`, `labels.json`), and optionally `train_log`.
 //!
 //! Outputs, at the top level (the output folder is the bundle; see [`pipe_models::bundle`] for the
@@ -17,9 +17,11 @@
 //! weights pass 2 GB), `tokenizer.json`, `labels.json`, `bundle.json`, and `train_log.jsonl`
 //! when the upstream has one.
 //!
-//! The graph is the training forward ([`pipe_models::gpt_neo::GptNeoForSequenceClassification::forward`]) with
+//! The graph is the training forward (the family's
+//! [`SequenceClassifier::logits`](pipe_models::classifier::SequenceClassifier::logits)) with
 //! its parameter inputs frozen into initializers, the lengths computed from
-//! `attention_mask`, and probabilities added. Before the stage succeeds it loads the written
+//! `attention_mask`, `token_type_ids` taken as an input when the family has token types, and
+//! probabilities added. Before the stage succeeds it loads the written
 //! `model.onnx` in ONNX Runtime and compares its logits on a padded sample batch with the
 //! training forward fed the same weights (within [`check::TOLERANCE`]).
 
@@ -41,11 +43,12 @@ use crate::device::{
     check as check_device, choose, default_device, headline_suffix, session_options,
 };
 use crate::table::write_json;
+use pipe_models::Architecture;
 use pipe_models::bundle::{
     BundleInfo, DATA_FILE, INFO_FILE, INPUTS, LABELS_FILE, MODEL_FILE, ModelShape, OUTPUTS,
-    Provenance, TOKENIZER_FILE, TRAIN_LOG_FILE, content_key,
+    Provenance, TOKEN_TYPE_IDS, TOKENIZER_FILE, TRAIN_LOG_FILE, content_key,
 };
-use pipe_models::gpt_neo::{GptNeoConfig, ProblemType};
+use pipe_models::classifier::ProblemType;
 use pipe_models::hf_folder;
 
 /// Protobuf cannot hold a message over 2 GiB: past this many bytes of weights, they go to
@@ -176,7 +179,7 @@ impl Stage for ExportOnnx {
         let model_dir = input.output("model")?;
         let cfg = hf_folder::read_config(model_dir)?;
         let problem = cfg
-            .problem_type
+            .problem_type()
             .unwrap_or(ProblemType::SingleLabelClassification);
         let labels = read_labels(model_dir, &cfg)?;
         let tokenizer = copy_tokenizer(model_dir, ctx.out_dir, &cfg)?;
@@ -201,7 +204,7 @@ impl Stage for ExportOnnx {
             labels,
             problem_type: problem,
             opset: params.opset,
-            inputs: INPUTS.map(String::from).to_vec(),
+            inputs: bundle_inputs(&cfg),
             outputs: OUTPUTS.map(String::from).to_vec(),
             source: Provenance {
                 stage: ctx.stage.to_string(),
@@ -246,8 +249,17 @@ impl Stage for ExportOnnx {
     }
 }
 
+/// The graph inputs of `cfg`'s bundle, in order.
+fn bundle_inputs(cfg: &dyn Architecture) -> Vec<String> {
+    let mut inputs = INPUTS.map(String::from).to_vec();
+    if cfg.takes_token_types() {
+        inputs.push(TOKEN_TYPE_IDS.to_string());
+    }
+    inputs
+}
+
 /// The model folder's `labels.json`, checked against `config.json`.
-fn read_labels(model_dir: &Path, cfg: &GptNeoConfig) -> Result<Vec<String>> {
+fn read_labels(model_dir: &Path, cfg: &dyn Architecture) -> Result<Vec<String>> {
     let path = model_dir.join(LABELS_FILE);
     let text = std::fs::read_to_string(&path).with_context(|| {
         format!(
@@ -265,7 +277,7 @@ fn read_labels(model_dir: &Path, cfg: &GptNeoConfig) -> Result<Vec<String>> {
             cfg.num_labels()
         );
     }
-    if let Some(id2label) = &cfg.id2label {
+    if let Some(id2label) = cfg.id2label() {
         for (i, label) in labels.iter().enumerate() {
             if let Some(named) = id2label.get(&i.to_string())
                 && named != label
@@ -282,7 +294,7 @@ fn read_labels(model_dir: &Path, cfg: &GptNeoConfig) -> Result<Vec<String>> {
 
 /// Copies the model folder's tokenizer into the bundle after checking that it loads and that
 /// its ids fit the model's vocabulary.
-fn copy_tokenizer(model_dir: &Path, out_dir: &Path, cfg: &GptNeoConfig) -> Result<Tokenizer> {
+fn copy_tokenizer(model_dir: &Path, out_dir: &Path, cfg: &dyn Architecture) -> Result<Tokenizer> {
     let path = model_dir.join(TOKENIZER_FILE);
     if !path.is_file() {
         bail!(
@@ -293,11 +305,11 @@ fn copy_tokenizer(model_dir: &Path, out_dir: &Path, cfg: &GptNeoConfig) -> Resul
     let tokenizer = Tokenizer::from_file(&path)
         .map_err(|e| anyhow::anyhow!("{} is not a valid tokenizer: {e}", path.display()))?;
     let vocab = tokenizer.get_vocab_size(true);
-    if vocab > cfg.vocab_size {
+    if vocab > cfg.vocab_size() {
         bail!(
             "{} has {vocab} tokens but the model's vocab_size is {}; they do not belong together",
             path.display(),
-            cfg.vocab_size
+            cfg.vocab_size()
         );
     }
     std::fs::copy(&path, out_dir.join(TOKENIZER_FILE))

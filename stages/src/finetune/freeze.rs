@@ -3,20 +3,21 @@
 
 use std::fmt;
 
-use pipe_models::gpt_neo::GptNeoForSequenceClassification;
+use pipe_models::config::{BASE_PREFIXES, FREEZE_GROUPS, HEAD_MODULES};
 use serde::{Deserialize, Serialize};
 
 /// One entry of `freeze`: a part of the model that keeps its starting weights.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub enum FreezeEntry {
-    /// `embeddings`: the token and position embeddings (`transformer.wte`, `transformer.wpe`).
+    /// `embeddings`: the token and position embeddings (GPT-Neo's `transformer.wte`,
+    /// `transformer.wpe`; BERT's `bert.embeddings`).
     Embeddings,
     /// `layers.N` or `layers.A-B`: transformer blocks `A` to `B`, both included
-    /// (`transformer.h.A` … `transformer.h.B`).
+    /// (`transformer.h.A` … `transformer.h.B`; `bert.encoder.layer.A` …).
     Layers(usize, usize),
     /// A module or parameter by its Hugging Face name, such as `transformer.h.3.mlp` or
-    /// `transformer.ln_f`: every parameter whose name is it or starts with it and a dot.
+    /// `bert.pooler`: every parameter whose name is it or starts with it and a dot.
     Module(String),
 }
 
@@ -28,10 +29,12 @@ impl FreezeEntry {
                 .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
         };
         match self {
-            FreezeEntry::Embeddings => under("transformer.wte") || under("transformer.wpe"),
-            FreezeEntry::Layers(first, last) => {
-                (*first..=*last).any(|layer| under(&format!("transformer.h.{layer}")))
-            }
+            FreezeEntry::Embeddings => FREEZE_GROUPS
+                .iter()
+                .any(|(embeddings, _)| embeddings.iter().any(|e| under(e))),
+            FreezeEntry::Layers(first, last) => FREEZE_GROUPS.iter().any(|(_, layers)| {
+                (*first..=*last).any(|layer| under(&format!("{layers}.{layer}")))
+            }),
             FreezeEntry::Module(module) => under(module),
         }
     }
@@ -70,19 +73,18 @@ impl TryFrom<String> for FreezeEntry {
         if let Some(range) = trimmed.strip_prefix("layers.") {
             return FreezeEntry::parse_layers(range, trimmed);
         }
-        let head = GptNeoForSequenceClassification::HEAD_PARAMS;
-        let in_head = |h: &&str| {
-            let module = h.split('.').next().unwrap_or(h);
-            trimmed == module || trimmed.starts_with(&format!("{module}."))
-        };
-        if head.iter().any(in_head) {
+        let in_head =
+            |module: &&str| trimmed == *module || trimmed.starts_with(&format!("{module}."));
+        if HEAD_MODULES.iter().any(in_head) {
             return Err(format!(
                 "`{trimmed}` is the classification head, which is always trained (it starts \
                  fresh for your labels); to train only the head, freeze everything else: \
                  `[embeddings, layers.0-N, transformer.ln_f]`"
             ));
         }
-        let valid_module = trimmed.starts_with("transformer.")
+        let valid_module = BASE_PREFIXES
+            .iter()
+            .any(|base| trimmed.starts_with(&format!("{base}.")))
             && trimmed.split('.').all(|part| {
                 !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
             });
@@ -91,7 +93,8 @@ impl TryFrom<String> for FreezeEntry {
         }
         Err(format!(
             "`{trimmed}` is not a part of the model: write `embeddings`, `layers.N`, \
-             `layers.A-B` or a Hugging Face module name such as `transformer.h.0.mlp`"
+             `layers.A-B` or a Hugging Face module name such as `transformer.h.0.mlp` or \
+             `bert.encoder.layer.0.attention`"
         ))
     }
 }

@@ -1,9 +1,9 @@
-//! `finetune`: trains GPT-Neo as a text classifier on ONNX Runtime.
+//! `finetune`: trains a text classifier (GPT-Neo, BERT, RoBERTa) on ONNX Runtime.
 //!
 //! ```yaml
 //! finetune:
 //!   from: tokenize
-//!   model: { config: tiny, seed: 0 }     # or { path: models/gpt-neo-125m } / { hub: EleutherAI/gpt-neo-125m }
+//!   model: { config: tiny, seed: 0 }     # or { embedded: all-MiniLM-L6-v2 } / { path: models/gpt-neo-125m } / { hub: EleutherAI/gpt-neo-125m }
 //!   epochs: 3
 //!   batch_size: 16
 //!   learning_rate: 5.0e-4
@@ -16,8 +16,9 @@
 //! Input: the outputs of `tokenize` (`train`, optional `validation`, `tokenizer.json`,
 //! `labels.json`). Outputs:
 //!
-//! - `model/`: a Hugging Face folder `transformers` loads as `GPTNeoForSequenceClassification`
-//!   (`config.json` with `id2label`/`label2id`, `model.safetensors`), plus the
+//! - `model/`: a Hugging Face folder `transformers` loads as the family's
+//!   `…ForSequenceClassification` (`config.json`: every key of the source config, with
+//!   `id2label`/`label2id`; `model.safetensors`), plus the
 //!   `tokenizer.json` and `labels.json` it was trained with;
 //! - `adapter/` (with `lora`): the LoRA adapter in PEFT's format (`adapter_config.json`,
 //!   `adapter_model.safetensors`), which `PeftModel.from_pretrained(base, "adapter")` loads;
@@ -38,7 +39,7 @@
 //! step count, all saved exactly, and the data order is a function of the seed and the epoch,
 //! so a resumed run ends with the same weights, bit for bit, as an uninterrupted one (tested
 //! with a real SIGKILL). Training is reproducible at any thread count on one machine: the
-//! embedding takes the batch's distinct ids ([`Tokens::Distinct`](pipe_models::gpt_neo::Tokens)),
+//! embedding takes the batch's distinct ids ([`Tokens::Distinct`](pipe_models::layers::Tokens)),
 //! because ONNX Runtime's CPU scatter-add, the usual gradient of an embedding lookup, sums
 //! repeated ids in a varying order when it has more than one thread.
 
@@ -70,8 +71,7 @@ pub use self::trained::Trained;
 pub use self::training::StepGraph;
 use self::training::{LOG_FILE, LogSummary, Training};
 use crate::table::write_json;
-use pipe_models::gpt_neo::GptNeoForSequenceClassification;
-use pipe_models::{ParamSpec, hf_folder, lora};
+use pipe_models::{Architecture, ParamSpec, hf_folder, lora};
 
 /// The `finetune` stage kind.
 #[derive(Debug, Default)]
@@ -100,11 +100,13 @@ impl Stage for Finetune {
         //    (same numbers up to float rounding, different bits).
         // 6: model/config.json keeps the source's special token ids and names a
         //    `pad_token_id`, so transformers classifies batches of several rows.
-        6
+        // 7: every family behind one `Architecture`; model/config.json keeps every key of the
+        //    source config.
+        7
     }
 
     fn summary(&self) -> &'static str {
-        "Fine-tune GPT-Neo as a text classifier on ONNX Runtime (CPU or CUDA)"
+        "Fine-tune a GPT-Neo, BERT or RoBERTa text classifier on ONNX Runtime (CPU or CUDA)"
     }
 
     fn params_schema(&self) -> Value {
@@ -166,6 +168,14 @@ impl Stage for Finetune {
                 }
                 Vec::new()
             }
+            ModelSource::Embedded(model) => {
+                // Outside the workspace too: its pinned hashes stand in for its content (a run
+                // checks the files against them).
+                if let Some(map) = key_params.as_object_mut() {
+                    map.insert("embedded_sha256".into(), json!(model.key()));
+                }
+                Vec::new()
+            }
             ModelSource::Config(_) => Vec::new(),
         };
         Ok(Checked {
@@ -208,7 +218,9 @@ impl Stage for Finetune {
             &labels,
         )?;
         if let Some(pooling) = params.pooling {
-            start.config.pooling = pooling;
+            start.config.set_pooling(pooling).map_err(|e| {
+                ParamError::new(&["pooling"], format!("{e:#}")).with_help("remove `pooling`")
+            })?;
         }
         check_fits(&start, &train, validation.as_ref())?;
         let problem = train.problem();
@@ -229,14 +241,16 @@ impl Stage for Finetune {
         let model_dir = ctx.out_dir.join("model");
         let (base_specs, weights) = match &params.lora {
             Some(lora_params) => {
-                let head = GptNeoForSequenceClassification::HEAD_PARAMS;
+                let head = start.config.head_params();
+                let head: Vec<&str> = head.iter().map(String::as_str).collect();
                 let base_model = (params.model.hub.clone())
                     .or_else(|| params.model.path.clone())
+                    .or_else(|| params.model.embedded.clone())
                     .unwrap_or_default();
                 lora::write_adapter(
                     &ctx.out_dir.join("adapter"),
                     lora_params,
-                    head,
+                    &head,
                     &base_model,
                     &finished.weights,
                 )?;
@@ -375,20 +389,20 @@ fn check_fits(
     for (name, table) in
         std::iter::once(("train", train)).chain(validation.map(|v| ("validation", v)))
     {
-        if table.max_id() >= config.vocab_size as i64 {
+        if table.max_id() >= config.vocab_size() as i64 {
             bail!(
                 "the {name} split holds token id {} but the model's vocabulary has {} tokens; \
                  tokenize with the model's own tokenizer",
                 table.max_id(),
-                config.vocab_size
+                config.vocab_size()
             );
         }
-        if table.max_length() > config.max_position_embeddings {
+        if table.max_length() > config.max_length() {
             bail!(
                 "the {name} split has rows of {} tokens but the model takes at most {}; \
                  lower `max_length` of the tokenize stage",
                 table.max_length(),
-                config.max_position_embeddings
+                config.max_length()
             );
         }
     }

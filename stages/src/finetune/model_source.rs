@@ -8,13 +8,12 @@ use anyhow::{Result, bail};
 use pipe_onnx::HostTensor;
 
 use super::params::ModelSource;
-use pipe_models::gpt_neo::{GptNeoConfig, GptNeoForSequenceClassification};
-use pipe_models::{ParamSpec, hf_folder, init_param, init_params, lora};
+use pipe_models::{Architecture, ModelConfig, ParamSpec, hf_folder, init_param, init_params, lora};
 
 /// What training starts from.
 pub struct StartingModel {
     /// The model's shape, with `num_labels` set to the data's.
-    pub config: GptNeoConfig,
+    pub config: ModelConfig,
     /// Where the weights come from: a model folder, or `None` for a fresh initialisation.
     pub folder: Option<PathBuf>,
     /// Whether the classification head is fresh (always for fresh models; for a folder, when
@@ -50,21 +49,24 @@ pub fn resolve(
             };
             (hf_folder::read_config(&dir)?, Some(dir))
         }
+        ModelSource::Embedded(model) => {
+            let dir = model.verified()?;
+            (hf_folder::read_config(&dir)?, Some(dir))
+        }
     };
-    if vocab_size > config.vocab_size {
+    if vocab_size > config.vocab_size() {
         bail!(
             "the tokenizer has {vocab_size} tokens but the model's embedding has only {} rows; \
              use the model's own tokenizer (`tokenizer: {{ hub: ... }}`) or a smaller trained \
              vocabulary",
-            config.vocab_size
+            config.vocab_size()
         );
     }
     let fresh_head = match &folder {
         None => true,
         Some(_) => !same_labels(&config, labels),
     };
-    config.num_labels = Some(labels.len());
-    config.id2label = None;
+    config.set_labels(labels.len());
     config.validate()?;
     Ok(StartingModel {
         config,
@@ -74,8 +76,8 @@ pub fn resolve(
 }
 
 /// Whether a checkpoint's `id2label` names exactly `labels`, in order.
-fn same_labels(config: &GptNeoConfig, labels: &[String]) -> bool {
-    let Some(id2label) = &config.id2label else {
+fn same_labels(config: &ModelConfig, labels: &[String]) -> bool {
+    let Some(id2label) = config.id2label() else {
         return false;
     };
     id2label.len() == labels.len()
@@ -92,12 +94,14 @@ impl StartingModel {
         let Some(dir) = &self.folder else {
             return Ok(init_params(specs, seed));
         };
-        let head = GptNeoForSequenceClassification::HEAD_PARAMS;
-        let (fresh, read): (Vec<&ParamSpec>, Vec<&ParamSpec>) = specs.iter().partition(|s| {
-            (self.fresh_head && head.contains(&s.name.as_str())) || lora::is_lora(&s.name)
-        });
+        let head = self.config.head_params();
+        let optional = self.config.optional_params();
+        let (fresh, read): (Vec<&ParamSpec>, Vec<&ParamSpec>) = specs
+            .iter()
+            .partition(|s| (self.fresh_head && head.contains(&s.name)) || lora::is_lora(&s.name));
         let read: Vec<ParamSpec> = read.into_iter().cloned().collect();
-        let mut weights = hf_folder::read_weights(dir, &read, head, seed)?;
+        let may_lack: Vec<&str> = head.iter().chain(&optional).map(String::as_str).collect();
+        let mut weights = hf_folder::read_weights(dir, &read, &may_lack, seed)?;
         for spec in fresh {
             weights.insert(spec.name.clone(), init_param(spec, seed));
         }

@@ -11,8 +11,9 @@ use pipe_onnx::Kernels;
 
 use super::data::{Labels, TokenTable};
 use super::params::{ClassWeightRule, ClassWeights, Params};
+use pipe_models::Architecture;
+use pipe_models::classifier::ProblemType;
 use pipe_models::dropout::{DropoutPlan, DropoutRates};
-use pipe_models::gpt_neo::{GptNeoConfig, ProblemType};
 use pipe_models::loss::{CrossEntropy, balanced_class_weights};
 
 /// The training-only parts of the step graph.
@@ -29,7 +30,7 @@ pub struct StepOptions {
 
 impl StepOptions {
     /// No label smoothing, no class weights, no dropout: the plain graph.
-    pub fn plain(config: &GptNeoConfig) -> Self {
+    pub fn plain(config: &dyn Architecture) -> Self {
         StepOptions {
             loss: CrossEntropy::default(),
             dropout: DropoutPlan::new(config, DropoutRates::default()),
@@ -40,7 +41,7 @@ impl StepOptions {
     /// The options `params` ask for, for `config` trained on `train` with `labels`.
     pub fn resolve(
         params: &Params,
-        config: &GptNeoConfig,
+        config: &dyn Architecture,
         labels: &[String],
         train: &TokenTable,
     ) -> Result<Self> {
@@ -52,14 +53,14 @@ impl StepOptions {
             resid: d.resid.unwrap_or(defaults.resid),
         };
         for (key, p) in [
-            ("embed_dropout", rates.embed),
-            ("attention_dropout", rates.attention),
-            ("resid_dropout", rates.resid),
+            ("embed", rates.embed),
+            ("attention", rates.attention),
+            ("resid", rates.resid),
         ] {
             if !(0.0..1.0).contains(&p) {
                 bail!(
-                    "the model config's `{key}` is {p}, not a probability in [0, 1); \
-                     override it with `dropout:` in the finetune parameters"
+                    "the model config's {key} dropout is {p}, not a probability in [0, 1); \
+                     override it with `dropout: {{ {key}: ... }}` in the finetune parameters"
                 );
             }
         }

@@ -7,8 +7,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use anyhow::{Context, Result};
-use pipe_models::gpt_neo::{AttentionKind, GptNeoConfig, Pooling};
+use pipe_models::classifier::Pooling;
+use pipe_models::embedded::{self, Embedded};
+use pipe_models::gpt_neo::{AttentionKind, GptNeoConfig};
 use pipe_models::lora::LoraParams;
+use pipe_models::{Architecture, ModelConfig};
 
 use super::freeze::FreezeEntry;
 
@@ -16,7 +19,7 @@ use super::freeze::FreezeEntry;
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub struct Params {
-    /// The model to start from (exactly one of `config`, `path`, `hub`).
+    /// The model to start from (exactly one of `config`, `path`, `hub`, `embedded`).
     pub model: ModelParams,
     /// Passes over the training split.
     #[serde(default = "default_epochs")]
@@ -85,10 +88,11 @@ pub struct Params {
     /// the model config's `embed_dropout`, `attention_dropout`, `resid_dropout`.
     #[serde(default, skip_serializing_if = "DropoutParams::is_unset")]
     pub dropout: DropoutParams,
-    /// How the classifier pools a row's hidden states: `last` (the last real token, as
+    /// How a GPT-Neo classifier pools a row's hidden states: `last` (the last real token, as
     /// Hugging Face's `GPTNeoForSequenceClassification`) or `mean` (the mean over the real
     /// tokens, which trains better from scratch on small data). Left out: the model's own
-    /// (`last`, unless the model folder was trained by pipe with `mean`).
+    /// (`last`, unless the model folder was trained by pipe with `mean`; encoders read their
+    /// first token, `first`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pooling: Option<Pooling>,
     /// ε of label smoothing in the training loss (`label_smoothing_factor` in `transformers`,
@@ -127,39 +131,46 @@ pub struct Params {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub struct ModelParams {
-    /// A fresh model: `tiny`, `small` (the GPT-Neo 125M shape) or an inline GPT-Neo config
-    /// (Hugging Face `config.json` keys; `vocab_size` defaults to the tokenizer's).
+    /// A fresh model: `tiny`, `small` (the GPT-Neo 125M shape) or an inline config
+    /// (Hugging Face `config.json` keys: GPT-Neo's, or BERT's with `model_type: bert`;
+    /// `vocab_size` defaults to the tokenizer's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub config: Option<ModelConfig>,
+    pub config: Option<Shape>,
     /// Seed of a fresh model's weights (and of a fresh classification head).
     #[serde(default)]
     pub seed: u64,
-    /// A Hugging Face GPT-Neo folder (`config.json` + `model.safetensors`), relative to the
-    /// manifest's folder.
+    /// A Hugging Face model folder (`config.json` + `model.safetensors`) of a family pipe
+    /// knows (GPT-Neo, BERT, RoBERTa), relative to the manifest's folder.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
     /// A Hugging Face repository id (e.g. `EleutherAI/gpt-neo-125m`), read from the local
     /// cache, downloaded into it first when missing (unless `HF_HUB_OFFLINE` is set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hub: Option<String>,
+    /// One of pipe's embedded pretrained models, fetched by `scripts/fetch-model.sh` into
+    /// `.tools/models/`: `all-MiniLM-L6-v2` (a 6-layer BERT).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedded: Option<String>,
 }
 
 /// A fresh model's shape.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(untagged)]
-pub enum ModelConfig {
+pub enum Shape {
     /// A named preset.
     Preset(Preset),
-    /// A GPT-Neo config written out (keys of Hugging Face's `config.json`).
+    /// A config written out (keys of Hugging Face's `config.json`).
     Inline(serde_json::Map<String, Value>),
 }
 
-impl ModelConfig {
+impl Shape {
     /// The config of a fresh model.
-    pub(super) fn fresh(&self, vocab_size: usize, num_labels: usize) -> Result<GptNeoConfig> {
+    pub(super) fn fresh(&self, vocab_size: usize, num_labels: usize) -> Result<ModelConfig> {
         Ok(match self {
-            ModelConfig::Preset(Preset::Tiny) => GptNeoConfig::tiny(vocab_size, num_labels),
-            ModelConfig::Preset(Preset::Small) => GptNeoConfig {
+            Shape::Preset(Preset::Tiny) => {
+                ModelConfig::GptNeo(GptNeoConfig::tiny(vocab_size, num_labels))
+            }
+            Shape::Preset(Preset::Small) => ModelConfig::GptNeo(GptNeoConfig {
                 hidden_size: 768,
                 num_layers: 12,
                 num_heads: 12,
@@ -168,13 +179,15 @@ impl ModelConfig {
                 window_size: 256,
                 attention_types: vec![(vec![AttentionKind::Global, AttentionKind::Local], 6)],
                 ..GptNeoConfig::tiny(vocab_size, num_labels)
-            },
-            ModelConfig::Inline(map) => {
+            }),
+            Shape::Inline(map) => {
                 let mut map = map.clone();
                 map.entry("vocab_size").or_insert(Value::from(vocab_size));
                 map.insert("num_labels".into(), Value::from(num_labels));
-                serde_json::from_value(Value::Object(map))
-                    .context("`model.config` is not a GPT-Neo config")?
+                ModelConfig::from_json(Value::Object(map)).context(
+                    "`model.config` is not a config pipe can train (GPT-Neo keys, or \
+                     `model_type: bert` / `roberta` with BertConfig's keys)",
+                )?
             }
         })
     }
@@ -294,14 +307,16 @@ fn default_checkpoint_every() -> u64 {
 /// Checks that a fresh model's shape fits together (heads divide the width, one attention
 /// type per layer, …) while the manifest is read, not when training starts. The vocabulary
 /// and the labels come from the data; placeholders stand in for them here.
-fn check_shape(shape: &ModelConfig) -> Result<(), ParamError> {
+fn check_shape(shape: &Shape) -> Result<(), ParamError> {
     let (placeholder_vocab, placeholder_labels) = (2, 2);
     shape
         .fresh(placeholder_vocab, placeholder_labels)
         .and_then(|config| config.validate())
         .map_err(|e| {
-            ParamError::new(&["model", "config"], format!("{e:#}"))
-                .with_help("see Hugging Face's GPTNeoConfig for the keys and how they fit together")
+            ParamError::new(&["model", "config"], format!("{e:#}")).with_help(
+                "see Hugging Face's GPTNeoConfig (or BertConfig) for the keys and how they fit \
+                 together",
+            )
         })
 }
 
@@ -309,11 +324,13 @@ fn check_shape(shape: &ModelConfig) -> Result<(), ParamError> {
 #[derive(Debug, Clone)]
 pub enum ModelSource {
     /// A fresh model of this shape.
-    Config(ModelConfig),
+    Config(Shape),
     /// A folder of the workspace.
     Path(String),
     /// A repository of the local Hugging Face cache.
     Hub(String),
+    /// An embedded pretrained model.
+    Embedded(&'static Embedded),
 }
 
 impl Params {
@@ -484,20 +501,25 @@ impl Params {
 
     /// The checked model source.
     pub fn model_source(&self) -> Result<ModelSource, ParamError> {
-        match (&self.model.config, &self.model.path, &self.model.hub) {
-            (Some(config), None, None) => Ok(ModelSource::Config(config.clone())),
-            (None, Some(path), None) => Ok(ModelSource::Path(path.clone())),
-            (None, None, Some(repo)) => match pipe_models::hub::check_repo_id(repo) {
+        let m = &self.model;
+        match (&m.config, &m.path, &m.hub, &m.embedded) {
+            (Some(config), None, None, None) => Ok(ModelSource::Config(config.clone())),
+            (None, Some(path), None, None) => Ok(ModelSource::Path(path.clone())),
+            (None, None, Some(repo), None) => match pipe_models::hub::check_repo_id(repo) {
                 Ok(()) => Ok(ModelSource::Hub(repo.clone())),
                 Err(message) => Err(ParamError::new(&["model", "hub"], message)),
             },
+            (None, None, None, Some(name)) => match embedded::lookup(name) {
+                Ok(model) => Ok(ModelSource::Embedded(model)),
+                Err(message) => Err(ParamError::new(&["model", "embedded"], message)),
+            },
             _ => Err(ParamError::new(
                 &["model"],
-                "`model` needs exactly one of `config`, `path` or `hub`",
+                "`model` needs exactly one of `config`, `path` or `hub` (or `embedded`)",
             )
             .with_help(
-                "e.g. `model: { config: tiny, seed: 0 }`, `model: { path: models/gpt-neo-125m }` \
-                 or `model: { hub: EleutherAI/gpt-neo-125m }`",
+                "e.g. `model: { embedded: all-MiniLM-L6-v2 }`, `model: { config: tiny, seed: 0 }`, \
+                 `model: { path: models/gpt-neo-125m }` or `model: { hub: EleutherAI/gpt-neo-125m }`",
             )),
         }
     }

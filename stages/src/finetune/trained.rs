@@ -12,8 +12,14 @@ use pipe_engine::ParamError;
 use super::freeze::FreezeEntry;
 use super::params::Params;
 use pipe_models::ParamSpec;
-use pipe_models::gpt_neo::GptNeoForSequenceClassification;
+use pipe_models::config::HEAD_MODULES;
 use pipe_models::lora::{self, LoraParams};
+
+/// Whether the parameter called `name` belongs to a classification head (`score`,
+/// `classifier`), which starts fresh and is always trained.
+pub fn is_head(name: &str) -> bool {
+    HEAD_MODULES.contains(&name.split('.').next().unwrap_or(name))
+}
 
 /// Which parameters take gradients.
 #[derive(Debug, Clone, Copy)]
@@ -49,9 +55,7 @@ impl<'a> Trained<'a> {
     pub fn takes_gradient(self, name: &str) -> bool {
         match self {
             Trained::All => true,
-            Trained::Lora(_) => {
-                lora::is_trained(name, GptNeoForSequenceClassification::HEAD_PARAMS)
-            }
+            Trained::Lora(_) => lora::is_lora(name) || is_head(name),
             Trained::Unfrozen(entries) => !entries.iter().any(|e| e.covers(name)),
         }
     }

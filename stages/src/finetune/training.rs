@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use pipe_engine::Reporter;
+use pipe_engine::{ParamError, Reporter};
 use pipe_onnx::{
     AdamW, GradSignature, Graph, HostTensor, Kernels, MemoryStats, Session, StepTrainer,
     build_gradient_step, step_trainer,
@@ -24,11 +24,12 @@ use super::schedule::Schedule;
 use super::selection::{Best, Evaluation, Selection, Verdict};
 use super::trained::Trained;
 use crate::scoring;
-use pipe_models::ParamSpec;
-use pipe_models::gpt_neo::{
-    GptNeoConfig, GptNeoForSequenceClassification, ProblemType, Tokens, hf_trainer_decay,
+use pipe_models::classifier::{
+    ClassifierInput, ProblemType, SequenceClassifier, declare_labels, hf_trainer_decay,
 };
+use pipe_models::layers::Tokens;
 use pipe_models::lora::LoraParams;
+use pipe_models::{Architecture, ParamSpec};
 
 /// Name of the training log, in the scratch folder while training and in the outputs after.
 pub const LOG_FILE: &str = "train_log.jsonl";
@@ -426,7 +427,7 @@ fn adamw_of(params: &Params) -> AdamW {
     }
 }
 
-/// The compiled training step of a GPT-Neo classifier: one ONNX model that takes the batch
+/// The compiled training step of a classifier: one ONNX model that takes the batch
 /// (`token_ids`, `token_index`, `lengths`, `labels`) and the parameters, and returns the loss
 /// and every parameter's gradient (AdamW runs on the flat state, see
 /// [`pipe_onnx::step_trainer`]).
@@ -443,13 +444,17 @@ pub struct StepGraph {
 impl StepGraph {
     /// Builds the step graph of `config` for `problem`, with gradients for the `trained`
     /// parameters only.
-    pub fn compile(config: &GptNeoConfig, problem: ProblemType, trained: Trained) -> Result<Self> {
+    pub fn compile(
+        config: &dyn Architecture,
+        problem: ProblemType,
+        trained: Trained,
+    ) -> Result<Self> {
         Self::compile_with(config, problem, &StepOptions::plain(config), trained)
     }
 
     /// [`Self::compile`] with the loss options and dropout of `options`.
     pub fn compile_with(
-        config: &GptNeoConfig,
+        config: &dyn Architecture,
         problem: ProblemType,
         options: &StepOptions,
         trained: Trained,
@@ -457,15 +462,19 @@ impl StepGraph {
         let mut g = Graph::new("finetune_step");
         g.set_kernels(options.kernels);
         // No logits output: the step needs only the loss, and every output is copied to the host.
+        if let Some(lora) = trained.lora() {
+            lora.check_targets(config, config.model_type())
+                .map_err(|e| ParamError::new(&["lora", "targets"], format!("{e:#}")))?;
+        }
         let (model, _, loss) = loss_graph(&mut g, config, problem, options, trained.lora())?;
-        trained.check(model.params(), config.num_layers)?;
-        let mut train = model.train_params(hf_trainer_decay);
+        trained.check(model.specs(), config.num_layers())?;
+        let mut train = model.train_params(&hf_trainer_decay);
         train.retain(|p| trained.takes_gradient(g.name(p.tensor)));
         let signature = build_gradient_step(&mut g, loss, &train)?;
         Ok(StepGraph {
             model: g.build()?,
             signature,
-            specs: model.params().to_vec(),
+            specs: model.specs().to_vec(),
         })
     }
 }
@@ -474,12 +483,12 @@ impl StepGraph {
 /// count; see [`Tokens::Distinct`]), the model, its logits and its loss in `g`.
 fn loss_graph(
     g: &mut Graph,
-    config: &GptNeoConfig,
+    config: &dyn Architecture,
     problem: ProblemType,
     options: &StepOptions,
     lora: Option<&LoraParams>,
 ) -> Result<(
-    GptNeoForSequenceClassification,
+    Box<dyn SequenceClassifier>,
     pipe_onnx::Tensor,
     pipe_onnx::Tensor,
 )> {
@@ -489,12 +498,17 @@ fn loss_graph(
         pipe_onnx::DType::I64,
         &[pipe_onnx::Dim::from("batch")],
     )?;
-    let mut model = GptNeoForSequenceClassification::with_lora(config, g, lora)?;
+    let mut model = config.classifier(g, lora)?;
     model.set_dropout(options.dropout.declare(g)?);
-    let logits = model.forward_tokens(g, tokens, lengths)?;
-    let labels = model.declare_labels(g, problem)?;
+    let input = ClassifierInput {
+        tokens,
+        lengths,
+        token_type_ids: None,
+    };
+    let logits = model.logits(g, &input)?;
+    let labels = declare_labels(g, problem, config.num_labels())?;
     let loss = if options.loss.is_plain() {
-        model.loss(g, logits, labels, problem)?
+        pipe_models::classifier::loss(g, logits, labels, problem)?
     } else {
         g.with_scope("loss", |g| options.loss.loss(g, logits, labels))?
     };

@@ -148,6 +148,11 @@ pub(super) fn render(a: &Answers) -> String {
             format!("    tokenizer: {{ hub: {} }}", scalar(id)),
             "the model's own tokenizer",
         ),
+        Some(ModelChoice::Embedded(name)) => line(
+            &mut m,
+            format!("    tokenizer: {{ embedded: {name} }}"),
+            "the model's own tokenizer",
+        ),
         _ => line(
             &mut m,
             "    tokenizer: { train: { vocab_size: 8192 } }".to_string(),
@@ -180,7 +185,7 @@ fn render_training(m: &mut String, t: &Training, validation: bool) {
     let _ = writeln!(m);
     let _ = writeln!(
         m,
-        "  # Fine-tunes GPT-Neo as a classifier on ONNX Runtime; outputs model/ (a Hugging Face"
+        "  # Fine-tunes the model as a classifier on ONNX Runtime; outputs model/ (a Hugging Face"
     );
     let _ = writeln!(
         m,
@@ -190,12 +195,13 @@ fn render_training(m: &mut String, t: &Training, validation: bool) {
     line(m, "    from: tokenize".to_string(), "the tokenized splits");
     let (model, learning_rate) = match &t.model {
         ModelChoice::Hub(id) => (format!("{{ hub: {} }}", scalar(id)), "5.0e-5"),
+        ModelChoice::Embedded(name) => (format!("{{ embedded: {name}, seed: 0 }}"), "5.0e-5"),
         from_scratch => (format!("{{ config: {from_scratch}, seed: 0 }}"), "5.0e-4"),
     };
     line(
         m,
         format!("    model: {model}"),
-        "{ config: tiny | small } from scratch, or { hub: OWNER/NAME }",
+        "{ embedded: all-MiniLM-L6-v2 } pretrained, { config: tiny | small } from scratch, or { hub: OWNER/NAME }",
     );
     line(
         m,
@@ -225,9 +231,14 @@ fn render_training(m: &mut String, t: &Training, validation: bool) {
         );
     }
     if t.lora {
+        // The query and value projections, by each family's names.
+        let targets = match t.model {
+            ModelChoice::Embedded(_) => "query, value",
+            _ => "q_proj, v_proj",
+        };
         line(
             m,
-            "    lora: { r: 8, alpha: 16, dropout: 0.0, targets: [q_proj, v_proj] }".to_string(),
+            format!("    lora: {{ r: 8, alpha: 16, dropout: 0.0, targets: [{targets}] }}"),
             "train low-rank adapters only",
         );
     }

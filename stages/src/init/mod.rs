@@ -257,13 +257,14 @@ impl Asker<'_> {
 
     /// Which model, LoRA (pretrained models only), epochs, device.
     fn training(&mut self) -> anyhow::Result<Training> {
+        let default = ModelChoice::default_choice();
         let model = match &self.options.model {
             Some(model) => model.clone(),
-            None if self.options.yes => ModelChoice::Tiny,
+            None if self.options.yes => default,
             None => loop {
                 let answer = self.prompter.input(
-                    "Which model? tiny (from scratch, minutes on a CPU), small, or a Hugging Face id such as EleutherAI/gpt-neo-125m",
-                    "tiny",
+                    "Which model? all-MiniLM-L6-v2 (pretrained BERT, embedded), tiny (from scratch, minutes on a CPU), small, or a Hugging Face id such as EleutherAI/gpt-neo-125m",
+                    &default.to_string(),
                 )?;
                 match ModelChoice::parse(&answer) {
                     Ok(model) => break model,

@@ -6,6 +6,8 @@ use std::path::Path;
 
 use anyhow::bail;
 
+use pipe_models::embedded;
+
 /// The model `finetune` starts from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModelChoice {
@@ -15,10 +17,13 @@ pub enum ModelChoice {
     Small,
     /// A pretrained Hugging Face repository, such as `EleutherAI/gpt-neo-125m`.
     Hub(String),
+    /// One of pipe's embedded pretrained models (`all-MiniLM-L6-v2`), fetched by
+    /// `scripts/fetch-model.sh`.
+    Embedded(&'static str),
 }
 
 impl ModelChoice {
-    /// Parses `tiny`, `small` or a Hugging Face id (`owner/name`).
+    /// Parses `tiny`, `small`, an embedded model's name or a Hugging Face id (`owner/name`).
     pub fn parse(text: &str) -> anyhow::Result<ModelChoice> {
         let text = text.trim();
         match text {
@@ -26,11 +31,14 @@ impl ModelChoice {
             "small" => return Ok(ModelChoice::Small),
             _ => {}
         }
+        if let Ok(model) = embedded::lookup(text) {
+            return Ok(ModelChoice::Embedded(model.name));
+        }
         // A bare name is a hub id too, but here more likely a typo of `tiny` or `small`.
         if !text.contains('/') || pipe_models::hub::check_repo_id(text).is_err() {
             bail!(
                 "`{text}` is not a model: answer tiny, small, or a Hugging Face id such as \
-                 EleutherAI/gpt-neo-125m"
+                 EleutherAI/gpt-neo-125m (or all-MiniLM-L6-v2, the embedded pretrained BERT)"
             );
         }
         Ok(ModelChoice::Hub(text.to_string()))
@@ -38,7 +46,16 @@ impl ModelChoice {
 
     /// Whether the model is pretrained (and so large enough for LoRA to pay).
     pub fn is_pretrained(&self) -> bool {
-        matches!(self, ModelChoice::Hub(_))
+        matches!(self, ModelChoice::Hub(_) | ModelChoice::Embedded(_))
+    }
+
+    /// The default answer: the embedded pretrained model when it is fetched (a pretrained
+    /// encoder beats anything trained from scratch on small data), else `tiny`.
+    pub fn default_choice() -> ModelChoice {
+        embedded::MODELS
+            .first()
+            .filter(|m| m.locate().is_ok())
+            .map_or(ModelChoice::Tiny, |m| ModelChoice::Embedded(m.name))
     }
 }
 
@@ -48,6 +65,7 @@ impl fmt::Display for ModelChoice {
             ModelChoice::Tiny => write!(f, "tiny"),
             ModelChoice::Small => write!(f, "small"),
             ModelChoice::Hub(id) => write!(f, "{id}"),
+            ModelChoice::Embedded(name) => write!(f, "{name}"),
         }
     }
 }

@@ -6,6 +6,7 @@
 //!   tokenizer: { train: { vocab_size: 8192, min_frequency: 2 } }
 //!   # or { path: models/gpt-neo-125m }   a tokenizer.json, a vocab.json (+ merges.txt), or a folder
 //!   # or { hub: EleutherAI/gpt-neo-125m } the local Hugging Face cache, offline
+//!   # or { embedded: all-MiniLM-L6-v2 }    an embedded model's own (scripts/fetch-model.sh)
 //!   max_length: 128                       # longer texts are cut to this many tokens
 //! ```
 //!
@@ -51,6 +52,7 @@ use serde_json::json;
 use tokenizers::{Encoding, Tokenizer, TruncationParams};
 
 use crate::table::{DatasetTable, TableWriter, write_json};
+use pipe_models::embedded;
 pub use source::{TokenizerSource, TrainOptions};
 
 /// Rows encoded per batch: bounds the memory held by encodings.
@@ -105,6 +107,10 @@ impl Params {
                 &["max_length"],
                 "`max_length` must be a positive number of tokens",
             ));
+        }
+        if let TokenizerSource::Embedded(name) = &params.tokenizer {
+            embedded::lookup(name)
+                .map_err(|message| ParamError::new(&["tokenizer", "embedded"], message))?;
         }
         if let TokenizerSource::Hub(repo) = &params.tokenizer {
             pipe_models::hub::check_repo_id(repo)
@@ -176,6 +182,14 @@ impl Stage for Tokenize {
                 }
                 Vec::new()
             }
+            TokenizerSource::Embedded(name) => {
+                // Pinned by its hashes, which a run checks the files against.
+                if let (Some(map), Ok(model)) = (key_params.as_object_mut(), embedded::lookup(name))
+                {
+                    map.insert("embedded_sha256".into(), json!(model.key()));
+                }
+                Vec::new()
+            }
             TokenizerSource::Train(_) => Vec::new(),
         };
         Ok(Checked {
@@ -201,6 +215,11 @@ impl Stage for Tokenize {
                     ctx.reporter,
                 )?;
                 source::load_hub(hub.cache(), repo)?
+            }
+            TokenizerSource::Embedded(name) => {
+                let model = embedded::lookup(name).map_err(anyhow::Error::msg)?;
+                let dir = model.verified()?;
+                source::load_path(&dir.join(embedded::TOKENIZER_FILE), name)?
             }
             TokenizerSource::Train(options) => {
                 let (name, table) = &tables[0];

@@ -26,6 +26,8 @@ pub enum TokenizerSource {
     /// from the local Hugging Face cache, downloaded into it first when missing
     /// (unless `HF_HUB_OFFLINE` is set).
     Hub(String),
+    /// One of pipe's embedded pretrained models (`all-MiniLM-L6-v2`): its own tokenizer.
+    Embedded(String),
     /// A byte-level BPE trained on the train split.
     Train(TrainOptions),
 }

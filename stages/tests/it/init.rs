@@ -117,9 +117,11 @@ fn asks_every_question_and_writes_a_manifest_that_runs() {
         ..Default::default()
     };
     // text (default), label, multi-label?, split?, validation?, fraction, shuffle?, test
-    // fraction, model (default), epochs, device (default).
-    let mut prompter =
-        Scripted::new(&["", "topic", "n", "y", "y", "0.1", "y", "0.25", "", "1", ""]);
+    // fraction, model (tiny: the default is the embedded model when it is fetched), epochs,
+    // device (default).
+    let mut prompter = Scripted::new(&[
+        "", "topic", "n", "y", "y", "0.1", "y", "0.25", "tiny", "1", "",
+    ]);
     let written = init(options, &mut prompter).unwrap();
     assert_eq!(written.manifest, output);
     assert!(written.trains);
@@ -138,7 +140,7 @@ fn asks_every_question_and_writes_a_manifest_that_runs() {
     assert_eq!(
         prompter.asked[8..],
         [
-            "Which model? tiny (from scratch, minutes on a CPU), small, or a Hugging Face id such as EleutherAI/gpt-neo-125m",
+            "Which model? all-MiniLM-L6-v2 (pretrained BERT, embedded), tiny (from scratch, minutes on a CPU), small, or a Hugging Face id such as EleutherAI/gpt-neo-125m",
             "How many epochs (passes over the train split)?",
             "Train on which device? cpu, cuda or cuda:N",
         ]

@@ -13,12 +13,14 @@ mod tokenize;
 
 // Models.
 mod accumulation;
+mod bert;
 mod dropout;
 mod finetune;
 mod finetune_selection;
 mod freeze;
 mod gpt_neo;
 mod loss;
+mod minilm;
 mod peft;
 
 // Export and evaluation: metrics against scikit-learn, the HTML report, the stages.

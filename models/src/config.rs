@@ -1,0 +1,165 @@
+//! [`ModelConfig`]: a model config of any family, picked by `config.json`'s `model_type` in
+//! one table (as transformers' `AutoModel` mapping does), and the names every family's
+//! parameters are grouped by (`freeze:`, the head, the base model's prefix).
+
+use std::collections::BTreeMap;
+
+use anyhow::{Result, bail};
+use pipe_onnx::Graph;
+use serde_json::Value;
+
+use super::architecture::Architecture;
+use super::bert::BertConfig;
+use super::classifier::{Pooling, ProblemType, SequenceClassifier};
+use super::dropout::{DropoutRates, DropoutSites, Site, SiteShape};
+use super::gpt_neo::{AsGptNeo, GptNeoConfig};
+use super::lora::LoraParams;
+
+/// A parsed model config of any family.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ModelConfig {
+    /// `gpt_neo`.
+    GptNeo(GptNeoConfig),
+    /// `bert`, `roberta`.
+    Bert(BertConfig),
+}
+
+impl ModelConfig {
+    /// The `model_type`s pipe knows.
+    pub const MODEL_TYPES: [&'static str; 3] = ["gpt_neo", "bert", "roberta"];
+
+    /// The config `value` (a `config.json`, or an inline config of a manifest), by its
+    /// `model_type`; without one it is a GPT-Neo config (pipe's own inline configs).
+    pub fn from_json(value: Value) -> Result<Self> {
+        let model_type = match value.get("model_type") {
+            None => "gpt_neo".to_string(),
+            Some(Value::String(t)) => t.clone(),
+            Some(other) => bail!("`model_type` is {other}, not a name such as `bert`"),
+        };
+        let config = match model_type.as_str() {
+            "gpt_neo" => ModelConfig::GptNeo(serde_json::from_value(value)?),
+            "bert" | "roberta" => ModelConfig::Bert(serde_json::from_value(value)?),
+            other => bail!(
+                "`model_type: {other}` is not a family pipe knows; it knows {}",
+                Self::MODEL_TYPES.join(", ")
+            ),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+impl ModelConfig {
+    fn family(&self) -> &dyn Architecture {
+        match self {
+            ModelConfig::GptNeo(c) => c,
+            ModelConfig::Bert(c) => c,
+        }
+    }
+
+    fn family_mut(&mut self) -> &mut dyn Architecture {
+        match self {
+            ModelConfig::GptNeo(c) => c,
+            ModelConfig::Bert(c) => c,
+        }
+    }
+}
+
+impl AsGptNeo for ModelConfig {
+    fn as_gpt_neo(&self) -> Result<&GptNeoConfig> {
+        match self {
+            ModelConfig::GptNeo(c) => Ok(c),
+            other => bail!("a `{}` config is not a GPT-Neo config", other.model_type()),
+        }
+    }
+}
+
+/// Every method is the family's.
+impl DropoutSites for ModelConfig {
+    fn num_heads(&self) -> usize {
+        self.family().num_heads()
+    }
+    fn dropout_rates(&self) -> DropoutRates {
+        self.family().dropout_rates()
+    }
+    fn dropout_sites(&self, rates: DropoutRates) -> Vec<Site> {
+        self.family().dropout_sites(rates)
+    }
+    fn lora_modules(&self) -> Vec<(String, SiteShape)> {
+        self.family().lora_modules()
+    }
+}
+
+/// Every method is the family's.
+impl Architecture for ModelConfig {
+    fn model_type(&self) -> &'static str {
+        self.family().model_type()
+    }
+    fn vocab_size(&self) -> usize {
+        self.family().vocab_size()
+    }
+    fn hidden_size(&self) -> usize {
+        self.family().hidden_size()
+    }
+    fn num_layers(&self) -> usize {
+        self.family().num_layers()
+    }
+    fn max_length(&self) -> usize {
+        self.family().max_length()
+    }
+    fn num_labels(&self) -> usize {
+        self.family().num_labels()
+    }
+    fn id2label(&self) -> Option<&BTreeMap<String, String>> {
+        self.family().id2label()
+    }
+    fn problem_type(&self) -> Option<ProblemType> {
+        self.family().problem_type()
+    }
+    fn pooling(&self) -> Pooling {
+        self.family().pooling()
+    }
+    fn takes_token_types(&self) -> bool {
+        self.family().takes_token_types()
+    }
+    fn validate(&self) -> Result<()> {
+        self.family().validate()
+    }
+    fn head_params(&self) -> Vec<String> {
+        self.family().head_params()
+    }
+    fn optional_params(&self) -> Vec<String> {
+        self.family().optional_params()
+    }
+    fn set_labels(&mut self, num_labels: usize) {
+        self.family_mut().set_labels(num_labels)
+    }
+    fn set_pooling(&mut self, pooling: Pooling) -> Result<()> {
+        self.family_mut().set_pooling(pooling)
+    }
+    fn classifier(
+        &self,
+        g: &mut Graph,
+        lora: Option<&LoraParams>,
+    ) -> Result<Box<dyn SequenceClassifier>> {
+        self.family().classifier(g, lora)
+    }
+    fn hf_config(&self, labels: &[String], problem: ProblemType) -> Result<Value> {
+        self.family().hf_config(labels, problem)
+    }
+}
+
+/// The parts `freeze:` names, per family: the embedding modules (`embeddings`) and the prefix
+/// of layer `N` (`layers.N` is `<prefix>.N`). Parameter names never collide between families,
+/// so a name is in a part when any family's pattern covers it.
+pub const FREEZE_GROUPS: [(&[&str], &str); 3] = [
+    (&["transformer.wte", "transformer.wpe"], "transformer.h"),
+    (&["bert.embeddings"], "bert.encoder.layer"),
+    (&["roberta.embeddings"], "roberta.encoder.layer"),
+];
+
+/// The modules that hold a classification head in some family (`score`, `classifier`).
+pub const HEAD_MODULES: [&str; 2] = ["score", "classifier"];
+
+/// The first parts of the parameter names of every family's base model.
+pub const BASE_PREFIXES: [&str; 3] = ["transformer", "bert", "roberta"];

@@ -1,0 +1,240 @@
+//! Layers the model families share: LayerNorm, linear layers with their LoRA update,
+//! activations, the token embedding lookup ([`Tokens`]), the padding mask of bidirectional
+//! attention and the poolings of a row's hidden states.
+
+use pipe_onnx::{DType, Dim, Graph, Kernels, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::dropout::Dropout;
+use super::lora::{self, LoraLayer, LoraParams};
+use super::{Init, VarPath, Vars};
+
+/// A feed-forward activation, by its Hugging Face name (`ACT2FN` in `activations.py`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))` (`NewGELUActivation`), GPT-Neo's default.
+    GeluNew,
+    /// Exact GELU, `0.5·x·(1 + erf(x/√2))` (`GELUActivation`), BERT's default.
+    Gelu,
+    /// `max(x, 0)`.
+    Relu,
+}
+
+impl Activation {
+    /// `act(x)`.
+    pub fn apply(self, g: &mut Graph, x: Tensor) -> pipe_onnx::Result<Tensor> {
+        match self {
+            Activation::GeluNew => g.gelu(x, true),
+            Activation::Gelu => g.gelu(x, false),
+            Activation::Relu => g.relu(x),
+        }
+    }
+}
+
+/// A LayerNorm's scale and shift over the last axis (`nn.LayerNorm`).
+pub struct LayerNorm {
+    path: VarPath,
+    weight: Tensor,
+    bias: Tensor,
+    eps: f32,
+}
+
+impl LayerNorm {
+    /// Declares `path.weight` (ones) and `path.bias` (zeros) of width `hidden`.
+    pub fn new(
+        g: &mut Graph,
+        vars: &mut Vars,
+        path: VarPath,
+        hidden: usize,
+        eps: f64,
+    ) -> pipe_onnx::Result<Self> {
+        let h = hidden as i64;
+        Ok(LayerNorm {
+            weight: vars.get(g, &path, "weight", &[h], Init::Ones)?,
+            bias: vars.get(g, &path, "bias", &[h], Init::Zeros)?,
+            eps: eps as f32,
+            path,
+        })
+    }
+
+    /// `LayerNormalization(x)` over the last axis, named after the module.
+    pub fn forward(&self, g: &mut Graph, x: Tensor) -> pipe_onnx::Result<Tensor> {
+        g.with_scope(self.path.as_str(), |g| {
+            g.layer_normalization(x, self.weight, Some(self.bias), -1, self.eps)
+        })
+    }
+}
+
+/// A linear layer `x Wᵀ (+ b)` (`nn.Linear`, `W` `[out, in]`), with a LoRA update where the
+/// run's LoRA settings target its module name.
+pub struct Linear {
+    path: VarPath,
+    weight: Tensor,
+    bias: Option<Tensor>,
+    lora: Option<LoraLayer>,
+}
+
+impl Linear {
+    /// Declares `path.weight` `[out, in]` (normal with standard deviation `std`), `path.bias`
+    /// `[out]` (zeros) when `bias`, then the LoRA matrices when `lora` targets the last part of
+    /// `path`.
+    pub fn new(
+        g: &mut Graph,
+        vars: &mut Vars,
+        path: VarPath,
+        (in_features, out_features): (usize, usize),
+        (bias, std): (bool, f64),
+        lora: Option<&LoraParams>,
+    ) -> anyhow::Result<Self> {
+        let (i, o) = (in_features as i64, out_features as i64);
+        let w = Init::Normal { std: std as f32 };
+        let weight = vars.get(g, &path, "weight", &[o, i], w)?;
+        let bias = match bias {
+            true => Some(vars.get(g, &path, "bias", &[o], Init::Zeros)?),
+            false => None,
+        };
+        let lora = LoraLayer::declare(lora, g, vars, &path, i, o)?;
+        Ok(Linear {
+            path,
+            weight,
+            bias,
+            lora,
+        })
+    }
+
+    /// The module's path (`bert.encoder.layer.0.attention.self.query`).
+    pub fn path(&self) -> &VarPath {
+        &self.path
+    }
+
+    /// `x Wᵀ + b` (plus the LoRA update, its input through `dropout`), named after the module.
+    pub fn forward(
+        &self,
+        g: &mut Graph,
+        x: Tensor,
+        dropout: &Dropout,
+    ) -> pipe_onnx::Result<Tensor> {
+        g.with_scope(self.path.as_str(), |g| {
+            lora::linear(g, x, self.weight, self.bias, self.lora.as_ref(), dropout)
+        })
+    }
+}
+
+/// How a batch's token ids reach an embedding table.
+#[derive(Clone, Copy, Debug)]
+pub enum Tokens {
+    /// `input_ids` int64 `[b, s]`, looked up with `Gather`. The gradient of a `Gather` is a
+    /// scatter-add over repeated ids, which ONNX Runtime's CPU kernel sums in a varying order
+    /// when it has more than one thread: fine for inference, not bit-reproducible in training.
+    Ids(Tensor),
+    /// The batch's distinct ids (int64 `[distinct]`) and, per position, the index of its id
+    /// among them (int64 `[b, s]`). Each distinct row of the table is gathered once and spread to
+    /// the positions by a one-hot `MatMul`, so the gradient is a `MatMul` and a scatter
+    /// without repeats: the same bits at any thread count. (With pipe's CPU kernels,
+    /// [`Kernels::Host`], the rows are gathered per position and the gradient's kernel sums
+    /// repeats in position order: the same guarantee, without the one-hot products.) The
+    /// forward values are the same as [`Tokens::Ids`] (one-hot products add exact zeros).
+    Distinct {
+        /// `token_ids` `[distinct]`.
+        ids: Tensor,
+        /// `token_index` `[b, s]`.
+        index: Tensor,
+    },
+}
+
+impl Tokens {
+    /// Declares the inputs of [`Tokens::Distinct`]: `token_ids` int64 `[distinct]` and
+    /// `token_index` int64 `[batch, seq]`.
+    pub fn declare_distinct(g: &mut Graph) -> anyhow::Result<Tokens> {
+        let ids = g.input("token_ids", DType::I64, &[Dim::from("distinct")])?;
+        let index = g.input(
+            "token_index",
+            DType::I64,
+            &[Dim::from("batch"), Dim::from("seq")],
+        )?;
+        Ok(Tokens::Distinct { ids, index })
+    }
+
+    /// The `[b, s]` tensor: the ids, or the index.
+    pub fn per_position(&self) -> Tensor {
+        match *self {
+            Tokens::Ids(ids) => ids,
+            Tokens::Distinct { index, .. } => index,
+        }
+    }
+
+    /// The token embeddings `[b, s, hidden]` from the table `wte` `[vocab, hidden]`.
+    pub fn embed(&self, g: &mut Graph, wte: Tensor) -> pipe_onnx::Result<Tensor> {
+        match *self {
+            Tokens::Ids(ids) => g.gather(wte, ids, 0),
+            // pipe's CPU kernels sum a Gather's gradient in a fixed order: no one-hot needed.
+            Tokens::Distinct { ids, index } if g.kernels() == Kernels::Host => {
+                let ids = g.gather(ids, index, 0)?; // [b, s]
+                g.gather(wte, ids, 0)
+            }
+            Tokens::Distinct { ids, index } => {
+                let rows = g.gather(wte, ids, 0)?; // [u, h]
+                let (b, s) = (g.shape(index)[0].clone(), g.shape(index)[1].clone());
+                let h = g.shape(wte)[1].clone();
+                let u = g.shape(ids)[0].clone();
+                let flat = g.reshape(index, &[Dim::Fixed(-1), Dim::Fixed(1)])?; // [n, 1]
+                let which = g.range(&u, DType::I64)?; // [u]
+                let hot = g.equal(flat, which)?; // [n, u]
+                let hot = g.cast(hot, DType::F32)?;
+                let tok = g.matmul(hot, rows)?; // [n, h]
+                g.reshape(tok, &[b, s, h])
+            }
+        }
+    }
+}
+
+/// `lengths[b] - 1` as `GatherElements` indices along axis 1 of a `[b, s, width]` tensor:
+/// int64 `[b, 1, width]`.
+pub fn last_position(
+    g: &mut Graph,
+    lengths: Tensor,
+    b: &Dim,
+    width: &Dim,
+) -> pipe_onnx::Result<Tensor> {
+    let one = g.scalar(DType::I64, 1.0);
+    let last = g.sub(lengths, one)?; // [b]
+    let last = g.reshape(last, &[b.clone(), Dim::Fixed(1), Dim::Fixed(1)])?;
+    g.expand(last, &[b.clone(), Dim::Fixed(1), width.clone()])
+}
+
+/// The mean of the hidden states at positions `0..lengths[b]` of each row: `[b, s, h]` →
+/// `[b, h]`. Padded positions are multiplied by 0 (their values are finite), so they add
+/// nothing to the sum nor to the gradient.
+pub fn pool_mean(g: &mut Graph, hidden: Tensor, lengths: Tensor) -> pipe_onnx::Result<Tensor> {
+    let s = g.shape(hidden)[1].clone();
+    let pos = g.range(&s, DType::I64)?;
+    let pos = g.unsqueeze(pos, &[0])?; // [1, s]
+    let len = g.unsqueeze(lengths, &[1])?; // [b, 1]
+    let real = g.less(pos, len)?; // [b, s]
+    let real = g.cast(real, DType::F32)?;
+    let real = g.unsqueeze(real, &[2])?; // [b, s, 1]
+    let masked = g.mul(hidden, real)?;
+    let total = g.reduce_sum(masked, &[1], false)?; // [b, h]
+    let count = g.reduce_sum(real, &[1], false)?; // [b, 1]
+    g.div(total, count)
+}
+
+/// The additive mask of bidirectional attention over right-padded rows: `[b, 1, 1, s]`, 0 where
+/// key `k < lengths[b]` and `f32::MIN` on padding (transformers' eager mask: `finfo.min` where
+/// `attention_mask` is 0). Added to the scores, a padded key gets probability 0 exactly.
+pub fn padding_mask(g: &mut Graph, lengths: Tensor, seq: &Dim) -> pipe_onnx::Result<Tensor> {
+    let pos = g.range(seq, DType::I64)?;
+    let k = g.unsqueeze(pos, &[0])?; // [1, s]
+    let len = g.unsqueeze(lengths, &[1])?; // [b, 1]
+    let real = g.less(k, len)?; // [b, s]
+    let real = g.unsqueeze(real, &[1, 2])?; // [b, 1, 1, s]
+    let zero = g.scalar(DType::F32, 0.0);
+    let min = g.scalar(DType::F32, f64::from(f32::MIN));
+    g.where_(real, zero, min)
+}
+
+/// The first position of each row of `x` `[b, s, h]`: `[b, 1, h]` (the `[CLS]` / `<s>` token).
+pub fn first_token(g: &mut Graph, x: Tensor) -> pipe_onnx::Result<Tensor> {
+    g.slice(x, &[0], &[Dim::Fixed(1)], &[1], &[])
+}
