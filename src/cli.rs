@@ -382,6 +382,10 @@ pub struct GcArgs {
     /// Keep anything younger than this (`30s`, `15m`, `12h`, `7d`).
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     pub grace: std::time::Duration,
+    /// First hash every store object: a damaged one (changed in place, replaced) is named
+    /// and moved to the store's `damaged/` folder, so what needs it runs again.
+    #[arg(long)]
+    pub verify: bool,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,

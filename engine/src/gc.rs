@@ -5,7 +5,8 @@
 //! anything younger than the grace period (a run in another checkout may be
 //! about to reference it). Everything else under `stages/`, `objects/` and
 //! `scratch/` is removed, and so are batches in `trash/` (files pipe moved out
-//! of the way of an out instead of deleting them) older than the grace period.
+//! of the way of an out instead of deleting them) and damaged objects in
+//! `damaged/` (see `crate::integrity`) older than the grace period.
 //! Only entries named as pipe names them are candidates (a record `<key>.json`,
 //! an object `ab/<rest of the hash>`, a checkpoint folder `<key>`, a trash
 //! batch): anything else in the store was not made by pipe and stays.
@@ -18,6 +19,7 @@ use serde::Serialize;
 
 use crate::files::{self, remove_all as remove_any};
 use crate::hash::{Digest, EntryKind};
+use crate::integrity::is_damaged_name;
 use crate::lockfile::LockFile;
 use crate::store::Store;
 use crate::trash::is_batch_name;
@@ -35,6 +37,8 @@ pub struct GcReport {
     pub scratch: usize,
     /// Trash batches removed.
     pub trash: usize,
+    /// Damaged objects (`damaged/`, see `crate::integrity`) removed.
+    pub damaged: usize,
     /// Bytes freed.
     pub bytes: u64,
 }
@@ -180,6 +184,21 @@ pub fn collect(
                 continue;
             }
             report.trash += 1;
+            report.bytes += size_of(&path);
+            if !dry_run {
+                remove_any(&path)?;
+            }
+        }
+    }
+    let damaged_dir = store.damaged_dir();
+    if damaged_dir.is_dir() {
+        for entry in files::read_dir(&damaged_dir)? {
+            let path = entry.path();
+            let ours = entry.file_name().to_str().is_some_and(is_damaged_name);
+            if !ours || young(&path) {
+                continue;
+            }
+            report.damaged += 1;
             report.bytes += size_of(&path);
             if !dry_run {
                 remove_any(&path)?;

@@ -15,6 +15,7 @@ use anyhow::Context;
 use crate::executor::{Executor, StageJob};
 use crate::files;
 use crate::hash::{Digest, StatCache};
+use crate::integrity::Repair;
 use crate::journal::Unfinished;
 use crate::key::{KeyRecord, MissReason, explain};
 use crate::lockfile::LockEntry;
@@ -341,11 +342,22 @@ fn lookup(
     key: &Digest,
     locked: Option<&LockEntry>,
 ) -> Lookup {
+    // Damaged objects are moved aside (a dry run only looks), so the stage counts as a
+    // miss: the remote cache may have them, or the stage runs again.
+    let repair = if env.dry_run {
+        Repair::Look
+    } else {
+        Repair::Fix
+    };
     let complete = |found: &StageRecord| {
-        found
-            .outputs
-            .values()
-            .all(|o| env.store.output_complete(o.kind, &o.hash))
+        let mut damaged = Vec::new();
+        let all = found.outputs.values().all(|o| {
+            (env.store).output_intact(o.kind, &o.hash, Some(o.size), repair, &mut damaged)
+        });
+        for warning in damaged {
+            env.printer.warn(&format!("{}: {warning}", stage.name));
+        }
+        all
     };
     let (found, from_remote) = match env.store.record(key) {
         Some(found) if complete(&found) => (found, false),
@@ -372,10 +384,10 @@ fn lookup(
     // A restore stopped midway left the outs half written: they are pipe's, and
     // the restore finishes them (nothing there is taken for an edit by hand).
     let restoring = Unfinished::read(env.store, &env.pipeline.manifest.name, &stage.name).is_some();
+    if from_remote && !complete(&found) {
+        return Lookup::Miss;
+    }
     for (name, output) in &found.outputs {
-        if !env.store.output_complete(output.kind, &output.hash) {
-            return Lookup::Miss;
-        }
         if output.workspace {
             if !stage.outs.contains(&output.path) {
                 return Lookup::Miss;
@@ -484,7 +496,10 @@ fn execute(
         .executor
         .run(&job)
         .map_err(|e| env.pipeline.locate_run_error(stage, e))
-        .and_then(|outcome| Ok((commit(&env.outs(), stage, &out_dir)?, outcome)));
+        .and_then(|outcome| {
+            inputs_unchanged(env, stage, upstream)?;
+            Ok((commit(&env.outs(), stage, &out_dir)?, outcome))
+        });
     let (outputs, outcome) = match ran {
         Ok(done) => done,
         Err(error) => {
@@ -528,6 +543,51 @@ fn execute(
     publish(&env.outs(), &stage.name, &outputs)?;
     files::remove_all(&scratch)?;
     Ok((outputs, outcome))
+}
+
+/// Fails a stage that changed an upstream store output in place (the files
+/// under `out/<pipeline>/<stage>/` are hard links to store objects): the
+/// damaged objects are moved aside, so the upstream stage runs again next
+/// time, and the error names each file. One `stat` per input file.
+fn inputs_unchanged(
+    env: &JobEnv<'_>,
+    stage: &PlannedStage<'_>,
+    upstream: &BTreeMap<usize, Option<BTreeMap<String, OutputEntry>>>,
+) -> anyhow::Result<()> {
+    let mut changed = Vec::new();
+    for input in &stage.inputs {
+        let Some(Some(outputs)) = upstream.get(&input.stage) else {
+            continue;
+        };
+        let up = &env.pipeline.stages[input.stage].name;
+        let dir = env.store.out_dir(&env.pipeline.manifest.name, up);
+        for output in outputs.values().filter(|o| !o.workspace) {
+            let mut damaged = Vec::new();
+            let intact = (env.store).output_intact(
+                output.kind,
+                &output.hash,
+                Some(output.size),
+                Repair::Fix,
+                &mut damaged,
+            );
+            if !intact && !damaged.is_empty() {
+                changed.push(format!(
+                    "`{}` (of stage {up})",
+                    dir.join(&output.path).display()
+                ));
+            }
+        }
+    }
+    if changed.is_empty() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "the stage changed its input {} in place: files under `.pipe/out/` are hard links to \
+         the store's objects, so a command must copy one before changing it (`cp \"$PIPE_FROM/x\" x`); \
+         the changed objects were moved to the store's `damaged/` folder and the upstream stage \
+         runs again next time",
+        changed.join(", ")
+    )
 }
 
 /// The deps of `stage` whose content is no longer what its key was computed

@@ -34,6 +34,7 @@ pub mod executor;
 pub mod files;
 pub mod gc;
 pub mod hash;
+pub mod integrity;
 mod job;
 mod journal;
 pub mod key;

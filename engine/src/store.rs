@@ -5,7 +5,10 @@
 //!   STORE                   the marker: this folder is a pipe store, and its format
 //!                           (see `crate::marker`); checked before anything else
 //!   objects/ab/cdef…        read-only blobs named by their BLAKE3 hash; folders are
-//!                           stored as their Tree (JSON) under the tree's hash
+//!                           stored as their Tree (JSON) under the tree's hash; each
+//!                           sealed by its modification time (see `crate::integrity`)
+//!   damaged/<hash>[.n]      objects found changed in place or replaced, moved aside
+//!                           (emptied by `pipe gc` after its grace period)
 //!   stages/<key>.json       one StageRecord per completed stage key (the run cache)
 //!   tmp/                    stages in flight; emptied at the start of every run
 //!   out/<pipeline>/<stage>/ outputs at stable paths (hard links into objects/)
@@ -30,7 +33,9 @@
 //! written last (temp file + rename). A kill at any moment leaves either no
 //! record or a record whose objects all exist; orphan objects are removed by
 //! `pipe gc`. Objects are made read-only; `out/` holds hard links to them, so
-//! do not edit files under `out/` in place (copy them first).
+//! do not edit files under `out/` in place (copy them first): a stage that
+//! does fails, and an object changed any other way is found before it is
+//! used again (`crate::integrity`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, TryLockError};
@@ -42,6 +47,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use crate::hash::{Digest, EntryKind, Hashed, Tree};
+use crate::integrity::{ObjectState, Repair, damaged_warning, seal};
 use crate::key::KeyRecord;
 use crate::{UsageError, atomic, files};
 
@@ -322,13 +328,11 @@ impl Store {
     }
 
     /// Whether a usable object `hash` of `size` bytes is already stored. One
-    /// whose size disagrees is hashed again; a damaged one is not reused.
-    fn have_intact(&self, dest: &Path, hash: &Digest, size: u64) -> bool {
-        match std::fs::symlink_metadata(dest) {
-            Ok(meta) if meta.is_file() && meta.len() == size => true,
-            Ok(meta) if meta.is_file() => crate::hash::hash_file(dest).is_ok_and(|h| h == *hash),
-            _ => false,
-        }
+    /// that is not sealed as stored is hashed again (see `crate::integrity`);
+    /// a damaged one is moved aside, never reused, and the caller stores the
+    /// content again.
+    fn have_intact(&self, hash: &Digest, size: u64) -> bool {
+        self.check_object(hash, Some(size), Repair::Fix).is_intact()
     }
 
     fn import_file(
@@ -339,7 +343,7 @@ impl Store {
         how: Import,
     ) -> anyhow::Result<()> {
         let dest = self.object_path(hash);
-        if self.have_intact(&dest, hash, size) {
+        if self.have_intact(hash, size) {
             return Ok(());
         }
         let parent = dest.parent().expect("object paths have a parent");
@@ -355,6 +359,7 @@ impl Store {
         files::sync_file(&staged)?;
         let mode = files::metadata(&staged)?.permissions().mode() & 0o555;
         files::set_mode(&staged, mode)?;
+        seal(&staged, hash)?;
         match std::fs::rename(&staged, &dest) {
             Ok(()) => {}
             // Different filesystems: copy, then rename within the store.
@@ -362,6 +367,7 @@ impl Store {
                 let tmp = self.unique_temp(TEMP_PREFIXES[1])?;
                 files::copy(&staged, &tmp)?;
                 files::sync_file(&tmp)?;
+                seal(&tmp, hash)?;
                 files::rename(&tmp, &dest)?;
             }
             Err(e) => {
@@ -386,10 +392,11 @@ impl Store {
 
     fn put_bytes(&self, digest: &Digest, bytes: &[u8]) -> anyhow::Result<()> {
         let dest = self.object_path(digest);
-        if self.have_intact(&dest, digest, bytes.len() as u64) {
+        if self.have_intact(digest, bytes.len() as u64) {
             return Ok(());
         }
-        atomic::write(&dest, bytes, true)
+        atomic::write(&dest, bytes, true)?;
+        seal(&dest, digest)
     }
 
     /// Reads a tree object, refusing one whose names could lead outside the
@@ -422,22 +429,9 @@ impl Store {
         Ok(())
     }
 
-    /// Refuses a file object whose size is not the `size` its record or tree
-    /// says (a damaged object is not restored).
-    fn check_size(&self, digest: &Digest, size: u64) -> anyhow::Result<()> {
-        let path = self.object_path(digest);
-        let found = files::metadata(&path)?.len();
-        if found != size {
-            anyhow::bail!(damaged(
-                &path,
-                &format!("it has {found} bytes where its record says {size}")
-            ));
-        }
-        Ok(())
-    }
-
-    /// [`Store::materialize`] after checking a file output's size against
-    /// `size` (its record's), as every file under a folder output is.
+    /// [`Store::materialize`] after checking each file object it places
+    /// ([`Store::check_object`], against the size its record or tree says): a
+    /// damaged object is moved aside and refused, never restored.
     pub fn materialize_output(
         &self,
         kind: EntryKind,
@@ -447,22 +441,62 @@ impl Store {
         place: Placing<'_>,
     ) -> anyhow::Result<()> {
         if matches!(kind, EntryKind::File | EntryKind::Executable) {
-            self.check_size(digest, size)?;
+            let object = self.object_path(digest);
+            match self.check_object(digest, Some(size), Repair::Fix) {
+                ObjectState::Intact => {}
+                ObjectState::Missing => {
+                    anyhow::bail!(damaged(&object, "it is missing"))
+                }
+                ObjectState::Damaged { moved_to } => {
+                    anyhow::bail!(damaged_warning(&object, moved_to.as_deref()))
+                }
+            }
         }
         self.materialize(kind, digest, dest, place)
     }
 
-    /// Whether every object an output needs is present.
+    /// Whether every object an output needs is present and intact, only
+    /// looking (see [`Store::output_intact`]).
     pub fn output_complete(&self, kind: EntryKind, digest: &Digest) -> bool {
+        self.output_intact(kind, digest, None, Repair::Look, &mut Vec::new())
+    }
+
+    /// Whether every object output `kind`/`digest` needs (a file of `size`
+    /// bytes, when known) is present and intact ([`Store::check_object`]);
+    /// the warning for each damaged one found goes to `damaged`. Stops at the
+    /// first object that is missing or damaged.
+    pub fn output_intact(
+        &self,
+        kind: EntryKind,
+        digest: &Digest,
+        size: Option<u64>,
+        repair: Repair,
+        damaged: &mut Vec<String>,
+    ) -> bool {
+        let size = match kind {
+            EntryKind::File | EntryKind::Executable => size,
+            _ => None,
+        };
+        match self.check_object(digest, size, repair) {
+            ObjectState::Intact => {}
+            ObjectState::Missing => return false,
+            ObjectState::Damaged { moved_to } => {
+                damaged.push(damaged_warning(
+                    &self.object_path(digest),
+                    moved_to.as_deref(),
+                ));
+                return false;
+            }
+        }
         match kind {
-            EntryKind::File | EntryKind::Executable | EntryKind::Symlink => self.has_object(digest),
             EntryKind::Dir => match self.read_tree(digest) {
                 Ok(tree) => tree
                     .entries
                     .iter()
-                    .all(|e| self.output_complete(e.kind, &e.hash)),
+                    .all(|e| self.output_intact(e.kind, &e.hash, Some(e.size), repair, damaged)),
                 Err(_) => false,
             },
+            _ => true,
         }
     }
 

@@ -30,22 +30,58 @@ pub fn exec(args: GcArgs, printer: &Printer) -> anyhow::Result<Verdict> {
     }
     let store = Store::open(&store_dir)?;
     let _lock = workspace::lock_store(&store, true, printer)?;
+    let verified = match args.verify {
+        true => Some(pipe_engine::integrity::verify(&store, args.dry_run)?),
+        false => None,
+    };
     let lockfiles = find_lockfiles(project);
     let report = collect(&store, &lockfiles, args.grace, args.dry_run)?;
     if args.json {
-        crate::output::answer_json(&report)?;
+        let mut json = serde_json::to_value(&report)?;
+        if let (Some(verified), Some(map)) = (&verified, json.as_object_mut()) {
+            map.insert("verify".into(), serde_json::to_value(verified)?);
+        }
+        crate::output::answer_json(&json)?;
     } else {
+        if let Some(verified) = &verified {
+            for damaged in &verified.damaged {
+                let text = match &damaged.moved_to {
+                    Some(to) => format!(
+                        "damaged store object `{}`: moved to `{}`",
+                        damaged.object.display(),
+                        to.display()
+                    ),
+                    None => format!("damaged store object `{}`", damaged.object.display()),
+                };
+                printer.warn(&text);
+            }
+            let tone = match verified.damaged.is_empty() {
+                true => Tone::Good,
+                false => Tone::Warn,
+            };
+            crate::output::answer(&printer.status_stdout(
+                "Verified",
+                tone,
+                &format!(
+                    "{} objects ({}): {} damaged",
+                    verified.checked,
+                    human_bytes(verified.bytes),
+                    verified.damaged.len()
+                ),
+            ))?;
+        }
         let verb = if args.dry_run { "Would free" } else { "Freed" };
         crate::output::answer(&printer.status_stdout(
             verb,
             Tone::Good,
             &format!(
-                "{} in {} objects, {} records, {} checkpoints, {} trash batches (kept what {} lockfile(s) reference)",
+                "{} in {} objects, {} records, {} checkpoints, {} trash batches, {} damaged objects (kept what {} lockfile(s) reference)",
                 human_bytes(report.bytes),
                 report.objects,
                 report.records,
                 report.scratch,
                 report.trash,
+                report.damaged,
                 report.lockfiles.len()
             ),
         ))?;

@@ -479,3 +479,155 @@ fn usage_mistakes_are_exit_2_found_before_anything_is_touched() {
     assert_eq!(status.code(), Some(2));
     assert!(!p.path("f.yaml").exists());
 }
+
+/// An ingest stage (store outputs under `.pipe/out/p/ingest/`) and a command reading them
+/// through `$PIPE_FROM`, running `read`.
+fn ingest_then(read: &str) -> String {
+    format!(
+        "pipeline: p\nstages:\n  ingest:\n    source: q.csv\n  use:\n    from: ingest\n    run: |\n      {read}\n    outs: [used.txt]\n"
+    )
+}
+
+/// The store object a file under `.pipe/out/` is a hard link to.
+fn object_of(p: &Project, rel: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::MetadataExt;
+    let ino = std::fs::metadata(p.path(rel)).unwrap().ino();
+    let mut stack = vec![p.path(".pipe/objects")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let meta = entry.metadata().unwrap();
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else if meta.ino() == ino {
+                return entry.path();
+            }
+        }
+    }
+    panic!("no object is linked at {rel}");
+}
+
+/// What is set aside under `.pipe/damaged/`.
+fn damaged(p: &Project) -> Vec<String> {
+    match std::fs::read_dir(p.path(".pipe/damaged")) {
+        Ok(entries) => entries
+            .flatten()
+            .map(|e| std::fs::read_to_string(e.path()).unwrap())
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+#[test]
+fn a_command_writing_into_its_input_is_stopped_and_the_store_recovers() {
+    let p = Project::new();
+    p.file("q.csv", &crate::util::two_label_csv(6));
+    // Writes through the hard link, as a root command (or one that chmods first) can.
+    let write = "chmod u+w $PIPE_FROM/labels.json && echo '[\"x\"]' > $PIPE_FROM/labels.json && cp $PIPE_FROM/labels.json used.txt";
+    p.file("p.yaml", &ingest_then(write));
+    let out = p.pipe(&["run", "p.yaml"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("changed its input") && err.contains(".pipe/out/p/ingest/labels.json"),
+        "{err}"
+    );
+    assert_eq!(damaged(&p), vec!["[\"x\"]\n".to_string()]);
+    // The next run makes ingest's outputs again, then the command reads them intact.
+    p.file("p.yaml", &ingest_then("cp $PIPE_FROM/labels.json used.txt"));
+    let report = p.run_json("p.yaml", 0);
+    assert_eq!(status_of(&report, "ingest"), "ran");
+    let labels = p.read(".pipe/out/p/ingest/labels.json");
+    assert!(
+        labels.contains("\"a\"") && labels.contains("\"b\""),
+        "{labels}"
+    );
+    assert_eq!(p.read("used.txt"), labels);
+}
+
+#[test]
+fn an_object_replaced_by_hand_with_bytes_of_its_size_is_set_aside_not_restored() {
+    let p = Project::new();
+    p.file("q.csv", &crate::util::two_label_csv(6));
+    p.file("p.yaml", &ingest_then("cp $PIPE_FROM/labels.json used.txt"));
+    p.run_json("p.yaml", 0);
+    let labels = p.read(".pipe/out/p/ingest/labels.json");
+    let object = object_of(&p, ".pipe/out/p/ingest/labels.json");
+    // A new file put in its place: same size, other bytes, another inode.
+    let forged = labels.replace('a', "z");
+    assert_eq!(forged.len(), labels.len());
+    let beside = object.with_extension("new");
+    std::fs::write(&beside, &forged).unwrap();
+    std::fs::rename(&beside, &object).unwrap();
+    std::fs::remove_file(p.path("used.txt")).unwrap();
+    let out = p.command(&["run", "p.yaml", "--json"]).output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("no longer holds what its name says") && err.contains(".pipe/damaged/"),
+        "{err}"
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status_of(&report, "ingest"), "ran");
+    assert_eq!(p.read(".pipe/out/p/ingest/labels.json"), labels);
+    assert_eq!(p.read("used.txt"), labels);
+    assert_eq!(damaged(&p), vec![forged]);
+}
+
+#[test]
+fn force_replaces_a_damaged_object_with_the_same_hash() {
+    let p = Project::new();
+    p.file("q.csv", &crate::util::two_label_csv(6));
+    p.file("p.yaml", &ingest_then("cp $PIPE_FROM/labels.json used.txt"));
+    p.run_json("p.yaml", 0);
+    let labels = p.read(".pipe/out/p/ingest/labels.json");
+    let object = object_of(&p, ".pipe/out/p/ingest/labels.json");
+    // Changed in place, same size: the old check ("an object with that hash exists") kept it.
+    let forged = labels.replace('b', "y");
+    std::fs::write(&object, &forged).unwrap();
+    let out = p.pipe(&["run", "p.yaml", "--force"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(std::fs::read_to_string(&object).unwrap(), labels);
+    assert_eq!(p.read(".pipe/out/p/ingest/labels.json"), labels);
+    assert_eq!(p.read("used.txt"), labels);
+    assert_eq!(damaged(&p), vec![forged]);
+}
+
+#[test]
+fn gc_verify_hashes_the_store_and_sets_damaged_objects_aside() {
+    let p = Project::new();
+    p.file("q.csv", &crate::util::two_label_csv(6));
+    p.file("p.yaml", &ingest_then("cp $PIPE_FROM/labels.json used.txt"));
+    p.run_json("p.yaml", 0);
+    let labels = p.read(".pipe/out/p/ingest/labels.json");
+    let object = object_of(&p, ".pipe/out/p/ingest/labels.json");
+    // Same size, and its time put back: only hashing finds it.
+    let time = std::fs::metadata(&object).unwrap().modified().unwrap();
+    let forged = labels.replace('a', "q");
+    std::fs::write(&object, &forged).unwrap();
+    std::fs::File::open(&object)
+        .unwrap()
+        .set_modified(time)
+        .unwrap();
+    let out = p.pipe(&["gc", "p.yaml", "--verify", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let found = json["verify"]["damaged"].as_array().unwrap();
+    assert_eq!(found.len(), 1, "{json}");
+    let named = object.strip_prefix(p.root()).unwrap();
+    assert!(
+        found[0]["object"]
+            .as_str()
+            .unwrap()
+            .ends_with(named.to_str().unwrap())
+    );
+    assert!(json["verify"]["checked"].as_u64().unwrap() >= 3, "{json}");
+    assert!(!object.exists());
+    assert_eq!(damaged(&p), vec![forged]);
+    // The next run makes it again; the user's out is rewritten from good bytes.
+    let report = p.run_json("p.yaml", 0);
+    assert_eq!(status_of(&report, "ingest"), "ran");
+    assert_eq!(p.read(".pipe/out/p/ingest/labels.json"), labels);
+    let out = p.pipe(&["gc", "p.yaml", "--verify"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.contains("0 damaged"), "{text}");
+}

@@ -71,8 +71,9 @@ impl Project {
         assert_eq!(
             out.status.code(),
             Some(code),
-            "stderr:\n{}",
-            String::from_utf8_lossy(&out.stderr)
+            "stderr:\n{}\nstdout:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
         );
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
             panic!(

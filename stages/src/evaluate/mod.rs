@@ -135,7 +135,9 @@ impl Stage for Evaluate {
     }
 
     fn version(&self) -> u32 {
-        1
+        // 2: past 100 labels `confusion_cells` (sparse) replaces `confusion_matrix`; past
+        // 50, report.html shows the 50 largest classes and confusions.
+        2
     }
 
     fn summary(&self) -> &'static str {
@@ -270,7 +272,14 @@ impl Stage for Evaluate {
                 Truth::Multi(hot) => scoring::multi_label(&labels, hot, probabilities),
             }
             .with_context(|| format!("cannot compute the metrics of split `{name}`"))?;
-            let roc = scoring::roc_curves(&labels, &truth.multi_hot(labels.len()), probabilities);
+            // The report draws the curves of at most `CLASSES_SHOWN` classes.
+            let drawn = match labels.len() {
+                k if k <= report::CLASSES_SHOWN => (0..k).collect(),
+                _ => metrics.top_classes(report::CLASSES_SHOWN),
+            };
+            let hot = truth.multi_hot(labels.len());
+            let roc = scoring::roc_curves_of(&labels, &hot, probabilities, &drawn);
+            drop(hot);
             let wrong = most_confidently_wrong(table, truth, &predictions, &labels, WRONG_EXAMPLES);
             writer.write(name, table, truth, &predictions, &labels)?;
             scored.push(Scored {

@@ -157,7 +157,7 @@ impl<'a> Training<'a> {
         let total = p.max_steps.unwrap_or(p.epochs * steps_per_epoch);
         let schedule = Schedule::new(p.lr_schedule, p.learning_rate, total, p.warmup_ratio);
         let log_path = self.scratch.join(LOG_FILE);
-        let resumed_from = self.resume(&log_path)?;
+        let resumed_from = self.resume(&log_path, reporter)?;
         let mut log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -354,9 +354,15 @@ impl<'a> Training<'a> {
         Ok(verdict)
     }
 
-    /// Loads the scratch folder's checkpoint into the trainer and cuts the log back to it.
-    fn resume(&mut self, log_path: &Path) -> Result<Option<u64>> {
-        let Some((position, mut state)) = checkpoint::load(self.scratch)? else {
+    /// Loads the scratch folder's last good checkpoint into the trainer and cuts the log
+    /// back to it; each checkpoint found damaged is named in a note.
+    fn resume(&mut self, log_path: &Path, reporter: &dyn Reporter) -> Result<Option<u64>> {
+        let log_len = std::fs::metadata(log_path).map(|m| m.len()).unwrap_or(0);
+        let (found, notes) = checkpoint::load(self.scratch, log_len)?;
+        for note in notes {
+            reporter.note(&note);
+        }
+        let Some((position, mut state)) = found else {
             // A log without a checkpoint belongs to a run killed before its first one.
             if log_path.exists() {
                 std::fs::remove_file(log_path)?;

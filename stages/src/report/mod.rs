@@ -4,6 +4,11 @@
 //! matrix as a heatmap (single-label only) and the most confidently wrong examples; plus the
 //! training-loss curve.
 //!
+//! With many labels the page stays small: past [`CLASSES_SHOWN`] classes the per-class
+//! table and the ROC chart show the [`CLASSES_SHOWN`] classes with the most rows, and the
+//! confusion matrix becomes a table of its [`CONFUSIONS_SHOWN`] largest off-diagonal
+//! cells, each with a line saying how many were left out (all are in `metrics.json`).
+//!
 //! [`render`] builds the page from a [`Report`]; the page is a pure function of it (no
 //! timestamp), so the same evaluation gives byte-identical HTML. Charts are in `charts`
 //! (plotters) and `heatmap` (hand-written SVG), escaping and tables in `html`. The page
@@ -45,7 +50,8 @@ pub struct SplitReport<'a> {
     pub name: &'a str,
     /// Its metrics.
     pub metrics: &'a SplitMetrics,
-    /// Its one-vs-rest ROC curves, one per label (see [`crate::scoring::roc_curves`]).
+    /// Its one-vs-rest ROC curves, one per label, or past [`CLASSES_SHOWN`] labels those of
+    /// [`SplitMetrics::top_classes`] (see [`crate::scoring::roc_curves_of`]).
     pub roc: Vec<RocCurve>,
     /// The few most confidently wrong rows, most confident first.
     pub wrong: Vec<WrongExample>,
@@ -62,6 +68,12 @@ pub struct WrongExample {
     /// The probability the model gave its prediction.
     pub confidence: f32,
 }
+
+/// Most classes shown in the per-class table, the ROC chart and the confusion heatmap.
+pub const CLASSES_SHOWN: usize = 50;
+
+/// Most confusions (off-diagonal cells) listed when the matrix is too large to draw.
+pub const CONFUSIONS_SHOWN: usize = 50;
 
 /// Longest example text shown; the rest is cut off with `…`.
 const EXAMPLE_CHARS: usize = 600;
@@ -188,21 +200,40 @@ fn split_section(labels: &[String], split: &SplitReport) -> Result<String> {
         escape(&m.headline())
     );
     out.push_str("<div class=\"charts\">\n");
-    out.push_str(&roc_figure(
-        &split.roc,
-        "ROC curves, one class against the rest; the dashed diagonal is a random ranking.",
-    )?);
-    if let TaskMetrics::SingleLabel {
-        confusion_matrix, ..
-    } = &m.task
-    {
+    let left_out = labels.len().saturating_sub(split.roc.len());
+    let roc_caption = match left_out {
+        0 => "ROC curves, one class against the rest; the dashed diagonal is a random ranking."
+            .to_string(),
+        n => format!(
+            "ROC curves of the {} classes with the most rows ({n} more left out; every AUC \
+             is in metrics.json), one class against the rest; the dashed diagonal is a random \
+             ranking.",
+            split.roc.len()
+        ),
+    };
+    out.push_str(&roc_figure(&split.roc, &roc_caption)?);
+    let single = matches!(m.task, TaskMetrics::SingleLabel { .. });
+    if single && labels.len() <= CLASSES_SHOWN {
+        let k = labels.len();
+        let mut dense = vec![vec![0u64; k]; k];
+        for [t, p, n] in m.confusion_cells() {
+            if let Some(cell) = dense
+                .get_mut(t as usize)
+                .and_then(|r| r.get_mut(p as usize))
+            {
+                *cell = n;
+            }
+        }
         out.push_str(&format!(
             "<figure>{}<figcaption>Confusion matrix: rows are the true class, columns the \
              predicted one; the shade is the share of the true class's rows.</figcaption></figure>\n",
-            heatmap::confusion_heatmap(labels, confusion_matrix)
+            heatmap::confusion_heatmap(labels, &dense)
         ));
     }
     out.push_str("</div>\n");
+    if single && labels.len() > CLASSES_SHOWN {
+        out.push_str(&top_confusions(labels, m));
+    }
     out.push_str(&per_class_table(m));
     out.push_str(&wrong_table(&split.wrong));
     out.push_str("</section>\n");
@@ -232,11 +263,59 @@ pub(crate) fn roc_figure(curves: &[RocCurve], caption: &str) -> Result<String> {
     ))
 }
 
-/// Precision, recall, F1, support and AUC of each class.
-fn per_class_table(m: &SplitMetrics) -> String {
-    let rows: Vec<Vec<String>> = m
-        .per_class
+/// The largest off-diagonal cells of a confusion matrix too large to draw.
+fn top_confusions(labels: &[String], m: &SplitMetrics) -> String {
+    let mut wrong: Vec<[u64; 3]> = m
+        .confusion_cells()
+        .into_iter()
+        .filter(|[t, p, _]| t != p)
+        .collect();
+    let total = wrong.len();
+    wrong.sort_by_key(|&[t, p, n]| (std::cmp::Reverse(n), t, p));
+    wrong.truncate(CONFUSIONS_SHOWN);
+    let name = |i: u64| {
+        labels
+            .get(i as usize)
+            .map_or_else(|| format!("#{i}"), |l| escape(l))
+    };
+    let support = |i: u64| m.per_class.get(i as usize).map_or(0, |c| c.support);
+    let rows: Vec<Vec<String>> = wrong
         .iter()
+        .map(|&[t, p, n]| {
+            let share = match support(t) {
+                0 => None,
+                s => Some(n as f64 / s as f64),
+            };
+            vec![name(t), name(p), n.to_string(), number(share)]
+        })
+        .collect();
+    let head = ["true class", "predicted", "rows", "share of the true class"];
+    let note = match total.saturating_sub(rows.len()) {
+        0 => String::new(),
+        n => format!(
+            "<p class=\"note\">{n} more confusions left out; metrics.json has every cell \
+             (<code>confusion_cells</code>).</p>\n"
+        ),
+    };
+    format!(
+        "<h3>Most frequent confusions</h3>\n<p class=\"muted\">{} labels are too many for a \
+         matrix: the {} largest off-diagonal cells.</p>\n{}{note}",
+        labels.len(),
+        rows.len(),
+        table("numbers", &head, &rows)
+    )
+}
+
+/// Precision, recall, F1, support and AUC of each class; past [`CLASSES_SHOWN`] classes,
+/// those with the most rows, and a line saying how many were left out.
+fn per_class_table(m: &SplitMetrics) -> String {
+    let shown: Vec<usize> = match m.per_class.len() {
+        k if k <= CLASSES_SHOWN => (0..k).collect(),
+        _ => m.top_classes(CLASSES_SHOWN),
+    };
+    let rows: Vec<Vec<String>> = shown
+        .iter()
+        .map(|&i| &m.per_class[i])
         .map(|c| {
             vec![
                 escape(&c.label),
@@ -249,7 +328,18 @@ fn per_class_table(m: &SplitMetrics) -> String {
         })
         .collect();
     let head = ["class", "precision", "recall", "F1", "support", "AUC"];
-    format!("<h3>Per class</h3>\n{}", table("numbers", &head, &rows))
+    let note = match m.per_class.len() - shown.len() {
+        0 => String::new(),
+        n => format!(
+            "<p class=\"note\">The {} classes with the most rows; {n} more left out \
+             (metrics.json has every class).</p>\n",
+            shown.len()
+        ),
+    };
+    format!(
+        "<h3>Per class</h3>\n{}{note}",
+        table("numbers", &head, &rows)
+    )
 }
 
 /// The confidently wrong rows, their text escaped.

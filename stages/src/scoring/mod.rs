@@ -15,7 +15,7 @@
 //! | ROC AUC per class | `roc_auc_score` one-vs-rest: trapezoids over the ROC curve, equal scores form one step; `None` (JSON `null`) when the class has no positive or no negative row |
 //! | macro AUC | the mean of the defined per-class AUCs (scikit-learn's own macro is `nan` as soon as one is undefined); `None` if none is defined |
 //! | log loss | `log_loss(labels=range(K))` on `f32` input: clip to `[ε, 1−ε]` with `ε = f32::EPSILON` (2⁻²³, `finfo(float32).eps`), no renormalisation of rows that do not sum to 1 |
-//! | confusion matrix | `confusion_matrix(labels=range(K))`: rows are the true class, columns the predicted one |
+//! | confusion matrix | `confusion_matrix(labels=range(K))`: rows are the true class, columns the predicted one; past [`DENSE_CONFUSION_MAX`] labels only its non-zero cells, as `[true, predicted, count]` |
 //! | subset accuracy, Hamming loss | `accuracy_score`, `hamming_loss` on the 0/1 indicator matrices |
 //!
 //! # `metrics.json`
@@ -29,9 +29,15 @@
 //!                   "support": 13, "auc": 0.86 }, …],
 //!   "task": "single_label", "accuracy": 0.75, "log_loss": 1.08,
 //!   "confusion_matrix": [[9, 1, 0, 3], …] }
+//! { …, "task": "single_label", …, "confusion_cells": [[0, 0, 9], [0, 1, 1], …] }
 //! { …, "task": "multi_label", "threshold": 0.5, "subset_accuracy": 0.34,
 //!   "micro_f1": 0.77, "hamming_loss": 0.2 }
 //! ```
+//!
+//! `confusion_matrix` (dense, K × K) is written up to [`DENSE_CONFUSION_MAX`] labels, so the
+//! consumers of small label sets read what they always did; past it `confusion_cells` lists
+//! the non-zero cells (at most one per row evaluated), sorted by true then predicted
+//! class: 5,000 labels would make a dense matrix of 25 million cells.
 
 mod counts;
 mod input;
@@ -42,8 +48,8 @@ mod single;
 use serde::Serialize;
 
 pub use multi::{MULTI_LABEL_THRESHOLD, multi_label, predicted_positive};
-pub use roc::{RocCurve, roc_curves};
-pub use single::{one_hot, predicted_class, single_label};
+pub use roc::{RocCurve, roc_curves, roc_curves_of};
+pub use single::{DENSE_CONFUSION_MAX, one_hot, predicted_class, single_label};
 
 /// Metrics of one split. Serializes to the JSON written into `metrics.json` under the
 /// split's name (see the [module docs](self)).
@@ -93,8 +99,14 @@ pub enum TaskMetrics {
         accuracy: f64,
         /// Mean negative log-probability of the true class, clipped as scikit-learn does.
         log_loss: f64,
-        /// `confusion_matrix[true][predicted]` counts rows, indices in label order.
-        confusion_matrix: Vec<Vec<u64>>,
+        /// `confusion_matrix[true][predicted]` counts rows, indices in label order; up to
+        /// [`DENSE_CONFUSION_MAX`] labels.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        confusion_matrix: Option<Vec<Vec<u64>>>,
+        /// The non-zero cells as `[true, predicted, count]`, past [`DENSE_CONFUSION_MAX`]
+        /// labels.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        confusion_cells: Option<Vec<[u64; 3]>>,
     },
     /// Each row has any number of labels.
     MultiLabel {
@@ -110,6 +122,40 @@ pub enum TaskMetrics {
 }
 
 impl SplitMetrics {
+    /// The non-zero cells of the confusion matrix as `[true, predicted, count]`, whichever
+    /// form it is kept in; empty for multi-label metrics.
+    pub fn confusion_cells(&self) -> Vec<[u64; 3]> {
+        match &self.task {
+            TaskMetrics::SingleLabel {
+                confusion_matrix: Some(dense),
+                ..
+            } => dense
+                .iter()
+                .enumerate()
+                .flat_map(|(t, row)| {
+                    row.iter()
+                        .enumerate()
+                        .filter(|(_, n)| **n > 0)
+                        .map(move |(p, &n)| [t as u64, p as u64, n])
+                })
+                .collect(),
+            TaskMetrics::SingleLabel {
+                confusion_cells: Some(cells),
+                ..
+            } => cells.clone(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Up to `max` class indices, by support (largest first, then label order): the
+    /// classes a report shows when there are too many to show all.
+    pub fn top_classes(&self, max: usize) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..self.per_class.len()).collect();
+        order.sort_by_key(|&c| (std::cmp::Reverse(self.per_class[c].support), c));
+        order.truncate(max);
+        order
+    }
+
     /// The one-line headline for the run summary: `AUC 0.981 · accuracy 0.912`
     /// (single-label) or `AUC 0.950 · micro F1 0.880` (multi-label), AUC being the macro
     /// one-vs-rest AUC and left out when undefined.
@@ -166,7 +212,8 @@ mod tests {
         let single = TaskMetrics::SingleLabel {
             accuracy: 0.9125,
             log_loss: 0.3,
-            confusion_matrix: Vec::new(),
+            confusion_matrix: Some(Vec::new()),
+            confusion_cells: None,
         };
         assert_eq!(
             metrics(Some(0.98149), single.clone()).headline(),

@@ -28,13 +28,25 @@ pub struct RocCurve {
 /// [`multi_label`](super::multi_label) accepted: when the shapes disagree it returns no
 /// curves rather than guessing.
 pub fn roc_curves(labels: &[String], truth: &[f32], probabilities: &[f32]) -> Vec<RocCurve> {
+    let all: Vec<usize> = (0..labels.len()).collect();
+    roc_curves_of(labels, truth, probabilities, &all)
+}
+
+/// [`roc_curves`] of the classes `classes` only (indices into `labels`, in the order
+/// given; one out of range is skipped): the report draws a few of thousands.
+pub fn roc_curves_of(
+    labels: &[String],
+    truth: &[f32],
+    probabilities: &[f32],
+    classes: &[usize],
+) -> Vec<RocCurve> {
     let k = labels.len();
     if k == 0 || truth.len() != probabilities.len() || !truth.len().is_multiple_of(k) {
         return Vec::new();
     }
-    labels
+    classes
         .iter()
-        .enumerate()
+        .filter_map(|&j| Some((j, labels.get(j)?)))
         .map(|(j, label)| {
             let column = truth
                 .iter()

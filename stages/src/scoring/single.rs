@@ -1,10 +1,16 @@
 //! Single-label metrics: each row has exactly one true class, and the predicted class is
 //! the most probable one.
 
+use std::collections::BTreeMap;
+
 use anyhow::{Result, bail};
 
 use super::counts::{self, Counts};
 use super::{SplitMetrics, TaskMetrics, input, roc};
+
+/// Up to this many labels `metrics.json` holds the dense confusion matrix; past it, only
+/// its non-zero cells (see the [module docs](super)).
+pub const DENSE_CONFUSION_MAX: usize = 100;
 
 /// Metrics of one split of single-label data.
 ///
@@ -24,16 +30,36 @@ pub fn single_label(
     }
     input::probabilities(labels, probabilities)?;
 
-    let mut confusion = vec![vec![0u64; k]; k];
+    // Memory in rows + labels: the non-zero cells only, one decision per row and class
+    // touched (a row counts for its true and its predicted class, no other).
+    let mut cells: BTreeMap<(usize, usize), u64> = BTreeMap::new();
     let mut per_class = vec![Counts::default(); k];
     for (&t, row) in truth.iter().zip(probabilities.chunks_exact(k)) {
         let p = predicted_class(row);
-        confusion[t][p] += 1;
-        for (c, counts) in per_class.iter_mut().enumerate() {
-            counts.add(c == t, c == p);
+        *cells.entry((t, p)).or_default() += 1;
+        per_class[t].add(true, t == p);
+        if p != t {
+            per_class[p].add(false, true);
         }
     }
-    let correct: u64 = (0..k).map(|c| confusion[c][c]).sum();
+    let correct: u64 = cells
+        .iter()
+        .filter(|((t, p), _)| t == p)
+        .map(|(_, n)| n)
+        .sum();
+    let (confusion_matrix, confusion_cells) = if k <= DENSE_CONFUSION_MAX {
+        let mut dense = vec![vec![0u64; k]; k];
+        for (&(t, p), &n) in &cells {
+            dense[t][p] = n;
+        }
+        (Some(dense), None)
+    } else {
+        let sparse = cells
+            .iter()
+            .map(|(&(t, p), &n)| [t as u64, p as u64, n])
+            .collect();
+        (None, Some(sparse))
+    };
     let aucs: Vec<Option<f64>> = (0..k)
         .map(|c| {
             let scored = truth
@@ -54,7 +80,8 @@ pub fn single_label(
         task: TaskMetrics::SingleLabel {
             accuracy: correct as f64 / rows as f64,
             log_loss: log_loss(truth, probabilities, k),
-            confusion_matrix: confusion,
+            confusion_matrix,
+            confusion_cells,
         },
     })
 }

@@ -137,7 +137,9 @@ impl Stage for Tokenize {
     }
 
     fn version(&self) -> u32 {
-        1
+        // 2: BPE training cuts pre-tokens at 256 bytes (`source::MAX_TRAINING_PRE_TOKEN`);
+        // the same tokenizer as 1 unless a text has a longer run without a split.
+        2
     }
 
     fn summary(&self) -> &'static str {
@@ -228,7 +230,13 @@ impl Stage for Tokenize {
                     options.vocab_size,
                     table.len()
                 ));
-                source::train(options, (0..table.len()).map(|i| table.text(i)))?
+                let bar = ctx
+                    .reporter
+                    .progress(table.len() as u64, "rows read for BPE");
+                let texts = (0..table.len()).map(|i| table.text(i));
+                let trained = source::train(options, texts, &|| bar.inc(1))?;
+                bar.finish_and_clear();
+                trained
             }
         };
         tokenizer

@@ -2,6 +2,7 @@
 //! checkpoint, continuing from a fine-tuned folder, and the errors of bad models.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use pipe_engine::ParamError;
 use pipe_models::weights;
@@ -201,6 +202,83 @@ fn a_resumed_run_ends_with_the_same_weights() {
         lines(&resumed),
         "the log continues where the checkpoint was"
     );
+}
+
+/// A damaged checkpoint is never resumed from: truncated, training goes back to the one
+/// before; both damaged, it starts over. Either way the weights are those of a clean run.
+#[test]
+fn a_damaged_checkpoint_is_set_aside_and_training_ends_as_a_clean_run() {
+    let ws = Workspace::new();
+    let tokens = tokenized(&ws, 400);
+    let params = json!({
+        "model": small_model(3), "max_steps": 30, "batch_size": 8, "learning_rate": 1e-3,
+        "warmup_ratio": 0.2, "weight_decay": 0.01, "checkpoint_every": 7, "threads": 1
+    });
+    let input = [tokens.input("tokenize")];
+    let clean = |scratch: &Path| {
+        let ran = ws
+            .run_with_scratch("finetune", params.clone(), &input, scratch)
+            .unwrap();
+        assert!(!ran.notes_contain("resumed"));
+        ran
+    };
+    let flip = |path: &Path| {
+        let mut bytes = std::fs::read(path).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x40;
+        std::fs::write(path, bytes).unwrap();
+    };
+
+    // The last checkpoint (step 28) truncated: back to the one before (step 21).
+    let scratch = tempfile::tempdir().unwrap();
+    let whole = clean(scratch.path());
+    let last = scratch.path().join("state-28.safetensors");
+    let len = std::fs::metadata(&last).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&last)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    let resumed = ws
+        .run_with_scratch("finetune", params.clone(), &input, scratch.path())
+        .unwrap();
+    assert!(
+        resumed.notes_contain("state-28.safetensors` is damaged")
+            && resumed.notes_contain("set aside")
+            && resumed.notes_contain("resumed from the checkpoint at step 21"),
+        "{:?}",
+        resumed.notes
+    );
+    assert!(
+        scratch
+            .path()
+            .join("state-28.safetensors.damaged")
+            .is_file()
+    );
+    assert_eq!(weights_of(&whole), weights_of(&resumed));
+
+    // Both checkpoints with a flipped bit (sizes unchanged): training starts over.
+    let scratch = tempfile::tempdir().unwrap();
+    clean(scratch.path());
+    flip(&scratch.path().join("state-28.safetensors"));
+    flip(&scratch.path().join("state-21.safetensors"));
+    let again = ws
+        .run_with_scratch("finetune", params.clone(), &input, scratch.path())
+        .unwrap();
+    assert!(
+        !again.notes_contain("resumed from the checkpoint"),
+        "{:?}",
+        again.notes
+    );
+    assert!(
+        again.notes_contain("state-21.safetensors` is damaged")
+            && again.notes_contain("does not match its checksum")
+            && again.notes_contain("starts over"),
+        "{:?}",
+        again.notes
+    );
+    assert_eq!(weights_of(&whole), weights_of(&again));
 }
 
 #[test]

@@ -38,8 +38,10 @@ fn wrong() -> Vec<WrongExample> {
 fn confusion(m: &SplitMetrics) -> &Vec<Vec<u64>> {
     match &m.task {
         TaskMetrics::SingleLabel {
-            confusion_matrix, ..
-        } => confusion_matrix,
+            confusion_matrix: Some(dense),
+            ..
+        } => dense,
+        TaskMetrics::SingleLabel { .. } => panic!("a sparse confusion matrix"),
         TaskMetrics::MultiLabel { .. } => panic!("no confusion matrix"),
     }
 }
@@ -141,4 +143,77 @@ fn multi_label_report_has_no_heatmap_and_says_when_there_is_no_training_log() {
     // The labels without a defined AUC say so.
     assert!(page.contains("never · AUC undefined"));
     assert!(page.contains("always · AUC undefined"));
+}
+
+/// 5,000 labels, 10,000 rows: `metrics.json` keeps the confusion matrix's non-zero cells
+/// (not 25 million), and the report shows the 50 largest classes and confusions, saying
+/// how many it left out. Sizes bounded, totals exact.
+#[test]
+fn five_thousand_labels_give_a_bounded_report_and_a_sparse_confusion() {
+    let k = 5_000;
+    let rows = 10_000;
+    let labels: Vec<String> = (0..k).map(|i| format!("label-{i}")).collect();
+    // Row r is of class r % k; 70% are predicted right, the rest as the next class.
+    let truth: Vec<usize> = (0..rows).map(|r| r % k).collect();
+    let mut probabilities = vec![0.5 / (k - 1) as f32; rows * k];
+    let mut right = 0;
+    for (r, &t) in truth.iter().enumerate() {
+        let predicted = if r % 10 < 7 { t } else { (t + 1) % k };
+        right += usize::from(predicted == t);
+        probabilities[r * k + predicted] = 0.5;
+    }
+    let metrics = single_label(&labels, &truth, &probabilities).unwrap();
+    let TaskMetrics::SingleLabel {
+        accuracy,
+        confusion_matrix,
+        confusion_cells,
+        ..
+    } = &metrics.task
+    else {
+        panic!("single-label");
+    };
+    assert!(confusion_matrix.is_none());
+    let cells = confusion_cells.as_ref().unwrap();
+    assert!(cells.len() <= rows);
+    assert_eq!(cells.iter().map(|c| c[2]).sum::<u64>(), rows as u64);
+    let diagonal: u64 = cells.iter().filter(|c| c[0] == c[1]).map(|c| c[2]).sum();
+    assert_eq!(diagonal, right as u64);
+    assert!((accuracy - right as f64 / rows as f64).abs() < 1e-12);
+    let support: u64 = metrics.per_class.iter().map(|c| c.support).sum();
+    assert_eq!(support, rows as u64);
+    let json = serde_json::to_string(&metrics).unwrap();
+    assert!(
+        json.len() < 2_000_000,
+        "metrics JSON of {} bytes",
+        json.len()
+    );
+
+    let drawn = metrics.top_classes(pipe_stages::report::CLASSES_SHOWN);
+    assert_eq!(drawn.len(), 50);
+    let roc =
+        pipe_stages::scoring::roc_curves_of(&labels, &one_hot(&truth, k), &probabilities, &drawn);
+    let report = Report {
+        title: "many labels",
+        labels: &labels,
+        splits: vec![SplitReport {
+            name: "test",
+            metrics: &metrics,
+            roc,
+            wrong: wrong(),
+        }],
+        loss_curve: LossCurves::default(),
+    };
+    let html = render(&report).unwrap();
+    assert!(html.len() < 1_000_000, "report of {} bytes", html.len());
+    assert!(
+        html.contains("4950 more left out"),
+        "per-class table and ROC say so"
+    );
+    assert!(html.contains("Most frequent confusions"));
+    assert!(
+        !html.contains("class=\"heatmap\""),
+        "no 5,000 × 5,000 heatmap"
+    );
+    let confusions = cells.iter().filter(|c| c[0] != c[1]).count();
+    assert!(html.contains(&format!("{} more confusions left out", confusions - 50)));
 }
