@@ -89,7 +89,11 @@ impl Checkpoint {
 
     /// The safetensors file held in `bytes` (called `label` in errors).
     pub fn from_bytes(bytes: Vec<u8>, label: &str) -> Result<Checkpoint> {
-        Ok(Self::single(parse(PathBuf::from(label), Bytes::Owned(bytes), None)?))
+        Ok(Self::single(parse(
+            PathBuf::from(label),
+            Bytes::Owned(bytes),
+            None,
+        )?))
     }
 
     fn single(file: MappedFile) -> Checkpoint {
@@ -227,8 +231,8 @@ type IndexMaps = (BTreeMap<String, String>, BTreeMap<String, String>);
 
 /// Reads and checks `index`; see [`IndexMaps`].
 fn read_index(index: &Path) -> Result<IndexMaps> {
-    let text =
-        std::fs::read_to_string(index).with_context(|| format!("cannot read {}", index.display()))?;
+    let text = std::fs::read_to_string(index)
+        .with_context(|| format!("cannot read {}", index.display()))?;
     let parsed: Index = serde_json::from_str(&text).with_context(|| {
         format!(
             "{} is not a sharded checkpoint's index (a JSON object with a `weight_map` of \
@@ -245,7 +249,9 @@ fn read_index(index: &Path) -> Result<IndexMaps> {
                 index.display()
             );
         }
-        shards.entry(shard.clone()).or_insert_with(|| tensor.clone());
+        shards
+            .entry(shard.clone())
+            .or_insert_with(|| tensor.clone());
     }
     Ok((parsed.weight_map, shards))
 }

@@ -98,10 +98,10 @@ impl Model {
         external_threshold: Option<usize>,
     ) -> Result<()> {
         match external_threshold {
-            None => std::fs::write(path, self.to_bytes()).map_err(io("failed to write model", path)),
-            Some(_) => self
-                .clone()
-                .write(path, data_name, external_threshold),
+            None => {
+                std::fs::write(path, self.to_bytes()).map_err(io("failed to write model", path))
+            }
+            Some(_) => self.clone().write(path, data_name, external_threshold),
         }
     }
 
@@ -124,7 +124,7 @@ impl Model {
         let mut written = 0usize;
         if let Some(graph) = self.proto.graph.as_mut() {
             for t in &mut graph.initializer {
-                if !t.raw_data.as_ref().is_some_and(|r| r.len() > threshold) {
+                if t.raw_data.as_ref().is_none_or(|r| r.len() <= threshold) {
                     continue;
                 }
                 let Some(raw) = t.raw_data.take() else {

@@ -230,7 +230,7 @@ fn write_big(path: &Path, specs: &[ParamSpec], dtype: safetensors::Dtype) {
         offset += bytes;
     }
     let mut text = Value::Object(header).to_string();
-    while text.len() % 8 != 0 {
+    while !text.len().is_multiple_of(8) {
         text.push(' ');
     }
     let mut out = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
@@ -243,7 +243,9 @@ fn write_big(path: &Path, specs: &[ParamSpec], dtype: safetensors::Dtype) {
         for _ in 0..spec.numel() / cols {
             row.clear();
             for _ in 0..cols {
-                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 let v = ((state >> 40) as f32 / (1u64 << 24) as f32) - 0.5;
                 match width {
                     4 => row.extend_from_slice(&v.to_le_bytes()),
@@ -260,7 +262,12 @@ fn write_big(path: &Path, specs: &[ParamSpec], dtype: safetensors::Dtype) {
 fn peak_rss() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        * 1024
 }
 
 /// Set in the child process of [`a_checkpoint_is_never_read_whole_into_memory`]: the
@@ -281,10 +288,15 @@ fn peak_of_a_load(path: &Path) -> (u64, u64) {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The harness prints the test's name on the same line, before what the test prints.
     let line = stdout
         .lines()
-        .find_map(|l| l.strip_prefix("peak "))
+        .find_map(|l| l.split_once("peak ").map(|(_, rest)| rest.trim()))
         .unwrap_or_else(|| panic!("no peak in {stdout}"));
     let (before, after) = line.split_once(' ').unwrap();
     (before.parse().unwrap(), after.parse().unwrap())

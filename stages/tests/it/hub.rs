@@ -657,9 +657,16 @@ fn a_sharded_model_brings_every_shard_its_index_names() {
     );
     let total: usize = fake.files.values().map(Vec::len).sum();
     assert_eq!(pulled.downloaded_bytes, total as u64);
-    let snapshot = cache.path().join("models--org--tiny/snapshots").join(COMMIT);
+    let snapshot = cache
+        .path()
+        .join("models--org--tiny/snapshots")
+        .join(COMMIT);
     for (file, bytes) in &fake.files {
-        assert_eq!(&std::fs::read(snapshot.join(file)).unwrap(), bytes, "{file}");
+        assert_eq!(
+            &std::fs::read(snapshot.join(file)).unwrap(),
+            bytes,
+            "{file}"
+        );
     }
     // Each shard came from the commit the index came from.
     let requests = fake.requests.lock().unwrap();
