@@ -40,12 +40,15 @@ pub fn read_config(dir: &Path) -> Result<ModelConfig> {
     })
 }
 
-/// The path of `dir/model.safetensors`, or an error saying how to get one when the folder
+/// The path of `dir/model.safetensors`, else of a sharded checkpoint's
+/// `dir/model.safetensors.index.json`, or an error saying how to get one when the folder
 /// only has PyTorch pickles (which `pipe` never unpickles).
 pub fn weights_path(dir: &Path) -> Result<std::path::PathBuf> {
-    let path = dir.join(WEIGHTS_FILE);
-    if path.is_file() {
-        return Ok(path);
+    for name in [WEIGHTS_FILE, super::checkpoint::INDEX_FILE] {
+        let path = dir.join(name);
+        if path.is_file() {
+            return Ok(path);
+        }
     }
     if dir.join("pytorch_model.bin").is_file() {
         bail!(
@@ -55,7 +58,17 @@ pub fn weights_path(dir: &Path) -> Result<std::path::PathBuf> {
             dir.display()
         );
     }
-    bail!("{} has no {WEIGHTS_FILE}", dir.display())
+    bail!(
+        "{} has neither {WEIGHTS_FILE} nor {} (a sharded checkpoint)",
+        dir.display(),
+        super::checkpoint::INDEX_FILE
+    )
+}
+
+/// The element type the weights of `dir` are stored in (`float32`, `bfloat16`, `float16`;
+/// joined by `+` when mixed), read from the safetensors headers alone.
+pub fn source_dtype(dir: &Path) -> Result<Option<String>> {
+    Ok(super::checkpoint::Checkpoint::open(&weights_path(dir)?)?.source_dtype())
 }
 
 /// Reads the weights of `dir` for `specs`; parameters named in `fresh` that the file lacks (a

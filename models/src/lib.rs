@@ -13,6 +13,7 @@
 pub mod architecture;
 pub mod bert;
 pub mod bundle;
+pub mod checkpoint;
 pub mod classifier;
 pub mod config;
 pub mod dropout;

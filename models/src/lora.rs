@@ -291,6 +291,33 @@ pub fn merge(
     Ok(out)
 }
 
+/// [`merge`] that consumes `weights`: each base tensor is moved, not copied, and a merged
+/// one replaces its source as it is made, so merging holds the model once plus one tensor.
+pub fn merge_owned(
+    lora: &LoraParams,
+    base_specs: &[ParamSpec],
+    mut weights: BTreeMap<String, HostTensor>,
+) -> Result<BTreeMap<String, HostTensor>> {
+    let scaling = lora.scaling() as f32;
+    let mut out = BTreeMap::new();
+    for spec in base_specs {
+        let w = weights
+            .remove(&spec.name)
+            .with_context(|| format!("no value for {}", spec.name))?;
+        let module = spec.name.strip_suffix(".weight");
+        let a = module.and_then(|m| weights.get(&format!("{m}.lora_A.weight")));
+        let b = module.and_then(|m| weights.get(&format!("{m}.lora_B.weight")));
+        let merged = match (a, b) {
+            (Some(a), Some(b)) => merged_weight(&w, a, b, scaling)
+                .with_context(|| format!("merging the LoRA update of {}", spec.name))?,
+            (None, None) => w,
+            _ => bail!("{} has only one of its two LoRA matrices", spec.name),
+        };
+        out.insert(spec.name.clone(), merged);
+    }
+    Ok(out)
+}
+
 /// `w + scaling · b a` for `w` `[out, in]`, `a` `[r, in]`, `b` `[out, r]`.
 fn merged_weight(
     w: &HostTensor,

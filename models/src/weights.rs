@@ -1,5 +1,7 @@
-//! Parameter values from a safetensors file (the `model.safetensors` of a Hugging Face
-//! checkpoint), checked against a model's declared [`ParamSpec`] list.
+//! Parameter values from a safetensors checkpoint (the `model.safetensors` of a Hugging Face
+//! checkpoint, or its shards), checked against a model's declared [`ParamSpec`] list. The
+//! files are read through memory maps ([`Checkpoint`]): each tensor is copied once, into its
+//! own `f32` buffer, and `bfloat16`/`float16` tensors are converted exactly on the way.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -7,116 +9,127 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use pipe_onnx::HostTensor;
+use safetensors::Dtype;
 use safetensors::tensor::View;
-use safetensors::{Dtype, SafeTensors};
 
 use pipe_onnx::HostData;
 
+use super::checkpoint::Checkpoint;
 use super::{ParamSpec, init_param};
 
-/// Reads `path` and returns a value for every spec; see [`from_bytes`].
+/// Reads `path` (a safetensors file, or a sharded checkpoint's `model.safetensors.index.json`)
+/// and returns a value for every spec; see [`from_checkpoint`].
 pub fn load(
     path: &Path,
     specs: &[ParamSpec],
     fresh: &[&str],
     seed: u64,
 ) -> Result<BTreeMap<String, HostTensor>> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    from_bytes(&bytes, specs, fresh, seed).with_context(|| format!("loading {}", path.display()))
+    let checkpoint = Checkpoint::open(path)?;
+    from_checkpoint(&checkpoint, specs, fresh, seed)
+        .with_context(|| format!("loading {}", path.display()))
 }
 
-/// A value for every spec from the safetensors `bytes`, by name. A spec whose name is in
-/// `fresh` and which the file lacks (a classification head on a base checkpoint) is
-/// initialised from `seed`; any other missing tensor, a shape mismatch or a dtype other than
-/// f32 is an error naming the tensor. Tensors the model does not declare are ignored (buffers
-/// such as BERT's int64 `embeddings.position_ids`).
-///
-/// A checkpoint of the base model alone names its tensors without the base model's prefix
-/// (`embeddings.word_embeddings.weight` for `bert.embeddings.word_embeddings.weight`, as
-/// sentence-transformers saves BERT): when no tensor of the file carries the prefix of the
-/// first spec, specs under that prefix are looked up without it, as transformers'
-/// `from_pretrained` does with `base_model_prefix`.
+/// [`from_checkpoint`] over the safetensors file held in `bytes`.
 pub fn from_bytes(
     bytes: &[u8],
     specs: &[ParamSpec],
     fresh: &[&str],
     seed: u64,
 ) -> Result<BTreeMap<String, HostTensor>> {
-    let st = SafeTensors::deserialize(bytes).context("not a safetensors file")?;
-    let names = st.names();
+    let checkpoint = Checkpoint::from_bytes(bytes.to_vec(), "the safetensors bytes")
+        .context("not a safetensors file")?;
+    from_checkpoint(&checkpoint, specs, fresh, seed)
+}
+
+/// A value for every spec from `checkpoint`, by name. A spec whose name is in `fresh` and
+/// which the checkpoint lacks (a classification head on a base checkpoint) is initialised
+/// from `seed`; any other missing tensor, a shape mismatch or an element type other than
+/// float32, bfloat16 or float16 is an error naming the tensor and its file. Tensors the model
+/// does not declare are ignored (buffers such as BERT's int64 `embeddings.position_ids`).
+///
+/// A checkpoint of the base model alone names its tensors without the base model's prefix
+/// (`embeddings.word_embeddings.weight` for `bert.embeddings.word_embeddings.weight`, as
+/// sentence-transformers saves BERT): when no tensor of the checkpoint carries the prefix of
+/// the first spec, specs under that prefix are looked up without it, as transformers'
+/// `from_pretrained` does with `base_model_prefix`.
+///
+/// Every tensor's shape and type is checked before the first one is read, so a bad
+/// checkpoint fails fast, before gigabytes are copied.
+pub fn from_checkpoint(
+    checkpoint: &Checkpoint,
+    specs: &[ParamSpec],
+    fresh: &[&str],
+    seed: u64,
+) -> Result<BTreeMap<String, HostTensor>> {
     let base = specs
         .first()
         .and_then(|s| s.name.split_once('.'))
         .map(|(prefix, _)| format!("{prefix}."));
     let bare = base
         .as_deref()
-        .filter(|p| !names.iter().any(|n| n.starts_with(p)));
-    let mut out = BTreeMap::new();
+        .filter(|p| !checkpoint.names().any(|n| n.starts_with(p)));
+    let mut planned = Vec::with_capacity(specs.len());
     for spec in specs {
         let stored = match bare.and_then(|p| spec.name.strip_prefix(p)) {
             Some(unprefixed) => unprefixed,
             None => spec.name.as_str(),
         };
-        let view = match st.tensor(stored) {
-            Ok(v) => v,
-            Err(_) if fresh.contains(&spec.name.as_str()) => {
-                out.insert(spec.name.clone(), init_param(spec, seed));
+        let Some(meta) = checkpoint.meta(stored) else {
+            if fresh.contains(&spec.name.as_str()) {
+                planned.push((spec, None));
                 continue;
             }
-            Err(_) => {
-                let mut held = names.clone();
-                held.sort_unstable();
-                bail!(
-                    "the checkpoint has no tensor {stored} (of {} tensors, the first are {}); \
-                     is it a checkpoint of this model type and size?",
-                    held.len(),
-                    held.iter().take(3).copied().collect::<Vec<_>>().join(", ")
-                )
-            }
+            let held: Vec<&str> = checkpoint.names().collect();
+            bail!(
+                "the checkpoint has no tensor {stored} (of {} tensors, the first are {}); \
+                 is it a checkpoint of this model type and size?",
+                held.len(),
+                held.iter().take(3).copied().collect::<Vec<_>>().join(", ")
+            )
         };
-        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+        let shape: Vec<i64> = meta.shape.iter().map(|&d| d as i64).collect();
         if shape != spec.shape {
             bail!(
-                "shape mismatch for {stored}: checkpoint has {:?}, the config needs {:?}",
+                "shape mismatch for {stored}: checkpoint has {:?}, the config needs {:?} (in {})",
                 shape,
-                spec.shape
+                spec.shape,
+                meta.file.display()
             );
         }
-        if view.dtype() != Dtype::F32 {
+        if !matches!(meta.dtype, Dtype::F32 | Dtype::BF16 | Dtype::F16) {
             bail!(
-                "{stored} is {:?}; only float32 checkpoints are supported (save the model with \
-                 `model.float().save_pretrained(...)`)",
-                view.dtype()
+                "{stored} in {} is {:?}; pipe reads float32, bfloat16 and float16 checkpoints \
+                 (save the model with `model.float().save_pretrained(...)`)",
+                meta.file.display(),
+                meta.dtype
             );
         }
-        out.insert(
-            spec.name.clone(),
-            HostTensor::f32(&shape, f32s(view.data()))?,
-        );
+        planned.push((spec, Some(stored)));
+    }
+    let mut out = BTreeMap::new();
+    for (spec, stored) in planned {
+        let value = match stored {
+            Some(stored) => HostTensor::f32(&spec.shape, checkpoint.read_f32(stored)?)?,
+            None => init_param(spec, seed),
+        };
+        out.insert(spec.name.clone(), value);
     }
     Ok(out)
 }
 
-fn f32s(bytes: &[u8]) -> Vec<f32> {
-    bytes
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
-}
-
-/// Every tensor of the safetensors file `path` (all must be f32), by name.
+/// Every tensor of the safetensors file `path` (float32, bfloat16 or float16; read as f32),
+/// by name.
 pub fn load_all(path: &Path) -> Result<BTreeMap<String, HostTensor>> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let st = SafeTensors::deserialize(&bytes)
-        .with_context(|| format!("{} is not a safetensors file", path.display()))?;
-    st.tensors()
+    let checkpoint = Checkpoint::open(path)?;
+    let names: Vec<String> = checkpoint.names().map(str::to_string).collect();
+    names
         .into_iter()
-        .map(|(name, view)| {
-            if view.dtype() != Dtype::F32 {
-                bail!("{name} in {} is not float32", path.display());
-            }
-            let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-            Ok((name, HostTensor::f32(&shape, f32s(view.data()))?))
+        .map(|name| {
+            let meta = checkpoint.meta(&name).context("a listed tensor")?;
+            let shape: Vec<i64> = meta.shape.iter().map(|&d| d as i64).collect();
+            let values = checkpoint.read_f32(&name)?;
+            Ok((name, HostTensor::f32(&shape, values)?))
         })
         .collect()
 }

@@ -29,8 +29,12 @@ pub const MODEL_FILES: [&str; 2] = ["config.json", "model.safetensors"];
 /// The ways a repository holds its tokenizer, the first present wins.
 pub const TOKENIZER_FILES: [&[&str]; 2] = [&["tokenizer.json"], &["vocab.json", "merges.txt"]];
 
-/// What [`Hub::pull`] fetches for a model: each need is a list of alternative file groups.
-const MODEL_NEEDS: [&[&[&str]]; 2] = [&[&["config.json"]], &[&["model.safetensors"]]];
+/// What [`Hub::pull`] fetches for a model: each need is a list of alternative file groups;
+/// a sharded checkpoint's index brings its shards ([`Hub::pull_model`]).
+const MODEL_NEEDS: [&[&[&str]]; 2] = [
+    &[&["config.json"]],
+    &[&["model.safetensors"], &[crate::checkpoint::INDEX_FILE]],
+];
 
 /// Where and how to reach the hub.
 #[derive(Debug, Clone)]
@@ -114,8 +118,26 @@ impl Hub {
     }
 
     /// Downloads the model files of `repo` and its tokenizer when it has one.
+    /// A sharded checkpoint brings every shard its index names, from the same commit, each
+    /// verified as a single file is.
     pub fn pull_model(&self, repo: &str, reporter: &dyn Reporter) -> Result<Pulled> {
         let mut pulled = self.pull(repo, &MODEL_NEEDS, reporter)?;
+        if pulled
+            .files
+            .iter()
+            .any(|f| f == crate::checkpoint::INDEX_FILE)
+        {
+            let shards = crate::checkpoint::shard_files(
+                &pulled.snapshot.join(crate::checkpoint::INDEX_FILE),
+            )?;
+            let groups: Vec<[&str; 1]> = shards.iter().map(|s| [s.as_str()]).collect();
+            let needs: Vec<[&[&str]; 1]> = groups.iter().map(|g| [&g[..]]).collect();
+            let needs: Vec<&[&[&str]]> = needs.iter().map(|n| &n[..]).collect();
+            let commit = pulled.commit.clone();
+            let more = self.pull_at(repo, &needs, Some(commit), reporter)?;
+            pulled.downloaded_bytes += more.downloaded_bytes;
+            pulled.files.extend(more.files);
+        }
         match self.pull_tokenizer(repo, reporter) {
             Ok(tokenizer) => {
                 pulled.downloaded_bytes += tokenizer.downloaded_bytes;
@@ -139,8 +161,18 @@ impl Hub {
         needs: &[&[&[&str]]],
         reporter: &dyn Reporter,
     ) -> Result<Pulled> {
+        self.pull_at(repo, needs, None, reporter)
+    }
+
+    /// [`Self::pull`] from `commit` (`main` when `None`).
+    fn pull_at(
+        &self,
+        repo: &str,
+        needs: &[&[&[&str]]],
+        mut commit: Option<String>,
+        reporter: &dyn Reporter,
+    ) -> Result<Pulled> {
         self.check_before_network(repo)?;
-        let mut commit: Option<String> = None;
         let mut chosen: Vec<(String, Remote)> = Vec::new();
         for need in needs {
             let mut found = None;

@@ -89,37 +89,59 @@ impl Model {
     }
 
     /// [`Model::save`] with the external data in `data_name` (a file name beside `path`)
-    /// rather than `<file name>.data`.
+    /// rather than `<file name>.data`. Works on a copy of the model; [`Model::write`] does the
+    /// same without one.
     pub fn save_with_data_file(
         &self,
         path: &Path,
         data_name: &str,
         external_threshold: Option<usize>,
     ) -> Result<()> {
-        let io = |context, path: &Path| {
-            let path = path.to_path_buf();
-            move |source| Error::Io {
-                context,
-                path,
-                source,
+        match external_threshold {
+            None => {
+                std::fs::write(path, self.to_bytes()).map_err(io("failed to write model", path))
             }
-        };
+            Some(_) => self.clone().write(path, data_name, external_threshold),
+        }
+    }
+
+    /// [`Model::save_with_data_file`] consuming the model: each initializer over the threshold
+    /// is streamed into the data file (aligned to 4 KiB, so the runtime can map it) and its
+    /// bytes freed at once, so writing holds no second copy of the weights.
+    pub fn write(
+        mut self,
+        path: &Path,
+        data_name: &str,
+        external_threshold: Option<usize>,
+    ) -> Result<()> {
+        use std::io::Write;
         let Some(threshold) = external_threshold else {
             return std::fs::write(path, self.to_bytes())
                 .map_err(io("failed to write model", path));
         };
         let data_path = path.with_file_name(data_name);
-        let mut proto = self.proto.clone();
-        let mut blob = Vec::new();
-        if let Some(graph) = proto.graph.as_mut() {
+        let mut data: Option<std::io::BufWriter<std::fs::File>> = None;
+        let mut written = 0usize;
+        if let Some(graph) = self.proto.graph.as_mut() {
             for t in &mut graph.initializer {
-                let Some(raw) = t.raw_data.as_ref().filter(|r| r.len() > threshold) else {
+                if t.raw_data.as_ref().is_none_or(|r| r.len() <= threshold) {
+                    continue;
+                }
+                let Some(raw) = t.raw_data.take() else {
                     continue;
                 };
-                // Align each tensor to 4 KiB so the runtime can map it.
-                blob.resize(blob.len().next_multiple_of(4096), 0);
-                let offset = blob.len();
-                blob.extend_from_slice(raw);
+                let out = match &mut data {
+                    Some(out) => out,
+                    None => data.insert(std::io::BufWriter::new(
+                        std::fs::File::create(&data_path)
+                            .map_err(io("failed to write external data", &data_path))?,
+                    )),
+                };
+                let offset = written.next_multiple_of(4096);
+                out.write_all(&vec![0u8; offset - written])
+                    .and_then(|()| out.write_all(&raw))
+                    .map_err(io("failed to write external data", &data_path))?;
+                written = offset + raw.len();
                 let entry = |k: &str, v: String| proto::StringStringEntryProto {
                     key: Some(k.into()),
                     value: Some(v),
@@ -130,14 +152,23 @@ impl Model {
                     entry("length", raw.len().to_string()),
                 ];
                 t.data_location = Some(proto::DATA_LOCATION_EXTERNAL);
-                t.raw_data = None;
             }
         }
-        if !blob.is_empty() {
-            std::fs::write(&data_path, &blob)
+        if let Some(mut out) = data {
+            out.flush()
                 .map_err(io("failed to write external data", &data_path))?;
         }
-        std::fs::write(path, proto.encode_to_vec()).map_err(io("failed to write model", path))
+        std::fs::write(path, self.proto.encode_to_vec()).map_err(io("failed to write model", path))
+    }
+}
+
+/// An I/O error's context, naming `path`.
+fn io(context: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
+    let path = path.to_path_buf();
+    move |source| Error::Io {
+        context,
+        path,
+        source,
     }
 }
 

@@ -497,6 +497,11 @@ impl DeviceTrainer {
         &self.frozen
     }
 
+    /// Hands the host copies of the frozen inputs over, leaving none (the device copies stay).
+    pub fn take_frozen(&mut self) -> Vec<(String, HostTensor)> {
+        std::mem::take(&mut self.frozen)
+    }
+
     /// Overwrites one state tensor (a parameter or a moment) from the host.
     pub fn set_state(&mut self, name: &str, value: &HostTensor) -> Result<()> {
         let (e, kind) = self.sig.layout.locate(name)?;

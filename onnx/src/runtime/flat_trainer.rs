@@ -252,6 +252,11 @@ impl FlatTrainer {
         &self.frozen
     }
 
+    /// Hands the frozen inputs over, leaving none (no step can run after).
+    pub fn take_frozen(&mut self) -> Vec<(String, HostTensor)> {
+        std::mem::take(&mut self.frozen)
+    }
+
     /// Overwrites one state tensor (a parameter or a moment).
     pub fn set_state(&mut self, name: &str, value: &HostTensor) -> Result<()> {
         let (e, kind) = self.sig.layout.locate(name)?;

@@ -67,6 +67,10 @@ pub trait StepTrainer: std::fmt::Debug {
     /// The frozen inputs, by name.
     fn frozen(&self) -> &[(String, HostTensor)];
 
+    /// Hands the frozen inputs over, leaving the trainer without them (it can run no step
+    /// after): the end of a run takes them instead of copying the frozen model.
+    fn take_frozen(&mut self) -> Vec<(String, HostTensor)>;
+
     /// Whether the state lives in memory of the session's device, with the optimizer there.
     fn state_on_device(&self) -> bool;
 
@@ -101,6 +105,9 @@ impl StepTrainer for FlatTrainer {
     fn frozen(&self) -> &[(String, HostTensor)] {
         FlatTrainer::frozen(self)
     }
+    fn take_frozen(&mut self) -> Vec<(String, HostTensor)> {
+        FlatTrainer::take_frozen(self)
+    }
     fn state_on_device(&self) -> bool {
         false
     }
@@ -134,6 +141,9 @@ impl StepTrainer for DeviceTrainer {
     }
     fn frozen(&self) -> &[(String, HostTensor)] {
         DeviceTrainer::frozen(self)
+    }
+    fn take_frozen(&mut self) -> Vec<(String, HostTensor)> {
+        DeviceTrainer::take_frozen(self)
     }
     fn state_on_device(&self) -> bool {
         true

@@ -20,13 +20,14 @@ pub(crate) fn param_specs(cfg: &dyn Architecture) -> Result<Vec<ParamSpec>> {
 /// The bundle's model: `input_ids` and `attention_mask` (int64 `[batch, seq]`; and
 /// `token_type_ids` when the family takes them) → `logits` and `probabilities`
 /// (`[batch, num_labels]`), with `weights` frozen into initializers and opset `opset` declared.
+/// Each weight is dropped as soon as it is frozen, so the weights are not held twice.
 ///
 /// Each row's length is the sum of its `attention_mask`, which is right only for right
 /// padding (what [`pipe_models::bundle::Bundle`] feeds and what the bundle documents).
 pub(crate) fn inference_model(
     cfg: &dyn Architecture,
     problem: ProblemType,
-    weights: &BTreeMap<String, HostTensor>,
+    mut weights: BTreeMap<String, HostTensor>,
     opset: i64,
 ) -> Result<Model> {
     let mut g = Graph::new(&format!("{}_sequence_classification", cfg.model_type()));
@@ -52,9 +53,11 @@ pub(crate) fn inference_model(
     g.output(logits, OUTPUTS[0])?;
     g.output(probabilities, OUTPUTS[1])?;
     for (spec, &tensor) in model.specs().iter().zip(model.vars().tensors()) {
-        let values = weights
-            .get(&spec.name)
-            .and_then(HostTensor::as_f32)
+        let value = weights
+            .remove(&spec.name)
+            .with_context(|| format!("no value for parameter {}", spec.name))?;
+        let values = value
+            .as_f32()
             .with_context(|| format!("no float32 value for parameter {}", spec.name))?;
         g.freeze_input(tensor, TensorData::f32(&spec.shape, values)?)?;
     }

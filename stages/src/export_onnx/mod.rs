@@ -186,15 +186,15 @@ impl Stage for ExportOnnx {
 
         let specs = graph::param_specs(&cfg)?;
         let weights = hf_folder::read_weights(model_dir, &specs, &[], 0)?;
-        let model = graph::inference_model(&cfg, problem, &weights, params.opset)?;
+        let model = graph::inference_model(&cfg, problem, weights, params.opset)?;
         let model_path = ctx.out_dir.join(MODEL_FILE);
         let external = model.initializer_bytes() > self.external_data_above;
-        if external {
-            model.save_with_data_file(&model_path, DATA_FILE, Some(INLINE_TENSOR_BYTES))?;
-        } else {
-            model.save(&model_path, None)?;
-        }
-        drop(model);
+        // Streams the weights into the data file, freeing each as it goes.
+        model.write(
+            &model_path,
+            DATA_FILE,
+            external.then_some(INLINE_TENSOR_BYTES),
+        )?;
 
         write_json(&ctx.out_dir.join(LABELS_FILE), &labels)?;
         let info = BundleInfo {
@@ -219,6 +219,8 @@ impl Stage for ExportOnnx {
                 .with_context(|| format!("cannot copy {} into the bundle", log.display()))?;
         }
 
+        // Read again (mapped, one copy) now that the model's copy is written and gone.
+        let weights = hf_folder::read_weights(model_dir, &specs, &[], 0)?;
         let max_diff = check::self_check(&model_path, &cfg, &weights, &options)?;
         ctx.reporter.note(&format!(
             "self-check: model.onnx matches the training graph (max logit difference {max_diff:.1e})"

@@ -28,7 +28,9 @@
 //! - `metrics.json`: losses, validation results, steps, throughput, peak memory (with the
 //!   state on the device also the device's, `device_peak_memory_bytes`: the sum of the peaks
 //!   of the run's ONNX Runtime arenas there), where the training state lived
-//!   (`training_state`: `host` or `device`).
+//!   (`training_state`: `host` or `device`), and, for a model folder, the element type its
+//!   weights are stored in (`source_dtype`: `float32`, `bfloat16`, `float16`; training
+//!   always runs in float32 and `model/` is written in float32).
 //!
 //! Each optimizer step is one run of a compiled ONNX graph (forward and gradients) per
 //! micro-batch (`gradient_accumulation_steps` of them, each gradient weighted by its share
@@ -259,7 +261,7 @@ impl Stage for Finetune {
                     .filter(|s| !lora::is_lora(&s.name))
                     .cloned()
                     .collect();
-                let merged = lora::merge(lora_params, &base, &finished.weights)?;
+                let merged = lora::merge_owned(lora_params, &base, finished.weights)?;
                 (base, merged)
             }
             None => (specs.clone(), finished.weights),
@@ -309,6 +311,11 @@ impl Stage for Finetune {
         }
         if let Some(peak) = peak_memory_bytes() {
             metrics.insert("peak_memory_bytes".into(), json!(peak));
+        }
+        if let Some(dir) = &start.folder
+            && let Some(dtype) = hf_folder::source_dtype(dir)?
+        {
+            metrics.insert("source_dtype".into(), json!(dtype));
         }
         metrics.insert("device".into(), json!(device.to_string()));
         let state = if finished.state_on_device {

@@ -254,7 +254,7 @@ impl<'a> Training<'a> {
             Some(best) => best,
             None => self.trainer.params()?,
         };
-        weights.extend(self.trainer.frozen().iter().cloned());
+        weights.extend(self.trainer.take_frozen());
         Ok(Finished {
             state_on_device: self.trainer.state_on_device(),
             // Statistics for the metrics only: a trained model is not lost for want of them.

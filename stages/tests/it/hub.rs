@@ -158,6 +158,11 @@ impl FakeHub {
             "model.safetensors",
             (0..50_000u32).flat_map(|i| (i * 7).to_le_bytes()).collect(),
         );
+        Self::start_with(files)
+    }
+
+    /// A hub whose `org/tiny` holds `files`.
+    fn start_with(files: BTreeMap<&'static str, Vec<u8>>) -> FakeHub {
         let server = Server::http("127.0.0.1:0").unwrap();
         let endpoint = format!("http://{}", server.server_addr().to_ip().unwrap());
         let requests = Arc::new(Mutex::new(Vec::new()));
@@ -612,5 +617,64 @@ fn a_lock_held_by_a_killed_process_does_not_block_the_download() {
     assert!(
         lock.exists(),
         "the lock file stays, as huggingface_hub leaves it"
+    );
+}
+
+#[test]
+fn a_sharded_model_brings_every_shard_its_index_names() {
+    let mut files = BTreeMap::new();
+    files.insert("config.json", br#"{"model_type": "gpt_neo"}"#.to_vec());
+    files.insert(
+        "model.safetensors.index.json",
+        br#"{"metadata": {}, "weight_map": {
+            "a.weight": "model-00001-of-00002.safetensors",
+            "b.weight": "model-00002-of-00002.safetensors",
+            "c.weight": "model-00001-of-00002.safetensors"}}"#
+            .to_vec(),
+    );
+    files.insert(
+        "model-00001-of-00002.safetensors",
+        (0..30_000u32).flat_map(|i| (i * 3).to_le_bytes()).collect(),
+    );
+    files.insert(
+        "model-00002-of-00002.safetensors",
+        (0..20_000u32).flat_map(|i| (i * 5).to_le_bytes()).collect(),
+    );
+    let fake = FakeHub::start_with(files);
+    let cache = tempfile::tempdir().unwrap();
+    let pulled = fake
+        .hub(cache.path(), false)
+        .pull_model("org/tiny", &TestReporter::default())
+        .unwrap();
+    assert_eq!(
+        pulled.files,
+        [
+            "config.json",
+            "model.safetensors.index.json",
+            "model-00001-of-00002.safetensors",
+            "model-00002-of-00002.safetensors"
+        ]
+    );
+    let total: usize = fake.files.values().map(Vec::len).sum();
+    assert_eq!(pulled.downloaded_bytes, total as u64);
+    let snapshot = cache
+        .path()
+        .join("models--org--tiny/snapshots")
+        .join(COMMIT);
+    for (file, bytes) in &fake.files {
+        assert_eq!(
+            &std::fs::read(snapshot.join(file)).unwrap(),
+            bytes,
+            "{file}"
+        );
+    }
+    // Each shard came from the commit the index came from.
+    let requests = fake.requests.lock().unwrap();
+    assert!(
+        requests
+            .iter()
+            .filter(|r| r.contains("model-0000"))
+            .all(|r| !r.starts_with("HEAD") || r.contains(COMMIT)),
+        "{requests:?}"
     );
 }

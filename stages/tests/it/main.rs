@@ -14,6 +14,7 @@ mod tokenize;
 // Models.
 mod accumulation;
 mod bert;
+mod checkpoints;
 mod dropout;
 mod finetune;
 mod finetune_selection;

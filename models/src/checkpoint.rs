@@ -1,0 +1,338 @@
+//! A safetensors checkpoint read through memory maps: one `model.safetensors`, or the shards
+//! a `model.safetensors.index.json` names, as `save_pretrained` writes them.
+//!
+//! Opening a checkpoint maps each file and reads only its header (every header is checked
+//! against its file's length, so a truncated file is refused before any tensor is read).
+//! [`Checkpoint::read_f32`] then copies one tensor out of the map into an `f32` buffer,
+//! converting `bfloat16` and `float16` exactly (as `torch_dtype=float32` does), and hands the
+//! mapped pages back to the kernel: the process never holds the file and its copy at once,
+//! only the copy and one tensor's pages.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use memmap2::{Mmap, UncheckedAdvice};
+use safetensors::tensor::{Metadata, TensorInfo};
+use safetensors::{Dtype, SafeTensors};
+use serde::Deserialize;
+
+/// The file name of a sharded checkpoint's index.
+pub const INDEX_FILE: &str = "model.safetensors.index.json";
+
+/// The bytes of one safetensors file.
+enum Bytes {
+    /// Mapped from the file (what [`Checkpoint::open`] does).
+    Mapped(Mmap),
+    /// Already in memory ([`Checkpoint::from_bytes`]).
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Mapped(map) => map,
+            Bytes::Owned(bytes) => bytes,
+        }
+    }
+}
+
+/// One safetensors file and its parsed header.
+struct MappedFile {
+    path: PathBuf,
+    map: Bytes,
+    /// Where the tensor data starts (after the 8-byte length and the header).
+    data_start: usize,
+    header: Metadata,
+}
+
+/// A checkpoint's tensors, by name, over one or more mapped files.
+pub struct Checkpoint {
+    files: Vec<MappedFile>,
+    /// Each tensor's file (an index into `files`).
+    by_name: BTreeMap<String, usize>,
+}
+
+/// The layout of `model.safetensors.index.json` that matters here.
+#[derive(Deserialize)]
+struct Index {
+    weight_map: BTreeMap<String, String>,
+}
+
+/// Where a tensor lives and what it holds, without its data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorMeta {
+    /// The file that holds it.
+    pub file: PathBuf,
+    /// Its element type in the file.
+    pub dtype: Dtype,
+    /// Its shape in the file.
+    pub shape: Vec<usize>,
+}
+
+impl Checkpoint {
+    /// Opens `path`: a safetensors file, or a sharded checkpoint's index (a file ending in
+    /// `.index.json`), whose shards are looked up beside it.
+    pub fn open(path: &Path) -> Result<Checkpoint> {
+        let is_index = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.ends_with(".index.json"));
+        if is_index {
+            return Self::open_index(path);
+        }
+        Ok(Self::single(map_file(path, None)?))
+    }
+
+    /// The safetensors file held in `bytes` (called `label` in errors).
+    pub fn from_bytes(bytes: Vec<u8>, label: &str) -> Result<Checkpoint> {
+        Ok(Self::single(parse(
+            PathBuf::from(label),
+            Bytes::Owned(bytes),
+            None,
+        )?))
+    }
+
+    fn single(file: MappedFile) -> Checkpoint {
+        let by_name = file.header.tensors().into_keys().map(|n| (n, 0)).collect();
+        Checkpoint {
+            files: vec![file],
+            by_name,
+        }
+    }
+
+    /// Opens the shards `index` (a `model.safetensors.index.json`) names, each checked for
+    /// presence, completeness and for holding the tensors the index puts in it.
+    fn open_index(index: &Path) -> Result<Checkpoint> {
+        let (weight_map, shards) = read_index(index)?;
+        let dir = index.parent().unwrap_or(Path::new("."));
+        let mut files = Vec::with_capacity(shards.len());
+        let mut position = BTreeMap::new();
+        for (shard, first_tensor) in &shards {
+            let path = dir.join(shard);
+            if !path.is_file() {
+                bail!(
+                    "{} names the shard {shard} (holding tensor {first_tensor}, among others), \
+                     but {} does not exist; copy or download every shard the index names",
+                    index.display(),
+                    path.display()
+                );
+            }
+            position.insert(shard.as_str(), files.len());
+            files.push(map_file(&path, Some(first_tensor.as_str()))?);
+        }
+        let mut by_name = BTreeMap::new();
+        for (tensor, shard) in &weight_map {
+            let at = position[shard.as_str()];
+            if files[at].header.info(tensor).is_none() {
+                bail!(
+                    "{} puts tensor {tensor} in {}, but that shard has no such tensor; the index \
+                     and its shards do not belong together (download them again)",
+                    index.display(),
+                    files[at].path.display()
+                );
+            }
+            by_name.insert(tensor.clone(), at);
+        }
+        Ok(Checkpoint { files, by_name })
+    }
+
+    /// Every tensor name, sorted.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.by_name.keys().map(String::as_str)
+    }
+
+    /// Whether the checkpoint holds `name`.
+    pub fn contains(&self, name: &str) -> bool {
+        self.by_name.contains_key(name)
+    }
+
+    /// The file, dtype and shape of `name`, if the checkpoint holds it.
+    pub fn meta(&self, name: &str) -> Option<TensorMeta> {
+        let (file, info) = self.locate(name)?;
+        Some(TensorMeta {
+            file: file.path.clone(),
+            dtype: info.dtype,
+            shape: info.shape.clone(),
+        })
+    }
+
+    /// The element types of the floating-point tensors, as `torch` names them (`float32`,
+    /// `bfloat16`, `float16`), joined by `+` when they differ; `None` when there are none.
+    pub fn source_dtype(&self) -> Option<String> {
+        let dtypes: BTreeSet<&'static str> = self
+            .by_name
+            .keys()
+            .filter_map(|n| self.locate(n))
+            .filter_map(|(_, info)| float_name(info.dtype))
+            .collect();
+        (!dtypes.is_empty()).then(|| dtypes.into_iter().collect::<Vec<_>>().join("+"))
+    }
+
+    /// The values of tensor `name` as `f32` (`float32` copied, `bfloat16` and `float16`
+    /// converted exactly), after which its mapped pages are released. An error names the
+    /// file and the tensor when the checkpoint lacks it or holds another element type.
+    pub fn read_f32(&self, name: &str) -> Result<Vec<f32>> {
+        let Some((file, info)) = self.locate(name) else {
+            bail!("the checkpoint has no tensor {name}");
+        };
+        let (start, end) = info.data_offsets;
+        let (start, end) = (file.data_start + start, file.data_start + end);
+        let bytes = &file.map[start..end];
+        let values: Vec<f32> = match info.dtype {
+            Dtype::F32 => bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            Dtype::BF16 => bytes
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            Dtype::F16 => bytes
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            other => bail!(
+                "{}: tensor {name} is {other:?}; pipe reads float32, bfloat16 and float16 \
+                 weights (save the model with `model.float().save_pretrained(...)`)",
+                file.path.display()
+            ),
+        };
+        if let Bytes::Mapped(map) = &file.map {
+            // SAFETY: the map is a read-only shared mapping of a file, and no slice of this
+            // range outlives this function; MADV_DONTNEED only drops the pages from this
+            // process (they stay in the page cache and a later read faults them in again from
+            // the file). Failing to release them costs memory, not correctness.
+            let _ = unsafe {
+                map.unchecked_advise_range(UncheckedAdvice::DontNeed, start, end - start)
+            };
+        }
+        Ok(values)
+    }
+
+    fn locate(&self, name: &str) -> Option<(&MappedFile, &TensorInfo)> {
+        let file = &self.files[*self.by_name.get(name)?];
+        Some((file, file.header.info(name)?))
+    }
+}
+
+/// The shard files a `model.safetensors.index.json` names, each once, in order; an error when
+/// one is not a plain file name beside the index.
+pub fn shard_files(index: &Path) -> Result<Vec<String>> {
+    Ok(read_index(index)?.1.into_keys().collect())
+}
+
+/// The index's `weight_map` (tensor → shard file), and each shard with the first tensor the
+/// index puts in it (to name in errors).
+type IndexMaps = (BTreeMap<String, String>, BTreeMap<String, String>);
+
+/// Reads and checks `index`; see [`IndexMaps`].
+fn read_index(index: &Path) -> Result<IndexMaps> {
+    let text = std::fs::read_to_string(index)
+        .with_context(|| format!("cannot read {}", index.display()))?;
+    let parsed: Index = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{} is not a sharded checkpoint's index (a JSON object with a `weight_map` of \
+             tensor name → shard file)",
+            index.display()
+        )
+    })?;
+    let mut shards = BTreeMap::new();
+    for (tensor, shard) in &parsed.weight_map {
+        if shard.is_empty() || shard.contains(['/', '\\']) || shard.starts_with('.') {
+            bail!(
+                "{} puts tensor {tensor} in `{shard}`, which is not a file name beside the \
+                 index; a shard must be a plain file name in the same folder",
+                index.display()
+            );
+        }
+        shards
+            .entry(shard.clone())
+            .or_insert_with(|| tensor.clone());
+    }
+    Ok((parsed.weight_map, shards))
+}
+
+/// `torch`'s name of a floating-point dtype.
+fn float_name(dtype: Dtype) -> Option<&'static str> {
+    match dtype {
+        Dtype::F32 => Some("float32"),
+        Dtype::BF16 => Some("bfloat16"),
+        Dtype::F16 => Some("float16"),
+        Dtype::F64 => Some("float64"),
+        _ => None,
+    }
+}
+
+/// Maps `path` and parses its header; `tensor` (one the index puts in it) is named in the
+/// error when the file is not a complete safetensors file.
+fn map_file(path: &Path, tensor: Option<&str>) -> Result<MappedFile> {
+    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    // SAFETY: the file is mapped read-only. Another process truncating it while it is mapped
+    // would fault this one; checkpoints are not rewritten in place by pipe or transformers
+    // (the hub cache replaces files by renaming).
+    let map = unsafe { Mmap::map(&file) }
+        .with_context(|| format!("cannot map {} into memory", path.display()))?;
+    parse(path.to_path_buf(), Bytes::Mapped(map), tensor)
+}
+
+/// Parses the header of the safetensors file `map` (read from `path`).
+fn parse(path: PathBuf, map: Bytes, tensor: Option<&str>) -> Result<MappedFile> {
+    let (header_len, header) = SafeTensors::read_metadata(&map).map_err(|e| {
+        let holding = tensor.map_or(String::new(), |t| format!(" (it holds tensor {t})"));
+        anyhow::anyhow!(
+            "{}{holding} is not a complete safetensors file ({e}); it may be truncated or \
+             corrupt: download or copy it again",
+            path.display()
+        )
+    })?;
+    Ok(MappedFile {
+        path,
+        map,
+        data_start: 8 + header_len,
+        header,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use safetensors::tensor::TensorView;
+
+    use super::*;
+
+    fn one_tensor(dtype: Dtype, bits: &[u16]) -> Checkpoint {
+        let bytes: Vec<u8> = bits.iter().flat_map(|b| b.to_le_bytes()).collect();
+        let view = TensorView::new(dtype, vec![bits.len()], &bytes).expect("a view");
+        let file = safetensors::serialize([("t", view)], None).expect("serialized");
+        Checkpoint::from_bytes(file, "t.safetensors").expect("a checkpoint")
+    }
+
+    #[test]
+    fn half_precision_values_widen_exactly() {
+        // IEEE 754 binary16: 1, -2, the smallest subnormal 2^-24, the largest finite 65504,
+        // infinity.
+        let f16 = one_tensor(Dtype::F16, &[0x3C00, 0xC000, 0x0001, 0x7BFF, 0x7C00]);
+        assert_eq!(
+            f16.read_f32("t").unwrap(),
+            [1.0, -2.0, 2f32.powi(-24), 65504.0, f32::INFINITY]
+        );
+        assert_eq!(f16.source_dtype().as_deref(), Some("float16"));
+        // bfloat16 is the top half of a float32: 1, -2, 1 + 2^-7, the smallest normal 2^-126.
+        let bf16 = one_tensor(Dtype::BF16, &[0x3F80, 0xC000, 0x3F81, 0x0080]);
+        assert_eq!(
+            bf16.read_f32("t").unwrap(),
+            [1.0, -2.0, 1.0 + 2f32.powi(-7), 2f32.powi(-126)]
+        );
+        assert_eq!(bf16.source_dtype().as_deref(), Some("bfloat16"));
+    }
+
+    #[test]
+    fn other_element_types_are_refused_with_file_and_tensor() {
+        let i16 = one_tensor(Dtype::I16, &[1, 2]);
+        let e = i16.read_f32("t").unwrap_err().to_string();
+        assert!(e.contains("t.safetensors: tensor t is I16"), "{e}");
+    }
+}
