@@ -40,7 +40,10 @@ use serde_json::{Map, Value};
 use super::architecture::{Architecture, classifier_keys};
 use super::classifier::{ClassifierInput, Pooling, ProblemType, SequenceClassifier};
 use super::dropout::{Dropout, DropoutRates, DropoutSites, Site, SiteShape};
-use super::layers::{Activation, LayerNorm, Linear, first_token, padding_mask};
+use super::layers::{
+    Activation, LayerNorm, Linear, first_token, merge_heads, padding_mask, scaled_attention,
+    split_heads,
+};
 use super::lora::LoraParams;
 use super::{Init, VarPath, Vars};
 
@@ -337,8 +340,8 @@ impl Embeddings {
 /// Self-attention and its output sub-layer (`encoder.layer.<i>.attention`), B:140–324.
 struct Attention {
     path: VarPath,
-    num_heads: i64,
-    head_dim: i64,
+    num_heads: usize,
+    head_dim: usize,
     query: Linear,
     key: Linear,
     value: Linear,
@@ -363,8 +366,8 @@ impl Attention {
             value: Linear::new(g, vars, own.pp("value"), (h, h), w, lora)?,
             dense: Linear::new(g, vars, out.pp("dense"), (h, h), w, lora)?,
             layer_norm: LayerNorm::new(g, vars, out.pp("LayerNorm"), h, cfg.layer_norm_eps)?,
-            num_heads: dim(cfg.num_attention_heads),
-            head_dim: dim(cfg.head_dim()),
+            num_heads: cfg.num_attention_heads,
+            head_dim: cfg.head_dim(),
             path,
         })
     }
@@ -380,33 +383,19 @@ impl Attention {
         mask: Tensor,
         dropout: &Dropout,
     ) -> pipe_onnx::Result<Tensor> {
-        let b = g.shape(x)[0].clone();
-        let (nh, hd) = (Dim::Fixed(self.num_heads), Dim::Fixed(self.head_dim));
-        let split = |g: &mut Graph, t: Tensor| -> pipe_onnx::Result<Tensor> {
-            let s = g.shape(t)[1].clone();
-            let t = g.reshape(t, &[b.clone(), s, nh.clone(), hd.clone()])?;
-            g.transpose(t, &[0, 2, 1, 3]) // [b, heads, s, head_dim]
-        };
         let q = self.query.forward(g, rows, dropout)?;
         let k = self.key.forward(g, x, dropout)?;
         let v = self.value.forward(g, x, dropout)?;
         let own = self.path.pp("self");
+        let (heads, hd) = (self.num_heads, self.head_dim);
         let ctx = g.with_scope(own.as_str(), |g| -> pipe_onnx::Result<Tensor> {
-            // q·kᵀ/√d (B:126): scaling q before the product is the same up to rounding, and
-            // cheaper.
-            let scale = g.scalar(DType::F32, 1.0 / (self.head_dim as f64).sqrt());
-            let q = g.mul(q, scale)?;
-            let (q, k, v) = (split(g, q)?, split(g, k)?, split(g, v)?);
-            let kt = g.transpose(k, &[0, 1, 3, 2])?; // [b, heads, head_dim, s]
-            let scores = g.matmul(q, kt)?; // [b, heads, q, s]
-            let scores = g.add(scores, mask)?;
-            let probs = g.softmax(scores, -1)?;
-            let probs = dropout.apply(g, &own.join("dropout"), probs)?;
-            let ctx = g.matmul(probs, v)?; // [b, heads, q, head_dim]
-            let ctx = g.transpose(ctx, &[0, 2, 1, 3])?; // [b, q, heads, head_dim]
-            let q_len = g.shape(rows)[1].clone();
-            let hidden = Dim::Fixed(self.num_heads * self.head_dim);
-            g.reshape(ctx, &[b.clone(), q_len, hidden]) // [b, q, h]
+            let q = split_heads(g, q, heads, hd)?;
+            let k = split_heads(g, k, heads, hd)?;
+            let v = split_heads(g, v, heads, hd)?;
+            // q·kᵀ/√d (B:126) with the padding mask.
+            let site = own.join("dropout");
+            let ctx = scaled_attention(g, (q, k, v), mask, hd, (dropout, &site))?;
+            merge_heads(g, ctx, heads * hd) // [b, q, h]
         })?;
         let y = self.dense.forward(g, ctx, dropout)?;
         residual(

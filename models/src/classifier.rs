@@ -88,10 +88,19 @@ pub fn loss(g: &mut Graph, logits: Tensor, labels: Tensor, problem: ProblemType)
 }
 
 /// The Hugging Face `Trainer` rule: weight decay on every parameter except biases and
-/// LayerNorm weights (GPT-Neo's `ln_1`, `ln_2`, `ln_f`; BERT's `LayerNorm`), as
-/// `Trainer.get_decay_parameter_names` picks them.
+/// normalisation weights, as `Trainer.get_decay_parameter_names` picks them (no `bias` in the
+/// name, no module that is a LayerNorm: GPT-Neo's `ln_1`, `ln_2`, `ln_f`; BERT's `LayerNorm`;
+/// DistilBERT's `sa_layer_norm`; ModernBERT's `norm`, `attn_norm`, `final_norm`).
 pub fn hf_trainer_decay(spec: &ParamSpec) -> bool {
-    !(spec.name.ends_with(".bias") || spec.name.contains(".ln_") || spec.name.contains("LayerNorm"))
+    let name = spec.name.to_ascii_lowercase();
+    let module = name.rsplit_once('.').map_or("", |(m, _)| m);
+    let norm = module.split('.').any(|part| {
+        part == "norm"
+            || part.ends_with("_norm")
+            || part.contains("layernorm")
+            || part.starts_with("ln_")
+    });
+    !(name.contains("bias") || norm)
 }
 
 /// How the classifier reduces a row's hidden states `[seq, hidden]` to one vector.

@@ -11,9 +11,11 @@ use serde_json::Value;
 use super::architecture::Architecture;
 use super::bert::BertConfig;
 use super::classifier::{Pooling, ProblemType, SequenceClassifier};
+use super::distilbert::DistilBertConfig;
 use super::dropout::{DropoutRates, DropoutSites, Site, SiteShape};
 use super::gpt_neo::{AsGptNeo, GptNeoConfig};
 use super::lora::LoraParams;
+use super::modernbert::ModernBertConfig;
 
 /// A parsed model config of any family.
 #[derive(Clone, Debug, PartialEq)]
@@ -22,11 +24,16 @@ pub enum ModelConfig {
     GptNeo(GptNeoConfig),
     /// `bert`, `roberta`.
     Bert(BertConfig),
+    /// `distilbert`.
+    DistilBert(DistilBertConfig),
+    /// `modernbert`.
+    ModernBert(ModernBertConfig),
 }
 
 impl ModelConfig {
     /// The `model_type`s pipe knows.
-    pub const MODEL_TYPES: [&'static str; 3] = ["gpt_neo", "bert", "roberta"];
+    pub const MODEL_TYPES: [&'static str; 5] =
+        ["gpt_neo", "bert", "roberta", "distilbert", "modernbert"];
 
     /// The config `value` (a `config.json`, or an inline config of a manifest), by its
     /// `model_type`; without one it is a GPT-Neo config (pipe's own inline configs).
@@ -39,6 +46,8 @@ impl ModelConfig {
         let config = match model_type.as_str() {
             "gpt_neo" => ModelConfig::GptNeo(serde_json::from_value(value)?),
             "bert" | "roberta" => ModelConfig::Bert(serde_json::from_value(value)?),
+            "distilbert" => ModelConfig::DistilBert(serde_json::from_value(value)?),
+            "modernbert" => ModelConfig::ModernBert(serde_json::from_value(value)?),
             other => bail!(
                 "`model_type: {other}` is not a family pipe knows; it knows {}",
                 Self::MODEL_TYPES.join(", ")
@@ -54,6 +63,8 @@ impl ModelConfig {
         match self {
             ModelConfig::GptNeo(c) => c,
             ModelConfig::Bert(c) => c,
+            ModelConfig::DistilBert(c) => c,
+            ModelConfig::ModernBert(c) => c,
         }
     }
 
@@ -61,6 +72,8 @@ impl ModelConfig {
         match self {
             ModelConfig::GptNeo(c) => c,
             ModelConfig::Bert(c) => c,
+            ModelConfig::DistilBert(c) => c,
+            ModelConfig::ModernBert(c) => c,
         }
     }
 }
@@ -152,14 +165,17 @@ impl Architecture for ModelConfig {
 /// The parts `freeze:` names, per family: the embedding modules (`embeddings`) and the prefix
 /// of layer `N` (`layers.N` is `<prefix>.N`). Parameter names never collide between families,
 /// so a name is in a part when any family's pattern covers it.
-pub const FREEZE_GROUPS: [(&[&str], &str); 3] = [
+pub const FREEZE_GROUPS: [(&[&str], &str); 5] = [
     (&["transformer.wte", "transformer.wpe"], "transformer.h"),
     (&["bert.embeddings"], "bert.encoder.layer"),
     (&["roberta.embeddings"], "roberta.encoder.layer"),
+    (&["distilbert.embeddings"], "distilbert.transformer.layer"),
+    (&["model.embeddings"], "model.layers"),
 ];
 
-/// The modules that hold a classification head in some family (`score`, `classifier`).
-pub const HEAD_MODULES: [&str; 2] = ["score", "classifier"];
+/// The modules that hold a classification head in some family (`score`, `classifier`,
+/// DistilBERT's `pre_classifier`).
+pub const HEAD_MODULES: [&str; 3] = ["score", "classifier", "pre_classifier"];
 
 /// The first parts of the parameter names of every family's base model.
-pub const BASE_PREFIXES: [&str; 3] = ["transformer", "bert", "roberta"];
+pub const BASE_PREFIXES: [&str; 5] = ["transformer", "bert", "roberta", "distilbert", "model"];

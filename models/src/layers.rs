@@ -2,7 +2,7 @@
 //! activations, the token embedding lookup ([`Tokens`]), the padding mask of bidirectional
 //! attention and the poolings of a row's hidden states.
 
-use pipe_onnx::{DType, Dim, Graph, Kernels, Tensor};
+use pipe_onnx::{DType, Dim, Graph, Kernels, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use super::dropout::Dropout;
@@ -36,6 +36,8 @@ impl Activation {
 pub struct LayerNorm {
     path: VarPath,
     weight: Tensor,
+    /// The shift: a parameter, or zeros as a constant (ONNX Runtime's CPU
+    /// `LayerNormalization` crashes without its optional `B`).
     bias: Tensor,
     eps: f32,
 }
@@ -49,10 +51,28 @@ impl LayerNorm {
         hidden: usize,
         eps: f64,
     ) -> pipe_onnx::Result<Self> {
+        Self::with_bias(g, vars, path, hidden, eps, true)
+    }
+
+    /// [`LayerNorm::new`], with a `path.bias` only when `bias` (`nn.LayerNorm(bias=False)`
+    /// has none: ModernBERT's `norm_bias`).
+    pub fn with_bias(
+        g: &mut Graph,
+        vars: &mut Vars,
+        path: VarPath,
+        hidden: usize,
+        eps: f64,
+        bias: bool,
+    ) -> pipe_onnx::Result<Self> {
         let h = hidden as i64;
+        let weight = vars.get(g, &path, "weight", &[h], Init::Ones)?;
+        let bias = match bias {
+            true => vars.get(g, &path, "bias", &[h], Init::Zeros)?,
+            false => g.constant(TensorData::f32(&[h], &vec![0.0; hidden])?),
+        };
         Ok(LayerNorm {
-            weight: vars.get(g, &path, "weight", &[h], Init::Ones)?,
-            bias: vars.get(g, &path, "bias", &[h], Init::Zeros)?,
+            weight,
+            bias,
             eps: eps as f32,
             path,
         })
@@ -237,4 +257,112 @@ pub fn padding_mask(g: &mut Graph, lengths: Tensor, seq: &Dim) -> pipe_onnx::Res
 /// The first position of each row of `x` `[b, s, h]`: `[b, 1, h]` (the `[CLS]` / `<s>` token).
 pub fn first_token(g: &mut Graph, x: Tensor) -> pipe_onnx::Result<Tensor> {
     g.slice(x, &[0], &[Dim::Fixed(1)], &[1], &[])
+}
+
+/// `[b, s, heads·head_dim]` → `[b, heads, s, head_dim]`.
+pub fn split_heads(
+    g: &mut Graph,
+    t: Tensor,
+    heads: usize,
+    head_dim: usize,
+) -> pipe_onnx::Result<Tensor> {
+    let (b, s) = (g.shape(t)[0].clone(), g.shape(t)[1].clone());
+    let (nh, hd) = (Dim::Fixed(heads as i64), Dim::Fixed(head_dim as i64));
+    let t = g.reshape(t, &[b, s, nh, hd])?;
+    g.transpose(t, &[0, 2, 1, 3])
+}
+
+/// `[b, heads, s, head_dim]` → `[b, s, width]` (`width` = heads·head_dim).
+pub fn merge_heads(g: &mut Graph, t: Tensor, width: usize) -> pipe_onnx::Result<Tensor> {
+    let (b, s) = (g.shape(t)[0].clone(), g.shape(t)[2].clone());
+    let t = g.transpose(t, &[0, 2, 1, 3])?; // [b, s, heads, head_dim]
+    g.reshape(t, &[b, s, Dim::Fixed(width as i64)])
+}
+
+/// Eager scaled dot-product attention as transformers' `eager_attention_forward` computes it:
+/// `dropout(softmax(q·kᵀ/√head_dim + mask)) · v` for `q` `[b, heads, q, head_dim]`, `k`, `v`
+/// `[b, heads, s, head_dim]` and an additive `mask` broadcast to `[b, heads, q, s]`. The
+/// probabilities go through `dropout`'s site `site` (the attention module's `dropout`).
+/// Scaling `q` before the product is the same up to rounding, and cheaper.
+pub fn scaled_attention(
+    g: &mut Graph,
+    (q, k, v): (Tensor, Tensor, Tensor),
+    mask: Tensor,
+    head_dim: usize,
+    (dropout, site): (&Dropout, &str),
+) -> pipe_onnx::Result<Tensor> {
+    let scale = g.scalar(DType::F32, 1.0 / (head_dim as f64).sqrt());
+    let q = g.mul(q, scale)?;
+    let kt = g.transpose(k, &[0, 1, 3, 2])?; // [b, heads, head_dim, s]
+    let scores = g.matmul(q, kt)?; // [b, heads, q, s]
+    let scores = g.add(scores, mask)?;
+    let probs = g.softmax(scores, -1)?;
+    let probs = dropout.apply(g, site, probs)?;
+    g.matmul(probs, v) // [b, heads, q, head_dim]
+}
+
+/// Rotary position embeddings (RoPE, Su et al. 2021) as transformers' default
+/// `rope_type` computes them: `inv_freq[i] = 1 / theta^(2i/head_dim)` in f32, the angle of
+/// position `p` and column `j` is `p · inv_freq[j mod head_dim/2]` (the two halves repeat),
+/// and `x` `[b, heads, s, head_dim]` becomes `x·cos + rotate_half(x)·sin` with
+/// `rotate_half(x) = [-x₂, x₁]`. The cos and sin tables (`[positions, head_dim]`) are
+/// graph constants, sliced to the rows' length at run time.
+pub struct Rotary {
+    cos: Tensor,
+    sin: Tensor,
+    head_dim: usize,
+}
+
+impl Rotary {
+    /// The tables for positions `0..positions`, heads of width `head_dim` (even) and base
+    /// `theta`, as constants of `g`.
+    pub fn new(
+        g: &mut Graph,
+        positions: usize,
+        head_dim: usize,
+        theta: f64,
+    ) -> anyhow::Result<Self> {
+        let half = head_dim / 2;
+        let inv_freq: Vec<f32> = (0..half)
+            .map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32))
+            .collect();
+        let (mut cos, mut sin) = (Vec::new(), Vec::new());
+        for p in 0..positions {
+            for j in 0..head_dim {
+                let angle = p as f32 * inv_freq[j % half.max(1)];
+                cos.push(angle.cos());
+                sin.push(angle.sin());
+            }
+        }
+        let dims = [positions as i64, head_dim as i64];
+        Ok(Rotary {
+            cos: g.constant(TensorData::f32(&dims, &cos)?),
+            sin: g.constant(TensorData::f32(&dims, &sin)?),
+            head_dim,
+        })
+    }
+
+    /// `x` `[b, heads, s, head_dim]` rotated by its positions `0..s`.
+    pub fn apply(&self, g: &mut Graph, x: Tensor) -> pipe_onnx::Result<Tensor> {
+        let s = g.shape(x)[2].clone();
+        let cos = g.slice(self.cos, &[0], &[s.clone()], &[0], &[])?; // [s, d]
+        let sin = g.slice(self.sin, &[0], &[s], &[0], &[])?;
+        let half = Dim::Fixed((self.head_dim / 2) as i64);
+        let parts = g.split(x, &[half.clone(), half], 3)?;
+        let minus = g.neg(parts[1])?;
+        let rotated = g.concat(&[minus, parts[0]], 3)?;
+        let a = g.mul(x, cos)?;
+        let b = g.mul(rotated, sin)?;
+        g.add(a, b)
+    }
+}
+
+/// A gated linear unit's activation (GeGLU with GELU, Shazeer 2020): `x` `[.., 2·width]` is
+/// cut into `input` and `gate` halves and becomes `act(input) · gate` `[.., width]`, as
+/// ModernBERT's `Wi(x).chunk(2, dim=-1)`.
+pub fn gated(g: &mut Graph, x: Tensor, width: usize, act: Activation) -> pipe_onnx::Result<Tensor> {
+    let w = Dim::Fixed(width as i64);
+    let parts = g.split(x, &[w.clone(), w], -1)?;
+    let input = act.apply(g, parts[0])?;
+    g.mul(input, parts[1])
 }

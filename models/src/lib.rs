@@ -16,6 +16,7 @@ pub mod bundle;
 pub mod checkpoint;
 pub mod classifier;
 pub mod config;
+pub mod distilbert;
 pub mod dropout;
 pub mod embedded;
 pub mod gpt_neo;
@@ -24,6 +25,7 @@ pub mod hub;
 pub mod layers;
 pub mod lora;
 pub mod loss;
+pub mod modernbert;
 pub mod weights;
 
 pub use architecture::Architecture;
@@ -51,6 +53,9 @@ pub enum Init {
         /// Half-width of the interval.
         bound: f32,
     },
+    /// A `[positions, dim]` table of sines (even columns) and cosines (odd columns) of
+    /// `pos / 10000^(2·(j/2)/dim)`, as DistilBERT's `sinusoidal_pos_embds` starts it.
+    Sinusoidal,
 }
 
 /// One declared parameter: its Hugging Face name, shape and fresh initialisation.
@@ -177,8 +182,25 @@ pub fn init_param(spec: &ParamSpec, seed: u64) -> HostTensor {
         Init::Uniform { bound } => fill_blocks(n, base, |rng| {
             ((rng.uniform() * 2.0 - 1.0) * f64::from(bound)) as f32
         }),
+        Init::Sinusoidal => sinusoidal(&spec.shape),
     };
     HostTensor::f32(&spec.shape, data).expect("the spec's shape holds numel elements")
+}
+
+/// The table of [`Init::Sinusoidal`] for `shape` `[positions, dim]`, computed in f64.
+fn sinusoidal(shape: &[i64]) -> Vec<f32> {
+    let (rows, dim) = match shape {
+        [rows, dim] => (*rows.max(&0) as usize, *dim.max(&0) as usize),
+        _ => (0, 0),
+    };
+    let mut out = Vec::with_capacity(rows * dim);
+    for pos in 0..rows {
+        for j in 0..dim {
+            let angle = pos as f64 / 10000f64.powf((2 * (j / 2)) as f64 / dim as f64);
+            out.push(if j % 2 == 0 { angle.sin() } else { angle.cos() } as f32);
+        }
+    }
+    out
 }
 
 /// `n` values, block `i` of [`INIT_BLOCK`] drawn by `draw` from the generator of

@@ -46,7 +46,7 @@ fn default_alpha() -> f64 {
 }
 
 /// A linear layer LoRA can adapt, by its module name (PEFT's `target_modules`): GPT-Neo's
-/// `q_proj k_proj v_proj out_proj c_fc c_proj`, BERT's and RoBERTa's `query key value dense`.
+/// `q_proj k_proj v_proj out_proj c_fc c_proj`, BERT's and RoBERTa's `query key value dense`, DistilBERT's `q_lin k_lin v_lin out_lin`, ModernBERT's `Wqkv Wo Wi`.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
 )]
@@ -73,6 +73,23 @@ pub enum LoraTarget {
     /// BERT's other linear layers (`attention.output.dense`, `intermediate.dense`,
     /// `output.dense`, `pooler.dense`), as PEFT matches `dense`.
     Dense,
+    /// DistilBERT attention query projection.
+    QLin,
+    /// DistilBERT attention key projection.
+    KLin,
+    /// DistilBERT attention value projection.
+    VLin,
+    /// DistilBERT attention output projection.
+    OutLin,
+    /// ModernBERT's fused query, key and value projection.
+    #[serde(rename = "Wqkv")]
+    Wqkv,
+    /// ModernBERT's attention and feed-forward output projections (PEFT matches both).
+    #[serde(rename = "Wo")]
+    Wo,
+    /// ModernBERT's feed-forward input projection (input and gate).
+    #[serde(rename = "Wi")]
+    Wi,
 }
 
 impl LoraTarget {
@@ -89,6 +106,13 @@ impl LoraTarget {
             LoraTarget::Key => "key",
             LoraTarget::Value => "value",
             LoraTarget::Dense => "dense",
+            LoraTarget::QLin => "q_lin",
+            LoraTarget::KLin => "k_lin",
+            LoraTarget::VLin => "v_lin",
+            LoraTarget::OutLin => "out_lin",
+            LoraTarget::Wqkv => "Wqkv",
+            LoraTarget::Wo => "Wo",
+            LoraTarget::Wi => "Wi",
         }
     }
 }
@@ -115,7 +139,8 @@ impl LoraParams {
             return Err((
                 "targets",
                 "`lora.targets` must name at least one layer: q_proj, k_proj, v_proj, out_proj, \
-                 c_fc, c_proj (GPT-Neo) or query, key, value, dense (BERT, RoBERTa)"
+                 c_fc, c_proj (GPT-Neo), query, key, value, dense (BERT, RoBERTa) or q_lin, \
+                 k_lin, v_lin, out_lin (DistilBERT) or Wqkv, Wo, Wi (ModernBERT)"
                     .into(),
             ));
         }

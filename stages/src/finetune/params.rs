@@ -186,7 +186,8 @@ impl Shape {
                 map.insert("num_labels".into(), Value::from(num_labels));
                 ModelConfig::from_json(Value::Object(map)).context(
                     "`model.config` is not a config pipe can train (GPT-Neo keys, or \
-                     `model_type: bert` / `roberta` with BertConfig's keys)",
+                     `model_type: bert` / `roberta` with BertConfig's keys, `distilbert` or \
+                     `modernbert` with theirs)",
                 )?
             }
         })

@@ -685,6 +685,7 @@ fn gpt_neo_fresh_init_statistics() {
                 assert!(v.iter().all(|&x| x == 1.0));
             }
             Init::Uniform { .. } => panic!("{}: only LoRA matrices draw uniformly", spec.name),
+            Init::Sinusoidal => panic!("{}: GPT-Neo learns its positions", spec.name),
         }
     }
     assert_eq!(n_weights, 2 + 6 * 4 + 1);

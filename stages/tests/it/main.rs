@@ -15,13 +15,17 @@ mod tokenize;
 mod accumulation;
 mod bert;
 mod checkpoints;
+mod distilbert;
 mod dropout;
+mod encoder_fixture;
+mod encoder_tuning;
 mod finetune;
 mod finetune_selection;
 mod freeze;
 mod gpt_neo;
 mod loss;
 mod minilm;
+mod modernbert;
 mod peft;
 
 // Export and evaluation: metrics against scikit-learn, the HTML report, the stages.
