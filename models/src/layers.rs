@@ -345,7 +345,7 @@ impl Rotary {
     /// `x` `[b, heads, s, head_dim]` rotated by its positions `0..s`.
     pub fn apply(&self, g: &mut Graph, x: Tensor) -> pipe_onnx::Result<Tensor> {
         let s = g.shape(x)[2].clone();
-        let cos = g.slice(self.cos, &[0], &[s.clone()], &[0], &[])?; // [s, d]
+        let cos = g.slice(self.cos, &[0], std::slice::from_ref(&s), &[0], &[])?; // [s, d]
         let sin = g.slice(self.sin, &[0], &[s], &[0], &[])?;
         let half = Dim::Fixed((self.head_dim / 2) as i64);
         let parts = g.split(x, &[half.clone(), half], 3)?;

@@ -399,10 +399,14 @@ pub fn write_adapter(
     let mut targets: Vec<&str> = lora.targets.iter().map(|t| t.module()).collect();
     targets.sort_unstable();
     targets.dedup();
-    let modules_to_save: Vec<&str> = head
-        .iter()
-        .filter_map(|p| p.strip_suffix(".weight"))
-        .collect();
+    // The head's top-level modules (`classifier`, not `classifier.dense`): PEFT wraps and
+    // restores each whole, and refuses a RoBERTa adapter that names its sub-modules.
+    let mut modules_to_save: Vec<&str> = Vec::new();
+    for module in head.iter().filter_map(|p| p.split('.').next()) {
+        if !modules_to_save.contains(&module) {
+            modules_to_save.push(module);
+        }
+    }
     let config = json!({
         "peft_type": "LORA",
         "task_type": "SEQ_CLS",

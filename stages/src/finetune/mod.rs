@@ -104,7 +104,9 @@ impl Stage for Finetune {
         //    `pad_token_id`, so transformers classifies batches of several rows.
         // 7: every family behind one `Architecture`; model/config.json keeps every key of the
         //    source config.
-        7
+        // 8: adapter_config.json's `modules_to_save` names the head's top-level modules
+        //    (RoBERTa's `classifier`, which PEFT loads; not `classifier.dense`).
+        8
     }
 
     fn summary(&self) -> &'static str {

@@ -283,7 +283,12 @@ fn encoder_lora_matches_peft() {
         let saved: Vec<String> = serde_json::from_value(theirs["modules_to_save"].clone()).unwrap();
         let ours_saved: Vec<String> =
             serde_json::from_value(ours["modules_to_save"].clone()).unwrap();
-        // PEFT matches `modules_to_save` by suffix: `classifier` covers `pre_classifier`.
+        // Whole top-level modules, as PEFT names them; PEFT matches by suffix: `classifier`
+        // covers `pre_classifier`.
+        assert!(
+            ours_saved.iter().all(|m| !m.contains('.')),
+            "{case}: {ours_saved:?}"
+        );
         for m in &ours_saved {
             let module = m.split('.').next().unwrap();
             let covered = saved.iter().any(|s| module.ends_with(s.as_str()));
