@@ -15,7 +15,7 @@ seeds=("${@:-0}")
 ./scripts/fetch-onnxruntime.sh
 ./scripts/fetch-model.sh
 cargo build --release --locked -p pipe
-pipe=$PWD/target/release/pipe
+pipe=${CARGO_TARGET_DIR:-$PWD/target}/release/pipe
 model=$PWD/.tools/models/all-MiniLM-L6-v2
 echo "cpu: $(lscpu | sed -n 's/^Model name: *//p') · $threads threads"
 work=$(mktemp -d)
