@@ -88,10 +88,54 @@ pub fn loss(g: &mut Graph, logits: Tensor, labels: Tensor, problem: ProblemType)
 }
 
 /// The Hugging Face `Trainer` rule: weight decay on every parameter except biases and
-/// LayerNorm weights (GPT-Neo's `ln_1`, `ln_2`, `ln_f`; BERT's `LayerNorm`), as
+/// norm weights (GPT-Neo's `ln_1`, `ln_2`, `ln_f`; BERT's `LayerNorm`; Llama's RMSNorms), as
 /// `Trainer.get_decay_parameter_names` picks them.
 pub fn hf_trainer_decay(spec: &ParamSpec) -> bool {
-    !(spec.name.ends_with(".bias") || spec.name.contains(".ln_") || spec.name.contains("LayerNorm"))
+    !(spec.name.ends_with(".bias")
+        || spec.name.contains(".ln_")
+        || spec.name.contains("LayerNorm")
+        || is_norm_name(&spec.name))
+}
+
+/// The rest of `Trainer`'s name patterns (`layernorm`, `rmsnorm`, `.norm.`, `_norm.`), which
+/// cover the Llama family's RMSNorm weights (`input_layernorm`, `model.norm`, `q_norm`).
+fn is_norm_name(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    lower.contains("layernorm")
+        || lower.contains("rmsnorm")
+        || lower.starts_with("norm.")
+        || lower.contains(".norm.")
+        || lower.contains("_norm.")
+}
+
+/// The pad id a decoder's classifier needs (transformers reads each row's last token that is
+/// not `pad_token_id`, and refuses a batch without one): `pad`, else the config's
+/// `eos_token_id` (its first when a list), which transformers then takes for padding; an
+/// error saying how to set one when `other` (the rest of the config) has neither.
+pub fn decoder_pad_id(
+    model_type: &str,
+    pad: Option<i64>,
+    other: &serde_json::Map<String, serde_json::Value>,
+) -> Result<i64> {
+    use anyhow::Context;
+    use serde_json::Value;
+    if let Some(pad) = pad {
+        return Ok(pad);
+    }
+    let eos = match other.get("eos_token_id") {
+        Some(Value::Number(n)) => n.as_i64(),
+        Some(Value::Array(ids)) => ids.first().and_then(Value::as_i64),
+        _ => None,
+    };
+    eos.with_context(|| {
+        format!(
+            "this {model_type} config has no `pad_token_id` (nor an `eos_token_id` to pad with): \
+             a classifier reads each row's last non-pad token, as transformers' does, so it \
+             must know the pad id; add `pad_token_id: <id>` (the tokenizer's pad or \
+             end-of-text token) to the model's config.json, or to `model.config` in the \
+             manifest"
+        )
+    })
 }
 
 /// How the classifier reduces a row's hidden states `[seq, hidden]` to one vector.

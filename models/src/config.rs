@@ -13,6 +13,8 @@ use super::bert::BertConfig;
 use super::classifier::{Pooling, ProblemType, SequenceClassifier};
 use super::dropout::{DropoutRates, DropoutSites, Site, SiteShape};
 use super::gpt_neo::{AsGptNeo, GptNeoConfig};
+use super::gpt2::Gpt2Config;
+use super::llama::LlamaConfig;
 use super::lora::LoraParams;
 
 /// A parsed model config of any family.
@@ -22,11 +24,17 @@ pub enum ModelConfig {
     GptNeo(GptNeoConfig),
     /// `bert`, `roberta`.
     Bert(BertConfig),
+    /// `llama`, `mistral`, `qwen2`, `qwen3`.
+    Llama(LlamaConfig),
+    /// `gpt2`.
+    Gpt2(Gpt2Config),
 }
 
 impl ModelConfig {
     /// The `model_type`s pipe knows.
-    pub const MODEL_TYPES: [&'static str; 3] = ["gpt_neo", "bert", "roberta"];
+    pub const MODEL_TYPES: [&'static str; 8] = [
+        "gpt_neo", "bert", "roberta", "llama", "mistral", "qwen2", "qwen3", "gpt2",
+    ];
 
     /// The config `value` (a `config.json`, or an inline config of a manifest), by its
     /// `model_type`; without one it is a GPT-Neo config (pipe's own inline configs).
@@ -39,6 +47,10 @@ impl ModelConfig {
         let config = match model_type.as_str() {
             "gpt_neo" => ModelConfig::GptNeo(serde_json::from_value(value)?),
             "bert" | "roberta" => ModelConfig::Bert(serde_json::from_value(value)?),
+            "llama" | "mistral" | "qwen2" | "qwen3" => {
+                ModelConfig::Llama(serde_json::from_value(value)?)
+            }
+            "gpt2" => ModelConfig::Gpt2(serde_json::from_value(value)?),
             other => bail!(
                 "`model_type: {other}` is not a family pipe knows; it knows {}",
                 Self::MODEL_TYPES.join(", ")
@@ -54,6 +66,8 @@ impl ModelConfig {
         match self {
             ModelConfig::GptNeo(c) => c,
             ModelConfig::Bert(c) => c,
+            ModelConfig::Llama(c) => c,
+            ModelConfig::Gpt2(c) => c,
         }
     }
 
@@ -61,6 +75,8 @@ impl ModelConfig {
         match self {
             ModelConfig::GptNeo(c) => c,
             ModelConfig::Bert(c) => c,
+            ModelConfig::Llama(c) => c,
+            ModelConfig::Gpt2(c) => c,
         }
     }
 }
@@ -87,6 +103,9 @@ impl DropoutSites for ModelConfig {
     }
     fn lora_modules(&self) -> Vec<(String, SiteShape)> {
         self.family().lora_modules()
+    }
+    fn lora_fan_in_fan_out(&self) -> bool {
+        self.family().lora_fan_in_fan_out()
     }
 }
 
@@ -152,14 +171,15 @@ impl Architecture for ModelConfig {
 /// The parts `freeze:` names, per family: the embedding modules (`embeddings`) and the prefix
 /// of layer `N` (`layers.N` is `<prefix>.N`). Parameter names never collide between families,
 /// so a name is in a part when any family's pattern covers it.
-pub const FREEZE_GROUPS: [(&[&str], &str); 3] = [
+pub const FREEZE_GROUPS: [(&[&str], &str); 4] = [
     (&["transformer.wte", "transformer.wpe"], "transformer.h"),
     (&["bert.embeddings"], "bert.encoder.layer"),
     (&["roberta.embeddings"], "roberta.encoder.layer"),
+    (&["model.embed_tokens"], "model.layers"),
 ];
 
 /// The modules that hold a classification head in some family (`score`, `classifier`).
 pub const HEAD_MODULES: [&str; 2] = ["score", "classifier"];
 
 /// The first parts of the parameter names of every family's base model.
-pub const BASE_PREFIXES: [&str; 3] = ["transformer", "bert", "roberta"];
+pub const BASE_PREFIXES: [&str; 4] = ["transformer", "bert", "roberta", "model"];

@@ -5,6 +5,7 @@ mod trained;
 mod util;
 
 // Data stages.
+mod decoder_tokenizers;
 mod hub;
 mod ingest;
 mod init;
@@ -14,6 +15,7 @@ mod tokenize;
 // Models.
 mod accumulation;
 mod bert;
+mod decoders;
 mod dropout;
 mod finetune;
 mod finetune_selection;
