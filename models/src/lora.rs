@@ -50,7 +50,7 @@ fn default_alpha() -> f64 {
 /// [`LoraParams::check_targets`] once the family is known. The names per family:
 /// GPT-Neo `q_proj k_proj v_proj out_proj c_fc c_proj`; BERT, RoBERTa
 /// `query key value dense`; Llama, Mistral, Qwen2, Qwen3
-/// `q_proj k_proj v_proj o_proj gate_proj up_proj down_proj`.
+/// `q_proj k_proj v_proj o_proj gate_proj up_proj down_proj`; GPT-2 `c_attn c_proj c_fc`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct LoraTarget(String);
@@ -103,7 +103,7 @@ impl JsonSchema for LoraTarget {
             "description": "A linear layer LoRA can adapt, by its module name (PEFT's \
                 `target_modules`): GPT-Neo `q_proj k_proj v_proj out_proj c_fc c_proj`; BERT, \
                 RoBERTa `query key value dense`; Llama, Mistral, Qwen2, Qwen3 `q_proj k_proj \
-                v_proj o_proj gate_proj up_proj down_proj`.",
+                v_proj o_proj gate_proj up_proj down_proj`; GPT-2 `c_attn c_proj c_fc`.",
             "type": "string",
             "pattern": "^[A-Za-z_][A-Za-z0-9_]*$",
             "examples": ["q_proj", "v_proj", "query", "value", "o_proj", "gate_proj"]
@@ -134,7 +134,8 @@ impl LoraParams {
                 "targets",
                 "`lora.targets` must name at least one layer: q_proj, k_proj, v_proj, out_proj, \
                  c_fc, c_proj (GPT-Neo), query, key, value, dense (BERT, RoBERTa) or q_proj, \
-                 k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj (Llama, Mistral, Qwen)"
+                 k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj (Llama, Mistral, Qwen) or \
+                 c_attn, c_proj, c_fc (GPT-2)"
                     .into(),
             ));
         }
