@@ -106,7 +106,9 @@ fn main() -> anyhow::Result<()> {
         r: 8,
         alpha: 16.0,
         dropout: 0.0,
-        targets: vec![LoraTarget::QProj, LoraTarget::VProj],
+        targets: ["q_proj", "v_proj"]
+            .map(|t| LoraTarget::new(t).expect("a module name"))
+            .to_vec(),
     });
     let freeze = [
         FreezeEntry::Embeddings,

@@ -5,6 +5,8 @@
 //! | --- | --- | --- |
 //! | `gpt_neo` | [`GptNeoConfig`](super::gpt_neo::GptNeoConfig) | [`GptNeoForSequenceClassification`](super::gpt_neo::GptNeoForSequenceClassification) |
 //! | `bert`, `roberta` | [`BertConfig`](super::bert::BertConfig) | [`BertForSequenceClassification`](super::bert::BertForSequenceClassification) |
+//! | `llama`, `mistral`, `qwen2`, `qwen3` | [`LlamaConfig`](super::llama::LlamaConfig) | [`LlamaForSequenceClassification`](super::llama::LlamaForSequenceClassification) |
+//! | `gpt2` | [`Gpt2Config`](super::gpt2::Gpt2Config) | [`Gpt2ForSequenceClassification`](super::gpt2::Gpt2ForSequenceClassification) |
 //!
 //! [`ModelConfig::from_json`](super::ModelConfig::from_json) picks the family from `config.json`'s `model_type`, in one
 //! table (as transformers' `AutoModel` mapping does). Everything else goes through

@@ -88,19 +88,54 @@ pub fn loss(g: &mut Graph, logits: Tensor, labels: Tensor, problem: ProblemType)
 }
 
 /// The Hugging Face `Trainer` rule: weight decay on every parameter except biases and
-/// normalisation weights, as `Trainer.get_decay_parameter_names` picks them (no `bias` in the
-/// name, no module that is a LayerNorm: GPT-Neo's `ln_1`, `ln_2`, `ln_f`; BERT's `LayerNorm`;
-/// DistilBERT's `sa_layer_norm`; ModernBERT's `norm`, `attn_norm`, `final_norm`).
+/// norm weights, as `Trainer.get_decay_parameter_names` picks them: no parameter whose
+/// lower-cased name contains `bias`, `layernorm` or `rmsnorm` or has a part `norm` or `…_norm`
+/// (BERT's `LayerNorm`, DistilBERT's `sa_layer_norm`, ModernBERT's `final_norm`, Llama's
+/// `input_layernorm`, Qwen3's `q_norm`), nor one of an `nn.LayerNorm` module whose name says
+/// nothing of it (GPT-Neo's and GPT-2's `ln_1`, `ln_2`, `ln_f`).
 pub fn hf_trainer_decay(spec: &ParamSpec) -> bool {
     let name = spec.name.to_ascii_lowercase();
+    let mut parts = name.split('.');
+    let by_name = name.contains("bias")
+        || name.contains("layernorm")
+        || name.contains("rmsnorm")
+        || parts.any(|part| part == "norm" || part.ends_with("_norm"));
     let module = name.rsplit_once('.').map_or("", |(m, _)| m);
-    let norm = module.split('.').any(|part| {
-        part == "norm"
-            || part.ends_with("_norm")
-            || part.contains("layernorm")
-            || part.starts_with("ln_")
-    });
-    !(name.contains("bias") || norm)
+    let layer_norm_module = module
+        .rsplit('.')
+        .next()
+        .is_some_and(|m| m.starts_with("ln_"));
+    !(by_name || layer_norm_module)
+}
+
+/// The pad id a decoder's classifier needs (transformers reads each row's last token that is
+/// not `pad_token_id`, and refuses a batch without one): `pad`, else the config's
+/// `eos_token_id` (its first when a list), which transformers then takes for padding; an
+/// error saying how to set one when `other` (the rest of the config) has neither.
+pub fn decoder_pad_id(
+    model_type: &str,
+    pad: Option<i64>,
+    other: &serde_json::Map<String, serde_json::Value>,
+) -> Result<i64> {
+    use anyhow::Context;
+    use serde_json::Value;
+    if let Some(pad) = pad {
+        return Ok(pad);
+    }
+    let eos = match other.get("eos_token_id") {
+        Some(Value::Number(n)) => n.as_i64(),
+        Some(Value::Array(ids)) => ids.first().and_then(Value::as_i64),
+        _ => None,
+    };
+    eos.with_context(|| {
+        format!(
+            "this {model_type} config has no `pad_token_id` (nor an `eos_token_id` to pad with): \
+             a classifier reads each row's last non-pad token, as transformers' does, so it \
+             must know the pad id; add `pad_token_id: <id>` (the tokenizer's pad or \
+             end-of-text token) to the model's config.json, or to `model.config` in the \
+             manifest"
+        )
+    })
 }
 
 /// How the classifier reduces a row's hidden states `[seq, hidden]` to one vector.

@@ -14,6 +14,8 @@ use super::classifier::{Pooling, ProblemType, SequenceClassifier};
 use super::distilbert::DistilBertConfig;
 use super::dropout::{DropoutRates, DropoutSites, Site, SiteShape};
 use super::gpt_neo::{AsGptNeo, GptNeoConfig};
+use super::gpt2::Gpt2Config;
+use super::llama::LlamaConfig;
 use super::lora::LoraParams;
 use super::modernbert::ModernBertConfig;
 
@@ -28,12 +30,26 @@ pub enum ModelConfig {
     DistilBert(DistilBertConfig),
     /// `modernbert`.
     ModernBert(ModernBertConfig),
+    /// `llama`, `mistral`, `qwen2`, `qwen3`.
+    Llama(LlamaConfig),
+    /// `gpt2`.
+    Gpt2(Gpt2Config),
 }
 
 impl ModelConfig {
     /// The `model_type`s pipe knows.
-    pub const MODEL_TYPES: [&'static str; 5] =
-        ["gpt_neo", "bert", "roberta", "distilbert", "modernbert"];
+    pub const MODEL_TYPES: [&'static str; 10] = [
+        "gpt_neo",
+        "bert",
+        "roberta",
+        "distilbert",
+        "modernbert",
+        "llama",
+        "mistral",
+        "qwen2",
+        "qwen3",
+        "gpt2",
+    ];
 
     /// The config `value` (a `config.json`, or an inline config of a manifest), by its
     /// `model_type`; without one it is a GPT-Neo config (pipe's own inline configs).
@@ -48,6 +64,10 @@ impl ModelConfig {
             "bert" | "roberta" => ModelConfig::Bert(serde_json::from_value(value)?),
             "distilbert" => ModelConfig::DistilBert(serde_json::from_value(value)?),
             "modernbert" => ModelConfig::ModernBert(serde_json::from_value(value)?),
+            "llama" | "mistral" | "qwen2" | "qwen3" => {
+                ModelConfig::Llama(serde_json::from_value(value)?)
+            }
+            "gpt2" => ModelConfig::Gpt2(serde_json::from_value(value)?),
             other => bail!(
                 "`model_type: {other}` is not a family pipe knows; it knows {}",
                 Self::MODEL_TYPES.join(", ")
@@ -65,6 +85,8 @@ impl ModelConfig {
             ModelConfig::Bert(c) => c,
             ModelConfig::DistilBert(c) => c,
             ModelConfig::ModernBert(c) => c,
+            ModelConfig::Llama(c) => c,
+            ModelConfig::Gpt2(c) => c,
         }
     }
 
@@ -74,6 +96,8 @@ impl ModelConfig {
             ModelConfig::Bert(c) => c,
             ModelConfig::DistilBert(c) => c,
             ModelConfig::ModernBert(c) => c,
+            ModelConfig::Llama(c) => c,
+            ModelConfig::Gpt2(c) => c,
         }
     }
 }
@@ -100,6 +124,9 @@ impl DropoutSites for ModelConfig {
     }
     fn lora_modules(&self) -> Vec<(String, SiteShape)> {
         self.family().lora_modules()
+    }
+    fn lora_fan_in_fan_out(&self) -> bool {
+        self.family().lora_fan_in_fan_out()
     }
 }
 
@@ -170,7 +197,7 @@ pub const FREEZE_GROUPS: [(&[&str], &str); 5] = [
     (&["bert.embeddings"], "bert.encoder.layer"),
     (&["roberta.embeddings"], "roberta.encoder.layer"),
     (&["distilbert.embeddings"], "distilbert.transformer.layer"),
-    (&["model.embeddings"], "model.layers"),
+    (&["model.embeddings", "model.embed_tokens"], "model.layers"),
 ];
 
 /// The modules that hold a classification head in some family (`score`, `classifier`,

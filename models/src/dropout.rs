@@ -58,6 +58,11 @@ pub trait DropoutSites {
     fn dropout_sites(&self, rates: DropoutRates) -> Vec<Site>;
     /// Every linear layer LoRA can adapt, in forward order, with the shape of its input.
     fn lora_modules(&self) -> Vec<(String, SiteShape)>;
+    /// Whether those layers store their weights `[in, out]` (GPT-2's `Conv1D`; PEFT's
+    /// `fan_in_fan_out`), which merging the update and the adapter's config must know.
+    fn lora_fan_in_fan_out(&self) -> bool {
+        false
+    }
 }
 
 /// The shape of a site's mask.

@@ -301,58 +301,97 @@ pub fn scaled_attention(
     g.matmul(probs, v) // [b, heads, q, head_dim]
 }
 
-/// Rotary position embeddings (RoPE, Su et al. 2021) as transformers' default
-/// `rope_type` computes them: `inv_freq[i] = 1 / theta^(2i/head_dim)` in f32, the angle of
-/// position `p` and column `j` is `p · inv_freq[j mod head_dim/2]` (the two halves repeat),
-/// and `x` `[b, heads, s, head_dim]` becomes `x·cos + rotate_half(x)·sin` with
-/// `rotate_half(x) = [-x₂, x₁]`. The cos and sin tables (`[positions, head_dim]`) are
-/// graph constants, sliced to the rows' length at run time.
-pub struct Rotary {
-    cos: Tensor,
-    sin: Tensor,
-    head_dim: usize,
+/// Root-mean-square normalisation over the last axis with a learned scale (`LlamaRMSNorm`,
+/// `Qwen3RMSNorm`): `w · x / √(mean(x²) + ε)`, no shift, no mean subtraction.
+pub struct RmsNorm {
+    path: VarPath,
+    weight: Tensor,
+    eps: f64,
 }
 
-impl Rotary {
-    /// The tables for positions `0..positions`, heads of width `head_dim` (even) and base
-    /// `theta`, as constants of `g`.
+impl RmsNorm {
+    /// Declares `path.weight` (ones) of width `width`.
     pub fn new(
         g: &mut Graph,
-        positions: usize,
-        head_dim: usize,
-        theta: f64,
-    ) -> anyhow::Result<Self> {
-        let half = head_dim / 2;
-        let inv_freq: Vec<f32> = (0..half)
-            .map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32))
-            .collect();
-        let (mut cos, mut sin) = (Vec::new(), Vec::new());
-        for p in 0..positions {
-            for j in 0..head_dim {
-                let angle = p as f32 * inv_freq[j % half.max(1)];
-                cos.push(angle.cos());
-                sin.push(angle.sin());
-            }
-        }
-        let dims = [positions as i64, head_dim as i64];
-        Ok(Rotary {
-            cos: g.constant(TensorData::f32(&dims, &cos)?),
-            sin: g.constant(TensorData::f32(&dims, &sin)?),
-            head_dim,
+        vars: &mut Vars,
+        path: VarPath,
+        width: usize,
+        eps: f64,
+    ) -> pipe_onnx::Result<Self> {
+        Ok(RmsNorm {
+            weight: vars.get(g, &path, "weight", &[width as i64], Init::Ones)?,
+            eps,
+            path,
         })
     }
 
-    /// `x` `[b, heads, s, head_dim]` rotated by its positions `0..s`.
+    /// `w · x / √(mean(x²) + ε)` over the last axis of `x`, named after the module.
+    pub fn forward(&self, g: &mut Graph, x: Tensor) -> pipe_onnx::Result<Tensor> {
+        g.with_scope(self.path.as_str(), |g| {
+            let sq = g.mul(x, x)?;
+            let var = g.reduce_mean(sq, &[-1], true)?;
+            let eps = g.scalar(DType::F32, self.eps);
+            let var = g.add(var, eps)?;
+            let rms = g.sqrt(var)?;
+            let inv = g.reciprocal(rms)?;
+            let normed = g.mul(x, inv)?;
+            g.mul(normed, self.weight)
+        })
+    }
+}
+
+/// The `head_dim / 2` inverse frequencies of the default rotary embedding with base `theta`,
+/// `1 / theta^(2i / head_dim)`, in f32 as transformers' `_compute_default_rope_parameters`.
+pub fn rope_inv_freq(theta: f64, head_dim: usize) -> Vec<f32> {
+    let base = theta as f32;
+    (0..head_dim)
+        .step_by(2)
+        .map(|i| 1.0f32 / base.powf(i as f32 / head_dim as f32))
+        .collect()
+}
+
+/// Rotary position embeddings (RoFormer; transformers' `…RotaryEmbedding` and
+/// `apply_rotary_pos_emb`): the cosines and sines of `position · inv_freq`, each frequency
+/// used for dimension `i` and `i + head_dim/2` (`rotate_half` pairs the two halves).
+#[derive(Clone, Copy, Debug)]
+pub struct Rotary {
+    /// f32 `[s, head_dim]`.
+    pub cos: Tensor,
+    /// f32 `[s, head_dim]`.
+    pub sin: Tensor,
+    /// `head_dim / 2`.
+    half: i64,
+}
+
+impl Rotary {
+    /// The tables for positions `positions` (int64, any shape `[..]`), from the inverse
+    /// frequencies `inv_freq` (`head_dim / 2` of them): `[.., head_dim]` each.
+    pub fn new(g: &mut Graph, positions: Tensor, inv_freq: &[f32]) -> anyhow::Result<Self> {
+        let half = inv_freq.len() as i64;
+        let mut both = inv_freq.to_vec();
+        both.extend_from_slice(inv_freq);
+        let freqs = g.constant(pipe_onnx::TensorData::f32(&[2 * half], &both)?);
+        let pos = g.cast(positions, DType::F32)?;
+        let pos = g.unsqueeze(pos, &[-1])?; // [.., 1]
+        // f32 products, as transformers computes them (`position_ids.float() * inv_freq`).
+        let angles = g.mul(pos, freqs)?; // [.., head_dim]
+        Ok(Rotary {
+            cos: g.cos(angles)?,
+            sin: g.sin(angles)?,
+            half,
+        })
+    }
+
+    /// `x · cos + rotate_half(x) · sin` for `x` `[b, heads, s, head_dim]`, with `cos`/`sin`
+    /// broadcast over the heads (`[b, 1, s, head_dim]` or `[s, head_dim]`).
     pub fn apply(&self, g: &mut Graph, x: Tensor) -> pipe_onnx::Result<Tensor> {
-        let s = g.shape(x)[2].clone();
-        let cos = g.slice(self.cos, &[0], std::slice::from_ref(&s), &[0], &[])?; // [s, d]
-        let sin = g.slice(self.sin, &[0], &[s], &[0], &[])?;
-        let half = Dim::Fixed((self.head_dim / 2) as i64);
-        let parts = g.split(x, &[half.clone(), half], 3)?;
-        let minus = g.neg(parts[1])?;
-        let rotated = g.concat(&[minus, parts[0]], 3)?;
-        let a = g.mul(x, cos)?;
-        let b = g.mul(rotated, sin)?;
+        let half = self.half;
+        let x1 = g.slice(x, &[0], &[Dim::Fixed(half)], &[-1], &[])?;
+        let x2 = g.slice(x, &[half], &[Dim::Fixed(2 * half)], &[-1], &[])?;
+        let minus_x2 = g.neg(x2)?;
+        let rotated = g.concat(&[minus_x2, x1], -1)?;
+        let a = g.mul(x, self.cos)?;
+        let b = g.mul(rotated, self.sin)?;
         g.add(a, b)
     }
 }
@@ -365,4 +404,148 @@ pub fn gated(g: &mut Graph, x: Tensor, width: usize, act: Activation) -> pipe_on
     let parts = g.split(x, &[w.clone(), w], -1)?;
     let input = act.apply(g, parts[0])?;
     g.mul(input, parts[1])
+}
+
+/// The additive mask of causal attention over right-padded rows: `[b, 1, s, s]`, 0 where
+/// query `q` sees key `k` (`k <= q`, `k < lengths[b]` and, with a `window`, `q - k < window`,
+/// transformers' `sliding_window_overlay`) and `f32::MIN` elsewhere (the eager mask's
+/// `finfo.min`).
+pub fn causal_mask(
+    g: &mut Graph,
+    lengths: Tensor,
+    seq: &Dim,
+    window: Option<usize>,
+) -> pipe_onnx::Result<Tensor> {
+    let pos = g.range(seq, DType::I64)?;
+    let q = g.unsqueeze(pos, &[1])?; // [s, 1]
+    let k = g.unsqueeze(pos, &[0])?; // [1, s]
+    let future = g.less(q, k)?;
+    let mut visible = g.not(future)?; // [s, s]
+    if let Some(w) = window {
+        let dist = g.sub(q, k)?;
+        let w = g.scalar(DType::I64, w as f64);
+        let near = g.less(dist, w)?;
+        visible = g.and(visible, near)?;
+    }
+    let len = g.unsqueeze(lengths, &[1])?; // [b, 1]
+    let real = g.less(k, len)?; // [b, s]
+    let real = g.unsqueeze(real, &[1, 2])?; // [b, 1, 1, s]
+    let visible = g.and(visible, real)?; // [b, 1, s, s]
+    let zero = g.scalar(DType::F32, 0.0);
+    let min = g.scalar(DType::F32, f64::from(f32::MIN));
+    g.where_(visible, zero, min)
+}
+
+/// The gated feed-forward of Llama-family models (`LlamaMLP`): `down(act(gate(x)) · up(x))`
+/// with SiLU, `x · sigmoid(x)`, as `act` (Shazeer 2020, SwiGLU).
+pub struct SwiGlu {
+    path: VarPath,
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+impl SwiGlu {
+    /// Declares `gate_proj`, `up_proj` (`hidden → intermediate`) and `down_proj` under `path`,
+    /// with biases when `bias` (`mlp_bias`), in `LlamaMLP.__init__`'s order.
+    pub fn new(
+        g: &mut Graph,
+        vars: &mut Vars,
+        path: VarPath,
+        (hidden, intermediate): (usize, usize),
+        (bias, std): (bool, f64),
+        lora: Option<&LoraParams>,
+    ) -> anyhow::Result<Self> {
+        let w = (bias, std);
+        Ok(SwiGlu {
+            gate_proj: Linear::new(
+                g,
+                vars,
+                path.pp("gate_proj"),
+                (hidden, intermediate),
+                w,
+                lora,
+            )?,
+            up_proj: Linear::new(g, vars, path.pp("up_proj"), (hidden, intermediate), w, lora)?,
+            down_proj: Linear::new(
+                g,
+                vars,
+                path.pp("down_proj"),
+                (intermediate, hidden),
+                w,
+                lora,
+            )?,
+            path,
+        })
+    }
+
+    /// `down(silu(gate(x)) · up(x))`.
+    pub fn forward(
+        &self,
+        g: &mut Graph,
+        x: Tensor,
+        dropout: &Dropout,
+    ) -> pipe_onnx::Result<Tensor> {
+        let gate = self.gate_proj.forward(g, x, dropout)?;
+        let up = self.up_proj.forward(g, x, dropout)?;
+        let h = g.with_scope(self.path.as_str(), |g| {
+            let s = g.sigmoid(gate)?;
+            let act = g.mul(gate, s)?;
+            g.mul(act, up)
+        })?;
+        self.down_proj.forward(g, h, dropout)
+    }
+}
+
+/// GPT-2's `Conv1D`: a linear layer with its weight stored `[in, out]` (`x W + b`, the
+/// transpose of `nn.Linear`'s layout), with a LoRA update where the run's LoRA settings
+/// target its module name (PEFT's `fan_in_fan_out`: the LoRA matrices keep their usual shapes).
+pub struct Conv1D {
+    path: VarPath,
+    weight: Tensor,
+    bias: Tensor,
+    lora: Option<LoraLayer>,
+}
+
+impl Conv1D {
+    /// Declares `path.weight` `[in, out]` (normal with standard deviation `std`) and
+    /// `path.bias` `[out]` (zeros), then the LoRA matrices when `lora` targets the last part of
+    /// `path`.
+    pub fn new(
+        g: &mut Graph,
+        vars: &mut Vars,
+        path: VarPath,
+        (in_features, out_features): (usize, usize),
+        std: f64,
+        lora: Option<&LoraParams>,
+    ) -> anyhow::Result<Self> {
+        let (i, o) = (in_features as i64, out_features as i64);
+        let w = Init::Normal { std: std as f32 };
+        let weight = vars.get(g, &path, "weight", &[i, o], w)?;
+        let bias = vars.get(g, &path, "bias", &[o], Init::Zeros)?;
+        let lora = LoraLayer::declare(lora, g, vars, &path, i, o)?;
+        Ok(Conv1D {
+            path,
+            weight,
+            bias,
+            lora,
+        })
+    }
+
+    /// `x W + b` (plus the LoRA update, its input through `dropout`), named after the module.
+    pub fn forward(
+        &self,
+        g: &mut Graph,
+        x: Tensor,
+        dropout: &Dropout,
+    ) -> pipe_onnx::Result<Tensor> {
+        g.with_scope(self.path.as_str(), |g| {
+            let y = g.matmul(x, self.weight)?;
+            let y = g.add(y, self.bias)?;
+            match &self.lora {
+                Some(l) => l.apply(g, x, y, dropout),
+                None => Ok(y),
+            }
+        })
+    }
 }

@@ -1,4 +1,4 @@
-//! LoRA (low-rank adaptation) with PEFT's semantics, for GPT-Neo's linear layers.
+//! LoRA (low-rank adaptation) with PEFT's semantics, for every family's linear layers.
 //!
 //! A targeted linear layer `y = x Wᵀ (+ b)` becomes `y = x Wᵀ (+ b) + (alpha / r) · (x Aᵀ) Bᵀ`
 //! with `A` `[r, in]` and `B` `[out, r]` trained and `W`, `b` frozen. `A` starts
@@ -45,75 +45,70 @@ fn default_alpha() -> f64 {
     8.0
 }
 
-/// A linear layer LoRA can adapt, by its module name (PEFT's `target_modules`): GPT-Neo's
-/// `q_proj k_proj v_proj out_proj c_fc c_proj`, BERT's and RoBERTa's `query key value dense`, DistilBERT's `q_lin k_lin v_lin out_lin`, ModernBERT's `Wqkv Wo Wi`.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum LoraTarget {
-    /// Attention query projection.
-    QProj,
-    /// Attention key projection.
-    KProj,
-    /// Attention value projection.
-    VProj,
-    /// Attention output projection.
-    OutProj,
-    /// MLP input projection.
-    CFc,
-    /// MLP output projection.
-    CProj,
-    /// BERT attention query projection.
-    Query,
-    /// BERT attention key projection.
-    Key,
-    /// BERT attention value projection.
-    Value,
-    /// BERT's other linear layers (`attention.output.dense`, `intermediate.dense`,
-    /// `output.dense`, `pooler.dense`), as PEFT matches `dense`.
-    Dense,
-    /// DistilBERT attention query projection.
-    QLin,
-    /// DistilBERT attention key projection.
-    KLin,
-    /// DistilBERT attention value projection.
-    VLin,
-    /// DistilBERT attention output projection.
-    OutLin,
-    /// ModernBERT's fused query, key and value projection.
-    #[serde(rename = "Wqkv")]
-    Wqkv,
-    /// ModernBERT's attention and feed-forward output projections (PEFT matches both).
-    #[serde(rename = "Wo")]
-    Wo,
-    /// ModernBERT's feed-forward input projection (input and gate).
-    #[serde(rename = "Wi")]
-    Wi,
-}
+/// A linear layer LoRA can adapt, by its module name (PEFT's `target_modules`), such as
+/// `q_proj`: any identifier, checked against the model's layers by
+/// [`LoraParams::check_targets`] once the family is known. The names per family:
+/// GPT-Neo `q_proj k_proj v_proj out_proj c_fc c_proj`; BERT, RoBERTa
+/// `query key value dense`; Llama, Mistral, Qwen2, Qwen3
+/// `q_proj k_proj v_proj o_proj gate_proj up_proj down_proj`; GPT-2 `c_attn c_proj c_fc`;
+/// DistilBERT `q_lin k_lin v_lin out_lin`; ModernBERT `Wqkv Wo Wi`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct LoraTarget(String);
 
 impl LoraTarget {
-    /// The module name (`q_proj`).
-    pub fn module(self) -> &'static str {
-        match self {
-            LoraTarget::QProj => "q_proj",
-            LoraTarget::KProj => "k_proj",
-            LoraTarget::VProj => "v_proj",
-            LoraTarget::OutProj => "out_proj",
-            LoraTarget::CFc => "c_fc",
-            LoraTarget::CProj => "c_proj",
-            LoraTarget::Query => "query",
-            LoraTarget::Key => "key",
-            LoraTarget::Value => "value",
-            LoraTarget::Dense => "dense",
-            LoraTarget::QLin => "q_lin",
-            LoraTarget::KLin => "k_lin",
-            LoraTarget::VLin => "v_lin",
-            LoraTarget::OutLin => "out_lin",
-            LoraTarget::Wqkv => "Wqkv",
-            LoraTarget::Wo => "Wo",
-            LoraTarget::Wi => "Wi",
+    /// The module name `name`, when it is one (letters, digits and `_`, not starting with
+    /// a digit); the message says what is wrong.
+    pub fn new(name: &str) -> std::result::Result<Self, String> {
+        let mut chars = name.chars();
+        let ok = chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !ok {
+            return Err(format!(
+                "`{name}` is not a module name: write the last part of a linear layer's name, \
+                 such as `q_proj` or `query`"
+            ));
         }
+        Ok(LoraTarget(name.to_string()))
+    }
+
+    /// The module name (`q_proj`).
+    pub fn module(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for LoraTarget {
+    type Error = String;
+
+    fn try_from(name: String) -> std::result::Result<Self, String> {
+        LoraTarget::new(&name)
+    }
+}
+
+impl From<LoraTarget> for String {
+    fn from(target: LoraTarget) -> String {
+        target.0
+    }
+}
+
+impl JsonSchema for LoraTarget {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "LoraTarget".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A linear layer LoRA can adapt, by its module name (PEFT's \
+                `target_modules`): GPT-Neo `q_proj k_proj v_proj out_proj c_fc c_proj`; BERT, \
+                RoBERTa `query key value dense`; Llama, Mistral, Qwen2, Qwen3 `q_proj k_proj \
+                v_proj o_proj gate_proj up_proj down_proj`; GPT-2 `c_attn c_proj c_fc`.",
+            "type": "string",
+            "pattern": "^[A-Za-z_][A-Za-z0-9_]*$",
+            "examples": ["q_proj", "v_proj", "query", "value", "o_proj", "gate_proj"]
+        })
     }
 }
 
@@ -139,8 +134,10 @@ impl LoraParams {
             return Err((
                 "targets",
                 "`lora.targets` must name at least one layer: q_proj, k_proj, v_proj, out_proj, \
-                 c_fc, c_proj (GPT-Neo), query, key, value, dense (BERT, RoBERTa) or q_lin, \
-                 k_lin, v_lin, out_lin (DistilBERT) or Wqkv, Wo, Wi (ModernBERT)"
+                 c_fc, c_proj (GPT-Neo), query, key, value, dense (BERT, RoBERTa), q_lin, \
+                 k_lin, v_lin, out_lin (DistilBERT), Wqkv, Wo, Wi (ModernBERT), q_proj, k_proj, \
+                 v_proj, o_proj, gate_proj, up_proj, down_proj (Llama, Mistral, Qwen) or c_attn, \
+                 c_proj, c_fc (GPT-2)"
                     .into(),
             ));
         }
@@ -290,38 +287,14 @@ pub fn adapter_tensor_name(name: &str) -> String {
 
 /// The base weights with every LoRA update merged in (`W + (alpha / r) B A`, as PEFT's
 /// `merge_and_unload`), for the parameters of `base_specs`; `weights` holds base and LoRA
-/// tensors by name.
+/// tensors by name. With `fan_in_fan_out` the weights are stored `[in, out]` (GPT-2's
+/// `Conv1D`) and take the update transposed. `weights` is consumed: each base tensor moves
+/// into the result, so merging holds the model once plus one tensor.
 pub fn merge(
     lora: &LoraParams,
     base_specs: &[ParamSpec],
-    weights: &BTreeMap<String, HostTensor>,
-) -> Result<BTreeMap<String, HostTensor>> {
-    let scaling = lora.scaling() as f32;
-    let mut out = BTreeMap::new();
-    for spec in base_specs {
-        let w = weights
-            .get(&spec.name)
-            .with_context(|| format!("no value for {}", spec.name))?;
-        let module = spec.name.strip_suffix(".weight");
-        let a = module.and_then(|m| weights.get(&format!("{m}.lora_A.weight")));
-        let b = module.and_then(|m| weights.get(&format!("{m}.lora_B.weight")));
-        let merged = match (a, b) {
-            (Some(a), Some(b)) => merged_weight(w, a, b, scaling)
-                .with_context(|| format!("merging the LoRA update of {}", spec.name))?,
-            (None, None) => w.clone(),
-            _ => bail!("{} has only one of its two LoRA matrices", spec.name),
-        };
-        out.insert(spec.name.clone(), merged);
-    }
-    Ok(out)
-}
-
-/// [`merge`] that consumes `weights`: each base tensor is moved, not copied, and a merged
-/// one replaces its source as it is made, so merging holds the model once plus one tensor.
-pub fn merge_owned(
-    lora: &LoraParams,
-    base_specs: &[ParamSpec],
     mut weights: BTreeMap<String, HostTensor>,
+    fan_in_fan_out: bool,
 ) -> Result<BTreeMap<String, HostTensor>> {
     let scaling = lora.scaling() as f32;
     let mut out = BTreeMap::new();
@@ -333,7 +306,7 @@ pub fn merge_owned(
         let a = module.and_then(|m| weights.get(&format!("{m}.lora_A.weight")));
         let b = module.and_then(|m| weights.get(&format!("{m}.lora_B.weight")));
         let merged = match (a, b) {
-            (Some(a), Some(b)) => merged_weight(&w, a, b, scaling)
+            (Some(a), Some(b)) => merged_weight(&w, a, b, scaling, fan_in_fan_out)
                 .with_context(|| format!("merging the LoRA update of {}", spec.name))?,
             (None, None) => w,
             _ => bail!("{} has only one of its two LoRA matrices", spec.name),
@@ -343,17 +316,23 @@ pub fn merge_owned(
     Ok(out)
 }
 
-/// `w + scaling · b a` for `w` `[out, in]`, `a` `[r, in]`, `b` `[out, r]`.
+/// `w + scaling · b a` for `w` `[out, in]`, `a` `[r, in]`, `b` `[out, r]`; with
+/// `transposed`, `w + scaling · (b a)ᵀ` for `w` `[in, out]`.
 fn merged_weight(
     w: &HostTensor,
     a: &HostTensor,
     b: &HostTensor,
     scaling: f32,
+    transposed: bool,
 ) -> Result<HostTensor> {
     let (Some(wv), Some(av), Some(bv)) = (w.as_f32(), a.as_f32(), b.as_f32()) else {
         bail!("LoRA merging needs float32 tensors");
     };
-    let (out_f, in_f, r) = match (w.shape(), a.shape(), b.shape()) {
+    let w_shape = match (w.shape(), transposed) {
+        (&[i, o], true) => vec![o, i],
+        (shape, _) => shape.to_vec(),
+    };
+    let (out_f, in_f, r) = match (w_shape.as_slice(), a.shape(), b.shape()) {
         (&[o, i], &[r, i2], &[o2, r2]) if i == i2 && o == o2 && r == r2 => {
             (o as usize, i as usize, r as usize)
         }
@@ -364,7 +343,13 @@ fn merged_weight(
             b.shape()
         ),
     };
-    let mut merged = wv.to_vec();
+    let mut merged: Vec<f32> = match transposed {
+        // The [out, in] view of w [in, out].
+        true => (0..out_f * in_f)
+            .map(|j| wv[(j % in_f) * out_f + j / in_f])
+            .collect(),
+        false => wv.to_vec(),
+    };
     for o in 0..out_f {
         let brow = &bv[o * r..(o + 1) * r];
         for (i, m) in merged[o * in_f..(o + 1) * in_f].iter_mut().enumerate() {
@@ -375,6 +360,13 @@ fn merged_weight(
                 .sum();
             *m += delta * scaling;
         }
+    }
+    if transposed {
+        // Back to w's [in, out] layout.
+        let back: Vec<f32> = (0..in_f * out_f)
+            .map(|j| merged[(j % out_f) * in_f + j / out_f])
+            .collect();
+        return Ok(HostTensor::f32(w.shape(), back)?);
     }
     Ok(HostTensor::f32(w.shape(), merged)?)
 }
@@ -387,16 +379,18 @@ pub const ADAPTER_WEIGHTS_FILE: &str = "adapter_model.safetensors";
 /// Writes `dir/adapter_config.json` and `dir/adapter_model.safetensors` as PEFT's
 /// `save_pretrained` does for a sequence-classification LoRA: the LoRA matrices and the
 /// `head` parameters (PEFT's `modules_to_save`), named as in [`adapter_tensor_name`].
-/// `base_model` is what `base_model_name_or_path` records (a hub id, or empty).
+/// `base_model` is what `base_model_name_or_path` records (a hub id, or empty);
+/// `fan_in_fan_out` says the adapted layers store their weights `[in, out]` (GPT-2).
 pub fn write_adapter(
     dir: &Path,
     lora: &LoraParams,
     head: &[&str],
     base_model: &str,
     trained: &BTreeMap<String, HostTensor>,
+    fan_in_fan_out: bool,
 ) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let mut targets: Vec<&str> = lora.targets.iter().map(|t| t.module()).collect();
+    let mut targets: Vec<&str> = lora.targets.iter().map(LoraTarget::module).collect();
     targets.sort_unstable();
     targets.dedup();
     // The head's top-level modules (`classifier`, not `classifier.dense`): PEFT wraps and
@@ -417,7 +411,7 @@ pub fn write_adapter(
         "target_modules": targets,
         "modules_to_save": modules_to_save,
         "bias": "none",
-        "fan_in_fan_out": false,
+        "fan_in_fan_out": fan_in_fan_out,
         "init_lora_weights": true,
         "inference_mode": true,
         "use_rslora": false,

@@ -44,7 +44,7 @@ use super::classifier::{ClassifierInput, Pooling, ProblemType, SequenceClassifie
 use super::dropout::{Dropout, DropoutRates, DropoutSites, Site, SiteShape};
 use super::layers::{
     Activation, LayerNorm, Linear, Rotary, first_token, gated, merge_heads, padding_mask,
-    pool_mean, scaled_attention, split_heads,
+    pool_mean, rope_inv_freq, scaled_attention, split_heads,
 };
 use super::lora::LoraParams;
 use super::{Init, VarPath, Vars};
@@ -433,8 +433,8 @@ pub struct ModernBertModel {
     embed_norm: LayerNorm,
     layers: Vec<Layer>,
     final_norm: LayerNorm,
-    global_rotary: Rotary,
-    local_rotary: Rotary,
+    /// The rotary inverse frequencies of global and local layers.
+    inv_freq: (Vec<f32>, Vec<f32>),
     half_window: usize,
 }
 
@@ -464,10 +464,12 @@ impl ModernBertModel {
             .map(|i| Layer::new(cfg, g, vars, (path.pp("layers").pp(i), i), lora))
             .collect::<Result<Vec<_>>>()?;
         let final_norm = LayerNorm::with_bias(g, vars, path.pp("final_norm"), h, eps, bias)?;
-        let (positions, hd) = (cfg.max_position_embeddings, cfg.head_dim());
+        let hd = cfg.head_dim();
         Ok(ModernBertModel {
-            global_rotary: Rotary::new(g, positions, hd, cfg.rope_theta(true))?,
-            local_rotary: Rotary::new(g, positions, hd, cfg.rope_theta(false))?,
+            inv_freq: (
+                rope_inv_freq(cfg.rope_theta(true), hd),
+                rope_inv_freq(cfg.rope_theta(false), hd),
+            ),
             half_window: cfg.local_attention / 2,
             path,
             tok_embeddings,
@@ -496,10 +498,18 @@ impl ModernBertModel {
             Ok((global, local))
         };
         let (global, local) = g.with_scope(&self.path.join("mask"), masks)?;
+        let rotary = |g: &mut Graph| -> Result<(Rotary, Rotary)> {
+            let pos = g.range(&s, DType::I64)?; // [s]
+            Ok((
+                Rotary::new(g, pos, &self.inv_freq.0)?,
+                Rotary::new(g, pos, &self.inv_freq.1)?,
+            ))
+        };
+        let (global_rotary, local_rotary) = g.with_scope(&self.path.join("rotary_emb"), rotary)?;
         for layer in &self.layers {
             let ctx = match layer.global {
-                true => (&self.global_rotary, global),
-                false => (&self.local_rotary, local),
+                true => (&global_rotary, global),
+                false => (&local_rotary, local),
             };
             x = layer.forward(g, x, ctx, dropout)?;
         }

@@ -120,6 +120,17 @@ pub(super) fn vjp(
         }
         // d/dx exp(x) = exp(x)
         "Exp" => out[0] = Some(g.mul(gy0, y)?),
+        // d/dx sin(x) = cos(x)
+        "Sin" => {
+            let c = g.cos(x0())?;
+            out[0] = Some(g.mul(gy0, c)?);
+        }
+        // d/dx cos(x) = -sin(x)
+        "Cos" => {
+            let s = g.sin(x0())?;
+            let t = g.mul(gy0, s)?;
+            out[0] = Some(g.neg(t)?);
+        }
         // d/dx ln(x) = 1/x
         "Log" => out[0] = Some(g.div(gy0, x0())?),
         // d/dx erf(x) = 2/sqrt(pi) exp(-x^2)

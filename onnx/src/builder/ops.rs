@@ -209,6 +209,14 @@ impl Graph {
     pub fn exp(&mut self, x: Tensor) -> Result<Tensor> {
         self.unary("Exp", x, vec![])
     }
+    /// `Sin`.
+    pub fn sin(&mut self, x: Tensor) -> Result<Tensor> {
+        self.unary("Sin", x, vec![])
+    }
+    /// `Cos`.
+    pub fn cos(&mut self, x: Tensor) -> Result<Tensor> {
+        self.unary("Cos", x, vec![])
+    }
     /// `Log` (natural).
     pub fn log(&mut self, x: Tensor) -> Result<Tensor> {
         self.unary("Log", x, vec![])

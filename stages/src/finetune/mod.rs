@@ -73,6 +73,7 @@ pub use self::trained::Trained;
 pub use self::training::StepGraph;
 use self::training::{LOG_FILE, LogSummary, Training};
 use crate::table::write_json;
+use pipe_models::dropout::DropoutSites;
 use pipe_models::{Architecture, ParamSpec, hf_folder, lora};
 
 /// The `finetune` stage kind.
@@ -257,13 +258,15 @@ impl Stage for Finetune {
                     &head,
                     &base_model,
                     &finished.weights,
+                    start.config.lora_fan_in_fan_out(),
                 )?;
                 let base: Vec<ParamSpec> = specs
                     .iter()
                     .filter(|s| !lora::is_lora(&s.name))
                     .cloned()
                     .collect();
-                let merged = lora::merge_owned(lora_params, &base, finished.weights)?;
+                let fan_in_fan_out = start.config.lora_fan_in_fan_out();
+                let merged = lora::merge(lora_params, &base, finished.weights, fan_in_fan_out)?;
                 (base, merged)
             }
             None => (specs.clone(), finished.weights),

@@ -187,7 +187,8 @@ impl Shape {
                 ModelConfig::from_json(Value::Object(map)).context(
                     "`model.config` is not a config pipe can train (GPT-Neo keys, or \
                      `model_type: bert` / `roberta` with BertConfig's keys, `distilbert` or \
-                     `modernbert` with theirs)",
+                     `modernbert` with theirs, `llama` / `mistral` / `qwen2` / `qwen3` with \
+                     LlamaConfig's keys, or `gpt2` with GPT2Config's keys)",
                 )?
             }
         })
@@ -308,15 +309,15 @@ fn default_checkpoint_every() -> u64 {
 /// Checks that a fresh model's shape fits together (heads divide the width, one attention
 /// type per layer, …) while the manifest is read, not when training starts. The vocabulary
 /// and the labels come from the data; placeholders stand in for them here.
-fn check_shape(shape: &Shape) -> Result<(), ParamError> {
+fn check_shape(shape: &Shape) -> Result<ModelConfig, ParamError> {
     let (placeholder_vocab, placeholder_labels) = (2, 2);
     shape
         .fresh(placeholder_vocab, placeholder_labels)
-        .and_then(|config| config.validate())
+        .and_then(|config| config.validate().map(|()| config))
         .map_err(|e| {
             ParamError::new(&["model", "config"], format!("{e:#}")).with_help(
-                "see Hugging Face's GPTNeoConfig (or BertConfig) for the keys and how they fit \
-                 together",
+                "see Hugging Face's GPTNeoConfig (or BertConfig, LlamaConfig, …) for the keys \
+                 and how they fit together",
             )
         })
 }
@@ -344,7 +345,11 @@ impl Params {
     pub fn parse(value: &Value) -> Result<Params, ParamError> {
         let params: Params = parse_params(value)?;
         if let ModelSource::Config(shape) = params.model_source()? {
-            check_shape(&shape)?;
+            let config = check_shape(&shape)?;
+            if let Some(lora) = &params.lora {
+                lora.check_targets(&config, config.model_type())
+                    .map_err(|e| ParamError::new(&["lora", "targets"], format!("{e:#}")))?;
+            }
         }
         let positive = |ok: bool, key: &str, what: &str| {
             if ok {

@@ -393,7 +393,7 @@ fn bert_two_adamw_steps_match_transformers() {
 }
 
 /// A WordLevel tokenizer over the fixtures' 99 ids, so the export stage takes the model.
-fn word_level_tokenizer(vocab: usize) -> Value {
+pub(crate) fn word_level_tokenizer(vocab: usize) -> Value {
     let words: serde_json::Map<String, Value> =
         (0..vocab).map(|i| (format!("w{i}"), json!(i))).collect();
     json!({

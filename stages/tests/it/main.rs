@@ -5,6 +5,7 @@ mod trained;
 mod util;
 
 // Data stages.
+mod decoder_tokenizers;
 mod hub;
 mod ingest;
 mod init;
@@ -15,6 +16,7 @@ mod tokenize;
 mod accumulation;
 mod bert;
 mod checkpoints;
+mod decoders;
 mod distilbert;
 mod dropout;
 mod encoder_fixture;

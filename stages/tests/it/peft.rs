@@ -180,7 +180,7 @@ fn lora_training_matches_peft() {
     let out = tempfile::tempdir().unwrap();
     let mut all = now.clone();
     all.extend(trainer.frozen().iter().cloned());
-    lora::write_adapter(out.path(), &lora, head, "", &all).unwrap();
+    lora::write_adapter(out.path(), &lora, head, "", &all, false).unwrap();
     let written = weights::load_all(&out.path().join(lora::ADAPTER_WEIGHTS_FILE)).unwrap();
     let peft_names: Vec<String> =
         weights::load_all(&fixture("expected_adapter/adapter_model.safetensors"))
@@ -230,7 +230,7 @@ fn lora_training_matches_peft() {
         .filter(|s| !lora::is_lora(&s.name))
         .cloned()
         .collect();
-    let merged = lora::merge(&lora, &specs, &all).unwrap();
+    let merged = lora::merge(&lora, &specs, all.clone(), false).unwrap();
     let mut g = Graph::new("merged");
     let model = GptNeoForSequenceClassification::new(&config, &mut g).unwrap();
     let (ids, lengths) = GptNeoForSequenceClassification::declare_inputs(&mut g).unwrap();
