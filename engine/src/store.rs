@@ -614,8 +614,9 @@ impl Store {
     /// Claims pipeline name `pipeline` in this store for the manifest at `manifest`: the
     /// name picks `out/<pipeline>/`, the logs and the failed-run records, so two manifests
     /// sharing one would show each other's results. Refused with [`UsageError`] while
-    /// another manifest that still exists and still declares that name holds it; a claim
-    /// whose manifest is gone or renamed passes to `manifest`.
+    /// another manifest that still exists, still declares that name and uses this store
+    /// holds it; a claim whose manifest is gone or renamed passes to `manifest`, and so does
+    /// one copied with the project (`cp -a`): its manifest uses another store.
     pub fn claim_pipeline_name(&self, pipeline: &str, manifest: &Path) -> anyhow::Result<()> {
         let claim = self.root.join("names").join(pipeline);
         let ours = std::fs::canonicalize(manifest).unwrap_or_else(|_| manifest.to_path_buf());
@@ -625,7 +626,10 @@ impl Store {
                 return Ok(());
             }
             let still_named = crate::Manifest::load(&holder).is_ok_and(|m| m.name == pipeline);
-            if still_named {
+            let real = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+            let holder_store = holder.parent().map(|dir| real(&crate::store_dir(dir)));
+            let same_store = holder_store.is_some_and(|s| s == real(&self.root));
+            if still_named && same_store {
                 return Err(UsageError(format!(
                     "pipeline name `{pipeline}` is already used by {} in the store {}: the two \
                      manifests would share `out/{pipeline}/`; give {} a `pipeline:` name of its \
