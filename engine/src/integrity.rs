@@ -35,7 +35,6 @@ use std::os::unix::fs::MetadataExt;
 
 use crate::files;
 use crate::hash::Digest;
-use crate::store::Store;
 
 /// What [`Store::check_object`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,65 +114,61 @@ fn looks_sealed(meta: &std::fs::Metadata, digest: &Digest, size: Option<u64>) ->
         && u32::try_from(meta.mtime_nsec()).is_ok_and(|n| n == tag(digest))
 }
 
-impl Store {
-    /// Checks object `digest` (`size` bytes, when known): one `stat` when it
-    /// is sealed as it was stored, a hash otherwise. With [`Repair::Fix`], an
-    /// intact object is sealed again and a damaged one moved aside (see
-    /// [`damaged_warning`]), after which it is missing.
-    pub fn check_object(&self, digest: &Digest, size: Option<u64>, repair: Repair) -> ObjectState {
-        let path = self.object_path(digest);
-        let Ok(meta) = std::fs::symlink_metadata(&path) else {
-            return ObjectState::Missing;
-        };
-        if !meta.is_file() {
-            return ObjectState::Missing;
-        }
-        if looks_sealed(&meta, digest, size) {
-            return ObjectState::Intact;
-        }
-        let intact = crate::hash::hash_file(&path).is_ok_and(|h| h == *digest);
-        match (intact, repair) {
-            (true, Repair::Fix) => {
-                // Sealing is an optimisation: an object that cannot be sealed is hashed next time.
-                let _ = seal(&path, digest);
-                ObjectState::Intact
-            }
-            (true, Repair::Look) => ObjectState::Intact,
-            (false, Repair::Look) => ObjectState::Damaged { moved_to: None },
-            (false, Repair::Fix) => ObjectState::Damaged {
-                moved_to: self.set_aside(digest).ok(),
-            },
-        }
+/// Checks the object at `object`, named `digest` (`size` bytes, when known): one `stat`
+/// when it is sealed as it was stored, a hash otherwise. With [`Repair::Fix`], an intact
+/// object is sealed again and a damaged one moved into `damaged` (see [`set_aside`]),
+/// after which it is missing.
+pub fn check(
+    object: &Path,
+    digest: &Digest,
+    size: Option<u64>,
+    repair: Repair,
+    damaged: &Path,
+) -> ObjectState {
+    let Ok(meta) = std::fs::symlink_metadata(object) else {
+        return ObjectState::Missing;
+    };
+    if !meta.is_file() {
+        return ObjectState::Missing;
     }
+    if looks_sealed(&meta, digest, size) {
+        return ObjectState::Intact;
+    }
+    let intact = crate::hash::hash_file(object).is_ok_and(|h| h == *digest);
+    match (intact, repair) {
+        (true, Repair::Fix) => {
+            // Sealing is an optimisation: an object that cannot be sealed is hashed next time.
+            let _ = seal(object, digest);
+            ObjectState::Intact
+        }
+        (true, Repair::Look) => ObjectState::Intact,
+        (false, Repair::Look) => ObjectState::Damaged { moved_to: None },
+        (false, Repair::Fix) => ObjectState::Damaged {
+            moved_to: set_aside(object, digest, damaged).ok(),
+        },
+    }
+}
 
-    /// Moves object `digest` to `damaged/<hex>` (or `<hex>.1`, `<hex>.2`, … when
-    /// taken), dated now, so `pipe gc` keeps it for its grace period. Returns
-    /// where it went.
-    pub fn set_aside(&self, digest: &Digest) -> anyhow::Result<PathBuf> {
-        let from = self.object_path(digest);
-        let dir = self.damaged_dir();
-        files::create_dir_all(&dir)?;
-        let hex = digest.to_string();
-        let mut to = dir.join(&hex);
-        let mut n = 0;
-        while std::fs::symlink_metadata(&to).is_ok() {
-            n += 1;
-            to = dir.join(format!("{hex}.{n}"));
-        }
-        files::rename(&from, &to)?;
-        if let Ok(file) = std::fs::File::open(&to) {
-            let _ = file.set_modified(SystemTime::now());
-        }
-        if let Some(parent) = from.parent() {
-            files::sync_dir(parent)?;
-        }
-        Ok(to)
+/// Moves the object at `object`, named `digest`, to `<damaged>/<hex>` (or `<hex>.1`,
+/// `<hex>.2`, … when taken), dated now, so `pipe gc` keeps it for its grace period.
+/// Returns where it went.
+pub fn set_aside(object: &Path, digest: &Digest, damaged: &Path) -> anyhow::Result<PathBuf> {
+    files::create_dir_all(damaged)?;
+    let hex = digest.to_string();
+    let mut to = damaged.join(&hex);
+    let mut n = 0;
+    while std::fs::symlink_metadata(&to).is_ok() {
+        n += 1;
+        to = damaged.join(format!("{hex}.{n}"));
     }
-
-    /// Where damaged objects are kept (`damaged/`).
-    pub fn damaged_dir(&self) -> PathBuf {
-        self.root().join("damaged")
+    files::rename(object, &to)?;
+    if let Ok(file) = std::fs::File::open(&to) {
+        let _ = file.set_modified(SystemTime::now());
     }
+    if let Some(parent) = object.parent() {
+        files::sync_dir(parent)?;
+    }
+    Ok(to)
 }
 
 /// Whether `name` (an entry of `damaged/`) is one [`Store::set_aside`] makes.
@@ -206,13 +201,13 @@ pub struct DamagedObject {
     pub moved_to: Option<PathBuf>,
 }
 
-/// Hashes every object of `store` (entries of `objects/` named as pipe names
-/// them), seals the intact ones again and, unless `dry_run`, moves the
-/// damaged ones aside. Call with the store's lock held.
-pub fn verify(store: &Store, dry_run: bool) -> anyhow::Result<VerifyReport> {
+/// Hashes every object under `objects` (the store's `objects/`; entries named as pipe
+/// names them), seals the intact ones again and, unless `dry_run`, moves the damaged ones
+/// into `damaged`. Call with the store's lock held.
+pub fn verify(objects: &Path, damaged: &Path, dry_run: bool) -> anyhow::Result<VerifyReport> {
     let mut report = VerifyReport::default();
     let repair = if dry_run { Repair::Look } else { Repair::Fix };
-    for shard in files::read_dir(&store.root().join("objects"))? {
+    for shard in files::read_dir(objects)? {
         let shard_name = shard.file_name();
         let Some(shard_name) = shard_name.to_str().filter(|n| n.len() == 2) else {
             continue;
@@ -246,7 +241,7 @@ pub fn verify(store: &Store, dry_run: bool) -> anyhow::Result<VerifyReport> {
                 continue;
             }
             let moved_to = match repair {
-                Repair::Fix => Some(store.set_aside(&digest)?),
+                Repair::Fix => Some(set_aside(&object, &digest, damaged)?),
                 Repair::Look => None,
             };
             report.damaged.push(DamagedObject { object, moved_to });
@@ -268,100 +263,10 @@ mod tests {
     }
 
     #[test]
-    fn an_object_changed_in_place_is_found_and_set_aside() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let src = dir.path().join("src.txt");
-        std::fs::write(&src, "alpha").unwrap();
-        let hashed = crate::hash::hash_path(&src).unwrap();
-        store
-            .import(&src, &hashed, crate::store::Import::Copy)
-            .unwrap();
-        let digest = hashed.digest();
-        assert_eq!(
-            store.check_object(&digest, Some(5), Repair::Fix),
-            ObjectState::Intact
-        );
-        let object = store.object_path(&digest);
-        // Same size, other bytes, written through the object's inode.
-        std::fs::write(&object, "omega").unwrap();
-        assert_eq!(
-            store.check_object(&digest, Some(5), Repair::Look),
-            ObjectState::Damaged { moved_to: None }
-        );
-        assert!(object.exists(), "a look moves nothing");
-        let aside = store.damaged_dir().join(digest.to_string());
-        assert_eq!(
-            store.check_object(&digest, Some(5), Repair::Fix),
-            ObjectState::Damaged {
-                moved_to: Some(aside.clone())
-            }
-        );
-        assert!(!object.exists());
-        assert_eq!(std::fs::read_to_string(&aside).unwrap(), "omega");
+    fn damaged_names_are_recognised_exactly() {
+        let digest = Digest::of(b"x");
         assert!(is_damaged_name(&digest.to_string()));
         assert!(is_damaged_name(&format!("{digest}.3")));
         assert!(!is_damaged_name("notes.txt") && !is_damaged_name(&format!("{digest}.")));
-        assert_eq!(
-            store.check_object(&digest, Some(5), Repair::Fix),
-            ObjectState::Missing
-        );
-    }
-
-    #[test]
-    fn verify_hashes_every_object_whatever_its_seal_says() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let mut digests = Vec::new();
-        for text in ["alpha", "beta"] {
-            let src = dir.path().join(text);
-            std::fs::write(&src, text).unwrap();
-            let hashed = crate::hash::hash_path(&src).unwrap();
-            store
-                .import(&src, &hashed, crate::store::Import::Copy)
-                .unwrap();
-            digests.push(hashed.digest());
-        }
-        // Replaced with same-size bytes and its seal copied: only a hash finds it.
-        let object = store.object_path(&digests[1]);
-        let sealed = std::fs::metadata(&object).unwrap().modified().unwrap();
-        std::fs::write(&object, "BETA").unwrap();
-        std::fs::File::open(&object)
-            .unwrap()
-            .set_modified(sealed)
-            .unwrap();
-        let looked = verify(&store, true).unwrap();
-        assert_eq!((looked.checked, looked.damaged.len()), (2, 1));
-        assert!(object.exists());
-        let fixed = verify(&store, false).unwrap();
-        assert_eq!(fixed.damaged[0].object, object);
-        assert!(!object.exists() && store.has_object(&digests[0]));
-        let aside = fixed.damaged[0].moved_to.clone().unwrap();
-        assert_eq!(std::fs::read_to_string(aside).unwrap(), "BETA");
-    }
-
-    #[test]
-    fn an_unsealed_intact_object_is_sealed_again() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let src = dir.path().join("src.txt");
-        std::fs::write(&src, "alpha").unwrap();
-        let hashed = crate::hash::hash_path(&src).unwrap();
-        store
-            .import(&src, &hashed, crate::store::Import::Copy)
-            .unwrap();
-        let object = store.object_path(&hashed.digest());
-        std::fs::File::open(&object)
-            .unwrap()
-            .set_modified(SystemTime::now())
-            .unwrap();
-        let meta = std::fs::metadata(&object).unwrap();
-        assert!(!looks_sealed(&meta, &hashed.digest(), None));
-        assert_eq!(
-            store.check_object(&hashed.digest(), None, Repair::Fix),
-            ObjectState::Intact
-        );
-        let meta = std::fs::metadata(&object).unwrap();
-        assert!(looks_sealed(&meta, &hashed.digest(), Some(5)));
     }
 }

@@ -263,6 +263,19 @@ impl Store {
             .context("cannot create a folder under the store's tmp/")
     }
 
+    /// Checks object `digest` (`size` bytes, when known) and, with [`Repair::Fix`], seals
+    /// an intact one again or moves a damaged one to [`Store::damaged_dir`] (see
+    /// [`crate::integrity::check`]).
+    pub fn check_object(&self, digest: &Digest, size: Option<u64>, repair: Repair) -> ObjectState {
+        let object = self.object_path(digest);
+        crate::integrity::check(&object, digest, size, repair, &self.damaged_dir())
+    }
+
+    /// Where damaged objects are kept (`damaged/`, see `crate::integrity`).
+    pub fn damaged_dir(&self) -> PathBuf {
+        self.root.join("damaged")
+    }
+
     /// Where object `digest` lives.
     pub fn object_path(&self, digest: &Digest) -> PathBuf {
         let hex = digest.to_string();
@@ -614,8 +627,9 @@ impl Store {
     /// Claims pipeline name `pipeline` in this store for the manifest at `manifest`: the
     /// name picks `out/<pipeline>/`, the logs and the failed-run records, so two manifests
     /// sharing one would show each other's results. Refused with [`UsageError`] while
-    /// another manifest that still exists and still declares that name holds it; a claim
-    /// whose manifest is gone or renamed passes to `manifest`.
+    /// another manifest that still exists, still declares that name and uses this store
+    /// holds it; a claim whose manifest is gone or renamed passes to `manifest`, and so does
+    /// one copied with the project (`cp -a`): its manifest uses another store.
     pub fn claim_pipeline_name(&self, pipeline: &str, manifest: &Path) -> anyhow::Result<()> {
         let claim = self.root.join("names").join(pipeline);
         let ours = std::fs::canonicalize(manifest).unwrap_or_else(|_| manifest.to_path_buf());
@@ -625,7 +639,10 @@ impl Store {
                 return Ok(());
             }
             let still_named = crate::Manifest::load(&holder).is_ok_and(|m| m.name == pipeline);
-            if still_named {
+            let real = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+            let holder_store = holder.parent().map(|dir| real(&crate::store_dir(dir)));
+            let same_store = holder_store.is_some_and(|s| s == real(&self.root));
+            if still_named && same_store {
                 return Err(UsageError(format!(
                     "pipeline name `{pipeline}` is already used by {} in the store {}: the two \
                      manifests would share `out/{pipeline}/`; give {} a `pipeline:` name of its \
@@ -842,5 +859,101 @@ mod tests {
             Err(e) => e,
         };
         assert!(err.to_string().contains("another pipe run"), "{err}");
+    }
+
+    #[test]
+    fn an_object_changed_in_place_is_found_and_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let src = dir.path().join("src.txt");
+        std::fs::write(&src, "alpha").unwrap();
+        let hashed = hash_path(&src).unwrap();
+        store.import(&src, &hashed, Import::Copy).unwrap();
+        let digest = hashed.digest();
+        assert_eq!(
+            store.check_object(&digest, Some(5), Repair::Fix),
+            ObjectState::Intact
+        );
+        let object = store.object_path(&digest);
+        // Same size, other bytes, written through the object's inode.
+        std::fs::write(&object, "omega").unwrap();
+        assert_eq!(
+            store.check_object(&digest, Some(5), Repair::Look),
+            ObjectState::Damaged { moved_to: None }
+        );
+        assert!(object.exists(), "a look moves nothing");
+        let aside = store.damaged_dir().join(digest.to_string());
+        assert_eq!(
+            store.check_object(&digest, Some(5), Repair::Fix),
+            ObjectState::Damaged {
+                moved_to: Some(aside.clone())
+            }
+        );
+        assert!(!object.exists());
+        assert_eq!(std::fs::read_to_string(&aside).unwrap(), "omega");
+        assert_eq!(
+            store.check_object(&digest, Some(5), Repair::Fix),
+            ObjectState::Missing
+        );
+    }
+
+    #[test]
+    fn verify_hashes_every_object_whatever_its_seal_says() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut digests = Vec::new();
+        for text in ["alpha", "beta"] {
+            let src = dir.path().join(text);
+            std::fs::write(&src, text).unwrap();
+            let hashed = hash_path(&src).unwrap();
+            store.import(&src, &hashed, Import::Copy).unwrap();
+            digests.push(hashed.digest());
+        }
+        // Replaced with same-size bytes and its seal copied: only a hash finds it.
+        let object = store.object_path(&digests[1]);
+        let sealed = std::fs::metadata(&object).unwrap().modified().unwrap();
+        std::fs::write(&object, "BETA").unwrap();
+        std::fs::File::open(&object)
+            .unwrap()
+            .set_modified(sealed)
+            .unwrap();
+        let looked =
+            crate::integrity::verify(&store.root().join("objects"), &store.damaged_dir(), true)
+                .unwrap();
+        assert_eq!((looked.checked, looked.damaged.len()), (2, 1));
+        assert!(object.exists());
+        let fixed =
+            crate::integrity::verify(&store.root().join("objects"), &store.damaged_dir(), false)
+                .unwrap();
+        assert_eq!(fixed.damaged[0].object, object);
+        assert!(!object.exists() && store.has_object(&digests[0]));
+        let aside = fixed.damaged[0].moved_to.clone().unwrap();
+        assert_eq!(std::fs::read_to_string(aside).unwrap(), "BETA");
+    }
+
+    #[test]
+    fn an_unsealed_intact_object_is_sealed_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let src = dir.path().join("src.txt");
+        std::fs::write(&src, "alpha").unwrap();
+        let hashed = hash_path(&src).unwrap();
+        store.import(&src, &hashed, Import::Copy).unwrap();
+        let object = store.object_path(&hashed.digest());
+        std::fs::File::open(&object)
+            .unwrap()
+            .set_modified(std::time::SystemTime::now())
+            .unwrap();
+        let meta = std::fs::metadata(&object).unwrap();
+        assert_ne!(
+            meta.mtime_nsec(),
+            i64::from(crate::integrity::tag(&hashed.digest()))
+        );
+        assert_eq!(
+            store.check_object(&hashed.digest(), None, Repair::Fix),
+            ObjectState::Intact
+        );
+        let meta = std::fs::metadata(&object).unwrap();
+        assert!(meta.mtime_nsec() == i64::from(crate::integrity::tag(&hashed.digest())));
     }
 }

@@ -55,6 +55,7 @@ impl Remote {
             bucket: Bucket {
                 store,
                 prefix,
+                local: url.starts_with("file:"),
                 url: url.to_string(),
             },
             runtime,

@@ -42,7 +42,14 @@ pub(crate) struct Bucket {
     pub prefix: Path,
     /// The URL, for messages.
     pub url: String,
+    /// Whether the remote is a folder (`file://`), where a multipart upload is staged in a
+    /// file `<object>#<n>` beside its object.
+    pub local: bool,
 }
+
+/// A staging file of a folder remote untouched this long belongs to an upload that was
+/// killed: a running upload writes to it at least once per chunk.
+pub(crate) const ABANDONED_STAGING: std::time::Duration = std::time::Duration::from_secs(600);
 
 impl Bucket {
     /// Where object `digest` lives in the remote.
@@ -114,6 +121,7 @@ impl Bucket {
             bar.inc(size);
             return Ok(());
         }
+        self.remove_abandoned_staging(&path);
         let upload = self
             .store
             .put_multipart(&path)
@@ -143,6 +151,37 @@ impl Bucket {
             .await
             .map(|_| ())
             .map_err(|e| self.unavailable(e))
+    }
+
+    /// In a folder remote, removes the staging files `<object>#<digits>` of `object` that no
+    /// upload has written to for [`ABANDONED_STAGING`]: what a push killed midway left (the
+    /// object itself is missing, or it would not be uploaded again). Best effort.
+    fn remove_abandoned_staging(&self, object: &Path) {
+        if !self.local {
+            return;
+        }
+        let file = std::path::PathBuf::from(format!("/{object}"));
+        let (Some(dir), Some(name)) = (file.parent(), file.file_name().and_then(|n| n.to_str()))
+        else {
+            return;
+        };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let staged = entry.file_name();
+            let ours = staged
+                .to_str()
+                .and_then(|n| n.strip_prefix(name)?.strip_prefix('#'))
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+            let idle = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|age| age >= ABANDONED_STAGING));
+            if ours && idle && entry.file_type().is_ok_and(|t| t.is_file()) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
     }
 
     /// Downloads object `digest` (`size` bytes, as its record says) into

@@ -176,3 +176,42 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     found
 }
+
+/// A push killed midway leaves the multipart staging file `<object>#1` in a folder remote:
+/// the next push of that object removes it once no upload has written to it for ten
+/// minutes; a fresh one (an upload running now) and other files stay.
+#[test]
+fn a_push_removes_what_a_killed_push_left_staged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (local, record) = store_with_a_record(&tmp.path().join("a"));
+    let remote_dir = tmp.path().join("remote");
+    let remote = remote_at(&remote_dir);
+    let big = Digest::of(
+        &(0..9_000_000u32)
+            .map(|i| (i * 7 % 251) as u8)
+            .collect::<Vec<_>>(),
+    );
+    let hex = big.to_string();
+    let shard = remote_dir.join("objects").join(&hex[..2]);
+    std::fs::create_dir_all(&shard).unwrap();
+    let killed = shard.join(format!("{}#1", &hex[2..]));
+    let running = shard.join(format!("{}#2", &hex[2..]));
+    let mine = shard.join(format!("{}#notes", &hex[2..]));
+    for path in [&killed, &running, &mine] {
+        std::fs::write(path, "half an upload").unwrap();
+    }
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    for path in [&killed, &mine] {
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+    }
+    let keys = [("train".to_string(), record.key)];
+    remote.push(&local, &keys, &ProgressBar::hidden()).unwrap();
+    assert!(!killed.exists(), "the killed push's staging file is gone");
+    assert!(running.exists() && mine.exists());
+    assert!(shard.join(&hex[2..]).is_file());
+}

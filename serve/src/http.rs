@@ -28,7 +28,7 @@ struct PredictBody {
 
 /// A thread that takes requests off the socket and answers or queues them.
 pub(super) struct Reader {
-    pub server: Arc<tiny_http::Server>,
+    pub gate: Arc<super::listen::Gate>,
     pub stopping: Arc<AtomicBool>,
     pub queue: Queue<Pending>,
     pub metadata: Arc<Value>,
@@ -39,17 +39,20 @@ pub(super) struct Reader {
 impl Reader {
     /// Serves until the server is stopped.
     pub fn run(self) {
-        loop {
-            match self.server.recv() {
-                Ok(request) => self.handle(request),
-                Err(_) if self.stopping.load(Ordering::SeqCst) => break,
-                Err(error) => eprintln!("pipe serve: cannot accept a connection: {error}"),
+        while !self.stopping.load(Ordering::SeqCst) {
+            if let super::listen::Next::Request(request) = self.gate.next() {
+                self.handle(request);
             }
         }
     }
 
     fn handle(&self, mut request: Request) {
         let started = Instant::now();
+        let probe = (request.headers().iter()).any(|h| h.field.equiv(super::listen::PROBE_HEADER));
+        if probe {
+            let _ = request.respond(Response::from_string("ok"));
+            return;
+        }
         let path = request.url().split('?').next().unwrap_or("").to_string();
         let method = request.method().clone();
         let reply = match (&method, path.as_str()) {

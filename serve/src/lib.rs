@@ -12,17 +12,17 @@
 //! requests waiting (up to `max_batch` texts), so concurrent clients share model runs.
 //! A few *writers* send the answers and log one line per request on stderr.
 //! [`Server::stop`] stops taking requests, answers every queued one, and returns.
+//! A failed `accept` (no descriptor free) does not stop the listening (see `listen`).
 
 mod batcher;
 mod http;
+mod listen;
 pub mod signal;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-
-use anyhow::Context;
 
 use pipe_models::bundle::Bundle;
 
@@ -45,10 +45,10 @@ pub struct ServeOptions {
 
 /// A running server.
 pub struct Server {
-    http: Arc<tiny_http::Server>,
     stopping: Arc<AtomicBool>,
     addr: SocketAddr,
     readers: Vec<JoinHandle<()>>,
+    watchdog: JoinHandle<()>,
     worker: JoinHandle<()>,
     writers: Vec<JoinHandle<()>>,
 }
@@ -56,14 +56,8 @@ pub struct Server {
 impl Server {
     /// Binds `options.addr` and starts serving `bundle`.
     pub fn start(bundle: Bundle, options: &ServeOptions) -> anyhow::Result<Server> {
-        let http = tiny_http::Server::http(options.addr)
-            .map_err(|e| anyhow::anyhow!("{e}"))
-            .with_context(|| format!("cannot listen on {}", options.addr))?;
-        let addr = http
-            .server_addr()
-            .to_ip()
-            .context("the server is not on an IP address")?;
-        let http = Arc::new(http);
+        let gate = Arc::new(listen::Gate::bind(options.addr)?);
+        let addr = gate.addr()?;
         let metadata = http::metadata(bundle.info(), options.max_batch);
         let (answered, to_write) = std::sync::mpsc::channel::<batcher::Done<http::Pending>>();
         let (queue, worker) = batcher::start(
@@ -98,7 +92,7 @@ impl Server {
         let readers = (0..options.io_threads.max(1))
             .map(|i| {
                 let reader = http::Reader {
-                    server: Arc::clone(&http),
+                    gate: Arc::clone(&gate),
                     stopping: Arc::clone(&stopping),
                     queue: queue.clone(),
                     metadata: metadata.clone(),
@@ -111,8 +105,15 @@ impl Server {
                     .expect("a reader thread starts")
             })
             .collect();
+        let watchdog = {
+            let (gate, stopping) = (Arc::clone(&gate), Arc::clone(&stopping));
+            std::thread::Builder::new()
+                .name("serve-watch".into())
+                .spawn(move || gate.watch(&stopping))
+                .expect("the watchdog thread starts")
+        };
         Ok(Server {
-            http,
+            watchdog,
             stopping,
             addr,
             readers,
@@ -129,13 +130,12 @@ impl Server {
     /// Stops taking requests, answers those already queued, and returns once every thread
     /// has finished.
     pub fn stop(self) {
+        // Readers look at `stopping` at least every poll interval.
         self.stopping.store(true, Ordering::SeqCst);
-        for _ in &self.readers {
-            self.http.unblock();
-        }
         for reader in self.readers {
             let _ = reader.join();
         }
+        let _ = self.watchdog.join();
         // The readers held the last queue handles: the worker drains what is left and ends,
         // which closes the writers' channel.
         let _ = self.worker.join();

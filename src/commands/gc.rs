@@ -31,7 +31,11 @@ pub fn exec(args: GcArgs, printer: &Printer) -> anyhow::Result<Verdict> {
     let store = Store::open(&store_dir)?;
     let _lock = workspace::lock_store(&store, true, printer)?;
     let verified = match args.verify {
-        true => Some(pipe_engine::integrity::verify(&store, args.dry_run)?),
+        true => Some(pipe_engine::integrity::verify(
+            &store.root().join("objects"),
+            &store.damaged_dir(),
+            args.dry_run,
+        )?),
         false => None,
     };
     let lockfiles = find_lockfiles(project);

@@ -32,10 +32,39 @@ impl Served {
     /// Starts `pipe serve --manifest MANIFEST STAGE --port 0 EXTRA…` and waits until it
     /// listens.
     fn start_stage(p: &Project, manifest: &str, stage: &str, extra: &[&str]) -> Served {
+        Served::start_with(p, manifest, stage, extra, None)
+    }
+
+    /// [`Served::start_stage`], with at most `descriptors` open files when given (its soft
+    /// and hard `RLIMIT_NOFILE`).
+    fn start_with(
+        p: &Project,
+        manifest: &str,
+        stage: &str,
+        extra: &[&str],
+        descriptors: Option<u64>,
+    ) -> Served {
         let mut args = vec!["serve", "--manifest", manifest, stage, "--port", "0"];
         args.extend_from_slice(extra);
-        let mut child = p
-            .command(&args)
+        let mut command = p.command(&args);
+        if let Some(n) = descriptors {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+            unsafe {
+                command.pre_exec(move || {
+                    let limit = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -512,4 +541,52 @@ fn serve_prints_its_address_on_stdout_even_when_quiet() {
         !log.contains("Listening"),
         "the address is not a status line:\n{log}"
     );
+}
+
+/// With every descriptor in use, `accept` fails (EMFILE): the server backs off and listens
+/// again instead of never taking another connection.
+#[test]
+fn serve_keeps_listening_after_running_out_of_descriptors() {
+    let p = project();
+    p.run_json("demo.yaml", 0);
+    let served = Served::start_with(&p, "demo.yaml", "export-onnx", &[], Some(64));
+    assert_eq!(served.get("/health").0, 200);
+    let addr = served.base.trim_start_matches("http://").to_string();
+    // Idle connections until the server has no descriptor left (each takes one or two).
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    let mut held = Vec::new();
+    for _ in 0..200 {
+        // Once the backlog is full, a connect waits: stop there.
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
+            Ok(stream) => held.push(stream),
+            Err(_) => break,
+        }
+        let log = served.stderr.lock().unwrap();
+        if log.contains("cannot accept a connection") || log.contains("Too many open files") {
+            break;
+        }
+    }
+    // The accept thread fails: with an error, or by panicking on a socket it cannot copy.
+    let failed = || {
+        let log = served.stderr.lock().unwrap();
+        log.contains("cannot accept a connection") || log.contains("Too many open files")
+    };
+    let waited = Instant::now();
+    while !failed() {
+        assert!(
+            waited.elapsed() < Duration::from_secs(30),
+            "no accept failed with {} connections open:\n{}",
+            held.len(),
+            served.stderr.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(held);
+    let texts: Vec<String> = (0..3).map(text).collect();
+    let (status, answer) = served.post(&json!({ "texts": texts }).to_string());
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["predictions"].as_array().unwrap().len(), 3);
+    let (code, log) = served.terminate();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("listening again"), "{log}");
 }

@@ -631,3 +631,36 @@ fn gc_verify_hashes_the_store_and_sets_damaged_objects_aside() {
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(text.contains("0 damaged"), "{text}");
 }
+
+/// A project copied with `cp -a` brings its store, whose name claim names the original
+/// manifest: the copy's store is another one, so the copy takes the claim over and runs.
+#[test]
+fn a_project_copied_with_cp_a_runs_in_its_copy() {
+    let p = Project::new();
+    p.file("p.yaml", ONE_FILE);
+    p.run_json("p.yaml", 0);
+    let elsewhere = tempfile::tempdir().unwrap();
+    let copy = elsewhere.path().join("copy");
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(p.root())
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    let out = p
+        .command(&["run", "p.yaml", "--json"])
+        .current_dir(&copy)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status_of(&report, "s"), "cached");
+    let claim = std::fs::read_to_string(copy.join(".pipe/names/p")).unwrap();
+    assert!(
+        claim.starts_with(copy.canonicalize().unwrap().to_str().unwrap()),
+        "{claim}"
+    );
+    // The original still runs too: its claim is in its own store.
+    assert_eq!(p.pipe(&["run", "p.yaml"]).status.code(), Some(0));
+}

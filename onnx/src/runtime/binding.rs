@@ -11,6 +11,7 @@ use crate::error::OrtContext;
 use crate::{DType, Error, Result};
 
 /// ONNX Runtime's element type of `d`.
+#[cfg_attr(not(feature = "oracle"), allow(dead_code))] // only the oracle `Trainer` uses it
 pub(super) fn element_type(d: DType) -> TensorElementType {
     match d {
         DType::F32 => TensorElementType::Float32,

@@ -233,15 +233,12 @@ fn load_saved(
     }
 }
 
+/// A checkpoint to resume from: where it stands, and its tensors.
+pub type Resumed = (Position, BTreeMap<String, HostTensor>);
+
 /// The last good checkpoint saved in `dir`, if any, and notes on each one found damaged
 /// (see the module's documentation). `log_len` is the training log's length in bytes.
-pub fn load(
-    dir: &Path,
-    log_len: u64,
-) -> Result<(
-    Option<(Position, BTreeMap<String, HostTensor>)>,
-    Vec<String>,
-)> {
+pub fn load(dir: &Path, log_len: u64) -> Result<(Option<Resumed>, Vec<String>)> {
     let mut notes = Vec::new();
     let meta = match read_meta(dir) {
         Ok(Some(meta)) => meta,
