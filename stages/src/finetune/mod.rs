@@ -1,4 +1,5 @@
-//! `finetune`: trains a text classifier (GPT-Neo, BERT, RoBERTa) on ONNX Runtime.
+//! `finetune`: trains a text classifier (any family of `pipe_models`: GPT-Neo, BERT, RoBERTa,
+//! DistilBERT, ModernBERT, Llama, Mistral, Qwen2, Qwen3, GPT-2) on ONNX Runtime.
 //!
 //! ```yaml
 //! finetune:
@@ -111,7 +112,7 @@ impl Stage for Finetune {
     }
 
     fn summary(&self) -> &'static str {
-        "Fine-tune a GPT-Neo, BERT or RoBERTa text classifier on ONNX Runtime (CPU or CUDA)"
+        "Fine-tune a language model (BERT, ModernBERT, Llama, Qwen, GPT-2, GPT-Neo, …) into a text classifier on ONNX Runtime (CPU or CUDA)"
     }
 
     fn params_schema(&self) -> Value {

@@ -132,15 +132,17 @@ pub struct Params {
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub struct ModelParams {
     /// A fresh model: `tiny`, `small` (the GPT-Neo 125M shape) or an inline config
-    /// (Hugging Face `config.json` keys: GPT-Neo's, or BERT's with `model_type: bert`;
-    /// `vocab_size` defaults to the tokenizer's).
+    /// (Hugging Face `config.json` keys: GPT-Neo's without `model_type`, or any family's
+    /// with its `model_type`, such as `bert` or `llama`; `vocab_size` defaults to the
+    /// tokenizer's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<Shape>,
     /// Seed of a fresh model's weights (and of a fresh classification head).
     #[serde(default)]
     pub seed: u64,
-    /// A Hugging Face model folder (`config.json` + `model.safetensors`) of a family pipe
-    /// knows (GPT-Neo, BERT, RoBERTa), relative to the manifest's folder.
+    /// A Hugging Face model folder (`config.json` + `model.safetensors`, or an index and its
+    /// shards) of a family pipe knows (`model_type` GPT-Neo, BERT, RoBERTa, DistilBERT,
+    /// ModernBERT, Llama, Mistral, Qwen2, Qwen3, GPT-2), relative to the manifest's folder.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
     /// A Hugging Face repository id (e.g. `EleutherAI/gpt-neo-125m`), read from the local
