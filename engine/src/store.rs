@@ -32,8 +32,9 @@
 //! `pipe gc`. Objects are made read-only; `out/` holds hard links to them, so
 //! do not edit files under `out/` in place (copy them first).
 
+use fs_err::File;
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::{File, TryLockError};
+use std::fs::TryLockError;
 use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -201,7 +202,7 @@ impl Store {
     /// `on_wait` (with the holder's pid, if known) and blocks; otherwise fails.
     pub fn lock(&self, wait: bool, on_wait: impl FnOnce(Option<u32>)) -> anyhow::Result<StoreLock> {
         let path = self.root.join("lock");
-        let mut file = std::fs::OpenOptions::new()
+        let mut file = fs_err::OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
@@ -324,7 +325,7 @@ impl Store {
     /// Whether a usable object `hash` of `size` bytes is already stored. One
     /// whose size disagrees is hashed again; a damaged one is not reused.
     fn have_intact(&self, dest: &Path, hash: &Digest, size: u64) -> bool {
-        match std::fs::symlink_metadata(dest) {
+        match fs_err::symlink_metadata(dest) {
             Ok(meta) if meta.is_file() && meta.len() == size => true,
             Ok(meta) if meta.is_file() => crate::hash::hash_file(dest).is_ok_and(|h| h == *hash),
             _ => false,
@@ -355,7 +356,7 @@ impl Store {
         files::sync_file(&staged)?;
         let mode = files::metadata(&staged)?.permissions().mode() & 0o555;
         files::set_mode(&staged, mode)?;
-        match std::fs::rename(&staged, &dest) {
+        match fs_err::rename(&staged, &dest) {
             Ok(()) => {}
             // Different filesystems: copy, then rename within the store.
             Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
@@ -494,7 +495,7 @@ impl Store {
                     files::create_dir_all(parent)?;
                 }
                 let staged = dest.with_file_name(place.temp);
-                let linked = !copy && std::fs::hard_link(&object, &staged).is_ok();
+                let linked = !copy && fs_err::hard_link(&object, &staged).is_ok();
                 if !linked {
                     files::copy(&object, &staged).with_context(|| {
                         format!("cannot restore `{}` from the store", dest.display())
@@ -552,7 +553,7 @@ impl Store {
     /// A record whose output paths could lead outside where they belong
     /// (see [`StageRecord::check`]) counts as unreadable.
     pub fn record(&self, key: &Digest) -> Option<StageRecord> {
-        let bytes = std::fs::read(self.record_path(key)).ok()?;
+        let bytes = fs_err::read(self.record_path(key)).ok()?;
         StageRecord::parse(&bytes).ok()
     }
 
@@ -569,11 +570,11 @@ impl Store {
         pipeline: &'s str,
         stage: &'s str,
     ) -> impl Iterator<Item = StageRecord> + 's {
-        std::fs::read_dir(self.root.join("stages"))
+        fs_err::read_dir(self.root.join("stages"))
             .into_iter()
             .flatten()
             .flatten()
-            .filter_map(|entry| StageRecord::parse(&std::fs::read(entry.path()).ok()?).ok())
+            .filter_map(|entry| StageRecord::parse(&fs_err::read(entry.path()).ok()?).ok())
             .filter(move |r| r.pipeline == pipeline && r.stage == stage)
     }
 
@@ -584,8 +585,8 @@ impl Store {
     /// whose manifest is gone or renamed passes to `manifest`.
     pub fn claim_pipeline_name(&self, pipeline: &str, manifest: &Path) -> anyhow::Result<()> {
         let claim = self.root.join("names").join(pipeline);
-        let ours = std::fs::canonicalize(manifest).unwrap_or_else(|_| manifest.to_path_buf());
-        if let Ok(text) = std::fs::read_to_string(&claim) {
+        let ours = fs_err::canonicalize(manifest).unwrap_or_else(|_| manifest.to_path_buf());
+        if let Ok(text) = fs_err::read_to_string(&claim) {
             let holder = PathBuf::from(text.trim_end_matches('\n'));
             if holder == ours {
                 return Ok(());
@@ -706,7 +707,7 @@ fn restored_mode(stored: u32, kind: EntryKind, umask: u32) -> u32 {
 /// The process umask (Linux: from `/proc/self/status`; `022` when unknown).
 /// Read without changing it, since other threads may be creating files.
 fn process_umask() -> u32 {
-    std::fs::read_to_string("/proc/self/status")
+    fs_err::read_to_string("/proc/self/status")
         .ok()
         .and_then(|status| {
             status.lines().find_map(|line| {
@@ -718,7 +719,7 @@ fn process_umask() -> u32 {
 }
 
 fn same_inode(a: &Path, b: &Path) -> bool {
-    match (std::fs::metadata(a), std::fs::symlink_metadata(b)) {
+    match (fs_err::metadata(a), fs_err::symlink_metadata(b)) {
         (Ok(x), Ok(y)) => x.ino() == y.ino() && x.dev() == y.dev(),
         _ => false,
     }
@@ -734,10 +735,10 @@ mod tests {
         let store_dir = tempfile::tempdir().unwrap();
         let store = Store::open(store_dir.path()).unwrap();
         let src = tempfile::tempdir().unwrap();
-        std::fs::create_dir(src.path().join("m")).unwrap();
-        std::fs::write(src.path().join("m/a.txt"), "alpha").unwrap();
-        std::fs::create_dir(src.path().join("m/deep")).unwrap();
-        std::fs::write(src.path().join("m/deep/b.txt"), "beta").unwrap();
+        fs_err::create_dir(src.path().join("m")).unwrap();
+        fs_err::write(src.path().join("m/a.txt"), "alpha").unwrap();
+        fs_err::create_dir(src.path().join("m/deep")).unwrap();
+        fs_err::write(src.path().join("m/deep/b.txt"), "beta").unwrap();
         let hashed = hash_path(&src.path().join("m")).unwrap();
         store
             .import(&src.path().join("m"), &hashed, Import::Copy)
@@ -753,11 +754,11 @@ mod tests {
             .materialize(EntryKind::Dir, &hashed.digest(), &dest, place)
             .unwrap();
         assert_eq!(
-            std::fs::read_to_string(dest.join("deep/b.txt")).unwrap(),
+            fs_err::read_to_string(dest.join("deep/b.txt")).unwrap(),
             "beta"
         );
         assert_eq!(hash_path(&dest).unwrap().digest(), hashed.digest());
-        std::fs::remove_file(store.object_path(&crate::hash::Digest::of(b"beta"))).unwrap();
+        fs_err::remove_file(store.object_path(&crate::hash::Digest::of(b"beta"))).unwrap();
         assert!(!store.output_complete(EntryKind::Dir, &hashed.digest()));
     }
 
@@ -774,7 +775,7 @@ mod tests {
 
     #[test]
     fn the_umask_is_read_from_the_process() {
-        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let status = fs_err::read_to_string("/proc/self/status").unwrap();
         let line = status.lines().find(|l| l.starts_with("Umask:")).unwrap();
         let expected = u32::from_str_radix(line["Umask:".len()..].trim(), 8).unwrap();
         assert_eq!(process_umask(), expected);
@@ -785,16 +786,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let stage = store.temp_dir().unwrap().keep();
-        std::fs::write(stage.join("half.bin"), "left by a kill").unwrap();
+        fs_err::write(stage.join("half.bin"), "left by a kill").unwrap();
         let import = store.unique_temp(TEMP_PREFIXES[1]).unwrap();
         let tmp = dir.path().join("tmp");
         for mine in ["notes.txt", "stage-notes", "import-abc"] {
-            std::fs::write(tmp.join(mine), "mine").unwrap();
+            fs_err::write(tmp.join(mine), "mine").unwrap();
         }
         store.clean_tmp().unwrap();
         assert!(!stage.exists() && !import.exists());
         for mine in ["notes.txt", "stage-notes", "import-abc"] {
-            assert_eq!(std::fs::read_to_string(tmp.join(mine)).unwrap(), "mine");
+            assert_eq!(fs_err::read_to_string(tmp.join(mine)).unwrap(), "mine");
         }
     }
 

@@ -343,7 +343,7 @@ pub fn write_adapter(
     base_model: &str,
     trained: &BTreeMap<String, HostTensor>,
 ) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    fs_err::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let mut targets: Vec<&str> = lora.targets.iter().map(|t| t.module()).collect();
     targets.sort_unstable();
     targets.dedup();
@@ -373,7 +373,7 @@ pub fn write_adapter(
     });
     let text = serde_json::to_vec_pretty(&config)?;
     let path = dir.join(ADAPTER_CONFIG_FILE);
-    std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    fs_err::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
     let names: Vec<(String, &HostTensor)> = trained
         .iter()
         .filter(|(name, _)| is_trained(name, head))

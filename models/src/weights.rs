@@ -21,7 +21,7 @@ pub fn load(
     fresh: &[&str],
     seed: u64,
 ) -> Result<BTreeMap<String, HostTensor>> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let bytes = fs_err::read(path).with_context(|| format!("reading {}", path.display()))?;
     from_bytes(&bytes, specs, fresh, seed).with_context(|| format!("loading {}", path.display()))
 }
 
@@ -106,7 +106,7 @@ fn f32s(bytes: &[u8]) -> Vec<f32> {
 
 /// Every tensor of the safetensors file `path` (all must be f32), by name.
 pub fn load_all(path: &Path) -> Result<BTreeMap<String, HostTensor>> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let bytes = fs_err::read(path).with_context(|| format!("reading {}", path.display()))?;
     let st = SafeTensors::deserialize(&bytes)
         .with_context(|| format!("{} is not a safetensors file", path.display()))?;
     st.tensors()

@@ -105,8 +105,9 @@ impl Bucket {
     ) -> anyhow::Result<()> {
         local.verify_object(digest)?;
         let source = local.object_path(digest);
-        let file = std::fs::File::open(&source)
-            .with_context(|| format!("cannot read the store object `{}`", source.display()))?;
+        let file = fs_err::File::open(&source)
+            .with_context(|| format!("cannot read the store object `{}`", source.display()))?
+            .into_file();
         let path = self.object(digest);
         if size <= CHUNK {
             let bytes = read_chunk(&file, 0, size, &source)?;
@@ -158,8 +159,9 @@ impl Bucket {
     ) -> anyhow::Result<()> {
         let path = self.object(digest);
         let staged = tmp.join(digest.to_string());
-        let file = std::fs::File::create(&staged)
-            .with_context(|| format!("cannot create `{}`", staged.display()))?;
+        let file = fs_err::File::create(&staged)
+            .with_context(|| format!("cannot create `{}`", staged.display()))?
+            .into_file();
         let missing = || {
             anyhow::anyhow!(
                 "the remote has no object {} although a record there needs it",
@@ -236,7 +238,7 @@ fn admit(
     let actual = hash_file(staged)
         .with_context(|| format!("cannot hash the download `{}`", staged.display()))?;
     if actual != *digest {
-        std::fs::remove_file(staged).ok();
+        fs_err::remove_file(staged).ok();
         anyhow::bail!(
             "the remote's object {} is corrupt (its content hashes to {})",
             digest.short(),
@@ -245,9 +247,9 @@ fn admit(
     }
     let executable = kind == EntryKind::Executable;
     if executable {
-        std::fs::set_permissions(staged, std::fs::Permissions::from_mode(0o755))?;
+        fs_err::set_permissions(staged, std::fs::Permissions::from_mode(0o755))?;
     }
-    let size = std::fs::metadata(staged)?.len();
+    let size = fs_err::metadata(staged)?.len();
     let hashed = Hashed::File {
         hash: *digest,
         size,

@@ -105,8 +105,7 @@ impl Model {
             }
         };
         let Some(threshold) = external_threshold else {
-            return std::fs::write(path, self.to_bytes())
-                .map_err(io("failed to write model", path));
+            return fs_err::write(path, self.to_bytes()).map_err(io("failed to write model", path));
         };
         let data_path = path.with_file_name(data_name);
         let mut proto = self.proto.clone();
@@ -134,10 +133,10 @@ impl Model {
             }
         }
         if !blob.is_empty() {
-            std::fs::write(&data_path, &blob)
+            fs_err::write(&data_path, &blob)
                 .map_err(io("failed to write external data", &data_path))?;
         }
-        std::fs::write(path, proto.encode_to_vec()).map_err(io("failed to write model", path))
+        fs_err::write(path, proto.encode_to_vec()).map_err(io("failed to write model", path))
     }
 }
 

@@ -6,9 +6,9 @@
 //! `checkpoint.json` naming it is replaced the same way, and only then are older state files
 //! removed. A kill at any moment leaves `checkpoint.json` naming a complete state file.
 
+use fs_err::File;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io::Write;
 use std::path::Path;
 
@@ -70,7 +70,7 @@ pub fn save(
         tensors.iter().map(|(n, s, v)| (*n, *s, &v[..])).collect();
     weights::save_views(&tmp, &views)?;
     File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, dir.join(&name))?;
+    fs_err::rename(&tmp, dir.join(&name))?;
     let meta = serde_json::to_vec(&Meta {
         position,
         state: name.clone(),
@@ -79,13 +79,13 @@ pub fn save(
     let mut file = File::create(&meta_tmp)?;
     file.write_all(&meta)?;
     file.sync_all()?;
-    std::fs::rename(&meta_tmp, dir.join(META))?;
-    for entry in std::fs::read_dir(dir)? {
+    fs_err::rename(&meta_tmp, dir.join(META))?;
+    for entry in fs_err::read_dir(dir)? {
         let entry = entry?;
         let file_name = entry.file_name();
         let file_name = file_name.to_string_lossy();
         if file_name.starts_with("state-") && file_name != name {
-            std::fs::remove_file(entry.path())?;
+            fs_err::remove_file(entry.path())?;
         }
     }
     Ok(())
@@ -94,7 +94,7 @@ pub fn save(
 /// The last checkpoint saved in `dir`, if any.
 pub fn load(dir: &Path) -> Result<Option<(Position, BTreeMap<String, HostTensor>)>> {
     let meta_path = dir.join(META);
-    let text = match std::fs::read(&meta_path) {
+    let text = match fs_err::read(&meta_path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", meta_path.display())),
@@ -138,7 +138,7 @@ mod tests {
             "state-1/x.safetensors",
         ] {
             let meta = serde_json::json!({"step": 1, "log_bytes": 0, "state": state});
-            std::fs::write(dir.path().join(META), meta.to_string()).unwrap();
+            fs_err::write(dir.path().join(META), meta.to_string()).unwrap();
             let err = load(dir.path()).unwrap_err().to_string();
             assert!(
                 err.contains("not a state file") && err.contains("delete it"),
