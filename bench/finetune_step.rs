@@ -18,6 +18,7 @@
 //! ONNX file (its backward uses pipe's CPU kernels, domain `ai.pipe.host`, which only pipe
 //! registers); `--profile PREFIX` runs ONNX Runtime's profiler over every step and leaves
 //! its trace in `PREFIX_<timestamp>.json` for `bench/profile_step.py`.
+#![allow(clippy::disallowed_methods)] // tests arrange files with std::fs directly
 
 use std::time::Instant;
 

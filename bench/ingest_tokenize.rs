@@ -2,6 +2,7 @@
 //! prints their throughput as JSON lines. Run by `bench/ingest_tokenize.sh`.
 //!
 //! Usage: `cargo run --release -p pipe-stages --example ingest_tokenize -- DATA.csv WORK_DIR`
+#![allow(clippy::disallowed_methods)] // tests arrange files with std::fs directly
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -26,7 +26,7 @@ fn looks_like_manifest(arg: &str) -> bool {
 
 /// The manifest when none is named: the one `*.yaml`/`*.yml` file in the current folder.
 pub fn default_manifest() -> anyhow::Result<PathBuf> {
-    let mut found: Vec<PathBuf> = std::fs::read_dir(".")?
+    let mut found: Vec<PathBuf> = fs_err::read_dir(".")?
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "yaml" || e == "yml"))

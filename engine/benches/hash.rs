@@ -1,5 +1,6 @@
 //! Hash throughput on a large file: cold (read and hash every byte) and warm
 //! (the stat cache answers). `cargo bench -p pipe-engine --bench hash [-- SIZE_MB]`.
+#![allow(clippy::disallowed_methods)] // tests arrange files with std::fs directly
 
 use std::io::Write;
 use std::time::Instant;

@@ -21,7 +21,7 @@ use crate::files;
 pub fn write(path: &Path, bytes: &[u8], durable: bool) -> anyhow::Result<()> {
     let (dir, tmp) = filled_temp_beside(path, bytes, durable)?;
     // A symlink at `path` is replaced, never followed: its target is not read or written.
-    if let Ok(existing) = std::fs::symlink_metadata(path)
+    if let Ok(existing) = fs_err::symlink_metadata(path)
         && existing.is_file()
     {
         tmp.as_file()
@@ -85,7 +85,7 @@ mod tests {
     use super::*;
 
     fn mode(path: &Path) -> u32 {
-        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+        fs_err::metadata(path).unwrap().permissions().mode() & 0o777
     }
 
     #[test]
@@ -94,17 +94,17 @@ mod tests {
         let path = dir.path().join("pipe.lock");
         write(&path, b"one", false).unwrap();
         let plain = dir.path().join("plain");
-        std::fs::File::create(&plain).unwrap();
+        fs_err::File::create(&plain).unwrap();
         assert_eq!(
             mode(&path),
             mode(&plain),
             "the mode any program's new file gets"
         );
 
-        std::fs::set_permissions(&path, Permissions::from_mode(0o604)).unwrap();
+        fs_err::set_permissions(&path, Permissions::from_mode(0o604)).unwrap();
         write(&path, b"two", true).unwrap();
         assert_eq!(mode(&path), 0o604);
-        assert_eq!(std::fs::read(&path).unwrap(), b"two");
+        assert_eq!(fs_err::read(&path).unwrap(), b"two");
     }
 
     #[test]
@@ -116,8 +116,8 @@ mod tests {
         let io = err.downcast_ref::<io::Error>().unwrap();
         assert_eq!(io.kind(), io::ErrorKind::AlreadyExists);
         assert!(format!("{err:#}").contains("already exists"), "{err:#}");
-        assert_eq!(std::fs::read(&path).unwrap(), b"first");
-        let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(fs_err::read(&path).unwrap(), b"first");
+        let leftovers: Vec<_> = fs_err::read_dir(dir.path()).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "the temporary file is gone");
     }
 
@@ -126,19 +126,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let elsewhere = tempfile::tempdir().unwrap();
         let target = elsewhere.path().join("users-notes.txt");
-        std::fs::write(&target, "the user's bytes").unwrap();
-        std::fs::set_permissions(&target, Permissions::from_mode(0o600)).unwrap();
+        fs_err::write(&target, "the user's bytes").unwrap();
+        fs_err::set_permissions(&target, Permissions::from_mode(0o600)).unwrap();
         let path = dir.path().join("pipe.lock");
-        std::os::unix::fs::symlink(&target, &path).unwrap();
+        fs_err::os::unix::fs::symlink(&target, &path).unwrap();
 
         write(&path, b"lock", true).unwrap();
 
-        assert_eq!(std::fs::read(&target).unwrap(), b"the user's bytes");
+        assert_eq!(fs_err::read(&target).unwrap(), b"the user's bytes");
         assert_eq!(mode(&target), 0o600);
-        assert!(std::fs::symlink_metadata(&path).unwrap().is_file());
-        assert_eq!(std::fs::read(&path).unwrap(), b"lock");
+        assert!(fs_err::symlink_metadata(&path).unwrap().is_file());
+        assert_eq!(fs_err::read(&path).unwrap(), b"lock");
         let plain = dir.path().join("plain");
-        std::fs::File::create(&plain).unwrap();
+        fs_err::File::create(&plain).unwrap();
         assert_eq!(
             mode(&path),
             mode(&plain),

@@ -49,7 +49,7 @@ pub fn find_lockfiles(project: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();
     let mut stack = vec![project.to_path_buf()];
     while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
+        let Ok(entries) = fs_err::read_dir(&dir) else {
             continue;
         };
         for entry in entries.flatten() {
@@ -89,7 +89,7 @@ pub fn collect(
         .checked_sub(grace)
         .unwrap_or(SystemTime::UNIX_EPOCH);
     let young = |path: &Path| {
-        std::fs::metadata(path)
+        fs_err::metadata(path)
             .and_then(|m| m.modified())
             .is_ok_and(|t| t > cutoff)
     };
@@ -223,8 +223,8 @@ fn mark(store: &Store, kind: EntryKind, digest: &Digest, keep: &mut BTreeSet<Dig
 }
 
 fn size_of(path: &Path) -> u64 {
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => std::fs::read_dir(path)
+    match fs_err::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => fs_err::read_dir(path)
             .map(|entries| entries.flatten().map(|e| size_of(&e.path())).sum())
             .unwrap_or(0),
         Ok(m) => m.len(),

@@ -221,7 +221,7 @@ impl Hashed {
 
 /// BLAKE3 of a file's content.
 pub fn hash_file(path: &Path) -> io::Result<Digest> {
-    hash_contents(path, std::fs::metadata(path)?.len())
+    hash_contents(path, fs_err::metadata(path)?.len())
 }
 
 /// BLAKE3 of the content of the file at `path`, `len` bytes long.
@@ -230,7 +230,7 @@ fn hash_contents(path: &Path, len: u64) -> io::Result<Digest> {
     if len >= MMAP_THRESHOLD {
         hasher.update_mmap_rayon(path)?;
     } else {
-        hasher.update_reader(std::fs::File::open(path)?)?;
+        hasher.update_reader(fs_err::File::open(path)?)?;
     }
     Ok(Digest(*hasher.finalize().as_bytes()))
 }
@@ -259,8 +259,8 @@ pub fn hash_path_with(
     file_hash: &dyn Fn(&Path, &std::fs::Metadata) -> io::Result<Digest>,
 ) -> anyhow::Result<Hashed> {
     let meta = match links {
-        Links::Follow => std::fs::metadata(path),
-        Links::Keep => std::fs::symlink_metadata(path),
+        Links::Follow => fs_err::metadata(path),
+        Links::Keep => fs_err::symlink_metadata(path),
     }
     .with_context(|| format!("cannot read `{}`", path.display()))?;
     if meta.is_symlink() {
@@ -338,7 +338,7 @@ pub struct StatCache {
 impl StatCache {
     /// Loads the cache from `path`; a missing or unreadable cache starts empty.
     pub fn load(path: &Path) -> StatCache {
-        let entries = std::fs::read(path)
+        let entries = fs_err::read(path)
             .ok()
             .and_then(|bytes| serde_json::from_slice(&bytes).ok())
             .unwrap_or_default();
@@ -363,7 +363,7 @@ impl StatCache {
 
     /// The hash of the file at `path`, from the cache when its stat is unchanged.
     pub fn hash_file(&self, path: &Path) -> io::Result<Digest> {
-        self.hash_known(path, &std::fs::metadata(path)?)
+        self.hash_known(path, &fs_err::metadata(path)?)
     }
 
     /// [`StatCache::hash_file`] for a file whose metadata was just read.
@@ -454,18 +454,18 @@ mod tests {
     fn folder_hash_depends_on_content_and_names_not_creation_order() {
         let a = tempfile::tempdir().unwrap();
         let b = tempfile::tempdir().unwrap();
-        std::fs::create_dir(a.path().join("sub")).unwrap();
-        std::fs::write(a.path().join("sub/x"), "1").unwrap();
-        std::fs::write(a.path().join("y"), "2").unwrap();
-        std::fs::write(b.path().join("y"), "2").unwrap();
-        std::fs::create_dir(b.path().join("sub")).unwrap();
-        std::fs::write(b.path().join("sub/x"), "1").unwrap();
+        fs_err::create_dir(a.path().join("sub")).unwrap();
+        fs_err::write(a.path().join("sub/x"), "1").unwrap();
+        fs_err::write(a.path().join("y"), "2").unwrap();
+        fs_err::write(b.path().join("y"), "2").unwrap();
+        fs_err::create_dir(b.path().join("sub")).unwrap();
+        fs_err::write(b.path().join("sub/x"), "1").unwrap();
         let ha = hash_path(a.path()).unwrap().digest();
         assert_eq!(ha, hash_path(b.path()).unwrap().digest());
-        std::fs::write(b.path().join("sub/x"), "3").unwrap();
+        fs_err::write(b.path().join("sub/x"), "3").unwrap();
         assert_ne!(ha, hash_path(b.path()).unwrap().digest());
-        std::fs::rename(b.path().join("sub/x"), b.path().join("sub/z")).unwrap();
-        std::fs::write(b.path().join("sub/z"), "1").unwrap();
+        fs_err::rename(b.path().join("sub/x"), b.path().join("sub/z")).unwrap();
+        fs_err::write(b.path().join("sub/z"), "1").unwrap();
         assert_ne!(ha, hash_path(b.path()).unwrap().digest());
     }
 
@@ -473,7 +473,7 @@ mod tests {
     fn large_files_hash_the_same_as_small_path() {
         let dir = tempfile::tempdir().unwrap();
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
-        std::fs::write(dir.path().join("big"), &data).unwrap();
+        fs_err::write(dir.path().join("big"), &data).unwrap();
         assert_eq!(
             hash_file(&dir.path().join("big")).unwrap(),
             Digest::of(&data)
@@ -484,10 +484,10 @@ mod tests {
     fn stat_cache_notices_changes() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("f");
-        std::fs::write(&file, "one").unwrap();
+        fs_err::write(&file, "one").unwrap();
         let cache = StatCache::default();
         assert_eq!(cache.hash_file(&file).unwrap(), Digest::of(b"one"));
-        std::fs::write(&file, "two!").unwrap();
+        fs_err::write(&file, "two!").unwrap();
         assert_eq!(cache.hash_file(&file).unwrap(), Digest::of(b"two!"));
     }
 
@@ -497,7 +497,7 @@ mod tests {
         let file = dir.path().join("f");
         let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
         let write_back_dated = |text: &str| {
-            let mut f = std::fs::OpenOptions::new()
+            let mut f = fs_err::OpenOptions::new()
                 .write(true)
                 .create(true)
                 .truncate(true)
@@ -513,9 +513,9 @@ mod tests {
         assert_eq!(cache.hash_file(&file).unwrap(), Digest::of(b"one1"));
         assert_eq!(cache.entries.lock().unwrap().len(), 1);
 
-        let inode = std::fs::metadata(&file).unwrap().ino();
+        let inode = fs_err::metadata(&file).unwrap().ino();
         write_back_dated("two2");
-        let meta = std::fs::metadata(&file).unwrap();
+        let meta = fs_err::metadata(&file).unwrap();
         assert_eq!((meta.ino(), meta.len()), (inode, 4));
         assert_eq!(cache.hash_file(&file).unwrap(), Digest::of(b"two2"));
     }

@@ -100,7 +100,7 @@ pub fn seal(path: &Path, digest: &Digest) -> anyhow::Result<()> {
     let meta = files::metadata(path)?;
     let seconds = u64::try_from(meta.mtime()).unwrap_or(0);
     let time = UNIX_EPOCH + Duration::new(seconds, tag(digest));
-    let file = std::fs::File::open(path)
+    let file = fs_err::File::open(path)
         .map_err(|e| anyhow::anyhow!("cannot open the store object `{}`: {e}", path.display()))?;
     file.set_modified(time)
         .map_err(|e| anyhow::anyhow!("cannot seal the store object `{}`: {e}", path.display()))
@@ -125,7 +125,7 @@ pub fn check(
     repair: Repair,
     damaged: &Path,
 ) -> ObjectState {
-    let Ok(meta) = std::fs::symlink_metadata(object) else {
+    let Ok(meta) = fs_err::symlink_metadata(object) else {
         return ObjectState::Missing;
     };
     if !meta.is_file() {
@@ -157,12 +157,12 @@ pub fn set_aside(object: &Path, digest: &Digest, damaged: &Path) -> anyhow::Resu
     let hex = digest.to_string();
     let mut to = damaged.join(&hex);
     let mut n = 0;
-    while std::fs::symlink_metadata(&to).is_ok() {
+    while fs_err::symlink_metadata(&to).is_ok() {
         n += 1;
         to = damaged.join(format!("{hex}.{n}"));
     }
     files::rename(object, &to)?;
-    if let Ok(file) = std::fs::File::open(&to) {
+    if let Ok(file) = fs_err::File::open(&to) {
         let _ = file.set_modified(SystemTime::now());
     }
     if let Some(parent) = object.parent() {
@@ -258,7 +258,7 @@ mod tests {
     fn tags_are_whole_microseconds_and_never_zero() {
         for bytes in [b"a".as_slice(), b"b", b"", b"model"] {
             let t = tag(&Digest::of(bytes));
-            assert!(t > 0 && t < 1_000_000_000 && t % 1_000 == 0, "{t}");
+            assert!(t > 0 && t < 1_000_000_000 && t.is_multiple_of(1_000), "{t}");
         }
     }
 

@@ -35,7 +35,7 @@ impl Unfinished {
     /// (one failed open when there are none). An unreadable journal reads as
     /// none: its outs are then simply not known to be pipe's.
     pub fn read(store: &Store, pipeline: &str, stage: &str) -> Option<Unfinished> {
-        let bytes = std::fs::read(store.restoring_path(pipeline, stage)).ok()?;
+        let bytes = fs_err::read(store.restoring_path(pipeline, stage)).ok()?;
         serde_json::from_slice(&bytes).ok()
     }
 

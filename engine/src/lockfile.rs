@@ -155,7 +155,7 @@ impl LockFile {
     /// Reads a lockfile; a missing one is empty. A corrupt one is an error
     /// naming the file (delete it to start over: it is rebuilt by the next run).
     pub fn load(path: &Path) -> anyhow::Result<LockFile> {
-        let text = match std::fs::read_to_string(path) {
+        let text = match fs_err::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(LockFile::default()),
             Err(e) => return Err(e).with_context(|| format!("cannot read `{}`", path.display())),
@@ -169,13 +169,13 @@ impl LockFile {
     /// YAML, which is what a large lockfile's no-op rerun costs most. A
     /// missing, stale or unreadable copy is rebuilt.
     pub fn load_cached(path: &Path, cache: &Path) -> anyhow::Result<LockFile> {
-        let text = match std::fs::read(path) {
+        let text = match fs_err::read(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(LockFile::default()),
             Err(e) => return Err(e).with_context(|| format!("cannot read `{}`", path.display())),
         };
         let source = Digest::of(&text);
-        if let Ok(bytes) = std::fs::read(cache)
+        if let Ok(bytes) = fs_err::read(cache)
             && let Ok(copy) = serde_json::from_slice::<ParsedCopy>(&bytes)
             && copy.source == source
         {
@@ -234,7 +234,7 @@ impl LockFile {
 
     fn save_text(&self, path: &Path, previous: &Path) -> anyhow::Result<String> {
         let text = self.render()?;
-        match std::fs::read(path) {
+        match fs_err::read(path) {
             Ok(old) if old == text.as_bytes() => return Ok(text),
             Ok(old) => atomic::write(previous, &old, false)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -416,7 +416,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("student.lock");
         lock.save(&path, &dir.path().join("previous.lock")).unwrap();
-        let text = std::fs::read_to_string(&path).unwrap();
+        let text = fs_err::read_to_string(&path).unwrap();
         assert!(text.contains("learning_rate: 0.0005"), "{text}");
         let back = LockFile::load(&path).unwrap();
         let entry = &back.stages["finetune"];
@@ -436,16 +436,16 @@ mod tests {
         assert!(cache.exists());
         assert_eq!(LockFile::load_cached(&path, &cache).unwrap(), lock);
         // Edited by hand: the copy is stale, the YAML wins and the copy is rebuilt.
-        let edited = std::fs::read_to_string(&path)
+        let edited = fs_err::read_to_string(&path)
             .unwrap()
             .replace("loss: 0.5", "loss: 0.75");
-        std::fs::write(&path, edited).unwrap();
+        fs_err::write(&path, edited).unwrap();
         let back = LockFile::load_cached(&path, &cache).unwrap();
         assert_eq!(
             back.stages["finetune"].metrics["loss"],
             serde_json::json!(0.75)
         );
-        std::fs::write(&cache, "not json").unwrap();
+        fs_err::write(&cache, "not json").unwrap();
         assert_eq!(LockFile::load_cached(&path, &cache).unwrap(), back);
     }
 

@@ -144,7 +144,7 @@ mod tests {
         let root = dir.path().join("store");
         ensure(&root).unwrap();
         assert_eq!(
-            format_of(&std::fs::read(root.join(FILE)).unwrap()),
+            format_of(&fs_err::read(root.join(FILE)).unwrap()),
             Some(FORMAT)
         );
         ensure(&root).unwrap();
@@ -153,15 +153,15 @@ mod tests {
     #[test]
     fn a_users_folder_a_foreign_marker_and_a_newer_format_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
-        std::fs::write(dir.path().join("tmp/notes.txt"), "mine").unwrap();
+        fs_err::create_dir_all(dir.path().join("tmp")).unwrap();
+        fs_err::write(dir.path().join("tmp/notes.txt"), "mine").unwrap();
         let err = ensure(dir.path()).unwrap_err();
         assert!(err.downcast_ref::<UsageError>().is_some(), "{err}");
         assert!(!dir.path().join(FILE).exists());
 
-        std::fs::write(dir.path().join(FILE), "my own notes").unwrap();
+        fs_err::write(dir.path().join(FILE), "my own notes").unwrap();
         assert!(ensure(dir.path()).is_err());
-        std::fs::write(dir.path().join(FILE), "pipe store, format 99\n").unwrap();
+        fs_err::write(dir.path().join(FILE), "pipe store, format 99\n").unwrap();
         let err = ensure(dir.path()).unwrap_err();
         assert!(err.to_string().contains("newer pipe"), "{err}");
     }
@@ -170,18 +170,18 @@ mod tests {
     fn a_store_of_an_older_pipe_is_adopted_only_with_pipes_names() {
         let dir = tempfile::tempdir().unwrap();
         for sub in ALWAYS_MADE {
-            std::fs::create_dir(dir.path().join(sub)).unwrap();
+            fs_err::create_dir(dir.path().join(sub)).unwrap();
         }
-        std::fs::create_dir(dir.path().join("objects/ab")).unwrap();
-        std::fs::write(
+        fs_err::create_dir(dir.path().join("objects/ab")).unwrap();
+        fs_err::write(
             dir.path().join(format!("stages/{}.json", "0".repeat(64))),
             "{}",
         )
         .unwrap();
-        std::fs::write(dir.path().join("lock"), "").unwrap();
-        std::fs::write(dir.path().join("stages/notes.txt"), "mine").unwrap();
+        fs_err::write(dir.path().join("lock"), "").unwrap();
+        fs_err::write(dir.path().join("stages/notes.txt"), "mine").unwrap();
         assert!(ensure(dir.path()).is_err(), "a user's file in stages/");
-        std::fs::remove_file(dir.path().join("stages/notes.txt")).unwrap();
+        fs_err::remove_file(dir.path().join("stages/notes.txt")).unwrap();
         ensure(dir.path()).unwrap();
         assert!(dir.path().join(FILE).exists());
     }

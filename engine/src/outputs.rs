@@ -144,7 +144,7 @@ impl FailedOuts {
     /// The record of `stage`'s last failed run; empty when it has none (or an
     /// unreadable one: then its outs are simply not known to be pipe's).
     pub fn read(store: &Store, pipeline: &str, stage: &str) -> FailedOuts {
-        std::fs::read(store.failed_path(pipeline, stage))
+        fs_err::read(store.failed_path(pipeline, stage))
             .ok()
             .and_then(|bytes| serde_json::from_slice(&bytes).ok())
             .unwrap_or_default()

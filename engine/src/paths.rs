@@ -155,7 +155,7 @@ impl<'w> Resolver<'w> {
     /// missing) leads when its last component is a symlink.
     fn follow(&self, lexical: String) -> Real {
         let path = self.workspace.join(&lexical);
-        match std::fs::symlink_metadata(&path) {
+        match fs_err::symlink_metadata(&path) {
             Ok(meta) if meta.is_symlink() => {
                 let root = self.root.get_or_init(|| self.workspace.canonicalize().ok());
                 match (root, path.canonicalize()) {
@@ -212,7 +212,7 @@ mod tests {
     fn refuses_symlinks_out() {
         let outside = tempfile::tempdir().unwrap();
         let dir = tempfile::tempdir().unwrap();
-        std::os::unix::fs::symlink(outside.path(), dir.path().join("link")).unwrap();
+        fs_err::os::unix::fs::symlink(outside.path(), dir.path().join("link")).unwrap();
         let err = Resolver::new(dir.path(), false)
             .normalize("link/file.txt")
             .unwrap_err();
@@ -223,10 +223,10 @@ mod tests {
     fn real_paths_see_through_links_inside_the_workspace() {
         let dir = tempfile::tempdir().unwrap();
         let ws = dir.path();
-        std::fs::create_dir_all(ws.join("build/sub")).unwrap();
-        std::fs::write(ws.join("a.txt"), "a").unwrap();
-        std::os::unix::fs::symlink("build", ws.join("alias")).unwrap();
-        std::os::unix::fs::symlink("a.txt", ws.join("link.txt")).unwrap();
+        fs_err::create_dir_all(ws.join("build/sub")).unwrap();
+        fs_err::write(ws.join("a.txt"), "a").unwrap();
+        fs_err::os::unix::fs::symlink("build", ws.join("alias")).unwrap();
+        fs_err::os::unix::fs::symlink("a.txt", ws.join("link.txt")).unwrap();
         let resolver = Resolver::new(ws, false);
         assert_eq!(resolver.real("alias/sub/x", true), "build/sub/x");
         assert_eq!(resolver.real("alias/sub/x", false), "build/sub/x");

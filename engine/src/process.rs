@@ -135,12 +135,12 @@ mod tests {
         let status = status_in_group(&mut command).unwrap();
         assert!(status.success());
         std::thread::sleep(Duration::from_millis(200));
-        let len = std::fs::metadata(&out).unwrap().len();
+        let len = fs_err::metadata(&out).unwrap().len();
         assert!(len > 0, "the background loop ran while the command did");
         let start = Instant::now();
         std::thread::sleep(Duration::from_millis(400));
         assert_eq!(
-            std::fs::metadata(&out).unwrap().len(),
+            fs_err::metadata(&out).unwrap().len(),
             len,
             "nothing was written {:?} after the command ended",
             start.elapsed()

@@ -37,8 +37,9 @@
 //! does fails, and an object changed any other way is found before it is
 //! used again (`crate::integrity`).
 
+use fs_err::File;
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::{File, TryLockError};
+use std::fs::TryLockError;
 use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -207,7 +208,7 @@ impl Store {
     /// `on_wait` (with the holder's pid, if known) and blocks; otherwise fails.
     pub fn lock(&self, wait: bool, on_wait: impl FnOnce(Option<u32>)) -> anyhow::Result<StoreLock> {
         let path = self.root.join("lock");
-        let mut file = std::fs::OpenOptions::new()
+        let mut file = fs_err::OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
@@ -373,7 +374,7 @@ impl Store {
         let mode = files::metadata(&staged)?.permissions().mode() & 0o555;
         files::set_mode(&staged, mode)?;
         seal(&staged, hash)?;
-        match std::fs::rename(&staged, &dest) {
+        match fs_err::rename(&staged, &dest) {
             Ok(()) => {}
             // Different filesystems: copy, then rename within the store.
             Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
@@ -541,7 +542,7 @@ impl Store {
                     files::create_dir_all(parent)?;
                 }
                 let staged = dest.with_file_name(place.temp);
-                let linked = !copy && std::fs::hard_link(&object, &staged).is_ok();
+                let linked = !copy && fs_err::hard_link(&object, &staged).is_ok();
                 if !linked {
                     files::copy(&object, &staged).with_context(|| {
                         format!("cannot restore `{}` from the store", dest.display())
@@ -599,7 +600,7 @@ impl Store {
     /// A record whose output paths could lead outside where they belong
     /// (see [`StageRecord::check`]) counts as unreadable.
     pub fn record(&self, key: &Digest) -> Option<StageRecord> {
-        let bytes = std::fs::read(self.record_path(key)).ok()?;
+        let bytes = fs_err::read(self.record_path(key)).ok()?;
         StageRecord::parse(&bytes).ok()
     }
 
@@ -616,11 +617,11 @@ impl Store {
         pipeline: &'s str,
         stage: &'s str,
     ) -> impl Iterator<Item = StageRecord> + 's {
-        std::fs::read_dir(self.root.join("stages"))
+        fs_err::read_dir(self.root.join("stages"))
             .into_iter()
             .flatten()
             .flatten()
-            .filter_map(|entry| StageRecord::parse(&std::fs::read(entry.path()).ok()?).ok())
+            .filter_map(|entry| StageRecord::parse(&fs_err::read(entry.path()).ok()?).ok())
             .filter(move |r| r.pipeline == pipeline && r.stage == stage)
     }
 
@@ -632,14 +633,14 @@ impl Store {
     /// one copied with the project (`cp -a`): its manifest uses another store.
     pub fn claim_pipeline_name(&self, pipeline: &str, manifest: &Path) -> anyhow::Result<()> {
         let claim = self.root.join("names").join(pipeline);
-        let ours = std::fs::canonicalize(manifest).unwrap_or_else(|_| manifest.to_path_buf());
-        if let Ok(text) = std::fs::read_to_string(&claim) {
+        let ours = fs_err::canonicalize(manifest).unwrap_or_else(|_| manifest.to_path_buf());
+        if let Ok(text) = fs_err::read_to_string(&claim) {
             let holder = PathBuf::from(text.trim_end_matches('\n'));
             if holder == ours {
                 return Ok(());
             }
             let still_named = crate::Manifest::load(&holder).is_ok_and(|m| m.name == pipeline);
-            let real = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+            let real = |p: &Path| fs_err::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
             let holder_store = holder.parent().map(|dir| real(&crate::store_dir(dir)));
             let same_store = holder_store.is_some_and(|s| s == real(&self.root));
             if still_named && same_store {
@@ -757,7 +758,7 @@ fn restored_mode(stored: u32, kind: EntryKind, umask: u32) -> u32 {
 /// The process umask (Linux: from `/proc/self/status`; `022` when unknown).
 /// Read without changing it, since other threads may be creating files.
 fn process_umask() -> u32 {
-    std::fs::read_to_string("/proc/self/status")
+    fs_err::read_to_string("/proc/self/status")
         .ok()
         .and_then(|status| {
             status.lines().find_map(|line| {
@@ -769,7 +770,7 @@ fn process_umask() -> u32 {
 }
 
 fn same_inode(a: &Path, b: &Path) -> bool {
-    match (std::fs::metadata(a), std::fs::symlink_metadata(b)) {
+    match (fs_err::metadata(a), fs_err::symlink_metadata(b)) {
         (Ok(x), Ok(y)) => x.ino() == y.ino() && x.dev() == y.dev(),
         _ => false,
     }
@@ -785,10 +786,10 @@ mod tests {
         let store_dir = tempfile::tempdir().unwrap();
         let store = Store::open(store_dir.path()).unwrap();
         let src = tempfile::tempdir().unwrap();
-        std::fs::create_dir(src.path().join("m")).unwrap();
-        std::fs::write(src.path().join("m/a.txt"), "alpha").unwrap();
-        std::fs::create_dir(src.path().join("m/deep")).unwrap();
-        std::fs::write(src.path().join("m/deep/b.txt"), "beta").unwrap();
+        fs_err::create_dir(src.path().join("m")).unwrap();
+        fs_err::write(src.path().join("m/a.txt"), "alpha").unwrap();
+        fs_err::create_dir(src.path().join("m/deep")).unwrap();
+        fs_err::write(src.path().join("m/deep/b.txt"), "beta").unwrap();
         let hashed = hash_path(&src.path().join("m")).unwrap();
         store
             .import(&src.path().join("m"), &hashed, Import::Copy)
@@ -804,11 +805,11 @@ mod tests {
             .materialize(EntryKind::Dir, &hashed.digest(), &dest, place)
             .unwrap();
         assert_eq!(
-            std::fs::read_to_string(dest.join("deep/b.txt")).unwrap(),
+            fs_err::read_to_string(dest.join("deep/b.txt")).unwrap(),
             "beta"
         );
         assert_eq!(hash_path(&dest).unwrap().digest(), hashed.digest());
-        std::fs::remove_file(store.object_path(&crate::hash::Digest::of(b"beta"))).unwrap();
+        fs_err::remove_file(store.object_path(&crate::hash::Digest::of(b"beta"))).unwrap();
         assert!(!store.output_complete(EntryKind::Dir, &hashed.digest()));
     }
 
@@ -825,7 +826,7 @@ mod tests {
 
     #[test]
     fn the_umask_is_read_from_the_process() {
-        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let status = fs_err::read_to_string("/proc/self/status").unwrap();
         let line = status.lines().find(|l| l.starts_with("Umask:")).unwrap();
         let expected = u32::from_str_radix(line["Umask:".len()..].trim(), 8).unwrap();
         assert_eq!(process_umask(), expected);
@@ -836,16 +837,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let stage = store.temp_dir().unwrap().keep();
-        std::fs::write(stage.join("half.bin"), "left by a kill").unwrap();
+        fs_err::write(stage.join("half.bin"), "left by a kill").unwrap();
         let import = store.unique_temp(TEMP_PREFIXES[1]).unwrap();
         let tmp = dir.path().join("tmp");
         for mine in ["notes.txt", "stage-notes", "import-abc"] {
-            std::fs::write(tmp.join(mine), "mine").unwrap();
+            fs_err::write(tmp.join(mine), "mine").unwrap();
         }
         store.clean_tmp().unwrap();
         assert!(!stage.exists() && !import.exists());
         for mine in ["notes.txt", "stage-notes", "import-abc"] {
-            assert_eq!(std::fs::read_to_string(tmp.join(mine)).unwrap(), "mine");
+            assert_eq!(fs_err::read_to_string(tmp.join(mine)).unwrap(), "mine");
         }
     }
 
@@ -866,7 +867,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let src = dir.path().join("src.txt");
-        std::fs::write(&src, "alpha").unwrap();
+        fs_err::write(&src, "alpha").unwrap();
         let hashed = hash_path(&src).unwrap();
         store.import(&src, &hashed, Import::Copy).unwrap();
         let digest = hashed.digest();
@@ -876,7 +877,7 @@ mod tests {
         );
         let object = store.object_path(&digest);
         // Same size, other bytes, written through the object's inode.
-        std::fs::write(&object, "omega").unwrap();
+        fs_err::write(&object, "omega").unwrap();
         assert_eq!(
             store.check_object(&digest, Some(5), Repair::Look),
             ObjectState::Damaged { moved_to: None }
@@ -890,7 +891,7 @@ mod tests {
             }
         );
         assert!(!object.exists());
-        assert_eq!(std::fs::read_to_string(&aside).unwrap(), "omega");
+        assert_eq!(fs_err::read_to_string(&aside).unwrap(), "omega");
         assert_eq!(
             store.check_object(&digest, Some(5), Repair::Fix),
             ObjectState::Missing
@@ -904,16 +905,16 @@ mod tests {
         let mut digests = Vec::new();
         for text in ["alpha", "beta"] {
             let src = dir.path().join(text);
-            std::fs::write(&src, text).unwrap();
+            fs_err::write(&src, text).unwrap();
             let hashed = hash_path(&src).unwrap();
             store.import(&src, &hashed, Import::Copy).unwrap();
             digests.push(hashed.digest());
         }
         // Replaced with same-size bytes and its seal copied: only a hash finds it.
         let object = store.object_path(&digests[1]);
-        let sealed = std::fs::metadata(&object).unwrap().modified().unwrap();
-        std::fs::write(&object, "BETA").unwrap();
-        std::fs::File::open(&object)
+        let sealed = fs_err::metadata(&object).unwrap().modified().unwrap();
+        fs_err::write(&object, "BETA").unwrap();
+        fs_err::File::open(&object)
             .unwrap()
             .set_modified(sealed)
             .unwrap();
@@ -928,7 +929,7 @@ mod tests {
         assert_eq!(fixed.damaged[0].object, object);
         assert!(!object.exists() && store.has_object(&digests[0]));
         let aside = fixed.damaged[0].moved_to.clone().unwrap();
-        assert_eq!(std::fs::read_to_string(aside).unwrap(), "BETA");
+        assert_eq!(fs_err::read_to_string(aside).unwrap(), "BETA");
     }
 
     #[test]
@@ -936,15 +937,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let src = dir.path().join("src.txt");
-        std::fs::write(&src, "alpha").unwrap();
+        fs_err::write(&src, "alpha").unwrap();
         let hashed = hash_path(&src).unwrap();
         store.import(&src, &hashed, Import::Copy).unwrap();
         let object = store.object_path(&hashed.digest());
-        std::fs::File::open(&object)
+        fs_err::File::open(&object)
             .unwrap()
             .set_modified(std::time::SystemTime::now())
             .unwrap();
-        let meta = std::fs::metadata(&object).unwrap();
+        let meta = fs_err::metadata(&object).unwrap();
         assert_ne!(
             meta.mtime_nsec(),
             i64::from(crate::integrity::tag(&hashed.digest()))
@@ -953,7 +954,7 @@ mod tests {
             store.check_object(&hashed.digest(), None, Repair::Fix),
             ObjectState::Intact
         );
-        let meta = std::fs::metadata(&object).unwrap();
+        let meta = fs_err::metadata(&object).unwrap();
         assert!(meta.mtime_nsec() == i64::from(crate::integrity::tag(&hashed.digest())));
     }
 }

@@ -111,7 +111,7 @@ impl<'a> Batch<'a> {
         if let Some(parent) = to.parent() {
             files::create_dir_all(parent)?;
         }
-        match std::fs::rename(from, to) {
+        match fs_err::rename(from, to) {
             Ok(()) => {}
             // The store is on another filesystem (`PIPE_STORE`): copy, then remove.
             Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
@@ -272,19 +272,19 @@ mod tests {
     fn a_batch_keeps_the_file_and_names_it() {
         let ws = tempfile::tempdir().unwrap();
         let store = tempfile::tempdir().unwrap();
-        std::fs::create_dir(ws.path().join("build")).unwrap();
-        std::fs::write(ws.path().join("build/mine.txt"), "keep me").unwrap();
+        fs_err::create_dir(ws.path().join("build")).unwrap();
+        fs_err::write(ws.path().join("build/mine.txt"), "keep me").unwrap();
         let mut batch = Batch::new(store.path(), ws.path(), "build", "not written by pipe");
         batch.take(Path::new("build/mine.txt")).unwrap();
         let (moved, folder) = batch.finish().unwrap();
         assert_eq!(moved, vec!["build/mine.txt".to_string()]);
         assert!(!ws.path().join("build/mine.txt").exists());
         assert_eq!(
-            std::fs::read_to_string(folder.join("files/build/mine.txt")).unwrap(),
+            fs_err::read_to_string(folder.join("files/build/mine.txt")).unwrap(),
             "keep me"
         );
         let note: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(folder.join("note.json")).unwrap()).unwrap();
+            serde_json::from_slice(&fs_err::read(folder.join("note.json")).unwrap()).unwrap();
         assert_eq!(note["stage"], "build");
         assert_eq!(note["paths"][0], "build/mine.txt");
         assert_eq!(note["reason"], "not written by pipe");
@@ -298,7 +298,7 @@ mod tests {
         let mut batch = Batch::new(store.path(), ws.path(), "build", "not written by pipe");
         assert!(batch.take(Path::new("missing.txt")).is_err());
         assert!(batch.finish().is_none());
-        let left: Vec<_> = std::fs::read_dir(store.path().join("trash"))
+        let left: Vec<_> = fs_err::read_dir(store.path().join("trash"))
             .unwrap()
             .collect();
         assert!(left.is_empty(), "{left:?}");
@@ -323,7 +323,7 @@ mod tests {
         let ws = tempfile::tempdir().unwrap();
         let store = tempfile::tempdir().unwrap();
         let precious = outside.path().join("report.txt");
-        std::fs::write(&precious, "PRECIOUS").unwrap();
+        fs_err::write(&precious, "PRECIOUS").unwrap();
         let mut batch = Batch::new(store.path(), ws.path(), "mk", "not written by pipe");
         batch.take(&precious).unwrap();
         let (moved, folder) = batch.finish().unwrap();
@@ -331,7 +331,7 @@ mod tests {
         let kept = kept_at(&precious).unwrap();
         assert!(kept.starts_with("files/@root"));
         assert_eq!(
-            std::fs::read_to_string(folder.join(kept)).unwrap(),
+            fs_err::read_to_string(folder.join(kept)).unwrap(),
             "PRECIOUS"
         );
         assert_eq!(moved, vec![precious.display().to_string()]);

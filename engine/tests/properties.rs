@@ -5,6 +5,7 @@
 //!   is in the trash, byte for byte;
 //! - the readers of manifests, lockfiles, stage records and tree objects
 //!   never panic, whatever the input.
+#![allow(clippy::disallowed_methods)] // tests arrange files with std::fs directly
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

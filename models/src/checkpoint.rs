@@ -8,8 +8,8 @@
 //! mapped pages back to the kernel: the process never holds the file and its copy at once,
 //! only the copy and one tensor's pages.
 
+use fs_err::File;
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -231,7 +231,7 @@ type IndexMaps = (BTreeMap<String, String>, BTreeMap<String, String>);
 
 /// Reads and checks `index`; see [`IndexMaps`].
 fn read_index(index: &Path) -> Result<IndexMaps> {
-    let text = std::fs::read_to_string(index)
+    let text = fs_err::read_to_string(index)
         .with_context(|| format!("cannot read {}", index.display()))?;
     let parsed: Index = serde_json::from_str(&text).with_context(|| {
         format!(

@@ -113,7 +113,7 @@ impl Embedded {
 /// The SHA-256 of the file at `path`, as lowercase hex.
 fn sha256(path: &Path) -> Result<String> {
     let mut file =
-        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        fs_err::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {

@@ -23,7 +23,7 @@ pub const WEIGHTS_FILE: &str = "model.safetensors";
 /// Reads `dir/config.json` as the config of the family its `model_type` names.
 pub fn read_config(dir: &Path) -> Result<ModelConfig> {
     let path = dir.join(CONFIG_FILE);
-    let text = std::fs::read_to_string(&path).with_context(|| {
+    let text = fs_err::read_to_string(&path).with_context(|| {
         format!(
             "cannot read {}; a model folder needs config.json and model.safetensors",
             path.display()
@@ -92,9 +92,9 @@ pub fn write(
     specs: &[ParamSpec],
     params: &BTreeMap<String, HostTensor>,
 ) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    fs_err::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let config = serde_json::to_vec_pretty(&cfg.hf_config(labels, problem)?)?;
-    std::fs::write(dir.join(CONFIG_FILE), config)?;
+    fs_err::write(dir.join(CONFIG_FILE), config)?;
     let tensors = specs
         .iter()
         .map(|spec| {

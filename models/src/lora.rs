@@ -389,7 +389,7 @@ pub fn write_adapter(
     trained: &BTreeMap<String, HostTensor>,
     fan_in_fan_out: bool,
 ) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    fs_err::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let mut targets: Vec<&str> = lora.targets.iter().map(LoraTarget::module).collect();
     targets.sort_unstable();
     targets.dedup();
@@ -423,7 +423,7 @@ pub fn write_adapter(
     });
     let text = serde_json::to_vec_pretty(&config)?;
     let path = dir.join(ADAPTER_CONFIG_FILE);
-    std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    fs_err::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
     let names: Vec<(String, &HostTensor)> = trained
         .iter()
         .filter(|(name, _)| is_trained(name, head))

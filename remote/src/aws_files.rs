@@ -149,7 +149,7 @@ impl Profile {
 
 /// The sections of the INI file at `path`; `None` when there is no such file.
 fn read(path: &Path) -> anyhow::Result<Option<Sections>> {
-    match std::fs::read_to_string(path) {
+    match fs_err::read_to_string(path) {
         Ok(text) => parse(path, &text).map(Some),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(UsageError(format!("cannot read {}: {e}", path.display())).into()),
@@ -272,14 +272,14 @@ mod tests {
     fn the_profile_comes_from_both_files_and_credentials_win() {
         let home = tempfile::tempdir().unwrap();
         let aws = home.path().join(".aws");
-        std::fs::create_dir(&aws).unwrap();
-        std::fs::write(
+        fs_err::create_dir(&aws).unwrap();
+        fs_err::write(
             aws.join("credentials"),
             "[default]\naws_access_key_id = D\naws_secret_access_key = DS\n\
              [team]\naws_access_key_id = T\naws_secret_access_key = TS\naws_session_token = TT\n",
         )
         .unwrap();
-        std::fs::write(
+        fs_err::write(
             aws.join("config"),
             "[default]\nregion = eu-west-1\n[profile team]\nregion = us-west-2\n\
              aws_access_key_id = IGNORED\nendpoint_url = http://127.0.0.1:9000\n",
@@ -306,7 +306,7 @@ mod tests {
         assert!(err.contains("profile `nobody`"), "{err}");
         // Files named by the environment replace ~/.aws/.
         let other = home.path().join("other-credentials");
-        std::fs::write(
+        fs_err::write(
             &other,
             "[default]\naws_access_key_id = O\naws_secret_access_key = OS\n",
         )
@@ -325,7 +325,7 @@ mod tests {
         assert_eq!(value("aws_endpoint"), Some("http://127.0.0.1:9000".into()));
         assert_eq!(value("aws_allow_http"), Some("true".into()));
         // Half a key pair is refused.
-        std::fs::write(
+        fs_err::write(
             aws.join("credentials"),
             "[default]\naws_access_key_id = D\n",
         )

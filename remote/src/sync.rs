@@ -125,7 +125,7 @@ fn local_objects(
         return Ok(());
     }
     let path = store.object_path(digest);
-    let size = std::fs::metadata(&path)
+    let size = fs_err::metadata(&path)
         .with_context(|| format!("object {} is missing from the local store", digest.short()))?
         .len();
     needed.insert(*digest, size);

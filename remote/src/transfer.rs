@@ -112,8 +112,9 @@ impl Bucket {
     ) -> anyhow::Result<()> {
         local.verify_object(digest)?;
         let source = local.object_path(digest);
-        let file = std::fs::File::open(&source)
-            .with_context(|| format!("cannot read the store object `{}`", source.display()))?;
+        let file = fs_err::File::open(&source)
+            .with_context(|| format!("cannot read the store object `{}`", source.display()))?
+            .into_file();
         let path = self.object(digest);
         if size <= CHUNK {
             let bytes = read_chunk(&file, 0, size, &source)?;
@@ -165,7 +166,7 @@ impl Bucket {
         else {
             return;
         };
-        let Ok(entries) = std::fs::read_dir(dir) else {
+        let Ok(entries) = fs_err::read_dir(dir) else {
             return;
         };
         for entry in entries.flatten() {
@@ -179,7 +180,7 @@ impl Bucket {
                 .and_then(|m| m.modified())
                 .is_ok_and(|t| t.elapsed().is_ok_and(|age| age >= ABANDONED_STAGING));
             if ours && idle && entry.file_type().is_ok_and(|t| t.is_file()) {
-                let _ = std::fs::remove_file(entry.path());
+                let _ = fs_err::remove_file(entry.path());
             }
         }
     }
@@ -197,8 +198,9 @@ impl Bucket {
     ) -> anyhow::Result<()> {
         let path = self.object(digest);
         let staged = tmp.join(digest.to_string());
-        let file = std::fs::File::create(&staged)
-            .with_context(|| format!("cannot create `{}`", staged.display()))?;
+        let file = fs_err::File::create(&staged)
+            .with_context(|| format!("cannot create `{}`", staged.display()))?
+            .into_file();
         let missing = || {
             anyhow::anyhow!(
                 "the remote has no object {} although a record there needs it",
@@ -275,7 +277,7 @@ fn admit(
     let actual = hash_file(staged)
         .with_context(|| format!("cannot hash the download `{}`", staged.display()))?;
     if actual != *digest {
-        std::fs::remove_file(staged).ok();
+        fs_err::remove_file(staged).ok();
         anyhow::bail!(
             "the remote's object {} is corrupt (its content hashes to {})",
             digest.short(),
@@ -284,9 +286,9 @@ fn admit(
     }
     let executable = kind == EntryKind::Executable;
     if executable {
-        std::fs::set_permissions(staged, std::fs::Permissions::from_mode(0o755))?;
+        fs_err::set_permissions(staged, std::fs::Permissions::from_mode(0o755))?;
     }
-    let size = std::fs::metadata(staged)?.len();
+    let size = fs_err::metadata(staged)?.len();
     let hashed = Hashed::File {
         hash: *digest,
         size,

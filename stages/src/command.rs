@@ -29,7 +29,6 @@
 //! when it has exactly one input, in `PIPE_FROM`. `PIPE_STAGE` holds the
 //! stage's own name (`plot@lr-0.0003` for a matrix member).
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Command as Process, Stdio};
 
@@ -95,11 +94,12 @@ impl Stage for Command {
 
     fn run(&self, ctx: &RunContext<'_>) -> anyhow::Result<Outcome> {
         let command = ctx.run.context("a command stage needs `run:`")?;
-        let log = File::options()
+        let log = fs_err::OpenOptions::new()
             .append(true)
             .create(true)
             .open(ctx.log_path)
-            .with_context(|| format!("cannot open the log `{}`", ctx.log_path.display()))?;
+            .with_context(|| format!("cannot open the log `{}`", ctx.log_path.display()))?
+            .into_file();
         let mut process = Process::new("sh");
         for (name, dir) in input_folders(ctx.inputs) {
             process.env(name, dir);

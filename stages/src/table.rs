@@ -43,8 +43,9 @@ pub(crate) struct TableWriter {
 impl TableWriter {
     /// Creates `path` for tables of `schema`.
     pub(crate) fn create(path: &Path, schema: SchemaRef) -> anyhow::Result<Self> {
-        let file =
-            File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+        let file = fs_err::File::create(path)
+            .map(File::from)
+            .with_context(|| format!("cannot create {}", path.display()))?;
         let props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
             .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
@@ -110,7 +111,9 @@ pub(crate) fn write_table(path: &Path, batch: &RecordBatch) -> anyhow::Result<()
 
 /// Reads a whole Parquet file into one batch.
 pub(crate) fn read_table(path: &Path) -> anyhow::Result<RecordBatch> {
-    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let file = fs_err::File::open(path)
+        .map(File::from)
+        .with_context(|| format!("cannot open {}", path.display()))?;
     let reader = ParquetRecordBatchReaderBuilder::try_new(file)
         .with_context(|| format!("{} is not a Parquet file", path.display()))?
         .build()?;
@@ -324,5 +327,5 @@ fn column_names(batch: &RecordBatch) -> String {
 pub(crate) fn write_json(path: &Path, value: &impl serde::Serialize) -> anyhow::Result<()> {
     let mut text = serde_json::to_string_pretty(value)?;
     text.push('\n');
-    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+    fs_err::write(path, text).with_context(|| format!("cannot write {}", path.display()))
 }

@@ -1,4 +1,5 @@
 //! Integration tests: they drive the built `pipe` binary on temporary folders.
+#![allow(clippy::disallowed_methods)] // tests arrange files with std::fs directly
 
 mod architecture;
 mod bundle;

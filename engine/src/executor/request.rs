@@ -335,8 +335,8 @@ mod tests {
     /// A stage folder with a request for `greet` (at `version`) saying `text`.
     fn request(dir: &Path, text: &str, version: u32) {
         let out_dir = dir.join("out");
-        std::fs::create_dir_all(&out_dir).unwrap();
-        std::fs::write(dir.join("words.txt"), "world").unwrap();
+        fs_err::create_dir_all(&out_dir).unwrap();
+        fs_err::write(dir.join("words.txt"), "world").unwrap();
         let params = serde_json::json!({ "text": text });
         let inputs = [Input {
             name: "up".into(),
@@ -376,7 +376,7 @@ mod tests {
         request(dir.path(), "hello", 2);
         assert!(serve(&registry(), dir.path()).unwrap());
         assert_eq!(
-            std::fs::read_to_string(dir.path().join("out/greeting.txt")).unwrap(),
+            fs_err::read_to_string(dir.path().join("out/greeting.txt")).unwrap(),
             "hello world"
         );
         match read_reply(dir.path()).unwrap() {
@@ -438,18 +438,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         request(dir.path(), "hello", 2);
         let users = tempfile::tempdir().unwrap();
-        std::fs::write(users.path().join("greeting.txt"), "mine").unwrap();
+        fs_err::write(users.path().join("greeting.txt"), "mine").unwrap();
         let path = dir.path().join(REQUEST_FILE);
-        let mut request: Request = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let mut request: Request = serde_json::from_slice(&fs_err::read(&path).unwrap()).unwrap();
         request.out_dir = users.path().to_path_buf();
-        std::fs::write(&path, serde_json::to_vec(&request).unwrap()).unwrap();
+        fs_err::write(&path, serde_json::to_vec(&request).unwrap()).unwrap();
         let err = serve(&registry(), dir.path()).unwrap_err().to_string();
         assert!(
             err.contains("runs only the requests `pipe run` writes"),
             "{err}"
         );
         assert_eq!(
-            std::fs::read_to_string(users.path().join("greeting.txt")).unwrap(),
+            fs_err::read_to_string(users.path().join("greeting.txt")).unwrap(),
             "mine"
         );
         assert!(!dir.path().join(REPLY_FILE).exists());

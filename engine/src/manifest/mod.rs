@@ -150,7 +150,7 @@ impl Manifest {
                 None,
             ));
         }
-        let source = std::fs::read_to_string(path).map_err(|e| {
+        let source = fs_err::read_to_string(path).map_err(|e| {
             let help = if e.kind() == std::io::ErrorKind::NotFound {
                 "check the path, or run `pipe init` to write a manifest"
             } else {

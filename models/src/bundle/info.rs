@@ -114,7 +114,7 @@ impl BundleInfo {
 
     /// Reads and checks `path` (a bundle's `bundle.json`).
     pub fn read(path: &Path) -> Result<BundleInfo> {
-        let text = std::fs::read_to_string(path).with_context(|| {
+        let text = fs_err::read_to_string(path).with_context(|| {
             format!(
                 "cannot read {}; a bundle is the output folder of an export-onnx stage",
                 path.display()

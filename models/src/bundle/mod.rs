@@ -251,7 +251,7 @@ pub fn content_key(dir: &Path) -> Result<String> {
             continue;
         }
         let bytes =
-            std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            fs_err::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
         hasher.update(name.as_bytes());
         hasher.update(&(bytes.len() as u64).to_le_bytes());
         hasher.update(&bytes);

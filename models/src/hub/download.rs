@@ -13,7 +13,8 @@
 //! `HF_ENDPOINT` (default `https://huggingface.co`), `HF_TOKEN` (sent as a bearer token)
 //! and `HF_HUB_OFFLINE` (no network at all) are read as `huggingface_hub` reads them.
 
-use std::fs::{File, OpenOptions, TryLockError};
+use fs_err::{File, OpenOptions};
+use std::fs::TryLockError;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -211,7 +212,7 @@ impl Hub {
             link(&snapshot, file, &remote.etag)?;
         }
         let refs = repo_dir.join("refs");
-        std::fs::create_dir_all(&refs)?;
+        fs_err::create_dir_all(&refs)?;
         pipe_engine::atomic::write(&refs.join("main"), commit.as_bytes(), false)?;
         Ok(Pulled {
             commit,
@@ -320,10 +321,10 @@ impl Hub {
         if blob.is_file() {
             return Ok(0);
         }
-        std::fs::create_dir_all(&blobs)
+        fs_err::create_dir_all(&blobs)
             .with_context(|| format!("cannot create {}", blobs.display()))?;
         let partial = blobs.join(format!("{}.incomplete", remote.etag));
-        let mut offset = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+        let mut offset = fs_err::metadata(&partial).map(|m| m.len()).unwrap_or(0);
         if remote.size.is_some_and(|size| offset > size) {
             offset = 0;
         }
@@ -382,10 +383,10 @@ impl Hub {
         bar.finish_and_clear();
         if let Err(e) = verify(&partial, remote) {
             // The partial file is ours: a corrupt one would only be resumed into another.
-            let _ = std::fs::remove_file(&partial);
+            let _ = fs_err::remove_file(&partial);
             return Err(e.context(format!("{repo}/{file} from {url} is corrupt; it was removed, run again to download it afresh")));
         }
-        std::fs::rename(&partial, &blob)
+        fs_err::rename(&partial, &blob)
             .with_context(|| format!("cannot move {} into place", partial.display()))?;
         Ok(downloaded)
     }
@@ -408,7 +409,7 @@ fn lock_blob(
         .file_name()
         .context("a repository folder has a name")?;
     let dir = cache.join(".locks").join(name);
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    fs_err::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let path = dir.join(format!("{etag}.lock"));
     let lock = OpenOptions::new()
         .create(true)
@@ -435,7 +436,7 @@ fn lock_blob(
 
 /// Checks the size and the hash of a downloaded file against the hub's.
 fn verify(path: &Path, remote: &Remote) -> Result<()> {
-    let size = std::fs::metadata(path)?.len();
+    let size = fs_err::metadata(path)?.len();
     if let Some(expected) = remote.size
         && size != expected
     {
@@ -482,7 +483,7 @@ fn hex(bytes: &[u8]) -> String {
 fn link(snapshot: &Path, file: &str, etag: &str) -> Result<()> {
     let target = snapshot.join(file);
     let parent = target.parent().unwrap_or(snapshot);
-    std::fs::create_dir_all(parent)
+    fs_err::create_dir_all(parent)
         .with_context(|| format!("cannot create {}", parent.display()))?;
     let depth = file.matches('/').count() + 2;
     let blob: PathBuf = std::iter::repeat_n("..", depth)
@@ -493,9 +494,9 @@ fn link(snapshot: &Path, file: &str, etag: &str) -> Result<()> {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let temp = parent.join(format!(".{}-{n}.link", std::process::id()));
-    let _ = std::fs::remove_file(&temp);
-    std::os::unix::fs::symlink(&blob, &temp)
+    let _ = fs_err::remove_file(&temp);
+    fs_err::os::unix::fs::symlink(&blob, &temp)
         .with_context(|| format!("cannot link {}", target.display()))?;
-    std::fs::rename(&temp, &target).with_context(|| format!("cannot link {}", target.display()))?;
+    fs_err::rename(&temp, &target).with_context(|| format!("cannot link {}", target.display()))?;
     Ok(())
 }

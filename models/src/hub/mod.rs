@@ -55,7 +55,7 @@ pub fn repo_dir(cache: &Path, repo: &str) -> PathBuf {
 
 /// The commit the cache's `main` ref points to for `repo`, if it is cached.
 pub fn hub_commit(cache: &Path, repo: &str) -> Option<String> {
-    let commit = std::fs::read_to_string(repo_dir(cache, repo).join("refs").join("main")).ok()?;
+    let commit = fs_err::read_to_string(repo_dir(cache, repo).join("refs").join("main")).ok()?;
     Some(commit.trim().to_string())
 }
 

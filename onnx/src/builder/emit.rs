@@ -98,9 +98,7 @@ impl Model {
         external_threshold: Option<usize>,
     ) -> Result<()> {
         match external_threshold {
-            None => {
-                std::fs::write(path, self.to_bytes()).map_err(io("failed to write model", path))
-            }
+            None => fs_err::write(path, self.to_bytes()).map_err(io("failed to write model", path)),
             Some(_) => self.clone().write(path, data_name, external_threshold),
         }
     }
@@ -116,8 +114,7 @@ impl Model {
     ) -> Result<()> {
         use std::io::Write;
         let Some(threshold) = external_threshold else {
-            return std::fs::write(path, self.to_bytes())
-                .map_err(io("failed to write model", path));
+            return fs_err::write(path, self.to_bytes()).map_err(io("failed to write model", path));
         };
         let data_path = path.with_file_name(data_name);
         let mut data: Option<std::io::BufWriter<std::fs::File>> = None;
@@ -133,8 +130,9 @@ impl Model {
                 let out = match &mut data {
                     Some(out) => out,
                     None => data.insert(std::io::BufWriter::new(
-                        std::fs::File::create(&data_path)
-                            .map_err(io("failed to write external data", &data_path))?,
+                        fs_err::File::create(&data_path)
+                            .map_err(io("failed to write external data", &data_path))?
+                            .into_file(),
                     )),
                 };
                 let offset = written.next_multiple_of(4096);
@@ -158,7 +156,7 @@ impl Model {
             out.flush()
                 .map_err(io("failed to write external data", &data_path))?;
         }
-        std::fs::write(path, self.proto.encode_to_vec()).map_err(io("failed to write model", path))
+        fs_err::write(path, self.proto.encode_to_vec()).map_err(io("failed to write model", path))
     }
 }
 

@@ -383,13 +383,12 @@ fn cache_model(dir: &Path, bytes: &[u8]) -> Result<PathBuf> {
             source,
         }
     };
-    std::fs::create_dir_all(dir).map_err(io("failed to create graph cache", dir))?;
+    fs_err::create_dir_all(dir).map_err(io("failed to create graph cache", dir))?;
     let path = dir.join(format!("{}.onnx", blake3::hash(bytes).to_hex()));
     if !path.is_file() {
         let tmp = dir.join(format!(".{}.tmp", std::process::id()));
-        std::fs::write(&tmp, bytes).map_err(io("failed to write cached graph", &tmp))?;
-        std::fs::rename(&tmp, &path)
-            .map_err(io("failed to move cached graph into place", &path))?;
+        fs_err::write(&tmp, bytes).map_err(io("failed to write cached graph", &tmp))?;
+        fs_err::rename(&tmp, &path).map_err(io("failed to move cached graph into place", &path))?;
     }
     Ok(path)
 }

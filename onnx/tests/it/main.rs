@@ -1,5 +1,6 @@
 //! Integration tests of `pipe-onnx`, one module per area. They run graphs in the ONNX Runtime
 //! library found by `runtime::locate_library` (run `scripts/fetch-onnxruntime.sh` first).
+#![allow(clippy::disallowed_methods)] // tests arrange files with std::fs directly
 
 mod util;
 

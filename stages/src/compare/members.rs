@@ -113,7 +113,7 @@ fn read_member(name: &str, group: &[&Input]) -> Result<MemberResult> {
 /// Reads evaluate's `metrics.json` into `splits`; returns its labels.
 fn read_metrics(path: &Path, splits: &mut Vec<(String, Value)>) -> Result<Vec<String>> {
     let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        fs_err::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let json: serde_json::Map<String, Value> = serde_json::from_str(&text)
         .with_context(|| format!("{} is not evaluate's metrics.json", path.display()))?;
     let labels: Vec<String> = json
@@ -131,7 +131,7 @@ fn read_metrics(path: &Path, splits: &mut Vec<(String, Value)>) -> Result<Vec<St
 /// Total training seconds and tokens per second over the step lines of a training log.
 fn throughput(path: &Path) -> Result<(Option<f64>, Option<f64>)> {
     let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        fs_err::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let (mut seconds, mut tokens, mut steps) = (0.0, 0.0, 0usize);
     for (i, line) in text
         .lines()

@@ -187,7 +187,7 @@ impl Stage for Compare {
         write_json(&ctx.out_dir.join("compare.json"), &comparison)?;
         let html = page::render(ctx.stage, &comparison, &members)?;
         let path = ctx.out_dir.join("report.html");
-        std::fs::write(&path, html).with_context(|| format!("cannot write {}", path.display()))?;
+        fs_err::write(&path, html).with_context(|| format!("cannot write {}", path.display()))?;
         let mut metrics = serde_json::Map::new();
         metrics.insert("members".into(), json!(members.len()));
         let headline = match &comparison.best {

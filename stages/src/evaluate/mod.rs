@@ -316,7 +316,7 @@ impl Stage for Evaluate {
             loss_curve,
         })?;
         let report_path = ctx.out_dir.join("report.html");
-        std::fs::write(&report_path, page)
+        fs_err::write(&report_path, page)
             .with_context(|| format!("cannot write {}", report_path.display()))?;
 
         metrics_json.remove("labels");

@@ -16,7 +16,7 @@ pub(crate) fn loss_curve(path: &Path) -> Result<LossCurves> {
         return Ok(curves);
     }
     let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        fs_err::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
@@ -44,7 +44,7 @@ mod tests {
     fn reads_training_and_evaluation_lines_apart() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("train_log.jsonl");
-        std::fs::write(
+        fs_err::write(
             &path,
             "{\"step\": 1, \"loss\": 2.5, \"lr\": 0.001}\n\n{\"step\": 1, \"epoch\": 1, \"eval_loss\": 2.0}\n{\"step\": 2, \"loss\": 1.5}\n",
         )
@@ -54,7 +54,7 @@ mod tests {
         assert_eq!(curves.validation, vec![(1, 2.0)]);
         let absent = loss_curve(&dir.path().join("absent.jsonl")).unwrap();
         assert!(absent.train.is_empty() && absent.validation.is_empty());
-        std::fs::write(&path, "{\"step\": 1, \"loss\": 2.5}\nnot json\n").unwrap();
+        fs_err::write(&path, "{\"step\": 1, \"loss\": 2.5}\nnot json\n").unwrap();
         let err = format!("{:#}", loss_curve(&path).unwrap_err());
         assert!(err.contains("train_log.jsonl:2"), "{err}");
     }

@@ -215,7 +215,7 @@ impl Stage for ExportOnnx {
         };
         write_json(&ctx.out_dir.join(INFO_FILE), &info)?;
         if let Some(log) = input.outputs.get("train_log") {
-            std::fs::copy(log, ctx.out_dir.join(TRAIN_LOG_FILE))
+            fs_err::copy(log, ctx.out_dir.join(TRAIN_LOG_FILE))
                 .with_context(|| format!("cannot copy {} into the bundle", log.display()))?;
         }
 
@@ -263,7 +263,7 @@ fn bundle_inputs(cfg: &dyn Architecture) -> Vec<String> {
 /// The model folder's `labels.json`, checked against `config.json`.
 fn read_labels(model_dir: &Path, cfg: &dyn Architecture) -> Result<Vec<String>> {
     let path = model_dir.join(LABELS_FILE);
-    let text = std::fs::read_to_string(&path).with_context(|| {
+    let text = fs_err::read_to_string(&path).with_context(|| {
         format!(
             "cannot read {}; the model folder needs labels.json (label names in class-index order)",
             path.display()
@@ -314,13 +314,13 @@ fn copy_tokenizer(model_dir: &Path, out_dir: &Path, cfg: &dyn Architecture) -> R
             cfg.vocab_size()
         );
     }
-    std::fs::copy(&path, out_dir.join(TOKENIZER_FILE))
+    fs_err::copy(&path, out_dir.join(TOKENIZER_FILE))
         .with_context(|| format!("cannot copy {} into the bundle", path.display()))?;
     Ok(tokenizer)
 }
 
 fn file_size(path: &Path) -> Result<u64> {
-    Ok(std::fs::metadata(path)
+    Ok(fs_err::metadata(path)
         .with_context(|| format!("cannot read the size of {}", path.display()))?
         .len())
 }

@@ -14,9 +14,9 @@
 //! parse, and a training log shorter than the checkpoint says. A checkpoint written before
 //! checksums (no `blake3`) resumes with a note that it could not be checked.
 
+use fs_err::File;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io::Write;
 use std::path::Path;
 
@@ -96,7 +96,7 @@ pub fn save(
     weights::save_views(&tmp, &views)?;
     File::open(&tmp)?.sync_all()?;
     let (hash, bytes) = checksum(&tmp)?;
-    std::fs::rename(&tmp, dir.join(&name))?;
+    fs_err::rename(&tmp, dir.join(&name))?;
     // The checkpoint before stays, in case this one is found damaged.
     let previous = read_meta(dir)
         .ok()
@@ -116,16 +116,16 @@ pub fn save(
     let mut file = File::create(&meta_tmp)?;
     file.write_all(&meta)?;
     file.sync_all()?;
-    std::fs::rename(&meta_tmp, dir.join(META))?;
+    fs_err::rename(&meta_tmp, dir.join(META))?;
     let keep = |file_name: &str| {
         file_name == name || previous.as_ref().is_some_and(|p| p.state == file_name)
     };
-    for entry in std::fs::read_dir(dir)? {
+    for entry in fs_err::read_dir(dir)? {
         let entry = entry?;
         let file_name = entry.file_name();
         let file_name = file_name.to_string_lossy();
         if is_state_name(&file_name) && !keep(&file_name) {
-            std::fs::remove_file(entry.path())?;
+            fs_err::remove_file(entry.path())?;
         }
     }
     Ok(())
@@ -137,14 +137,14 @@ fn checksum(path: &Path) -> Result<(String, u64)> {
     hasher
         .update_mmap(path)
         .with_context(|| format!("cannot read {}", path.display()))?;
-    let bytes = std::fs::metadata(path)?.len();
+    let bytes = fs_err::metadata(path)?.len();
     Ok((hasher.finalize().to_hex().to_string(), bytes))
 }
 
 /// `checkpoint.json`, if there is one.
 fn read_meta(dir: &Path) -> Result<Option<Meta>> {
     let meta_path = dir.join(META);
-    let text = match std::fs::read(&meta_path) {
+    let text = match fs_err::read(&meta_path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", meta_path.display())),
@@ -159,7 +159,7 @@ fn set_aside(path: &Path, why: &str, notes: &mut Vec<String>) {
     let mut aside = path.as_os_str().to_owned();
     aside.push(".damaged");
     let aside = std::path::PathBuf::from(aside);
-    let moved = std::fs::rename(path, &aside);
+    let moved = fs_err::rename(path, &aside);
     notes.push(match moved {
         Ok(()) => format!(
             "the checkpoint `{}` is damaged ({why}): set aside as `{}`, not resumed from",
@@ -279,7 +279,7 @@ mod tests {
             "state-1/x.safetensors",
         ] {
             let meta = serde_json::json!({"step": 1, "log_bytes": 0, "state": state});
-            std::fs::write(dir.path().join(META), meta.to_string()).unwrap();
+            fs_err::write(dir.path().join(META), meta.to_string()).unwrap();
             let (found, notes) = load(dir.path(), 0).unwrap();
             assert!(found.is_none());
             assert!(notes[0].contains("not a state file"), "{notes:?}");
@@ -290,7 +290,7 @@ mod tests {
     #[test]
     fn a_checkpoint_record_that_does_not_parse_is_set_aside() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join(META), "{\"step\": 1, \"log").unwrap();
+        fs_err::write(dir.path().join(META), "{\"step\": 1, \"log").unwrap();
         let (found, notes) = load(dir.path(), 0).unwrap();
         assert!(found.is_none());
         assert!(notes[0].contains("set aside"), "{notes:?}");

@@ -280,9 +280,9 @@ impl Stage for Finetune {
             &base_specs,
             &weights,
         )?;
-        std::fs::copy(tokenizer_path, model_dir.join("tokenizer.json"))?;
+        fs_err::copy(tokenizer_path, model_dir.join("tokenizer.json"))?;
         write_json(&model_dir.join("labels.json"), &labels)?;
-        std::fs::copy(ctx.scratch_dir.join(LOG_FILE), ctx.out_dir.join(LOG_FILE))?;
+        fs_err::copy(ctx.scratch_dir.join(LOG_FILE), ctx.out_dir.join(LOG_FILE))?;
         let summary = LogSummary::read(&ctx.out_dir.join(LOG_FILE))?;
         let mut metrics = serde_json::Map::new();
         metrics.insert("train_loss".into(), json!(summary.mean_loss));
@@ -379,7 +379,7 @@ fn no_validation_split(stage: &str) -> ParamError {
 fn read_labels(input: &Input) -> Result<Vec<String>> {
     let path = input.output("labels")?;
     let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        fs_err::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let labels: Vec<String> = serde_json::from_str(&text)
         .with_context(|| format!("{} is not a JSON list of label names", path.display()))?;
     if labels.len() < 2 {
@@ -424,7 +424,7 @@ fn check_fits(
 
 /// The peak resident memory of this process (`VmHWM` on Linux); `None` elsewhere.
 pub fn peak_memory_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let status = fs_err::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)

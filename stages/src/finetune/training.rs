@@ -1,8 +1,8 @@
 //! The training loop: the compiled step graph run batch after batch, with the learning-rate
 //! schedule, the training log, periodic evaluation and checkpoints.
 
+use fs_err::{File, OpenOptions};
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
@@ -357,7 +357,7 @@ impl<'a> Training<'a> {
     /// Loads the scratch folder's last good checkpoint into the trainer and cuts the log
     /// back to it; each checkpoint found damaged is named in a note.
     fn resume(&mut self, log_path: &Path, reporter: &dyn Reporter) -> Result<Option<u64>> {
-        let log_len = std::fs::metadata(log_path).map(|m| m.len()).unwrap_or(0);
+        let log_len = fs_err::metadata(log_path).map(|m| m.len()).unwrap_or(0);
         let (found, notes) = checkpoint::load(self.scratch, log_len)?;
         for note in notes {
             reporter.note(&note);
@@ -365,7 +365,7 @@ impl<'a> Training<'a> {
         let Some((position, mut state)) = found else {
             // A log without a checkpoint belongs to a run killed before its first one.
             if log_path.exists() {
-                std::fs::remove_file(log_path)?;
+                fs_err::remove_file(log_path)?;
             }
             return Ok(None);
         };
@@ -569,7 +569,7 @@ pub struct LogSummary {
 impl LogSummary {
     /// Reads the training log at `path`.
     pub fn read(path: &Path) -> Result<LogSummary> {
-        let text = std::fs::read_to_string(path)
+        let text = fs_err::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?;
         let mut steps = Vec::new();
         for line in text.lines() {

@@ -139,7 +139,7 @@ const SNIFF_LINES: usize = 1000;
 impl Table {
     /// Opens `path` (named `shown` in errors), settling format, delimiter and columns.
     pub fn open(path: &Path, shown: &str, options: &ReadOptions) -> anyhow::Result<Table> {
-        let file = File::open(path).with_context(|| {
+        let file = fs_err::File::open(path).map(File::from).with_context(|| {
             if path.exists() {
                 format!("cannot open {shown}")
             } else {

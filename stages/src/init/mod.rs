@@ -440,7 +440,7 @@ fn relative_to(path: &Path, base: &Path) -> anyhow::Result<String> {
 /// either is opened. A missing `from` is left to the reader, which says so.
 fn check_data_file(from: &Path, output: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::MetadataExt;
-    let Ok(data) = std::fs::metadata(from) else {
+    let Ok(data) = fs_err::metadata(from) else {
         return Ok(());
     };
     if !data.is_file() {
@@ -451,7 +451,7 @@ fn check_data_file(from: &Path, output: &Path) -> anyhow::Result<()> {
         ))
         .into());
     }
-    if let Ok(out) = std::fs::metadata(output)
+    if let Ok(out) = fs_err::metadata(output)
         && out.dev() == data.dev()
         && out.ino() == data.ino()
     {

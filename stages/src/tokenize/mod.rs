@@ -326,7 +326,7 @@ fn read_tables(input: &Input) -> anyhow::Result<Vec<(&'static str, DatasetTable)
 /// labels of all tables.
 fn labels(input: &Input, tables: &[(&str, DatasetTable)]) -> anyhow::Result<Vec<String>> {
     if let Some(path) = input.outputs.get("labels") {
-        let text = std::fs::read_to_string(path)
+        let text = fs_err::read_to_string(path)
             .with_context(|| format!("cannot read labels.json of stage `{}`", input.stage))?;
         return serde_json::from_str(&text).with_context(|| {
             format!(

@@ -1,5 +1,6 @@
 //! Integration tests of pipe-stages: each stage kind driven through `check`
 //! and `run` on fixture files built in a fresh temporary folder.
+#![allow(clippy::disallowed_methods)] // tests arrange files with std::fs directly
 
 mod trained;
 mod util;
