@@ -386,10 +386,9 @@ impl Rotary {
     /// broadcast over the heads (`[b, 1, s, head_dim]` or `[s, head_dim]`).
     pub fn apply(&self, g: &mut Graph, x: Tensor) -> pipe_onnx::Result<Tensor> {
         let half = self.half;
-        let x1 = g.slice(x, &[0], &[Dim::Fixed(half)], &[-1], &[])?;
-        let x2 = g.slice(x, &[half], &[Dim::Fixed(2 * half)], &[-1], &[])?;
-        let minus_x2 = g.neg(x2)?;
-        let rotated = g.concat(&[minus_x2, x1], -1)?;
+        let halves = g.split(x, &[Dim::Fixed(half), Dim::Fixed(half)], 3)?;
+        let minus_x2 = g.neg(halves[1])?;
+        let rotated = g.concat(&[minus_x2, halves[0]], 3)?;
         let a = g.mul(x, self.cos)?;
         let b = g.mul(rotated, self.sin)?;
         g.add(a, b)

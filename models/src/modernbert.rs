@@ -499,7 +499,8 @@ impl ModernBertModel {
         };
         let (global, local) = g.with_scope(&self.path.join("mask"), masks)?;
         let rotary = |g: &mut Graph| -> Result<(Rotary, Rotary)> {
-            let pos = g.range(&s, DType::I64)?; // [s]
+            let seq = g.shape(input.tokens.per_position())[1].clone();
+            let pos = g.range(&seq, DType::I64)?; // [s]
             Ok((
                 Rotary::new(g, pos, &self.inv_freq.0)?,
                 Rotary::new(g, pos, &self.inv_freq.1)?,

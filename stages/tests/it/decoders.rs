@@ -670,7 +670,9 @@ fn unknown_families_and_foreign_lora_targets_are_refused_at_check() {
         .unwrap_err();
     assert_eq!(e.path, ["model", "config"]);
     assert!(
-        format!("{e:?}").contains("gpt_neo, bert, roberta, llama, mistral, qwen2, qwen3"),
+        format!("{e:?}").contains(
+            "gpt_neo, bert, roberta, distilbert, modernbert, llama, mistral, qwen2, qwen3, gpt2"
+        ),
         "{e:?}"
     );
     let llama = fixture("llama").llama().clone();
