@@ -75,6 +75,15 @@ pub trait Architecture: DropoutSites + std::fmt::Debug + Send + Sync {
     fn hf_config(&self, labels: &[String], problem: ProblemType) -> Result<Value>;
 }
 
+/// Checks that each named size of a config is positive: the error names the first that is
+/// not (`num_labels must be positive`).
+pub(super) fn check_positive(sizes: &[(&str, usize)]) -> Result<()> {
+    match sizes.iter().find(|(_, v)| *v == 0) {
+        Some((what, _)) => anyhow::bail!("{what} must be positive"),
+        None => Ok(()),
+    }
+}
+
 /// The `config.json` keys every family's classifier writes the same way.
 pub(super) fn classifier_keys(
     value: &mut Value,

@@ -37,7 +37,7 @@ use pipe_onnx::{DType, Dim, Graph, Tensor};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::architecture::{Architecture, classifier_keys};
+use super::architecture::{Architecture, check_positive, classifier_keys};
 use super::classifier::{ClassifierInput, Pooling, ProblemType, SequenceClassifier};
 use super::dropout::{Dropout, DropoutRates, DropoutSites, Site, SiteShape};
 use super::layers::{
@@ -188,17 +188,13 @@ impl BertConfig {
                 self.num_attention_heads
             );
         }
-        for (what, v) in [
+        check_positive(&[
             ("vocab_size", self.vocab_size),
             ("num_hidden_layers", self.num_hidden_layers),
             ("intermediate_size", self.intermediate_size),
             ("type_vocab_size", self.type_vocab_size),
             ("num_labels", self.num_labels()),
-        ] {
-            if v == 0 {
-                bail!("{what} must be positive");
-            }
-        }
+        ])?;
         if self.max_length() == 0 {
             bail!(
                 "max_position_embeddings {} leaves no position",

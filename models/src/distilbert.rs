@@ -30,7 +30,7 @@ use pipe_onnx::{DType, Graph, Tensor};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::architecture::{Architecture, classifier_keys};
+use super::architecture::{Architecture, check_positive, classifier_keys};
 use super::classifier::{ClassifierInput, Pooling, ProblemType, SequenceClassifier};
 use super::dropout::{Dropout, DropoutRates, DropoutSites, Site, SiteShape};
 use super::layers::{
@@ -166,17 +166,13 @@ impl DistilBertConfig {
                 self.n_heads
             );
         }
-        for (what, v) in [
+        check_positive(&[
             ("vocab_size", self.vocab_size),
             ("n_layers", self.n_layers),
             ("hidden_dim", self.hidden_dim),
             ("max_position_embeddings", self.max_position_embeddings),
             ("num_labels", self.num_labels()),
-        ] {
-            if v == 0 {
-                bail!("{what} must be positive");
-            }
-        }
+        ])?;
         for (key, p) in [
             ("dropout", self.dropout),
             ("attention_dropout", self.attention_dropout),

@@ -26,7 +26,7 @@ use pipe_onnx::{DType, Dim, Graph, Tensor};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::architecture::{Architecture, classifier_keys};
+use super::architecture::{Architecture, check_positive, classifier_keys};
 use super::classifier::{
     ClassifierInput, Pooling, ProblemType, SequenceClassifier, decoder_pad_id,
 };
@@ -137,18 +137,14 @@ impl Gpt2Config {
 
     /// Checks that the numbers fit together.
     pub fn validate(&self) -> Result<()> {
-        for (what, v) in [
+        check_positive(&[
             ("vocab_size", self.vocab_size),
             ("n_positions", self.n_positions),
             ("n_layer", self.n_layer),
             ("n_head", self.n_head),
             ("n_inner", self.inner()),
             ("num_labels", self.num_labels()),
-        ] {
-            if v == 0 {
-                bail!("{what} must be positive");
-            }
-        }
+        ])?;
         if !self.n_embd.is_multiple_of(self.n_head) || self.n_embd == 0 {
             bail!(
                 "n_embd {} is not a positive multiple of n_head {}",

@@ -32,7 +32,7 @@ use pipe_onnx::{DType, Dim, Graph, Tensor, TrainParam};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::architecture::{Architecture, classifier_keys};
+use super::architecture::{Architecture, check_positive, classifier_keys};
 use super::classifier::{self, ClassifierInput, SequenceClassifier};
 pub use super::classifier::{Pooling, ProblemType, hf_trainer_decay};
 use super::dropout::{Dropout, DropoutRates, DropoutSites, Site, SiteShape};
@@ -219,16 +219,12 @@ impl GptNeoConfig {
                 self.num_heads
             );
         }
-        for (what, v) in [
+        check_positive(&[
             ("vocab_size", self.vocab_size),
             ("max_position_embeddings", self.max_position_embeddings),
             ("window_size", self.window_size),
             ("num_labels", self.num_labels()),
-        ] {
-            if v == 0 {
-                bail!("{what} must be positive");
-            }
-        }
+        ])?;
         Ok(())
     }
 }

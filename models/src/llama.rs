@@ -42,7 +42,7 @@ use pipe_onnx::{DType, Dim, Graph, Tensor};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::architecture::{Architecture, classifier_keys};
+use super::architecture::{Architecture, check_positive, classifier_keys};
 use super::classifier::{
     ClassifierInput, Pooling, ProblemType, SequenceClassifier, decoder_pad_id,
 };
@@ -354,7 +354,7 @@ impl LlamaConfig {
 
     /// Checks that the numbers fit together and that pipe implements what the config asks.
     pub fn validate(&self) -> Result<()> {
-        for (what, v) in [
+        check_positive(&[
             ("vocab_size", self.vocab_size),
             ("hidden_size", self.hidden_size),
             ("num_hidden_layers", self.num_hidden_layers),
@@ -363,11 +363,7 @@ impl LlamaConfig {
             ("intermediate_size", self.intermediate_size),
             ("max_position_embeddings", self.max_position_embeddings),
             ("num_labels", self.num_labels()),
-        ] {
-            if v == 0 {
-                bail!("{what} must be positive");
-            }
-        }
+        ])?;
         if !self
             .num_attention_heads
             .is_multiple_of(self.num_key_value_heads())

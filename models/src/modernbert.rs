@@ -39,7 +39,7 @@ use pipe_onnx::{DType, Dim, Graph, Tensor};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::architecture::{Architecture, classifier_keys};
+use super::architecture::{Architecture, check_positive, classifier_keys};
 use super::classifier::{ClassifierInput, Pooling, ProblemType, SequenceClassifier};
 use super::dropout::{Dropout, DropoutRates, DropoutSites, Site, SiteShape};
 use super::layers::{
@@ -252,17 +252,13 @@ impl ModernBertConfig {
                 self.head_dim()
             );
         }
-        for (what, v) in [
+        check_positive(&[
             ("vocab_size", self.vocab_size),
             ("num_hidden_layers", self.num_hidden_layers),
             ("intermediate_size", self.intermediate_size),
             ("max_position_embeddings", self.max_position_embeddings),
             ("num_labels", self.num_labels()),
-        ] {
-            if v == 0 {
-                bail!("{what} must be positive");
-            }
-        }
+        ])?;
         if let Some(types) = &self.layer_types {
             if types.len() != self.num_hidden_layers {
                 bail!(
