@@ -5,7 +5,7 @@
 //!
 //! Usage: `cargo run --release -p pipe-stages --example finetune_step -- tiny|125m|2.7b
 //! [--steps N] [--warmup N] [--threads N] [--batch N] [--seq N] [--layers N] [--device D]
-//! [--lora] [--freeze-half] [--save-graph FILE] [--profile PREFIX]`.
+//! [--lora] [--freeze-half] [--frozen-dtype f32|int8|int4] [--save-graph FILE] [--profile PREFIX]`.
 //! Prints one JSON object (with the step graph's node count). `2.7b` is GPT-Neo 2.7B's shape
 //! (random weights); `--layers N` keeps only N of its blocks (a reduced shape for checks on
 //! small machines). `--device cuda:0` trains on CUDA with the state on the device
@@ -14,7 +14,8 @@
 //! (r 8, alpha 16 on q_proj and v_proj; the base frozen, the head trained), as
 //! `bench/torch_finetune.py --lora` does with PEFT; `--freeze-half` freezes the embeddings and
 //! the lower half of the layers (`freeze: [embeddings, layers.0-N]`), as
-//! `bench/torch_finetune.py --freeze-half` does with `requires_grad`. `--save-graph` writes the step graph as an
+//! `bench/torch_finetune.py --freeze-half` does with `requires_grad`. `--frozen-dtype` keeps
+//! the frozen weights quantized (the stage's `frozen_dtype`). `--save-graph` writes the step graph as an
 //! ONNX file (its backward uses pipe's CPU kernels, domain `ai.pipe.host`, which only pipe
 //! registers); `--profile PREFIX` runs ONNX Runtime's profiler over every step and leaves
 //! its trace in `PREFIX_<timestamp>.json` for `bench/profile_step.py`.
@@ -26,9 +27,13 @@ use std::collections::BTreeMap;
 
 use pipe_models::gpt_neo::{AttentionKind, GptNeoConfig, ProblemType};
 use pipe_models::lora::{LoraParams, LoraTarget};
-use pipe_models::{Xoshiro256, init_params};
-use pipe_onnx::{AdamW, Device, HostTensor, Session, SessionOptions, step_trainer};
-use pipe_stages::finetune::{FreezeEntry, StepGraph, Trained, distinct_tokens, peak_memory_bytes};
+use pipe_models::{ParamSpec, Xoshiro256, init_params_with, weights};
+use pipe_onnx::{
+    AdamW, Device, FrozenDType, HostTensor, QuantizedWeight, Session, SessionOptions, step_trainer,
+};
+use pipe_stages::finetune::{
+    FreezeEntry, StepGraph, StepOptions, Trained, distinct_tokens, peak_memory_bytes,
+};
 use serde_json::json;
 
 const NUM_LABELS: usize = 4;
@@ -121,7 +126,22 @@ fn main() -> anyhow::Result<()> {
         (None, true) => Trained::Unfrozen(&freeze),
         (None, false) => Trained::All,
     };
-    let step = StepGraph::compile(&config, ProblemType::SingleLabelClassification, trained)?;
+    let frozen_dtype = match flag_value(&args, "--frozen-dtype")? {
+        None | Some("f32") => FrozenDType::F32,
+        Some("int8") => FrozenDType::Int8,
+        Some("int4") => FrozenDType::Int4,
+        Some(other) => anyhow::bail!("--frozen-dtype takes f32, int8 or int4, not {other}"),
+    };
+    let options = StepOptions {
+        frozen_dtype,
+        ..StepOptions::plain(&config)
+    };
+    let step = StepGraph::compile_with(
+        &config,
+        ProblemType::SingleLabelClassification,
+        &options,
+        trained,
+    )?;
     let nodes = step
         .model
         .proto()
@@ -139,7 +159,15 @@ fn main() -> anyhow::Result<()> {
     };
     let session = Session::from_model(&step.model, &opts)?;
     let init_began = Instant::now();
-    let params = init_params(&step.specs, 0);
+    // Frozen weights quantized as they are made, as the stage does when it loads them.
+    let quantized: BTreeMap<&str, &QuantizedWeight> = (step.quantized.iter())
+        .map(|q| (q.name.as_str(), q))
+        .collect();
+    let transform = |spec: &ParamSpec, t: HostTensor| match quantized.get(spec.name.as_str()) {
+        Some(q) => Ok(q.quantize(&t)?),
+        None => weights::keep(spec, t),
+    };
+    let params = init_params_with(&step.specs, 0, &transform)?;
     let init_s = init_began.elapsed().as_secs_f64();
     let (trained, frozen): (BTreeMap<_, _>, BTreeMap<_, _>) = params
         .into_iter()
@@ -150,6 +178,7 @@ fn main() -> anyhow::Result<()> {
         .sum();
     let mut trainer = step_trainer(session, step.signature, adamw, trained, frozen)?;
     let setup_s = started.elapsed().as_secs_f64();
+    let setup_peak_bytes = peak_memory_bytes().unwrap_or(0);
 
     let mut rng = Xoshiro256::new(0);
     let mut batch_of = || -> anyhow::Result<[(&'static str, HostTensor); 4]> {
@@ -194,14 +223,14 @@ fn main() -> anyhow::Result<()> {
         "{}",
         json!({
             "impl": "pipe (ONNX Runtime 1.31.1)", "config": name, "params": params,
-            "lora": lora, "freeze_half": freeze_half, "trained_params": trained_params, "step_graph_nodes": nodes,
+            "lora": lora, "freeze_half": freeze_half, "frozen_dtype": format!("{frozen_dtype:?}").to_lowercase(), "trained_params": trained_params, "step_graph_nodes": nodes,
             "batch": batch, "seq": seq, "threads": threads, "steps": steps,
             "device": device.to_string(),
             "training_state": if trainer.state_on_device() { "device" } else { "host" },
             "setup_s": setup_s, "init_s": init_s, "step_s_mean": mean,
             "tokens_per_s": (batch * seq) as f64 / mean,
             "peak_rss_mb": peak_bytes as f64 / (1024.0 * 1024.0),
-            "host_peak_vmhwm_bytes": peak_bytes,
+            "host_peak_vmhwm_bytes": peak_bytes, "host_peak_after_setup_bytes": setup_peak_bytes,
             "host_peak_maxrss_bytes": max_rss_bytes(),
             "device_peak_memory_bytes": device_memory.map(|m| m.max_in_use),
             "device_reserved_bytes": device_memory.map(|m| m.reserved),

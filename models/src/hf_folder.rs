@@ -79,7 +79,18 @@ pub fn read_weights(
     fresh: &[&str],
     seed: u64,
 ) -> Result<BTreeMap<String, HostTensor>> {
-    super::weights::load(&weights_path(dir)?, specs, fresh, seed)
+    read_weights_with(dir, specs, fresh, seed, &super::weights::keep)
+}
+
+/// [`read_weights`], each tensor through `transform` as it is read.
+pub fn read_weights_with(
+    dir: &Path,
+    specs: &[ParamSpec],
+    fresh: &[&str],
+    seed: u64,
+    transform: super::weights::Transform,
+) -> Result<BTreeMap<String, HostTensor>> {
+    super::weights::load_with(&weights_path(dir)?, specs, fresh, seed, transform)
 }
 
 /// Writes `config.json` ([`Architecture::hf_config`]) and `model.safetensors` (the tensors of

@@ -173,6 +173,21 @@ pub fn init_params(specs: &[ParamSpec], seed: u64) -> BTreeMap<String, HostTenso
         .collect()
 }
 
+/// [`init_params`], each tensor through `transform` as soon as it is made (in parallel, so
+/// at most one f32 tensor per thread exists at a time).
+pub fn init_params_with(
+    specs: &[ParamSpec],
+    seed: u64,
+    transform: weights::Transform,
+) -> anyhow::Result<BTreeMap<String, HostTensor>> {
+    use rayon::prelude::*;
+    let parts = specs
+        .par_iter()
+        .map(|s| transform(s, init_param(s, seed)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(parts.into_iter().flatten().collect())
+}
+
 /// Fresh values for one parameter; see [`init_params`].
 pub fn init_param(spec: &ParamSpec, seed: u64) -> HostTensor {
     let n = spec.numel();

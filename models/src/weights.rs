@@ -25,8 +25,30 @@ pub fn load(
     fresh: &[&str],
     seed: u64,
 ) -> Result<BTreeMap<String, HostTensor>> {
+    load_with(path, specs, fresh, seed, &keep)
+}
+
+/// What loading does with each tensor as it is read: keeps it ([`keep`]), or turns it into
+/// other tensors (frozen weights quantized), one at a time, so a model whose tensors are
+/// transformed is never whole in f32.
+pub type Transform<'a> =
+    &'a (dyn Fn(&ParamSpec, HostTensor) -> Result<Vec<(String, HostTensor)>> + Sync);
+
+/// The [`Transform`] that keeps every tensor as it is, under its spec's name.
+pub fn keep(spec: &ParamSpec, t: HostTensor) -> Result<Vec<(String, HostTensor)>> {
+    Ok(vec![(spec.name.clone(), t)])
+}
+
+/// [`load`], each tensor through `transform` as it is read.
+pub fn load_with(
+    path: &Path,
+    specs: &[ParamSpec],
+    fresh: &[&str],
+    seed: u64,
+    transform: Transform,
+) -> Result<BTreeMap<String, HostTensor>> {
     let checkpoint = Checkpoint::open(path)?;
-    from_checkpoint(&checkpoint, specs, fresh, seed)
+    from_checkpoint(&checkpoint, specs, fresh, seed, transform)
         .with_context(|| format!("loading {}", path.display()))
 }
 
@@ -39,7 +61,7 @@ pub fn from_bytes(
 ) -> Result<BTreeMap<String, HostTensor>> {
     let checkpoint = Checkpoint::from_bytes(bytes.to_vec(), "the safetensors bytes")
         .context("not a safetensors file")?;
-    from_checkpoint(&checkpoint, specs, fresh, seed)
+    from_checkpoint(&checkpoint, specs, fresh, seed, &keep)
 }
 
 /// A value for every spec from `checkpoint`, by name. A spec whose name is in `fresh` and
@@ -55,12 +77,13 @@ pub fn from_bytes(
 /// `from_pretrained` does with `base_model_prefix`.
 ///
 /// Every tensor's shape and type is checked before the first one is read, so a bad
-/// checkpoint fails fast, before gigabytes are copied.
+/// checkpoint fails fast, before gigabytes are copied. Each value goes through `transform`.
 pub fn from_checkpoint(
     checkpoint: &Checkpoint,
     specs: &[ParamSpec],
     fresh: &[&str],
     seed: u64,
+    transform: Transform,
 ) -> Result<BTreeMap<String, HostTensor>> {
     let base = specs
         .first()
@@ -113,7 +136,7 @@ pub fn from_checkpoint(
             Some(stored) => HostTensor::f32(&spec.shape, checkpoint.read_f32(stored)?)?,
             None => init_param(spec, seed),
         };
-        out.insert(spec.name.clone(), value);
+        out.extend(transform(spec, value)?);
     }
     Ok(out)
 }

@@ -66,17 +66,20 @@ pub mod optim;
 #[cfg(feature = "oracle")]
 pub mod oracle;
 pub mod proto;
+pub mod quantize;
 pub mod runtime;
 
 pub use autodiff::gradients;
 pub use builder::{
-    DType, Dim, Graph, HOST_KERNELS_DOMAIN, Kernels, Model, Reduction, Tensor, TensorData,
+    DType, Dim, Graph, HOST_KERNELS_DOMAIN, Kernels, MICROSOFT_DOMAIN, Model, Reduction, Tensor,
+    TensorData,
 };
 pub use error::{Error, Result};
 pub use flat::{FlatEntry, FlatLayout, FlatState, GradSignature, build_gradient_step};
 pub use optim::{AdamW, StateKind, TrainParam};
 #[cfg(feature = "oracle")]
 pub use oracle::{StateSlot, StepSignature};
+pub use quantize::{FrozenDType, QuantizedWeight};
 #[cfg(feature = "oracle")]
 pub use runtime::Trainer;
 pub use runtime::{

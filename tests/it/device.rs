@@ -203,6 +203,26 @@ fn doctor_json_describes_the_libraries_and_cuda() {
     );
     assert_eq!(ort["libraries"]["ort_dylib_path"], ort["loaded"]);
     assert_eq!(ort["libraries"]["cpu"], ort["loaded"]);
+    // The CPU's integer extensions, as the kernel lists them.
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let flags: Vec<&str> = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("flags"))
+        .map(|l| l.trim_start_matches([' ', '\t', ':']).split(' ').collect())
+        .unwrap_or_default();
+    if cfg!(target_arch = "x86_64") && !flags.is_empty() {
+        let expected: Vec<Value> = ["avx512_vnni", "avx_vnni", "avx512bw", "avx2"]
+            .into_iter()
+            .filter(|f| flags.contains(f))
+            .map(Value::from)
+            .collect();
+        assert_eq!(
+            d["cpu"]["integer_kernels"],
+            Value::from(expected),
+            "{}",
+            d["cpu"]
+        );
+    }
     let cuda = &d["cuda"];
     assert_eq!(cuda["device"], "cuda:0");
     assert_eq!(cuda["available"], false);

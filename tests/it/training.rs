@@ -118,6 +118,85 @@ fn a_killed_finetune_with_gradient_accumulation_resumes_exactly() {
     );
 }
 
+/// LoRA over int8 frozen weights: quantized again from the checkpoint at the resume, the
+/// same integers, so the same weights bit for bit.
+#[test]
+fn a_killed_finetune_over_int8_frozen_weights_resumes_exactly() {
+    killed_and_resumed_ends_like_uninterrupted(
+        &format!(
+            "{RESUMABLE}    lora: {{ r: 4, targets: [q_proj, v_proj] }}\n    frozen_dtype: int8\n"
+        ),
+        &[],
+    );
+}
+
+/// `frozen_dtype` where nothing is frozen, or on CUDA, is refused at its line before anything
+/// runs (exit 2).
+#[test]
+fn frozen_dtype_without_frozen_weights_is_refused_at_its_line() {
+    for (rest, says) in [
+        ("    frozen_dtype: int8\n", "trains every weight"),
+        (
+            "    lora: { r: 4, targets: [q_proj] }\n    frozen_dtype: int4\n    device: cuda\n",
+            "runs on the CPU",
+        ),
+    ] {
+        let p = project(rest);
+        let text = manifest(rest);
+        let out = p.pipe(&["run", "train.yaml"]);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        let at = format!("train.yaml:{}:", line_of(&text, "frozen_dtype:"));
+        assert!(
+            err.contains(&at) && err.contains(says),
+            "no {at} / {says} in:\n{err}"
+        );
+        assert!(!p.path(".pipe/out").exists(), "a stage ran");
+    }
+}
+
+/// The small reference job with LoRA over 4-bit frozen weights: trained, exported as an f32
+/// model, evaluated; `metrics.json` says what the frozen weights were kept in and took.
+#[test]
+fn lora_over_int4_frozen_weights_runs_end_to_end() {
+    let run = |dtype: &str| {
+        let rest = format!(
+            "    lora: {{ r: 4, targets: [q_proj, v_proj, c_fc] }}\n    frozen_dtype: {dtype}\n{END_TO_END}"
+        );
+        let p = project(&rest);
+        let out = p.pipe(&["run", "train.yaml", "-q"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let m: serde_json::Value =
+            serde_json::from_str(&p.read(".pipe/out/train/finetune/metrics.json")).unwrap();
+        let e: serde_json::Value =
+            serde_json::from_str(&p.read(".pipe/out/train/evaluate/metrics.json")).unwrap();
+        (m, e)
+    };
+    let (int4, evaluated) = run("int4");
+    let (f32, _) = run("f32");
+    assert_eq!(int4["frozen_dtype"], "int4");
+    assert_eq!(f32["frozen_dtype"], "f32");
+    let bytes = |m: &serde_json::Value| m["frozen_weight_bytes"].as_u64().unwrap();
+    // q, v, c_fc adapted; every linear weight of both blocks is frozen (4-bit: 0.5 byte per
+    // weight + a 4-byte scale per 32), the embeddings and norms stay f32.
+    assert!(bytes(&int4) < bytes(&f32), "{int4} vs {f32}");
+    let linear = 2 * (4 * 32 * 32 + 2 * 32 * 64);
+    assert_eq!(
+        bytes(&f32) - bytes(&int4),
+        linear * 4 - linear * (16 + 4) / 32,
+        "{int4} vs {f32}"
+    );
+    let accuracy = evaluated["test"]["accuracy"].as_f64().unwrap();
+    assert!(
+        accuracy > 0.25,
+        "the exported model predicts: test accuracy {accuracy}"
+    );
+}
+
 /// Runs the project of `rest` with the environment `env`, kills it with SIGKILL after its
 /// first checkpoint, runs it again, and checks that the second run resumed and ends with the
 /// weights of a run never killed; returns the project of that uninterrupted run.

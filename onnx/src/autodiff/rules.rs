@@ -186,6 +186,8 @@ pub(super) fn vjp(
             }
         }
         "MatMul" => return matmul(g, node, gy0, need),
+        "DynamicQuantizeMatMul" => out[0] = Some(int8_product_grad(g, node, gy0)?),
+        "MatMulNBits" => out[0] = Some(int4_product_grad(g, node, gy0)?),
         "Gemm" => return gemm(g, node, gy0, need),
         // Shape-only ops: the gradient is gy reshaped back.
         "Reshape" | "Unsqueeze" | "Squeeze" => out[0] = Some(g.reshape_like(gy0, x0())?),
@@ -369,6 +371,36 @@ fn mt(g: &mut Graph, t: Tensor) -> Result<Tensor> {
 
 /// `MatMul`, y = a @ b: da = gy @ bᵀ, db = aᵀ @ gy, each summed over broadcast batch dims.
 /// For the usual `[…, k] @ [k, n]` the weight gradient is one matmul of the flattened batch.
+/// The input gradient of `y = DynamicQuantizeMatMul(a, q, s)` (int8 weight `q` `[K, N]`
+/// with a scale per column): `gy · (q diag(s))ᵀ = (gy ⊙ s) · qᵀ`, the same kernel on the same
+/// integers transposed ([`Graph::transposed_twin`]). The weight takes no gradient.
+fn int8_product_grad(g: &mut Graph, node: &Node, gy: Tensor) -> Result<Tensor> {
+    let (q, scale) = (node.input(1), node.input(2));
+    let qt = g.transposed_twin(q).ok_or_else(|| Error::NoGradient {
+        op: "DynamicQuantizeMatMul (an int8 weight without its transposed copy)".into(),
+        node: node.name.clone(),
+    })?;
+    let scaled = g.mul(gy, scale)?;
+    let one = g.scalar(DType::F32, 1.0);
+    g.dynamic_quantize_matmul(scaled, qt, one)
+}
+
+/// The input gradient of `y = MatMulNBits(a, packed, scales)`: `gy · W`, with `W` `[N, K]`
+/// dequantized from the same blocks for this product. The weight takes no gradient.
+fn int4_product_grad(g: &mut Graph, node: &Node, gy: Tensor) -> Result<Tensor> {
+    let dim = |name| {
+        node.attr_int(name)
+            .and_then(|v| usize::try_from(v).ok())
+            .ok_or_else(|| Error::NoGradient {
+                op: format!("MatMulNBits without `{name}`"),
+                node: node.name.clone(),
+            })
+    };
+    let (k, n) = (dim("K")?, dim("N")?);
+    let w = g.dequantize_4bit(node.input(1), node.input(2), k, n, gy)?;
+    g.matmul(gy, w)
+}
+
 fn matmul(g: &mut Graph, node: &Node, gy: Tensor, need: &[bool]) -> Result<Grads> {
     let (a, b) = (node.input(0), node.input(1));
     if g.rank(a) < 2 || g.rank(b) < 2 {

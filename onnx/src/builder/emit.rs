@@ -250,7 +250,7 @@ impl Graph {
 
     /// Finishes the graph: nodes no output depends on are dropped, and the result is an ONNX
     /// model (opset 20, domain `ai.onnx`, plus pipe's CPU kernels when a backward rule used
-    /// them, see [`super::Kernels`]) whose every output carries its type and rank.
+    /// them, see [`super::Kernels`], and ONNX Runtime's `com.microsoft` for quantized weights) whose every output carries its type and rank.
     pub fn build(&self) -> Result<Model> {
         if self.outputs().is_empty() {
             return Err(Error::Build {
@@ -282,20 +282,23 @@ impl Graph {
                 domain: (!n.domain.is_empty()).then(|| n.domain.to_string()),
             })
             .collect();
-        let uses_host_kernels = self
-            .nodes
-            .iter()
-            .zip(&live)
-            .any(|(n, l)| *l && n.domain == super::HOST_KERNELS_DOMAIN);
+        let uses = |domain: &str| {
+            self.nodes
+                .iter()
+                .zip(&live)
+                .any(|(n, l)| *l && n.domain == domain)
+        };
         let mut opset_import = vec![proto::OperatorSetIdProto {
             domain: Some(String::new()),
             version: Some(OPSET),
         }];
-        if uses_host_kernels {
-            opset_import.push(proto::OperatorSetIdProto {
-                domain: Some(super::HOST_KERNELS_DOMAIN.to_string()),
-                version: Some(1),
-            });
+        for domain in [super::HOST_KERNELS_DOMAIN, super::MICROSOFT_DOMAIN] {
+            if uses(domain) {
+                opset_import.push(proto::OperatorSetIdProto {
+                    domain: Some(domain.to_string()),
+                    version: Some(1),
+                });
+            }
         }
         let graph = proto::GraphProto {
             node,

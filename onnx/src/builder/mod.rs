@@ -13,6 +13,7 @@ mod emit;
 mod host_ops;
 mod ops;
 mod ops_shape;
+mod quantized;
 mod types;
 
 use std::collections::BTreeMap;
@@ -21,6 +22,7 @@ pub use emit::Model;
 pub use host_ops::{HOST_KERNELS_DOMAIN, Kernels};
 pub(crate) use ops::norm_axis;
 pub use ops_shape::Reduction;
+pub use quantized::MICROSOFT_DOMAIN;
 pub use types::{DType, Dim, TensorData, shape_string};
 
 use crate::{Error, Result};
@@ -141,6 +143,9 @@ pub struct Graph {
     sym_sources: BTreeMap<String, (Tensor, usize)>,
     unknown_dims: usize,
     kernels: Kernels,
+    /// Int8 weights of `DynamicQuantizeMatMul` → the same integers transposed, for the input
+    /// gradient (declared by [`Graph::quantize_frozen`]).
+    transposed_twins: BTreeMap<Tensor, Tensor>,
 }
 
 impl Graph {

@@ -17,6 +17,10 @@ pub enum DType {
     I32,
     /// `bool`.
     Bool,
+    /// `int8`: quantized weights.
+    I8,
+    /// `uint8`: packed 4-bit weights.
+    U8,
 }
 
 impl DType {
@@ -28,6 +32,8 @@ impl DType {
             DType::I64 => data_type::INT64,
             DType::I32 => data_type::INT32,
             DType::Bool => data_type::BOOL,
+            DType::I8 => data_type::INT8,
+            DType::U8 => data_type::UINT8,
         }
     }
 
@@ -41,7 +47,7 @@ impl DType {
         match self {
             DType::F32 | DType::I32 => 4,
             DType::F64 | DType::I64 => 8,
-            DType::Bool => 1,
+            DType::Bool | DType::I8 | DType::U8 => 1,
         }
     }
 }
@@ -54,6 +60,8 @@ impl fmt::Display for DType {
             DType::I64 => "i64",
             DType::I32 => "i32",
             DType::Bool => "bool",
+            DType::I8 => "i8",
+            DType::U8 => "u8",
         })
     }
 }
@@ -200,6 +208,8 @@ impl TensorData {
             DType::I64 => (value as i64).to_le_bytes().to_vec(),
             DType::I32 => (value as i32).to_le_bytes().to_vec(),
             DType::Bool => vec![u8::from(value != 0.0)],
+            DType::I8 => (value as i8).to_le_bytes().to_vec(),
+            DType::U8 => vec![value as u8],
         };
         TensorData {
             dtype,
@@ -253,7 +263,8 @@ impl TensorData {
             DType::F64 => f64::from_le_bytes(b.try_into().ok()?),
             DType::I64 => i64::from_le_bytes(b.try_into().ok()?) as f64,
             DType::I32 => f64::from(i32::from_le_bytes(b.try_into().ok()?)),
-            DType::Bool => f64::from(b[0]),
+            DType::Bool | DType::U8 => f64::from(b[0]),
+            DType::I8 => f64::from(i8::from_le_bytes([b[0]])),
         })
     }
 

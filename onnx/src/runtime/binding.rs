@@ -19,6 +19,8 @@ pub(super) fn element_type(d: DType) -> TensorElementType {
         DType::I64 => TensorElementType::Int64,
         DType::I32 => TensorElementType::Int32,
         DType::Bool => TensorElementType::Bool,
+        DType::I8 => TensorElementType::Int8,
+        DType::U8 => TensorElementType::Uint8,
     }
 }
 

@@ -132,14 +132,7 @@ impl FlatTrainer {
             binding.bind_input(*name, &t.to_value()?).map_err(bind)?;
         }
         for (name, t) in &self.frozen {
-            let v = t.as_f32().ok_or_else(|| {
-                Error::Data(format!(
-                    "frozen input `{name}` must be f32, not {}",
-                    t.dtype()
-                ))
-            })?;
-            let r = TensorRef::from_array_view((t.shape().to_vec(), v)).map_err(view)?;
-            bind_borrowed(&mut binding, name, &r)?;
+            bind_frozen(&mut binding, name, t)?;
         }
         let FlatState { params, grads, .. } = &mut self.state;
         let target = if first {
@@ -328,6 +321,30 @@ pub(super) fn other_outputs(session: &Session, sig: &GradSignature) -> Vec<Strin
 /// over borrowed memory (it cannot know that the memory outlives the run); here the buffers
 /// are the trainer's own and stay untouched until the run returns, and ONNX Runtime's copy of
 /// the `OrtValue` keeps the tensor description alive after `value` is dropped.
+/// Binds the frozen input `t` (f32 weights, or int8/uint8 quantized ones) without a copy.
+fn bind_frozen(binding: &mut IoBinding, name: &str, t: &HostTensor) -> Result<()> {
+    let ctx = || format!("failed to view the frozen input `{name}`");
+    let shape = t.shape().to_vec();
+    match t.data() {
+        HostData::F32(v) => {
+            let r = TensorRef::from_array_view((shape, &v[..])).ort_context(ctx)?;
+            bind_borrowed(binding, name, &r)
+        }
+        HostData::I8(v) => {
+            let r = TensorRef::from_array_view((shape, &v[..])).ort_context(ctx)?;
+            bind_borrowed(binding, name, &r)
+        }
+        HostData::U8(v) => {
+            let r = TensorRef::from_array_view((shape, &v[..])).ort_context(ctx)?;
+            bind_borrowed(binding, name, &r)
+        }
+        _ => Err(Error::Data(format!(
+            "frozen input `{name}` is {}: frozen inputs are f32, i8 or u8",
+            t.dtype()
+        ))),
+    }
+}
+
 pub(super) fn bind_borrowed<T: ValueTypeMarker + ?Sized>(
     binding: &mut IoBinding,
     name: &str,

@@ -21,6 +21,10 @@ pub enum HostData {
     I32(Vec<i32>),
     /// `bool`.
     Bool(Vec<bool>),
+    /// `int8`.
+    I8(Vec<i8>),
+    /// `uint8`.
+    U8(Vec<u8>),
 }
 
 impl HostData {
@@ -31,6 +35,8 @@ impl HostData {
             HostData::I64(v) => v.len(),
             HostData::I32(v) => v.len(),
             HostData::Bool(v) => v.len(),
+            HostData::I8(v) => v.len(),
+            HostData::U8(v) => v.len(),
         }
     }
 }
@@ -65,6 +71,8 @@ impl HostTensor {
     ctor_and_view!(i64, as_i64, i64, I64);
     ctor_and_view!(i32, as_i32, i32, I32);
     ctor_and_view!(bool, as_bool, bool, Bool);
+    ctor_and_view!(i8, as_i8, i8, I8);
+    ctor_and_view!(u8, as_u8, u8, U8);
 
     /// A tensor from shape and data.
     pub fn new(shape: &[i64], data: HostData) -> Result<Self> {
@@ -99,6 +107,8 @@ impl HostTensor {
             DType::I64 => HostData::I64(vec![0; n]),
             DType::I32 => HostData::I32(vec![0; n]),
             DType::Bool => HostData::Bool(vec![false; n]),
+            DType::I8 => HostData::I8(vec![0; n]),
+            DType::U8 => HostData::U8(vec![0; n]),
         };
         Self::new(shape, data)
     }
@@ -121,6 +131,8 @@ impl HostTensor {
             HostData::I64(_) => DType::I64,
             HostData::I32(_) => DType::I32,
             HostData::Bool(_) => DType::Bool,
+            HostData::I8(_) => DType::I8,
+            HostData::U8(_) => DType::U8,
         }
     }
 
@@ -132,6 +144,8 @@ impl HostTensor {
             HostData::I64(v) => v.iter().map(|&x| x as f64).collect(),
             HostData::I32(v) => v.iter().map(|&x| f64::from(x)).collect(),
             HostData::Bool(v) => v.iter().map(|&x| f64::from(u8::from(x))).collect(),
+            HostData::I8(v) => v.iter().map(|&x| f64::from(x)).collect(),
+            HostData::U8(v) => v.iter().map(|&x| f64::from(x)).collect(),
         }
     }
 
@@ -153,6 +167,12 @@ impl HostTensor {
                 .ort_context(ctx)?
                 .into_dyn(),
             HostData::Bool(v) => OrtTensor::from_array((shape, v.clone()))
+                .ort_context(ctx)?
+                .into_dyn(),
+            HostData::I8(v) => OrtTensor::from_array((shape, v.clone()))
+                .ort_context(ctx)?
+                .into_dyn(),
+            HostData::U8(v) => OrtTensor::from_array((shape, v.clone()))
                 .ort_context(ctx)?
                 .into_dyn(),
         })
@@ -186,6 +206,8 @@ impl HostTensor {
             TensorElementType::Int64 => read!(i64, I64),
             TensorElementType::Int32 => read!(i32, I32),
             TensorElementType::Bool => read!(bool, Bool),
+            TensorElementType::Int8 => read!(i8, I8),
+            TensorElementType::Uint8 => read!(u8, U8),
             other => return Err(Error::Data(format!("unsupported element type {other:?}"))),
         })
     }

@@ -159,6 +159,12 @@ pub fn write_host(dst: &mut DynTensor, src: &HostTensor, name: &str) -> Result<(
             HostData::Bool(v) => OrtTensor::from_array((src.shape().to_vec(), v.clone()))
                 .ort_context(ctx)?
                 .upcast(),
+            HostData::I8(v) => OrtTensor::from_array((src.shape().to_vec(), v.clone()))
+                .ort_context(ctx)?
+                .upcast(),
+            HostData::U8(v) => OrtTensor::from_array((src.shape().to_vec(), v.clone()))
+                .ort_context(ctx)?
+                .upcast(),
         };
         return staged.copy_into(dst).ort_context(ctx);
     }
@@ -181,6 +187,8 @@ pub fn write_host(dst: &mut DynTensor, src: &HostTensor, name: &str) -> Result<(
         HostData::I64(v) => copy!(i64, v),
         HostData::I32(v) => copy!(i32, v),
         HostData::Bool(v) => copy!(bool, v),
+        HostData::I8(v) => copy!(i8, v),
+        HostData::U8(v) => copy!(u8, v),
     }
     Ok(())
 }

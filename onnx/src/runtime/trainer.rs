@@ -74,6 +74,8 @@ fn write(buf: &mut DynTensor, data: &HostData, name: &str) -> Result<()> {
         HostData::I64(v) => copy!(i64, v),
         HostData::I32(v) => copy!(i32, v),
         HostData::Bool(v) => copy!(bool, v),
+        HostData::I8(v) => copy!(i8, v),
+        HostData::U8(v) => copy!(u8, v),
     }
     Ok(())
 }

@@ -19,5 +19,8 @@ mod models;
 /// Runtime loading, devices, error messages.
 mod runtime;
 
+/// Products over quantized frozen weights against their definitions.
+mod quantized;
+
 /// Training state on the device (run on the CPU) against host state.
 mod device_state;

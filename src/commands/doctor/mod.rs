@@ -1,5 +1,6 @@
 //! `pipe doctor`: what this machine offers `pipe`.
 
+mod cpu;
 mod runtime;
 
 use pipe_engine::{Printer, Tone};
@@ -7,7 +8,8 @@ use pipe_engine::{Printer, Tone};
 use crate::Verdict;
 use crate::cli::DoctorArgs;
 
-/// Reports the store location, the ONNX Runtime libraries found and loaded, and whether a
+/// Reports the store location, the ONNX Runtime libraries found and loaded, the CPU's integer
+/// extensions, and whether a
 /// session can run on CUDA device 0. Fails (exit 1) only when no ONNX Runtime can be loaded:
 /// a machine without CUDA is a fine machine for `device: cpu`. The report is the answer: it
 /// goes to stdout, `--quiet` or not.
@@ -16,12 +18,14 @@ pub fn exec(args: DoctorArgs, printer: &Printer) -> anyhow::Result<Verdict> {
     let store = pipe_engine::store_dir(&cwd);
     let runtime = runtime::runtime_report();
     let cuda = runtime.loaded.is_some().then(|| runtime::cuda_report(0));
+    let cpu = cpu::cpu_report();
     if args.json {
         let value = serde_json::json!({
             "pipe_version": env!("CARGO_PKG_VERSION"),
             "store": store,
             "onnxruntime": runtime,
             "cuda": cuda,
+            "cpu": cpu,
         });
         crate::output::answer_json(&value)?;
     } else {
@@ -41,6 +45,7 @@ pub fn exec(args: DoctorArgs, printer: &Printer) -> anyhow::Result<Verdict> {
             Tone::Bad
         };
         status("runtime", tone, &runtime.to_string());
+        status("cpu", Tone::Quiet, &cpu.to_string());
         let found = |p: &Option<std::path::PathBuf>, fetch: &str| match p {
             Some(p) => p.display().to_string(),
             None => format!("not fetched ({fetch})"),

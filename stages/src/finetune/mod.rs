@@ -31,7 +31,12 @@
 //!   of the run's ONNX Runtime arenas there), where the training state lived
 //!   (`training_state`: `host` or `device`), and, for a model folder, the element type its
 //!   weights are stored in (`source_dtype`: `float32`, `bfloat16`, `float16`; training
-//!   always runs in float32 and `model/` is written in float32).
+//!   always runs in float32 and `model/` is written in float32); with frozen weights,
+//!   `frozen_dtype` and the bytes they took while training (`frozen_weight_bytes`).
+//!
+//! With `frozen_dtype: int8` or `int4` the frozen weights are multiplied quantized
+//! ([`pipe_onnx::quantize`]); the quantized copies are for training only: `model/` merges the
+//! trained update into the original f32 weights, read again at the end.
 //!
 //! Each optimizer step is one run of a compiled ONNX graph (forward and gradients) per
 //! micro-batch (`gradient_accumulation_steps` of them, each gradient weighted by its share
@@ -242,6 +247,7 @@ impl Stage for Finetune {
             options,
         )?;
         let specs = training.specs().to_vec();
+        let frozen_bytes = training.frozen_bytes();
         let finished = training.run(&train, ctx.reporter)?;
 
         let model_dir = ctx.out_dir.join("model");
@@ -314,6 +320,8 @@ impl Stage for Finetune {
         let trained = Trained::of(&params);
         if !matches!(trained, Trained::All) {
             metrics.insert("trained_parameters".into(), json!(trained.count(&specs)));
+            metrics.insert("frozen_dtype".into(), json!(params.frozen_dtype.as_str()));
+            metrics.insert("frozen_weight_bytes".into(), json!(frozen_bytes));
         }
         if let Some(peak) = peak_memory_bytes() {
             metrics.insert("peak_memory_bytes".into(), json!(peak));

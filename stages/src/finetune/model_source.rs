@@ -8,7 +8,9 @@ use anyhow::{Result, bail};
 use pipe_onnx::HostTensor;
 
 use super::params::ModelSource;
-use pipe_models::{Architecture, ModelConfig, ParamSpec, hf_folder, init_param, init_params, lora};
+use pipe_models::{
+    Architecture, ModelConfig, ParamSpec, hf_folder, init_param, init_params_with, lora, weights,
+};
 
 /// What training starts from.
 pub struct StartingModel {
@@ -91,8 +93,19 @@ impl StartingModel {
     /// The first value of every parameter of `specs`: read from the folder (the head fresh
     /// when [`Self::fresh_head`], LoRA matrices always) or initialised from `seed`.
     pub fn weights(&self, specs: &[ParamSpec], seed: u64) -> Result<BTreeMap<String, HostTensor>> {
+        self.weights_with(specs, seed, &weights::keep)
+    }
+
+    /// [`Self::weights`], each tensor through `transform` as it is read or initialised, so a
+    /// transformed model (frozen weights quantized) is never whole in f32.
+    pub fn weights_with(
+        &self,
+        specs: &[ParamSpec],
+        seed: u64,
+        transform: weights::Transform,
+    ) -> Result<BTreeMap<String, HostTensor>> {
         let Some(dir) = &self.folder else {
-            return Ok(init_params(specs, seed));
+            return init_params_with(specs, seed, transform);
         };
         let head = self.config.head_params();
         let optional = self.config.optional_params();
@@ -101,9 +114,9 @@ impl StartingModel {
             .partition(|s| (self.fresh_head && head.contains(&s.name)) || lora::is_lora(&s.name));
         let read: Vec<ParamSpec> = read.into_iter().cloned().collect();
         let may_lack: Vec<&str> = head.iter().chain(&optional).map(String::as_str).collect();
-        let mut weights = hf_folder::read_weights(dir, &read, &may_lack, seed)?;
+        let mut weights = hf_folder::read_weights_with(dir, &read, &may_lack, seed, transform)?;
         for spec in fresh {
-            weights.insert(spec.name.clone(), init_param(spec, seed));
+            weights.extend(transform(spec, init_param(spec, seed))?);
         }
         Ok(weights)
     }

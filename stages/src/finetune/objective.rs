@@ -7,7 +7,7 @@
 
 use anyhow::{Result, bail};
 use pipe_engine::ParamError;
-use pipe_onnx::Kernels;
+use pipe_onnx::{FrozenDType, Kernels};
 
 use super::data::{Labels, TokenTable};
 use super::params::{ClassWeightRule, ClassWeights, Params};
@@ -26,6 +26,8 @@ pub struct StepOptions {
     /// Which operators the backward pass may use: pipe's fused CPU kernels by default;
     /// training picks them by the device the step runs on (standard operators on CUDA).
     pub kernels: Kernels,
+    /// The precision of the frozen weights (see [`pipe_onnx::quantize`]).
+    pub frozen_dtype: FrozenDType,
 }
 
 impl StepOptions {
@@ -35,6 +37,7 @@ impl StepOptions {
             loss: CrossEntropy::default(),
             dropout: DropoutPlan::new(config, DropoutRates::default()),
             kernels: Kernels::Host,
+            frozen_dtype: FrozenDType::F32,
         }
     }
 
@@ -86,6 +89,7 @@ impl StepOptions {
             loss,
             dropout: DropoutPlan::new(config, rates).with_lora(config, params.lora.as_ref()),
             kernels: Kernels::Host,
+            frozen_dtype: params.frozen_dtype.graph_dtype(),
         })
     }
 }

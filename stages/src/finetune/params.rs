@@ -125,6 +125,47 @@ pub struct Params {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(with = "Vec<String>")]
     pub freeze: Vec<FreezeEntry>,
+    /// The precision the frozen weights (LoRA's base model, the `freeze` parts) are kept and
+    /// multiplied in while training: `f32` (exact), `int8` (one scale per output channel,
+    /// integer products: faster, 2 bytes per weight) or `int4` (4-bit blocks of 32: half a
+    /// byte per weight). Trained parameters, norms, embeddings and the head stay f32, and
+    /// `model/` is the f32 model with the update merged into the original weights. CPU only.
+    #[serde(default, skip_serializing_if = "FrozenDtype::is_f32")]
+    pub frozen_dtype: FrozenDtype,
+}
+
+/// The precision frozen weights are kept and multiplied in while training.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FrozenDtype {
+    #[default]
+    F32,
+    Int8,
+    Int4,
+}
+
+impl FrozenDtype {
+    fn is_f32(&self) -> bool {
+        *self == FrozenDtype::F32
+    }
+
+    /// The graph builder's name for it.
+    pub fn graph_dtype(self) -> pipe_onnx::FrozenDType {
+        match self {
+            FrozenDtype::F32 => pipe_onnx::FrozenDType::F32,
+            FrozenDtype::Int8 => pipe_onnx::FrozenDType::Int8,
+            FrozenDtype::Int4 => pipe_onnx::FrozenDType::Int4,
+        }
+    }
+
+    /// Its name in the manifest and in `metrics.json`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FrozenDtype::F32 => "f32",
+            FrozenDtype::Int8 => "int8",
+            FrozenDtype::Int4 => "int4",
+        }
+    }
 }
 
 /// The model to fine-tune.
@@ -429,6 +470,7 @@ impl Params {
         }
         params.check_regularisation()?;
         params.check_selection()?;
+        params.check_frozen_dtype()?;
         if let Some(lora) = &params.lora {
             lora.check()
                 .map_err(|(field, message)| ParamError::new(&["lora", field], message))?;
@@ -487,6 +529,38 @@ impl Params {
                     ));
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Checks that `frozen_dtype` has frozen weights to apply to, on a device that has its
+    /// kernels.
+    fn check_frozen_dtype(&self) -> Result<(), ParamError> {
+        if self.frozen_dtype.is_f32() {
+            return Ok(());
+        }
+        if self.lora.is_none() && self.freeze.is_empty() {
+            return Err(ParamError::new(
+                &["frozen_dtype"],
+                format!(
+                    "`frozen_dtype: {}` applies to frozen weights, but this stage trains every \
+                     weight",
+                    self.frozen_dtype.as_str()
+                ),
+            )
+            .with_help("add `lora:` or `freeze:`, or remove `frozen_dtype`"));
+        }
+        if self.device() != "cpu" {
+            return Err(ParamError::new(
+                &["frozen_dtype"],
+                format!(
+                    "`frozen_dtype: {}` runs on the CPU (ONNX Runtime's integer kernels), but \
+                     `device` is `{}`",
+                    self.frozen_dtype.as_str(),
+                    self.device()
+                ),
+            )
+            .with_help("set `device: cpu`, or keep f32 frozen weights on CUDA"));
         }
         Ok(())
     }

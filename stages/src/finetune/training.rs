@@ -2,7 +2,7 @@
 //! schedule, the training log, periodic evaluation and checkpoints.
 
 use fs_err::{File, OpenOptions};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
@@ -10,8 +10,8 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use pipe_engine::{ParamError, Reporter};
 use pipe_onnx::{
-    AdamW, GradSignature, Graph, HostTensor, Kernels, MemoryStats, Session, StepTrainer,
-    build_gradient_step, step_trainer,
+    AdamW, GradSignature, Graph, HostTensor, Kernels, MemoryStats, QuantizedWeight, Session,
+    StepTrainer, build_gradient_step, step_trainer,
 };
 use serde_json::json;
 
@@ -28,8 +28,7 @@ use pipe_models::classifier::{
     ClassifierInput, ProblemType, SequenceClassifier, declare_labels, hf_trainer_decay,
 };
 use pipe_models::layers::Tokens;
-use pipe_models::lora::LoraParams;
-use pipe_models::{Architecture, ParamSpec};
+use pipe_models::{Architecture, ParamSpec, weights};
 
 /// Name of the training log, in the scratch folder while training and in the outputs after.
 pub const LOG_FILE: &str = "train_log.jsonl";
@@ -54,6 +53,9 @@ pub struct Training<'a> {
     scratch: &'a Path,
     options: StepOptions,
     selection: Option<Selection>,
+    start: &'a StartingModel,
+    quantized: Vec<QuantizedWeight>,
+    frozen_bytes: usize,
 }
 
 /// How a finished run went.
@@ -83,7 +85,7 @@ impl<'a> Training<'a> {
     /// graph of its own (no dropout, the plain loss).
     pub fn new(
         params: &'a Params,
-        start: &StartingModel,
+        start: &'a StartingModel,
         problem: ProblemType,
         validation: Option<&'a TokenTable>,
         scratch: &'a Path,
@@ -99,10 +101,22 @@ impl<'a> Training<'a> {
         let step = StepGraph::compile_with(config, problem, &options, trained)?;
         // Parameters with a gradient go to the flat state; the rest (the base model under
         // LoRA, the `freeze` entries) are bound read-only.
+        // Frozen weights the graph reads quantized become their inputs as they are read.
+        let quantized: BTreeMap<&str, &QuantizedWeight> = (step.quantized.iter())
+            .map(|q| (q.name.as_str(), q))
+            .collect();
+        let transform = |spec: &ParamSpec, t: HostTensor| match quantized.get(spec.name.as_str()) {
+            Some(q) => Ok(q.quantize(&t)?),
+            None => weights::keep(spec, t),
+        };
         let (weights, frozen): (BTreeMap<_, _>, BTreeMap<_, _>) = start
-            .weights(&step.specs, params.model.seed)?
+            .weights_with(&step.specs, params.model.seed, &transform)?
             .into_iter()
             .partition(|(name, _)| step.signature.layout.entry(name).is_some());
+        let frozen_bytes = frozen
+            .values()
+            .map(|t| t.shape().iter().product::<i64>() as usize * t.dtype().size())
+            .sum();
         let session = Session::from_model(&step.model, &opts)?;
         // Host state on the CPU, device state on CUDA (see `pipe_onnx::step_trainer`).
         let trainer = step_trainer(session, step.signature, adamw_of(params), weights, frozen)?;
@@ -110,9 +124,12 @@ impl<'a> Training<'a> {
             Some(table) => {
                 let mut g = Graph::new("finetune_eval");
                 g.set_kernels(options.kernels);
-                let plain = StepOptions::plain(config);
-                let (_, logits, loss) =
-                    loss_graph(&mut g, config, problem, &plain, trained.lora())?;
+                let plain = StepOptions {
+                    frozen_dtype: options.frozen_dtype,
+                    ..StepOptions::plain(config)
+                };
+                let LossGraph { logits, loss, .. } =
+                    loss_graph(&mut g, config, problem, &plain, trained)?;
                 g.output(logits, "logits")?;
                 g.output(loss, "loss")?;
                 Some((Session::from_model(&g.build()?, &opts)?, table))
@@ -130,7 +147,15 @@ impl<'a> Training<'a> {
             selection: params
                 .select_best
                 .map(|metric| Selection::new(metric, params.early_stopping_patience)),
+            start,
+            quantized: step.quantized,
+            frozen_bytes,
         })
+    }
+
+    /// Bytes the frozen weights take as training holds them (quantized or f32).
+    pub fn frozen_bytes(&self) -> usize {
+        self.frozen_bytes
     }
 
     /// The arenas of every session of the run on its device (the trainer's and the
@@ -254,7 +279,7 @@ impl<'a> Training<'a> {
             Some(best) => best,
             None => self.trainer.params()?,
         };
-        weights.extend(self.trainer.take_frozen());
+        weights.extend(self.frozen_weights()?);
         Ok(Finished {
             state_on_device: self.trainer.state_on_device(),
             // Statistics for the metrics only: a trained model is not lost for want of them.
@@ -266,6 +291,29 @@ impl<'a> Training<'a> {
             best,
             stopped_early_at,
         })
+    }
+
+    /// The frozen weights in f32, handed over by the trainer (which can run no step after);
+    /// those it held quantized are read again from the starting model, so the saved model
+    /// is the original weights plus what training changed.
+    fn frozen_weights(&mut self) -> Result<BTreeMap<String, HostTensor>> {
+        let mut frozen: BTreeMap<String, HostTensor> =
+            self.trainer.take_frozen().into_iter().collect();
+        if self.quantized.is_empty() {
+            return Ok(frozen);
+        }
+        for q in &self.quantized {
+            for name in [q.values_name(), q.transposed_name(), q.scales_name()] {
+                frozen.remove(&name);
+            }
+        }
+        let names: Vec<&str> = self.quantized.iter().map(|q| q.name.as_str()).collect();
+        let specs: Vec<ParamSpec> = (self.specs.iter())
+            .filter(|s| names.contains(&s.name.as_str()))
+            .cloned()
+            .collect();
+        frozen.extend(self.start.weights(&specs, self.params.model.seed)?);
+        Ok(frozen)
     }
 
     /// The optimizer step after `step` completed ones, on `rows` (of `train`): their
@@ -445,6 +493,9 @@ pub struct StepGraph {
     /// The parameters, in Hugging Face order (AdamW weight decay as `transformers.Trainer`
     /// applies it: not on biases and LayerNorm weights).
     pub specs: Vec<ParamSpec>,
+    /// The frozen weights the step reads quantized ([`StepOptions::frozen_dtype`]), each fed
+    /// as [`QuantizedWeight::quantize`] makes it.
+    pub quantized: Vec<QuantizedWeight>,
 }
 
 impl StepGraph {
@@ -472,7 +523,12 @@ impl StepGraph {
             lora.check_targets(config, config.model_type())
                 .map_err(|e| ParamError::new(&["lora", "targets"], format!("{e:#}")))?;
         }
-        let (model, _, loss) = loss_graph(&mut g, config, problem, options, trained.lora())?;
+        let LossGraph {
+            model,
+            loss,
+            quantized,
+            ..
+        } = loss_graph(&mut g, config, problem, options, trained)?;
         trained.check(model.specs(), config.num_layers())?;
         let mut train = model.train_params(&hf_trainer_decay);
         train.retain(|p| trained.takes_gradient(g.name(p.tensor)));
@@ -481,23 +537,31 @@ impl StepGraph {
             model: g.build()?,
             signature,
             specs: model.specs().to_vec(),
+            quantized,
         })
     }
 }
 
+/// A classifier's forward and loss in a graph.
+struct LossGraph {
+    model: Box<dyn SequenceClassifier>,
+    logits: pipe_onnx::Tensor,
+    loss: pipe_onnx::Tensor,
+    /// The frozen weights read quantized.
+    quantized: Vec<QuantizedWeight>,
+}
+
 /// Declares inputs (distinct-token embedding, for a gradient that is the same at any thread
-/// count; see [`Tokens::Distinct`]), the model, its logits and its loss in `g`.
+/// count; see [`Tokens::Distinct`]), the model, its logits and its loss in `g`; the weights
+/// `trained` leaves frozen are read in `options.frozen_dtype`.
 fn loss_graph(
     g: &mut Graph,
     config: &dyn Architecture,
     problem: ProblemType,
     options: &StepOptions,
-    lora: Option<&LoraParams>,
-) -> Result<(
-    Box<dyn SequenceClassifier>,
-    pipe_onnx::Tensor,
-    pipe_onnx::Tensor,
-)> {
+    trained: Trained,
+) -> Result<LossGraph> {
+    let lora = trained.lora();
     let tokens = Tokens::declare_distinct(g)?;
     let lengths = g.input(
         "lengths",
@@ -518,7 +582,17 @@ fn loss_graph(
     } else {
         g.with_scope("loss", |g| options.loss.loss(g, logits, labels))?
     };
-    Ok((model, logits, loss))
+    let frozen: BTreeSet<String> = (model.specs().iter())
+        .filter(|s| !trained.takes_gradient(&s.name))
+        .map(|s| s.name.clone())
+        .collect();
+    let quantized = g.quantize_frozen(&frozen, options.frozen_dtype)?;
+    Ok(LossGraph {
+        model,
+        logits,
+        loss,
+        quantized,
+    })
 }
 
 /// Rows of a batch whose prediction is right, by evaluate's rules

@@ -654,3 +654,40 @@ fn freeze_settings_are_checked() {
     )
     .unwrap();
 }
+
+/// LoRA over int8 or 4-bit frozen weights: the same bits at one and two threads (integer
+/// sums, fixed f32 blocks), and `model/` holds the original f32 weights wherever LoRA did not
+/// adapt (the quantized copies are for training only).
+#[test]
+fn lora_over_quantized_frozen_weights_is_thread_count_free_and_saves_the_original_weights() {
+    let (ws, tokens, first) = fine_tuned("base");
+    let input = [tokens.input("tokenize")];
+    let base = weights_of(&first);
+    for dtype in ["int8", "int4"] {
+        let run = |threads: usize| {
+            let params = json!({
+                "model": { "path": "base", "seed": 4 }, "max_steps": 6, "batch_size": 16,
+                "learning_rate": 5e-3, "threads": threads, "frozen_dtype": dtype,
+                "lora": { "r": 2, "targets": ["q_proj", "c_fc"] }
+            });
+            ws.run("finetune", params, &input).unwrap()
+        };
+        let (one, two) = (run(1), run(2));
+        assert_eq!(one.key_params["frozen_dtype"], dtype);
+        assert_eq!(
+            weights_of(&one),
+            weights_of(&two),
+            "{dtype}: 1 vs 2 threads"
+        );
+        for (name, w) in &weights_of(&one) {
+            let adapted = name.ends_with("q_proj.weight") || name.ends_with("c_fc.weight");
+            let trained = adapted || name == "score.weight";
+            assert_eq!(
+                w == &base[name],
+                !trained,
+                "{dtype} {name}: trained {trained}"
+            );
+        }
+        assert_eq!(one.json("metrics.json")["frozen_dtype"], dtype);
+    }
+}

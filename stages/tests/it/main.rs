@@ -25,6 +25,7 @@ mod encoder_tuning;
 mod finetune;
 mod finetune_selection;
 mod freeze;
+mod frozen_dtype;
 mod gpt_neo;
 mod loss;
 mod minilm;

@@ -18,18 +18,18 @@ use serde_json::Value;
 
 const TOL: f32 = 1e-5;
 
-fn fixture(name: &str) -> PathBuf {
+pub(crate) fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/peft")
         .join(name)
 }
 
-fn json(path: PathBuf) -> Value {
+pub(crate) fn json(path: PathBuf) -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
 /// PEFT's adapter tensor names without the `base_model.model.` prefix.
-fn unprefixed(t: BTreeMap<String, HostTensor>) -> BTreeMap<String, HostTensor> {
+pub(crate) fn unprefixed(t: BTreeMap<String, HostTensor>) -> BTreeMap<String, HostTensor> {
     t.into_iter()
         .map(|(k, v)| {
             let name = k.strip_prefix("base_model.model.").unwrap().to_string();
@@ -69,7 +69,7 @@ pub(crate) fn feeds(b: &Value) -> Vec<(&'static str, HostTensor)> {
 }
 
 /// Sessions on one thread: the fixtures' sums in one order.
-fn one_thread() -> SessionOptions {
+pub(crate) fn one_thread() -> SessionOptions {
     SessionOptions {
         intra_threads: Some(1),
         ..Default::default()

@@ -1,0 +1,244 @@
+//! Matrix products over quantized frozen weights (see [`crate::quantize`]): ONNX Runtime's
+//! `com.microsoft` kernels, and the rewrite that puts them in a graph built in f32.
+
+use std::collections::BTreeSet;
+
+use super::{Attr, Dim, Graph, Tensor};
+use crate::quantize::{FrozenDType, INT4_BLOCK, QuantizedWeight, WeightLayout};
+use crate::{DType, Error, Result};
+
+/// The operator-set domain of ONNX Runtime's contributed kernels.
+pub const MICROSOFT_DOMAIN: &str = "com.microsoft";
+
+impl Graph {
+    /// `DynamicQuantizeMatMul(a, b, b_scale)`: `a` f32 `[.., K]` quantized to uint8 per tensor
+    /// on the fly, times `b` int8 `[K, N]` with `b_scale` (a scalar, or one per column).
+    pub fn dynamic_quantize_matmul(
+        &mut self,
+        a: Tensor,
+        b: Tensor,
+        b_scale: Tensor,
+    ) -> Result<Tensor> {
+        const OP: &str = "DynamicQuantizeMatMul";
+        let (sa, sb) = (self.shape(a).to_vec(), self.shape(b).to_vec());
+        if a.dtype() != DType::F32
+            || b.dtype() != DType::I8
+            || sb.len() != 2
+            || sa.last() != Some(&sb[0])
+        {
+            return Err(self.err(OP, "needs f32 [.., K] times int8 [K, N]"));
+        }
+        let mut shape = sa;
+        if let Some(last) = shape.last_mut() {
+            *last = sb[1].clone();
+        }
+        Ok(self.push_microsoft(OP, &[a, b, b_scale], vec![], shape))
+    }
+
+    /// The f32 weight `[N, K]` that `MatMulNBits`' `packed` and `scales` stand for, in standard
+    /// operators: nibbles unpacked low first, `(q - 8) · scale` per block, the padding cut.
+    ///
+    /// Made only once `after` exists: the scales are multiplied by 1 computed from `after`'s
+    /// size. Without that tie ONNX Runtime may run the dequantization (which reads only graph
+    /// inputs) at the start of the step, and every layer's f32 weight would wait there for
+    /// the backward pass: the f32 model again.
+    pub(crate) fn dequantize_4bit(
+        &mut self,
+        packed: Tensor,
+        scales: Tensor,
+        k: usize,
+        n: usize,
+        after: Tensor,
+    ) -> Result<Tensor> {
+        let size = self.size(after)?;
+        let size = self.cast(size, DType::F32)?;
+        let one = self.sign(size)?;
+        let scales = self.mul(scales, one)?;
+        let blocks = k.div_ceil(INT4_BLOCK);
+        let mask = self.scalar(DType::U8, 15.0);
+        let four = self.scalar(DType::U8, 4.0);
+        let low = self.push1(
+            "BitwiseAnd",
+            &[packed, mask],
+            vec![],
+            DType::U8,
+            self.shape(packed).to_vec(),
+        );
+        let high = self.push1(
+            "BitShift",
+            &[packed, four],
+            vec![("direction", Attr::String("RIGHT".into()))],
+            DType::U8,
+            self.shape(packed).to_vec(),
+        );
+        let low = self.unsqueeze(low, &[-1])?;
+        let high = self.unsqueeze(high, &[-1])?;
+        let pairs = self.concat(&[low, high], -1)?; // [N, blocks, 16, 2]
+        let q = self.cast(pairs, DType::F32)?;
+        let q = self.reshape(q, &[Dim::from(n), Dim::from(blocks), Dim::from(INT4_BLOCK)])?;
+        let eight = self.scalar(DType::F32, 8.0);
+        let centred = self.sub(q, eight)?;
+        let scales = self.reshape(scales, &[Dim::from(n), Dim::from(blocks), Dim::Fixed(1)])?;
+        let w = self.mul(centred, scales)?;
+        let w = self.reshape(w, &[Dim::from(n), Dim::from(blocks * INT4_BLOCK)])?;
+        if blocks * INT4_BLOCK == k {
+            return Ok(w);
+        }
+        self.slice(w, &[0], &[Dim::from(k)], &[1], &[])
+    }
+
+    /// Replaces each frozen input named in `names` by its `dtype` form, where the graph reads
+    /// it only as the weight of matrix products (`x · wᵀ` through a transpose, or `x · w`): each
+    /// such `MatMul` becomes the quantized product, in place. Inputs read any other way (an
+    /// embedding's `Gather`, a tied head) stay f32. Returns what each replaced input became;
+    /// feed them with [`QuantizedWeight::quantize`].
+    pub fn quantize_frozen(
+        &mut self,
+        names: &BTreeSet<String>,
+        dtype: FrozenDType,
+    ) -> Result<Vec<QuantizedWeight>> {
+        if dtype == FrozenDType::F32 {
+            return Ok(Vec::new());
+        }
+        let candidates: Vec<Tensor> = self
+            .inputs()
+            .iter()
+            .copied()
+            .filter(|&t| {
+                t.dtype() == DType::F32 && self.rank(t) == 2 && names.contains(self.name(t))
+            })
+            .collect();
+        let mut done = Vec::new();
+        for w in candidates {
+            let Some((layout, products)) = self.weight_products(w) else {
+                continue;
+            };
+            let dims: Vec<usize> = self
+                .shape(w)
+                .iter()
+                .map(|d| d.fixed().and_then(|v| usize::try_from(v).ok()))
+                .collect::<Option<_>>()
+                .ok_or_else(|| {
+                    self.err("MatMul", format!("`{}` needs a fixed shape", self.name(w)))
+                })?;
+            let (k, n) = match layout {
+                WeightLayout::OutIn => (dims[1], dims[0]),
+                WeightLayout::InOut => (dims[0], dims[1]),
+            };
+            let q = QuantizedWeight {
+                name: self.name(w).to_string(),
+                layout,
+                k,
+                n,
+                dtype,
+            };
+            self.replace_products(&q, &products)?;
+            self.inputs.retain(|&t| t != w);
+            done.push(q);
+        }
+        Ok(done)
+    }
+
+    /// The layout of `w` and the `MatMul` nodes that read it, when those are its only uses
+    /// (each directly as the right operand, or each through its own `Transpose` to one).
+    fn weight_products(&self, w: Tensor) -> Option<(WeightLayout, Vec<usize>)> {
+        let users = self.users(w);
+        let is_product = |&(i, slot): &(usize, usize)| self.nodes[i].op == "MatMul" && slot == 1;
+        if !users.is_empty() && users.iter().all(is_product) {
+            return Some((WeightLayout::InOut, users.iter().map(|u| u.0).collect()));
+        }
+        let mut products = Vec::new();
+        for &(i, _) in &users {
+            let node = &self.nodes[i];
+            if node.op != "Transpose" || node.attr_ints("perm") != Some(&[1, 0]) {
+                return None;
+            }
+            let reads = self.users(node.outputs[0]);
+            if reads.is_empty() || !reads.iter().all(is_product) {
+                return None;
+            }
+            products.extend(reads.iter().map(|u| u.0));
+        }
+        (!products.is_empty()).then_some((WeightLayout::OutIn, products))
+    }
+
+    /// `(node, input slot)` of every read of `t`.
+    fn users(&self, t: Tensor) -> Vec<(usize, usize)> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .flat_map(|(i, n)| {
+                n.inputs
+                    .iter()
+                    .enumerate()
+                    .filter(move |(_, x)| **x == Some(t))
+                    .map(move |(slot, _)| (i, slot))
+            })
+            .collect()
+    }
+
+    /// Declares the inputs of `q` and turns each `MatMul` of `products` into its quantized
+    /// product (same output, same place in the graph).
+    fn replace_products(&mut self, q: &QuantizedWeight, products: &[usize]) -> Result<()> {
+        let (k, n) = (Dim::from(q.k), Dim::from(q.n));
+        let scales = match q.dtype {
+            FrozenDType::Int4 => Dim::from(q.n * q.k.div_ceil(INT4_BLOCK)),
+            _ => n.clone(),
+        };
+        let scale = self.input(&q.scales_name(), DType::F32, &[scales])?;
+        let (op, inputs, attrs) = match q.dtype {
+            FrozenDType::Int8 => {
+                let values = self.input(&q.values_name(), DType::I8, &[k.clone(), n.clone()])?;
+                let transposed = self.input(&q.transposed_name(), DType::I8, &[n, k])?;
+                self.transposed_twins.insert(values, transposed);
+                ("DynamicQuantizeMatMul", vec![values, scale], vec![])
+            }
+            FrozenDType::Int4 => {
+                let blocks = q.k.div_ceil(INT4_BLOCK);
+                let shape = [n, Dim::from(blocks), Dim::from(INT4_BLOCK / 2)];
+                let packed = self.input(&q.values_name(), DType::U8, &shape)?;
+                // accuracy_level 0: the blocks dequantized, f32 products.
+                let attrs = vec![
+                    ("K", Attr::Int(q.k as i64)),
+                    ("N", Attr::Int(q.n as i64)),
+                    ("bits", Attr::Int(4)),
+                    ("block_size", Attr::Int(INT4_BLOCK as i64)),
+                    ("accuracy_level", Attr::Int(0)),
+                ];
+                ("MatMulNBits", vec![packed, scale], attrs)
+            }
+            FrozenDType::F32 => return Err(Error::Data("f32 weights are not quantized".into())),
+        };
+        for &i in products {
+            let node = &mut self.nodes[i];
+            let a = node.inputs[0];
+            node.op = op;
+            node.domain = MICROSOFT_DOMAIN;
+            node.inputs = std::iter::once(a)
+                .chain(inputs.iter().copied().map(Some))
+                .collect();
+            node.attrs = attrs.clone();
+        }
+        Ok(())
+    }
+
+    /// The int8 weight `b` of a `DynamicQuantizeMatMul` transposed, as
+    /// [`Graph::quantize_frozen`] declared it for the input gradient.
+    pub(crate) fn transposed_twin(&self, b: Tensor) -> Option<Tensor> {
+        self.transposed_twins.get(&b).copied()
+    }
+
+    fn push_microsoft(
+        &mut self,
+        op: &'static str,
+        inputs: &[Tensor],
+        attrs: Vec<(&'static str, Attr)>,
+        shape: Vec<Dim>,
+    ) -> Tensor {
+        let y = self.push1(op, inputs, attrs, DType::F32, shape);
+        if let Some(node) = self.nodes.last_mut() {
+            node.domain = MICROSOFT_DOMAIN;
+        }
+        y
+    }
+}

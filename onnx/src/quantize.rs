@@ -1,0 +1,285 @@
+//! Frozen weights in fewer bits (QLoRA's idea on ONNX Runtime's CPU kernels).
+//!
+//! Under LoRA or partial fine-tuning the frozen weights take no gradient, so they need no
+//! f32 copy: [`crate::Graph::quantize_frozen`] rewrites the matrix products that read them,
+//! and [`QuantizedWeight::quantize`] makes the inputs those products take.
+//!
+//! - [`FrozenDType::Int8`]: symmetric, one scale per output channel, `q = round(w / s)` in
+//!   `[-127, 127]` with `s = max |w| / 127`. The forward product is ONNX Runtime's
+//!   `DynamicQuantizeMatMul` (the activations quantized to uint8 per tensor on the fly, integer
+//!   products, as `torch.ao.quantization.quantize_dynamic` computes); the input gradient
+//!   `dY · W` is the same kernel on `dY ⊙ s` and the same integers transposed. Both layouts
+//!   are kept: 2 bytes per weight instead of 4.
+//! - [`FrozenDType::Int4`]: 4-bit blocks of [`INT4_BLOCK`] weights along the input axis,
+//!   symmetric (`q = round(w / s) + 8` in `[1, 15]`, `s = max |w| / 7` per block), packed two
+//!   per byte as `MatMulNBits` reads them (low nibble first). The forward product is
+//!   `MatMulNBits` in f32 arithmetic; the input gradient multiplies `dY` by the weights
+//!   dequantized for that one product. Half a byte per weight plus a scale per block.
+
+use crate::{Error, HostTensor, Result};
+
+/// Weights per 4-bit block (each block has its own scale).
+pub const INT4_BLOCK: usize = 32;
+
+/// The precision frozen weights are kept and multiplied in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FrozenDType {
+    /// f32, the exact path.
+    #[default]
+    F32,
+    /// int8 per output channel; integer products.
+    Int8,
+    /// 4-bit blocks of [`INT4_BLOCK`]; f32 products of the dequantized blocks.
+    Int4,
+}
+
+/// How a frozen weight is stored in its checkpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightLayout {
+    /// `[out, in]`: `torch.nn.Linear`, read through a transpose.
+    OutIn,
+    /// `[in, out]`: GPT-2's `Conv1D`, read as it is.
+    InOut,
+}
+
+/// A frozen weight the graph reads quantized: what [`crate::Graph::quantize_frozen`] made of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QuantizedWeight {
+    /// The weight's name (its graph input before the rewrite).
+    pub name: String,
+    /// How the f32 weight is stored.
+    pub layout: WeightLayout,
+    /// Input features (`K`).
+    pub k: usize,
+    /// Output features (`N`).
+    pub n: usize,
+    /// Its precision (never [`FrozenDType::F32`]).
+    pub dtype: FrozenDType,
+}
+
+impl QuantizedWeight {
+    /// The graph input holding the forward product's integers: int8 `[K, N]`, or packed 4-bit
+    /// blocks `[N, K / 32, 16]`.
+    pub fn values_name(&self) -> String {
+        match self.dtype {
+            FrozenDType::Int4 => format!("{}#int4", self.name),
+            _ => format!("{}#int8", self.name),
+        }
+    }
+
+    /// The graph input holding the int8 integers transposed, `[N, K]`, for the input gradient.
+    pub fn transposed_name(&self) -> String {
+        format!("{}#int8_t", self.name)
+    }
+
+    /// The graph input holding the scales: `[N]` (int8) or `[N · blocks]` (4-bit).
+    pub fn scales_name(&self) -> String {
+        format!("{}#scale", self.name)
+    }
+
+    /// The graph inputs of `w` (the f32 weight, in [`Self::layout`]) quantized, by name.
+    pub fn quantize(&self, w: &HostTensor) -> Result<Vec<(String, HostTensor)>> {
+        let expected = match self.layout {
+            WeightLayout::OutIn => [self.n as i64, self.k as i64],
+            WeightLayout::InOut => [self.k as i64, self.n as i64],
+        };
+        let values = w
+            .as_f32()
+            .filter(|_| w.shape() == expected)
+            .ok_or_else(|| {
+                Error::Data(format!(
+                    "`{}` is {} {:?}; quantizing it needs f32 {expected:?}",
+                    self.name,
+                    w.dtype(),
+                    w.shape()
+                ))
+            })?;
+        let out_in = match self.layout {
+            WeightLayout::OutIn => values.to_vec(),
+            WeightLayout::InOut => transpose(values, self.k, self.n),
+        };
+        let (n, k) = (self.n as i64, self.k as i64);
+        Ok(match self.dtype {
+            FrozenDType::F32 => vec![(self.name.clone(), w.clone())],
+            FrozenDType::Int8 => {
+                let q = Int8Rows::quantize(&out_in, self.n, self.k);
+                let in_out = transpose(&q.values, self.n, self.k);
+                vec![
+                    (self.values_name(), HostTensor::i8(&[k, n], in_out)?),
+                    (self.transposed_name(), HostTensor::i8(&[n, k], q.values)?),
+                    (self.scales_name(), HostTensor::f32(&[n], q.scales)?),
+                ]
+            }
+            FrozenDType::Int4 => {
+                let q = Int4Blocks::quantize(&out_in, self.n, self.k);
+                let blocks = self.k.div_ceil(INT4_BLOCK) as i64;
+                vec![
+                    (
+                        self.values_name(),
+                        HostTensor::u8(&[n, blocks, INT4_BLOCK as i64 / 2], q.packed)?,
+                    ),
+                    (
+                        self.scales_name(),
+                        HostTensor::f32(&[n * blocks], q.scales)?,
+                    ),
+                ]
+            }
+        })
+    }
+
+    /// Bytes the quantized inputs of this weight take.
+    pub fn bytes(&self) -> usize {
+        let (n, k) = (self.n, self.k);
+        match self.dtype {
+            FrozenDType::F32 => 4 * n * k,
+            FrozenDType::Int8 => 2 * n * k + 4 * n,
+            FrozenDType::Int4 => {
+                let blocks = k.div_ceil(INT4_BLOCK);
+                n * blocks * (INT4_BLOCK / 2 + 4)
+            }
+        }
+    }
+}
+
+/// `m` `[rows, cols]` transposed.
+fn transpose<T: Copy + Default>(m: &[T], rows: usize, cols: usize) -> Vec<T> {
+    let mut t = vec![T::default(); m.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            t[c * rows + r] = m[r * cols + c];
+        }
+    }
+    t
+}
+
+/// A matrix `[rows, cols]` in int8, one scale per row.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Int8Rows {
+    /// `round(w / scale)` in `[-127, 127]`, row-major.
+    pub values: Vec<i8>,
+    /// `max |w| / 127` per row (0 for a row of zeros).
+    pub scales: Vec<f32>,
+}
+
+impl Int8Rows {
+    /// Quantizes `w` `[rows, cols]` row by row (ties to even, as numpy rounds).
+    pub fn quantize(w: &[f32], rows: usize, cols: usize) -> Int8Rows {
+        let mut values = Vec::with_capacity(w.len());
+        let mut scales = Vec::with_capacity(rows);
+        for row in w.chunks(cols.max(1)).take(rows) {
+            let scale = row.iter().fold(0f32, |m, x| m.max(x.abs())) / 127.0;
+            scales.push(scale);
+            values.extend(row.iter().map(|&x| quantize_to(x, scale, 127.0) as i8));
+        }
+        Int8Rows { values, scales }
+    }
+
+    /// The f32 values the integers stand for.
+    pub fn dequantize(&self, cols: usize) -> Vec<f32> {
+        self.values
+            .chunks(cols.max(1))
+            .zip(&self.scales)
+            .flat_map(|(row, &s)| row.iter().map(move |&q| f32::from(q) * s))
+            .collect()
+    }
+}
+
+/// A matrix `[rows, cols]` in 4-bit blocks along each row, as `MatMulNBits` reads it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Int4Blocks {
+    /// Per row, per block of [`INT4_BLOCK`] columns, 16 bytes: element `2i` in the low nibble
+    /// of byte `i`, `2i + 1` in the high nibble; each nibble is `round(w / scale) + 8`. A
+    /// last block past `cols` is padded with 8 (zero).
+    pub packed: Vec<u8>,
+    /// `max |w| / 7` per row and block (0 for a block of zeros).
+    pub scales: Vec<f32>,
+}
+
+impl Int4Blocks {
+    /// Quantizes `w` `[rows, cols]`.
+    pub fn quantize(w: &[f32], rows: usize, cols: usize) -> Int4Blocks {
+        let blocks = cols.div_ceil(INT4_BLOCK);
+        let mut packed = Vec::with_capacity(rows * blocks * INT4_BLOCK / 2);
+        let mut scales = Vec::with_capacity(rows * blocks);
+        for row in w.chunks(cols.max(1)).take(rows) {
+            for block in row.chunks(INT4_BLOCK) {
+                let scale = block.iter().fold(0f32, |m, x| m.max(x.abs())) / 7.0;
+                scales.push(scale);
+                let mut nibbles = [8u8; INT4_BLOCK];
+                for (n, &x) in nibbles.iter_mut().zip(block) {
+                    *n = (quantize_to(x, scale, 7.0) + 8.0) as u8;
+                }
+                packed.extend(nibbles.chunks(2).map(|p| p[0] | (p[1] << 4)));
+            }
+        }
+        Int4Blocks { packed, scales }
+    }
+
+    /// The f32 values the nibbles stand for, `[rows, cols]`.
+    pub fn dequantize(&self, rows: usize, cols: usize) -> Vec<f32> {
+        let blocks = cols.div_ceil(INT4_BLOCK);
+        let mut out = Vec::with_capacity(rows * cols);
+        for r in 0..rows {
+            let row_start = out.len();
+            for b in 0..blocks {
+                let s = self.scales[r * blocks + b];
+                let bytes = &self.packed[(r * blocks + b) * INT4_BLOCK / 2..][..INT4_BLOCK / 2];
+                for &byte in bytes {
+                    for nibble in [byte & 0x0f, byte >> 4] {
+                        out.push((f32::from(nibble) - 8.0) * s);
+                    }
+                }
+            }
+            out.truncate(row_start + cols);
+        }
+        out
+    }
+}
+
+/// `round(x / scale)` (ties to even) clamped to `[-limit, limit]`; 0 when `scale` is 0.
+fn quantize_to(x: f32, scale: f32, limit: f32) -> f32 {
+    if scale == 0.0 {
+        return 0.0;
+    }
+    (x / scale).round_ties_even().clamp(-limit, limit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn int8_rows_round_trip_within_half_a_step() {
+        let w: Vec<f32> = (0..24).map(|i| (i as f32 * 0.37).sin()).collect();
+        let q = Int8Rows::quantize(&w, 3, 8);
+        let back = q.dequantize(8);
+        for (r, (row, back)) in w.chunks(8).zip(back.chunks(8)).enumerate() {
+            let step = q.scales[r];
+            assert!(
+                row.iter()
+                    .zip(back)
+                    .all(|(a, b)| (a - b).abs() <= step / 2.0 + 1e-7)
+            );
+        }
+    }
+
+    #[test]
+    fn int4_pads_a_short_last_block_with_zeros() {
+        let w = vec![1.0f32; 40];
+        let q = Int4Blocks::quantize(&w, 1, 40);
+        assert_eq!(q.scales.len(), 2);
+        assert_eq!(q.packed.len(), 32);
+        assert_eq!(
+            q.packed[16 + 4],
+            0x88,
+            "past column 40 the nibbles are 8 (zero)"
+        );
+        assert_eq!(q.dequantize(1, 40), w);
+    }
+
+    #[test]
+    fn a_row_of_zeros_quantizes_to_zeros() {
+        let q = Int8Rows::quantize(&[0.0; 4], 1, 4);
+        assert_eq!((q.values, q.scales), (vec![0; 4], vec![0.0]));
+    }
+}

@@ -1,0 +1,278 @@
+//! Frozen weights read quantized ([`Graph::quantize_frozen`]): the products ONNX Runtime
+//! computes equal their definitions, forward and input gradient, for both layouts.
+//!
+//! - int4: `x · Wᵀ` with `W` the dequantized blocks, in f32 (weight-only quantization).
+//! - int8: `DynamicQuantizeMatMul`'s definition, written out here: `x` quantized to uint8
+//!   per tensor (scale `(max(x, 0) - min(x, 0)) / 255`, zero point `round(-min / scale)`),
+//!   integer products with the int8 weight, then both scales.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use pipe_onnx::quantize::{Int4Blocks, Int8Rows};
+use pipe_onnx::{DType, FrozenDType, Graph, HostTensor, Tensor, gradients};
+
+use crate::util::{Rng, fixed, run, session};
+
+const M: usize = 5;
+const K: usize = 40; // not a multiple of the 4-bit block: the last block is padded
+const N: usize = 6;
+
+/// The graph `y = x · Wᵀ` (`[out, in]` weight, through a transpose) or `y = x · W` (`[in,
+/// out]`, GPT-2's `Conv1D`), `loss = Σ y ⊙ r`, its gradient with respect to `x`, and the
+/// weight rewritten to `dtype`.
+fn product_graph(out_in: bool, dtype: FrozenDType) -> (Graph, Vec<pipe_onnx::QuantizedWeight>) {
+    let mut g = Graph::new("product");
+    let x = g
+        .input("x", DType::F32, &fixed(&[M as i64, K as i64]))
+        .unwrap();
+    let r = g
+        .input("r", DType::F32, &fixed(&[M as i64, N as i64]))
+        .unwrap();
+    let y = if out_in {
+        let w = g
+            .input("w", DType::F32, &fixed(&[N as i64, K as i64]))
+            .unwrap();
+        g.linear(x, w, None).unwrap()
+    } else {
+        let w = g
+            .input("w", DType::F32, &fixed(&[K as i64, N as i64]))
+            .unwrap();
+        g.matmul(x, w).unwrap()
+    };
+    let weighted = g.mul(y, r).unwrap();
+    let loss = g.reduce_sum_all(weighted).unwrap();
+    let quantized = g
+        .quantize_frozen(&BTreeSet::from(["w".to_string()]), dtype)
+        .unwrap();
+    let dx: Vec<Tensor> = gradients(&mut g, loss, &[x]).unwrap();
+    g.output(y, "y").unwrap();
+    g.output(dx[0], "dx").unwrap();
+    (g, quantized)
+}
+
+struct Case {
+    x: Vec<f32>,
+    r: Vec<f32>,
+    /// `[N, K]`.
+    w: Vec<f32>,
+}
+
+impl Case {
+    fn new(seed: u64) -> Case {
+        let mut rng = Rng::new(seed);
+        let mut v = |n: usize, scale: f64| -> Vec<f32> {
+            rng.vec(n, -scale, scale)
+                .into_iter()
+                .map(|x| x as f32)
+                .collect()
+        };
+        Case {
+            x: v(M * K, 2.0),
+            r: v(M * N, 1.0),
+            w: v(N * K, 0.1),
+        }
+    }
+
+    /// `y` and `dx` from the graph, with the weight fed in `out_in` layout and quantized as
+    /// the rewrite asks.
+    fn run(&self, out_in: bool, dtype: FrozenDType) -> (Vec<f32>, Vec<f32>) {
+        let (g, quantized) = product_graph(out_in, dtype);
+        assert_eq!(quantized.len(), 1, "the weight is read only by a product");
+        let w = if out_in {
+            HostTensor::f32(&[N as i64, K as i64], self.w.clone()).unwrap()
+        } else {
+            HostTensor::f32(&[K as i64, N as i64], transpose(&self.w, N, K)).unwrap()
+        };
+        let mut feeds: BTreeMap<String, HostTensor> =
+            quantized[0].quantize(&w).unwrap().into_iter().collect();
+        assert!(
+            !feeds.contains_key("w"),
+            "the f32 weight is not an input any more"
+        );
+        feeds.insert(
+            "x".into(),
+            HostTensor::f32(&[M as i64, K as i64], self.x.clone()).unwrap(),
+        );
+        feeds.insert(
+            "r".into(),
+            HostTensor::f32(&[M as i64, N as i64], self.r.clone()).unwrap(),
+        );
+        let out = run(&mut session(&g), &feeds);
+        let f = |k: &str| out[k].as_f32().unwrap().to_vec();
+        (f("y"), f("dx"))
+    }
+}
+
+fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    (0..cols)
+        .flat_map(|c| (0..rows).map(move |r| m[r * cols + c]))
+        .collect()
+}
+
+/// `a` `[m, k]` times `b` `[k, n]` in f64.
+fn matmul(a: &[f64], b: &[f64], m: usize, k: usize, n: usize) -> Vec<f64> {
+    let mut y = vec![0.0; m * n];
+    for i in 0..m {
+        for p in 0..k {
+            for j in 0..n {
+                y[i * n + j] += a[i * k + p] * b[p * n + j];
+            }
+        }
+    }
+    y
+}
+
+fn assert_close(what: &str, got: &[f32], want: &[f64], rel: f64) {
+    let scale = want.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-12);
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (f64::from(*g) - w).abs() <= rel * scale,
+            "{what}[{i}]: {g} vs {w} (scale {scale})"
+        );
+    }
+    assert_eq!(got.len(), want.len(), "{what}: length");
+}
+
+/// `DynamicQuantizeMatMul(a [m, k], q [k, n] int8, scale per column or one)` as ONNX Runtime
+/// defines it.
+fn dynamic_quantize_matmul(
+    a: &[f32],
+    q: &[i8],
+    b_scale: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+) -> Vec<f64> {
+    let lo = a.iter().fold(0f32, |m, &v| m.min(v));
+    let hi = a.iter().fold(0f32, |m, &v| m.max(v));
+    let scale = (hi - lo) / 255.0;
+    let zero = (-lo / scale).round_ties_even().clamp(0.0, 255.0);
+    let aq: Vec<f64> = a
+        .iter()
+        .map(|&v| f64::from(((v / scale).round_ties_even() + zero).clamp(0.0, 255.0) - zero))
+        .collect();
+    let qf: Vec<f64> = q.iter().map(|&v| f64::from(v)).collect();
+    let mut y = matmul(&aq, &qf, m, k, n);
+    for (i, v) in y.iter_mut().enumerate() {
+        let s = if b_scale.len() == 1 {
+            b_scale[0]
+        } else {
+            b_scale[i % n]
+        };
+        *v *= f64::from(scale) * f64::from(s);
+    }
+    y
+}
+
+#[test]
+fn int4_products_equal_f32_products_with_the_dequantized_weight() {
+    let case = Case::new(7);
+    let w = Int4Blocks::quantize(&case.w, N, K).dequantize(N, K);
+    let x: Vec<f64> = case.x.iter().map(|&v| f64::from(v)).collect();
+    let r: Vec<f64> = case.r.iter().map(|&v| f64::from(v)).collect();
+    let w64: Vec<f64> = w.iter().map(|&v| f64::from(v)).collect();
+    let y = matmul(
+        &x,
+        &transpose(&w, N, K)
+            .iter()
+            .map(|&v| f64::from(v))
+            .collect::<Vec<_>>(),
+        M,
+        K,
+        N,
+    );
+    let dx = matmul(&r, &w64, M, N, K);
+    for out_in in [true, false] {
+        let (gy, gdx) = case.run(out_in, FrozenDType::Int4);
+        assert_close("y", &gy, &y, 1e-5);
+        assert_close("dx", &gdx, &dx, 1e-5);
+    }
+}
+
+#[test]
+fn int8_products_follow_dynamic_quantize_matmul() {
+    let case = Case::new(11);
+    let q = Int8Rows::quantize(&case.w, N, K);
+    let q_in_out: Vec<i8> = (0..K)
+        .flat_map(|c| (0..N).map(move |r| (r, c)))
+        .map(|(r, c)| q.values[r * K + c])
+        .collect();
+    let y = dynamic_quantize_matmul(&case.x, &q_in_out, &q.scales, M, K, N);
+    // dx = (r ⊙ s) · Q: the gradient scaled per output channel, then the integers.
+    let scaled: Vec<f32> = case
+        .r
+        .iter()
+        .enumerate()
+        .map(|(i, v)| v * q.scales[i % N])
+        .collect();
+    let dx = dynamic_quantize_matmul(&scaled, &q.values, &[1.0], M, N, K);
+    for out_in in [true, false] {
+        let (gy, gdx) = case.run(out_in, FrozenDType::Int8);
+        assert_close("y", &gy, &y, 1e-5);
+        assert_close("dx", &gdx, &dx, 1e-5);
+    }
+    // And within the quantization error of the f32 product (1% of its scale here).
+    let x: Vec<f64> = case.x.iter().map(|&v| f64::from(v)).collect();
+    let exact = matmul(
+        &x,
+        &transpose(&case.w, N, K)
+            .iter()
+            .map(|&v| f64::from(v))
+            .collect::<Vec<_>>(),
+        M,
+        K,
+        N,
+    );
+    let (gy, _) = case.run(true, FrozenDType::Int8);
+    assert_close("y against f32", &gy, &exact, 1e-2);
+}
+
+#[test]
+fn a_weight_read_other_ways_stays_f32() {
+    let mut g = Graph::new("gathered");
+    let w = g.input("w", DType::F32, &fixed(&[4, 3])).unwrap();
+    let ids = g.input("ids", DType::I64, &fixed(&[2])).unwrap();
+    let rows = g.gather(w, ids, 0).unwrap();
+    let x = g.input("x", DType::F32, &fixed(&[2, 3])).unwrap();
+    let y = g.linear(x, w, None).unwrap();
+    g.output(rows, "rows").unwrap();
+    g.output(y, "y").unwrap();
+    let quantized = g
+        .quantize_frozen(&BTreeSet::from(["w".to_string()]), FrozenDType::Int8)
+        .unwrap();
+    assert!(quantized.is_empty());
+    assert!(g.inputs().iter().any(|&t| g.name(t) == "w"));
+}
+
+/// The fixture numpy wrote (`tests/fixtures/quantize/make_fixtures.py`).
+fn fixture() -> serde_json::Value {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/quantize/quantize.json"
+    );
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn numbers<T: serde::de::DeserializeOwned>(v: &serde_json::Value, key: &str) -> Vec<T> {
+    serde_json::from_value(v[key].clone()).unwrap()
+}
+
+#[test]
+fn quantizers_match_numpy_bit_for_bit() {
+    let f = fixture();
+    let (rows, cols) = (
+        f["rows"].as_u64().unwrap() as usize,
+        f["cols"].as_u64().unwrap() as usize,
+    );
+    let w: Vec<f32> = numbers(&f, "w");
+    let int8 = Int8Rows::quantize(&w, rows, cols);
+    assert_eq!(int8.values, numbers::<i8>(&f, "int8_values"));
+    assert_eq!(int8.scales, numbers::<f32>(&f, "int8_scales"));
+    let int4 = Int4Blocks::quantize(&w, rows, cols);
+    assert_eq!(int4.packed, numbers::<u8>(&f, "int4_packed"));
+    assert_eq!(int4.scales, numbers::<f32>(&f, "int4_scales"));
+    assert_eq!(
+        int4.dequantize(rows, cols),
+        numbers::<f32>(&f, "int4_dequantized")
+    );
+}
