@@ -5,7 +5,7 @@
 # value, dense; learning rate 5e-4) and the frozen weights in f32, int8 and int4, for each
 # seed. Prints per run: test accuracy and macro AUC of the exported f32 model (evaluate),
 # tokens/s, frozen bytes and peak memory; then the mean per dtype. On THREADS threads
-# (default 2).
+# (default 2). PIPE=path/to/pipe uses that binary instead of building a release one.
 #
 #   bench/frozen_dtype.sh [SEEDS...]      # default: seeds 0 1 2
 set -euo pipefail
@@ -15,8 +15,10 @@ seeds=("$@")
 [[ $# -eq 0 ]] && seeds=(0 1 2)
 ./scripts/fetch-onnxruntime.sh
 ./scripts/fetch-model.sh
-cargo build --release --locked -p pipe
-pipe=${CARGO_TARGET_DIR:-$PWD/target}/release/pipe
+if [[ -z "${PIPE:-}" ]]; then
+  cargo build --release --locked -p pipe
+fi
+pipe=${PIPE:-${CARGO_TARGET_DIR:-$PWD/target}/release/pipe}
 echo "cpu: $(lscpu | sed -n 's/^Model name: *//p') · $threads threads"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

@@ -103,19 +103,31 @@ pub fn write(
     specs: &[ParamSpec],
     params: &BTreeMap<String, HostTensor>,
 ) -> Result<()> {
+    let value = |spec: &ParamSpec| {
+        (params.get(&spec.name).cloned())
+            .with_context(|| format!("no value for parameter {}", spec.name))
+    };
+    write_with(dir, cfg, labels, problem, specs, &value)
+}
+
+/// [`write`] with each tensor made by `value` only when it is written, so writing holds one
+/// tensor of the model at a time (a model read back from its checkpoint and merged tensor by
+/// tensor).
+pub fn write_with(
+    dir: &Path,
+    cfg: &dyn Architecture,
+    labels: &[String],
+    problem: ProblemType,
+    specs: &[ParamSpec],
+    value: &dyn Fn(&ParamSpec) -> Result<HostTensor>,
+) -> Result<()> {
     fs_err::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let config = serde_json::to_vec_pretty(&cfg.hf_config(labels, problem)?)?;
     fs_err::write(dir.join(CONFIG_FILE), config)?;
-    let tensors = specs
-        .iter()
-        .map(|spec| {
-            params
-                .get(&spec.name)
-                .map(|t| (spec.name.as_str(), t))
-                .with_context(|| format!("no value for parameter {}", spec.name))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    super::weights::save(&dir.join(WEIGHTS_FILE), &tensors)
+    let entries: Vec<(&str, &[i64])> = (specs.iter())
+        .map(|s| (s.name.as_str(), s.shape.as_slice()))
+        .collect();
+    super::weights::save_streamed(&dir.join(WEIGHTS_FILE), &entries, &|i| value(&specs[i]))
 }
 
 #[cfg(test)]

@@ -296,24 +296,36 @@ pub fn merge(
     mut weights: BTreeMap<String, HostTensor>,
     fan_in_fan_out: bool,
 ) -> Result<BTreeMap<String, HostTensor>> {
-    let scaling = lora.scaling() as f32;
     let mut out = BTreeMap::new();
     for spec in base_specs {
         let w = weights
             .remove(&spec.name)
             .with_context(|| format!("no value for {}", spec.name))?;
-        let module = spec.name.strip_suffix(".weight");
-        let a = module.and_then(|m| weights.get(&format!("{m}.lora_A.weight")));
-        let b = module.and_then(|m| weights.get(&format!("{m}.lora_B.weight")));
-        let merged = match (a, b) {
-            (Some(a), Some(b)) => merged_weight(&w, a, b, scaling, fan_in_fan_out)
-                .with_context(|| format!("merging the LoRA update of {}", spec.name))?,
-            (None, None) => w,
-            _ => bail!("{} has only one of its two LoRA matrices", spec.name),
-        };
+        let merged = merge_one(lora, &spec.name, w, &weights, fan_in_fan_out)?;
         out.insert(spec.name.clone(), merged);
     }
     Ok(out)
+}
+
+/// The base weight `name` (value `w`) with its module's LoRA update merged in when
+/// `lora_weights` holds the module's two matrices, else `w` as it is: [`merge`] one tensor at
+/// a time, for writers that hold one tensor of the model at once.
+pub fn merge_one(
+    lora: &LoraParams,
+    name: &str,
+    w: HostTensor,
+    lora_weights: &BTreeMap<String, HostTensor>,
+    fan_in_fan_out: bool,
+) -> Result<HostTensor> {
+    let module = name.strip_suffix(".weight");
+    let a = module.and_then(|m| lora_weights.get(&format!("{m}.lora_A.weight")));
+    let b = module.and_then(|m| lora_weights.get(&format!("{m}.lora_B.weight")));
+    match (a, b) {
+        (Some(a), Some(b)) => merged_weight(&w, a, b, lora.scaling() as f32, fan_in_fan_out)
+            .with_context(|| format!("merging the LoRA update of {name}")),
+        (None, None) => Ok(w),
+        _ => bail!("{name} has only one of its two LoRA matrices"),
+    }
 }
 
 /// `w + scaling · b a` for `w` `[out, in]`, `a` `[r, in]`, `b` `[out, r]`; with

@@ -4,6 +4,7 @@
 //! own `f32` buffer, and `bfloat16`/`float16` tensors are converted exactly on the way.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -187,6 +188,80 @@ pub fn save_views(path: &Path, tensors: &[(&str, &[i64], &[f32])]) -> Result<()>
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
+/// [`save`] with each tensor made only when it is written: `value(i)` gives `entries[i]`
+/// (name, shape), so writing a model holds one of its tensors at a time. The first error of
+/// `value` fails the save (the file is then incomplete; it is the caller's output).
+pub fn save_streamed(
+    path: &Path,
+    entries: &[(&str, &[i64])],
+    value: &dyn Fn(usize) -> Result<HostTensor>,
+) -> Result<()> {
+    let failure = RefCell::new(None);
+    let views = entries.iter().enumerate().map(|(index, &(name, shape))| {
+        let view = LazyView {
+            name,
+            index,
+            shape: shape.iter().map(|&d| d as usize).collect(),
+            value,
+            failure: &failure,
+        };
+        (name, view)
+    });
+    let metadata = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+    let written = safetensors::serialize_to_file(views, Some(metadata), path)
+        .with_context(|| format!("cannot write {}", path.display()));
+    if let Some(e) = failure.into_inner() {
+        return Err(e);
+    }
+    written
+}
+
+/// An f32 tensor for safetensors made when its bytes are asked for; a failure is kept in
+/// `failure` (the bytes are then zeros) for [`save_streamed`] to return.
+struct LazyView<'a> {
+    name: &'a str,
+    index: usize,
+    shape: Vec<usize>,
+    value: &'a dyn Fn(usize) -> Result<HostTensor>,
+    failure: &'a RefCell<Option<anyhow::Error>>,
+}
+
+impl View for LazyView<'_> {
+    fn dtype(&self) -> Dtype {
+        Dtype::F32
+    }
+
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    fn data(&self) -> Cow<'_, [u8]> {
+        let made = (self.value)(self.index).and_then(|t| match t.as_f32() {
+            Some(v) if v.len() * 4 == self.data_len() => {
+                Ok(v.iter().flat_map(|x| x.to_le_bytes()).collect())
+            }
+            _ => bail!(
+                "a {} tensor of shape {:?} where f32 {:?} was declared",
+                t.dtype(),
+                t.shape(),
+                self.shape
+            ),
+        });
+        match made {
+            Ok(bytes) => Cow::Owned(bytes),
+            Err(e) => {
+                let e = e.context(format!("writing {}", self.name));
+                self.failure.borrow_mut().get_or_insert(e);
+                Cow::Owned(vec![0; self.data_len()])
+            }
+        }
+    }
+
+    fn data_len(&self) -> usize {
+        self.shape.iter().product::<usize>() * 4
+    }
+}
+
 /// An f32 tensor for safetensors, turned into little-endian bytes when asked.
 struct F32View<'a> {
     shape: Vec<usize>,
@@ -208,5 +283,41 @@ impl View for F32View<'_> {
 
     fn data_len(&self) -> usize {
         self.values.len() * 4
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_streamed_save_writes_each_tensor_and_fails_on_the_first_bad_one() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let path = dir.path().join("m.safetensors");
+        let entries: Vec<(&str, &[i64])> = vec![("a", &[2]), ("b", &[1, 3])];
+        let value = |i: usize| Ok(HostTensor::f32(entries[i].1, vec![i as f32 + 0.5; 2 + i])?);
+        save_streamed(&path, &entries, &value).expect("saved");
+        let back = load_all(&path).expect("read back");
+        assert_eq!(back["a"].as_f32(), Some(&[0.5, 0.5][..]));
+        assert_eq!(back["b"].as_f32(), Some(&[1.5, 1.5, 1.5][..]));
+
+        let failing = |i: usize| match i {
+            0 => Ok(HostTensor::f32(&[2], vec![0.0; 2])?),
+            _ => bail!("no weights left"),
+        };
+        let err = format!(
+            "{:#}",
+            save_streamed(&path, &entries, &failing).unwrap_err()
+        );
+        assert!(
+            err.contains("writing b") && err.contains("no weights left"),
+            "{err}"
+        );
+        let wrong_shape = |_: usize| Ok(HostTensor::f32(&[1], vec![0.0])?);
+        let err = format!(
+            "{:#}",
+            save_streamed(&path, &entries, &wrong_shape).unwrap_err()
+        );
+        assert!(err.contains("writing a") && err.contains("[1]"), "{err}");
     }
 }

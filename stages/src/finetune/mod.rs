@@ -251,7 +251,7 @@ impl Stage for Finetune {
         let finished = training.run(&train, ctx.reporter)?;
 
         let model_dir = ctx.out_dir.join("model");
-        let (base_specs, weights) = match &params.lora {
+        let (base_specs, merging) = match &params.lora {
             Some(lora_params) => {
                 let head = start.config.head_params();
                 let head: Vec<&str> = head.iter().map(String::as_str).collect();
@@ -272,19 +272,26 @@ impl Stage for Finetune {
                     .filter(|s| !lora::is_lora(&s.name))
                     .cloned()
                     .collect();
-                let fan_in_fan_out = start.config.lora_fan_in_fan_out();
-                let merged = lora::merge(lora_params, &base, finished.weights, fan_in_fan_out)?;
-                (base, merged)
+                (base, Some(lora_params))
             }
-            None => (specs.clone(), finished.weights),
+            None => (specs.clone(), None),
         };
-        hf_folder::write(
+        // Tensor by tensor, each merged with its LoRA update: the model is never whole twice.
+        let fan_in_fan_out = start.config.lora_fan_in_fan_out();
+        let value = |spec: &ParamSpec| {
+            let w = finished.weight(spec, &start, params.model.seed)?;
+            match merging {
+                Some(l) => lora::merge_one(l, &spec.name, w, &finished.weights, fan_in_fan_out),
+                None => Ok(w),
+            }
+        };
+        hf_folder::write_with(
             &model_dir,
             &start.config,
             &labels,
             problem,
             &base_specs,
-            &weights,
+            &value,
         )?;
         fs_err::copy(tokenizer_path, model_dir.join("tokenizer.json"))?;
         write_json(&model_dir.join("labels.json"), &labels)?;

@@ -53,15 +53,18 @@ pub struct Training<'a> {
     scratch: &'a Path,
     options: StepOptions,
     selection: Option<Selection>,
-    start: &'a StartingModel,
     quantized: Vec<QuantizedWeight>,
     frozen_bytes: usize,
 }
 
 /// How a finished run went.
 pub struct Finished {
-    /// Every parameter (trained and frozen; LoRA matrices unmerged), by name.
+    /// Every parameter (trained and frozen; LoRA matrices unmerged) but the frozen ones
+    /// training held quantized, by name; [`Finished::weight`] gives each.
     pub weights: BTreeMap<String, HostTensor>,
+    /// The frozen weights training held quantized, read again from the starting model when
+    /// asked for: the saved model is the original weights plus what training changed.
+    pub unchanged: Vec<String>,
     /// Steps taken (including those before a resume).
     pub steps: u64,
     /// The last validation result, when there is a validation split.
@@ -79,13 +82,29 @@ pub struct Finished {
     pub device_memory: Option<MemoryStats>,
 }
 
+impl Finished {
+    /// The value of parameter `spec` after training: from [`Finished::weights`], or read
+    /// from `start` for the [`Finished::unchanged`] ones (one tensor, not the model).
+    pub fn weight(&self, spec: &ParamSpec, start: &StartingModel, seed: u64) -> Result<HostTensor> {
+        if let Some(w) = self.weights.get(&spec.name) {
+            return Ok(w.clone());
+        }
+        if !self.unchanged.contains(&spec.name) {
+            bail!("no value for parameter {}", spec.name);
+        }
+        let mut read = start.weights(std::slice::from_ref(spec), seed)?;
+        read.remove(&spec.name)
+            .with_context(|| format!("the starting model has no {}", spec.name))
+    }
+}
+
 impl<'a> Training<'a> {
     /// Compiles the step graph (forward, loss with `options`, gradients, AdamW) of the
     /// starting model and loads its weights; `validation`, when given, gets a forward-only
     /// graph of its own (no dropout, the plain loss).
     pub fn new(
         params: &'a Params,
-        start: &'a StartingModel,
+        start: &StartingModel,
         problem: ProblemType,
         validation: Option<&'a TokenTable>,
         scratch: &'a Path,
@@ -147,7 +166,6 @@ impl<'a> Training<'a> {
             selection: params
                 .select_best
                 .map(|metric| Selection::new(metric, params.early_stopping_patience)),
-            start,
             quantized: step.quantized,
             frozen_bytes,
         })
@@ -279,8 +297,9 @@ impl<'a> Training<'a> {
             Some(best) => best,
             None => self.trainer.params()?,
         };
-        weights.extend(self.frozen_weights()?);
+        weights.extend(self.frozen_weights());
         Ok(Finished {
+            unchanged: self.quantized.iter().map(|q| q.name.clone()).collect(),
             state_on_device: self.trainer.state_on_device(),
             // Statistics for the metrics only: a trained model is not lost for want of them.
             device_memory: self.device_memory().unwrap_or(None),
@@ -293,27 +312,17 @@ impl<'a> Training<'a> {
         })
     }
 
-    /// The frozen weights in f32, handed over by the trainer (which can run no step after);
-    /// those it held quantized are read again from the starting model, so the saved model
-    /// is the original weights plus what training changed.
-    fn frozen_weights(&mut self) -> Result<BTreeMap<String, HostTensor>> {
+    /// The frozen weights the trainer held in f32, handed over (it can run no step after);
+    /// those it held quantized are left out: [`Finished::weight`] reads them again.
+    fn frozen_weights(&mut self) -> BTreeMap<String, HostTensor> {
         let mut frozen: BTreeMap<String, HostTensor> =
             self.trainer.take_frozen().into_iter().collect();
-        if self.quantized.is_empty() {
-            return Ok(frozen);
-        }
         for q in &self.quantized {
             for name in [q.values_name(), q.transposed_name(), q.scales_name()] {
                 frozen.remove(&name);
             }
         }
-        let names: Vec<&str> = self.quantized.iter().map(|q| q.name.as_str()).collect();
-        let specs: Vec<ParamSpec> = (self.specs.iter())
-            .filter(|s| names.contains(&s.name.as_str()))
-            .cloned()
-            .collect();
-        frozen.extend(self.start.weights(&specs, self.params.model.seed)?);
-        Ok(frozen)
+        frozen
     }
 
     /// The optimizer step after `step` completed ones, on `rows` (of `train`): their
