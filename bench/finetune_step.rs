@@ -33,6 +33,7 @@ use pipe_onnx::{
 };
 use pipe_stages::finetune::{
     FreezeEntry, StepGraph, StepOptions, Trained, distinct_tokens, peak_memory_bytes,
+    release_large_frees,
 };
 use serde_json::json;
 
@@ -59,6 +60,7 @@ fn arg(args: &[String], flag: &str, default: usize) -> anyhow::Result<usize> {
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    release_large_frees(); // as the finetune stage does
     let name = args.first().map(String::as_str).unwrap_or("tiny");
     // GPT-Neo's published shapes: hidden size, heads, layers (global and local alternating).
     let neo = |hidden_size: usize, num_heads: usize, num_layers: usize| GptNeoConfig {

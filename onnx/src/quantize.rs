@@ -16,6 +16,8 @@
 //!   `MatMulNBits` in f32 arithmetic; the input gradient multiplies `dY` by the weights
 //!   dequantized for that one product. Half a byte per weight plus a scale per block.
 
+use std::borrow::Cow;
+
 use crate::{Error, HostTensor, Result};
 
 /// Weights per 4-bit block (each block has its own scale).
@@ -95,8 +97,8 @@ impl QuantizedWeight {
                 ))
             })?;
         let out_in = match self.layout {
-            WeightLayout::OutIn => values.to_vec(),
-            WeightLayout::InOut => transpose(values, self.k, self.n),
+            WeightLayout::OutIn => Cow::Borrowed(values),
+            WeightLayout::InOut => Cow::Owned(transpose(values, self.k, self.n)),
         };
         let (n, k) = (self.n as i64, self.k as i64);
         Ok(match self.dtype {

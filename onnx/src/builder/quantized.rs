@@ -35,8 +35,9 @@ impl Graph {
         Ok(self.push_microsoft(OP, &[a, b, b_scale], vec![], shape))
     }
 
-    /// The f32 weight `[N, K]` that `MatMulNBits`' `packed` and `scales` stand for, in standard
-    /// operators: nibbles unpacked low first, `(q - 8) · scale` per block, the padding cut.
+    /// The f32 weight `[N, K]` that `MatMulNBits`' `packed` and `scales` stand for, made by
+    /// ONNX Runtime's `GatherBlockQuantized` gathering every row (one node, one f32 output;
+    /// the same nibbles, zero point 8 and scales), the padding of a last block cut.
     ///
     /// Made only once `after` exists: the scales are multiplied by 1 computed from `after`'s
     /// size. Without that tie ONNX Runtime may run the dequantization (which reads only graph
@@ -53,34 +54,24 @@ impl Graph {
         let size = self.size(after)?;
         let size = self.cast(size, DType::F32)?;
         let one = self.sign(size)?;
-        let scales = self.mul(scales, one)?;
         let blocks = k.div_ceil(INT4_BLOCK);
-        let mask = self.scalar(DType::U8, 15.0);
-        let four = self.scalar(DType::U8, 4.0);
-        let low = self.push1(
-            "BitwiseAnd",
-            &[packed, mask],
-            vec![],
-            DType::U8,
-            self.shape(packed).to_vec(),
+        let scales = self.reshape(scales, &[Dim::from(n), Dim::from(blocks)])?;
+        let scales = self.mul(scales, one)?;
+        let rows = self.reshape(packed, &[Dim::from(n), Dim::from(blocks * INT4_BLOCK / 2)])?;
+        let all = self.range(&Dim::from(n), DType::I64)?;
+        let attrs = vec![
+            ("gather_axis", Attr::Int(0)),
+            ("quantize_axis", Attr::Int(1)),
+            ("block_size", Attr::Int(INT4_BLOCK as i64)),
+            ("bits", Attr::Int(4)),
+        ];
+        let padded = Dim::from(blocks * INT4_BLOCK);
+        let w = self.push_microsoft(
+            "GatherBlockQuantized",
+            &[rows, all, scales],
+            attrs,
+            vec![Dim::from(n), padded],
         );
-        let high = self.push1(
-            "BitShift",
-            &[packed, four],
-            vec![("direction", Attr::String("RIGHT".into()))],
-            DType::U8,
-            self.shape(packed).to_vec(),
-        );
-        let low = self.unsqueeze(low, &[-1])?;
-        let high = self.unsqueeze(high, &[-1])?;
-        let pairs = self.concat(&[low, high], -1)?; // [N, blocks, 16, 2]
-        let q = self.cast(pairs, DType::F32)?;
-        let q = self.reshape(q, &[Dim::from(n), Dim::from(blocks), Dim::from(INT4_BLOCK)])?;
-        let eight = self.scalar(DType::F32, 8.0);
-        let centred = self.sub(q, eight)?;
-        let scales = self.reshape(scales, &[Dim::from(n), Dim::from(blocks), Dim::Fixed(1)])?;
-        let w = self.mul(centred, scales)?;
-        let w = self.reshape(w, &[Dim::from(n), Dim::from(blocks * INT4_BLOCK)])?;
         if blocks * INT4_BLOCK == k {
             return Ok(w);
         }
