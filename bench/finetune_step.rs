@@ -27,10 +27,8 @@ use std::collections::BTreeMap;
 
 use pipe_models::gpt_neo::{AttentionKind, GptNeoConfig, ProblemType};
 use pipe_models::lora::{LoraParams, LoraTarget};
-use pipe_models::{ParamSpec, Xoshiro256, init_params_with, weights};
-use pipe_onnx::{
-    AdamW, Device, FrozenDType, HostTensor, QuantizedWeight, Session, SessionOptions, step_trainer,
-};
+use pipe_models::{Xoshiro256, init_params_with, weights};
+use pipe_onnx::{AdamW, Device, FrozenDType, HostTensor, Session, SessionOptions, step_trainer};
 use pipe_stages::finetune::{
     FreezeEntry, StepGraph, StepOptions, Trained, distinct_tokens, peak_memory_bytes,
     release_large_frees,
@@ -162,13 +160,7 @@ fn main() -> anyhow::Result<()> {
     let session = Session::from_model(&step.model, &opts)?;
     let init_began = Instant::now();
     // Frozen weights quantized as they are made, as the stage does when it loads them.
-    let quantized: BTreeMap<&str, &QuantizedWeight> = (step.quantized.iter())
-        .map(|q| (q.name.as_str(), q))
-        .collect();
-    let transform = |spec: &ParamSpec, t: HostTensor| match quantized.get(spec.name.as_str()) {
-        Some(q) => Ok(q.quantize(&t)?),
-        None => weights::keep(spec, t),
-    };
+    let transform = weights::quantizing(&step.quantized);
     let params = init_params_with(&step.specs, 0, &transform)?;
     let init_s = init_began.elapsed().as_secs_f64();
     let (trained, frozen): (BTreeMap<_, _>, BTreeMap<_, _>) = params

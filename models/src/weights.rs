@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use pipe_onnx::HostTensor;
+use pipe_onnx::{HostTensor, QuantizedWeight};
 use safetensors::Dtype;
 use safetensors::tensor::View;
 
@@ -38,6 +38,19 @@ pub type Transform<'a> =
 /// The [`Transform`] that keeps every tensor as it is, under its spec's name.
 pub fn keep(spec: &ParamSpec, t: HostTensor) -> Result<Vec<(String, HostTensor)>> {
     Ok(vec![(spec.name.clone(), t)])
+}
+
+/// The [`Transform`] that turns each weight named in `quantized` into its quantized inputs
+/// ([`QuantizedWeight::quantize`]) and keeps the rest.
+pub fn quantizing(
+    quantized: &[QuantizedWeight],
+) -> impl Fn(&ParamSpec, HostTensor) -> Result<Vec<(String, HostTensor)>> + Sync + '_ {
+    let by_name: BTreeMap<&str, &QuantizedWeight> =
+        quantized.iter().map(|q| (q.name.as_str(), q)).collect();
+    move |spec, t| match by_name.get(spec.name.as_str()) {
+        Some(q) => Ok(q.quantize(&t)?),
+        None => keep(spec, t),
+    }
 }
 
 /// [`load`], each tensor through `transform` as it is read.

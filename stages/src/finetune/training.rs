@@ -121,15 +121,12 @@ impl<'a> Training<'a> {
         // Parameters with a gradient go to the flat state; the rest (the base model under
         // LoRA, the `freeze` entries) are bound read-only.
         // Frozen weights the graph reads quantized become their inputs as they are read.
-        let quantized: BTreeMap<&str, &QuantizedWeight> = (step.quantized.iter())
-            .map(|q| (q.name.as_str(), q))
-            .collect();
-        let transform = |spec: &ParamSpec, t: HostTensor| match quantized.get(spec.name.as_str()) {
-            Some(q) => Ok(q.quantize(&t)?),
-            None => weights::keep(spec, t),
-        };
         let (weights, frozen): (BTreeMap<_, _>, BTreeMap<_, _>) = start
-            .weights_with(&step.specs, params.model.seed, &transform)?
+            .weights_with(
+                &step.specs,
+                params.model.seed,
+                &weights::quantizing(&step.quantized),
+            )?
             .into_iter()
             .partition(|(name, _)| step.signature.layout.entry(name).is_some());
         let frozen_bytes = frozen
