@@ -94,6 +94,10 @@ pub enum Reply {
         /// [`crate::Stage::run`]), so the submitting side names its manifest line.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         setting: Option<ParamError>,
+        /// Whether it failed on its input ([`crate::BadInput`]), which the submitting side
+        /// marks again.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        bad_input: bool,
         /// The notes it wrote before failing, in order.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         notes: Vec<String>,
@@ -269,6 +273,7 @@ pub fn serve(registry: &Registry, dir: &Path) -> anyhow::Result<bool> {
         Err(error) => (
             Reply::Failed {
                 setting: error.downcast_ref::<ParamError>().cloned(),
+                bad_input: crate::BadInput::is_in(&error),
                 error: format!("{error:#}"),
                 notes,
             },
