@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, mpsc};
 
+use crate::BadInput;
 use crate::executor::Executor;
 use crate::executor::local::Local;
 use crate::hash::StatCache;
@@ -18,7 +19,6 @@ use crate::remote_cache::{RemoteCache, RemoteLink};
 use crate::run_report::{RunReport, StageReport, Status};
 use crate::store::OutputEntry;
 use crate::store::Store;
-use crate::BadInput;
 
 /// Which stages `--force` reruns.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -72,7 +72,10 @@ fn a_truncated_shard_exits_2_naming_the_shard() {
     let p = project(|base| {
         let shard = base.join("model-00002-of-00002.safetensors");
         let len = std::fs::metadata(&shard).unwrap().len();
-        let file = std::fs::OpenOptions::new().write(true).open(&shard).unwrap();
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&shard)
+            .unwrap();
         file.set_len(len - 100).unwrap();
     });
     let error = refused(&p);

@@ -130,7 +130,9 @@ impl Model {
                     Some(out) => out,
                     None => data.insert(ExternalDataWriter::create(path, data_name)?),
                 };
-                *t = out.append_bytes(dtype, &t.dims, &raw)?.to_proto(t.name.take());
+                *t = out
+                    .append_bytes(dtype, &t.dims, &raw)?
+                    .to_proto(t.name.take());
             }
             if let Some(data) = data {
                 data.finish()?;

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::process::Command;
 
 use pipe_onnx::{
-    AdamW, DType, Dim, ExternalDataWriter, Graph, HostTensor, Model, Result, Session, SessionOptions, Tensor,
-    TensorData, TrainParam,
+    AdamW, DType, Dim, ExternalDataWriter, Graph, HostTensor, Model, Result, Session,
+    SessionOptions, Tensor, TensorData, TrainParam,
 };
 
 use crate::util::{In, Rng, check_grad, fixed, run, session};
@@ -337,7 +337,10 @@ fn inputs_frozen_into_streamed_external_data_write_the_bytes_save_writes() {
         }
     }
     data.finish().unwrap();
-    g.build().unwrap().write(&streamed, "unused.data", None).unwrap();
+    g.build()
+        .unwrap()
+        .write(&streamed, "unused.data", None)
+        .unwrap();
     assert!(!dir.path().join("unused.data").exists());
 
     // Saved whole: the same graph with its weights inline, split out by `save`.
@@ -352,14 +355,23 @@ fn inputs_frozen_into_streamed_external_data_write_the_bytes_save_writes() {
     let saved = dir.path().join("saved").join("streamed.onnx");
     std::fs::create_dir(saved.parent().unwrap()).unwrap();
     let whole = g.build().unwrap();
-    whole.save_with_data_file(&saved, "weights.data", Some(64)).unwrap();
+    whole
+        .save_with_data_file(&saved, "weights.data", Some(64))
+        .unwrap();
 
     for name in ["streamed.onnx", "weights.data"] {
         let a = std::fs::read(dir.path().join(name)).unwrap();
         let b = std::fs::read(saved.with_file_name(name)).unwrap();
-        assert!(a == b, "{name}: {} bytes streamed, {} saved", a.len(), b.len());
+        assert!(
+            a == b,
+            "{name}: {} bytes streamed, {} saved",
+            a.len(),
+            b.len()
+        );
     }
-    let data_len = std::fs::metadata(dir.path().join("weights.data")).unwrap().len();
+    let data_len = std::fs::metadata(dir.path().join("weights.data"))
+        .unwrap()
+        .len();
     assert!(data_len > 4096, "{data_len}: more than one aligned tensor");
     let (ids, lengths) = batch(2, 5, 11);
     let feeds = [("input_ids", &ids), ("lengths", &lengths)];

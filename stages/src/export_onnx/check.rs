@@ -7,8 +7,8 @@ use anyhow::{Context, Result, bail};
 use pipe_onnx::{HostTensor, Session, SessionOptions};
 
 use super::graph::reference_model;
-use pipe_models::{Architecture, ParamSpec, Xoshiro256, weights};
 use pipe_models::bundle::{INPUTS, OUTPUTS, TOKEN_TYPE_IDS};
+use pipe_models::{Architecture, ParamSpec, Xoshiro256, weights};
 
 /// The largest difference allowed between the two graphs' logits.
 pub(crate) const TOLERANCE: f32 = 1e-5;

@@ -14,7 +14,7 @@ use pipe_models::layers::Tokens;
 use pipe_models::{Architecture, ParamSpec, weights};
 
 /// Under external data, tensors up to this size stay inside `model.onnx`.
-pub(crate) const INLINE_TENSOR_BYTES: usize = 1024;
+const INLINE_TENSOR_BYTES: usize = 1024;
 
 /// The parameters of `cfg`'s classifier, in declaration order.
 pub(crate) fn param_specs(cfg: &dyn Architecture) -> Result<Vec<ParamSpec>> {
