@@ -145,3 +145,15 @@ fn a_sound_checkpoint_trains_and_the_report_says_nothing_of_bad_input() {
     assert_eq!(status_of(&report, "finetune"), "ran");
     assert!(report.get("bad_input").is_none(), "{report}");
 }
+
+#[test]
+fn a_bad_checkpoint_beside_another_failure_exits_1() {
+    let p = project(|base| {
+        std::fs::remove_file(base.join("model-00001-of-00002.safetensors")).unwrap();
+    });
+    p.file("ckpt.yaml", &format!("{MANIFEST}  broken:\n    run: exit 3\n"));
+    let report: Value = p.run_json("ckpt.yaml", 1);
+    assert_eq!(status_of(&report, "finetune"), "failed");
+    assert_eq!(status_of(&report, "broken"), "failed");
+    assert!(report.get("bad_input").is_none(), "{report}");
+}
