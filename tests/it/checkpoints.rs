@@ -151,7 +151,10 @@ fn a_bad_checkpoint_beside_another_failure_exits_1() {
     let p = project(|base| {
         std::fs::remove_file(base.join("model-00001-of-00002.safetensors")).unwrap();
     });
-    p.file("ckpt.yaml", &format!("{MANIFEST}  broken:\n    run: exit 3\n"));
+    p.file(
+        "ckpt.yaml",
+        &format!("{MANIFEST}  broken:\n    run: exit 3\n"),
+    );
     let report: Value = p.run_json("ckpt.yaml", 1);
     assert_eq!(status_of(&report, "finetune"), "failed");
     assert_eq!(status_of(&report, "broken"), "failed");

@@ -322,6 +322,10 @@ mod tests {
             if text.contains('!') {
                 return Err(ParamError::new(&["text"], "no shouting").into());
             }
+            if text.contains('?') {
+                let error = anyhow::anyhow!("cannot read the question");
+                return Err(crate::BadInput(error.context("in the request")).into());
+            }
             let input = ctx.only_input()?.output("words")?;
             let words = files::read_to_string(input)?;
             files::write(
@@ -407,15 +411,33 @@ mod tests {
             Some(Reply::Failed {
                 error,
                 setting,
+                bad_input,
                 notes,
             }) => {
                 assert_eq!(error, "nothing to say");
                 assert!(setting.is_none());
+                assert!(!bad_input);
                 assert_eq!(
                     notes,
                     ["clearing my throat"],
                     "notes before a failure travel too"
                 );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_input_comes_back_marked_with_its_causes() {
+        let dir = tempfile::tempdir().unwrap();
+        request(dir.path(), "what?", 2);
+        assert!(!serve(&registry(), dir.path()).unwrap());
+        match read_reply(dir.path()).unwrap() {
+            Some(Reply::Failed {
+                error, bad_input, ..
+            }) => {
+                assert_eq!(error, "in the request: cannot read the question");
+                assert!(bad_input);
             }
             other => panic!("{other:?}"),
         }

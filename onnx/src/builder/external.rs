@@ -18,9 +18,6 @@ use crate::{Error, Result};
 /// The alignment of each tensor in the data file: a page, so ONNX Runtime can map it.
 const ALIGNMENT: u64 = 4096;
 
-/// Values converted to little-endian bytes at a time by [`ExternalDataWriter::append_f32`].
-const F32_CHUNK: usize = 1 << 16;
-
 /// Where one initializer's bytes lie in an external data file.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ExternalTensor {
@@ -100,19 +97,34 @@ impl ExternalDataWriter {
         Ok(tensor)
     }
 
-    /// Appends the float32 tensor `values` of `dims`, converted to bytes a chunk at a time (no
-    /// byte copy of the whole tensor).
+    /// Appends the float32 tensor `values` of `dims`, written from the values' own memory (no
+    /// byte copy of the tensor).
     pub fn append_f32(&mut self, dims: &[i64], values: &[f32]) -> Result<ExternalTensor> {
         let length = std::mem::size_of_val(values);
         check_size(DType::F32, dims, length)?;
         let tensor = self.start(DType::F32, dims, length)?;
-        let mut bytes = Vec::with_capacity(F32_CHUNK.min(values.len()) * 4);
-        for chunk in values.chunks(F32_CHUNK) {
-            bytes.clear();
-            bytes.extend(chunk.iter().flat_map(|v| v.to_le_bytes()));
+        self.write_f32(values)?;
+        Ok(tensor)
+    }
+
+    #[cfg(target_endian = "little")]
+    fn write_f32(&mut self, values: &[f32]) -> Result<()> {
+        // SAFETY: the byte slice covers exactly the memory of `values` (4 bytes each, no
+        // padding; any byte is a valid u8) and lives as long as the borrow of `values`; on a
+        // little-endian target that memory is the values' little-endian encoding.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(values.as_ptr().cast::<u8>(), std::mem::size_of_val(values))
+        };
+        self.write(bytes)
+    }
+
+    #[cfg(not(target_endian = "little"))]
+    fn write_f32(&mut self, values: &[f32]) -> Result<()> {
+        for chunk in values.chunks(1 << 16) {
+            let bytes: Vec<u8> = chunk.iter().flat_map(|v| v.to_le_bytes()).collect();
             self.write(&bytes)?;
         }
-        Ok(tensor)
+        Ok(())
     }
 
     /// Flushes the file.
