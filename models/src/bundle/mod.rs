@@ -280,7 +280,7 @@ fn batches(lengths: &[usize], rows: usize, tokens: usize) -> Vec<std::ops::Range
 
 /// BLAKE3 (hex) over the files of the bundle folder `dir` that decide its answers:
 /// `model.onnx`, `model.onnx.data` when present, `tokenizer.json` and `labels.json`, each
-/// preceded by its name and length.
+/// preceded by its name and length. Each file is hashed as it is read, never held whole.
 pub fn content_key(dir: &Path) -> Result<String> {
     let mut hasher = blake3::Hasher::new();
     for name in [MODEL_FILE, DATA_FILE, TOKENIZER_FILE, LABELS_FILE] {
@@ -288,11 +288,15 @@ pub fn content_key(dir: &Path) -> Result<String> {
         if name == DATA_FILE && !path.exists() {
             continue;
         }
-        let bytes =
-            fs_err::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let cannot_read = || format!("cannot read {}", path.display());
+        let mut file = fs_err::File::open(&path).with_context(cannot_read)?;
+        let length = file.metadata().with_context(cannot_read)?.len();
         hasher.update(name.as_bytes());
-        hasher.update(&(bytes.len() as u64).to_le_bytes());
-        hasher.update(&bytes);
+        hasher.update(&length.to_le_bytes());
+        let read = std::io::copy(&mut file, &mut hasher).with_context(cannot_read)?;
+        if read != length {
+            bail!("{} changed while it was read", path.display());
+        }
     }
     Ok(hasher.finalize().to_hex().to_string())
 }
