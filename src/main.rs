@@ -19,6 +19,9 @@ pub enum Verdict {
     Success,
     /// A stage or check failed (exit 1).
     Failure,
+    /// Stages failed, each on its input ([`pipe_engine::BadInput`]: a truncated checkpoint,
+    /// a tensor of the wrong shape): exit 2, as for a bad manifest.
+    BadInput,
 }
 
 fn main() -> ExitCode {
@@ -61,6 +64,7 @@ fn main() -> ExitCode {
     match result {
         Ok(Verdict::Success) => ExitCode::SUCCESS,
         Ok(Verdict::Failure) => ExitCode::from(1),
+        Ok(Verdict::BadInput) => ExitCode::from(2),
         Err(error) => {
             if output::is_broken_pipe(&error) {
                 // `pipe dag | head`: the reader left; that is not an error.

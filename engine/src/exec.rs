@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, mpsc};
 
+use crate::BadInput;
 use crate::executor::Executor;
 use crate::executor::local::Local;
 use crate::hash::StatCache;
@@ -128,15 +129,18 @@ pub fn run(
             RunReport::print_stage(printer, &report, name_width);
         }
     });
+    let stages: Vec<StageReport> = results
+        .iter()
+        .map(|(id, r)| stage_report(pipeline, executor, *id, r))
+        .collect();
+    let failed = || stages.iter().filter(|s| s.status == Status::Failed);
     let report = RunReport {
         pipeline: pipeline.manifest.name.clone(),
         ok: results
             .iter()
             .all(|(_, r)| !matches!(r.status(), Status::Failed | Status::Skipped)),
-        stages: results
-            .iter()
-            .map(|(id, r)| stage_report(pipeline, executor, *id, r))
-            .collect(),
+        bad_input: failed().next().is_some() && failed().all(|s| s.bad_input),
+        stages,
     };
     if !options.dry_run {
         // A no-op run leaves the lockfile as it was: no need to render it again.
@@ -221,6 +225,7 @@ fn stage_report(
             }
     );
     let job = executed.then(|| executor.job(&stage.name)).flatten();
+    let bad_input = matches!(result, JobResult::Failed { error, .. } if BadInput::is_in(error));
     let (key, seconds, reason, headline, error) = match result {
         JobResult::Ran(done) | JobResult::Cached(done) => (
             Some(done.key),
@@ -261,6 +266,7 @@ fn stage_report(
         reason,
         headline,
         error,
+        bad_input,
         executor: executed.then(|| executor.name().to_string()),
         job_id: job.as_ref().map(|j| j.id.clone()),
         job_state: job.map(|j| j.state),

@@ -74,6 +74,21 @@ pub use store::{StageRecord, Store, StoreBusy};
 #[error("{0}")]
 pub struct UsageError(pub String);
 
+/// A stage's input that cannot be used as it is (a truncated checkpoint, an index naming a
+/// missing shard, a tensor of the wrong shape or type): the stage fails like any other, and
+/// `pipe run` exits 2 (bad input) rather than 1 when every failure of the run is one
+/// ([`RunReport::bad_input`]). The wrapped error's message and causes show unchanged.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct BadInput(pub anyhow::Error);
+
+impl BadInput {
+    /// Whether `error` is, or was caused by, a [`BadInput`].
+    pub fn is_in(error: &anyhow::Error) -> bool {
+        error.chain().any(|cause| cause.is::<BadInput>())
+    }
+}
+
 /// The store folder for a manifest folder: `PIPE_STORE` when set, else `.pipe/` beside the manifest.
 pub fn store_dir(manifest_dir: &std::path::Path) -> std::path::PathBuf {
     match std::env::var_os("PIPE_STORE") {

@@ -60,6 +60,10 @@ pub struct StageReport {
     pub headline: Option<String>,
     /// The error, for a failed stage.
     pub error: Option<String>,
+    /// For a failed stage: it failed on its input ([`crate::BadInput`]). Written only when
+    /// true.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub bad_input: bool,
     /// Where it ran, when it ran.
     pub executor: Option<String>,
     /// Its cluster job, when it ran as one.
@@ -77,6 +81,10 @@ pub struct RunReport {
     pub pipeline: String,
     /// True when no stage failed.
     pub ok: bool,
+    /// True when stages failed and each failed on its input ([`crate::BadInput`]): `pipe run`
+    /// exits 2 then, as for a bad manifest. Written only when true.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub bad_input: bool,
     /// Stages in execution order.
     pub stages: Vec<StageReport>,
 }

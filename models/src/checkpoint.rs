@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use memmap2::{Mmap, UncheckedAdvice};
+use pipe_engine::BadInput;
 use safetensors::tensor::{Metadata, TensorInfo};
 use safetensors::{Dtype, SafeTensors};
 use serde::Deserialize;
@@ -75,8 +76,13 @@ pub struct TensorMeta {
 
 impl Checkpoint {
     /// Opens `path`: a safetensors file, or a sharded checkpoint's index (a file ending in
-    /// `.index.json`), whose shards are looked up beside it.
+    /// `.index.json`), whose shards are looked up beside it. Every error is a
+    /// [`BadInput`]: the checkpoint is the user's.
     pub fn open(path: &Path) -> Result<Checkpoint> {
+        Self::open_files(path).map_err(bad_input)
+    }
+
+    fn open_files(path: &Path) -> Result<Checkpoint> {
         let is_index = path
             .file_name()
             .and_then(|n| n.to_str())
@@ -195,11 +201,13 @@ impl Checkpoint {
                 .chunks_exact(2)
                 .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
                 .collect(),
-            other => bail!(
-                "{}: tensor {name} is {other:?}; pipe reads float32, bfloat16 and float16 \
-                 weights (save the model with `model.float().save_pretrained(...)`)",
-                file.path.display()
-            ),
+            other => {
+                return Err(bad_input(anyhow::anyhow!(
+                    "{}: tensor {name} is {other:?}; pipe reads float32, bfloat16 and float16 \
+                     weights (save the model with `model.float().save_pretrained(...)`)",
+                    file.path.display()
+                )));
+            }
         };
         if let Bytes::Mapped(map) = &file.map {
             // SAFETY: the map is a read-only shared mapping of a file, and no slice of this
@@ -217,6 +225,11 @@ impl Checkpoint {
         let file = &self.files[*self.by_name.get(name)?];
         Some((file, file.header.info(name)?))
     }
+}
+
+/// `error` marked as the user's input ([`BadInput`]: `pipe run` exits 2 when it fails a stage).
+pub(crate) fn bad_input(error: anyhow::Error) -> anyhow::Error {
+    BadInput(error).into()
 }
 
 /// The shard files a `model.safetensors.index.json` names, each once, in order; an error when

@@ -15,7 +15,7 @@ use safetensors::tensor::View;
 
 use pipe_onnx::HostData;
 
-use super::checkpoint::Checkpoint;
+use super::checkpoint::{Checkpoint, bad_input};
 use super::{ParamSpec, init_param};
 
 /// Reads `path` (a safetensors file, or a sharded checkpoint's `model.safetensors.index.json`)
@@ -99,6 +99,42 @@ pub fn from_checkpoint(
     seed: u64,
     transform: Transform,
 ) -> Result<BTreeMap<String, HostTensor>> {
+    let mut out = BTreeMap::new();
+    for_each(checkpoint, specs, fresh, seed, |spec, value| {
+        out.extend(transform(spec, value)?);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// [`from_checkpoint`] one tensor at a time: after the same checks, calls `each` with every
+/// spec and its value, in the order of `specs`; a caller that drops each value holds one
+/// tensor of the checkpoint at a time (export streams the weights this way).
+pub fn for_each(
+    checkpoint: &Checkpoint,
+    specs: &[ParamSpec],
+    fresh: &[&str],
+    seed: u64,
+    mut each: impl FnMut(&ParamSpec, HostTensor) -> Result<()>,
+) -> Result<()> {
+    for (spec, stored) in plan(checkpoint, specs, fresh).map_err(bad_input)? {
+        let value = match stored {
+            Some(stored) => HostTensor::f32(&spec.shape, checkpoint.read_f32(stored)?)?,
+            None => init_param(spec, seed),
+        };
+        each(spec, value)?;
+    }
+    Ok(())
+}
+
+/// Each spec with the name its tensor has in `checkpoint`, or `None` for one of `fresh` that
+/// it lacks; an error naming the tensor (and its file) for a missing tensor, a shape or an
+/// element type that does not fit.
+fn plan<'a>(
+    checkpoint: &'a Checkpoint,
+    specs: &'a [ParamSpec],
+    fresh: &[&str],
+) -> Result<Vec<(&'a ParamSpec, Option<&'a str>)>> {
     let base = specs
         .first()
         .and_then(|s| s.name.split_once('.'))
@@ -144,15 +180,7 @@ pub fn from_checkpoint(
         }
         planned.push((spec, Some(stored)));
     }
-    let mut out = BTreeMap::new();
-    for (spec, stored) in planned {
-        let value = match stored {
-            Some(stored) => HostTensor::f32(&spec.shape, checkpoint.read_f32(stored)?)?,
-            None => init_param(spec, seed),
-        };
-        out.extend(transform(spec, value)?);
-    }
-    Ok(out)
+    Ok(planned)
 }
 
 /// Every tensor of the safetensors file `path` (float32, bfloat16 or float16; read as f32),

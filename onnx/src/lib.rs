@@ -71,8 +71,8 @@ pub mod runtime;
 
 pub use autodiff::gradients;
 pub use builder::{
-    DType, Dim, Graph, HOST_KERNELS_DOMAIN, Kernels, MICROSOFT_DOMAIN, Model, Reduction, Tensor,
-    TensorData,
+    DType, Dim, ExternalDataWriter, ExternalTensor, Graph, HOST_KERNELS_DOMAIN, Kernels,
+    MICROSOFT_DOMAIN, Model, Reduction, Tensor, TensorData,
 };
 pub use error::{Error, Result};
 pub use flat::{FlatEntry, FlatLayout, FlatState, GradSignature, build_gradient_step};

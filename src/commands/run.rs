@@ -94,6 +94,8 @@ pub fn exec(args: RunArgs, printer: &Printer) -> anyhow::Result<Verdict> {
     };
     Ok(if report.ok && pushed {
         Verdict::Success
+    } else if report.bad_input {
+        Verdict::BadInput
     } else {
         Verdict::Failure
     })

@@ -4,6 +4,7 @@
 mod architecture;
 mod bundle;
 mod cache;
+mod checkpoints;
 mod cli;
 mod crash;
 mod data;

@@ -94,6 +94,10 @@ pub enum Reply {
         /// [`crate::Stage::run`]), so the submitting side names its manifest line.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         setting: Option<ParamError>,
+        /// Whether it failed on its input ([`crate::BadInput`]), which the submitting side
+        /// marks again.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        bad_input: bool,
         /// The notes it wrote before failing, in order.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         notes: Vec<String>,
@@ -269,6 +273,7 @@ pub fn serve(registry: &Registry, dir: &Path) -> anyhow::Result<bool> {
         Err(error) => (
             Reply::Failed {
                 setting: error.downcast_ref::<ParamError>().cloned(),
+                bad_input: crate::BadInput::is_in(&error),
                 error: format!("{error:#}"),
                 notes,
             },
@@ -316,6 +321,10 @@ mod tests {
             anyhow::ensure!(!text.is_empty(), "nothing to say");
             if text.contains('!') {
                 return Err(ParamError::new(&["text"], "no shouting").into());
+            }
+            if text.contains('?') {
+                let error = anyhow::anyhow!("cannot read the question");
+                return Err(crate::BadInput(error.context("in the request")).into());
             }
             let input = ctx.only_input()?.output("words")?;
             let words = files::read_to_string(input)?;
@@ -402,15 +411,33 @@ mod tests {
             Some(Reply::Failed {
                 error,
                 setting,
+                bad_input,
                 notes,
             }) => {
                 assert_eq!(error, "nothing to say");
                 assert!(setting.is_none());
+                assert!(!bad_input);
                 assert_eq!(
                     notes,
                     ["clearing my throat"],
                     "notes before a failure travel too"
                 );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_input_comes_back_marked_with_its_causes() {
+        let dir = tempfile::tempdir().unwrap();
+        request(dir.path(), "what?", 2);
+        assert!(!serve(&registry(), dir.path()).unwrap());
+        match read_reply(dir.path()).unwrap() {
+            Some(Reply::Failed {
+                error, bad_input, ..
+            }) => {
+                assert_eq!(error, "in the request: cannot read the question");
+                assert!(bad_input);
             }
             other => panic!("{other:?}"),
         }

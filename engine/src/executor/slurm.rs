@@ -234,12 +234,23 @@ impl Executor for Slurm {
                     ..
                 }),
             ) => Err(anyhow::Error::new(setting)),
-            (_, Some(Reply::Failed { error, .. })) => Err(anyhow::anyhow!(
-                "{error}\n(Slurm job {} ended {}, exit code {})",
-                id,
-                state.state,
-                state.exit_code
-            )),
+            (
+                _,
+                Some(Reply::Failed {
+                    error, bad_input, ..
+                }),
+            ) => {
+                let error = anyhow::anyhow!(
+                    "{error}\n(Slurm job {} ended {}, exit code {})",
+                    id,
+                    state.state,
+                    state.exit_code
+                );
+                Err(match bad_input {
+                    true => crate::BadInput(error).into(),
+                    false => error,
+                })
+            }
             (_, _) => Err(anyhow::anyhow!(
                 "Slurm job {} ended {}{} without finishing the stage{}",
                 id,

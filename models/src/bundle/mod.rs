@@ -4,7 +4,7 @@
 //! | file              | what                                                              |
 //! | ----------------- | ----------------------------------------------------------------- |
 //! | `model.onnx`      | the forward graph with its weights as initializers                 |
-//! | `model.onnx.data` | the weights as ONNX external data, only when they pass 2 GB        |
+//! | `model.onnx.data` | the weights as ONNX external data, when they pass 100 MB           |
 //! | `tokenizer.json`  | the Hugging Face tokenizer the model was trained with (truncation included) |
 //! | `labels.json`     | label names in class-index order                                   |
 //! | `bundle.json`     | model shape, labels, problem type, opset, provenance ([`BundleInfo`]) |
@@ -50,6 +50,10 @@ pub const INPUTS: [&str; 2] = ["input_ids", "attention_mask"];
 pub const TOKEN_TYPE_IDS: &str = "token_type_ids";
 /// The graph outputs, in order.
 pub const OUTPUTS: [&str; 2] = ["logits", "probabilities"];
+/// Padded tokens per model run unless [`Bundle::with_batch_tokens`] says otherwise: 32 rows
+/// of 128 tokens. A run's activations grow with its tokens (and its attention with the
+/// square of its longest row), so a budget in tokens, not rows, bounds its memory.
+pub const BATCH_TOKENS: usize = 4096;
 
 /// An opened bundle: its description, tokenizer and an ONNX Runtime session.
 pub struct Bundle {
@@ -57,6 +61,7 @@ pub struct Bundle {
     info: BundleInfo,
     tokenizer: Tokenizer,
     session: Session,
+    batch_tokens: usize,
 }
 
 impl std::fmt::Debug for Bundle {
@@ -118,7 +123,8 @@ impl Predictions {
 }
 
 impl Bundle {
-    /// Opens the bundle folder `dir`, loading `model.onnx` with `options`. Errors name the
+    /// Opens the bundle folder `dir`, loading `model.onnx` with `options` (its external data,
+    /// when it has some, mapped by ONNX Runtime: the weights are held once). Errors name the
     /// file that is missing or invalid.
     pub fn open(dir: &Path, options: &SessionOptions) -> Result<Bundle> {
         if !dir.is_dir() {
@@ -149,7 +155,15 @@ impl Bundle {
             info,
             tokenizer,
             session,
+            batch_tokens: BATCH_TOKENS,
         })
+    }
+
+    /// The same bundle running at most `tokens` padded tokens per model run (rows × the
+    /// longest row's tokens) rather than [`BATCH_TOKENS`]; a row longer than that runs alone.
+    pub fn with_batch_tokens(mut self, tokens: usize) -> Bundle {
+        self.batch_tokens = tokens.max(1);
+        self
     }
 
     /// The bundle folder.
@@ -178,9 +192,10 @@ impl Bundle {
     }
 
     /// Scores `texts`: tokenizes them with the bundle's tokenizer (and its truncation), sorts
-    /// them by length so each batch pads little, pads each batch on the right to its longest
-    /// row, runs the model, and returns the rows in the order of `texts`. `done` is told how
-    /// many rows each batch finished.
+    /// them by length so each batch pads little, cuts batches of at most `batch_size` rows and
+    /// the bundle's token budget ([`Bundle::with_batch_tokens`]), pads each on the right to its
+    /// longest row, runs the model, and returns the rows in the order of `texts`. `done` is
+    /// told how many rows each batch finished.
     pub fn predict_with_progress(
         &mut self,
         texts: &[&str],
@@ -211,7 +226,9 @@ impl Bundle {
             logits: vec![0.0; texts.len() * n],
             probabilities: vec![0.0; texts.len() * n],
         };
-        for rows in order.chunks(batch_size) {
+        let lengths: Vec<usize> = order.iter().map(|&i| ids[i].len()).collect();
+        for cut in batches(&lengths, batch_size, self.batch_tokens) {
+            let rows = &order[cut];
             let batch: Vec<&[u32]> = rows.iter().map(|&i| ids[i]).collect();
             let (input_ids, mask) = pad(&batch)?;
             let mut feeds = vec![(INPUTS[0], &input_ids), (INPUTS[1], &mask)];
@@ -240,9 +257,30 @@ impl Bundle {
     }
 }
 
+/// Consecutive batches over rows of `lengths` (sorted, shortest first): each of at most
+/// `rows` rows and at most `tokens` padded tokens (its row count × its last, longest row), but
+/// never empty, so a row longer than `tokens` runs alone. Where the budget never binds, these
+/// are `rows`-sized chunks.
+fn batches(lengths: &[usize], rows: usize, tokens: usize) -> Vec<std::ops::Range<usize>> {
+    let mut cuts = Vec::new();
+    let mut start = 0;
+    while start < lengths.len() {
+        let mut end = start + 1;
+        while end < lengths.len()
+            && end - start < rows
+            && (end - start + 1) * lengths[end] <= tokens
+        {
+            end += 1;
+        }
+        cuts.push(start..end);
+        start = end;
+    }
+    cuts
+}
+
 /// BLAKE3 (hex) over the files of the bundle folder `dir` that decide its answers:
 /// `model.onnx`, `model.onnx.data` when present, `tokenizer.json` and `labels.json`, each
-/// preceded by its name and length.
+/// preceded by its name and length. Each file is hashed as it is read, never held whole.
 pub fn content_key(dir: &Path) -> Result<String> {
     let mut hasher = blake3::Hasher::new();
     for name in [MODEL_FILE, DATA_FILE, TOKENIZER_FILE, LABELS_FILE] {
@@ -250,11 +288,15 @@ pub fn content_key(dir: &Path) -> Result<String> {
         if name == DATA_FILE && !path.exists() {
             continue;
         }
-        let bytes =
-            fs_err::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let cannot_read = || format!("cannot read {}", path.display());
+        let mut file = fs_err::File::open(&path).with_context(cannot_read)?;
+        let length = file.metadata().with_context(cannot_read)?.len();
         hasher.update(name.as_bytes());
-        hasher.update(&(bytes.len() as u64).to_le_bytes());
-        hasher.update(&bytes);
+        hasher.update(&length.to_le_bytes());
+        let read = std::io::copy(&mut file, &mut hasher).with_context(cannot_read)?;
+        if read != length {
+            bail!("{} changed while it was read", path.display());
+        }
     }
     Ok(hasher.finalize().to_hex().to_string())
 }
@@ -322,4 +364,25 @@ fn batch_output<'a>(
         );
     }
     Ok(values)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::batches;
+
+    #[test]
+    fn batches_are_row_chunks_while_the_token_budget_does_not_bind() {
+        let lengths = [1, 2, 3, 4, 5];
+        assert_eq!(batches(&lengths, 2, 100), [0..2, 2..4, 4..5]);
+        assert_eq!(batches(&lengths, 5, 25), vec![0..5]);
+        assert!(batches(&[], 4, 10).is_empty());
+    }
+
+    #[test]
+    fn a_batch_stops_at_the_token_budget_and_a_longer_row_runs_alone() {
+        // 3 rows of up to 3 tokens (9), then 2 × 10 = 20 would pass 19; 50 alone.
+        let lengths = [2, 2, 3, 10, 10, 50];
+        assert_eq!(batches(&lengths, 4, 19), [0..3, 3..4, 4..5, 5..6]);
+        assert_eq!(batches(&lengths, 4, 20), [0..3, 3..5, 5..6]);
+    }
 }

@@ -4,7 +4,8 @@ use std::path::Path;
 
 use prost::Message;
 
-use super::{Attr, Dim, Graph, MAX_OPSET, OPSET, Tensor};
+use super::external::{ExternalDataWriter, io};
+use super::{Attr, DType, Dim, Graph, Initializer, MAX_OPSET, OPSET, Tensor};
 use crate::proto::{self, attribute_type};
 use crate::{Error, Result};
 
@@ -104,22 +105,16 @@ impl Model {
     }
 
     /// [`Model::save_with_data_file`] consuming the model: each initializer over the threshold
-    /// is streamed into the data file (aligned to 4 KiB, so the runtime can map it) and its
-    /// bytes freed at once, so writing holds no second copy of the weights.
+    /// is streamed into the data file ([`ExternalDataWriter`]) and its bytes freed at once, so
+    /// writing holds no second copy of the weights.
     pub fn write(
         mut self,
         path: &Path,
         data_name: &str,
         external_threshold: Option<usize>,
     ) -> Result<()> {
-        use std::io::Write;
-        let Some(threshold) = external_threshold else {
-            return fs_err::write(path, self.to_bytes()).map_err(io("failed to write model", path));
-        };
-        let data_path = path.with_file_name(data_name);
-        let mut data: Option<std::io::BufWriter<std::fs::File>> = None;
-        let mut written = 0usize;
-        if let Some(graph) = self.proto.graph.as_mut() {
+        if let (Some(threshold), Some(graph)) = (external_threshold, self.proto.graph.as_mut()) {
+            let mut data: Option<ExternalDataWriter> = None;
             for t in &mut graph.initializer {
                 if t.raw_data.as_ref().is_none_or(|r| r.len() <= threshold) {
                     continue;
@@ -127,46 +122,23 @@ impl Model {
                 let Some(raw) = t.raw_data.take() else {
                     continue;
                 };
+                let code = t.data_type.unwrap_or_default();
+                let dtype = DType::from_onnx_code(code).ok_or_else(|| {
+                    Error::Data(format!("initializer {:?} has data type {code}", t.name))
+                })?;
                 let out = match &mut data {
                     Some(out) => out,
-                    None => data.insert(std::io::BufWriter::new(
-                        fs_err::File::create(&data_path)
-                            .map_err(io("failed to write external data", &data_path))?
-                            .into_file(),
-                    )),
+                    None => data.insert(ExternalDataWriter::create(path, data_name)?),
                 };
-                let offset = written.next_multiple_of(4096);
-                out.write_all(&vec![0u8; offset - written])
-                    .and_then(|()| out.write_all(&raw))
-                    .map_err(io("failed to write external data", &data_path))?;
-                written = offset + raw.len();
-                let entry = |k: &str, v: String| proto::StringStringEntryProto {
-                    key: Some(k.into()),
-                    value: Some(v),
-                };
-                t.external_data = vec![
-                    entry("location", data_name.to_string()),
-                    entry("offset", offset.to_string()),
-                    entry("length", raw.len().to_string()),
-                ];
-                t.data_location = Some(proto::DATA_LOCATION_EXTERNAL);
+                *t = out
+                    .append_bytes(dtype, &t.dims, &raw)?
+                    .to_proto(t.name.take());
+            }
+            if let Some(data) = data {
+                data.finish()?;
             }
         }
-        if let Some(mut out) = data {
-            out.flush()
-                .map_err(io("failed to write external data", &data_path))?;
-        }
         fs_err::write(path, self.proto.encode_to_vec()).map_err(io("failed to write model", path))
-    }
-}
-
-/// An I/O error's context, naming `path`.
-fn io(context: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
-    let path = path.to_path_buf();
-    move |source| Error::Io {
-        context,
-        path,
-        source,
     }
 }
 
@@ -306,7 +278,13 @@ impl Graph {
             initializer: self
                 .initializers
                 .iter()
-                .map(|(t, d)| d.to_proto(Some(self.name(*t).to_string())))
+                .map(|(t, value)| {
+                    let name = Some(self.name(*t).to_string());
+                    match value {
+                        Initializer::Inline(data) => data.to_proto(name),
+                        Initializer::External(data) => data.to_proto(name),
+                    }
+                })
                 .collect(),
             doc_string: None,
             input: self.inputs().iter().map(|&t| self.value_info(t)).collect(),

@@ -10,6 +10,7 @@
 //! `Reshape`/`Expand` targets and backward rules handle sizes unknown when building.
 
 mod emit;
+mod external;
 mod host_ops;
 mod ops;
 mod ops_shape;
@@ -19,6 +20,7 @@ mod types;
 use std::collections::BTreeMap;
 
 pub use emit::Model;
+pub use external::{ExternalDataWriter, ExternalTensor};
 pub use host_ops::{HOST_KERNELS_DOMAIN, Kernels};
 pub(crate) use ops::norm_axis;
 pub use ops_shape::Reduction;
@@ -74,6 +76,13 @@ pub(crate) struct ValueInfo {
     pub producer: Option<usize>,
     /// The value, when it is a small constant known at build time.
     pub data: Option<TensorData>,
+}
+
+/// The value of an initializer: its data, or where it lies in an external data file.
+#[derive(Clone, Debug)]
+pub(crate) enum Initializer {
+    Inline(TensorData),
+    External(ExternalTensor),
 }
 
 /// One recorded operator application.
@@ -136,7 +145,7 @@ pub struct Graph {
     pub(crate) nodes: Vec<Node>,
     inputs: Vec<Tensor>,
     outputs: Vec<Tensor>,
-    initializers: Vec<(Tensor, TensorData)>,
+    initializers: Vec<(Tensor, Initializer)>,
     scope: String,
     node_names: BTreeMap<String, usize>,
     consts: BTreeMap<(DType, Vec<i64>, Vec<u8>), Tensor>,
@@ -275,34 +284,49 @@ impl Graph {
         }
         let shape = data.dims().iter().map(|&d| Dim::Fixed(d)).collect();
         let t = self.new_value(name.to_string(), data.dtype(), shape, None, None);
-        self.initializers.push((t, data));
+        self.initializers.push((t, Initializer::Inline(data)));
         Ok(t)
     }
 
     /// Turns the graph input `t` into an initializer holding `data`: the same forward code that
     /// takes parameters as inputs for training then exports with its trained weights inside.
     pub fn freeze_input(&mut self, t: Tensor, data: TensorData) -> Result<()> {
+        let (dtype, dims) = (data.dtype(), data.dims().to_vec());
+        self.freeze(t, dtype, &dims, Initializer::Inline(data))
+    }
+
+    /// [`Graph::freeze_input`] with the value in an external data file, already written there
+    /// ([`ExternalDataWriter`]): the graph holds no weight bytes, so a model of any size is
+    /// built and saved with one tensor in memory at a time.
+    pub fn freeze_input_external(&mut self, t: Tensor, data: ExternalTensor) -> Result<()> {
+        let (dtype, dims) = (data.dtype(), data.dims().to_vec());
+        self.freeze(t, dtype, &dims, Initializer::External(data))
+    }
+
+    /// Turns the graph input `t` into the initializer `value` of `dtype` and `dims`, which
+    /// must be the input's.
+    fn freeze(&mut self, t: Tensor, dtype: DType, dims: &[i64], value: Initializer) -> Result<()> {
         let Some(pos) = self.inputs.iter().position(|&i| i == t) else {
             return Err(Error::Build {
                 node: self.name(t).to_string(),
                 message: "only a graph input can be frozen into an initializer".into(),
             });
         };
-        let dims: Vec<Dim> = data.dims().iter().map(|&d| Dim::Fixed(d)).collect();
-        if data.dtype() != t.dtype() || dims != self.values[t.index()].shape {
+        let dims: Vec<Dim> = dims.iter().map(|&d| Dim::Fixed(d)).collect();
+        if dtype != t.dtype() || dims != self.values[t.index()].shape {
             return Err(Error::Build {
                 node: self.name(t).to_string(),
                 message: format!(
                     "input is {} {}, data is {} {}",
                     t.dtype(),
                     shape_string(self.shape(t)),
-                    data.dtype(),
+                    dtype,
                     shape_string(&dims)
                 ),
             });
         }
         self.inputs.remove(pos);
-        self.initializers.push((t, data));
+        self.initializers.push((t, value));
         Ok(())
     }
 

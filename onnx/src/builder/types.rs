@@ -37,6 +37,13 @@ impl DType {
         }
     }
 
+    /// The type of a `TensorProto.DataType` code, when it is one of these.
+    pub fn from_onnx_code(code: i32) -> Option<DType> {
+        [DType::F32, DType::F64, DType::I64, DType::I32, DType::Bool]
+            .into_iter()
+            .find(|d| d.onnx_code() == code)
+    }
+
     /// Whether gradients flow through values of this type.
     pub fn is_float(self) -> bool {
         matches!(self, DType::F32 | DType::F64)
@@ -149,6 +156,19 @@ pub fn shape_string(shape: &[Dim]) -> String {
     format!("[{}]", parts.join(", "))
 }
 
+/// An error unless `length` bytes are exactly a `dtype` tensor of `dims`.
+pub(crate) fn check_size(dtype: DType, dims: &[i64], length: usize) -> crate::Result<()> {
+    let count: i64 = dims.iter().product();
+    if dims.iter().any(|&d| d < 0)
+        || usize::try_from(count).ok().map(|c| c * dtype.size()) != Some(length)
+    {
+        return Err(crate::Error::Data(format!(
+            "tensor data of {length} bytes does not fit dims {dims:?} of {dtype}"
+        )));
+    }
+    Ok(())
+}
+
 /// Host data for a constant or initializer: element type, fixed dims and little-endian bytes.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TensorData {
@@ -184,15 +204,7 @@ impl TensorData {
 
     /// A tensor from raw little-endian bytes.
     pub fn from_bytes(dtype: DType, dims: &[i64], bytes: Vec<u8>) -> crate::Result<Self> {
-        let count: i64 = dims.iter().product();
-        if dims.iter().any(|&d| d < 0)
-            || usize::try_from(count).ok().map(|c| c * dtype.size()) != Some(bytes.len())
-        {
-            return Err(crate::Error::Data(format!(
-                "tensor data of {} bytes does not fit dims {dims:?} of {dtype}",
-                bytes.len()
-            )));
-        }
+        check_size(dtype, dims, bytes.len())?;
         Ok(TensorData {
             dtype,
             dims: dims.to_vec(),

@@ -1,8 +1,10 @@
 //! Tensors in host memory, the currency between callers and ONNX Runtime.
 
 use ort::memory::AllocationDevice;
+use ort::session::SessionInputValue;
 use ort::value::{
-    DynValue, Tensor as OrtTensor, TensorElementType, TensorValueTypeMarker, Value, ValueType,
+    DynValue, Tensor as OrtTensor, TensorElementType, TensorRef, TensorValueTypeMarker, Value,
+    ValueType,
 };
 
 use crate::error::OrtContext;
@@ -175,6 +177,36 @@ impl HostTensor {
             HostData::U8(v) => OrtTensor::from_array((shape, v.clone()))
                 .ort_context(ctx)?
                 .into_dyn(),
+        })
+    }
+
+    /// An ONNX Runtime value over this tensor's data, without a copy: feeding a model its
+    /// weights this way holds them once.
+    pub fn view(&self) -> Result<SessionInputValue<'_>> {
+        let shape = self.shape.clone();
+        let ctx = || format!("failed to view a tensor of shape {:?}", self.shape);
+        Ok(match &self.data {
+            HostData::F32(v) => TensorRef::from_array_view((shape, v.as_slice()))
+                .ort_context(ctx)?
+                .into(),
+            HostData::F64(v) => TensorRef::from_array_view((shape, v.as_slice()))
+                .ort_context(ctx)?
+                .into(),
+            HostData::I64(v) => TensorRef::from_array_view((shape, v.as_slice()))
+                .ort_context(ctx)?
+                .into(),
+            HostData::I32(v) => TensorRef::from_array_view((shape, v.as_slice()))
+                .ort_context(ctx)?
+                .into(),
+            HostData::Bool(v) => TensorRef::from_array_view((shape, v.as_slice()))
+                .ort_context(ctx)?
+                .into(),
+            HostData::I8(v) => TensorRef::from_array_view((shape, v.as_slice()))
+                .ort_context(ctx)?
+                .into(),
+            HostData::U8(v) => TensorRef::from_array_view((shape, v.as_slice()))
+                .ort_context(ctx)?
+                .into(),
         })
     }
 

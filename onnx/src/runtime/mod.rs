@@ -489,11 +489,11 @@ impl Session {
             .collect()
     }
 
-    /// Runs the model on host data; returns every output by name.
+    /// Runs the model on host data (read in place, not copied); returns every output by name.
     pub fn run(&mut self, feeds: &[(&str, &HostTensor)]) -> Result<BTreeMap<String, HostTensor>> {
         let mut inputs = Vec::with_capacity(feeds.len());
         for (name, t) in feeds {
-            inputs.push((name.to_string(), t.to_value()?));
+            inputs.push((*name, t.view()?));
         }
         let outputs = self
             .inner

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::process::Command;
 
 use pipe_onnx::{
-    AdamW, DType, Dim, Graph, HostTensor, Model, Result, Session, SessionOptions, Tensor,
-    TensorData, TrainParam,
+    AdamW, DType, Dim, ExternalDataWriter, Graph, HostTensor, Model, Result, Session,
+    SessionOptions, Tensor, TensorData, TrainParam,
 };
 
 use crate::util::{In, Rng, check_grad, fixed, run, session};
@@ -313,6 +313,77 @@ fn frozen_inputs_export_like_initializers() {
     );
     let wrong = TensorData::f32(&[1], &[0.0]).unwrap();
     assert!(g.freeze_input(ids_tensor(&g), wrong).is_err());
+}
+
+#[test]
+fn inputs_frozen_into_streamed_external_data_write_the_bytes_save_writes() {
+    // Streamed: each parameter appended to the data file as it comes, the graph holding none.
+    let dir = tempfile::tempdir().unwrap();
+    let params = random_params(3);
+    let streamed = dir.path().join("streamed.onnx");
+    let mut g = Graph::new("frozen");
+    let (ids, lengths, p) = declare(&mut g);
+    let logits = classifier(&mut g, ids, lengths, &p).unwrap();
+    g.output(logits, "logits").unwrap();
+    let mut data = ExternalDataWriter::create(&streamed, "weights.data").unwrap();
+    for (t, (name, shape)) in p.iter().zip(param_shapes()) {
+        let values = params[name].as_f32().unwrap();
+        if values.len() * 4 > 64 {
+            g.freeze_input_external(*t, data.append_f32(&shape, values).unwrap())
+                .unwrap();
+        } else {
+            let inline = TensorData::f32(&shape, values).unwrap();
+            g.freeze_input(*t, inline).unwrap();
+        }
+    }
+    data.finish().unwrap();
+    g.build()
+        .unwrap()
+        .write(&streamed, "unused.data", None)
+        .unwrap();
+    assert!(!dir.path().join("unused.data").exists());
+
+    // Saved whole: the same graph with its weights inline, split out by `save`.
+    let mut g = Graph::new("frozen");
+    let (ids, lengths, p) = declare(&mut g);
+    let logits = classifier(&mut g, ids, lengths, &p).unwrap();
+    g.output(logits, "logits").unwrap();
+    for (t, (name, shape)) in p.iter().zip(param_shapes()) {
+        let data = TensorData::f32(&shape, params[name].as_f32().unwrap()).unwrap();
+        g.freeze_input(*t, data).unwrap();
+    }
+    let saved = dir.path().join("saved").join("streamed.onnx");
+    std::fs::create_dir(saved.parent().unwrap()).unwrap();
+    let whole = g.build().unwrap();
+    whole
+        .save_with_data_file(&saved, "weights.data", Some(64))
+        .unwrap();
+
+    for name in ["streamed.onnx", "weights.data"] {
+        let a = std::fs::read(dir.path().join(name)).unwrap();
+        let b = std::fs::read(saved.with_file_name(name)).unwrap();
+        assert!(
+            a == b,
+            "{name}: {} bytes streamed, {} saved",
+            a.len(),
+            b.len()
+        );
+    }
+    let data_len = std::fs::metadata(dir.path().join("weights.data"))
+        .unwrap()
+        .len();
+    assert!(data_len > 4096, "{data_len}: more than one aligned tensor");
+    let (ids, lengths) = batch(2, 5, 11);
+    let feeds = [("input_ids", &ids), ("lengths", &lengths)];
+    let mut from_file = Session::from_file(&streamed, &SessionOptions::default()).unwrap();
+    let mut in_memory = Session::from_model(&whole, &SessionOptions::default()).unwrap();
+    assert_eq!(
+        from_file.run(&feeds).unwrap()["logits"],
+        in_memory.run(&feeds).unwrap()["logits"]
+    );
+    // A tensor whose bytes do not fit its dims is refused before anything is written.
+    let mut data = ExternalDataWriter::create(&streamed, "other.data").unwrap();
+    assert!(data.append_f32(&[2, 3], &[0.0; 5]).is_err());
 }
 
 fn ids_tensor(g: &Graph) -> Tensor {

@@ -5,6 +5,7 @@
 //!   from: { model: export-onnx, data: split }
 //!   splits: [train, test]   # default: every split the data has, in the order train, validation, test
 //!   batch_size: 32          # rows per model run
+//!   batch_tokens: 4096      # padded tokens per model run at most; a longer row runs alone
 //!   device: cpu             # cpu, cuda, cuda:N or auto (not in the key)
 //!   threads: 2              # ONNX Runtime threads; one per core when left out (not in the key)
 //! ```
@@ -67,6 +68,10 @@ pub struct Params {
     /// Rows per model run.
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
+    /// Padded tokens per model run at most (rows × the longest row's tokens), which bounds
+    /// its memory; a row longer than this runs alone.
+    #[serde(default = "default_batch_tokens")]
+    pub batch_tokens: usize,
     /// Where the model runs: cpu, cuda, cuda:N or auto (not part of the stage key).
     #[serde(default = "default_device")]
     pub device: String,
@@ -79,14 +84,23 @@ fn default_batch_size() -> usize {
     32
 }
 
+fn default_batch_tokens() -> usize {
+    pipe_models::bundle::BATCH_TOKENS
+}
+
 impl Params {
     fn parse(value: &serde_json::Value) -> Result<Params, ParamError> {
         let params: Params = parse_params(value)?;
-        if params.batch_size == 0 {
-            return Err(ParamError::new(
-                &["batch_size"],
-                "`batch_size` must be at least 1",
-            ));
+        for (name, value) in [
+            ("batch_size", params.batch_size),
+            ("batch_tokens", params.batch_tokens),
+        ] {
+            if value == 0 {
+                return Err(ParamError::new(
+                    &[name],
+                    format!("`{name}` must be at least 1"),
+                ));
+            }
         }
         if let Some(splits) = &params.splits {
             if splits.is_empty() {
@@ -117,7 +131,11 @@ impl Params {
 
     /// What goes into the key: everything but where and how fast the model runs.
     fn key_params(&self) -> serde_json::Value {
-        json!({ "splits": self.splits, "batch_size": self.batch_size })
+        json!({
+            "splits": self.splits,
+            "batch_size": self.batch_size,
+            "batch_tokens": self.batch_tokens,
+        })
     }
 }
 
@@ -226,7 +244,8 @@ impl Stage for Evaluate {
         let data = ctx.input("data")?;
         let bundle_dir = bundle_dir(model)?;
         let mut bundle = Bundle::open(bundle_dir, &options)
-            .with_context(|| format!("cannot open the bundle of stage `{}`", model.stage))?;
+            .with_context(|| format!("cannot open the bundle of stage `{}`", model.stage))?
+            .with_batch_tokens(params.batch_tokens);
         let splits = choose_splits(data, params.splits.as_deref())?;
         let labels = bundle.labels().to_vec();
         let multi_label = bundle.problem_type() == ProblemType::MultiLabelClassification;

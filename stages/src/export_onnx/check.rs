@@ -7,9 +7,8 @@ use anyhow::{Context, Result, bail};
 use pipe_onnx::{HostTensor, Session, SessionOptions};
 
 use super::graph::reference_model;
-use pipe_models::Architecture;
-use pipe_models::Xoshiro256;
 use pipe_models::bundle::{INPUTS, OUTPUTS, TOKEN_TYPE_IDS};
+use pipe_models::{Architecture, ParamSpec, Xoshiro256, weights};
 
 /// The largest difference allowed between the two graphs' logits.
 pub(crate) const TOLERANCE: f32 = 1e-5;
@@ -51,33 +50,43 @@ impl Sample {
     }
 }
 
-/// Runs `model` (the exported file) and the training forward fed `weights` on a sample
-/// batch; returns the largest logit difference, or an error when it passes [`TOLERANCE`].
+/// Runs `model` (the exported file) and the training forward fed the weights of `weights`
+/// (the model folder's checkpoint, read again for `specs`) on a sample batch; returns the
+/// largest logit difference, or an error when it passes [`TOLERANCE`].
+///
+/// One copy of the weights at a time: the exported session (ONNX Runtime maps external data)
+/// is dropped before the weights are read for the training forward, which reads them where
+/// they lie ([`Session::run`] copies no input).
 pub(crate) fn self_check(
     model: &Path,
     cfg: &dyn Architecture,
-    weights: &BTreeMap<String, HostTensor>,
+    weights: &Path,
+    specs: &[ParamSpec],
     options: &SessionOptions,
 ) -> Result<f32> {
     let sample = Sample::new(cfg)?;
-    let mut exported = Session::from_file(model, options)
-        .with_context(|| format!("self-check: cannot load {}", model.display()))?;
-    let mut inputs = vec![(INPUTS[0], &sample.ids), (INPUTS[1], &sample.mask)];
-    if cfg.takes_token_types() {
-        inputs.push((TOKEN_TYPE_IDS, &sample.token_types));
-    }
-    let ours = exported
-        .run(&inputs)
-        .with_context(|| format!("self-check: cannot run {}", model.display()))?;
-
-    let mut reference = Session::from_model(&reference_model(cfg)?, options)?;
-    let mut feeds: Vec<(&str, &HostTensor)> =
-        weights.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    feeds.push(("input_ids", &sample.ids));
-    feeds.push(("lengths", &sample.lengths));
-    let expected = reference
-        .run(&feeds)
-        .context("self-check: cannot run the training forward")?;
+    let ours = {
+        let mut exported = Session::from_file(model, options)
+            .with_context(|| format!("self-check: cannot load {}", model.display()))?;
+        let mut inputs = vec![(INPUTS[0], &sample.ids), (INPUTS[1], &sample.mask)];
+        if cfg.takes_token_types() {
+            inputs.push((TOKEN_TYPE_IDS, &sample.token_types));
+        }
+        exported
+            .run(&inputs)
+            .with_context(|| format!("self-check: cannot run {}", model.display()))?
+    };
+    let expected = {
+        let weights = weights::load(weights, specs, &[], 0)?;
+        let mut reference = Session::from_model(&reference_model(cfg)?, options)?;
+        let mut feeds: Vec<(&str, &HostTensor)> =
+            weights.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        feeds.push(("input_ids", &sample.ids));
+        feeds.push(("lengths", &sample.lengths));
+        reference
+            .run(&feeds)
+            .context("self-check: cannot run the training forward")?
+    };
 
     let logits = |outputs: &BTreeMap<String, HostTensor>| -> Result<Vec<f32>> {
         outputs

@@ -109,8 +109,11 @@ fn sharded_copy(ws: &Workspace) -> PathBuf {
     dir
 }
 
+/// The error of loading `dir`, checked to be marked as bad input (`pipe run` exits 2 on it).
 fn load_error(dir: &Path) -> String {
-    message(hf_folder::read_weights(dir, &fixture_specs(), &[], 0).unwrap_err())
+    let error = hf_folder::read_weights(dir, &fixture_specs(), &[], 0).unwrap_err();
+    assert!(pipe_engine::BadInput::is_in(&error), "{error:#}");
+    message(error)
 }
 
 #[test]
@@ -190,16 +193,17 @@ fn a_shard_with_a_wrong_shape_or_type_names_the_file_and_the_tensor() {
         e.contains(&format!("{name} in ")) && e.contains(&file) && e.contains("is I64"),
         "{e}"
     );
-    // The finetune stage stops on it before training.
+    // The finetune stage stops on it before training, with an error `pipe run` exits 2 on.
     let tokens = tokenized(&ws, 400);
-    let e = message(
-        ws.run(
+    let error = ws
+        .run(
             "finetune",
             json!({ "model": { "path": "sharded" }, "max_steps": 1 }),
             &[tokens.input("tokenize")],
         )
-        .unwrap_err(),
-    );
+        .unwrap_err();
+    assert!(pipe_engine::BadInput::is_in(&error), "{error:#}");
+    let e = message(error);
     assert!(e.contains(name) && e.contains(&file), "{e}");
 }
 

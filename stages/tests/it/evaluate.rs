@@ -91,6 +91,39 @@ fn evaluate_scores_every_split_and_agrees_with_the_bundle() {
 }
 
 #[test]
+fn a_token_budget_cuts_the_batches_and_not_the_answers() {
+    let t = Trained::new(&labelled_csv(40, &LABELS), false);
+    let bundle = t.export(json!({})).unwrap();
+    let table = read_parquet(&t.split.path("train.parquet"));
+    let texts = strings(&table, "text");
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let score = |tokens: Option<usize>| {
+        let mut opened = Bundle::open(bundle.out.path(), &SessionOptions::default()).unwrap();
+        if let Some(tokens) = tokens {
+            opened = opened.with_batch_tokens(tokens);
+        }
+        let mut batches = Vec::new();
+        let scored = opened
+            .predict_with_progress(&refs, 8, |rows| batches.push(rows))
+            .unwrap();
+        (scored, batches)
+    };
+    let n = texts.len();
+    let (whole, batches) = score(None);
+    let chunks: Vec<usize> = (0..n).step_by(8).map(|start| (n - start).min(8)).collect();
+    assert_eq!(batches, chunks, "the default budget does not bind here");
+    // A budget of one token runs every row alone.
+    let (alone, batches) = score(Some(1));
+    assert_eq!(batches, vec![1; n]);
+    for i in 0..n {
+        assert_eq!(alone.top(i), whole.top(i));
+        for (a, b) in alone.row(i).iter().zip(whole.row(i)) {
+            assert!((a - b).abs() < 1e-5, "row {i}: {a} vs {b}");
+        }
+    }
+}
+
+#[test]
 fn evaluate_scores_the_splits_asked_for_and_names_missing_ones() {
     let t = Trained::new(&labelled_csv(40, &LABELS), false);
     let bundle = t.export(json!({})).unwrap();
@@ -103,7 +136,7 @@ fn evaluate_scores_the_splits_asked_for_and_names_missing_ones() {
     assert!(ran.outcome.headline.unwrap().starts_with("train "));
     assert_eq!(
         ran.key_params,
-        json!({ "splits": ["test", "train"], "batch_size": 32 })
+        json!({ "splits": ["test", "train"], "batch_size": 32, "batch_tokens": 4096 })
     );
 
     let mut no_validation = t.split.input("split");
@@ -127,6 +160,8 @@ fn evaluate_scores_the_splits_asked_for_and_names_missing_ones() {
     assert_eq!(err.path, ["splits", "0"]);
     let err = stage.check(&json!({ "batch_size": 0 })).unwrap_err();
     assert_eq!(err.path, ["batch_size"]);
+    let err = stage.check(&json!({ "batch_tokens": 0 })).unwrap_err();
+    assert_eq!(err.path, ["batch_tokens"]);
 }
 
 #[test]
