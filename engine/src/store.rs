@@ -50,7 +50,7 @@ use serde::{Deserialize, Serialize};
 use crate::hash::{Digest, EntryKind, Hashed, Tree};
 use crate::integrity::{ObjectState, Repair, damaged_warning, seal};
 use crate::key::KeyRecord;
-use crate::{UsageError, atomic, files};
+use crate::{UsageError, atomic, files, folder_modes};
 
 /// The record of one completed stage key, `stages/<key>.json`.
 ///
@@ -114,6 +114,13 @@ impl StageRecord {
                     output.path
                 );
             }
+            if let Some(bad) =
+                (output.folder_modes.keys()).find(|p| !folder_modes::is_valid_path(p))
+            {
+                anyhow::bail!(
+                    "output `{name}` has a folder mode for {bad:?}, which is not a path inside it"
+                );
+            }
         }
         Ok(())
     }
@@ -151,6 +158,11 @@ pub struct OutputEntry {
     /// True for a command stage's declared out, which lives in the workspace.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub workspace: bool,
+    /// A folder's folders whose mode a new folder would not get, by relative path (`""`: the
+    /// folder itself), as numbers (`448` is `0o700`); given back on restore. Not content: no
+    /// hash or key depends on it (see `crate::folder_modes`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub folder_modes: BTreeMap<String, u32>,
 }
 
 /// The hash that stands for a stage's outputs in a downstream key, the outputs named in
@@ -757,7 +769,7 @@ fn restored_mode(stored: u32, kind: EntryKind, umask: u32) -> u32 {
 
 /// The process umask (Linux: from `/proc/self/status`; `022` when unknown).
 /// Read without changing it, since other threads may be creating files.
-fn process_umask() -> u32 {
+pub(crate) fn process_umask() -> u32 {
     fs_err::read_to_string("/proc/self/status")
         .ok()
         .and_then(|status| {
