@@ -30,14 +30,16 @@ out.writerow(["text"])
 for row in rows:
     out.writerow([row["text"]])
 PY
+# The address is the server's answer, on stdout.
 "$pipe" serve --manifest "$manifest" export-onnx --port 0 --max-body-bytes 67108864 \
-  2> "$work/serve.log" &
+  > "$work/serve.out" 2> "$work/serve.log" &
 server=$!
 for _ in $(seq 300); do
-  grep -q "Listening" "$work/serve.log" && break
+  grep -q "http://" "$work/serve.out" && break
   sleep 0.1
 done
-url=$(grep -o 'http://[0-9.:]*' "$work/serve.log" | head -1)
+url=$(grep -o 'http://[0-9.:]*' "$work/serve.out" | head -1)
+[[ -n $url ]] || { cat "$work/serve.log"; exit 1; }
 python3 "$root/bench/serve_load.py" "$url" "$work/texts.csv" 1
 python3 "$root/bench/serve_load.py" "$url" "$work/texts.csv" 16
 python3 "$root/bench/serve_load.py" "$url" "$work/texts.csv" 16 "${BIG:-200000}"

@@ -7,12 +7,14 @@
 //! requests that took part and are not finished go to the back of the line, behind those
 //! that waited. So a request of 200,000 texts runs `max_batch` texts at a time, and a small
 //! request that arrives meanwhile runs within the next round or two instead of after all of
-//! them; the big request's answers still come back whole and in order.
+//! them; the big request's answers still come back whole and in order. A request's texts
+//! are computed shortest first, so that one run's texts pad little.
 //!
 //! Before each round, requests whose client has left ([`Client::departed`]) are dropped from
 //! the line: their remaining texts are not computed.
 
 use std::collections::VecDeque;
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
@@ -22,15 +24,15 @@ use serde_json::Value;
 
 /// What the worker runs texts through.
 pub trait Model: Send + 'static {
-    /// The answer to each of `texts` (at most `max_batch` of them), in order, as
-    /// `pipe predict --json` prints it; or why they could not be labelled.
-    fn label(&mut self, texts: &[&str]) -> Result<Vec<Value>, String>;
+    /// The answer to each of `texts`, in order, as `pipe predict --json` prints it, running
+    /// at most `max_batch` texts at a time; or why they could not be labelled.
+    fn label(&mut self, texts: &[&str], max_batch: usize) -> Result<Vec<Value>, String>;
 }
 
 impl Model for pipe_models::bundle::Bundle {
-    fn label(&mut self, texts: &[&str]) -> Result<Vec<Value>, String> {
+    fn label(&mut self, texts: &[&str], max_batch: usize) -> Result<Vec<Value>, String> {
         let predictions = self
-            .predict(texts, texts.len().max(1))
+            .predict(texts, max_batch)
             .map_err(|e| format!("{e:#}"))?;
         let answers = self.answers(texts, &predictions);
         answers
@@ -151,9 +153,17 @@ pub fn start<T: Client, M: Model>(
     (queue, worker)
 }
 
+/// How many model runs a job alone in the line gets in one turn.
+const RUNS_ALONE: usize = 16;
+
 /// A job in the line, with the answers of its texts computed so far.
 struct InLine<T> {
     job: Job<T>,
+    /// The job's texts (by index) in the order they are computed: shortest first (in bytes,
+    /// a stand-in for tokens), so that the texts of one model run have about the same length
+    /// and pad little, as when `Bundle::predict` sorts a whole request.
+    order: Vec<usize>,
+    /// The answers of `order`'s first texts.
     answers: Vec<Value>,
     runs: usize,
     shared_with: usize,
@@ -161,12 +171,32 @@ struct InLine<T> {
 
 impl<T> InLine<T> {
     fn new(job: Job<T>) -> Self {
+        let mut order: Vec<usize> = (0..job.texts.len()).collect();
+        order.sort_by_key(|&i| job.texts[i].len());
         InLine {
             job,
+            order,
             answers: Vec::new(),
             runs: 0,
             shared_with: 0,
         }
+    }
+
+    /// The texts of `range` of the computing order.
+    fn texts(&self, range: Range<usize>) -> impl Iterator<Item = &str> {
+        (self.order[range].iter()).map(|&i| self.job.texts[i].as_str())
+    }
+
+    /// The answers, all computed, in the order of the job's texts.
+    fn answers_in_order(&mut self) -> Vec<Value> {
+        let mut placed = vec![Value::Null; self.answers.len()];
+        for (answer, &i) in std::mem::take(&mut self.answers)
+            .into_iter()
+            .zip(&self.order)
+        {
+            placed[i] = answer;
+        }
+        placed
     }
 
     fn left(&self) -> usize {
@@ -223,7 +253,13 @@ impl<T: Client, M: Model> Line<T, M> {
         }
         self.waiting = still;
         let mut chunks = Vec::new();
-        let mut room = self.max_batch;
+        // Alone in the line, a job takes several runs' texts at once: fewer, larger calls of
+        // the model (the bundle sorts them by length, so its runs pad less), while a job that
+        // arrives meanwhile waits at most those runs.
+        let mut room = match self.waiting.len() {
+            1 => self.max_batch * RUNS_ALONE,
+            _ => self.max_batch,
+        };
         while room > 0 {
             let Some(entry) = self.waiting.pop_front() else {
                 break;
@@ -238,9 +274,9 @@ impl<T: Client, M: Model> Line<T, M> {
         }
         let shared = chunks.len();
         let texts: Vec<&str> = (chunks.iter())
-            .flat_map(|(entry, range)| entry.job.texts[range.clone()].iter().map(String::as_str))
+            .flat_map(|(entry, range)| entry.texts(range.clone()))
             .collect();
-        let labelled = self.model.label(&texts);
+        let labelled = self.model.label(&texts, self.max_batch);
         drop(texts);
         let results: Vec<Result<Vec<Value>, String>> = match labelled {
             Ok(answers) => {
@@ -254,9 +290,8 @@ impl<T: Client, M: Model> Line<T, M> {
             Err(_) => (chunks.iter_mut())
                 .map(|(entry, range)| {
                     entry.runs += 1;
-                    let texts = &entry.job.texts[range.clone()];
-                    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
-                    self.model.label(&texts)
+                    let texts: Vec<&str> = entry.texts(range.clone()).collect();
+                    self.model.label(&texts, self.max_batch)
                 })
                 .collect(),
         };
@@ -268,7 +303,7 @@ impl<T: Client, M: Model> Line<T, M> {
                 Ok(chunk) => {
                     entry.answers.extend(chunk);
                     if entry.left() == 0 {
-                        let answers = std::mem::take(&mut entry.answers);
+                        let answers = entry.answers_in_order();
                         ended.push(entry.end(Outcome::Answered(answers)));
                     } else {
                         self.waiting.push_back(entry);
@@ -293,7 +328,7 @@ mod tests {
     }
 
     impl Model for Echo {
-        fn label(&mut self, texts: &[&str]) -> Result<Vec<Value>, String> {
+        fn label(&mut self, texts: &[&str], _: usize) -> Result<Vec<Value>, String> {
             self.runs.lock().unwrap().push(texts.len());
             if texts.contains(&"bad") {
                 return Err("a bad text".into());
@@ -368,7 +403,7 @@ mod tests {
     #[test]
     fn a_small_job_behind_a_big_one_ends_first_and_the_big_answers_stay_in_order() {
         let (mut line, runs) = line(4);
-        let big: Vec<String> = numbered("big", 40);
+        let big: Vec<String> = numbered("big", 200);
         let big_refs: Vec<&str> = big.iter().map(String::as_str).collect();
         line.waiting.push_back(InLine::new(job("big", &big_refs).0));
         // The big job's first round runs before the small one arrives.
@@ -378,11 +413,8 @@ mod tests {
         assert_eq!(ended[0], ("small", Outcome::Answered(vec![json!("s")])));
         let expected: Vec<Value> = big.iter().map(|t| json!(t)).collect();
         assert_eq!(ended[1], ("big", Outcome::Answered(expected)));
-        // Never more than the maximum in one run; the small text ran in the second round.
-        let runs = runs.lock().unwrap();
-        assert!(runs.iter().all(|&n| n <= 4), "{runs:?}");
-        assert_eq!(runs.iter().sum::<usize>(), 41);
-        assert_eq!(runs.len(), 11);
+        // Alone, the big job takes 16 runs' texts a turn; beside the small one, one run's.
+        assert_eq!(*runs.lock().unwrap(), [64, 4, 4, 64, 64, 1]);
     }
 
     #[test]

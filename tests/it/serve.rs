@@ -660,6 +660,11 @@ fn body_of(texts: usize) -> String {
     json!({ "texts": (0..texts).map(|i| text(i % 40)).collect::<Vec<_>>() }).to_string()
 }
 
+/// Texts in the large request of the turn and departure tests: a job alone in the line takes
+/// 16 runs' texts a turn, so with `--max-batch 1` this keeps the worker busy for over a
+/// thousand turns (seconds), and its body is below the 1 MiB default.
+const TURNS_REQUEST: usize = 20_000;
+
 /// Sends `POST /predict` with `texts` texts on a connection of its own, without reading the
 /// answer.
 fn send_predict(served: &Served, texts: usize) -> std::net::TcpStream {
@@ -703,7 +708,7 @@ fn texts_not_computed(served: &Served, sent: usize) -> usize {
 }
 
 /// A large request takes turns with the others: a small request sent after it (with one
-/// text per model run, the large one takes 1500 runs) is answered while the large one still
+/// text per model run, the large one takes 20,000 runs) is answered while the large one still
 /// has texts to compute. (Which answer reaches its client first says less: the large
 /// answer takes longer to send.) So its client leaves then, and the log says how many of its
 /// texts were not computed: some, where one after the other would have computed them all.
@@ -714,13 +719,13 @@ fn a_small_request_is_answered_while_a_large_one_sent_before_it_is_computed() {
     p.run_json("demo.yaml", 0);
     let predicted = json_of(&p.pipe(&["predict", "export-onnx", "--file", "data.csv", "--json"]));
     let served = Served::start(&p, &["--max-batch", "1", "--threads", "1"]);
-    let big = send_predict(&served, LONG_REQUEST);
+    let big = send_predict(&served, TURNS_REQUEST);
     std::thread::sleep(Duration::from_millis(100));
     let (status, small) = served.post(&json!({ "texts": [text(7)] }).to_string());
     assert_eq!(status, 200, "{small}");
     assert_same_answer(&small["predictions"][0], &predicted[7]);
     drop(big);
-    assert!(texts_not_computed(&served, LONG_REQUEST) > 0);
+    assert!(texts_not_computed(&served, TURNS_REQUEST) > 0);
     let (code, log) = served.terminate();
     assert_eq!(code, Some(0), "{log}");
 }
@@ -732,10 +737,10 @@ fn the_texts_of_a_client_that_left_are_not_computed() {
     let p = project();
     p.run_json("demo.yaml", 0);
     let served = Served::start(&p, &["--max-batch", "1", "--threads", "1"]);
-    let leaving = send_predict(&served, LONG_REQUEST);
+    let leaving = send_predict(&served, TURNS_REQUEST);
     std::thread::sleep(Duration::from_millis(100));
     drop(leaving);
-    assert!(texts_not_computed(&served, LONG_REQUEST) > 0);
+    assert!(texts_not_computed(&served, TURNS_REQUEST) > 0);
     let (status, answer) = served.post(&json!({ "texts": [text(3)] }).to_string());
     assert_eq!(status, 200, "{answer}");
     let (code, log) = served.terminate();
