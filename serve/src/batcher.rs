@@ -1,16 +1,18 @@
 //! Batching across requests, fairly: a bound on the requests in hand and one worker that
 //! owns the model.
 //!
-//! The worker keeps the requests it has taken in a line. Each model run (a *round*) takes
-//! texts from the front of the line until it holds `max_batch`: a request larger than what
-//! is left of the run gives a chunk, and goes on in a later round. After a round, the
-//! requests that took part and are not finished go to the back of the line, behind those
-//! that waited. So a request of 200,000 texts runs `max_batch` texts at a time, and a small
-//! request that arrives meanwhile runs within the next round or two instead of after all of
-//! them; the big request's answers still come back whole and in order. A request's texts
-//! are computed shortest first, so that one run's texts pad little.
+//! The worker keeps the requests it has taken in a line. Each *turn* (one call of the model,
+//! one run of at most `max_batch` texts) takes texts from the front of the line until it
+//! holds `max_batch`: a request larger than what is left of the turn gives a chunk, and goes
+//! on in a later turn. After a turn, the requests that took part and are not finished go to
+//! the back of the line, behind those that waited. So a request of 200,000 texts runs
+//! `max_batch` texts at a time while others wait, and a small request that arrives
+//! meanwhile runs within the next turn or two instead of after all of them; the big
+//! request's answers still come back whole and in order. A request alone in the line takes
+//! [`RUNS_ALONE`] runs' texts a turn (fewer calls, and the bundle sorts them by length), and
+//! a request's texts are computed shortest first, so that one run's texts pad little.
 //!
-//! Before each round, requests whose client has left ([`Client::departed`]) are dropped from
+//! Before each turn, requests whose client has left ([`Client::departed`]) are dropped from
 //! the line: their remaining texts are not computed.
 
 use std::collections::VecDeque;
@@ -76,9 +78,10 @@ pub struct Done<T> {
     pub reply_to: T,
     /// How it ended.
     pub outcome: Outcome,
-    /// How many model runs its texts took part in.
-    pub runs: usize,
-    /// The most jobs that shared one of those runs.
+    /// How many turns (calls of the model, each up to `max_batch` texts, or 16 times that
+    /// for a job alone in the line) its texts took part in.
+    pub turns: usize,
+    /// The most jobs that shared one of those turns.
     pub shared_with: usize,
 }
 
@@ -143,7 +146,7 @@ pub fn start<T: Client, M: Model>(
                 waiting: VecDeque::new(),
             };
             while line.take(&receiver) {
-                for finished in line.round() {
+                for finished in line.turn() {
                     in_hand.fetch_sub(1, Ordering::SeqCst);
                     done(finished);
                 }
@@ -165,7 +168,7 @@ struct InLine<T> {
     order: Vec<usize>,
     /// The answers of `order`'s first texts.
     answers: Vec<Value>,
-    runs: usize,
+    turns: usize,
     shared_with: usize,
 }
 
@@ -177,7 +180,7 @@ impl<T> InLine<T> {
             job,
             order,
             answers: Vec::new(),
-            runs: 0,
+            turns: 0,
             shared_with: 0,
         }
     }
@@ -207,7 +210,7 @@ impl<T> InLine<T> {
         Done {
             reply_to: self.job.reply_to,
             outcome,
-            runs: self.runs,
+            turns: self.turns,
             shared_with: self.shared_with,
         }
     }
@@ -238,9 +241,9 @@ impl<T: Client, M: Model> Line<T, M> {
         }
     }
 
-    /// Drops the jobs whose client left, then runs one model batch from the front of the
-    /// line; the jobs that ended.
-    fn round(&mut self) -> Vec<Done<T>> {
+    /// Drops the jobs whose client left, then runs one turn from the front of the line; the
+    /// jobs that ended.
+    fn turn(&mut self) -> Vec<Done<T>> {
         let mut ended = Vec::new();
         let mut still = VecDeque::with_capacity(self.waiting.len());
         for entry in self.waiting.drain(..) {
@@ -289,14 +292,14 @@ impl<T: Client, M: Model> Line<T, M> {
             // One bad chunk fails its own job only: each is rerun alone.
             Err(_) => (chunks.iter_mut())
                 .map(|(entry, range)| {
-                    entry.runs += 1;
+                    entry.turns += 1;
                     let texts: Vec<&str> = entry.texts(range.clone()).collect();
                     self.model.label(&texts, self.max_batch)
                 })
                 .collect(),
         };
         for ((mut entry, _), result) in chunks.into_iter().zip(results) {
-            entry.runs += 1;
+            entry.turns += 1;
             entry.shared_with = entry.shared_with.max(shared);
             match result {
                 Err(message) => ended.push(entry.end(Outcome::Failed(message))),
@@ -372,12 +375,12 @@ mod tests {
         (0..n).map(|i| format!("{prefix}{i}")).collect()
     }
 
-    /// Runs rounds until the line is empty; the names of the jobs in the order they ended,
+    /// Runs turns until the line is empty; the names of the jobs in the order they ended,
     /// with their outcomes.
     fn drain(line: &mut Line<Tag, Echo>) -> Vec<(&'static str, Outcome)> {
         let mut ended = Vec::new();
         while !line.waiting.is_empty() {
-            ended.extend(line.round().into_iter().map(|d| (d.reply_to.0, d.outcome)));
+            ended.extend(line.turn().into_iter().map(|d| (d.reply_to.0, d.outcome)));
         }
         ended
     }
@@ -406,8 +409,8 @@ mod tests {
         let big: Vec<String> = numbered("big", 200);
         let big_refs: Vec<&str> = big.iter().map(String::as_str).collect();
         line.waiting.push_back(InLine::new(job("big", &big_refs).0));
-        // The big job's first round runs before the small one arrives.
-        assert!(line.round().is_empty());
+        // The big job's first turn runs before the small one arrives.
+        assert!(line.turn().is_empty());
         line.waiting.push_back(InLine::new(job("small", &["s"]).0));
         let ended = drain(&mut line);
         assert_eq!(ended[0], ("small", Outcome::Answered(vec![json!("s")])));
@@ -425,7 +428,7 @@ mod tests {
         let (left, gone) = job("left", &refs);
         line.waiting.push_back(InLine::new(left));
         line.waiting.push_back(InLine::new(job("stays", &["s"]).0));
-        assert!(line.round().is_empty());
+        assert!(line.turn().is_empty());
         gone.store(true, Ordering::SeqCst);
         let ended = drain(&mut line);
         assert_eq!(

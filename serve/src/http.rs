@@ -43,7 +43,7 @@ pub(super) fn deliver(done: Done<Reply>, log: bool) {
     let Done {
         reply_to,
         outcome,
-        runs,
+        turns,
         shared_with,
     } = done;
     let answers = match outcome {
@@ -64,7 +64,7 @@ pub(super) fn deliver(done: Done<Reply>, log: bool) {
     };
     let finished = Finished {
         answers,
-        runs,
+        turns,
         shared_with,
     };
     // A client that left after the check has nobody to tell.
@@ -74,7 +74,7 @@ pub(super) fn deliver(done: Done<Reply>, log: bool) {
 /// A job's answers (or why the model failed), for the request waiting for them.
 pub(super) struct Finished {
     answers: Result<Vec<Value>, String>,
-    runs: usize,
+    turns: usize,
     shared_with: usize,
 }
 
@@ -186,8 +186,8 @@ impl Routes {
             return Answer::error(StatusCode::INTERNAL_SERVER_ERROR, "the model stopped");
         };
         let runs = format!(
-            "{} model runs, up to {} requests in one",
-            done.runs, done.shared_with
+            "{} turns of the model, up to {} requests in one",
+            done.turns, done.shared_with
         );
         let (mut answer, note) = match done.answers {
             Ok(answers) => {
