@@ -50,7 +50,7 @@ use serde::{Deserialize, Serialize};
 use crate::hash::{Digest, EntryKind, Hashed, Tree};
 use crate::integrity::{ObjectState, Repair, damaged_warning, seal};
 use crate::key::KeyRecord;
-use crate::{UsageError, atomic, files, folder_modes};
+use crate::{UsageError, atomic, files};
 
 /// The record of one completed stage key, `stages/<key>.json`.
 ///
@@ -114,9 +114,7 @@ impl StageRecord {
                     output.path
                 );
             }
-            if let Some(bad) =
-                (output.folder_modes.keys()).find(|p| !folder_modes::is_valid_path(p))
-            {
+            if let Some(bad) = (output.folder_modes.keys()).find(|p| !is_folder_of_output(p)) {
                 anyhow::bail!(
                     "output `{name}` has a folder mode for {bad:?}, which is not a path inside it"
                 );
@@ -135,6 +133,12 @@ pub fn is_plain_name(name: &str) -> bool {
 /// Whether `path` is relative and normalised: plain names joined by `/`.
 pub fn is_plain_relative(path: &str) -> bool {
     path.split('/').all(is_plain_name)
+}
+
+/// Whether `rel` can name a folder of an output in its `folder_modes`: empty (the output
+/// itself), or plain names joined by `/`.
+fn is_folder_of_output(rel: &str) -> bool {
+    rel.is_empty() || is_plain_relative(rel)
 }
 
 /// Whether `path` is an out outside the workspace as `--allow-outside`
@@ -823,6 +827,16 @@ mod tests {
         assert_eq!(hash_path(&dest).unwrap().digest(), hashed.digest());
         fs_err::remove_file(store.object_path(&crate::hash::Digest::of(b"beta"))).unwrap();
         assert!(!store.output_complete(EntryKind::Dir, &hashed.digest()));
+    }
+
+    #[test]
+    fn folder_mode_paths_of_a_record_stay_inside_the_output() {
+        for ok in ["", "a", "a/b"] {
+            assert!(is_folder_of_output(ok), "{ok}");
+        }
+        for bad in ["/etc", "..", "a/../b", "a//b", "./a"] {
+            assert!(!is_folder_of_output(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -20,7 +20,6 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
 use super::batcher::{Client, Done, Job, Outcome, Queue};
-use super::listen::RETRY_AFTER_SECONDS;
 use pipe_models::bundle::BundleInfo;
 
 /// Who waits for a job's answer: the request's task, through `answer`.
@@ -261,6 +260,9 @@ impl Routes {
         Ok(parsed.texts)
     }
 }
+
+/// What a 503 tells the client in `Retry-After`, in seconds.
+pub(super) const RETRY_AFTER_SECONDS: &str = "1";
 
 /// `GET /metadata`'s answer.
 pub(super) fn metadata(info: &BundleInfo, max_batch: usize) -> Value {

@@ -20,6 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::http::{RETRY_AFTER_SECONDS, error_body};
 use super::limits::Budget;
 
 /// The first wait after a failed accept.
@@ -28,9 +29,6 @@ pub const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 pub const LAST_BACKOFF: Duration = Duration::from_secs(1);
 /// How long a refused connection is read before it is closed.
 pub const REFUSAL_LINGER: Duration = Duration::from_secs(1);
-
-/// What a 503 tells the client in `Retry-After`, in seconds.
-pub const RETRY_AFTER_SECONDS: &str = "1";
 
 /// The connections served and refused.
 pub(super) struct Gate {
@@ -96,7 +94,7 @@ async fn refuse(
     log: bool,
 ) {
     let started = Instant::now();
-    let body = super::http::error_body(&format!(
+    let body = error_body(&format!(
         "the server has {open} connections open, the most it takes; retry later"
     ))
     .to_string();
