@@ -2,10 +2,12 @@
 # `pipe serve` against `pipe predict` on the same texts (the student pipeline's bundle):
 #   - serve, one client (batch 1): requests/s and p50/p99 latency of one text per request;
 #   - serve, 16 clients at once: the same, with the server batching across requests;
+#   - the same beside one request of 200,000 texts (BIG): how long the small ones wait;
 #   - `pipe predict TEXT` per text (a process, a model load and one run each): its latency;
 #   - `pipe predict --file` over all texts at once: its throughput.
-# Usage: bench/serve.sh [TEXTS] (default 200). PIPE=path/to/pipe picks the binary (default:
-# the release build, built when missing). Numbers depend on the cores free at the time.
+# Usage: bench/serve.sh [TEXTS] (default 200). BIG=n: the texts of the big request (default
+# 200000). PIPE=path/to/pipe picks the binary (default: the release build, built when
+# missing). Numbers depend on the cores free at the time.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 texts=${1:-200}
@@ -28,15 +30,19 @@ out.writerow(["text"])
 for row in rows:
     out.writerow([row["text"]])
 PY
-"$pipe" serve --manifest "$manifest" export-onnx --port 0 2> "$work/serve.log" &
+# The address is the server's answer, on stdout.
+"$pipe" serve --manifest "$manifest" export-onnx --port 0 --max-body-bytes 67108864 \
+  > "$work/serve.out" 2> "$work/serve.log" &
 server=$!
 for _ in $(seq 300); do
-  grep -q "Listening" "$work/serve.log" && break
+  grep -q "http://" "$work/serve.out" && break
   sleep 0.1
 done
-url=$(grep -o 'http://[0-9.:]*' "$work/serve.log" | head -1)
+url=$(grep -o 'http://[0-9.:]*' "$work/serve.out" | head -1)
+[[ -n $url ]] || { cat "$work/serve.log"; exit 1; }
 python3 "$root/bench/serve_load.py" "$url" "$work/texts.csv" 1
 python3 "$root/bench/serve_load.py" "$url" "$work/texts.csv" 16
+python3 "$root/bench/serve_load.py" "$url" "$work/texts.csv" 16 "${BIG:-200000}"
 python3 - "$pipe" "$manifest" "$work/texts.csv" <<'PY'
 import csv, statistics, subprocess, sys, time
 pipe, manifest, path = sys.argv[1:]

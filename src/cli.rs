@@ -177,12 +177,16 @@ Exit codes: 0 success, 1 the bundle cannot be found, opened or run, 2 bad usage 
     /// the manifest, as for `pipe predict`. `POST /predict` with `{"texts": [...]}` answers
     /// `{"predictions": [...]}`, each element as `pipe predict --json` prints it;
     /// `GET /health` and `GET /metadata` (labels, model shape, provenance) answer too.
-    /// Concurrent requests share model runs. Stops cleanly on SIGTERM or Ctrl-C.
+    /// Concurrent requests share model runs, and a large request takes turns with the others
+    /// (`--max-batch` texts at a time); a request whose client left is not computed further.
+    /// Connections past `--max-connections` are answered 503. Stops cleanly on SIGTERM or
+    /// Ctrl-C, answering the requests already taken.
     #[command(after_help = "\
 Examples:
   pipe serve export-onnx                              listen on 127.0.0.1:8080
   pipe serve .pipe/out/student/export-onnx --host 0.0.0.0 --port 9000
-  pipe serve export-onnx --queue 16 --max-batch 8     refuse (503) beyond 16 waiting requests
+  pipe serve export-onnx --queue 16 --max-batch 8     refuse (503) beyond 16 requests in hand
+  pipe serve export-onnx --max-connections 100        refuse (503) beyond 100 open connections
   curl -s localhost:8080/predict -d '{\"texts\": [\"What is a prime number?\"]}'
 
 Exit codes: 0 stopped by a signal, 1 the bundle cannot be found or opened, 2 bad usage, \
@@ -493,9 +497,15 @@ pub struct ServeArgs {
     /// The most texts one model run takes, across the requests waiting.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_batch: u64,
-    /// The most requests waiting for the model; more are answered 503 with `Retry-After: 1`.
+    /// The most requests in the model's hands (waiting or being computed); more are answered
+    /// 503 with `Retry-After: 1`.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
     pub queue: u64,
+    /// The most connections open at once; more are answered 503 with `Retry-After: 1`.
+    /// Default, and at most: three quarters of the file descriptors free at start (after
+    /// raising the soft `ulimit -n` to the hard one).
+    #[arg(long, value_parser = parse_at_least_one)]
+    pub max_connections: Option<usize>,
     /// The largest request body in bytes; larger ones are answered 413.
     #[arg(long, default_value_t = 1 << 20)]
     pub max_body_bytes: usize,

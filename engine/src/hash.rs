@@ -132,6 +132,8 @@ pub struct TreeEntry {
 }
 
 /// A folder's listing, sorted by name; its canonical JSON is what a folder hash hashes.
+/// Folder modes are not in it (they are not content): the stage record keeps them, see
+/// `crate::folder_modes`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tree {
     /// Entries sorted by name.

@@ -32,6 +32,7 @@ pub mod diag;
 mod exec;
 pub mod executor;
 pub mod files;
+mod folder_modes;
 pub mod gc;
 pub mod hash;
 pub mod integrity;

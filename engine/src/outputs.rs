@@ -24,7 +24,7 @@ use crate::plan::{Pipeline, PlannedStage};
 use crate::printer::Printer;
 use crate::store::{Import, OutputEntry, Placing, StageRecord, Store};
 use crate::trash;
-use crate::{atomic, files};
+use crate::{atomic, files, folder_modes};
 
 /// What pipe last wrote for a stage, as (workspace path, content digest)
 /// pairs of every file, link and folder (by its tree's digest) of its
@@ -372,6 +372,7 @@ pub fn restore(
         };
         env.store
             .materialize_output(output.kind, &output.hash, output.size, &path, place)?;
+        folder_modes::apply(&path, &output.folder_modes)?;
     }
     publish(env, &stage.name, &found.outputs)?;
     if token.is_some() || unfinished.is_some() {
@@ -416,6 +417,7 @@ pub fn publish(
         let dest = dir.join(&output.path);
         env.store
             .materialize_output(output.kind, &output.hash, output.size, &dest, place)?;
+        folder_modes::apply(&dest, &output.folder_modes)?;
     }
     Ok(())
 }
@@ -449,6 +451,7 @@ pub fn commit(
     out_dir: &Path,
 ) -> anyhow::Result<BTreeMap<String, OutputEntry>> {
     let mut outputs = BTreeMap::new();
+    let umask = crate::store::process_umask();
     for entry in files::read_dir(out_dir)? {
         let file_name = entry.file_name().to_string_lossy().into_owned();
         // The name is the file name without its last extension (`model.onnx` → `model`,
@@ -458,6 +461,8 @@ pub fn commit(
             _ => file_name.clone(),
         };
         let hashed = hash_path(&entry.path())?;
+        // Read before the move takes the folders away.
+        let folder_modes = modes_of(&entry.path(), &hashed, umask)?;
         env.store.import(&entry.path(), &hashed, Import::Move)?;
         let output = OutputEntry {
             path: file_name.clone(),
@@ -465,6 +470,7 @@ pub fn commit(
             hash: hashed.digest(),
             size: hashed.size(),
             workspace: false,
+            folder_modes,
         };
         if outputs.insert(name.clone(), output).is_some() {
             anyhow::bail!(
@@ -490,10 +496,19 @@ pub fn commit(
                 hash: hashed.digest(),
                 size: hashed.size(),
                 workspace: true,
+                folder_modes: modes_of(&path, &hashed, umask)?,
             },
         );
     }
     Ok(outputs)
+}
+
+/// The folder modes to record for output `hashed` at `path` (none for a file or link).
+fn modes_of(path: &Path, hashed: &Hashed, umask: u32) -> anyhow::Result<folder_modes::FolderModes> {
+    match hashed {
+        Hashed::Dir { .. } => folder_modes::read(path, umask),
+        Hashed::File { .. } | Hashed::Symlink { .. } => Ok(folder_modes::FolderModes::new()),
+    }
 }
 
 #[cfg(test)]

@@ -114,6 +114,11 @@ impl StageRecord {
                     output.path
                 );
             }
+            if let Some(bad) = (output.folder_modes.keys()).find(|p| !is_folder_of_output(p)) {
+                anyhow::bail!(
+                    "output `{name}` has a folder mode for {bad:?}, which is not a path inside it"
+                );
+            }
         }
         Ok(())
     }
@@ -128,6 +133,12 @@ pub fn is_plain_name(name: &str) -> bool {
 /// Whether `path` is relative and normalised: plain names joined by `/`.
 pub fn is_plain_relative(path: &str) -> bool {
     path.split('/').all(is_plain_name)
+}
+
+/// Whether `rel` can name a folder of an output in its `folder_modes`: empty (the output
+/// itself), or plain names joined by `/`.
+fn is_folder_of_output(rel: &str) -> bool {
+    rel.is_empty() || is_plain_relative(rel)
 }
 
 /// Whether `path` is an out outside the workspace as `--allow-outside`
@@ -151,6 +162,11 @@ pub struct OutputEntry {
     /// True for a command stage's declared out, which lives in the workspace.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub workspace: bool,
+    /// A folder's folders whose mode a new folder would not get, by relative path (`""`: the
+    /// folder itself), as numbers (`448` is `0o700`); given back on restore. Not content: no
+    /// hash or key depends on it (see `crate::folder_modes`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub folder_modes: BTreeMap<String, u32>,
 }
 
 /// The hash that stands for a stage's outputs in a downstream key, the outputs named in
@@ -757,7 +773,7 @@ fn restored_mode(stored: u32, kind: EntryKind, umask: u32) -> u32 {
 
 /// The process umask (Linux: from `/proc/self/status`; `022` when unknown).
 /// Read without changing it, since other threads may be creating files.
-fn process_umask() -> u32 {
+pub(crate) fn process_umask() -> u32 {
     fs_err::read_to_string("/proc/self/status")
         .ok()
         .and_then(|status| {
@@ -811,6 +827,16 @@ mod tests {
         assert_eq!(hash_path(&dest).unwrap().digest(), hashed.digest());
         fs_err::remove_file(store.object_path(&crate::hash::Digest::of(b"beta"))).unwrap();
         assert!(!store.output_complete(EntryKind::Dir, &hashed.digest()));
+    }
+
+    #[test]
+    fn folder_mode_paths_of_a_record_stay_inside_the_output() {
+        for ok in ["", "a", "a/b"] {
+            assert!(is_folder_of_output(ok), "{ok}");
+        }
+        for bad in ["/etc", "..", "a/../b", "a//b", "./a"] {
+            assert!(!is_folder_of_output(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -45,6 +45,7 @@ fn store_with_a_record(dir: &Path) -> (Store, StageRecord) {
                 hash: hashed.digest(),
                 size: hashed.size(),
                 workspace: false,
+                folder_modes: BTreeMap::new(),
             },
         )]),
         metrics: Default::default(),

@@ -1,22 +1,80 @@
-//! The HTTP side of `pipe serve`: reading and checking requests, routing them, and writing
-//! answers with one access-log line each.
+//! The HTTP side of `pipe serve`: requests read and checked, routed, handed to the model and
+//! answered, with one access-log line each.
+//!
+//! A client that closes its connection while its request waits for the model makes hyper
+//! drop the request's future (HTTP/1 without half-close); that drops the receiving end of its
+//! answer, which is how the worker sees that the client has left ([`Reply::departed`]).
 
-use std::io::Read;
+use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use hyper::{Method, Request, Response, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tiny_http::{Header, Method, Request, Response};
+use tokio::sync::oneshot;
 
-use super::batcher::{Done, Job, Queue};
+use super::batcher::{Client, Done, Job, Outcome, Queue};
 use pipe_models::bundle::BundleInfo;
 
-/// A request waiting for the model.
-pub(super) struct Pending {
-    request: Request,
+/// Who waits for a job's answer: the request's task, through `answer`.
+pub(super) struct Reply {
+    answer: oneshot::Sender<Finished>,
+    /// The client and its request line, for the log line of a client that left.
+    who: String,
     started: Instant,
+    texts: usize,
+}
+
+impl Client for Reply {
+    fn departed(&self) -> bool {
+        self.answer.is_closed()
+    }
+}
+
+/// Hands an ended job to the request waiting for it, or logs that its client left.
+pub(super) fn deliver(done: Done<Reply>, log: bool) {
+    let Done {
+        reply_to,
+        outcome,
+        turns,
+        shared_with,
+    } = done;
+    let answers = match outcome {
+        Outcome::Answered(answers) => Ok(answers),
+        Outcome::Failed(message) => Err(message),
+        Outcome::Departed { computed } => {
+            if log {
+                let ms = reply_to.started.elapsed().as_secs_f64() * 1e3;
+                eprintln!(
+                    "{} - {ms:.1}ms the client left before its answer: {} of {} texts not computed",
+                    reply_to.who,
+                    reply_to.texts - computed,
+                    reply_to.texts
+                );
+            }
+            return;
+        }
+    };
+    let finished = Finished {
+        answers,
+        turns,
+        shared_with,
+    };
+    // A client that left after the check has nobody to tell.
+    let _ = reply_to.answer.send(finished);
+}
+
+/// A job's answers (or why the model failed), for the request waiting for them.
+pub(super) struct Finished {
+    answers: Result<Vec<Value>, String>,
+    turns: usize,
+    shared_with: usize,
 }
 
 /// The body of `POST /predict`.
@@ -26,177 +84,209 @@ struct PredictBody {
     texts: Vec<String>,
 }
 
-/// A thread that takes requests off the socket and answers or queues them.
-pub(super) struct Reader {
-    pub gate: Arc<super::listen::Gate>,
-    pub stopping: Arc<AtomicBool>,
-    pub queue: Queue<Pending>,
-    pub metadata: Arc<Value>,
+/// What every request's task shares.
+pub(super) struct Routes {
+    pub queue: Queue<Reply>,
+    pub metadata: Value,
     pub max_body_bytes: usize,
     pub access_log: bool,
 }
 
-impl Reader {
-    /// Serves until the server is stopped.
-    pub fn run(self) {
-        while !self.stopping.load(Ordering::SeqCst) {
-            if let super::listen::Next::Request(request) = self.gate.next() {
-                self.handle(request);
-            }
+/// An answer: its status, its JSON body, and a note for the access log.
+struct Answer {
+    status: StatusCode,
+    body: Value,
+    note: Option<String>,
+}
+
+impl Answer {
+    fn json(status: StatusCode, body: Value) -> Answer {
+        Answer {
+            status,
+            body,
+            note: None,
         }
     }
 
-    fn handle(&self, mut request: Request) {
+    fn error(status: StatusCode, message: &str) -> Answer {
+        Answer::json(status, error_body(message))
+    }
+}
+
+impl Routes {
+    /// Answers `request` from `peer`, and logs it.
+    pub async fn handle(
+        self: Arc<Self>,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Result<Response<Full<Bytes>>, Infallible> {
         let started = Instant::now();
-        let probe = (request.headers().iter()).any(|h| h.field.equiv(super::listen::PROBE_HEADER));
-        if probe {
-            let _ = request.respond(Response::from_string("ok"));
-            return;
-        }
-        let path = request.url().split('?').next().unwrap_or("").to_string();
-        let method = request.method().clone();
-        let reply = match (&method, path.as_str()) {
-            (Method::Get, "/health") => (200, json!({ "status": "ok" })),
-            (Method::Get, "/metadata") => (200, (*self.metadata).clone()),
-            (Method::Post, "/predict") => match self.read_texts(&mut request) {
-                Ok(texts) => {
-                    let job = Job {
-                        texts,
-                        reply_to: Pending { request, started },
-                    };
-                    let Err(job) = self.queue.try_push(job) else {
-                        return;
-                    };
-                    let busy = error_body(
-                        "the server is busy: too many requests are waiting; retry later",
-                    );
-                    respond(job.reply_to, 503, &busy, None, self.access_log);
-                    return;
-                }
-                Err((status, message)) => (status, error_body(&message)),
-            },
-            (_, "/health" | "/metadata" | "/predict") => {
-                (405, error_body(&format!("{path} does not take {method}")))
+        let line = format!(
+            "{} \"{} {}\"",
+            peer.ip(),
+            request.method(),
+            request.uri().path()
+        );
+        let answer = self.route(request, &line, started).await;
+        if self.access_log {
+            let ms = started.elapsed().as_secs_f64() * 1e3;
+            let status = answer.status.as_u16();
+            match &answer.note {
+                Some(note) => eprintln!("{line} {status} {ms:.1}ms {note}"),
+                None => eprintln!("{line} {status} {ms:.1}ms"),
             }
-            _ => (
-                404,
-                error_body(&format!(
+        }
+        Ok(response(&answer))
+    }
+
+    async fn route(&self, request: Request<Incoming>, line: &str, started: Instant) -> Answer {
+        let path = request.uri().path().to_string();
+        let method = request.method().clone();
+        match (&method, path.as_str()) {
+            (&Method::GET, "/health") => Answer::json(StatusCode::OK, json!({ "status": "ok" })),
+            (&Method::GET, "/metadata") => Answer::json(StatusCode::OK, self.metadata.clone()),
+            (&Method::POST, "/predict") => match self.read_texts(request).await {
+                Ok(texts) => self.predict(texts, line, started).await,
+                Err(refused) => refused,
+            },
+            (_, "/health" | "/metadata" | "/predict") => Answer::error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &format!("{path} does not take {method}"),
+            ),
+            _ => Answer::error(
+                StatusCode::NOT_FOUND,
+                &format!(
                     "no route {path}; the routes are POST /predict, GET /health, GET /metadata"
-                )),
+                ),
+            ),
+        }
+    }
+
+    /// Hands `texts` to the model and waits for their answers.
+    async fn predict(&self, texts: Vec<String>, line: &str, started: Instant) -> Answer {
+        let (answer, answered) = oneshot::channel();
+        let job = Job {
+            reply_to: Reply {
+                answer,
+                who: line.to_string(),
+                started,
+                texts: texts.len(),
+            },
+            texts,
+        };
+        if self.queue.try_push(job).is_err() {
+            return Answer::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the server is busy: too many requests are waiting; retry later",
+            );
+        }
+        let Ok(done) = answered.await else {
+            // The worker ends only once every job it took has ended.
+            return Answer::error(StatusCode::INTERNAL_SERVER_ERROR, "the model stopped");
+        };
+        let runs = format!(
+            "{} turns of the model, up to {} requests in one",
+            done.turns, done.shared_with
+        );
+        let (mut answer, note) = match done.answers {
+            Ok(answers) => {
+                let note = format!("{} texts, {runs}", answers.len());
+                let body = json!({ "predictions": answers });
+                (Answer::json(StatusCode::OK, body), note)
+            }
+            Err(message) => (
+                Answer::error(StatusCode::INTERNAL_SERVER_ERROR, &message),
+                runs,
             ),
         };
-        let (status, body) = reply;
-        respond(
-            Pending { request, started },
-            status,
-            &body,
-            None,
-            self.access_log,
-        );
+        answer.note = Some(note);
+        answer
     }
 
-    /// The texts of a `POST /predict` body, or the status and message refusing it.
-    fn read_texts(&self, request: &mut Request) -> Result<Vec<String>, (u16, String)> {
+    /// The texts of a `POST /predict` body, or the answer refusing it.
+    async fn read_texts(&self, request: Request<Incoming>) -> Result<Vec<String>, Answer> {
         let limit = self.max_body_bytes;
         let too_large = || {
-            (
-                413,
-                format!("the body is larger than {limit} bytes; send fewer texts per request"),
+            Answer::error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("the body is larger than {limit} bytes; send fewer texts per request"),
             )
         };
-        if request.body_length().is_some_and(|n| n > limit) {
-            // Read (and drop) what the client sends so that it gets to read the answer.
-            let _ = std::io::copy(
-                &mut request.as_reader().take(64 * limit as u64),
-                &mut std::io::sink(),
-            );
-            return Err(too_large());
-        }
+        let declared = (request.headers().get(CONTENT_LENGTH))
+            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+        let mut incoming = request.into_body();
         let mut body = Vec::new();
-        request
-            .as_reader()
-            .take(limit as u64 + 1)
-            .read_to_end(&mut body)
-            .map_err(|e| (400, format!("cannot read the body: {e}")))?;
-        if body.len() > limit {
+        let mut received = 0usize;
+        // A body past the limit is still read (up to 64 times the limit, then the
+        // connection closes) so that the client, still sending, gets to read the 413.
+        while received <= limit.saturating_mul(64) {
+            let Some(frame) = incoming.frame().await else {
+                break;
+            };
+            let frame = frame.map_err(|e| {
+                Answer::error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("cannot read the body: {e}"),
+                )
+            })?;
+            if let Ok(data) = frame.into_data() {
+                received += data.len();
+                if received <= limit && declared.is_none_or(|n| n <= limit) {
+                    body.extend_from_slice(&data);
+                }
+            }
+        }
+        if received > limit || declared.is_some_and(|n| n > limit) {
             return Err(too_large());
         }
         let parsed: PredictBody = serde_json::from_slice(&body).map_err(|e| {
-            (
-                400,
-                format!("the body is not {{\"texts\": [\"…\", …]}}: {e}"),
+            Answer::error(
+                StatusCode::BAD_REQUEST,
+                &format!("the body is not {{\"texts\": [\"…\", …]}}: {e}"),
             )
         })?;
         if parsed.texts.is_empty() {
-            return Err((400, "`texts` is empty; send at least one text".to_string()));
+            return Err(Answer::error(
+                StatusCode::BAD_REQUEST,
+                "`texts` is empty; send at least one text",
+            ));
         }
         if let Some(i) = parsed.texts.iter().position(|t| t.is_empty()) {
-            return Err((400, format!("text {} is empty", i + 1)));
+            return Err(Answer::error(
+                StatusCode::BAD_REQUEST,
+                &format!("text {} is empty", i + 1),
+            ));
         }
         Ok(parsed.texts)
     }
 }
 
+/// What a 503 tells the client in `Retry-After`, in seconds.
+pub(super) const RETRY_AFTER_SECONDS: &str = "1";
+
 /// `GET /metadata`'s answer.
-pub(super) fn metadata(info: &BundleInfo, max_batch: usize) -> Arc<Value> {
-    Arc::new(json!({
+pub(super) fn metadata(info: &BundleInfo, max_batch: usize) -> Value {
+    json!({
         "pipe_version": env!("CARGO_PKG_VERSION"),
         "max_batch": max_batch,
         "bundle": info,
-    }))
+    })
 }
 
-/// Writes the answer of a job the worker finished.
-pub(super) fn answer(done: Done<Pending>, log: bool) {
-    let texts = done
-        .answers
-        .as_ref()
-        .ok()
-        .and_then(|a| a.as_array())
-        .map(Vec::len);
-    let (status, body) = match done.answers {
-        Ok(answers) => (200, json!({ "predictions": answers })),
-        Err(message) => (500, error_body(&message)),
-    };
-    let note = texts.map(|n| format!("{n} texts, batch of {} requests", done.batched_with));
-    respond(done.reply_to, status, &body, note, log);
-}
-
-/// What a 503 (a full queue) tells the client in `Retry-After`, in seconds.
-const RETRY_AFTER_SECONDS: &str = "1";
-
-fn error_body(message: &str) -> Value {
+/// An error's JSON body.
+pub(super) fn error_body(message: &str) -> Value {
     json!({ "error": message })
 }
 
-/// Sends `body` as JSON with `status`, then logs the request.
-fn respond(pending: Pending, status: u16, body: &Value, note: Option<String>, log: bool) {
-    let Pending { request, started } = pending;
-    let line = log.then(|| {
-        let from = request
-            .remote_addr()
-            .map_or_else(|| "-".to_string(), |a| a.ip().to_string());
-        format!("{from} \"{} {}\" {status}", request.method(), request.url())
-    });
-    let json_type =
-        Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..]).expect("a valid header");
-    let mut response = Response::from_string(body.to_string())
-        .with_status_code(status)
-        .with_header(json_type);
-    if status == 503 {
-        // A full queue drains within a batch or two: well-behaved clients come back soon.
-        response.add_header(
-            Header::from_bytes(&b"Retry-After"[..], RETRY_AFTER_SECONDS.as_bytes())
-                .expect("a valid header"),
-        );
+/// `answer` as JSON, with `Retry-After` on a 503 (a full line drains within a batch or two:
+/// well-behaved clients come back soon).
+fn response(answer: &Answer) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(answer.body.to_string())));
+    *response.status_mut() = answer.status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if answer.status == StatusCode::SERVICE_UNAVAILABLE {
+        headers.insert(RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECONDS));
     }
-    // A client that left before its answer is not the server's problem.
-    let _ = request.respond(response);
-    if let Some(line) = line {
-        let ms = started.elapsed().as_secs_f64() * 1e3;
-        match note {
-            Some(note) => eprintln!("{line} {ms:.1}ms {note}"),
-            None => eprintln!("{line} {ms:.1}ms"),
-        }
-    }
+    response
 }

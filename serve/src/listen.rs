@@ -1,191 +1,120 @@
-//! Listening that survives a failed `accept`.
+//! Taking connections: at most [`Budget::connections`] served at once, `503 Service
+//! Unavailable` past that, and listening that survives a failed `accept`.
 //!
-//! tiny_http's accept thread ends at the first error: with every file descriptor in use
-//! (EMFILE), one `accept` fails (or the duplicate it makes of the accepted socket panics)
-//! and the server never takes another connection. So pipe binds the socket itself and
-//! keeps it: tiny_http gets a duplicate, and when its accept thread dies (it reported an
-//! error, or a watchdog's `GET /health` with the [`PROBE_HEADER`] gets no answer within
-//! [`PROBE_TIMEOUT`]), a [`Gate`] waits (backing off from [`FIRST_BACKOFF`] to [`LAST_BACKOFF`]
-//! while descriptors stay scarce) and starts a new tiny_http server on another duplicate
-//! of the same socket. Requests of connections the old server had already accepted are
-//! still answered: readers drain the retired servers too.
+//! A connection past the cap gets its 503 (with `Retry-After` and a JSON error) as soon as it
+//! is accepted, without waiting for its request. Its writing side is then shut, and what the
+//! client sends is read and dropped for at most [`REFUSAL_LINGER`] before the socket closes:
+//! closing a socket with unread data resets the connection, and a reset can reach the client
+//! before it has read the 503. [`Budget::refusals`] refusals linger at once; the others
+//! close right after their 503.
 //!
-//! At start the soft descriptor limit is raised to the hard one, as servers commonly do,
-//! so that the limit is rarely reached at all.
+//! A failed `accept` (no descriptor free, despite the cap, or a connection aborted before it
+//! was taken) never stops the listening: the loop waits, backing off from [`FIRST_BACKOFF`]
+//! to [`LAST_BACKOFF`] while accepting keeps failing, and accepts again.
 
-use std::net::{SocketAddr, TcpListener};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use anyhow::Context;
-use tiny_http::Request;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::http::{RETRY_AFTER_SECONDS, error_body};
+use super::limits::Budget;
 
 /// The first wait after a failed accept.
 pub const FIRST_BACKOFF: Duration = Duration::from_millis(50);
-/// The longest wait between two tries to listen again.
+/// The longest wait between two tries to accept.
 pub const LAST_BACKOFF: Duration = Duration::from_secs(1);
+/// How long a refused connection is read before it is closed.
+pub const REFUSAL_LINGER: Duration = Duration::from_secs(1);
 
-/// The header marking the watchdog's own requests (answered, never logged).
-pub const PROBE_HEADER: &str = "X-Pipe-Probe";
-
-/// How long the watchdog waits for the answer to its probe.
-pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// How often the watchdog probes.
-const PROBE_EVERY: Duration = Duration::from_secs(1);
-
-/// How long a reader waits for a request before it looks at the retired servers and at
-/// whether the server is stopping.
-const POLL: Duration = Duration::from_millis(100);
-
-/// The listening socket and the tiny_http server currently accepting on it.
+/// The connections served and refused.
 pub(super) struct Gate {
-    listener: TcpListener,
-    current: RwLock<Arc<tiny_http::Server>>,
-    retired: Mutex<Vec<Arc<tiny_http::Server>>>,
-    /// Held while a new server is being started, so that only one reader starts it.
-    reopening: Mutex<()>,
-}
-
-/// What [`Gate::next`] found.
-pub(super) enum Next {
-    /// A request to answer.
-    Request(Request),
-    /// Nothing within the poll interval (or the server was restarted).
-    Nothing,
+    open: Arc<Semaphore>,
+    lingering: Arc<Semaphore>,
+    connections: usize,
+    access_log: bool,
 }
 
 impl Gate {
-    /// Binds `addr` and starts accepting on it.
-    pub fn bind(addr: SocketAddr) -> anyhow::Result<Gate> {
-        raise_descriptor_limit();
-        let listener =
-            TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
-        let server = start(&listener).with_context(|| format!("cannot listen on {addr}"))?;
-        Ok(Gate {
-            listener,
-            current: RwLock::new(Arc::new(server)),
-            retired: Mutex::new(Vec::new()),
-            reopening: Mutex::new(()),
-        })
-    }
-
-    /// The address listened on.
-    pub fn addr(&self) -> anyhow::Result<SocketAddr> {
-        self.listener
-            .local_addr()
-            .context("the server has no local address")
-    }
-
-    /// The next request, waiting at most a poll interval. A failed accept (its accept
-    /// thread has ended) starts a new server on the same socket first.
-    pub fn next(&self) -> Next {
-        for old in self.retired.lock().map(|r| r.clone()).unwrap_or_default() {
-            if let Ok(Some(request)) = old.try_recv() {
-                return Next::Request(request);
-            }
-        }
-        let server = match self.current.read() {
-            Ok(current) => Arc::clone(&current),
-            Err(_) => return Next::Nothing,
-        };
-        match server.recv_timeout(POLL) {
-            Ok(Some(request)) => Next::Request(request),
-            Ok(None) => Next::Nothing,
-            Err(error) => {
-                self.reopen(&server, &error);
-                Next::Nothing
-            }
+    /// A gate for `budget`.
+    pub fn new(budget: &Budget, access_log: bool) -> Gate {
+        Gate {
+            open: Arc::new(Semaphore::new(budget.connections)),
+            lingering: Arc::new(Semaphore::new(budget.refusals)),
+            connections: budget.connections,
+            access_log,
         }
     }
 
-    /// Probes the server every second until `stopping`, and starts a new one when a probe
-    /// goes unanswered (its accept thread died without a word). A probe that cannot even
-    /// connect (no descriptor free here either) is skipped.
-    pub fn watch(&self, stopping: &std::sync::atomic::AtomicBool) {
-        use std::io::{Read, Write};
-        use std::sync::atomic::Ordering;
-        let Ok(addr) = self.addr() else {
-            return;
-        };
-        while !stopping.load(Ordering::SeqCst) {
-            std::thread::sleep(PROBE_EVERY);
-            let server = match self.current.read() {
-                Ok(current) => Arc::clone(&current),
-                Err(_) => return,
-            };
-            let Ok(mut stream) = std::net::TcpStream::connect_timeout(&addr, PROBE_TIMEOUT) else {
-                continue;
-            };
-            let probe = format!("GET /health HTTP/1.0\r\n{PROBE_HEADER}: 1\r\n\r\n");
-            let _ = stream.set_read_timeout(Some(PROBE_TIMEOUT));
-            let mut first = [0u8; 1];
-            let answered = stream.write_all(probe.as_bytes()).is_ok()
-                && stream.read(&mut first).is_ok_and(|n| n > 0);
-            if !answered && !stopping.load(Ordering::SeqCst) {
-                let error = std::io::Error::other("a probe of the server got no answer");
-                self.reopen(&server, &error);
-            }
-        }
-    }
-
-    /// Replaces `failed` (whose accept thread ended with `error`) by a new server on the
-    /// same socket, waiting while that is impossible (no descriptor free).
-    fn reopen(&self, failed: &Arc<tiny_http::Server>, error: &std::io::Error) {
-        let Ok(_one_at_a_time) = self.reopening.lock() else {
-            return;
-        };
-        if self
-            .current
-            .read()
-            .map_or(true, |current| !Arc::ptr_eq(&current, failed))
-        {
-            return;
-        }
-        eprintln!("pipe serve: cannot accept a connection ({error}); listening again");
+    /// Accepts connections on `listener` until the task running it is dropped, handing
+    /// each one within the cap to `serve` with the permit that keeps its place, and
+    /// refusing the others.
+    pub async fn accept(
+        &self,
+        listener: &TcpListener,
+        serve: impl Fn(TcpStream, SocketAddr, OwnedSemaphorePermit),
+    ) {
         let mut wait = FIRST_BACKOFF;
-        let server = loop {
-            std::thread::sleep(wait);
-            match start(&self.listener) {
-                Ok(server) => break server,
-                Err(e) => {
-                    wait = (wait * 2).min(LAST_BACKOFF);
+        loop {
+            match listener.accept().await {
+                Ok((stream, peer)) => {
+                    wait = FIRST_BACKOFF;
+                    match Arc::clone(&self.open).try_acquire_owned() {
+                        Ok(place) => serve(stream, peer, place),
+                        Err(_) => {
+                            let linger = Arc::clone(&self.lingering).try_acquire_owned().ok();
+                            let (open, log) = (self.connections, self.access_log);
+                            tokio::spawn(refuse(stream, peer, open, linger, log));
+                        }
+                    }
+                }
+                Err(error) => {
                     eprintln!(
-                        "pipe serve: cannot listen again yet ({e:#}); next try in {} ms",
+                        "pipe serve: cannot accept a connection ({error}); listening again in {} ms",
                         wait.as_millis()
                     );
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(LAST_BACKOFF);
                 }
-            }
-        };
-        if let Ok(mut current) = self.current.write() {
-            let old = std::mem::replace(&mut *current, Arc::new(server));
-            if let Ok(mut retired) = self.retired.lock() {
-                retired.push(old);
             }
         }
     }
 }
 
-/// A tiny_http server accepting on a duplicate of `listener`.
-fn start(listener: &TcpListener) -> anyhow::Result<tiny_http::Server> {
-    let copy = listener
-        .try_clone()
-        .context("cannot duplicate the listening socket")?;
-    tiny_http::Server::from_listener(copy, None).map_err(|e| anyhow::anyhow!("{e}"))
-}
-
-/// Raises the soft limit on open descriptors to the hard limit.
-fn raise_descriptor_limit() {
-    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
-    unsafe {
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
-        {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
+/// Answers 503 on a connection past the cap, reads what the client sends for at most
+/// [`REFUSAL_LINGER`] when `linger` holds a place, and closes it.
+async fn refuse(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    open: usize,
+    linger: Option<OwnedSemaphorePermit>,
+    log: bool,
+) {
+    let started = Instant::now();
+    let body = error_body(&format!(
+        "the server has {open} connections open, the most it takes; retry later"
+    ))
+    .to_string();
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n\
+         Retry-After: {RETRY_AFTER_SECONDS}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let written = stream.write_all(response.as_bytes()).await.is_ok();
+    if written && linger.is_some() {
+        let _ = stream.shutdown().await;
+        let mut sink = [0u8; 4096];
+        let drained = async { while let Ok(1..) = stream.read(&mut sink).await {} };
+        let _ = tokio::time::timeout(REFUSAL_LINGER, drained).await;
+    }
+    if log {
+        let ms = started.elapsed().as_secs_f64() * 1e3;
+        eprintln!(
+            "{} (a connection past the {open} open) 503 {ms:.1}ms",
+            peer.ip()
+        );
     }
 }

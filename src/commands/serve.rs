@@ -40,6 +40,7 @@ pub fn exec(args: ServeArgs, printer: &Printer) -> anyhow::Result<Verdict> {
         max_body_bytes: args.max_body_bytes,
         io_threads: 4,
         access_log: true,
+        max_connections: args.max_connections,
     };
     let server = Server::start(bundle, &options)?;
     // The address is the answer (with `--port 0`, the only way to learn the port): stdout,
@@ -53,6 +54,22 @@ pub fn exec(args: ServeArgs, printer: &Printer) -> anyhow::Result<Verdict> {
             server.addr()
         ),
     ));
+    let budget = server.budget();
+    if budget.lowered {
+        printer.warn(&format!(
+            "--max-connections is more than the descriptor limit ({}) allows; \
+             raise `ulimit -n` for more",
+            budget.limit
+        ));
+    }
+    printer.status(
+        "Serving",
+        Tone::Quiet,
+        &format!(
+            "at most {} connections at once (descriptor limit {}); more are answered 503",
+            budget.connections, budget.limit
+        ),
+    );
     let signal = signals.wait().context("cannot wait for a signal")?;
     printer.status(
         "Stopping",

@@ -1,6 +1,8 @@
 //! `pipe serve`: the built binary serves the bundle of the predict tests' pipeline; a real
 //! HTTP client (ureq) asks it what `pipe predict --json` answers, in parallel, with bad
-//! requests, past a full queue (503), and SIGTERM stops it, answering the requests in flight.
+//! requests, past a full queue (503), past the connection cap (503), with a large request
+//! beside a small one (the small one first), with a client that leaves (its texts not
+//! computed), and SIGTERM stops it, answering the requests in flight.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
@@ -440,8 +442,7 @@ fn a_full_queue_answers_503_with_retry_after_and_sigterm_answers_what_was_queued
         &["--queue", "1", "--max-batch", "1", "--threads", "1"],
     ));
 
-    // One request runs, one waits (once the worker took the first), the others find the
-    // queue full.
+    // One request is in the worker's hands, the others find the queue full.
     let clients = 12;
     let done = Arc::new((0..clients).map(|_| AtomicBool::new(false)).collect());
     let first: Vec<Answer> = burst(&served, clients, &done)
@@ -457,12 +458,13 @@ fn a_full_queue_answers_503_with_retry_after_and_sigterm_answers_what_was_queued
     assert!(refused < clients, "every request was refused");
     assert_eq!(served.get("/health"), (200, json!({ "status": "ok" })));
 
-    // SIGTERM while requests are in flight: each is answered, and the server exits 0.
+    // SIGTERM while a request is in flight (the one in the worker's hands, once the others
+    // were refused): it is answered, and the server exits 0.
     let done: Arc<Vec<AtomicBool>> =
         Arc::new((0..clients).map(|_| AtomicBool::new(false)).collect());
     let second = burst(&served, clients, &done);
     let began = Instant::now();
-    while done.iter().filter(|d| d.load(Ordering::SeqCst)).count() < clients - 2 {
+    while done.iter().filter(|d| d.load(Ordering::SeqCst)).count() < clients - 1 {
         assert!(
             began.elapsed() < Duration::from_secs(120),
             "the refusals never came"
@@ -543,50 +545,209 @@ fn serve_prints_its_address_on_stdout_even_when_quiet() {
     );
 }
 
-/// With every descriptor in use, `accept` fails (EMFILE): the server backs off and listens
-/// again instead of never taking another connection.
-#[test]
-fn serve_keeps_listening_after_running_out_of_descriptors() {
-    let p = project();
-    p.run_json("demo.yaml", 0);
-    let served = Served::start_with(&p, "demo.yaml", "export-onnx", &[], Some(64));
-    assert_eq!(served.get("/health").0, 200);
-    let addr = served.base.trim_start_matches("http://").to_string();
-    // Idle connections until the server has no descriptor left (each takes one or two).
-    let addr: std::net::SocketAddr = addr.parse().unwrap();
-    let mut held = Vec::new();
-    for _ in 0..200 {
-        // Once the backlog is full, a connect waits: stop there.
-        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
-            Ok(stream) => held.push(stream),
-            Err(_) => break,
+/// The most connections the server said it serves at once ("at most N connections").
+fn connection_cap(served: &Served) -> usize {
+    let began = Instant::now();
+    loop {
+        let log = served.stderr.lock().unwrap().clone();
+        if let Some(rest) = log.split("at most ").nth(1) {
+            return rest.split_whitespace().next().unwrap().parse().unwrap();
         }
-        let log = served.stderr.lock().unwrap();
-        if log.contains("cannot accept a connection") || log.contains("Too many open files") {
-            break;
-        }
-    }
-    // The accept thread fails: with an error, or by panicking on a socket it cannot copy.
-    let failed = || {
-        let log = served.stderr.lock().unwrap();
-        log.contains("cannot accept a connection") || log.contains("Too many open files")
-    };
-    let waited = Instant::now();
-    while !failed() {
         assert!(
-            waited.elapsed() < Duration::from_secs(30),
-            "no accept failed with {} connections open:\n{}",
-            held.len(),
-            served.stderr.lock().unwrap()
+            began.elapsed() < Duration::from_secs(30),
+            "no cap in:\n{log}"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Sends `GET /health` on a new connection and reads the answer's head and, on a closed
+/// connection, its body; the connection (kept open by the server after a 200) and the text.
+fn health_on_new_connection(addr: std::net::SocketAddr) -> (std::net::TcpStream, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: pipe\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 4096];
+    // A 200 keeps the connection open: its whole answer ends with the body `{"status":"ok"}`;
+    // a 503 closes it.
+    while !answer.ends_with(b"}") || !String::from_utf8_lossy(&answer).contains("\r\n\r\n") {
+        match stream.read(&mut buffer).unwrap() {
+            0 => break,
+            n => answer.extend_from_slice(&buffer[..n]),
+        }
+    }
+    (stream, String::from_utf8(answer).unwrap())
+}
+
+/// Past the cap (below the descriptor limit), connections are answered 503 at once, the
+/// server never runs out of descriptors, and it serves again once connections close.
+#[test]
+fn connections_past_the_cap_get_503_and_the_server_serves_again_after() {
+    let p = project();
+    p.run_json("demo.yaml", 0);
+    // A cap above what 64 descriptors allow is lowered, with a warning.
+    let served = Served::start_with(
+        &p,
+        "demo.yaml",
+        "export-onnx",
+        &["--max-connections", "100000"],
+        Some(64),
+    );
+    let cap = connection_cap(&served);
+    assert!((1..64).contains(&cap), "{cap}");
+    assert!(
+        served
+            .stderr
+            .lock()
+            .unwrap()
+            .contains("descriptor limit (64)"),
+        "{}",
+        served.stderr.lock().unwrap()
+    );
+    let addr: std::net::SocketAddr = served.base.trim_start_matches("http://").parse().unwrap();
+    let extra = 12;
+    let mut held = Vec::new();
+    let mut refused = Vec::new();
+    for _ in 0..cap + extra {
+        let (stream, answer) = health_on_new_connection(addr);
+        if answer.starts_with("HTTP/1.1 200") {
+            held.push(stream);
+        } else {
+            refused.push(answer);
+        }
+    }
+    // Connections are taken in order: the first `cap` are served, the others refused.
+    assert_eq!((held.len(), refused.len()), (cap, extra), "{refused:?}");
+    for answer in &refused {
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+        assert!(answer.contains("Retry-After: 1\r\n"), "{answer}");
+        let body: Value = serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+        let error = body["error"].as_str().unwrap();
+        assert!(error.contains(&format!("{cap} connections open")), "{body}");
+    }
     drop(held);
-    let texts: Vec<String> = (0..3).map(text).collect();
-    let (status, answer) = served.post(&json!({ "texts": texts }).to_string());
-    assert_eq!(status, 200, "{answer}");
-    assert_eq!(answer["predictions"].as_array().unwrap().len(), 3);
+    // The places come free as the server sees the connections close.
+    let began = Instant::now();
+    let answer = loop {
+        let answer = served
+            .try_post(&json!({ "texts": [text(1), text(2)] }).to_string())
+            .expect("the server answers");
+        if answer.status == 200 {
+            break answer;
+        }
+        assert_eq!(answer.status, 503, "{answer:?}");
+        assert!(began.elapsed() < Duration::from_secs(30), "{answer:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(answer.body["predictions"].as_array().unwrap().len(), 2);
     let (code, log) = served.terminate();
     assert_eq!(code, Some(0), "{log}");
-    assert!(log.contains("listening again"), "{log}");
+    assert!(!log.contains("cannot accept"), "{log}");
+    let logged = (log.lines())
+        .filter(|l| l.contains("a connection past the"))
+        .count();
+    assert!(logged >= extra, "{log}");
+}
+
+/// `texts` texts of the predict tests' data, in order, as a `POST /predict` body.
+fn body_of(texts: usize) -> String {
+    json!({ "texts": (0..texts).map(|i| text(i % 40)).collect::<Vec<_>>() }).to_string()
+}
+
+/// Texts in the large request of the turn and departure tests: a job alone in the line takes
+/// 16 runs' texts a turn, so with `--max-batch 1` this keeps the worker busy for over a
+/// thousand turns (seconds), and its body is below the 1 MiB default.
+const TURNS_REQUEST: usize = 20_000;
+
+/// Sends `POST /predict` with `texts` texts on a connection of its own, without reading the
+/// answer.
+fn send_predict(served: &Served, texts: usize) -> std::net::TcpStream {
+    use std::io::Write;
+    let body = body_of(texts);
+    let mut stream = std::net::TcpStream::connect(served.base.trim_start_matches("http://"))
+        .expect("the server takes the connection");
+    let head = format!(
+        "POST /predict HTTP/1.1\r\nHost: pipe\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(body.as_bytes()).unwrap();
+    stream
+}
+
+/// Waits for the log line of a request whose client left; how many of its `sent` texts
+/// were not computed.
+fn texts_not_computed(served: &Served, sent: usize) -> usize {
+    let began = Instant::now();
+    let line = loop {
+        let log = served.stderr.lock().unwrap().clone();
+        if let Some(line) = log.lines().find(|l| l.contains("the client left")) {
+            break line.to_string();
+        }
+        assert!(
+            began.elapsed() < Duration::from_secs(60),
+            "no client left:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(line.contains("\"POST /predict\""), "{line}");
+    assert!(
+        line.contains(&format!("of {sent} texts not computed")),
+        "{line}"
+    );
+    (line.split("answer: ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"))
+}
+
+/// A large request takes turns with the others: a small request sent after it (with one
+/// text per model run, the large one takes 20,000 runs) is answered while the large one still
+/// has texts to compute. (Which answer reaches its client first says less: the large
+/// answer takes longer to send.) So its client leaves then, and the log says how many of its
+/// texts were not computed: some, where one after the other would have computed them all.
+/// That answers come back whole and in order across turns, the queue test checks.
+#[test]
+fn a_small_request_is_answered_while_a_large_one_sent_before_it_is_computed() {
+    let p = project();
+    p.run_json("demo.yaml", 0);
+    let predicted = json_of(&p.pipe(&["predict", "export-onnx", "--file", "data.csv", "--json"]));
+    let served = Served::start(&p, &["--max-batch", "1", "--threads", "1"]);
+    let big = send_predict(&served, TURNS_REQUEST);
+    std::thread::sleep(Duration::from_millis(100));
+    let (status, small) = served.post(&json!({ "texts": [text(7)] }).to_string());
+    assert_eq!(status, 200, "{small}");
+    assert_same_answer(&small["predictions"][0], &predicted[7]);
+    drop(big);
+    assert!(texts_not_computed(&served, TURNS_REQUEST) > 0);
+    let (code, log) = served.terminate();
+    assert_eq!(code, Some(0), "{log}");
+}
+
+/// A client that leaves before its answer: the rest of its texts are not computed (the log
+/// says how many), and the server goes on answering the others.
+#[test]
+fn the_texts_of_a_client_that_left_are_not_computed() {
+    let p = project();
+    p.run_json("demo.yaml", 0);
+    let served = Served::start(&p, &["--max-batch", "1", "--threads", "1"]);
+    let leaving = send_predict(&served, TURNS_REQUEST);
+    std::thread::sleep(Duration::from_millis(100));
+    drop(leaving);
+    assert!(texts_not_computed(&served, TURNS_REQUEST) > 0);
+    let (status, answer) = served.post(&json!({ "texts": [text(3)] }).to_string());
+    assert_eq!(status, 200, "{answer}");
+    let (code, log) = served.terminate();
+    assert_eq!(code, Some(0), "{log}");
+    let answered = log
+        .lines()
+        .filter(|l| l.contains("\"POST /predict\" 200"))
+        .count();
+    assert_eq!(answered, 1, "{log}");
 }

@@ -406,6 +406,68 @@ fn a_users_folder_of_empty_folders_at_an_out_goes_to_the_trash_with_its_mode() {
     assert_eq!(p.read("build/made.txt"), "made\n");
 }
 
+/// A folder out restored by pipe came back `0755` where the command had made it `0700`:
+/// folder modes are recorded with the outputs (not in their hash: the key stays the one of
+/// the same files under `0755`) and given back, in the workspace and under `.pipe/out/`.
+#[test]
+fn a_restored_folder_out_gets_the_modes_it_was_committed_with() {
+    let p = Project::new();
+    let made = "mkdir -p build/private/deep build/open && echo made > build/private/deep/x.txt \
+                && chmod 700 build/private && chmod 750 build/private/deep";
+    p.file(
+        "p.yaml",
+        &format!("pipeline: p\nstages:\n  s:\n    run: {made}\n    outs: [build]\n"),
+    );
+    let first = p.run_json("p.yaml", 0);
+    assert_eq!(status_of(&first, "s"), "ran");
+    let committed = [
+        ("build", mode(&p.path("build"))),
+        ("build/open", mode(&p.path("build/open"))),
+        ("build/private", 0o700),
+        ("build/private/deep", 0o750),
+    ];
+    for (rel, want) in committed {
+        assert_eq!(mode(&p.path(rel)), want, "{rel} as the command made it");
+    }
+
+    std::fs::remove_dir_all(p.path("build")).unwrap();
+    let second = p.run_json("p.yaml", 0);
+    assert_eq!(status_of(&second, "s"), "cached");
+    for (rel, want) in committed {
+        assert_eq!(
+            mode(&p.path(rel)),
+            want,
+            "{rel} restored: {:o}",
+            mode(&p.path(rel))
+        );
+    }
+    assert_eq!(p.read("build/private/deep/x.txt"), "made\n");
+
+    // The same files under usual modes have the same key: the cache is used, not rerun.
+    std::fs::remove_dir_all(p.path("build")).unwrap();
+    let usual = made.replace("chmod 700 build/private", "chmod 755 build/private");
+    let usual = usual.replace(
+        "chmod 750 build/private/deep",
+        "chmod 755 build/private/deep",
+    );
+    let q = Project::new();
+    q.file(
+        "p.yaml",
+        &format!("pipeline: p\nstages:\n  s:\n    run: {usual}\n    outs: [build]\n"),
+    );
+    q.run_json("p.yaml", 0);
+    let lock = |p: &Project| {
+        let text = p.read("p.lock");
+        let at = text.find("outputs").expect("outputs in the lockfile");
+        text[at..].lines().next().unwrap().to_string()
+    };
+    assert_eq!(
+        lock(&p),
+        lock(&q),
+        "the folder's hash does not depend on its modes"
+    );
+}
+
 /// The note of the one trash batch that holds `rel`, which may be a folder.
 fn trashed_folder(p: &Project, rel: &str) -> (serde_json::Value, std::path::PathBuf) {
     let mut found = Vec::new();
