@@ -1,11 +1,13 @@
-//! A checkpoint folder of each family that `pipe init` cannot start from scratch (Llama,
-//! GPT-2, DistilBERT, ModernBERT) fine-tuned with LoRA end to end through `pipe run`: ingest
-//! → split → tokenize → finetune (a few steps) → export-onnx → evaluate, with
-//! `model: { path: ... }` pointing at the family fixture's `checkpoint/` (a tiny random
-//! causal or masked LM as `save_pretrained` writes it; its script's `--checkpoint` makes it).
-//! The decoders read the tokenizers of their style (`fixtures/tokenizers/`), the encoders
-//! a trained one. Each run's `model/` names the family's classifier, merges the adapter into
-//! the targeted layers only, and its bundle answers `pipe predict`.
+//! A checkpoint folder of the Llama family, GPT-2, DistilBERT and ModernBERT fine-tuned with
+//! LoRA end to end through `pipe run`: ingest → split → tokenize → finetune (a few steps) →
+//! export-onnx → evaluate, with `model: { path: ... }` pointing at the family fixture's
+//! `checkpoint/` (a tiny random causal or masked LM as `save_pretrained` writes it; the
+//! family's `make_fixtures.py --checkpoint` makes it). The decoders read tokenizers of their
+//! style (`fixtures/tokenizers/`), the encoders a trained one. Each run's `model/` names the
+//! family's classifier and has the adapter merged into the targeted layers only, and its
+//! bundle answers `pipe predict`. (transformers and PEFT load these `model/` and `adapter/`
+//! folders: `scripts/check-hf-folder.py` and `peft_{llama,gpt2}/make_fixtures.py --check`,
+//! which need PyTorch.)
 
 use std::path::Path;
 
