@@ -388,11 +388,21 @@ fn encoder_dropout_sites_are_transformers_modules() {
 }
 
 /// With dropout on, under transformers' recorded masks, the step graph gives transformers'
-/// loss and every gradient; with the fixture config's dropout (all 0) the plan is empty and
-/// the step gives the dropout-free numbers of `tests/fixtures/bert/`.
+/// loss and every gradient (RoBERTa's head drops twice, with two masks); with the fixture
+/// config's dropout (all 0) the plan is empty and the step gives the dropout-free numbers of
+/// `tests/fixtures/{bert,roberta}/`.
 #[test]
 fn bert_dropout_with_fixed_masks_matches_transformers() {
-    let b = base("bert");
+    dropout_with_fixed_masks_matches_transformers("bert");
+}
+
+#[test]
+fn roberta_dropout_with_fixed_masks_matches_transformers() {
+    dropout_with_fixed_masks_matches_transformers("roberta");
+}
+
+fn dropout_with_fixed_masks_matches_transformers(family: &str) {
+    let b = base(family);
     let problem = ProblemType::SingleLabelClassification;
     let reference = json(fixture("encoder_tuning/dropout_sites.json"));
     let rates = &reference["rates"];
@@ -400,13 +410,14 @@ fn bert_dropout_with_fixed_masks_matches_transformers() {
     // Dropout off: no site, the fixture's numbers.
     assert!(DropoutPlan::new(&b.config, b.config.dropout_rates()).is_empty());
     let plain = StepGraph::compile(&b.config, problem, Trained::All).unwrap();
-    let bert = weights::load_all(&fixture("bert/expected.safetensors")).unwrap();
+    let plain_expected =
+        weights::load_all(&fixture(&format!("{family}/expected.safetensors"))).unwrap();
     check_gradients(
         &plain,
         &b.weights,
         &feeds(&b.batch),
-        &under(&bert, "grad."),
-        "no dropout",
+        &under(&plain_expected, "grad."),
+        &format!("{family} without dropout"),
     );
 
     let mut cfg = bert_config(&b.config);
@@ -420,8 +431,10 @@ fn bert_dropout_with_fixed_masks_matches_transformers() {
         ..StepOptions::plain(&config)
     };
     let step = StepGraph::compile_with(&config, problem, &options, Trained::All).unwrap();
-    let expected =
-        weights::load_all(&fixture("encoder_tuning/bert_dropout/expected.safetensors")).unwrap();
+    let expected = weights::load_all(&fixture(&format!(
+        "encoder_tuning/{family}_dropout/expected.safetensors"
+    )))
+    .unwrap();
     let mut inputs = b.weights.clone();
     for site in cfg.dropout_sites(cfg.dropout_rates()) {
         let mask = &expected[&format!("mask:{}", site.module)];
@@ -459,19 +472,19 @@ fn bert_dropout_with_fixed_masks_matches_transformers() {
     let mut session = Session::from_model(&step.model, &one_thread()).unwrap();
     let out = session.run(&feeds_all).unwrap();
     assert_close(
-        "loss",
+        &format!("{family} loss"),
         out["loss"].as_f32().unwrap(),
         expected["loss"].as_f32().unwrap(),
     );
     for e in &step.signature.layout.entries {
         let want = &expected[&format!("grad.{}", e.name)];
         assert_close(
-            &format!("dropout grad {}", e.name),
+            &format!("{family} dropout grad {}", e.name),
             out[&e.grad].as_f32().unwrap(),
             want.as_f32().unwrap(),
         );
     }
-    let plain_loss = bert["loss"].as_f32().unwrap()[0];
+    let plain_loss = plain_expected["loss"].as_f32().unwrap()[0];
     assert!((out["loss"].as_f32().unwrap()[0] - plain_loss).abs() > 1e-3);
 }
 
