@@ -390,7 +390,7 @@ fn encoder_dropout_sites_are_transformers_modules() {
 /// With dropout on, under transformers' recorded masks, the step graph gives transformers'
 /// loss and every gradient (RoBERTa's head drops twice, with two masks); with the fixture
 /// config's dropout (all 0) the plan is empty and the step gives the dropout-free numbers of
-/// `tests/fixtures/{bert,roberta}/`.
+/// `tests/fixtures/{bert,roberta,distilbert}/`.
 #[test]
 fn bert_dropout_with_fixed_masks_matches_transformers() {
     dropout_with_fixed_masks_matches_transformers("bert");
@@ -401,11 +401,37 @@ fn roberta_dropout_with_fixed_masks_matches_transformers() {
     dropout_with_fixed_masks_matches_transformers("roberta");
 }
 
+#[test]
+fn distilbert_dropout_with_fixed_masks_matches_transformers() {
+    dropout_with_fixed_masks_matches_transformers("distilbert");
+}
+
+/// `config` with the dropout rates of the fixtures: `dropout_sites.json`'s (BERT's keys), or
+/// `distilbert_dropout/rates.json` (DistilBERT's).
+fn with_fixture_dropout(config: &ModelConfig) -> ModelConfig {
+    match config.clone() {
+        ModelConfig::Bert(mut c) => {
+            let rates = &json(fixture("encoder_tuning/dropout_sites.json"))["rates"];
+            c.hidden_dropout_prob = rates["hidden_dropout_prob"].as_f64().unwrap();
+            c.attention_probs_dropout_prob =
+                rates["attention_probs_dropout_prob"].as_f64().unwrap();
+            c.classifier_dropout = rates["classifier_dropout"].as_f64();
+            ModelConfig::Bert(c)
+        }
+        ModelConfig::DistilBert(mut c) => {
+            let rates = json(fixture("encoder_tuning/distilbert_dropout/rates.json"));
+            c.dropout = rates["dropout"].as_f64().unwrap();
+            c.attention_dropout = rates["attention_dropout"].as_f64().unwrap();
+            c.seq_classif_dropout = rates["seq_classif_dropout"].as_f64().unwrap();
+            ModelConfig::DistilBert(c)
+        }
+        other => panic!("no dropout fixture for {}", other.model_type()),
+    }
+}
+
 fn dropout_with_fixed_masks_matches_transformers(family: &str) {
     let b = base(family);
     let problem = ProblemType::SingleLabelClassification;
-    let reference = json(fixture("encoder_tuning/dropout_sites.json"));
-    let rates = &reference["rates"];
 
     // Dropout off: no site, the fixture's numbers.
     assert!(DropoutPlan::new(&b.config, b.config.dropout_rates()).is_empty());
@@ -420,11 +446,7 @@ fn dropout_with_fixed_masks_matches_transformers(family: &str) {
         &format!("{family} without dropout"),
     );
 
-    let mut cfg = bert_config(&b.config);
-    cfg.hidden_dropout_prob = rates["hidden_dropout_prob"].as_f64().unwrap();
-    cfg.attention_probs_dropout_prob = rates["attention_probs_dropout_prob"].as_f64().unwrap();
-    cfg.classifier_dropout = rates["classifier_dropout"].as_f64();
-    let config = ModelConfig::Bert(cfg.clone());
+    let config = with_fixture_dropout(&b.config);
     let options = StepOptions {
         loss: CrossEntropy::default(),
         dropout: DropoutPlan::new(&config, config.dropout_rates()),
@@ -436,7 +458,7 @@ fn dropout_with_fixed_masks_matches_transformers(family: &str) {
     )))
     .unwrap();
     let mut inputs = b.weights.clone();
-    for site in cfg.dropout_sites(cfg.dropout_rates()) {
+    for site in config.dropout_sites(config.dropout_rates()) {
         let mask = &expected[&format!("mask:{}", site.module)];
         let keep: Vec<bool> = mask.to_f64_vec().iter().map(|&k| k != 0.0).collect();
         let shape = mask.shape().to_vec();
