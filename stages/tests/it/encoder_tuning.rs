@@ -1,8 +1,8 @@
-//! LoRA, `freeze:` and dropout of the encoders (BERT, RoBERTa, DistilBERT) against PEFT, transformers'
-//! `Trainer` and transformers' dropout modules: the fixtures in
-//! `tests/fixtures/encoder_tuning/` (see `make_fixtures.py` there), on the tiny models and
-//! batches of `tests/fixtures/{bert,roberta,distilbert}/`. Everything here runs pipe's own step graph,
-//! flat trainer, adapter writer and merge.
+//! LoRA, `freeze:` and dropout of the encoders (BERT, RoBERTa, DistilBERT; ModernBERT's
+//! dropout) against PEFT, transformers' `Trainer` and transformers' dropout modules: the
+//! fixtures in `tests/fixtures/encoder_tuning/` (see `make_fixtures.py` there), on the tiny
+//! models and batches of `tests/fixtures/{bert,roberta,distilbert,modernbert}/`. Everything
+//! here runs pipe's own step graph, flat trainer, adapter writer and merge.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -390,7 +390,7 @@ fn encoder_dropout_sites_are_transformers_modules() {
 /// With dropout on, under transformers' recorded masks, the step graph gives transformers'
 /// loss and every gradient (RoBERTa's head drops twice, with two masks); with the fixture
 /// config's dropout (all 0) the plan is empty and the step gives the dropout-free numbers of
-/// `tests/fixtures/{bert,roberta,distilbert}/`.
+/// `tests/fixtures/{bert,roberta,distilbert,modernbert}/`.
 #[test]
 fn bert_dropout_with_fixed_masks_matches_transformers() {
     dropout_with_fixed_masks_matches_transformers("bert");
@@ -406,8 +406,13 @@ fn distilbert_dropout_with_fixed_masks_matches_transformers() {
     dropout_with_fixed_masks_matches_transformers("distilbert");
 }
 
+#[test]
+fn modernbert_dropout_with_fixed_masks_matches_transformers() {
+    dropout_with_fixed_masks_matches_transformers("modernbert");
+}
+
 /// `config` with the dropout rates of the fixtures: `dropout_sites.json`'s (BERT's keys), or
-/// `distilbert_dropout/rates.json` (DistilBERT's).
+/// `<family>_dropout/rates.json` (DistilBERT's, ModernBERT's).
 fn with_fixture_dropout(config: &ModelConfig) -> ModelConfig {
     match config.clone() {
         ModelConfig::Bert(mut c) => {
@@ -424,6 +429,14 @@ fn with_fixture_dropout(config: &ModelConfig) -> ModelConfig {
             c.attention_dropout = rates["attention_dropout"].as_f64().unwrap();
             c.seq_classif_dropout = rates["seq_classif_dropout"].as_f64().unwrap();
             ModelConfig::DistilBert(c)
+        }
+        ModelConfig::ModernBert(mut c) => {
+            let rates = json(fixture("encoder_tuning/modernbert_dropout/rates.json"));
+            c.embedding_dropout = rates["embedding_dropout"].as_f64().unwrap();
+            c.attention_dropout = rates["attention_dropout"].as_f64().unwrap();
+            c.mlp_dropout = rates["mlp_dropout"].as_f64().unwrap();
+            c.classifier_dropout = rates["classifier_dropout"].as_f64().unwrap();
+            ModelConfig::ModernBert(c)
         }
         other => panic!("no dropout fixture for {}", other.model_type()),
     }
