@@ -51,6 +51,22 @@ impl ModelConfig {
         "gpt2",
     ];
 
+    /// The layers a LoRA adapter of a `model_type` model targets unless told otherwise: its
+    /// attention's query and value projections by the family's names, PEFT's defaults
+    /// (`TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING`). `None` for a type pipe does not
+    /// know.
+    pub fn default_lora_targets(model_type: &str) -> Option<&'static [&'static str]> {
+        Some(match model_type {
+            "gpt_neo" | "llama" | "mistral" | "qwen2" | "qwen3" => &["q_proj", "v_proj"],
+            "bert" | "roberta" => &["query", "value"],
+            "distilbert" => &["q_lin", "v_lin"],
+            // One fused projection of q, k and v in both.
+            "modernbert" => &["Wqkv"],
+            "gpt2" => &["c_attn"],
+            _ => return None,
+        })
+    }
+
     /// The config `value` (a `config.json`, or an inline config of a manifest), by its
     /// `model_type`; without one it is a GPT-Neo config (pipe's own inline configs).
     pub fn from_json(value: Value) -> Result<Self> {

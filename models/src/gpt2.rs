@@ -31,7 +31,8 @@ use super::classifier::{
     ClassifierInput, Pooling, ProblemType, SequenceClassifier, decoder_pad_id,
 };
 use super::dropout::{Dropout, DropoutRates, DropoutSites, Site, SiteShape};
-use super::layers::{Activation, Conv1D, LayerNorm, Linear, causal_mask, last_position};
+use super::last_tokens::{LastTokens, forward_to_last_tokens};
+use super::layers::{Activation, Conv1D, LayerNorm, Linear, causal_mask};
 use super::lora::LoraParams;
 use super::{Init, VarPath, Vars};
 
@@ -210,25 +211,40 @@ impl Attention {
         })
     }
 
-    /// `resid_dropout(c_proj(attention))` of `x` `[b, s, h]`; `mask` `[b, 1, s, s]`.
+    /// `resid_dropout(c_proj(attention))` of `x` `[b, s, h]`; `mask` `[b, 1, s, s]`. With
+    /// `last`, only each row's last token attends: `[b, 1, h]`.
     fn forward(
         &self,
         g: &mut Graph,
         x: Tensor,
+        last: Option<&LastTokens>,
         mask: Tensor,
         dropout: &Dropout,
     ) -> pipe_onnx::Result<Tensor> {
-        let (b, s) = (g.shape(x)[0].clone(), g.shape(x)[1].clone());
+        let b = g.shape(x)[0].clone();
         let qkv = self.c_attn.forward(g, x, dropout)?; // [b, s, 3h]
         let ctx = g.with_scope(self.path.as_str(), |g| -> pipe_onnx::Result<Tensor> {
             let h = self.num_heads * self.head_dim;
             let (nh, hd) = (Dim::Fixed(self.num_heads), Dim::Fixed(self.head_dim));
-            let part = |g: &mut Graph, k: i64| -> pipe_onnx::Result<Tensor> {
-                let t = g.slice(qkv, &[k * h], &[Dim::Fixed((k + 1) * h)], &[-1], &[])?;
-                let t = g.reshape(t, &[b.clone(), s.clone(), nh.clone(), hd.clone()])?;
+            let part = |g: &mut Graph, k: i64| {
+                g.slice(qkv, &[k * h], &[Dim::Fixed((k + 1) * h)], &[-1], &[]) // [b, s, h]
+            };
+            let heads = |g: &mut Graph, t: Tensor| -> pipe_onnx::Result<Tensor> {
+                let s = g.shape(t)[1].clone();
+                let t = g.reshape(t, &[b.clone(), s, nh.clone(), hd.clone()])?;
                 g.transpose(t, &[0, 2, 1, 3]) // [b, heads, s, head_dim]
             };
-            let (q, k, v) = (part(g, 0)?, part(g, 1)?, part(g, 2)?);
+            let q = part(g, 0)?;
+            let (q, mask) = match last {
+                Some(last) => (last.pick(g, q)?, last.mask(g, mask)?),
+                None => (q, mask),
+            };
+            let s = g.shape(q)[1].clone();
+            let q = heads(g, q)?;
+            let k = part(g, 1)?;
+            let k = heads(g, k)?;
+            let v = part(g, 2)?;
+            let v = heads(g, v)?;
             let scale = g.scalar(DType::F32, self.scale);
             let q = g.mul(q, scale)?;
             let kt = g.transpose(k, &[0, 1, 3, 2])?;
@@ -284,15 +300,22 @@ impl Block {
         })
     }
 
+    /// `x` `[b, s, h]` → `[b, s, h]`; with `last`, keys and values still come from every
+    /// position but only each row's last token goes on: `[b, 1, h]`.
     fn forward(
         &self,
         g: &mut Graph,
         x: Tensor,
+        last: Option<&LastTokens>,
         mask: Tensor,
         dropout: &Dropout,
     ) -> pipe_onnx::Result<Tensor> {
         let a = self.ln_1.forward(g, x)?;
-        let a = self.attn.forward(g, a, mask, dropout)?;
+        let a = self.attn.forward(g, a, last, mask, dropout)?;
+        let x = match last {
+            Some(last) => last.pick(g, x)?,
+            None => x,
+        };
         let x = g.with_scope(self.path.as_str(), |g| g.add(x, a))?;
         let m = self.ln_2.forward(g, x)?;
         let m = self.c_fc.forward(g, m, dropout)?;
@@ -362,16 +385,16 @@ impl Gpt2Model {
             let mask = g.with_scope("mask", |g| causal_mask(g, input.lengths, &s, None))?;
             Ok((x, mask))
         })?;
-        let mut x = x;
-        for block in &self.h {
-            x = block.forward(g, x, mask, dropout)?;
-        }
-        let (b, h) = (g.shape(x)[0].clone(), g.shape(x)[2].clone());
-        let x = g.with_scope("pool", |g| -> pipe_onnx::Result<Tensor> {
-            let at_last = last_position(g, input.lengths, &b, &h)?;
-            let x = g.gather_elements(x, at_last, 1)?;
-            g.reshape(x, &[b.clone(), h.clone()])
-        })?;
+        // The last block runs on the pooled rows alone.
+        let x = forward_to_last_tokens(
+            g,
+            x,
+            input.lengths,
+            &self.h,
+            dropout,
+            |block| &block.path,
+            |g, block, x, last| Ok(block.forward(g, x, last, mask, dropout)?),
+        )?;
         // LayerNorm is per row: normalising the picked rows is normalising all and picking.
         Ok(self.ln_f.forward(g, x)?)
     }

@@ -36,8 +36,9 @@ use super::architecture::{Architecture, check_positive, classifier_keys};
 use super::classifier::{self, ClassifierInput, SequenceClassifier};
 pub use super::classifier::{Pooling, ProblemType, hf_trainer_decay};
 use super::dropout::{Dropout, DropoutRates, DropoutSites, Site, SiteShape};
+use super::last_tokens::{LastTokens, forward_to_last_tokens};
 pub use super::layers::{Activation, Tokens};
-use super::layers::{LayerNorm, last_position, pool_mean};
+use super::layers::{LayerNorm, pool_mean};
 use super::lora::{self, LoraLayer, LoraParams};
 use super::{Init, ParamSpec, VarPath, Vars};
 
@@ -411,24 +412,6 @@ struct Masks {
     local: Option<Tensor>,
 }
 
-impl Masks {
-    /// The masks' rows of the queries at `lengths[b] - 1`: `[b, 1, 1, seq]`.
-    fn rows(&self, g: &mut Graph, lengths: Tensor) -> pipe_onnx::Result<Masks> {
-        let shape = g.shape(self.global).to_vec(); // [b, 1, s, s], as the local mask's
-        let one = Dim::Fixed(1);
-        let idx = last_position(g, lengths, &shape[0], &one)?; // [b, 1, 1]
-        let idx = g.unsqueeze(idx, &[1])?; // [b, 1, 1, 1]
-        let idx = g.expand(idx, &[shape[0].clone(), one.clone(), one, shape[3].clone()])?;
-        Ok(Masks {
-            global: g.gather_elements(self.global, idx, 2)?,
-            local: match self.local {
-                Some(local) => Some(g.gather_elements(local, idx, 2)?),
-                None => None,
-            },
-        })
-    }
-}
-
 /// Multi-head self-attention (`transformer.h.<i>.attn.attention`), M:39–132.
 pub struct Attention {
     path: VarPath,
@@ -486,14 +469,13 @@ impl Attention {
         })
     }
 
-    /// `x` `[b, s, hidden]` → `[b, s, hidden]`; with `queries` (`[b, q, hidden]`, rows of
-    /// `x`), only those rows attend and the result is `[b, q, hidden]` (`masks` then holds
-    /// their rows of the masks).
+    /// `x` `[b, s, hidden]` → `[b, s, hidden]`; with `last`, only each row's last token
+    /// attends and the result is `[b, 1, hidden]`.
     fn forward(
         &self,
         g: &mut Graph,
         x: Tensor,
-        queries: Option<Tensor>,
+        last: Option<&LastTokens>,
         masks: &Masks,
         dropout: &Dropout,
     ) -> Result<Tensor> {
@@ -504,6 +486,10 @@ impl Attention {
             _ => masks.global,
         };
         g.with_scope(self.path.as_str(), |g| {
+            let (rows, mask) = match last {
+                Some(last) => (last.pick(g, x)?, last.mask(g, mask)?),
+                None => (x, mask),
+            };
             let split_heads = |g: &mut Graph,
                                x: Tensor,
                                w: Tensor,
@@ -514,7 +500,6 @@ impl Attention {
                 let t = g.reshape(t, &[b.clone(), s, nh.clone(), hd.clone()])?;
                 g.transpose(t, &[0, 2, 1, 3]) // [b, heads, s, head_dim]
             };
-            let rows = queries.unwrap_or(x);
             let q = split_heads(g, rows, self.q_proj, self.lora[0].as_ref())?;
             let k = split_heads(g, x, self.k_proj, self.lora[1].as_ref())?;
             let v = split_heads(g, x, self.v_proj, self.lora[2].as_ref())?;
@@ -657,26 +642,23 @@ impl Block {
         })
     }
 
-    /// `x` `[b, s, hidden]` → `[b, s, hidden]`; with `rows` (gather indices `[b, q, hidden]`
-    /// along axis 1), keys and values still come from every row but only those rows go on
-    /// through attention and the MLP: `[b, q, hidden]`.
+    /// `x` `[b, s, hidden]` → `[b, s, hidden]`; with `last`, keys and values still come from
+    /// every position but only each row's last token goes on through attention and the MLP:
+    /// `[b, 1, hidden]`.
     fn forward(
         &self,
         g: &mut Graph,
         x: Tensor,
-        rows: Option<Tensor>,
+        last: Option<&LastTokens>,
         masks: &Masks,
         dropout: &Dropout,
     ) -> Result<Tensor> {
         let h = self.ln_1.forward(g, x)?;
-        let (x, queries) = match rows {
-            Some(idx) => (
-                g.gather_elements(x, idx, 1)?,
-                Some(g.gather_elements(h, idx, 1)?),
-            ),
-            None => (x, None),
+        let a = self.attn.forward(g, h, last, masks, dropout)?;
+        let x = match last {
+            Some(last) => last.pick(g, x)?,
+            None => x,
         };
-        let a = self.attn.forward(g, h, queries, masks, dropout)?;
         let x = g.add(x, a)?;
         let h = self.ln_2.forward(g, x)?;
         let m = self.mlp.forward(g, h, dropout)?;
@@ -760,11 +742,8 @@ impl GptNeoModel {
     }
 
     /// The last hidden state at position `lengths[b] - 1` of each row, `[b, hidden]`: what
-    /// [`Self::forward_tokens`] gives there, for less work. The last block is the only one
-    /// whose other positions nothing reads (earlier blocks feed keys and values to later
-    /// ones), so it runs its queries, attention output and MLP on those rows alone, which
-    /// saves most of a block (a quarter of a 4-layer model). With dropout inside the last
-    /// block the whole state is computed and then picked (the masks cover every position).
+    /// [`Self::forward_tokens`] gives there, for less work: the last block runs on those rows
+    /// alone ([`forward_to_last_tokens`]).
     pub fn forward_last_tokens(
         &self,
         g: &mut Graph,
@@ -772,24 +751,17 @@ impl GptNeoModel {
         lengths: Tensor,
     ) -> Result<Tensor> {
         let (x, masks) = self.embed_and_mask(g, tokens, lengths)?;
-        let Some((last, earlier)) = self.h.split_last() else {
-            bail!("a GPT-Neo needs at least one layer");
-        };
-        let mut x = x;
-        for block in earlier {
-            x = block.forward(g, x, None, &masks, &self.dropout)?;
-        }
-        let (b, h) = (g.shape(x)[0].clone(), g.shape(x)[2].clone());
-        let at_last = g.with_scope("pool", |g| last_position(g, lengths, &b, &h))?; // [b, 1, h]
-        let x = if self.dropout.any_under(&last.path) {
-            let x = last.forward(g, x, None, &masks, &self.dropout)?;
-            g.gather_elements(x, at_last, 1)?
-        } else {
-            let masks = g.with_scope("mask_rows", |g| masks.rows(g, lengths))?;
-            last.forward(g, x, Some(at_last), &masks, &self.dropout)?
-        };
-        let x = self.ln_f.forward(g, x)?; // [b, 1, h]
-        Ok(g.reshape(x, &[b, h])?)
+        let x = forward_to_last_tokens(
+            g,
+            x,
+            lengths,
+            &self.h,
+            &self.dropout,
+            |block| &block.path,
+            |g, block, x, last| block.forward(g, x, last, &masks, &self.dropout),
+        )?;
+        // LayerNorm is per row: normalising the picked rows is normalising all and picking.
+        Ok(self.ln_f.forward(g, x)?)
     }
 
     /// The embedded tokens `[b, s, hidden]` and the attention masks of every layer.

@@ -23,6 +23,7 @@ pub mod gpt2;
 pub mod gpt_neo;
 pub mod hf_folder;
 pub mod hub;
+mod last_tokens;
 pub mod layers;
 pub mod llama;
 pub mod lora;

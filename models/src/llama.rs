@@ -47,7 +47,8 @@ use super::classifier::{
     ClassifierInput, Pooling, ProblemType, SequenceClassifier, decoder_pad_id,
 };
 use super::dropout::{Dropout, DropoutRates, DropoutSites, Site, SiteShape};
-use super::layers::{Linear, RmsNorm, Rotary, SwiGlu, causal_mask, last_position, rope_inv_freq};
+use super::last_tokens::{LastTokens, forward_to_last_tokens};
+use super::layers::{Linear, RmsNorm, Rotary, SwiGlu, causal_mask, rope_inv_freq};
 use super::lora::LoraParams;
 use super::{Init, VarPath, Vars};
 
@@ -491,22 +492,31 @@ impl Attention {
         })
     }
 
-    /// The attention output `[b, s, h]` of `x` `[b, s, h]`; `mask` `[b, 1, s, s]`.
+    /// The attention output `[b, s, h]` of `x` `[b, s, h]`; `mask` `[b, 1, s, s]`. With
+    /// `last` (the last tokens and their rotary tables), only each row's last token attends:
+    /// `[b, 1, h]`.
     fn forward(
         &self,
         g: &mut Graph,
         x: Tensor,
         rotary: &Rotary,
+        last: Option<(&LastTokens, Rotary)>,
         mask: Tensor,
         dropout: &Dropout,
     ) -> Result<Tensor> {
-        let (b, s) = (g.shape(x)[0].clone(), g.shape(x)[1].clone());
+        let b = g.shape(x)[0].clone();
         let hd = Dim::Fixed(self.head_dim);
-        let q = self.q_proj.forward(g, x, dropout)?;
+        let (rows, q_rotary, mask) = match last {
+            Some((last, q_rotary)) => (last.pick(g, x)?, q_rotary, last.mask(g, mask)?),
+            None => (x, *rotary, mask),
+        };
+        let s = g.shape(rows)[1].clone();
+        let q = self.q_proj.forward(g, rows, dropout)?;
         let k = self.k_proj.forward(g, x, dropout)?;
         let v = self.v_proj.forward(g, x, dropout)?;
         let heads = |g: &mut Graph, t: Tensor, n: i64, norm: Option<&RmsNorm>| {
-            let t = g.reshape(t, &[b.clone(), s.clone(), Dim::Fixed(n), hd.clone()])?;
+            let len = g.shape(t)[1].clone();
+            let t = g.reshape(t, &[b.clone(), len, Dim::Fixed(n), hd.clone()])?;
             let t = match norm {
                 Some(norm) => norm.forward(g, t)?,
                 None => t,
@@ -521,7 +531,7 @@ impl Attention {
         let k = heads(g, k, self.num_kv_heads, k_norm)?;
         let v = g.with_scope(self.path.as_str(), |g| heads(g, v, self.num_kv_heads, None))?;
         let ctx = g.with_scope(self.path.as_str(), |g| -> pipe_onnx::Result<Tensor> {
-            let q = rotary.apply(g, q)?;
+            let q = q_rotary.apply(g, q)?;
             let k = rotary.apply(g, k)?;
             let (k, v) = (self.repeat_kv(g, k)?, self.repeat_kv(g, v)?);
             // q·kᵀ/√d (L:170): scaling q first is the same up to rounding, and cheaper.
@@ -610,11 +620,14 @@ impl Layer {
         })
     }
 
+    /// `x` `[b, s, h]` → `[b, s, h]`; with `last`, keys and values still come from every
+    /// position but only each row's last token goes on: `[b, 1, h]`.
     fn forward(
         &self,
         g: &mut Graph,
         x: Tensor,
         rotary: &Rotary,
+        last: Option<(&LastTokens, Rotary)>,
         masks: &Masks,
         dropout: &Dropout,
     ) -> Result<Tensor> {
@@ -623,7 +636,11 @@ impl Layer {
             None => masks.causal,
         };
         let h = self.input_layernorm.forward(g, x)?;
-        let a = self.self_attn.forward(g, h, rotary, mask, dropout)?;
+        let a = self.self_attn.forward(g, h, rotary, last, mask, dropout)?;
+        let x = match last {
+            Some((last, _)) => last.pick(g, x)?,
+            None => x,
+        };
         let x = g.with_scope(self.path.as_str(), |g| g.add(x, a))?;
         let h = self.post_attention_layernorm.forward(g, x)?;
         let m = self.mlp.forward(g, h, dropout)?;
@@ -682,24 +699,40 @@ impl LlamaModel {
         input: &ClassifierInput,
         dropout: &Dropout,
     ) -> Result<Tensor> {
-        let x = self.forward_hidden(g, input, dropout)?; // [b, s, h]
-        let (b, h) = (g.shape(x)[0].clone(), g.shape(x)[2].clone());
-        let x = g.with_scope("pool", |g| -> pipe_onnx::Result<Tensor> {
-            let at_last = last_position(g, input.lengths, &b, &h)?; // [b, 1, h]
-            let x = g.gather_elements(x, at_last, 1)?;
-            g.reshape(x, &[b.clone(), h.clone()])
-        })?;
+        let (x, rotary, masks) = self.embed_and_mask(g, input)?;
+        // The last layer runs on the pooled rows alone, its queries rotated by their positions.
+        let x = forward_to_last_tokens(
+            g,
+            x,
+            input.lengths,
+            &self.layers,
+            dropout,
+            |layer| &layer.path,
+            |g, layer, x, last| {
+                let last = match last {
+                    Some(last) => {
+                        let positions = last.positions(g)?;
+                        let path = self.path.join("rotary_emb");
+                        let q_rotary =
+                            g.with_scope(&path, |g| Rotary::new(g, positions, &self.inv_freq))?;
+                        Some((last, q_rotary))
+                    }
+                    None => None,
+                };
+                layer.forward(g, x, &rotary, last, &masks, dropout)
+            },
+        )?;
         // The norm is per row: normalising the picked rows is normalising all and picking.
         Ok(self.norm.forward(g, x)?)
     }
 
-    /// The hidden states `[b, s, hidden]` after the last layer, before the final norm.
-    fn forward_hidden(
+    /// The embedded tokens `[b, s, hidden]`, the rotary tables of positions `0..s` and the
+    /// attention masks of every layer.
+    fn embed_and_mask(
         &self,
         g: &mut Graph,
         input: &ClassifierInput,
-        dropout: &Dropout,
-    ) -> Result<Tensor> {
+    ) -> Result<(Tensor, Rotary, Masks)> {
         let s = g.shape(input.tokens.per_position())[1].clone();
         let windows: std::collections::BTreeSet<usize> = self
             .layers
@@ -720,11 +753,7 @@ impl LlamaModel {
             })?;
             Ok((x, rotary, masks))
         })?;
-        let mut x = x;
-        for layer in &self.layers {
-            x = layer.forward(g, x, &rotary, &masks, dropout)?;
-        }
-        Ok(x)
+        Ok((x, rotary, masks))
     }
 }
 

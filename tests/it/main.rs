@@ -9,6 +9,7 @@ mod cli;
 mod crash;
 mod data;
 mod device;
+mod families;
 mod hub;
 mod init;
 mod malformed;

@@ -230,15 +230,13 @@ fn render_training(m: &mut String, t: &Training, validation: bool) {
             "validation loss every N steps; 0: at each epoch end",
         );
     }
-    if t.lora {
-        // The query and value projections, by each family's names.
-        let targets = match t.model {
-            ModelChoice::Embedded(_) => "query, value",
-            _ => "q_proj, v_proj",
-        };
+    if let Some(targets) = t.lora {
         line(
             m,
-            format!("    lora: {{ r: 8, alpha: 16, dropout: 0.0, targets: [{targets}] }}"),
+            format!(
+                "    lora: {{ r: 8, alpha: 16, dropout: 0.0, targets: [{}] }}",
+                targets.join(", ")
+            ),
             "train low-rank adapters only",
         );
     }

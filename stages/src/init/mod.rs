@@ -280,15 +280,23 @@ impl Asker<'_> {
         if let Some(note) = training::cache_note(&model, &cache) {
             self.prompter.show(&note)?;
         }
+        let (targets, unknown_family) = training::lora_targets(&model, &cache);
         let lora = if model.is_pretrained() {
             self.confirm(
                 self.options.lora,
-                "Train LoRA adapters (r 8 on q_proj, v_proj) instead of every weight?",
+                &format!(
+                    "Train LoRA adapters (r 8 on {}) instead of every weight?",
+                    targets.join(", ")
+                ),
                 false,
             )?
         } else {
             self.options.lora.unwrap_or(false)
         };
+        let lora = lora.then_some(targets);
+        if let (Some(_), Some(note)) = (lora, unknown_family) {
+            self.prompter.show(&note)?;
+        }
         let epochs = match self.options.epochs {
             Some(epochs) => epochs,
             None if self.options.yes => 3,

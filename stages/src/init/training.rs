@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::bail;
 
-use pipe_models::embedded;
+use pipe_models::{ModelConfig, embedded, hf_folder, hub};
 
 /// The model `finetune` starts from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +49,24 @@ impl ModelChoice {
         matches!(self, ModelChoice::Hub(_) | ModelChoice::Embedded(_))
     }
 
+    /// The model's `model_type`: GPT-Neo for the shapes trained from scratch, the embedded
+    /// model's, or what a hub model's `config.json` in `cache` says (`None` before it is
+    /// downloaded, or when the file names none).
+    pub fn model_type(&self, cache: &Path) -> Option<String> {
+        match self {
+            ModelChoice::Tiny | ModelChoice::Small => Some("gpt_neo".into()),
+            ModelChoice::Embedded(name) => embedded::lookup(name)
+                .ok()
+                .map(|m| m.model_type.to_string()),
+            ModelChoice::Hub(id) => {
+                let dir = hub::snapshot_with(cache, id, hf_folder::CONFIG_FILE)?;
+                let text = fs_err::read_to_string(dir.join(hf_folder::CONFIG_FILE)).ok()?;
+                let config: serde_json::Value = serde_json::from_str(&text).ok()?;
+                Some(config.get("model_type")?.as_str()?.to_string())
+            }
+        }
+    }
+
     /// The default answer: the embedded pretrained model when it is fetched (a pretrained
     /// encoder beats anything trained from scratch on small data), else `tiny`.
     pub fn default_choice() -> ModelChoice {
@@ -75,8 +93,8 @@ impl fmt::Display for ModelChoice {
 pub struct Training {
     /// The starting model.
     pub model: ModelChoice,
-    /// Train LoRA adapters instead of every weight.
-    pub lora: bool,
+    /// Train LoRA adapters on these layers (module names) instead of every weight.
+    pub lora: Option<&'static [&'static str]>,
     /// Passes over the train split.
     pub epochs: u64,
     /// `device:` as written.
@@ -89,6 +107,31 @@ pub fn default_device() -> &'static str {
         "auto"
     } else {
         "cpu"
+    }
+}
+
+/// The layers a LoRA adapter of `model` targets: the family's defaults
+/// ([`ModelConfig::default_lora_targets`]), with a note when the family is not known yet (a
+/// hub model not downloaded): then q_proj and v_proj, the names of most decoders (Llama,
+/// Mistral, Qwen, GPT-Neo), which `pipe run` checks against the model's layers.
+pub fn lora_targets(
+    model: &ModelChoice,
+    cache: &Path,
+) -> (&'static [&'static str], Option<String>) {
+    let known = model
+        .model_type(cache)
+        .as_deref()
+        .and_then(ModelConfig::default_lora_targets);
+    match known {
+        Some(targets) => (targets, None),
+        None => (
+            &["q_proj", "v_proj"],
+            Some(format!(
+                "  note: the family of {model} is not known before its config.json is in the \
+                 Hugging Face cache; LoRA targets q_proj, v_proj (Llama, Mistral, Qwen, \
+                 GPT-Neo names), and `pipe run` names the model's layers if it has no such"
+            )),
+        ),
     }
 }
 

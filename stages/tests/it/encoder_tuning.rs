@@ -1,8 +1,8 @@
-//! LoRA, `freeze:` and dropout of the encoders (BERT, RoBERTa, DistilBERT) against PEFT, transformers'
-//! `Trainer` and transformers' dropout modules: the fixtures in
-//! `tests/fixtures/encoder_tuning/` (see `make_fixtures.py` there), on the tiny models and
-//! batches of `tests/fixtures/{bert,roberta,distilbert}/`. Everything here runs pipe's own step graph,
-//! flat trainer, adapter writer and merge.
+//! LoRA, `freeze:` and dropout of the encoders (BERT, RoBERTa, DistilBERT; ModernBERT's
+//! dropout) against PEFT, transformers' `Trainer` and transformers' dropout modules: the
+//! fixtures in `tests/fixtures/encoder_tuning/` (see `make_fixtures.py` there), on the tiny
+//! models and batches of `tests/fixtures/{bert,roberta,distilbert,modernbert}/`. Everything
+//! here runs pipe's own step graph, flat trainer, adapter writer and merge.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -388,42 +388,90 @@ fn encoder_dropout_sites_are_transformers_modules() {
 }
 
 /// With dropout on, under transformers' recorded masks, the step graph gives transformers'
-/// loss and every gradient; with the fixture config's dropout (all 0) the plan is empty and
-/// the step gives the dropout-free numbers of `tests/fixtures/bert/`.
+/// loss and every gradient (RoBERTa's head drops twice, with two masks); with the fixture
+/// config's dropout (all 0) the plan is empty and the step gives the dropout-free numbers of
+/// `tests/fixtures/{bert,roberta,distilbert,modernbert}/`.
 #[test]
 fn bert_dropout_with_fixed_masks_matches_transformers() {
-    let b = base("bert");
+    dropout_with_fixed_masks_matches_transformers("bert");
+}
+
+#[test]
+fn roberta_dropout_with_fixed_masks_matches_transformers() {
+    dropout_with_fixed_masks_matches_transformers("roberta");
+}
+
+#[test]
+fn distilbert_dropout_with_fixed_masks_matches_transformers() {
+    dropout_with_fixed_masks_matches_transformers("distilbert");
+}
+
+#[test]
+fn modernbert_dropout_with_fixed_masks_matches_transformers() {
+    dropout_with_fixed_masks_matches_transformers("modernbert");
+}
+
+/// `config` with the dropout rates of the fixtures: `dropout_sites.json`'s (BERT's keys), or
+/// `<family>_dropout/rates.json` (DistilBERT's, ModernBERT's).
+fn with_fixture_dropout(config: &ModelConfig) -> ModelConfig {
+    match config.clone() {
+        ModelConfig::Bert(mut c) => {
+            let rates = &json(fixture("encoder_tuning/dropout_sites.json"))["rates"];
+            c.hidden_dropout_prob = rates["hidden_dropout_prob"].as_f64().unwrap();
+            c.attention_probs_dropout_prob =
+                rates["attention_probs_dropout_prob"].as_f64().unwrap();
+            c.classifier_dropout = rates["classifier_dropout"].as_f64();
+            ModelConfig::Bert(c)
+        }
+        ModelConfig::DistilBert(mut c) => {
+            let rates = json(fixture("encoder_tuning/distilbert_dropout/rates.json"));
+            c.dropout = rates["dropout"].as_f64().unwrap();
+            c.attention_dropout = rates["attention_dropout"].as_f64().unwrap();
+            c.seq_classif_dropout = rates["seq_classif_dropout"].as_f64().unwrap();
+            ModelConfig::DistilBert(c)
+        }
+        ModelConfig::ModernBert(mut c) => {
+            let rates = json(fixture("encoder_tuning/modernbert_dropout/rates.json"));
+            c.embedding_dropout = rates["embedding_dropout"].as_f64().unwrap();
+            c.attention_dropout = rates["attention_dropout"].as_f64().unwrap();
+            c.mlp_dropout = rates["mlp_dropout"].as_f64().unwrap();
+            c.classifier_dropout = rates["classifier_dropout"].as_f64().unwrap();
+            ModelConfig::ModernBert(c)
+        }
+        other => panic!("no dropout fixture for {}", other.model_type()),
+    }
+}
+
+fn dropout_with_fixed_masks_matches_transformers(family: &str) {
+    let b = base(family);
     let problem = ProblemType::SingleLabelClassification;
-    let reference = json(fixture("encoder_tuning/dropout_sites.json"));
-    let rates = &reference["rates"];
 
     // Dropout off: no site, the fixture's numbers.
     assert!(DropoutPlan::new(&b.config, b.config.dropout_rates()).is_empty());
     let plain = StepGraph::compile(&b.config, problem, Trained::All).unwrap();
-    let bert = weights::load_all(&fixture("bert/expected.safetensors")).unwrap();
+    let plain_expected =
+        weights::load_all(&fixture(&format!("{family}/expected.safetensors"))).unwrap();
     check_gradients(
         &plain,
         &b.weights,
         &feeds(&b.batch),
-        &under(&bert, "grad."),
-        "no dropout",
+        &under(&plain_expected, "grad."),
+        &format!("{family} without dropout"),
     );
 
-    let mut cfg = bert_config(&b.config);
-    cfg.hidden_dropout_prob = rates["hidden_dropout_prob"].as_f64().unwrap();
-    cfg.attention_probs_dropout_prob = rates["attention_probs_dropout_prob"].as_f64().unwrap();
-    cfg.classifier_dropout = rates["classifier_dropout"].as_f64();
-    let config = ModelConfig::Bert(cfg.clone());
+    let config = with_fixture_dropout(&b.config);
     let options = StepOptions {
         loss: CrossEntropy::default(),
         dropout: DropoutPlan::new(&config, config.dropout_rates()),
         ..StepOptions::plain(&config)
     };
     let step = StepGraph::compile_with(&config, problem, &options, Trained::All).unwrap();
-    let expected =
-        weights::load_all(&fixture("encoder_tuning/bert_dropout/expected.safetensors")).unwrap();
+    let expected = weights::load_all(&fixture(&format!(
+        "encoder_tuning/{family}_dropout/expected.safetensors"
+    )))
+    .unwrap();
     let mut inputs = b.weights.clone();
-    for site in cfg.dropout_sites(cfg.dropout_rates()) {
+    for site in config.dropout_sites(config.dropout_rates()) {
         let mask = &expected[&format!("mask:{}", site.module)];
         let keep: Vec<bool> = mask.to_f64_vec().iter().map(|&k| k != 0.0).collect();
         let shape = mask.shape().to_vec();
@@ -459,19 +507,19 @@ fn bert_dropout_with_fixed_masks_matches_transformers() {
     let mut session = Session::from_model(&step.model, &one_thread()).unwrap();
     let out = session.run(&feeds_all).unwrap();
     assert_close(
-        "loss",
+        &format!("{family} loss"),
         out["loss"].as_f32().unwrap(),
         expected["loss"].as_f32().unwrap(),
     );
     for e in &step.signature.layout.entries {
         let want = &expected[&format!("grad.{}", e.name)];
         assert_close(
-            &format!("dropout grad {}", e.name),
+            &format!("{family} dropout grad {}", e.name),
             out[&e.grad].as_f32().unwrap(),
             want.as_f32().unwrap(),
         );
     }
-    let plain_loss = bert["loss"].as_f32().unwrap()[0];
+    let plain_loss = plain_expected["loss"].as_f32().unwrap()[0];
     assert!((out["loss"].as_f32().unwrap()[0] - plain_loss).abs() > 1e-3);
 }
 

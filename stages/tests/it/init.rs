@@ -3,6 +3,8 @@
 use std::collections::VecDeque;
 use std::path::Path;
 
+use pipe_models::lora::{LoraParams, LoraTarget};
+use pipe_models::{Architecture, ModelConfig};
 use pipe_stages::init::{InitOptions, ModelChoice, Prompter, TerminalPrompter, init};
 use serde_json::json;
 
@@ -176,13 +178,75 @@ fn asks_every_question_and_writes_a_manifest_that_runs() {
 
 /// A fake Hugging Face cache holding `org/tiny`'s config.
 fn fake_cache() -> tempfile::TempDir {
+    fake_cache_of(&[("tiny", "{}")])
+}
+
+/// A fake Hugging Face cache holding `org/<name>` with `config.json` `config` for each pair.
+fn fake_cache_of(repos: &[(&str, &str)]) -> tempfile::TempDir {
     let cache = tempfile::tempdir().unwrap();
-    let repo = cache.path().join("models--org--tiny");
-    std::fs::create_dir_all(repo.join("refs")).unwrap();
-    std::fs::write(repo.join("refs/main"), "abc123").unwrap();
-    std::fs::create_dir_all(repo.join("snapshots/abc123")).unwrap();
-    std::fs::write(repo.join("snapshots/abc123/config.json"), "{}").unwrap();
+    for (name, config) in repos {
+        let repo = cache.path().join(format!("models--org--{name}"));
+        std::fs::create_dir_all(repo.join("refs")).unwrap();
+        std::fs::write(repo.join("refs/main"), "abc123").unwrap();
+        std::fs::create_dir_all(repo.join("snapshots/abc123")).unwrap();
+        std::fs::write(repo.join("snapshots/abc123/config.json"), config).unwrap();
+    }
     cache
+}
+
+/// `pipe init --lora` targets the query and value projections by the family's names: read
+/// from a cached hub config's `model_type` or the embedded model's; a hub model not in the
+/// cache (or whose config names no type) gets q_proj, v_proj and a note saying so.
+#[test]
+fn lora_targets_follow_the_model_family() {
+    let ws = Workspace::new();
+    questions_csv(&ws);
+    let cache = fake_cache_of(&[
+        ("llama", r#"{"model_type": "llama"}"#),
+        ("qwen", r#"{"model_type": "qwen3"}"#),
+        ("bert", r#"{"model_type": "bert"}"#),
+        ("roberta", r#"{"model_type": "roberta"}"#),
+        ("distil", r#"{"model_type": "distilbert"}"#),
+        ("modern", r#"{"model_type": "modernbert"}"#),
+        ("gpt2", r#"{"model_type": "gpt2"}"#),
+        ("untyped", "{}"),
+    ]);
+    let output = ws.path().join("lora.yaml");
+    let cases: [(&str, &[&str], bool); 9] = [
+        ("org/llama", &["q_proj", "v_proj"], false),
+        ("org/qwen", &["q_proj", "v_proj"], false),
+        ("org/bert", &["query", "value"], false),
+        ("org/roberta", &["query", "value"], false),
+        ("org/distil", &["q_lin", "v_lin"], false),
+        ("org/modern", &["Wqkv"], false),
+        ("org/gpt2", &["c_attn"], false),
+        ("all-MiniLM-L6-v2", &["query", "value"], false),
+        ("org/untyped", &["q_proj", "v_proj"], true),
+    ];
+    for (model, targets, note) in cases {
+        let options = InitOptions {
+            from: Some(ws.path().join("data/questions.csv")),
+            output: Some(output.clone()),
+            model: Some(ModelChoice::parse(model).unwrap()),
+            hub_cache: Some(cache.path().to_path_buf()),
+            lora: Some(true),
+            epochs: Some(1),
+            device: Some("cpu".into()),
+            yes: true,
+            force: true,
+            ..Default::default()
+        };
+        let mut prompter = Scripted::new(&[]);
+        init(options, &mut prompter).unwrap();
+        let finetune = stage_params(&output, "finetune");
+        assert_eq!(finetune["lora"]["targets"], json!(targets), "{model}");
+        assert_eq!(
+            prompter.shown.contains("the family of"),
+            note,
+            "{model}: {}",
+            prompter.shown
+        );
+    }
 }
 
 #[test]
@@ -239,15 +303,42 @@ fn a_hub_model_brings_its_tokenizer_and_lora_only_when_chosen() {
     };
     let mut prompter = Scripted::new(&["y"]);
     init(asked, &mut prompter).unwrap();
-    assert!(
-        prompter.asked[0].starts_with("Train LoRA adapters"),
-        "{:?}",
-        prompter.asked
+    assert_eq!(
+        prompter.asked[0],
+        "Train LoRA adapters (r 8 on q_proj, v_proj) instead of every weight?"
     );
     assert_eq!(
         stage_params(&output, "finetune")["lora"],
         json!({ "r": 8, "alpha": 16, "dropout": 0.0, "targets": ["q_proj", "v_proj"] })
     );
+}
+
+/// Each family's default LoRA targets name layers of that family: finetune's check takes
+/// them for the family's fixture config.
+#[test]
+fn every_family_has_default_lora_targets_among_its_layers() {
+    for model_type in ModelConfig::MODEL_TYPES {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(model_type)
+            .join("config.json");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let config = ModelConfig::from_json(serde_json::from_str(&text).unwrap()).unwrap();
+        assert_eq!(config.model_type(), model_type);
+        let targets = ModelConfig::default_lora_targets(model_type).unwrap();
+        let lora = LoraParams {
+            r: 4,
+            alpha: 8.0,
+            dropout: 0.0,
+            targets: targets
+                .iter()
+                .map(|t| LoraTarget::new(t).unwrap())
+                .collect(),
+        };
+        lora.check_targets(&config, model_type)
+            .unwrap_or_else(|e| panic!("{model_type}: {e:#}"));
+    }
+    assert_eq!(ModelConfig::default_lora_targets("t5"), None);
 }
 
 #[test]
