@@ -4,7 +4,8 @@
 # rows cut at 64 tokens) with LoRA r 8 on every linear layer of the encoder (query, key,
 # value, dense; learning rate 5e-4) and the frozen weights in f32, int8 and int4, for each
 # seed. Prints per run: test accuracy and macro AUC of the exported f32 model (evaluate),
-# tokens/s, frozen bytes and peak memory; then the mean per dtype. On THREADS threads
+# tokens/s, frozen bytes and peak memory, and PEFT's LoRA (fp32) with the same recipe on the
+# same split (bench/torch_encoder.py --lora 8); then pipe's mean per dtype. On THREADS threads
 # (default 2). PIPE=path/to/pipe uses that binary instead of building a release one.
 #
 #   bench/frozen_dtype.sh [SEEDS...]      # default: seeds 0 1 2
@@ -45,6 +46,10 @@ print(json.dumps({"frozen_dtype": dtype, "seed": int(seed),
                   "peak_rss_mib": round(rss / 1024)}))
 PY
   done
+  # PEFT's LoRA with the same recipe on pipe's split of this seed, fp32: the peer.
+  python3 bench/torch_encoder.py "$work/.pipe/out/student-pretrained/split" \
+    "$PWD/.tools/models/all-MiniLM-L6-v2" --seed "$seed" --threads "$threads" --lr 5e-4 --lora 8 \
+    | sed 's/^{/{"side": "PEFT 0.21 fp32", /'
 done
 python3 - "$results" <<'PY'
 import json, sys, statistics as st

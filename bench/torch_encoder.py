@@ -11,6 +11,7 @@ tokens/s (real tokens of the training steps over their time, as pipe's metrics.j
 them), peak RSS.
 
 Usage: python3 bench/torch_encoder.py SPLIT_DIR MODEL_DIR [--seed N] [--threads N] [--epochs N]
+       [--lr X] [--lora R]  (--lora: PEFT LoRA of rank R, alpha 2R, on query/key/value/dense)
 Needs: python3 -m pip install torch transformers scikit-learn pyarrow
 """
 
@@ -38,6 +39,9 @@ def main():
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=5e-5)
     ap.add_argument("--max-length", type=int, default=64)
+    ap.add_argument("--lora", type=int, default=0,
+                    help="train a PEFT LoRA adapter of this rank (alpha 2r) on query/key/value/dense "
+                         "instead of every weight, as bench/frozen_dtype.sh does with pipe")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -55,10 +59,16 @@ def main():
 
     model = AutoModelForSequenceClassification.from_pretrained(
         args.model_dir, num_labels=len(labels), attn_implementation="eager", dtype=torch.float32)
-    no_decay = [n for n, p in model.named_parameters() if n.endswith("bias") or "LayerNorm" in n]
+    if args.lora:
+        from peft import LoraConfig, get_peft_model
+        model = get_peft_model(model, LoraConfig(
+            task_type="SEQ_CLS", r=args.lora, lora_alpha=2 * args.lora, lora_dropout=0.0,
+            target_modules=["query", "key", "value", "dense"]))
+    trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    no_decay = [n for n, p in trained if n.endswith("bias") or "LayerNorm" in n]
     groups = [
-        {"params": [p for n, p in model.named_parameters() if n not in no_decay], "weight_decay": 0.01},
-        {"params": [p for n, p in model.named_parameters() if n in no_decay], "weight_decay": 0.0},
+        {"params": [p for n, p in trained if n not in no_decay], "weight_decay": 0.01},
+        {"params": [p for n, p in trained if n in no_decay], "weight_decay": 0.0},
     ]
     opt = torch.optim.AdamW(groups, lr=args.lr)
     steps_per_epoch = math.ceil(len(train_ids) / args.batch)
