@@ -5,6 +5,7 @@
 //! the stage); [`read_config`] and [`read_weights`] take any such folder, ours or one
 //! downloaded from the hub.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -104,7 +105,7 @@ pub fn write(
     params: &BTreeMap<String, HostTensor>,
 ) -> Result<()> {
     let value = |spec: &ParamSpec| {
-        (params.get(&spec.name).cloned())
+        (params.get(&spec.name).map(Cow::Borrowed))
             .with_context(|| format!("no value for parameter {}", spec.name))
     };
     write_with(dir, cfg, labels, problem, specs, &value)
@@ -113,13 +114,13 @@ pub fn write(
 /// [`write`] with each tensor made by `value` only when it is written, so writing holds one
 /// tensor of the model at a time (a model read back from its checkpoint and merged tensor by
 /// tensor).
-pub fn write_with(
+pub fn write_with<'a>(
     dir: &Path,
     cfg: &dyn Architecture,
     labels: &[String],
     problem: ProblemType,
     specs: &[ParamSpec],
-    value: &dyn Fn(&ParamSpec) -> Result<HostTensor>,
+    value: &dyn Fn(&ParamSpec) -> Result<Cow<'a, HostTensor>>,
 ) -> Result<()> {
     fs_err::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let config = serde_json::to_vec_pretty(&cfg.hf_config(labels, problem)?)?;

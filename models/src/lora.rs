@@ -301,29 +301,30 @@ pub fn merge(
         let w = weights
             .remove(&spec.name)
             .with_context(|| format!("no value for {}", spec.name))?;
-        let merged = merge_one(lora, &spec.name, w, &weights, fan_in_fan_out)?;
-        out.insert(spec.name.clone(), merged);
+        let merged = merge_one(lora, &spec.name, &w, &weights, fan_in_fan_out)?;
+        out.insert(spec.name.clone(), merged.unwrap_or(w));
     }
     Ok(out)
 }
 
-/// The base weight `name` (value `w`) with its module's LoRA update merged in when
-/// `lora_weights` holds the module's two matrices, else `w` as it is: [`merge`] one tensor at
-/// a time, for writers that hold one tensor of the model at once.
+/// The base weight `name` (value `w`) with its module's LoRA update merged in, when
+/// `lora_weights` holds the module's two matrices (`None`: no update, `w` stays as it is):
+/// [`merge`] one tensor at a time, for writers that hold one tensor of the model at once.
 pub fn merge_one(
     lora: &LoraParams,
     name: &str,
-    w: HostTensor,
+    w: &HostTensor,
     lora_weights: &BTreeMap<String, HostTensor>,
     fan_in_fan_out: bool,
-) -> Result<HostTensor> {
+) -> Result<Option<HostTensor>> {
     let module = name.strip_suffix(".weight");
     let a = module.and_then(|m| lora_weights.get(&format!("{m}.lora_A.weight")));
     let b = module.and_then(|m| lora_weights.get(&format!("{m}.lora_B.weight")));
     match (a, b) {
-        (Some(a), Some(b)) => merged_weight(&w, a, b, lora.scaling() as f32, fan_in_fan_out)
+        (Some(a), Some(b)) => merged_weight(w, a, b, lora.scaling() as f32, fan_in_fan_out)
+            .map(Some)
             .with_context(|| format!("merging the LoRA update of {name}")),
-        (None, None) => Ok(w),
+        (None, None) => Ok(None),
         _ => bail!("{name} has only one of its two LoRA matrices"),
     }
 }

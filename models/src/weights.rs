@@ -232,10 +232,10 @@ pub fn save_views(path: &Path, tensors: &[(&str, &[i64], &[f32])]) -> Result<()>
 /// [`save`] with each tensor made only when it is written: `value(i)` gives `entries[i]`
 /// (name, shape), so writing a model holds one of its tensors at a time. The first error of
 /// `value` fails the save (the file is then incomplete; it is the caller's output).
-pub fn save_streamed(
+pub fn save_streamed<'a>(
     path: &Path,
     entries: &[(&str, &[i64])],
-    value: &dyn Fn(usize) -> Result<HostTensor>,
+    value: &dyn Fn(usize) -> Result<Cow<'a, HostTensor>>,
 ) -> Result<()> {
     let failure = RefCell::new(None);
     let views = entries.iter().enumerate().map(|(index, &(name, shape))| {
@@ -259,15 +259,15 @@ pub fn save_streamed(
 
 /// An f32 tensor for safetensors made when its bytes are asked for; a failure is kept in
 /// `failure` (the bytes are then zeros) for [`save_streamed`] to return.
-struct LazyView<'a> {
+struct LazyView<'a, 'v> {
     name: &'a str,
     index: usize,
     shape: Vec<usize>,
-    value: &'a dyn Fn(usize) -> Result<HostTensor>,
+    value: &'a dyn Fn(usize) -> Result<Cow<'v, HostTensor>>,
     failure: &'a RefCell<Option<anyhow::Error>>,
 }
 
-impl View for LazyView<'_> {
+impl View for LazyView<'_, '_> {
     fn dtype(&self) -> Dtype {
         Dtype::F32
     }
@@ -336,14 +336,19 @@ mod tests {
         let dir = tempfile::tempdir().expect("a temp dir");
         let path = dir.path().join("m.safetensors");
         let entries: Vec<(&str, &[i64])> = vec![("a", &[2]), ("b", &[1, 3])];
-        let value = |i: usize| Ok(HostTensor::f32(entries[i].1, vec![i as f32 + 0.5; 2 + i])?);
+        let value = |i: usize| {
+            Ok(Cow::Owned(HostTensor::f32(
+                entries[i].1,
+                vec![i as f32 + 0.5; 2 + i],
+            )?))
+        };
         save_streamed(&path, &entries, &value).expect("saved");
         let back = load_all(&path).expect("read back");
         assert_eq!(back["a"].as_f32(), Some(&[0.5, 0.5][..]));
         assert_eq!(back["b"].as_f32(), Some(&[1.5, 1.5, 1.5][..]));
 
         let failing = |i: usize| match i {
-            0 => Ok(HostTensor::f32(&[2], vec![0.0; 2])?),
+            0 => Ok(Cow::Owned(HostTensor::f32(&[2], vec![0.0; 2])?)),
             _ => bail!("no weights left"),
         };
         let err = format!(
@@ -354,7 +359,7 @@ mod tests {
             err.contains("writing b") && err.contains("no weights left"),
             "{err}"
         );
-        let wrong_shape = |_: usize| Ok(HostTensor::f32(&[1], vec![0.0])?);
+        let wrong_shape = |_: usize| Ok(Cow::Owned(HostTensor::f32(&[1], vec![0.0])?));
         let err = format!(
             "{:#}",
             save_streamed(&path, &entries, &wrong_shape).unwrap_err()

@@ -62,6 +62,7 @@ mod selection;
 mod trained;
 mod training;
 
+use std::borrow::Cow;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
@@ -281,10 +282,11 @@ impl Stage for Finetune {
         let fan_in_fan_out = start.config.lora_fan_in_fan_out();
         let value = |spec: &ParamSpec| {
             let w = finished.weight(spec, &start, params.model.seed)?;
-            match merging {
-                Some(l) => lora::merge_one(l, &spec.name, w, &finished.weights, fan_in_fan_out),
-                None => Ok(w),
-            }
+            let merged = match merging {
+                Some(l) => lora::merge_one(l, &spec.name, &w, &finished.weights, fan_in_fan_out)?,
+                None => None,
+            };
+            Ok(merged.map_or(w, Cow::Owned))
         };
         hf_folder::write_with(
             &model_dir,

@@ -2,6 +2,7 @@
 //! schedule, the training log, periodic evaluation and checkpoints.
 
 use fs_err::{File, OpenOptions};
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::Path;
@@ -85,15 +86,21 @@ pub struct Finished {
 impl Finished {
     /// The value of parameter `spec` after training: from [`Finished::weights`], or read
     /// from `start` for the [`Finished::unchanged`] ones (one tensor, not the model).
-    pub fn weight(&self, spec: &ParamSpec, start: &StartingModel, seed: u64) -> Result<HostTensor> {
+    pub fn weight(
+        &self,
+        spec: &ParamSpec,
+        start: &StartingModel,
+        seed: u64,
+    ) -> Result<Cow<'_, HostTensor>> {
         if let Some(w) = self.weights.get(&spec.name) {
-            return Ok(w.clone());
+            return Ok(Cow::Borrowed(w));
         }
         if !self.unchanged.contains(&spec.name) {
             bail!("no value for parameter {}", spec.name);
         }
         let mut read = start.weights(std::slice::from_ref(spec), seed)?;
         read.remove(&spec.name)
+            .map(Cow::Owned)
             .with_context(|| format!("the starting model has no {}", spec.name))
     }
 }
