@@ -50,7 +50,7 @@ use ort::value::{
 
 use super::binding::run_bound;
 use super::flat_trainer::{bind_borrowed, check_session, entry_values, other_outputs};
-use super::{HostTensor, MemoryStats, Session, SessionOptions, StepResult, host_memory};
+use super::{Device, HostTensor, MemoryStats, Session, SessionOptions, StepResult, host_memory};
 use crate::error::OrtContext;
 use crate::flat::GradSignature;
 use crate::flat::graphs::{self as flat_graphs, update};
@@ -512,8 +512,12 @@ impl DeviceTrainer {
     }
 
     /// The statistics of every arena the trainer allocates from on its device, added up:
-    /// each session (the step's and each optimizer graph's) has its own arena there.
+    /// on CUDA each session (the step's and each optimizer graph's) has its own arena; on the
+    /// CPU they all share the process's one arena, counted once.
     pub fn memory_stats(&self) -> Result<Option<MemoryStats>> {
+        if self.session.device() == Device::Cpu {
+            return self.session.memory_stats();
+        }
         let copy = self.ops.copy.lock().unwrap_or_else(|e| e.into_inner());
         let sessions = [
             &self.session,

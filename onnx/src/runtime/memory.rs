@@ -15,7 +15,7 @@ use crate::error::OrtContext;
 use crate::{Error, Result};
 
 /// Memory of `device` as ONNX Runtime names it.
-fn memory_info(device: Device, allocator: AllocatorType) -> Result<MemoryInfo<'static>> {
+pub(super) fn memory_info(device: Device, allocator: AllocatorType) -> Result<MemoryInfo<'static>> {
     let (name, id) = match device {
         Device::Cpu => (AllocationDevice::CPU, 0),
         Device::Cuda(n) => (AllocationDevice::CUDA, i32::try_from(n).unwrap_or(i32::MAX)),
@@ -57,9 +57,10 @@ impl Session {
     }
 
     /// The statistics of the arena this session allocates from on its device (`None` when the
-    /// allocator keeps none, e.g. the CPU provider without its arena). Only this session's:
-    /// each session registers its own execution provider, with its own arena, so the memory a
-    /// process holds on a device is the [`MemoryStats::total`] of its sessions' arenas.
+    /// allocator keeps none). On the CPU that is the arena every CPU session of the process
+    /// shares (see `arena.rs`), so the figures are the process's. On CUDA it is this session's
+    /// alone: each session registers its own execution provider, with its own arena, so the
+    /// memory a process holds there is the [`MemoryStats::total`] of its sessions' arenas.
     pub fn memory_stats(&self) -> Result<Option<MemoryStats>> {
         let allocator =
             Allocator::new(&self.inner, memory_info(self.device, AllocatorType::Arena)?)

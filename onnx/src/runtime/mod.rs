@@ -16,6 +16,7 @@
 //!   [`StepTrainer`]. (The `oracle` feature adds `Trainer`, the whole-graph AdamW step the
 //!   tests check them against.)
 
+mod arena;
 mod binding;
 pub mod cuda;
 mod device;
@@ -76,6 +77,7 @@ fn runtime_for(preference: Preference) -> Result<&'static Runtime> {
         .with_name("pipe")
         .build()
         .ort_context(|| "failed to create the ONNX Runtime environment".into())?;
+    arena::register_cpu_arena(&env)?;
     Ok(RUNTIME.get_or_init(|| Runtime { env, path }))
 }
 
@@ -451,6 +453,12 @@ impl Session {
                 .ort_context(|| format!("failed to profile into `{}`", prefix.display()))?;
         }
         if opts.device == Device::Cpu {
+            // The process's one arena, grown by what is asked, and no memory pattern: see
+            // `arena.rs`.
+            b = b
+                .with_env_allocators()
+                .and_then(|b| b.with_memory_pattern(false))
+                .ort_context(|| "failed to set up the shared CPU arena".into())?;
             let kernels = host_kernels::domain()
                 .ort_context(|| "failed to register pipe's CPU kernels".into())?;
             b = b
