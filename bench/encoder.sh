@@ -7,6 +7,7 @@
 # tokens over step time) and peak memory, and the CPU model.
 #
 #   bench/encoder.sh [SEEDS...]      # default: seed 0
+#   PIPE=target/release/pipe bench/encoder.sh   # that binary, not a fresh release build
 # Needs: python3 -m pip install torch transformers scikit-learn pyarrow
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,8 +15,11 @@ threads=${THREADS:-2}
 seeds=("${@:-0}")
 ./scripts/fetch-onnxruntime.sh
 ./scripts/fetch-model.sh
-cargo build --release --locked -p pipe
-pipe=${CARGO_TARGET_DIR:-$PWD/target}/release/pipe
+# PIPE=path/to/pipe runs that binary instead of building a release one.
+if [[ -z "${PIPE:-}" ]]; then
+  cargo build --release --locked --workspace --bin pipe
+fi
+pipe=${PIPE:-${CARGO_TARGET_DIR:-$PWD/target}/release/pipe}
 model=$PWD/.tools/models/all-MiniLM-L6-v2
 echo "cpu: $(lscpu | sed -n 's/^Model name: *//p') · $threads threads"
 work=$(mktemp -d)

@@ -1,17 +1,22 @@
-//! pipe's side of the fine-tuning benchmark (`bench/finetune.sh`): the compiled GPT-Neo
-//! training step of the `finetune` stage, timed on random batches, the same shapes and work
+//! pipe's side of the fine-tuning benchmark (`bench/finetune.sh`): the compiled training
+//! step of the `finetune` stage, timed on random batches, the same shapes and work
 //! as `bench/torch_finetune.py` (full-length rows, 4 labels, clipping at 1.0, AdamW lr 5e-5
 //! and weight decay 0.01; warm-up steps untimed).
 //!
-//! Usage: `cargo run --release -p pipe-stages --example finetune_step -- tiny|125m|2.7b
-//! [--steps N] [--warmup N] [--threads N] [--batch N] [--seq N] [--layers N] [--device D]
-//! [--lora] [--freeze-half] [--frozen-dtype f32|int8|int4] [--save-graph FILE] [--profile PREFIX]`.
-//! Prints one JSON object (with the step graph's node count). `2.7b` is GPT-Neo 2.7B's shape
-//! (random weights); `--layers N` keeps only N of its blocks (a reduced shape for checks on
+//! Usage: `cargo run --release -p pipe-stages --example finetune_step --
+//! tiny|125m|2.7b|smollm2-135m|gpt2-124m|bert-base|modernbert-base [--steps N] [--warmup N]
+//! [--threads N] [--batch N] [--seq N] [--layers N] [--device D] [--lora] [--freeze-half]
+//! [--frozen-dtype f32|int8|int4] [--save-graph FILE] [--profile PREFIX]`.
+//! Prints one JSON object (with the step graph's node count). `tiny`, `125m` and `2.7b` are
+//! GPT-Neo shapes, `2.7b` GPT-Neo 2.7B's; `smollm2-135m` is SmolLM2-135M's Llama shape (hidden
+//! 576, 30 layers, 9 heads over 3 key/value heads), `gpt2-124m` GPT-2's, `bert-base` and
+//! `modernbert-base` those encoders' (batch 8 × 128); all random weights.
+//! `--layers N` keeps only N of a GPT-Neo shape's blocks (a reduced shape for checks on
 //! small machines). `--device cuda:0` trains on CUDA with the state on the device
 //! ([`step_trainer`]; `PIPE_DEVICE_STATE=1` does that on the CPU too) and reports the
 //! device arenas' peak; the host's peak is reported as `VmHWM` and `getrusage`'s `ru_maxrss`. `--lora` trains a LoRA adapter
-//! (r 8, alpha 16 on q_proj and v_proj; the base frozen, the head trained), as
+//! (r 8, alpha 16 on the family's default targets: q_proj and v_proj, GPT-2's c_attn; the base
+//! frozen, the head trained), as
 //! `bench/torch_finetune.py --lora` does with PEFT; `--freeze-half` freezes the embeddings and
 //! the lower half of the layers (`freeze: [embeddings, layers.0-N]`), as
 //! `bench/torch_finetune.py --freeze-half` does with `requires_grad`. `--frozen-dtype` keeps
@@ -27,7 +32,7 @@ use std::collections::BTreeMap;
 
 use pipe_models::gpt_neo::{AttentionKind, GptNeoConfig, ProblemType};
 use pipe_models::lora::{LoraParams, LoraTarget};
-use pipe_models::{Xoshiro256, init_params_with, weights};
+use pipe_models::{Architecture, ModelConfig, Xoshiro256, init_params_with, weights};
 use pipe_onnx::{AdamW, Device, FrozenDType, HostTensor, Session, SessionOptions, step_trainer};
 use pipe_stages::finetune::{
     FreezeEntry, StepGraph, StepOptions, Trained, distinct_tokens, peak_memory_bytes,
@@ -73,20 +78,64 @@ fn main() -> anyhow::Result<()> {
         )],
         ..GptNeoConfig::tiny(50257, NUM_LABELS)
     };
+    // The published shapes of the other families, as their `config.json` writes them; every
+    // dropout 0 and the pad id one no batch draws, as on the PyTorch side.
+    let smollm2 = json!({
+        "model_type": "llama", "vocab_size": 49152, "hidden_size": 576,
+        "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3,
+        "intermediate_size": 1536, "max_position_embeddings": 8192, "rope_theta": 100000.0,
+        "rms_norm_eps": 1e-5, "tie_word_embeddings": true, "pad_token_id": 49151,
+        "num_labels": NUM_LABELS,
+    });
+    let gpt2 = json!({
+        "model_type": "gpt2", "vocab_size": 50257, "n_positions": 1024, "n_embd": 768,
+        "n_layer": 12, "n_head": 12, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0,
+        "pad_token_id": 50256, "num_labels": NUM_LABELS,
+    });
+    let bert = json!({
+        "model_type": "bert", "vocab_size": 30522, "hidden_size": 768,
+        "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,
+        "max_position_embeddings": 512, "hidden_dropout_prob": 0.0,
+        "attention_probs_dropout_prob": 0.0, "classifier_dropout": 0.0,
+        "num_labels": NUM_LABELS,
+    });
+    let modernbert = json!({
+        "model_type": "modernbert", "vocab_size": 50368, "hidden_size": 768,
+        "num_hidden_layers": 22, "num_attention_heads": 12, "intermediate_size": 1152,
+        "max_position_embeddings": 8192, "global_attn_every_n_layers": 3,
+        "local_attention": 128, "global_rope_theta": 160000.0, "local_rope_theta": 10000.0,
+        "classifier_pooling": "cls", "num_labels": NUM_LABELS,
+    });
     let (mut config, batch, seq, steps, warmup) = match name {
-        "tiny" => (GptNeoConfig::tiny(8192, NUM_LABELS), 16, 64, 20, 3),
-        "125m" => (neo(768, 12, 12), 8, 64, 5, 2),
-        "2.7b" => (neo(2560, 20, 32), 8, 64, 4, 2),
-        other => anyhow::bail!("unknown config {other}; expected tiny, 125m or 2.7b"),
+        "tiny" => (
+            ModelConfig::GptNeo(GptNeoConfig::tiny(8192, NUM_LABELS)),
+            16,
+            64,
+            20,
+            3,
+        ),
+        "125m" => (ModelConfig::GptNeo(neo(768, 12, 12)), 8, 64, 5, 2),
+        "2.7b" => (ModelConfig::GptNeo(neo(2560, 20, 32)), 8, 64, 3, 1),
+        "smollm2-135m" => (ModelConfig::from_json(smollm2)?, 8, 64, 5, 2),
+        "gpt2-124m" => (ModelConfig::from_json(gpt2)?, 8, 64, 5, 2),
+        "bert-base" => (ModelConfig::from_json(bert)?, 8, 128, 5, 2),
+        "modernbert-base" => (ModelConfig::from_json(modernbert)?, 8, 128, 5, 2),
+        other => anyhow::bail!(
+            "unknown config {other}; expected tiny, 125m, 2.7b, smollm2-135m, gpt2-124m, \
+             bert-base or modernbert-base"
+        ),
     };
     if let Some(layers) = flag_value(&args, "--layers")? {
         let layers: usize = layers.parse()?;
+        let ModelConfig::GptNeo(neo) = &mut config else {
+            anyhow::bail!("--layers applies to the GPT-Neo shapes only");
+        };
         anyhow::ensure!(
             layers >= 2 && layers.is_multiple_of(2),
             "--layers takes an even number of at least 2 (blocks alternate global and local)"
         );
-        config.num_layers = layers;
-        config.attention_types = vec![(
+        neo.num_layers = layers;
+        neo.attention_types = vec![(
             vec![AttentionKind::Global, AttentionKind::Local],
             layers / 2,
         )];
@@ -112,13 +161,15 @@ fn main() -> anyhow::Result<()> {
         r: 8,
         alpha: 16.0,
         dropout: 0.0,
-        targets: ["q_proj", "v_proj"]
+        targets: ModelConfig::default_lora_targets(config.model_type())
+            .unwrap_or_default()
+            .iter()
             .map(|t| LoraTarget::new(t).expect("a module name"))
-            .to_vec(),
+            .collect(),
     });
     let freeze = [
         FreezeEntry::Embeddings,
-        FreezeEntry::Layers(0, config.num_layers / 2 - 1),
+        FreezeEntry::Layers(0, config.num_layers() / 2 - 1),
     ];
     let freeze_half = args.iter().any(|a| a == "--freeze-half");
     let trained = match (&lora, freeze_half) {
@@ -177,7 +228,7 @@ fn main() -> anyhow::Result<()> {
     let mut rng = Xoshiro256::new(0);
     let mut batch_of = || -> anyhow::Result<[(&'static str, HostTensor); 4]> {
         let ids: Vec<i64> = (0..batch * seq)
-            .map(|_| (rng.next_u64() % (config.vocab_size as u64 - 1)) as i64)
+            .map(|_| (rng.next_u64() % (config.vocab_size() as u64 - 1)) as i64)
             .collect();
         let labels = (0..batch)
             .map(|_| (rng.next_u64() % NUM_LABELS as u64) as i64)

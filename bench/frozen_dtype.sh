@@ -17,7 +17,7 @@ seeds=("$@")
 ./scripts/fetch-onnxruntime.sh
 ./scripts/fetch-model.sh
 if [[ -z "${PIPE:-}" ]]; then
-  cargo build --release --locked -p pipe
+  cargo build --release --locked --workspace --bin pipe
 fi
 pipe=${PIPE:-${CARGO_TARGET_DIR:-$PWD/target}/release/pipe}
 echo "cpu: $(lscpu | sed -n 's/^Model name: *//p') · $threads threads"

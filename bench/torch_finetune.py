@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
-"""PyTorch + transformers baseline: GPT-Neo sequence-classification fine-tuning throughput.
+"""PyTorch + transformers baseline: sequence-classification fine-tuning throughput.
 
 The reference that pipe's ONNX Runtime training step is measured against:
-GPTNeoForSequenceClassification, fp32, eager attention, torch.set_num_threads(2),
+AutoModelForSequenceClassification of the config's family (GPT-Neo, Llama, GPT-2, BERT,
+ModernBERT), fp32, torch.set_num_threads(2), attention as transformers runs it by default
+for the family (GPT-Neo: eager, the only one it has; the others: sdpa),
 random init from a config (nothing downloaded), random token ids (fixed seed),
 every row full length (attention_mask all ones), 4 labels.
 
@@ -11,7 +13,7 @@ One timed step = zero_grad + forward with labels (cross-entropy) + backward
 work as one pipe step. Warm-up steps are run first and not timed.
 
 With --lora, the model is wrapped by PEFT for SEQ_CLS with LoRA r=8, lora_alpha=16,
-lora_dropout=0 on q_proj and v_proj (the base frozen, the score head trained in full) and
+lora_dropout=0 on q_proj and v_proj (GPT-2: c_attn, fan_in_fan_out) (the base frozen, the score head trained in full) and
 AdamW runs over the trainable parameters only: the same work as pipe's `lora` step. With
 --freeze-half, the embeddings and the lower half of the layers have requires_grad=False (pipe's
 `freeze: [embeddings, layers.0-N]`).
@@ -22,13 +24,24 @@ Configs:
   125m  GPT-Neo 125M shape: hidden 768, 12 layers, 12 heads, intermediate 3072,
         vocab 50257, max positions 2048, window 256, global/local alternating;
         batch 8 x 64 tokens
+  2.7b  GPT-Neo 2.7B's shape: hidden 2560, 32 layers, 20 heads, intermediate 10240;
+        batch 8 x 64 (about 11 GB of fp32 weights; not part of `all`)
+  smollm2-135m  SmolLM2-135M's Llama shape: hidden 576, 30 layers, 9 heads over 3
+        key/value heads, intermediate 1536, vocab 49152, rope_theta 100000; batch 8 x 64
+  gpt2-124m  GPT-2's shape: hidden 768, 12 layers, 12 heads, vocab 50257, 1024
+        positions, dropout 0; batch 8 x 64
+  bert-base  BERT-base's shape: hidden 768, 12 layers, 12 heads, intermediate 3072, vocab
+        30522, dropout 0; batch 8 x 128
+  modernbert-base  ModernBERT-base's shape: hidden 768, 22 layers, 12 heads, intermediate
+        1152, vocab 50368, global attention every 3rd layer, local window 128, dropout 0;
+        batch 8 x 128
 
 Each config runs in a fresh subprocess so that peak RSS (getrusage ru_maxrss)
 belongs to that config alone; peak RSS includes the Python interpreter, torch
 and transformers themselves.
 
 Usage:
-  python3 bench/torch_finetune.py [--config tiny|125m|all] [--steps N] [--warmup N] [--threads N] [--lora] [--freeze-half] [--json]
+  python3 bench/torch_finetune.py [--config tiny|125m|2.7b|smollm2-135m|gpt2-124m|all] [--steps N] [--warmup N] [--threads N] [--lora] [--freeze-half] [--json]
 --json prints one JSON object per config on stdout (nothing else on stdout).
 Needs: python3 -m pip install torch transformers (and peft for --lora)
 """
@@ -45,6 +58,7 @@ import time
 
 CONFIGS = {
     "tiny": dict(
+        family="gpt_neo",
         model=dict(
             vocab_size=8192,
             hidden_size=256,
@@ -61,6 +75,7 @@ CONFIGS = {
         warmup=3,
     ),
     "125m": dict(
+        family="gpt_neo",
         model=dict(
             vocab_size=50257,
             hidden_size=768,
@@ -76,30 +91,162 @@ CONFIGS = {
         steps=5,
         warmup=2,
     ),
+    "2.7b": dict(
+        family="gpt_neo",
+        model=dict(
+            vocab_size=50257,
+            hidden_size=2560,
+            num_layers=32,
+            num_heads=20,
+            intermediate_size=10240,
+            max_position_embeddings=2048,
+            window_size=256,
+            attention_types=[[["global", "local"], 16]],
+        ),
+        batch=8,
+        seq=64,
+        steps=3,
+        warmup=1,
+    ),
+    "smollm2-135m": dict(
+        family="llama",
+        model=dict(
+            vocab_size=49152,
+            hidden_size=576,
+            num_hidden_layers=30,
+            num_attention_heads=9,
+            num_key_value_heads=3,
+            intermediate_size=1536,
+            max_position_embeddings=8192,
+            rope_theta=100000.0,
+            rms_norm_eps=1e-5,
+            tie_word_embeddings=True,
+        ),
+        batch=8,
+        seq=64,
+        steps=5,
+        warmup=2,
+    ),
+    "gpt2-124m": dict(
+        family="gpt2",
+        model=dict(
+            vocab_size=50257,
+            n_positions=1024,
+            n_embd=768,
+            n_layer=12,
+            n_head=12,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            summary_first_dropout=0.0,
+        ),
+        batch=8,
+        seq=64,
+        steps=5,
+        warmup=2,
+    ),
+    "bert-base": dict(
+        family="bert",
+        model=dict(
+            vocab_size=30522,
+            hidden_size=768,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            intermediate_size=3072,
+            max_position_embeddings=512,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+            classifier_dropout=0.0,
+        ),
+        batch=8,
+        seq=128,
+        steps=5,
+        warmup=2,
+    ),
+    "modernbert-base": dict(
+        family="modernbert",
+        model=dict(
+            vocab_size=50368,
+            hidden_size=768,
+            num_hidden_layers=22,
+            num_attention_heads=12,
+            intermediate_size=1152,
+            max_position_embeddings=8192,
+            global_attn_every_n_layers=3,
+            local_attention=128,
+            global_rope_theta=160000.0,
+            local_rope_theta=10000.0,
+            classifier_pooling="cls",
+        ),
+        batch=8,
+        seq=128,
+        steps=5,
+        warmup=2,
+    ),
 }
+# Per family: the extra config keys of its GPT-Neo-style setup, the LoRA targets (PEFT's
+# defaults), and the name prefixes of the embeddings and of block i (for --freeze-half).
+FAMILIES = {
+    "gpt_neo": dict(
+        extra=dict(
+            activation_function="gelu_new",
+            embed_dropout=0.0,
+            attention_dropout=0.0,
+            resid_dropout=0.0,
+            layer_norm_epsilon=1e-5,
+        ),
+        lora=dict(target_modules=["q_proj", "v_proj"]),
+        embeddings=("transformer.wte.", "transformer.wpe."),
+        block="transformer.h.{}.",
+    ),
+    "llama": dict(
+        extra=dict(attention_dropout=0.0),
+        lora=dict(target_modules=["q_proj", "v_proj"]),
+        embeddings=("model.embed_tokens.",),
+        block="model.layers.{}.",
+    ),
+    "gpt2": dict(
+        extra=dict(),
+        lora=dict(target_modules=["c_attn"], fan_in_fan_out=True),
+        embeddings=("transformer.wte.", "transformer.wpe."),
+        block="transformer.h.{}.",
+    ),
+    "bert": dict(
+        extra=dict(),
+        lora=dict(target_modules=["query", "value"]),
+        embeddings=("bert.embeddings.",),
+        block="bert.encoder.layer.{}.",
+    ),
+    "modernbert": dict(
+        extra=dict(),
+        lora=dict(target_modules=["Wqkv"]),
+        embeddings=("model.embeddings.",),
+        block="model.layers.{}.",
+    ),
+}
+# transformers' attention for GPT-Neo is eager only; the other families default to sdpa.
+ATTENTION = {"gpt_neo": "eager"}
 NUM_LABELS = 4
 SEED = 0
 
 
-LORA = dict(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "v_proj"])
+LORA = dict(r=8, lora_alpha=16, lora_dropout=0.0)
 
 
 def worker(name, steps, warmup, threads, lora, freeze_half):
     import torch
     import transformers
-    from transformers import GPTNeoConfig, GPTNeoForSequenceClassification
+    from transformers import AutoConfig, AutoModelForSequenceClassification
 
     torch.set_num_threads(threads)
     torch.manual_seed(SEED)
     spec = CONFIGS[name]
+    family = FAMILIES[spec["family"]]
     vocab = spec["model"]["vocab_size"]
-    cfg = GPTNeoConfig(
+    cfg = AutoConfig.for_model(
+        spec["family"],
         **spec["model"],
-        activation_function="gelu_new",
-        embed_dropout=0.0,
-        attention_dropout=0.0,
-        resid_dropout=0.0,
-        layer_norm_epsilon=1e-5,
+        **family["extra"],
         num_labels=NUM_LABELS,
         pad_token_id=vocab - 1,  # never drawn below, so pooling is at the last position
         bos_token_id=None,  # unused for classification; 50256 would be out of the tiny vocab
@@ -107,18 +254,18 @@ def worker(name, steps, warmup, threads, lora, freeze_half):
         use_cache=False,
         problem_type="single_label_classification",
     )
-    cfg._attn_implementation = "eager"
+    attention = ATTENTION.get(spec["family"], "sdpa")
     t0 = time.perf_counter()
-    model = GPTNeoForSequenceClassification._from_config(cfg, attn_implementation="eager", dtype=torch.float32)
+    model = AutoModelForSequenceClassification.from_config(cfg, attn_implementation=attention, dtype=torch.float32)
     init_s = time.perf_counter() - t0
-    assert model.config._attn_implementation == "eager"
+    assert model.config._attn_implementation == attention
     if lora:
         from peft import LoraConfig, TaskType, get_peft_model
 
-        model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, **LORA))
+        model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, **LORA, **family["lora"]))
     if freeze_half:
-        frozen = ("transformer.wte.", "transformer.wpe.") + tuple(
-            f"transformer.h.{i}." for i in range(cfg.num_layers // 2)
+        frozen = family["embeddings"] + tuple(
+            family["block"].format(i) for i in range(cfg.num_hidden_layers // 2)
         )
         for n, p in model.named_parameters():
             p.requires_grad_(not n.startswith(frozen))
@@ -160,7 +307,7 @@ def worker(name, steps, warmup, threads, lora, freeze_half):
     return {
         "bench": "torch_finetune",
         "config": name,
-        "lora": LORA if lora else None,
+        "lora": dict(LORA, **family["lora"]) if lora else None,
         "freeze_half": freeze_half,
         "params": n_params,
         "trained_params": sum(p.numel() for p in trained),
@@ -181,7 +328,7 @@ def worker(name, steps, warmup, threads, lora, freeze_half):
         "loadavg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "final_loss": round(losses[-1], 5),
         "dtype": "float32",
-        "attn_implementation": "eager",
+        "attn_implementation": attention,
         "versions": {
             "python": platform.python_version(),
             "torch": torch.__version__,
@@ -192,11 +339,11 @@ def worker(name, steps, warmup, threads, lora, freeze_half):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--config", choices=["tiny", "125m", "all"], default="all")
-    ap.add_argument("--steps", type=int, default=None, help="timed steps (default 20 tiny, 5 125m)")
-    ap.add_argument("--warmup", type=int, default=None, help="untimed warm-up steps (default 3 tiny, 2 125m)")
+    ap.add_argument("--config", choices=[*CONFIGS, "all"], default="all")
+    ap.add_argument("--steps", type=int, default=None, help="timed steps (default 20 tiny, 5 the others)")
+    ap.add_argument("--warmup", type=int, default=None, help="untimed warm-up steps (default 3 tiny, 2 the others)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--lora", action="store_true", help="train a PEFT LoRA adapter (r 8 on q_proj, v_proj)")
+    ap.add_argument("--lora", action="store_true", help="train a PEFT LoRA adapter (r 8 on q_proj, v_proj; GPT-2: c_attn)")
     ap.add_argument(
         "--freeze-half", action="store_true", help="freeze the embeddings and the lower half of the layers"
     )
@@ -217,7 +364,7 @@ def main():
         print(json.dumps(res), flush=True)
         return 0
 
-    names = list(CONFIGS) if args.config == "all" else [args.config]
+    names = [n for n in CONFIGS if n != "2.7b"] if args.config == "all" else [args.config]
     rc = 0
     for name in names:
         cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, "--threads", str(args.threads)]
@@ -240,7 +387,7 @@ def main():
             print(json.dumps(res), flush=True)
         else:
             print(
-                f"{name:5s} params {res['params'] / 1e6:6.1f}M  batch {res['batch']}x{res['seq']}  "
+                f"{name:12s} params {res['params'] / 1e6:6.1f}M  batch {res['batch']}x{res['seq']}  "
                 f"threads {res['threads']}  step {res['step_s_mean']:.3f} s (median {res['step_s_median']:.3f})  "
                 f"{res['tokens_per_s']:,.0f} tokens/s  peak RSS {res['peak_rss_gb']:.2f} GB  "
                 f"load {res['loadavg_1m'][0]}->{res['loadavg_1m'][1]}  "
