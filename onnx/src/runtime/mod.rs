@@ -457,8 +457,9 @@ impl Session {
             // `arena.rs`.
             b = b
                 .with_env_allocators()
-                .and_then(|b| b.with_memory_pattern(false))
-                .ort_context(|| "failed to set up the shared CPU arena".into())?;
+                .ort_context(|| "failed to use the shared CPU arena".into())?
+                .with_memory_pattern(false)
+                .ort_context(|| "failed to turn the memory pattern off".into())?;
             let kernels = host_kernels::domain()
                 .ort_context(|| "failed to register pipe's CPU kernels".into())?;
             b = b

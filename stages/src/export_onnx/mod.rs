@@ -28,7 +28,8 @@
 //! `attention_mask`, `token_type_ids` taken as an input when the family has token types, and
 //! probabilities added. Before the stage succeeds it loads the written
 //! `model.onnx` in ONNX Runtime and compares its logits on a padded sample batch with the
-//! training forward fed the same weights (within [`check::TOLERANCE`]).
+//! training forward fed the same weights (within [`check::allowed_difference`]: 1e-5 per
+//! layer, scaled by the largest logit when it is above 1).
 
 mod check;
 mod graph;
