@@ -4,6 +4,7 @@
 //! names it); `./scripts/test.sh` runs them under it. Without one they fail,
 //! saying how to run them.
 
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -273,7 +274,21 @@ fn killing_pipe_run_cancels_its_jobs() {
             "k.yaml",
             &format!("pipeline: {name}\nstages:\n  sleepy:\n    run: sleep 120\n"),
         );
-        let mut child = p.spawn(&["run", "k.yaml", "--executor", "slurm"]);
+        // SIGINT back to its default in pipe: a shell starting these tests in the background
+        // (`cmd &`) hands them SIGINT ignored, and `kill -INT` would then do nothing.
+        let mut run = p.command(&["run", "k.yaml", "--executor", "slurm"]);
+        // SAFETY: `signal` is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            run.pre_exec(|| {
+                libc::signal(libc::SIGINT, libc::SIG_DFL);
+                Ok(())
+            });
+        }
+        let mut child = run
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("pipe starts");
         let id = running_job(&format!("pipe-{name}-sleepy"));
         let killed = Command::new("kill")
             .args([&format!("-{signal}"), &child.id().to_string()])
