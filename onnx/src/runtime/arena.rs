@@ -10,14 +10,14 @@
 //! chunks of the one before (`Session::builder`). Measured in `bench/README.md`, "One CPU
 //! arena, no memory pattern".
 
-use std::ffi::{CStr, c_char};
+use std::ffi::c_char;
 
 use ort::AsPointer;
 use ort::environment::Environment;
 use ort::memory::AllocatorType;
 
-use super::Device;
 use super::memory::memory_info;
+use super::{Device, status_message};
 use crate::{Error, Result};
 
 /// `arena_extend_strategy`'s `kSameAsRequested`.
@@ -47,22 +47,14 @@ pub(super) fn register_cpu_arena(env: &Environment) -> Result<()> {
     }
 }
 
-/// `Ok` for a null status; otherwise `what` and its message, the status released.
+/// `Ok` for a null status; otherwise `what` and its message.
 ///
 /// # Safety
 /// `status` is null or a status ONNX Runtime returned and nobody released.
 unsafe fn check(status: ort::sys::OrtStatusPtr, what: &str) -> Result<()> {
-    if status.0.is_null() {
-        return Ok(());
+    // SAFETY: the caller's promise, passed on.
+    match unsafe { status_message(status) } {
+        None => Ok(()),
+        Some(message) => Err(Error::Data(format!("{what}: {message}"))),
     }
-    let api = ort::api();
-    // SAFETY: a non-null status owns its message until released, which happens after the copy.
-    let message = unsafe {
-        let message = CStr::from_ptr((api.GetErrorMessage)(status.0))
-            .to_string_lossy()
-            .into_owned();
-        (api.ReleaseStatus)(status.0);
-        message
-    };
-    Err(Error::Data(format!("{what}: {message}")))
 }

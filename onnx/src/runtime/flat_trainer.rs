@@ -10,7 +10,7 @@
 //! copies borrowed tensors.
 
 use std::collections::BTreeMap;
-use std::ffi::{CStr, CString};
+use std::ffi::CString;
 
 use ort::AsPointer;
 use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
@@ -18,7 +18,7 @@ use ort::session::IoBinding;
 use ort::value::{TensorRef, TensorRefMut, Value, ValueTypeMarker};
 
 use super::binding::run_bound;
-use super::{HostData, HostTensor, Session, StepResult};
+use super::{HostData, HostTensor, Session, StepResult, status_message};
 use crate::error::OrtContext;
 use crate::flat::{self, FlatEntry, FlatState, GradSignature};
 use crate::optim::StateKind;
@@ -359,11 +359,7 @@ pub(super) fn bind_borrowed<T: ValueTypeMarker + ?Sized>(
     // read and released.
     unsafe {
         let status = (api.BindInput)(binding.ptr_mut(), cname.as_ptr(), value.ptr());
-        if !status.0.is_null() {
-            let msg = CStr::from_ptr((api.GetErrorMessage)(status.0))
-                .to_string_lossy()
-                .into_owned();
-            (api.ReleaseStatus)(status.0);
+        if let Some(msg) = status_message(status) {
             return Err(fail(msg));
         }
     }

@@ -10,7 +10,7 @@ use ort::AsPointer;
 use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
 use ort::value::{DynTensor, Tensor as OrtTensor};
 
-use super::{Device, HostData, HostTensor, Session};
+use super::{Device, HostData, HostTensor, Session, status_message};
 use crate::error::OrtContext;
 use crate::{Error, Result};
 
@@ -90,12 +90,7 @@ fn allocator_stats(allocator: &Allocator) -> Result<Option<MemoryStats>> {
     // alive (their strings are owned by `kvps`) and released once read. A non-null status is an
     // error we read and release.
     unsafe {
-        let status = (api.AllocatorGetStats)(allocator.ptr(), &mut kvps);
-        if !status.0.is_null() {
-            let msg = CStr::from_ptr((api.GetErrorMessage)(status.0))
-                .to_string_lossy()
-                .into_owned();
-            (api.ReleaseStatus)(status.0);
+        if let Some(msg) = status_message((api.AllocatorGetStats)(allocator.ptr(), &mut kvps)) {
             // Allocators without an arena have no statistics; ORT says "not implemented".
             if msg.to_ascii_lowercase().contains("not implemented") {
                 return Ok(None);

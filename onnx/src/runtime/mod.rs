@@ -288,6 +288,26 @@ fn library_version(path: &Path) -> Result<String> {
     }
 }
 
+/// The message of a failed C API call's `status`, the status released; `None` when it
+/// succeeded (a null status).
+///
+/// # Safety
+/// `status` is null or a status ONNX Runtime returned and nobody released.
+pub(super) unsafe fn status_message(status: ort::sys::OrtStatusPtr) -> Option<String> {
+    if status.0.is_null() {
+        return None;
+    }
+    let api = ort::api();
+    // SAFETY: a non-null status owns its message until released, which happens after the copy.
+    unsafe {
+        let message = CStr::from_ptr((api.GetErrorMessage)(status.0))
+            .to_string_lossy()
+            .into_owned();
+        (api.ReleaseStatus)(status.0);
+        Some(message)
+    }
+}
+
 /// Names of the execution providers the loaded library offers.
 pub fn available_providers() -> Result<Vec<String>> {
     runtime()?;
@@ -298,12 +318,7 @@ pub fn available_providers() -> Result<Vec<String>> {
     // `ReleaseAvailableProviders`, which is called below with the same pointer and count; a
     // non-null status is an error that we read and release.
     unsafe {
-        let status = (api.GetAvailableProviders)(&mut list, &mut n);
-        if !status.0.is_null() {
-            let msg = CStr::from_ptr((api.GetErrorMessage)(status.0))
-                .to_string_lossy()
-                .into_owned();
-            (api.ReleaseStatus)(status.0);
+        if let Some(msg) = status_message((api.GetAvailableProviders)(&mut list, &mut n)) {
             return Err(Error::Data(format!(
                 "cannot list execution providers: {msg}"
             )));
