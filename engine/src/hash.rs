@@ -466,6 +466,8 @@ mod tests {
         hash_mapped(&path, 64 << 10, &mut windowed).unwrap();
         assert_eq!(Digest(*windowed.finalize().as_bytes()), Digest::of(&bytes));
         assert_eq!(hash_file(&path).unwrap(), Digest::of(&bytes));
+        // Hashing only reads: the file's bytes are as they were written.
+        assert_eq!(fs_err::read(&path).unwrap(), bytes);
     }
 
     #[test]
