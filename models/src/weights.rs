@@ -1,7 +1,8 @@
 //! Parameter values from a safetensors checkpoint (the `model.safetensors` of a Hugging Face
 //! checkpoint, or its shards), checked against a model's declared [`ParamSpec`] list. The
-//! files are read through memory maps ([`Checkpoint`]): each tensor is copied once, into its
-//! own `f32` buffer, and `bfloat16`/`float16` tensors are converted exactly on the way.
+//! files are memory-mapped ([`Checkpoint`]): each tensor is copied once, into its own `f32`
+//! buffer (`bfloat16`/`float16` converted exactly on the way), or, for a frozen weight, read
+//! in place from the map ([`Pending::in_place`]).
 
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -12,8 +13,6 @@ use anyhow::{Context, Result, bail};
 use pipe_onnx::{HostTensor, QuantizedWeight};
 use safetensors::Dtype;
 use safetensors::tensor::View;
-
-use pipe_onnx::HostData;
 
 use super::checkpoint::{Checkpoint, bad_input};
 use super::{ParamSpec, init_param};
@@ -29,26 +28,77 @@ pub fn load(
     load_with(path, specs, fresh, seed, &keep)
 }
 
-/// What loading does with each tensor as it is read: keeps it ([`keep`]), or turns it into
-/// other tensors (frozen weights quantized), one at a time, so a model whose tensors are
-/// transformed is never whole in f32.
-pub type Transform<'a> =
-    &'a (dyn Fn(&ParamSpec, HostTensor) -> Result<Vec<(String, HostTensor)>> + Sync);
-
-/// The [`Transform`] that keeps every tensor as it is, under its spec's name.
-pub fn keep(spec: &ParamSpec, t: HostTensor) -> Result<Vec<(String, HostTensor)>> {
-    Ok(vec![(spec.name.clone(), t)])
+/// A parameter's value as loading hands it to a [`Transform`], before it is read: the
+/// transform chooses how ([`Pending::read`], [`Pending::in_place`]).
+pub enum Pending<'a> {
+    /// A tensor of a checkpoint (its shape and type already checked against the spec).
+    Stored {
+        /// The checkpoint.
+        checkpoint: &'a Checkpoint,
+        /// The tensor's name in it.
+        name: &'a str,
+        /// The spec's shape.
+        shape: &'a [i64],
+    },
+    /// Initialised fresh (a head the checkpoint lacks, a LoRA matrix, a from-scratch model).
+    Fresh(HostTensor),
 }
 
-/// The [`Transform`] that turns each weight named in `quantized` into its quantized inputs
-/// ([`QuantizedWeight::quantize`]) and keeps the rest.
-pub fn quantizing(
-    quantized: &[QuantizedWeight],
-) -> impl Fn(&ParamSpec, HostTensor) -> Result<Vec<(String, HostTensor)>> + Sync + '_ {
+impl Pending<'_> {
+    /// The values in memory of their own (`float32`; `bfloat16`/`float16` converted).
+    pub fn read(self) -> Result<HostTensor> {
+        match self {
+            Pending::Stored {
+                checkpoint,
+                name,
+                shape,
+            } => Ok(HostTensor::f32(shape, checkpoint.read_f32(name)?)?),
+            Pending::Fresh(t) => Ok(t),
+        }
+    }
+
+    /// The values read where they lie in the checkpoint's memory map when they can be
+    /// ([`Checkpoint::in_place_f32`]), else [`Pending::read`]. For weights that are only
+    /// read (frozen ones): no copy to make while loading, and only the pages a run reads
+    /// become resident.
+    pub fn in_place(self) -> Result<HostTensor> {
+        match self {
+            Pending::Stored {
+                checkpoint,
+                name,
+                shape,
+            } => match checkpoint.in_place_f32(name) {
+                Some(values) => Ok(HostTensor::f32_shared(shape, values)?),
+                None => Ok(HostTensor::f32(shape, checkpoint.read_f32(name)?)?),
+            },
+            Pending::Fresh(t) => Ok(t),
+        }
+    }
+}
+
+/// What loading does with each parameter: reads it and keeps it ([`keep`]), reads it in place,
+/// or turns it into other tensors (frozen weights quantized), one at a time, so a model whose
+/// tensors are transformed is never whole in f32.
+pub type Transform<'a> =
+    &'a (dyn Fn(&ParamSpec, Pending<'_>) -> Result<Vec<(String, HostTensor)>> + Sync);
+
+/// The [`Transform`] that reads every tensor into memory of its own, under its spec's name.
+pub fn keep(spec: &ParamSpec, t: Pending<'_>) -> Result<Vec<(String, HostTensor)>> {
+    Ok(vec![(spec.name.clone(), t.read()?)])
+}
+
+/// The [`Transform`] of a training run: each weight named in `quantized` becomes its
+/// quantized inputs ([`QuantizedWeight::quantize`]), the other frozen weights (`frozen`
+/// says which) stay in place ([`Pending::in_place`]), and the trained ones are read.
+pub fn for_training<'a>(
+    quantized: &'a [QuantizedWeight],
+    frozen: impl Fn(&str) -> bool + Sync + 'a,
+) -> impl Fn(&ParamSpec, Pending<'_>) -> Result<Vec<(String, HostTensor)>> + Sync + 'a {
     let by_name: BTreeMap<&str, &QuantizedWeight> =
         quantized.iter().map(|q| (q.name.as_str(), q)).collect();
     move |spec, t| match by_name.get(spec.name.as_str()) {
-        Some(q) => Ok(q.quantize(&t)?),
+        Some(q) => Ok(q.quantize(&t.read()?)?),
+        None if frozen(&spec.name) => Ok(vec![(spec.name.clone(), t.in_place()?)]),
         None => keep(spec, t),
     }
 }
@@ -100,10 +150,17 @@ pub fn from_checkpoint(
     transform: Transform,
 ) -> Result<BTreeMap<String, HostTensor>> {
     let mut out = BTreeMap::new();
-    for_each(checkpoint, specs, fresh, seed, |spec, value| {
-        out.extend(transform(spec, value)?);
-        Ok(())
-    })?;
+    for (spec, stored) in plan(checkpoint, specs, fresh).map_err(bad_input)? {
+        let pending = match stored {
+            Some(name) => Pending::Stored {
+                checkpoint,
+                name,
+                shape: &spec.shape,
+            },
+            None => Pending::Fresh(init_param(spec, seed)),
+        };
+        out.extend(transform(spec, pending)?);
+    }
     Ok(out)
 }
 
@@ -119,7 +176,7 @@ pub fn for_each(
 ) -> Result<()> {
     for (spec, stored) in plan(checkpoint, specs, fresh).map_err(bad_input)? {
         let value = match stored {
-            Some(stored) => HostTensor::f32(&spec.shape, checkpoint.read_f32(stored)?)?,
+            Some(name) => HostTensor::f32(&spec.shape, checkpoint.read_f32(name)?)?,
             None => init_param(spec, seed),
         };
         each(spec, value)?;
@@ -204,10 +261,10 @@ pub fn load_all(path: &Path) -> Result<BTreeMap<String, HostTensor>> {
 pub fn save(path: &Path, tensors: &[(&str, &HostTensor)]) -> Result<()> {
     let mut views = Vec::with_capacity(tensors.len());
     for (name, tensor) in tensors {
-        let HostData::F32(values) = tensor.data() else {
+        let Some(values) = tensor.as_f32() else {
             bail!("tensor {name} is not float32");
         };
-        views.push((*name, tensor.shape(), values.as_slice()));
+        views.push((*name, tensor.shape(), values));
     }
     save_views(path, &views)
 }
@@ -278,9 +335,12 @@ impl View for LazyView<'_, '_> {
 
     fn data(&self) -> Cow<'_, [u8]> {
         let made = (self.value)(self.index).and_then(|t| match t.as_f32() {
-            Some(v) if v.len() * 4 == self.data_len() => {
-                Ok(v.iter().flat_map(|x| x.to_le_bytes()).collect())
-            }
+            Some(v) if v.len() * 4 == self.data_len() => Ok(match t {
+                // A tensor that outlives the view (a weight read in place, or held until the
+                // save ends) is written from where it lies.
+                Cow::Borrowed(t) => le_bytes(t.as_f32().unwrap_or_default()),
+                Cow::Owned(_) => Cow::Owned(le_bytes(v).into_owned()),
+            }),
             _ => bail!(
                 "a {} tensor of shape {:?} where f32 {:?} was declared",
                 t.dtype(),
@@ -289,7 +349,7 @@ impl View for LazyView<'_, '_> {
             ),
         });
         match made {
-            Ok(bytes) => Cow::Owned(bytes),
+            Ok(bytes) => bytes,
             Err(e) => {
                 let e = e.context(format!("writing {}", self.name));
                 self.failure.borrow_mut().get_or_insert(e);
@@ -300,6 +360,16 @@ impl View for LazyView<'_, '_> {
 
     fn data_len(&self) -> usize {
         self.shape.iter().product::<usize>() * 4
+    }
+}
+
+/// `values` as the little-endian bytes safetensors stores: the same memory on a little-endian
+/// host, a converted copy otherwise.
+fn le_bytes(values: &[f32]) -> Cow<'_, [u8]> {
+    if cfg!(target_endian = "little") {
+        Cow::Borrowed(bytemuck::cast_slice(values))
+    } else {
+        Cow::Owned(values.iter().flat_map(|v| v.to_le_bytes()).collect())
     }
 }
 
@@ -319,7 +389,7 @@ impl View for F32View<'_> {
     }
 
     fn data(&self) -> Cow<'_, [u8]> {
-        Cow::Owned(self.values.iter().flat_map(|v| v.to_le_bytes()).collect())
+        le_bytes(self.values)
     }
 
     fn data_len(&self) -> usize {

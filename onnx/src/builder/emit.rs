@@ -220,6 +220,39 @@ impl Graph {
         live
     }
 
+    /// The `live` nodes, each after the producers of its inputs: in the order they were
+    /// added, except that a node added later to feed an earlier one (a rewrite such as
+    /// [`Graph::lower_4bit_products`]) moves just before the first node that reads it.
+    fn emission_order(&self, live: &[bool]) -> Vec<usize> {
+        let mut done = vec![false; self.nodes.len()];
+        let mut order = Vec::with_capacity(live.iter().filter(|&&l| l).count());
+        for root in (0..self.nodes.len()).filter(|&i| live[i]) {
+            // Depth first: (node, the first input slot not yet looked at).
+            let mut stack = vec![(root, 0)];
+            while let Some((i, slot)) = stack.pop() {
+                if done[i] {
+                    continue;
+                }
+                let inputs = &self.nodes[i].inputs;
+                let pending = (slot..inputs.len()).find_map(|s| {
+                    let producer = inputs[s].and_then(|t| self.values[t.index()].producer)?;
+                    (!done[producer]).then_some((s, producer))
+                });
+                match pending {
+                    Some((s, producer)) => {
+                        stack.push((i, s + 1));
+                        stack.push((producer, 0));
+                    }
+                    None => {
+                        done[i] = true;
+                        order.push(i);
+                    }
+                }
+            }
+        }
+        order
+    }
+
     /// Finishes the graph: nodes no output depends on are dropped, and the result is an ONNX
     /// model (opset 20, domain `ai.onnx`, plus pipe's CPU kernels when a backward rule used
     /// them, see [`super::Kernels`], and ONNX Runtime's `com.microsoft` for quantized weights) whose every output carries its type and rank.
@@ -232,11 +265,10 @@ impl Graph {
         }
         let live = self.live_nodes();
         let node = self
-            .nodes
-            .iter()
-            .zip(&live)
-            .filter(|(_, l)| **l)
-            .map(|(n, _)| proto::NodeProto {
+            .emission_order(&live)
+            .into_iter()
+            .map(|i| &self.nodes[i])
+            .map(|n| proto::NodeProto {
                 input: n
                     .inputs
                     .iter()

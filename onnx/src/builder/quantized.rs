@@ -213,6 +213,41 @@ impl Graph {
         Ok(())
     }
 
+    /// Turns every `MatMulNBits` into the f32 product of its weights dequantized for that
+    /// product alone: [`Graph::dequantize_4bit`] tied to the product's input, then
+    /// `FusedMatMul` with `transB` (the same values, in f32 arithmetic like `accuracy_level`
+    /// 0). ONNX Runtime's CPU `MatMulNBits` is fast only over constant weights it can prepack;
+    /// over weights fed as inputs, as the trainers feed them, it dequantizes each call on a
+    /// slow path (`bench/README.md`: 2.4x slower than this on GPT-Neo 2.7B's products).
+    ///
+    /// Call it once the gradients are built: the backward of each product reads the same
+    /// blocks again for itself, so no f32 weight lives from the forward to the backward.
+    pub fn lower_4bit_products(&mut self) -> Result<()> {
+        let products: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].op == "MatMulNBits")
+            .collect();
+        for i in products {
+            let node = &self.nodes[i];
+            let dim = |name| {
+                node.attr_int(name)
+                    .and_then(|v| usize::try_from(v).ok())
+                    .ok_or_else(|| self.err("MatMulNBits", format!("no `{name}`")))
+            };
+            let (k, n) = (dim("K")?, dim("N")?);
+            let (a, packed, scales) = (node.input(0), node.input(1), node.input(2));
+            let w = self.dequantize_4bit(packed, scales, k, n, a)?;
+            let node = &mut self.nodes[i];
+            node.op = "FusedMatMul";
+            node.inputs = vec![Some(a), Some(w)];
+            node.attrs = vec![
+                ("alpha", Attr::Float(1.0)),
+                ("transA", Attr::Int(0)),
+                ("transB", Attr::Int(1)),
+            ];
+        }
+        Ok(())
+    }
+
     /// The int8 weight `b` of a `DynamicQuantizeMatMul` transposed, as
     /// [`Graph::quantize_frozen`] declared it for the input gradient.
     pub(crate) fn transposed_twin(&self, b: Tensor) -> Option<Tensor> {

@@ -325,11 +325,11 @@ pub(super) fn other_outputs(session: &Session, sig: &GradSignature) -> Vec<Strin
 fn bind_frozen(binding: &mut IoBinding, name: &str, t: &HostTensor) -> Result<()> {
     let ctx = || format!("failed to view the frozen input `{name}`");
     let shape = t.shape().to_vec();
+    if let Some(v) = t.as_f32() {
+        let r = TensorRef::from_array_view((shape, v)).ort_context(ctx)?;
+        return bind_borrowed(binding, name, &r);
+    }
     match t.data() {
-        HostData::F32(v) => {
-            let r = TensorRef::from_array_view((shape, &v[..])).ort_context(ctx)?;
-            bind_borrowed(binding, name, &r)
-        }
         HostData::I8(v) => {
             let r = TensorRef::from_array_view((shape, &v[..])).ort_context(ctx)?;
             bind_borrowed(binding, name, &r)
@@ -378,8 +378,8 @@ pub(super) fn entry_values<'v>(
     value: &'v HostTensor,
     name: &str,
 ) -> Result<&'v [f32]> {
-    match value.data() {
-        HostData::F32(v) if value.shape() == e.shape.as_slice() => Ok(v),
+    match value.as_f32() {
+        Some(v) if value.shape() == e.shape.as_slice() => Ok(v),
         _ => Err(Error::Data(format!(
             "`{name}`: expected {} {:?}, got {} {:?}",
             DType::F32,

@@ -7,6 +7,9 @@ use ort::value::{
     ValueType,
 };
 
+use std::ops::Range;
+use std::sync::Arc;
+
 use crate::error::OrtContext;
 use crate::{DType, Error, Result};
 
@@ -15,6 +18,8 @@ use crate::{DType, Error, Result};
 pub enum HostData {
     /// `float`.
     F32(Vec<f32>),
+    /// `float`, read in place from memory another owner keeps (a checkpoint's memory map).
+    F32Shared(SharedF32),
     /// `double`.
     F64(Vec<f64>),
     /// `int64`.
@@ -33,6 +38,7 @@ impl HostData {
     fn len(&self) -> usize {
         match self {
             HostData::F32(v) => v.len(),
+            HostData::F32Shared(v) => v.as_slice().len(),
             HostData::F64(v) => v.len(),
             HostData::I64(v) => v.len(),
             HostData::I32(v) => v.len(),
@@ -40,6 +46,50 @@ impl HostData {
             HostData::I8(v) => v.len(),
             HostData::U8(v) => v.len(),
         }
+    }
+}
+
+/// The bytes behind a [`SharedF32`]: anything that holds them immutably for as long as it
+/// lives (a read-only memory map).
+pub type SharedBytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
+
+/// `f32` elements inside bytes another owner holds, read where they lie: a tensor over them
+/// takes no memory of its own, and over a memory-mapped checkpoint only the pages a run reads
+/// are ever resident (a frozen embedding's unused rows never are).
+#[derive(Clone)]
+pub struct SharedF32 {
+    owner: SharedBytes,
+    /// The elements' bytes in `owner`.
+    range: Range<usize>,
+}
+
+impl SharedF32 {
+    /// The little-endian `f32` elements at bytes `range` of `owner`, when they can be read in
+    /// place: inside it, at an address aligned for `f32`, a whole number of elements, on a
+    /// little-endian host. `None` otherwise (copy them instead).
+    pub fn new(owner: SharedBytes, range: Range<usize>) -> Option<SharedF32> {
+        let bytes = (*owner).as_ref().get(range.clone())?;
+        let fits =
+            cfg!(target_endian = "little") && bytemuck::try_cast_slice::<u8, f32>(bytes).is_ok();
+        fits.then_some(SharedF32 { owner, range })
+    }
+
+    /// The elements.
+    pub fn as_slice(&self) -> &[f32] {
+        // `new` checked range, alignment and size, and the owner's bytes never change.
+        bytemuck::cast_slice(&(*self.owner).as_ref()[self.range.clone()])
+    }
+}
+
+impl std::fmt::Debug for SharedF32 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SharedF32({} elements in place)", self.as_slice().len())
+    }
+}
+
+impl PartialEq for SharedF32 {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_slice() == other.as_slice()
     }
 }
 
@@ -68,13 +118,32 @@ macro_rules! ctor_and_view {
 }
 
 impl HostTensor {
-    ctor_and_view!(f32, as_f32, f32, F32);
     ctor_and_view!(f64, as_f64, f64, F64);
     ctor_and_view!(i64, as_i64, i64, I64);
     ctor_and_view!(i32, as_i32, i32, I32);
     ctor_and_view!(bool, as_bool, bool, Bool);
     ctor_and_view!(i8, as_i8, i8, I8);
     ctor_and_view!(u8, as_u8, u8, U8);
+
+    /// A `f32` tensor; fails when `shape` does not hold `data.len()` elements.
+    pub fn f32(shape: &[i64], data: Vec<f32>) -> Result<Self> {
+        Self::new(shape, HostData::F32(data))
+    }
+
+    /// A `f32` tensor over elements read in place ([`SharedF32`]); fails when `shape` does
+    /// not hold them.
+    pub fn f32_shared(shape: &[i64], data: SharedF32) -> Result<Self> {
+        Self::new(shape, HostData::F32Shared(data))
+    }
+
+    /// The elements, when the tensor holds `f32` (its own or read in place).
+    pub fn as_f32(&self) -> Option<&[f32]> {
+        match &self.data {
+            HostData::F32(v) => Some(v),
+            HostData::F32Shared(v) => Some(v.as_slice()),
+            _ => None,
+        }
+    }
 
     /// A tensor from shape and data.
     pub fn new(shape: &[i64], data: HostData) -> Result<Self> {
@@ -128,7 +197,7 @@ impl HostTensor {
     /// Element type.
     pub fn dtype(&self) -> DType {
         match self.data {
-            HostData::F32(_) => DType::F32,
+            HostData::F32(_) | HostData::F32Shared(_) => DType::F32,
             HostData::F64(_) => DType::F64,
             HostData::I64(_) => DType::I64,
             HostData::I32(_) => DType::I32,
@@ -142,6 +211,7 @@ impl HostTensor {
     pub fn to_f64_vec(&self) -> Vec<f64> {
         match &self.data {
             HostData::F32(v) => v.iter().map(|&x| f64::from(x)).collect(),
+            HostData::F32Shared(v) => v.as_slice().iter().map(|&x| f64::from(x)).collect(),
             HostData::F64(v) => v.clone(),
             HostData::I64(v) => v.iter().map(|&x| x as f64).collect(),
             HostData::I32(v) => v.iter().map(|&x| f64::from(x)).collect(),
@@ -157,6 +227,9 @@ impl HostTensor {
         let ctx = || format!("failed to create a tensor of shape {:?}", self.shape);
         Ok(match &self.data {
             HostData::F32(v) => OrtTensor::from_array((shape, v.clone()))
+                .ort_context(ctx)?
+                .into_dyn(),
+            HostData::F32Shared(v) => OrtTensor::from_array((shape, v.as_slice().to_vec()))
                 .ort_context(ctx)?
                 .into_dyn(),
             HostData::F64(v) => OrtTensor::from_array((shape, v.clone()))
@@ -187,6 +260,9 @@ impl HostTensor {
         let ctx = || format!("failed to view a tensor of shape {:?}", self.shape);
         Ok(match &self.data {
             HostData::F32(v) => TensorRef::from_array_view((shape, v.as_slice()))
+                .ort_context(ctx)?
+                .into(),
+            HostData::F32Shared(v) => TensorRef::from_array_view((shape, v.as_slice()))
                 .ort_context(ctx)?
                 .into(),
             HostData::F64(v) => TensorRef::from_array_view((shape, v.as_slice()))

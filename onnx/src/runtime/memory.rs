@@ -143,6 +143,11 @@ pub fn write_host(dst: &mut DynTensor, src: &HostTensor, name: &str) -> Result<(
             HostData::F32(v) => OrtTensor::from_array((src.shape().to_vec(), v.clone()))
                 .ort_context(ctx)?
                 .upcast(),
+            HostData::F32Shared(v) => {
+                OrtTensor::from_array((src.shape().to_vec(), v.as_slice().to_vec()))
+                    .ort_context(ctx)?
+                    .upcast()
+            }
             HostData::F64(v) => OrtTensor::from_array((src.shape().to_vec(), v.clone()))
                 .ort_context(ctx)?
                 .upcast(),
@@ -179,6 +184,7 @@ pub fn write_host(dst: &mut DynTensor, src: &HostTensor, name: &str) -> Result<(
     }
     match src.data() {
         HostData::F32(v) => copy!(f32, v),
+        HostData::F32Shared(v) => copy!(f32, v.as_slice()),
         HostData::F64(v) => copy!(f64, v),
         HostData::I64(v) => copy!(i64, v),
         HostData::I32(v) => copy!(i32, v),

@@ -70,6 +70,7 @@ fn write(buf: &mut DynTensor, data: &HostData, name: &str) -> Result<()> {
     }
     match data {
         HostData::F32(v) => copy!(f32, v),
+        HostData::F32Shared(v) => copy!(f32, v.as_slice()),
         HostData::F64(v) => copy!(f64, v),
         HostData::I64(v) => copy!(i64, v),
         HostData::I32(v) => copy!(i32, v),
@@ -248,9 +249,9 @@ impl Trainer {
             )));
         }
         let h = self.state(name)?;
-        Ok(match h.data() {
-            HostData::F32(v) => v.clone(),
-            _ => h.to_f64_vec().into_iter().map(|x| x as f32).collect(),
+        Ok(match h.as_f32() {
+            Some(v) => v.to_vec(),
+            None => h.to_f64_vec().into_iter().map(|x| x as f32).collect(),
         })
     }
 

@@ -19,8 +19,13 @@ const N: usize = 6;
 
 /// The graph `y = x · Wᵀ` (`[out, in]` weight, through a transpose) or `y = x · W` (`[in,
 /// out]`, GPT-2's `Conv1D`), `loss = Σ y ⊙ r`, its gradient with respect to `x`, and the
-/// weight rewritten to `dtype`.
-fn product_graph(out_in: bool, dtype: FrozenDType) -> (Graph, Vec<pipe_onnx::QuantizedWeight>) {
+/// weight rewritten to `dtype` (with `lower`, 4-bit products lowered to f32 ones, as the
+/// trainers run them).
+fn product_graph(
+    out_in: bool,
+    dtype: FrozenDType,
+    lower: bool,
+) -> (Graph, Vec<pipe_onnx::QuantizedWeight>) {
     let mut g = Graph::new("product");
     let x = g
         .input("x", DType::F32, &fixed(&[M as i64, K as i64]))
@@ -47,6 +52,9 @@ fn product_graph(out_in: bool, dtype: FrozenDType) -> (Graph, Vec<pipe_onnx::Qua
     let dx: Vec<Tensor> = gradients(&mut g, loss, &[x]).unwrap();
     g.output(y, "y").unwrap();
     g.output(dx[0], "dx").unwrap();
+    if lower {
+        g.lower_4bit_products().unwrap();
+    }
     (g, quantized)
 }
 
@@ -75,8 +83,8 @@ impl Case {
 
     /// `y` and `dx` from the graph, with the weight fed in `out_in` layout and quantized as
     /// the rewrite asks.
-    fn run(&self, out_in: bool, dtype: FrozenDType) -> (Vec<f32>, Vec<f32>) {
-        let (g, quantized) = product_graph(out_in, dtype);
+    fn run(&self, out_in: bool, dtype: FrozenDType, lower: bool) -> (Vec<f32>, Vec<f32>) {
+        let (g, quantized) = product_graph(out_in, dtype, lower);
         assert_eq!(quantized.len(), 1, "the weight is read only by a product");
         let w = if out_in {
             HostTensor::f32(&[N as i64, K as i64], self.w.clone()).unwrap()
@@ -182,10 +190,47 @@ fn int4_products_equal_f32_products_with_the_dequantized_weight() {
         N,
     );
     let dx = matmul(&r, &w64, M, N, K);
-    for out_in in [true, false] {
-        let (gy, gdx) = case.run(out_in, FrozenDType::Int4);
+    for (out_in, lower) in [(true, false), (false, false), (true, true), (false, true)] {
+        let (gy, gdx) = case.run(out_in, FrozenDType::Int4, lower);
         assert_close("y", &gy, &y, 1e-5);
         assert_close("dx", &gdx, &dx, 1e-5);
+    }
+}
+
+#[test]
+fn lowered_4bit_products_leave_no_matmul_nbits_and_emit_producers_first() {
+    let (g, _) = product_graph(true, FrozenDType::Int4, true);
+    let model = g.build().unwrap();
+    let nodes = &model.proto().graph.as_ref().unwrap().node;
+    let ops: Vec<&str> = nodes.iter().filter_map(|n| n.op_type.as_deref()).collect();
+    assert!(!ops.contains(&"MatMulNBits"), "{ops:?}");
+    assert_eq!(
+        ops.iter()
+            .filter(|&&op| op == "GatherBlockQuantized")
+            .count(),
+        2,
+        "the forward and the input gradient each dequantize for themselves: {ops:?}"
+    );
+    // The dequantization nodes were added last, for an earlier product: ONNX wants every
+    // value computed before the node that reads it.
+    let mut computed: BTreeSet<&str> = ["x", "r", "w#int4", "w#scale"].into();
+    for n in nodes {
+        for input in n.input.iter().filter(|i| !i.is_empty()) {
+            assert!(
+                computed.contains(input.as_str())
+                    || model
+                        .proto()
+                        .graph
+                        .as_ref()
+                        .unwrap()
+                        .initializer
+                        .iter()
+                        .any(|t| t.name.as_deref() == Some(input)),
+                "`{}` reads `{input}` before it is computed",
+                n.name.as_deref().unwrap_or("")
+            );
+        }
+        computed.extend(n.output.iter().map(String::as_str));
     }
 }
 
@@ -207,7 +252,7 @@ fn int8_products_follow_dynamic_quantize_matmul() {
         .collect();
     let dx = dynamic_quantize_matmul(&scaled, &q.values, &[1.0], M, N, K);
     for out_in in [true, false] {
-        let (gy, gdx) = case.run(out_in, FrozenDType::Int8);
+        let (gy, gdx) = case.run(out_in, FrozenDType::Int8, false);
         assert_close("y", &gy, &y, 1e-5);
         assert_close("dx", &gdx, &dx, 1e-5);
     }
@@ -223,7 +268,7 @@ fn int8_products_follow_dynamic_quantize_matmul() {
         K,
         N,
     );
-    let (gy, _) = case.run(true, FrozenDType::Int8);
+    let (gy, _) = case.run(true, FrozenDType::Int8, false);
     assert_close("y against f32", &gy, &exact, 1e-2);
 }
 

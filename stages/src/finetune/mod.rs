@@ -26,7 +26,9 @@
 //!   `model/` then holds the base weights with the update merged in;
 //! - `train_log.jsonl`: one line per step (step, epoch, loss, lr, grad_norm, tokens,
 //!   seconds, tokens_per_s) and per evaluation (eval_loss, eval_accuracy);
-//! - `metrics.json`: losses, validation results, steps, throughput, peak memory (with the
+//! - `metrics.json`: losses, validation results, steps, throughput, the seconds from the
+//!   stage's start to its first step (`setup_seconds`: reading the model, building and
+//!   loading the graphs), peak memory (with the
 //!   state on the device also the device's, `device_peak_memory_bytes`: the sum of the peaks
 //!   of the run's ONNX Runtime arenas there), where the training state lived
 //!   (`training_state`: `host` or `device`), and, for a model folder, the element type its
@@ -201,6 +203,7 @@ impl Stage for Finetune {
     }
 
     fn run(&self, ctx: &RunContext<'_>) -> Result<Outcome> {
+        let stage_began = std::time::Instant::now();
         let params = Params::parse(ctx.params)?;
         release_large_frees();
         let input = ctx.only_input()?;
@@ -352,6 +355,8 @@ impl Stage for Finetune {
             metrics.insert("device_peak_memory_bytes".into(), json!(memory.max_in_use));
         }
         metrics.insert("seconds".into(), json!(began.elapsed().as_secs_f64()));
+        let setup = finished.first_step_began.duration_since(stage_began);
+        metrics.insert("setup_seconds".into(), json!(setup.as_secs_f64()));
         if let Some(step) = finished.resumed_from {
             metrics.insert("resumed_from_step".into(), json!(step));
         }
@@ -371,7 +376,7 @@ impl Stage for Finetune {
         Ok(Outcome {
             metrics: metrics
                 .into_iter()
-                .filter(|(k, _)| k != "seconds")
+                .filter(|(k, _)| k != "seconds" && k != "setup_seconds")
                 .collect(),
             headline: Some(headline),
         })

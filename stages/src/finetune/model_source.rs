@@ -116,7 +116,10 @@ impl StartingModel {
         let may_lack: Vec<&str> = head.iter().chain(&optional).map(String::as_str).collect();
         let mut weights = hf_folder::read_weights_with(dir, &read, &may_lack, seed, transform)?;
         for spec in fresh {
-            weights.extend(transform(spec, init_param(spec, seed))?);
+            weights.extend(transform(
+                spec,
+                weights::Pending::Fresh(init_param(spec, seed)),
+            )?);
         }
         Ok(weights)
     }

@@ -72,6 +72,8 @@ pub struct Finished {
     pub evaluation: Option<Evaluation>,
     /// The step the run resumed from, if it did.
     pub resumed_from: Option<u64>,
+    /// When the first step began (after loading, building the graphs and resuming).
+    pub first_step_began: Instant,
     /// With `select_best`: the evaluation whose weights are [`Finished::weights`].
     pub best: Option<Best>,
     /// With `early_stopping_patience`: the step training stopped at, when it stopped early.
@@ -127,12 +129,14 @@ impl<'a> Training<'a> {
         let step = StepGraph::compile_with(config, problem, &options, trained)?;
         // Parameters with a gradient go to the flat state; the rest (the base model under
         // LoRA, the `freeze` entries) are bound read-only.
-        // Frozen weights the graph reads quantized become their inputs as they are read.
+        // Frozen weights the graph reads quantized become their inputs as they are read; the
+        // other frozen ones are read in place from the checkpoint's memory map.
+        let layout = &step.signature.layout;
         let (weights, frozen): (BTreeMap<_, _>, BTreeMap<_, _>) = start
             .weights_with(
                 &step.specs,
                 params.model.seed,
-                &weights::quantizing(&step.quantized),
+                &weights::for_training(&step.quantized, |name| layout.entry(name).is_none()),
             )?
             .into_iter()
             .partition(|(name, _)| step.signature.layout.entry(name).is_some());
@@ -155,6 +159,7 @@ impl<'a> Training<'a> {
                     loss_graph(&mut g, config, problem, &plain, trained)?;
                 g.output(logits, "logits")?;
                 g.output(loss, "loss")?;
+                g.lower_4bit_products()?;
                 Some((Session::from_model(&g.build()?, &opts)?, table))
             }
             None => None,
@@ -221,6 +226,7 @@ impl<'a> Training<'a> {
         let mut batches = (u64::MAX, Vec::new());
         let mut steps_done = total;
         let mut stopped_early_at = None;
+        let first_step_began = Instant::now();
         for step in start..total {
             let epoch = step / steps_per_epoch;
             if batches.0 != epoch {
@@ -311,6 +317,7 @@ impl<'a> Training<'a> {
             steps: steps_done,
             evaluation,
             resumed_from,
+            first_step_began,
             best,
             stopped_early_at,
         })
@@ -546,6 +553,7 @@ impl StepGraph {
         let mut train = model.train_params(&hf_trainer_decay);
         train.retain(|p| trained.takes_gradient(g.name(p.tensor)));
         let signature = build_gradient_step(&mut g, loss, &train)?;
+        g.lower_4bit_products()?;
         Ok(StepGraph {
             model: g.build()?,
             signature,
