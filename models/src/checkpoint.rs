@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use fs_err::os::unix::fs::FileExt;
-use memmap2::Mmap;
+use memmap2::{Mmap, UncheckedAdvice};
 use pipe_engine::BadInput;
 use pipe_onnx::SharedF32;
 use safetensors::tensor::{Metadata, TensorInfo};
@@ -224,6 +224,28 @@ impl Checkpoint {
         let (start, end) = info.data_offsets;
         let owner: pipe_onnx::SharedBytes = map.clone();
         SharedF32::new(owner, file.data_start + start..file.data_start + end)
+    }
+
+    /// Hands the mapped pages of tensor `name` back to the kernel, once what was read in
+    /// place from them is no longer needed: they leave this process's resident set (they stay
+    /// in the page cache, and a later read faults them in again from the file).
+    pub fn release(&self, name: &str) {
+        let Some((file, info)) = self.locate(name) else {
+            return;
+        };
+        if let Bytes::Mapped { map, .. } = &file.map {
+            let (start, end) = info.data_offsets;
+            // SAFETY: the map is a read-only shared mapping of a file: MADV_DONTNEED only drops
+            // the pages from this process, and any slice still reading them faults them in
+            // again from the file. Failing to release them costs memory, not correctness.
+            let _ = unsafe {
+                map.unchecked_advise_range(
+                    UncheckedAdvice::DontNeed,
+                    file.data_start + start,
+                    end - start,
+                )
+            };
+        }
     }
 
     fn locate(&self, name: &str) -> Option<(&MappedFile, &TensorInfo)> {

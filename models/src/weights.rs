@@ -74,6 +74,22 @@ impl Pending<'_> {
             Pending::Fresh(t) => Ok(t),
         }
     }
+
+    /// `f` of the values, read in place when they can be and handed back to the kernel
+    /// after ([`Checkpoint::release`]): for weights turned into something else as they are
+    /// read (quantized), so that loading writes no fresh memory for them.
+    pub fn transient<T>(self, f: impl FnOnce(&HostTensor) -> Result<T>) -> Result<T> {
+        match self {
+            Pending::Stored {
+                checkpoint, name, ..
+            } => {
+                let out = f(&self.in_place()?);
+                checkpoint.release(name);
+                out
+            }
+            Pending::Fresh(t) => f(&t),
+        }
+    }
 }
 
 /// What loading does with each parameter: reads it and keeps it ([`keep`]), reads it in place,
@@ -97,7 +113,7 @@ pub fn for_training<'a>(
     let by_name: BTreeMap<&str, &QuantizedWeight> =
         quantized.iter().map(|q| (q.name.as_str(), q)).collect();
     move |spec, t| match by_name.get(spec.name.as_str()) {
-        Some(q) => Ok(q.quantize(&t.read()?)?),
+        Some(q) => t.transient(|w| Ok(q.quantize(w)?)),
         None if frozen(&spec.name) => Ok(vec![(spec.name.clone(), t.in_place()?)]),
         None => keep(spec, t),
     }

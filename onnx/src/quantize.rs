@@ -18,6 +18,8 @@
 
 use std::borrow::Cow;
 
+use rayon::prelude::*;
+
 use crate::{Error, HostTensor, Result};
 
 /// Weights per 4-bit block (each block has its own scale).
@@ -164,14 +166,23 @@ pub struct Int8Rows {
 }
 
 impl Int8Rows {
-    /// Quantizes `w` `[rows, cols]` row by row (ties to even, as numpy rounds).
+    /// Quantizes `w` `[rows, cols]` row by row (ties to even, as numpy rounds), the rows
+    /// spread over threads.
     pub fn quantize(w: &[f32], rows: usize, cols: usize) -> Int8Rows {
+        let parts: Vec<(Vec<i8>, f32)> = w
+            .par_chunks(cols.max(1))
+            .take(rows)
+            .map(|row| {
+                let scale = row.iter().fold(0f32, |m, x| m.max(x.abs())) / 127.0;
+                let values = row.iter().map(|&x| quantize_to(x, scale, 127.0) as i8);
+                (values.collect(), scale)
+            })
+            .collect();
         let mut values = Vec::with_capacity(w.len());
         let mut scales = Vec::with_capacity(rows);
-        for row in w.chunks(cols.max(1)).take(rows) {
-            let scale = row.iter().fold(0f32, |m, x| m.max(x.abs())) / 127.0;
+        for (row, scale) in parts {
+            values.extend(row);
             scales.push(scale);
-            values.extend(row.iter().map(|&x| quantize_to(x, scale, 127.0) as i8));
         }
         Int8Rows { values, scales }
     }
@@ -198,21 +209,32 @@ pub struct Int4Blocks {
 }
 
 impl Int4Blocks {
-    /// Quantizes `w` `[rows, cols]`.
+    /// Quantizes `w` `[rows, cols]`, the rows spread over threads.
     pub fn quantize(w: &[f32], rows: usize, cols: usize) -> Int4Blocks {
         let blocks = cols.div_ceil(INT4_BLOCK);
+        let parts: Vec<(Vec<u8>, Vec<f32>)> = w
+            .par_chunks(cols.max(1))
+            .take(rows)
+            .map(|row| {
+                let mut packed = Vec::with_capacity(blocks * INT4_BLOCK / 2);
+                let mut scales = Vec::with_capacity(blocks);
+                for block in row.chunks(INT4_BLOCK) {
+                    let scale = block.iter().fold(0f32, |m, x| m.max(x.abs())) / 7.0;
+                    scales.push(scale);
+                    let mut nibbles = [8u8; INT4_BLOCK];
+                    for (n, &x) in nibbles.iter_mut().zip(block) {
+                        *n = (quantize_to(x, scale, 7.0) + 8.0) as u8;
+                    }
+                    packed.extend(nibbles.chunks(2).map(|p| p[0] | (p[1] << 4)));
+                }
+                (packed, scales)
+            })
+            .collect();
         let mut packed = Vec::with_capacity(rows * blocks * INT4_BLOCK / 2);
         let mut scales = Vec::with_capacity(rows * blocks);
-        for row in w.chunks(cols.max(1)).take(rows) {
-            for block in row.chunks(INT4_BLOCK) {
-                let scale = block.iter().fold(0f32, |m, x| m.max(x.abs())) / 7.0;
-                scales.push(scale);
-                let mut nibbles = [8u8; INT4_BLOCK];
-                for (n, &x) in nibbles.iter_mut().zip(block) {
-                    *n = (quantize_to(x, scale, 7.0) + 8.0) as u8;
-                }
-                packed.extend(nibbles.chunks(2).map(|p| p[0] | (p[1] << 4)));
-            }
+        for (row_packed, row_scales) in parts {
+            packed.extend(row_packed);
+            scales.extend(row_scales);
         }
         Int4Blocks { packed, scales }
     }
