@@ -42,6 +42,11 @@ echo "cpu: $(lscpu | sed -n 's/^Model name: *//p') · $threads threads · $(free
 if [[ -n ${WORK:-} ]]; then
   work=$WORK
   mkdir -p "$work"
+  # The job folder is this script's: replaced only when an earlier run left its mark in it.
+  if [[ -e $work/job && ! -e $work/job/.big_model_job ]]; then
+    echo "big_model.sh: $work/job exists and is not a job this script made; pick another WORK" >&2
+    exit 2
+  fi
   rm -rf "$work/job"
 else
   work=$(mktemp -d)
@@ -64,6 +69,7 @@ drop_caches
 echo "{\"cat_seconds\": $(cat "$work/cat.txt")}"
 
 mkdir -p "$work/job/data"
+touch "$work/job/.big_model_job"
 head -n 101 pipelines/data/student_questions.csv > "$work/job/data/q.csv"
 cat > "$work/job/big.yaml" <<YAML
 pipeline: big

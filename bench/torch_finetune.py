@@ -56,58 +56,26 @@ import subprocess
 import sys
 import time
 
+
+def gpt_neo(vocab, hidden, layers, heads, positions, batch, steps, warmup):
+    """A GPT-Neo shape: blocks alternating global and local attention (window 256), MLP 4x."""
+    model = dict(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        num_layers=layers,
+        num_heads=heads,
+        intermediate_size=4 * hidden,
+        max_position_embeddings=positions,
+        window_size=256,
+        attention_types=[[["global", "local"], layers // 2]],
+    )
+    return dict(family="gpt_neo", model=model, batch=batch, seq=64, steps=steps, warmup=warmup)
+
+
 CONFIGS = {
-    "tiny": dict(
-        family="gpt_neo",
-        model=dict(
-            vocab_size=8192,
-            hidden_size=256,
-            num_layers=4,
-            num_heads=8,
-            intermediate_size=1024,
-            max_position_embeddings=128,
-            window_size=256,
-            attention_types=[[["global", "local"], 2]],
-        ),
-        batch=16,
-        seq=64,
-        steps=20,
-        warmup=3,
-    ),
-    "125m": dict(
-        family="gpt_neo",
-        model=dict(
-            vocab_size=50257,
-            hidden_size=768,
-            num_layers=12,
-            num_heads=12,
-            intermediate_size=3072,
-            max_position_embeddings=2048,
-            window_size=256,
-            attention_types=[[["global", "local"], 6]],
-        ),
-        batch=8,
-        seq=64,
-        steps=5,
-        warmup=2,
-    ),
-    "2.7b": dict(
-        family="gpt_neo",
-        model=dict(
-            vocab_size=50257,
-            hidden_size=2560,
-            num_layers=32,
-            num_heads=20,
-            intermediate_size=10240,
-            max_position_embeddings=2048,
-            window_size=256,
-            attention_types=[[["global", "local"], 16]],
-        ),
-        batch=8,
-        seq=64,
-        steps=3,
-        warmup=1,
-    ),
+    "tiny": gpt_neo(8192, 256, 4, 8, 128, batch=16, steps=20, warmup=3),
+    "125m": gpt_neo(50257, 768, 12, 12, 2048, batch=8, steps=5, warmup=2),
+    "2.7b": gpt_neo(50257, 2560, 32, 20, 2048, batch=8, steps=3, warmup=1),
     "smollm2-135m": dict(
         family="llama",
         model=dict(

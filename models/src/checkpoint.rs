@@ -192,8 +192,7 @@ impl Checkpoint {
         let Some((file, info)) = self.locate(name) else {
             bail!("the checkpoint has no tensor {name}");
         };
-        let (start, end) = info.data_offsets;
-        let (start, end) = (file.data_start + start, file.data_start + end);
+        let std::ops::Range { start, end } = file.bytes_of(info);
         match info.dtype {
             Dtype::F32 => file.read_as(name, start, end, |c: [u8; 4]| f32::from_le_bytes(c)),
             Dtype::BF16 => file.read_as(name, start, end, |c: [u8; 2]| {
@@ -221,9 +220,8 @@ impl Checkpoint {
         if info.dtype != Dtype::F32 {
             return None;
         }
-        let (start, end) = info.data_offsets;
         let owner: pipe_onnx::SharedBytes = map.clone();
-        SharedF32::new(owner, file.data_start + start..file.data_start + end)
+        SharedF32::new(owner, file.bytes_of(info))
     }
 
     /// Hands the mapped pages of tensor `name` back to the kernel, once what was read in
@@ -234,16 +232,12 @@ impl Checkpoint {
             return;
         };
         if let Bytes::Mapped { map, .. } = &file.map {
-            let (start, end) = info.data_offsets;
+            let range = file.bytes_of(info);
             // SAFETY: the map is a read-only shared mapping of a file: MADV_DONTNEED only drops
             // the pages from this process, and any slice still reading them faults them in
             // again from the file. Failing to release them costs memory, not correctness.
             let _ = unsafe {
-                map.unchecked_advise_range(
-                    UncheckedAdvice::DontNeed,
-                    file.data_start + start,
-                    end - start,
-                )
+                map.unchecked_advise_range(UncheckedAdvice::DontNeed, range.start, range.len())
             };
         }
     }
@@ -308,6 +302,12 @@ fn float_name(dtype: Dtype) -> Option<&'static str> {
 }
 
 impl MappedFile {
+    /// Where the data of tensor `info` lies in the file.
+    fn bytes_of(&self, info: &TensorInfo) -> std::ops::Range<usize> {
+        let (start, end) = info.data_offsets;
+        self.data_start + start..self.data_start + end
+    }
+
     /// The elements of bytes `start..end` (tensor `name`), each `W` bytes turned into an `f32`
     /// by `convert`: from the file in reads of [`READ_CHUNK`], or from bytes held in memory.
     fn read_as<const W: usize>(
@@ -426,15 +426,27 @@ mod tests {
     fn a_mapped_f32_tensor_reads_in_place_when_aligned_and_is_copied_otherwise() {
         let dir = tempfile::tempdir().expect("a temp dir");
         let values: Vec<f32> = (0..3000).map(|i| i as f32 * 0.25 - 7.0).collect();
-        let aligned = Checkpoint::open(&write_f32_file(dir.path(), 128, &values)).unwrap();
+        let path = write_f32_file(dir.path(), 128, &values);
+        let before = std::fs::read(&path).unwrap();
+        let aligned = Checkpoint::open(&path).unwrap();
         let view = aligned
             .in_place_f32("t")
             .expect("an aligned f32 tensor reads in place");
+        assert_eq!(view.as_slice(), values.as_slice());
+        // Handing the pages back drops them from this process only: the view reads them
+        // again from the file, and the user's file keeps its bytes.
+        aligned.release("t");
         assert_eq!(view.as_slice(), values.as_slice());
         assert_eq!(
             aligned.read_f32("t").unwrap(),
             values,
             "read through the file"
+        );
+        drop((view, aligned));
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            before,
+            "the checkpoint is unchanged"
         );
         // Data at byte 130 of the file: a map (page-aligned) cannot give it as f32.
         let odd = Checkpoint::open(&write_f32_file(dir.path(), 130, &values)).unwrap();

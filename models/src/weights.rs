@@ -166,17 +166,10 @@ pub fn from_checkpoint(
     transform: Transform,
 ) -> Result<BTreeMap<String, HostTensor>> {
     let mut out = BTreeMap::new();
-    for (spec, stored) in plan(checkpoint, specs, fresh).map_err(bad_input)? {
-        let pending = match stored {
-            Some(name) => Pending::Stored {
-                checkpoint,
-                name,
-                shape: &spec.shape,
-            },
-            None => Pending::Fresh(init_param(spec, seed)),
-        };
+    for_each_pending(checkpoint, specs, fresh, seed, |spec, pending| {
         out.extend(transform(spec, pending)?);
-    }
+        Ok(())
+    })?;
     Ok(out)
 }
 
@@ -190,12 +183,29 @@ pub fn for_each(
     seed: u64,
     mut each: impl FnMut(&ParamSpec, HostTensor) -> Result<()>,
 ) -> Result<()> {
+    for_each_pending(checkpoint, specs, fresh, seed, |spec, pending| {
+        each(spec, pending.read()?)
+    })
+}
+
+/// [`for_each`] with each value not yet read ([`Pending`]).
+fn for_each_pending<'a>(
+    checkpoint: &'a Checkpoint,
+    specs: &'a [ParamSpec],
+    fresh: &[&str],
+    seed: u64,
+    mut each: impl FnMut(&'a ParamSpec, Pending<'a>) -> Result<()>,
+) -> Result<()> {
     for (spec, stored) in plan(checkpoint, specs, fresh).map_err(bad_input)? {
-        let value = match stored {
-            Some(name) => HostTensor::f32(&spec.shape, checkpoint.read_f32(name)?)?,
-            None => init_param(spec, seed),
+        let pending = match stored {
+            Some(name) => Pending::Stored {
+                checkpoint,
+                name,
+                shape: &spec.shape,
+            },
+            None => Pending::Fresh(init_param(spec, seed)),
         };
-        each(spec, value)?;
+        each(spec, pending)?;
     }
     Ok(())
 }

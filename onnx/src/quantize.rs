@@ -166,24 +166,13 @@ pub struct Int8Rows {
 }
 
 impl Int8Rows {
-    /// Quantizes `w` `[rows, cols]` row by row (ties to even, as numpy rounds), the rows
-    /// spread over threads.
+    /// Quantizes `w` `[rows, cols]` row by row (ties to even, as numpy rounds).
     pub fn quantize(w: &[f32], rows: usize, cols: usize) -> Int8Rows {
-        let parts: Vec<(Vec<i8>, f32)> = w
-            .par_chunks(cols.max(1))
-            .take(rows)
-            .map(|row| {
-                let scale = row.iter().fold(0f32, |m, x| m.max(x.abs())) / 127.0;
-                let values = row.iter().map(|&x| quantize_to(x, scale, 127.0) as i8);
-                (values.collect(), scale)
-            })
-            .collect();
-        let mut values = Vec::with_capacity(w.len());
-        let mut scales = Vec::with_capacity(rows);
-        for (row, scale) in parts {
-            values.extend(row);
-            scales.push(scale);
-        }
+        let (values, scales) = quantize_rows(w, rows, cols, |row| {
+            let scale = row.iter().fold(0f32, |m, x| m.max(x.abs())) / 127.0;
+            let values = row.iter().map(|&x| quantize_to(x, scale, 127.0) as i8);
+            (values.collect(), vec![scale])
+        });
         Int8Rows { values, scales }
     }
 
@@ -209,33 +198,22 @@ pub struct Int4Blocks {
 }
 
 impl Int4Blocks {
-    /// Quantizes `w` `[rows, cols]`, the rows spread over threads.
+    /// Quantizes `w` `[rows, cols]`.
     pub fn quantize(w: &[f32], rows: usize, cols: usize) -> Int4Blocks {
-        let blocks = cols.div_ceil(INT4_BLOCK);
-        let parts: Vec<(Vec<u8>, Vec<f32>)> = w
-            .par_chunks(cols.max(1))
-            .take(rows)
-            .map(|row| {
-                let mut packed = Vec::with_capacity(blocks * INT4_BLOCK / 2);
-                let mut scales = Vec::with_capacity(blocks);
-                for block in row.chunks(INT4_BLOCK) {
-                    let scale = block.iter().fold(0f32, |m, x| m.max(x.abs())) / 7.0;
-                    scales.push(scale);
-                    let mut nibbles = [8u8; INT4_BLOCK];
-                    for (n, &x) in nibbles.iter_mut().zip(block) {
-                        *n = (quantize_to(x, scale, 7.0) + 8.0) as u8;
-                    }
-                    packed.extend(nibbles.chunks(2).map(|p| p[0] | (p[1] << 4)));
+        let (packed, scales) = quantize_rows(w, rows, cols, |row| {
+            let mut packed = Vec::with_capacity(cols.div_ceil(INT4_BLOCK) * INT4_BLOCK / 2);
+            let mut scales = Vec::with_capacity(cols.div_ceil(INT4_BLOCK));
+            for block in row.chunks(INT4_BLOCK) {
+                let scale = block.iter().fold(0f32, |m, x| m.max(x.abs())) / 7.0;
+                scales.push(scale);
+                let mut nibbles = [8u8; INT4_BLOCK];
+                for (n, &x) in nibbles.iter_mut().zip(block) {
+                    *n = (quantize_to(x, scale, 7.0) + 8.0) as u8;
                 }
-                (packed, scales)
-            })
-            .collect();
-        let mut packed = Vec::with_capacity(rows * blocks * INT4_BLOCK / 2);
-        let mut scales = Vec::with_capacity(rows * blocks);
-        for (row_packed, row_scales) in parts {
-            packed.extend(row_packed);
-            scales.extend(row_scales);
-        }
+                packed.extend(nibbles.chunks(2).map(|p| p[0] | (p[1] << 4)));
+            }
+            (packed, scales)
+        });
         Int4Blocks { packed, scales }
     }
 
@@ -258,6 +236,24 @@ impl Int4Blocks {
         }
         out
     }
+}
+
+/// The first `rows` rows of `w` (`cols` wide) each quantized by `row` into its stored values
+/// and scales, the rows spread over threads, the results concatenated in row order.
+fn quantize_rows<T: Send>(
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    row: impl Fn(&[f32]) -> (Vec<T>, Vec<f32>) + Sync + Send,
+) -> (Vec<T>, Vec<f32>) {
+    let parts: Vec<(Vec<T>, Vec<f32>)> = w.par_chunks(cols.max(1)).take(rows).map(row).collect();
+    let mut values = Vec::with_capacity(parts.iter().map(|p| p.0.len()).sum());
+    let mut scales = Vec::with_capacity(parts.iter().map(|p| p.1.len()).sum());
+    for (v, s) in parts {
+        values.extend(v);
+        scales.extend(s);
+    }
+    (values, scales)
 }
 
 /// `round(x / scale)` (ties to even) clamped to `[-limit, limit]`; 0 when `scale` is 0.

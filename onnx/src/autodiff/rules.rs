@@ -388,16 +388,7 @@ fn int8_product_grad(g: &mut Graph, node: &Node, gy: Tensor) -> Result<Tensor> {
 /// The input gradient of `y = MatMulNBits(a, packed, scales)`: `gy · W`, with `W` `[N, K]`
 /// dequantized from the same blocks for this product. The weight takes no gradient.
 fn int4_product_grad(g: &mut Graph, node: &Node, gy: Tensor) -> Result<Tensor> {
-    let dim = |name| {
-        node.attr_int(name)
-            .and_then(|v| usize::try_from(v).ok())
-            .ok_or_else(|| Error::NoGradient {
-                op: format!("MatMulNBits without `{name}`"),
-                node: node.name.clone(),
-            })
-    };
-    let (k, n) = (dim("K")?, dim("N")?);
-    let w = g.dequantize_4bit(node.input(1), node.input(2), k, n, gy)?;
+    let w = g.nbits_weight(node, gy)?;
     g.matmul(gy, w)
 }
 

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use super::{Attr, Dim, Graph, Tensor};
+use super::{Attr, Dim, Graph, Node, Tensor};
 use crate::quantize::{FrozenDType, INT4_BLOCK, QuantizedWeight, WeightLayout};
 use crate::{DType, Error, Result};
 
@@ -35,6 +35,18 @@ impl Graph {
         Ok(self.push_microsoft(OP, &[a, b, b_scale], vec![], shape))
     }
 
+    /// The f32 weight `[N, K]` of the `MatMulNBits` node `node` (its packed blocks and
+    /// scales, `K` and `N`), made once `after` exists ([`Graph::dequantize_4bit`]).
+    pub(crate) fn nbits_weight(&mut self, node: &Node, after: Tensor) -> Result<Tensor> {
+        let dim = |name| {
+            node.attr_int(name)
+                .and_then(|v| usize::try_from(v).ok())
+                .ok_or_else(|| self.err("MatMulNBits", format!("`{}` has no `{name}`", node.name)))
+        };
+        let (k, n) = (dim("K")?, dim("N")?);
+        self.dequantize_4bit(node.input(1), node.input(2), k, n, after)
+    }
+
     /// The f32 weight `[N, K]` that `MatMulNBits`' `packed` and `scales` stand for, made by
     /// ONNX Runtime's `GatherBlockQuantized` gathering every row (one node, one f32 output;
     /// the same nibbles, zero point 8 and scales), the padding of a last block cut.
@@ -43,7 +55,7 @@ impl Graph {
     /// size. Without that tie ONNX Runtime may run the dequantization (which reads only graph
     /// inputs) at the start of the step, and every layer's f32 weight would wait there for
     /// the backward pass: the f32 model again.
-    pub(crate) fn dequantize_4bit(
+    fn dequantize_4bit(
         &mut self,
         packed: Tensor,
         scales: Tensor,
@@ -227,15 +239,8 @@ impl Graph {
             .filter(|&i| self.nodes[i].op == "MatMulNBits")
             .collect();
         for i in products {
-            let node = &self.nodes[i];
-            let dim = |name| {
-                node.attr_int(name)
-                    .and_then(|v| usize::try_from(v).ok())
-                    .ok_or_else(|| self.err("MatMulNBits", format!("no `{name}`")))
-            };
-            let (k, n) = (dim("K")?, dim("N")?);
-            let (a, packed, scales) = (node.input(0), node.input(1), node.input(2));
-            let w = self.dequantize_4bit(packed, scales, k, n, a)?;
+            let a = self.nodes[i].input(0);
+            let w = self.nbits_weight(&self.nodes[i].clone(), a)?;
             let node = &mut self.nodes[i];
             node.op = "FusedMatMul";
             node.inputs = vec![Some(a), Some(w)];
