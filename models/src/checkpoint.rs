@@ -418,7 +418,7 @@ mod tests {
         bytes.extend(header.as_bytes());
         bytes.extend(values.iter().flat_map(|v| v.to_le_bytes()));
         let path = dir.join(format!("at{data_start}.safetensors"));
-        std::fs::write(&path, bytes).expect("written");
+        fs_err::write(&path, bytes).expect("written");
         path
     }
 
@@ -427,7 +427,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("a temp dir");
         let values: Vec<f32> = (0..3000).map(|i| i as f32 * 0.25 - 7.0).collect();
         let path = write_f32_file(dir.path(), 128, &values);
-        let before = std::fs::read(&path).unwrap();
+        let before = fs_err::read(&path).unwrap();
         let aligned = Checkpoint::open(&path).unwrap();
         let view = aligned
             .in_place_f32("t")
@@ -444,7 +444,7 @@ mod tests {
         );
         drop((view, aligned));
         assert_eq!(
-            std::fs::read(&path).unwrap(),
+            fs_err::read(&path).unwrap(),
             before,
             "the checkpoint is unchanged"
         );
@@ -455,7 +455,7 @@ mod tests {
         // Not in place either: other element types, and bytes already in memory.
         let bf16 = one_tensor(Dtype::BF16, &[0x3F80]);
         assert!(bf16.in_place_f32("t").is_none());
-        let in_memory = std::fs::read(dir.path().join("at128.safetensors")).unwrap();
+        let in_memory = fs_err::read(dir.path().join("at128.safetensors")).unwrap();
         let owned = Checkpoint::from_bytes(in_memory, "bytes").unwrap();
         assert!(owned.in_place_f32("t").is_none());
     }
