@@ -11,10 +11,15 @@
 //!   `dY · W` is the same kernel on `dY ⊙ s` and the same integers transposed. Both layouts
 //!   are kept: 2 bytes per weight instead of 4.
 //! - [`FrozenDType::Int4`]: 4-bit blocks of [`INT4_BLOCK`] weights along the input axis,
-//!   symmetric (`q = round(w / s) + 8` in `[1, 15]`, `s = max |w| / 7` per block), packed two
-//!   per byte as `MatMulNBits` reads them (low nibble first). The forward product is
-//!   `MatMulNBits` in f32 arithmetic; the input gradient multiplies `dY` by the weights
-//!   dequantized for that one product. Half a byte per weight plus a scale per block.
+//!   packed two per byte as `MatMulNBits` reads them (low nibble first), each nibble
+//!   `q + 8` with `q` in `[-7, 7]`. The blocks' scales are nested in a per-row int8 grid:
+//!   block `b` of row `r` has the scale `m_b · s_r`, with `s_r = max |w_r| / 126` and an
+//!   integer multiplier `m_b = ceil(max |w_b| / (7 s_r))` in `[1, 18]`. So `q · m_b` is an
+//!   integer in `[-126, 126]`: on the CPU one pass per product unpacks the blocks to exact
+//!   int8 weights with the row's scale, and both the forward and the input gradient run
+//!   `DynamicQuantizeMatMul` as int8 does, from one 4-bit copy (pipe's `Int4ToInt8` kernels).
+//!   Elsewhere the blocks are dequantized to f32 for each product (`GatherBlockQuantized`).
+//!   Half a byte per weight, a byte per block and a scale per row.
 
 use std::borrow::Cow;
 
@@ -33,7 +38,7 @@ pub enum FrozenDType {
     F32,
     /// int8 per output channel; integer products.
     Int8,
-    /// 4-bit blocks of [`INT4_BLOCK`]; f32 products of the dequantized blocks.
+    /// 4-bit blocks of [`INT4_BLOCK`] in a per-row int8 grid; integer products on the CPU.
     Int4,
 }
 
@@ -76,9 +81,31 @@ impl QuantizedWeight {
         format!("{}#int8_t", self.name)
     }
 
-    /// The graph input holding the scales: `[N]` (int8) or `[N · blocks]` (4-bit).
+    /// The graph input holding the scales, one per output channel: `[N]`.
     pub fn scales_name(&self) -> String {
         format!("{}#scale", self.name)
+    }
+
+    /// The graph input holding the 4-bit blocks' multipliers, uint8 `[N, K / 32]`.
+    pub fn multipliers_name(&self) -> String {
+        format!("{}#int4_mult", self.name)
+    }
+
+    /// Every graph input [`Self::quantize`] feeds for this weight.
+    pub fn input_names(&self) -> Vec<String> {
+        match self.dtype {
+            FrozenDType::F32 => vec![self.name.clone()],
+            FrozenDType::Int8 => vec![
+                self.values_name(),
+                self.transposed_name(),
+                self.scales_name(),
+            ],
+            FrozenDType::Int4 => vec![
+                self.values_name(),
+                self.multipliers_name(),
+                self.scales_name(),
+            ],
+        }
     }
 
     /// The graph inputs of `w` (the f32 weight, in [`Self::layout`]) quantized, by name.
@@ -123,9 +150,10 @@ impl QuantizedWeight {
                         HostTensor::u8(&[n, blocks, INT4_BLOCK as i64 / 2], q.packed)?,
                     ),
                     (
-                        self.scales_name(),
-                        HostTensor::f32(&[n * blocks], q.scales)?,
+                        self.multipliers_name(),
+                        HostTensor::u8(&[n, blocks], q.multipliers)?,
                     ),
+                    (self.scales_name(), HostTensor::f32(&[n], q.scales)?),
                 ]
             }
         })
@@ -137,10 +165,7 @@ impl QuantizedWeight {
         match self.dtype {
             FrozenDType::F32 => 4 * n * k,
             FrozenDType::Int8 => 2 * n * k + 4 * n,
-            FrozenDType::Int4 => {
-                let blocks = k.div_ceil(INT4_BLOCK);
-                n * blocks * (INT4_BLOCK / 2 + 4)
-            }
+            FrozenDType::Int4 => n * k.div_ceil(INT4_BLOCK) * (INT4_BLOCK / 2 + 1) + 4 * n,
         }
     }
 }
@@ -168,10 +193,10 @@ pub struct Int8Rows {
 impl Int8Rows {
     /// Quantizes `w` `[rows, cols]` row by row (ties to even, as numpy rounds).
     pub fn quantize(w: &[f32], rows: usize, cols: usize) -> Int8Rows {
-        let (values, scales) = quantize_rows(w, rows, cols, |row| {
+        let (values, _, scales) = quantize_rows(w, rows, cols, |row| {
             let scale = row.iter().fold(0f32, |m, x| m.max(x.abs())) / 127.0;
             let values = row.iter().map(|&x| quantize_to(x, scale, 127.0) as i8);
-            (values.collect(), vec![scale])
+            (values.collect(), Vec::<()>::new(), scale)
         });
         Int8Rows { values, scales }
     }
@@ -186,45 +211,70 @@ impl Int8Rows {
     }
 }
 
-/// A matrix `[rows, cols]` in 4-bit blocks along each row, as `MatMulNBits` reads it.
+/// A matrix `[rows, cols]` in 4-bit blocks along each row, as `MatMulNBits` reads them, the
+/// blocks' scales nested in a per-row int8 grid (see the [module docs](self)).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Int4Blocks {
     /// Per row, per block of [`INT4_BLOCK`] columns, 16 bytes: element `2i` in the low nibble
-    /// of byte `i`, `2i + 1` in the high nibble; each nibble is `round(w / scale) + 8`. A
-    /// last block past `cols` is padded with 8 (zero).
+    /// of byte `i`, `2i + 1` in the high nibble; each nibble is `round(w / (m · s)) + 8`
+    /// in `[1, 15]`. A last block past `cols` is padded with 8 (zero).
     pub packed: Vec<u8>,
-    /// `max |w| / 7` per row and block (0 for a block of zeros).
+    /// Per row and block, the multiplier `m` in `[1, 18]` of the row's scale.
+    pub multipliers: Vec<u8>,
+    /// `max |w| / 126` per row (0 for a row of zeros).
     pub scales: Vec<f32>,
 }
+
+/// The largest multiplier of a 4-bit block's scale: `7 · 18 = 126` keeps every `q · m` an
+/// int8.
+pub const INT4_MAX_MULTIPLIER: u8 = 18;
 
 impl Int4Blocks {
     /// Quantizes `w` `[rows, cols]`.
     pub fn quantize(w: &[f32], rows: usize, cols: usize) -> Int4Blocks {
-        let (packed, scales) = quantize_rows(w, rows, cols, |row| {
+        let grid = 7.0 * f32::from(INT4_MAX_MULTIPLIER);
+        let (packed, multipliers, scales) = quantize_rows(w, rows, cols, |row| {
+            let scale = row.iter().fold(0f32, |m, x| m.max(x.abs())) / grid;
             let mut packed = Vec::with_capacity(cols.div_ceil(INT4_BLOCK) * INT4_BLOCK / 2);
-            let mut scales = Vec::with_capacity(cols.div_ceil(INT4_BLOCK));
+            let mut multipliers = Vec::with_capacity(cols.div_ceil(INT4_BLOCK));
             for block in row.chunks(INT4_BLOCK) {
-                let scale = block.iter().fold(0f32, |m, x| m.max(x.abs())) / 7.0;
-                scales.push(scale);
+                let multiplier = block_multiplier(block, scale);
+                multipliers.push(multiplier);
+                let step = f32::from(multiplier) * scale;
                 let mut nibbles = [8u8; INT4_BLOCK];
                 for (n, &x) in nibbles.iter_mut().zip(block) {
-                    *n = (quantize_to(x, scale, 7.0) + 8.0) as u8;
+                    *n = (quantize_to(x, step, 7.0) + 8.0) as u8;
                 }
                 packed.extend(nibbles.chunks(2).map(|p| p[0] | (p[1] << 4)));
             }
-            (packed, scales)
+            (packed, multipliers, scale)
         });
-        Int4Blocks { packed, scales }
+        Int4Blocks {
+            packed,
+            multipliers,
+            scales,
+        }
+    }
+
+    /// Each block's scale, `m · s` per row and block (what `MatMulNBits` takes).
+    pub fn block_scales(&self) -> Vec<f32> {
+        let blocks = self.multipliers.len() / self.scales.len().max(1);
+        self.multipliers
+            .iter()
+            .enumerate()
+            .map(|(i, &m)| f32::from(m) * self.scales[i / blocks.max(1)])
+            .collect()
     }
 
     /// The f32 values the nibbles stand for, `[rows, cols]`.
     pub fn dequantize(&self, rows: usize, cols: usize) -> Vec<f32> {
         let blocks = cols.div_ceil(INT4_BLOCK);
+        let block_scales = self.block_scales();
         let mut out = Vec::with_capacity(rows * cols);
         for r in 0..rows {
             let row_start = out.len();
             for b in 0..blocks {
-                let s = self.scales[r * blocks + b];
+                let s = block_scales[r * blocks + b];
                 let bytes = &self.packed[(r * blocks + b) * INT4_BLOCK / 2..][..INT4_BLOCK / 2];
                 for &byte in bytes {
                     for nibble in [byte & 0x0f, byte >> 4] {
@@ -238,22 +288,39 @@ impl Int4Blocks {
     }
 }
 
-/// The first `rows` rows of `w` (`cols` wide) each quantized by `row` into its stored values
-/// and scales, the rows spread over threads, the results concatenated in row order.
-fn quantize_rows<T: Send>(
+/// The multiplier of `block`'s scale on a row of scale `row_scale`: the smallest integer `m`
+/// in `[1, 18]` with `max |block| <= 7 · m · row_scale` (1 for a row of zeros).
+fn block_multiplier(block: &[f32], row_scale: f32) -> u8 {
+    if row_scale == 0.0 {
+        return 1;
+    }
+    let largest = block.iter().fold(0f32, |m, x| m.max(x.abs()));
+    (largest / (7.0 * row_scale))
+        .ceil()
+        .clamp(1.0, f32::from(INT4_MAX_MULTIPLIER)) as u8
+}
+
+/// One row quantized: its stored values, its blocks' multipliers (none for int8), its scale.
+type QuantizedRow<T, M> = (Vec<T>, Vec<M>, f32);
+
+/// The first `rows` rows of `w` (`cols` wide) each quantized by `row`, the rows spread over
+/// threads, the results concatenated in row order.
+fn quantize_rows<T: Send, M: Send>(
     w: &[f32],
     rows: usize,
     cols: usize,
-    row: impl Fn(&[f32]) -> (Vec<T>, Vec<f32>) + Sync + Send,
-) -> (Vec<T>, Vec<f32>) {
-    let parts: Vec<(Vec<T>, Vec<f32>)> = w.par_chunks(cols.max(1)).take(rows).map(row).collect();
+    row: impl Fn(&[f32]) -> QuantizedRow<T, M> + Sync + Send,
+) -> (Vec<T>, Vec<M>, Vec<f32>) {
+    let parts: Vec<QuantizedRow<T, M>> = w.par_chunks(cols.max(1)).take(rows).map(row).collect();
     let mut values = Vec::with_capacity(parts.iter().map(|p| p.0.len()).sum());
-    let mut scales = Vec::with_capacity(parts.iter().map(|p| p.1.len()).sum());
-    for (v, s) in parts {
+    let mut multipliers = Vec::with_capacity(parts.iter().map(|p| p.1.len()).sum());
+    let mut scales = Vec::with_capacity(parts.len());
+    for (v, m, s) in parts {
         values.extend(v);
-        scales.extend(s);
+        multipliers.extend(m);
+        scales.push(s);
     }
-    (values, scales)
+    (values, multipliers, scales)
 }
 
 /// `round(x / scale)` (ties to even) clamped to `[-limit, limit]`; 0 when `scale` is 0.
@@ -287,14 +354,16 @@ mod tests {
     fn int4_pads_a_short_last_block_with_zeros() {
         let w = vec![1.0f32; 40];
         let q = Int4Blocks::quantize(&w, 1, 40);
-        assert_eq!(q.scales.len(), 2);
+        assert_eq!(q.multipliers, [18, 18]);
+        assert_eq!(q.scales.len(), 1);
         assert_eq!(q.packed.len(), 32);
         assert_eq!(
             q.packed[16 + 4],
             0x88,
             "past column 40 the nibbles are 8 (zero)"
         );
-        assert_eq!(q.dequantize(1, 40), w);
+        let back = q.dequantize(1, 40);
+        assert!(back.iter().all(|v| (v - 1.0).abs() <= 1e-6), "{back:?}");
     }
 
     #[test]

@@ -386,8 +386,15 @@ fn int8_product_grad(g: &mut Graph, node: &Node, gy: Tensor) -> Result<Tensor> {
 }
 
 /// The input gradient of `y = MatMulNBits(a, packed, scales)`: `gy · W`, with `W` `[N, K]`
-/// dequantized from the same blocks for this product. The weight takes no gradient.
+/// unpacked from the same blocks for this product: as int8 integers and row scales where
+/// [`Graph::nbits_weight_int8`] can (`(gy ⊙ s) · Q`, as for int8 weights), else dequantized
+/// to f32. The weight takes no gradient.
 fn int4_product_grad(g: &mut Graph, node: &Node, gy: Tensor) -> Result<Tensor> {
+    if let Some((q, scale)) = g.nbits_weight_int8(node, gy, false)? {
+        let scaled = g.mul(gy, scale)?;
+        let one = g.scalar(DType::F32, 1.0);
+        return g.dynamic_quantize_matmul(scaled, q, one);
+    }
     let w = g.nbits_weight(node, gy)?;
     g.matmul(gy, w)
 }

@@ -50,7 +50,7 @@ impl Graph {
     pub(crate) fn gelu_tanh_grad(&mut self, x: Tensor, gy: Tensor) -> Result<Tensor> {
         self.same_f32("GeluTanhGrad", &[x, gy])?;
         let shape = self.shape(x).to_vec();
-        Ok(self.push_host("GeluTanhGrad", &[x, gy], vec![], shape))
+        Ok(self.push_host("GeluTanhGrad", &[x, gy], DType::F32, shape))
     }
 
     /// `LayerNormGrad(gy, x, scale, mean, inv_std)`: the input gradient of a LayerNormalization
@@ -83,7 +83,7 @@ impl Graph {
         Ok(self.push_host(
             "LayerNormGrad",
             &[gy, x, scale, mean, inv_std],
-            vec![],
+            DType::F32,
             shape,
         ))
     }
@@ -95,7 +95,39 @@ impl Graph {
             return Err(self.err("GatherGrad", "needs f32 data and gradient, int64 indices"));
         }
         let shape = self.shape(data).to_vec();
-        Ok(self.push_host("GatherGrad", &[data, idx, gy], vec![], shape))
+        Ok(self.push_host("GatherGrad", &[data, idx, gy], DType::F32, shape))
+    }
+
+    /// `Int4ToInt8(packed, multipliers, after)`: the int8 weight `[N, blocks · 32]` that
+    /// 4-bit blocks `[N, blocks, 16]` with `multipliers` `[N, blocks]` stand for
+    /// ([`crate::quantize::Int4Blocks`]), or with `transposed` its transpose `[blocks · 32,
+    /// N]`. `after` is not read; it makes the node wait until `after` exists.
+    pub(crate) fn int4_to_int8(
+        &mut self,
+        packed: Tensor,
+        multipliers: Tensor,
+        after: Tensor,
+        transposed: bool,
+    ) -> Result<Tensor> {
+        let shape = self.shape(packed).to_vec();
+        let fits = packed.dtype() == DType::U8
+            && multipliers.dtype() == DType::U8
+            && after.dtype() == DType::F32
+            && shape.len() == 3
+            && self.shape(multipliers) == &shape[..2];
+        let blocks = shape.get(1).and_then(Dim::fixed);
+        let (true, Some(blocks)) = (fits, blocks) else {
+            return Err(self.err(
+                "Int4ToInt8",
+                "needs uint8 blocks [N, blocks, 16] and multipliers [N, blocks], an f32 `after`",
+            ));
+        };
+        let width = Dim::from(blocks * crate::quantize::INT4_BLOCK as i64);
+        let (op, shape) = match transposed {
+            true => ("Int4ToInt8T", vec![width, shape[0].clone()]),
+            false => ("Int4ToInt8", vec![shape[0].clone(), width]),
+        };
+        Ok(self.push_host(op, &[packed, multipliers, after], DType::I8, shape))
     }
 
     fn same_f32(&self, op: &str, ts: &[Tensor]) -> Result<()> {
@@ -113,10 +145,10 @@ impl Graph {
         &mut self,
         op: &'static str,
         inputs: &[Tensor],
-        attrs: Vec<(&'static str, super::Attr)>,
+        dtype: DType,
         shape: Vec<Dim>,
     ) -> Tensor {
-        let y = self.push1(op, inputs, attrs, DType::F32, shape);
+        let y = self.push1(op, inputs, vec![], dtype, shape);
         if let Some(node) = self.nodes.last_mut() {
             node.domain = HOST_KERNELS_DOMAIN;
         }

@@ -155,6 +155,9 @@ pub struct Graph {
     /// Int8 weights of `DynamicQuantizeMatMul` → the same integers transposed, for the input
     /// gradient (declared by [`Graph::quantize_frozen`]).
     transposed_twins: BTreeMap<Tensor, Tensor>,
+    /// Packed 4-bit blocks of `MatMulNBits` → their multipliers and row scales, the int8 grid
+    /// the blocks are nested in (declared by [`Graph::quantize_frozen`]).
+    int4_grids: BTreeMap<Tensor, quantized::Int4Grid>,
 }
 
 impl Graph {

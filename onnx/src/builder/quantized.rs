@@ -3,12 +3,20 @@
 
 use std::collections::BTreeSet;
 
-use super::{Attr, Dim, Graph, Node, Tensor};
+use super::{Attr, Dim, Graph, Kernels, Node, Tensor};
 use crate::quantize::{FrozenDType, INT4_BLOCK, QuantizedWeight, WeightLayout};
 use crate::{DType, Error, Result};
 
 /// The operator-set domain of ONNX Runtime's contributed kernels.
 pub const MICROSOFT_DOMAIN: &str = "com.microsoft";
+
+/// The int8 grid a weight's 4-bit blocks are nested in: uint8 multipliers `[N, blocks]` and
+/// f32 scales `[N]` (see [`crate::quantize::Int4Blocks`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Int4Grid {
+    multipliers: Tensor,
+    scales: Tensor,
+}
 
 impl Graph {
     /// `DynamicQuantizeMatMul(a, b, b_scale)`: `a` f32 `[.., K]` quantized to uint8 per tensor
@@ -45,6 +53,33 @@ impl Graph {
         };
         let (k, n) = (dim("K")?, dim("N")?);
         self.dequantize_4bit(node.input(1), node.input(2), k, n, after)
+    }
+
+    /// With [`Kernels::Host`], the weight of the `MatMulNBits` node `node` as the exact int8
+    /// integers its blocks stand for, made once `after` exists (`[N, K]`, or with
+    /// `transposed` `[K, N]`), and the scale of each of its `N` rows; `None` on other
+    /// kernels or for blocks [`Graph::quantize_frozen`] did not nest in an int8 grid.
+    pub(crate) fn nbits_weight_int8(
+        &mut self,
+        node: &Node,
+        after: Tensor,
+        transposed: bool,
+    ) -> Result<Option<(Tensor, Tensor)>> {
+        let packed = node.input(1);
+        let grid = match (self.kernels(), self.int4_grids.get(&packed)) {
+            (Kernels::Host, Some(&grid)) => grid,
+            _ => return Ok(None),
+        };
+        let w = self.int4_to_int8(packed, grid.multipliers, after, transposed)?;
+        let k = node
+            .attr_int("K")
+            .ok_or_else(|| self.err("MatMulNBits", format!("`{}` has no `K`", node.name)))?;
+        let padded = self.shape(w)[usize::from(!transposed)].fixed();
+        let w = match padded == Some(k) {
+            true => w,
+            false => self.slice(w, &[0], &[Dim::from(k)], &[i64::from(!transposed)], &[])?,
+        };
+        Ok(Some((w, grid.scales)))
     }
 
     /// The f32 weight `[N, K]` that `MatMulNBits`' `packed` and `scales` stand for, made by
@@ -184,11 +219,7 @@ impl Graph {
     /// product (same output, same place in the graph).
     fn replace_products(&mut self, q: &QuantizedWeight, products: &[usize]) -> Result<()> {
         let (k, n) = (Dim::from(q.k), Dim::from(q.n));
-        let scales = match q.dtype {
-            FrozenDType::Int4 => Dim::from(q.n * q.k.div_ceil(INT4_BLOCK)),
-            _ => n.clone(),
-        };
-        let scale = self.input(&q.scales_name(), DType::F32, &[scales])?;
+        let scale = self.input(&q.scales_name(), DType::F32, std::slice::from_ref(&n))?;
         let (op, inputs, attrs) = match q.dtype {
             FrozenDType::Int8 => {
                 let values = self.input(&q.values_name(), DType::I8, &[k.clone(), n.clone()])?;
@@ -197,9 +228,18 @@ impl Graph {
                 ("DynamicQuantizeMatMul", vec![values, scale], vec![])
             }
             FrozenDType::Int4 => {
-                let blocks = q.k.div_ceil(INT4_BLOCK);
-                let shape = [n, Dim::from(blocks), Dim::from(INT4_BLOCK / 2)];
+                let blocks = Dim::from(q.k.div_ceil(INT4_BLOCK));
+                let shape = [n.clone(), blocks.clone(), Dim::from(INT4_BLOCK / 2)];
                 let packed = self.input(&q.values_name(), DType::U8, &shape)?;
+                let multipliers = self.input(&q.multipliers_name(), DType::U8, &[n, blocks])?;
+                self.int4_grids.insert(
+                    packed,
+                    Int4Grid {
+                        multipliers,
+                        scales: scale,
+                    },
+                );
+                let block_scales = self.int4_block_scales(multipliers, scale)?;
                 // accuracy_level 0: the blocks dequantized, f32 products.
                 let attrs = vec![
                     ("K", Attr::Int(q.k as i64)),
@@ -208,7 +248,7 @@ impl Graph {
                     ("block_size", Attr::Int(INT4_BLOCK as i64)),
                     ("accuracy_level", Attr::Int(0)),
                 ];
-                ("MatMulNBits", vec![packed, scale], attrs)
+                ("MatMulNBits", vec![packed, block_scales], attrs)
             }
             FrozenDType::F32 => return Err(Error::Data("f32 weights are not quantized".into())),
         };
@@ -225,30 +265,59 @@ impl Graph {
         Ok(())
     }
 
-    /// Turns every `MatMulNBits` into the f32 product of its weights dequantized for that
-    /// product alone: [`Graph::dequantize_4bit`] tied to the product's input, then
-    /// `FusedMatMul` with `transB` (the same values, in f32 arithmetic like `accuracy_level`
-    /// 0). ONNX Runtime's CPU `MatMulNBits` is fast only over constant weights it can prepack;
-    /// over weights fed as inputs, as the trainers feed them, it dequantizes each call on a
-    /// slow path (`bench/README.md`: 2.4x slower than this on GPT-Neo 2.7B's products).
+    /// The scale of each block, `multipliers · scales` (`[N, blocks]` times `[N]`), flat
+    /// `[N · blocks]` as `MatMulNBits` takes it.
+    fn int4_block_scales(&mut self, multipliers: Tensor, scales: Tensor) -> Result<Tensor> {
+        let n = self.shape(scales)[0].clone();
+        let m = self.cast(multipliers, DType::F32)?;
+        let column = self.reshape(scales, &[n, Dim::from(1)])?;
+        let block_scales = self.mul(m, column)?;
+        self.reshape(block_scales, &[Dim::from(-1)])
+    }
+
+    /// Turns every `MatMulNBits` into a product ONNX Runtime runs fast over weights fed as
+    /// inputs (its CPU `MatMulNBits` is fast only over constant weights it can prepack, and
+    /// otherwise dequantizes each call on a slow path: `bench/README.md`):
+    ///
+    /// - with [`Kernels::Host`] and blocks in an int8 grid, `DynamicQuantizeMatMul` over the
+    ///   int8 integers the blocks stand for, unpacked for this product ([`Graph::int4_to_int8`]
+    ///   tied to its input), as int8 weights are multiplied;
+    /// - otherwise the f32 product of the weights dequantized for this product alone
+    ///   ([`Graph::dequantize_4bit`] tied to its input, then `FusedMatMul` with `transB`: the
+    ///   same values in f32 arithmetic, like `accuracy_level` 0).
     ///
     /// Call it once the gradients are built: the backward of each product reads the same
-    /// blocks again for itself, so no f32 weight lives from the forward to the backward.
+    /// blocks again for itself, so no unpacked weight lives from the forward to the backward.
     pub fn lower_4bit_products(&mut self) -> Result<()> {
         let products: Vec<usize> = (0..self.nodes.len())
             .filter(|&i| self.nodes[i].op == "MatMulNBits")
             .collect();
         for i in products {
-            let a = self.nodes[i].input(0);
-            let w = self.nbits_weight(&self.nodes[i].clone(), a)?;
+            let node = self.nodes[i].clone();
+            let a = node.input(0);
+            let (op, domain, inputs, attrs) = match self.nbits_weight_int8(&node, a, true)? {
+                Some((w, scales)) => (
+                    "DynamicQuantizeMatMul",
+                    MICROSOFT_DOMAIN,
+                    vec![a, w, scales],
+                    vec![],
+                ),
+                None => (
+                    "FusedMatMul",
+                    MICROSOFT_DOMAIN,
+                    vec![a, self.nbits_weight(&node, a)?],
+                    vec![
+                        ("alpha", Attr::Float(1.0)),
+                        ("transA", Attr::Int(0)),
+                        ("transB", Attr::Int(1)),
+                    ],
+                ),
+            };
             let node = &mut self.nodes[i];
-            node.op = "FusedMatMul";
-            node.inputs = vec![Some(a), Some(w)];
-            node.attrs = vec![
-                ("alpha", Attr::Float(1.0)),
-                ("transA", Attr::Int(0)),
-                ("transB", Attr::Int(1)),
-            ];
+            node.op = op;
+            node.domain = domain;
+            node.inputs = inputs.into_iter().map(Some).collect();
+            node.attrs = attrs;
         }
         Ok(())
     }

@@ -1,15 +1,18 @@
 //! Frozen weights read quantized ([`Graph::quantize_frozen`]): the products ONNX Runtime
 //! computes equal their definitions, forward and input gradient, for both layouts.
 //!
-//! - int4: `x · Wᵀ` with `W` the dequantized blocks, in f32 (weight-only quantization).
 //! - int8: `DynamicQuantizeMatMul`'s definition, written out here: `x` quantized to uint8
 //!   per tensor (scale `(max(x, 0) - min(x, 0)) / 255`, zero point `round(-min / scale)`),
 //!   integer products with the int8 weight, then both scales.
+//! - int4 on pipe's CPU kernels: the same definition over the int8 integers the blocks stand
+//!   for (nibble − 8 times the block's multiplier) and the row scales.
+//! - int4 on standard kernels: `x · Wᵀ` with `W` the dequantized blocks, in f32.
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use pipe_onnx::quantize::INT4_BLOCK;
 use pipe_onnx::quantize::{Int4Blocks, Int8Rows};
-use pipe_onnx::{DType, FrozenDType, Graph, HostTensor, Tensor, gradients};
+use pipe_onnx::{DType, FrozenDType, Graph, HostTensor, Kernels, Tensor, gradients};
 
 use crate::util::{Rng, fixed, run, session};
 
@@ -19,14 +22,16 @@ const N: usize = 6;
 
 /// The graph `y = x · Wᵀ` (`[out, in]` weight, through a transpose) or `y = x · W` (`[in,
 /// out]`, GPT-2's `Conv1D`), `loss = Σ y ⊙ r`, its gradient with respect to `x`, and the
-/// weight rewritten to `dtype` (with `lower`, 4-bit products lowered to f32 ones, as the
-/// trainers run them).
+/// weight rewritten to `dtype`, the rules using `kernels` (with `lower`, 4-bit products
+/// lowered as the trainers run them).
 fn product_graph(
     out_in: bool,
     dtype: FrozenDType,
+    kernels: Kernels,
     lower: bool,
 ) -> (Graph, Vec<pipe_onnx::QuantizedWeight>) {
     let mut g = Graph::new("product");
+    g.set_kernels(kernels);
     let x = g
         .input("x", DType::F32, &fixed(&[M as i64, K as i64]))
         .unwrap();
@@ -83,8 +88,14 @@ impl Case {
 
     /// `y` and `dx` from the graph, with the weight fed in `out_in` layout and quantized as
     /// the rewrite asks.
-    fn run(&self, out_in: bool, dtype: FrozenDType, lower: bool) -> (Vec<f32>, Vec<f32>) {
-        let (g, quantized) = product_graph(out_in, dtype, lower);
+    fn run(
+        &self,
+        out_in: bool,
+        dtype: FrozenDType,
+        kernels: Kernels,
+        lower: bool,
+    ) -> (Vec<f32>, Vec<f32>) {
+        let (g, quantized) = product_graph(out_in, dtype, kernels, lower);
         assert_eq!(quantized.len(), 1, "the weight is read only by a product");
         let w = if out_in {
             HostTensor::f32(&[N as i64, K as i64], self.w.clone()).unwrap()
@@ -172,8 +183,54 @@ fn dynamic_quantize_matmul(
     y
 }
 
+/// The int8 integers `[N, K]` 4-bit blocks stand for: each nibble minus 8, times its
+/// block's multiplier.
+fn int4_integers(q: &Int4Blocks, n: usize, k: usize) -> Vec<i8> {
+    let blocks = k.div_ceil(INT4_BLOCK);
+    let mut out = Vec::with_capacity(n * k);
+    for r in 0..n {
+        for c in 0..k {
+            let byte = q.packed[r * blocks * INT4_BLOCK / 2 + c / 2];
+            let nibble = if c % 2 == 0 { byte & 0x0f } else { byte >> 4 };
+            let m = q.multipliers[r * blocks + c / INT4_BLOCK];
+            out.push(((i16::from(nibble) - 8) * i16::from(m)) as i8);
+        }
+    }
+    out
+}
+
 #[test]
-fn int4_products_equal_f32_products_with_the_dequantized_weight() {
+fn int4_products_on_pipes_kernels_follow_dynamic_quantize_matmul_over_the_unpacked_integers() {
+    let case = Case::new(13);
+    let q = Int4Blocks::quantize(&case.w, N, K);
+    let integers = int4_integers(&q, N, K);
+    let in_out: Vec<i8> = (0..K)
+        .flat_map(|c| (0..N).map(move |r| (r, c)))
+        .map(|(r, c)| integers[r * K + c])
+        .collect();
+    let y = dynamic_quantize_matmul(&case.x, &in_out, &q.scales, M, K, N);
+    let scaled: Vec<f32> = case
+        .r
+        .iter()
+        .enumerate()
+        .map(|(i, v)| v * q.scales[i % N])
+        .collect();
+    let dx = dynamic_quantize_matmul(&scaled, &integers, &[1.0], M, N, K);
+    for out_in in [true, false] {
+        let (gy, gdx) = case.run(out_in, FrozenDType::Int4, Kernels::Host, true);
+        assert_close("y", &gy, &y, 1e-5);
+        assert_close("dx", &gdx, &dx, 1e-5);
+    }
+    // The integers times the row scales are the dequantized blocks.
+    let dequantized = q.dequantize(N, K);
+    for (i, (&v, &d)) in integers.iter().zip(&dequantized).enumerate() {
+        let s = q.scales[i / K];
+        assert!((f32::from(v) * s - d).abs() <= 1e-6 * s.max(d.abs()), "{i}");
+    }
+}
+
+#[test]
+fn int4_products_on_standard_kernels_equal_f32_products_with_the_dequantized_weight() {
     let case = Case::new(7);
     let w = Int4Blocks::quantize(&case.w, N, K).dequantize(N, K);
     let x: Vec<f64> = case.x.iter().map(|&v| f64::from(v)).collect();
@@ -191,7 +248,7 @@ fn int4_products_equal_f32_products_with_the_dequantized_weight() {
     );
     let dx = matmul(&r, &w64, M, N, K);
     for (out_in, lower) in [(true, false), (false, false), (true, true), (false, true)] {
-        let (gy, gdx) = case.run(out_in, FrozenDType::Int4, lower);
+        let (gy, gdx) = case.run(out_in, FrozenDType::Int4, Kernels::Standard, lower);
         assert_close("y", &gy, &y, 1e-5);
         assert_close("dx", &gdx, &dx, 1e-5);
     }
@@ -199,21 +256,35 @@ fn int4_products_equal_f32_products_with_the_dequantized_weight() {
 
 #[test]
 fn lowered_4bit_products_leave_no_matmul_nbits_and_emit_producers_first() {
-    let (g, _) = product_graph(true, FrozenDType::Int4, true);
-    let model = g.build().unwrap();
+    for (kernels, unpacking) in [
+        (
+            Kernels::Standard,
+            ["GatherBlockQuantized", "GatherBlockQuantized"],
+        ),
+        (Kernels::Host, ["Int4ToInt8T", "Int4ToInt8"]),
+    ] {
+        let (g, _) = product_graph(true, FrozenDType::Int4, kernels, true);
+        let model = g.build().unwrap();
+        let ops: Vec<&str> = (model.proto().graph.as_ref().unwrap().node.iter())
+            .filter_map(|n| n.op_type.as_deref())
+            .collect();
+        assert!(!ops.contains(&"MatMulNBits"), "{ops:?}");
+        for op in unpacking {
+            assert_eq!(
+                ops.iter().filter(|&&o| o == op).count(),
+                unpacking.iter().filter(|&&o| o == op).count(),
+                "the forward and the input gradient each unpack for themselves: {ops:?}"
+            );
+        }
+        producers_come_first(&model);
+    }
+}
+
+/// The unpacking nodes were added last, for an earlier product: ONNX wants every value
+/// computed before the node that reads it.
+fn producers_come_first(model: &pipe_onnx::Model) {
     let nodes = &model.proto().graph.as_ref().unwrap().node;
-    let ops: Vec<&str> = nodes.iter().filter_map(|n| n.op_type.as_deref()).collect();
-    assert!(!ops.contains(&"MatMulNBits"), "{ops:?}");
-    assert_eq!(
-        ops.iter()
-            .filter(|&&op| op == "GatherBlockQuantized")
-            .count(),
-        2,
-        "the forward and the input gradient each dequantize for themselves: {ops:?}"
-    );
-    // The dequantization nodes were added last, for an earlier product: ONNX wants every
-    // value computed before the node that reads it.
-    let mut computed: BTreeSet<&str> = ["x", "r", "w#int4", "w#scale"].into();
+    let mut computed: BTreeSet<&str> = ["x", "r", "w#int4", "w#int4_mult", "w#scale"].into();
     for n in nodes {
         for input in n.input.iter().filter(|i| !i.is_empty()) {
             assert!(
@@ -252,7 +323,7 @@ fn int8_products_follow_dynamic_quantize_matmul() {
         .collect();
     let dx = dynamic_quantize_matmul(&scaled, &q.values, &[1.0], M, N, K);
     for out_in in [true, false] {
-        let (gy, gdx) = case.run(out_in, FrozenDType::Int8, false);
+        let (gy, gdx) = case.run(out_in, FrozenDType::Int8, Kernels::Host, false);
         assert_close("y", &gy, &y, 1e-5);
         assert_close("dx", &gdx, &dx, 1e-5);
     }
@@ -268,7 +339,7 @@ fn int8_products_follow_dynamic_quantize_matmul() {
         K,
         N,
     );
-    let (gy, _) = case.run(true, FrozenDType::Int8, false);
+    let (gy, _) = case.run(true, FrozenDType::Int8, Kernels::Host, false);
     assert_close("y against f32", &gy, &exact, 1e-2);
 }
 
@@ -315,6 +386,7 @@ fn quantizers_match_numpy_bit_for_bit() {
     assert_eq!(int8.scales, numbers::<f32>(&f, "int8_scales"));
     let int4 = Int4Blocks::quantize(&w, rows, cols);
     assert_eq!(int4.packed, numbers::<u8>(&f, "int4_packed"));
+    assert_eq!(int4.multipliers, numbers::<u8>(&f, "int4_multipliers"));
     assert_eq!(int4.scales, numbers::<f32>(&f, "int4_scales"));
     assert_eq!(
         int4.dequantize(rows, cols),

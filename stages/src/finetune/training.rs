@@ -328,10 +328,8 @@ impl<'a> Training<'a> {
     fn frozen_weights(&mut self) -> BTreeMap<String, HostTensor> {
         let mut frozen: BTreeMap<String, HostTensor> =
             self.trainer.take_frozen().into_iter().collect();
-        for q in &self.quantized {
-            for name in [q.values_name(), q.transposed_name(), q.scales_name()] {
-                frozen.remove(&name);
-            }
+        for name in self.quantized.iter().flat_map(|q| q.input_names()) {
+            frozen.remove(&name);
         }
         frozen
     }

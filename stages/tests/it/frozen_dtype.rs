@@ -1,6 +1,7 @@
 //! `frozen_dtype`: a LoRA step whose frozen weights are read quantized computes what the f32
-//! step computes with those weights dequantized (int4: to float rounding; int8: within the
-//! error of quantizing the activations too), on the PEFT fixture's tiny GPT-Neo.
+//! step computes with those weights dequantized (int4 on standard kernels: to float rounding;
+//! int8, and int4 on pipe's CPU kernels, which multiplies in int8: within the error of
+//! quantizing the activations too), on the PEFT fixture's tiny GPT-Neo.
 
 use std::collections::BTreeMap;
 
@@ -8,26 +9,31 @@ use pipe_models::gpt_neo::ProblemType;
 use pipe_models::lora::LoraParams;
 use pipe_models::{hf_folder, weights};
 use pipe_onnx::quantize::{Int4Blocks, Int8Rows};
-use pipe_onnx::{FrozenDType, HostTensor, Session};
+use pipe_onnx::{FrozenDType, HostTensor, Kernels, Session};
 use pipe_stages::finetune::{StepGraph, StepOptions, Trained};
 
 use crate::peft::{feeds, fixture, json, one_thread, unprefixed};
 
-/// Loss and gradients (by parameter) of one step with `frozen_dtype`, and the f32 weights
-/// of the quantized parameters as the step saw them.
+/// Loss and gradients (by parameter) of one step with `frozen_dtype` on `kernels`, and the
+/// f32 weights of the quantized parameters as the step saw them.
 struct Step {
     loss: f32,
     grads: BTreeMap<String, Vec<f32>>,
     dequantized: BTreeMap<String, HostTensor>,
 }
 
-fn step(frozen_dtype: FrozenDType, dequantized: &BTreeMap<String, HostTensor>) -> Step {
+fn step(
+    frozen_dtype: FrozenDType,
+    kernels: Kernels,
+    dequantized: &BTreeMap<String, HostTensor>,
+) -> Step {
     let b = json(fixture("batch.json"));
     let lora: LoraParams = serde_json::from_value(b["lora"].clone()).unwrap();
     let base = fixture("base");
     let config = hf_folder::read_config(&base).unwrap();
     let options = StepOptions {
         frozen_dtype,
+        kernels,
         ..StepOptions::plain(&config)
     };
     let problem = ProblemType::SingleLabelClassification;
@@ -77,14 +83,14 @@ fn relative_error(got: &[f32], want: &[f32]) -> f32 {
         / scale
 }
 
-fn compare(frozen_dtype: FrozenDType, tolerance: f32) {
-    let quantized = step(frozen_dtype, &BTreeMap::new());
+fn compare(frozen_dtype: FrozenDType, kernels: Kernels, tolerance: f32) {
+    let quantized = step(frozen_dtype, kernels, &BTreeMap::new());
     assert_eq!(
         quantized.dequantized.len(),
         2 * 6,
         "the tiny GPT-Neo's 2 layers × (q, k, v, out, c_fc, c_proj) are read quantized"
     );
-    let reference = step(FrozenDType::F32, &quantized.dequantized);
+    let reference = step(FrozenDType::F32, kernels, &quantized.dequantized);
     let loss_error = (quantized.loss - reference.loss).abs() / reference.loss.abs();
     assert!(
         loss_error <= tolerance,
@@ -100,8 +106,8 @@ fn compare(frozen_dtype: FrozenDType, tolerance: f32) {
 }
 
 #[test]
-fn an_int4_step_is_the_f32_step_on_the_dequantized_weights() {
-    compare(FrozenDType::Int4, 1e-5);
+fn an_int4_step_on_standard_kernels_is_the_f32_step_on_the_dequantized_weights() {
+    compare(FrozenDType::Int4, Kernels::Standard, 1e-5);
 }
 
 /// int8 products round their left operand to uint8 per tensor (1/255 of its range: the
@@ -110,13 +116,21 @@ fn an_int4_step_is_the_f32_step_on_the_dequantized_weights() {
 /// products' exact arithmetic is checked in `pipe-onnx`'s `quantized` tests).
 #[test]
 fn an_int8_step_is_the_f32_step_on_the_dequantized_weights_within_activation_rounding() {
-    compare(FrozenDType::Int8, 0.1);
+    compare(FrozenDType::Int8, Kernels::Host, 0.1);
+}
+
+/// On pipe's CPU kernels the 4-bit blocks are multiplied as the int8 integers they stand
+/// for, so the step rounds its activations as int8 does.
+#[test]
+fn an_int4_step_on_cpu_kernels_is_the_f32_step_on_the_dequantized_weights_within_activation_rounding()
+ {
+    compare(FrozenDType::Int4, Kernels::Host, 0.1);
 }
 
 #[test]
 fn the_f32_reference_differs_from_the_original_weights() {
     // The dequantized weights are not the originals: the comparison above is not vacuous.
-    let quantized = step(FrozenDType::Int4, &BTreeMap::new());
-    let original = step(FrozenDType::F32, &BTreeMap::new());
+    let quantized = step(FrozenDType::Int4, Kernels::Standard, &BTreeMap::new());
+    let original = step(FrozenDType::F32, Kernels::Standard, &BTreeMap::new());
     assert!((quantized.loss - original.loss).abs() > 1e-6);
 }

@@ -9,41 +9,64 @@
 //! - `GatherGrad(data, idx, gy) → gdata`: the gradient of `Gather(data, idx, axis 0)` with
 //!   repeated indices summed in position order (ONNX Runtime's ScatterND sums them in an
 //!   order that varies with its threads), written once into zeroed rows.
+//! - `Int4ToInt8(packed, multipliers, after) → w` and `Int4ToInt8T(...) → wᵀ`: 4-bit blocks
+//!   nested in an int8 grid ([`crate::quantize::Int4Blocks`]) unpacked to the exact int8
+//!   weight `[N, blocks · 32]` or its transpose, for `DynamicQuantizeMatMul`. `after` is
+//!   not read: it orders the unpacking just before the product that needs it.
 
+mod int4;
 mod math;
 
 use ort::operator::{
     ComputeContext, Kernel, KernelContext, Operator, OperatorDomain, OperatorInput, OperatorOutput,
 };
+use ort::value::PrimitiveTensorElementType;
 use ort::value::{TensorElementType, ValueRef};
 
 use crate::builder::HOST_KERNELS_DOMAIN;
+use crate::quantize::INT4_BLOCK;
 
 /// The domain with every kernel, for one session.
 pub(crate) fn domain() -> ort::Result<OperatorDomain> {
-    use TensorElementType::{Float32 as F32, Int64 as I64};
+    use TensorElementType::{Float32 as F32, Int8 as I8, Int64 as I64, Uint8 as U8};
     OperatorDomain::new(HOST_KERNELS_DOMAIN)?
         .add(HostOp {
             name: "GeluTanhGrad",
             inputs: &[F32, F32],
+            output: F32,
             compute: gelu_tanh_grad,
         })?
         .add(HostOp {
             name: "LayerNormGrad",
             inputs: &[F32, F32, F32, F32, F32],
+            output: F32,
             compute: layer_norm_grad,
         })?
         .add(HostOp {
             name: "GatherGrad",
             inputs: &[F32, I64, F32],
+            output: F32,
             compute: gather_grad,
+        })?
+        .add(HostOp {
+            name: "Int4ToInt8",
+            inputs: &[U8, U8, F32],
+            output: I8,
+            compute: int4_to_int8,
+        })?
+        .add(HostOp {
+            name: "Int4ToInt8T",
+            inputs: &[U8, U8, F32],
+            output: I8,
+            compute: int4_to_int8_transposed,
         })
 }
 
-/// One of pipe's kernels: required inputs of the given types, one f32 output, no attributes.
+/// One of pipe's kernels: required inputs of the given types, one output, no attributes.
 struct HostOp {
     name: &'static str,
     inputs: &'static [TensorElementType],
+    output: TensorElementType,
     compute: fn(&ComputeContext) -> ort::Result<()>,
 }
 
@@ -59,7 +82,7 @@ impl Operator for HostOp {
     }
 
     fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
-        [OperatorOutput::required(TensorElementType::Float32)]
+        [OperatorOutput::required(self.output)]
     }
 
     fn create_kernel<'attr>(&self, _: &KernelContext<'attr>) -> ort::Result<HostKernel> {
@@ -84,14 +107,15 @@ fn input(ctx: &ComputeContext, i: usize) -> ort::Result<ValueRef<'_>> {
 
 /// Runs `work(range, out)` over `0..len` in chunks of `chunk` elements on ONNX Runtime's
 /// threads, `out` being output 0 (shape `shape`) cut to the chunk.
-fn par_chunks<F>(ctx: &ComputeContext, shape: &[i64], chunk: usize, work: F) -> ort::Result<()>
+fn par_chunks<T, F>(ctx: &ComputeContext, shape: &[i64], chunk: usize, work: F) -> ort::Result<()>
 where
-    F: Fn(std::ops::Range<usize>, &mut [f32]) + Sync + Send,
+    T: PrimitiveTensorElementType,
+    F: Fn(std::ops::Range<usize>, &mut [T]) + Sync + Send,
 {
     let mut value = ctx
         .output(0, shape.to_vec())?
         .ok_or_else(|| ort::Error::new("output 0 is missing"))?;
-    let (_, out) = value.try_extract_tensor_mut::<f32>()?;
+    let (_, out) = value.try_extract_tensor_mut::<T>()?;
     let len = out.len();
     if len == 0 {
         return Ok(());
@@ -108,16 +132,23 @@ where
 }
 
 /// The output buffer shared by the chunks of [`par_chunks`], each writing its own range.
-#[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
+struct SharedOut<T>(*mut T);
+
+impl<T> Clone for SharedOut<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for SharedOut<T> {}
 
 // SAFETY: chunks write disjoint ranges (see `par_chunks`).
-unsafe impl Send for SharedOut {}
+unsafe impl<T> Send for SharedOut<T> {}
 // SAFETY: as above; the pointer itself is never written.
-unsafe impl Sync for SharedOut {}
+unsafe impl<T> Sync for SharedOut<T> {}
 
-impl SharedOut {
-    fn at(self, offset: usize) -> *mut f32 {
+impl<T> SharedOut<T> {
+    fn at(self, offset: usize) -> *mut T {
         // SAFETY: callers pass offsets inside the buffer.
         unsafe { self.0.add(offset) }
     }
@@ -213,5 +244,54 @@ fn gather_grad(ctx: &ComputeContext) -> ort::Result<()> {
     let rows_per_chunk = (ELEMENTWISE_CHUNK / width.max(1)).max(1);
     par_chunks(ctx, &shape, rows_per_chunk * width, |r, out| {
         math::gather_grad_rows(r.start / width.max(1), width, &idx, gy, out)
+    })
+}
+
+/// The packed blocks `[N, blocks, 16]` and multipliers `[N, blocks]` of an `Int4ToInt8`
+/// node, and `(N, blocks)`.
+fn int4_inputs<'a>(
+    packed: &'a ValueRef<'_>,
+    multipliers: &'a ValueRef<'_>,
+) -> ort::Result<(&'a [u8], &'a [u8], usize, usize)> {
+    let (shape, packed) = packed.try_extract_tensor::<u8>()?;
+    let (m_shape, multipliers) = multipliers.try_extract_tensor::<u8>()?;
+    let dims: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+    if dims.len() != 3
+        || dims[2] != INT4_BLOCK / 2
+        || m_shape.len() != 2
+        || m_shape[0] != shape[0]
+        || m_shape[1] != shape[1]
+    {
+        return Err(ort::Error::new(format!(
+            "Int4ToInt8: packed blocks {shape:?} and multipliers {m_shape:?} do not fit \
+             [N, blocks, {}] and [N, blocks]",
+            INT4_BLOCK / 2
+        )));
+    }
+    Ok((packed, multipliers, dims[0], dims[1]))
+}
+
+/// `Int4ToInt8(packed, multipliers, after) → w` `[N, blocks · 32]`.
+fn int4_to_int8(ctx: &ComputeContext) -> ort::Result<()> {
+    let (packed, multipliers) = (input(ctx, 0)?, input(ctx, 1)?);
+    let (packed, multipliers, n, blocks) = int4_inputs(&packed, &multipliers)?;
+    let width = blocks * INT4_BLOCK;
+    let shape = [n as i64, width as i64];
+    // Whole rows per chunk, about 64 KiB of output.
+    let rows_per_chunk = (ELEMENTWISE_CHUNK * 4 / width.max(1)).max(1);
+    par_chunks(ctx, &shape, rows_per_chunk * width, |r, out| {
+        let rows = r.start / width..r.end / width;
+        int4::rows(packed, multipliers, blocks, rows, out)
+    })
+}
+
+/// `Int4ToInt8T(packed, multipliers, after) → wᵀ` `[blocks · 32, N]`.
+fn int4_to_int8_transposed(ctx: &ComputeContext) -> ort::Result<()> {
+    let (packed, multipliers) = (input(ctx, 0)?, input(ctx, 1)?);
+    let (packed, multipliers, n, blocks) = int4_inputs(&packed, &multipliers)?;
+    let shape = [(blocks * INT4_BLOCK) as i64, n as i64];
+    // One block (32 output rows) per chunk.
+    par_chunks(ctx, &shape, INT4_BLOCK * n.max(1), |r, out| {
+        int4::transposed_block(packed, multipliers, blocks, r.start / (INT4_BLOCK * n), out)
     })
 }
