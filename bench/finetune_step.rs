@@ -36,8 +36,8 @@ use pipe_models::{Architecture, ModelConfig, Xoshiro256, init_params_with, weigh
 use pipe_onnx::{AdamW, Device, FrozenDType, HostTensor, Session, SessionOptions, step_trainer};
 use pipe_stages::finetune::{
     FreezeEntry, StepGraph, StepOptions, Trained, distinct_tokens, peak_memory_bytes,
-    release_large_frees,
 };
+use pipe_stages::memory::release_large_frees;
 use serde_json::json;
 
 const NUM_LABELS: usize = 4;

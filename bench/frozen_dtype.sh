@@ -9,6 +9,7 @@
 # (default 2). PIPE=path/to/pipe uses that binary instead of building a release one.
 #
 #   bench/frozen_dtype.sh [SEEDS...]      # default: seeds 0 1 2
+#   SKIP_PEFT=1 bench/frozen_dtype.sh     # pipe's runs only (PEFT takes ~10 min per seed)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 threads=${THREADS:-2}
@@ -47,6 +48,7 @@ print(json.dumps({"frozen_dtype": dtype, "seed": int(seed),
 PY
   done
   # PEFT's LoRA with the same recipe on pipe's split of this seed, fp32: the peer.
+  [[ -n ${SKIP_PEFT:-} ]] && continue
   python3 bench/torch_encoder.py "$work/.pipe/out/student-pretrained/split" \
     "$PWD/.tools/models/all-MiniLM-L6-v2" --seed "$seed" --threads "$threads" --lr 5e-4 --lora 8 \
     | sed 's/^{/{"side": "PEFT 0.21 fp32", /'

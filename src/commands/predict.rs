@@ -8,6 +8,7 @@ use pipe_engine::{Printer, Tone, UsageError};
 use pipe_models::bundle::{Bundle, Predictions};
 use pipe_onnx::SessionOptions;
 use pipe_onnx::runtime::{self, CudaOptions, Device, DeviceChoice};
+use pipe_stages::memory::release_large_frees;
 
 use crate::Verdict;
 use crate::cli::PredictArgs;
@@ -129,8 +130,10 @@ fn refuse_empty_texts(file: &Path, read: &pipe_stages::Texts) -> anyhow::Result<
 }
 
 /// Opens the bundle folder `dir` with an ONNX Runtime session on `device` with `threads`
-/// intra-op threads; `pipe serve` opens its bundle here too.
+/// intra-op threads; `pipe serve` opens its bundle here too. Large frees go back to the
+/// system while it loads, as in the stages ([`release_large_frees`]).
 pub fn open_bundle(dir: &Path, device: Device, threads: Option<usize>) -> anyhow::Result<Bundle> {
+    release_large_frees();
     let options = SessionOptions {
         device,
         intra_threads: threads,

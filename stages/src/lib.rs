@@ -11,6 +11,7 @@ pub mod export_onnx;
 pub mod finetune;
 mod ingest;
 pub mod init;
+pub mod memory;
 pub mod report;
 pub mod scoring;
 mod split;

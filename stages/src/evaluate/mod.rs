@@ -237,6 +237,7 @@ impl Stage for Evaluate {
 
     fn run(&self, ctx: &RunContext<'_>) -> Result<Outcome> {
         let params = Params::parse(ctx.params)?;
+        crate::memory::release_large_frees();
         let device = choose(&params.device, ctx.reporter)?;
         // TF32 is finetune's alone: inference and the self-check keep full fp32 products.
         let options = session_options(&params.device, params.threads, false)?;

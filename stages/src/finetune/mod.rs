@@ -205,7 +205,7 @@ impl Stage for Finetune {
     fn run(&self, ctx: &RunContext<'_>) -> Result<Outcome> {
         let stage_began = std::time::Instant::now();
         let params = Params::parse(ctx.params)?;
-        release_large_frees();
+        crate::memory::release_large_frees();
         let input = ctx.only_input()?;
         let labels = read_labels(input)?;
         let tokenizer_path = input.output("tokenizer")?;
@@ -443,19 +443,6 @@ fn check_fits(
         }
     }
     Ok(())
-}
-
-/// Makes the C allocator serve each allocation of 1 MiB or more from its own memory map,
-/// given back to the system when freed. glibc otherwise raises that threshold as large
-/// blocks are freed and serves them from heaps that do not shrink: loading a model whose f32
-/// tensors are quantized one by one (each freed after) would then peak near the whole f32
-/// model. Weights are few and large, so the cost is a few system calls per tensor.
-pub fn release_large_frees() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: `mallopt` only changes a tunable of glibc's allocator; any value is valid.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
-    }
 }
 
 /// The peak resident memory of this process (`VmHWM` on Linux); `None` elsewhere.
