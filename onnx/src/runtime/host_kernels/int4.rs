@@ -286,7 +286,11 @@ mod tests {
         let check = |out: &[i8], how: &str| {
             for r in 0..n {
                 for c in 0..width {
-                    assert_eq!(out[c * n + r], want[r * width + c], "{how}: row {r}, column {c}");
+                    assert_eq!(
+                        out[c * n + r],
+                        want[r * width + c],
+                        "{how}: row {r}, column {c}"
+                    );
                 }
             }
         };
