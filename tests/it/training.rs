@@ -182,12 +182,14 @@ fn lora_over_int4_frozen_weights_runs_end_to_end() {
     assert_eq!(f32["frozen_dtype"], "f32");
     let bytes = |m: &serde_json::Value| m["frozen_weight_bytes"].as_u64().unwrap();
     // q, v, c_fc adapted; every linear weight of both blocks is frozen (4-bit: 0.5 byte per
-    // weight + a 4-byte scale per 32), the embeddings and norms stay f32.
+    // weight + a 1-byte multiplier per block of 32 + a 4-byte scale per output row), the
+    // embeddings and norms stay f32.
     assert!(bytes(&int4) < bytes(&f32), "{int4} vs {f32}");
     let linear = 2 * (4 * 32 * 32 + 2 * 32 * 64);
+    let rows = 2 * (4 * 32 + 64 + 32);
     assert_eq!(
         bytes(&f32) - bytes(&int4),
-        linear * 4 - linear * (16 + 4) / 32,
+        linear * 4 - (linear * (16 + 1) / 32 + rows * 4),
         "{int4} vs {f32}"
     );
     let accuracy = evaluated["test"]["accuracy"].as_f64().unwrap();
