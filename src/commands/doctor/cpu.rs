@@ -1,9 +1,11 @@
 //! What `pipe doctor` says about the CPU: the integer instructions behind
-//! `frozen_dtype: int8` (ONNX Runtime's u8×s8 products use AVX-512 VNNI, AVX-VNNI or AVX2).
+//! `frozen_dtype: int8` and `int4` (both multiply with ONNX Runtime's u8×s8 products, which
+//! use AVX-512 VNNI, AVX-VNNI or AVX2).
 
 use serde::Serialize;
 
-/// The CPU's instruction sets that decide how fast int8 products run.
+/// The CPU's instruction sets that decide how fast int8 products (`frozen_dtype: int8` and
+/// `int4`) run.
 #[derive(Debug, Clone, Serialize)]
 pub struct CpuReport {
     /// `x86_64`, `aarch64`, ...
@@ -20,7 +22,7 @@ impl std::fmt::Display for CpuReport {
         } else if self.integer_kernels.contains(&"avx2") {
             "int8 products run on AVX2 (no VNNI)"
         } else {
-            "no x86 integer extensions found: `frozen_dtype: int8` saves memory, not time"
+            "no x86 integer extensions found: `frozen_dtype: int8` or `int4` saves memory, not time"
         };
         write!(
             f,
