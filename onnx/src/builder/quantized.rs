@@ -46,13 +46,15 @@ impl Graph {
     /// The f32 weight `[N, K]` of the `MatMulNBits` node `node` (its packed blocks and
     /// scales, `K` and `N`), made once `after` exists ([`Graph::dequantize_4bit`]).
     pub(crate) fn nbits_weight(&mut self, node: &Node, after: Tensor) -> Result<Tensor> {
-        let dim = |name| {
-            node.attr_int(name)
-                .and_then(|v| usize::try_from(v).ok())
-                .ok_or_else(|| self.err("MatMulNBits", format!("`{}` has no `{name}`", node.name)))
-        };
-        let (k, n) = (dim("K")?, dim("N")?);
+        let (k, n) = (self.nbits_dim(node, "K")?, self.nbits_dim(node, "N")?);
         self.dequantize_4bit(node.input(1), node.input(2), k, n, after)
+    }
+
+    /// The size `name` (`K` or `N`) of the `MatMulNBits` node `node`.
+    fn nbits_dim(&self, node: &Node, name: &str) -> Result<usize> {
+        node.attr_int(name)
+            .and_then(|v| usize::try_from(v).ok())
+            .ok_or_else(|| self.err("MatMulNBits", format!("`{}` has no `{name}`", node.name)))
     }
 
     /// With [`Kernels::Host`], the weight of the `MatMulNBits` node `node` as the exact int8
@@ -71,11 +73,9 @@ impl Graph {
             _ => return Ok(None),
         };
         let w = self.int4_to_int8(packed, grid.multipliers, after, transposed)?;
-        let k = node
-            .attr_int("K")
-            .ok_or_else(|| self.err("MatMulNBits", format!("`{}` has no `K`", node.name)))?;
+        let k = self.nbits_dim(node, "K")?;
         let padded = self.shape(w)[usize::from(!transposed)].fixed();
-        let w = match padded == Some(k) {
+        let w = match padded == i64::try_from(k).ok() {
             true => w,
             false => self.slice(w, &[0], &[Dim::from(k)], &[i64::from(!transposed)], &[])?,
         };

@@ -8,7 +8,7 @@ use std::ffi::{CStr, c_char};
 
 use ort::AsPointer;
 use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
-use ort::value::{DynTensor, Tensor as OrtTensor};
+use ort::value::{DynTensor, DynTensorValueType};
 
 use super::{Device, HostData, HostTensor, Session, status_message};
 use crate::error::OrtContext;
@@ -139,34 +139,10 @@ fn allocator_stats(allocator: &Allocator) -> Result<Option<MemoryStats>> {
 pub fn write_host(dst: &mut DynTensor, src: &HostTensor, name: &str) -> Result<()> {
     let ctx = || format!("failed to write `{name}`");
     if !dst.memory_info().is_cpu_accessible() {
-        let staged: DynTensor = match src.data() {
-            HostData::F32(v) => OrtTensor::from_array((src.shape().to_vec(), v.clone()))
-                .ort_context(ctx)?
-                .upcast(),
-            HostData::F32Shared(v) => {
-                OrtTensor::from_array((src.shape().to_vec(), v.as_slice().to_vec()))
-                    .ort_context(ctx)?
-                    .upcast()
-            }
-            HostData::F64(v) => OrtTensor::from_array((src.shape().to_vec(), v.clone()))
-                .ort_context(ctx)?
-                .upcast(),
-            HostData::I64(v) => OrtTensor::from_array((src.shape().to_vec(), v.clone()))
-                .ort_context(ctx)?
-                .upcast(),
-            HostData::I32(v) => OrtTensor::from_array((src.shape().to_vec(), v.clone()))
-                .ort_context(ctx)?
-                .upcast(),
-            HostData::Bool(v) => OrtTensor::from_array((src.shape().to_vec(), v.clone()))
-                .ort_context(ctx)?
-                .upcast(),
-            HostData::I8(v) => OrtTensor::from_array((src.shape().to_vec(), v.clone()))
-                .ort_context(ctx)?
-                .upcast(),
-            HostData::U8(v) => OrtTensor::from_array((src.shape().to_vec(), v.clone()))
-                .ort_context(ctx)?
-                .upcast(),
-        };
+        let staged: DynTensor = src
+            .to_value()?
+            .downcast::<DynTensorValueType>()
+            .ort_context(ctx)?;
         return staged.copy_into(dst).ort_context(ctx);
     }
     macro_rules! copy {

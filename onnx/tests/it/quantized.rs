@@ -183,6 +183,26 @@ fn dynamic_quantize_matmul(
     y
 }
 
+/// `y` and `dx` of [`product_graph`] as the int8 path defines them, for integers `q` `[N, K]`
+/// with a scale per row: `y = DynamicQuantizeMatMul(x, qᵀ, s)` and
+/// `dx = DynamicQuantizeMatMul(r ⊙ s, q, 1)` (the gradient scaled per output channel, then
+/// the integers).
+fn int8_path(case: &Case, q: &[i8], scales: &[f32]) -> (Vec<f64>, Vec<f64>) {
+    let q_in_out: Vec<i8> = (0..K)
+        .flat_map(|c| (0..N).map(move |r| (r, c)))
+        .map(|(r, c)| q[r * K + c])
+        .collect();
+    let y = dynamic_quantize_matmul(&case.x, &q_in_out, scales, M, K, N);
+    let scaled: Vec<f32> = case
+        .r
+        .iter()
+        .enumerate()
+        .map(|(i, v)| v * scales[i % N])
+        .collect();
+    let dx = dynamic_quantize_matmul(&scaled, q, &[1.0], M, N, K);
+    (y, dx)
+}
+
 /// The int8 integers `[N, K]` 4-bit blocks stand for: each nibble minus 8, times its
 /// block's multiplier.
 fn int4_integers(q: &Int4Blocks, n: usize, k: usize) -> Vec<i8> {
@@ -204,18 +224,7 @@ fn int4_products_on_pipes_kernels_follow_dynamic_quantize_matmul_over_the_unpack
     let case = Case::new(13);
     let q = Int4Blocks::quantize(&case.w, N, K);
     let integers = int4_integers(&q, N, K);
-    let in_out: Vec<i8> = (0..K)
-        .flat_map(|c| (0..N).map(move |r| (r, c)))
-        .map(|(r, c)| integers[r * K + c])
-        .collect();
-    let y = dynamic_quantize_matmul(&case.x, &in_out, &q.scales, M, K, N);
-    let scaled: Vec<f32> = case
-        .r
-        .iter()
-        .enumerate()
-        .map(|(i, v)| v * q.scales[i % N])
-        .collect();
-    let dx = dynamic_quantize_matmul(&scaled, &integers, &[1.0], M, N, K);
+    let (y, dx) = int8_path(&case, &integers, &q.scales);
     for out_in in [true, false] {
         let (gy, gdx) = case.run(out_in, FrozenDType::Int4, Kernels::Host, true);
         assert_close("y", &gy, &y, 1e-5);
@@ -309,19 +318,7 @@ fn producers_come_first(model: &pipe_onnx::Model) {
 fn int8_products_follow_dynamic_quantize_matmul() {
     let case = Case::new(11);
     let q = Int8Rows::quantize(&case.w, N, K);
-    let q_in_out: Vec<i8> = (0..K)
-        .flat_map(|c| (0..N).map(move |r| (r, c)))
-        .map(|(r, c)| q.values[r * K + c])
-        .collect();
-    let y = dynamic_quantize_matmul(&case.x, &q_in_out, &q.scales, M, K, N);
-    // dx = (r ⊙ s) · Q: the gradient scaled per output channel, then the integers.
-    let scaled: Vec<f32> = case
-        .r
-        .iter()
-        .enumerate()
-        .map(|(i, v)| v * q.scales[i % N])
-        .collect();
-    let dx = dynamic_quantize_matmul(&scaled, &q.values, &[1.0], M, N, K);
+    let (y, dx) = int8_path(&case, &q.values, &q.scales);
     for out_in in [true, false] {
         let (gy, gdx) = case.run(out_in, FrozenDType::Int8, Kernels::Host, false);
         assert_close("y", &gy, &y, 1e-5);

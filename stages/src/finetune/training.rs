@@ -139,7 +139,7 @@ impl<'a> Training<'a> {
                 &weights::for_training(&step.quantized, |name| layout.entry(name).is_none()),
             )?
             .into_iter()
-            .partition(|(name, _)| step.signature.layout.entry(name).is_some());
+            .partition(|(name, _)| layout.entry(name).is_some());
         let frozen_bytes = frozen
             .values()
             .map(|t| t.shape().iter().product::<i64>() as usize * t.dtype().size())
