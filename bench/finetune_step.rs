@@ -211,7 +211,7 @@ fn main() -> anyhow::Result<()> {
     let session = Session::from_model(&step.model, &opts)?;
     let init_began = Instant::now();
     // Frozen weights quantized as they are made, as the stage does when it loads them.
-    let transform = weights::for_training(&step.quantized, |_| true);
+    let transform = weights::for_training(&step.quantized, &step.stored_tables, |_| true);
     let params = init_params_with(&step.specs, 0, &transform)?;
     let init_s = init_began.elapsed().as_secs_f64();
     let (trained, frozen): (BTreeMap<_, _>, BTreeMap<_, _>) = params

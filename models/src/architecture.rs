@@ -21,9 +21,16 @@ use anyhow::Result;
 use pipe_onnx::Graph;
 use serde_json::{Map, Value, json};
 
+use super::ParamSpec;
 use super::classifier::{Pooling, ProblemType, SequenceClassifier};
 use super::dropout::DropoutSites;
 use super::lora::LoraParams;
+
+/// The parameters of `cfg`'s classifier (without LoRA), in declaration order.
+pub fn param_specs(cfg: &dyn Architecture) -> Result<Vec<ParamSpec>> {
+    let mut scratch = Graph::new("specs");
+    Ok(cfg.classifier(&mut scratch, None)?.specs().to_vec())
+}
 
 /// A model family's configuration, as the stages see it. Its dropout sites, attention heads
 /// and the layers LoRA can adapt are its [`DropoutSites`].

@@ -17,7 +17,7 @@ use anyhow::{Context, Result, bail};
 use fs_err::os::unix::fs::FileExt;
 use memmap2::{Mmap, UncheckedAdvice};
 use pipe_engine::BadInput;
-use pipe_onnx::SharedF32;
+use pipe_onnx::{DType, HostTensor, SharedF32};
 use safetensors::tensor::{Metadata, TensorInfo};
 use safetensors::{Dtype, SafeTensors};
 use serde::Deserialize;
@@ -224,6 +224,24 @@ impl Checkpoint {
         SharedF32::new(owner, file.bytes_of(info))
     }
 
+    /// Tensor `name` of shape `shape` read where it lies in its stored 16-bit type, when it is
+    /// `bfloat16` or `float16` in a mapped file at an aligned offset; `None` otherwise.
+    pub fn in_place_half(&self, name: &str, shape: &[i64]) -> Result<Option<HostTensor>> {
+        let Some((file, info)) = self.locate(name) else {
+            return Ok(None);
+        };
+        let (Bytes::Mapped { map, .. }, Some(dtype)) = (&file.map, half_dtype(info.dtype)) else {
+            return Ok(None);
+        };
+        let owner: pipe_onnx::SharedBytes = map.clone();
+        Ok(HostTensor::half_shared(
+            shape,
+            dtype,
+            owner,
+            file.bytes_of(info),
+        )?)
+    }
+
     /// Hands the mapped pages of tensor `name` back to the kernel, once what was read in
     /// place from them is no longer needed: they leave this process's resident set (they stay
     /// in the page cache, and a later read faults them in again from the file).
@@ -245,6 +263,15 @@ impl Checkpoint {
     fn locate(&self, name: &str) -> Option<(&MappedFile, &TensorInfo)> {
         let file = &self.files[*self.by_name.get(name)?];
         Some((file, file.header.info(name)?))
+    }
+}
+
+/// The graph's element type of a 16-bit float type of safetensors.
+pub fn half_dtype(dtype: Dtype) -> Option<DType> {
+    match dtype {
+        Dtype::BF16 => Some(DType::BF16),
+        Dtype::F16 => Some(DType::F16),
+        _ => None,
     }
 }
 

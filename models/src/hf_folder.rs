@@ -72,6 +72,17 @@ pub fn source_dtype(dir: &Path) -> Result<Option<String>> {
     Ok(super::checkpoint::Checkpoint::open(&weights_path(dir)?)?.source_dtype())
 }
 
+/// The specs whose tensors `dir`'s checkpoint stores as 16-bit floats, with that type, from
+/// the safetensors headers alone ([`super::weights::half_dtypes`]).
+pub fn half_dtypes(
+    dir: &Path,
+    specs: &[ParamSpec],
+    fresh: &[&str],
+) -> Result<BTreeMap<String, pipe_onnx::DType>> {
+    let checkpoint = super::checkpoint::Checkpoint::open(&weights_path(dir)?)?;
+    super::weights::half_dtypes(&checkpoint, specs, fresh)
+}
+
 /// Reads the weights of `dir` for `specs`; parameters named in `fresh` that the file lacks (a
 /// classification head on a base checkpoint) start from `seed`. See [`super::weights::from_bytes`].
 pub fn read_weights(

@@ -31,7 +31,7 @@ pub mod loss;
 pub mod modernbert;
 pub mod weights;
 
-pub use architecture::Architecture;
+pub use architecture::{Architecture, param_specs};
 pub use config::ModelConfig;
 
 use std::collections::BTreeMap;

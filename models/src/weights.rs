@@ -5,16 +5,17 @@
 //! in place from the map ([`Pending::in_place`]).
 
 use std::borrow::Cow;
-use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufWriter, Write};
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use pipe_onnx::{HostTensor, QuantizedWeight};
+use fs_err::File;
+use pipe_onnx::{DType, HostTensor, QuantizedWeight};
 use safetensors::Dtype;
 use safetensors::tensor::View;
 
-use super::checkpoint::{Checkpoint, bad_input};
+use super::checkpoint::{Checkpoint, bad_input, half_dtype};
 use super::{ParamSpec, init_param};
 
 /// Reads `path` (a safetensors file, or a sharded checkpoint's `model.safetensors.index.json`)
@@ -75,6 +76,23 @@ impl Pending<'_> {
         }
     }
 
+    /// The values read in place in the type the checkpoint stores them in, when that is a
+    /// 16-bit float ([`Checkpoint::in_place_half`]), else [`Pending::in_place`]: for frozen
+    /// tables the graph reads in their stored type
+    /// ([`pipe_onnx::Graph::gather_stored_tables`]).
+    pub fn in_place_stored(self) -> Result<HostTensor> {
+        if let Pending::Stored {
+            checkpoint,
+            name,
+            shape,
+        } = &self
+            && let Some(t) = checkpoint.in_place_half(name, shape)?
+        {
+            return Ok(t);
+        }
+        self.in_place()
+    }
+
     /// `f` of the values, read in place when they can be and handed back to the kernel
     /// after ([`Checkpoint::release`]): for weights turned into something else as they are
     /// read (quantized), so that loading writes no fresh memory for them.
@@ -104,16 +122,19 @@ pub fn keep(spec: &ParamSpec, t: Pending<'_>) -> Result<Vec<(String, HostTensor)
 }
 
 /// The [`Transform`] of a training run: each weight named in `quantized` becomes its
-/// quantized inputs ([`QuantizedWeight::quantize`]), the other frozen weights (`frozen`
-/// says which) stay in place ([`Pending::in_place`]), and the trained ones are read.
+/// quantized inputs ([`QuantizedWeight::quantize`]), the tables named in `stored` are read in
+/// place in their stored type ([`Pending::in_place_stored`]), the other frozen weights
+/// (`frozen` says which) stay in place ([`Pending::in_place`]), and the trained ones are read.
 pub fn for_training<'a>(
     quantized: &'a [QuantizedWeight],
+    stored: &'a BTreeSet<String>,
     frozen: impl Fn(&str) -> bool + Sync + 'a,
 ) -> impl Fn(&ParamSpec, Pending<'_>) -> Result<Vec<(String, HostTensor)>> + Sync + 'a {
     let by_name: BTreeMap<&str, &QuantizedWeight> =
         quantized.iter().map(|q| (q.name.as_str(), q)).collect();
     move |spec, t| match by_name.get(spec.name.as_str()) {
         Some(q) => t.transient(|w| Ok(q.quantize(w)?)),
+        None if stored.contains(&spec.name) => Ok(vec![(spec.name.clone(), t.in_place_stored()?)]),
         None if frozen(&spec.name) => Ok(vec![(spec.name.clone(), t.in_place()?)]),
         None => keep(spec, t),
     }
@@ -170,6 +191,25 @@ pub fn from_checkpoint(
         out.extend(transform(spec, pending)?);
         Ok(())
     })?;
+    Ok(out)
+}
+
+/// The specs whose tensors `checkpoint` stores as 16-bit floats, with that type (by the
+/// names and checks of [`from_checkpoint`]).
+pub fn half_dtypes(
+    checkpoint: &Checkpoint,
+    specs: &[ParamSpec],
+    fresh: &[&str],
+) -> Result<BTreeMap<String, DType>> {
+    let mut out = BTreeMap::new();
+    for (spec, stored) in plan(checkpoint, specs, fresh).map_err(bad_input)? {
+        let dtype = stored
+            .and_then(|name| checkpoint.meta(name))
+            .map(|m| m.dtype);
+        if let Some(half) = dtype.and_then(half_dtype) {
+            out.insert(spec.name.clone(), half);
+        }
+    }
     Ok(out)
 }
 
@@ -312,81 +352,83 @@ pub fn save_views(path: &Path, tensors: &[(&str, &[i64], &[f32])]) -> Result<()>
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
+/// Elements per piece when [`save_streamed`] writes a tensor (4 MiB of `f32`).
+const WRITE_CHUNK: usize = 1 << 20;
+
 /// [`save`] with each tensor made only when it is written: `value(i)` gives `entries[i]`
-/// (name, shape), so writing a model holds one of its tensors at a time. The first error of
+/// (name, shape), so writing a model holds one of its tensors at a time. Each is written
+/// in pieces from where it lies, `f32` as it is and 16-bit floats widened a piece at a time
+/// ([`HostTensor::f32_range`]), so writing makes no copy of a tensor. The first error of
 /// `value` fails the save (the file is then incomplete; it is the caller's output).
 pub fn save_streamed<'a>(
     path: &Path,
     entries: &[(&str, &[i64])],
     value: &dyn Fn(usize) -> Result<Cow<'a, HostTensor>>,
 ) -> Result<()> {
-    let failure = RefCell::new(None);
-    let views = entries.iter().enumerate().map(|(index, &(name, shape))| {
-        let view = LazyView {
-            name,
-            index,
-            shape: shape.iter().map(|&d| d as usize).collect(),
-            value,
-            failure: &failure,
-        };
-        (name, view)
-    });
-    let metadata = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
-    let written = safetensors::serialize_to_file(views, Some(metadata), path)
-        .with_context(|| format!("cannot write {}", path.display()));
-    if let Some(e) = failure.into_inner() {
-        return Err(e);
-    }
-    written
-}
-
-/// An f32 tensor for safetensors made when its bytes are asked for; a failure is kept in
-/// `failure` (the bytes are then zeros) for [`save_streamed`] to return.
-struct LazyView<'a, 'v> {
-    name: &'a str,
-    index: usize,
-    shape: Vec<usize>,
-    value: &'a dyn Fn(usize) -> Result<Cow<'v, HostTensor>>,
-    failure: &'a RefCell<Option<anyhow::Error>>,
-}
-
-impl View for LazyView<'_, '_> {
-    fn dtype(&self) -> Dtype {
-        Dtype::F32
-    }
-
-    fn shape(&self) -> &[usize] {
-        &self.shape
-    }
-
-    fn data(&self) -> Cow<'_, [u8]> {
-        let made = (self.value)(self.index).and_then(|t| match t.as_f32() {
-            Some(v) if v.len() * 4 == self.data_len() => Ok(match t {
-                // A tensor that outlives the view (a weight read in place, or held until the
-                // save ends) is written from where it lies.
-                Cow::Borrowed(t) => le_bytes(t.as_f32().unwrap_or_default()),
-                Cow::Owned(_) => Cow::Owned(le_bytes(v).into_owned()),
-            }),
-            _ => bail!(
-                "a {} tensor of shape {:?} where f32 {:?} was declared",
-                t.dtype(),
-                t.shape(),
-                self.shape
-            ),
-        });
-        match made {
-            Ok(bytes) => bytes,
-            Err(e) => {
-                let e = e.context(format!("writing {}", self.name));
-                self.failure.borrow_mut().get_or_insert(e);
-                Cow::Owned(vec![0; self.data_len()])
-            }
+    let header = safetensors_header(entries)?;
+    let write = || -> Result<()> {
+        let mut out = BufWriter::with_capacity(WRITE_CHUNK, File::create(path)?);
+        out.write_all(&(header.len() as u64).to_le_bytes())?;
+        out.write_all(&header)?;
+        for (index, &(name, shape)) in entries.iter().enumerate() {
+            let tensor = value(index).with_context(|| format!("writing {name}"))?;
+            write_f32(&mut out, &tensor, shape).with_context(|| format!("writing {name}"))?;
         }
-    }
+        out.flush()?;
+        Ok(())
+    };
+    write().with_context(|| format!("cannot write {}", path.display()))
+}
 
-    fn data_len(&self) -> usize {
-        self.shape.iter().product::<usize>() * 4
+/// The JSON header of a safetensors file of `f32` `entries`, in their order, with the
+/// `format: pt` metadata `transformers` looks for, padded with spaces so the data that
+/// follows it starts 8-byte aligned.
+fn safetensors_header(entries: &[(&str, &[i64])]) -> Result<Vec<u8>> {
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), serde_json::json!({ "format": "pt" }));
+    let mut offset = 0usize;
+    for &(name, shape) in entries {
+        let elements = shape.iter().try_fold(1usize, |n, &d| {
+            usize::try_from(d).ok().and_then(|d| n.checked_mul(d))
+        });
+        let bytes = elements
+            .and_then(|n| n.checked_mul(4))
+            .with_context(|| format!("tensor {name} has a bad shape {shape:?}"))?;
+        let info = serde_json::json!({
+            "dtype": "F32",
+            "shape": shape,
+            "data_offsets": [offset, offset + bytes],
+        });
+        if header.insert(name.to_string(), info).is_some() {
+            bail!("tensor {name} is listed twice");
+        }
+        offset += bytes;
     }
+    let mut bytes = serde_json::to_vec(&header)?;
+    bytes.resize(bytes.len().next_multiple_of(8), b' ');
+    Ok(bytes)
+}
+
+/// Writes `tensor`'s elements as little-endian `f32`, a piece at a time; an error when it
+/// is not a float tensor of `shape`'s size.
+fn write_f32(out: &mut impl Write, tensor: &HostTensor, shape: &[i64]) -> Result<()> {
+    let len: i64 = tensor.shape().iter().product();
+    let declared: i64 = shape.iter().product();
+    if len != declared || tensor.f32_range(0..0).is_none() {
+        bail!(
+            "a {} tensor of shape {:?} where f32 {shape:?} was declared",
+            tensor.dtype(),
+            tensor.shape(),
+        );
+    }
+    let len = usize::try_from(len)?;
+    for start in (0..len).step_by(WRITE_CHUNK) {
+        let piece = tensor
+            .f32_range(start..len.min(start + WRITE_CHUNK))
+            .context("a piece of the tensor")?;
+        out.write_all(&le_bytes(&piece))?;
+    }
+    Ok(())
 }
 
 /// `values` as the little-endian bytes safetensors stores: the same memory on a little-endian

@@ -84,6 +84,6 @@ pub use quantize::{FrozenDType, QuantizedWeight};
 pub use runtime::Trainer;
 pub use runtime::{
     DEVICE_STATE_ENV, Device, DeviceTrainer, FlatTrainer, HostData, HostTensor, MemoryStats,
-    RuntimeInfo, Session, SessionOptions, SharedBytes, SharedF32, StepResult, StepTrainer,
-    step_trainer,
+    RuntimeInfo, Session, SessionOptions, Shared, SharedBytes, SharedF32, StepResult, StepTrainer,
+    state_on_device, step_trainer,
 };

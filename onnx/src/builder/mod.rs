@@ -15,6 +15,7 @@ mod host_ops;
 mod ops;
 mod ops_shape;
 mod quantized;
+mod stored_tables;
 mod types;
 
 use std::collections::BTreeMap;
@@ -495,6 +496,21 @@ impl Graph {
             attrs,
         });
         outs
+    }
+
+    /// `(node, input slot)` of every read of `t`.
+    pub(crate) fn users(&self, t: Tensor) -> Vec<(usize, usize)> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .flat_map(|(i, n)| {
+                n.inputs
+                    .iter()
+                    .enumerate()
+                    .filter(move |(_, x)| **x == Some(t))
+                    .map(move |(slot, _)| (i, slot))
+            })
+            .collect()
     }
 
     /// [`Graph::push_node`] for the common one-output case.

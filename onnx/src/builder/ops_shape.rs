@@ -453,8 +453,8 @@ impl Graph {
             DType::I64 => TensorData::i64(&[2], &[off as i64, on as i64])?,
             DType::I32 => TensorData::i32(&[2], &[off as i32, on as i32])?,
             DType::Bool => TensorData::bool(&[2], &[off != 0.0, on != 0.0])?,
-            DType::I8 | DType::U8 => {
-                return Err(self.err("OneHot", "one-hot values are float, int32/64 or bool"));
+            DType::I8 | DType::U8 | DType::BF16 | DType::F16 => {
+                return Err(self.err("OneHot", "one-hot values are f32/f64, int32/64 or bool"));
             }
         };
         let values_t = self.constant(values);

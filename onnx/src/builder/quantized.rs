@@ -200,21 +200,6 @@ impl Graph {
         (!products.is_empty()).then_some((WeightLayout::OutIn, products))
     }
 
-    /// `(node, input slot)` of every read of `t`.
-    fn users(&self, t: Tensor) -> Vec<(usize, usize)> {
-        self.nodes
-            .iter()
-            .enumerate()
-            .flat_map(|(i, n)| {
-                n.inputs
-                    .iter()
-                    .enumerate()
-                    .filter(move |(_, x)| **x == Some(t))
-                    .map(move |(slot, _)| (i, slot))
-            })
-            .collect()
-    }
-
     /// Declares the inputs of `q` and turns each `MatMul` of `products` into its quantized
     /// product (same output, same place in the graph).
     fn replace_products(&mut self, q: &QuantizedWeight, products: &[usize]) -> Result<()> {

@@ -21,6 +21,10 @@ pub enum DType {
     I8,
     /// `uint8`: packed 4-bit weights.
     U8,
+    /// `bfloat16`: frozen tables read as a checkpoint stores them.
+    BF16,
+    /// `float16`: frozen tables read as a checkpoint stores them.
+    F16,
 }
 
 impl DType {
@@ -34,6 +38,8 @@ impl DType {
             DType::Bool => data_type::BOOL,
             DType::I8 => data_type::INT8,
             DType::U8 => data_type::UINT8,
+            DType::BF16 => data_type::BFLOAT16,
+            DType::F16 => data_type::FLOAT16,
         }
     }
 
@@ -55,6 +61,7 @@ impl DType {
             DType::F32 | DType::I32 => 4,
             DType::F64 | DType::I64 => 8,
             DType::Bool | DType::I8 | DType::U8 => 1,
+            DType::BF16 | DType::F16 => 2,
         }
     }
 }
@@ -69,6 +76,8 @@ impl fmt::Display for DType {
             DType::Bool => "bool",
             DType::I8 => "i8",
             DType::U8 => "u8",
+            DType::BF16 => "bf16",
+            DType::F16 => "f16",
         })
     }
 }
@@ -222,6 +231,8 @@ impl TensorData {
             DType::Bool => vec![u8::from(value != 0.0)],
             DType::I8 => (value as i8).to_le_bytes().to_vec(),
             DType::U8 => vec![value as u8],
+            DType::BF16 => half::bf16::from_f64(value).to_le_bytes().to_vec(),
+            DType::F16 => half::f16::from_f64(value).to_le_bytes().to_vec(),
         };
         TensorData {
             dtype,
@@ -277,6 +288,8 @@ impl TensorData {
             DType::I32 => f64::from(i32::from_le_bytes(b.try_into().ok()?)),
             DType::Bool | DType::U8 => f64::from(b[0]),
             DType::I8 => f64::from(i8::from_le_bytes([b[0]])),
+            DType::BF16 => half::bf16::from_le_bytes(b.try_into().ok()?).to_f64(),
+            DType::F16 => half::f16::from_le_bytes(b.try_into().ok()?).to_f64(),
         })
     }
 

@@ -21,6 +21,8 @@ pub(super) fn element_type(d: DType) -> TensorElementType {
         DType::Bool => TensorElementType::Bool,
         DType::I8 => TensorElementType::Int8,
         DType::U8 => TensorElementType::Uint8,
+        DType::BF16 => TensorElementType::Bfloat16,
+        DType::F16 => TensorElementType::Float16,
     }
 }
 

@@ -18,7 +18,7 @@ use ort::session::IoBinding;
 use ort::value::{TensorRef, TensorRefMut, Value, ValueTypeMarker};
 
 use super::binding::run_bound;
-use super::{HostData, HostTensor, Session, StepResult, status_message};
+use super::{HostTensor, Session, StepResult, status_message};
 use crate::error::OrtContext;
 use crate::flat::{self, FlatEntry, FlatState, GradSignature};
 use crate::optim::StateKind;
@@ -321,28 +321,11 @@ pub(super) fn other_outputs(session: &Session, sig: &GradSignature) -> Vec<Strin
 /// over borrowed memory (it cannot know that the memory outlives the run); here the buffers
 /// are the trainer's own and stay untouched until the run returns, and ONNX Runtime's copy of
 /// the `OrtValue` keeps the tensor description alive after `value` is dropped.
-/// Binds the frozen input `t` (f32 weights, or int8/uint8 quantized ones) without a copy.
+/// Binds the frozen input `t` (f32 weights, quantized ones, tables in their stored 16-bit
+/// type) without a copy.
 fn bind_frozen(binding: &mut IoBinding, name: &str, t: &HostTensor) -> Result<()> {
-    let ctx = || format!("failed to view the frozen input `{name}`");
-    let shape = t.shape().to_vec();
-    if let Some(v) = t.as_f32() {
-        let r = TensorRef::from_array_view((shape, v)).ort_context(ctx)?;
-        return bind_borrowed(binding, name, &r);
-    }
-    match t.data() {
-        HostData::I8(v) => {
-            let r = TensorRef::from_array_view((shape, &v[..])).ort_context(ctx)?;
-            bind_borrowed(binding, name, &r)
-        }
-        HostData::U8(v) => {
-            let r = TensorRef::from_array_view((shape, &v[..])).ort_context(ctx)?;
-            bind_borrowed(binding, name, &r)
-        }
-        _ => Err(Error::Data(format!(
-            "frozen input `{name}` is {}: frozen inputs are f32, i8 or u8",
-            t.dtype()
-        ))),
-    }
+    let value = t.value_ref()?;
+    bind_borrowed(binding, name, &*value)
 }
 
 pub(super) fn bind_borrowed<T: ValueTypeMarker + ?Sized>(

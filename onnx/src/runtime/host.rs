@@ -3,8 +3,8 @@
 use ort::memory::AllocationDevice;
 use ort::session::SessionInputValue;
 use ort::value::{
-    DynValue, Tensor as OrtTensor, TensorElementType, TensorRef, TensorValueTypeMarker, Value,
-    ValueType,
+    DynValue, DynValueRef, Tensor as OrtTensor, TensorElementType, TensorRef,
+    TensorValueTypeMarker, Value, ValueType,
 };
 
 use std::ops::Range;
@@ -32,6 +32,10 @@ pub enum HostData {
     I8(Vec<i8>),
     /// `uint8`.
     U8(Vec<u8>),
+    /// `bfloat16` read in place (a frozen table of a bfloat16 checkpoint).
+    Bf16Shared(Shared<half::bf16>),
+    /// `float16` read in place (a frozen table of a float16 checkpoint).
+    F16Shared(Shared<half::f16>),
 }
 
 impl HostData {
@@ -45,49 +49,67 @@ impl HostData {
             HostData::Bool(v) => v.len(),
             HostData::I8(v) => v.len(),
             HostData::U8(v) => v.len(),
+            HostData::Bf16Shared(v) => v.as_slice().len(),
+            HostData::F16Shared(v) => v.as_slice().len(),
         }
     }
 }
 
-/// The bytes behind a [`SharedF32`]: anything that holds them immutably for as long as it
+/// The bytes behind a [`Shared`]: anything that holds them immutably for as long as it
 /// lives (a read-only memory map).
 pub type SharedBytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
 
-/// `f32` elements inside bytes another owner holds, read where they lie: a tensor over them
-/// takes no memory of its own, and over a memory-mapped checkpoint only the pages a run reads
-/// are ever resident (a frozen embedding's unused rows never are).
+/// Elements of type `T` inside bytes another owner holds, read where they lie: a tensor over
+/// them takes no memory of its own, and over a memory-mapped checkpoint only the pages a run
+/// reads are ever resident (a frozen embedding's unused rows never are).
 #[derive(Clone)]
-pub struct SharedF32 {
+pub struct Shared<T> {
     owner: SharedBytes,
     /// The elements' bytes in `owner`.
     range: Range<usize>,
+    element: std::marker::PhantomData<T>,
 }
 
-impl SharedF32 {
-    /// The little-endian `f32` elements at bytes `range` of `owner`, when they can be read in
-    /// place: inside it, at an address aligned for `f32`, a whole number of elements, on a
+/// `f32` elements read in place.
+pub type SharedF32 = Shared<f32>;
+
+impl<T: bytemuck::Pod> Shared<T> {
+    /// The little-endian elements at bytes `range` of `owner`, when they can be read in
+    /// place: inside it, at an address aligned for `T`, a whole number of elements, on a
     /// little-endian host. `None` otherwise (copy them instead).
-    pub fn new(owner: SharedBytes, range: Range<usize>) -> Option<SharedF32> {
+    pub fn new(owner: SharedBytes, range: Range<usize>) -> Option<Shared<T>> {
         let bytes = (*owner).as_ref().get(range.clone())?;
         let fits =
-            cfg!(target_endian = "little") && bytemuck::try_cast_slice::<u8, f32>(bytes).is_ok();
-        fits.then_some(SharedF32 { owner, range })
+            cfg!(target_endian = "little") && bytemuck::try_cast_slice::<u8, T>(bytes).is_ok();
+        fits.then_some(Shared {
+            owner,
+            range,
+            element: std::marker::PhantomData,
+        })
     }
 
     /// The elements.
-    pub fn as_slice(&self) -> &[f32] {
+    pub fn as_slice(&self) -> &[T] {
         // `new` checked range, alignment and size, and the owner's bytes never change.
         bytemuck::cast_slice(&(*self.owner).as_ref()[self.range.clone()])
     }
 }
 
-impl std::fmt::Debug for SharedF32 {
+impl<T: bytemuck::Pod> std::fmt::Debug for Shared<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "SharedF32({} elements in place)", self.as_slice().len())
+        let name = std::any::type_name::<T>()
+            .rsplit("::")
+            .next()
+            .unwrap_or("?");
+        write!(
+            f,
+            "Shared<{name}>({} elements in place)",
+            self.as_slice().len()
+        )
     }
 }
 
-impl PartialEq for SharedF32 {
+impl<T: bytemuck::Pod + PartialEq> PartialEq for Shared<T> {
     fn eq(&self, other: &Self) -> bool {
         self.as_slice() == other.as_slice()
     }
@@ -136,6 +158,46 @@ impl HostTensor {
         Self::new(shape, HostData::F32Shared(data))
     }
 
+    /// A tensor over 16-bit floats read in place: `bfloat16` or `float16` as `dtype` says;
+    /// `None` for another `dtype`, or when `owner`'s `range` cannot be read in place.
+    pub fn half_shared(
+        shape: &[i64],
+        dtype: DType,
+        owner: SharedBytes,
+        range: Range<usize>,
+    ) -> Result<Option<Self>> {
+        let data = match dtype {
+            DType::BF16 => Shared::new(owner, range).map(HostData::Bf16Shared),
+            DType::F16 => Shared::new(owner, range).map(HostData::F16Shared),
+            _ => None,
+        };
+        data.map(|d| Self::new(shape, d)).transpose()
+    }
+
+    /// Elements `range` as `f32`: borrowed when the tensor holds `f32`, widened (exactly)
+    /// from 16-bit floats; `None` for other types or a range past the end. Lets a writer
+    /// stream a half-precision tensor as `f32` a piece at a time.
+    pub fn f32_range(&self, range: Range<usize>) -> Option<std::borrow::Cow<'_, [f32]>> {
+        use std::borrow::Cow;
+        match &self.data {
+            HostData::Bf16Shared(v) => Some(Cow::Owned(
+                v.as_slice()
+                    .get(range)?
+                    .iter()
+                    .map(|x| x.to_f32())
+                    .collect(),
+            )),
+            HostData::F16Shared(v) => Some(Cow::Owned(
+                v.as_slice()
+                    .get(range)?
+                    .iter()
+                    .map(|x| x.to_f32())
+                    .collect(),
+            )),
+            _ => self.as_f32()?.get(range).map(Cow::Borrowed),
+        }
+    }
+
     /// The elements, when the tensor holds `f32` (its own or read in place).
     pub fn as_f32(&self) -> Option<&[f32]> {
         match &self.data {
@@ -180,6 +242,11 @@ impl HostTensor {
             DType::Bool => HostData::Bool(vec![false; n]),
             DType::I8 => HostData::I8(vec![0; n]),
             DType::U8 => HostData::U8(vec![0; n]),
+            DType::BF16 | DType::F16 => {
+                return Err(Error::Data(format!(
+                    "{dtype} tensors are only read in place, never made"
+                )));
+            }
         };
         Self::new(shape, data)
     }
@@ -204,6 +271,8 @@ impl HostTensor {
             HostData::Bool(_) => DType::Bool,
             HostData::I8(_) => DType::I8,
             HostData::U8(_) => DType::U8,
+            HostData::Bf16Shared(_) => DType::BF16,
+            HostData::F16Shared(_) => DType::F16,
         }
     }
 
@@ -218,6 +287,8 @@ impl HostTensor {
             HostData::Bool(v) => v.iter().map(|&x| f64::from(u8::from(x))).collect(),
             HostData::I8(v) => v.iter().map(|&x| f64::from(x)).collect(),
             HostData::U8(v) => v.iter().map(|&x| f64::from(x)).collect(),
+            HostData::Bf16Shared(v) => v.as_slice().iter().map(|x| x.to_f64()).collect(),
+            HostData::F16Shared(v) => v.as_slice().iter().map(|x| x.to_f64()).collect(),
         }
     }
 
@@ -250,39 +321,56 @@ impl HostTensor {
             HostData::U8(v) => OrtTensor::from_array((shape, v.clone()))
                 .ort_context(ctx)?
                 .into_dyn(),
+            HostData::Bf16Shared(v) => OrtTensor::from_array((shape, v.as_slice().to_vec()))
+                .ort_context(ctx)?
+                .into_dyn(),
+            HostData::F16Shared(v) => OrtTensor::from_array((shape, v.as_slice().to_vec()))
+                .ort_context(ctx)?
+                .into_dyn(),
         })
     }
 
     /// An ONNX Runtime value over this tensor's data, without a copy: feeding a model its
     /// weights this way holds them once.
     pub fn view(&self) -> Result<SessionInputValue<'_>> {
+        Ok(self.value_ref()?.into())
+    }
+
+    /// [`HostTensor::view`] as a value reference (what an `IoBinding` binds).
+    pub fn value_ref(&self) -> Result<DynValueRef<'_>> {
         let shape = self.shape.clone();
         let ctx = || format!("failed to view a tensor of shape {:?}", self.shape);
         Ok(match &self.data {
             HostData::F32(v) => TensorRef::from_array_view((shape, v.as_slice()))
                 .ort_context(ctx)?
-                .into(),
+                .into_dyn(),
             HostData::F32Shared(v) => TensorRef::from_array_view((shape, v.as_slice()))
                 .ort_context(ctx)?
-                .into(),
+                .into_dyn(),
             HostData::F64(v) => TensorRef::from_array_view((shape, v.as_slice()))
                 .ort_context(ctx)?
-                .into(),
+                .into_dyn(),
             HostData::I64(v) => TensorRef::from_array_view((shape, v.as_slice()))
                 .ort_context(ctx)?
-                .into(),
+                .into_dyn(),
             HostData::I32(v) => TensorRef::from_array_view((shape, v.as_slice()))
                 .ort_context(ctx)?
-                .into(),
+                .into_dyn(),
             HostData::Bool(v) => TensorRef::from_array_view((shape, v.as_slice()))
                 .ort_context(ctx)?
-                .into(),
+                .into_dyn(),
             HostData::I8(v) => TensorRef::from_array_view((shape, v.as_slice()))
                 .ort_context(ctx)?
-                .into(),
+                .into_dyn(),
             HostData::U8(v) => TensorRef::from_array_view((shape, v.as_slice()))
                 .ort_context(ctx)?
-                .into(),
+                .into_dyn(),
+            HostData::Bf16Shared(v) => TensorRef::from_array_view((shape, v.as_slice()))
+                .ort_context(ctx)?
+                .into_dyn(),
+            HostData::F16Shared(v) => TensorRef::from_array_view((shape, v.as_slice()))
+                .ort_context(ctx)?
+                .into_dyn(),
         })
     }
 

@@ -153,9 +153,16 @@ impl StepTrainer for DeviceTrainer {
     }
 }
 
-/// The trainer for `session`'s device: [`DeviceTrainer`] on CUDA (or anywhere with
-/// [`DEVICE_STATE_ENV`]`=1`), [`FlatTrainer`] on the CPU, where host state and the host AdamW
-/// are faster. The arguments are those of [`FlatTrainer::new`].
+/// Whether [`step_trainer`] keeps the training state of a session on `device` in device
+/// memory ([`DeviceTrainer`]): on CUDA, or anywhere with [`DEVICE_STATE_ENV`]`=1`. Its frozen
+/// inputs are then f32 (quantized or 16-bit ones are the host trainer's).
+pub fn state_on_device(device: Device) -> bool {
+    device != Device::Cpu || std::env::var(DEVICE_STATE_ENV).is_ok_and(|v| v == "1")
+}
+
+/// The trainer for `session`'s device: [`DeviceTrainer`] where [`state_on_device`],
+/// [`FlatTrainer`] on the CPU, where host state and the host AdamW are faster. The arguments
+/// are those of [`FlatTrainer::new`].
 pub fn step_trainer(
     session: Session,
     sig: GradSignature,
@@ -163,8 +170,7 @@ pub fn step_trainer(
     params: BTreeMap<String, HostTensor>,
     frozen: BTreeMap<String, HostTensor>,
 ) -> Result<Box<dyn StepTrainer>> {
-    let forced = std::env::var(DEVICE_STATE_ENV).is_ok_and(|v| v == "1");
-    Ok(if forced || session.device() != Device::Cpu {
+    Ok(if state_on_device(session.device()) {
         Box::new(DeviceTrainer::new(session, sig, adamw, params, frozen)?)
     } else {
         Box::new(FlatTrainer::new(session, sig, adamw, params, frozen)?)

@@ -22,5 +22,8 @@ mod runtime;
 /// Products over quantized frozen weights against their definitions.
 mod quantized;
 
+/// Frozen tables gathered in their stored 16-bit type against the f32 graph.
+mod stored_tables;
+
 /// Training state on the device (run on the CPU) against host state.
 mod device_state;

@@ -11,16 +11,10 @@ use pipe_models::bundle::{DATA_FILE, INPUTS, OUTPUTS, TOKEN_TYPE_IDS};
 use pipe_models::checkpoint::Checkpoint;
 use pipe_models::classifier::{ClassifierInput, ProblemType};
 use pipe_models::layers::Tokens;
-use pipe_models::{Architecture, ParamSpec, weights};
+use pipe_models::{Architecture, weights};
 
 /// Under external data, tensors up to this size stay inside `model.onnx`.
 const INLINE_TENSOR_BYTES: usize = 1024;
-
-/// The parameters of `cfg`'s classifier, in declaration order.
-pub(crate) fn param_specs(cfg: &dyn Architecture) -> Result<Vec<ParamSpec>> {
-    let mut scratch = Graph::new("specs");
-    Ok(cfg.classifier(&mut scratch, None)?.specs().to_vec())
-}
 
 /// Writes the bundle's model to `path`: `input_ids` and `attention_mask` (int64
 /// `[batch, seq]`; and `token_type_ids` when the family takes them) → `logits` and

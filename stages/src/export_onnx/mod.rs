@@ -191,7 +191,7 @@ impl Stage for ExportOnnx {
         let labels = read_labels(model_dir, &cfg)?;
         let tokenizer = copy_tokenizer(model_dir, ctx.out_dir, &cfg)?;
 
-        let specs = graph::param_specs(&cfg)?;
+        let specs = pipe_models::param_specs(&cfg)?;
         let weights = hf_folder::weights_path(model_dir)?;
         let model_path = ctx.out_dir.join(MODEL_FILE);
         let weight_bytes: usize = specs.iter().map(|s| s.numel() * 4).sum();

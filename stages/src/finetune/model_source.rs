@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
-use pipe_onnx::HostTensor;
+use pipe_onnx::{DType, HostTensor};
 
 use super::params::ModelSource;
 use pipe_models::{
@@ -107,13 +107,8 @@ impl StartingModel {
         let Some(dir) = &self.folder else {
             return init_params_with(specs, seed, transform);
         };
-        let head = self.config.head_params();
-        let optional = self.config.optional_params();
-        let (fresh, read): (Vec<&ParamSpec>, Vec<&ParamSpec>) = specs
-            .iter()
-            .partition(|s| (self.fresh_head && head.contains(&s.name)) || lora::is_lora(&s.name));
-        let read: Vec<ParamSpec> = read.into_iter().cloned().collect();
-        let may_lack: Vec<&str> = head.iter().chain(&optional).map(String::as_str).collect();
+        let (read, fresh, may_lack) = self.split(specs);
+        let may_lack: Vec<&str> = may_lack.iter().map(String::as_str).collect();
         let mut weights = hf_folder::read_weights_with(dir, &read, &may_lack, seed, transform)?;
         for spec in fresh {
             weights.extend(transform(
@@ -122,5 +117,35 @@ impl StartingModel {
             )?);
         }
         Ok(weights)
+    }
+
+    /// The parameters of the model (its base: no LoRA) that its checkpoint stores as 16-bit
+    /// floats, with that type, from the checkpoint's headers; none for a fresh model.
+    pub fn half_dtypes(&self) -> Result<BTreeMap<String, DType>> {
+        let Some(dir) = &self.folder else {
+            return Ok(BTreeMap::new());
+        };
+        let specs = pipe_models::param_specs(&self.config)?;
+        let (read, _, may_lack) = self.split(&specs);
+        let may_lack: Vec<&str> = may_lack.iter().map(String::as_str).collect();
+        hf_folder::half_dtypes(dir, &read, &may_lack)
+    }
+
+    /// `specs` as read from the folder, the ones initialised fresh (the head when
+    /// [`Self::fresh_head`], LoRA matrices), and the names the folder may lack.
+    fn split<'s>(
+        &self,
+        specs: &'s [ParamSpec],
+    ) -> (Vec<ParamSpec>, Vec<&'s ParamSpec>, Vec<String>) {
+        let head = self.config.head_params();
+        let (fresh, read): (Vec<&ParamSpec>, Vec<&ParamSpec>) = specs
+            .iter()
+            .partition(|s| (self.fresh_head && head.contains(&s.name)) || lora::is_lora(&s.name));
+        let read = read.into_iter().cloned().collect();
+        let may_lack = head
+            .into_iter()
+            .chain(self.config.optional_params())
+            .collect();
+        (read, fresh, may_lack)
     }
 }

@@ -5,9 +5,11 @@
 //! when the stage runs; their errors are [`ParamError`]s, which the engine shows at the
 //! setting's place in the manifest.
 
+use std::collections::BTreeMap;
+
 use anyhow::{Result, bail};
 use pipe_engine::ParamError;
-use pipe_onnx::{FrozenDType, Kernels};
+use pipe_onnx::{DType, FrozenDType, Kernels};
 
 use super::data::{Labels, TokenTable};
 use super::params::{ClassWeightRule, ClassWeights, Params};
@@ -28,6 +30,11 @@ pub struct StepOptions {
     pub kernels: Kernels,
     /// The precision of the frozen weights (see [`pipe_onnx::quantize`]).
     pub frozen_dtype: FrozenDType,
+    /// The parameters the starting checkpoint stores as 16-bit floats, with that type
+    /// ([`super::model_source::StartingModel::half_dtypes`]): frozen ones the graph only
+    /// gathers from (embeddings) are read in that type, in place
+    /// ([`pipe_onnx::Graph::gather_stored_tables`]).
+    pub half_dtypes: BTreeMap<String, DType>,
 }
 
 impl StepOptions {
@@ -38,6 +45,7 @@ impl StepOptions {
             dropout: DropoutPlan::new(config, DropoutRates::default()),
             kernels: Kernels::Host,
             frozen_dtype: FrozenDType::F32,
+            half_dtypes: BTreeMap::new(),
         }
     }
 
@@ -90,6 +98,7 @@ impl StepOptions {
             dropout: DropoutPlan::new(config, rates).with_lora(config, params.lora.as_ref()),
             kernels: Kernels::Host,
             frozen_dtype: params.frozen_dtype.graph_dtype(),
+            half_dtypes: BTreeMap::new(),
         })
     }
 }

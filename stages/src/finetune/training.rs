@@ -122,24 +122,32 @@ impl<'a> Training<'a> {
         let opts = params.session_options()?;
         let config = &start.config;
         let trained = Trained::of(params);
+        // Frozen tables in their stored 16-bit type are the host trainer's (the device one
+        // uploads f32 weights).
+        let half_dtypes = match pipe_onnx::state_on_device(opts.device) {
+            true => BTreeMap::new(),
+            false => start.half_dtypes()?,
+        };
         let options = StepOptions {
             kernels: Kernels::for_device(opts.device),
+            half_dtypes,
             ..options
         };
         let step = StepGraph::compile_with(config, problem, &options, trained)?;
         // Parameters with a gradient go to the flat state; the rest (the base model under
         // LoRA, the `freeze` entries) are bound read-only.
         // Frozen weights the graph reads quantized become their inputs as they are read; the
-        // other frozen ones are read in place from the checkpoint's memory map.
+        // other frozen ones are read in place from the checkpoint's memory map (tables the
+        // graph gathers from in their stored 16-bit type, as they are stored).
         let layout = &step.signature.layout;
-        let (weights, frozen): (BTreeMap<_, _>, BTreeMap<_, _>) = start
-            .weights_with(
-                &step.specs,
-                params.model.seed,
-                &weights::for_training(&step.quantized, |name| layout.entry(name).is_none()),
-            )?
-            .into_iter()
-            .partition(|(name, _)| layout.entry(name).is_some());
+        let (weights, frozen): (BTreeMap<_, _>, BTreeMap<_, _>) = {
+            let transform = weights::for_training(&step.quantized, &step.stored_tables, |name| {
+                layout.entry(name).is_none()
+            });
+            start.weights_with(&step.specs, params.model.seed, &transform)?
+        }
+        .into_iter()
+        .partition(|(name, _)| layout.entry(name).is_some());
         let frozen_bytes = frozen
             .values()
             .map(|t| t.shape().iter().product::<i64>() as usize * t.dtype().size())
@@ -153,6 +161,7 @@ impl<'a> Training<'a> {
                 g.set_kernels(options.kernels);
                 let plain = StepOptions {
                     frozen_dtype: options.frozen_dtype,
+                    half_dtypes: options.half_dtypes.clone(),
                     ..StepOptions::plain(config)
                 };
                 let LossGraph { logits, loss, .. } =
@@ -514,6 +523,10 @@ pub struct StepGraph {
     /// The frozen weights the step reads quantized ([`StepOptions::frozen_dtype`]), each fed
     /// as [`QuantizedWeight::quantize`] makes it.
     pub quantized: Vec<QuantizedWeight>,
+    /// The frozen tables the step reads in their stored 16-bit type
+    /// ([`StepOptions::half_dtypes`]), each fed as [`weights::Pending::in_place_stored`]
+    /// reads it.
+    pub stored_tables: BTreeSet<String>,
 }
 
 impl StepGraph {
@@ -545,6 +558,7 @@ impl StepGraph {
             model,
             loss,
             quantized,
+            stored_tables,
             ..
         } = loss_graph(&mut g, config, problem, options, trained)?;
         trained.check(model.specs(), config.num_layers())?;
@@ -557,6 +571,7 @@ impl StepGraph {
             signature,
             specs: model.specs().to_vec(),
             quantized,
+            stored_tables,
         })
     }
 }
@@ -568,6 +583,8 @@ struct LossGraph {
     loss: pipe_onnx::Tensor,
     /// The frozen weights read quantized.
     quantized: Vec<QuantizedWeight>,
+    /// The frozen tables read in their stored 16-bit type.
+    stored_tables: BTreeSet<String>,
 }
 
 /// Declares inputs (distinct-token embedding, for a gradient that is the same at any thread
@@ -606,11 +623,17 @@ fn loss_graph(
         .map(|s| s.name.clone())
         .collect();
     let quantized = g.quantize_frozen(&frozen, options.frozen_dtype)?;
+    let half: BTreeMap<String, pipe_onnx::DType> = (options.half_dtypes.iter())
+        .filter(|(name, _)| frozen.contains(*name))
+        .map(|(name, &dtype)| (name.clone(), dtype))
+        .collect();
+    let stored_tables = g.gather_stored_tables(&half);
     Ok(LossGraph {
         model,
         logits,
         loss,
         quantized,
+        stored_tables,
     })
 }
 

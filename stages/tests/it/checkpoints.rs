@@ -95,6 +95,50 @@ fn a_sharded_float16_checkpoint_gives_transformers_logits() {
     starts_from("f16", "float16", false);
 }
 
+/// A bfloat16 checkpoint's frozen embedding tables are gathered in bfloat16, read in place
+/// from the file, and widened exactly: LoRA training from it writes the same weights, bit
+/// for bit, as training from its float32 copy, and holds the tables in half the bytes.
+#[test]
+fn lora_from_bfloat16_gathers_its_tables_in_place_and_trains_as_its_float32_copy() {
+    let ws = Workspace::new();
+    let tokens = tokenized(&ws, 400);
+    copy_dir(&fixture("bf16"), &ws.path().join("bf16"));
+    let widened = ws.path().join("f32");
+    std::fs::create_dir(&widened).unwrap();
+    std::fs::copy(fixture("bf16/config.json"), widened.join("config.json")).unwrap();
+    let tensors = weights::load_all(&fixture("bf16/model.safetensors")).unwrap();
+    let named: Vec<(&str, &HostTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    weights::save(&widened.join("model.safetensors"), &named).unwrap();
+    let tune = |folder: &str| {
+        let params = json!({
+            "model": { "path": folder }, "max_steps": 3, "learning_rate": 0.01,
+            "lora": { "r": 4, "targets": ["q_proj", "v_proj"] },
+        });
+        ws.run("finetune", params, &[tokens.input("tokenize")])
+            .unwrap()
+    };
+    let (half, full) = (tune("bf16"), tune("f32"));
+    for file in [
+        "model/model.safetensors",
+        "adapter/adapter_model.safetensors",
+    ] {
+        assert!(
+            std::fs::read(half.path(file)).unwrap() == std::fs::read(full.path(file)).unwrap(),
+            "{file} differs between the bfloat16 checkpoint and its float32 copy"
+        );
+    }
+    let frozen = |run: &crate::util::Ran| run.json("metrics.json")["frozen_weight_bytes"].as_u64();
+    let tables: usize = ["transformer.wte.weight", "transformer.wpe.weight"]
+        .iter()
+        .map(|name| tensors[*name].as_f32().unwrap().len())
+        .sum();
+    assert_eq!(
+        frozen(&full).unwrap() - frozen(&half).unwrap(),
+        2 * tables as u64,
+        "the tables take 2 bytes an element, not 4"
+    );
+}
+
 /// The specs of the fixture model, read from its `config.json`.
 fn fixture_specs() -> Vec<ParamSpec> {
     let config = hf_folder::read_config(&fixture("sharded")).unwrap();
