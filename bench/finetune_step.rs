@@ -181,7 +181,8 @@ fn main() -> anyhow::Result<()> {
         None | Some("f32") => FrozenDType::F32,
         Some("int8") => FrozenDType::Int8,
         Some("int4") => FrozenDType::Int4,
-        Some(other) => anyhow::bail!("--frozen-dtype takes f32, int8 or int4, not {other}"),
+        Some("bf16") => FrozenDType::Bf16,
+        Some(other) => anyhow::bail!("--frozen-dtype takes f32, bf16, int8 or int4, not {other}"),
     };
     let options = StepOptions {
         frozen_dtype,
@@ -211,7 +212,7 @@ fn main() -> anyhow::Result<()> {
     let session = Session::from_model(&step.model, &opts)?;
     let init_began = Instant::now();
     // Frozen weights quantized as they are made, as the stage does when it loads them.
-    let transform = weights::for_training(&step.quantized, &step.stored_tables, |_| true);
+    let transform = weights::for_training(&step.quantized, &step.half_tables, |_| true);
     let params = init_params_with(&step.specs, 0, &transform)?;
     let init_s = init_began.elapsed().as_secs_f64();
     let (trained, frozen): (BTreeMap<_, _>, BTreeMap<_, _>) = params

@@ -5,13 +5,14 @@
 //! in place from the map ([`Pending::in_place`]).
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use fs_err::File;
-use pipe_onnx::{DType, HostTensor, QuantizedWeight};
+use pipe_onnx::quantize::round_bf16;
+use pipe_onnx::{DType, FrozenDType, HostTensor, QuantizedWeight};
 use safetensors::Dtype;
 use safetensors::tensor::View;
 
@@ -76,21 +77,32 @@ impl Pending<'_> {
         }
     }
 
-    /// The values read in place in the type the checkpoint stores them in, when that is a
-    /// 16-bit float ([`Checkpoint::in_place_half`]), else [`Pending::in_place`]: for frozen
-    /// tables the graph reads in their stored type
-    /// ([`pipe_onnx::Graph::gather_stored_tables`]).
-    pub fn in_place_stored(self) -> Result<HostTensor> {
+    /// The values in the 16-bit float type `dtype`: read in place when the checkpoint stores
+    /// them so ([`Checkpoint::in_place_half`]), else read and rounded to `bfloat16` (ties to
+    /// even) or `float16`. For frozen weights the graph reads in that type
+    /// ([`pipe_onnx::Graph::gather_stored_tables`], `frozen_dtype: bf16`).
+    pub fn half(self, dtype: DType) -> Result<HostTensor> {
         if let Pending::Stored {
             checkpoint,
             name,
             shape,
         } = &self
+            && checkpoint.meta(name).and_then(|m| half_dtype(m.dtype)) == Some(dtype)
             && let Some(t) = checkpoint.in_place_half(name, shape)?
         {
             return Ok(t);
         }
-        self.in_place()
+        self.transient(|t| {
+            let values = t.as_f32().context("f32 values")?;
+            Ok(match dtype {
+                DType::BF16 => HostTensor::bf16(t.shape(), round_bf16(values))?,
+                DType::F16 => {
+                    let values = values.iter().map(|&v| half::f16::from_f32(v));
+                    HostTensor::f16(t.shape(), values.collect())?
+                }
+                other => bail!("{other} is not a 16-bit float type"),
+            })
+        })
     }
 
     /// `f` of the values, read in place when they can be and handed back to the kernel
@@ -122,21 +134,31 @@ pub fn keep(spec: &ParamSpec, t: Pending<'_>) -> Result<Vec<(String, HostTensor)
 }
 
 /// The [`Transform`] of a training run: each weight named in `quantized` becomes its
-/// quantized inputs ([`QuantizedWeight::quantize`]), the tables named in `stored` are read in
-/// place in their stored type ([`Pending::in_place_stored`]), the other frozen weights
-/// (`frozen` says which) stay in place ([`Pending::in_place`]), and the trained ones are read.
+/// quantized inputs ([`QuantizedWeight::quantize`]; a `bfloat16` one read in place when the
+/// checkpoint stores it so), the tables named in `half` are read in their 16-bit type
+/// ([`Pending::half`]), the other frozen weights (`frozen` says which) stay in place
+/// ([`Pending::in_place`]), and the trained ones are read.
 pub fn for_training<'a>(
     quantized: &'a [QuantizedWeight],
-    stored: &'a BTreeSet<String>,
+    half: &'a BTreeMap<String, DType>,
     frozen: impl Fn(&str) -> bool + Sync + 'a,
 ) -> impl Fn(&ParamSpec, Pending<'_>) -> Result<Vec<(String, HostTensor)>> + Sync + 'a {
     let by_name: BTreeMap<&str, &QuantizedWeight> =
         quantized.iter().map(|q| (q.name.as_str(), q)).collect();
-    move |spec, t| match by_name.get(spec.name.as_str()) {
-        Some(q) => t.transient(|w| Ok(q.quantize(w)?)),
-        None if stored.contains(&spec.name) => Ok(vec![(spec.name.clone(), t.in_place_stored()?)]),
-        None if frozen(&spec.name) => Ok(vec![(spec.name.clone(), t.in_place()?)]),
-        None => keep(spec, t),
+    move |spec, t| {
+        if let Some(q) = by_name.get(spec.name.as_str()) {
+            return match q.dtype {
+                FrozenDType::Bf16 => Ok(vec![(q.values_name(), t.half(DType::BF16)?)]),
+                _ => t.transient(|w| Ok(q.quantize(w)?)),
+            };
+        }
+        if let Some(&dtype) = half.get(&spec.name) {
+            return Ok(vec![(spec.name.clone(), t.half(dtype)?)]);
+        }
+        match frozen(&spec.name) {
+            true => Ok(vec![(spec.name.clone(), t.in_place()?)]),
+            false => keep(spec, t),
+        }
     }
 }
 

@@ -83,7 +83,7 @@ pub use quantize::{FrozenDType, QuantizedWeight};
 #[cfg(feature = "oracle")]
 pub use runtime::Trainer;
 pub use runtime::{
-    DEVICE_STATE_ENV, Device, DeviceTrainer, FlatTrainer, HostData, HostTensor, MemoryStats,
-    RuntimeInfo, Session, SessionOptions, Shared, SharedBytes, SharedF32, StepResult, StepTrainer,
-    state_on_device, step_trainer,
+    DEVICE_STATE_ENV, Device, DeviceTrainer, Elements, FlatTrainer, HostData, HostTensor,
+    MemoryStats, RuntimeInfo, Session, SessionOptions, Shared, SharedBytes, SharedF32, StepResult,
+    StepTrainer, state_on_device, step_trainer,
 };

@@ -20,6 +20,10 @@
 //!   `DynamicQuantizeMatMul` as int8 does, from one 4-bit copy (pipe's `Int4ToInt8` kernels).
 //!   Elsewhere the blocks are dequantized to f32 for each product (`GatherBlockQuantized`).
 //!   Half a byte per weight, a byte per block and a scale per row.
+//! - [`FrozenDType::Bf16`]: `bfloat16`, rounded to nearest even (as `torch` rounds), or read
+//!   in place from a bfloat16 checkpoint (then exact). Each product widens the weight it
+//!   needs to f32 (pipe's `Bf16ToF32` kernel, exact: a shift) just before an f32 product,
+//!   forward and input gradient alike. 2 bytes per weight, in the checkpoint's own layout.
 
 use std::borrow::Cow;
 
@@ -40,6 +44,8 @@ pub enum FrozenDType {
     Int8,
     /// 4-bit blocks of [`INT4_BLOCK`] in a per-row int8 grid; integer products on the CPU.
     Int4,
+    /// `bfloat16`, widened to f32 for each product.
+    Bf16,
 }
 
 /// How a frozen weight is stored in its checkpoint.
@@ -68,10 +74,11 @@ pub struct QuantizedWeight {
 
 impl QuantizedWeight {
     /// The graph input holding the forward product's integers: int8 `[K, N]`, or packed 4-bit
-    /// blocks `[N, K / 32, 16]`.
+    /// blocks `[N, K / 32, 16]`; or the bfloat16 weight in its own layout.
     pub fn values_name(&self) -> String {
         match self.dtype {
             FrozenDType::Int4 => format!("{}#int4", self.name),
+            FrozenDType::Bf16 => format!("{}#bf16", self.name),
             _ => format!("{}#int8", self.name),
         }
     }
@@ -105,15 +112,21 @@ impl QuantizedWeight {
                 self.multipliers_name(),
                 self.scales_name(),
             ],
+            FrozenDType::Bf16 => vec![self.values_name()],
+        }
+    }
+
+    /// The shape of the weight, in its [`Self::layout`].
+    pub(crate) fn shape(&self) -> [i64; 2] {
+        match self.layout {
+            WeightLayout::OutIn => [self.n as i64, self.k as i64],
+            WeightLayout::InOut => [self.k as i64, self.n as i64],
         }
     }
 
     /// The graph inputs of `w` (the f32 weight, in [`Self::layout`]) quantized, by name.
     pub fn quantize(&self, w: &HostTensor) -> Result<Vec<(String, HostTensor)>> {
-        let expected = match self.layout {
-            WeightLayout::OutIn => [self.n as i64, self.k as i64],
-            WeightLayout::InOut => [self.k as i64, self.n as i64],
-        };
+        let expected = self.shape();
         let values = w
             .as_f32()
             .filter(|_| w.shape() == expected)
@@ -125,15 +138,20 @@ impl QuantizedWeight {
                     w.shape()
                 ))
             })?;
-        let out_in = match self.layout {
+        // The integer formats quantize rows of `[N, K]`.
+        let out_in = || match self.layout {
             WeightLayout::OutIn => Cow::Borrowed(values),
             WeightLayout::InOut => Cow::Owned(transpose(values, self.k, self.n)),
         };
         let (n, k) = (self.n as i64, self.k as i64);
         Ok(match self.dtype {
             FrozenDType::F32 => vec![(self.name.clone(), w.clone())],
+            FrozenDType::Bf16 => {
+                let rounded = HostTensor::bf16(&expected, round_bf16(values))?;
+                vec![(self.values_name(), rounded)]
+            }
             FrozenDType::Int8 => {
-                let q = Int8Rows::quantize(&out_in, self.n, self.k);
+                let q = Int8Rows::quantize(&out_in(), self.n, self.k);
                 let in_out = transpose(&q.values, self.n, self.k);
                 vec![
                     (self.values_name(), HostTensor::i8(&[k, n], in_out)?),
@@ -142,7 +160,7 @@ impl QuantizedWeight {
                 ]
             }
             FrozenDType::Int4 => {
-                let q = Int4Blocks::quantize(&out_in, self.n, self.k);
+                let q = Int4Blocks::quantize(&out_in(), self.n, self.k);
                 let blocks = self.k.div_ceil(INT4_BLOCK) as i64;
                 vec![
                     (
@@ -166,8 +184,23 @@ impl QuantizedWeight {
             FrozenDType::F32 => 4 * n * k,
             FrozenDType::Int8 => 2 * n * k + 4 * n,
             FrozenDType::Int4 => n * k.div_ceil(INT4_BLOCK) * (INT4_BLOCK / 2 + 1) + 4 * n,
+            FrozenDType::Bf16 => 2 * n * k,
         }
     }
+}
+
+/// `values` rounded to `bfloat16`, to nearest even (NaN stays NaN), in parallel.
+pub fn round_bf16(values: &[f32]) -> Vec<half::bf16> {
+    const CHUNK: usize = 1 << 16;
+    let mut out = vec![half::bf16::ZERO; values.len()];
+    out.par_chunks_mut(CHUNK)
+        .zip(values.par_chunks(CHUNK))
+        .for_each(|(out, values)| {
+            for (o, &v) in out.iter_mut().zip(values) {
+                *o = half::bf16::from_f32(v);
+            }
+        });
+    out
 }
 
 /// `m` `[rows, cols]` transposed.

@@ -155,10 +155,11 @@ fn frozen_dtype_without_frozen_weights_is_refused_at_its_line() {
     }
 }
 
-/// The small reference job with LoRA over 4-bit frozen weights: trained, exported as an f32
-/// model, evaluated; `metrics.json` says what the frozen weights were kept in and took.
+/// The small reference job with LoRA over 4-bit and bfloat16 frozen weights: trained,
+/// exported as an f32 model, evaluated; `metrics.json` says what the frozen weights were kept
+/// in and took.
 #[test]
-fn lora_over_int4_frozen_weights_runs_end_to_end() {
+fn lora_over_int4_and_bf16_frozen_weights_runs_end_to_end() {
     let run = |dtype: &str| {
         let rest = format!(
             "    lora: {{ r: 4, targets: [q_proj, v_proj, c_fc] }}\n    frozen_dtype: {dtype}\n{END_TO_END}"
@@ -177,8 +178,10 @@ fn lora_over_int4_frozen_weights_runs_end_to_end() {
         (m, e)
     };
     let (int4, evaluated) = run("int4");
+    let (bf16, evaluated_bf16) = run("bf16");
     let (f32, _) = run("f32");
     assert_eq!(int4["frozen_dtype"], "int4");
+    assert_eq!(bf16["frozen_dtype"], "bf16");
     assert_eq!(f32["frozen_dtype"], "f32");
     let bytes = |m: &serde_json::Value| m["frozen_weight_bytes"].as_u64().unwrap();
     // q, v, c_fc adapted; every linear weight of both blocks is frozen (4-bit: 0.5 byte per
@@ -192,11 +195,22 @@ fn lora_over_int4_frozen_weights_runs_end_to_end() {
         linear * 4 - (linear * (16 + 1) / 32 + rows * 4),
         "{int4} vs {f32}"
     );
-    let accuracy = evaluated["test"]["accuracy"].as_f64().unwrap();
-    assert!(
-        accuracy > 0.25,
-        "the exported model predicts: test accuracy {accuracy}"
+    // bf16: the linear weights and the embedding tables at 2 bytes, the norms and biases
+    // (2 × (two LayerNorms, out_proj, c_fc and c_proj biases) and ln_f) at 4.
+    let frozen = bytes(&f32) / 4;
+    let norms_and_biases = 2 * (2 * 2 * 32 + 32 + 64 + 32) + 2 * 32;
+    assert_eq!(
+        bytes(&bf16),
+        2 * (frozen - norms_and_biases) + 4 * norms_and_biases,
+        "{bf16} vs {f32}"
     );
+    for evaluated in [evaluated, evaluated_bf16] {
+        let accuracy = evaluated["test"]["accuracy"].as_f64().unwrap();
+        assert!(
+            accuracy > 0.25,
+            "the exported model predicts: test accuracy {accuracy}"
+        );
+    }
 }
 
 /// Runs the project of `rest` with the environment `env`, kills it with SIGKILL after its

@@ -188,6 +188,7 @@ pub(super) fn vjp(
         "MatMul" => return matmul(g, node, gy0, need),
         "DynamicQuantizeMatMul" => out[0] = Some(int8_product_grad(g, node, gy0)?),
         "MatMulNBits" => out[0] = Some(int4_product_grad(g, node, gy0)?),
+        "Bf16MatMul" => out[0] = Some(bf16_product_grad(g, node, gy0)?),
         "Gemm" => return gemm(g, node, gy0, need),
         // Shape-only ops: the gradient is gy reshaped back.
         "Reshape" | "Unsqueeze" | "Squeeze" => out[0] = Some(g.reshape_like(gy0, x0())?),
@@ -397,6 +398,14 @@ fn int4_product_grad(g: &mut Graph, node: &Node, gy: Tensor) -> Result<Tensor> {
     }
     let w = g.nbits_weight(node, gy)?;
     g.matmul(gy, w)
+}
+
+/// The input gradient of `y = Bf16MatMul(a, w, transB)` (`a · wᵀ`, or `a · w`): `gy · w`, or
+/// `gy · wᵀ`, over the same `bfloat16` weight, widened again for this product when lowered.
+/// The weight takes no gradient.
+fn bf16_product_grad(g: &mut Graph, node: &Node, gy: Tensor) -> Result<Tensor> {
+    let trans_b = node.attr_int("transB") == Some(1);
+    g.bf16_matmul(gy, node.input(1), !trans_b)
 }
 
 fn matmul(g: &mut Graph, node: &Node, gy: Tensor, need: &[bool]) -> Result<Grads> {

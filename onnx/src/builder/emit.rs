@@ -222,7 +222,7 @@ impl Graph {
 
     /// The `live` nodes, each after the producers of its inputs: in the order they were
     /// added, except that a node added later to feed an earlier one (a rewrite such as
-    /// [`Graph::lower_4bit_products`]) moves just before the first node that reads it.
+    /// [`Graph::lower_frozen_products`]) moves just before the first node that reads it.
     fn emission_order(&self, live: &[bool]) -> Vec<usize> {
         let mut done = vec![false; self.nodes.len()];
         let mut order = Vec::with_capacity(live.iter().filter(|&&l| l).count());

@@ -130,6 +130,16 @@ impl Graph {
         Ok(self.push_host(op, &[packed, multipliers, after], DType::I8, shape))
     }
 
+    /// `Bf16ToF32(w, after)`: the `bfloat16` tensor `w` as f32 (exact). `after` is not
+    /// read; it makes the node wait until `after` exists.
+    pub(crate) fn bf16_to_f32(&mut self, w: Tensor, after: Tensor) -> Result<Tensor> {
+        if w.dtype() != DType::BF16 || after.dtype() != DType::F32 {
+            return Err(self.err("Bf16ToF32", "needs a bfloat16 tensor and an f32 `after`"));
+        }
+        let shape = self.shape(w).to_vec();
+        Ok(self.push_host("Bf16ToF32", &[w, after], DType::F32, shape))
+    }
+
     fn same_f32(&self, op: &str, ts: &[Tensor]) -> Result<()> {
         let shape = self.shape(ts[0]);
         if ts

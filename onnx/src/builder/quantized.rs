@@ -3,12 +3,16 @@
 
 use std::collections::BTreeSet;
 
-use super::{Attr, Dim, Graph, Kernels, Node, Tensor};
+use super::{Attr, Dim, Graph, HOST_KERNELS_DOMAIN, Kernels, Node, Tensor};
 use crate::quantize::{FrozenDType, INT4_BLOCK, QuantizedWeight, WeightLayout};
 use crate::{DType, Error, Result};
 
 /// The operator-set domain of ONNX Runtime's contributed kernels.
 pub const MICROSOFT_DOMAIN: &str = "com.microsoft";
+
+/// The product over a `bfloat16` frozen weight before it is lowered
+/// ([`Graph::lower_frozen_products`]); no kernel runs it.
+pub(crate) const BF16_PRODUCT: &str = "Bf16MatMul";
 
 /// The int8 grid a weight's 4-bit blocks are nested in: uint8 multipliers `[N, blocks]` and
 /// f32 scales `[N]` (see [`crate::quantize::Int4Blocks`]).
@@ -204,15 +208,21 @@ impl Graph {
     /// product (same output, same place in the graph).
     fn replace_products(&mut self, q: &QuantizedWeight, products: &[usize]) -> Result<()> {
         let (k, n) = (Dim::from(q.k), Dim::from(q.n));
-        let scale = self.input(&q.scales_name(), DType::F32, std::slice::from_ref(&n))?;
-        let (op, inputs, attrs) = match q.dtype {
+        let (op, domain, inputs, attrs) = match q.dtype {
             FrozenDType::Int8 => {
+                let scale = self.input(&q.scales_name(), DType::F32, std::slice::from_ref(&n))?;
                 let values = self.input(&q.values_name(), DType::I8, &[k.clone(), n.clone()])?;
                 let transposed = self.input(&q.transposed_name(), DType::I8, &[n, k])?;
                 self.transposed_twins.insert(values, transposed);
-                ("DynamicQuantizeMatMul", vec![values, scale], vec![])
+                (
+                    "DynamicQuantizeMatMul",
+                    MICROSOFT_DOMAIN,
+                    vec![values, scale],
+                    vec![],
+                )
             }
             FrozenDType::Int4 => {
+                let scale = self.input(&q.scales_name(), DType::F32, std::slice::from_ref(&n))?;
                 let blocks = Dim::from(q.k.div_ceil(INT4_BLOCK));
                 let shape = [n.clone(), blocks.clone(), Dim::from(INT4_BLOCK / 2)];
                 let packed = self.input(&q.values_name(), DType::U8, &shape)?;
@@ -233,7 +243,23 @@ impl Graph {
                     ("block_size", Attr::Int(INT4_BLOCK as i64)),
                     ("accuracy_level", Attr::Int(0)),
                 ];
-                ("MatMulNBits", vec![packed, block_scales], attrs)
+                (
+                    "MatMulNBits",
+                    MICROSOFT_DOMAIN,
+                    vec![packed, block_scales],
+                    attrs,
+                )
+            }
+            FrozenDType::Bf16 => {
+                let shape: Vec<Dim> = q.shape().iter().map(|&d| Dim::Fixed(d)).collect();
+                let w = self.input(&q.values_name(), DType::BF16, &shape)?;
+                let trans_b = i64::from(q.layout == WeightLayout::OutIn);
+                (
+                    BF16_PRODUCT,
+                    HOST_KERNELS_DOMAIN,
+                    vec![w],
+                    vec![("transB", Attr::Int(trans_b))],
+                )
             }
             FrozenDType::F32 => return Err(Error::Data("f32 weights are not quantized".into())),
         };
@@ -241,13 +267,41 @@ impl Graph {
             let node = &mut self.nodes[i];
             let a = node.inputs[0];
             node.op = op;
-            node.domain = MICROSOFT_DOMAIN;
+            node.domain = domain;
             node.inputs = std::iter::once(a)
                 .chain(inputs.iter().copied().map(Some))
                 .collect();
             node.attrs = attrs.clone();
         }
         Ok(())
+    }
+
+    /// `a · w` (`w` `[K, N]`), or with `trans_b` `a · wᵀ` (`w` `[N, K]`), over a `bfloat16`
+    /// weight: a placeholder the autodiff differentiates and [`Graph::lower_frozen_products`]
+    /// turns into an f32 product of the weight widened for it.
+    pub(crate) fn bf16_matmul(&mut self, a: Tensor, w: Tensor, trans_b: bool) -> Result<Tensor> {
+        let (sa, sw) = (self.shape(a).to_vec(), self.shape(w).to_vec());
+        let (k, n) = match trans_b {
+            true => (sw.get(1), sw.first()),
+            false => (sw.first(), sw.get(1)),
+        };
+        let fits = a.dtype() == DType::F32 && w.dtype() == DType::BF16 && sw.len() == 2;
+        let (true, Some(k), Some(n)) = (fits, k, n) else {
+            return Err(self.err(BF16_PRODUCT, "needs f32 [.., K] times a bfloat16 matrix"));
+        };
+        if sa.last() != Some(k) {
+            return Err(self.err(BF16_PRODUCT, format!("{sa:?} times {sw:?}")));
+        }
+        let mut shape = sa.clone();
+        if let Some(last) = shape.last_mut() {
+            *last = n.clone();
+        }
+        let attrs = vec![("transB", Attr::Int(i64::from(trans_b)))];
+        let y = self.push1(BF16_PRODUCT, &[a, w], attrs, DType::F32, shape);
+        if let Some(node) = self.nodes.last_mut() {
+            node.domain = HOST_KERNELS_DOMAIN;
+        }
+        Ok(y)
     }
 
     /// The scale of each block, `multipliers · scales` (`[N, blocks]` times `[N]`), flat
@@ -260,43 +314,50 @@ impl Graph {
         self.reshape(block_scales, &[Dim::from(-1)])
     }
 
-    /// Turns every `MatMulNBits` into a product ONNX Runtime runs fast over weights fed as
-    /// inputs (its CPU `MatMulNBits` is fast only over constant weights it can prepack, and
-    /// otherwise dequantizes each call on a slow path: `bench/README.md`):
+    /// Turns every product over a frozen weight that no kernel runs as it is into ones that
+    /// run, each reading its weight for itself:
     ///
-    /// - with [`Kernels::Host`] and blocks in an int8 grid, `DynamicQuantizeMatMul` over the
-    ///   int8 integers the blocks stand for, unpacked for this product ([`Graph::int4_to_int8`]
-    ///   tied to its input), as int8 weights are multiplied;
-    /// - otherwise the f32 product of the weights dequantized for this product alone
-    ///   ([`Graph::dequantize_4bit`] tied to its input, then `FusedMatMul` with `transB`: the
-    ///   same values in f32 arithmetic, like `accuracy_level` 0).
+    /// - `MatMulNBits` (ONNX Runtime's CPU kernel is fast only over constant weights it can
+    ///   prepack, and otherwise dequantizes each call on a slow path: `bench/README.md`):
+    ///   - with [`Kernels::Host`] and blocks in an int8 grid, `DynamicQuantizeMatMul` over the
+    ///     int8 integers the blocks stand for, unpacked for this product
+    ///     ([`Graph::int4_to_int8`] tied to its input), as int8 weights are multiplied;
+    ///   - otherwise the f32 product of the weights dequantized for this product alone
+    ///     ([`Graph::dequantize_4bit`] tied to its input, then `FusedMatMul` with `transB`:
+    ///     the same values in f32 arithmetic, like `accuracy_level` 0).
+    /// - the `bfloat16` placeholder ([`Graph::bf16_matmul`]): `FusedMatMul` over the weight
+    ///   widened to f32 for this product ([`Graph::widen_bf16`] tied to its input).
     ///
     /// Call it once the gradients are built: the backward of each product reads the same
-    /// blocks again for itself, so no unpacked weight lives from the forward to the backward.
-    pub fn lower_4bit_products(&mut self) -> Result<()> {
+    /// weight again for itself, so no unpacked or widened weight lives from the forward to
+    /// the backward.
+    pub fn lower_frozen_products(&mut self) -> Result<()> {
         let products: Vec<usize> = (0..self.nodes.len())
-            .filter(|&i| self.nodes[i].op == "MatMulNBits")
+            .filter(|&i| matches!(self.nodes[i].op, "MatMulNBits" | BF16_PRODUCT))
             .collect();
         for i in products {
             let node = self.nodes[i].clone();
             let a = node.input(0);
-            let (op, domain, inputs, attrs) = match self.nbits_weight_int8(&node, a, true)? {
-                Some((w, scales)) => (
+            let f32_product = |w: Tensor, trans_b: bool| {
+                let attrs = vec![
+                    ("alpha", Attr::Float(1.0)),
+                    ("transA", Attr::Int(0)),
+                    ("transB", Attr::Int(i64::from(trans_b))),
+                ];
+                ("FusedMatMul", MICROSOFT_DOMAIN, vec![a, w], attrs)
+            };
+            let (op, domain, inputs, attrs) = if node.op == BF16_PRODUCT {
+                let w = self.widen_bf16(node.input(1), a)?;
+                f32_product(w, node.attr_int("transB") == Some(1))
+            } else if let Some((w, scales)) = self.nbits_weight_int8(&node, a, true)? {
+                (
                     "DynamicQuantizeMatMul",
                     MICROSOFT_DOMAIN,
                     vec![a, w, scales],
                     vec![],
-                ),
-                None => (
-                    "FusedMatMul",
-                    MICROSOFT_DOMAIN,
-                    vec![a, self.nbits_weight(&node, a)?],
-                    vec![
-                        ("alpha", Attr::Float(1.0)),
-                        ("transA", Attr::Int(0)),
-                        ("transB", Attr::Int(1)),
-                    ],
-                ),
+                )
+            } else {
+                f32_product(self.nbits_weight(&node, a)?, true)
             };
             let node = &mut self.nodes[i];
             node.op = op;
@@ -305,6 +366,16 @@ impl Graph {
             node.attrs = attrs;
         }
         Ok(())
+    }
+
+    /// The `bfloat16` weight `w` as f32, made once `after` exists: pipe's `Bf16ToF32` with
+    /// [`Kernels::Host`], else a `Cast` (standard kernels: the device keeps f32 weights, so
+    /// this runs only in tests of the graph).
+    fn widen_bf16(&mut self, w: Tensor, after: Tensor) -> Result<Tensor> {
+        match self.kernels() {
+            Kernels::Host => self.bf16_to_f32(w, after),
+            Kernels::Standard => self.cast(w, DType::F32),
+        }
     }
 
     /// The int8 weight `b` of a `DynamicQuantizeMatMul` transposed, as

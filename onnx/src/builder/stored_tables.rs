@@ -1,6 +1,6 @@
 //! Frozen embedding tables read in the precision a checkpoint stores them in.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use super::{Attr, Graph, Tensor};
 use crate::DType;
@@ -13,9 +13,12 @@ impl Graph {
     /// place ([`crate::HostTensor::half_shared`]): it takes no memory of its own, and only
     /// the rows batches look up are ever read.
     ///
-    /// Only for inputs nothing differentiates (frozen weights). Returns the names of the
-    /// tables declared in their stored type; other inputs are left as they are.
-    pub fn gather_stored_tables(&mut self, stored: &BTreeMap<String, DType>) -> BTreeSet<String> {
+    /// Only for inputs nothing differentiates (frozen weights). Returns the tables declared
+    /// in their stored type, with it; other inputs are left as they are.
+    pub fn gather_stored_tables(
+        &mut self,
+        stored: &BTreeMap<String, DType>,
+    ) -> BTreeMap<String, DType> {
         let tables: Vec<(usize, DType)> = (0..self.inputs.len())
             .filter_map(|slot| {
                 let t = self.inputs[slot];
@@ -30,7 +33,7 @@ impl Graph {
                 gathered.then_some((slot, dtype))
             })
             .collect();
-        let mut done = BTreeSet::new();
+        let mut done = BTreeMap::new();
         for (slot, dtype) in tables {
             let wide = self.inputs[slot];
             let narrow = Tensor { id: wide.id, dtype };
@@ -39,7 +42,7 @@ impl Graph {
                 self.widen_output(node, dtype);
             }
             self.inputs[slot] = narrow;
-            done.insert(self.name(narrow).to_string());
+            done.insert(self.name(narrow).to_string(), dtype);
         }
         done
     }

@@ -32,10 +32,10 @@ pub enum HostData {
     I8(Vec<i8>),
     /// `uint8`.
     U8(Vec<u8>),
-    /// `bfloat16` read in place (a frozen table of a bfloat16 checkpoint).
-    Bf16Shared(Shared<half::bf16>),
-    /// `float16` read in place (a frozen table of a float16 checkpoint).
-    F16Shared(Shared<half::f16>),
+    /// `bfloat16`: frozen weights, read in place from a bfloat16 checkpoint or rounded.
+    Bf16(Elements<half::bf16>),
+    /// `float16`: frozen tables, read in place from a float16 checkpoint.
+    F16(Elements<half::f16>),
 }
 
 impl HostData {
@@ -49,8 +49,8 @@ impl HostData {
             HostData::Bool(v) => v.len(),
             HostData::I8(v) => v.len(),
             HostData::U8(v) => v.len(),
-            HostData::Bf16Shared(v) => v.as_slice().len(),
-            HostData::F16Shared(v) => v.as_slice().len(),
+            HostData::Bf16(v) => v.as_slice().len(),
+            HostData::F16(v) => v.as_slice().len(),
         }
     }
 }
@@ -72,6 +72,40 @@ pub struct Shared<T> {
 
 /// `f32` elements read in place.
 pub type SharedF32 = Shared<f32>;
+
+/// Elements of their own, or read in place ([`Shared`]).
+#[derive(Clone)]
+pub enum Elements<T> {
+    /// In memory of their own.
+    Owned(Vec<T>),
+    /// Read in place.
+    Shared(Shared<T>),
+}
+
+impl<T: bytemuck::Pod> Elements<T> {
+    /// The elements.
+    pub fn as_slice(&self) -> &[T] {
+        match self {
+            Elements::Owned(v) => v,
+            Elements::Shared(v) => v.as_slice(),
+        }
+    }
+}
+
+impl<T: bytemuck::Pod + std::fmt::Debug> std::fmt::Debug for Elements<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Elements::Owned(v) => write!(f, "Owned({} elements)", v.len()),
+            Elements::Shared(v) => v.fmt(f),
+        }
+    }
+}
+
+impl<T: bytemuck::Pod + PartialEq> PartialEq for Elements<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
 
 impl<T: bytemuck::Pod> Shared<T> {
     /// The little-endian elements at bytes `range` of `owner`, when they can be read in
@@ -158,6 +192,16 @@ impl HostTensor {
         Self::new(shape, HostData::F32Shared(data))
     }
 
+    /// A `bfloat16` tensor of its own; fails when `shape` does not hold `data.len()` elements.
+    pub fn bf16(shape: &[i64], data: Vec<half::bf16>) -> Result<Self> {
+        Self::new(shape, HostData::Bf16(Elements::Owned(data)))
+    }
+
+    /// A `float16` tensor of its own; fails when `shape` does not hold `data.len()` elements.
+    pub fn f16(shape: &[i64], data: Vec<half::f16>) -> Result<Self> {
+        Self::new(shape, HostData::F16(Elements::Owned(data)))
+    }
+
     /// A tensor over 16-bit floats read in place: `bfloat16` or `float16` as `dtype` says;
     /// `None` for another `dtype`, or when `owner`'s `range` cannot be read in place.
     pub fn half_shared(
@@ -167,8 +211,8 @@ impl HostTensor {
         range: Range<usize>,
     ) -> Result<Option<Self>> {
         let data = match dtype {
-            DType::BF16 => Shared::new(owner, range).map(HostData::Bf16Shared),
-            DType::F16 => Shared::new(owner, range).map(HostData::F16Shared),
+            DType::BF16 => Shared::new(owner, range).map(|v| HostData::Bf16(Elements::Shared(v))),
+            DType::F16 => Shared::new(owner, range).map(|v| HostData::F16(Elements::Shared(v))),
             _ => None,
         };
         data.map(|d| Self::new(shape, d)).transpose()
@@ -180,14 +224,14 @@ impl HostTensor {
     pub fn f32_range(&self, range: Range<usize>) -> Option<std::borrow::Cow<'_, [f32]>> {
         use std::borrow::Cow;
         match &self.data {
-            HostData::Bf16Shared(v) => Some(Cow::Owned(
+            HostData::Bf16(v) => Some(Cow::Owned(
                 v.as_slice()
                     .get(range)?
                     .iter()
                     .map(|x| x.to_f32())
                     .collect(),
             )),
-            HostData::F16Shared(v) => Some(Cow::Owned(
+            HostData::F16(v) => Some(Cow::Owned(
                 v.as_slice()
                     .get(range)?
                     .iter()
@@ -271,8 +315,8 @@ impl HostTensor {
             HostData::Bool(_) => DType::Bool,
             HostData::I8(_) => DType::I8,
             HostData::U8(_) => DType::U8,
-            HostData::Bf16Shared(_) => DType::BF16,
-            HostData::F16Shared(_) => DType::F16,
+            HostData::Bf16(_) => DType::BF16,
+            HostData::F16(_) => DType::F16,
         }
     }
 
@@ -287,8 +331,8 @@ impl HostTensor {
             HostData::Bool(v) => v.iter().map(|&x| f64::from(u8::from(x))).collect(),
             HostData::I8(v) => v.iter().map(|&x| f64::from(x)).collect(),
             HostData::U8(v) => v.iter().map(|&x| f64::from(x)).collect(),
-            HostData::Bf16Shared(v) => v.as_slice().iter().map(|x| x.to_f64()).collect(),
-            HostData::F16Shared(v) => v.as_slice().iter().map(|x| x.to_f64()).collect(),
+            HostData::Bf16(v) => v.as_slice().iter().map(|x| x.to_f64()).collect(),
+            HostData::F16(v) => v.as_slice().iter().map(|x| x.to_f64()).collect(),
         }
     }
 
@@ -321,10 +365,10 @@ impl HostTensor {
             HostData::U8(v) => OrtTensor::from_array((shape, v.clone()))
                 .ort_context(ctx)?
                 .into_dyn(),
-            HostData::Bf16Shared(v) => OrtTensor::from_array((shape, v.as_slice().to_vec()))
+            HostData::Bf16(v) => OrtTensor::from_array((shape, v.as_slice().to_vec()))
                 .ort_context(ctx)?
                 .into_dyn(),
-            HostData::F16Shared(v) => OrtTensor::from_array((shape, v.as_slice().to_vec()))
+            HostData::F16(v) => OrtTensor::from_array((shape, v.as_slice().to_vec()))
                 .ort_context(ctx)?
                 .into_dyn(),
         })
@@ -365,10 +409,10 @@ impl HostTensor {
             HostData::U8(v) => TensorRef::from_array_view((shape, v.as_slice()))
                 .ort_context(ctx)?
                 .into_dyn(),
-            HostData::Bf16Shared(v) => TensorRef::from_array_view((shape, v.as_slice()))
+            HostData::Bf16(v) => TensorRef::from_array_view((shape, v.as_slice()))
                 .ort_context(ctx)?
                 .into_dyn(),
-            HostData::F16Shared(v) => TensorRef::from_array_view((shape, v.as_slice()))
+            HostData::F16(v) => TensorRef::from_array_view((shape, v.as_slice()))
                 .ort_context(ctx)?
                 .into_dyn(),
         })

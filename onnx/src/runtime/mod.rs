@@ -42,7 +42,7 @@ pub use cuda::CudaOptions;
 pub use device::{Device, DeviceChoice};
 pub use device_trainer::DeviceTrainer;
 pub use flat_trainer::FlatTrainer;
-pub use host::{HostData, HostTensor, Shared, SharedBytes, SharedF32};
+pub use host::{Elements, HostData, HostTensor, Shared, SharedBytes, SharedF32};
 pub use library::{LIBRARY_NAME, Preference, locate_library, locate_library_for};
 pub use memory::{MemoryStats, host_memory, write_host};
 pub use step_trainer::{DEVICE_STATE_ENV, StepTrainer, state_on_device, step_trainer};

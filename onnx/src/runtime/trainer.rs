@@ -77,8 +77,8 @@ fn write(buf: &mut DynTensor, data: &HostData, name: &str) -> Result<()> {
         HostData::Bool(v) => copy!(bool, v),
         HostData::I8(v) => copy!(i8, v),
         HostData::U8(v) => copy!(u8, v),
-        HostData::Bf16Shared(v) => copy!(half::bf16, v.as_slice()),
-        HostData::F16Shared(v) => copy!(half::f16, v.as_slice()),
+        HostData::Bf16(v) => copy!(half::bf16, v.as_slice()),
+        HostData::F16(v) => copy!(half::f16, v.as_slice()),
     }
     Ok(())
 }

@@ -58,7 +58,7 @@ fn product_graph(
     g.output(y, "y").unwrap();
     g.output(dx[0], "dx").unwrap();
     if lower {
-        g.lower_4bit_products().unwrap();
+        g.lower_frozen_products().unwrap();
     }
     (g, quantized)
 }
@@ -238,29 +238,65 @@ fn int4_products_on_pipes_kernels_follow_dynamic_quantize_matmul_over_the_unpack
     }
 }
 
+/// `y = x · wᵀ` and `dx = r · w` in f64, for the f32 weight `w` `[N, K]`.
+fn f32_path(case: &Case, w: &[f32]) -> (Vec<f64>, Vec<f64>) {
+    let f64s = |v: &[f32]| v.iter().map(|&x| f64::from(x)).collect::<Vec<_>>();
+    let y = matmul(&f64s(&case.x), &f64s(&transpose(w, N, K)), M, K, N);
+    let dx = matmul(&f64s(&case.r), &f64s(w), M, N, K);
+    (y, dx)
+}
+
 #[test]
 fn int4_products_on_standard_kernels_equal_f32_products_with_the_dequantized_weight() {
     let case = Case::new(7);
     let w = Int4Blocks::quantize(&case.w, N, K).dequantize(N, K);
-    let x: Vec<f64> = case.x.iter().map(|&v| f64::from(v)).collect();
-    let r: Vec<f64> = case.r.iter().map(|&v| f64::from(v)).collect();
-    let w64: Vec<f64> = w.iter().map(|&v| f64::from(v)).collect();
-    let y = matmul(
-        &x,
-        &transpose(&w, N, K)
-            .iter()
-            .map(|&v| f64::from(v))
-            .collect::<Vec<_>>(),
-        M,
-        K,
-        N,
-    );
-    let dx = matmul(&r, &w64, M, N, K);
+    let (y, dx) = f32_path(&case, &w);
     for (out_in, lower) in [(true, false), (false, false), (true, true), (false, true)] {
         let (gy, gdx) = case.run(out_in, FrozenDType::Int4, Kernels::Standard, lower);
         assert_close("y", &gy, &y, 1e-5);
         assert_close("dx", &gdx, &dx, 1e-5);
     }
+}
+
+#[test]
+fn bf16_products_equal_f32_products_with_the_rounded_weight() {
+    let case = Case::new(5);
+    // Rounded to nearest even, as `torch.Tensor.bfloat16` rounds.
+    let w: Vec<f32> = (case.w.iter())
+        .map(|&v| {
+            f32::from_bits(
+                v.to_bits().wrapping_add(0x7FFF + ((v.to_bits() >> 16) & 1)) & 0xFFFF_0000,
+            )
+        })
+        .collect();
+    assert!(
+        w.iter().zip(&case.w).any(|(a, b)| a != b),
+        "the rounding shows"
+    );
+    let (y, dx) = f32_path(&case, &w);
+    for kernels in [Kernels::Host, Kernels::Standard] {
+        for out_in in [true, false] {
+            let (gy, gdx) = case.run(out_in, FrozenDType::Bf16, kernels, true);
+            assert_close("y", &gy, &y, 1e-6);
+            assert_close("dx", &gdx, &dx, 1e-6);
+        }
+    }
+}
+
+#[test]
+fn lowered_bf16_products_widen_the_weight_for_each_product() {
+    let (g, _) = product_graph(true, FrozenDType::Bf16, Kernels::Host, true);
+    let model = g.build().unwrap();
+    let ops: Vec<&str> = (model.proto().graph.as_ref().unwrap().node.iter())
+        .filter_map(|n| n.op_type.as_deref())
+        .collect();
+    assert!(!ops.contains(&"Bf16MatMul"), "{ops:?}");
+    assert_eq!(
+        ops.iter().filter(|&&o| o == "Bf16ToF32").count(),
+        2,
+        "the forward and the input gradient each widen for themselves: {ops:?}"
+    );
+    producers_come_first(&model);
 }
 
 #[test]
@@ -293,7 +329,8 @@ fn lowered_4bit_products_leave_no_matmul_nbits_and_emit_producers_first() {
 /// computed before the node that reads it.
 fn producers_come_first(model: &pipe_onnx::Model) {
     let nodes = &model.proto().graph.as_ref().unwrap().node;
-    let mut computed: BTreeSet<&str> = ["x", "r", "w#int4", "w#int4_mult", "w#scale"].into();
+    let mut computed: BTreeSet<&str> =
+        ["x", "r", "w#int4", "w#int4_mult", "w#scale", "w#bf16"].into();
     for n in nodes {
         for input in n.input.iter().filter(|i| !i.is_empty()) {
             assert!(

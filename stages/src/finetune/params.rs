@@ -126,10 +126,12 @@ pub struct Params {
     #[schemars(with = "Vec<String>")]
     pub freeze: Vec<FreezeEntry>,
     /// The precision the frozen weights (LoRA's base model, the `freeze` parts) are kept and
-    /// multiplied in while training: `f32` (exact), `int8` (one scale per output channel,
-    /// integer products: faster, 2 bytes per weight) or `int4` (4-bit blocks of 32: half a
-    /// byte per weight). Trained parameters, norms, embeddings and the head stay f32, and
-    /// `model/` is the f32 model with the update merged into the original weights. CPU only.
+    /// multiplied in while training: `f32` (exact), `bf16` (2 bytes per weight, widened to
+    /// f32 for each product; exact from a bfloat16 checkpoint, read in place), `int8` (one
+    /// scale per output channel, integer products: faster, 2 bytes per weight) or `int4`
+    /// (4-bit blocks of 32: half a byte per weight). Trained parameters, norms and the head
+    /// stay f32 (embeddings too, but in `bf16`), and `model/` is the f32 model with the
+    /// update merged into the original weights. CPU only.
     #[serde(default, skip_serializing_if = "FrozenDtype::is_f32")]
     pub frozen_dtype: FrozenDtype,
 }
@@ -140,6 +142,7 @@ pub struct Params {
 pub enum FrozenDtype {
     #[default]
     F32,
+    Bf16,
     Int8,
     Int4,
 }
@@ -153,6 +156,7 @@ impl FrozenDtype {
     pub fn graph_dtype(self) -> pipe_onnx::FrozenDType {
         match self {
             FrozenDtype::F32 => pipe_onnx::FrozenDType::F32,
+            FrozenDtype::Bf16 => pipe_onnx::FrozenDType::Bf16,
             FrozenDtype::Int8 => pipe_onnx::FrozenDType::Int8,
             FrozenDtype::Int4 => pipe_onnx::FrozenDType::Int4,
         }
@@ -162,6 +166,7 @@ impl FrozenDtype {
     pub fn as_str(self) -> &'static str {
         match self {
             FrozenDtype::F32 => "f32",
+            FrozenDtype::Bf16 => "bf16",
             FrozenDtype::Int8 => "int8",
             FrozenDtype::Int4 => "int4",
         }
@@ -554,8 +559,8 @@ impl Params {
             return Err(ParamError::new(
                 &["frozen_dtype"],
                 format!(
-                    "`frozen_dtype: {}` runs on the CPU (ONNX Runtime's integer kernels), but \
-                     `device` is `{}`",
+                    "`frozen_dtype: {}` runs on the CPU (pipe's and ONNX Runtime's CPU \
+                     kernels), but `device` is `{}`",
                     self.frozen_dtype.as_str(),
                     self.device()
                 ),

@@ -11,8 +11,8 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use pipe_engine::{ParamError, Reporter};
 use pipe_onnx::{
-    AdamW, GradSignature, Graph, HostTensor, Kernels, MemoryStats, QuantizedWeight, Session,
-    StepTrainer, build_gradient_step, step_trainer,
+    AdamW, FrozenDType, GradSignature, Graph, HostTensor, Kernels, MemoryStats, QuantizedWeight,
+    Session, StepTrainer, build_gradient_step, step_trainer,
 };
 use serde_json::json;
 
@@ -141,7 +141,7 @@ impl<'a> Training<'a> {
         // graph gathers from in their stored 16-bit type, as they are stored).
         let layout = &step.signature.layout;
         let (weights, frozen): (BTreeMap<_, _>, BTreeMap<_, _>) = {
-            let transform = weights::for_training(&step.quantized, &step.stored_tables, |name| {
+            let transform = weights::for_training(&step.quantized, &step.half_tables, |name| {
                 layout.entry(name).is_none()
             });
             start.weights_with(&step.specs, params.model.seed, &transform)?
@@ -168,7 +168,7 @@ impl<'a> Training<'a> {
                     loss_graph(&mut g, config, problem, &plain, trained)?;
                 g.output(logits, "logits")?;
                 g.output(loss, "loss")?;
-                g.lower_4bit_products()?;
+                g.lower_frozen_products()?;
                 Some((Session::from_model(&g.build()?, &opts)?, table))
             }
             None => None,
@@ -523,10 +523,9 @@ pub struct StepGraph {
     /// The frozen weights the step reads quantized ([`StepOptions::frozen_dtype`]), each fed
     /// as [`QuantizedWeight::quantize`] makes it.
     pub quantized: Vec<QuantizedWeight>,
-    /// The frozen tables the step reads in their stored 16-bit type
-    /// ([`StepOptions::half_dtypes`]), each fed as [`weights::Pending::in_place_stored`]
-    /// reads it.
-    pub stored_tables: BTreeSet<String>,
+    /// The frozen tables the step reads in a 16-bit type ([`StepOptions::half_dtypes`],
+    /// `frozen_dtype: bf16`), with it, each fed as [`weights::Pending::half`] reads it.
+    pub half_tables: BTreeMap<String, pipe_onnx::DType>,
 }
 
 impl StepGraph {
@@ -558,20 +557,20 @@ impl StepGraph {
             model,
             loss,
             quantized,
-            stored_tables,
+            half_tables,
             ..
         } = loss_graph(&mut g, config, problem, options, trained)?;
         trained.check(model.specs(), config.num_layers())?;
         let mut train = model.train_params(&hf_trainer_decay);
         train.retain(|p| trained.takes_gradient(g.name(p.tensor)));
         let signature = build_gradient_step(&mut g, loss, &train)?;
-        g.lower_4bit_products()?;
+        g.lower_frozen_products()?;
         Ok(StepGraph {
             model: g.build()?,
             signature,
             specs: model.specs().to_vec(),
             quantized,
-            stored_tables,
+            half_tables,
         })
     }
 }
@@ -583,8 +582,8 @@ struct LossGraph {
     loss: pipe_onnx::Tensor,
     /// The frozen weights read quantized.
     quantized: Vec<QuantizedWeight>,
-    /// The frozen tables read in their stored 16-bit type.
-    stored_tables: BTreeSet<String>,
+    /// The frozen tables read in a 16-bit type, with it.
+    half_tables: BTreeMap<String, pipe_onnx::DType>,
 }
 
 /// Declares inputs (distinct-token embedding, for a gradient that is the same at any thread
@@ -623,17 +622,22 @@ fn loss_graph(
         .map(|s| s.name.clone())
         .collect();
     let quantized = g.quantize_frozen(&frozen, options.frozen_dtype)?;
-    let half: BTreeMap<String, pipe_onnx::DType> = (options.half_dtypes.iter())
-        .filter(|(name, _)| frozen.contains(*name))
-        .map(|(name, &dtype)| (name.clone(), dtype))
+    // Frozen tables are gathered in the 16-bit type the checkpoint stores them in, else in
+    // bfloat16 under `frozen_dtype: bf16`.
+    let bf16 = (options.frozen_dtype == FrozenDType::Bf16).then_some(pipe_onnx::DType::BF16);
+    let half: BTreeMap<String, pipe_onnx::DType> = (frozen.iter())
+        .filter_map(|name| {
+            let dtype = options.half_dtypes.get(name).copied().or(bf16)?;
+            Some((name.clone(), dtype))
+        })
         .collect();
-    let stored_tables = g.gather_stored_tables(&half);
+    let half_tables = g.gather_stored_tables(&half);
     Ok(LossGraph {
         model,
         logits,
         loss,
         quantized,
-        stored_tables,
+        half_tables,
     })
 }
 

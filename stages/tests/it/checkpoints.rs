@@ -97,7 +97,8 @@ fn a_sharded_float16_checkpoint_gives_transformers_logits() {
 
 /// A bfloat16 checkpoint's frozen embedding tables are gathered in bfloat16, read in place
 /// from the file, and widened exactly: LoRA training from it writes the same weights, bit
-/// for bit, as training from its float32 copy, and holds the tables in half the bytes.
+/// for bit, as training from its float32 copy, and holds the tables in half the bytes; with
+/// `frozen_dtype: bf16` the frozen linear weights are read in place too.
 #[test]
 fn lora_from_bfloat16_gathers_its_tables_in_place_and_trains_as_its_float32_copy() {
     let ws = Workspace::new();
@@ -109,15 +110,15 @@ fn lora_from_bfloat16_gathers_its_tables_in_place_and_trains_as_its_float32_copy
     let tensors = weights::load_all(&fixture("bf16/model.safetensors")).unwrap();
     let named: Vec<(&str, &HostTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
     weights::save(&widened.join("model.safetensors"), &named).unwrap();
-    let tune = |folder: &str| {
+    let tune = |folder: &str, frozen_dtype: &str| {
         let params = json!({
             "model": { "path": folder }, "max_steps": 3, "learning_rate": 0.01,
-            "lora": { "r": 4, "targets": ["q_proj", "v_proj"] },
+            "lora": { "r": 4, "targets": ["q_proj", "v_proj"] }, "frozen_dtype": frozen_dtype,
         });
         ws.run("finetune", params, &[tokens.input("tokenize")])
             .unwrap()
     };
-    let (half, full) = (tune("bf16"), tune("f32"));
+    let (half, full) = (tune("bf16", "f32"), tune("f32", "f32"));
     for file in [
         "model/model.safetensors",
         "adapter/adapter_model.safetensors",
@@ -127,16 +128,44 @@ fn lora_from_bfloat16_gathers_its_tables_in_place_and_trains_as_its_float32_copy
             "{file} differs between the bfloat16 checkpoint and its float32 copy"
         );
     }
-    let frozen = |run: &crate::util::Ran| run.json("metrics.json")["frozen_weight_bytes"].as_u64();
+    let frozen = |run: &crate::util::Ran| {
+        run.json("metrics.json")["frozen_weight_bytes"]
+            .as_u64()
+            .unwrap()
+    };
     let tables: usize = ["transformer.wte.weight", "transformer.wpe.weight"]
         .iter()
         .map(|name| tensors[*name].as_f32().unwrap().len())
         .sum();
     assert_eq!(
-        frozen(&full).unwrap() - frozen(&half).unwrap(),
+        frozen(&full) - frozen(&half),
         2 * tables as u64,
         "the tables take 2 bytes an element, not 4"
     );
+
+    // `frozen_dtype: bf16` reads the linear weights in place too (exact: the checkpoint's own
+    // values), multiplied in f32: the same training up to the order of f32 sums.
+    let in_place = tune("bf16", "bf16");
+    // In the blocks, the 2-D tensors are the linear weights.
+    let linear: usize = (tensors.iter())
+        .filter(|(name, t)| name.starts_with("transformer.h.") && t.shape().len() == 2)
+        .map(|(_, t)| t.as_f32().unwrap().len())
+        .sum();
+    assert_eq!(frozen(&half) - frozen(&in_place), 2 * linear as u64);
+    let adapter = |run: &crate::util::Ran| {
+        weights::load_all(&run.path("adapter/adapter_model.safetensors")).unwrap()
+    };
+    let (got, want) = (adapter(&in_place), adapter(&full));
+    for (name, w) in &want {
+        let (g, w) = (got[name].as_f32().unwrap(), w.as_f32().unwrap());
+        let scale = w.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let error = g
+            .iter()
+            .zip(w)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(error <= 1e-4 * scale, "{name}: {error} over {scale}");
+    }
 }
 
 /// The specs of the fixture model, read from its `config.json`.

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use pipe_models::gpt_neo::ProblemType;
 use pipe_models::lora::LoraParams;
 use pipe_models::{hf_folder, weights};
-use pipe_onnx::quantize::{Int4Blocks, Int8Rows};
+use pipe_onnx::quantize::{Int4Blocks, Int8Rows, round_bf16};
 use pipe_onnx::{FrozenDType, HostTensor, Kernels, Session};
 use pipe_stages::finetune::{StepGraph, StepOptions, Trained};
 
@@ -50,10 +50,24 @@ fn step(
         let values = w.as_f32().unwrap();
         let back = match frozen_dtype {
             FrozenDType::Int8 => Int8Rows::quantize(values, q.n, q.k).dequantize(q.k),
+            FrozenDType::Bf16 => bf16_values(values),
             _ => Int4Blocks::quantize(values, q.n, q.k).dequantize(q.n, q.k),
         };
         seen.insert(q.name.clone(), HostTensor::f32(w.shape(), back).unwrap());
         params.extend(q.quantize(&w).unwrap());
+    }
+    // Under bf16 the frozen embedding tables are gathered in bfloat16 too.
+    for name in step.half_tables.keys() {
+        let w = params.remove(name).unwrap();
+        let values = w.as_f32().unwrap();
+        seen.insert(
+            name.clone(),
+            HostTensor::f32(w.shape(), bf16_values(values)).unwrap(),
+        );
+        params.insert(
+            name.clone(),
+            HostTensor::bf16(w.shape(), round_bf16(values)).unwrap(),
+        );
     }
     let batch = feeds(&b);
     let mut all: Vec<(&str, &HostTensor)> = params.iter().map(|(k, v)| (k.as_str(), v)).collect();
@@ -72,6 +86,14 @@ fn step(
     }
 }
 
+/// `values` rounded to bfloat16 (to nearest even, written out here), as f32.
+fn bf16_values(values: &[f32]) -> Vec<f32> {
+    (values.iter())
+        .map(|v| v.to_bits())
+        .map(|b| f32::from_bits(b.wrapping_add(0x7FFF + ((b >> 16) & 1)) & 0xFFFF_0000))
+        .collect()
+}
+
 /// `got` against `want`: the largest difference over the largest `want`.
 fn relative_error(got: &[f32], want: &[f32]) -> f32 {
     assert_eq!(got.len(), want.len());
@@ -85,10 +107,15 @@ fn relative_error(got: &[f32], want: &[f32]) -> f32 {
 
 fn compare(frozen_dtype: FrozenDType, kernels: Kernels, tolerance: f32) {
     let quantized = step(frozen_dtype, kernels, &BTreeMap::new());
+    let tables = match frozen_dtype {
+        FrozenDType::Bf16 => 2,
+        _ => 0,
+    };
     assert_eq!(
         quantized.dequantized.len(),
-        2 * 6,
-        "the tiny GPT-Neo's 2 layers × (q, k, v, out, c_fc, c_proj) are read quantized"
+        2 * 6 + tables,
+        "the tiny GPT-Neo's 2 layers × (q, k, v, out, c_fc, c_proj) are read quantized \
+         (and in bf16, wte and wpe)"
     );
     let reference = step(FrozenDType::F32, kernels, &quantized.dequantized);
     let loss_error = (quantized.loss - reference.loss).abs() / reference.loss.abs();
@@ -108,6 +135,13 @@ fn compare(frozen_dtype: FrozenDType, kernels: Kernels, tolerance: f32) {
 #[test]
 fn an_int4_step_on_standard_kernels_is_the_f32_step_on_the_dequantized_weights() {
     compare(FrozenDType::Int4, Kernels::Standard, 1e-5);
+}
+
+/// bf16 weights are widened exactly for f32 products: the step is the f32 step on the
+/// rounded weights, up to the order of f32 sums.
+#[test]
+fn a_bf16_step_is_the_f32_step_on_the_rounded_weights() {
+    compare(FrozenDType::Bf16, Kernels::Host, 1e-5);
 }
 
 /// int8 products round their left operand to uint8 per tensor (1/255 of its range: the

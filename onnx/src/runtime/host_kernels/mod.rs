@@ -13,6 +13,8 @@
 //!   nested in an int8 grid ([`crate::quantize::Int4Blocks`]) unpacked to the exact int8
 //!   weight `[N, blocks · 32]` or its transpose, for `DynamicQuantizeMatMul`. `after` is
 //!   not read: it orders the unpacking just before the product that needs it.
+//! - `Bf16ToF32(w, after) → w32`: a `bfloat16` weight widened to f32 (exact), for one f32
+//!   product; `after` orders it as for `Int4ToInt8`.
 
 mod int4;
 mod math;
@@ -28,7 +30,9 @@ use crate::quantize::INT4_BLOCK;
 
 /// The domain with every kernel, for one session.
 pub(crate) fn domain() -> ort::Result<OperatorDomain> {
-    use TensorElementType::{Float32 as F32, Int8 as I8, Int64 as I64, Uint8 as U8};
+    use TensorElementType::{
+        Bfloat16 as BF16, Float32 as F32, Int8 as I8, Int64 as I64, Uint8 as U8,
+    };
     OperatorDomain::new(HOST_KERNELS_DOMAIN)?
         .add(HostOp {
             name: "GeluTanhGrad",
@@ -59,6 +63,12 @@ pub(crate) fn domain() -> ort::Result<OperatorDomain> {
             inputs: &[U8, U8, F32],
             output: I8,
             compute: int4_to_int8_transposed,
+        })?
+        .add(HostOp {
+            name: "Bf16ToF32",
+            inputs: &[BF16, F32],
+            output: F32,
+            compute: bf16_to_f32,
         })
 }
 
@@ -293,5 +303,18 @@ fn int4_to_int8_transposed(ctx: &ComputeContext) -> ort::Result<()> {
     // One block (32 output rows) per chunk.
     par_chunks(ctx, &shape, INT4_BLOCK * n.max(1), |r, out| {
         int4::transposed_block(packed, multipliers, blocks, r.start / (INT4_BLOCK * n), out)
+    })
+}
+
+/// `Bf16ToF32(w, after) → w32`: each `bfloat16` of `w` as the f32 it stands for (its bits in
+/// the high half), same shape.
+fn bf16_to_f32(ctx: &ComputeContext) -> ort::Result<()> {
+    let w = input(ctx, 0)?;
+    let (shape, w) = w.try_extract_tensor::<half::bf16>()?;
+    let shape = shape.to_vec();
+    par_chunks(ctx, &shape, ELEMENTWISE_CHUNK * 4, |r, out: &mut [f32]| {
+        for (o, x) in out.iter_mut().zip(&w[r]) {
+            *o = f32::from_bits(u32::from(x.to_bits()) << 16);
+        }
     })
 }
