@@ -114,6 +114,14 @@ print(json.dumps({"side": sys.argv[1], "finetune_tokens_per_s": m["tokens_per_s"
 PY
 }
 finetune_metrics pipe big
+if [[ -n ${BASELINE:-} ]]; then
+  for stage in export-onnx evaluate; do
+    measure baseline "$BASELINE" "$stage"
+  done
+fi
+# The job's outputs (its model/ and its bundle: twice the checkpoint) make way for the
+# finetune runs below on a small disk; their figures are printed above.
+[[ -n ${FROZEN:-} ]] && rm -rf "$work/job/.pipe"
 for frozen in ${FROZEN:-}; do
   sed -e "s/^pipeline: big$/pipeline: big-$frozen/" -e "s/^    device: cpu$/    device: cpu\n    frozen_dtype: $frozen/" \
     "$work/job/big.yaml" > "$work/job/big-$frozen.yaml"
@@ -123,11 +131,6 @@ for frozen in ${FROZEN:-}; do
   measure "pipe-$frozen" "$pipe" finetune "big-$frozen.yaml"
   finetune_metrics "pipe-$frozen" "big-$frozen"
 done
-if [[ -n ${BASELINE:-} ]]; then
-  for stage in export-onnx evaluate; do
-    measure baseline "$BASELINE" "$stage"
-  done
-fi
 [[ -n ${SKIP_PEFT:-} ]] && exit 0
 /usr/bin/time -v -o "$work/time-peft.txt" python3 bench/big_model.py peft "$work" --threads "$threads"
 echo "{\"side\": \"peft\", \"time_peak_bytes\": $(( $(sed -n 's/^\tMaximum resident set size (kbytes): //p' "$work/time-peft.txt") * 1024 ))}"

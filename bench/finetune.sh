@@ -7,12 +7,13 @@
 # init, fp32, 2 threads each. Prints one JSON object per run, with the
 # 1-minute load average before each pair (the machine may be shared: compare pairs, not runs).
 # Needs: python3 -m pip install torch transformers peft (for the baseline).
-# Usage: bench/finetune.sh [PAIR|all], PAIR one of tiny 125m lora freeze lora-int8 lora-int4
-# smollm2 smollm2-lora gpt2 gpt2-lora bert modernbert, or (not in `all`: about 19 GB for
-# PEFT) big-lora big-lora-int8 big-lora-int4. freeze: the 125M shape with the embeddings and
-# layers 0-5 frozen, `requires_grad=False` on the PyTorch side; lora-int8 / lora-int4: pipe's
-# LoRA over frozen weights kept in int8 / 4-bit (`frozen_dtype`) against PEFT's fp32 LoRA,
-# the peer a CPU user has; big-lora*: the same on GPT-Neo 2.7B's shape.
+# Usage: bench/finetune.sh [PAIR|all], PAIR one of tiny 125m lora freeze lora-bf16 lora-int8
+# lora-int4 smollm2 smollm2-lora gpt2 gpt2-lora bert modernbert, or (not in `all`: about
+# 19 GB for PEFT) big-lora big-lora-bf16 big-lora-int8 big-lora-int4. freeze: the 125M shape
+# with the embeddings and layers 0-5 frozen, `requires_grad=False` on the PyTorch side;
+# lora-bf16 / lora-int8 / lora-int4: pipe's LoRA over frozen weights kept in bfloat16 / int8 /
+# 4-bit (`frozen_dtype`) against PEFT's fp32 LoRA, the peer a CPU user has; big-lora*: the
+# same on GPT-Neo 2.7B's shape.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 which="${1:-all}"
@@ -20,15 +21,17 @@ scripts/fetch-onnxruntime.sh >/dev/null
 export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$PWD/.tools/onnxruntime/libonnxruntime.so.1.31.1}"
 cargo build --release --locked -q --workspace --example finetune_step
 target="${CARGO_TARGET_DIR:-target}"
-runs=(tiny 125m lora freeze lora-int8 lora-int4 smollm2 smollm2-lora gpt2 gpt2-lora bert modernbert)
+runs=(tiny 125m lora freeze lora-bf16 lora-int8 lora-int4 smollm2 smollm2-lora gpt2 gpt2-lora bert modernbert)
 [[ "$which" != all ]] && runs=("$which")
 for r in "${runs[@]}"; do
   case "$r" in
     lora) config=125m flag=--lora pipe_flags= ;;
+    lora-bf16) config=125m flag=--lora pipe_flags="--frozen-dtype bf16" ;;
     lora-int8) config=125m flag=--lora pipe_flags="--frozen-dtype int8" ;;
     lora-int4) config=125m flag=--lora pipe_flags="--frozen-dtype int4" ;;
     freeze) config=125m flag=--freeze-half pipe_flags= ;;
     big-lora) config=2.7b flag=--lora pipe_flags= ;;
+    big-lora-bf16) config=2.7b flag=--lora pipe_flags="--frozen-dtype bf16" ;;
     big-lora-int8) config=2.7b flag=--lora pipe_flags="--frozen-dtype int8" ;;
     big-lora-int4) config=2.7b flag=--lora pipe_flags="--frozen-dtype int4" ;;
     smollm2) config=smollm2-135m flag= pipe_flags= ;;

@@ -6,7 +6,7 @@
 //! Usage: `cargo run --release -p pipe-stages --example finetune_step --
 //! tiny|125m|2.7b|smollm2-135m|gpt2-124m|bert-base|modernbert-base [--steps N] [--warmup N]
 //! [--threads N] [--batch N] [--seq N] [--layers N] [--device D] [--lora] [--freeze-half]
-//! [--frozen-dtype f32|int8|int4] [--save-graph FILE] [--profile PREFIX]`.
+//! [--frozen-dtype f32|bf16|int8|int4] [--save-graph FILE] [--profile PREFIX]`.
 //! Prints one JSON object (with the step graph's node count). `tiny`, `125m` and `2.7b` are
 //! GPT-Neo shapes, `2.7b` GPT-Neo 2.7B's; `smollm2-135m` is SmolLM2-135M's Llama shape (hidden
 //! 576, 30 layers, 9 heads over 3 key/value heads), `gpt2-124m` GPT-2's, `bert-base` and

@@ -315,11 +315,14 @@ fn split(g: &mut Graph, node: &Node, gy: &[Option<Tensor>]) -> Result<Grads> {
 /// - `approximate="tanh"`: y = ½ x (1 + t), t = tanh(u), u = c (x + 0.044715 x³), c = sqrt(2/π);
 ///   dy/dx = ½ (1 + t) + ½ x (1 - t²) c (1 + 3·0.044715 x²).
 ///
-/// With [`Kernels::Host`] the tanh form is one fused CPU node.
+/// With [`Kernels::Host`] each form is one fused CPU node.
 fn gelu(g: &mut Graph, node: &Node, x: Tensor, gy: Tensor) -> Result<Tensor> {
     let tanh = node.attr_string("approximate") == Some("tanh");
-    if tanh && g.kernels() == Kernels::Host && x.dtype() == DType::F32 {
-        return g.gelu_tanh_grad(x, gy);
+    if g.kernels() == Kernels::Host && x.dtype() == DType::F32 {
+        return match tanh {
+            true => g.gelu_tanh_grad(x, gy),
+            false => g.gelu_erf_grad(x, gy),
+        };
     }
     let dt = x.dtype();
     let half = g.scalar(dt, 0.5);

@@ -53,6 +53,13 @@ impl Graph {
         Ok(self.push_host("GeluTanhGrad", &[x, gy], DType::F32, shape))
     }
 
+    /// `GeluErfGrad(x, gy)`: `gy · gelu'(x)` for the exact GELU, f32 tensors of one shape.
+    pub(crate) fn gelu_erf_grad(&mut self, x: Tensor, gy: Tensor) -> Result<Tensor> {
+        self.same_f32("GeluErfGrad", &[x, gy])?;
+        let shape = self.shape(x).to_vec();
+        Ok(self.push_host("GeluErfGrad", &[x, gy], DType::F32, shape))
+    }
+
     /// `LayerNormGrad(gy, x, scale, mean, inv_std)`: the input gradient of a LayerNormalization
     /// over the last axis, `inv_std (ĝ - mean(ĝ) - x̂ mean(ĝ x̂))` with `ĝ = gy scale` and
     /// `x̂ = (x - mean) inv_std`; `mean`/`inv_std` are the forward node's statistics (last

@@ -108,6 +108,54 @@ fn gelu_both_forms() {
     );
 }
 
+/// With pipe's CPU kernels each GELU's gradient is one fused node; it gives what the rule in
+/// standard operators gives.
+#[test]
+fn gelu_gradients_on_pipes_kernels_equal_the_standard_rules() {
+    use pipe_onnx::{Graph, Kernels};
+    let x: Vec<f32> = (0..801).map(|i| -8.0 + i as f32 * 0.02).collect();
+    let input = HostTensor::f32(&[x.len() as i64], x.clone()).unwrap();
+    for tanh in [true, false] {
+        let dx = |kernels: Kernels| {
+            let mut g = Graph::new("gelu");
+            g.set_kernels(kernels);
+            let t = g.input("x", F32, &[Dim::Fixed(x.len() as i64)]).unwrap();
+            let y = g.gelu(t, tanh).unwrap();
+            let loss = g.reduce_sum_all(y).unwrap();
+            let grad = pipe_onnx::gradients(&mut g, loss, &[t]).unwrap()[0];
+            g.output(grad, "dx").unwrap();
+            let fused = (g
+                .build()
+                .unwrap()
+                .proto()
+                .graph
+                .as_ref()
+                .unwrap()
+                .node
+                .iter())
+            .filter(|n| n.op_type.as_deref().is_some_and(|o| o.starts_with("Gelu")))
+            .filter(|n| n.op_type.as_deref().is_some_and(|o| o.ends_with("Grad")))
+            .count();
+            assert_eq!(fused, usize::from(kernels == Kernels::Host), "tanh {tanh}");
+            let mut s = crate::util::session(&g);
+            s.run(&[("x", &input)]).unwrap()["dx"]
+                .as_f32()
+                .unwrap()
+                .to_vec()
+        };
+        // The standard chains cancel in f32 in the tails (1 + tanh u near -1): a few 1e-6
+        // apart there; the fused kernels are checked against f64 in `host_kernels::math`.
+        let (fused, standard) = (dx(Kernels::Host), dx(Kernels::Standard));
+        for (i, (a, b)) in fused.iter().zip(&standard).enumerate() {
+            assert!(
+                (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                "tanh {tanh}, x {}: {a} vs {b}",
+                x[i]
+            );
+        }
+    }
+}
+
 #[test]
 fn where_routes_gradients_by_condition() {
     let cond = HostTensor::bool(&[2, 3], vec![true, false, true, false, false, true]).unwrap();

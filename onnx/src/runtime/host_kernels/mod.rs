@@ -4,6 +4,7 @@
 //! Runtime's own intra-op threads, so results are the same for any thread count.
 //!
 //! - `GeluTanhGrad(x, gy) → gx`: the tanh GELU's input gradient (one pass instead of 18).
+//! - `GeluErfGrad(x, gy) → gx`: the exact (erf) GELU's input gradient (one pass instead of 13).
 //! - `LayerNormGrad(gy, x, scale, mean, inv_std) → gx`: a last-axis LayerNormalization's input
 //!   gradient (one pass per row instead of 11 nodes).
 //! - `GatherGrad(data, idx, gy) → gdata`: the gradient of `Gather(data, idx, axis 0)` with
@@ -39,6 +40,12 @@ pub(crate) fn domain() -> ort::Result<OperatorDomain> {
             inputs: &[F32, F32],
             output: F32,
             compute: gelu_tanh_grad,
+        })?
+        .add(HostOp {
+            name: "GeluErfGrad",
+            inputs: &[F32, F32],
+            output: F32,
+            compute: gelu_erf_grad,
         })?
         .add(HostOp {
             name: "LayerNormGrad",
@@ -169,16 +176,30 @@ const ELEMENTWISE_CHUNK: usize = 16_384;
 
 /// `GeluTanhGrad(x, gy) → gx`.
 fn gelu_tanh_grad(ctx: &ComputeContext) -> ort::Result<()> {
+    elementwise_grad(ctx, "GeluTanhGrad", math::gelu_tanh_grad)
+}
+
+/// `GeluErfGrad(x, gy) → gx`.
+fn gelu_erf_grad(ctx: &ComputeContext) -> ort::Result<()> {
+    elementwise_grad(ctx, "GeluErfGrad", math::gelu_erf_grad)
+}
+
+/// An elementwise input gradient `grad(x, gy) → gx` over two f32 inputs of one shape.
+fn elementwise_grad(
+    ctx: &ComputeContext,
+    op: &str,
+    grad: fn(&[f32], &[f32], &mut [f32]),
+) -> ort::Result<()> {
     let (x, gy) = (input(ctx, 0)?, input(ctx, 1)?);
     let (shape, x) = x.try_extract_tensor::<f32>()?;
     let (gy_shape, gy) = gy.try_extract_tensor::<f32>()?;
     if gy_shape != shape {
         return Err(ort::Error::new(format!(
-            "GeluTanhGrad: x is {shape:?} but gy is {gy_shape:?}"
+            "{op}: x is {shape:?} but gy is {gy_shape:?}"
         )));
     }
     par_chunks(ctx, shape, ELEMENTWISE_CHUNK, |r, out| {
-        math::gelu_tanh_grad(&x[r.clone()], &gy[r], out)
+        grad(&x[r.clone()], &gy[r], out)
     })
 }
 
