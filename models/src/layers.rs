@@ -488,8 +488,7 @@ impl SwiGlu {
         let gate = self.gate_proj.forward(g, x, dropout)?;
         let up = self.up_proj.forward(g, x, dropout)?;
         let h = g.with_scope(self.path.as_str(), |g| {
-            let s = g.sigmoid(gate)?;
-            let act = g.mul(gate, s)?;
+            let act = g.silu(gate)?;
             g.mul(act, up)
         })?;
         self.down_proj.forward(g, h, dropout)

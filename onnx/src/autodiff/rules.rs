@@ -158,6 +158,11 @@ pub(super) fn vjp(
             out[0] = Some(g.where_(pos, gy0, zero)?);
         }
         "Gelu" => out[0] = Some(gelu(g, node, x0(), gy0)?),
+        // QuickGelu with alpha 1 is SiLU ([`Graph::silu`], emitted with pipe's CPU kernels
+        // only): d/dx x s(x) = s + x s (1 - s), one fused node.
+        "QuickGelu" if node.attr_float("alpha") == Some(1.0) && g.kernels() == Kernels::Host => {
+            out[0] = Some(g.silu_grad(x0(), gy0)?)
+        }
         // d/dx x = 1
         "Identity" => out[0] = Some(gy0),
         // A float-to-float cast passes the gradient back, cast to the input type.

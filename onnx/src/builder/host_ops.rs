@@ -53,6 +53,13 @@ impl Graph {
         Ok(self.push_host("GeluTanhGrad", &[x, gy], DType::F32, shape))
     }
 
+    /// `SiluGrad(x, gy)`: `gy · silu'(x)`, f32 tensors of one shape.
+    pub(crate) fn silu_grad(&mut self, x: Tensor, gy: Tensor) -> Result<Tensor> {
+        self.same_f32("SiluGrad", &[x, gy])?;
+        let shape = self.shape(x).to_vec();
+        Ok(self.push_host("SiluGrad", &[x, gy], DType::F32, shape))
+    }
+
     /// `GeluErfGrad(x, gy)`: `gy · gelu'(x)` for the exact GELU, f32 tensors of one shape.
     pub(crate) fn gelu_erf_grad(&mut self, x: Tensor, gy: Tensor) -> Result<Tensor> {
         self.same_f32("GeluErfGrad", &[x, gy])?;

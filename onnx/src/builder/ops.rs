@@ -229,6 +229,18 @@ impl Graph {
     pub fn sigmoid(&mut self, x: Tensor) -> Result<Tensor> {
         self.unary("Sigmoid", x, vec![])
     }
+    /// SiLU (swish), `x · sigmoid(x)`: with [`super::Kernels::Host`] one node, ONNX Runtime's
+    /// `QuickGelu` with `alpha` 1, whose gradient is pipe's fused `SiluGrad`; otherwise
+    /// `Sigmoid` then `Mul` (standard operators: the graph runs anywhere).
+    pub fn silu(&mut self, x: Tensor) -> Result<Tensor> {
+        if self.kernels() == super::Kernels::Host && x.dtype() == DType::F32 {
+            let shape = self.shape(x).to_vec();
+            let attrs = vec![("alpha", Attr::Float(1.0))];
+            return Ok(self.push_microsoft("QuickGelu", &[x], attrs, shape));
+        }
+        let s = self.sigmoid(x)?;
+        self.mul(x, s)
+    }
     /// `Relu`: `max(x, 0)`.
     pub fn relu(&mut self, x: Tensor) -> Result<Tensor> {
         self.unary("Relu", x, vec![])

@@ -384,7 +384,8 @@ impl Graph {
         self.transposed_twins.get(&b).copied()
     }
 
-    fn push_microsoft(
+    /// A one-output node of ONNX Runtime's contributed operators (f32 output of `shape`).
+    pub(crate) fn push_microsoft(
         &mut self,
         op: &'static str,
         inputs: &[Tensor],

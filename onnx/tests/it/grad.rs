@@ -108,19 +108,25 @@ fn gelu_both_forms() {
     );
 }
 
-/// With pipe's CPU kernels each GELU's gradient is one fused node; it gives what the rule in
-/// standard operators gives.
+/// With pipe's CPU kernels the gradient of each GELU and of SiLU is one fused node; it
+/// gives what the rules in standard operators give.
 #[test]
-fn gelu_gradients_on_pipes_kernels_equal_the_standard_rules() {
-    use pipe_onnx::{Graph, Kernels};
+fn activation_gradients_on_pipes_kernels_equal_the_standard_rules() {
+    use pipe_onnx::{Graph, Kernels, Result, Tensor};
+    type Activation = fn(&mut Graph, Tensor) -> Result<Tensor>;
     let x: Vec<f32> = (0..801).map(|i| -8.0 + i as f32 * 0.02).collect();
     let input = HostTensor::f32(&[x.len() as i64], x.clone()).unwrap();
-    for tanh in [true, false] {
+    let activations: [(&str, Activation, &str); 3] = [
+        ("gelu_tanh", |g, x| g.gelu(x, true), "GeluTanhGrad"),
+        ("gelu_erf", |g, x| g.gelu(x, false), "GeluErfGrad"),
+        ("silu", |g, x| g.silu(x), "SiluGrad"),
+    ];
+    for (name, activation, fused_op) in activations {
         let dx = |kernels: Kernels| {
-            let mut g = Graph::new("gelu");
+            let mut g = Graph::new(name);
             g.set_kernels(kernels);
             let t = g.input("x", F32, &[Dim::Fixed(x.len() as i64)]).unwrap();
-            let y = g.gelu(t, tanh).unwrap();
+            let y = activation(&mut g, t).unwrap();
             let loss = g.reduce_sum_all(y).unwrap();
             let grad = pipe_onnx::gradients(&mut g, loss, &[t]).unwrap()[0];
             g.output(grad, "dx").unwrap();
@@ -133,10 +139,9 @@ fn gelu_gradients_on_pipes_kernels_equal_the_standard_rules() {
                 .unwrap()
                 .node
                 .iter())
-            .filter(|n| n.op_type.as_deref().is_some_and(|o| o.starts_with("Gelu")))
-            .filter(|n| n.op_type.as_deref().is_some_and(|o| o.ends_with("Grad")))
+            .filter(|n| n.op_type.as_deref() == Some(fused_op))
             .count();
-            assert_eq!(fused, usize::from(kernels == Kernels::Host), "tanh {tanh}");
+            assert_eq!(fused, usize::from(kernels == Kernels::Host), "{name}");
             let mut s = crate::util::session(&g);
             s.run(&[("x", &input)]).unwrap()["dx"]
                 .as_f32()
@@ -149,7 +154,7 @@ fn gelu_gradients_on_pipes_kernels_equal_the_standard_rules() {
         for (i, (a, b)) in fused.iter().zip(&standard).enumerate() {
             assert!(
                 (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
-                "tanh {tanh}, x {}: {a} vs {b}",
+                "{name}, x {}: {a} vs {b}",
                 x[i]
             );
         }

@@ -55,6 +55,12 @@ mod avx2 {
         super::gelu_tanh_grad_body(x, gy, out)
     }
 
+    /// [`super::silu_grad`] with AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) fn silu_grad(x: &[f32], gy: &[f32], out: &mut [f32]) {
+        super::silu_grad_body(x, gy, out)
+    }
+
     /// [`super::gelu_erf_grad`] with AVX2.
     #[target_feature(enable = "avx2")]
     pub(super) fn gelu_erf_grad(x: &[f32], gy: &[f32], out: &mut [f32]) {
@@ -83,6 +89,25 @@ fn gelu_tanh_grad_body(x: &[f32], gy: &[f32], out: &mut [f32]) {
         let s = 1.0 / (1.0 + exp(-v));
         let d = s + 2.0 * C * x * s * (1.0 - s) * (1.0 + 3.0 * K * x2);
         *o = g * d;
+    }
+}
+
+/// `out = gy · d/dx silu(x)`, `silu(x) = x s(x)` with `s` the logistic sigmoid:
+/// `s + x s (1 - s)`.
+pub(crate) fn silu_grad(x: &[f32], gy: &[f32], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2, checked just above.
+        return unsafe { avx2::silu_grad(x, gy, out) };
+    }
+    silu_grad_body(x, gy, out)
+}
+
+#[inline(always)]
+fn silu_grad_body(x: &[f32], gy: &[f32], out: &mut [f32]) {
+    for ((o, &x), &g) in out.iter_mut().zip(x).zip(gy) {
+        let s = 1.0 / (1.0 + exp(-x));
+        *o = g * (s + x * s * (1.0 - s));
     }
 }
 
@@ -285,6 +310,23 @@ mod tests {
     }
 
     #[test]
+    fn silu_grad_matches_the_derivative_in_f64() {
+        let x = grid();
+        let gy: Vec<f32> = x.iter().map(|v| 0.5 - v / 7.0).collect();
+        let mut out = vec![0.0; x.len()];
+        silu_grad(&x, &gy, &mut out);
+        for ((&x, &g), &o) in x.iter().zip(&gy).zip(&out) {
+            let (x, g) = (f64::from(x), f64::from(g));
+            let s = 1.0 / (1.0 + (-x).exp());
+            let want = g * (s + x * s * (1.0 - s));
+            assert!(
+                (f64::from(o) - want).abs() <= 1e-6 * (1.0 + want.abs()),
+                "x {x}: {o} vs {want}"
+            );
+        }
+    }
+
+    #[test]
     fn the_dispatched_kernels_give_the_portable_builds_bits() {
         let x = grid();
         let gy: Vec<f32> = x.iter().map(|v| 1.0 - v / 5.0).collect();
@@ -296,13 +338,20 @@ mod tests {
                 .zip(&portable)
                 .all(|(a, b)| a.to_bits() == b.to_bits())
         );
-        gelu_erf_grad(&x, &gy, &mut fast);
-        gelu_erf_grad_body(&x, &gy, &mut portable);
-        assert!(
-            fast.iter()
-                .zip(&portable)
-                .all(|(a, b)| a.to_bits() == b.to_bits())
-        );
+        type Kernel = fn(&[f32], &[f32], &mut [f32]);
+        let pairs: [(Kernel, Kernel); 2] = [
+            (gelu_erf_grad, gelu_erf_grad_body),
+            (silu_grad, silu_grad_body),
+        ];
+        for (dispatched, body) in pairs {
+            dispatched(&x, &gy, &mut fast);
+            body(&x, &gy, &mut portable);
+            assert!(
+                fast.iter()
+                    .zip(&portable)
+                    .all(|(a, b)| a.to_bits() == b.to_bits())
+            );
+        }
         let scale: Vec<f32> = (0..x.len() / 7).map(|i| i as f32 / 50.0).collect();
         let rows = x.len() / scale.len();
         let stats: Vec<f32> = (0..rows).map(|i| 0.5 + i as f32).collect();

@@ -5,6 +5,8 @@
 //!
 //! - `GeluTanhGrad(x, gy) → gx`: the tanh GELU's input gradient (one pass instead of 18).
 //! - `GeluErfGrad(x, gy) → gx`: the exact (erf) GELU's input gradient (one pass instead of 13).
+//! - `SiluGrad(x, gy) → gx`: SiLU's input gradient (one pass instead of 6), for ONNX
+//!   Runtime's `QuickGelu` with `alpha` 1 in the forward.
 //! - `LayerNormGrad(gy, x, scale, mean, inv_std) → gx`: a last-axis LayerNormalization's input
 //!   gradient (one pass per row instead of 11 nodes).
 //! - `GatherGrad(data, idx, gy) → gdata`: the gradient of `Gather(data, idx, axis 0)` with
@@ -46,6 +48,12 @@ pub(crate) fn domain() -> ort::Result<OperatorDomain> {
             inputs: &[F32, F32],
             output: F32,
             compute: gelu_erf_grad,
+        })?
+        .add(HostOp {
+            name: "SiluGrad",
+            inputs: &[F32, F32],
+            output: F32,
+            compute: silu_grad,
         })?
         .add(HostOp {
             name: "LayerNormGrad",
@@ -182,6 +190,11 @@ fn gelu_tanh_grad(ctx: &ComputeContext) -> ort::Result<()> {
 /// `GeluErfGrad(x, gy) → gx`.
 fn gelu_erf_grad(ctx: &ComputeContext) -> ort::Result<()> {
     elementwise_grad(ctx, "GeluErfGrad", math::gelu_erf_grad)
+}
+
+/// `SiluGrad(x, gy) → gx`.
+fn silu_grad(ctx: &ComputeContext) -> ort::Result<()> {
+    elementwise_grad(ctx, "SiluGrad", math::silu_grad)
 }
 
 /// An elementwise input gradient `grad(x, gy) → gx` over two f32 inputs of one shape.
