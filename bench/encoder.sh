@@ -19,7 +19,7 @@ seeds=("${@:-0}")
 if [[ -z "${PIPE:-}" ]]; then
   cargo build --release --locked --workspace --bin pipe
 fi
-pipe=${PIPE:-${CARGO_TARGET_DIR:-$PWD/target}/release/pipe}
+pipe=$(realpath "${PIPE:-${CARGO_TARGET_DIR:-$PWD/target}/release/pipe}")
 model=$PWD/.tools/models/all-MiniLM-L6-v2
 echo "cpu: $(lscpu | sed -n 's/^Model name: *//p') · $threads threads"
 work=$(mktemp -d)

@@ -5,9 +5,10 @@
 # sample data (the embedded all-MiniLM-L6-v2's WordPiece tokenizer, BERT-base's own
 # vocabulary; rows cut at 128 tokens) trains one step (to have a model/ and a bundle), then
 # its evaluate stage scores the train and test splits (2,422 texts) under /usr/bin/time;
-# bench/torch_eval.py scores the same texts with the same model/ in transformers. pipe's
-# figure is the whole stage (loading the bundle, tokenizing, scoring, metrics); PyTorch's
-# leaves its model loading out. Prints the CPU, then per shape: wall seconds, texts/s and
+# bench/torch_eval.py scores the same texts with the same model/ in transformers, batched in
+# the rows' order and then shortest first (as pipe batches them). pipe's figure is the whole
+# stage (loading the bundle, tokenizing, scoring, metrics); PyTorch's leaves its model
+# loading out. Prints the CPU, then per shape: wall seconds, texts/s and
 # peak memory of each side, and both sides' accuracies (equal: the same weights).
 #
 #   bench/encoder_eval.sh                 # both shapes
@@ -24,7 +25,7 @@ read -r -a shapes <<< "${shapes[*]}"
 if [[ -z "${PIPE:-}" ]]; then
   cargo build --release --locked --workspace --bin pipe
 fi
-pipe=${PIPE:-${CARGO_TARGET_DIR:-$PWD/target}/release/pipe}
+pipe=$(realpath "${PIPE:-${CARGO_TARGET_DIR:-$PWD/target}/release/pipe}")
 tokenizer=$PWD/.tools/models/all-MiniLM-L6-v2
 echo "cpu: $(lscpu | sed -n 's/^Model name: *//p') · $threads threads"
 work=$(mktemp -d)
@@ -73,6 +74,8 @@ print(json.dumps({"shape": shape, "side": "pipe evaluate", "texts": texts, "seco
                   "accuracy": {s: round(m[s]["accuracy"], 4) for s in ["train", "test"]},
                   "peak_rss_bytes": int(fields["Maximum resident set size (kbytes)"]) * 1024}))
 PY
-  python3 bench/torch_eval.py "$out/split" "$out/finetune/model" "$tokenizer" --threads "$threads" \
-    | sed "s/^{/{\"shape\": \"$shape\", /"
+  for order in "" --sorted; do
+    python3 bench/torch_eval.py "$out/split" "$out/finetune/model" "$tokenizer" \
+      --threads "$threads" $order | sed "s/^{/{\"shape\": \"$shape\", /"
+  done
 done

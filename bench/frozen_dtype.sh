@@ -22,7 +22,7 @@ read -r -a dtypes <<< "${DTYPES:-f32 bf16 int8 int4}"
 if [[ -z "${PIPE:-}" ]]; then
   cargo build --release --locked --workspace --bin pipe
 fi
-pipe=${PIPE:-${CARGO_TARGET_DIR:-$PWD/target}/release/pipe}
+pipe=$(realpath "${PIPE:-${CARGO_TARGET_DIR:-$PWD/target}/release/pipe}")
 echo "cpu: $(lscpu | sed -n 's/^Model name: *//p') · $threads threads"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

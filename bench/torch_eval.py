@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """PyTorch's side of bench/encoder_eval.sh: scores the texts of pipe's split (train and test)
 with the model folder pipe's finetune wrote (model/, a Hugging Face folder), as a user of
-transformers would: AutoTokenizer (truncation at max length), batches in order padded to
-their longest row, AutoModelForSequenceClassification in eval mode under torch.no_grad, fp32,
-sdpa attention.
+transformers would: AutoTokenizer (truncation at max length), AutoModelForSequenceClassification
+in eval mode under torch.no_grad, fp32, sdpa attention, batches padded to their longest row;
+the rows in their order, or with --sorted shortest first, as pipe's evaluate batches them.
 
 Prints one JSON object: texts, seconds (tokenizing and scoring; loading the model excluded),
 texts/s, accuracy per split (to set beside pipe's evaluate metrics: the same weights must
@@ -32,6 +32,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--max-length", type=int, default=128)
+    ap.add_argument("--sorted", action="store_true", help="batch the rows shortest first")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model = AutoModelForSequenceClassification.from_pretrained(
@@ -45,17 +46,21 @@ def main():
     start = time.perf_counter()
     with torch.no_grad():
         for name, rows in splits.items():
+            ids = tok(rows["text"], truncation=True, max_length=args.max_length)["input_ids"]
+            order = sorted(range(len(ids)), key=lambda i: len(ids[i])) if args.sorted else range(len(ids))
+            order = list(order)
             right = 0
-            for at in range(0, len(rows["text"]), args.batch):
-                batch = tok(rows["text"][at:at + args.batch], truncation=True,
-                            max_length=args.max_length, padding=True, return_tensors="pt")
+            for at in range(0, len(order), args.batch):
+                rows_here = order[at:at + args.batch]
+                batch = tok.pad({"input_ids": [ids[i] for i in rows_here]}, return_tensors="pt")
                 predicted = model(**batch).logits.argmax(-1).tolist()
-                truth = [label_ids[l] for l in rows["label"][at:at + args.batch]]
+                truth = [label_ids[rows["label"][i]] for i in rows_here]
                 right += sum(p == t for p, t in zip(predicted, truth))
-            accuracy[name] = round(right / len(rows["text"]), 4)
+            accuracy[name] = round(right / len(ids), 4)
     seconds = time.perf_counter() - start
     print(json.dumps({
         "side": f"transformers {__import__('transformers').__version__} + torch {torch.__version__}",
+        "sorted": args.sorted,
         "texts": texts, "seconds": round(seconds, 2), "texts_per_s": round(texts / seconds, 1),
         "accuracy": accuracy,
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
