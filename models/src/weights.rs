@@ -2,7 +2,9 @@
 //! checkpoint, or its shards), checked against a model's declared [`ParamSpec`] list. The
 //! files are memory-mapped ([`Checkpoint`]): each tensor is copied once, into its own `f32`
 //! buffer (`bfloat16`/`float16` converted exactly on the way), or, for a frozen weight, read
-//! in place from the map ([`Pending::in_place`]).
+//! in place from the map ([`Pending::in_place`]; in its stored 16-bit type where the graph
+//! takes that, [`Pending::half`]). Models are written back a piece of a tensor at a time
+//! ([`save_streamed`]).
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
