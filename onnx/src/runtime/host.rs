@@ -286,11 +286,8 @@ impl HostTensor {
             DType::Bool => HostData::Bool(vec![false; n]),
             DType::I8 => HostData::I8(vec![0; n]),
             DType::U8 => HostData::U8(vec![0; n]),
-            DType::BF16 | DType::F16 => {
-                return Err(Error::Data(format!(
-                    "{dtype} tensors are only read in place, never made"
-                )));
-            }
+            DType::BF16 => HostData::Bf16(Elements::Owned(vec![half::bf16::ZERO; n])),
+            DType::F16 => HostData::F16(Elements::Owned(vec![half::f16::ZERO; n])),
         };
         Self::new(shape, data)
     }
