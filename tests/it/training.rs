@@ -175,11 +175,27 @@ fn lora_over_int4_and_bf16_frozen_weights_runs_end_to_end() {
             serde_json::from_str(&p.read(".pipe/out/train/finetune/metrics.json")).unwrap();
         let e: serde_json::Value =
             serde_json::from_str(&p.read(".pipe/out/train/evaluate/metrics.json")).unwrap();
-        (m, e)
+        let model = p.path(".pipe/out/train/finetune/model/model.safetensors");
+        (m, e, pipe_models::weights::load_all(&model).unwrap())
     };
-    let (int4, evaluated) = run("int4");
-    let (bf16, evaluated_bf16) = run("bf16");
-    let (f32, _) = run("f32");
+    let (int4, evaluated, int4_model) = run("int4");
+    let (bf16, evaluated_bf16, bf16_model) = run("bf16");
+    let (f32, _, f32_model) = run("f32");
+    // model/ holds the starting weights wherever training changed nothing: the quantized and
+    // rounded copies (bf16's embedding tables included) are for training only.
+    let untouched: Vec<&String> = (f32_model.keys())
+        .filter(|k| {
+            !["q_proj", "v_proj", "c_fc", "score"]
+                .iter()
+                .any(|t| k.contains(t))
+        })
+        .collect();
+    assert!(untouched.iter().any(|k| k.contains("wte")), "{untouched:?}");
+    for name in untouched {
+        for (dtype, model) in [("int4", &int4_model), ("bf16", &bf16_model)] {
+            assert!(model[name] == f32_model[name], "{dtype}: {name} changed");
+        }
+    }
     assert_eq!(int4["frozen_dtype"], "int4");
     assert_eq!(bf16["frozen_dtype"], "bf16");
     assert_eq!(f32["frozen_dtype"], "f32");

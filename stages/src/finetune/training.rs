@@ -54,17 +54,21 @@ pub struct Training<'a> {
     scratch: &'a Path,
     options: StepOptions,
     selection: Option<Selection>,
-    quantized: Vec<QuantizedWeight>,
+    /// The frozen parameters training holds in another form than their starting values
+    /// (quantized, or a table rounded to a 16-bit type), with the graph inputs that hold
+    /// each: [`Finished::weight`] reads them again from the starting model.
+    held_otherwise: BTreeMap<String, Vec<String>>,
     frozen_bytes: usize,
 }
 
 /// How a finished run went.
 pub struct Finished {
     /// Every parameter (trained and frozen; LoRA matrices unmerged) but the frozen ones
-    /// training held quantized, by name; [`Finished::weight`] gives each.
+    /// training held quantized or rounded, by name; [`Finished::weight`] gives each.
     pub weights: BTreeMap<String, HostTensor>,
-    /// The frozen weights training held quantized, read again from the starting model when
-    /// asked for: the saved model is the original weights plus what training changed.
+    /// The frozen weights training held quantized or rounded, read again from the starting
+    /// model when asked for: the saved model is the original weights plus what training
+    /// changed.
     pub unchanged: Vec<String>,
     /// Steps taken (including those before a resume).
     pub steps: u64,
@@ -173,6 +177,16 @@ impl<'a> Training<'a> {
             }
             None => None,
         };
+        // Quantized weights, and tables rounded to a 16-bit type rather than read as the
+        // checkpoint stores them, are not their starting values.
+        let quantized = step
+            .quantized
+            .iter()
+            .map(|q| (q.name.clone(), q.input_names()));
+        let rounded = (step.half_tables.iter())
+            .filter(|&(name, dtype)| options.half_dtypes.get(name) != Some(dtype))
+            .map(|(name, _)| (name.clone(), vec![name.clone()]));
+        let held_otherwise = quantized.chain(rounded).collect();
         Ok(Training {
             params,
             problem,
@@ -184,7 +198,7 @@ impl<'a> Training<'a> {
             selection: params
                 .select_best
                 .map(|metric| Selection::new(metric, params.early_stopping_patience)),
-            quantized: step.quantized,
+            held_otherwise,
             frozen_bytes,
         })
     }
@@ -318,7 +332,7 @@ impl<'a> Training<'a> {
         };
         weights.extend(self.frozen_weights());
         Ok(Finished {
-            unchanged: self.quantized.iter().map(|q| q.name.clone()).collect(),
+            unchanged: self.held_otherwise.keys().cloned().collect(),
             state_on_device: self.trainer.state_on_device(),
             // Statistics for the metrics only: a trained model is not lost for want of them.
             device_memory: self.device_memory().unwrap_or(None),
@@ -332,13 +346,14 @@ impl<'a> Training<'a> {
         })
     }
 
-    /// The frozen weights the trainer held in f32, handed over (it can run no step after);
-    /// those it held quantized are left out: [`Finished::weight`] reads them again.
+    /// The frozen weights the trainer held as they start (f32, or 16-bit as the checkpoint
+    /// stores them), handed over (it can run no step after); those it held quantized or
+    /// rounded are left out: [`Finished::weight`] reads them again.
     fn frozen_weights(&mut self) -> BTreeMap<String, HostTensor> {
         let mut frozen: BTreeMap<String, HostTensor> =
             self.trainer.take_frozen().into_iter().collect();
-        for name in self.quantized.iter().flat_map(|q| q.input_names()) {
-            frozen.remove(&name);
+        for name in self.held_otherwise.values().flatten() {
+            frozen.remove(name);
         }
         frozen
     }
