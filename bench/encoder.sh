@@ -13,19 +13,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 threads=${THREADS:-2}
 seeds=("${@:-0}")
-./scripts/fetch-onnxruntime.sh
-./scripts/fetch-model.sh
-# PIPE=path/to/pipe runs that binary instead of building a release one.
-if [[ -z "${PIPE:-}" ]]; then
-  cargo build --release --locked --workspace --bin pipe
-fi
-pipe=$(realpath "${PIPE:-${CARGO_TARGET_DIR:-$PWD/target}/release/pipe}")
-model=$PWD/.tools/models/all-MiniLM-L6-v2
-echo "cpu: $(lscpu | sed -n 's/^Model name: *//p') · $threads threads"
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+source bench/embedded_setup.sh
 for seed in "${seeds[@]}"; do
-  cp -r pipelines/data "$work/"
   sed -e "s/seed: 0 }/seed: $seed }/" \
       -e "s/device: cpu/device: cpu\n    threads: $threads\n    seed: $seed/" \
       pipelines/student-pretrained.yaml > "$work/p.yaml"
@@ -41,6 +30,6 @@ print(json.dumps({"side": "pipe", "seed": int(seed), "test_accuracy": round(ev["
                   "test_macro_auc": round(ev["test"]["macro_auc"], 4), "train_seconds": round(ft["seconds"], 1),
                   "tokens_per_s": ft["tokens_per_s"], "peak_rss_mib": round(rss / 1024)}))
 PY
-  python3 bench/torch_encoder.py "$work/.pipe/out/student-pretrained/split" "$model" \
+  python3 bench/torch_encoder.py "$work/.pipe/out/student-pretrained/split" "$minilm" \
     --seed "$seed" --threads "$threads" | sed 's/^{/{"side": "transformers", /'
 done

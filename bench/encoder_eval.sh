@@ -20,17 +20,7 @@ cd "$(dirname "$0")/.."
 threads=${THREADS:-2}
 shapes=("${@:-bert modernbert}")
 read -r -a shapes <<< "${shapes[*]}"
-./scripts/fetch-onnxruntime.sh
-./scripts/fetch-model.sh
-if [[ -z "${PIPE:-}" ]]; then
-  cargo build --release --locked --workspace --bin pipe
-fi
-pipe=$(realpath "${PIPE:-${CARGO_TARGET_DIR:-$PWD/target}/release/pipe}")
-tokenizer=$PWD/.tools/models/all-MiniLM-L6-v2
-echo "cpu: $(lscpu | sed -n 's/^Model name: *//p') · $threads threads"
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-cp -r pipelines/data "$work/"
+source bench/embedded_setup.sh
 for shape in "${shapes[@]}"; do
   case "$shape" in
     bert) config='{ model_type: bert, vocab_size: 30522, hidden_size: 768, num_hidden_layers: 12,
@@ -75,7 +65,7 @@ print(json.dumps({"shape": shape, "side": "pipe evaluate", "texts": texts, "seco
                   "peak_rss_bytes": int(fields["Maximum resident set size (kbytes)"]) * 1024}))
 PY
   for order in "" --sorted; do
-    python3 bench/torch_eval.py "$out/split" "$out/finetune/model" "$tokenizer" \
+    python3 bench/torch_eval.py "$out/split" "$out/finetune/model" "$minilm" \
       --threads "$threads" $order | sed "s/^{/{\"shape\": \"$shape\", /"
   done
 done

@@ -17,16 +17,7 @@ threads=${THREADS:-2}
 seeds=("$@")
 [[ $# -eq 0 ]] && seeds=(0 1 2)
 read -r -a dtypes <<< "${DTYPES:-f32 bf16 int8 int4}"
-./scripts/fetch-onnxruntime.sh
-./scripts/fetch-model.sh
-if [[ -z "${PIPE:-}" ]]; then
-  cargo build --release --locked --workspace --bin pipe
-fi
-pipe=$(realpath "${PIPE:-${CARGO_TARGET_DIR:-$PWD/target}/release/pipe}")
-echo "cpu: $(lscpu | sed -n 's/^Model name: *//p') · $threads threads"
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-cp -r pipelines/data "$work/"
+source bench/embedded_setup.sh
 results="$work/results.jsonl"
 for seed in "${seeds[@]}"; do
   for dtype in "${dtypes[@]}"; do
@@ -52,7 +43,7 @@ PY
   # PEFT's LoRA with the same recipe on pipe's split of this seed, fp32: the peer.
   [[ -n ${SKIP_PEFT:-} ]] && continue
   python3 bench/torch_encoder.py "$work/.pipe/out/student-pretrained/split" \
-    "$PWD/.tools/models/all-MiniLM-L6-v2" --seed "$seed" --threads "$threads" --lr 5e-4 --lora 8 \
+    "$minilm" --seed "$seed" --threads "$threads" --lr 5e-4 --lora 8 \
     | sed 's/^{/{"side": "PEFT 0.21 fp32", /'
 done
 python3 - "$results" "${dtypes[@]}" <<'PY'
