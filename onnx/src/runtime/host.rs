@@ -149,6 +149,11 @@ impl<T: bytemuck::Pod + PartialEq> PartialEq for Shared<T> {
     }
 }
 
+/// 16-bit floats as the f32 values they stand for (exact).
+fn widen<T: Copy + Into<f32>>(values: &[T]) -> Vec<f32> {
+    values.iter().map(|&x| x.into()).collect()
+}
+
 /// A tensor in host memory: shape and row-major data.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HostTensor {
@@ -224,20 +229,8 @@ impl HostTensor {
     pub fn f32_range(&self, range: Range<usize>) -> Option<std::borrow::Cow<'_, [f32]>> {
         use std::borrow::Cow;
         match &self.data {
-            HostData::Bf16(v) => Some(Cow::Owned(
-                v.as_slice()
-                    .get(range)?
-                    .iter()
-                    .map(|x| x.to_f32())
-                    .collect(),
-            )),
-            HostData::F16(v) => Some(Cow::Owned(
-                v.as_slice()
-                    .get(range)?
-                    .iter()
-                    .map(|x| x.to_f32())
-                    .collect(),
-            )),
+            HostData::Bf16(v) => Some(Cow::Owned(widen(v.as_slice().get(range)?))),
+            HostData::F16(v) => Some(Cow::Owned(widen(v.as_slice().get(range)?))),
             _ => self.as_f32()?.get(range).map(Cow::Borrowed),
         }
     }
