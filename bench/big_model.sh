@@ -9,7 +9,7 @@
 #         batch 4, max_steps 4) → export-onnx → evaluate (the 20 test rows), on the first
 #         100 questions of the sample data;
 #   PEFT: the same training step on the same checkpoint (bench/big_model.py peft).
-# Prints the CPU, the stand-in's size, per pipe stage its seconds and peak, finetune's tok/s,
+# Prints the CPU, the checkpoint's bytes, per pipe stage its seconds and peak, finetune's tok/s,
 # the whole job's peak, and PEFT's tok/s and peak; and the time a `cat` of the weights takes
 # (cold with COLD=1), beside finetune's `setup_seconds` (start to first step).
 #
@@ -58,6 +58,7 @@ if ! compgen -G "$work/hf/hub/models--EleutherAI--gpt-neo-2.7B/snapshots/*/confi
 fi
 export HF_HOME=$work/hf HF_HUB_OFFLINE=1
 snap=$(echo "$work"/hf/hub/models--EleutherAI--gpt-neo-2.7B/snapshots/*)
+echo "{\"checkpoint_bytes\": $(stat -L -c %s "$snap"/*.safetensors | awk '{ s += $1 } END { printf "%.0f", s }')}"
 # drop_caches: with COLD=1 (root), empties the page cache so that reads come from the disk.
 drop_caches() {
   if [[ -n ${COLD:-} ]]; then

@@ -143,14 +143,27 @@ const SHOWN_CHARS: usize = 120;
 
 /// How many characters of a message a diagnostic shows (a message may quote
 /// a value of the manifest).
-const MESSAGE_CHARS: usize = 400;
+const MESSAGE_CHARS: usize = 1000;
 
-/// `text`, cut to `max` characters with `…` when longer.
+/// `text`, when longer than `max` characters, as its first two thirds and last third of them
+/// around `…`: the end of a message is usually what to do.
 fn clip(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
-    match text.char_indices().nth(max) {
-        Some((at, _)) => format!("{}… ({} bytes in all)", &text[..at], text.len()).into(),
-        None => text.into(),
+    let chars = text.chars().count();
+    if chars <= max {
+        return text.into();
     }
+    let head_end = text.char_indices().nth(max * 2 / 3).map_or(0, |(at, _)| at);
+    let tail_start = text
+        .char_indices()
+        .nth(chars - max / 3)
+        .map_or(text.len(), |(at, _)| at);
+    let cut = text.len() - head_end - (text.len() - tail_start);
+    format!(
+        "{} … ({cut} bytes cut) … {}",
+        &text[..head_end],
+        &text[tail_start..]
+    )
+    .into()
 }
 
 #[cfg(test)]
@@ -181,8 +194,16 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         let caret = lines[3].find('^').unwrap();
         assert_eq!(lines[2].chars().nth(caret), Some('x'));
-        let long = Diagnostic::at("a.yaml", Span { line: 1, col: 1 }, "y".repeat(10_000));
-        assert!(long.render(None).len() < 1_000);
+        let message = format!("the cause {} what to do", "y".repeat(10_000));
+        let long = Diagnostic::at("a.yaml", Span { line: 1, col: 1 }, message);
+        let shown = long.render(None);
+        assert!(shown.len() < 1_100, "{} bytes", shown.len());
+        // Both ends stay: the cause, and what to do about it.
+        assert!(
+            shown.contains("the cause") && shown.ends_with("what to do"),
+            "{shown}"
+        );
+        assert!(shown.contains("bytes cut"));
     }
 
     #[test]

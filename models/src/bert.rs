@@ -13,9 +13,10 @@
 //! - Embeddings are `word + token_type + position`, then LayerNorm (B:100–107). Token types
 //!   are 0 unless given (B:90–97): the training graph adds row 0 of `token_type_embeddings`;
 //!   the exported graph takes `token_type_ids`.
-//! - **Positions:** BERT's are `0..seq`. RoBERTa's count real tokens from `padding_idx + 1`
-//!   and padding sits at `padding_idx` (`create_position_ids_from_input_ids`, R:141–154); with
-//!   right padding that is `pos + padding_idx + 1` below each row's length.
+//! - **Positions:** BERT's are `0..seq`. RoBERTa's count the tokens that are not the pad id
+//!   from `padding_idx + 1`, and every pad id sits at `padding_idx`
+//!   (`create_position_ids_from_input_ids`, R:141–154); with right padding and no pad id in
+//!   the text that is `pos + padding_idx + 1` below each row's length.
 //! - Attention scores are scaled by `1/√head_dim` (B:153, B:126) and padded keys get
 //!   `f32::MIN` added (the eager mask of `create_bidirectional_mask`), so they get probability 0.
 //! - **Post-LN:** `x = LN(x + dropout(dense(attn)))`, then `x = LN(x + dropout(dense(act(dense(x)))))`
@@ -162,9 +163,14 @@ impl BertConfig {
         }
     }
 
-    /// RoBERTa's `padding_idx` (its positions start at `padding_idx + 1`).
+    /// The pad token, transformers' `padding_idx` of the word embeddings (and RoBERTa's
+    /// positions start at `padding_idx + 1`): the config's, else the family's default (BERT 0,
+    /// RoBERTa 1).
     fn padding_idx(&self) -> i64 {
-        self.pad_token_id.unwrap_or(1)
+        self.pad_token_id.unwrap_or(match self.model_type {
+            BertFlavor::Bert => 0,
+            BertFlavor::Roberta => 1,
+        })
     }
 
     /// The longest row the position table takes: RoBERTa spends `padding_idx + 1` rows.
@@ -312,15 +318,21 @@ impl Embeddings {
             let pos = g.range(&s, DType::I64)?; // [s]
             let pos = match self.flavor {
                 BertFlavor::Bert => pos,
-                // Real tokens at padding_idx + 1 + i, padding at padding_idx (R:152–154).
+                // Tokens that are not the pad id count from padding_idx + 1, every pad id
+                // (padding, or one in the text) sits at padding_idx (R:141–154).
                 BertFlavor::Roberta => {
                     let row = g.unsqueeze(pos, &[0])?; // [1, s]
                     let len = g.unsqueeze(input.lengths, &[1])?; // [b, 1]
                     let real = g.less(row, len)?; // [b, s]
-                    let first = g.scalar(DType::I64, (self.padding_idx + 1) as f64);
-                    let shifted = g.add(row, first)?;
+                    let ids = input.tokens.ids(g)?;
                     let pad = g.scalar(DType::I64, self.padding_idx as f64);
-                    g.where_(real, shifted, pad)? // [b, s]
+                    let is_pad = g.equal(ids, pad)?;
+                    let not_pad = g.not(is_pad)?;
+                    let counted = g.and(real, not_pad)?;
+                    let count = g.cast(counted, DType::I64)?;
+                    let count = g.cumsum(count, 1)?; // [b, s]: 1 at the first counted token
+                    let shifted = g.add(count, pad)?;
+                    g.where_(counted, shifted, pad)? // [b, s]
                 }
             };
             let positions = g.gather(self.position_embeddings, pos, 0)?;
@@ -623,6 +635,15 @@ fn dense_tanh(
 impl SequenceClassifier for BertForSequenceClassification {
     fn vars(&self) -> &Vars {
         &self.vars
+    }
+
+    fn padding_rows(&self) -> Vec<(Tensor, i64)> {
+        let e = &self.model.embeddings;
+        let mut rows = vec![(e.word_embeddings, e.padding_idx)];
+        if e.flavor == BertFlavor::Roberta {
+            rows.push((e.position_embeddings, e.padding_idx));
+        }
+        rows
     }
 
     fn set_dropout(&mut self, dropout: Dropout) {

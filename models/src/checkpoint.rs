@@ -129,9 +129,14 @@ impl Checkpoint {
             if !path.is_file() {
                 bail!(
                     "{} names the shard {shard} (holding tensor {first_tensor}, among others), \
-                     but {} does not exist; copy or download every shard the index names",
+                     but {} {}; copy or download every shard the index names",
                     index.display(),
-                    path.display()
+                    path.display(),
+                    if path.is_dir() {
+                        "is a folder, not a file"
+                    } else {
+                        "does not exist"
+                    }
                 );
             }
             position.insert(shard.as_str(), files.len());
@@ -381,9 +386,10 @@ fn map_file(path: &Path, tensor: Option<&str>) -> Result<MappedFile> {
 fn parse(path: PathBuf, map: Bytes, tensor: Option<&str>) -> Result<MappedFile> {
     let (header_len, header) = SafeTensors::read_metadata(&map).map_err(|e| {
         let holding = tensor.map_or(String::new(), |t| format!(" (it holds tensor {t})"));
+        let entry = mismatched_entry(&map).map_or(String::new(), |e| format!(": {e}"));
         anyhow::anyhow!(
-            "{}{holding} is not a complete safetensors file ({e}); it may be truncated or \
-             corrupt: download or copy it again",
+            "{}{holding} is not a complete safetensors file ({e}){entry}; it may be truncated \
+             or corrupt: download or copy it again",
             path.display()
         )
     })?;
@@ -392,6 +398,39 @@ fn parse(path: PathBuf, map: Bytes, tensor: Option<&str>) -> Result<MappedFile> 
         map,
         data_start: 8 + header_len,
         header,
+    })
+}
+
+/// The first header entry of the safetensors bytes `file` whose byte range does not hold its
+/// shape and element type, described (name, type, shape, range), when the header itself parses.
+fn mismatched_entry(file: &[u8]) -> Option<String> {
+    let len = u64::from_le_bytes(file.get(..8)?.try_into().ok()?);
+    let header = file.get(8..8usize.checked_add(usize::try_from(len).ok()?)?)?;
+    let entries: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(header).ok()?;
+    entries.iter().find_map(|(name, entry)| {
+        let dtype = entry.get("dtype")?.as_str()?;
+        let shape: Vec<u64> = serde_json::from_value(entry.get("shape")?.clone()).ok()?;
+        let [start, end]: [u64; 2] =
+            serde_json::from_value(entry.get("data_offsets")?.clone()).ok()?;
+        let width: u64 = match dtype {
+            "F64" | "I64" | "U64" => 8,
+            "F32" | "I32" | "U32" => 4,
+            "F16" | "BF16" | "I16" | "U16" => 2,
+            _ => 1,
+        };
+        let needed = shape
+            .iter()
+            .try_fold(width, |n, &d| n.checked_mul(d))
+            .unwrap_or(u64::MAX);
+        let held = end.checked_sub(start);
+        (held != Some(needed)).then(|| {
+            format!(
+                "tensor {name} is {dtype} of shape {shape:?}, {needed} bytes, but its \
+                 data_offsets [{start}, {end}] hold {}",
+                held.map_or("a negative range".to_string(), |h| format!("{h} bytes"))
+            )
+        })
     })
 }
 
@@ -406,6 +445,24 @@ mod tests {
         let view = TensorView::new(dtype, vec![bits.len()], &bytes).expect("a view");
         let file = safetensors::serialize([("t", view)], None).expect("serialized");
         Checkpoint::from_bytes(file, "t.safetensors").expect("a checkpoint")
+    }
+
+    #[test]
+    fn an_entry_whose_range_does_not_fit_its_type_is_named() {
+        let header = br#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"t":{"dtype":"F64","shape":[2],"data_offsets":[8,16]}}"#;
+        let mut file = (header.len() as u64).to_le_bytes().to_vec();
+        file.extend_from_slice(header);
+        file.extend_from_slice(&[0; 16]);
+        let err = Checkpoint::from_bytes(file, "m.safetensors")
+            .err()
+            .expect("refused");
+        let text = format!("{err:#}");
+        assert!(
+            text.contains(
+                "tensor t is F64 of shape [2], 16 bytes, but its data_offsets [8, 16] hold 8 bytes"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

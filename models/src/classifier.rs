@@ -50,6 +50,7 @@ pub trait SequenceClassifier {
     /// The parameters for [`pipe_onnx::build_gradient_step`]; `decay` says which get weight
     /// decay (see [`hf_trainer_decay`]).
     fn train_params(&self, decay: &dyn Fn(&ParamSpec) -> bool) -> Vec<TrainParam> {
+        let padding = self.padding_rows();
         self.vars()
             .specs()
             .iter()
@@ -57,8 +58,18 @@ pub trait SequenceClassifier {
             .map(|(spec, &tensor)| TrainParam {
                 tensor,
                 weight_decay: decay(spec),
+                padding_row: (padding.iter())
+                    .find(|(t, _)| *t == tensor)
+                    .map(|&(_, row)| row),
             })
             .collect()
+    }
+
+    /// The embedding tables with a row that takes no gradient, and that row: transformers'
+    /// `nn.Embedding(…, padding_idx=config.pad_token_id)` for the tokens in every family but
+    /// GPT-Neo and GPT-2, and for RoBERTa's positions.
+    fn padding_rows(&self) -> Vec<(Tensor, i64)> {
+        Vec::new()
     }
 }
 
@@ -111,31 +122,51 @@ pub fn hf_trainer_decay(spec: &ParamSpec) -> bool {
 /// The pad id a decoder's classifier needs (transformers reads each row's last token that is
 /// not `pad_token_id`, and refuses a batch without one): `pad`, else the config's
 /// `eos_token_id` (its first when a list), which transformers then takes for padding; an
-/// error saying how to set one when `other` (the rest of the config) has neither.
+/// error saying how to set one when `other` (the rest of the config) has neither, or when the
+/// id is not one of the `vocab_size` tokens (transformers refuses to load such a model).
 pub fn decoder_pad_id(
     model_type: &str,
     pad: Option<i64>,
     other: &serde_json::Map<String, serde_json::Value>,
+    vocab_size: usize,
 ) -> Result<i64> {
     use anyhow::Context;
     use serde_json::Value;
-    if let Some(pad) = pad {
-        return Ok(pad);
-    }
-    let eos = match other.get("eos_token_id") {
-        Some(Value::Number(n)) => n.as_i64(),
-        Some(Value::Array(ids)) => ids.first().and_then(Value::as_i64),
-        _ => None,
+    let (id, key) = match pad {
+        Some(pad) => (pad, "pad_token_id"),
+        None => {
+            let eos = match other.get("eos_token_id") {
+                Some(Value::Number(n)) => n.as_i64(),
+                Some(Value::Array(ids)) => ids.first().and_then(Value::as_i64),
+                _ => None,
+            };
+            let eos = eos.with_context(|| {
+                format!(
+                    "this {model_type} config has no `pad_token_id` (nor an `eos_token_id` to \
+                     pad with): a classifier reads each row's last non-pad token, as \
+                     transformers' does, so it must know the pad id; add `pad_token_id: <id>` \
+                     (the tokenizer's pad or end-of-text token) to the model's config.json, or \
+                     to `model.config` in the manifest"
+                )
+            })?;
+            (eos, "eos_token_id")
+        }
     };
-    eos.with_context(|| {
-        format!(
-            "this {model_type} config has no `pad_token_id` (nor an `eos_token_id` to pad with): \
-             a classifier reads each row's last non-pad token, as transformers' does, so it \
-             must know the pad id; add `pad_token_id: <id>` (the tokenizer's pad or \
-             end-of-text token) to the model's config.json, or to `model.config` in the \
-             manifest"
-        )
-    })
+    anyhow::ensure!(
+        usize::try_from(id).is_ok_and(|id| id < vocab_size),
+        "this {model_type} config's `{key}` is {id}, not a token of its vocabulary (0 to {}): \
+         the classifier pads with it, and transformers refuses to load such a model; set \
+         `pad_token_id` to the tokenizer's pad or end-of-text id",
+        vocab_size.saturating_sub(1)
+    );
+    Ok(id)
+}
+
+/// The `pad_token_id` a config keeps among its other keys, when it names one.
+pub fn config_pad_id(other: &serde_json::Map<String, serde_json::Value>) -> Option<i64> {
+    other
+        .get("pad_token_id")
+        .and_then(serde_json::Value::as_i64)
 }
 
 /// How the classifier reduces a row's hidden states `[seq, hidden]` to one vector.

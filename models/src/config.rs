@@ -70,6 +70,9 @@ impl ModelConfig {
     /// The config `value` (a `config.json`, or an inline config of a manifest), by its
     /// `model_type`; without one it is a GPT-Neo config (pipe's own inline configs).
     pub fn from_json(value: Value) -> Result<Self> {
+        if !value.is_object() {
+            bail!("a model config is a map of keys (such as `model_type` and `hidden_size`)");
+        }
         let model_type = match value.get("model_type") {
             None => "gpt_neo".to_string(),
             Some(Value::String(t)) => t.clone(),

@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::architecture::{Architecture, check_positive, classifier_keys};
-use super::classifier::{ClassifierInput, Pooling, ProblemType, SequenceClassifier};
+use super::classifier::{ClassifierInput, Pooling, ProblemType, SequenceClassifier, config_pad_id};
 use super::dropout::{Dropout, DropoutRates, DropoutSites, Site, SiteShape};
 use super::layers::{
     Activation, LayerNorm, Linear, first_token, merge_heads, padding_mask, scaled_attention,
@@ -401,6 +401,8 @@ pub struct DistilBertForSequenceClassification {
     pub model: DistilBertModel,
     pre_classifier: Linear,
     classifier: Linear,
+    /// The word embeddings' `padding_idx`: the config's `pad_token_id` (default 0).
+    padding_idx: i64,
     dropout: Dropout,
     vars: Vars,
 }
@@ -424,6 +426,7 @@ impl DistilBertForSequenceClassification {
             model,
             pre_classifier,
             classifier,
+            padding_idx: config_pad_id(&cfg.other).unwrap_or(0),
             dropout: Dropout::none(),
             vars,
         })
@@ -433,6 +436,10 @@ impl DistilBertForSequenceClassification {
 impl SequenceClassifier for DistilBertForSequenceClassification {
     fn vars(&self) -> &Vars {
         &self.vars
+    }
+
+    fn padding_rows(&self) -> Vec<(Tensor, i64)> {
+        vec![(self.model.embeddings.word_embeddings, self.padding_idx)]
     }
 
     fn set_dropout(&mut self, dropout: Dropout) {

@@ -12,9 +12,10 @@
 //!   `ln_2`) and a final `ln_f`; `gelu_new` in the MLP (`activation_function`).
 //! - Scores are scaled by `1/√head_dim` when `scale_attn_weights` (the default) and further by
 //!   `1/(layer + 1)` when `scale_attn_by_inverse_layer_idx` (M:98–101).
-//! - **Head:** `score` (no bias) on the last non-pad token, as GPT-Neo's and the Llama family's;
-//!   with right padding that is `length - 1`. GPT-2 checkpoints name no pad token, so the
-//!   written config pads with `eos_token_id` ([`decoder_pad_id`]).
+//! - **Head:** `score` (no bias) on the last non-pad token, as GPT-Neo's and the Llama family's
+//!   ([`last_non_pad`]): with right padding `length - 1`, unless the text ends in the pad id.
+//!   GPT-2 checkpoints name no pad token, so the written config pads with `eos_token_id`
+//!   ([`decoder_pad_id`]).
 //!
 //! Graph inputs: the tokens ([`Tokens`](super::layers::Tokens)), `lengths` int64 `[batch]` (right padding), and one
 //! f32 input per parameter under its Hugging Face name (`transformer.h.0.attn.c_attn.weight`).
@@ -31,7 +32,7 @@ use super::classifier::{
     ClassifierInput, Pooling, ProblemType, SequenceClassifier, decoder_pad_id,
 };
 use super::dropout::{Dropout, DropoutRates, DropoutSites, Site, SiteShape};
-use super::last_tokens::{LastTokens, forward_to_last_tokens};
+use super::last_tokens::{LastTokens, forward_to_last_tokens, last_non_pad};
 use super::layers::{Activation, Conv1D, LayerNorm, Linear, causal_mask};
 use super::lora::LoraParams;
 use super::{Init, VarPath, Vars};
@@ -133,7 +134,7 @@ impl Gpt2Config {
 
     /// The pad id the classifier's rule needs ([`decoder_pad_id`]).
     pub fn pad_token_id(&self) -> Result<i64> {
-        decoder_pad_id("gpt2", self.pad_token_id, &self.other)
+        decoder_pad_id("gpt2", self.pad_token_id, &self.other, self.vocab_size)
     }
 
     /// Checks that the numbers fit together.
@@ -368,11 +369,13 @@ impl Gpt2Model {
         })
     }
 
-    /// The hidden state of each row's last real token after `ln_f`: `[b, hidden]`.
+    /// The hidden state after `ln_f` of each row's token at `positions` (int64 `[b]`, from
+    /// [`last_non_pad`]): `[b, hidden]`.
     pub fn forward_last_tokens(
         &self,
         g: &mut Graph,
         input: &ClassifierInput,
+        positions: Tensor,
         dropout: &Dropout,
     ) -> Result<Tensor> {
         let s = g.shape(input.tokens.per_position())[1].clone();
@@ -389,7 +392,7 @@ impl Gpt2Model {
         let x = forward_to_last_tokens(
             g,
             x,
-            input.lengths,
+            positions,
             &self.h,
             dropout,
             |block| &block.path,
@@ -407,6 +410,8 @@ pub struct Gpt2ForSequenceClassification {
     /// The base model.
     pub transformer: Gpt2Model,
     score: Linear,
+    /// The pad id: `score` reads each row's last token that is not it.
+    pad_token_id: i64,
     dropout: Dropout,
     vars: Vars,
 }
@@ -433,6 +438,7 @@ impl Gpt2ForSequenceClassification {
         Ok(Gpt2ForSequenceClassification {
             transformer,
             score,
+            pad_token_id: cfg.pad_token_id()?,
             dropout: Dropout::none(),
             vars,
         })
@@ -450,9 +456,10 @@ impl SequenceClassifier for Gpt2ForSequenceClassification {
 
     /// GPT-2 takes no token types here: `input.token_type_ids` is ignored.
     fn logits(&self, g: &mut Graph, input: &ClassifierInput) -> Result<Tensor> {
+        let positions = last_non_pad(g, &input.tokens, input.lengths, self.pad_token_id)?;
         let pooled = self
             .transformer
-            .forward_last_tokens(g, input, &self.dropout)?;
+            .forward_last_tokens(g, input, positions, &self.dropout)?;
         Ok(self.score.forward(g, pooled, &self.dropout)?)
     }
 }

@@ -33,10 +33,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::architecture::{Architecture, check_positive, classifier_keys};
-use super::classifier::{self, ClassifierInput, SequenceClassifier};
+use super::classifier::{self, ClassifierInput, SequenceClassifier, decoder_pad_id};
 pub use super::classifier::{Pooling, ProblemType, hf_trainer_decay};
 use super::dropout::{Dropout, DropoutRates, DropoutSites, Site, SiteShape};
-use super::last_tokens::{LastTokens, forward_to_last_tokens};
+use super::last_tokens::{LastTokens, forward_to_last_tokens, last_non_pad};
 pub use super::layers::{Activation, Tokens};
 use super::layers::{LayerNorm, pool_mean};
 use super::lora::{self, LoraLayer, LoraParams};
@@ -132,6 +132,19 @@ fn default_initializer_range() -> f64 {
 }
 
 impl GptNeoConfig {
+    /// The pad id the classifier reads past (the last token that is not it): the config's
+    /// `pad_token_id`, else its end-of-text token (`eos_token_id`, its first when a list),
+    /// else 0, the `<|endoftext|>` of the BPE the tokenize stage trains; an error when the
+    /// id is not a token of the vocabulary.
+    pub fn pad_token_id(&self) -> Result<i64> {
+        let pad = self.other.get("pad_token_id").and_then(Value::as_i64);
+        let names_one = |key: &str| self.other.get(key).is_some_and(|v| !v.is_null());
+        if !names_one("pad_token_id") && !names_one("eos_token_id") {
+            return Ok(0);
+        }
+        decoder_pad_id("gpt_neo", pad, &self.other, self.vocab_size)
+    }
+
     /// A small model to train from scratch: hidden 256, 4 layers of 8 heads alternating
     /// global/local, MLP 1024, 128 positions, window 256.
     pub fn tiny(vocab_size: usize, num_labels: usize) -> Self {
@@ -206,6 +219,7 @@ impl GptNeoConfig {
                  token has seen no other"
             );
         }
+        self.pad_token_id()?;
         let layers = self.attention_layers().len();
         if layers != self.num_layers {
             bail!(
@@ -378,13 +392,8 @@ impl Architecture for GptNeoConfig {
             .collect();
         if let Value::Object(map) = &mut value {
             // transformers classifies more than one row at a time only with a pad token
-            // (M:685–690): the source's, else its end-of-text token, else 0, the
-            // `<|endoftext|>` of the BPE the tokenize stage trains.
-            let set = |v: Option<&Value>| v.filter(|v| !v.is_null()).cloned();
-            let pad = set(map.get("pad_token_id"))
-                .or_else(|| set(map.get("eos_token_id")))
-                .unwrap_or(json!(0));
-            map.insert("pad_token_id".into(), pad);
+            // (M:685–690).
+            map.insert("pad_token_id".into(), json!(self.pad_token_id()?));
             map.insert("model_type".into(), json!("gpt_neo"));
             map.insert("attention_layers".into(), Value::Array(layers));
             map.insert("dtype".into(), json!("float32"));
@@ -741,20 +750,21 @@ impl GptNeoModel {
         Ok(self.ln_f.forward(g, x)?)
     }
 
-    /// The last hidden state at position `lengths[b] - 1` of each row, `[b, hidden]`: what
-    /// [`Self::forward_tokens`] gives there, for less work: the last block runs on those rows
-    /// alone ([`forward_to_last_tokens`]).
+    /// The last hidden state at `positions` (int64 `[b]`, from [`last_non_pad`]) of each
+    /// row, `[b, hidden]`: what [`Self::forward_tokens`] gives there, for less work: the last
+    /// block runs on those rows alone ([`forward_to_last_tokens`]).
     pub fn forward_last_tokens(
         &self,
         g: &mut Graph,
         tokens: Tokens,
         lengths: Tensor,
+        positions: Tensor,
     ) -> Result<Tensor> {
         let (x, masks) = self.embed_and_mask(g, tokens, lengths)?;
         let x = forward_to_last_tokens(
             g,
             x,
-            lengths,
+            positions,
             &self.h,
             &self.dropout,
             |block| &block.path,
@@ -822,6 +832,8 @@ pub struct GptNeoForSequenceClassification {
     /// The base model.
     pub transformer: GptNeoModel,
     pooling: Pooling,
+    /// The pad id: with [`Pooling::Last`], `score` reads each row's last token that is not it.
+    pad_token_id: i64,
     score: Tensor,
     num_labels: i64,
     vars: Vars,
@@ -862,6 +874,7 @@ impl GptNeoForSequenceClassification {
         Ok(GptNeoForSequenceClassification {
             transformer,
             pooling: cfg.pooling,
+            pad_token_id: cfg.pad_token_id()?,
             score,
             num_labels,
             vars,
@@ -885,8 +898,9 @@ impl GptNeoForSequenceClassification {
         Ok((ids, lengths))
     }
 
-    /// `input_ids` `[b, s]`, `lengths` `[b]` → logits `[b, num_labels]`, read at position
-    /// `lengths[b] - 1` of each row (or from the mean of positions `0..lengths[b]`).
+    /// `input_ids` `[b, s]`, `lengths` `[b]` → logits `[b, num_labels]`, read at each row's
+    /// last token that is not the pad id ([`last_non_pad`]: `lengths[b] - 1` unless the text
+    /// ends in it), or from the mean of positions `0..lengths[b]`.
     pub fn forward(&self, g: &mut Graph, input_ids: Tensor, lengths: Tensor) -> Result<Tensor> {
         self.forward_tokens(g, Tokens::Ids(input_ids), lengths)
     }
@@ -897,7 +911,11 @@ impl GptNeoForSequenceClassification {
     /// [`GptNeoModel::forward_last_tokens`]).
     pub fn forward_tokens(&self, g: &mut Graph, tokens: Tokens, lengths: Tensor) -> Result<Tensor> {
         let pooled = match self.pooling {
-            Pooling::Last => self.transformer.forward_last_tokens(g, tokens, lengths)?,
+            Pooling::Last => {
+                let positions = last_non_pad(g, &tokens, lengths, self.pad_token_id)?;
+                self.transformer
+                    .forward_last_tokens(g, tokens, lengths, positions)?
+            }
             Pooling::Mean => {
                 let hidden = self.transformer.forward_tokens(g, tokens, lengths)?; // [b, s, h]
                 g.with_scope("pool", |g| pool_mean(g, hidden, lengths))?

@@ -9,10 +9,11 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use pipe_onnx::HostTensor;
 use serde_json::Value;
 
+use super::checkpoint::bad_input;
 use super::classifier::ProblemType;
 use super::{Architecture, ModelConfig, ParamSpec};
 
@@ -31,14 +32,32 @@ pub fn read_config(dir: &Path) -> Result<ModelConfig> {
         )
     })?;
     let value: Value = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not valid JSON", path.display()))?;
-    ModelConfig::from_json(value).with_context(|| {
-        format!(
-            "{} is not a config pipe can train (see transformers' configuration file of its \
-             model_type for the keys)",
+        .with_context(|| format!("{} is not valid JSON", path.display()))
+        .map_err(bad_input)?;
+    if !value.is_object() {
+        return Err(bad_input(anyhow::anyhow!(
+            "{} is not a JSON object of config keys (such as {{\"model_type\": \"bert\", ...}})",
             path.display()
-        )
-    })
+        )));
+    }
+    // Inline configs without a `model_type` are GPT-Neo's; a folder's names its family.
+    if value.get("model_type").is_none() {
+        return Err(bad_input(anyhow::anyhow!(
+            "{} has no `model_type`, which names the model's family; add the one its model \
+             has (pipe knows {})",
+            path.display(),
+            ModelConfig::MODEL_TYPES.join(", ")
+        )));
+    }
+    ModelConfig::from_json(value)
+        .with_context(|| {
+            format!(
+                "{} is not a config pipe can train (see transformers' configuration file of \
+                 its model_type for the keys)",
+                path.display()
+            )
+        })
+        .map_err(bad_input)
 }
 
 /// The path of `dir/model.safetensors`, else of a sharded checkpoint's
@@ -50,20 +69,28 @@ pub fn weights_path(dir: &Path) -> Result<std::path::PathBuf> {
         if path.is_file() {
             return Ok(path);
         }
+        if path.is_dir() {
+            return Err(bad_input(anyhow::anyhow!(
+                "{} is a folder, not a file; a model folder holds its weights as the file \
+                 {WEIGHTS_FILE} (or the shards {} names)",
+                path.display(),
+                super::checkpoint::INDEX_FILE
+            )));
+        }
     }
     if dir.join("pytorch_model.bin").is_file() {
-        bail!(
+        return Err(bad_input(anyhow::anyhow!(
             "{} has only pytorch_model.bin; pipe reads safetensors and never unpickles. \
              Convert it once with: python -c \"from transformers import AutoModel; \
              AutoModel.from_pretrained('{0}').save_pretrained('{0}', safe_serialization=True)\"",
             dir.display()
-        );
+        )));
     }
-    bail!(
+    Err(bad_input(anyhow::anyhow!(
         "{} has neither {WEIGHTS_FILE} nor {} (a sharded checkpoint)",
         dir.display(),
         super::checkpoint::INDEX_FILE
-    )
+    )))
 }
 
 /// The element type the weights of `dir` are stored in (`float32`, `bfloat16`, `float16`;

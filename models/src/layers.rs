@@ -184,6 +184,14 @@ impl Tokens {
         }
     }
 
+    /// The ids themselves, int64 `[b, s]` (for [`Tokens::Distinct`], gathered by the index).
+    pub fn ids(&self, g: &mut Graph) -> pipe_onnx::Result<Tensor> {
+        match *self {
+            Tokens::Ids(ids) => Ok(ids),
+            Tokens::Distinct { ids, index } => g.gather(ids, index, 0),
+        }
+    }
+
     /// The token embeddings `[b, s, hidden]` from the table `wte` `[vocab, hidden]`.
     pub fn embed(&self, g: &mut Graph, wte: Tensor) -> pipe_onnx::Result<Tensor> {
         match *self {
@@ -207,20 +215,6 @@ impl Tokens {
             }
         }
     }
-}
-
-/// `lengths[b] - 1` as `GatherElements` indices along axis 1 of a `[b, s, width]` tensor:
-/// int64 `[b, 1, width]`.
-pub fn last_position(
-    g: &mut Graph,
-    lengths: Tensor,
-    b: &Dim,
-    width: &Dim,
-) -> pipe_onnx::Result<Tensor> {
-    let one = g.scalar(DType::I64, 1.0);
-    let last = g.sub(lengths, one)?; // [b]
-    let last = g.reshape(last, &[b.clone(), Dim::Fixed(1), Dim::Fixed(1)])?;
-    g.expand(last, &[b.clone(), Dim::Fixed(1), width.clone()])
 }
 
 /// The mean of the hidden states at positions `0..lengths[b]` of each row: `[b, s, h]` →

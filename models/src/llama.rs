@@ -22,12 +22,12 @@
 //! - **Qwen2** has biases on q, k and v (not o); Llama and Qwen3 on all four when
 //!   `attention_bias`; Mistral on none. **Qwen3** normalises each head of q and k with its
 //!   own RMSNorm (`q_norm`, `k_norm`) before the rotation.
-//! - **Sliding window** (Mistral's `sliding_window`, Qwen's `layer_types` or
-//!   `use_sliding_window` from layer `max_window_layers` on): query `q` sees key `k` iff
-//!   `q - k < sliding_window`, on top of the causal mask.
-//! - **Head:** `score` (no bias) on the last non-pad token. transformers finds it as the
-//!   rightmost token that is not `pad_token_id`; with right padding that is `length - 1`,
-//!   which is what we gather. A batch of more than one row needs a pad id, so
+//! - **Sliding window** (Mistral's `sliding_window`; Qwen's only with `use_sliding_window`, on
+//!   the layers `layer_types` marks, else from layer `max_window_layers` on): query `q` sees
+//!   key `k` iff `q - k < sliding_window`, on top of the causal mask.
+//! - **Head:** `score` (no bias) on the last non-pad token: as transformers, the rightmost
+//!   token that is not `pad_token_id` ([`last_non_pad`]; with right padding `length - 1`
+//!   unless the text itself ends in the pad id). A batch of more than one row needs a pad id, so
 //!   [`LlamaConfig::pad_token_id`] is the config's, else its `eos_token_id`, else an error.
 //! - The classifier has no `lm_head`: tied or untied embeddings load the same (a causal LM
 //!   checkpoint's `lm_head.weight` is ignored).
@@ -47,7 +47,7 @@ use super::classifier::{
     ClassifierInput, Pooling, ProblemType, SequenceClassifier, decoder_pad_id,
 };
 use super::dropout::{Dropout, DropoutRates, DropoutSites, Site, SiteShape};
-use super::last_tokens::{LastTokens, forward_to_last_tokens};
+use super::last_tokens::{LastTokens, forward_to_last_tokens, last_non_pad};
 use super::layers::{Linear, RmsNorm, Rotary, SwiGlu, causal_mask, rope_inv_freq};
 use super::lora::LoraParams;
 use super::{Init, VarPath, Vars};
@@ -271,15 +271,20 @@ impl LlamaConfig {
         }
     }
 
-    /// The sliding window of layer `i`, if it slides.
+    /// The sliding window of layer `i`, if it slides. Qwen's configs have a window only with
+    /// `use_sliding_window` (transformers sets `sliding_window` to `None` otherwise), from
+    /// layer `max_window_layers` (default 28) on unless `layer_types` says which.
     pub fn window(&self, i: usize) -> Option<usize> {
+        let qwen = matches!(self.model_type, LlamaFlavor::Qwen2 | LlamaFlavor::Qwen3);
+        if qwen && !self.use_sliding_window.unwrap_or(false) {
+            return None;
+        }
         let window = self.sliding_window?;
         let slides = match (&self.layer_types, self.model_type) {
-            (Some(types), _) => types.get(i).is_some_and(|t| t == "sliding_attention"),
+            (Some(types), _) => types.get(i).is_some_and(|t| t == SLIDING),
             (None, LlamaFlavor::Mistral) => true,
             (None, LlamaFlavor::Qwen2 | LlamaFlavor::Qwen3) => {
-                self.use_sliding_window.unwrap_or(false)
-                    && i >= self.max_window_layers.unwrap_or(usize::MAX)
+                i >= self.max_window_layers.unwrap_or(QWEN_MAX_WINDOW_LAYERS)
             }
             (None, LlamaFlavor::Llama) => false,
         };
@@ -288,7 +293,12 @@ impl LlamaConfig {
 
     /// The pad id the classifier's rule needs ([`decoder_pad_id`]).
     pub fn pad_token_id(&self) -> Result<i64> {
-        decoder_pad_id(self.model_type.model_type(), self.pad_token_id, &self.other)
+        decoder_pad_id(
+            self.model_type.model_type(),
+            self.pad_token_id,
+            &self.other,
+            self.vocab_size,
+        )
     }
 
     /// The rotary parameters, from transformers 5's `rope_parameters` or the older
@@ -399,6 +409,19 @@ impl LlamaConfig {
         if self.sliding_window == Some(0) {
             bail!("sliding_window must be positive");
         }
+        let marks_sliding = self.layer_types.iter().flatten().any(|t| t == SLIDING);
+        if marks_sliding && (0..self.num_hidden_layers).all(|i| self.window(i).is_none()) {
+            bail!(
+                "layer_types marks `{SLIDING}` layers but this config has no window{}: \
+                 transformers cannot run such a model; set `sliding_window` (and, for Qwen, \
+                 `use_sliding_window: true`), or mark every layer `full_attention`",
+                if self.sliding_window.is_some() {
+                    " (Qwen uses `sliding_window` only with `use_sliding_window: true`)"
+                } else {
+                    ""
+                }
+            );
+        }
         if !(0.0..1.0).contains(&self.attention_dropout) {
             bail!(
                 "attention_dropout is {}, not a probability in [0, 1)",
@@ -414,6 +437,12 @@ impl LlamaConfig {
 fn dim(n: usize) -> i64 {
     n as i64
 }
+
+/// `layer_types`' name of a sliding-window layer.
+const SLIDING: &str = "sliding_attention";
+
+/// transformers' `max_window_layers` when a Qwen config leaves it out.
+const QWEN_MAX_WINDOW_LAYERS: usize = 28;
 
 // ---- blocks ----------------------------------------------------------------------------------
 
@@ -692,11 +721,13 @@ impl LlamaModel {
         })
     }
 
-    /// The hidden state of each row's last real token, after the final norm: `[b, hidden]`.
+    /// The hidden state, after the final norm, of each row's token at `positions` (int64
+    /// `[b]`, from [`last_non_pad`]): `[b, hidden]`.
     pub fn forward_last_tokens(
         &self,
         g: &mut Graph,
         input: &ClassifierInput,
+        positions: Tensor,
         dropout: &Dropout,
     ) -> Result<Tensor> {
         let (x, rotary, masks) = self.embed_and_mask(g, input)?;
@@ -704,7 +735,7 @@ impl LlamaModel {
         let x = forward_to_last_tokens(
             g,
             x,
-            input.lengths,
+            positions,
             &self.layers,
             dropout,
             |layer| &layer.path,
@@ -765,6 +796,10 @@ pub struct LlamaForSequenceClassification {
     /// The base model.
     pub model: LlamaModel,
     score: Linear,
+    /// The pad id: `score` reads each row's last token that is not it.
+    pad_token_id: i64,
+    /// The config's own `pad_token_id`: the embedding's `padding_idx`, if any.
+    padding_idx: Option<i64>,
     dropout: Dropout,
     vars: Vars,
 }
@@ -790,6 +825,8 @@ impl LlamaForSequenceClassification {
         Ok(LlamaForSequenceClassification {
             model,
             score,
+            pad_token_id: cfg.pad_token_id()?,
+            padding_idx: cfg.pad_token_id,
             dropout: Dropout::none(),
             vars,
         })
@@ -801,13 +838,22 @@ impl SequenceClassifier for LlamaForSequenceClassification {
         &self.vars
     }
 
+    fn padding_rows(&self) -> Vec<(Tensor, i64)> {
+        (self.padding_idx.iter())
+            .map(|&row| (self.model.embed_tokens, row))
+            .collect()
+    }
+
     fn set_dropout(&mut self, dropout: Dropout) {
         self.dropout = dropout;
     }
 
     /// The family takes no token types: `input.token_type_ids` is ignored.
     fn logits(&self, g: &mut Graph, input: &ClassifierInput) -> Result<Tensor> {
-        let pooled = self.model.forward_last_tokens(g, input, &self.dropout)?;
+        let positions = last_non_pad(g, &input.tokens, input.lengths, self.pad_token_id)?;
+        let pooled = self
+            .model
+            .forward_last_tokens(g, input, positions, &self.dropout)?;
         Ok(self.score.forward(g, pooled, &self.dropout)?)
     }
 }

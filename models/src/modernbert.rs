@@ -40,7 +40,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::architecture::{Architecture, check_positive, classifier_keys};
-use super::classifier::{ClassifierInput, Pooling, ProblemType, SequenceClassifier};
+use super::classifier::{ClassifierInput, Pooling, ProblemType, SequenceClassifier, config_pad_id};
 use super::dropout::{Dropout, DropoutRates, DropoutSites, Site, SiteShape};
 use super::layers::{
     Activation, LayerNorm, Linear, Rotary, first_token, gated, merge_heads, padding_mask,
@@ -516,6 +516,9 @@ impl ModernBertModel {
 
 // ---- sequence classification -----------------------------------------------------------------
 
+/// transformers' `pad_token_id` of a ModernBERT config that names none.
+const MODERNBERT_PAD_ID: i64 = 50283;
+
 /// ModernBERT with its sequence-classification head (`ModernBertForSequenceClassification`).
 pub struct ModernBertForSequenceClassification {
     /// The base model.
@@ -525,6 +528,8 @@ pub struct ModernBertForSequenceClassification {
     activation: Activation,
     norm: LayerNorm,
     classifier: Linear,
+    /// The token embeddings' `padding_idx`: the config's `pad_token_id` (default 50283).
+    padding_idx: i64,
     dropout: Dropout,
     vars: Vars,
 }
@@ -564,6 +569,7 @@ impl ModernBertForSequenceClassification {
             activation: cfg.classifier_activation,
             norm,
             classifier,
+            padding_idx: config_pad_id(&cfg.other).unwrap_or(MODERNBERT_PAD_ID),
             dropout: Dropout::none(),
             vars,
         })
@@ -573,6 +579,10 @@ impl ModernBertForSequenceClassification {
 impl SequenceClassifier for ModernBertForSequenceClassification {
     fn vars(&self) -> &Vars {
         &self.vars
+    }
+
+    fn padding_rows(&self) -> Vec<(Tensor, i64)> {
+        vec![(self.model.tok_embeddings, self.padding_idx)]
     }
 
     fn set_dropout(&mut self, dropout: Dropout) {

@@ -21,3 +21,23 @@ pub fn release_large_frees() {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
     }
 }
+
+/// This machine's physical memory in bytes; `None` where the system does not say.
+pub fn physical_memory_bytes() -> Option<u64> {
+    #[cfg(unix)]
+    {
+        // SAFETY: `sysconf` only reads system configuration values.
+        let (pages, page) = unsafe {
+            (
+                libc::sysconf(libc::_SC_PHYS_PAGES),
+                libc::sysconf(libc::_SC_PAGESIZE),
+            )
+        };
+        let (pages, page) = (u64::try_from(pages).ok()?, u64::try_from(page).ok()?);
+        pages.checked_mul(page)
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
+}

@@ -511,6 +511,16 @@ impl Graph {
         ))
     }
 
+    /// `CumSum` of `x` along `axis`: each element the sum of those up to it, itself included.
+    /// For index arithmetic (positions); it takes no gradient.
+    pub fn cumsum(&mut self, x: Tensor, axis: i64) -> Result<Tensor> {
+        let rank = self.rank(x);
+        self.check_axes("CumSum", &[axis], rank)?;
+        let axis = self.scalar(DType::I64, axis as f64);
+        let shape = self.shape(x).to_vec();
+        Ok(self.push1("CumSum", &[x, axis], vec![], x.dtype(), shape))
+    }
+
     /// `Shape` of `x` (optionally the axes `start..end`): a rank-1 `int64` tensor.
     pub fn shape_op(&mut self, x: Tensor, start: Option<i64>, end: Option<i64>) -> Result<Tensor> {
         let rank = self.rank(x) as i64;

@@ -79,7 +79,8 @@ impl TryFrom<String> for FreezeEntry {
             return Err(format!(
                 "`{trimmed}` is the classification head, which is always trained (it starts \
                  fresh for your labels); to train only the head, freeze everything else: \
-                 `[embeddings, layers.0-N, transformer.ln_f]`"
+                 `[embeddings, layers.0-N]` and the final norm (`transformer.ln_f` on \
+                 GPT-Neo and GPT-2, `model.norm` on the Llama family)"
             ));
         }
         let valid_module = BASE_PREFIXES

@@ -80,7 +80,7 @@ use self::params::{ModelSource, Params};
 use self::selection::Evaluation;
 pub use self::trained::Trained;
 pub use self::training::StepGraph;
-use self::training::{LOG_FILE, LogSummary, Training};
+use self::training::{LOG_FILE, LogSummary, NonFiniteLoss, Training};
 use crate::table::write_json;
 use pipe_models::dropout::DropoutSites;
 use pipe_models::{Architecture, ParamSpec, hf_folder, lora};
@@ -239,6 +239,7 @@ impl Stage for Finetune {
             })?;
         }
         check_fits(&start, &train, validation.as_ref())?;
+        check_memory(&start)?;
         let problem = train.problem();
         let options = StepOptions::resolve(&params, &start.config, &labels, &train)?;
         let device = crate::device::choose(params.device(), ctx.reporter)?;
@@ -253,7 +254,9 @@ impl Stage for Finetune {
         )?;
         let specs = training.specs().to_vec();
         let frozen_bytes = training.frozen_bytes();
-        let finished = training.run(&train, ctx.reporter)?;
+        let finished = training
+            .run(&train, ctx.reporter)
+            .map_err(|e| blame_checkpoint(e, &start, &specs))?;
 
         let model_dir = ctx.out_dir.join("model");
         let (base_specs, merging) = match &params.lora {
@@ -384,6 +387,28 @@ impl Stage for Finetune {
 }
 
 /// `select_best` without a validation split in `stage`'s outputs.
+/// `error`, or, when it is a loss that was not finite at the first step and a starting
+/// weight is not finite, an error naming that weight: the checkpoint is damaged, and the
+/// learning rate the loss's message suggests lowering is not the cause.
+fn blame_checkpoint(
+    error: anyhow::Error,
+    start: &StartingModel,
+    specs: &[ParamSpec],
+) -> anyhow::Error {
+    let Some(NonFiniteLoss { step: 1, .. }) = error.downcast_ref::<NonFiniteLoss>() else {
+        return error;
+    };
+    match start.first_non_finite(specs) {
+        Ok(Some((name, at))) => pipe_engine::BadInput(anyhow::anyhow!(
+            "the training loss is not finite from the first step because the starting model's \
+             {name} holds a value that is not finite (element {at}); its checkpoint is damaged: \
+             download or copy it again"
+        ))
+        .into(),
+        _ => error,
+    }
+}
+
 fn no_validation_split(stage: &str) -> ParamError {
     ParamError::new(
         &["select_best"],
@@ -443,6 +468,41 @@ fn check_fits(
         }
     }
     Ok(())
+}
+
+/// Refuses a fresh model whose weights alone outgrow this machine's memory (a size typed
+/// with a digit too many), before anything is allocated.
+fn check_memory(start: &StartingModel) -> Result<()> {
+    let (None, Some(total)) = (&start.folder, crate::memory::physical_memory_bytes()) else {
+        return Ok(());
+    };
+    let specs = pipe_models::param_specs(&start.config)?;
+    let bytes = |s: &ParamSpec| {
+        (s.shape.iter())
+            .try_fold(4u64, |n, &d| n.checked_mul(u64::try_from(d).ok()?))
+            .unwrap_or(u64::MAX)
+    };
+    let needed = specs.iter().map(bytes).fold(0u64, u64::saturating_add);
+    let Some(largest) = specs.iter().max_by_key(|s| bytes(s)) else {
+        return Ok(());
+    };
+    if needed <= total {
+        return Ok(());
+    }
+    let gb = |b: u64| b as f64 / 1e9;
+    Err(ParamError::new(
+        &["model", "config"],
+        format!(
+            "this model's weights alone would take {:.1} GB, more than this machine's {:.1} GB \
+             of memory (the largest, {}, is {:?})",
+            gb(needed),
+            gb(total),
+            largest.name,
+            largest.shape
+        ),
+    )
+    .with_help("check the sizes in `model.config` (`vocab_size`, `hidden_size`, the layer count) for a typo")
+    .into())
 }
 
 /// The peak resident memory of this process (`VmHWM` on Linux); `None` elsewhere.

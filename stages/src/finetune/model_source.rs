@@ -119,6 +119,25 @@ impl StartingModel {
         Ok(weights)
     }
 
+    /// The first parameter of `specs` the folder's checkpoint holds a value that is not
+    /// finite in, with that value's index; `None` when every value is finite, or for a fresh
+    /// model. Reads one tensor at a time.
+    pub fn first_non_finite(&self, specs: &[ParamSpec]) -> Result<Option<(String, usize)>> {
+        if self.folder.is_none() {
+            return Ok(None);
+        }
+        let (read, _, _) = self.split(specs);
+        for spec in &read {
+            for (name, tensor) in self.weights(std::slice::from_ref(spec), 0)? {
+                let values = tensor.f32_range(0..spec.numel()).unwrap_or_default();
+                if let Some(at) = values.iter().position(|v| !v.is_finite()) {
+                    return Ok(Some((name, at)));
+                }
+            }
+        }
+        Ok(None)
+    }
+
     /// The parameters of the model (its base: no LoRA) that its checkpoint stores as 16-bit
     /// floats, with that type, from the checkpoint's headers; none for a fresh model.
     pub fn half_dtypes(&self) -> Result<BTreeMap<String, DType>> {

@@ -12,7 +12,7 @@ use pipe_engine::ParamError;
 use pipe_onnx::{DType, FrozenDType, Kernels};
 
 use super::data::{Labels, TokenTable};
-use super::params::{ClassWeightRule, ClassWeights, Params};
+use super::params::{ClassWeightRule, ClassWeights, DropoutParams, Params};
 use pipe_models::Architecture;
 use pipe_models::classifier::ProblemType;
 use pipe_models::dropout::{DropoutPlan, DropoutRates};
@@ -75,6 +75,7 @@ impl StepOptions {
                 );
             }
         }
+        refuse_missing_sites(config, d)?;
         let loss = CrossEntropy {
             label_smoothing: params.label_smoothing,
             class_weights: class_weights(params.class_weights.as_ref(), labels, train)?,
@@ -101,6 +102,60 @@ impl StepOptions {
             half_dtypes: BTreeMap::new(),
         })
     }
+}
+
+/// Refuses a nonzero `dropout` rate the manifest sets for a kind of site the family does not
+/// have (the Llama family drops only attention probabilities), which would do nothing.
+fn refuse_missing_sites(config: &dyn Architecture, set: DropoutParams) -> Result<(), ParamError> {
+    let has = |rates: DropoutRates| config.dropout_sites(rates).iter().any(|s| s.p > 0.0);
+    let present: Vec<&str> = [
+        (
+            "embed",
+            DropoutRates {
+                embed: 0.5,
+                ..Default::default()
+            },
+        ),
+        (
+            "attention",
+            DropoutRates {
+                attention: 0.5,
+                ..Default::default()
+            },
+        ),
+        (
+            "resid",
+            DropoutRates {
+                resid: 0.5,
+                ..Default::default()
+            },
+        ),
+    ]
+    .into_iter()
+    .filter(|(_, rates)| has(*rates))
+    .map(|(key, _)| key)
+    .collect();
+    for (key, p) in [
+        ("embed", set.embed),
+        ("attention", set.attention),
+        ("resid", set.resid),
+    ] {
+        if p.is_some_and(|p| p > 0.0) && !present.contains(&key) {
+            return Err(ParamError::new(
+                &["dropout", key],
+                format!(
+                    "a {} model has no {key} dropout, so `{key}` would change nothing",
+                    config.model_type()
+                ),
+            )
+            .with_help(if present.is_empty() {
+                "this family drops nothing: remove `dropout`".to_string()
+            } else {
+                format!("it drops at: {}", present.join(", "))
+            }));
+        }
+    }
+    Ok(())
 }
 
 impl StepOptions {

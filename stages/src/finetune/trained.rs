@@ -67,29 +67,41 @@ impl<'a> Trained<'a> {
             return Ok(());
         };
         for (i, entry) in entries.iter().enumerate() {
-            if specs.iter().any(|s| entry.covers(&s.name)) {
+            let past_last = matches!(entry, FreezeEntry::Layers(_, last) if *last >= layers);
+            if !past_last && specs.iter().any(|s| entry.covers(&s.name)) {
                 continue;
             }
             let index = i.to_string();
-            let help = match entry {
-                FreezeEntry::Layers(..) => format!(
-                    "this model has {layers} layer{}: `layers.0`{}",
-                    if layers == 1 { "" } else { "s" },
-                    if layers > 1 {
-                        format!(" to `layers.{}`", layers - 1)
-                    } else {
-                        String::new()
-                    }
+            let (message, help) = match entry {
+                FreezeEntry::Layers(..) => (
+                    format!("`{entry}` goes past this model's last layer"),
+                    format!(
+                        "this model has {layers} layer{}: `layers.0`{}",
+                        if layers == 1 { "" } else { "s" },
+                        if layers > 1 {
+                            format!(" to `layers.{}`", layers - 1)
+                        } else {
+                            String::new()
+                        }
+                    ),
                 ),
-                _ => "parameters are named as in Hugging Face's state dict, such as \
-                      `transformer.h.0.mlp.c_fc.weight`"
-                    .to_string(),
+                _ => {
+                    // A parameter of the first layer, else any: this family's own names.
+                    let example = specs
+                        .iter()
+                        .find(|s| s.name.contains(".0."))
+                        .or(specs.first())
+                        .map_or("", |s| s.name.as_str());
+                    (
+                        format!("`{entry}` names no parameter of this model"),
+                        format!(
+                            "parameters are named as in Hugging Face's state dict, such as \
+                             `{example}`"
+                        ),
+                    )
+                }
             };
-            return Err(ParamError::new(
-                &["freeze", &index],
-                format!("`{entry}` names no parameter of this model"),
-            )
-            .with_help(help));
+            return Err(ParamError::new(&["freeze", &index], message).with_help(help));
         }
         Ok(())
     }
@@ -181,8 +193,24 @@ mod tests {
         let entries = [FreezeEntry::Layers(0, 0), FreezeEntry::Layers(1, 1)];
         let err = Trained::Unfrozen(&entries).check(&specs, 1).unwrap_err();
         assert_eq!(err.path, ["freeze", "1"]);
-        assert!(err.message.contains("`layers.1` names no parameter"));
+        assert!(
+            err.message
+                .contains("`layers.1` goes past this model's last layer")
+        );
         assert!(err.help.unwrap().contains("1 layer: `layers.0`"));
+        // A range that starts inside the model but ends past it is a typo too.
+        let beyond = [FreezeEntry::Layers(0, 9)];
+        let err = Trained::Unfrozen(&beyond).check(&specs, 1).unwrap_err();
+        assert!(
+            err.message.contains("`layers.0-9` goes past"),
+            "{}",
+            err.message
+        );
+        // A module that names nothing is answered with one of this model's own names.
+        let module = [FreezeEntry::Module("transformer.ln_f".into())];
+        let err = Trained::Unfrozen(&module).check(&specs, 1).unwrap_err();
+        assert!(err.message.contains("names no parameter"));
+        assert!(err.help.unwrap().contains("`transformer.h.0.ln_1.weight`"));
         assert!(Trained::Unfrozen(&entries[..1]).check(&specs, 1).is_ok());
         assert_eq!(Trained::Unfrozen(&entries[..1]).count(&specs), 8);
         assert_eq!(Trained::All.count(&specs), 12);

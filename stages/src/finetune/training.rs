@@ -61,6 +61,28 @@ pub struct Training<'a> {
     frozen_bytes: usize,
 }
 
+/// The training loss stopped being a finite number at `step` (counted from 1).
+#[derive(Debug)]
+pub struct NonFiniteLoss {
+    /// The loss: NaN or infinite.
+    pub loss: f64,
+    /// The step whose loss it was.
+    pub step: u64,
+}
+
+impl std::fmt::Display for NonFiniteLoss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the training loss became {} at step {}; lower `learning_rate` or keep \
+             `max_grad_norm` on",
+            self.loss, self.step
+        )
+    }
+}
+
+impl std::error::Error for NonFiniteLoss {}
+
 /// How a finished run went.
 pub struct Finished {
     /// Every parameter (trained and frozen; LoRA matrices unmerged) but the frozen ones
@@ -268,11 +290,11 @@ impl<'a> Training<'a> {
             } = self.optimizer_step(train, step, rows, lr)?;
             let seconds = began.elapsed().as_secs_f64();
             if !loss.is_finite() {
-                bail!(
-                    "the training loss became {loss} at step {}; lower `learning_rate` or keep \
-                     `max_grad_norm` on",
-                    step + 1
-                );
+                return Err(NonFiniteLoss {
+                    loss,
+                    step: step + 1,
+                }
+                .into());
             }
             let ema = smoothed.map_or(loss, |s| 0.9 * s + 0.1 * loss);
             smoothed = Some(ema);

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use super::training::{ModelChoice, Training};
+use super::training::{DEFAULT_MAX_LENGTH, ModelChoice, Training};
 
 /// What the manifest is made from.
 pub(super) struct Answers {
@@ -128,9 +128,15 @@ pub(super) fn render(a: &Answers) -> String {
         }
         None => "ingest",
     };
+    let own_tokenizer = a.training.as_ref().is_some_and(|t| t.model.is_pretrained());
     let _ = writeln!(
         m,
-        "  # Turns text into token ids with a byte-level BPE trained on the train rows only;"
+        "  # Turns text into token ids with {};",
+        if own_tokenizer {
+            "the model's own tokenizer"
+        } else {
+            "a byte-level BPE trained on the train rows only"
+        }
     );
     let _ = writeln!(
         m,
@@ -159,9 +165,13 @@ pub(super) fn render(a: &Answers) -> String {
             "or { hub: EleutherAI/gpt-neo-125m }, { path: DIR }",
         ),
     }
+    let max_length = a
+        .training
+        .as_ref()
+        .map_or(DEFAULT_MAX_LENGTH, |t| t.max_length);
     line(
         &mut m,
-        "    max_length: 128".to_string(),
+        format!("    max_length: {max_length}"),
         "longer texts are cut to this many tokens",
     );
     match &a.training {

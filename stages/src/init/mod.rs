@@ -34,7 +34,7 @@ use crate::ingest::detect::{Inspection, find_column, inspect};
 use crate::ingest::read::ReadOptions;
 use manifest::Answers;
 pub use prompt::{Prompter, TerminalPrompter};
-pub use training::{ModelChoice, Training, default_device};
+pub use training::{DEFAULT_MAX_LENGTH, ModelChoice, Training, default_device};
 
 /// The manifest written when [`InitOptions::output`] is left out.
 pub const DEFAULT_MANIFEST: &str = "pipeline.yaml";
@@ -326,11 +326,15 @@ impl Asker<'_> {
         device
             .parse::<pipe_onnx::Device>()
             .map_err(|e| anyhow::anyhow!("device `{device}`: {e}"))?;
+        let max_length = model
+            .max_length(&cache)
+            .map_or(DEFAULT_MAX_LENGTH, |m| m.min(DEFAULT_MAX_LENGTH));
         Ok(Training {
             model,
             lora,
             epochs,
             device,
+            max_length,
         })
     }
 

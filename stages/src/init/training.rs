@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::bail;
 
-use pipe_models::{ModelConfig, embedded, hf_folder, hub};
+use pipe_models::{Architecture as _, ModelConfig, embedded, hf_folder, hub};
 
 /// The model `finetune` starts from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +67,17 @@ impl ModelChoice {
         }
     }
 
+    /// The longest row the model takes, when its `config.json` is at hand (the embedded
+    /// model's, a hub model's in `cache`); `None` for the shapes trained from scratch.
+    pub fn max_length(&self, cache: &Path) -> Option<usize> {
+        let dir = match self {
+            ModelChoice::Tiny | ModelChoice::Small => return None,
+            ModelChoice::Embedded(name) => embedded::lookup(name).ok()?.locate().ok()?,
+            ModelChoice::Hub(id) => hub::snapshot_with(cache, id, hf_folder::CONFIG_FILE)?,
+        };
+        Some(hf_folder::read_config(&dir).ok()?.max_length())
+    }
+
     /// The default answer: the embedded pretrained model when it is fetched (a pretrained
     /// encoder beats anything trained from scratch on small data), else `tiny`.
     pub fn default_choice() -> ModelChoice {
@@ -99,7 +110,12 @@ pub struct Training {
     pub epochs: u64,
     /// `device:` as written.
     pub device: String,
+    /// The tokenize stage's `max_length`: 128, or less when the model takes fewer tokens.
+    pub max_length: usize,
 }
+
+/// The `max_length` written when the model allows it.
+pub const DEFAULT_MAX_LENGTH: usize = 128;
 
 /// The device written when none is asked for: `auto` when this build knows it, else `cpu`.
 pub fn default_device() -> &'static str {

@@ -49,7 +49,7 @@ use pipe_engine::{
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tokenizers::{Encoding, Tokenizer, TruncationParams};
+use tokenizers::{Encoding, PostProcessor as _, Tokenizer, TruncationParams};
 
 use crate::table::{DatasetTable, TableWriter, write_json};
 use pipe_models::embedded;
@@ -239,6 +239,24 @@ impl Stage for Tokenize {
                 trained
             }
         };
+        // Truncation keeps the special tokens (`[CLS] … [SEP]`, a BOS) and cuts the text, so
+        // a cap at or below their count would leave no text and still exceed the cap.
+        let special = tokenizer
+            .get_post_processor()
+            .map_or(0, |p| p.added_tokens(false));
+        if params.max_length <= special {
+            return Err(ParamError::new(
+                &["max_length"],
+                format!(
+                    "`max_length: {}` leaves no room for text: this tokenizer adds {special} \
+                     special token{} to every row",
+                    params.max_length,
+                    if special == 1 { "" } else { "s" }
+                ),
+            )
+            .with_help(format!("use `max_length: {}` or more", special + 1))
+            .into());
+        }
         tokenizer
             .with_truncation(Some(TruncationParams {
                 max_length: params.max_length,

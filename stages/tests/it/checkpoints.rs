@@ -267,7 +267,13 @@ fn a_shard_with_a_wrong_shape_or_type_names_the_file_and_the_tensor() {
         "{e}"
     );
     // The finetune stage stops on it before training, with an error `pipe run` exits 2 on.
-    let tokens = tokenized(&ws, 400);
+    let e = finetune_error(&ws, &tokenized(&ws, 400));
+    assert!(e.contains(name) && e.contains(&file), "{e}");
+}
+
+/// The error of a one-step finetune from the workspace's `sharded` folder, checked to be
+/// marked as bad input.
+fn finetune_error(ws: &Workspace, tokens: &crate::util::Ran) -> String {
     let error = ws
         .run(
             "finetune",
@@ -276,8 +282,7 @@ fn a_shard_with_a_wrong_shape_or_type_names_the_file_and_the_tensor() {
         )
         .unwrap_err();
     assert!(pipe_engine::BadInput::is_in(&error), "{error:#}");
-    let e = message(error);
-    assert!(e.contains(name) && e.contains(&file), "{e}");
+    message(error)
 }
 
 /// The checkpoint of the memory test: 24 tensors of 1024 × 2048 (8 MiB each in float32).
@@ -412,4 +417,77 @@ fn a_checkpoint_is_never_read_whole_into_memory() {
             on_disk + f32_bytes
         );
     }
+}
+
+/// A folder's `config.json` must name its family, and be an object; a folder standing where a
+/// weights file should is named as such. Each is the user's input (`pipe run` exits 2).
+#[test]
+fn a_folder_names_its_family_and_holds_files_where_files_go() {
+    let ws = Workspace::new();
+    let dir = sharded_copy(&ws);
+    let config_error = |config: &str| {
+        std::fs::write(dir.join("config.json"), config).unwrap();
+        let error = hf_folder::read_config(&dir).unwrap_err();
+        assert!(pipe_engine::BadInput::is_in(&error), "{error:#}");
+        message(error)
+    };
+    let original = std::fs::read_to_string(fixture("sharded/config.json")).unwrap();
+    let mut untyped: Value = serde_json::from_str(&original).unwrap();
+    untyped.as_object_mut().unwrap().remove("model_type");
+    let e = config_error(&untyped.to_string());
+    assert!(
+        e.contains("has no `model_type`") && e.contains("gpt_neo, bert"),
+        "{e}"
+    );
+    let e = config_error("[1, 2, 3]");
+    assert!(e.contains("is not a JSON object of config keys"), "{e}");
+    std::fs::write(dir.join("config.json"), original).unwrap();
+
+    let shard = dir.join("model-00002-of-00002.safetensors");
+    std::fs::remove_file(&shard).unwrap();
+    std::fs::create_dir(&shard).unwrap();
+    let e = load_error(&dir);
+    assert!(e.contains("is a folder, not a file"), "{e}");
+
+    let index = dir.join("model.safetensors.index.json");
+    std::fs::remove_file(&index).unwrap();
+    std::fs::create_dir(&index).unwrap();
+    let error = hf_folder::weights_path(&dir).unwrap_err();
+    assert!(pipe_engine::BadInput::is_in(&error), "{error:#}");
+    assert!(message(error).contains("is a folder, not a file"));
+}
+
+/// A checkpoint holding a NaN makes the first step's loss NaN: the error names the tensor
+/// and says the checkpoint is damaged, not that the learning rate is too high.
+#[test]
+fn a_nan_in_the_checkpoint_is_named_not_blamed_on_the_learning_rate() {
+    let ws = Workspace::new();
+    let tokens = tokenized(&ws, 400);
+    let dir = sharded_copy(&ws);
+    let damaged = "transformer.h.0.attn.attention.q_proj.weight";
+    let index: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("model.safetensors.index.json")).unwrap(),
+    )
+    .unwrap();
+    let shard = dir.join(index["weight_map"][damaged].as_str().unwrap());
+    let mut tensors = weights::load_all(&shard).unwrap();
+    let mut values = tensors[damaged].as_f32().unwrap().to_vec();
+    values[3] = f32::NAN;
+    let shape = tensors[damaged].shape().to_vec();
+    tensors.insert(damaged.into(), HostTensor::f32(&shape, values).unwrap());
+    let named: Vec<(&str, &HostTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    // Written beside and renamed over: the tensors read may be mapped from the shard.
+    let written = dir.join("damaged.safetensors");
+    weights::save(&written, &named).unwrap();
+    drop(named);
+    drop(tensors);
+    std::fs::rename(&written, &shard).unwrap();
+    let e = finetune_error(&ws, &tokens);
+    assert!(
+        e.contains(&format!(
+            "{damaged} holds a value that is not finite (element 3)"
+        )) && e.contains("checkpoint is damaged")
+            && !e.contains("learning_rate"),
+        "{e}"
+    );
 }

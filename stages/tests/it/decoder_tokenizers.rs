@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use serde_json::{Value, json};
 
-use crate::util::{Workspace, int_lists, read_parquet, strings};
+use crate::util::{Ran, Workspace, int_lists, read_parquet, strings};
 
 fn fixture(family: &str, file: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -30,17 +30,7 @@ fn ids_match_auto_tokenizer(family: &str) {
         .map(|(text, label, _)| json!({ "text": text, "label": label }).to_string())
         .collect();
     ws.file("d.jsonl", lines.join("\n") + "\n");
-    ws.file(
-        "tok/tokenizer.json",
-        std::fs::read(fixture(family, "tokenizer.json")).unwrap(),
-    );
-    let ingest = ws
-        .run(
-            "ingest",
-            json!({ "source": "d.jsonl", "text": "text", "label": "label" }),
-            &[],
-        )
-        .unwrap();
+    let ingest = ingested_with_tokenizer(&ws, family);
     let split = ws
         .run("split", json!({ "test": 0.2 }), &[ingest.input("ingest")])
         .unwrap();
@@ -82,4 +72,59 @@ fn a_llama_style_tokenizer_gives_auto_tokenizers_ids_with_bos_and_byte_fallback(
 #[test]
 fn a_gpt2_style_tokenizer_gives_auto_tokenizers_ids() {
     ids_match_auto_tokenizer("gpt2");
+}
+
+/// A `max_length` that leaves no room for text after the tokens the tokenizer adds (the
+/// Llama-style fixture adds BOS) is refused at the key, saying the smallest that works; that
+/// one keeps BOS and one token of text.
+#[test]
+fn a_max_length_within_the_special_tokens_is_refused() {
+    let ws = Workspace::new();
+    let rows: String = (0..10)
+        .map(|i| {
+            format!(
+                "{{\"text\": \"what is cell {i}\", \"label\": \"l{}\"}}\n",
+                i % 2
+            )
+        })
+        .collect();
+    ws.file("d.jsonl", rows);
+    let ingest = ingested_with_tokenizer(&ws, "llama");
+    let tokenize = |max_length: usize| {
+        ws.run(
+            "tokenize",
+            json!({ "tokenizer": { "path": "tok/tokenizer.json" }, "max_length": max_length }),
+            &[ingest.input("ingest")],
+        )
+    };
+    let err = tokenize(1).expect_err("BOS alone fills the row");
+    let err = err.downcast::<pipe_engine::ParamError>().unwrap();
+    assert_eq!(err.path, ["max_length"]);
+    assert!(
+        err.message.contains("adds 1 special token"),
+        "{}",
+        err.message
+    );
+    assert!(err.help.unwrap().contains("max_length: 2"));
+    let tokens = tokenize(2).unwrap();
+    let ids = int_lists(&read_parquet(&tokens.path("dataset.parquet")), "input_ids");
+    assert!(
+        ids.iter().all(|row| row.len() == 2 && row[0] == 1),
+        "{ids:?}"
+    );
+}
+
+/// The workspace's `d.jsonl` ingested, with `family`'s fixture tokenizer at
+/// `tok/tokenizer.json`.
+fn ingested_with_tokenizer(ws: &Workspace, family: &str) -> Ran {
+    ws.file(
+        "tok/tokenizer.json",
+        std::fs::read(fixture(family, "tokenizer.json")).unwrap(),
+    );
+    ws.run(
+        "ingest",
+        json!({ "source": "d.jsonl", "text": "text", "label": "label" }),
+        &[],
+    )
+    .unwrap()
 }

@@ -27,7 +27,7 @@ use pipe_models::lora::{self, LoraParams};
 use pipe_models::{Architecture, ModelConfig, hf_folder, weights};
 use pipe_onnx::{
     AdamW, DType, Dim, FlatTrainer, Graph, HostTensor, Kernels, Session, SessionOptions,
-    StepTrainer, Tensor, build_gradient_step, gradients,
+    StepTrainer, Tensor, build_gradient_step, param_gradients,
 };
 use pipe_stages::finetune::{StepGraph, Trained};
 use serde_json::{Value, json};
@@ -273,6 +273,42 @@ fn llama_configs_in_hub_form_and_refusals() {
         panic!("not a Llama config")
     };
     assert_eq!(c.pad_token_id().unwrap(), 5);
+    // A pad id outside the vocabulary (the config's own, or the end-of-text id standing in
+    // for it) is refused: transformers cannot load a model that pads with it.
+    for (pad, eos) in [
+        (json!(100_000), json!(2)),
+        (json!(-1), json!(2)),
+        (Value::Null, json!(5000)),
+    ] {
+        v["pad_token_id"] = pad;
+        v["eos_token_id"] = eos;
+        let e = ModelConfig::from_json(v.clone()).unwrap_err().to_string();
+        assert!(e.contains("not a token of its vocabulary (0 to 98)"), "{e}");
+    }
+    v["pad_token_id"] = json!(0);
+    v["eos_token_id"] = json!(2);
+
+    // Qwen's sliding window needs `use_sliding_window`, as transformers reads the config:
+    // without it no layer slides, and `layer_types` marking one is refused.
+    let mut q: Value = serde_json::to_value(fixture("qwen3").llama()).unwrap();
+    q["sliding_window"] = json!(3);
+    q["layer_types"] = json!(["sliding_attention", "full_attention"]);
+    q["use_sliding_window"] = json!(false);
+    let e = ModelConfig::from_json(q.clone()).unwrap_err().to_string();
+    assert!(e.contains("use_sliding_window: true"), "{e}");
+    q["use_sliding_window"] = json!(true);
+    let ModelConfig::Llama(c) = ModelConfig::from_json(q.clone()).unwrap() else {
+        panic!("not a Llama config")
+    };
+    assert_eq!((c.window(0), c.window(1)), (Some(3), None));
+    // Without `layer_types`, layers from `max_window_layers` on slide (transformers' 28 when
+    // the config leaves it out).
+    q["layer_types"] = Value::Null;
+    q["max_window_layers"] = json!(1);
+    let ModelConfig::Llama(c) = ModelConfig::from_json(q).unwrap() else {
+        panic!("not a Llama config")
+    };
+    assert_eq!((c.window(0), c.window(1)), (None, Some(3)));
 
     v["num_key_value_heads"] = json!(3);
     let e = ModelConfig::from_json(v.clone()).unwrap_err().to_string();
@@ -355,7 +391,9 @@ fn decoder_gradients_match_transformers() {
             let Built {
                 mut g, model, loss, ..
             } = build(&fx, kernels);
-            let grads = gradients(&mut g, loss, model.vars().tensors()).unwrap();
+            // As training takes them: the pad id's embedding row takes no gradient.
+            let params = model.train_params(&|_| true);
+            let grads = param_gradients(&mut g, loss, &params).unwrap();
             g.output(loss, "loss").unwrap();
             for (spec, &gr) in model.specs().iter().zip(&grads) {
                 g.output(gr, &format!("grad.{}", spec.name)).unwrap();

@@ -618,7 +618,8 @@ fn a_frozen_run_keeps_the_named_parts_and_trains_the_rest() {
     let err = err.downcast::<ParamError>().unwrap();
     assert_eq!(err.path, ["freeze", "1"]);
     assert!(
-        err.message.contains("`layers.2` names no parameter"),
+        err.message
+            .contains("`layers.2` goes past this model's last layer"),
         "{err:?}"
     );
     assert!(err.help.unwrap().contains("`layers.0` to `layers.1`"));
@@ -690,4 +691,60 @@ fn lora_over_quantized_frozen_weights_is_thread_count_free_and_saves_the_origina
         }
         assert_eq!(one.json("metrics.json")["frozen_dtype"], dtype);
     }
+}
+
+/// A Llama-family model from scratch, small enough to build in a moment.
+fn small_llama(vocab_size: u64) -> Value {
+    json!({ "config": {
+        "model_type": "llama", "vocab_size": vocab_size, "hidden_size": 16,
+        "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32,
+        "max_position_embeddings": 64, "pad_token_id": 0
+    }, "seed": 0 })
+}
+
+/// A dropout rate for a kind of site the family lacks would change nothing: refused at its
+/// key, naming the kinds the family has. A model whose weights outgrow the machine (a size
+/// with a digit too many) is refused at `model.config` before anything is allocated.
+#[test]
+fn settings_the_model_cannot_honour_are_refused_at_their_key() {
+    let ws = Workspace::new();
+    let tokens = tokenized(&ws, 400);
+    let input = [tokens.input("tokenize")];
+    let err = ws
+        .run(
+            "finetune",
+            json!({ "model": small_llama(400), "max_steps": 1, "dropout": { "embed": 0.1 } }),
+            &input,
+        )
+        .expect_err("Llama has no embedding dropout");
+    let err = err.downcast::<ParamError>().unwrap();
+    assert_eq!(err.path, ["dropout", "embed"]);
+    assert!(
+        err.message.contains("a llama model has no embed dropout"),
+        "{}",
+        err.message
+    );
+    assert_eq!(err.help.as_deref(), Some("it drops at: attention"));
+    ws.run(
+        "finetune",
+        json!({ "model": small_llama(400), "max_steps": 1, "dropout": { "attention": 0.1 } }),
+        &input,
+    )
+    .unwrap();
+
+    let err = ws
+        .run(
+            "finetune",
+            json!({ "model": small_llama(400_000_000_000), "max_steps": 1 }),
+            &input,
+        )
+        .expect_err("6.4 TB of embeddings");
+    let err = err.downcast::<ParamError>().unwrap();
+    assert_eq!(err.path, ["model", "config"]);
+    assert!(
+        err.message.contains("weights alone would take")
+            && err.message.contains("model.embed_tokens.weight"),
+        "{}",
+        err.message
+    );
 }

@@ -406,3 +406,44 @@ fn the_terminal_prompter_reads_numbers_names_and_defaults() {
     assert!(shown.contains("  2) question"), "{shown}");
     assert!(shown.contains("answer y or n"), "{shown}");
 }
+
+/// A model that takes fewer than 128 tokens gets its own limit as `max_length` (else the
+/// first run fails at finetune), and the tokenize stage's comment names the model's own
+/// tokenizer rather than a trained BPE.
+#[test]
+fn a_hub_models_positions_bound_max_length() {
+    let ws = Workspace::new();
+    questions_csv(&ws);
+    let config = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/llama/checkpoint/config.json"
+    ))
+    .unwrap();
+    let cache = fake_cache_of(&[("short", &config)]);
+    let output = ws.path().join("short.yaml");
+    for (model, want) in [("org/short", 64), ("tiny", 128)] {
+        let options = InitOptions {
+            from: Some(ws.path().join("data/questions.csv")),
+            output: Some(output.clone()),
+            model: Some(ModelChoice::parse(model).unwrap()),
+            hub_cache: Some(cache.path().to_path_buf()),
+            epochs: Some(1),
+            device: Some("cpu".into()),
+            yes: true,
+            force: true,
+            ..Default::default()
+        };
+        init(options, &mut Scripted::new(&[])).unwrap();
+        assert_eq!(
+            stage_params(&output, "tokenize")["max_length"],
+            json!(want),
+            "{model}"
+        );
+        let text = std::fs::read_to_string(&output).unwrap();
+        assert_eq!(
+            text.contains("model's own tokenizer;"),
+            model == "org/short",
+            "{text}"
+        );
+    }
+}
