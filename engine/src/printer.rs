@@ -135,6 +135,11 @@ impl Printer {
         ));
     }
 
+    /// Whether `--quiet` asked for nothing but warnings, errors and answers.
+    pub fn is_quiet(&self) -> bool {
+        self.quiet
+    }
+
     /// A warning on stderr, cargo style; shown even with `--quiet`, because it
     /// says something about the user's files.
     pub fn warn(&self, text: &str) {

@@ -282,6 +282,12 @@ impl Embeddings {
                 (p, t, norm)
             }
         };
+        // The pad id's rows take no gradient (`nn.Embedding(…, padding_idx=…)`): the words'
+        // and RoBERTa's positions'.
+        g.set_padding_row(word_embeddings, cfg.padding_idx());
+        if cfg.model_type == BertFlavor::Roberta {
+            g.set_padding_row(position_embeddings, cfg.padding_idx());
+        }
         Ok(Embeddings {
             path,
             flavor: cfg.model_type,
@@ -635,15 +641,6 @@ fn dense_tanh(
 impl SequenceClassifier for BertForSequenceClassification {
     fn vars(&self) -> &Vars {
         &self.vars
-    }
-
-    fn padding_rows(&self) -> Vec<(Tensor, i64)> {
-        let e = &self.model.embeddings;
-        let mut rows = vec![(e.word_embeddings, e.padding_idx)];
-        if e.flavor == BertFlavor::Roberta {
-            rows.push((e.position_embeddings, e.padding_idx));
-        }
-        rows
     }
 
     fn set_dropout(&mut self, dropout: Dropout) {

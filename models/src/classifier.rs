@@ -50,7 +50,6 @@ pub trait SequenceClassifier {
     /// The parameters for [`pipe_onnx::build_gradient_step`]; `decay` says which get weight
     /// decay (see [`hf_trainer_decay`]).
     fn train_params(&self, decay: &dyn Fn(&ParamSpec) -> bool) -> Vec<TrainParam> {
-        let padding = self.padding_rows();
         self.vars()
             .specs()
             .iter()
@@ -58,18 +57,8 @@ pub trait SequenceClassifier {
             .map(|(spec, &tensor)| TrainParam {
                 tensor,
                 weight_decay: decay(spec),
-                padding_row: (padding.iter())
-                    .find(|(t, _)| *t == tensor)
-                    .map(|&(_, row)| row),
             })
             .collect()
-    }
-
-    /// The embedding tables with a row that takes no gradient, and that row: transformers'
-    /// `nn.Embedding(…, padding_idx=config.pad_token_id)` for the tokens in every family but
-    /// GPT-Neo and GPT-2, and for RoBERTa's positions.
-    fn padding_rows(&self) -> Vec<(Tensor, i64)> {
-        Vec::new()
     }
 }
 

@@ -207,14 +207,17 @@ impl Embeddings {
             false => w,
         };
         let rows = |n: usize| [n as i64, d];
+        let word_embeddings = vars.get(
+            g,
+            &path.pp("word_embeddings"),
+            "weight",
+            &rows(cfg.vocab_size),
+            w,
+        )?;
+        // The pad id's row takes no gradient (`padding_idx=config.pad_token_id`, default 0).
+        g.set_padding_row(word_embeddings, config_pad_id(&cfg.other).unwrap_or(0));
         Ok(Embeddings {
-            word_embeddings: vars.get(
-                g,
-                &path.pp("word_embeddings"),
-                "weight",
-                &rows(cfg.vocab_size),
-                w,
-            )?,
+            word_embeddings,
             position_embeddings: vars.get(
                 g,
                 &path.pp("position_embeddings"),
@@ -401,8 +404,6 @@ pub struct DistilBertForSequenceClassification {
     pub model: DistilBertModel,
     pre_classifier: Linear,
     classifier: Linear,
-    /// The word embeddings' `padding_idx`: the config's `pad_token_id` (default 0).
-    padding_idx: i64,
     dropout: Dropout,
     vars: Vars,
 }
@@ -426,7 +427,6 @@ impl DistilBertForSequenceClassification {
             model,
             pre_classifier,
             classifier,
-            padding_idx: config_pad_id(&cfg.other).unwrap_or(0),
             dropout: Dropout::none(),
             vars,
         })
@@ -436,10 +436,6 @@ impl DistilBertForSequenceClassification {
 impl SequenceClassifier for DistilBertForSequenceClassification {
     fn vars(&self) -> &Vars {
         &self.vars
-    }
-
-    fn padding_rows(&self) -> Vec<(Tensor, i64)> {
-        vec![(self.model.embeddings.word_embeddings, self.padding_idx)]
     }
 
     fn set_dropout(&mut self, dropout: Dropout) {

@@ -708,6 +708,11 @@ impl LlamaModel {
         };
         let shape = [dim(cfg.vocab_size), dim(cfg.hidden_size)];
         let embed_tokens = vars.get(g, &path.pp("embed_tokens"), "weight", &shape, w)?;
+        // The config's own pad id's row takes no gradient (`padding_idx=config.pad_token_id`;
+        // none without one, even where the classifier pads with `eos_token_id`).
+        if let Some(pad) = cfg.pad_token_id {
+            g.set_padding_row(embed_tokens, pad);
+        }
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| Layer::new(cfg, i, g, vars, path.pp("layers").pp(i), lora))
             .collect::<Result<Vec<_>>>()?;
@@ -798,8 +803,6 @@ pub struct LlamaForSequenceClassification {
     score: Linear,
     /// The pad id: `score` reads each row's last token that is not it.
     pad_token_id: i64,
-    /// The config's own `pad_token_id`: the embedding's `padding_idx`, if any.
-    padding_idx: Option<i64>,
     dropout: Dropout,
     vars: Vars,
 }
@@ -826,7 +829,6 @@ impl LlamaForSequenceClassification {
             model,
             score,
             pad_token_id: cfg.pad_token_id()?,
-            padding_idx: cfg.pad_token_id,
             dropout: Dropout::none(),
             vars,
         })
@@ -836,12 +838,6 @@ impl LlamaForSequenceClassification {
 impl SequenceClassifier for LlamaForSequenceClassification {
     fn vars(&self) -> &Vars {
         &self.vars
-    }
-
-    fn padding_rows(&self) -> Vec<(Tensor, i64)> {
-        (self.padding_idx.iter())
-            .map(|&row| (self.model.embed_tokens, row))
-            .collect()
     }
 
     fn set_dropout(&mut self, dropout: Dropout) {

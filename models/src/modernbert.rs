@@ -454,6 +454,9 @@ impl ModernBertModel {
                 std: cfg.initializer_range as f32,
             },
         )?;
+        // The pad id's row takes no gradient (`padding_idx=config.pad_token_id`).
+        let pad = config_pad_id(&cfg.other).unwrap_or(MODERNBERT_PAD_ID);
+        g.set_padding_row(tok_embeddings, pad);
         let (eps, bias) = (cfg.norm_eps, cfg.norm_bias);
         let embed_norm = LayerNorm::with_bias(g, vars, emb.pp("norm"), h, eps, bias)?;
         let layers = (0..cfg.num_hidden_layers)
@@ -528,8 +531,6 @@ pub struct ModernBertForSequenceClassification {
     activation: Activation,
     norm: LayerNorm,
     classifier: Linear,
-    /// The token embeddings' `padding_idx`: the config's `pad_token_id` (default 50283).
-    padding_idx: i64,
     dropout: Dropout,
     vars: Vars,
 }
@@ -569,7 +570,6 @@ impl ModernBertForSequenceClassification {
             activation: cfg.classifier_activation,
             norm,
             classifier,
-            padding_idx: config_pad_id(&cfg.other).unwrap_or(MODERNBERT_PAD_ID),
             dropout: Dropout::none(),
             vars,
         })
@@ -579,10 +579,6 @@ impl ModernBertForSequenceClassification {
 impl SequenceClassifier for ModernBertForSequenceClassification {
     fn vars(&self) -> &Vars {
         &self.vars
-    }
-
-    fn padding_rows(&self) -> Vec<(Tensor, i64)> {
-        vec![(self.model.tok_embeddings, self.padding_idx)]
     }
 
     fn set_dropout(&mut self, dropout: Dropout) {

@@ -70,7 +70,6 @@ fn step_graph(hidden: i64) -> (Graph, StepSignature) {
         .map(|&t| TrainParam {
             tensor: t,
             weight_decay: true,
-            padding_row: None,
         })
         .collect();
     let opt = AdamW {

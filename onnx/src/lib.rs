@@ -33,7 +33,7 @@
 //! let loss = g.reduce_mean_all(sq)?;
 //!
 //! // The step graph computes the loss and `w.grad`; AdamW runs over flat buffers.
-//! let sig = build_gradient_step(&mut g, loss, &[TrainParam { tensor: w, weight_decay: true, padding_row: None }])?;
+//! let sig = build_gradient_step(&mut g, loss, &[TrainParam { tensor: w, weight_decay: true }])?;
 //! let session = Session::from_model(&g.build()?, &SessionOptions::default())?;
 //!
 //! let mut params = BTreeMap::new();
@@ -75,9 +75,7 @@ pub use builder::{
     MICROSOFT_DOMAIN, Model, Reduction, Tensor, TensorData,
 };
 pub use error::{Error, Result};
-pub use flat::{
-    FlatEntry, FlatLayout, FlatState, GradSignature, build_gradient_step, param_gradients,
-};
+pub use flat::{FlatEntry, FlatLayout, FlatState, GradSignature, build_gradient_step};
 pub use optim::{AdamW, StateKind, TrainParam};
 #[cfg(feature = "oracle")]
 pub use oracle::{StateSlot, StepSignature};

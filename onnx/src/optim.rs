@@ -43,10 +43,6 @@ pub struct TrainParam {
     pub tensor: Tensor,
     /// Apply weight decay to it.
     pub weight_decay: bool,
-    /// A row of this `[rows, …]` table that takes no gradient: the `padding_idx` of an
-    /// `nn.Embedding`, whose row PyTorch leaves out of the gradient (weight decay still
-    /// applies to it).
-    pub padding_row: Option<i64>,
 }
 
 /// What a [`StateSlot`] holds.

@@ -26,9 +26,13 @@ pub fn exec(args: InitArgs, printer: &Printer) -> anyhow::Result<Verdict> {
         yes: args.yes,
         force: args.force,
     };
-    let written = init(options, &mut TerminalPrompter::stdio())?;
+    let mut prompter = TerminalPrompter::stdio().quiet(printer.is_quiet());
+    let written = init(options, &mut prompter)?;
     let shown = written.manifest.display();
     printer.status("Wrote", Tone::Good, &shown.to_string());
+    if printer.is_quiet() {
+        return Ok(Verdict::Success);
+    }
     printer.line(&if written.trains {
         format!(
             "next: `pipe run {shown}` trains and evaluates the model; then \

@@ -54,6 +54,11 @@ fn init_writes_a_runnable_manifest_without_questions_under_yes() {
     assert_eq!(validate.status.code(), Some(0), "{}", stderr(&validate));
     let again = p.pipe(&["init", "--from", "q.csv", "--yes", "-o", "q.yaml"]);
     assert_eq!(again.status.code(), Some(2), "refuses to overwrite");
+    // `--quiet`: the manifest, and nothing said on the way.
+    let quiet = p.pipe(&["-q", "init", "--from", "q.csv", "--yes", "-o", "quiet.yaml"]);
+    assert_eq!(quiet.status.code(), Some(0), "{}", stderr(&quiet));
+    assert_eq!(stderr(&quiet), "", "--quiet says nothing");
+    assert_eq!(p.read("quiet.yaml"), manifest);
     let bad = p.pipe(&["init", "--from", "q.csv", "--yes", "--model", "tinny"]);
     assert_eq!(bad.status.code(), Some(2));
     assert!(

@@ -224,7 +224,8 @@ pub(super) fn vjp(
         // Expand is a broadcast: sum back.
         "Expand" => out[0] = Some(unb(g, gy0, x0())?),
         // Gather(axis 0): scatter-add rows back, d data[i] = sum of gy over positions with index i
-        // (one fused CPU node, summing in position order, with Kernels::Host).
+        // (one fused CPU node, summing in position order, with Kernels::Host); none to a
+        // padding row.
         "Gather" => {
             if node.attr_int("axis") != Some(0) {
                 return Err(no_rule());
@@ -234,6 +235,18 @@ pub(super) fn vjp(
                 idx
             } else {
                 g.cast(idx, DType::I64)?
+            };
+            // A padding row takes nothing: the positions that read it pass no gradient.
+            let gy0 = match g.padding_row(data) {
+                Some(row) => {
+                    let row = g.scalar(DType::I64, row as f64);
+                    let at_row = g.equal(idx, row)?;
+                    let kept = g.not(at_row)?;
+                    let kept = g.cast(kept, gy0.dtype())?;
+                    let kept = g.unsqueeze(kept, &[-1])?;
+                    g.mul(gy0, kept)?
+                }
+                None => gy0,
             };
             if g.kernels() == Kernels::Host && data.dtype() == DType::F32 {
                 return Ok(vec![Some(g.gather_grad(data, idx, gy0)?), None]);

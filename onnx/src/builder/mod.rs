@@ -159,6 +159,8 @@ pub struct Graph {
     /// Packed 4-bit blocks of `MatMulNBits` → their multipliers and row scales, the int8 grid
     /// the blocks are nested in (declared by [`Graph::quantize_frozen`]).
     int4_grids: BTreeMap<Tensor, quantized::Int4Grid>,
+    /// Tables with a row that takes no gradient ([`Graph::set_padding_row`]).
+    padding_rows: BTreeMap<Tensor, i64>,
 }
 
 impl Graph {
@@ -168,6 +170,17 @@ impl Graph {
             name: name.to_string(),
             ..Default::default()
         }
+    }
+
+    /// Makes row `row` of the table `table` take no gradient through a `Gather` (PyTorch's
+    /// `nn.Embedding(…, padding_idx=row)`); its values are read as any other row's.
+    pub fn set_padding_row(&mut self, table: Tensor, row: i64) {
+        self.padding_rows.insert(table, row);
+    }
+
+    /// The row of `table` that takes no gradient, if any ([`Graph::set_padding_row`]).
+    pub(crate) fn padding_row(&self, table: Tensor) -> Option<i64> {
+        self.padding_rows.get(&table).copied()
     }
 
     /// Shape of `t`.

@@ -159,7 +159,8 @@ fn build_gradient_step_inner(
         Some(o) => o,
         None => g.output(loss, "loss")?,
     };
-    let grads = param_gradients(g, loss, params)?;
+    let wrt: Vec<Tensor> = params.iter().map(|p| p.tensor).collect();
+    let grads = gradients(g, loss, &wrt)?;
     for (entry, grad) in entries.iter().zip(grads) {
         name_output(g, grad, &entry.grad)?;
     }
@@ -170,34 +171,6 @@ fn build_gradient_step_inner(
             len: offset,
         },
     })
-}
-
-/// The gradient of `loss` with respect to each of `params`, in order, as training applies it:
-/// a [`TrainParam::padding_row`] takes none.
-pub fn param_gradients(g: &mut Graph, loss: Tensor, params: &[TrainParam]) -> Result<Vec<Tensor>> {
-    let wrt: Vec<Tensor> = params.iter().map(|p| p.tensor).collect();
-    let grads = gradients(g, loss, &wrt)?;
-    grads
-        .into_iter()
-        .zip(params)
-        .map(|(grad, p)| match p.padding_row {
-            Some(row) => without_row(g, grad, row),
-            None => Ok(grad),
-        })
-        .collect()
-}
-
-/// The gradient `grad` `[rows, …]` with row `row` zeroed ([`TrainParam::padding_row`]).
-fn without_row(g: &mut Graph, grad: Tensor, row: i64) -> Result<Tensor> {
-    let rows = g.shape(grad)[0].clone();
-    let ids = g.range(&rows, DType::I64)?;
-    let row = g.scalar(DType::I64, row as f64);
-    let at_row = g.equal(ids, row)?;
-    let kept = g.not(at_row)?;
-    let kept = g.cast(kept, DType::F32)?; // [rows]
-    let trailing: Vec<i64> = (1..g.rank(grad) as i64).collect();
-    let kept = g.unsqueeze(kept, &trailing)?; // [rows, 1, …]
-    g.mul(grad, kept)
 }
 
 /// Makes `t` the graph output `name`: renamed in place when it is a plain computed value (no

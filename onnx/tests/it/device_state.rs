@@ -245,7 +245,6 @@ fn device_state_agrees_over_many_pieces() {
         let params = [pipe_onnx::TrainParam {
             tensor: w,
             weight_decay: true,
-            padding_row: None,
         }];
         let sig = build_gradient_step(&mut g, loss, &params).unwrap();
         let s = Session::from_model(&g.build().unwrap(), &SessionOptions::default()).unwrap();

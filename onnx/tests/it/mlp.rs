@@ -75,7 +75,6 @@ pub fn step_graph(opt: &AdamW) -> (Graph, StepSignature) {
         .map(|(i, &t)| TrainParam {
             tensor: t,
             weight_decay: i == 0 || i == 4,
-            padding_row: None,
         })
         .collect();
     let sig = opt.build_step(&mut g, loss, &train).unwrap();

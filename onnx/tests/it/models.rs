@@ -132,7 +132,6 @@ fn step_graph() -> Graph {
         .map(|&t| TrainParam {
             tensor: t,
             weight_decay: true,
-            padding_row: None,
         })
         .collect();
     AdamW {

@@ -77,12 +77,10 @@ pub(crate) fn loss_graph(dtype: DType) -> (Graph, Tensor, [TrainParam; 2]) {
         TrainParam {
             tensor: w,
             weight_decay: true,
-            padding_row: None,
         },
         TrainParam {
             tensor: b,
             weight_decay: false,
-            padding_row: None,
         },
     ];
     (g, loss, params)

@@ -31,6 +31,9 @@ pub trait Prompter {
 pub struct TerminalPrompter<R, W> {
     input: R,
     output: W,
+    /// Whether to keep what [`Prompter::show`] says to itself (`--quiet`); questions are
+    /// still asked.
+    quiet: bool,
 }
 
 impl TerminalPrompter<std::io::StdinLock<'static>, std::io::Stderr> {
@@ -39,6 +42,7 @@ impl TerminalPrompter<std::io::StdinLock<'static>, std::io::Stderr> {
         TerminalPrompter {
             input: std::io::stdin().lock(),
             output: std::io::stderr(),
+            quiet: false,
         }
     }
 }
@@ -46,7 +50,16 @@ impl TerminalPrompter<std::io::StdinLock<'static>, std::io::Stderr> {
 impl<R: BufRead, W: Write> TerminalPrompter<R, W> {
     /// A prompter on any reader and writer.
     pub fn new(input: R, output: W) -> Self {
-        TerminalPrompter { input, output }
+        TerminalPrompter {
+            input,
+            output,
+            quiet: false,
+        }
+    }
+
+    /// The same prompter, showing nothing but its questions when `quiet`.
+    pub fn quiet(self, quiet: bool) -> Self {
+        TerminalPrompter { quiet, ..self }
     }
 
     /// Asks `question`, showing `hint`; `None` for an empty answer.
@@ -66,7 +79,9 @@ impl<R: BufRead, W: Write> TerminalPrompter<R, W> {
 
 impl<R: BufRead, W: Write> Prompter for TerminalPrompter<R, W> {
     fn show(&mut self, text: &str) -> anyhow::Result<()> {
-        writeln!(self.output, "{text}")?;
+        if !self.quiet {
+            writeln!(self.output, "{text}")?;
+        }
         Ok(())
     }
 

@@ -21,7 +21,7 @@ use pipe_models::layers::Tokens;
 use pipe_models::{ModelConfig, hf_folder, weights};
 use pipe_onnx::{
     AdamW, DType, Dim, FlatTrainer, Graph, HostTensor, Kernels, Session, SessionOptions, Tensor,
-    build_gradient_step, param_gradients,
+    build_gradient_step, gradients,
 };
 use serde_json::{Value, json};
 
@@ -308,7 +308,7 @@ fn bert_gradients_match_transformers() {
                     loss,
                     ..
                 } = build(&fx, problem, kernels, false);
-                let grads = param_gradients(&mut g, loss, &model.train_params(&|_| true)).unwrap();
+                let grads = gradients(&mut g, loss, model.vars().tensors()).unwrap();
                 g.output(logits, "logits").unwrap();
                 g.output(loss, "loss").unwrap();
                 for (spec, &gr) in model.specs().iter().zip(&grads) {

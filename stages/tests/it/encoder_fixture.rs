@@ -20,7 +20,7 @@ use pipe_models::layers::Tokens;
 use pipe_models::{Architecture, ModelConfig, ParamSpec, hf_folder, weights};
 use pipe_onnx::{
     AdamW, DType, Dim, FlatTrainer, Graph, HostTensor, Kernels, Session, SessionOptions, Tensor,
-    build_gradient_step, param_gradients,
+    build_gradient_step, gradients,
 };
 use serde_json::{Value, json};
 
@@ -230,7 +230,7 @@ pub(crate) fn check_gradients(
             loss,
             ..
         } = build(config, problem, kernels);
-        let grads = param_gradients(&mut g, loss, &model.train_params(&|_| true)).unwrap();
+        let grads = gradients(&mut g, loss, model.vars().tensors()).unwrap();
         g.output(logits, "logits").unwrap();
         g.output(loss, "loss").unwrap();
         for (spec, &gr) in model.specs().iter().zip(&grads) {
