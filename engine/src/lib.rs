@@ -84,13 +84,9 @@ pub struct UsageError(pub String);
 pub struct BadInput(pub anyhow::Error);
 
 impl BadInput {
-    /// Whether `error` is, or was caused by, a [`BadInput`], or a [`ParamError`]: a stage
-    /// parameter found unusable only as the stage ran (a `freeze` entry past the model's
-    /// last layer) is a bad manifest like one refused before the run.
+    /// Whether `error` is, or was caused by, a [`BadInput`].
     pub fn is_in(error: &anyhow::Error) -> bool {
-        error
-            .chain()
-            .any(|cause| cause.is::<BadInput>() || cause.is::<ParamError>())
+        error.chain().any(|cause| cause.is::<BadInput>())
     }
 }
 

@@ -76,12 +76,13 @@ stages:
     )
 }
 
-/// Runs the pipeline on `f`'s checkpoint and checks what it wrote.
-fn fine_tunes_end_to_end(f: &Family) {
+/// A project holding 80 sample rows, `f`'s checkpoint and tokenizer, and `manifest` as
+/// `family.yaml`.
+fn project(f: &Family, manifest: &str) -> Project {
     let p = Project::new();
     let rows: String = SAMPLE.lines().take(81).map(|l| format!("{l}\n")).collect();
     p.file("data/q.csv", &rows);
-    p.file("family.yaml", &manifest(f));
+    p.file("family.yaml", manifest);
     let checkpoint = fixtures().join(f.fixture).join("checkpoint");
     std::fs::create_dir_all(p.path("checkpoint")).unwrap();
     for name in ["config.json", "model.safetensors"] {
@@ -90,6 +91,13 @@ fn fine_tunes_end_to_end(f: &Family) {
     if let Some(tokenizer) = f.tokenizer {
         std::fs::copy(fixtures().join(tokenizer), p.path("tokenizer.json")).unwrap();
     }
+    p
+}
+
+/// Runs the pipeline on `f`'s checkpoint and checks what it wrote.
+fn fine_tunes_end_to_end(f: &Family) {
+    let p = project(f, &manifest(f));
+    let checkpoint = fixtures().join(f.fixture).join("checkpoint");
 
     let report = p.run_json("family.yaml", 0);
     for stage in ["tokenize", "finetune", "export-onnx", "evaluate"] {
@@ -201,4 +209,33 @@ fn a_modernbert_checkpoint_fine_tunes_with_lora_end_to_end() {
         adapted: "model.layers.0.attn.Wqkv.weight",
         kept: "model.layers.0.mlp.Wi.weight",
     });
+}
+
+/// A setting the model cannot honour, found only once finetune knows the model (a `freeze`
+/// range past the Llama checkpoint's two layers), fails the run as a bad manifest would:
+/// exit 2, at the setting's line.
+#[test]
+fn a_setting_refused_as_the_stage_runs_exits_as_a_bad_manifest() {
+    let llama = Family {
+        fixture: "llama",
+        tokenizer: Some("tokenizers/llama/tokenizer.json"),
+        targets: "q_proj, v_proj",
+        architecture: "LlamaForSequenceClassification",
+        adapted: "",
+        kept: "",
+    };
+    let manifest = manifest(&llama).replace(
+        "    lora: { r: 4, alpha: 8, targets: [q_proj, v_proj] }\n",
+        "    freeze: [layers.0-9]\n",
+    );
+    assert!(manifest.contains("freeze: [layers.0-9]"), "{manifest}");
+    let p = project(&llama, &manifest);
+    let out = p.pipe(&["run", "family.yaml"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("family.yaml:")
+            && err.contains("`layers.0-9` goes past this model's last layer"),
+        "{err}"
+    );
 }

@@ -170,7 +170,9 @@ impl Pipeline<'_> {
     }
 
     /// `error` from running `stage`, with the manifest location of the setting it names
-    /// when it is a [`ParamError`] (see [`Stage::run`]); any other error as it is.
+    /// when it is a [`ParamError`] (see [`Stage::run`]), then a [`crate::BadInput`]: a
+    /// setting found unusable only as the stage ran (a `freeze` entry past the model's last
+    /// layer) is a bad manifest, as one refused before the run; any other error as it is.
     pub fn locate_run_error(
         &self,
         stage: &PlannedStage<'_>,
@@ -179,7 +181,7 @@ impl Pipeline<'_> {
         match error.downcast::<ParamError>() {
             Ok(e) => {
                 let d = kinds::param_diagnostic(&stage.spec, stage.kind, &self.manifest.path, e);
-                anyhow::anyhow!(d.render(None))
+                crate::BadInput(anyhow::anyhow!(d.render(None))).into()
             }
             Err(other) => other,
         }
