@@ -79,7 +79,7 @@ pub use flat::{FlatEntry, FlatLayout, FlatState, GradSignature, build_gradient_s
 pub use optim::{AdamW, StateKind, TrainParam};
 #[cfg(feature = "oracle")]
 pub use oracle::{StateSlot, StepSignature};
-pub use quantize::{FrozenDType, QuantizedWeight};
+pub use quantize::{FrozenDType, Int8Storage, QuantizedWeight};
 #[cfg(feature = "oracle")]
 pub use runtime::Trainer;
 pub use runtime::{

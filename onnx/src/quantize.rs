@@ -20,6 +20,14 @@
 //!   `DynamicQuantizeMatMul` as int8 does, from one 4-bit copy (pipe's `Int4ToInt8` kernels).
 //!   Elsewhere the blocks are dequantized to f32 for each product (`GatherBlockQuantized`).
 //!   Half a byte per weight, a byte per block and a scale per row.
+//! - Where the CPU's uint8 × int8 kernel would saturate, the integers of both int8 and int4
+//!   products are kept as uint8 `q + 128` with zero point 128 instead ([`Int8Storage`]).
+//!   ONNX Runtime's x86 `DynamicQuantizeMatMul` multiplies uint8 activations by int8 weights
+//!   with `vpmaddubsw` on CPUs without VNNI (AVX2 only, or AVX-512 without VNNI), which adds
+//!   two products into a saturating 16-bit sum: `2 · 255 · 127` does not fit, and products
+//!   of weights past ±64 come out wrong (15–20% of the product's scale on an AMD EPYC with
+//!   AVX2). Its uint8 × uint8 kernel widens to 16 bits first and is exact; VNNI CPUs keep the
+//!   faster signed kernel, whose `vpdpbusd` sums in 32 bits.
 //! - [`FrozenDType::Bf16`]: `bfloat16`, rounded to nearest even (as `torch` rounds), or read
 //!   in place from a bfloat16 checkpoint (then exact). Each product widens the weight it
 //!   needs to f32 (pipe's `Bf16ToF32` kernel, exact: a shift) just before an f32 product,
@@ -48,6 +56,59 @@ pub enum FrozenDType {
     Bf16,
 }
 
+/// How the integers of int8 products (and of 4-bit blocks unpacked for them) reach ONNX
+/// Runtime's `DynamicQuantizeMatMul` (see the [module docs](self)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Int8Storage {
+    /// int8 `q`: the uint8 × int8 kernel, fastest where the CPU sums its pairs in 32 bits.
+    Signed,
+    /// uint8 `q + 128` with zero point 128: the uint8 × uint8 kernel, exact on every CPU.
+    Offset,
+}
+
+impl Int8Storage {
+    /// The zero point of [`Int8Storage::Offset`] integers.
+    pub const OFFSET: u8 = 128;
+
+    /// The storage whose products are exact on this CPU: [`Int8Storage::Signed`] where x86
+    /// CPUs have VNNI (`avx512vnni` or `avxvnni`) and on other architectures,
+    /// [`Int8Storage::Offset`] on x86 CPUs without it.
+    pub fn for_this_cpu() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if !(std::arch::is_x86_feature_detected!("avx512vnni")
+            || std::arch::is_x86_feature_detected!("avxvnni"))
+        {
+            return Int8Storage::Offset;
+        }
+        Int8Storage::Signed
+    }
+
+    /// The element type the integers are stored in.
+    pub fn dtype(self) -> crate::DType {
+        match self {
+            Int8Storage::Signed => crate::DType::I8,
+            Int8Storage::Offset => crate::DType::U8,
+        }
+    }
+
+    /// `values` `[dims]` in this storage.
+    fn tensor(self, dims: &[i64], values: Vec<i8>) -> Result<HostTensor> {
+        match self {
+            Int8Storage::Signed => HostTensor::i8(dims, values),
+            Int8Storage::Offset => {
+                HostTensor::u8(dims, values.into_iter().map(|q| q as u8 ^ 0x80).collect())
+            }
+        }
+    }
+}
+
+impl Default for Int8Storage {
+    /// [`Int8Storage::for_this_cpu`].
+    fn default() -> Self {
+        Int8Storage::for_this_cpu()
+    }
+}
+
 /// How a frozen weight is stored in its checkpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WeightLayout {
@@ -70,6 +131,8 @@ pub struct QuantizedWeight {
     pub n: usize,
     /// Its precision (never [`FrozenDType::F32`]).
     pub dtype: FrozenDType,
+    /// How its int8 integers are stored ([`FrozenDType::Int8`] only).
+    pub storage: Int8Storage,
 }
 
 impl QuantizedWeight {
@@ -83,7 +146,8 @@ impl QuantizedWeight {
         }
     }
 
-    /// The graph input holding the int8 integers transposed, `[N, K]`, for the input gradient.
+    /// The graph input holding the int8 integers transposed, `[N, K]`, for the input gradient
+    /// (stored as [`Self::storage`] says, like [`Self::values_name`]'s).
     pub fn transposed_name(&self) -> String {
         format!("{}#int8_t", self.name)
     }
@@ -154,8 +218,11 @@ impl QuantizedWeight {
                 let q = Int8Rows::quantize(&out_in(), self.n, self.k);
                 let in_out = transpose(&q.values, self.n, self.k);
                 vec![
-                    (self.values_name(), HostTensor::i8(&[k, n], in_out)?),
-                    (self.transposed_name(), HostTensor::i8(&[n, k], q.values)?),
+                    (self.values_name(), self.storage.tensor(&[k, n], in_out)?),
+                    (
+                        self.transposed_name(),
+                        self.storage.tensor(&[n, k], q.values)?,
+                    ),
                     (self.scales_name(), HostTensor::f32(&[n], q.scales)?),
                 ]
             }

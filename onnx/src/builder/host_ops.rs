@@ -9,6 +9,7 @@
 //! so the choice belongs to whoever picks the device; CUDA keeps the standard nodes.
 
 use super::{Dim, Graph, Tensor};
+use crate::quantize::Int8Storage;
 use crate::{DType, Result};
 
 /// The operator-set domain of pipe's CPU kernels.
@@ -115,13 +116,15 @@ impl Graph {
     /// `Int4ToInt8(packed, multipliers, after)`: the int8 weight `[N, blocks · 32]` that
     /// 4-bit blocks `[N, blocks, 16]` with `multipliers` `[N, blocks]` stand for
     /// ([`crate::quantize::Int4Blocks`]), or with `transposed` its transpose `[blocks · 32,
-    /// N]`. `after` is not read; it makes the node wait until `after` exists.
+    /// N]`, in `storage` (`Int4ToUint8` for [`Int8Storage::Offset`]). `after` is not read;
+    /// it makes the node wait until `after` exists.
     pub(crate) fn int4_to_int8(
         &mut self,
         packed: Tensor,
         multipliers: Tensor,
         after: Tensor,
         transposed: bool,
+        storage: Int8Storage,
     ) -> Result<Tensor> {
         let shape = self.shape(packed).to_vec();
         let fits = packed.dtype() == DType::U8
@@ -137,11 +140,14 @@ impl Graph {
             ));
         };
         let width = Dim::from(blocks * crate::quantize::INT4_BLOCK as i64);
-        let (op, shape) = match transposed {
-            true => ("Int4ToInt8T", vec![width, shape[0].clone()]),
-            false => ("Int4ToInt8", vec![shape[0].clone(), width]),
+        let (op, shape) = match (transposed, storage) {
+            (true, Int8Storage::Signed) => ("Int4ToInt8T", vec![width, shape[0].clone()]),
+            (false, Int8Storage::Signed) => ("Int4ToInt8", vec![shape[0].clone(), width]),
+            (true, Int8Storage::Offset) => ("Int4ToUint8T", vec![width, shape[0].clone()]),
+            (false, Int8Storage::Offset) => ("Int4ToUint8", vec![shape[0].clone(), width]),
         };
-        Ok(self.push_host(op, &[packed, multipliers, after], DType::I8, shape))
+        let ints = storage.dtype();
+        Ok(self.push_host(op, &[packed, multipliers, after], ints, shape))
     }
 
     /// `Bf16ToF32(w, after)`: the `bfloat16` tensor `w` as f32 (exact). `after` is not

@@ -153,6 +153,8 @@ pub struct Graph {
     sym_sources: BTreeMap<String, (Tensor, usize)>,
     unknown_dims: usize,
     kernels: Kernels,
+    /// How [`Graph::quantize_frozen`] stores int8 integers ([`Graph::set_int8_storage`]).
+    int8_storage: crate::quantize::Int8Storage,
     /// Int8 weights of `DynamicQuantizeMatMul` → the same integers transposed, for the input
     /// gradient (declared by [`Graph::quantize_frozen`]).
     transposed_twins: BTreeMap<Tensor, Tensor>,

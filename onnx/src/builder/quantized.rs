@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use super::{Attr, Dim, Graph, HOST_KERNELS_DOMAIN, Kernels, Node, Tensor};
-use crate::quantize::{FrozenDType, INT4_BLOCK, QuantizedWeight, WeightLayout};
+use crate::quantize::{FrozenDType, INT4_BLOCK, Int8Storage, QuantizedWeight, WeightLayout};
 use crate::{DType, Error, Result};
 
 /// The operator-set domain of ONNX Runtime's contributed kernels.
@@ -23,8 +23,16 @@ pub(crate) struct Int4Grid {
 }
 
 impl Graph {
+    /// Sets how [`Graph::quantize_frozen`] stores int8 integers: by default
+    /// [`Int8Storage::for_this_cpu`], the storage whose products are exact on the CPU that
+    /// builds the graph (set it for a graph run on another machine, or to test the other).
+    pub fn set_int8_storage(&mut self, storage: Int8Storage) {
+        self.int8_storage = storage;
+    }
+
     /// `DynamicQuantizeMatMul(a, b, b_scale)`: `a` f32 `[.., K]` quantized to uint8 per tensor
-    /// on the fly, times `b` int8 `[K, N]` with `b_scale` (a scalar, or one per column).
+    /// on the fly, times `b` `[K, N]` with `b_scale` (a scalar, or one per column); `b` is
+    /// int8, or uint8 offset by [`Int8Storage::OFFSET`] (given as its zero point).
     pub fn dynamic_quantize_matmul(
         &mut self,
         a: Tensor,
@@ -34,17 +42,29 @@ impl Graph {
         const OP: &str = "DynamicQuantizeMatMul";
         let (sa, sb) = (self.shape(a).to_vec(), self.shape(b).to_vec());
         if a.dtype() != DType::F32
-            || b.dtype() != DType::I8
+            || !matches!(b.dtype(), DType::I8 | DType::U8)
             || sb.len() != 2
             || sa.last() != Some(&sb[0])
         {
-            return Err(self.err(OP, "needs f32 [.., K] times int8 [K, N]"));
+            return Err(self.err(OP, "needs f32 [.., K] times int8 or uint8 [K, N]"));
         }
         let mut shape = sa;
         if let Some(last) = shape.last_mut() {
             *last = sb[1].clone();
         }
-        Ok(self.push_microsoft(OP, &[a, b, b_scale], vec![], shape))
+        let mut inputs = vec![a];
+        inputs.extend(self.integer_weight(b, b_scale));
+        Ok(self.push_microsoft(OP, &inputs, vec![], shape))
+    }
+
+    /// The inputs of `DynamicQuantizeMatMul` after `A` for the integers `b` with `b_scale`:
+    /// with uint8 integers ([`Int8Storage::Offset`]) their zero point too.
+    fn integer_weight(&mut self, b: Tensor, b_scale: Tensor) -> Vec<Tensor> {
+        let mut inputs = vec![b, b_scale];
+        if b.dtype() == DType::U8 {
+            inputs.push(self.scalar(DType::U8, f64::from(Int8Storage::OFFSET)));
+        }
+        inputs
     }
 
     /// The f32 weight `[N, K]` of the `MatMulNBits` node `node` (its packed blocks and
@@ -62,7 +82,8 @@ impl Graph {
     }
 
     /// With [`Kernels::Host`], the weight of the `MatMulNBits` node `node` as the exact int8
-    /// integers its blocks stand for, made once `after` exists (`[N, K]`, or with
+    /// integers its blocks stand for (stored as [`Graph::set_int8_storage`] says), made once
+    /// `after` exists (`[N, K]`, or with
     /// `transposed` `[K, N]`), and the scale of each of its `N` rows; `None` on other
     /// kernels or for blocks [`Graph::quantize_frozen`] did not nest in an int8 grid.
     pub(crate) fn nbits_weight_int8(
@@ -76,7 +97,8 @@ impl Graph {
             (Kernels::Host, Some(&grid)) => grid,
             _ => return Ok(None),
         };
-        let w = self.int4_to_int8(packed, grid.multipliers, after, transposed)?;
+        let storage = self.int8_storage;
+        let w = self.int4_to_int8(packed, grid.multipliers, after, transposed, storage)?;
         let k = self.nbits_dim(node, "K")?;
         let padded = self.shape(w)[usize::from(!transposed)].fixed();
         let w = match padded == i64::try_from(k).ok() {
@@ -173,6 +195,7 @@ impl Graph {
                 k,
                 n,
                 dtype,
+                storage: self.int8_storage,
             };
             self.replace_products(&q, &products)?;
             self.inputs.retain(|&t| t != w);
@@ -211,13 +234,14 @@ impl Graph {
         let (op, domain, inputs, attrs) = match q.dtype {
             FrozenDType::Int8 => {
                 let scale = self.input(&q.scales_name(), DType::F32, std::slice::from_ref(&n))?;
-                let values = self.input(&q.values_name(), DType::I8, &[k.clone(), n.clone()])?;
-                let transposed = self.input(&q.transposed_name(), DType::I8, &[n, k])?;
+                let ints = q.storage.dtype();
+                let values = self.input(&q.values_name(), ints, &[k.clone(), n.clone()])?;
+                let transposed = self.input(&q.transposed_name(), ints, &[n, k])?;
                 self.transposed_twins.insert(values, transposed);
                 (
                     "DynamicQuantizeMatMul",
                     MICROSOFT_DOMAIN,
-                    vec![values, scale],
+                    self.integer_weight(values, scale),
                     vec![],
                 )
             }
@@ -350,12 +374,9 @@ impl Graph {
                 let w = self.widen_bf16(node.input(1), a)?;
                 f32_product(w, node.attr_int("transB") == Some(1))
             } else if let Some((w, scales)) = self.nbits_weight_int8(&node, a, true)? {
-                (
-                    "DynamicQuantizeMatMul",
-                    MICROSOFT_DOMAIN,
-                    vec![a, w, scales],
-                    vec![],
-                )
+                let mut inputs = vec![a];
+                inputs.extend(self.integer_weight(w, scales));
+                ("DynamicQuantizeMatMul", MICROSOFT_DOMAIN, inputs, vec![])
             } else {
                 f32_product(self.nbits_weight(&node, a)?, true)
             };

@@ -7,12 +7,16 @@
 //! - int4 on pipe's CPU kernels: the same definition over the int8 integers the blocks stand
 //!   for (nibble − 8 times the block's multiplier) and the row scales.
 //! - int4 on standard kernels: `x · Wᵀ` with `W` the dequantized blocks, in f32.
+//!
+//! The integer products are checked in the storage this CPU gets and in
+//! [`Int8Storage::Offset`] (exact on every CPU); [`Int8Storage::Signed`] is exact only
+//! where the CPU has VNNI, which picks it.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use pipe_onnx::quantize::INT4_BLOCK;
 use pipe_onnx::quantize::{Int4Blocks, Int8Rows};
-use pipe_onnx::{DType, FrozenDType, Graph, HostTensor, Kernels, Tensor, gradients};
+use pipe_onnx::{DType, FrozenDType, Graph, HostTensor, Int8Storage, Kernels, Tensor, gradients};
 
 use crate::util::{Rng, fixed, run, session};
 
@@ -23,15 +27,17 @@ const N: usize = 6;
 /// The graph `y = x · Wᵀ` (`[out, in]` weight, through a transpose) or `y = x · W` (`[in,
 /// out]`, GPT-2's `Conv1D`), `loss = Σ y ⊙ r`, its gradient with respect to `x`, and the
 /// weight rewritten to `dtype`, the rules using `kernels` (with `lower`, 4-bit products
-/// lowered as the trainers run them).
+/// lowered as the trainers run them) and integers kept in `storage`.
 fn product_graph(
     out_in: bool,
     dtype: FrozenDType,
     kernels: Kernels,
     lower: bool,
+    storage: Int8Storage,
 ) -> (Graph, Vec<pipe_onnx::QuantizedWeight>) {
     let mut g = Graph::new("product");
     g.set_kernels(kernels);
+    g.set_int8_storage(storage);
     let x = g
         .input("x", DType::F32, &fixed(&[M as i64, K as i64]))
         .unwrap();
@@ -87,7 +93,7 @@ impl Case {
     }
 
     /// `y` and `dx` from the graph, with the weight fed in `out_in` layout and quantized as
-    /// the rewrite asks.
+    /// the rewrite asks, integers in this CPU's storage.
     fn run(
         &self,
         out_in: bool,
@@ -95,7 +101,19 @@ impl Case {
         kernels: Kernels,
         lower: bool,
     ) -> (Vec<f32>, Vec<f32>) {
-        let (g, quantized) = product_graph(out_in, dtype, kernels, lower);
+        self.run_in(out_in, dtype, kernels, lower, Int8Storage::for_this_cpu())
+    }
+
+    /// [`Case::run`] with the integers in `storage`.
+    fn run_in(
+        &self,
+        out_in: bool,
+        dtype: FrozenDType,
+        kernels: Kernels,
+        lower: bool,
+        storage: Int8Storage,
+    ) -> (Vec<f32>, Vec<f32>) {
+        let (g, quantized) = product_graph(out_in, dtype, kernels, lower, storage);
         assert_eq!(quantized.len(), 1, "the weight is read only by a product");
         let w = if out_in {
             HostTensor::f32(&[N as i64, K as i64], self.w.clone()).unwrap()
@@ -219,16 +237,67 @@ fn int4_integers(q: &Int4Blocks, n: usize, k: usize) -> Vec<i8> {
     out
 }
 
+/// The storages whose integer products are exact on this CPU: the one it gets, and
+/// [`Int8Storage::Offset`].
+fn exact_storages() -> Vec<Int8Storage> {
+    let mut storages = vec![Int8Storage::for_this_cpu(), Int8Storage::Offset];
+    storages.dedup();
+    storages
+}
+
+/// Where a uint8 × int8 kernel sums pairs of products in 16 bits (x86 without VNNI), the
+/// largest inputs (uint8 255) times the largest weights (int8 ±127) saturate it: every weight
+/// of a row ±127 here, every input 255.
+#[test]
+fn int8_products_of_extreme_integers_are_exact_in_this_cpus_storage() {
+    let mut case = Case::new(17);
+    case.w = (0..N * K)
+        .map(|i| if (i / K) % 2 == 0 { 0.1 } else { -0.1 })
+        .collect();
+    case.x = vec![2.0; M * K];
+    let q = Int8Rows::quantize(&case.w, N, K);
+    assert!(q.values.iter().all(|v| v.abs() == 127));
+    let (y, dx) = int8_path(&case, &q.values, &q.scales);
+    let (gy, gdx) = case.run(true, FrozenDType::Int8, Kernels::Host, false);
+    assert_close("y", &gy, &y, 1e-5);
+    assert_close("dx", &gdx, &dx, 1e-5);
+}
+
+#[test]
+fn offset_storage_keeps_each_integer_plus_128_as_uint8() {
+    let case = Case::new(3);
+    let q = Int8Rows::quantize(&case.w, N, K);
+    let (_, quantized) = product_graph(
+        true,
+        FrozenDType::Int8,
+        Kernels::Host,
+        false,
+        Int8Storage::Offset,
+    );
+    let w = HostTensor::f32(&[N as i64, K as i64], case.w.clone()).unwrap();
+    let feeds: BTreeMap<String, HostTensor> =
+        quantized[0].quantize(&w).unwrap().into_iter().collect();
+    let transposed = feeds["w#int8_t"].as_u8().expect("uint8 integers");
+    let want: Vec<u8> = q
+        .values
+        .iter()
+        .map(|&v| (i16::from(v) + 128) as u8)
+        .collect();
+    assert_eq!(transposed, &want[..]);
+}
+
 #[test]
 fn int4_products_on_pipes_kernels_follow_dynamic_quantize_matmul_over_the_unpacked_integers() {
     let case = Case::new(13);
     let q = Int4Blocks::quantize(&case.w, N, K);
     let integers = int4_integers(&q, N, K);
     let (y, dx) = int8_path(&case, &integers, &q.scales);
-    for out_in in [true, false] {
-        let (gy, gdx) = case.run(out_in, FrozenDType::Int4, Kernels::Host, true);
-        assert_close("y", &gy, &y, 1e-5);
-        assert_close("dx", &gdx, &dx, 1e-5);
+    for storage in exact_storages() {
+        for out_in in [true, false] {
+            let (gy, gdx) = case.run_in(out_in, FrozenDType::Int4, Kernels::Host, true, storage);
+            assert_close("y", &gy, &y, 1e-5);
+            assert_close("dx", &gdx, &dx, 1e-5);
+        }
     }
     // The integers times the row scales are the dequantized blocks.
     let dequantized = q.dequantize(N, K);
@@ -285,7 +354,13 @@ fn bf16_products_equal_f32_products_with_the_rounded_weight() {
 
 #[test]
 fn lowered_bf16_products_widen_the_weight_for_each_product() {
-    let (g, _) = product_graph(true, FrozenDType::Bf16, Kernels::Host, true);
+    let (g, _) = product_graph(
+        true,
+        FrozenDType::Bf16,
+        Kernels::Host,
+        true,
+        Int8Storage::for_this_cpu(),
+    );
     let model = g.build().unwrap();
     let ops: Vec<&str> = (model.proto().graph.as_ref().unwrap().node.iter())
         .filter_map(|n| n.op_type.as_deref())
@@ -307,8 +382,13 @@ fn lowered_4bit_products_leave_no_matmul_nbits_and_emit_producers_first() {
             ["GatherBlockQuantized", "GatherBlockQuantized"],
         ),
         (Kernels::Host, ["Int4ToInt8T", "Int4ToInt8"]),
+        (Kernels::Host, ["Int4ToUint8T", "Int4ToUint8"]),
     ] {
-        let (g, _) = product_graph(true, FrozenDType::Int4, kernels, true);
+        let storage = match unpacking[0] {
+            "Int4ToInt8T" => Int8Storage::Signed,
+            _ => Int8Storage::Offset,
+        };
+        let (g, _) = product_graph(true, FrozenDType::Int4, kernels, true, storage);
         let model = g.build().unwrap();
         let ops: Vec<&str> = (model.proto().graph.as_ref().unwrap().node.iter())
             .filter_map(|n| n.op_type.as_deref())
@@ -356,10 +436,12 @@ fn int8_products_follow_dynamic_quantize_matmul() {
     let case = Case::new(11);
     let q = Int8Rows::quantize(&case.w, N, K);
     let (y, dx) = int8_path(&case, &q.values, &q.scales);
-    for out_in in [true, false] {
-        let (gy, gdx) = case.run(out_in, FrozenDType::Int8, Kernels::Host, false);
-        assert_close("y", &gy, &y, 1e-5);
-        assert_close("dx", &gdx, &dx, 1e-5);
+    for storage in exact_storages() {
+        for out_in in [true, false] {
+            let (gy, gdx) = case.run_in(out_in, FrozenDType::Int8, Kernels::Host, false, storage);
+            assert_close("y", &gy, &y, 1e-5);
+            assert_close("dx", &gdx, &dx, 1e-5);
+        }
     }
     // And within the quantization error of the f32 product (1% of its scale here).
     let x: Vec<f64> = case.x.iter().map(|&v| f64::from(v)).collect();

@@ -16,6 +16,8 @@
 //!   nested in an int8 grid ([`crate::quantize::Int4Blocks`]) unpacked to the exact int8
 //!   weight `[N, blocks · 32]` or its transpose, for `DynamicQuantizeMatMul`. `after` is
 //!   not read: it orders the unpacking just before the product that needs it.
+//!   `Int4ToUint8` and `Int4ToUint8T` write the same integers as uint8 offset by 128
+//!   ([`crate::quantize::Int8Storage::Offset`]).
 //! - `Bf16ToF32(w, after) → w32`: a `bfloat16` weight widened to f32 (exact), for one f32
 //!   product; `after` orders it as for `Int4ToInt8`.
 
@@ -71,13 +73,25 @@ pub(crate) fn domain() -> ort::Result<OperatorDomain> {
             name: "Int4ToInt8",
             inputs: &[U8, U8, F32],
             output: I8,
-            compute: int4_to_int8,
+            compute: int4_to_int8::<i8>,
         })?
         .add(HostOp {
             name: "Int4ToInt8T",
             inputs: &[U8, U8, F32],
             output: I8,
-            compute: int4_to_int8_transposed,
+            compute: int4_to_int8_transposed::<i8>,
+        })?
+        .add(HostOp {
+            name: "Int4ToUint8",
+            inputs: &[U8, U8, F32],
+            output: U8,
+            compute: int4_to_int8::<u8>,
+        })?
+        .add(HostOp {
+            name: "Int4ToUint8T",
+            inputs: &[U8, U8, F32],
+            output: U8,
+            compute: int4_to_int8_transposed::<u8>,
         })?
         .add(HostOp {
             name: "Bf16ToF32",
@@ -315,28 +329,59 @@ fn int4_inputs<'a>(
     Ok((packed, multipliers, dims[0], dims[1]))
 }
 
-/// `Int4ToInt8(packed, multipliers, after) → w` `[N, blocks · 32]`.
-fn int4_to_int8(ctx: &ComputeContext) -> ort::Result<()> {
+/// The element type 4-bit blocks are unpacked into: the int8 integers as they are, or
+/// offset by 128 as uint8 ([`crate::quantize::Int8Storage`]).
+trait UnpackedInt: PrimitiveTensorElementType + Send + Sized {
+    /// Fills `out` through `unpack`, which writes the int8 integers.
+    fn unpack(out: &mut [Self], unpack: impl FnOnce(&mut [i8]));
+}
+
+impl UnpackedInt for i8 {
+    fn unpack(out: &mut [i8], unpack: impl FnOnce(&mut [i8])) {
+        unpack(out);
+    }
+}
+
+impl UnpackedInt for u8 {
+    fn unpack(out: &mut [u8], unpack: impl FnOnce(&mut [i8])) {
+        // SAFETY: i8 and u8 have the same size and alignment, and every bit pattern is valid
+        // for both; the reinterpreted slice is dropped before `out` is used again.
+        let ints = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr().cast(), out.len()) };
+        unpack(ints);
+        // q as u8 XOR 0x80 is q + 128.
+        out.iter_mut().for_each(|v| *v ^= 0x80);
+    }
+}
+
+/// `Int4ToInt8(packed, multipliers, after) → w` `[N, blocks · 32]` (`Int4ToUint8` with `T`
+/// u8).
+fn int4_to_int8<T: UnpackedInt>(ctx: &ComputeContext) -> ort::Result<()> {
     let (packed, multipliers) = (input(ctx, 0)?, input(ctx, 1)?);
     let (packed, multipliers, n, blocks) = int4_inputs(&packed, &multipliers)?;
     let width = blocks * INT4_BLOCK;
     let shape = [n as i64, width as i64];
     // Whole rows per chunk, about 64 KiB of output.
     let rows_per_chunk = (ELEMENTWISE_CHUNK * 4 / width.max(1)).max(1);
-    par_chunks(ctx, &shape, rows_per_chunk * width, |r, out| {
+    par_chunks(ctx, &shape, rows_per_chunk * width, |r, out: &mut [T]| {
         let rows = r.start / width..r.end / width;
-        int4::rows(packed, multipliers, blocks, rows, out)
+        T::unpack(out, |out| {
+            int4::rows(packed, multipliers, blocks, rows, out)
+        })
     })
 }
 
-/// `Int4ToInt8T(packed, multipliers, after) → wᵀ` `[blocks · 32, N]`.
-fn int4_to_int8_transposed(ctx: &ComputeContext) -> ort::Result<()> {
+/// `Int4ToInt8T(packed, multipliers, after) → wᵀ` `[blocks · 32, N]` (`Int4ToUint8T` with
+/// `T` u8).
+fn int4_to_int8_transposed<T: UnpackedInt>(ctx: &ComputeContext) -> ort::Result<()> {
     let (packed, multipliers) = (input(ctx, 0)?, input(ctx, 1)?);
     let (packed, multipliers, n, blocks) = int4_inputs(&packed, &multipliers)?;
     let shape = [(blocks * INT4_BLOCK) as i64, n as i64];
     // One block (32 output rows) per chunk.
-    par_chunks(ctx, &shape, INT4_BLOCK * n.max(1), |r, out| {
-        int4::transposed_block(packed, multipliers, blocks, r.start / (INT4_BLOCK * n), out)
+    par_chunks(ctx, &shape, INT4_BLOCK * n.max(1), |r, out: &mut [T]| {
+        let block = r.start / (INT4_BLOCK * n);
+        T::unpack(out, |out| {
+            int4::transposed_block(packed, multipliers, blocks, block, out)
+        })
     })
 }
 
