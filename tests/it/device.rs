@@ -216,12 +216,22 @@ fn doctor_json_describes_the_libraries_and_cuda() {
             .filter(|f| flags.contains(f))
             .map(Value::from)
             .collect();
+        // Without VNNI, uint8 × int8 products would saturate: int8 weights run uint8 × uint8.
+        let vnni = expected
+            .iter()
+            .any(|f| f.as_str().unwrap().ends_with("vnni"));
         assert_eq!(
             d["cpu"]["integer_kernels"],
             Value::from(expected),
             "{}",
             d["cpu"]
         );
+        let products = if vnni {
+            "uint8 x int8"
+        } else {
+            "uint8 x uint8"
+        };
+        assert_eq!(d["cpu"]["int8_products"], products, "{}", d["cpu"]);
     }
     let cuda = &d["cuda"];
     assert_eq!(cuda["device"], "cuda:0");

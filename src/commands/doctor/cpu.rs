@@ -1,7 +1,9 @@
 //! What `pipe doctor` says about the CPU: the integer instructions behind
-//! `frozen_dtype: int8` and `int4` (both multiply with ONNX Runtime's u8×s8 products, which
-//! use AVX-512 VNNI, AVX-VNNI or AVX2).
+//! `frozen_dtype: int8` and `int4` (both multiply with ONNX Runtime's `DynamicQuantizeMatMul`:
+//! uint8 × int8 where the CPU has VNNI, else uint8 × uint8, exact where uint8 × int8 would
+//! saturate; see `pipe_onnx::Int8Storage`).
 
+use pipe_onnx::Int8Storage;
 use serde::Serialize;
 
 /// The CPU's instruction sets that decide how fast int8 products (`frozen_dtype: int8` and
@@ -13,6 +15,8 @@ pub struct CpuReport {
     /// Integer dot-product and vector extensions found, fastest first (`avx512_vnni`,
     /// `avx_vnni`, `avx512bw`, `avx2`).
     pub integer_kernels: Vec<&'static str>,
+    /// The integer product int8 weights run on this CPU: `uint8 x int8` or `uint8 x uint8`.
+    pub int8_products: &'static str,
 }
 
 impl std::fmt::Display for CpuReport {
@@ -20,7 +24,7 @@ impl std::fmt::Display for CpuReport {
         let speed = if self.integer_kernels.iter().any(|k| k.ends_with("vnni")) {
             "int8 products have VNNI dot products"
         } else if self.integer_kernels.contains(&"avx2") {
-            "int8 products run on AVX2 (no VNNI)"
+            "int8 products run uint8 x uint8 on AVX2 (no VNNI)"
         } else {
             "no x86 integer extensions found: `frozen_dtype: int8` or `int4` saves memory, not time"
         };
@@ -38,6 +42,10 @@ pub fn cpu_report() -> CpuReport {
     CpuReport {
         arch: std::env::consts::ARCH,
         integer_kernels: integer_kernels(),
+        int8_products: match Int8Storage::for_this_cpu() {
+            Int8Storage::Signed => "uint8 x int8",
+            Int8Storage::Offset => "uint8 x uint8",
+        },
     }
 }
 
