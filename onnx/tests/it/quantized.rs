@@ -252,7 +252,7 @@ fn exact_storages() -> Vec<Int8Storage> {
 fn int8_products_of_extreme_integers_are_exact_in_this_cpus_storage() {
     let mut case = Case::new(17);
     case.w = (0..N * K)
-        .map(|i| if (i / K) % 2 == 0 { 0.1 } else { -0.1 })
+        .map(|i| if (i / K).is_multiple_of(2) { 0.1 } else { -0.1 })
         .collect();
     case.x = vec![2.0; M * K];
     let q = Int8Rows::quantize(&case.w, N, K);
