@@ -107,8 +107,15 @@ done
 finetune_metrics() {
   python3 - "$1" "$work/job/.pipe/out/$2/finetune/metrics.json" <<'PY'
 import json, sys
+from pathlib import Path
 m = json.load(open(sys.argv[2]))
-print(json.dumps({"side": sys.argv[1], "finetune_tokens_per_s": m["tokens_per_s"], "source_dtype": m.get("source_dtype"),
+# The steps after the first, as PEFT's side times them (its first step is a warm-up; pipe's
+# first step also pages in the mapped checkpoint, cold with COLD=1).
+steps = [json.loads(l) for l in (Path(sys.argv[2]).parent / "train_log.jsonl").read_text().splitlines()]
+steps = [s for s in steps if "loss" in s][1:]
+steady = sum(s["tokens"] for s in steps) / sum(s["seconds"] for s in steps) if steps else None
+print(json.dumps({"side": sys.argv[1], "finetune_tokens_per_s": m["tokens_per_s"],
+                  "steady_tokens_per_s": round(steady, 1) if steady else None, "source_dtype": m.get("source_dtype"),
                   "frozen_dtype": m.get("frozen_dtype", "f32"), "frozen_weight_bytes": m.get("frozen_weight_bytes"),
                   "finetune_seconds": round(m["seconds"], 1),
                   "setup_seconds": round(m["setup_seconds"], 1), "finetune_peak_bytes": m.get("peak_memory_bytes")}))
