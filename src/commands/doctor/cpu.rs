@@ -22,17 +22,18 @@ pub struct CpuReport {
 impl std::fmt::Display for CpuReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let speed = if self.integer_kernels.iter().any(|k| k.ends_with("vnni")) {
-            "int8 products have VNNI dot products"
+            "VNNI dot products"
         } else if self.integer_kernels.contains(&"avx2") {
-            "int8 products run uint8 x uint8 on AVX2 (no VNNI)"
+            "AVX2, no VNNI"
         } else {
             "no x86 integer extensions found: `frozen_dtype: int8` or `int4` saves memory, not time"
         };
         write!(
             f,
-            "{}: {} ({speed})",
+            "{}: {} (int8 products run {}: {speed})",
             self.arch,
-            self.integer_kernels.join(", ")
+            self.integer_kernels.join(", "),
+            self.int8_products
         )
     }
 }
